@@ -1,0 +1,45 @@
+/* methods.c - the method registry: one line per method. */
+#include <string.h>
+#include "method.h"
+
+extern const kv_method_ops kv_method_exact;
+
+static const kv_method_ops *const registry[] = {
+    &kv_method_exact,
+    NULL
+};
+
+const kv_method_ops *kv_method_find(const char *name)
+{
+    for (int i = 0; registry[i]; i++)
+        if (!strcmp(registry[i]->name, name)) return registry[i];
+    return NULL;
+}
+
+const char *kv_method_names(void)
+{
+    static char buf[512];
+    buf[0] = '\0';
+    for (int i = 0; registry[i]; i++) {
+        if (i) strncat(buf, ", ", sizeof buf - strlen(buf) - 1);
+        strncat(buf, registry[i]->name, sizeof buf - strlen(buf) - 1);
+    }
+    return buf;
+}
+
+int kv_method_check_specs(kv_spec *specs, int count, const kv_method_ctx *ctx, kv_err *err)
+{
+    for (int i = 0; i < count; i++) {
+        const kv_method_ops *ops = kv_method_find(specs[i].method);
+        if (!ops)
+            return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", specs[i].method,
+                             kv_method_names());
+        void *st = NULL;
+        kv_spec_reset(&specs[i]);
+        int rc = ops->create(&specs[i], ctx, &st, err);
+        if (st) ops->free(st);
+        kv_spec_reset(&specs[i]);
+        if (rc) return rc;
+    }
+    return KV_OK;
+}
