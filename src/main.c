@@ -1,1 +1,238 @@
-int main(void){return 0;}
+/* main.c - the kvstream command line: option parsing and dispatch only.
+ *
+ *   kvstream gen     synthetic traces          (src/gen.c)
+ *   kvstream info    describe and validate     (io/trace.c)
+ *   kvstream replay  run methods over a trace  (src/replay.c)
+ *   kvstream record  trace a llama2.c model    (src/cmd_record.c)
+ *
+ * Every command runs under MPI (a plain ./kvstream is a 1-rank job).  Errors
+ * are agreed across ranks (mpi/agree.h); rank 0 prints the one line and all
+ * ranks exit with the same status: 2 for bad input, 1 for anything else. */
+#include <errno.h>
+#include <getopt.h>
+#include <hdf5.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "agree.h"
+#if __has_include("cmd_record.h") /* TEMP until record lands */
+#include "cmd_record.h"
+#else
+static int kv_cmd_record(int c, char **v, kv_err *e) { (void)c; (void)v; return kv_seterr(e, KV_EINPUT, "record: not built"); }
+#endif
+#include "gen.h"
+#include "replay.h"
+#include "trace.h"
+
+static int opt_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, kv_err *err)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s) return kv_seterr(err, KV_EINPUT, "%s: '%s' is not an integer", opt, s);
+    if (v < lo || v > hi)
+        return kv_seterr(err, KV_EINPUT, "%s: %lld is out of range [%lld, %lld]", opt, v, (long long)lo, (long long)hi);
+    *out = v;
+    return KV_OK;
+}
+
+static int opt_f64(const char *opt, const char *s, double *out, kv_err *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !isfinite(v)) return kv_seterr(err, KV_EINPUT, "%s: '%s' is not a finite number", opt, s);
+    *out = v;
+    return KV_OK;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: kvstream <command> [options]   (run under mpirun -np P for P ranks)\n"
+        "  gen    --kind gaussian|clustered|jl|sphere --streams S --tokens n --dim d [--dv dv]\n"
+        "         --queries m | --every-position  [--clusters C --spread s] [--beta b] [--radius r]\n"
+        "         [--chunk C] [--seed X] -o FILE\n"
+        "  info   FILE                      shape, storage, attributes and a validation verdict\n"
+        "  replay FILE --methods LIST [-o results.h5] [--save-outputs] [--batch B] [--seed X]\n"
+        "         [--semantics full|window-unmasked-values --window W] [--shard-chunk C]\n"
+        "         [--no-bound-ratio] [--quiet]\n"
+        "  record --model FILE --tokens N [--prompt-tokens 1,2,3] [--temperature T --seed X] -o FILE\n"
+        "  version\n"
+        "methods: see README.md (exact is always run as the reference)\n");
+}
+
+/* getopt state must be reset between commands; argv[0] is the command */
+static int parse_gen(int argc, char **argv, kv_gen_opts *o, kv_err *err)
+{
+    static const struct option lo[] = {
+        { "kind", 1, 0, 'k' }, { "streams", 1, 0, 'S' }, { "tokens", 1, 0, 'n' }, { "dim", 1, 0, 'd' },
+        { "dv", 1, 0, 'v' }, { "queries", 1, 0, 'm' }, { "every-position", 0, 0, 'E' }, { "clusters", 1, 0, 'c' },
+        { "spread", 1, 0, 's' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, { "chunk", 1, 0, 'C' },
+        { "seed", 1, 0, 'x' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
+    int c;
+    int64_t v;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:", lo, NULL)) != -1 && !err->code) {
+        switch (c) {
+        case 'k': o->kind = optarg; break;
+        case 'S': if (!opt_i64("--streams", optarg, 1, 1 << 20, &o->S, err)) {} break;
+        case 'n': opt_i64("--tokens", optarg, 1, INT64_C(1) << 40, &o->n, err); break;
+        case 'd': opt_i64("--dim", optarg, 1, 65536, &o->d, err); break;
+        case 'v': opt_i64("--dv", optarg, 1, 65536, &o->dv, err); break;
+        case 'm': opt_i64("--queries", optarg, 1, INT64_C(1) << 40, &o->m, err); break;
+        case 'E': o->every_position = 1; break;
+        case 'c': opt_i64("--clusters", optarg, 1, INT64_C(1) << 40, &o->clusters, err); break;
+        case 's': opt_f64("--spread", optarg, &o->spread, err); break;
+        case 'b': if (!opt_f64("--beta", optarg, &o->beta, err) && o->beta < 0) kv_seterr(err, KV_EINPUT, "--beta must be >= 0"); break;
+        case 'r': opt_f64("--radius", optarg, &o->radius, err); break;
+        case 'C': opt_i64("--chunk", optarg, 1, INT64_C(1) << 30, &o->chunk, err); break;
+        case 'x': if (!opt_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->seed = (uint64_t)v; break;
+        case 'o': o->out = optarg; break;
+        case ':': kv_seterr(err, KV_EINPUT, "gen: option %s needs a value", argv[optind - 1]); break;
+        default: kv_seterr(err, KV_EINPUT, "gen: unknown option '%s'", argv[optind - 1]); break;
+        }
+    }
+    if (!err->code && optind < argc) kv_seterr(err, KV_EINPUT, "gen: unexpected argument '%s'", argv[optind]);
+    return err->code;
+}
+
+static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
+{
+    static const struct option lo[] = {
+        { "methods", 1, 0, 'M' }, { "output", 1, 0, 'o' }, { "save-outputs", 0, 0, 'O' }, { "batch", 1, 0, 'B' },
+        { "seed", 1, 0, 'x' }, { "semantics", 1, 0, 'e' }, { "window", 1, 0, 'W' }, { "shard-chunk", 1, 0, 'C' },
+        { "no-bound-ratio", 0, 0, 'N' }, { "quiet", 0, 0, 'q' }, { 0, 0, 0, 0 } };
+    int c;
+    int64_t v;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:q", lo, NULL)) != -1 && !err->code) {
+        switch (c) {
+        case 'M': o->methods = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'O': o->save_outputs = 1; break;
+        case 'B': if (!opt_i64("--batch", optarg, 1, 1 << 20, &v, err)) o->batch = (int)v; break;
+        case 'x': if (!opt_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->seed = (uint64_t)v; break;
+        case 'e':
+            if (!strcmp(optarg, "full")) o->semantics = KV_SEM_FULL;
+            else if (!strcmp(optarg, "window-unmasked-values")) o->semantics = KV_SEM_WINDOW_UNMASKED;
+            else kv_seterr(err, KV_EINPUT, "--semantics: '%s' is not one of full, window-unmasked-values", optarg);
+            break;
+        case 'W': opt_i64("--window", optarg, 1, INT64_C(1) << 40, &o->window, err); break;
+        case 'C': opt_i64("--shard-chunk", optarg, 1, INT64_C(1) << 30, &o->shard_chunk, err); break;
+        case 'N': o->bound_ratio = 0; break;
+        case 'q': o->quiet = 1; break;
+        case ':': kv_seterr(err, KV_EINPUT, "replay: option %s needs a value", argv[optind - 1]); break;
+        default: kv_seterr(err, KV_EINPUT, "replay: unknown option '%s'", argv[optind - 1]); break;
+        }
+    }
+    if (err->code) return err->code;
+    if (optind != argc - 1) return kv_seterr(err, KV_EINPUT, "replay: expected exactly one trace file (got %d)", argc - optind);
+    o->trace = argv[optind];
+    if (!o->methods) o->methods = "exact";
+    if (o->window && o->semantics != KV_SEM_WINDOW_UNMASKED)
+        return kv_seterr(err, KV_EINPUT, "--window only applies with --semantics window-unmasked-values");
+    return KV_OK;
+}
+
+/* kvstream info: metadata checks, then every rank scans its share of the
+ * token axis for non-finite numbers. */
+static int cmd_info(int argc, char **argv, MPI_Comm comm, kv_err *err)
+{
+    int rank, P;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &P);
+    if (argc != 2) kv_seterr(err, KV_EINPUT, "info: expected exactly one trace file");
+    if (kv_agree(comm, err)) return err->code;
+    kv_trace *t = kv_trace_open(argv[1], comm, err);
+    if (kv_agree(comm, err)) {
+        if (rank == 0) printf("verdict: INVALID: %s\n", err->msg);
+        return err->code;
+    }
+    const kv_trace_info *in = kv_trace_get_info(t);
+    if (rank == 0) {
+        char buf[8192];
+        kv_trace_describe(t, buf, sizeof buf);
+        fputs(buf, stdout);
+    }
+    int64_t C = in->chunk > 0 ? in->chunk : 4096;
+    float *K = kv_malloc(sizeof(float) * (size_t)(in->S * C * in->d), err);
+    float *V = kv_malloc(sizeof(float) * (size_t)(in->S * C * in->dv), err);
+    float *Q = kv_malloc(sizeof(float) * (size_t)(in->S * C * in->d), err);
+    for (int64_t c = rank; !err->code && c * C < in->n; c += P)
+        kv_trace_read_kv(t, c * C, in->n - c * C < C ? in->n - c * C : C, K, V, err);
+    for (int64_t c = rank; !err->code && c * C < in->m; c += P)
+        kv_trace_read_queries(t, c * C, in->m - c * C < C ? in->m - c * C : C, Q, err);
+    free(K); free(V); free(Q);
+    int rc = kv_agree(comm, err);
+    if (rank == 0) {
+        if (rc) printf("verdict: INVALID: %s\n", err->msg);
+        else printf("verdict: valid kvtrace v1 (all %lld x %lld keys/values and %lld queries finite)\n",
+                    (long long)in->S, (long long)in->n, (long long)in->m);
+    }
+    kv_trace_close(t);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    int provided, rank;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm comm = MPI_COMM_WORLD;
+    MPI_Comm_rank(comm, &rank);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our messages, not HDF5's stack */
+    kv_err err = { 0, "" };
+    int rc = KV_OK;
+    const char *cmd = argc > 1 ? argv[1] : "";
+    if (!strcmp(cmd, "gen")) {
+        kv_gen_opts o;
+        kv_gen_defaults(&o);
+        parse_gen(argc - 1, argv + 1, &o, &err);
+        if (!kv_agree(comm, &err)) {
+            kv_gen_run(&o, comm, &err);
+            if (!kv_agree(comm, &err) && rank == 0) {
+                kv_gen_opts shown = o;
+                if (shown.every_position) shown.m = shown.n;
+                printf("wrote %s: %s, %lld streams x %lld tokens, d %lld, %lld queries\n", o.out, o.kind,
+                       (long long)o.S, (long long)o.n, (long long)o.d, (long long)shown.m);
+            }
+        }
+        rc = err.code;
+    } else if (!strcmp(cmd, "replay")) {
+        kv_replay_opts o;
+        kv_replay_defaults(&o);
+        o.table = rank == 0 ? stdout : NULL;
+        parse_replay(argc - 1, argv + 1, &o, &err);
+        if (!kv_agree(comm, &err)) kv_replay_run(&o, comm, &err);
+        rc = err.code;
+    } else if (!strcmp(cmd, "info")) {
+        rc = cmd_info(argc - 1, argv + 1, comm, &err);
+        if (rc && rank == 0) {
+            fprintf(stderr, "kvstream: error: %s\n", err.msg);
+            rc = err.code;
+        }
+        MPI_Finalize();
+        return rc;
+    } else if (!strcmp(cmd, "record")) {
+        /* serial: rank 0 records, the others wait for its verdict */
+        if (rank == 0) kv_cmd_record(argc - 1, argv + 1, &err);
+        kv_agree(comm, &err);
+        rc = err.code;
+    } else if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        if (rank == 0) printf("kvstream %s\n", KVSTREAM_VERSION);
+    } else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        if (rank == 0) usage(stdout);
+    } else {
+        kv_seterr(&err, KV_EINPUT, "%s%s%s (commands: gen, info, replay, record, version)",
+                  *cmd ? "unknown command '" : "no command given", cmd, *cmd ? "'" : "");
+        rc = err.code;
+    }
+    if (rc && rank == 0) fprintf(stderr, "kvstream: error: %s\n", err.msg);
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,163 @@
+/* results.c - results file writer (rank 0, serial HDF5). */
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "results.h"
+
+#define MAXDS 256
+
+struct kv_results {
+    char path[1024];
+    hid_t file;
+    int nds;
+    struct { char name[192]; hid_t id; } ds[MAXDS]; /* open datasets by path */
+};
+
+static hid_t memtype(kv_rtype t)
+{
+    return t == KV_R_F32 ? H5T_NATIVE_FLOAT : t == KV_R_F64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_INT64;
+}
+
+static hid_t filetype(kv_rtype t)
+{
+    return t == KV_R_F32 ? H5T_IEEE_F32LE : t == KV_R_F64 ? H5T_IEEE_F64LE : H5T_STD_I64LE;
+}
+
+kv_results *kv_results_create(const char *path, kv_err *err)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    kv_results *r = kv_calloc(1, sizeof *r, err);
+    if (!r) return NULL;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    r->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (r->file < 0) {
+        kv_seterr(err, KV_EINPUT, "%s: cannot create results file (directory missing or not writable?)", path);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int kv_results_group(kv_results *r, const char *group, kv_err *err)
+{
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t g = H5Gcreate2(r->file, group, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    H5Pclose(lcpl);
+    if (g < 0) return kv_seterr(err, KV_EINTERNAL, "%s: cannot create group %s", r->path, group);
+    H5Gclose(g);
+    return KV_OK;
+}
+
+static int attr(kv_results *r, const char *group, const char *name, hid_t ftype, hid_t mtype, const void *val, kv_err *err)
+{
+    hid_t obj = H5Oopen(r->file, group, H5P_DEFAULT);
+    if (obj < 0) return kv_seterr(err, KV_EINTERNAL, "%s: no group %s", r->path, group);
+    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = a < 0 || H5Awrite(a, mtype, val) < 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Oclose(obj);
+    if (bad) return kv_seterr(err, KV_EINTERNAL, "%s: cannot write attribute %s/%s", r->path, group, name);
+    return KV_OK;
+}
+
+int kv_results_attr_str(kv_results *r, const char *group, const char *name, const char *val, kv_err *err)
+{
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ty, strlen(val) + 1);
+    H5Tset_strpad(ty, H5T_STR_NULLTERM);
+    int rc = attr(r, group, name, ty, ty, val, err);
+    H5Tclose(ty);
+    return rc;
+}
+
+int kv_results_attr_i64(kv_results *r, const char *group, const char *name, int64_t val, kv_err *err)
+{
+    return attr(r, group, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &val, err);
+}
+
+int kv_results_attr_f64(kv_results *r, const char *group, const char *name, double val, kv_err *err)
+{
+    return attr(r, group, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &val, err);
+}
+
+static hid_t find_ds(kv_results *r, const char *group, const char *name)
+{
+    char full[192];
+    snprintf(full, sizeof full, "%s/%s", group, name);
+    for (int i = 0; i < r->nds; i++)
+        if (!strcmp(r->ds[i].name, full)) return r->ds[i].id;
+    return -1;
+}
+
+int kv_results_dataset(kv_results *r, const char *group, const char *name, kv_rtype type, int rank,
+                       const int64_t *dims, kv_err *err)
+{
+    if (r->nds == MAXDS) return kv_seterr(err, KV_EINTERNAL, "%s: too many datasets", r->path);
+    if (rank < 1 || rank > 3) return kv_seterr(err, KV_EINTERNAL, "%s: bad rank %d", r->path, rank);
+    hsize_t hd[3], ch[3];
+    for (int i = 0; i < rank; i++) {
+        hd[i] = (hsize_t)dims[i];
+        ch[i] = hd[i] ? hd[i] : 1;
+    }
+    /* chunk along the query axis so batches write whole chunks */
+    int qa = rank == 1 ? 0 : 1;
+    if (ch[qa] > 1024) ch[qa] = 1024;
+    if (rank >= 2 && ch[0] > 1) ch[0] = 1;
+    hid_t sp = H5Screate_simple(rank, hd, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (hd[qa] > 0) H5Pset_chunk(dcpl, rank, ch);
+    char full[192];
+    snprintf(full, sizeof full, "%s/%s", group, name);
+    hid_t ds = H5Dcreate2(r->file, full, filetype(type), sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    if (ds < 0) return kv_seterr(err, KV_EINTERNAL, "%s: cannot create dataset %s", r->path, full);
+    snprintf(r->ds[r->nds].name, sizeof r->ds[r->nds].name, "%s", full);
+    r->ds[r->nds++].id = ds;
+    return KV_OK;
+}
+
+int kv_results_write_rows(kv_results *r, const char *group, const char *name, kv_rtype type, int64_t j0,
+                          int64_t cnt, const void *data, kv_err *err)
+{
+    hid_t ds = find_ds(r, group, name);
+    if (ds < 0) return kv_seterr(err, KV_EINTERNAL, "%s: dataset %s/%s not created", r->path, group, name);
+    if (cnt <= 0) return KV_OK;
+    hid_t fs = H5Dget_space(ds);
+    int rank = H5Sget_simple_extent_ndims(fs);
+    hsize_t dims[3], start[3] = { 0, 0, 0 }, count[3];
+    H5Sget_simple_extent_dims(fs, dims, NULL);
+    for (int i = 0; i < rank; i++) count[i] = dims[i];
+    int qa = rank == 1 ? 0 : 1;
+    start[qa] = (hsize_t)j0;
+    count[qa] = (hsize_t)cnt;
+    hid_t ms = H5Screate_simple(rank, count, NULL);
+    int rc = KV_OK;
+    if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+        H5Dwrite(ds, memtype(type), ms, fs, H5P_DEFAULT, data) < 0)
+        rc = kv_seterr(err, KV_EINTERNAL, "%s: writing %s/%s failed (disk full?)", r->path, group, name);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    return rc;
+}
+
+int kv_results_write_all(kv_results *r, const char *group, const char *name, kv_rtype type, int rank,
+                         const int64_t *dims, const void *data, kv_err *err)
+{
+    if (kv_results_dataset(r, group, name, type, rank, dims, err)) return err->code;
+    return kv_results_write_rows(r, group, name, type, 0, dims[rank == 1 ? 0 : 1], data, err);
+}
+
+int kv_results_close(kv_results *r, kv_err *err)
+{
+    if (!r) return KV_OK;
+    for (int i = 0; i < r->nds; i++) H5Dclose(r->ds[i].id);
+    int rc = KV_OK;
+    if (H5Fclose(r->file) < 0) rc = kv_seterr(err, KV_EINTERNAL, "%s: closing results failed", r->path);
+    free(r);
+    return rc;
+}

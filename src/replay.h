@@ -1,0 +1,36 @@
+/* replay.h - `kvstream replay`: run methods over a trace, sharded over MPI.
+ *
+ * Data flow: trace reader -> this rank's chunk-cyclic shard -> one method
+ * instance per (method, stream) -> partial states per query -> MPI merge on
+ * rank 0 (batched) -> metrics -> results writer and summary table. */
+#ifndef KVSTREAM_REPLAY_H
+#define KVSTREAM_REPLAY_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "kverr.h"
+#include "method.h"
+
+typedef struct {
+    const char *trace;      /* input kvtrace */
+    const char *methods;    /* --methods list; exact is added if absent */
+    const char *out;        /* results file, NULL: none */
+    int save_outputs;       /* write /methods/<label>/outputs */
+    int batch;              /* queries per reduction */
+    int64_t shard_chunk;    /* tokens per shard unit, 0: the file's chunk */
+    uint64_t seed;
+    kv_semantics semantics;
+    int64_t window;         /* W for window-unmasked-values */
+    int bound_ratio;        /* accumulate V^T V for the bound ratio metric */
+    int quiet;              /* no progress line */
+    FILE *table;            /* where rank 0 prints the summary (NULL: none) */
+} kv_replay_opts;
+
+void kv_replay_defaults(kv_replay_opts *o);
+
+/* Collective.  Errors are agreed across ranks: every rank returns the same
+ * code and message. */
+int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err);
+
+#endif
