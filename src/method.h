@@ -53,7 +53,9 @@ typedef struct kv_method_ops {
     int (*ingest)(void *state, const float *K, const float *V, int64_t first,
                   size_t n, kv_err *err);
     /* nq queries (Q: nq x d) at prefix length p -> nq states of
-     * KV_PSTATE_LEN(dv) doubles.  Must not change what later calls return. */
+     * KV_PSTATE_LEN(dv) doubles.  A method may update internal statistics
+     * here (H2O's attention scores), but deterministically and never
+     * depending on the order of the queries within one call. */
     void (*partial)(void *state, const float *Q, int nq, int64_t p, double *st);
     /* Bytes of state held now: every key, value, count and sample. */
     size_t (*bytes)(const void *state);
