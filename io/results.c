@@ -152,6 +152,31 @@ int kv_results_write_all(kv_results *r, const char *group, const char *name, kv_
     return kv_results_write_rows(r, group, name, type, 0, dims[rank == 1 ? 0 : 1], data, err);
 }
 
+int kv_results_write_strings(kv_results *r, const char *group, const char *name, const char *const *strs,
+                             int64_t n, kv_err *err)
+{
+    size_t w = 1;
+    for (int64_t i = 0; i < n; i++) w = strlen(strs[i]) + 1 > w ? strlen(strs[i]) + 1 : w;
+    char *buf = kv_calloc((size_t)(n ? n : 1), w, err);
+    if (!buf) return err->code;
+    for (int64_t i = 0; i < n; i++) memcpy(buf + (size_t)i * w, strs[i], strlen(strs[i]));
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ty, w);
+    H5Tset_strpad(ty, H5T_STR_NULLPAD);
+    hsize_t dims[1] = { (hsize_t)n };
+    hid_t sp = H5Screate_simple(1, dims, NULL);
+    char full[192];
+    snprintf(full, sizeof full, "%s/%s", group, name);
+    hid_t ds = H5Dcreate2(r->file, full, ty, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = ds < 0 || (n > 0 && H5Dwrite(ds, ty, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0);
+    if (ds >= 0) H5Dclose(ds);
+    H5Sclose(sp);
+    H5Tclose(ty);
+    free(buf);
+    if (bad) return kv_seterr(err, KV_EINTERNAL, "%s: cannot write %s", r->path, full);
+    return KV_OK;
+}
+
 int kv_results_close(kv_results *r, kv_err *err)
 {
     if (!r) return KV_OK;

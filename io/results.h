@@ -31,6 +31,9 @@ int kv_results_write_rows(kv_results *r, const char *group, const char *name, kv
 /* Whole dataset in one call (create + write). */
 int kv_results_write_all(kv_results *r, const char *group, const char *name, kv_rtype type, int rank,
                          const int64_t *dims, const void *data, kv_err *err);
+/* A 1-D dataset of fixed-length strings (longest + 1 bytes). */
+int kv_results_write_strings(kv_results *r, const char *group, const char *name, const char *const *strs,
+                             int64_t n, kv_err *err);
 int kv_results_close(kv_results *r, kv_err *err);
 
 #endif

@@ -106,6 +106,21 @@ const char *kv_gen_kinds(void) { return "gaussian, clustered, jl, sphere"; }
 
 static void value_row(const kv_gen_opts *o, int64_t s, int64_t i, float *v)
 {
+    if (!strcmp(o->kind, "sphere")) {
+        /* v = A k / r + b with A (dv x d, entries N(0, 1/d)) and b (N(0, I))
+         * fixed per stream: values are a smooth function of the key, so the
+         * attention output keeps its scale as n grows (with i.i.d. values it
+         * would shrink like 1/sqrt(n) and relative error would say nothing) */
+        float k[o->d];
+        sphere_key(o, s, i, k);
+        for (int64_t c = 0; c < o->dv; c++) {
+            double x = kv_hash_normal(o->seed, dom(H_VAL, s), (uint64_t)INT64_MAX, (uint64_t)c);
+            for (int64_t j = 0; j < o->d; j++)
+                x += kv_hash_normal(o->seed, dom(H_VAL, s), (uint64_t)c, (uint64_t)j) / sqrt((double)o->d) * k[j] / o->radius;
+            v[c] = (float)x;
+        }
+        return;
+    }
     if (!strcmp(o->kind, "jl")) { /* independent random bits */
         for (int64_t c = 0; c < o->dv; c++)
             v[c] = (kv_hash4(o->seed, dom(H_VAL, s), (uint64_t)i, (uint64_t)c) >> 63) ? 1.0f : -1.0f;

@@ -25,6 +25,7 @@ static int kv_cmd_record(int c, char **v, kv_err *e) { (void)c; (void)v; return 
 #endif
 #include "gen.h"
 #include "replay.h"
+#include "sweep.h"
 #include "trace.h"
 
 static int opt_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, kv_err *err)
@@ -60,6 +61,8 @@ static void usage(FILE *f)
         "  replay FILE --methods LIST [-o results.h5] [--save-outputs] [--batch B] [--seed X]\n"
         "         [--semantics full|window-unmasked-values --window W] [--shard-chunk C]\n"
         "         [--no-bound-ratio] [--quiet]\n"
+        "  sweep  --kind jl|sphere|... --n 512,1024 --d 16,48 --methods 'window:W=@,subgen:delta=1,t=@,s=@'\n"
+        "         --eps E [--queries m] [--streams S] [--seed X] [gen options] [--workdir DIR] -o sweep.h5\n"
         "  record --model FILE --tokens N [--prompt-tokens 1,2,3] [--temperature T --seed X] -o FILE\n"
         "  version\n"
         "methods: see README.md (exact is always run as the reference)\n");
@@ -140,6 +143,56 @@ static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
     return KV_OK;
 }
 
+static int opt_list(const char *opt, const char *s, int64_t *out, int max, int *count, kv_err *err)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    *count = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*count == max) return kv_seterr(err, KV_EINPUT, "%s: more than %d values", opt, max);
+        if (opt_i64(opt, t, 1, INT64_C(1) << 32, &out[(*count)++], err)) return err->code;
+    }
+    if (!*count) return kv_seterr(err, KV_EINPUT, "%s: empty list", opt);
+    return KV_OK;
+}
+
+static int parse_sweep(int argc, char **argv, kv_sweep_opts *o, int64_t *ns, int64_t *ds, kv_err *err)
+{
+    static const struct option lo[] = {
+        { "kind", 1, 0, 'k' }, { "n", 1, 0, 'n' }, { "d", 1, 0, 'd' }, { "methods", 1, 0, 'M' }, { "eps", 1, 0, 'e' },
+        { "queries", 1, 0, 'm' }, { "streams", 1, 0, 'S' }, { "seed", 1, 0, 'x' }, { "clusters", 1, 0, 'c' },
+        { "spread", 1, 0, 's' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, { "workdir", 1, 0, 'w' },
+        { "keep-traces", 0, 0, 'K' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
+    int c;
+    int64_t v;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:", lo, NULL)) != -1 && !err->code) {
+        switch (c) {
+        case 'k': o->gen.kind = optarg; break;
+        case 'n': opt_list("--n", optarg, ns, 64, &o->nn, err); break;
+        case 'd': opt_list("--d", optarg, ds, 64, &o->nd, err); break;
+        case 'M': o->methods = optarg; break;
+        case 'e': opt_f64("--eps", optarg, &o->eps, err); break;
+        case 'm': opt_i64("--queries", optarg, 1, INT64_C(1) << 30, &o->gen.m, err); break;
+        case 'S': opt_i64("--streams", optarg, 1, 1 << 20, &o->gen.S, err); break;
+        case 'x': if (!opt_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->gen.seed = (uint64_t)v; break;
+        case 'c': opt_i64("--clusters", optarg, 1, INT64_C(1) << 40, &o->gen.clusters, err); break;
+        case 's': opt_f64("--spread", optarg, &o->gen.spread, err); break;
+        case 'b': if (!opt_f64("--beta", optarg, &o->gen.beta, err) && o->gen.beta < 0) kv_seterr(err, KV_EINPUT, "--beta must be >= 0"); break;
+        case 'r': opt_f64("--radius", optarg, &o->gen.radius, err); break;
+        case 'w': o->workdir = optarg; break;
+        case 'K': o->keep_traces = 1; break;
+        case 'o': o->out = optarg; break;
+        case ':': kv_seterr(err, KV_EINPUT, "sweep: option %s needs a value", argv[optind - 1]); break;
+        default: kv_seterr(err, KV_EINPUT, "sweep: unknown option '%s'", argv[optind - 1]); break;
+        }
+    }
+    if (!err->code && optind < argc) kv_seterr(err, KV_EINPUT, "sweep: unexpected argument '%s'", argv[optind]);
+    return err->code;
+}
+
 /* kvstream info: metadata checks, then every rank scans its share of the
  * token axis for non-finite numbers. */
 static int cmd_info(int argc, char **argv, MPI_Comm comm, kv_err *err)
@@ -210,6 +263,20 @@ int main(int argc, char **argv)
         parse_replay(argc - 1, argv + 1, &o, &err);
         if (!kv_agree(comm, &err)) kv_replay_run(&o, comm, &err);
         rc = err.code;
+    } else if (!strcmp(cmd, "sweep")) {
+        kv_sweep_opts o;
+        int64_t ns[64], ds[64];
+        memset(&o, 0, sizeof o);
+        kv_gen_defaults(&o.gen);
+        o.gen.kind = "jl";
+        o.gen.m = 64;
+        o.eps = 0.1;
+        o.ns = ns;
+        o.ds = ds;
+        o.table = rank == 0 ? stdout : NULL;
+        parse_sweep(argc - 1, argv + 1, &o, ns, ds, &err);
+        if (!kv_agree(comm, &err)) kv_sweep_run(&o, comm, &err);
+        rc = err.code;
     } else if (!strcmp(cmd, "info")) {
         rc = cmd_info(argc - 1, argv + 1, comm, &err);
         if (rc && rank == 0) {
@@ -228,7 +295,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         if (rank == 0) usage(stdout);
     } else {
-        kv_seterr(&err, KV_EINPUT, "%s%s%s (commands: gen, info, replay, record, version)",
+        kv_seterr(&err, KV_EINPUT, "%s%s%s (commands: gen, info, replay, sweep, record, version)",
                   *cmd ? "unknown command '" : "no command given", cmd, *cmd ? "'" : "");
         rc = err.code;
     }

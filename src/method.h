@@ -31,6 +31,7 @@ typedef struct {
     int64_t n_total;    /* tokens in the whole stream (all ranks) */
     int64_t stream;     /* stream index s */
     int rank, nranks;   /* this rank and the communicator size */
+    int64_t shard_tokens; /* tokens of the stream this rank will see (0: unknown) */
     uint64_t seed;      /* replay --seed; methods mix in stream and rank */
     kv_semantics semantics;
     int64_t window;     /* W for KV_SEM_WINDOW_UNMASKED */
@@ -62,6 +63,12 @@ typedef struct kv_method_ops {
     void (*extra)(const void *state, kv_method_extra *x); /* may be NULL */
     void (*free)(void *state);
 } kv_method_ops;
+
+/* This rank's share of a global budget (tokens, samples): proportional to
+ * its shard (ceil(total * shard_tokens / n_total), at least 1), or
+ * ceil(total / nranks) when the shard size is unknown.  Shards differ by up
+ * to one chunk, so a budget that covers the stream covers every shard. */
+int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total);
 
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);

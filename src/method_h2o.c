@@ -1,7 +1,8 @@
 /* method_h2o.c - h2o:budget=<tokens>[,recent=<tokens>]: heavy hitters
  * (H2O, Zhang et al. 2023), ALGORITHMS.md section 4.
  *
- * A rank keeps at most ceil(budget/P) of its tokens: its ceil(recent/P)
+ * A rank keeps at most its share of budget (kv_rank_share: proportional to
+ * its shard, ceil(budget/P) when shards are even), its share of recent
  * newest ones always, and among the others those with the largest score, the
  * attention they have received from the queries answered so far.  Both
  * parameters are totals over the ranks (budget-style parameters are split so
@@ -56,9 +57,9 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     h2o_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
-    int64_t P = ctx->nranks > 0 ? ctx->nranks : 1;
-    s->budget = (budget + P - 1) / P;
-    s->recent = (recent + P - 1) / P; /* <= budget since recent <= budget */
+    s->budget = kv_rank_share(ctx, budget);
+    s->recent = kv_rank_share(ctx, recent); /* <= budget since recent <= budget */
+    if (recent == 0) s->recent = 0;
     s->rfirst = s->rlast = -1;
     *out = s;
     return KV_OK;

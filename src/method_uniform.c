@@ -1,8 +1,9 @@
 /* method_uniform.c - uniform:budget=<tokens>[,seed=<n>]: a uniform
  * reservoir sample of the tokens (Algorithm R), ALGORITHMS.md section 4.
  *
- * budget is the total over the ranks: each rank samples ceil(budget/P) of
- * its own tokens, so memory is comparable across rank counts.  A kept token
+ * budget is the total over the ranks: each rank samples its share
+ * (kv_rank_share: proportional to its shard, ceil(budget/P) when shards are
+ * even) of its own tokens, so memory is comparable across rank counts.  A kept token
  * stands for n_seen/held tokens of its rank: the partial state weights it by
  * that factor in both l and u, so each rank's sums are unbiased and the
  * output (u over l after the merge) is a ratio estimator.  The sample is
@@ -34,8 +35,7 @@ static int uniform_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, k
     uniform_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
-    int P = ctx->nranks > 0 ? ctx->nranks : 1;
-    s->budget = budget / P + (budget % P != 0);
+    s->budget = kv_rank_share(ctx, budget);
     kv_rng_seed(&s->rng, (uint64_t)seed, (uint64_t)ctx->stream, (uint64_t)ctx->rank);
     *out = s;
     return KV_OK;

@@ -3,9 +3,25 @@
 #include "method.h"
 
 extern const kv_method_ops kv_method_exact;
+extern const kv_method_ops kv_method_window;
+extern const kv_method_ops kv_method_sinks;
+extern const kv_method_ops kv_method_h2o;
+extern const kv_method_ops kv_method_uniform;
+extern const kv_method_ops kv_method_topk;
+extern const kv_method_ops kv_method_unmasked_window;
+extern const kv_method_ops kv_method_window_subgen;
+extern const kv_method_ops kv_method_subgen;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
+    &kv_method_window,
+    &kv_method_sinks,
+    &kv_method_h2o,
+    &kv_method_uniform,
+    &kv_method_topk,
+    &kv_method_unmasked_window,
+    &kv_method_window_subgen,
+    &kv_method_subgen,
     NULL
 };
 
@@ -14,6 +30,18 @@ const kv_method_ops *kv_method_find(const char *name)
     for (int i = 0; registry[i]; i++)
         if (!strcmp(registry[i]->name, name)) return registry[i];
     return NULL;
+}
+
+int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total)
+{
+    int64_t share;
+    if (ctx->shard_tokens > 0 && ctx->n_total > 0)
+        share = (int64_t)(((__int128)total * ctx->shard_tokens + ctx->n_total - 1) / ctx->n_total);
+    else {
+        int64_t P = ctx->nranks > 0 ? ctx->nranks : 1;
+        share = total / P + (total % P != 0);
+    }
+    return share > 0 ? share : 1;
 }
 
 const char *kv_method_names(void)

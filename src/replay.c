@@ -147,6 +147,14 @@ static int setup(replay *r, kv_err *err)
     return KV_OK;
 }
 
+/* tokens in the chunks c = rank, rank + P, ... */
+static int64_t shard_tokens(const replay *r)
+{
+    int64_t t = 0;
+    for (int64_t c = r->rank; c * r->C < r->n; c += r->P) t += min64(r->C, r->n - c * r->C);
+    return t;
+}
+
 static int create_states(replay *r, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
@@ -156,6 +164,7 @@ static int create_states(replay *r, kv_err *err)
         for (int64_t s = 0; s < r->S; s++) {
             kv_method_ctx ctx = { .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
                                   .stream = s, .rank = r->rank, .nranks = r->P, .seed = r->o->seed,
+                                  .shard_tokens = shard_tokens(r),
                                   .semantics = r->o->semantics, .window = r->o->window };
             kv_spec_reset(&x->spec);
             if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
@@ -324,6 +333,34 @@ static void gather_totals(replay *r, totals *t)
     }
 }
 
+/* Every rank gets the per-method figures rank 0 computed. */
+static void share_summary(replay *r, sink *k, const totals *t)
+{
+    const kv_replay_opts *o = r->o;
+    if (!o->summary) return;
+    int M = r->M < o->max_summary ? r->M : o->max_summary;
+    double *buf = calloc((size_t)M * 3, sizeof(double));
+    if (!buf) abort();
+    int64_t Sm = r->S * r->m;
+    for (int mi = 0; r->rank == 0 && mi < M; mi++) {
+        kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
+        buf[mi * 3] = e.mean;
+        buf[mi * 3 + 1] = e.p95;
+        buf[mi * 3 + 2] = e.max;
+    }
+    MPI_Bcast(buf, M * 3, MPI_DOUBLE, 0, r->comm);
+    for (int mi = 0; mi < M; mi++) {
+        kv_replay_summary *x = &o->summary[mi];
+        snprintf(x->label, sizeof x->label, "%s", r->inst[mi].spec.label);
+        x->memory_bytes = t[mi].mem;
+        x->mean_error = buf[mi * 3];
+        x->p95_error = buf[mi * 3 + 1];
+        x->max_error = buf[mi * 3 + 2];
+    }
+    if (o->n_summary) *o->n_summary = M;
+    free(buf);
+}
+
 static int write_summary(replay *r, sink *k, const totals *t, double wall, kv_err *err)
 {
     const kv_replay_opts *o = r->o;
@@ -435,7 +472,9 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
     if (kv_agree(comm, err)) goto out;
     r->in = kv_trace_get_info(r->tr);
     r->S = r->in->S; r->n = r->in->n; r->m = r->in->m; r->d = r->in->d; r->dv = r->in->dv;
+    /* shard unit: the file's chunk, but small enough that every rank gets tokens */
     r->C = o->shard_chunk > 0 ? o->shard_chunk : r->in->chunk > 0 ? r->in->chunk : 4096;
+    if (!o->shard_chunk && r->C > (r->n + r->P - 1) / r->P) r->C = (r->n + r->P - 1) / r->P;
     if (r->C > r->n) r->C = r->n;
     r->par_streams = r->S > 1 && r->nthreads > 1;
     create_states(r, err);
@@ -510,6 +549,7 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
         if (t) gather_totals(r, t);
         double wall = omp_get_wtime() - t_start;
         if (t && r->rank == 0) write_summary(r, &K, t, wall, err);
+        if (t) share_summary(r, &K, t);
         free(t);
     }
     if (K.res) { /* closing flushes: its failure must reach every rank */

@@ -12,6 +12,13 @@
 #include "kverr.h"
 #include "method.h"
 
+/* Per-method figures handed back to a caller (e.g. the sweep). */
+typedef struct {
+    char label[64];
+    int64_t memory_bytes;
+    double mean_error, p95_error, max_error;
+} kv_replay_summary;
+
 typedef struct {
     const char *trace;      /* input kvtrace */
     const char *methods;    /* --methods list; exact is added if absent */
@@ -25,6 +32,9 @@ typedef struct {
     int bound_ratio;        /* accumulate V^T V for the bound ratio metric */
     int quiet;              /* no progress line */
     FILE *table;            /* where rank 0 prints the summary (NULL: none) */
+    kv_replay_summary *summary; /* NULL, or room for max_summary methods:  */
+    int max_summary;            /* filled on every rank, in --methods order */
+    int *n_summary;             /* (exact appended last if it was added)    */
 } kv_replay_opts;
 
 void kv_replay_defaults(kv_replay_opts *o);

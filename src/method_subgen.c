@@ -1,0 +1,619 @@
+/* method_subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
+ * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
+ * section 2).  Spec: subgen:delta=<radius>,t=<keys per cluster>,s=<samplers>
+ * [,seed=<n>][,index=0|1].
+ *
+ * Two structures, both updated once per arriving token (k, v):
+ *  1. Online clustering of keys for the denominator.  k joins the nearest
+ *     centre within Euclidean distance delta (<= delta, ties to the lowest
+ *     index), else opens a cluster whose centre is k.  Each cluster keeps its
+ *     count n_c and a uniform reservoir of at most t of its keys.
+ *         sum_i e^{a_i} ~ sum_c (n_c / |sample_c|) sum_{k in sample_c} e^{a(k)}
+ *  2. s independent l2 samplers of (k, v) pairs, pair i drawn with
+ *     probability |v_i|^2 / F, F = sum |v_i|^2 (src/sampler.h), for the
+ *     numerator:
+ *         sum_i e^{a_i} v_i ~ (1/s) sum_j e^{a(k_j)} v_j F / |v_j|^2.
+ *     While at most s tokens with v != 0 have arrived we also hold them all
+ *     (the "exact buffer") and answer the numerator exactly from it; the
+ *     buffer is dropped for good when the (s+1)-th arrives.  So delta = 0,
+ *     t >= n, s >= n on distinct keys reproduces exact attention.
+ * Guarantee (their theorem): if the keys are (m, delta)-clusterable, r bounds
+ * scale*|q|, t = O(eps^-2 e^{2 delta r} log n) and s = O(eps^-2 d), then
+ * |z - z*| <= eps |softmax(a)|_2 |V|_op with high probability, in memory
+ * O(d (m t + s)): sublinear when m = o(n).
+ *
+ * Per query, partial() returns ONE weighted partial state (m, l, 0, u) with a
+ * common max m over every logit used; the cross-rank merge sums l and u, so
+ * the sum of the ranks' estimates is the estimate of the whole stream.
+ *
+ * Finding the nearest centre: centres are stored contiguously with |c|^2, and
+ * a scan computes |k|^2 - 2<k,c> + |c|^2 in float (fixed-order SIMD lanes,
+ * OpenMP across centre chunks when there are many and we are not already in
+ * a parallel region).  The candidate is confirmed by an exact double distance.
+ * With index=1 (default) a scan is often skipped: a guess c0 (the previous
+ * token's cluster, else the nearest centre in a 16-dim random projection) is
+ * accepted when 2|k - c0| plus a rounding margin is below a lower bound of
+ * the distance from c0 to its nearest other centre; by the triangle inequality
+ * every other centre is then farther by more than the scan's rounding error,
+ * so the scan would have chosen c0 too: the result is bitwise the same as
+ * with index=0, only faster on well separated clusters.
+ *
+ * Memory (bytes()): everything held: centres (d floats), |c|^2 (float) and
+ * count (int64) per cluster, the reservoir keys actually held (min(n_c,t) x d
+ * floats), the index (16 floats + 1 double per cluster, 16 x d projection
+ * floats), the l2 samples (d + dv floats each, once held) with the sampler
+ * bookkeeping (id, weight, threshold, heap slot, F), the exact buffer while it
+ * lives (d + dv floats per token) and the fixed struct.  Capacity slack and
+ * scratch space are not counted. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "attn.h"
+#include "method.h"
+#include "partial.h"
+#include "rng.h"
+#include "sampler.h"
+
+#define LN 16           /* SIMD lanes of the fixed-order dot product */
+#define NP 16           /* dimensions of the index projection */
+#define CHUNK 64        /* centres per OpenMP work item (a multiple of 4) */
+#define PAR_WORK 262144 /* nc * d above which the scan goes parallel */
+#define IDX_MIN 16      /* clusters from which the index is tried */
+#define QB 4            /* queries sharing one pass over the sampled keys */
+
+typedef struct {
+    kv_reservoir r; /* r.n = n_c */
+    int64_t cap;    /* key rows allocated */
+    float *keys;    /* kv_reservoir_size(&r) rows of d floats */
+} cluster;
+
+typedef struct {
+    kv_method_ctx ctx;
+    double delta, delta2;
+    int64_t t;
+    int s, use_index;
+    kv_rng rng;
+    /* clustering */
+    int64_t nc, ccap, nres; /* clusters, allocated, reservoir keys held */
+    float *cent;            /* nc x d, contiguous for the scan */
+    float *cnorm;           /* |c|^2 */
+    cluster *cl;
+    double cmax;            /* max |c| */
+    float *dist;            /* scratch: fast squared distances of one scan */
+    /* index (use_index) */
+    float *proj;            /* NP x d Gaussian projection */
+    float *cproj;           /* nc x NP projected centres */
+    double *nnd;            /* lower bound of |c - c'| over other centres c' */
+    int64_t last;           /* cluster of the previous token */
+    /* l2 sampling */
+    kv_l2_sampler l2;
+    float *sk, *sv;         /* s x d sampled keys, s x dv sampled values */
+    int *take;              /* scratch for kv_l2_offer */
+    /* exact buffer for the numerator */
+    int buf_on;
+    int64_t nval, nbuf, bcap; /* tokens with v != 0, rows held, allocated */
+    float *bk, *bv;
+} subgen;
+
+/* ---- fixed-order dot products ------------------------------------------ */
+
+/* Lane l accumulates elements i = l (mod LN); lanes are then added in a fixed
+ * tree.  The result never depends on pointer alignment, thread count or on
+ * which of dot1/dot4 computed it. */
+static inline float hsum(float *acc)
+{
+    /* constant trip counts: unrolled into a few vector adds */
+    for (int l = 0; l < 8; l++) acc[l] += acc[l + 8];
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    for (int l = 0; l < 2; l++) acc[l] += acc[l + 2];
+    return acc[0] + acc[1];
+}
+
+static inline float dot1(const float *restrict a, const float *restrict b, int d)
+{
+    float acc[LN] = { 0 };
+    int i = 0;
+    for (; i + LN <= d; i += LN) {
+#pragma omp simd
+        for (int l = 0; l < LN; l++) acc[l] += a[i + l] * b[i + l];
+    }
+    for (int l = 0; i + l < d; l++) acc[l] += a[i + l] * b[i + l];
+    return hsum(acc);
+}
+
+/* out[j] = <a, b_j> for four vectors b_j: a is loaded once for all four */
+static inline void dot4(const float *restrict a, const float *restrict b0, const float *restrict b1,
+                        const float *restrict b2, const float *restrict b3, int d, float *out)
+{
+    float c0[LN] = { 0 }, c1[LN] = { 0 }, c2[LN] = { 0 }, c3[LN] = { 0 };
+    int i = 0;
+    for (; i + LN <= d; i += LN) {
+#pragma omp simd
+        for (int l = 0; l < LN; l++) {
+            float x = a[i + l];
+            c0[l] += x * b0[i + l];
+            c1[l] += x * b1[i + l];
+            c2[l] += x * b2[i + l];
+            c3[l] += x * b3[i + l];
+        }
+    }
+    for (int l = 0; i + l < d; l++) {
+        float x = a[i + l];
+        c0[l] += x * b0[i + l];
+        c1[l] += x * b1[i + l];
+        c2[l] += x * b2[i + l];
+        c3[l] += x * b3[i + l];
+    }
+    out[0] = hsum(c0);
+    out[1] = hsum(c1);
+    out[2] = hsum(c2);
+    out[3] = hsum(c3);
+}
+
+/* exact squared distance in double (8 fixed lanes: fast, order fixed) */
+static double dist2_exact(const float *a, const float *b, int d)
+{
+    double acc[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8) {
+#pragma omp simd
+        for (int l = 0; l < 8; l++) {
+            double x = (double)a[i + l] - (double)b[i + l];
+            acc[l] += x * x;
+        }
+    }
+    for (int l = 0; i + l < d; l++) {
+        double x = (double)a[i + l] - (double)b[i + l];
+        acc[l] += x * x;
+    }
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* Bound on the rounding error of a float |a|^2 - 2<a,b> + |b|^2 (generous:
+ * several times the worst case of the lane sums). */
+static double fast_err(int d, double na, double nb)
+{
+    return 2.0 * (d + 4) * FLT_EPSILON * (na + nb) * (na + nb);
+}
+
+/* ---- growth ------------------------------------------------------------ */
+
+static int grow(void **p, int64_t *cap, int64_t need, size_t elem, int64_t first, kv_err *err)
+{
+    if (need <= *cap) return KV_OK;
+    int64_t nc = *cap ? *cap : first;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory (%lld items of %zu bytes)", (long long)nc, elem);
+    *p = q;
+    *cap = nc;
+    return KV_OK;
+}
+
+/* room for one more cluster in every per-cluster array */
+static int grow_clusters(subgen *g, kv_err *err)
+{
+    if (g->nc < g->ccap) return KV_OK;
+    int64_t nc = g->ccap ? 2 * g->ccap : 64, d = g->ctx.d;
+    float *c = realloc(g->cent, sizeof(float) * (size_t)(nc * d));
+    if (c) g->cent = c;
+    float *n = realloc(g->cnorm, sizeof(float) * (size_t)nc);
+    if (n) g->cnorm = n;
+    cluster *l = realloc(g->cl, sizeof(cluster) * (size_t)nc);
+    if (l) g->cl = l;
+    float *ds = realloc(g->dist, sizeof(float) * (size_t)nc);
+    if (ds) g->dist = ds;
+    int ok = c && n && l && ds;
+    if (ok && g->use_index) {
+        float *cp = realloc(g->cproj, sizeof(float) * (size_t)(nc * NP));
+        if (cp) g->cproj = cp;
+        double *nn = realloc(g->nnd, sizeof(double) * (size_t)nc);
+        if (nn) g->nnd = nn;
+        ok = cp && nn;
+    }
+    if (!ok) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for %lld clusters", (long long)nc);
+    g->ccap = nc;
+    return KV_OK;
+}
+
+/* ---- nearest centre ---------------------------------------------------- */
+
+/* g->dist[j] = fast squared distance from k to centre j, for all j */
+static void scan_range(const subgen *g, const float *k, float kn, int64_t a, int64_t b)
+{
+    int d = g->ctx.d;
+    const float *C = g->cent;
+    int64_t j = a;
+    float r[4];
+    for (; j + 4 <= b; j += 4) {
+        const float *c = C + j * d;
+        dot4(k, c, c + d, c + 2 * d, c + 3 * d, d, r);
+        for (int q = 0; q < 4; q++) g->dist[j + q] = kn - 2.0f * r[q] + g->cnorm[j + q];
+    }
+    for (; j < b; j++) g->dist[j] = kn - 2.0f * dot1(k, C + j * d, d) + g->cnorm[j];
+}
+
+static void scan_all(const subgen *g, const float *k, float kn)
+{
+    int64_t nc = g->nc, nch = (nc + CHUNK - 1) / CHUNK;
+    /* chunks are fixed, so each centre is computed by the same code whatever
+     * the thread count; a parallel region per token only pays off when the
+     * scan is long */
+    int par = nc * g->ctx.d >= PAR_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t c = 0; c < nch; c++) {
+        int64_t a = c * CHUNK, b = a + CHUNK < nc ? a + CHUNK : nc;
+        scan_range(g, k, kn, a, b);
+    }
+}
+
+static void project(const subgen *g, const float *k, float *pk)
+{
+    for (int p = 0; p < NP; p++) pk[p] = dot1(g->proj + (size_t)p * g->ctx.d, k, g->ctx.d);
+}
+
+/* Accept c0 without a scan if it is provably the scan's choice (see top). */
+static int index_accepts(const subgen *g, const float *k, double knorm, int64_t c0)
+{
+    double r2 = dist2_exact(k, g->cent + c0 * g->ctx.d, g->ctx.d);
+    if (!(r2 <= g->delta2)) return 0;
+    double gap = sqrt(2.0 * fast_err(g->ctx.d, knorm, g->cmax)) * 1.01 + 1e-30;
+    return 2.0 * sqrt(r2) * (1.0 + 1e-9) + gap < g->nnd[c0];
+}
+
+static int64_t index_guess(const subgen *g, const float *pk)
+{
+    int64_t best = -1;
+    float bd = INFINITY;
+    for (int64_t j = 0; j < g->nc; j++) {
+        const float *c = g->cproj + j * NP;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int p = 0; p < NP; p++) s += (pk[p] - c[p]) * (pk[p] - c[p]);
+        if (s < bd) { bd = s; best = j; }
+    }
+    return best;
+}
+
+/* Cluster of key k, or -1 for "open a new one" (then g->dist holds the scan
+ * against all existing centres). */
+static int64_t find_cluster(subgen *g, const float *k, float kn, const float *pk)
+{
+    int d = g->ctx.d;
+    double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
+    if (g->nc == 0) return -1;
+    if (g->use_index && g->nc >= IDX_MIN) {
+        if (g->last >= 0 && index_accepts(g, k, knorm, g->last)) return g->last;
+        int64_t c0 = index_guess(g, pk);
+        if (c0 >= 0 && c0 != g->last && index_accepts(g, k, knorm, c0)) return c0;
+    }
+    scan_all(g, k, kn);
+    int64_t best = -1;
+    float bd = INFINITY;
+    for (int64_t j = 0; j < g->nc; j++)
+        if (g->dist[j] < bd) { bd = g->dist[j]; best = j; }
+    if (best < 0) return -1;
+    double cn = sqrt(g->cnorm[best] > 0 ? (double)g->cnorm[best] : 0.0);
+    if ((double)bd > g->delta2 + fast_err(d, knorm, cn)) return -1;
+    return dist2_exact(k, g->cent + best * d, d) <= g->delta2 ? best : -1;
+}
+
+/* Open a cluster with centre k; g->dist holds the scan of k against the
+ * existing centres, which is exactly what the index bounds need. */
+static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv_err *err)
+{
+    int d = g->ctx.d;
+    if (grow_clusters(g, err)) return err->code;
+    int64_t c = g->nc;
+    memcpy(g->cent + c * d, k, sizeof(float) * (size_t)d);
+    g->cnorm[c] = kn;
+    kv_reservoir_init(&g->cl[c].r, g->t);
+    g->cl[c].cap = 0;
+    g->cl[c].keys = NULL;
+    double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
+    if (g->use_index) {
+        memcpy(g->cproj + c * NP, pk, sizeof(float) * NP);
+        double nn = INFINITY;
+        for (int64_t j = 0; j < c; j++) {
+            double cj = sqrt(g->cnorm[j] > 0 ? (double)g->cnorm[j] : 0.0);
+            double lb = (double)g->dist[j] - fast_err(d, knorm, cj);
+            lb = lb > 0 ? sqrt(lb) : 0.0;
+            if (lb < nn) nn = lb;
+            if (lb < g->nnd[j]) g->nnd[j] = lb;
+        }
+        g->nnd[c] = nn;
+    }
+    if (knorm > g->cmax) g->cmax = knorm;
+    g->nc++;
+    return KV_OK;
+}
+
+/* ---- method ops -------------------------------------------------------- */
+
+static void subgen_free(void *state)
+{
+    subgen *g = state;
+    if (!g) return;
+    for (int64_t c = 0; c < g->nc; c++) free(g->cl[c].keys);
+    free(g->cent);
+    free(g->cnorm);
+    free(g->cl);
+    free(g->dist);
+    free(g->proj);
+    free(g->cproj);
+    free(g->nnd);
+    kv_l2_clear(&g->l2);
+    free(g->sk);
+    free(g->sv);
+    free(g->take);
+    free(g->bk);
+    free(g->bv);
+    free(g);
+}
+
+static int subgen_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    double delta;
+    int64_t t, s, seed, index;
+    *out = NULL;
+    if (kv_spec_double(spec, "delta", 1, 0, 0.0, DBL_MAX, &delta, err) ||
+        kv_spec_int(spec, "t", 1, 0, 1, INT32_MAX, &t, err) ||
+        kv_spec_int(spec, "s", 1, 0, 1, 1 << 24, &s, err) ||
+        kv_spec_int(spec, "seed", 0, -1, 0, INT64_MAX, &seed, err) ||
+        kv_spec_int(spec, "index", 0, 1, 0, 1, &index, err) ||
+        kv_spec_finish(spec, err))
+        return err->code;
+    if (ctx->d < 1 || ctx->dv < 1)
+        return kv_seterr(err, KV_EINPUT, "method '%s': needs d >= 1 and dv >= 1", spec->text);
+    if (ctx->semantics != KV_SEM_FULL)
+        return kv_seterr(err, KV_EINPUT, "method '%s': subgen estimates full attention only", spec->text);
+    subgen *g = kv_calloc(1, sizeof *g, err);
+    if (!g) return err->code;
+    g->ctx = *ctx;
+    g->delta = delta;
+    g->delta2 = delta * delta;
+    g->t = t;
+    g->s = (int)s;
+    g->use_index = (int)index;
+    g->last = -1;
+    g->buf_on = 1;
+    /* seed=<n> replaces --seed; stream and rank are mixed in either way */
+    kv_rng_seed(&g->rng, seed < 0 ? ctx->seed : (uint64_t)seed, (uint64_t)ctx->stream, (uint64_t)ctx->rank);
+    int d = ctx->d, dv = ctx->dv;
+    g->sk = kv_malloc(sizeof(float) * (size_t)s * (size_t)d, err);
+    g->sv = kv_malloc(sizeof(float) * (size_t)s * (size_t)dv, err);
+    g->take = kv_malloc(sizeof(int) * (size_t)s, err);
+    if (!g->sk || !g->sv || !g->take || kv_l2_init(&g->l2, (int)s, err)) goto fail;
+    if (g->use_index) {
+        /* the projection only steers guesses, never results: a fixed seed */
+        g->proj = kv_malloc(sizeof(float) * NP * (size_t)d, err);
+        if (!g->proj) goto fail;
+        kv_rng pr;
+        kv_rng_seed(&pr, 0x70726f6aULL, 0, 0);
+        for (int i = 0; i < NP * d; i++) g->proj[i] = (float)kv_rng_normal(&pr);
+    }
+    *out = g;
+    return KV_OK;
+fail:
+    subgen_free(g);
+    return err->code;
+}
+
+/* store k in slot of cluster c (slots fill in order while n_c <= t) */
+static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, kv_err *err)
+{
+    cluster *cl = &g->cl[c];
+    int d = g->ctx.d;
+    if (slot >= cl->cap) {
+        int64_t nc = cl->cap ? 2 * cl->cap : 1;
+        if (nc > g->t) nc = g->t;
+        float *p = realloc(cl->keys, sizeof(float) * (size_t)(nc * d));
+        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for cluster samples");
+        cl->keys = p;
+        cl->cap = nc;
+    }
+    memcpy(cl->keys + slot * d, k, sizeof(float) * (size_t)d);
+    return KV_OK;
+}
+
+/* one more token for the numerator: l2 samplers and the exact buffer */
+static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv_err *err)
+{
+    int d = g->ctx.d, dv = g->ctx.dv;
+    double w = 0.0;
+    for (int c = 0; c < dv; c++) w += (double)v[c] * v[c];
+    if (!(w > 0.0) || !isfinite(w)) return KV_OK; /* contributes nothing */
+    g->nval++;
+    if (g->buf_on) {
+        if (g->nval > g->s) { /* too many to hold: from now on the samplers answer */
+            free(g->bk);
+            free(g->bv);
+            g->bk = g->bv = NULL;
+            g->nbuf = g->bcap = 0;
+            g->buf_on = 0;
+        } else {
+            int64_t kc = g->bcap, vc = g->bcap;
+            if (grow((void **)&g->bk, &kc, g->nbuf + 1, sizeof(float) * (size_t)d, 64, err) ||
+                grow((void **)&g->bv, &vc, g->nbuf + 1, sizeof(float) * (size_t)dv, 64, err))
+                return err->code;
+            g->bcap = kc < vc ? kc : vc;
+            memcpy(g->bk + g->nbuf * d, k, sizeof(float) * (size_t)d);
+            memcpy(g->bv + g->nbuf * dv, v, sizeof(float) * (size_t)dv);
+            g->nbuf++;
+        }
+    }
+    int nt = kv_l2_offer(&g->l2, &g->rng, id, w, g->take);
+    for (int i = 0; i < nt; i++) {
+        int j = g->take[i];
+        memcpy(g->sk + (size_t)j * d, k, sizeof(float) * (size_t)d);
+        memcpy(g->sv + (size_t)j * dv, v, sizeof(float) * (size_t)dv);
+    }
+    return KV_OK;
+}
+
+static int subgen_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    float pk[NP];
+    for (size_t i = 0; i < n; i++) {
+        const float *k = K + i * (size_t)d, *v = V + i * (size_t)dv;
+        float kn = dot1(k, k, d);
+        if (g->use_index) project(g, k, pk);
+        int64_t c = find_cluster(g, k, kn, pk);
+        if (c < 0) {
+            if (open_cluster(g, k, kn, pk, err)) return err->code;
+            c = g->nc - 1;
+        }
+        g->last = c;
+        int64_t before = kv_reservoir_size(&g->cl[c].r);
+        int64_t slot = kv_reservoir_offer(&g->cl[c].r, &g->rng);
+        if (slot >= 0 && reservoir_store(g, c, slot, k, err)) {
+            g->cl[c].r.n--; /* leave the state as it was */
+            return err->code;
+        }
+        g->nres += kv_reservoir_size(&g->cl[c].r) - before;
+        if (value_token(g, k, v, first + (int64_t)i, err)) return err->code;
+    }
+    return KV_OK;
+}
+
+/* logits S[q * nall + i] = scale <Q_q, key_i> of the nq (<= QB) queries in
+ * the order: reservoir keys cluster by cluster, then the numerator keys */
+static void block_logits(const subgen *g, const float *Q, int nq, float *S, int64_t nall)
+{
+    int d = g->ctx.d;
+    float scale = (float)g->ctx.scale, r[4];
+    const float *q[QB];
+    for (int i = 0; i < QB; i++) q[i] = Q + (size_t)(i < nq ? i : nq - 1) * d; /* pad */
+    int64_t i = 0;
+    for (int64_t c = 0; c < g->nc; c++) {
+        int64_t ns = kv_reservoir_size(&g->cl[c].r);
+        for (int64_t j = 0; j < ns; j++, i++) {
+            dot4(g->cl[c].keys + j * d, q[0], q[1], q[2], q[3], d, r);
+            for (int b = 0; b < nq; b++) S[b * nall + i] = r[b] * scale;
+        }
+    }
+    const float *nk = g->buf_on ? g->bk : g->sk;
+    for (; i < nall; i++) {
+        dot4(nk + (i - g->nres) * d, q[0], q[1], q[2], q[3], d, r);
+        for (int b = 0; b < nq; b++) S[b * nall + i] = r[b] * scale;
+    }
+}
+
+static void one_state(const subgen *g, float *a, int64_t nall, double *st)
+{
+    int dv = g->ctx.dv;
+    float m = -INFINITY;
+    for (int64_t i = 0; i < nall; i++) m = a[i] > m ? a[i] : m;
+    for (int64_t i = 0; i < nall; i++) a[i] -= m;
+    kv_expf_neg(a, (size_t)nall);
+    double l = 0.0, *u = st + KV_PS_U;
+    int64_t i = 0;
+    for (int64_t c = 0; c < g->nc; c++) {
+        int64_t ns = kv_reservoir_size(&g->cl[c].r);
+        double e = 0.0;
+        for (int64_t j = 0; j < ns; j++) e += a[i++];
+        l += (double)g->cl[c].r.n / (double)ns * e;
+    }
+    memset(u, 0, sizeof(double) * (size_t)dv);
+    if (g->buf_on) {
+        for (int64_t j = 0; j < g->nbuf; j++, i++) {
+            double e = a[i];
+            const float *v = g->bv + j * dv;
+            for (int c = 0; c < dv; c++) u[c] += e * v[c];
+        }
+    } else {
+        for (int j = 0; i < nall; j++, i++) {
+            double e = a[i] * g->l2.F / ((double)g->s * g->l2.w[j]);
+            const float *v = g->sv + (size_t)j * dv;
+            for (int c = 0; c < dv; c++) u[c] += e * v[c];
+        }
+    }
+    st[KV_PS_M] = m;
+    st[KV_PS_L] = l;
+    st[KV_PS_L2] = 0.0;
+}
+
+static void subgen_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    (void)p; /* the driver calls us exactly when we hold the tokens < p */
+    const subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    int64_t nnum = g->buf_on ? g->nbuf : (g->l2.F > 0.0 ? g->s : 0);
+    int64_t nall = g->nres + nnum;
+    if (g->nres == 0) { /* nothing ingested */
+        for (int q = 0; q < nq; q++) kv_partial_clear(st + (size_t)q * sl, dv);
+        return;
+    }
+    int nb = (nq + QB - 1) / QB;
+    /* query blocks are independent: the same result for any thread count */
+#pragma omp parallel if (nb > 1 && !omp_in_parallel())
+    {
+        float *S = malloc(sizeof(float) * QB * (size_t)nall);
+        if (!S) abort(); /* partial cannot report errors */
+#pragma omp for schedule(dynamic, 1)
+        for (int b = 0; b < nb; b++) {
+            int q0 = b * QB, n = nq - q0 < QB ? nq - q0 : QB;
+            block_logits(g, Q + (size_t)q0 * d, n, S, nall);
+            for (int q = 0; q < n; q++) one_state(g, S + q * nall, nall, st + (size_t)(q0 + q) * sl);
+        }
+        free(S);
+    }
+}
+
+static size_t subgen_bytes(const void *state)
+{
+    const subgen *g = state;
+    size_t d = (size_t)g->ctx.d, dv = (size_t)g->ctx.dv;
+    size_t b = sizeof *g;
+    b += (size_t)g->nc * (d * sizeof(float) + sizeof(float) + sizeof(int64_t)); /* centre, |c|^2, n_c */
+    b += (size_t)g->nres * d * sizeof(float);                                  /* reservoir keys */
+    if (g->use_index) b += NP * d * sizeof(float) + (size_t)g->nc * (NP * sizeof(float) + sizeof(double));
+    b += kv_l2_bytes(&g->l2);
+    if (g->l2.F > 0.0) b += (size_t)g->s * (d + dv) * sizeof(float); /* held samples */
+    b += (size_t)g->nbuf * (d + dv) * sizeof(float);
+    return b;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void subgen_extra(const void *state, kv_method_extra *x)
+{
+    const subgen *g = state;
+    x->clusters = g->nc;
+    int64_t kept = g->nres;
+    if (g->buf_on) {
+        kept += g->nbuf;
+    } else if (g->l2.F > 0.0) { /* distinct tokens among the s samples */
+        int64_t *ids = malloc(sizeof(int64_t) * (size_t)g->s);
+        if (ids) {
+            memcpy(ids, g->l2.item, sizeof(int64_t) * (size_t)g->s);
+            qsort(ids, (size_t)g->s, sizeof(int64_t), cmp_i64);
+            for (int j = 0; j < g->s; j++) kept += j == 0 || ids[j] != ids[j - 1];
+            free(ids);
+        } else {
+            kept += g->s;
+        }
+    }
+    x->kept_tokens = kept;
+}
+
+const kv_method_ops kv_method_subgen = {
+    .name = "subgen",
+    .usage = "delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
+    .create = subgen_create,
+    .ingest = subgen_ingest,
+    .partial = subgen_partial,
+    .bytes = subgen_bytes,
+    .extra = subgen_extra,
+    .free = subgen_free,
+};
