@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "buf.h"
 #include "kverr.h"
 #include "spec.h"
 
@@ -62,6 +63,18 @@ typedef struct kv_method_ops {
     size_t (*bytes)(const void *state);
     void (*extra)(const void *state, kv_method_extra *x); /* may be NULL */
     void (*free)(void *state);
+    /* Checkpoints (replay --checkpoint/--resume).  save appends everything
+     * that later calls depend on (held tokens, counts, RNG state, scores) to
+     * out; load restores it into a state just made by create with the same
+     * spec and ctx, so that the resumed run is bitwise the same as an
+     * uninterrupted one.  load must reject malformed bytes with an error. */
+    void (*save)(const void *state, kv_buf *out);
+    int (*load)(void *state, kv_rd *in, kv_err *err);
+    /* An upper bound of bytes() over the whole stream, from the spec and
+     * ctx alone (ctx->shard_tokens tokens on this rank): replay
+     * --max-memory refuses a run before it starts when the bounds add up to
+     * more than allowed. */
+    int64_t (*max_bytes)(const void *state);
 } kv_method_ops;
 
 /* This rank's share of a global budget (tokens, samples): proportional to

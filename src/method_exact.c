@@ -126,6 +126,41 @@ static void exact_free(void *state)
     free(s);
 }
 
+static void exact_save(const void *state, kv_buf *out)
+{
+    const exact_state *s = state;
+    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->runs, s->nruns * sizeof(run));
+}
+
+static int exact_load(void *state, kv_rd *in, kv_err *err)
+{
+    exact_state *s = state;
+    size_t nk, nv, nr;
+    void *K = NULL, *V = NULL, *R = NULL;
+    size_t lim = (size_t)(s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total);
+    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) ||
+        kv_rd_arr(in, &R, sizeof(run), lim, &nr, err) || nk != nv || (nk && !nr)) {
+        free(K); free(V); free(R);
+        return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: exact state is inconsistent");
+    }
+    free(s->K); free(s->V); free(s->runs);
+    s->K = K; s->V = V; s->runs = R;
+    s->n = s->cap = nk;
+    s->nruns = s->rcap = nr;
+    return KV_OK;
+}
+
+static int64_t exact_max_bytes(const void *state)
+{
+    const exact_state *s = state;
+    int64_t n = s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total;
+    /* one run per shard chunk at most; a chunk is >= 1 token */
+    return n * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + n * (int64_t)sizeof(run);
+}
+
 const kv_method_ops kv_method_exact = {
     .name = "exact",
     .usage = "",
@@ -135,4 +170,7 @@ const kv_method_ops kv_method_exact = {
     .bytes = exact_bytes,
     .extra = exact_extra,
     .free = exact_free,
+    .save = exact_save,
+    .load = exact_load,
+    .max_bytes = exact_max_bytes,
 };
