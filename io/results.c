@@ -39,6 +39,27 @@ kv_results *kv_results_create(const char *path, kv_err *err)
     return r;
 }
 
+kv_results *kv_results_reopen(const char *path, kv_err *err)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    kv_results *r = kv_calloc(1, sizeof *r, err);
+    if (!r) return NULL;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    r->file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (r->file < 0) {
+        kv_seterr(err, KV_EINPUT, "%s: cannot reopen the results file to resume (missing or corrupt)", path);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int kv_results_flush(kv_results *r, kv_err *err)
+{
+    if (H5Fflush(r->file, H5F_SCOPE_GLOBAL) < 0) return kv_seterr(err, KV_EINTERNAL, "%s: flush failed (disk full?)", r->path);
+    return KV_OK;
+}
+
 int kv_results_group(kv_results *r, const char *group, kv_err *err)
 {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -85,13 +106,19 @@ int kv_results_attr_f64(kv_results *r, const char *group, const char *name, doub
     return attr(r, group, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &val, err);
 }
 
+/* an open dataset by path; datasets of a reopened file are opened lazily */
 static hid_t find_ds(kv_results *r, const char *group, const char *name)
 {
     char full[192];
     snprintf(full, sizeof full, "%s/%s", group, name);
     for (int i = 0; i < r->nds; i++)
         if (!strcmp(r->ds[i].name, full)) return r->ds[i].id;
-    return -1;
+    if (r->nds == MAXDS || H5Lexists(r->file, full, H5P_DEFAULT) <= 0) return -1;
+    hid_t ds = H5Dopen2(r->file, full, H5P_DEFAULT);
+    if (ds < 0) return -1;
+    snprintf(r->ds[r->nds].name, sizeof r->ds[r->nds].name, "%s", full);
+    r->ds[r->nds++].id = ds;
+    return ds;
 }
 
 int kv_results_dataset(kv_results *r, const char *group, const char *name, kv_rtype type, int rank,
@@ -110,6 +137,9 @@ int kv_results_dataset(kv_results *r, const char *group, const char *name, kv_rt
     if (rank >= 2 && ch[0] > 1) ch[0] = 1;
     hid_t sp = H5Screate_simple(rank, hd, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
     if (hd[qa] > 0) H5Pset_chunk(dcpl, rank, ch);
+    /* all chunks allocated now: later row writes change no metadata, so a
+     * file flushed at a checkpoint stays readable if the run dies after */
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
     char full[192];
     snprintf(full, sizeof full, "%s/%s", group, name);
     hid_t ds = H5Dcreate2(r->file, full, filetype(type), sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);

@@ -15,6 +15,10 @@ typedef struct kv_results kv_results;
 typedef enum { KV_R_F32, KV_R_F64, KV_R_I64 } kv_rtype;
 
 kv_results *kv_results_create(const char *path, kv_err *err);
+/* Reopen a results file for writing more rows (replay --resume). */
+kv_results *kv_results_reopen(const char *path, kv_err *err);
+/* Make everything written so far durable (checkpoints). */
+int kv_results_flush(kv_results *r, kv_err *err);
 /* Create a group (and parents), e.g. "/methods/exact". */
 int kv_results_group(kv_results *r, const char *group, kv_err *err);
 /* Attributes on a group ("/" for the root). */

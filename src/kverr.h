@@ -10,6 +10,7 @@ enum {
     KV_OK = 0,
     KV_EINTERNAL = 1, /* bug, allocation failure, I/O failure */
     KV_EINPUT = 2,    /* bad input: file, option, spec; exit status 2 */
+    KV_ESTOPPED = 3,  /* stopped by SIGTERM/SIGUSR1 (checkpoint written if asked); exit status 3 */
 };
 
 typedef struct {

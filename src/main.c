@@ -50,6 +50,22 @@ static int opt_f64(const char *opt, const char *s, double *out, kv_err *err)
     return KV_OK;
 }
 
+/* sizes: 123, 64K, 512M, 2G (powers of 1024) */
+static int opt_size(const char *opt, const char *s, int64_t *out, kv_err *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    if (errno || end == s || *end || !(v > 0) || v * mul > 9e18)
+        return kv_seterr(err, KV_EINPUT, "%s: '%s' is not a size (e.g. 512M, 4G)", opt, s);
+    *out = (int64_t)(v * mul);
+    return KV_OK;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -60,7 +76,8 @@ static void usage(FILE *f)
         "  info   FILE                      shape, storage, attributes and a validation verdict\n"
         "  replay FILE --methods LIST [-o results.h5] [--save-outputs] [--batch B] [--seed X]\n"
         "         [--semantics full|window-unmasked-values --window W] [--shard-chunk C]\n"
-        "         [--no-bound-ratio] [--quiet]\n"
+        "         [--no-bound-ratio] [--quiet] [--max-memory SIZE]\n"
+        "         [--checkpoint FILE [--checkpoint-every N]] [--resume FILE]\n"
         "  sweep  --kind jl|sphere|... --n 512,1024 --d 16,48 --methods 'window:W=@,subgen:delta=1,t=@,s=@'\n"
         "         --eps E [--queries m] [--streams S] [--seed X] [gen options] [--workdir DIR] -o sweep.h5\n"
         "  record --model FILE --tokens N [--prompt-tokens 1,2,3] [--temperature T --seed X] -o FILE\n"
@@ -109,7 +126,8 @@ static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
     static const struct option lo[] = {
         { "methods", 1, 0, 'M' }, { "output", 1, 0, 'o' }, { "save-outputs", 0, 0, 'O' }, { "batch", 1, 0, 'B' },
         { "seed", 1, 0, 'x' }, { "semantics", 1, 0, 'e' }, { "window", 1, 0, 'W' }, { "shard-chunk", 1, 0, 'C' },
-        { "no-bound-ratio", 0, 0, 'N' }, { "quiet", 0, 0, 'q' }, { 0, 0, 0, 0 } };
+        { "no-bound-ratio", 0, 0, 'N' }, { "quiet", 0, 0, 'q' }, { "checkpoint", 1, 0, 'K' },
+        { "checkpoint-every", 1, 0, 'k' }, { "resume", 1, 0, 'R' }, { "max-memory", 1, 0, 'X' }, { 0, 0, 0, 0 } };
     int c;
     int64_t v;
     optind = 1;
@@ -130,6 +148,10 @@ static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
         case 'C': opt_i64("--shard-chunk", optarg, 1, INT64_C(1) << 30, &o->shard_chunk, err); break;
         case 'N': o->bound_ratio = 0; break;
         case 'q': o->quiet = 1; break;
+        case 'K': o->checkpoint = optarg; break;
+        case 'k': opt_i64("--checkpoint-every", optarg, 1, INT64_C(1) << 40, &o->checkpoint_every, err); break;
+        case 'R': o->resume = optarg; break;
+        case 'X': opt_size("--max-memory", optarg, &o->max_memory, err); break;
         case ':': kv_seterr(err, KV_EINPUT, "replay: option %s needs a value", argv[optind - 1]); break;
         default: kv_seterr(err, KV_EINPUT, "replay: unknown option '%s'", argv[optind - 1]); break;
         }
@@ -140,6 +162,12 @@ static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
     if (!o->methods) o->methods = "exact";
     if (o->window && o->semantics != KV_SEM_WINDOW_UNMASKED)
         return kv_seterr(err, KV_EINPUT, "--window only applies with --semantics window-unmasked-values");
+    if (o->checkpoint_every && !o->checkpoint)
+        return kv_seterr(err, KV_EINPUT, "--checkpoint-every needs --checkpoint FILE");
+    /* test hook (documented in tests/check_checkpoint.py): stop as if
+     * SIGTERM arrived once this many queries are done */
+    const char *stop = getenv("KVSTREAM_TEST_STOP_AT");
+    if (stop && opt_i64("KVSTREAM_TEST_STOP_AT", stop, 1, INT64_MAX, &o->test_stop_at, err)) return err->code;
     return KV_OK;
 }
 
@@ -299,7 +327,8 @@ int main(int argc, char **argv)
                   *cmd ? "unknown command '" : "no command given", cmd, *cmd ? "'" : "");
         rc = err.code;
     }
-    if (rc && rank == 0) fprintf(stderr, "kvstream: error: %s\n", err.msg);
+    if (rc == KV_ESTOPPED && rank == 0) fprintf(stderr, "kvstream: %s\n", err.msg);
+    else if (rc && rank == 0) fprintf(stderr, "kvstream: error: %s\n", err.msg);
     MPI_Finalize();
     return rc;
 }

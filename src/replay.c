@@ -4,6 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "agree.h"
+#include "buf.h"
+#include "ckpt.h"
+#include "rng.h"
+#include "signals.h"
 #include "merge.h"
 #include "metrics.h"
 #include "partial.h"
@@ -211,7 +215,15 @@ static int sink_open(replay *r, sink *k, kv_err *err)
     k->work = kv_malloc(sizeof(double) * (size_t)dv, err);
     k->G = kv_malloc(sizeof(double) * (size_t)(dv * dv), err);
     if (err->code) return err->code;
+    if (r->o->save_outputs) {
+        k->zout = kv_malloc(sizeof(float) * (size_t)(r->S * r->o->batch * dv), err);
+        if (!k->zout) return err->code;
+    }
     if (!r->o->out) return KV_OK;
+    if (r->o->resume) { /* rows before the checkpoint are in the file already */
+        k->res = kv_results_reopen(r->o->out, err);
+        return k->res ? KV_OK : err->code;
+    }
     k->res = kv_results_create(r->o->out, err);
     if (!k->res) return err->code;
     int64_t d2[2] = { r->S, r->m }, d3[3] = { r->S, r->m, r->dv };
@@ -223,11 +235,7 @@ static int sink_open(replay *r, sink *k, kv_err *err)
         if (r->gram && kv_results_dataset(k->res, g, "bound_ratio", KV_R_F64, 2, d2, err)) return err->code;
         if (r->o->save_outputs && kv_results_dataset(k->res, g, "outputs", KV_R_F32, 3, d3, err)) return err->code;
     }
-    if (r->o->save_outputs) {
-        k->zout = kv_malloc(sizeof(float) * (size_t)(r->S * r->o->batch * dv), err);
-        if (!k->zout) return err->code;
-    }
-    return KV_OK;
+    return kv_results_flush(k->res, err);
 }
 
 /* Metrics for a merged batch: st [M][S][cnt][sl], gram sums [U][S][dv*dv]. */
@@ -449,6 +457,164 @@ static void progress(replay *r, int64_t done_q, int64_t pos, double t0, double *
             (long long)pos, (long long)r->n, (long long)done_q, (long long)r->m, rate, el, eta);
 }
 
+/* ---- checkpoints ---- */
+
+/* Identifies the trace: shape, scale, query positions and its first rows. */
+static int64_t fingerprint(replay *r, kv_err *err)
+{
+    uint64_t h = kv_hash4((uint64_t)r->S, (uint64_t)r->n, (uint64_t)r->m, (uint64_t)(r->d << 20 | r->dv));
+    double sc = r->in->scale;
+    uint64_t bits;
+    memcpy(&bits, &sc, sizeof bits);
+    h = kv_hash4(h, bits, 0, 0);
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    for (int64_t j = 0; j < r->m; j++) h = kv_hash4(h, (uint64_t)pos[j], (uint64_t)j, 1);
+    int64_t cnt = min64(r->n, 16);
+    float *K = kv_malloc(sizeof(float) * (size_t)(r->S * cnt * r->d), err);
+    float *V = kv_malloc(sizeof(float) * (size_t)(r->S * cnt * r->dv), err);
+    if (K && V && !kv_trace_read_kv(r->tr, 0, cnt, K, V, err)) {
+        for (int64_t i = 0; i < r->S * cnt * r->d; i++) { uint32_t b; memcpy(&b, &K[i], 4); h = kv_hash4(h, b, (uint64_t)i, 2); }
+        for (int64_t i = 0; i < r->S * cnt * r->dv; i++) { uint32_t b; memcpy(&b, &V[i], 4); h = kv_hash4(h, b, (uint64_t)i, 3); }
+    }
+    free(K);
+    free(V);
+    return (int64_t)(h & INT64_MAX);
+}
+
+static void fill_meta(replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next)
+{
+    const kv_replay_opts *o = r->o;
+    memset(m, 0, sizeof *m);
+    snprintf(m->trace, sizeof m->trace, "%s", o->trace);
+    snprintf(m->methods, sizeof m->methods, "%s", o->methods);
+    snprintf(m->semantics, sizeof m->semantics, "%s", o->semantics == KV_SEM_FULL ? "full" : "window-unmasked-values");
+    snprintf(m->out, sizeof m->out, "%s", o->out ? o->out : "");
+    m->ranks = r->P; m->S = r->S; m->n = r->n; m->m = r->m; m->d = r->d; m->dv = r->dv;
+    m->seed = (int64_t)(o->seed & INT64_MAX); m->window = o->window; m->batch = o->batch;
+    m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
+}
+
+#define CK_MAGIC INT64_C(0x4b56434b50543031) /* "KVCKPT01" */
+
+/* this rank's state: methods, shard position, V^T V, and on rank 0 the metrics so far */
+static int save_state(replay *r, const sink *k, kv_buf *b, kv_err *err)
+{
+    kv_buf_put_i64(b, CK_MAGIC);
+    kv_buf_put_i64(b, r->cur);
+    for (int mi = 0; mi < r->M; mi++) {
+        instance *x = &r->inst[mi];
+        if (!x->ops->save) return kv_seterr(err, KV_EINPUT, "--checkpoint: method '%s' cannot be checkpointed", x->spec.text);
+        kv_buf_put_i64(b, x->peak);
+        kv_buf_put_f64(b, x->t_ingest);
+        kv_buf_put_f64(b, x->t_query);
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_buf one;
+            kv_buf_init(&one);
+            x->ops->save(x->st[s], &one);
+            if (one.failed) { kv_buf_free(&one); return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory"); }
+            kv_buf_put_arr(b, one.data, one.len);
+            kv_buf_free(&one);
+        }
+    }
+    size_t gl = (size_t)(r->dv * r->dv);
+    if (r->gram) kv_buf_put_arr(b, r->gram, sizeof(double) * (size_t)r->S * gl);
+    if (r->rank == 0) {
+        size_t all = (size_t)(r->M * r->S * r->m);
+        kv_buf_put_arr(b, k->rel, sizeof(double) * all);
+        kv_buf_put_arr(b, k->bound, sizeof(double) * all);
+        kv_buf_put_arr(b, k->ev, sizeof(double) * (size_t)(r->S * r->dv));
+        kv_buf_put_f64(b, k->model_max);
+        kv_buf_put_f64(b, k->model_sum);
+        kv_buf_put_i64(b, k->model_cnt);
+    }
+    if (b->failed) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+    return KV_OK;
+}
+
+static int load_array(kv_rd *rd, void *dst, size_t bytes, kv_err *err)
+{
+    void *p;
+    size_t n;
+    if (kv_rd_arr(rd, &p, 1, bytes, &n, err)) return err->code;
+    int bad = n != bytes;
+    if (!bad && n) memcpy(dst, p, n);
+    free(p);
+    return bad ? kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what) : KV_OK;
+}
+
+static int load_state(replay *r, sink *k, const void *blob, size_t len, kv_err *err)
+{
+    kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
+    int64_t magic, cur;
+    if (kv_rd_i64(&rd, &magic, err) || kv_rd_i64(&rd, &cur, err)) return err->code;
+    if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
+    r->cur = cur;
+    for (int mi = 0; mi < r->M; mi++) {
+        instance *x = &r->inst[mi];
+        if (!x->ops->load) return kv_seterr(err, KV_EINPUT, "--resume: method '%s' cannot be checkpointed", x->spec.text);
+        if (kv_rd_i64(&rd, &x->peak, err) || kv_rd_f64(&rd, &x->t_ingest, err) || kv_rd_f64(&rd, &x->t_query, err))
+            return err->code;
+        for (int64_t s = 0; s < r->S; s++) {
+            int64_t n;
+            if (kv_rd_i64(&rd, &n, err)) return err->code;
+            if (n < 0 || (size_t)n > rd.len - rd.pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
+            kv_rd one = { .data = rd.data + rd.pos, .len = (size_t)n, .what = x->spec.method };
+            if (x->ops->load(x->st[s], &one, err)) return err->code;
+            if (one.pos != one.len)
+                return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
+            rd.pos += (size_t)n;
+        }
+    }
+    size_t gl = (size_t)(r->dv * r->dv);
+    rd.what = "V^T V";
+    if (r->gram && load_array(&rd, r->gram, sizeof(double) * (size_t)r->S * gl, err)) return err->code;
+    if (r->rank == 0) {
+        size_t all = (size_t)(r->M * r->S * r->m);
+        rd.what = "the metrics";
+        if (load_array(&rd, k->rel, sizeof(double) * all, err) || load_array(&rd, k->bound, sizeof(double) * all, err) ||
+            load_array(&rd, k->ev, sizeof(double) * (size_t)(r->S * r->dv), err) ||
+            kv_rd_f64(&rd, &k->model_max, err) || kv_rd_f64(&rd, &k->model_sum, err) || kv_rd_i64(&rd, &k->model_cnt, err))
+            return err->code;
+    }
+    if (rd.pos != rd.len) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state has trailing bytes");
+    return KV_OK;
+}
+
+static int write_checkpoint(replay *r, sink *k, int64_t fp, int64_t next, kv_err *err)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    save_state(r, k, &b, err);
+    if (!err->code && k->res) kv_results_flush(k->res, err); /* rows < next are durable */
+    if (kv_agree(r->comm, err)) { kv_buf_free(&b); return err->code; }
+    kv_ckpt_meta m;
+    fill_meta(r, &m, fp, next);
+    kv_ckpt_write(r->o->checkpoint, r->comm, &m, b.data, b.len, err);
+    kv_buf_free(&b);
+    return kv_agree(r->comm, err);
+}
+
+/* --max-memory: the methods' upper bounds plus the driver's buffers */
+static int check_memory(replay *r, size_t buffers, kv_err *err)
+{
+    if (r->o->max_memory <= 0) return KV_OK;
+    int64_t need = (int64_t)buffers, worst = 0;
+    int worst_mi = -1;
+    for (int mi = 0; mi < r->M; mi++) {
+        instance *x = &r->inst[mi];
+        int64_t b = 0;
+        for (int64_t s = 0; s < r->S; s++)
+            b += x->ops->max_bytes ? x->ops->max_bytes(x->st[s]) : (int64_t)(r->n * (r->d + r->dv) * 4);
+        need += b;
+        if (b > worst) { worst = b; worst_mi = mi; }
+    }
+    if (need > r->o->max_memory)
+        return kv_seterr(err, KV_EINPUT, "--max-memory %lld: this rank would need up to %lld bytes (largest: %s %lld, "
+                         "replay buffers %zu)", (long long)r->o->max_memory, (long long)need,
+                         worst_mi >= 0 ? r->inst[worst_mi].spec.text : "-", (long long)worst, buffers);
+    return KV_OK;
+}
+
 int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
 {
     replay R = { .o = o, .comm = comm, .loaded = -1 }, *r = &R;
@@ -478,6 +644,9 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
     if (r->C > r->n) r->C = r->n;
     r->par_streams = r->S > 1 && r->nthreads > 1;
     create_states(r, err);
+    for (int mi = 0; mi < r->M && !err->code && (o->checkpoint || o->resume); mi++)
+        if (!r->inst[mi].ops->save || !r->inst[mi].ops->load)
+            kv_seterr(err, KV_EINPUT, "--checkpoint/--resume: method '%s' cannot be checkpointed", r->inst[mi].spec.text);
     if (kv_agree(comm, err)) goto out;
 
     int64_t B = o->batch < r->m ? o->batch : r->m, dv = r->dv;
@@ -492,6 +661,14 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
         r->gram = kv_calloc((size_t)r->S * gl, sizeof(double), err);
         gsend = kv_malloc(sizeof(double) * (size_t)(B * r->S) * gl, err);
     }
+    {
+        size_t buffers = sizeof(float) * (size_t)(r->S * r->C * (r->d + dv) + r->S * B * r->d) +
+                         sizeof(double) * nst * (r->rank == 0 ? 2 : 1) +
+                         (o->bound_ratio ? sizeof(double) * (size_t)(r->S + B * r->S * (r->rank == 0 ? 2 : 1)) * gl : 0) +
+                         (r->rank == 0 ? 2 * sizeof(double) * (size_t)(r->M * r->S * r->m) : 0);
+        if (!err->code) check_memory(r, buffers, err);
+    }
+    if (kv_agree(comm, err)) goto out;
     if (r->rank == 0) {
         recv = kv_malloc(sizeof(double) * nst, err);
         if (o->bound_ratio) gsum = kv_malloc(sizeof(double) * (size_t)(B * r->S) * gl, err);
@@ -503,8 +680,23 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
 
     const int64_t *pos = kv_trace_query_pos(r->tr);
     r->cur = min64((int64_t)r->rank * r->C, r->n);
+    int64_t fp = (o->checkpoint || o->resume) ? fingerprint(r, err) : 0, j_start = 0;
+    if (kv_agree(comm, err)) goto out;
+    if (o->resume) {
+        kv_ckpt_meta want, got;
+        void *blob = NULL;
+        size_t len = 0;
+        fill_meta(r, &want, fp, 0);
+        if (!kv_ckpt_read(o->resume, comm, &want, &got, &blob, &len, err)) {
+            load_state(r, &K, blob, len, err);
+            j_start = got.next_query;
+        }
+        free(blob);
+        if (kv_agree(comm, err)) goto out;
+    }
+    kv_signals_install();
     double last_progress = t_start;
-    for (int64_t j0 = 0; j0 < r->m; j0 += B) {
+    for (int64_t j0 = j_start; j0 < r->m; j0 += B) {
         int64_t cnt = min64(B, r->m - j0), nu = 0;
         if (!err->code) kv_trace_read_queries(r->tr, j0, cnt, Q, err);
         for (int64_t jj = 0; jj < cnt && !err->code;) {
@@ -540,6 +732,22 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
         if (!err->code && r->rank == 0) sink_batch(r, &K, recv, j0, cnt, r->gram ? gsum : NULL, uidx, err);
         if (kv_agree(comm, err)) goto out;
         progress(r, j0 + cnt, pos[j0 + cnt - 1], t_start, &last_progress);
+        /* a signal on any rank stops all of them, after this batch */
+        int64_t done = j0 + cnt;
+        if (o->test_stop_at > 0 && done >= o->test_stop_at && done < r->m && r->rank == 0) kv_signal_raise(15);
+        int sig = kv_signal_pending(), any;
+        MPI_Allreduce(&sig, &any, 1, MPI_INT, MPI_MAX, comm);
+        int due = o->checkpoint_every > 0 && done / o->checkpoint_every > j0 / o->checkpoint_every && done < r->m;
+        if ((any || due) && o->checkpoint && write_checkpoint(r, &K, fp, done, err)) goto out;
+        if (any && done < r->m) {
+            if (o->checkpoint)
+                kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries; checkpoint written to %s "
+                          "(continue with --resume %s)", any, (long long)done, (long long)r->m, o->checkpoint, o->checkpoint);
+            else
+                kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries (no --checkpoint given)", any,
+                          (long long)done, (long long)r->m);
+            goto out;
+        }
     }
     /* the rest of the shard: memory and ingest figures cover the whole trace */
     advance(r, r->n, err);

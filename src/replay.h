@@ -32,6 +32,11 @@ typedef struct {
     int bound_ratio;        /* accumulate V^T V for the bound ratio metric */
     int quiet;              /* no progress line */
     FILE *table;            /* where rank 0 prints the summary (NULL: none) */
+    const char *checkpoint; /* write checkpoints here (NULL: never) */
+    int64_t checkpoint_every; /* queries between checkpoints (0: only on a signal) */
+    const char *resume;     /* continue from this checkpoint */
+    int64_t max_memory;     /* bytes per rank the run may hold (0: no limit) */
+    int64_t test_stop_at;   /* test hook: act as if SIGTERM came once this many queries are done (<= 0: off) */
     kv_replay_summary *summary; /* NULL, or room for max_summary methods:  */
     int max_summary;            /* filled on every rank, in --methods order */
     int *n_summary;             /* (exact appended last if it was added)    */
