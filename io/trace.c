@@ -164,6 +164,9 @@ static int open_ds(kv_trace *t, const char *name, H5T_class_t want, int rank, hs
 static int read_query_pos(kv_trace *t, hid_t ds, kv_err *err)
 {
     int64_t m = t->info.m, n = t->info.n;
+    if (m > (INT64_C(1) << 31))
+        return kv_seterr(err, KV_EINPUT, "%s: /query_pos has %lld entries (more than 2^31 queries is not supported)",
+                         t->path, (long long)m);
     t->query_pos = kv_malloc(sizeof(int64_t) * (size_t)(m ? m : 1), err);
     if (!t->query_pos) return err->code;
     if (H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, t->query_pos) < 0)
@@ -276,9 +279,33 @@ static int validate(kv_trace *t, kv_err *err)
     return KV_OK;
 }
 
+static kv_trace *open_one(const char *path, MPI_Comm comm, kv_err *err);
+
 kv_trace *kv_trace_open(const char *path, MPI_Comm comm, kv_err *err)
 {
     quiet();
+    if (comm == MPI_COMM_NULL) return open_one(path, comm, err);
+    /* Rank 0 validates the metadata with the serial driver first: a corrupt
+     * file can make parallel HDF5 fail at different points on different
+     * ranks inside H5Fopen, leaving its internal collectives mismatched (a
+     * hang).  Only a file that passed is opened collectively. */
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    kv_err pre = { 0, "" };
+    if (rank == 0) {
+        kv_trace *t = open_one(path, MPI_COMM_NULL, &pre);
+        kv_trace_close(t);
+    }
+    MPI_Bcast(&pre, (int)sizeof pre, MPI_BYTE, 0, comm);
+    if (pre.code) {
+        kv_seterr(err, pre.code, "%s", pre.msg);
+        return NULL;
+    }
+    return open_one(path, comm, err);
+}
+
+static kv_trace *open_one(const char *path, MPI_Comm comm, kv_err *err)
+{
     struct stat sb;
     if (stat(path, &sb) != 0) { kv_seterr(err, KV_EINPUT, "%s: no such file", path); return NULL; }
     if (!S_ISREG(sb.st_mode)) { kv_seterr(err, KV_EINPUT, "%s: not a regular file", path); return NULL; }

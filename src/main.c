@@ -18,11 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "agree.h"
-#if __has_include("cmd_record.h") /* TEMP until record lands */
 #include "cmd_record.h"
-#else
-static int kv_cmd_record(int c, char **v, kv_err *e) { (void)c; (void)v; return kv_seterr(e, KV_EINPUT, "record: not built"); }
-#endif
 #include "gen.h"
 #include "replay.h"
 #include "sweep.h"

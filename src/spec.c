@@ -87,8 +87,12 @@ int kv_spec_parse_list(const char *list, kv_spec **out, int *count, kv_err *err)
     }
     for (int i = 0; i < n; i++) {
         if (!specs[i].label[0]) {
-            /* the label becomes an HDF5 group name: no '/' and no leading '.' */
-            snprintf(specs[i].label, sizeof specs[i].label, "%s", specs[i].text);
+            /* the label becomes an HDF5 group name: no '/'; long specs are
+             * cut (two that then collide are caught below) */
+            size_t L = strlen(specs[i].text);
+            if (L >= sizeof specs[i].label) L = sizeof specs[i].label - 1;
+            memcpy(specs[i].label, specs[i].text, L);
+            specs[i].label[L] = '\0';
             for (char *c = specs[i].label; *c; c++) if (*c == '/') *c = '_';
         }
         for (int j = 0; j < i; j++)
