@@ -26,17 +26,25 @@
  * common max m over every logit used; the cross-rank merge sums l and u, so
  * the sum of the ranks' estimates is the estimate of the whole stream.
  *
- * Finding the nearest centre: centres are stored contiguously with |c|^2, and
- * a scan computes |k|^2 - 2<k,c> + |c|^2 in float (fixed-order SIMD lanes,
- * OpenMP across centre chunks when there are many and we are not already in
- * a parallel region).  The candidate is confirmed by an exact double distance.
- * With index=1 (default) a scan is often skipped: a guess c0 (the previous
+ * Finding the nearest centre: centres are stored in transposed blocks of 16
+ * with |c|^2, and a scan computes |k|^2 - 2<k,c> + |c|^2 in float, 16 centres
+ * per SIMD multiply-add, in an order that is fixed per (key, centre) (so
+ * results never depend on alignment, batching or thread count).  When most
+ * tokens need a scan, 4 upcoming keys are scanned in one pass over the
+ * centres (multiply-add bound instead of L2 bound); the scan runs in OpenMP
+ * chunks when it is long and we are not already in a parallel region (the
+ * replay driver may ingest different streams from parallel threads).  The
+ * candidate is confirmed by an exact double distance.
+ * With index=1 (default) most scans are skipped: a guess c0 (the previous
  * token's cluster, else the nearest centre in a 16-dim random projection) is
  * accepted when 2|k - c0| plus a rounding margin is below a lower bound of
  * the distance from c0 to its nearest other centre; by the triangle inequality
  * every other centre is then farther by more than the scan's rounding error,
  * so the scan would have chosen c0 too: the result is bitwise the same as
  * with index=0, only faster on well separated clusters.
+ *
+ * Queries are answered 16 at a time, one per SIMD lane (partial() gives the
+ * same bits for a query alone or in any batch).
  *
  * Memory (bytes()): everything held: centres (d floats), |c|^2 (float) and
  * count (int64) per cluster, the reservoir keys actually held (min(n_c,t) x d
@@ -58,10 +66,11 @@
 
 #define LN 16           /* SIMD lanes of the fixed-order dot product */
 #define NP 16           /* dimensions of the index projection */
-#define CHUNK 64        /* centres per OpenMP work item (a multiple of 4) */
+#define CB 16           /* centres per transposed block */
+#define CHUNK 64        /* centres per OpenMP work item (a multiple of CB) */
 #define PAR_WORK 262144 /* nc * d above which the scan goes parallel */
 #define IDX_MIN 16      /* clusters from which the index is tried */
-#define QB 4            /* queries sharing one pass over the sampled keys */
+#define GK 4            /* keys scanned together in one pass over the centres */
 
 typedef struct {
     kv_reservoir r; /* r.n = n_c */
@@ -77,14 +86,18 @@ typedef struct {
     kv_rng rng;
     /* clustering */
     int64_t nc, ccap, nres; /* clusters, allocated, reservoir keys held */
-    float *cent;            /* nc x d, contiguous for the scan */
+    float *cent;            /* centres in blocks of CB: see cblock() */
     float *cnorm;           /* |c|^2 */
     cluster *cl;
     double cmax;            /* max |c| */
     float *dist;            /* scratch: fast squared distances of one scan */
+    float *pre;             /* scratch: GK rows of distances computed ahead */
+    int64_t pre_cap;        /* floats per pre row */
+    unsigned hist;          /* bit per recent token: it needed a scan */
+    int scanned;            /* the current token needed a scan */
     /* index (use_index) */
     float *proj;            /* NP x d Gaussian projection */
-    float *cproj;           /* nc x NP projected centres */
+    float *cproj;           /* projected centres, blocks of CB like cent */
     double *nnd;            /* lower bound of |c - c'| over other centres c' */
     int64_t last;           /* cluster of the previous token */
     /* l2 sampling */
@@ -152,22 +165,16 @@ static inline void dot4(const float *restrict a, const float *restrict b0, const
     out[3] = hsum(c3);
 }
 
-/* exact squared distance in double (8 fixed lanes: fast, order fixed) */
-static double dist2_exact(const float *a, const float *b, int d)
+/* |v|^2 in double (8 fixed lanes: vectorised, order fixed) */
+static double norm2_exact(const float *v, int d)
 {
     double acc[8] = { 0 };
     int i = 0;
     for (; i + 8 <= d; i += 8) {
 #pragma omp simd
-        for (int l = 0; l < 8; l++) {
-            double x = (double)a[i + l] - (double)b[i + l];
-            acc[l] += x * x;
-        }
+        for (int l = 0; l < 8; l++) acc[l] += (double)v[i + l] * v[i + l];
     }
-    for (int l = 0; i + l < d; l++) {
-        double x = (double)a[i + l] - (double)b[i + l];
-        acc[l] += x * x;
-    }
+    for (int l = 0; i + l < d; l++) acc[l] += (double)v[i + l] * v[i + l];
     for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
@@ -221,66 +228,176 @@ static int grow_clusters(subgen *g, kv_err *err)
 
 /* ---- nearest centre ---------------------------------------------------- */
 
-/* g->dist[j] = fast squared distance from k to centre j, for all j */
-static void scan_range(const subgen *g, const float *k, float kn, int64_t a, int64_t b)
+/* Centres are stored in blocks of CB: coordinate i of centres 16b .. 16b+15
+ * is one row of CB floats, so a scan broadcasts k[i] and updates CB
+ * distances with one SIMD multiply-add (no horizontal sums).  Lanes past nc
+ * in the last block hold zeros and are ignored. */
+static inline float *cblock(const subgen *g, int64_t j)
 {
-    int d = g->ctx.d;
-    const float *C = g->cent;
-    int64_t j = a;
-    float r[4];
-    for (; j + 4 <= b; j += 4) {
-        const float *c = C + j * d;
-        dot4(k, c, c + d, c + 2 * d, c + 3 * d, d, r);
-        for (int q = 0; q < 4; q++) g->dist[j + q] = kn - 2.0f * r[q] + g->cnorm[j + q];
-    }
-    for (; j < b; j++) g->dist[j] = kn - 2.0f * dot1(k, C + j * d, d) + g->cnorm[j];
+    return g->cent + (size_t)(j / CB) * CB * (size_t)g->ctx.d;
 }
 
-static void scan_all(const subgen *g, const float *k, float kn)
+typedef float vecf __attribute__((vector_size(CB * sizeof(float)))); /* GNU C */
+typedef int32_t veci __attribute__((vector_size(CB * sizeof(int32_t))));
+
+/* out[q][l] = <k_q, centre l of the block> for nk <= GK keys.  Each (key,
+ * centre) value is computed by the same operations whatever nk is (four
+ * chains over i mod 4, then a fixed sum), so batching never changes a
+ * result.  A block row is loaded once for all nk keys: with several keys the
+ * scan is bound by multiply-adds instead of by L2 bandwidth.  Vector types
+ * because GCC spilled plain accumulator arrays to the stack. */
+static inline __attribute__((always_inline)) void dot_blocks(const float *restrict blk, const float *const *k,
+                                                             int nk, int d, float *const *out)
 {
-    int64_t nc = g->nc, nch = (nc + CHUNK - 1) / CHUNK;
-    /* chunks are fixed, so each centre is computed by the same code whatever
-     * the thread count; a parallel region per token only pays off when the
-     * scan is long */
-    int par = nc * g->ctx.d >= PAR_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
+    vecf a[GK][4], r;
+    for (int q = 0; q < nk; q++)
+        for (int c = 0; c < 4; c++) a[q][c] = (vecf){ 0 };
+    int i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int c = 0; c < 4; c++) {
+            memcpy(&r, blk + (size_t)(i + c) * CB, sizeof r); /* unaligned load */
+            for (int q = 0; q < nk; q++) a[q][c] += k[q][i + c] * r;
+        }
+    for (; i < d; i++) {
+        memcpy(&r, blk + (size_t)i * CB, sizeof r);
+        for (int q = 0; q < nk; q++) a[q][0] += k[q][i] * r;
+    }
+    for (int q = 0; q < nk; q++) {
+        r = (a[q][0] + a[q][1]) + (a[q][2] + a[q][3]);
+        memcpy(out[q], &r, sizeof r);
+    }
+}
+
+/* exact squared distance from k to centre j */
+static double dist2_centre(const subgen *g, const float *k, int64_t j)
+{
+    int d = g->ctx.d;
+    const float *c = cblock(g, j) + j % CB; /* coordinate i at c[i * CB] */
+    double acc[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double x = (double)k[i + l] - (double)c[(size_t)(i + l) * CB];
+            acc[l] += x * x;
+        }
+    for (int l = 0; i + l < d; l++) {
+        double x = (double)k[i + l] - (double)c[(size_t)(i + l) * CB];
+        acc[l] += x * x;
+    }
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* first index of the smallest value (NaN never wins); -1 if none is finite */
+static int64_t argmin(const float *x, int64_t n)
+{
+    float mn = INFINITY;
+#pragma omp simd reduction(min : mn)
+    for (int64_t j = 0; j < n; j++) mn = x[j] < mn ? x[j] : mn;
+    if (!(mn < INFINITY)) return -1;
+    for (int64_t j = 0; j < n; j++)
+        if (x[j] == mn) return j;
+    return -1;
+}
+
+/* dist[q][j] = fast squared distance from key q to centre j, for the
+ * centres of blocks [b0, b1) */
+static void scan_blocks(const subgen *g, const float *const *k, const float *kn, int nk, int64_t b0, int64_t b1,
+                        float *const *dist)
+{
+    int d = g->ctx.d;
+    float r[GK][CB];
+    float *rp[GK] = { r[0], r[1], r[2], r[3] };
+    for (int64_t b = b0; b < b1; b++) {
+        const float *blk = g->cent + (size_t)b * CB * d;
+        if (nk == GK) dot_blocks(blk, k, GK, d, rp); /* two specialised copies */
+        else
+            for (int q = 0; q < nk; q++) dot_blocks(blk, k + q, 1, d, rp + q);
+        const float *cn = g->cnorm + b * CB;
+        for (int q = 0; q < nk; q++) {
+            float *out = dist[q] + b * CB;
+#pragma omp simd
+            for (int l = 0; l < CB; l++) out[l] = kn[q] - 2.0f * r[q][l] + cn[l];
+        }
+    }
+}
+
+/* scan_blocks over blocks [b0, nblocks), in parallel when it is long */
+static void scan_from(const subgen *g, const float *const *k, const float *kn, int nk, int64_t b0,
+                      float *const *dist)
+{
+    int64_t nb = (g->nc + CB - 1) / CB, per = CHUNK / CB;
+    if (b0 >= nb) return;
+    int64_t nch = (nb - b0 + per - 1) / per;
+    /* a parallel region per token only pays off when the scan is long; each
+     * centre is computed by the same code whatever the thread count */
+    int par = (nb - b0) * CB * g->ctx.d * nk >= PAR_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t c = 0; c < nch; c++) {
-        int64_t a = c * CHUNK, b = a + CHUNK < nc ? a + CHUNK : nc;
-        scan_range(g, k, kn, a, b);
+        int64_t a = b0 + c * per, e = a + per < nb ? a + per : nb;
+        scan_blocks(g, k, kn, nk, a, e, dist);
     }
 }
 
 static void project(const subgen *g, const float *k, float *pk)
 {
-    for (int p = 0; p < NP; p++) pk[p] = dot1(g->proj + (size_t)p * g->ctx.d, k, g->ctx.d);
+    int d = g->ctx.d;
+    const float *P = g->proj;
+    for (int p = 0; p < NP; p += 4)
+        dot4(k, P + (size_t)p * d, P + (size_t)(p + 1) * d, P + (size_t)(p + 2) * d, P + (size_t)(p + 3) * d, d,
+             pk + p);
 }
 
 /* Accept c0 without a scan if it is provably the scan's choice (see top). */
 static int index_accepts(const subgen *g, const float *k, double knorm, int64_t c0)
 {
-    double r2 = dist2_exact(k, g->cent + c0 * g->ctx.d, g->ctx.d);
+    double r2 = dist2_centre(g, k, c0);
     if (!(r2 <= g->delta2)) return 0;
     double gap = sqrt(2.0 * fast_err(g->ctx.d, knorm, g->cmax)) * 1.01 + 1e-30;
     return 2.0 * sqrt(r2) * (1.0 + 1e-9) + gap < g->nnd[c0];
 }
 
+/* nearest centre in the projection (first index among equals).  Lane l
+ * keeps the best block for centres l (mod CB); lanes are compared at the
+ * end.  Padding lanes hold +inf and never win. */
 static int64_t index_guess(const subgen *g, const float *pk)
 {
-    int64_t best = -1;
-    float bd = INFINITY;
-    for (int64_t j = 0; j < g->nc; j++) {
-        const float *c = g->cproj + j * NP;
-        float s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int p = 0; p < NP; p++) s += (pk[p] - c[p]) * (pk[p] - c[p]);
-        if (s < bd) { bd = s; best = j; }
+    int64_t nb = (g->nc + CB - 1) / CB;
+    vecf best, r, x;
+    veci bblk = { 0 };
+    for (int l = 0; l < CB; l++) best[l] = INFINITY;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *c = g->cproj + (size_t)b * CB * NP;
+        vecf a0 = { 0 }, a1 = { 0 };
+        for (int p = 0; p < NP; p += 2) { /* two chains: blocks overlap in flight */
+            memcpy(&r, c + p * CB, sizeof r);
+            x = pk[p] - r;
+            a0 += x * x;
+            memcpy(&r, c + (p + 1) * CB, sizeof r);
+            x = pk[p + 1] - r;
+            a1 += x * x;
+        }
+        a0 += a1;
+        veci m = a0 < best; /* -1 where strictly better */
+        best = (vecf)(((veci)a0 & m) | ((veci)best & ~m));
+        bblk = (((veci){ 0 } + (int32_t)b) & m) | (bblk & ~m);
     }
-    return best;
+    int64_t arg = -1;
+    float bv = INFINITY;
+    for (int l = 0; l < CB; l++) {
+        int64_t j = (int64_t)bblk[l] * CB + l;
+        if (best[l] < bv || (best[l] == bv && arg >= 0 && j < arg)) {
+            bv = best[l];
+            arg = j;
+        }
+    }
+    return arg;
 }
 
 /* Cluster of key k, or -1 for "open a new one" (then g->dist holds the scan
- * against all existing centres). */
-static int64_t find_cluster(subgen *g, const float *k, float kn, const float *pk)
+ * against all existing centres).  pre, if not NULL, holds the distances to
+ * the first pre_nc centres, computed ahead in a batch. */
+static int64_t find_cluster(subgen *g, const float *k, float kn, const float *pk, const float *pre, int64_t pre_nc)
 {
     int d = g->ctx.d;
     double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
@@ -290,15 +407,19 @@ static int64_t find_cluster(subgen *g, const float *k, float kn, const float *pk
         int64_t c0 = index_guess(g, pk);
         if (c0 >= 0 && c0 != g->last && index_accepts(g, k, knorm, c0)) return c0;
     }
-    scan_all(g, k, kn);
-    int64_t best = -1;
-    float bd = INFINITY;
-    for (int64_t j = 0; j < g->nc; j++)
-        if (g->dist[j] < bd) { bd = g->dist[j]; best = j; }
+    float *dist[1] = { g->dist };
+    int64_t b0 = 0;
+    if (pre) { /* only the blocks with centres opened since remain */
+        memcpy(g->dist, pre, sizeof(float) * (size_t)pre_nc);
+        b0 = pre_nc / CB;
+    }
+    g->scanned = 1;
+    scan_from(g, &k, &kn, 1, b0, dist);
+    int64_t best = argmin(g->dist, g->nc);
     if (best < 0) return -1;
     double cn = sqrt(g->cnorm[best] > 0 ? (double)g->cnorm[best] : 0.0);
-    if ((double)bd > g->delta2 + fast_err(d, knorm, cn)) return -1;
-    return dist2_exact(k, g->cent + best * d, d) <= g->delta2 ? best : -1;
+    if ((double)g->dist[best] > g->delta2 + fast_err(d, knorm, cn)) return -1;
+    return dist2_centre(g, k, best) <= g->delta2 ? best : -1;
 }
 
 /* Open a cluster with centre k; g->dist holds the scan of k against the
@@ -308,14 +429,22 @@ static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv
     int d = g->ctx.d;
     if (grow_clusters(g, err)) return err->code;
     int64_t c = g->nc;
-    memcpy(g->cent + c * d, k, sizeof(float) * (size_t)d);
+    if (c % CB == 0) { /* a fresh block: padding lanes defined (zero) */
+        memset(cblock(g, c), 0, sizeof(float) * CB * (size_t)d);
+        memset(g->cnorm + c, 0, sizeof(float) * CB);
+        if (g->use_index)
+            for (int i = 0; i < CB * NP; i++) g->cproj[c * NP + i] = INFINITY;
+    }
+    float *cb = cblock(g, c) + c % CB;
+    for (int i = 0; i < d; i++) cb[(size_t)i * CB] = k[i];
     g->cnorm[c] = kn;
     kv_reservoir_init(&g->cl[c].r, g->t);
     g->cl[c].cap = 0;
     g->cl[c].keys = NULL;
     double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
     if (g->use_index) {
-        memcpy(g->cproj + c * NP, pk, sizeof(float) * NP);
+        float *cp = g->cproj + (c / CB) * CB * NP + c % CB;
+        for (int p = 0; p < NP; p++) cp[p * CB] = pk[p];
         double nn = INFINITY;
         for (int64_t j = 0; j < c; j++) {
             double cj = sqrt(g->cnorm[j] > 0 ? (double)g->cnorm[j] : 0.0);
@@ -342,6 +471,7 @@ static void subgen_free(void *state)
     free(g->cnorm);
     free(g->cl);
     free(g->dist);
+    free(g->pre);
     free(g->proj);
     free(g->cproj);
     free(g->nnd);
@@ -423,8 +553,7 @@ static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, k
 static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv_err *err)
 {
     int d = g->ctx.d, dv = g->ctx.dv;
-    double w = 0.0;
-    for (int c = 0; c < dv; c++) w += (double)v[c] * v[c];
+    double w = norm2_exact(v, dv);
     if (!(w > 0.0) || !isfinite(w)) return KV_OK; /* contributes nothing */
     g->nval++;
     if (g->buf_on) {
@@ -454,16 +583,53 @@ static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv
     return KV_OK;
 }
 
+/* Scan keys i .. i+nk-1 against all centres in one batched pass. */
+static int scan_ahead(subgen *g, const float *K, size_t i, int nk, kv_err *err)
+{
+    int d = g->ctx.d;
+    if (g->pre_cap < g->ccap) {
+        float *p = realloc(g->pre, sizeof(float) * GK * (size_t)g->ccap);
+        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for scan scratch");
+        g->pre = p;
+        g->pre_cap = g->ccap;
+    }
+    const float *ks[GK];
+    float kn[GK], *rows[GK];
+    for (int q = 0; q < nk; q++) {
+        ks[q] = K + (i + (size_t)q) * d;
+        kn[q] = dot1(ks[q], ks[q], d);
+        rows[q] = g->pre + (size_t)q * g->pre_cap;
+    }
+    scan_from(g, ks, kn, nk, 0, rows);
+    return KV_OK;
+}
+
 static int subgen_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
 {
     subgen *g = state;
     int d = g->ctx.d, dv = g->ctx.dv;
     float pk[NP];
+    size_t pre_first = 0, pre_end = 0;
+    int64_t pre_nc = 0;
     for (size_t i = 0; i < n; i++) {
         const float *k = K + i * (size_t)d, *v = V + i * (size_t)dv;
+        /* Scan ahead in batches when scans are what this stream needs (no
+         * index, or the index has mostly failed lately).  The choice only
+         * affects speed: every distance comes out bitwise the same. */
+        int want = !g->use_index || g->nc < IDX_MIN || __builtin_popcount(g->hist) >= 4;
+        if (i >= pre_end && want && g->nc > 0 && n - i >= 2) {
+            int nk = n - i < GK ? (int)(n - i) : GK;
+            if (scan_ahead(g, K, i, nk, err)) return err->code;
+            pre_first = i;
+            pre_end = i + (size_t)nk;
+            pre_nc = g->nc;
+        }
+        const float *pre = i < pre_end ? g->pre + (i - pre_first) * (size_t)g->pre_cap : NULL;
         float kn = dot1(k, k, d);
         if (g->use_index) project(g, k, pk);
-        int64_t c = find_cluster(g, k, kn, pk);
+        g->scanned = 0;
+        int64_t c = find_cluster(g, k, kn, pk, pre, pre_nc);
+        g->hist = ((g->hist << 1) | (unsigned)g->scanned) & 0xffu;
         if (c < 0) {
             if (open_cluster(g, k, kn, pk, err)) return err->code;
             c = g->nc - 1;
@@ -481,61 +647,84 @@ static int subgen_ingest(void *state, const float *K, const float *V, int64_t fi
     return KV_OK;
 }
 
-/* logits S[q * nall + i] = scale <Q_q, key_i> of the nq (<= QB) queries in
- * the order: reservoir keys cluster by cluster, then the numerator keys */
-static void block_logits(const subgen *g, const float *Q, int nq, float *S, int64_t nall)
+/* Up to CB queries at once, one per lane: the queries are transposed into
+ * QT (d rows of CB floats) and dot_blocks gives the CB logits of a key with
+ * one SIMD multiply-add per coordinate.  Lanes never mix, so a query's state
+ * is bitwise the same whatever batch it comes in.  S holds nall rows of CB
+ * logits: reservoir keys cluster by cluster, then the numerator keys. */
+static void block_states(const subgen *g, const float *Q, int nq, float *QT, float *S, int64_t nall, double *st)
 {
-    int d = g->ctx.d;
-    float scale = (float)g->ctx.scale, r[4];
-    const float *q[QB];
-    for (int i = 0; i < QB; i++) q[i] = Q + (size_t)(i < nq ? i : nq - 1) * d; /* pad */
-    int64_t i = 0;
-    for (int64_t c = 0; c < g->nc; c++) {
-        int64_t ns = kv_reservoir_size(&g->cl[c].r);
-        for (int64_t j = 0; j < ns; j++, i++) {
-            dot4(g->cl[c].keys + j * d, q[0], q[1], q[2], q[3], d, r);
-            for (int b = 0; b < nq; b++) S[b * nall + i] = r[b] * scale;
-        }
-    }
-    const float *nk = g->buf_on ? g->bk : g->sk;
-    for (; i < nall; i++) {
-        dot4(nk + (i - g->nres) * d, q[0], q[1], q[2], q[3], d, r);
-        for (int b = 0; b < nq; b++) S[b * nall + i] = r[b] * scale;
-    }
-}
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    memset(QT, 0, sizeof(float) * CB * (size_t)d);
+    for (int q = 0; q < nq; q++)
+        for (int i = 0; i < d; i++) QT[(size_t)i * CB + q] = Q[(size_t)q * d + i];
 
-static void one_state(const subgen *g, float *a, int64_t nall, double *st)
-{
-    int dv = g->ctx.dv;
-    float m = -INFINITY;
-    for (int64_t i = 0; i < nall; i++) m = a[i] > m ? a[i] : m;
-    for (int64_t i = 0; i < nall; i++) a[i] -= m;
-    kv_expf_neg(a, (size_t)nall);
-    double l = 0.0, *u = st + KV_PS_U;
-    int64_t i = 0;
+    /* logits, GK keys per pass over QT */
+    const float *kp[GK];
+    float *op[GK];
+    int nk = 0;
+    int64_t row = 0;
+    for (int64_t c = 0; c <= g->nc; c++) {
+        /* c == nc: the numerator keys */
+        const float *keys = c < g->nc ? g->cl[c].keys : g->buf_on ? g->bk : g->sk;
+        int64_t ns = c < g->nc ? kv_reservoir_size(&g->cl[c].r) : nall - g->nres;
+        for (int64_t j = 0; j < ns; j++, row++) {
+            kp[nk] = keys + j * d;
+            op[nk++] = S + row * CB;
+            if (nk == GK) {
+                dot_blocks(QT, kp, GK, d, op);
+                nk = 0;
+            }
+        }
+    }
+    for (int q = 0; q < nk; q++) dot_blocks(QT, kp + q, 1, d, op + q);
+
+    /* scale, one max per lane over every logit, exp */
+    vecf m, r, sc = (vecf){ 0 } + (float)g->ctx.scale;
+    for (int l = 0; l < CB; l++) m[l] = -INFINITY;
+    for (int64_t i = 0; i < nall; i++) {
+        memcpy(&r, S + i * CB, sizeof r);
+        r *= sc;
+        memcpy(S + i * CB, &r, sizeof r);
+        m = (vecf)(((veci)r & (r > m)) | ((veci)m & ~(r > m)));
+    }
+    for (int64_t i = 0; i < nall; i++) {
+        memcpy(&r, S + i * CB, sizeof r);
+        r -= m;
+        memcpy(S + i * CB, &r, sizeof r);
+    }
+    kv_expf_neg(S, (size_t)nall * CB);
+
+    /* denominator: sum_c (n_c / |sample_c|) sum_{k in sample_c} e^{a - m} */
+    double l[CB] = { 0 };
+    row = 0;
     for (int64_t c = 0; c < g->nc; c++) {
         int64_t ns = kv_reservoir_size(&g->cl[c].r);
-        double e = 0.0;
-        for (int64_t j = 0; j < ns; j++) e += a[i++];
-        l += (double)g->cl[c].r.n / (double)ns * e;
+        double e[CB] = { 0 }, w = (double)g->cl[c].r.n / (double)ns;
+        for (int64_t j = 0; j < ns; j++, row++)
+            for (int q = 0; q < CB; q++) e[q] += S[row * CB + q];
+        for (int q = 0; q < CB; q++) l[q] += w * e[q];
     }
-    memset(u, 0, sizeof(double) * (size_t)dv);
-    if (g->buf_on) {
-        for (int64_t j = 0; j < g->nbuf; j++, i++) {
-            double e = a[i];
-            const float *v = g->bv + j * dv;
+    /* numerator: exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2 */
+    for (int q = 0; q < nq; q++) {
+        double *o = st + (size_t)q * sl, *u = o + KV_PS_U;
+        memset(u, 0, sizeof(double) * (size_t)dv);
+        for (int64_t j = 0; row + j < nall; j++) {
+            double e = S[(row + j) * CB + q];
+            const float *v;
+            if (g->buf_on) {
+                v = g->bv + j * dv;
+            } else {
+                e *= g->l2.F / ((double)g->s * g->l2.w[j]);
+                v = g->sv + j * dv;
+            }
             for (int c = 0; c < dv; c++) u[c] += e * v[c];
         }
-    } else {
-        for (int j = 0; i < nall; j++, i++) {
-            double e = a[i] * g->l2.F / ((double)g->s * g->l2.w[j]);
-            const float *v = g->sv + (size_t)j * dv;
-            for (int c = 0; c < dv; c++) u[c] += e * v[c];
-        }
+        o[KV_PS_M] = m[q];
+        o[KV_PS_L] = l[q];
+        o[KV_PS_L2] = 0.0;
     }
-    st[KV_PS_M] = m;
-    st[KV_PS_L] = l;
-    st[KV_PS_L2] = 0.0;
 }
 
 static void subgen_partial(void *state, const float *Q, int nq, int64_t p, double *st)
@@ -550,19 +739,19 @@ static void subgen_partial(void *state, const float *Q, int nq, int64_t p, doubl
         for (int q = 0; q < nq; q++) kv_partial_clear(st + (size_t)q * sl, dv);
         return;
     }
-    int nb = (nq + QB - 1) / QB;
+    int nb = (nq + CB - 1) / CB;
     /* query blocks are independent: the same result for any thread count */
 #pragma omp parallel if (nb > 1 && !omp_in_parallel())
     {
-        float *S = malloc(sizeof(float) * QB * (size_t)nall);
-        if (!S) abort(); /* partial cannot report errors */
+        float *S = malloc(sizeof(float) * CB * (size_t)nall), *QT = malloc(sizeof(float) * CB * (size_t)d);
+        if (!S || !QT) abort(); /* partial cannot report errors */
 #pragma omp for schedule(dynamic, 1)
         for (int b = 0; b < nb; b++) {
-            int q0 = b * QB, n = nq - q0 < QB ? nq - q0 : QB;
-            block_logits(g, Q + (size_t)q0 * d, n, S, nall);
-            for (int q = 0; q < n; q++) one_state(g, S + q * nall, nall, st + (size_t)(q0 + q) * sl);
+            int q0 = b * CB, n = nq - q0 < CB ? nq - q0 : CB;
+            block_states(g, Q + (size_t)q0 * d, n, QT, S, nall, st + (size_t)q0 * sl);
         }
         free(S);
+        free(QT);
     }
 }
 
