@@ -9,7 +9,7 @@
 #include "trace.h"
 
 /* hash domains: what a number is for */
-enum { H_KEY = 1, H_VAL, H_QRY, H_CENTRE, H_ASSIGN, H_TARGET, H_QCLUSTER };
+enum { H_KEY = 1, H_VAL, H_QRY, H_CENTRE, H_ASSIGN, H_TARGET, H_QCLUSTER, H_VCENTRE };
 
 static uint64_t dom(int what, int64_t s) { return ((uint64_t)what << 48) ^ (uint64_t)s; }
 
@@ -126,6 +126,15 @@ static void value_row(const kv_gen_opts *o, int64_t s, int64_t i, float *v)
             v[c] = (kv_hash4(o->seed, dom(H_VAL, s), (uint64_t)i, (uint64_t)c) >> 63) ? 1.0f : -1.0f;
         return;
     }
+    if (!strcmp(o->kind, "clustered")) {
+        /* a value centre per cluster plus noise: values follow their keys, as
+         * in real caches, so outputs do not average away to 0 */
+        int64_t g = (int64_t)(kv_hash4(o->seed, dom(H_ASSIGN, s), (uint64_t)i, 0) % (uint64_t)o->clusters);
+        for (int64_t c = 0; c < o->dv; c++)
+            v[c] = (float)(kv_hash_normal(o->seed, dom(H_VCENTRE, s), (uint64_t)g, (uint64_t)c) +
+                           o->value_noise * kv_hash_normal(o->seed, dom(H_VAL, s), (uint64_t)i, (uint64_t)c));
+        return;
+    }
     normal_row(o->seed, dom(H_VAL, s), i, o->dv, 1.0, v);
 }
 
@@ -140,6 +149,7 @@ void kv_gen_defaults(kv_gen_opts *o)
     o->dv = -1;
     o->clusters = 16;
     o->spread = 0.1;
+    o->value_noise = 0.5;
     o->beta = -1;   /* jl default: sqrt(d) (2 ln n + 3), set in run */
     o->radius = 1.0;
     o->chunk = 4096;
@@ -168,6 +178,7 @@ int kv_gen_run(const kv_gen_opts *in, MPI_Comm comm, kv_err *err)
     if (o.d > 65536 || o.dv > 65536) return kv_seterr(err, KV_EINPUT, "gen: --dim/--dv above 65536 is not supported");
     if (o.clusters < 1) return kv_seterr(err, KV_EINPUT, "gen: --clusters must be >= 1");
     if (!(o.spread >= 0) || !isfinite(o.spread)) return kv_seterr(err, KV_EINPUT, "gen: --spread must be >= 0");
+    if (!(o.value_noise >= 0) || !isfinite(o.value_noise)) return kv_seterr(err, KV_EINPUT, "gen: --value-noise must be >= 0");
     if (!(o.radius > 0) || !isfinite(o.radius)) return kv_seterr(err, KV_EINPUT, "gen: --radius must be > 0");
     /* jl: the target's logit is beta/sqrt(d), the others' are ~N(0, beta^2/d^2);
      * beta/sqrt(d) = 2 ln n + 3 leaves the target >= 0.9 of the mass when

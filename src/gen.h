@@ -18,6 +18,7 @@ typedef struct {
     int every_position;    /* one query per position: m = n */
     int64_t clusters;      /* clustered: mixture components */
     double spread;         /* clustered: std of a key around its centre */
+    double value_noise;    /* clustered: std of a value around its cluster's value centre */
     double beta;           /* jl: query = beta * target key */
     double radius;         /* sphere: radius of keys and queries */
     int64_t chunk;         /* token chunk length in the file */

@@ -67,7 +67,7 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: kvstream <command> [options]   (run under mpirun -np P for P ranks)\n"
         "  gen    --kind gaussian|clustered|jl|sphere --streams S --tokens n --dim d [--dv dv]\n"
-        "         --queries m | --every-position  [--clusters C --spread s] [--beta b] [--radius r]\n"
+        "         --queries m | --every-position  [--clusters C --spread s --value-noise v] [--beta b] [--radius r]\n"
         "         [--chunk C] [--seed X] -o FILE\n"
         "  info   FILE                      shape, storage, attributes and a validation verdict\n"
         "  replay FILE --methods LIST [-o results.h5] [--save-outputs] [--batch B] [--seed X]\n"
@@ -88,7 +88,7 @@ static int parse_gen(int argc, char **argv, kv_gen_opts *o, kv_err *err)
         { "kind", 1, 0, 'k' }, { "streams", 1, 0, 'S' }, { "tokens", 1, 0, 'n' }, { "dim", 1, 0, 'd' },
         { "dv", 1, 0, 'v' }, { "queries", 1, 0, 'm' }, { "every-position", 0, 0, 'E' }, { "clusters", 1, 0, 'c' },
         { "spread", 1, 0, 's' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, { "chunk", 1, 0, 'C' },
-        { "seed", 1, 0, 'x' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
+        { "seed", 1, 0, 'x' }, { "output", 1, 0, 'o' }, { "value-noise", 1, 0, 'V' }, { 0, 0, 0, 0 } };
     int c;
     int64_t v;
     optind = 1;
@@ -96,6 +96,7 @@ static int parse_gen(int argc, char **argv, kv_gen_opts *o, kv_err *err)
     while ((c = getopt_long(argc, argv, ":o:", lo, NULL)) != -1 && !err->code) {
         switch (c) {
         case 'k': o->kind = optarg; break;
+        case 'V': opt_f64("--value-noise", optarg, &o->value_noise, err); break;
         case 'S': if (!opt_i64("--streams", optarg, 1, 1 << 20, &o->S, err)) {} break;
         case 'n': opt_i64("--tokens", optarg, 1, INT64_C(1) << 40, &o->n, err); break;
         case 'd': opt_i64("--dim", optarg, 1, 65536, &o->d, err); break;

@@ -252,6 +252,136 @@ static void h2o_free(void *state)
     free(s);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+/* Slots as held (partial sums over them in slot order), their scores, the
+ * heap array as laid out (ties and sift order decide later evictions) and
+ * the recent list oldest first.  hpos and next follow from heap and list. */
+static void h2o_save(const void *state, kv_buf *out)
+{
+    const h2o_state *s = state;
+    size_t n = (size_t)s->held;
+    kv_buf_put_arr(out, s->K, n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->idx, n * sizeof(int64_t));
+    kv_buf_put_arr(out, s->score, n * sizeof(double));
+    kv_buf_put_arr(out, s->heap, (size_t)s->hsize * sizeof(int32_t));
+    kv_buf_put_i64(out, s->rcount);
+    for (int32_t slot = s->rfirst, i = 0; i < s->rcount; slot = s->next[slot], i++) {
+        int32_t x = slot;
+        kv_buf_put(out, &x, sizeof x);
+    }
+}
+
+/* restored keys and values must be finite, as every trace's are (io/trace.c) */
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* What ingest and partial maintain: indices distinct and in range; keys,
+ * values and scores finite, scores >= 0; every slot in the heap or in the
+ * recent list exactly once; a valid heap; min(held, recent) recent tokens,
+ * oldest first.  Sets hpos; sorted is scratch for held indices. */
+static int h2o_check(h2o_state *s, const int32_t *list, int64_t *sorted)
+{
+    int64_t n = s->held;
+    if (s->hsize + s->rcount != n || s->rcount != (s->recent < n ? s->recent : n)) return 0;
+    if (!n) return 1;
+    for (int64_t i = 0; i < n; i++)
+        if (s->idx[i] < 0 || s->idx[i] >= s->ctx.n_total || !isfinite(s->score[i]) || s->score[i] < 0) return 0;
+    if (!all_finite(s->K, (size_t)n * (size_t)s->ctx.d) || !all_finite(s->V, (size_t)n * (size_t)s->ctx.dv)) return 0;
+    memcpy(sorted, s->idx, sizeof(int64_t) * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
+    for (int64_t i = 1; i < n; i++)
+        if (sorted[i] == sorted[i - 1]) return 0;
+    for (int64_t i = 0; i < n; i++) s->hpos[i] = -2; /* not placed yet */
+    for (int64_t p = 0; p < s->hsize; p++) {
+        int32_t x = s->heap[p];
+        if (x < 0 || x >= n || s->hpos[x] != -2) return 0;
+        s->hpos[x] = (int32_t)p;
+        if (p && less(s, x, s->heap[(p - 1) / 2])) return 0;
+    }
+    for (int64_t i = 0; i < s->rcount; i++) {
+        int32_t x = list[i];
+        if (x < 0 || x >= n || s->hpos[x] != -2 || (i && s->idx[x] <= s->idx[list[i - 1]])) return 0;
+        s->hpos[x] = -1;
+    }
+    return 1;
+}
+
+static int h2o_load(void *state, kv_rd *in, kv_err *err)
+{
+    h2o_state *s = state;
+    int64_t lim = shard_limit(&s->ctx);
+    size_t cap = (size_t)(s->budget < lim ? s->budget : lim), nk = 0, nv = 0, ni = 0, ns = 0, nh = 0, n;
+    void *K = NULL, *V = NULL, *idx = NULL, *score = NULL, *heap = NULL;
+    int32_t *list = NULL;
+    int64_t *sorted = NULL, rcount;
+    h2o_state t = *s;
+    t.hpos = t.next = t.heap = NULL;
+    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, cap, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, cap, &nv, err) ||
+        kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err) || kv_rd_arr(in, &score, sizeof(double), cap, &ns, err) ||
+        kv_rd_arr(in, &heap, sizeof(int32_t), cap, &nh, err) || kv_rd_i64(in, &rcount, err))
+        goto fail;
+    n = nk;
+    if (nv != n || ni != n || ns != n || nh > n || rcount < 0 || (uint64_t)rcount != n - nh ||
+        (uint64_t)rcount > (in->len - in->pos) / sizeof(int32_t))
+        goto bad;
+    /* every per-slot array gets n rows: alloc = held, grow doubles from there */
+    size_t rows = n ? n : 1;
+    t.hpos = malloc(sizeof(int32_t) * rows);
+    t.next = malloc(sizeof(int32_t) * rows);
+    t.heap = malloc(sizeof(int32_t) * rows);
+    list = malloc(sizeof(int32_t) * rows);
+    sorted = malloc(sizeof(int64_t) * rows);
+    if (!t.hpos || !t.next || !t.heap || !list || !sorted) {
+        kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring h2o");
+        goto fail;
+    }
+    if (kv_rd_get(in, list, sizeof(int32_t) * (size_t)rcount, err)) goto fail;
+    if (nh) memcpy(t.heap, heap, sizeof(int32_t) * nh);
+    t.K = K; t.V = V; t.idx = idx; t.score = score;
+    t.held = t.alloc = (int64_t)n;
+    t.hsize = (int64_t)nh;
+    t.rcount = rcount;
+    if (!h2o_check(&t, list, sorted)) goto bad;
+    t.rfirst = t.rlast = -1;
+    for (int64_t i = 0; i < rcount; i++) {
+        t.next[list[i]] = i + 1 < rcount ? list[i + 1] : -1;
+        if (!i) t.rfirst = list[i];
+        t.rlast = list[i];
+    }
+    for (int64_t p = 0; p < t.hsize; p++) t.next[t.heap[p]] = -1; /* not read for heap slots */
+    free(heap); free(list); free(sorted);
+    free(s->K); free(s->V); free(s->idx); free(s->score); free(s->hpos); free(s->next); free(s->heap);
+    *s = t;
+    return KV_OK;
+bad:
+    kv_seterr(err, KV_EINPUT, "checkpoint: h2o state is inconsistent");
+fail:
+    free(K); free(V); free(idx); free(score); free(heap); free(list); free(sorted);
+    free(t.hpos); free(t.next); free(t.heap);
+    return err->code;
+}
+
+static int64_t h2o_max_bytes(const void *state)
+{
+    const h2o_state *s = state;
+    int64_t lim = shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
+    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t) +
+                   (int64_t)sizeof(double) + 3 * (int64_t)sizeof(int32_t));
+}
+
 const kv_method_ops kv_method_h2o = {
     .name = "h2o",
     .usage = "budget=<tokens over all ranks>[,recent=<tokens, default budget/2>]",
@@ -261,4 +391,7 @@ const kv_method_ops kv_method_h2o = {
     .bytes = h2o_bytes,
     .extra = h2o_extra,
     .free = h2o_free,
+    .save = h2o_save,
+    .load = h2o_load,
+    .max_bytes = h2o_max_bytes,
 };

@@ -88,6 +88,46 @@ static void sinks_free(void *state)
     free(s);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+static void sinks_save(const void *state, kv_buf *out)
+{
+    const sinks_state *s = state;
+    kv_tokring_save(&s->sinks, out);
+    kv_tokring_save(&s->win, out);
+}
+
+static int sinks_load(void *state, kv_rd *in, kv_err *err)
+{
+    sinks_state *s = state;
+    int64_t lim = shard_limit(&s->ctx);
+    if (kv_tokring_load(&s->sinks, in, lim, s->ctx.n_total, err)) return err->code;
+    if (kv_tokring_load(&s->win, in, lim, s->ctx.n_total, err)) {
+        kv_tokring_free(&s->sinks);
+        return err->code;
+    }
+    /* sinks are the tokens < S; the window holds tokens >= S newer than (newest - W) */
+    const kv_tokring *a = &s->sinks, *b = &s->win;
+    int bad = a->count + b->count > lim || (a->count && kv_tokring_idx(a, a->count - 1) >= s->S) ||
+              (b->count && (kv_tokring_idx(b, 0) < s->S ||
+                            kv_tokring_idx(b, b->count - 1) - kv_tokring_idx(b, 0) >= s->W));
+    if (bad) {
+        kv_tokring_free(&s->sinks);
+        kv_tokring_free(&s->win);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: sinks state holds tokens outside the sinks and window");
+    }
+    return KV_OK;
+}
+
+static int64_t sinks_max_bytes(const void *state)
+{
+    const sinks_state *s = state;
+    int64_t lim = shard_limit(&s->ctx);
+    int64_t a = s->S < lim ? s->S : lim, b = s->W < lim ? s->W : lim;
+    int64_t held = a + b < lim ? a + b : lim; /* distinct tokens of the shard */
+    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+}
+
 const kv_method_ops kv_method_sinks = {
     .name = "sinks",
     .usage = "S=<sink tokens>,W=<window tokens>",
@@ -97,4 +137,7 @@ const kv_method_ops kv_method_sinks = {
     .bytes = sinks_bytes,
     .extra = sinks_extra,
     .free = sinks_free,
+    .save = sinks_save,
+    .load = sinks_load,
+    .max_bytes = sinks_max_bytes,
 };

@@ -164,6 +164,50 @@ static void topk_free(void *state)
     free(s);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+/* restored keys and values must be finite, as every trace's are (io/trace.c) */
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Rows in stream order, as held: the order breaks ties at the k-th logit. */
+static void topk_save(const void *state, kv_buf *out)
+{
+    const topk_state *s = state;
+    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+}
+
+static int topk_load(void *state, kv_rd *in, kv_err *err)
+{
+    topk_state *s = state;
+    void *K = NULL, *V = NULL;
+    size_t nk = 0, nv = 0, lim = (size_t)shard_limit(&s->ctx);
+    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) || nk != nv ||
+        !all_finite(K, nk * (size_t)s->ctx.d) || !all_finite(V, nv * (size_t)s->ctx.dv)) {
+        free(K);
+        free(V);
+        return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: topk state is inconsistent");
+    }
+    free(s->K);
+    free(s->V);
+    s->K = K;
+    s->V = V;
+    s->n = s->cap = nk;
+    return KV_OK;
+}
+
+static int64_t topk_max_bytes(const void *state)
+{
+    const topk_state *s = state;
+    return shard_limit(&s->ctx) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float);
+}
+
 const kv_method_ops kv_method_topk = {
     .name = "topk",
     .usage = "k=<tokens per rank>",
@@ -173,4 +217,7 @@ const kv_method_ops kv_method_topk = {
     .bytes = topk_bytes,
     .extra = topk_extra,
     .free = topk_free,
+    .save = topk_save,
+    .load = topk_load,
+    .max_bytes = topk_max_bytes,
 };

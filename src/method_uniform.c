@@ -10,6 +10,7 @@
  * seeded by (seed, stream, rank); seed defaults to the replay's --seed.
  *
  * Memory: held x (d + dv) floats + the seen counter and the generator. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "attn.h"
@@ -117,6 +118,67 @@ static void uniform_free(void *state)
     free(s);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+/* restored keys and values must be finite, as every trace's are (io/trace.c) */
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* The sample in slot order, the seen counter and the generator: the next
+ * replacement decisions depend on all three. */
+static void uniform_save(const void *state, kv_buf *out)
+{
+    const uniform_state *s = state;
+    kv_buf_put_i64(out, s->seen);
+    kv_buf_put(out, s->rng.s, sizeof s->rng.s);
+    kv_buf_put_arr(out, s->K, (size_t)s->held * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, (size_t)s->held * (size_t)s->ctx.dv * sizeof(float));
+}
+
+static int uniform_load(void *state, kv_rd *in, kv_err *err)
+{
+    uniform_state *s = state;
+    int64_t seen;
+    kv_rng rng;
+    void *K = NULL, *V = NULL;
+    size_t nk = 0, nv = 0, cap = (size_t)s->budget;
+    if (kv_rd_i64(in, &seen, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) ||
+        kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, cap, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, cap, &nv, err))
+        goto fail;
+    /* Algorithm R holds min(seen, budget) tokens; xoshiro's state is never all zero */
+    int64_t want = seen < s->budget ? seen : s->budget;
+    if (seen < 0 || seen > shard_limit(&s->ctx) || nk != nv || (int64_t)nk != want ||
+        !(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3]) || !all_finite(K, nk * (size_t)s->ctx.d) ||
+        !all_finite(V, nv * (size_t)s->ctx.dv)) {
+        kv_seterr(err, KV_EINPUT, "checkpoint: uniform state is inconsistent");
+        goto fail;
+    }
+    free(s->K);
+    free(s->V);
+    s->K = K;
+    s->V = V;
+    s->held = s->alloc = (int64_t)nk;
+    s->seen = seen;
+    s->rng = rng;
+    return KV_OK;
+fail:
+    free(K);
+    free(V);
+    return err->code;
+}
+
+static int64_t uniform_max_bytes(const void *state)
+{
+    const uniform_state *s = state;
+    int64_t lim = shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
+    return held * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)(sizeof s->seen + sizeof s->rng);
+}
+
 const kv_method_ops kv_method_uniform = {
     .name = "uniform",
     .usage = "budget=<tokens over all ranks>[,seed=<n>]",
@@ -126,4 +188,7 @@ const kv_method_ops kv_method_uniform = {
     .bytes = uniform_bytes,
     .extra = uniform_extra,
     .free = uniform_free,
+    .save = uniform_save,
+    .load = uniform_load,
+    .max_bytes = uniform_max_bytes,
 };

@@ -23,6 +23,7 @@
  * W must equal the replay's --window (it defines the semantics); it defaults
  * to it.  Memory: held tokens x ((d + dv) floats + int64 index) + the dv
  * double sum + the count: flat in n. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "method.h"
@@ -132,6 +133,54 @@ static void uw_free(void *state)
     free(s);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+static void uw_save(const void *state, kv_buf *out)
+{
+    const uw_state *s = state;
+    kv_tokring_save(&s->ring, out);
+    kv_buf_put_arr(out, s->out_sum, sizeof(double) * (size_t)s->ctx.dv);
+    kv_buf_put_i64(out, s->out_count);
+}
+
+static int uw_load(void *state, kv_rd *in, kv_err *err)
+{
+    uw_state *s = state;
+    int dv = s->ctx.dv;
+    int64_t lim = shard_limit(&s->ctx);
+    double *sum = NULL;
+    size_t n = 0;
+    if (kv_tokring_load(&s->ring, in, lim, s->ctx.n_total, err)) return err->code;
+    if (kv_rd_arr(in, (void **)&sum, sizeof(double), (size_t)dv, &n, err) || kv_rd_i64(in, &s->out_count, err))
+        goto fail;
+    /* the window is newer than (newest - W); every token is held or counted
+     * once; values are finite, so is their sum */
+    const kv_tokring *r = &s->ring;
+    int bad = n != (size_t)dv || s->out_count < 0 || s->out_count > lim - r->count ||
+              (r->count && kv_tokring_idx(r, r->count - 1) - kv_tokring_idx(r, 0) >= s->W);
+    for (size_t c = 0; c < n && !bad; c++) bad = !isfinite(sum[c]);
+    if (bad) {
+        kv_seterr(err, KV_EINPUT, "checkpoint: unmasked-window state is inconsistent");
+        goto fail;
+    }
+    free(s->out_sum);
+    s->out_sum = sum;
+    return KV_OK;
+fail:
+    free(sum);
+    kv_tokring_free(&s->ring);
+    s->out_count = 0;
+    return err->code;
+}
+
+static int64_t uw_max_bytes(const void *state)
+{
+    const uw_state *s = state;
+    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
+    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t)) +
+           (int64_t)s->ctx.dv * (int64_t)sizeof(double) + (int64_t)sizeof(int64_t);
+}
+
 const kv_method_ops kv_method_unmasked_window = {
     .name = "unmasked-window",
     .usage = "[W=<tokens>, must equal --window]",
@@ -141,4 +190,7 @@ const kv_method_ops kv_method_unmasked_window = {
     .bytes = uw_bytes,
     .extra = uw_extra,
     .free = uw_free,
+    .save = uw_save,
+    .load = uw_load,
+    .max_bytes = uw_max_bytes,
 };

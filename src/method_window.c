@@ -77,6 +77,35 @@ static void window_free(void *state)
     free(s);
 }
 
+/* tokens this rank will see: its shard, or the whole stream if unknown */
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+static void window_save(const void *state, kv_buf *out)
+{
+    const window_state *s = state;
+    kv_tokring_save(&s->ring, out);
+}
+
+static int window_load(void *state, kv_rd *in, kv_err *err)
+{
+    window_state *s = state;
+    if (kv_tokring_load(&s->ring, in, shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
+    /* ingest keeps only tokens newer than (newest - W) */
+    const kv_tokring *r = &s->ring;
+    if (r->count && kv_tokring_idx(r, r->count - 1) - kv_tokring_idx(r, 0) >= s->W) {
+        kv_tokring_free(&s->ring);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: window state holds tokens outside the window");
+    }
+    return KV_OK;
+}
+
+static int64_t window_max_bytes(const void *state)
+{
+    const window_state *s = state;
+    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim; /* the ring never holds more than W */
+    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+}
+
 const kv_method_ops kv_method_window = {
     .name = "window",
     .usage = "W=<tokens>",
@@ -86,4 +115,7 @@ const kv_method_ops kv_method_window = {
     .bytes = window_bytes,
     .extra = window_extra,
     .free = window_free,
+    .save = window_save,
+    .load = window_load,
+    .max_bytes = window_max_bytes,
 };

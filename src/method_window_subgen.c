@@ -125,6 +125,65 @@ static void wsg_extra(const void *state, kv_method_extra *x)
     x->kept_tokens = s->ring.count + (in.kept_tokens > 0 ? in.kept_tokens : 0);
 }
 
+static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
+
+/* The ring, then SubGen's own state as one array, so that its loader gets a
+ * reader of exactly its bytes. */
+static void wsg_save(const void *state, kv_buf *out)
+{
+    const wsg_state *s = state;
+    if (!s->sg_ops->save) { /* save cannot return an error: mark the buffer unusable */
+        out->failed = 1;
+        return;
+    }
+    kv_tokring_save(&s->ring, out);
+    kv_buf inner;
+    kv_buf_init(&inner);
+    s->sg_ops->save(s->sg, &inner);
+    if (inner.failed) out->failed = 1;
+    else kv_buf_put_arr(out, inner.data, inner.len);
+    kv_buf_free(&inner);
+}
+
+static int wsg_load(void *state, kv_rd *in, kv_err *err)
+{
+    wsg_state *s = state;
+    if (!s->sg_ops->load)
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: window+subgen state: subgen cannot be checkpointed");
+    if (kv_tokring_load(&s->ring, in, shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
+    const kv_tokring *r = &s->ring;
+    int64_t len;
+    if (r->count && kv_tokring_idx(r, r->count - 1) - kv_tokring_idx(r, 0) >= s->W)
+        kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state holds tokens outside the window");
+    else if (!kv_rd_i64(in, &len, err) && (len < 0 || (uint64_t)len > in->len - in->pos))
+        kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state has a bad subgen length");
+    if (err->code) {
+        kv_tokring_free(&s->ring);
+        return err->code;
+    }
+    kv_rd sub = { .data = in->data + in->pos, .len = (size_t)len, .pos = 0, .what = "subgen" };
+    if (!s->sg_ops->load(s->sg, &sub, err) && sub.pos != sub.len)
+        kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state: subgen state has trailing bytes");
+    if (err->code) {
+        kv_tokring_free(&s->ring); /* SubGen's load frees its own on failure */
+        return err->code;
+    }
+    in->pos += (size_t)len;
+    return KV_OK;
+}
+
+static int64_t wsg_max_bytes(const void *state)
+{
+    const wsg_state *s = state;
+    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
+    int64_t ring = held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+    /* SubGen without max_bytes: what the replay driver assumes for a method
+     * without one (the stream's keys and values), not a true bound */
+    int64_t sg = s->sg_ops->max_bytes ? s->sg_ops->max_bytes(s->sg)
+                                      : s->ctx.n_total * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float);
+    return ring + sg;
+}
+
 const kv_method_ops kv_method_window_subgen = {
     .name = "window+subgen",
     .usage = "W=<tokens>,delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
@@ -134,4 +193,7 @@ const kv_method_ops kv_method_window_subgen = {
     .bytes = wsg_bytes,
     .extra = wsg_extra,
     .free = wsg_free,
+    .save = wsg_save,
+    .load = wsg_load,
+    .max_bytes = wsg_max_bytes,
 };

@@ -378,12 +378,13 @@ static int write_summary(replay *r, sink *k, const totals *t, double wall, kv_er
         fprintf(f, "kvstream replay: %s  streams %lld  tokens %lld  queries %lld  d %lld  dv %lld  ranks %d  threads %d  %.2fs\n",
                 kv_trace_path(r->tr), (long long)r->S, (long long)r->n, (long long)r->m, (long long)r->d,
                 (long long)r->dv, r->P, r->nthreads, wall);
-        fprintf(f, "%-28s %12s %8s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "mean err", "p99 err",
-                "max err", "ingest tok/s", "us/query");
+        fprintf(f, "%-28s %12s %8s %10s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "mean err", "p99 err",
+                "max err", "p95 bound", "ingest tok/s", "us/query");
     }
     double exact_mem = (double)t[r->ref].mem;
     for (int mi = 0; mi < r->M; mi++) {
         kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
+        kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm); /* NaN without V^T V */
         double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
         double usq = t[mi].t_query * 1e6 / (double)Sm;
         if (f) {
@@ -392,8 +393,10 @@ static int write_summary(replay *r, sink *k, const totals *t, double wall, kv_er
             if (b >= 1 << 30) snprintf(mem, sizeof mem, "%.2f GiB", b / (1 << 30));
             else if (b >= 1 << 20) snprintf(mem, sizeof mem, "%.2f MiB", b / (1 << 20));
             else snprintf(mem, sizeof mem, "%.1f KiB", b / 1024);
-            fprintf(f, "%-28.28s %12s %7.2f%% %10.3g %10.3g %10.3g %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
-                    exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, e.mean, e.p99, e.max, rate, usq);
+            char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
+            if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
+            fprintf(f, "%-28.28s %12s %7.2f%% %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
+                    exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, e.mean, e.p99, e.max, bnd, rate, usq);
         }
         if (k->res) {
             char g[128];

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "buf.h"
 #include "kverr.h"
 
 typedef struct {
@@ -51,5 +52,19 @@ void kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, 
 
 /* Bytes held: keys, values and the index of every held token. */
 size_t kv_tokring_bytes(const kv_tokring *r);
+
+/* Checkpoint: alloc, head and count, then the held keys, values and indices
+ * oldest first (three kv_buf_put_arr arrays).  The row layout is restored,
+ * not just the tokens: kv_tokring_fold splits its work where the ring wraps
+ * and later pushes wrap and regrow by alloc, so the layout decides rounding. */
+void kv_tokring_save(const kv_tokring *r, kv_buf *out);
+
+/* Restore into an empty ring made by kv_tokring_init with the same d, dv
+ * and cap.  Rejects (KV_EINPUT, "checkpoint: <in->what> state ...") counts
+ * beyond cap or max_tokens (the most tokens the caller can have seen), an
+ * alloc the ring could not have grown to, indices that are not strictly
+ * increasing within [0, n_total), and non-finite keys or values (traces
+ * hold finite numbers only).  On failure the ring is left as it was. */
+int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_total, kv_err *err);
 
 #endif
