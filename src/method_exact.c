@@ -146,6 +146,22 @@ static int exact_load(void *state, kv_rd *in, kv_err *err)
         free(K); free(V); free(R);
         return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: exact state is inconsistent");
     }
+    /* runs: local rows from 0 up, global indices in stream order with gaps
+     * between runs, all within the stream; keys and values finite */
+    const run *rr = R;
+    int bad = 0;
+    for (size_t r = 0; r < nr && !bad; r++) {
+        int64_t end = r + 1 < nr ? rr[r + 1].local : (int64_t)nk;
+        bad = (r == 0 ? rr[r].local != 0 : rr[r].local <= rr[r - 1].local) || end <= rr[r].local ||
+              end > (int64_t)nk || rr[r].first < 0 || rr[r].first > s->ctx.n_total - (end - rr[r].local) ||
+              (r > 0 && rr[r].first <= rr[r - 1].first + (rr[r].local - rr[r - 1].local));
+    }
+    for (size_t i = 0; i < nk * (size_t)s->ctx.d && !bad; i++) bad = !isfinite(((float *)K)[i]);
+    for (size_t i = 0; i < nv * (size_t)s->ctx.dv && !bad; i++) bad = !isfinite(((float *)V)[i]);
+    if (bad) {
+        free(K); free(V); free(R);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: exact state has a bad run table or value");
+    }
     free(s->K); free(s->V); free(s->runs);
     s->K = K; s->V = V; s->runs = R;
     s->n = s->cap = nk;

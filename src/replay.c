@@ -514,7 +514,11 @@ static int save_state(replay *r, const sink *k, kv_buf *b, kv_err *err)
             kv_buf one;
             kv_buf_init(&one);
             x->ops->save(x->st[s], &one);
-            if (one.failed) { kv_buf_free(&one); return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory"); }
+            if (one.failed) {
+                kv_buf_free(&one);
+                return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
+                                 "or a part of it cannot be checkpointed)", x->spec.text);
+            }
             kv_buf_put_arr(b, one.data, one.len);
             kv_buf_free(&one);
         }
@@ -605,9 +609,10 @@ static int check_memory(replay *r, size_t buffers, kv_err *err)
     int worst_mi = -1;
     for (int mi = 0; mi < r->M; mi++) {
         instance *x = &r->inst[mi];
+        if (!x->ops->max_bytes)
+            return kv_seterr(err, KV_EINPUT, "--max-memory: method '%s' cannot bound its memory in advance", x->spec.text);
         int64_t b = 0;
-        for (int64_t s = 0; s < r->S; s++)
-            b += x->ops->max_bytes ? x->ops->max_bytes(x->st[s]) : (int64_t)(r->n * (r->d + r->dv) * 4);
+        for (int64_t s = 0; s < r->S; s++) b += x->ops->max_bytes(x->st[s]);
         need += b;
         if (b > worst) { worst = b; worst_mi = mi; }
     }

@@ -1,8 +1,5 @@
 # Backbone tests: merge operator, spec parser, exact replay vs a float64
 # reference under 1..4 ranks, generator determinism, malformed input.
-set(KV_WORK ${CMAKE_CURRENT_BINARY_DIR}/work)
-file(MAKE_DIRECTORY ${KV_WORK})
-set(KV_PYENV "PYTHONPATH=${CMAKE_CURRENT_SOURCE_DIR};KV_MPIEXEC=${MPIEXEC_EXECUTABLE};${KV_MPI_ENV}")
 
 add_executable(test_merge test_merge.c testutil.c)
 target_link_libraries(test_merge PRIVATE kvcore)
