@@ -452,7 +452,7 @@ static void progress(replay *r, int64_t done_q, int64_t pos, double t0, double *
 {
     if (r->o->quiet || r->rank != 0) return;
     double now = omp_get_wtime();
-    if (now - *last < 1.0 && done_q < r->m) return;
+    if (now - *last < 1.0) return; /* at most once a second */
     *last = now;
     double el = now - t0, rate = el > 0 ? (double)pos / el : 0;
     double eta = pos > 0 ? el * (double)(r->n - pos) / (double)pos : 0;

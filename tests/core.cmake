@@ -45,3 +45,6 @@ foreach(np 1 3)
   add_test(NAME malformed_np${np} COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/malformed.py ${KVSTREAM_EXE} ${np} ${KV_WORK}/malformed_np${np})
   set_tests_properties(malformed_np${np} PROPERTIES ENVIRONMENT "${KV_PYENV}" TIMEOUT 900)
 endforeach()
+
+add_test(NAME progress_line COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_progress.py ${KVSTREAM_EXE} ${KV_WORK}/progress)
+set_tests_properties(progress_line PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi" TIMEOUT 600)
