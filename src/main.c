@@ -81,34 +81,49 @@ static void usage(FILE *f)
         "methods: see README.md (exact is always run as the reference)\n");
 }
 
+/* generator options shared by gen and sweep */
+#define GEN_SHARED_OPTIONS                                                                                       \
+    { "kind", 1, 0, 'k' }, { "streams", 1, 0, 'S' }, { "queries", 1, 0, 'm' }, { "clusters", 1, 0, 'c' },      \
+        { "spread", 1, 0, 's' }, { "value-noise", 1, 0, 'V' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, \
+        { "seed", 1, 0, 'x' }
+
+/* 1 if c was one of GEN_SHARED_OPTIONS (handled), 0 otherwise */
+static int gen_shared_option(int c, const char *arg, kv_gen_opts *o, kv_err *err)
+{
+    int64_t v;
+    switch (c) {
+    case 'k': o->kind = arg; return 1;
+    case 'S': opt_i64("--streams", arg, 1, 1 << 20, &o->S, err); return 1;
+    case 'm': opt_i64("--queries", arg, 1, INT64_C(1) << 40, &o->m, err); return 1;
+    case 'c': opt_i64("--clusters", arg, 1, INT64_C(1) << 40, &o->clusters, err); return 1;
+    case 's': opt_f64("--spread", arg, &o->spread, err); return 1;
+    case 'V': opt_f64("--value-noise", arg, &o->value_noise, err); return 1;
+    case 'b':
+        if (!opt_f64("--beta", arg, &o->beta, err) && o->beta < 0) kv_seterr(err, KV_EINPUT, "--beta must be >= 0");
+        return 1;
+    case 'r': opt_f64("--radius", arg, &o->radius, err); return 1;
+    case 'x': if (!opt_i64("--seed", arg, 0, INT64_MAX, &v, err)) o->seed = (uint64_t)v; return 1;
+    default: return 0;
+    }
+}
+
 /* getopt state must be reset between commands; argv[0] is the command */
 static int parse_gen(int argc, char **argv, kv_gen_opts *o, kv_err *err)
 {
     static const struct option lo[] = {
-        { "kind", 1, 0, 'k' }, { "streams", 1, 0, 'S' }, { "tokens", 1, 0, 'n' }, { "dim", 1, 0, 'd' },
-        { "dv", 1, 0, 'v' }, { "queries", 1, 0, 'm' }, { "every-position", 0, 0, 'E' }, { "clusters", 1, 0, 'c' },
-        { "spread", 1, 0, 's' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, { "chunk", 1, 0, 'C' },
-        { "seed", 1, 0, 'x' }, { "output", 1, 0, 'o' }, { "value-noise", 1, 0, 'V' }, { 0, 0, 0, 0 } };
+        GEN_SHARED_OPTIONS, { "tokens", 1, 0, 'n' }, { "dim", 1, 0, 'd' }, { "dv", 1, 0, 'v' },
+        { "every-position", 0, 0, 'E' }, { "chunk", 1, 0, 'C' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
     int c;
-    int64_t v;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:", lo, NULL)) != -1 && !err->code) {
+        if (gen_shared_option(c, optarg, o, err)) continue;
         switch (c) {
-        case 'k': o->kind = optarg; break;
-        case 'V': opt_f64("--value-noise", optarg, &o->value_noise, err); break;
-        case 'S': if (!opt_i64("--streams", optarg, 1, 1 << 20, &o->S, err)) {} break;
         case 'n': opt_i64("--tokens", optarg, 1, INT64_C(1) << 40, &o->n, err); break;
         case 'd': opt_i64("--dim", optarg, 1, 65536, &o->d, err); break;
         case 'v': opt_i64("--dv", optarg, 1, 65536, &o->dv, err); break;
-        case 'm': opt_i64("--queries", optarg, 1, INT64_C(1) << 40, &o->m, err); break;
         case 'E': o->every_position = 1; break;
-        case 'c': opt_i64("--clusters", optarg, 1, INT64_C(1) << 40, &o->clusters, err); break;
-        case 's': opt_f64("--spread", optarg, &o->spread, err); break;
-        case 'b': if (!opt_f64("--beta", optarg, &o->beta, err) && o->beta < 0) kv_seterr(err, KV_EINPUT, "--beta must be >= 0"); break;
-        case 'r': opt_f64("--radius", optarg, &o->radius, err); break;
         case 'C': opt_i64("--chunk", optarg, 1, INT64_C(1) << 30, &o->chunk, err); break;
-        case 'x': if (!opt_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->seed = (uint64_t)v; break;
         case 'o': o->out = optarg; break;
         case ':': kv_seterr(err, KV_EINPUT, "gen: option %s needs a value", argv[optind - 1]); break;
         default: kv_seterr(err, KV_EINPUT, "gen: unknown option '%s'", argv[optind - 1]); break;
@@ -185,28 +200,18 @@ static int opt_list(const char *opt, const char *s, int64_t *out, int max, int *
 static int parse_sweep(int argc, char **argv, kv_sweep_opts *o, int64_t *ns, int64_t *ds, kv_err *err)
 {
     static const struct option lo[] = {
-        { "kind", 1, 0, 'k' }, { "n", 1, 0, 'n' }, { "d", 1, 0, 'd' }, { "methods", 1, 0, 'M' }, { "eps", 1, 0, 'e' },
-        { "queries", 1, 0, 'm' }, { "streams", 1, 0, 'S' }, { "seed", 1, 0, 'x' }, { "clusters", 1, 0, 'c' },
-        { "spread", 1, 0, 's' }, { "beta", 1, 0, 'b' }, { "radius", 1, 0, 'r' }, { "workdir", 1, 0, 'w' },
-        { "keep-traces", 0, 0, 'K' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
+        GEN_SHARED_OPTIONS, { "n", 1, 0, 'n' }, { "d", 1, 0, 'd' }, { "methods", 1, 0, 'M' }, { "eps", 1, 0, 'e' },
+        { "workdir", 1, 0, 'w' }, { "keep-traces", 0, 0, 'K' }, { "output", 1, 0, 'o' }, { 0, 0, 0, 0 } };
     int c;
-    int64_t v;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:", lo, NULL)) != -1 && !err->code) {
+        if (gen_shared_option(c, optarg, &o->gen, err)) continue;
         switch (c) {
-        case 'k': o->gen.kind = optarg; break;
         case 'n': opt_list("--n", optarg, ns, 64, &o->nn, err); break;
         case 'd': opt_list("--d", optarg, ds, 64, &o->nd, err); break;
         case 'M': o->methods = optarg; break;
         case 'e': opt_f64("--eps", optarg, &o->eps, err); break;
-        case 'm': opt_i64("--queries", optarg, 1, INT64_C(1) << 30, &o->gen.m, err); break;
-        case 'S': opt_i64("--streams", optarg, 1, 1 << 20, &o->gen.S, err); break;
-        case 'x': if (!opt_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->gen.seed = (uint64_t)v; break;
-        case 'c': opt_i64("--clusters", optarg, 1, INT64_C(1) << 40, &o->gen.clusters, err); break;
-        case 's': opt_f64("--spread", optarg, &o->gen.spread, err); break;
-        case 'b': if (!opt_f64("--beta", optarg, &o->gen.beta, err) && o->gen.beta < 0) kv_seterr(err, KV_EINPUT, "--beta must be >= 0"); break;
-        case 'r': opt_f64("--radius", optarg, &o->gen.radius, err); break;
         case 'w': o->workdir = optarg; break;
         case 'K': o->keep_traces = 1; break;
         case 'o': o->out = optarg; break;

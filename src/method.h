@@ -83,6 +83,14 @@ typedef struct kv_method_ops {
  * to one chunk, so a budget that covers the stream covers every shard. */
 int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total);
 
+/* Tokens this rank will see: ctx->shard_tokens, or n_total when unknown.
+ * The bound checkpoint loads and max_bytes work with. */
+int64_t kv_shard_limit(const kv_method_ctx *ctx);
+
+/* 1 if all n floats are finite: restored keys and values must be, as every
+ * trace's are (io/trace.c checks them as they stream in). */
+int kv_all_finite(const float *x, size_t n);
+
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);
 

@@ -252,7 +252,6 @@ static void h2o_free(void *state)
     free(s);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
 
 /* Slots as held (partial sums over them in slot order), their scores, the
  * heap array as laid out (ties and sift order decide later evictions) and
@@ -273,14 +272,6 @@ static void h2o_save(const void *state, kv_buf *out)
     }
 }
 
-/* restored keys and values must be finite, as every trace's are (io/trace.c) */
-static int all_finite(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -298,7 +289,7 @@ static int h2o_check(h2o_state *s, const int32_t *list, int64_t *sorted)
     if (!n) return 1;
     for (int64_t i = 0; i < n; i++)
         if (s->idx[i] < 0 || s->idx[i] >= s->ctx.n_total || !isfinite(s->score[i]) || s->score[i] < 0) return 0;
-    if (!all_finite(s->K, (size_t)n * (size_t)s->ctx.d) || !all_finite(s->V, (size_t)n * (size_t)s->ctx.dv)) return 0;
+    if (!kv_all_finite(s->K, (size_t)n * (size_t)s->ctx.d) || !kv_all_finite(s->V, (size_t)n * (size_t)s->ctx.dv)) return 0;
     memcpy(sorted, s->idx, sizeof(int64_t) * (size_t)n);
     qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
     for (int64_t i = 1; i < n; i++)
@@ -321,7 +312,7 @@ static int h2o_check(h2o_state *s, const int32_t *list, int64_t *sorted)
 static int h2o_load(void *state, kv_rd *in, kv_err *err)
 {
     h2o_state *s = state;
-    int64_t lim = shard_limit(&s->ctx);
+    int64_t lim = kv_shard_limit(&s->ctx);
     size_t cap = (size_t)(s->budget < lim ? s->budget : lim), nk = 0, nv = 0, ni = 0, ns = 0, nh = 0, n;
     void *K = NULL, *V = NULL, *idx = NULL, *score = NULL, *heap = NULL;
     int32_t *list = NULL;
@@ -377,7 +368,7 @@ fail:
 static int64_t h2o_max_bytes(const void *state)
 {
     const h2o_state *s = state;
-    int64_t lim = shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
     return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t) +
                    (int64_t)sizeof(double) + 3 * (int64_t)sizeof(int32_t));
 }

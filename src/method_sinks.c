@@ -88,7 +88,6 @@ static void sinks_free(void *state)
     free(s);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
 
 static void sinks_save(const void *state, kv_buf *out)
 {
@@ -100,7 +99,7 @@ static void sinks_save(const void *state, kv_buf *out)
 static int sinks_load(void *state, kv_rd *in, kv_err *err)
 {
     sinks_state *s = state;
-    int64_t lim = shard_limit(&s->ctx);
+    int64_t lim = kv_shard_limit(&s->ctx);
     if (kv_tokring_load(&s->sinks, in, lim, s->ctx.n_total, err)) return err->code;
     if (kv_tokring_load(&s->win, in, lim, s->ctx.n_total, err)) {
         kv_tokring_free(&s->sinks);
@@ -122,7 +121,7 @@ static int sinks_load(void *state, kv_rd *in, kv_err *err)
 static int64_t sinks_max_bytes(const void *state)
 {
     const sinks_state *s = state;
-    int64_t lim = shard_limit(&s->ctx);
+    int64_t lim = kv_shard_limit(&s->ctx);
     int64_t a = s->S < lim ? s->S : lim, b = s->W < lim ? s->W : lim;
     int64_t held = a + b < lim ? a + b : lim; /* distinct tokens of the shard */
     return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));

@@ -164,15 +164,6 @@ static void topk_free(void *state)
     free(s);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
-
-/* restored keys and values must be finite, as every trace's are (io/trace.c) */
-static int all_finite(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
 
 /* Rows in stream order, as held: the order breaks ties at the k-th logit. */
 static void topk_save(const void *state, kv_buf *out)
@@ -186,10 +177,10 @@ static int topk_load(void *state, kv_rd *in, kv_err *err)
 {
     topk_state *s = state;
     void *K = NULL, *V = NULL;
-    size_t nk = 0, nv = 0, lim = (size_t)shard_limit(&s->ctx);
+    size_t nk = 0, nv = 0, lim = (size_t)kv_shard_limit(&s->ctx);
     if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
         kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) || nk != nv ||
-        !all_finite(K, nk * (size_t)s->ctx.d) || !all_finite(V, nv * (size_t)s->ctx.dv)) {
+        !kv_all_finite(K, nk * (size_t)s->ctx.d) || !kv_all_finite(V, nv * (size_t)s->ctx.dv)) {
         free(K);
         free(V);
         return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: topk state is inconsistent");
@@ -205,7 +196,7 @@ static int topk_load(void *state, kv_rd *in, kv_err *err)
 static int64_t topk_max_bytes(const void *state)
 {
     const topk_state *s = state;
-    return shard_limit(&s->ctx) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float);
+    return kv_shard_limit(&s->ctx) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float);
 }
 
 const kv_method_ops kv_method_topk = {

@@ -118,15 +118,6 @@ static void uniform_free(void *state)
     free(s);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
-
-/* restored keys and values must be finite, as every trace's are (io/trace.c) */
-static int all_finite(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
 
 /* The sample in slot order, the seen counter and the generator: the next
  * replacement decisions depend on all three. */
@@ -152,9 +143,9 @@ static int uniform_load(void *state, kv_rd *in, kv_err *err)
         goto fail;
     /* Algorithm R holds min(seen, budget) tokens; xoshiro's state is never all zero */
     int64_t want = seen < s->budget ? seen : s->budget;
-    if (seen < 0 || seen > shard_limit(&s->ctx) || nk != nv || (int64_t)nk != want ||
-        !(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3]) || !all_finite(K, nk * (size_t)s->ctx.d) ||
-        !all_finite(V, nv * (size_t)s->ctx.dv)) {
+    if (seen < 0 || seen > kv_shard_limit(&s->ctx) || nk != nv || (int64_t)nk != want ||
+        !(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3]) || !kv_all_finite(K, nk * (size_t)s->ctx.d) ||
+        !kv_all_finite(V, nv * (size_t)s->ctx.dv)) {
         kv_seterr(err, KV_EINPUT, "checkpoint: uniform state is inconsistent");
         goto fail;
     }
@@ -175,7 +166,7 @@ fail:
 static int64_t uniform_max_bytes(const void *state)
 {
     const uniform_state *s = state;
-    int64_t lim = shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->budget < lim ? s->budget : lim;
     return held * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)(sizeof s->seen + sizeof s->rng);
 }
 

@@ -133,7 +133,6 @@ static void uw_free(void *state)
     free(s);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
 
 static void uw_save(const void *state, kv_buf *out)
 {
@@ -147,7 +146,7 @@ static int uw_load(void *state, kv_rd *in, kv_err *err)
 {
     uw_state *s = state;
     int dv = s->ctx.dv;
-    int64_t lim = shard_limit(&s->ctx);
+    int64_t lim = kv_shard_limit(&s->ctx);
     double *sum = NULL;
     size_t n = 0;
     if (kv_tokring_load(&s->ring, in, lim, s->ctx.n_total, err)) return err->code;
@@ -176,7 +175,7 @@ fail:
 static int64_t uw_max_bytes(const void *state)
 {
     const uw_state *s = state;
-    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
     return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t)) +
            (int64_t)s->ctx.dv * (int64_t)sizeof(double) + (int64_t)sizeof(int64_t);
 }

@@ -78,7 +78,6 @@ static void window_free(void *state)
 }
 
 /* tokens this rank will see: its shard, or the whole stream if unknown */
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
 
 static void window_save(const void *state, kv_buf *out)
 {
@@ -89,7 +88,7 @@ static void window_save(const void *state, kv_buf *out)
 static int window_load(void *state, kv_rd *in, kv_err *err)
 {
     window_state *s = state;
-    if (kv_tokring_load(&s->ring, in, shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
+    if (kv_tokring_load(&s->ring, in, kv_shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
     /* ingest keeps only tokens newer than (newest - W) */
     const kv_tokring *r = &s->ring;
     if (r->count && kv_tokring_idx(r, r->count - 1) - kv_tokring_idx(r, 0) >= s->W) {
@@ -102,7 +101,7 @@ static int window_load(void *state, kv_rd *in, kv_err *err)
 static int64_t window_max_bytes(const void *state)
 {
     const window_state *s = state;
-    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim; /* the ring never holds more than W */
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim; /* the ring never holds more than W */
     return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
 }
 

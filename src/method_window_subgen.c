@@ -125,7 +125,6 @@ static void wsg_extra(const void *state, kv_method_extra *x)
     x->kept_tokens = s->ring.count + (in.kept_tokens > 0 ? in.kept_tokens : 0);
 }
 
-static int64_t shard_limit(const kv_method_ctx *c) { return c->shard_tokens > 0 ? c->shard_tokens : c->n_total; }
 
 /* The ring, then SubGen's own state as one array, so that its loader gets a
  * reader of exactly its bytes. */
@@ -150,7 +149,7 @@ static int wsg_load(void *state, kv_rd *in, kv_err *err)
     wsg_state *s = state;
     if (!s->sg_ops->load)
         return kv_seterr(err, KV_EINTERNAL, "checkpoint: window+subgen state: subgen cannot be checkpointed");
-    if (kv_tokring_load(&s->ring, in, shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
+    if (kv_tokring_load(&s->ring, in, kv_shard_limit(&s->ctx), s->ctx.n_total, err)) return err->code;
     const kv_tokring *r = &s->ring;
     int64_t len;
     if (r->count && kv_tokring_idx(r, r->count - 1) - kv_tokring_idx(r, 0) >= s->W)
@@ -175,7 +174,7 @@ static int wsg_load(void *state, kv_rd *in, kv_err *err)
 static int64_t wsg_max_bytes(const void *state)
 {
     const wsg_state *s = state;
-    int64_t lim = shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
     int64_t ring = held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
     /* SubGen without max_bytes: what the replay driver assumes for a method
      * without one (the stream's keys and values), not a true bound */

@@ -1,4 +1,5 @@
 /* methods.c - the method registry: one line per method. */
+#include <math.h>
 #include <string.h>
 #include "method.h"
 
@@ -42,6 +43,18 @@ int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total)
         share = total / P + (total % P != 0);
     }
     return share > 0 ? share : 1;
+}
+
+int64_t kv_shard_limit(const kv_method_ctx *ctx)
+{
+    return ctx->shard_tokens > 0 ? ctx->shard_tokens : ctx->n_total;
+}
+
+int kv_all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }
 
 const char *kv_method_names(void)

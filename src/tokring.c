@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "attn.h"
+#include "method.h"
 #include "tokring.h"
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
@@ -97,13 +98,6 @@ size_t kv_tokring_bytes(const kv_tokring *r)
     return (size_t)r->count * ((size_t)(r->d + r->dv) * sizeof(float) + sizeof(int64_t));
 }
 
-static int all_finite(const float *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
 static const char *what(const kv_rd *in) { return in->what ? in->what : "a"; }
 
 /* rows head.. of a ring, count of them, as at most two contiguous stretches */
@@ -187,8 +181,8 @@ int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_tota
             return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", what(in));
         }
         /* traces hold finite numbers only (io/trace.c checks) */
-        if (!all_finite(t.K + row * (size_t)t.d, (size_t)t.d) ||
-            !all_finite(t.V + row * (size_t)t.dv, (size_t)t.dv)) {
+        if (!kv_all_finite(t.K + row * (size_t)t.d, (size_t)t.d) ||
+            !kv_all_finite(t.V + row * (size_t)t.dv, (size_t)t.dv)) {
             kv_tokring_free(&t);
             return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", what(in));
         }
