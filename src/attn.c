@@ -20,8 +20,14 @@
 
 #define TILE 64  /* tokens per tile: K and V tiles of d=128 are 32 KiB each */
 #define VL 16    /* floats per vector */
-#ifndef KV_PREFETCH
-#define KV_PREFETCH 1 /* tiles ahead; 1 measured best on the 2-core EPYC VMs */
+#ifndef KV_TILE_ONE
+#define KV_TILE_ONE 64 /* tile of the few-query path */
+#endif
+#ifndef KV_PF_LOCALITY
+#define KV_PF_LOCALITY 2 /* into L2: the next tiles do not fit in L1 with the current one */
+#endif
+#ifndef KV_PF_TOKENS
+#define KV_PF_TOKENS 128 /* software prefetch distance in tokens (0: off); 128 measured best here */
 #endif
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -72,9 +78,14 @@ static void logits_scalar(const float *restrict Q, int nq, const float *restrict
  * group repeats its last row, so every token's logit comes from the same
  * instruction sequence whatever its place in the tile (bitwise the same
  * logits however the stream is sharded). */
-static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S)
+static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S,
+                       const char *pfk, const char *pfv, size_t vrow)
 {
     for (int t = 0; t < nt; t += 4) {
+        if (pfk) { /* prefetch rows far ahead, spread evenly over the work */
+            for (size_t b = 0; b < 4 * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(pfk + (size_t)t * d * sizeof(float) + b, 0, KV_PF_LOCALITY);
+            for (size_t b = 0; b < 4 * vrow; b += 64) __builtin_prefetch(pfv + (size_t)t * vrow + b, 0, KV_PF_LOCALITY);
+        }
         const float *k[4];
         for (int i = 0; i < 4; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
         const float *k0 = k[0], *k1 = k[1], *k2 = k[2], *k3 = k[3];
@@ -206,20 +217,25 @@ void kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
     float *Kt = batched ? malloc(sizeof(float) * (size_t)d * TILE) : NULL;
     if (!S || !U || !run || (batched && !Kt)) abort(); /* small scratch: treat as fatal */
     for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
-    for (size_t t0 = 0; t0 < n; t0 += TILE) {
-        int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
+    const size_t tile = batched ? TILE : KV_TILE_ONE;
+    for (size_t t0 = 0; t0 < n; t0 += tile) {
+        int nt = (int)(n - t0 < tile ? n - t0 : tile);
         const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
-        if (KV_PREFETCH && t0 + KV_PREFETCH * TILE < n) { /* tiles ahead: keep the memory system busy */
-            const char *kp = (const char *)(Kt0 + KV_PREFETCH * TILE * (size_t)d);
-            const char *vp = (const char *)(Vt + KV_PREFETCH * TILE * (size_t)dv);
-            for (size_t b = 0; b < TILE * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(kp + b);
-            for (size_t b = 0; b < TILE * (size_t)dv * sizeof(float); b += 64) __builtin_prefetch(vp + b);
+        int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
+        if (ahead && batched) { /* keep the memory system busy */
+            const char *kp = (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d);
+            const char *vp = (const char *)(Vt + KV_PF_TOKENS * (size_t)dv);
+            for (size_t b = 0; b < tile * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(kp + b, 0, KV_PF_LOCALITY);
+            for (size_t b = 0; b < tile * (size_t)dv * sizeof(float); b += 64) __builtin_prefetch(vp + b, 0, KV_PF_LOCALITY);
         }
         if (batched) {
             transpose_tile(Kt0, nt, d, Kt);
             logits_batch(Q, nq, Kt, d, scale, S);
         } else if (dvec) {
-            for (int q = 0; q < nq; q++) logits_one(Q + (size_t)q * d, Kt0, nt, d, scale, S + q * TILE);
+            for (int q = 0; q < nq; q++)
+                logits_one(Q + (size_t)q * d, Kt0, nt, d, scale, S + q * TILE,
+                           ahead && q == 0 ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
+                           (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), (size_t)dv * sizeof(float));
         } else {
             logits_scalar(Q, nq, Kt0, nt, d, scale, S);
         }
