@@ -98,6 +98,23 @@ case("int keys", good(P("ikeys"), keys=np.zeros((S, n, d), np.int32)), "/keys ha
 case("float16 keys", good(P("hkeys"), keys=np.zeros((S, n, d), np.float16)), "/keys is a 2-byte float")
 case("keys is a group", good(P("gkeys"), keys="group"), "/keys is not a dataset")
 case("negative scale", good(P("scale"), attr_scale=-1.0), "attribute 'scale' = -1 must be finite and > 0")
+# a late chunk with damaged bytes (gzip-compressed, so the read fails): only
+# the rank that owns it sees the problem; all ranks must stop with its message
+good(P("corruptchunk"))
+with h5py.File(P("corruptchunk"), "w") as f:
+    for k, shape in (("keys", (S, n, d)), ("values", (S, n, dv)), ("queries", (S, m, d))):
+        f.create_dataset(k, data=rng.standard_normal(shape).astype(np.float32),
+                         chunks=(1, min(100, shape[1]), shape[2]), compression="gzip")
+    f.create_dataset("query_pos", data=np.linspace(n // m, n, m).astype(np.int64))
+    f.attrs["format"] = "kvtrace"
+    f.attrs["version"] = 1
+    info = f["keys"].id.get_chunk_info_by_coord((1, 500, 0))
+    off, size = info.byte_offset, info.size
+with open(P("corruptchunk"), "r+b") as f:
+    f.seek(off + size // 3)
+    f.write(b"\xff" * (size // 3))
+case("corrupt late chunk", P("corruptchunk"), "/keys rows [500, 600) cannot be read (corrupt or truncated data)")
+
 # files the fuzzer produced (tests/data): HDF5 itself fails on them, and once
 # made parallel H5Fopen hang on 2 ranks
 here = os.path.dirname(os.path.abspath(__file__))
