@@ -106,11 +106,16 @@ int kv_results_attr_f64(kv_results *r, const char *group, const char *name, doub
     return attr(r, group, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &val, err);
 }
 
+static void join(char *full, size_t len, const char *group, const char *name)
+{
+    snprintf(full, len, "%s/%s", strcmp(group, "/") ? group : "", name);
+}
+
 /* an open dataset by path; datasets of a reopened file are opened lazily */
 static hid_t find_ds(kv_results *r, const char *group, const char *name)
 {
     char full[192];
-    snprintf(full, sizeof full, "%s/%s", group, name);
+    join(full, sizeof full, group, name);
     for (int i = 0; i < r->nds; i++)
         if (!strcmp(r->ds[i].name, full)) return r->ds[i].id;
     if (r->nds == MAXDS || H5Lexists(r->file, full, H5P_DEFAULT) <= 0) return -1;
@@ -141,7 +146,7 @@ int kv_results_dataset(kv_results *r, const char *group, const char *name, kv_rt
      * file flushed at a checkpoint stays readable if the run dies after */
     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
     char full[192];
-    snprintf(full, sizeof full, "%s/%s", group, name);
+    join(full, sizeof full, group, name);
     hid_t ds = H5Dcreate2(r->file, full, filetype(type), sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
     H5Sclose(sp);
@@ -178,7 +183,8 @@ int kv_results_write_rows(kv_results *r, const char *group, const char *name, kv
 int kv_results_write_all(kv_results *r, const char *group, const char *name, kv_rtype type, int rank,
                          const int64_t *dims, const void *data, kv_err *err)
 {
-    if (kv_results_dataset(r, group, name, type, rank, dims, err)) return err->code;
+    /* a resumed run rewrites what an earlier run of it created */
+    if (find_ds(r, group, name) < 0 && kv_results_dataset(r, group, name, type, rank, dims, err)) return err->code;
     return kv_results_write_rows(r, group, name, type, 0, dims[rank == 1 ? 0 : 1], data, err);
 }
 
@@ -196,7 +202,7 @@ int kv_results_write_strings(kv_results *r, const char *group, const char *name,
     hsize_t dims[1] = { (hsize_t)n };
     hid_t sp = H5Screate_simple(1, dims, NULL);
     char full[192];
-    snprintf(full, sizeof full, "%s/%s", group, name);
+    join(full, sizeof full, group, name);
     hid_t ds = H5Dcreate2(r->file, full, ty, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     int bad = ds < 0 || (n > 0 && H5Dwrite(ds, ty, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0);
     if (ds >= 0) H5Dclose(ds);

@@ -220,10 +220,7 @@ static int sink_open(replay *r, sink *k, kv_err *err)
         if (!k->zout) return err->code;
     }
     if (!r->o->out) return KV_OK;
-    if (r->o->resume) { /* rows before the checkpoint are in the file already */
-        k->res = kv_results_reopen(r->o->out, err);
-        return k->res ? KV_OK : err->code;
-    }
+    if (r->o->resume) return KV_OK; /* reopened once the checkpoint is known to fit */
     k->res = kv_results_create(r->o->out, err);
     if (!k->res) return err->code;
     int64_t d2[2] = { r->S, r->m }, d3[3] = { r->S, r->m, r->dv };
@@ -700,6 +697,8 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_err *err)
             j_start = got.next_query;
         }
         free(blob);
+        /* rows before the checkpoint are in the results file already */
+        if (!err->code && r->rank == 0 && o->out) K.res = kv_results_reopen(o->out, err);
         if (kv_agree(comm, err)) goto out;
     }
     kv_signals_install();
