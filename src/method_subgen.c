@@ -52,7 +52,14 @@
  * floats), the l2 samples (d + dv floats each, once held) with the sampler
  * bookkeeping (id, weight, threshold, heap slot, F), the exact buffer while it
  * lives (d + dv floats per token) and the fixed struct.  Capacity slack and
- * scratch space are not counted. */
+ * scratch space are not counted.  max_bytes() is that sum when every token
+ * of the shard opens its own cluster and the exact buffer is full while the
+ * samples are held: reached exactly on distinct keys with delta = 0, s >= n.
+ *
+ * Checkpoints (save/load, see subgen_save): the state that decides later
+ * results is saved and checked on load; the block layout, the projected
+ * centres and the derived maxima are rebuilt bit for bit, so a resumed run
+ * is bitwise the same as an uninterrupted one. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -462,19 +469,29 @@ static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv
 
 /* ---- method ops -------------------------------------------------------- */
 
-static void subgen_free(void *state)
+/* free the clusters and every per-cluster array (keys, centres, index) */
+static void free_clusters(subgen *g)
 {
-    subgen *g = state;
-    if (!g) return;
     for (int64_t c = 0; c < g->nc; c++) free(g->cl[c].keys);
     free(g->cent);
     free(g->cnorm);
     free(g->cl);
     free(g->dist);
-    free(g->pre);
-    free(g->proj);
     free(g->cproj);
     free(g->nnd);
+    g->cent = g->cnorm = g->dist = g->cproj = NULL;
+    g->cl = NULL;
+    g->nnd = NULL;
+    g->nc = g->ccap = g->nres = 0;
+}
+
+static void subgen_free(void *state)
+{
+    subgen *g = state;
+    if (!g) return;
+    free_clusters(g);
+    free(g->pre);
+    free(g->proj);
     kv_l2_clear(&g->l2);
     free(g->sk);
     free(g->sv);
@@ -796,6 +813,247 @@ static void subgen_extra(const void *state, kv_method_extra *x)
     x->kept_tokens = kept;
 }
 
+/* ---- checkpoints ------------------------------------------------------- */
+
+#define SG_MAGIC INT64_C(0x316e656762757376) /* "vsubgen1" */
+
+/* Saved, in this order: magic, d, dv, t, s, index and delta (checked on
+ * load), the generator, the scan history and the last token's cluster; the
+ * centres as nc rows of d floats, |c|^2, the counts n_c, the reservoir keys
+ * (one array, cluster after cluster, min(n_c, t) rows each), the index's
+ * lower bounds nnd (empty with index=0); the l2 samplers (kv_l2_save) and
+ * their pairs (s rows of keys and of values once F > 0, else none); the
+ * exact buffer's switch, nval and its rows.  Every array is in
+ * kv_buf_put_arr's format (byte length, then bytes).
+ * Recomputed on load, bit for bit: the block layout of the centres with its
+ * padding, the projected centres (proj comes from a fixed seed; projecting a
+ * centre repeats what ingest did with the key that opened it), cmax, nres.
+ * Capacities and scratch are not state: they never change a result. */
+static void subgen_save(const void *state, kv_buf *out)
+{
+    const subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t rowb = sizeof(float) * (size_t)d, nc = (size_t)g->nc;
+    float *row = malloc(rowb);
+    if (!row) { /* save cannot return an error: mark the buffer unusable */
+        out->failed = 1;
+        return;
+    }
+    kv_buf_put_i64(out, SG_MAGIC);
+    kv_buf_put_i64(out, d);
+    kv_buf_put_i64(out, dv);
+    kv_buf_put_i64(out, g->t);
+    kv_buf_put_i64(out, g->s);
+    kv_buf_put_i64(out, g->use_index);
+    kv_buf_put_f64(out, g->delta);
+    kv_buf_put(out, g->rng.s, sizeof g->rng.s);
+    kv_buf_put_i64(out, (int64_t)g->hist);
+    kv_buf_put_i64(out, g->last);
+    kv_buf_put_i64(out, (int64_t)(nc * rowb)); /* centres: rows out of the blocks */
+    for (size_t c = 0; c < nc; c++) {
+        const float *cb = cblock(g, (int64_t)c) + c % CB;
+        for (int i = 0; i < d; i++) row[i] = cb[(size_t)i * CB];
+        kv_buf_put(out, row, rowb);
+    }
+    kv_buf_put_arr(out, g->cnorm, nc * sizeof(float));
+    kv_buf_put_i64(out, (int64_t)(nc * sizeof(int64_t)));
+    for (size_t c = 0; c < nc; c++) kv_buf_put_i64(out, g->cl[c].r.n);
+    kv_buf_put_i64(out, (int64_t)((size_t)g->nres * rowb));
+    for (size_t c = 0; c < nc; c++) kv_buf_put(out, g->cl[c].keys, (size_t)kv_reservoir_size(&g->cl[c].r) * rowb);
+    kv_buf_put_arr(out, g->nnd, g->use_index ? nc * sizeof(double) : 0);
+    kv_l2_save(&g->l2, out);
+    size_t held = g->l2.F > 0.0 ? (size_t)g->s : 0;
+    kv_buf_put_arr(out, g->sk, held * rowb);
+    kv_buf_put_arr(out, g->sv, held * (size_t)dv * sizeof(float));
+    kv_buf_put_i64(out, g->buf_on);
+    kv_buf_put_i64(out, g->nval);
+    kv_buf_put_arr(out, g->bk, (size_t)g->nbuf * rowb);
+    kv_buf_put_arr(out, g->bv, (size_t)g->nbuf * (size_t)dv * sizeof(float));
+    free(row);
+}
+
+/* Lay nc clusters out in t as ingest would have: centres C (rows) in blocks
+ * with zero padding, |c|^2 N, counts cnt, reservoir keys R (cluster after
+ * cluster), the index (cproj projected again, padding +inf; nnd); capacity
+ * 64 doubled, as grow_clusters leaves it.  t holds no clusters on entry. */
+static int build_clusters(subgen *t, const float *C, const float *N, const int64_t *cnt, const float *R,
+                          const double *nnd, int64_t nc, kv_err *err)
+{
+    int d = t->ctx.d;
+    if (nc == 0) return KV_OK;
+    int64_t cap = 64;
+    while (cap < nc) cap *= 2;
+    t->cent = calloc((size_t)(cap * d), sizeof(float));
+    t->cnorm = calloc((size_t)cap, sizeof(float));
+    t->cl = calloc((size_t)cap, sizeof(cluster));
+    t->dist = malloc(sizeof(float) * (size_t)cap);
+    if (t->use_index) {
+        t->cproj = malloc(sizeof(float) * (size_t)(cap * NP));
+        t->nnd = malloc(sizeof(double) * (size_t)cap);
+    }
+    if (!t->cent || !t->cnorm || !t->cl || !t->dist || (t->use_index && (!t->cproj || !t->nnd)))
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld subgen clusters", (long long)nc);
+    t->ccap = cap;
+    t->nc = nc; /* keys are NULL until allocated: free_clusters can run at any point */
+    if (t->use_index)
+        for (int64_t i = 0; i < cap * NP; i++) t->cproj[i] = INFINITY;
+    const float *keys = R;
+    for (int64_t c = 0; c < nc; c++) {
+        const float *k = C + c * d;
+        float *cb = cblock(t, c) + c % CB;
+        for (int i = 0; i < d; i++) cb[(size_t)i * CB] = k[i];
+        t->cnorm[c] = N[c];
+        double knorm = sqrt(N[c] > 0 ? (double)N[c] : 0.0);
+        if (knorm > t->cmax) t->cmax = knorm;
+        cluster *cl = &t->cl[c];
+        kv_reservoir_init(&cl->r, t->t);
+        cl->r.n = cnt[c];
+        int64_t size = kv_reservoir_size(&cl->r);
+        cl->keys = malloc(sizeof(float) * (size_t)(size * d));
+        if (!cl->keys) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring subgen samples");
+        cl->cap = size;
+        memcpy(cl->keys, keys, sizeof(float) * (size_t)(size * d));
+        keys += size * d;
+        t->nres += size;
+        if (t->use_index) {
+            float pk[NP], *cp = t->cproj + (c / CB) * CB * NP + c % CB;
+            project(t, k, pk);
+            for (int p = 0; p < NP; p++) cp[p * CB] = pk[p];
+            t->nnd[c] = nnd[c];
+        }
+    }
+    return KV_OK;
+}
+
+/* Restore what subgen_save wrote into a state fresh from subgen_create (same
+ * spec and ctx).  Everything is read and checked before anything is built;
+ * the state is only changed on success. */
+static int subgen_load(void *state, kv_rd *in, kv_err *err)
+{
+    subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    int64_t lim = kv_shard_limit(&g->ctx);
+    size_t mx = (size_t)(lim > 0 ? lim : 0), s = (size_t)g->s;
+    int64_t hdr[6], hist, last, buf_on, nval, total = 0, nres = 0;
+    double delta;
+    kv_rng rng;
+    void *C = NULL, *N = NULL, *cnt = NULL, *R = NULL, *nnd = NULL, *SK = NULL, *SV = NULL, *BK = NULL, *BV = NULL;
+    size_t nc = 0, nn = 0, ncnt = 0, nr = 0, nnn = 0, nsk = 0, nsv = 0, nbk = 0, nbv = 0;
+    kv_l2_sampler l2 = { 0 };
+    subgen t = *g; /* the restored state, built aside */
+    t.nc = t.ccap = t.nres = 0;
+    t.cent = t.cnorm = t.dist = t.cproj = NULL;
+    t.cl = NULL;
+    t.nnd = NULL;
+    t.cmax = 0.0;
+    const char *bad = NULL;
+
+    for (int i = 0; i < 6; i++)
+        if (kv_rd_i64(in, &hdr[i], err)) goto fail;
+    if (kv_rd_f64(in, &delta, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) || kv_rd_i64(in, &hist, err) ||
+        kv_rd_i64(in, &last, err))
+        goto fail;
+    if (hdr[0] != SG_MAGIC || hdr[1] != d || hdr[2] != dv || hdr[3] != g->t || hdr[4] != g->s ||
+        hdr[5] != g->use_index || memcmp(&delta, &g->delta, sizeof delta)) {
+        bad = "was saved with another spec, d or dv";
+        goto bad;
+    }
+    if (!(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3])) { bad = "has a zero generator state"; goto bad; }
+    if (hist < 0 || hist > 0xff) { bad = "has a bad scan history"; goto bad; }
+
+    /* clusters: centres, |c|^2, counts, reservoir keys, index bounds */
+    if (kv_rd_arr(in, &C, sizeof(float) * (size_t)d, mx, &nc, err) ||
+        kv_rd_arr(in, &N, sizeof(float), mx, &nn, err) || kv_rd_arr(in, &cnt, sizeof(int64_t), mx, &ncnt, err) ||
+        kv_rd_arr(in, &R, sizeof(float) * (size_t)d, mx, &nr, err) ||
+        kv_rd_arr(in, &nnd, sizeof(double), mx, &nnn, err))
+        goto fail;
+    if (nn != nc || ncnt != nc || nnn != (g->use_index ? nc : 0)) {
+        bad = "has cluster arrays of different lengths";
+        goto bad;
+    }
+    for (size_t c = 0; c < nc; c++) {
+        int64_t n = ((int64_t *)cnt)[c];
+        float cn = ((float *)N)[c];
+        if (n < 1 || n > lim - total) { bad = "has cluster counts beyond the rank's tokens"; goto bad; }
+        total += n;
+        nres += n < g->t ? n : g->t;
+        if (!(cn >= 0.0f) || !isfinite(cn)) { bad = "has a bad centre norm"; goto bad; }
+        if (nnn && !(((double *)nnd)[c] >= 0.0)) { bad = "has a bad index bound"; goto bad; }
+    }
+    if ((int64_t)nr != nres) { bad = "has reservoir keys that do not match the cluster counts"; goto bad; }
+    if (nc ? (last < 0 || last >= (int64_t)nc) : last != -1) { bad = "has a bad last cluster index"; goto bad; }
+    if (!kv_all_finite(C, nc * (size_t)d) || !kv_all_finite(R, nr * (size_t)d)) {
+        bad = "has a key that is not finite";
+        goto bad;
+    }
+
+    /* l2 samplers, their pairs, the exact buffer */
+    if (kv_l2_load(&l2, g->s, in, g->ctx.n_total, err) ||
+        kv_rd_arr(in, &SK, sizeof(float) * (size_t)d, s, &nsk, err) ||
+        kv_rd_arr(in, &SV, sizeof(float) * (size_t)dv, s, &nsv, err) || kv_rd_i64(in, &buf_on, err) ||
+        kv_rd_i64(in, &nval, err) || kv_rd_arr(in, &BK, sizeof(float) * (size_t)d, s, &nbk, err) ||
+        kv_rd_arr(in, &BV, sizeof(float) * (size_t)dv, s, &nbv, err))
+        goto fail;
+    size_t held = l2.F > 0.0 ? s : 0;
+    if (nsk != held || nsv != held) { bad = "has l2 samples that do not match its samplers"; goto bad; }
+    if (nval < 0 || nval > total || (nval > 0) != (l2.F > 0.0) || buf_on != (nval <= g->s) ||
+        nbk != (buf_on ? (size_t)nval : 0) || nbv != nbk) {
+        bad = "has an inconsistent exact buffer";
+        goto bad;
+    }
+    if (!kv_all_finite(SK, nsk * (size_t)d) || !kv_all_finite(SV, nsv * (size_t)dv) ||
+        !kv_all_finite(BK, nbk * (size_t)d) || !kv_all_finite(BV, nbv * (size_t)dv)) {
+        bad = "has a key or value that is not finite";
+        goto bad;
+    }
+
+    if (build_clusters(&t, C, N, cnt, R, nnd, (int64_t)nc, err)) goto fail;
+    t.rng = rng;
+    t.hist = (unsigned)hist;
+    t.last = last;
+    t.l2 = l2;
+    if (held) {
+        memcpy(t.sk, SK, sizeof(float) * held * (size_t)d); /* t.sk is g->sk */
+        memcpy(t.sv, SV, sizeof(float) * held * (size_t)dv);
+    }
+    t.buf_on = (int)buf_on;
+    t.nval = nval;
+    t.nbuf = t.bcap = (int64_t)nbk;
+    t.bk = BK;
+    t.bv = BV;
+    free_clusters(g);
+    kv_l2_clear(&g->l2);
+    free(g->bk);
+    free(g->bv);
+    *g = t;
+    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV);
+    return KV_OK;
+bad:
+    kv_seterr(err, KV_EINPUT, "checkpoint: subgen state %s", bad);
+fail:
+    free_clusters(&t);
+    kv_l2_clear(&l2);
+    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV); free(BK); free(BV);
+    return err->code;
+}
+
+/* Worst case: every token of the shard opens its own cluster (centre, |c|^2,
+ * count, index entry and one reservoir key each), the exact buffer holds
+ * min(s, tokens) rows while the s samples are held too. */
+static int64_t subgen_max_bytes(const void *state)
+{
+    const subgen *g = state;
+    int64_t lim = kv_shard_limit(&g->ctx), d = g->ctx.d, dv = g->ctx.dv, f = (int64_t)sizeof(float);
+    int64_t per = d * f + f + (int64_t)sizeof(int64_t) + d * f;
+    int64_t b = (int64_t)sizeof *g + (int64_t)kv_l2_bytes(&g->l2) + (int64_t)g->s * (d + dv) * f;
+    if (g->use_index) {
+        per += NP * f + (int64_t)sizeof(double);
+        b += NP * d * f;
+    }
+    int64_t nbuf = g->s < lim ? g->s : lim;
+    return b + lim * per + nbuf * (d + dv) * f;
+}
+
 const kv_method_ops kv_method_subgen = {
     .name = "subgen",
     .usage = "delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
@@ -805,4 +1063,7 @@ const kv_method_ops kv_method_subgen = {
     .bytes = subgen_bytes,
     .extra = subgen_extra,
     .free = subgen_free,
+    .save = subgen_save,
+    .load = subgen_load,
+    .max_bytes = subgen_max_bytes,
 };

@@ -1,6 +1,7 @@
 /* sampler.c - reservoir (Algorithm R) and streaming l2 samplers; see sampler.h. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include "sampler.h"
 
 void kv_reservoir_init(kv_reservoir *r, int64_t t)
@@ -95,4 +96,65 @@ size_t kv_l2_bytes(const kv_l2_sampler *ls)
 {
     size_t per = sizeof(int64_t) + 2 * sizeof(double) + sizeof(int);
     return (size_t)ls->s * per + sizeof(double);
+}
+
+void kv_l2_save(const kv_l2_sampler *ls, kv_buf *out)
+{
+    size_t s = (size_t)ls->s;
+    kv_buf_put_f64(out, ls->F);
+    kv_buf_put_arr(out, ls->item, s * sizeof(int64_t));
+    kv_buf_put_arr(out, ls->w, s * sizeof(double));
+    kv_buf_put_arr(out, ls->thr, s * sizeof(double));
+    kv_buf_put_arr(out, ls->heap, s * sizeof(int));
+}
+
+/* 1 if x (arrays of x->s) is a state kv_l2_offer can reach; seen: s bytes */
+static int l2_valid(const kv_l2_sampler *x, int64_t max_id, unsigned char *seen)
+{
+    double F = x->F;
+    if (!(F >= 0.0) || !isfinite(F)) return 0;
+    for (int j = 0; j < x->s; j++) {
+        if (F == 0.0) { /* nothing offered yet: as kv_l2_init left it */
+            if (x->item[j] != -1 || x->w[j] != 0.0 || x->thr[j] != 0.0 || x->heap[j] != j) return 0;
+        } else { /* every sampler took the first item; thresholds lie ahead */
+            if (x->item[j] < 0 || x->item[j] >= max_id || !(x->w[j] > 0.0) || !(x->w[j] <= F) || !(x->thr[j] >= F))
+                return 0;
+        }
+    }
+    for (int p = 0; p < x->s; p++) {
+        int j = x->heap[p];
+        if (j < 0 || j >= x->s || seen[j]) return 0;
+        seen[j] = 1;
+        if (p && below(x, j, x->heap[(p - 1) / 2])) return 0;
+    }
+    return 1;
+}
+
+int kv_l2_load(kv_l2_sampler *ls, int s, kv_rd *in, int64_t max_id, kv_err *err)
+{
+    const char *what = in->what ? in->what : "a";
+    size_t ni = 0, nw = 0, nt = 0, nh = 0;
+    void *item = NULL, *w = NULL, *thr = NULL, *heap = NULL;
+    unsigned char *seen = NULL;
+    int rc = KV_OK;
+    memset(ls, 0, sizeof *ls);
+    ls->s = s;
+    if (kv_rd_f64(in, &ls->F, err) || kv_rd_arr(in, &item, sizeof(int64_t), (size_t)s, &ni, err) ||
+        kv_rd_arr(in, &w, sizeof(double), (size_t)s, &nw, err) ||
+        kv_rd_arr(in, &thr, sizeof(double), (size_t)s, &nt, err) ||
+        kv_rd_arr(in, &heap, sizeof(int), (size_t)s, &nh, err))
+        rc = err->code;
+    else if (s < 1 || ni != (size_t)s || nw != ni || nt != ni || nh != ni)
+        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has l2 sampler arrays of the wrong length", what);
+    else if (!(seen = calloc((size_t)s, 1)))
+        rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+    ls->item = item;
+    ls->w = w;
+    ls->thr = thr;
+    ls->heap = heap;
+    if (!rc && !l2_valid(ls, max_id, seen))
+        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has an inconsistent l2 sampler", what);
+    free(seen);
+    if (rc) kv_l2_clear(ls);
+    return rc;
 }

@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "buf.h"
 #include "kverr.h"
 #include "rng.h"
 
@@ -64,5 +65,18 @@ int kv_l2_offer(kv_l2_sampler *ls, kv_rng *rng, int64_t id, double w, int *take)
 
 /* Bytes the sampler holds: ids, weights, thresholds, heap and F. */
 size_t kv_l2_bytes(const kv_l2_sampler *ls);
+
+/* Checkpoint: F, then ids, weights, thresholds and the heap as laid out
+ * (four kv_buf_put_arr arrays of s elements). */
+void kv_l2_save(const kv_l2_sampler *ls, kv_buf *out);
+
+/* Read s samplers written by kv_l2_save into *ls (arrays allocated here:
+ * release with kv_l2_clear).  Rejects (KV_EINPUT, "checkpoint: <in->what>
+ * state ...") arrays of another length and anything kv_l2_offer cannot
+ * produce: F negative or not finite; with F = 0 an id, weight, threshold or
+ * heap slot other than kv_l2_init's; with F > 0 an id outside [0, max_id),
+ * a weight outside (0, F], a threshold below F, or a heap that is not a
+ * permutation of 0 .. s-1 in heap order.  On failure *ls holds nothing. */
+int kv_l2_load(kv_l2_sampler *ls, int s, kv_rd *in, int64_t max_id, kv_err *err);
 
 #endif

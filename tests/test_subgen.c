@@ -2,6 +2,8 @@
  * (src/sampler.c) against exact attention and against their probabilities. */
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "attn.h"
@@ -624,6 +626,539 @@ static void test_ranks(void)
     free(K); free(V); free(Q); free(ex); free(exm); free(mg); free(mgm); free(one);
 }
 
+/* ---- 8. checkpoints: save, free, create, load, go on ----------------------- */
+
+/* one step of a schedule: ingest tokens first .. first+n-1 (n > 0), or
+ * partial() at prefix p for nq queries from Q + q0 * d (n == 0) */
+typedef struct {
+    int64_t first, p;
+    size_t n;
+    int nq, q0;
+} ckop;
+
+typedef struct {
+    const char *spec;
+    kv_method_ctx ctx;
+    const float *K, *V, *Q;
+    ckop *op;
+    int nop;
+    size_t nst;         /* doubles of all partial states */
+    int64_t *fed, *nval; /* tokens, tokens with v != 0, ingested before op i */
+} ckrun;
+
+enum { CK_NQ = 40 }; /* query pool: batches of up to 20 cross a lane block */
+
+/* Chunk-cyclic shard of rank `rank` of P (chunks of C tokens): ingest blocks
+ * of 1 .. 120 tokens (within a chunk), a partial() after about half of them
+ * at any prefix the rank can answer. */
+static void ck_make(ckrun *w, const char *spec, const float *K, const float *V, const float *Q, int d, int dv,
+                    int64_t n, int P, int rank, int64_t C, uint64_t seed)
+{
+    kv_rng r;
+    kv_rng_seed(&r, seed, 8, 0);
+    memset(w, 0, sizeof *w);
+    w->spec = spec;
+    w->ctx = mkctx(d, dv, n);
+    w->ctx.rank = rank;
+    w->ctx.nranks = P;
+    w->K = K;
+    w->V = V;
+    w->Q = Q;
+    int cap = 16;
+    w->op = malloc(sizeof(ckop) * (size_t)cap);
+    w->fed = malloc(sizeof(int64_t) * (size_t)cap);
+    w->nval = malloc(sizeof(int64_t) * (size_t)cap);
+    int64_t fed = 0, nval = 0;
+    for (int64_t g = (int64_t)rank * C; g < n;) {
+        int64_t cend = (g / C + 1) * C < n ? (g / C + 1) * C : n;
+        /* small blocks first: early cuts with the exact buffer alive */
+        int64_t len = kv_rng_below(&r, 6) == 0 ? 1 : 1 + (int64_t)kv_rng_below(&r, fed < 40 ? 8 : 120);
+        if (len > cend - g) len = cend - g;
+        if (w->nop + 2 > cap) {
+            cap *= 2;
+            w->op = realloc(w->op, sizeof(ckop) * (size_t)cap);
+            w->fed = realloc(w->fed, sizeof(int64_t) * (size_t)cap);
+            w->nval = realloc(w->nval, sizeof(int64_t) * (size_t)cap);
+        }
+        w->fed[w->nop] = fed;
+        w->nval[w->nop] = nval;
+        w->op[w->nop++] = (ckop){ .first = g, .n = (size_t)len };
+        for (int64_t i = g; i < g + len; i++) {
+            int nz = 0;
+            for (int c = 0; c < dv; c++) nz |= V[i * dv + c] != 0.0f;
+            nval += nz;
+        }
+        fed += len;
+        int64_t e = g + len;
+        g = e < cend ? e : cend + (int64_t)(P - 1) * C; /* the rank's next token */
+        if (kv_rng_below(&r, 2) == 0 || g >= n) {
+            int64_t hi = g < n ? g : n;
+            int nq = 1 + (int)kv_rng_below(&r, 20);
+            w->fed[w->nop] = fed;
+            w->nval[w->nop] = nval;
+            w->op[w->nop++] = (ckop){ .p = e + (int64_t)kv_rng_below(&r, (uint64_t)(hi - e + 1)), .nq = nq,
+                                      .q0 = (int)kv_rng_below(&r, (uint64_t)(CK_NQ - nq + 1)) };
+            w->nst += (size_t)nq * KV_PSTATE_LEN(dv);
+        }
+    }
+    w->ctx.shard_tokens = fed;
+}
+
+static void ck_free(ckrun *w)
+{
+    free(w->op);
+    free(w->fed);
+    free(w->nval);
+}
+
+typedef struct {
+    double *st;           /* every partial state, schedule order */
+    size_t *bytes;        /* bytes() after each op */
+    kv_method_extra *ex;  /* extra() after each op */
+} ckrec;
+
+static void rec_alloc(ckrec *r, const ckrun *w)
+{
+    r->st = calloc(w->nst + 1, sizeof(double));
+    r->bytes = calloc((size_t)w->nop, sizeof(size_t));
+    r->ex = calloc((size_t)w->nop, sizeof(kv_method_extra));
+}
+
+static void rec_free(ckrec *r)
+{
+    free(r->st);
+    free(r->bytes);
+    free(r->ex);
+}
+
+/* ops [from, to) on g, recorded into r */
+static void ck_ops(const ckrun *w, void *g, int from, int to, ckrec *r)
+{
+    int d = w->ctx.d, dv = w->ctx.dv;
+    size_t off = 0;
+    for (int i = 0; i < from; i++) off += w->op[i].n ? 0 : (size_t)w->op[i].nq * KV_PSTATE_LEN(dv);
+    for (int i = from; i < to; i++) {
+        const ckop *o = &w->op[i];
+        if (o->n) {
+            ingest(g, w->K, w->V, d, dv, o->first, o->n);
+        } else {
+            ops->partial(g, w->Q + (size_t)o->q0 * d, o->nq, o->p, r->st + off);
+            off += (size_t)o->nq * KV_PSTATE_LEN(dv);
+        }
+        r->bytes[i] = ops->bytes(g);
+        ops->extra(g, &r->ex[i]);
+    }
+}
+
+static int extra_eq(const kv_method_extra *a, const kv_method_extra *b)
+{
+    return a->clusters == b->clusters && a->kept_tokens == b->kept_tokens;
+}
+
+static void save_state(const void *g, kv_buf *b)
+{
+    kv_buf_init(b);
+    ops->save(g, b);
+    CHECK(!b->failed, "save failed");
+}
+
+static int load_state(void *g, const uint8_t *data, size_t len, size_t *pos, kv_err *err)
+{
+    kv_rd rd = { .data = data, .len = len, .pos = 0, .what = "subgen" };
+    kv_err_clear(err);
+    int rc = ops->load(g, &rd, err);
+    if (pos) *pos = rd.pos;
+    return rc;
+}
+
+/* save g, free it, load into a new instance: the same bytes(), extra(), and
+ * saving again gives the same bytes */
+static void *ck_resume(const ckrun *w, void *g, int at)
+{
+    kv_buf b1, b2;
+    size_t by = ops->bytes(g), pos = 0;
+    kv_method_extra x0, x1;
+    ops->extra(g, &x0);
+    save_state(g, &b1);
+    ops->free(g);
+    void *h = make(w->spec, &w->ctx);
+    kv_err err;
+    int rc = load_state(h, b1.data, b1.len, &pos, &err);
+    CHECK(rc == KV_OK, "%s: load at op %d: %s", w->spec, at, err.msg);
+    CHECK(pos == b1.len, "%s: load read %zu of %zu bytes", w->spec, pos, b1.len);
+    ops->extra(h, &x1);
+    CHECK(ops->bytes(h) == by && extra_eq(&x0, &x1), "%s: bytes()/extra() changed by save+load at op %d",
+          w->spec, at);
+    save_state(h, &b2);
+    CHECK(b2.len == b1.len && !memcmp(b1.data, b2.data, b1.len), "%s: saving the loaded state differs (op %d)",
+          w->spec, at);
+    kv_buf_free(&b1);
+    kv_buf_free(&b2);
+    return h;
+}
+
+/* interrupted at cuts[0 .. nc) (ascending): everything equals ref */
+static void ck_check(const ckrun *w, const ckrec *ref, const int *cuts, int nc)
+{
+    ckrec r;
+    rec_alloc(&r, w);
+    void *g = make(w->spec, &w->ctx);
+    int at = 0;
+    for (int c = 0; c < nc; c++) {
+        ck_ops(w, g, at, cuts[c], &r);
+        g = ck_resume(w, g, cuts[c]);
+        at = cuts[c];
+    }
+    ck_ops(w, g, at, w->nop, &r);
+    ops->free(g);
+    int bad_st = memcmp(r.st, ref->st, sizeof(double) * w->nst) != 0, bad_b = 0, bad_x = 0;
+    for (int i = 0; i < w->nop; i++) {
+        bad_b += r.bytes[i] != ref->bytes[i];
+        bad_x += !extra_eq(&r.ex[i], &ref->ex[i]);
+    }
+    CHECK(!bad_st && !bad_b && !bad_x, "%s: resumed at %d point(s) (first %d of %d ops): states %s, %d bytes() "
+          "and %d extra() differ", w->spec, nc, nc ? cuts[0] : -1, w->nop, bad_st ? "differ" : "equal", bad_b, bad_x);
+    rec_free(&r);
+}
+
+/* first op after which at least k tokens are in */
+static int op_after(const ckrun *w, int64_t k)
+{
+    for (int i = 0; i < w->nop; i++)
+        if (w->fed[i] >= k) return i;
+    return w->nop;
+}
+
+/* last op at which between 1 and s valued tokens are in (exact buffer alive) */
+static int op_live(const ckrun *w, int64_t s)
+{
+    int at = -1;
+    for (int i = 0; i < w->nop; i++)
+        if (w->nval[i] > 0 && w->nval[i] <= s) at = i;
+    return at;
+}
+
+/* A uninterrupted, then interrupted at one and two points; max_bytes covers
+ * every bytes() seen.  buf_cut: an op at which the exact buffer must still
+ * be alive (-1: none); a later cut where it is gone is checked too when
+ * drop is set. */
+static void ck_case(const ckrun *w, int buf_cut, int drop)
+{
+    ckrec ref;
+    rec_alloc(&ref, w);
+    void *a = make(w->spec, &w->ctx);
+    int64_t mb0 = ops->max_bytes(a);
+    ck_ops(w, a, 0, w->nop, &ref);
+    CHECK(ops->max_bytes(a) == mb0, "%s: max_bytes changed while ingesting", w->spec);
+    ops->free(a);
+    size_t peak = 0;
+    for (int i = 0; i < w->nop; i++) peak = ref.bytes[i] > peak ? ref.bytes[i] : peak;
+    CHECK(mb0 >= (int64_t)peak, "%s: max_bytes %lld < peak bytes() %zu", w->spec, (long long)mb0, peak);
+
+    int n = w->nop, mid = n / 2, s = 0;
+    sscanf(strstr(w->spec, ",s=") + 3, "%d", &s);
+    if (buf_cut >= 0)
+        CHECK(w->nval[buf_cut] > 0 && w->nval[buf_cut] <= s, "%s: op %d does not have the exact buffer alive "
+              "(%lld valued tokens, s=%d)", w->spec, buf_cut, (long long)w->nval[buf_cut], s);
+    if (drop) CHECK(w->nval[mid] > s, "%s: the exact buffer is alive at op %d", w->spec, mid);
+    int c0[] = { 0 }, c1[] = { 1 }, cm[] = { mid }, ce[] = { n - 1 }, cn[] = { n }, c2[] = { n / 3, 2 * n / 3 },
+        cb[] = { buf_cut, mid }, cb1[] = { buf_cut };
+    ck_check(w, &ref, c0, 1);
+    ck_check(w, &ref, c1, 1);
+    ck_check(w, &ref, cm, 1);
+    ck_check(w, &ref, ce, 1);
+    ck_check(w, &ref, cn, 1);
+    ck_check(w, &ref, c2, 2);
+    if (buf_cut >= 0) {
+        ck_check(w, &ref, cb1, 1);
+        if (buf_cut < mid) ck_check(w, &ref, cb, 2);
+    }
+    printf("checkpoint %s: %d ops, resumed identically; max_bytes %lld >= peak %zu\n", w->spec, n, (long long)mb0,
+           peak);
+    rec_free(&ref);
+}
+
+/* ---- malformed checkpoints ---- */
+
+/* Offsets of the fields of a saved state (see subgen_save), found by walking
+ * it the way subgen_load reads it. */
+typedef struct {
+    size_t hdr, delta, rng, hist, last;
+    size_t cent, cnorm, cnt, res, nnd; /* offsets of array length fields */
+    size_t F, item, w, thr, heap, sk, sv, buf_on, nval, bk, bv;
+    int64_t nc, s;
+} cklayout;
+
+static size_t arr_skip(const uint8_t *b, size_t at)
+{
+    int64_t n;
+    memcpy(&n, b + at, 8);
+    return at + 8 + (size_t)n;
+}
+
+static void ck_layout(const uint8_t *b, cklayout *L)
+{
+    int64_t v;
+    L->hdr = 0;
+    memcpy(&L->s, b + 4 * 8, 8);
+    L->delta = 6 * 8;
+    L->rng = L->delta + 8;
+    L->hist = L->rng + 32;
+    L->last = L->hist + 8;
+    L->cent = L->last + 8;
+    L->cnorm = arr_skip(b, L->cent);
+    memcpy(&v, b + L->cnorm, 8);
+    L->nc = v / 4;
+    L->cnt = arr_skip(b, L->cnorm);
+    L->res = arr_skip(b, L->cnt);
+    L->nnd = arr_skip(b, L->res);
+    L->F = arr_skip(b, L->nnd);
+    L->item = L->F + 8;
+    L->w = arr_skip(b, L->item);
+    L->thr = arr_skip(b, L->w);
+    L->heap = arr_skip(b, L->thr);
+    L->sk = arr_skip(b, L->heap);
+    L->sv = arr_skip(b, L->sk);
+    L->buf_on = arr_skip(b, L->sv);
+    L->nval = L->buf_on + 8;
+    L->bk = L->nval + 8;
+    L->bv = arr_skip(b, L->bk);
+}
+
+/* load a copy of b with bytes [at, at+n) replaced by p; a state that is
+ * accepted is used further (ingest, partial) for the sanitizers to watch */
+static int load_patched(const ckrun *w, const kv_buf *b, size_t at, const void *p, size_t n, int use_from,
+                        kv_err *err)
+{
+    uint8_t *c = malloc(b->len ? b->len : 1);
+    memcpy(c, b->data, b->len);
+    if (p) memcpy(c + at, p, n);
+    void *g = make(w->spec, &w->ctx);
+    int rc = load_state(g, c, p ? b->len : at, NULL, err);
+    if (rc == KV_OK && use_from >= 0) {
+        static const float zq[20 * 64];
+        int d = w->ctx.d, dv = w->ctx.dv, done = 0;
+        double st[20 * KV_PSTATE_LEN(64)];
+        for (int i = use_from; i < w->nop && done < 4; i++, done++) {
+            const ckop *o = &w->op[i];
+            if (o->n) ingest(g, w->K, w->V, d, dv, o->first, o->n);
+            else ops->partial(g, zq, o->nq, o->p, st); /* zero queries: finite logits */
+        }
+        ops->bytes(g);
+    }
+    ops->free(g);
+    free(c);
+    return rc;
+}
+
+static int is_ckerr(int rc, const kv_err *err)
+{
+    return rc == KV_EINPUT && !strncmp(err->msg, "checkpoint: subgen state", 24);
+}
+
+static void ck_malformed(const ckrun *w, int at)
+{
+    void *g = make(w->spec, &w->ctx);
+    ckrec r;
+    rec_alloc(&r, w);
+    ck_ops(w, g, 0, at, &r);
+    rec_free(&r);
+    kv_buf b;
+    save_state(g, &b);
+    ops->free(g);
+    kv_err err;
+    CHECK(load_patched(w, &b, b.len, NULL, 0, at, &err) == KV_OK, "%s: the whole state is refused: %s", w->spec,
+          err.msg);
+
+    /* every prefix */
+    int trunc = 0;
+    for (size_t cut = 0; cut < b.len; cut++) {
+        int rc = load_patched(w, &b, cut, NULL, 0, -1, &err);
+        if (!is_ckerr(rc, &err) && !trunc++)
+            CHECK(0, "%s: %zu of %zu bytes: rc %d '%s'", w->spec, cut, b.len, rc, err.msg);
+    }
+    CHECK(trunc == 0, "%s: %d truncated states not refused", w->spec, trunc);
+
+    /* every 8 bytes overwritten with a bad or slightly changed value: refused
+     * with the checkpoint error, or accepted and safe to use.  8 bytes that
+     * read as a small int64 are (part of) a length, count or index, or of a
+     * zero weight or threshold: -1, ~v and INT64_MAX (negative or huge, or
+     * NaN / negative as a double) must be refused */
+    int other = 0, missed = 0;
+    for (size_t i = 0; i + 8 <= b.len; i++) {
+        int64_t v;
+        memcpy(&v, b.data + i, 8);
+        int small = v >= 0 && v <= (int64_t)b.len + w->ctx.n_total;
+        const int64_t evil[] = { -1, ~v, INT64_MAX, INT64_MIN, 0, (int64_t)((uint64_t)v + 1),
+                                 (int64_t)((uint64_t)v - 1) };
+        for (size_t e = 0; e < sizeof evil / sizeof *evil; e++) {
+            if (evil[e] == v) continue;
+            int rc = load_patched(w, &b, i, &evil[e], 8, at, &err);
+            if (rc != KV_OK && !is_ckerr(rc, &err) && !other++)
+                CHECK(0, "%s: byte %zu = %llx: rc %d '%s'", w->spec, i, (unsigned long long)evil[e], rc, err.msg);
+            if (small && e < 3 && rc == KV_OK && !missed++)
+                CHECK(0, "%s: byte %zu: %lld -> %lld accepted", w->spec, i, (long long)v, (long long)evil[e]);
+        }
+    }
+    CHECK(other == 0 && missed == 0, "%s: %d corrupted states gave another error, %d negated/huge integers accepted",
+          w->spec, other, missed);
+
+    /* fields the loader must check, each made wrong in turn (when the state
+     * has them: "on") */
+    cklayout L;
+    ck_layout(b.data, &L);
+    CHECK(L.bv + 8 <= b.len && arr_skip(b.data, L.bv) == b.len, "%s: test's layout walk ends at %zu of %zu",
+          w->spec, arr_skip(b.data, L.bv), b.len);
+    int64_t nval, buf_on, nc = L.nc, lim = w->ctx.shard_tokens, d = w->ctx.d;
+    memcpy(&nval, b.data + L.nval, 8);
+    memcpy(&buf_on, b.data + L.buf_on, 8);
+    double F;
+    memcpy(&F, b.data + L.F, 8);
+    int live = buf_on && nval > 0;
+    struct { const char *what; int on; size_t at; int64_t v; } i64[] = {
+        { "magic", 1, 0, 12345 }, { "d", 1, 8, d + 1 }, { "dv", 1, 16, w->ctx.dv - 1 }, { "t", 1, 24, 3 },
+        { "s", 1, 32, L.s + 1 }, { "index", 1, 40, 2 }, { "hist", 1, L.hist, 256 }, { "hist", 1, L.hist, -1 },
+        { "last", 1, L.last, nc }, { "last", 1, L.last, -2 }, { "last", nc > 0, L.last, -1 },
+        { "centre bytes", 1, L.cent, nc * d * 4 + 4 }, { "centre bytes", 1, L.cent, -8 },
+        { "centres", nc > 0, L.cent, (nc - 1) * d * 4 }, { "norms", 1, L.cnorm, (nc + 1) * 4 },
+        { "counts", nc > 0, L.cnt, (nc - 1) * 8 }, { "count 0", nc > 0, L.cnt + 8, 0 },
+        { "count 0", nc > 0, L.cnt + 8, -3 }, { "count 0", nc > 0, L.cnt + 8, lim + 1 },
+        { "count 0 (sum over the shard)", nc > 1, L.cnt + 8, lim },
+        { "reservoir bytes", nc > 0, L.res, 0 }, { "index bounds", nc > 0, L.nnd, 0 },
+        { "index bounds", 1, L.nnd, (nc + 1) * 8 }, { "F", F > 0, L.F, 0 },
+        { "item count", 1, L.item, (L.s - 1) * 8 }, { "item 0", 1, L.item + 8, w->ctx.n_total },
+        { "item 0", F > 0, L.item + 8, -1 }, { "heap bytes", 1, L.heap, (L.s + 1) * 4 },
+        { "samples", F > 0, L.sk, 0 }, { "samples", F == 0, L.sk, d * 4 }, { "buf_on", 1, L.buf_on, !buf_on },
+        { "buf_on", 1, L.buf_on, 2 }, { "nval", live, L.nval, nval + 1 }, { "nval", live, L.nval, L.s + 1 },
+        { "nval", 1, L.nval, -1 }, { "nval", F > 0, L.nval, 0 }, { "nval", 1, L.nval, lim + 1 },
+        { "buffer", live, L.bk, 0 }, { "buffer", !live, L.bk, d * 4 },
+    };
+    int tried = 0;
+    for (size_t k = 0; k < sizeof i64 / sizeof *i64; k++) {
+        int64_t old;
+        memcpy(&old, b.data + i64[k].at, 8);
+        if (!i64[k].on || old == i64[k].v) continue;
+        int rc = load_patched(w, &b, i64[k].at, &i64[k].v, 8, at, &err);
+        CHECK(is_ckerr(rc, &err), "%s: %s %lld -> %lld accepted (rc %d '%s')", w->spec, i64[k].what,
+              (long long)old, (long long)i64[k].v, rc, err.msg);
+        tried++;
+    }
+    /* doubles, floats, heap slots (int32), the generator */
+    double nan = NAN, neg = -1.0, zero = 0.0, half = F / 2, big = F * 2, delta = 7.25;
+    int32_t h1 = 0, hs = (int32_t)L.s, hm = -1;
+    if (L.s > 1) memcpy(&h1, b.data + L.heap + 12, 4);
+    float fnan = NAN;
+    uint8_t zeros[32] = { 0 };
+    struct { const char *what; int on; size_t at; const void *p; size_t n; } raw[] = {
+        { "F", 1, L.F, &nan, 8 }, { "F", 1, L.F, &neg, 8 }, { "delta", 1, L.delta, &delta, 8 },
+        { "weight 0", F > 0, L.w + 8, &big, 8 }, { "weight 0", 1, L.w + 8, &nan, 8 },
+        { "weight 0", F > 0, L.w + 8, &zero, 8 }, { "threshold 0", F > 0, L.thr + 8, &half, 8 },
+        { "threshold 0", 1, L.thr + 8, &nan, 8 }, { "heap 0", 1, L.heap + 8, &hs, 4 },
+        { "heap 0", 1, L.heap + 8, &hm, 4 }, { "heap 0 = heap 1", L.s > 1, L.heap + 8, &h1, 4 },
+        { "centre", nc > 0, L.cent + 8, &fnan, 4 }, { "norm", nc > 0, L.cnorm + 8, &fnan, 4 },
+        { "index bound", nc > 0 && strstr(w->spec, "index=0") == NULL, L.nnd + 8, &nan, 8 },
+        { "reservoir key", nc > 0, L.res + 8, &fnan, 4 }, { "sample", F > 0, L.sk + 8, &fnan, 4 },
+        { "buffered value", live, L.bv + 8, &fnan, 4 }, { "generator", 1, L.rng, zeros, 32 },
+    };
+    for (size_t k = 0; k < sizeof raw / sizeof *raw; k++) {
+        if (!raw[k].on || !memcmp(b.data + raw[k].at, raw[k].p, raw[k].n)) continue;
+        int rc = load_patched(w, &b, raw[k].at, raw[k].p, raw[k].n, at, &err);
+        CHECK(is_ckerr(rc, &err), "%s: bad %s accepted (rc %d '%s')", w->spec, raw[k].what, rc, err.msg);
+        tried++;
+    }
+    printf("checkpoint %s: %zu-byte state (%lld clusters, buffer %s): all prefixes, every 8 bytes corrupted, "
+           "%d bad fields refused\n", w->spec, b.len, (long long)nc, live ? "alive" : "gone", tried);
+    kv_buf_free(&b);
+}
+
+static void test_checkpoint(void)
+{
+    int d = 16, dv = 8;
+    int64_t n = 3000;
+    kv_rng r;
+    kv_rng_seed(&r, 8, 0, 0);
+    float *Kc = malloc(sizeof(float) * n * d), *Kr = malloc(sizeof(float) * n * d);
+    float *V = malloc(sizeof(float) * n * dv), *Q = malloc(sizeof(float) * CK_NQ * d);
+    clustered(&r, Kc, n, d, 12, 1.0, 0.2);
+    gauss(&r, Kr, (size_t)n * d, 1.0);
+    shifted(&r, V, n, dv);
+    for (int64_t i = 3; i < n; i += 11) memset(V + i * dv, 0, sizeof(float) * dv); /* w = 0: not sampled */
+    gauss(&r, Q, (size_t)CK_NQ * d, 1.0);
+    ckrun w;
+
+    /* delta = 0 on distinct keys with t, s >= n: the exact regime, every
+     * token its own cluster, the buffer alive throughout */
+    ck_make(&w, "subgen:delta=0,t=600,s=600,seed=3", Kr, V, Q, d, dv, 500, 1, 0, 500, 1);
+    ck_case(&w, op_after(&w, 100), 0);
+    CHECK(w.fed[w.nop - 1] == 500 && w.nval[w.nop - 1] <= 600, "exact regime: the buffer must live throughout");
+    ck_free(&w);
+    /* clustered, t = 8, s = 32: with the index and without; saved while the
+     * exact buffer lives and after it was dropped */
+    const char *cl[] = { "subgen:delta=1.5,t=8,s=32,seed=7", "subgen:delta=1.5,t=8,s=32,seed=7,index=0" };
+    for (int k = 0; k < 2; k++) {
+        ck_make(&w, cl[k], Kc, V, Q, d, dv, n, 1, 0, n, 2);
+        ck_case(&w, op_live(&w, 32), 1);
+        ck_free(&w);
+    }
+    /* the buffer alive at mid-stream (s = 2000), dropped later */
+    ck_make(&w, "subgen:delta=1.5,t=8,s=2000", Kc, V, Q, d, dv, n, 1, 0, n, 3);
+    ck_case(&w, op_live(&w, 2000), 0);
+    CHECK(w.nval[w.nop - 1] > 2000, "s=2000: the buffer must be dropped before the end");
+    ck_free(&w);
+    /* rank 1 of 3, chunks of 64: sampled ids with gaps, a shard limit */
+    ck_make(&w, "subgen:delta=1.5,t=8,s=32", Kc, V, Q, d, dv, n, 3, 1, 64, 4);
+    ck_case(&w, op_live(&w, 32), 1);
+    ck_free(&w);
+    /* many clusters (delta = 0, random keys): several blocks and capacity
+     * doublings, the index with nnd bounds */
+    const char *many[] = { "subgen:delta=0,t=2,s=16", "subgen:delta=0,t=2,s=16,index=0" };
+    for (int k = 0; k < 2; k++) {
+        ck_make(&w, many[k], Kr, V, Q, d, dv, 1500, 1, 0, 1500, 5);
+        ck_case(&w, op_live(&w, 16), 1);
+        ck_free(&w);
+    }
+
+    /* malformed states: small ones, the buffer dropped and alive */
+    const char *small[] = { "subgen:delta=1.5,t=4,s=8", "subgen:delta=1.5,t=4,s=64,index=0",
+                            "subgen:delta=0,t=2,s=3" };
+    for (int k = 0; k < 3; k++) {
+        ck_make(&w, small[k], k == 2 ? Kr : Kc, V, Q, d, dv, 300, 1, 0, 300, 6);
+        ck_malformed(&w, op_after(&w, 40));
+        ck_free(&w);
+    }
+    /* an empty state (nothing ingested) loads, a corrupted one does not */
+    ck_make(&w, "subgen:delta=1.5,t=4,s=8", Kc, V, Q, d, dv, 300, 1, 0, 300, 7);
+    ck_malformed(&w, 0);
+    ck_free(&w);
+
+    /* max_bytes is reached when every token opens a cluster and the buffer
+     * holds them all (s >= n, no zero values) */
+    for (int k = 0; k < 2; k++) {
+        const char *sp = k ? "subgen:delta=0,t=3,s=400,index=0" : "subgen:delta=0,t=3,s=400";
+        kv_method_ctx c = mkctx(d, dv, 300);
+        c.shard_tokens = 300;
+        void *g = make(sp, &c);
+        int64_t mb = ops->max_bytes(g);
+        size_t peak = 0;
+        for (int64_t i = 0; i < 300; i += 30) {
+            ingest(g, Kr, Kr, d, dv, i, 30); /* values: the first dv key coordinates, never 0 */
+            size_t by = ops->bytes(g);
+            peak = by > peak ? by : peak;
+        }
+        CHECK(mb == (int64_t)peak, "%s: max_bytes %lld, worst-case peak %zu", sp, (long long)mb, peak);
+        c.shard_tokens = 0; /* unknown: n_total */
+        void *h = make(sp, &c);
+        CHECK(ops->max_bytes(h) == mb, "%s: shard_tokens = 0 does not fall back to n_total", sp);
+        c.shard_tokens = 100;
+        ops->free(h);
+        h = make(sp, &c);
+        CHECK(ops->max_bytes(h) < mb, "%s: a smaller shard gives no smaller bound", sp);
+        ops->free(h);
+        ops->free(g);
+    }
+    free(Kc); free(Kr); free(V); free(Q);
+}
+
 int main(void)
 {
     ops = kv_method_find("subgen");
@@ -636,5 +1171,6 @@ int main(void)
     test_accuracy();
     test_seeds();
     test_ranks();
+    test_checkpoint();
     return kv_test_result("test_subgen");
 }
