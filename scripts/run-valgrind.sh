@@ -17,4 +17,14 @@ METHODS="exact,window:W=100,sinks:S=4,W=100,h2o:budget=200,uniform:budget=200,to
 run() { mpirun --oversubscribe -np 2 "${VG[@]}" build-portable/kvstream "$@" >"$work/log" 2>&1 || { cat "$work/log"; echo "valgrind: FAILED: $*"; exit 1; }; }
 run replay "$work/trace.h5" --methods "$METHODS" --save-outputs --quiet -o "$work/r.h5"
 run replay "$work/trace.h5" --methods exact,unmasked-window --semantics window-unmasked-values --window 64 --quiet
-echo "valgrind: 2 passed, 0 failed"
+# interrupted after 10 queries (test hook), checkpointed, resumed
+rm -f "$work/c.ckpt"
+rc=0
+KVSTREAM_TEST_STOP_AT=10 mpirun --oversubscribe -np 2 -x KVSTREAM_TEST_STOP_AT "${VG[@]}" build-portable/kvstream replay \
+  "$work/trace.h5" --methods "$METHODS" --batch 5 --quiet -o "$work/c.h5" --checkpoint "$work/c.ckpt" >"$work/log" 2>&1 || rc=$?
+# 3 = stopped with a checkpoint; valgrind's own errors would give 9
+if [ "$rc" -ne 3 ] || ! grep -q "checkpoint written" "$work/log"; then
+  cat "$work/log"; echo "valgrind: FAILED: interrupted run (exit $rc)"; exit 1
+fi
+run replay "$work/trace.h5" --methods "$METHODS" --batch 5 --quiet -o "$work/c.h5" --checkpoint "$work/c.ckpt" --resume "$work/c.ckpt"
+echo "valgrind: 4 passed, 0 failed"
