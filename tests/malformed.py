@@ -135,6 +135,9 @@ opt_cases = [
     ("bad semantics", ["replay", P("whole"), "--semantics", "sideways"], "--semantics: 'sideways'"),
     ("window without semantics", ["replay", P("whole"), "--window", "4"], "--window only applies"),
     ("unwritable results", ["replay", P("whole"), "-o", "/nonexistent-dir/r.h5"], "cannot create results file"),
+    ("max-memory too small", ["replay", P("whole"), "--methods", "exact,window:W=10", "--max-memory", "4K"],
+     "--max-memory 4096: this rank would need up to"),
+    ("max-memory not a size", ["replay", P("whole"), "--max-memory", "lots"], "--max-memory: 'lots' is not a size"),
     ("gen negative tokens", ["gen", "--tokens", "-5", "-o", P("x")], "--tokens: -5 is out of range"),
     ("gen unknown kind", ["gen", "--kind", "zebra", "-o", P("x")], "unknown --kind 'zebra'"),
     ("gen no output", ["gen", "--tokens", "10"], "missing -o FILE"),
@@ -172,5 +175,13 @@ for name, path, expect, cmd in cases:
     check(name, args, expect)
 for name, args, expect in opt_cases:
     check(name, args, expect)
+# a limit that fits runs normally
+r = run(mpi_cmd(nprocs, exe, "replay", P("whole"), "--methods", "exact,window:W=10", "--max-memory", "1G", "--quiet"))
+if r.returncode != 0:
+    failed += 1
+    print("FAIL [np=%d] --max-memory 1G refused a small run: %s" % (nprocs, r.stderr))
+else:
+    passed += 1
+    print("ok   [np=%d] --max-memory 1G accepts a small run" % nprocs)
 print("malformed: %d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)
