@@ -14,5 +14,5 @@ if [ "${KVSTREAM_SKIP_SANITIZE:-0}" != 1 ]; then
   bash scripts/build.sh build-sanitize -DKVSTREAM_SANITIZE=ON -DKVSTREAM_NATIVE=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
   (cd build-sanitize && ctest --output-on-failure --timeout 2400 -LE nosanitize)
   bash scripts/run-valgrind.sh
-  bash scripts/run-fuzz.sh "${KVSTREAM_FUZZ_SECONDS:-30}"
+  bash scripts/run-fuzz.sh --ci "${KVSTREAM_FUZZ_SECONDS:-30}"
 fi
