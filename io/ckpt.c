@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "ckpt.h"
+#include "h5attr.h"
 
 #define NI 13
 static const char *int_names[NI] = { "ranks", "streams", "tokens", "queries", "d", "dv", "seed", "window",
@@ -15,24 +16,6 @@ static int64_t *int_field(kv_ckpt_meta *m, int i)
     int64_t *f[NI] = { &m->ranks, &m->S, &m->n, &m->m, &m->d, &m->dv, &m->seed, &m->window,
                        &m->batch, &m->shard_chunk, &m->bound_ratio, &m->fingerprint, &m->next_query };
     return f[i];
-}
-
-static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
-{
-    hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(f, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Awrite(a, type, v) < 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return bad;
-}
-
-static int put_str(hid_t f, const char *name, const char *v)
-{
-    hid_t ty = H5Tcopy(H5T_C_S1);
-    H5Tset_size(ty, strlen(v) + 1);
-    int bad = put_attr(f, name, ty, v);
-    H5Tclose(ty);
-    return bad;
 }
 
 static int get_attr(hid_t f, const char *name, hid_t type, void *v)
@@ -101,10 +84,10 @@ int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, con
     if (ods >= 0 && rank == 0) bad |= H5Dwrite(ods, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, all) < 0;
     /* attributes are collective: every rank writes the same values */
     kv_ckpt_meta m = *meta;
-    bad |= put_str(f, "format", "kvstream-checkpoint");
-    bad |= put_str(f, "trace", m.trace) | put_str(f, "methods", m.methods) | put_str(f, "semantics", m.semantics) |
-           put_str(f, "out", m.out);
-    for (int i = 0; i < NI; i++) bad |= put_attr(f, int_names[i], H5T_NATIVE_INT64, int_field(&m, i));
+    bad |= kv_h5_attr_str(f, "format", "kvstream-checkpoint");
+    bad |= kv_h5_attr_str(f, "trace", m.trace) | kv_h5_attr_str(f, "methods", m.methods) | kv_h5_attr_str(f, "semantics", m.semantics) |
+           kv_h5_attr_str(f, "out", m.out);
+    for (int i = 0; i < NI; i++) bad |= kv_h5_attr_scalar(f, int_names[i], H5T_NATIVE_INT64, H5T_NATIVE_INT64, int_field(&m, i));
     if (ds >= 0) H5Dclose(ds);
     if (ods >= 0) H5Dclose(ods);
     H5Sclose(sp);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "h5attr.h"
 #include "results.h"
 
 #define MAXDS 256
@@ -75,12 +76,7 @@ static int attr(kv_results *r, const char *group, const char *name, hid_t ftype,
 {
     hid_t obj = H5Oopen(r->file, group, H5P_DEFAULT);
     if (obj < 0) return kv_seterr(err, KV_EINTERNAL, "%s: no group %s", r->path, group);
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Awrite(a, mtype, val) < 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
+    int bad = kv_h5_attr_scalar(obj, name, ftype, mtype, val) < 0;
     H5Oclose(obj);
     if (bad) return kv_seterr(err, KV_EINTERNAL, "%s: cannot write attribute %s/%s", r->path, group, name);
     return KV_OK;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "h5attr.h"
 #include "trace.h"
 
 struct kv_trace {
@@ -494,26 +495,6 @@ static hid_t create_ds(kv_trace_writer *w, const char *name, hid_t type, int ran
     return ds;
 }
 
-static int write_attr(hid_t file, const char *name, hid_t type, const void *val)
-{
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(file, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Awrite(a, type, val) < 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return bad ? -1 : 0;
-}
-
-int kv_write_str_attr(hid_t obj, const char *name, const char *val)
-{
-    hid_t ty = H5Tcopy(H5T_C_S1);
-    H5Tset_size(ty, strlen(val) + 1);
-    H5Tset_strpad(ty, H5T_STR_NULLTERM);
-    int rc = write_attr(obj, name, ty, val);
-    H5Tclose(ty);
-    return rc;
-}
-
 kv_trace_writer *kv_trace_create(const char *path, MPI_Comm comm, const kv_trace_spec *spec, kv_err *err)
 {
     quiet();
@@ -552,14 +533,14 @@ kv_trace_writer *kv_trace_create(const char *path, MPI_Comm comm, const kv_trace
               (s->with_model_outputs && (w->model_outputs = create_ds(w, "/model_outputs", H5T_IEEE_F32LE, 3, od, oc, err)) < 0) ||
               (s->with_query_target && (w->query_target = create_ds(w, "/query_target", H5T_STD_I64LE, 2, gd, gc, err)) < 0);
     int64_t one = 1;
-    bad = bad || kv_write_str_attr(w->file, "format", "kvtrace") < 0 || write_attr(w->file, "version", H5T_STD_I64LE, &one) < 0;
-    if (!bad && s->scale > 0) bad = write_attr(w->file, "scale", H5T_IEEE_F64LE, &s->scale) < 0;
-    if (!bad && s->source) bad = kv_write_str_attr(w->file, "source", s->source) < 0;
-    if (!bad && s->seed >= 0) bad = write_attr(w->file, "seed", H5T_STD_I64LE, &s->seed) < 0;
+    bad = bad || kv_h5_attr_str(w->file, "format", "kvtrace") < 0 || kv_h5_attr_scalar(w->file, "version", H5T_STD_I64LE, H5T_NATIVE_INT64, &one) < 0;
+    if (!bad && s->scale > 0) bad = kv_h5_attr_scalar(w->file, "scale", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &s->scale) < 0;
+    if (!bad && s->source) bad = kv_h5_attr_str(w->file, "source", s->source) < 0;
+    if (!bad && s->seed >= 0) bad = kv_h5_attr_scalar(w->file, "seed", H5T_STD_I64LE, H5T_NATIVE_INT64, &s->seed) < 0;
     const char *mn[] = { "n_layers", "n_heads", "n_kv_heads", "head_dim" };
     const int64_t *mv[] = { &s->n_layers, &s->n_heads, &s->n_kv_heads, &s->head_dim };
     for (int i = 0; i < 4 && !bad; i++)
-        if (*mv[i] >= 0) bad = write_attr(w->file, mn[i], H5T_STD_I64LE, mv[i]) < 0;
+        if (*mv[i] >= 0) bad = kv_h5_attr_scalar(w->file, mn[i], H5T_STD_I64LE, H5T_NATIVE_INT64, mv[i]) < 0;
     if (bad) {
         kv_seterr(err, KV_EINTERNAL, "%s: cannot create the trace layout", path);
         kv_trace_writer_close(w, NULL);

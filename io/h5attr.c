@@ -1,0 +1,24 @@
+/* h5attr.c - scalar attribute writers (see h5attr.h). */
+#include <string.h>
+#include "h5attr.h"
+
+int kv_h5_attr_scalar(hid_t obj, const char *name, hid_t file_type, hid_t mem_type, const void *val)
+{
+    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name); /* a resumed run rewrites its attributes */
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = a < 0 || H5Awrite(a, mem_type, val) < 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return bad ? -1 : 0;
+}
+
+int kv_h5_attr_str(hid_t obj, const char *name, const char *val)
+{
+    hid_t ty = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ty, strlen(val) + 1);
+    H5Tset_strpad(ty, H5T_STR_NULLTERM);
+    int rc = kv_h5_attr_scalar(obj, name, ty, ty, val);
+    H5Tclose(ty);
+    return rc;
+}
