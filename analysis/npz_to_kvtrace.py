@@ -3,7 +3,7 @@
 
     /usr/bin/python3 analysis/npz_to_kvtrace.py dump.npz -o trace.h5 [--chunk C] [--source NAME]
 
-The output follows ../shared/TRACE_FORMAT.md (kvtrace version 1), the same
+The output follows docs/TRACE_FORMAT.md (kvtrace version 1), the same
 layout `kvstream record` writes, so `kvstream info` / `kvstream replay` read it.
 Needs numpy and h5py (Debian: python3-numpy, python3-h5py; run with
 /usr/bin/python3).

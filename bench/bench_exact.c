@@ -17,9 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "attn.h"
-#include "partial.h"
-#include "rng.h"
+#include "kernels/attn.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
 
 static double probe(const float *a, const float *b, size_t n, double *sink)
 {

@@ -15,9 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "method.h"
-#include "partial.h"
-#include "rng.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
 
 #define D 128
 #define DV 128

@@ -4,8 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "ckpt.h"
-#include "h5attr.h"
+#include "io/ckpt.h"
+#include "mpi/coll.h"
+#include "io/h5attr.h"
 
 #define NI 13
 static const char *int_names[NI] = { "ranks", "streams", "tokens", "queries", "d", "dv", "seed", "window",
@@ -58,7 +59,7 @@ int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, con
     /* where each rank's bytes go */
     int64_t mine = (int64_t)len, off = 0, *all = malloc(sizeof(int64_t) * (size_t)(P + 1));
     if (!all) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
-    MPI_Allgather(&mine, 1, MPI_INT64_T, all + 1, 1, MPI_INT64_T, comm);
+    kv_mpi_allgather_i64(mine, all + 1, comm);
     all[0] = 0;
     for (int r = 0; r < P; r++) all[r + 1] += all[r];
     off = all[rank];
@@ -94,12 +95,10 @@ int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, con
     H5Sclose(osp);
     bad |= H5Fclose(f) < 0;
     free(all);
-    int any;
-    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_LOR, comm);
-    if (any) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", tmp);
+    if (kv_mpi_any(bad, comm)) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", tmp);
     int rc = 0;
     if (rank == 0) rc = rename(tmp, path) != 0;
-    MPI_Bcast(&rc, 1, MPI_INT, 0, comm);
+    kv_mpi_bcast(&rc, sizeof rc, 0, comm);
     if (rc) return kv_seterr(err, KV_EINTERNAL, "%s: cannot rename the checkpoint into place", path);
     return KV_OK;
 }

@@ -1,6 +1,6 @@
 /* h5attr.c - scalar attribute writers (see h5attr.h). */
 #include <string.h>
-#include "h5attr.h"
+#include "io/h5attr.h"
 
 int kv_h5_attr_scalar(hid_t obj, const char *name, hid_t file_type, hid_t mem_type, const void *val)
 {

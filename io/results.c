@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "h5attr.h"
-#include "results.h"
+#include "io/h5attr.h"
+#include "io/results.h"
 
 #define MAXDS 256
 

@@ -8,7 +8,7 @@
 #define KVSTREAM_RESULTS_H
 
 #include <stdint.h>
-#include "../src/kverr.h"
+#include "core/kverr.h"
 
 typedef struct kv_results kv_results;
 

@@ -9,8 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "h5attr.h"
-#include "trace.h"
+#include "io/h5attr.h"
+#include "io/trace.h"
+#include "mpi/coll.h"
 
 struct kv_trace {
     char path[1024];
@@ -297,7 +298,7 @@ kv_trace *kv_trace_open(const char *path, MPI_Comm comm, kv_err *err)
         kv_trace *t = open_one(path, MPI_COMM_NULL, &pre);
         kv_trace_close(t);
     }
-    MPI_Bcast(&pre, (int)sizeof pre, MPI_BYTE, 0, comm);
+    kv_mpi_bcast(&pre, sizeof pre, 0, comm);
     if (pre.code) {
         kv_seterr(err, pre.code, "%s", pre.msg);
         return NULL;

@@ -1,4 +1,4 @@
-/* trace.h - read and write kvtrace files (../shared/TRACE_FORMAT.md, v1).
+/* trace.h - read and write kvtrace files (docs/TRACE_FORMAT.md, v1).
  *
  * Reader: kv_trace_open is collective over comm (parallel HDF5, MPI-IO
  * driver).  It checks every piece of metadata (format, version, datasets,
@@ -16,7 +16,7 @@
 
 #include <mpi.h>
 #include <stdint.h>
-#include "../src/kverr.h"
+#include "core/kverr.h"
 
 typedef struct {
     int64_t S, n, m;       /* streams, tokens, queries */

@@ -2,7 +2,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include "agree.h"
+#include "mpi/agree.h"
 
 int kv_agree(MPI_Comm comm, kv_err *err)
 {

@@ -10,7 +10,7 @@
 #define KVSTREAM_AGREE_H
 
 #include <mpi.h>
-#include "kverr.h"
+#include "core/kverr.h"
 
 /* Returns the agreed error code (KV_OK if no rank failed). */
 int kv_agree(MPI_Comm comm, kv_err *err);

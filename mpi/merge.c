@@ -1,7 +1,7 @@
 /* merge.c - user-defined MPI reduction over partial attention states. */
 #include <limits.h>
-#include "merge.h"
-#include "partial.h"
+#include "mpi/merge.h"
+#include "kernels/partial.h"
 
 static void merge_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
 {

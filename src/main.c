@@ -1,9 +1,9 @@
 /* main.c - the kvstream command line: option parsing and dispatch only.
  *
- *   kvstream gen     synthetic traces          (src/gen.c)
+ *   kvstream gen     synthetic traces          (src/synth/gen.c)
  *   kvstream info    describe and validate     (io/trace.c)
- *   kvstream replay  run methods over a trace  (src/replay.c)
- *   kvstream record  trace a llama2.c model    (src/cmd_record.c)
+ *   kvstream replay  run methods over a trace  (src/replay/replay.c)
+ *   kvstream record  trace a llama2.c model    (src/cmd/record.c)
  *
  * Every command runs under MPI (a plain ./kvstream is a 1-rank job).  Errors
  * are agreed across ranks (mpi/agree.h); rank 0 prints the one line and all
@@ -17,12 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "agree.h"
-#include "cmd_record.h"
-#include "gen.h"
-#include "replay.h"
-#include "sweep.h"
-#include "trace.h"
+#include "mpi/agree.h"
+#include "mpi/coll.h"
+#include "cmd/record.h"
+#include "synth/gen.h"
+#include "replay/replay.h"
+#include "cmd/sweep.h"
+#include "io/trace.h"
 
 static int opt_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, kv_err *err)
 {
@@ -179,7 +180,7 @@ static int parse_replay(int argc, char **argv, kv_replay_opts *o, kv_err *err)
     /* test hook (documented in tests/check_checkpoint.py): stop as if
      * SIGTERM arrived once this many queries are done */
     const char *stop = getenv("KVSTREAM_TEST_STOP_AT");
-    if (stop && opt_i64("KVSTREAM_TEST_STOP_AT", stop, 1, INT64_MAX, &o->test_stop_at, err)) return err->code;
+    if (stop && opt_i64("KVSTREAM_TEST_STOP_AT", stop, 1, INT64_MAX, &o->stop_after, err)) return err->code;
     return KV_OK;
 }
 
@@ -264,8 +265,8 @@ static int cmd_info(int argc, char **argv, MPI_Comm comm, kv_err *err)
 
 int main(int argc, char **argv)
 {
-    int provided, rank;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    int rank;
+    kv_mpi_init(&argc, &argv);
     MPI_Comm comm = MPI_COMM_WORLD;
     MPI_Comm_rank(comm, &rank);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* our messages, not HDF5's stack */
@@ -291,7 +292,7 @@ int main(int argc, char **argv)
         kv_replay_defaults(&o);
         o.table = rank == 0 ? stdout : NULL;
         parse_replay(argc - 1, argv + 1, &o, &err);
-        if (!kv_agree(comm, &err)) kv_replay_run(&o, comm, &err);
+        if (!kv_agree(comm, &err)) kv_replay_run(&o, comm, NULL, &err);
         rc = err.code;
     } else if (!strcmp(cmd, "sweep")) {
         kv_sweep_opts o;
@@ -313,7 +314,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "kvstream: error: %s\n", err.msg);
             rc = err.code;
         }
-        MPI_Finalize();
+        kv_mpi_finalize();
         return rc;
     } else if (!strcmp(cmd, "record")) {
         /* serial: rank 0 records, the others wait for its verdict */
@@ -331,6 +332,6 @@ int main(int argc, char **argv)
     }
     if (rc == KV_ESTOPPED && rank == 0) fprintf(stderr, "kvstream: %s\n", err.msg);
     else if (rc && rank == 0) fprintf(stderr, "kvstream: error: %s\n", err.msg);
-    MPI_Finalize();
+    kv_mpi_finalize();
     return rc;
 }

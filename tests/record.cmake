@@ -1,7 +1,10 @@
-# Tests of `kvstream record` (src/llama.c, src/cmd_record.c) and of the npz
+# Tests of `kvstream record` (src/model/llama.c, src/cmd/record.c) and of the npz
 # converter (analysis/npz_to_kvtrace.py).  All carry the label "record":
 #   ctest -L record --output-on-failure
-set(KV_MODEL ${KV_SHARED}/models/stories260K.bin)
+# The model file's checksum, again at test time (a copy edited after configuring).
+add_test(NAME model_sha256 COMMAND ${CMAKE_COMMAND} -DFILE=${KV_MODEL} -DSHA=${KV_MODEL_SHA256}
+         -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/sha256_check.cmake)
+set_tests_properties(model_sha256 PROPERTIES LABELS "record" TIMEOUT 60)
 set(KV_REC_DIR ${CMAKE_CURRENT_BINARY_DIR}/record_tmp)
 file(MAKE_DIRECTORY ${KV_REC_DIR})
 

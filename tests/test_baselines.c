@@ -9,10 +9,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "attn.h"
-#include "method.h"
-#include "partial.h"
-#include "rng.h"
+#include "kernels/attn.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
 #include "testutil.h"
 
 #define MAXP 4

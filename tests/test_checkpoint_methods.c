@@ -29,9 +29,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <omp.h>
-#include "method.h"
-#include "partial.h"
-#include "rng.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
 #include "testutil.h"
 
 #define UW_WINDOW 80 /* ctx.window for the unmasked-window semantics */

@@ -1,7 +1,7 @@
 /* test_llama.c - llama2.c loader, forward pass and `kvstream record`.
  *
  * usage: test_llama MODEL TMPDIR
- *   MODEL   stories260K.bin (../shared/models)
+ *   MODEL   stories260K.bin (tests/data)
  *   TMPDIR  a writable directory for corrupted checkpoint copies and traces */
 #include <hdf5.h>
 #include <math.h>
@@ -9,14 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cmd_record.h"
-#include "llama.h"
+#include "cmd/record.h"
+#include "model/llama.h"
 #include "testutil.h"
 
 static const char *model_path, *tmp_dir;
 
 /* Greedy decoding from BOS, as listed under "Check value" in
- * ../shared/models/README.md (two independent implementations agree).  The
+ * tests/data/README.md (two independent implementations agree).  The
  * first entry is BOS itself; the rest are successive argmax tokens. */
 static const int check_ids[] = { 1, 461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435,
                                  299, 362, 409, 283, 264, 283, 452, 288, 13, 431, 431 };

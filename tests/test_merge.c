@@ -4,10 +4,10 @@
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
-#include "attn.h"
-#include "merge.h"
-#include "partial.h"
-#include "rng.h"
+#include "kernels/attn.h"
+#include "mpi/merge.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
 #include "testutil.h"
 
 #define DV 8

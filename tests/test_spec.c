@@ -2,8 +2,8 @@
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
-#include "method.h"
-#include "spec.h"
+#include "methods/method.h"
+#include "core/spec.h"
 #include "testutil.h"
 
 static int parses(const char *s) { kv_spec *x; int n; kv_err e = { 0, "" }; int rc = kv_spec_parse_list(s, &x, &n, &e); if (!rc) free(x); return rc; }

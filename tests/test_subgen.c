@@ -1,16 +1,16 @@
-/* test_subgen.c - SubGen (src/method_subgen.c) and its samplers
- * (src/sampler.c) against exact attention and against their probabilities. */
+/* test_subgen.c - SubGen (src/methods/subgen.c) and its samplers
+ * (src/methods/sampler.c) against exact attention and against their probabilities. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "attn.h"
-#include "method.h"
-#include "partial.h"
-#include "rng.h"
-#include "sampler.h"
+#include "kernels/attn.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
+#include "methods/sampler.h"
 #include "testutil.h"
 
 static const kv_method_ops *ops;

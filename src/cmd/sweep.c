@@ -1,0 +1,179 @@
+/* sweep.c - minimum budget for p95 error <= eps over a grid of (n, d). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mpi/agree.h"
+#include "replay/replay.h"
+#include "io/results.h"
+#include "core/spec.h"
+#include "cmd/sweep.h"
+#include "mpi/coll.h"
+
+typedef struct {
+    char method[64];     /* the template's label */
+    int64_t n, d, param, budget;
+    double p95;
+    int met;
+} row;
+
+/* spec text with every '@' replaced by x */
+static void instantiate(const char *tmpl, int64_t x, char *out, size_t len)
+{
+    size_t o = 0;
+    for (const char *c = tmpl; *c && o + 24 < len; c++) {
+        if (*c == '@') o += (size_t)snprintf(out + o, len - o, "%lld", (long long)x);
+        else out[o++] = *c;
+    }
+    out[o] = '\0';
+}
+
+/* one replay of one spec; *p95 and *mem of that method */
+static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, MPI_Comm comm, double *p95,
+                   int64_t *mem, kv_err *err)
+{
+    kv_replay_opts ro;
+    kv_replay_defaults(&ro);
+    ro.trace = trace;
+    ro.methods = spec;
+    ro.quiet = 1;
+    ro.bound_ratio = 0;
+    ro.seed = o->gen.seed;
+    kv_replay_result res = { 0 };
+    if (kv_replay_run(&ro, comm, &res, err)) return err->code;
+    *p95 = res.methods[0].p95_error;
+    *mem = res.methods[0].memory_bytes;
+    kv_replay_result_free(&res);
+    return KV_OK;
+}
+
+static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, int64_t n, MPI_Comm comm, row *out,
+                  kv_err *err)
+{
+    char spec[512];
+    double p95 = NAN;
+    int64_t mem = -1;
+    if (!strchr(t->text, '@')) { /* nothing to search: one run */
+        if (run_one(o, trace, t->text, comm, &p95, &mem, err)) return err->code;
+        *out = (row){ .param = 0, .budget = mem, .p95 = p95, .met = p95 <= o->eps };
+        return KV_OK;
+    }
+    int64_t lo = 0, hi = -1, x = 1;
+    double hi_p95 = NAN, last_p95 = NAN;
+    int64_t hi_mem = -1, last_mem = -1;
+    for (;;) { /* doubling */
+        instantiate(t->text, x, spec, sizeof spec);
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        last_p95 = p95;
+        last_mem = mem;
+        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; break; }
+        lo = x;
+        if (x >= n) break;
+        x = x * 2 > n ? n : x * 2;
+    }
+    if (hi < 0) { /* even a budget of n tokens misses eps */
+        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0 };
+        return KV_OK;
+    }
+    while (hi - lo > 1 && hi - lo > lo / 8) { /* bisection to 1/8 */
+        x = lo + (hi - lo) / 2;
+        instantiate(t->text, x, spec, sizeof spec);
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; }
+        else lo = x;
+    }
+    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1 };
+    return KV_OK;
+}
+
+static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *err)
+{
+    kv_results *r = kv_results_create(o->out, err);
+    if (!r) return err->code;
+    int64_t *n = malloc(sizeof(int64_t) * (size_t)nr), *d = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *pa = malloc(sizeof(int64_t) * (size_t)nr), *b = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *met = malloc(sizeof(int64_t) * (size_t)nr);
+    double *p = malloc(sizeof(double) * (size_t)nr);
+    const char **names = malloc(sizeof(char *) * (size_t)nr), **kinds = malloc(sizeof(char *) * (size_t)nr);
+    int rc = KV_OK;
+    if (!n || !d || !pa || !b || !met || !p || !names || !kinds) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    for (int i = 0; !rc && i < nr; i++) {
+        n[i] = rows[i].n; d[i] = rows[i].d; pa[i] = rows[i].param; b[i] = rows[i].budget;
+        p[i] = rows[i].p95; met[i] = rows[i].met; names[i] = rows[i].method; kinds[i] = o->gen.kind;
+    }
+    int64_t dims[1] = { nr };
+    if (!rc) rc = kv_results_group(r, "/sweep", err);
+    if (!rc) rc = kv_results_write_strings(r, "/sweep", "kind", kinds, nr, err);
+    if (!rc) rc = kv_results_write_strings(r, "/sweep", "method", names, nr, err);
+    if (!rc && nr > 0) {
+        rc = kv_results_write_all(r, "/sweep", "n", KV_R_I64, 1, dims, n, err) ||
+             kv_results_write_all(r, "/sweep", "d", KV_R_I64, 1, dims, d, err) ||
+             kv_results_write_all(r, "/sweep", "param", KV_R_I64, 1, dims, pa, err) ||
+             kv_results_write_all(r, "/sweep", "budget_bytes", KV_R_I64, 1, dims, b, err) ||
+             kv_results_write_all(r, "/sweep", "p95_error", KV_R_F64, 1, dims, p, err) ||
+             kv_results_write_all(r, "/sweep", "met", KV_R_I64, 1, dims, met, err);
+        if (rc) rc = err->code;
+    }
+    if (!rc) rc = kv_results_attr_f64(r, "/", "eps", o->eps, err) || kv_results_attr_str(r, "/", "kind", o->gen.kind, err) ||
+                  kv_results_attr_str(r, "/", "methods", o->methods, err) ||
+                  kv_results_attr_str(r, "/", "format", "kvstream-sweep", err) ||
+                  kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
+                  kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
+    if (rc) rc = err->code;
+    free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);
+    int rc2 = kv_results_close(r, err);
+    return rc ? rc : rc2;
+}
+
+int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    kv_spec *tm = NULL;
+    int nt = 0;
+    if (!o->out) kv_seterr(err, KV_EINPUT, "sweep: missing -o FILE");
+    else if (!o->methods) kv_seterr(err, KV_EINPUT, "sweep: missing --methods (templates with '@', e.g. window:W=@)");
+    else if (!(o->eps > 0)) kv_seterr(err, KV_EINPUT, "sweep: --eps must be > 0");
+    else if (o->nn < 1 || o->nd < 1) kv_seterr(err, KV_EINPUT, "sweep: --n and --d need at least one value each");
+    else kv_spec_parse_list(o->methods, &tm, &nt, err);
+    if (kv_agree(comm, err)) return err->code;
+    row *rows = calloc((size_t)(o->nn * o->nd * nt), sizeof *rows);
+    int nr = 0;
+    if (!rows) kv_seterr(err, KV_EINTERNAL, "out of memory");
+    if (rank == 0 && o->table)
+        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s\n", "kind", "n", "d", "method", "param",
+                "budget_bytes", "p95_err", "met");
+    for (int a = 0; a < o->nn && !err->code; a++)
+        for (int b = 0; b < o->nd && !err->code; b++) {
+            kv_gen_opts g = o->gen;
+            char trace[1024];
+            snprintf(trace, sizeof trace, "%s/sweep-%s-n%lld-d%lld-seed%llu.h5", o->workdir ? o->workdir : ".", g.kind,
+                     (long long)o->ns[a], (long long)o->ds[b], (unsigned long long)g.seed);
+            g.n = o->ns[a];
+            g.d = o->ds[b];
+            g.dv = -1;
+            g.out = trace;
+            if (kv_gen_run(&g, comm, err)) break;
+            for (int i = 0; i < nt && !err->code; i++) {
+                row *x = &rows[nr];
+                if (search(o, trace, &tm[i], g.n, comm, x, err)) break;
+                snprintf(x->method, sizeof x->method, "%s", tm[i].label);
+                x->n = g.n;
+                x->d = g.d;
+                if (rank == 0 && o->table) {
+                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s\n", g.kind, (long long)x->n,
+                            (long long)x->d, x->method, (long long)x->param, (long long)x->budget, x->p95,
+                            x->met ? "yes" : "no");
+                    fflush(o->table);
+                }
+                nr++;
+            }
+            kv_mpi_barrier(comm);
+            if (rank == 0 && !o->keep_traces) remove(trace);
+        }
+    if (!err->code && rank == 0) write_table(o, rows, nr, err);
+    kv_agree(comm, err);
+    free(rows);
+    free(tm);
+    return err->code;
+}

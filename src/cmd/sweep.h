@@ -1,0 +1,34 @@
+/* sweep.h - `kvstream sweep`: the barrier sweep of the seed paper.
+ *
+ * For every (n, d) of a grid it generates a trace of the given kind and, for
+ * each method template (a spec with '@' where the budget parameter goes,
+ * e.g. "window:W=@" or "subgen:delta=0.8,t=@,s=@"), finds by search the
+ * smallest parameter whose replay keeps the p95 relative error <= eps:
+ * doubling from 1 up to n, then bisection to 1/8 resolution.  The memory
+ * the method held at that parameter is the budget.  Results go to an HDF5
+ * table /sweep (kind, n, d, method, param, budget_bytes, p95_error, met). */
+#ifndef KVSTREAM_SWEEP_H
+#define KVSTREAM_SWEEP_H
+
+#include <mpi.h>
+#include <stdio.h>
+#include "synth/gen.h"
+#include "core/kverr.h"
+
+typedef struct {
+    kv_gen_opts gen;         /* kind, streams, queries, seed, ... (n, d, out set per point) */
+    const int64_t *ns;       /* grid of n */
+    int nn;
+    const int64_t *ds;       /* grid of d */
+    int nd;
+    const char *methods;     /* templates */
+    double eps;
+    const char *workdir;     /* where the generated traces go */
+    const char *out;         /* the /sweep table */
+    int keep_traces;
+    FILE *table;             /* rank 0's progress and final table, NULL: none */
+} kv_sweep_opts;
+
+int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err);
+
+#endif

@@ -1,0 +1,28 @@
+/* attn.h - exact attention kernels over blocks of float32 keys and values.
+ *
+ * Both fold n tokens (rows of K: n x d and V: n x dv) into nq partial states
+ * (src/kernels/partial.h), one per query row of Q (nq x d), with logits
+ * scale * <q, k>.  Work is done in tiles whose float sums are folded into the
+ * double states, so accuracy does not depend on n. */
+#ifndef KVSTREAM_ATTN_H
+#define KVSTREAM_ATTN_H
+
+#include <stddef.h>
+
+/* Both return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
+ * query) cannot be allocated; st is then unspecified. */
+
+/* Serial kernel (call from inside a parallel region, or for small n). */
+int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
+                  size_t n, int d, int dv, float scale, double *st);
+
+/* OpenMP kernel: splits the tokens into fixed slices (their size depends on
+ * n only), so the result is bitwise the same for any thread count.  Runs
+ * serially when called inside an active parallel region. */
+int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
+                      size_t n, int d, int dv, float scale, double *st);
+
+/* Vectorisable exp for x <= 0 (relative error ~1e-7; x < -87 gives 0). */
+void kv_expf_neg(float *x, size_t n);
+
+#endif

@@ -1,0 +1,192 @@
+/* method_exact.c - exact attention: the rank keeps every key and value of its
+ * shard (a plain KV cache) and answers each query with the exact kernel.
+ *
+ * Memory: (d + dv) * 4 bytes per held token plus the run table.  Under
+ * --semantics window-unmasked-values it computes the full-cache reference of
+ * ALGORITHMS.md section 3: tokens older than the last W keep their values but
+ * their logit is replaced by 0. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/attn.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+
+typedef struct { int64_t first, local; } run; /* global index of local row */
+
+typedef struct {
+    kv_method_ctx ctx;
+    float *K, *V;
+    size_t n, cap;
+    run *runs;
+    size_t nruns, rcap;
+} exact_state;
+
+static int exact_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    if (kv_spec_finish(spec, err)) return err->code;
+    exact_state *s = kv_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    s->ctx = *ctx;
+    *out = s;
+    return KV_OK;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem, kv_err *err)
+{
+    if (need <= *cap) return KV_OK;
+    size_t nc = *cap ? *cap : 1024;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, nc * elem);
+    if (!q) return kv_seterr(err, KV_EINTERNAL, "exact: out of memory holding %zu tokens", need);
+    *p = q;
+    *cap = nc;
+    return KV_OK;
+}
+
+static int exact_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    exact_state *s = state;
+    int d = s->ctx.d, dv = s->ctx.dv;
+    size_t kc = s->cap, vc = s->cap;
+    if (grow((void **)&s->K, &kc, s->n + n, sizeof(float) * (size_t)d, err)) return err->code;
+    if (grow((void **)&s->V, &vc, s->n + n, sizeof(float) * (size_t)dv, err)) return err->code;
+    s->cap = kc < vc ? kc : vc;
+    memcpy(s->K + s->n * d, K, n * d * sizeof(float));
+    memcpy(s->V + s->n * dv, V, n * dv * sizeof(float));
+    /* a new run unless this block continues the previous one */
+    if (!s->nruns || s->runs[s->nruns - 1].first + (int64_t)(s->n - s->runs[s->nruns - 1].local) != first) {
+        if (grow((void **)&s->runs, &s->rcap, s->nruns + 1, sizeof(run), err)) return err->code;
+        s->runs[s->nruns++] = (run){ first, (int64_t)s->n };
+    }
+    s->n += n;
+    return KV_OK;
+}
+
+/* number of held tokens with global index < g */
+static size_t held_below(const exact_state *s, int64_t g)
+{
+    size_t below = 0;
+    for (size_t r = 0; r < s->nruns; r++) {
+        size_t end = r + 1 < s->nruns ? (size_t)s->runs[r + 1].local : s->n;
+        size_t len = end - (size_t)s->runs[r].local;
+        if (g <= s->runs[r].first) break;
+        int64_t take = g - s->runs[r].first;
+        below += (size_t)take < len ? (size_t)take : len;
+    }
+    return below;
+}
+
+static int exact_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    exact_state *s = state;
+    int d = s->ctx.d, dv = s->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    size_t lo = 0;
+    if (s->ctx.semantics == KV_SEM_WINDOW_UNMASKED && p - s->ctx.window > 0) {
+        /* tokens older than the window: logit 0, value kept */
+        lo = held_below(s, p - s->ctx.window);
+        if (lo > 0) {
+            double *old = malloc(sizeof(double) * sl);
+            if (!old) return KV_EINTERNAL;
+            old[KV_PS_M] = 0.0;
+            old[KV_PS_L] = (double)lo;
+            old[KV_PS_L2] = (double)lo;
+            for (int c = 0; c < dv; c++) old[KV_PS_U + c] = 0.0;
+            for (size_t i = 0; i < lo; i++)
+                for (int c = 0; c < dv; c++) old[KV_PS_U + c] += s->V[i * dv + c];
+            for (int q = 0; q < nq; q++) memcpy(st + q * sl, old, sizeof(double) * sl);
+            free(old);
+        }
+    }
+    return kv_attn_fold_par(Q, nq, s->K + lo * d, s->V + lo * dv, s->n - lo, d, dv, (float)s->ctx.scale, st);
+}
+
+static size_t exact_bytes(const void *state)
+{
+    const exact_state *s = state;
+    return s->n * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + s->nruns * sizeof(run);
+}
+
+static void exact_extra(const void *state, kv_method_extra *x)
+{
+    const exact_state *s = state;
+    x->clusters = -1;
+    x->kept_tokens = (int64_t)s->n;
+}
+
+static void exact_free(void *state)
+{
+    exact_state *s = state;
+    if (!s) return;
+    free(s->K);
+    free(s->V);
+    free(s->runs);
+    free(s);
+}
+
+static void exact_save(const void *state, kv_buf *out)
+{
+    const exact_state *s = state;
+    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->runs, s->nruns * sizeof(run));
+}
+
+static int exact_load(void *state, kv_rd *in, kv_err *err)
+{
+    exact_state *s = state;
+    size_t nk, nv, nr;
+    void *K = NULL, *V = NULL, *R = NULL;
+    size_t lim = (size_t)(s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total);
+    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) ||
+        kv_rd_arr(in, &R, sizeof(run), lim, &nr, err) || nk != nv || (nk && !nr)) {
+        free(K); free(V); free(R);
+        return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: exact state is inconsistent");
+    }
+    /* runs: local rows from 0 up, global indices in stream order with gaps
+     * between runs, all within the stream; keys and values finite */
+    const run *rr = R;
+    int bad = 0;
+    for (size_t r = 0; r < nr && !bad; r++) {
+        int64_t end = r + 1 < nr ? rr[r + 1].local : (int64_t)nk;
+        bad = (r == 0 ? rr[r].local != 0 : rr[r].local <= rr[r - 1].local) || end <= rr[r].local ||
+              end > (int64_t)nk || rr[r].first < 0 || rr[r].first > s->ctx.n_total - (end - rr[r].local) ||
+              (r > 0 && rr[r].first <= rr[r - 1].first + (rr[r].local - rr[r - 1].local));
+    }
+    for (size_t i = 0; i < nk * (size_t)s->ctx.d && !bad; i++) bad = !isfinite(((float *)K)[i]);
+    for (size_t i = 0; i < nv * (size_t)s->ctx.dv && !bad; i++) bad = !isfinite(((float *)V)[i]);
+    if (bad) {
+        free(K); free(V); free(R);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: exact state has a bad run table or value");
+    }
+    free(s->K); free(s->V); free(s->runs);
+    s->K = K; s->V = V; s->runs = R;
+    s->n = s->cap = nk;
+    s->nruns = s->rcap = nr;
+    return KV_OK;
+}
+
+static int64_t exact_max_bytes(const void *state)
+{
+    const exact_state *s = state;
+    int64_t n = s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total;
+    /* one run per shard chunk at most; a chunk is >= 1 token */
+    return n * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + n * (int64_t)sizeof(run);
+}
+
+const kv_method_ops kv_method_exact = {
+    .name = "exact",
+    .usage = "",
+    .create = exact_create,
+    .ingest = exact_ingest,
+    .partial = exact_partial,
+    .bytes = exact_bytes,
+    .extra = exact_extra,
+    .free = exact_free,
+    .save = exact_save,
+    .load = exact_load,
+    .max_bytes = exact_max_bytes,
+};

@@ -1,0 +1,111 @@
+/* method.h - the one interface every attention method implements.
+ *
+ * A method instance summarises ONE stream on ONE rank.  The replay driver
+ * (src/replay/replay.c) creates one instance per (method, stream) on every rank and
+ * calls, in stream order:
+ *     ingest(block of the rank's tokens)   any number of times
+ *     partial(queries at prefix p)         when, and only when, the rank has
+ *                                          ingested exactly its tokens < p
+ * partial writes one partial state (src/kernels/partial.h) per query; the driver
+ * merges states across ranks with the MPI reduction of mpi/merge.h.
+ *
+ * Adding a method = one file src/method_<name>.c defining a kv_method_ops,
+ * plus one line in src/methods/registry.c. */
+#ifndef KVSTREAM_METHOD_H
+#define KVSTREAM_METHOD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "core/buf.h"
+#include "core/kverr.h"
+#include "core/spec.h"
+
+/* What a replay computes (ALGORITHMS.md section 3). */
+typedef enum {
+    KV_SEM_FULL = 0,           /* ordinary causal softmax attention */
+    KV_SEM_WINDOW_UNMASKED = 1 /* logits outside the last W tokens set to 0 */
+} kv_semantics;
+
+typedef struct {
+    int d, dv;          /* key and value dimension */
+    double scale;       /* logit scale (trace attribute or 1/sqrt(d)) */
+    int64_t n_total;    /* tokens in the whole stream (all ranks) */
+    int64_t stream;     /* stream index s */
+    int rank, nranks;   /* this rank and the communicator size */
+    int64_t shard_tokens; /* tokens of the stream this rank will see (0: unknown) */
+    uint64_t seed;      /* replay --seed; methods mix in stream and rank */
+    kv_semantics semantics;
+    int64_t window;     /* W for KV_SEM_WINDOW_UNMASKED */
+} kv_method_ctx;
+
+/* Extra per-instance figures; a method leaves what it lacks at -1. */
+typedef struct {
+    int64_t clusters;     /* SubGen-style sketches: clusters held */
+    int64_t kept_tokens;  /* tokens whose key/value is held */
+} kv_method_extra;
+
+typedef struct kv_method_ops {
+    const char *name;  /* as written in --methods */
+    const char *usage; /* parameters, e.g. "W=<tokens>" ("" if none) */
+    /* Read parameters from spec (kv_spec_int/double, then kv_spec_finish) and
+     * allocate the state. */
+    int (*create)(kv_spec *spec, const kv_method_ctx *ctx, void **state, kv_err *err);
+    /* n tokens with global indices first .. first+n-1 (K: n x d, V: n x dv,
+     * row-major).  The buffers are reused after the call: copy what you keep. */
+    int (*ingest)(void *state, const float *K, const float *V, int64_t first,
+                  size_t n, kv_err *err);
+    /* nq queries (Q: nq x d) at prefix length p -> nq states of
+     * KV_PSTATE_LEN(dv) doubles.  A method may update internal statistics
+     * here (H2O's attention scores), but deterministically and never
+     * depending on the order of the queries within one call.  Returns
+     * KV_OK, or KV_EINTERNAL when scratch memory cannot be had (the driver
+     * names the method in the message). */
+    int (*partial)(void *state, const float *Q, int nq, int64_t p, double *st);
+    /* Bytes of state held now: every key, value, count and sample. */
+    size_t (*bytes)(const void *state);
+    void (*extra)(const void *state, kv_method_extra *x); /* may be NULL */
+    void (*free)(void *state);
+    /* Checkpoints (replay --checkpoint/--resume).  save appends everything
+     * that later calls depend on (held tokens, counts, RNG state, scores) to
+     * out; load restores it into a state just made by create with the same
+     * spec and ctx, so that the resumed run is bitwise the same as an
+     * uninterrupted one.  load must reject malformed bytes with an error. */
+    void (*save)(const void *state, kv_buf *out);
+    int (*load)(void *state, kv_rd *in, kv_err *err);
+    /* An upper bound of bytes() over the whole stream, from the spec and
+     * ctx alone (ctx->shard_tokens tokens on this rank): replay
+     * --max-memory refuses a run before it starts when the bounds add up to
+     * more than allowed. */
+    int64_t (*max_bytes)(const void *state);
+} kv_method_ops;
+
+/* This rank's share of a global budget (tokens, samples): proportional to
+ * its shard (ceil(total * shard_tokens / n_total), at least 1), or
+ * ceil(total / nranks) when the shard size is unknown.  Shards differ by up
+ * to one chunk, so a budget that covers the stream covers every shard. */
+int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total);
+
+/* Tokens this rank will see: ctx->shard_tokens, or n_total when unknown.
+ * The bound checkpoint loads and max_bytes work with. */
+int64_t kv_shard_limit(const kv_method_ctx *ctx);
+
+/* 1 if all n floats are finite: restored keys and values must be, as every
+ * trace's are (io/trace.c checks them as they stream in). */
+int kv_all_finite(const float *x, size_t n);
+
+/* Look a method up by name; NULL if unknown. */
+const kv_method_ops *kv_method_find(const char *name);
+
+/* `kvstream methods`: every method, its parameters and a one-line
+ * description, written to f. */
+void kv_methods_describe(FILE *f);
+
+/* Comma-separated names of all registered methods (for messages). */
+const char *kv_method_names(void);
+
+/* Check a spec list against the registry and every method's parameters
+ * (creates and frees one throw-away instance per spec). */
+int kv_method_check_specs(kv_spec *specs, int count, const kv_method_ctx *ctx, kv_err *err);
+
+#endif

@@ -1,0 +1,143 @@
+/* method_sinks.c - sinks:S=<tokens>,W=<tokens>: StreamingLLM's attention
+ * sinks plus a window.  A query at prefix p sees the first S tokens of the
+ * stream (global index < S) and the last W, [p-W, p); each token once.
+ *
+ * S and W are global quantities.  A rank keeps its own tokens with index < S
+ * (never dropped: at most S over all ranks) and, for the window, its tokens
+ * with index >= S that a future query can still see (as in method_window.c:
+ * index > g_max - W, where g_max is this rank's newest token).
+ *
+ * Memory: held tokens x ((d + dv) floats + one int64 index). */
+#include <stdlib.h>
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "methods/tokring.h"
+
+typedef struct {
+    kv_method_ctx ctx;
+    int64_t S, W;
+    kv_tokring sinks; /* tokens < S, never popped */
+    kv_tokring win;   /* tokens >= S, window */
+} sinks_state;
+
+static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    int64_t S, W;
+    if (kv_spec_int(spec, "S", 1, 0, 0, INT64_MAX, &S, err) ||
+        kv_spec_int(spec, "W", 1, 0, 1, INT64_MAX, &W, err) || kv_spec_finish(spec, err))
+        return err->code;
+    sinks_state *s = kv_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    s->ctx = *ctx;
+    s->S = S;
+    s->W = W;
+    kv_tokring_init(&s->sinks, ctx->d, ctx->dv, S);
+    kv_tokring_init(&s->win, ctx->d, ctx->dv, W);
+    *out = s;
+    return KV_OK;
+}
+
+static int sinks_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    sinks_state *s = state;
+    int d = s->ctx.d, dv = s->ctx.dv;
+    for (size_t i = 0; i < n; i++) {
+        int64_t g = first + (int64_t)i;
+        const float *k = K + i * d, *v = V + i * dv;
+        if (g < s->S) {
+            if (kv_tokring_push(&s->sinks, k, v, g, err)) return err->code;
+            continue;
+        }
+        if (g < first + (int64_t)n - s->W) continue; /* would be dropped within this block */
+        while (s->win.count && kv_tokring_idx(&s->win, 0) <= g - s->W) kv_tokring_pop(&s->win);
+        if (kv_tokring_push(&s->win, k, v, g, err)) return err->code;
+    }
+    return KV_OK;
+}
+
+static int sinks_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    sinks_state *s = state;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    float scale = (float)s->ctx.scale;
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
+    if (nq <= 0) return KV_OK;
+    int rc = kv_tokring_fold(&s->sinks, 0, Q, nq, scale, st);
+    if (!rc) rc = kv_tokring_fold(&s->win, kv_tokring_lower(&s->win, p - s->W), Q, nq, scale, st);
+    return rc;
+}
+
+static size_t sinks_bytes(const void *state)
+{
+    const sinks_state *s = state;
+    return kv_tokring_bytes(&s->sinks) + kv_tokring_bytes(&s->win);
+}
+
+static void sinks_extra(const void *state, kv_method_extra *x)
+{
+    const sinks_state *s = state;
+    x->clusters = -1;
+    x->kept_tokens = s->sinks.count + s->win.count;
+}
+
+static void sinks_free(void *state)
+{
+    sinks_state *s = state;
+    if (!s) return;
+    kv_tokring_free(&s->sinks);
+    kv_tokring_free(&s->win);
+    free(s);
+}
+
+
+static void sinks_save(const void *state, kv_buf *out)
+{
+    const sinks_state *s = state;
+    kv_tokring_save(&s->sinks, out);
+    kv_tokring_save(&s->win, out);
+}
+
+static int sinks_load(void *state, kv_rd *in, kv_err *err)
+{
+    sinks_state *s = state;
+    int64_t lim = kv_shard_limit(&s->ctx);
+    if (kv_tokring_load(&s->sinks, in, lim, s->ctx.n_total, err)) return err->code;
+    if (kv_tokring_load(&s->win, in, lim, s->ctx.n_total, err)) {
+        kv_tokring_free(&s->sinks);
+        return err->code;
+    }
+    /* sinks are the tokens < S; the window holds tokens >= S newer than (newest - W) */
+    const kv_tokring *a = &s->sinks, *b = &s->win;
+    int bad = a->count + b->count > lim || (a->count && kv_tokring_idx(a, a->count - 1) >= s->S) ||
+              (b->count && (kv_tokring_idx(b, 0) < s->S ||
+                            kv_tokring_idx(b, b->count - 1) - kv_tokring_idx(b, 0) >= s->W));
+    if (bad) {
+        kv_tokring_free(&s->sinks);
+        kv_tokring_free(&s->win);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: sinks state holds tokens outside the sinks and window");
+    }
+    return KV_OK;
+}
+
+static int64_t sinks_max_bytes(const void *state)
+{
+    const sinks_state *s = state;
+    int64_t lim = kv_shard_limit(&s->ctx);
+    int64_t a = s->S < lim ? s->S : lim, b = s->W < lim ? s->W : lim;
+    int64_t held = a + b < lim ? a + b : lim; /* distinct tokens of the shard */
+    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+}
+
+const kv_method_ops kv_method_sinks = {
+    .name = "sinks",
+    .usage = "S=<sink tokens>,W=<window tokens>",
+    .create = sinks_create,
+    .ingest = sinks_ingest,
+    .partial = sinks_partial,
+    .bytes = sinks_bytes,
+    .extra = sinks_extra,
+    .free = sinks_free,
+    .save = sinks_save,
+    .load = sinks_load,
+    .max_bytes = sinks_max_bytes,
+};

@@ -1,0 +1,1071 @@
+/* method_subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
+ * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
+ * section 2).  Spec: subgen:delta=<radius>,t=<keys per cluster>,s=<samplers>
+ * [,seed=<n>][,index=0|1].
+ *
+ * Two structures, both updated once per arriving token (k, v):
+ *  1. Online clustering of keys for the denominator.  k joins the nearest
+ *     centre within Euclidean distance delta (<= delta, ties to the lowest
+ *     index), else opens a cluster whose centre is k.  Each cluster keeps its
+ *     count n_c and a uniform reservoir of at most t of its keys.
+ *         sum_i e^{a_i} ~ sum_c (n_c / |sample_c|) sum_{k in sample_c} e^{a(k)}
+ *  2. s independent l2 samplers of (k, v) pairs, pair i drawn with
+ *     probability |v_i|^2 / F, F = sum |v_i|^2 (src/methods/sampler.h), for the
+ *     numerator:
+ *         sum_i e^{a_i} v_i ~ (1/s) sum_j e^{a(k_j)} v_j F / |v_j|^2.
+ *     While at most s tokens with v != 0 have arrived we also hold them all
+ *     (the "exact buffer") and answer the numerator exactly from it; the
+ *     buffer is dropped for good when the (s+1)-th arrives.  So delta = 0,
+ *     t >= n, s >= n on distinct keys reproduces exact attention.
+ * Guarantee (their theorem): if the keys are (m, delta)-clusterable, r bounds
+ * scale*|q|, t = O(eps^-2 e^{2 delta r} log n) and s = O(eps^-2 d), then
+ * |z - z*| <= eps |softmax(a)|_2 |V|_op with high probability, in memory
+ * O(d (m t + s)): sublinear when m = o(n).
+ *
+ * Per query, partial() returns ONE weighted partial state (m, l, 0, u) with a
+ * common max m over every logit used; the cross-rank merge sums l and u, so
+ * the sum of the ranks' estimates is the estimate of the whole stream.
+ *
+ * Finding the nearest centre: centres are stored in transposed blocks of 16
+ * with |c|^2, and a scan computes |k|^2 - 2<k,c> + |c|^2 in float, 16 centres
+ * per SIMD multiply-add, in an order that is fixed per (key, centre) (so
+ * results never depend on alignment, batching or thread count).  When most
+ * tokens need a scan, 4 upcoming keys are scanned in one pass over the
+ * centres (multiply-add bound instead of L2 bound); the scan runs in OpenMP
+ * chunks when it is long and we are not already in a parallel region (the
+ * replay driver may ingest different streams from parallel threads).  The
+ * candidate is confirmed by an exact double distance.
+ * With index=1 (default) most scans are skipped: a guess c0 (the previous
+ * token's cluster, else the nearest centre in a 16-dim random projection) is
+ * accepted when 2|k - c0| plus a rounding margin is below a lower bound of
+ * the distance from c0 to its nearest other centre; by the triangle inequality
+ * every other centre is then farther by more than the scan's rounding error,
+ * so the scan would have chosen c0 too: the result is bitwise the same as
+ * with index=0, only faster on well separated clusters.
+ *
+ * Queries are answered 16 at a time, one per SIMD lane (partial() gives the
+ * same bits for a query alone or in any batch).
+ *
+ * Memory (bytes()): everything held: centres (d floats), |c|^2 (float) and
+ * count (int64) per cluster, the reservoir keys actually held (min(n_c,t) x d
+ * floats), the index (16 floats + 1 double per cluster, 16 x d projection
+ * floats), the l2 samples (d + dv floats each, once held) with the sampler
+ * bookkeeping (id, weight, threshold, heap slot, F), the exact buffer while it
+ * lives (d + dv floats per token) and the fixed struct.  Capacity slack and
+ * scratch space are not counted.  max_bytes() is that sum when every token
+ * of the shard opens its own cluster and the exact buffer is full while the
+ * samples are held: reached exactly on distinct keys with delta = 0, s >= n.
+ *
+ * Checkpoints (save/load, see subgen_save): the state that decides later
+ * results is saved and checked on load; the block layout, the projected
+ * centres and the derived maxima are rebuilt bit for bit, so a resumed run
+ * is bitwise the same as an uninterrupted one. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/attn.h"
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "core/rng.h"
+#include "methods/sampler.h"
+
+#define LN 16           /* SIMD lanes of the fixed-order dot product */
+#define NP 16           /* dimensions of the index projection */
+#define CB 16           /* centres per transposed block */
+#define CHUNK 64        /* centres per OpenMP work item (a multiple of CB) */
+#define PAR_WORK 262144 /* nc * d above which the scan goes parallel */
+#define IDX_MIN 16      /* clusters from which the index is tried */
+#define GK 4            /* keys scanned together in one pass over the centres */
+
+typedef struct {
+    kv_reservoir r; /* r.n = n_c */
+    int64_t cap;    /* key rows allocated */
+    float *keys;    /* kv_reservoir_size(&r) rows of d floats */
+} cluster;
+
+typedef struct {
+    kv_method_ctx ctx;
+    double delta, delta2;
+    int64_t t;
+    int s, use_index;
+    kv_rng rng;
+    /* clustering */
+    int64_t nc, ccap, nres; /* clusters, allocated, reservoir keys held */
+    float *cent;            /* centres in blocks of CB: see cblock() */
+    float *cnorm;           /* |c|^2 */
+    cluster *cl;
+    double cmax;            /* max |c| */
+    float *dist;            /* scratch: fast squared distances of one scan */
+    float *pre;             /* scratch: GK rows of distances computed ahead */
+    int64_t pre_cap;        /* floats per pre row */
+    unsigned hist;          /* bit per recent token: it needed a scan */
+    int scanned;            /* the current token needed a scan */
+    /* index (use_index) */
+    float *proj;            /* NP x d Gaussian projection */
+    float *cproj;           /* projected centres, blocks of CB like cent */
+    double *nnd;            /* lower bound of |c - c'| over other centres c' */
+    int64_t last;           /* cluster of the previous token */
+    /* l2 sampling */
+    kv_l2_sampler l2;
+    float *sk, *sv;         /* s x d sampled keys, s x dv sampled values */
+    int *take;              /* scratch for kv_l2_offer */
+    /* exact buffer for the numerator */
+    int buf_on;
+    int64_t nval, nbuf, bcap; /* tokens with v != 0, rows held, allocated */
+    float *bk, *bv;
+} subgen;
+
+/* ---- fixed-order dot products ------------------------------------------ */
+
+/* Lane l accumulates elements i = l (mod LN); lanes are then added in a fixed
+ * tree.  The result never depends on pointer alignment, thread count or on
+ * which of dot1/dot4 computed it. */
+static inline float hsum(float *acc)
+{
+    /* constant trip counts: unrolled into a few vector adds */
+    for (int l = 0; l < 8; l++) acc[l] += acc[l + 8];
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    for (int l = 0; l < 2; l++) acc[l] += acc[l + 2];
+    return acc[0] + acc[1];
+}
+
+static inline float dot1(const float *restrict a, const float *restrict b, int d)
+{
+    float acc[LN] = { 0 };
+    int i = 0;
+    for (; i + LN <= d; i += LN) {
+#pragma omp simd
+        for (int l = 0; l < LN; l++) acc[l] += a[i + l] * b[i + l];
+    }
+    for (int l = 0; i + l < d; l++) acc[l] += a[i + l] * b[i + l];
+    return hsum(acc);
+}
+
+/* out[j] = <a, b_j> for four vectors b_j: a is loaded once for all four */
+static inline void dot4(const float *restrict a, const float *restrict b0, const float *restrict b1,
+                        const float *restrict b2, const float *restrict b3, int d, float *out)
+{
+    float c0[LN] = { 0 }, c1[LN] = { 0 }, c2[LN] = { 0 }, c3[LN] = { 0 };
+    int i = 0;
+    for (; i + LN <= d; i += LN) {
+#pragma omp simd
+        for (int l = 0; l < LN; l++) {
+            float x = a[i + l];
+            c0[l] += x * b0[i + l];
+            c1[l] += x * b1[i + l];
+            c2[l] += x * b2[i + l];
+            c3[l] += x * b3[i + l];
+        }
+    }
+    for (int l = 0; i + l < d; l++) {
+        float x = a[i + l];
+        c0[l] += x * b0[i + l];
+        c1[l] += x * b1[i + l];
+        c2[l] += x * b2[i + l];
+        c3[l] += x * b3[i + l];
+    }
+    out[0] = hsum(c0);
+    out[1] = hsum(c1);
+    out[2] = hsum(c2);
+    out[3] = hsum(c3);
+}
+
+/* |v|^2 in double (8 fixed lanes: vectorised, order fixed) */
+static double norm2_exact(const float *v, int d)
+{
+    double acc[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8) {
+#pragma omp simd
+        for (int l = 0; l < 8; l++) acc[l] += (double)v[i + l] * v[i + l];
+    }
+    for (int l = 0; i + l < d; l++) acc[l] += (double)v[i + l] * v[i + l];
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* Bound on the rounding error of a float |a|^2 - 2<a,b> + |b|^2 (generous:
+ * several times the worst case of the lane sums). */
+static double fast_err(int d, double na, double nb)
+{
+    return 2.0 * (d + 4) * FLT_EPSILON * (na + nb) * (na + nb);
+}
+
+/* ---- growth ------------------------------------------------------------ */
+
+static int grow(void **p, int64_t *cap, int64_t need, size_t elem, int64_t first, kv_err *err)
+{
+    if (need <= *cap) return KV_OK;
+    int64_t nc = *cap ? *cap : first;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, (size_t)nc * elem);
+    if (!q) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory (%lld items of %zu bytes)", (long long)nc, elem);
+    *p = q;
+    *cap = nc;
+    return KV_OK;
+}
+
+/* room for one more cluster in every per-cluster array */
+static int grow_clusters(subgen *g, kv_err *err)
+{
+    if (g->nc < g->ccap) return KV_OK;
+    int64_t nc = g->ccap ? 2 * g->ccap : 64, d = g->ctx.d;
+    float *c = realloc(g->cent, sizeof(float) * (size_t)(nc * d));
+    if (c) g->cent = c;
+    float *n = realloc(g->cnorm, sizeof(float) * (size_t)nc);
+    if (n) g->cnorm = n;
+    cluster *l = realloc(g->cl, sizeof(cluster) * (size_t)nc);
+    if (l) g->cl = l;
+    float *ds = realloc(g->dist, sizeof(float) * (size_t)nc);
+    if (ds) g->dist = ds;
+    int ok = c && n && l && ds;
+    if (ok && g->use_index) {
+        float *cp = realloc(g->cproj, sizeof(float) * (size_t)(nc * NP));
+        if (cp) g->cproj = cp;
+        double *nn = realloc(g->nnd, sizeof(double) * (size_t)nc);
+        if (nn) g->nnd = nn;
+        ok = cp && nn;
+    }
+    if (!ok) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for %lld clusters", (long long)nc);
+    g->ccap = nc;
+    return KV_OK;
+}
+
+/* ---- nearest centre ---------------------------------------------------- */
+
+/* Centres are stored in blocks of CB: coordinate i of centres 16b .. 16b+15
+ * is one row of CB floats, so a scan broadcasts k[i] and updates CB
+ * distances with one SIMD multiply-add (no horizontal sums).  Lanes past nc
+ * in the last block hold zeros and are ignored. */
+static inline float *cblock(const subgen *g, int64_t j)
+{
+    return g->cent + (size_t)(j / CB) * CB * (size_t)g->ctx.d;
+}
+
+typedef float vecf __attribute__((vector_size(CB * sizeof(float)))); /* GNU C */
+typedef int32_t veci __attribute__((vector_size(CB * sizeof(int32_t))));
+
+/* out[q][l] = <k_q, centre l of the block> for nk <= GK keys.  Each (key,
+ * centre) value is computed by the same operations whatever nk is (four
+ * chains over i mod 4, then a fixed sum), so batching never changes a
+ * result.  A block row is loaded once for all nk keys: with several keys the
+ * scan is bound by multiply-adds instead of by L2 bandwidth.  Vector types
+ * because GCC spilled plain accumulator arrays to the stack. */
+static inline __attribute__((always_inline)) void dot_blocks(const float *restrict blk, const float *const *k,
+                                                             int nk, int d, float *const *out)
+{
+    vecf a[GK][4], r;
+    for (int q = 0; q < nk; q++)
+        for (int c = 0; c < 4; c++) a[q][c] = (vecf){ 0 };
+    int i = 0;
+    for (; i + 4 <= d; i += 4)
+        for (int c = 0; c < 4; c++) {
+            memcpy(&r, blk + (size_t)(i + c) * CB, sizeof r); /* unaligned load */
+            for (int q = 0; q < nk; q++) a[q][c] += k[q][i + c] * r;
+        }
+    for (; i < d; i++) {
+        memcpy(&r, blk + (size_t)i * CB, sizeof r);
+        for (int q = 0; q < nk; q++) a[q][0] += k[q][i] * r;
+    }
+    for (int q = 0; q < nk; q++) {
+        r = (a[q][0] + a[q][1]) + (a[q][2] + a[q][3]);
+        memcpy(out[q], &r, sizeof r);
+    }
+}
+
+/* exact squared distance from k to centre j */
+static double dist2_centre(const subgen *g, const float *k, int64_t j)
+{
+    int d = g->ctx.d;
+    const float *c = cblock(g, j) + j % CB; /* coordinate i at c[i * CB] */
+    double acc[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double x = (double)k[i + l] - (double)c[(size_t)(i + l) * CB];
+            acc[l] += x * x;
+        }
+    for (int l = 0; i + l < d; l++) {
+        double x = (double)k[i + l] - (double)c[(size_t)(i + l) * CB];
+        acc[l] += x * x;
+    }
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* first index of the smallest value (NaN never wins); -1 if none is finite */
+static int64_t argmin(const float *x, int64_t n)
+{
+    float mn = INFINITY;
+#pragma omp simd reduction(min : mn)
+    for (int64_t j = 0; j < n; j++) mn = x[j] < mn ? x[j] : mn;
+    if (!(mn < INFINITY)) return -1;
+    for (int64_t j = 0; j < n; j++)
+        if (x[j] == mn) return j;
+    return -1;
+}
+
+/* dist[q][j] = fast squared distance from key q to centre j, for the
+ * centres of blocks [b0, b1) */
+static void scan_blocks(const subgen *g, const float *const *k, const float *kn, int nk, int64_t b0, int64_t b1,
+                        float *const *dist)
+{
+    int d = g->ctx.d;
+    float r[GK][CB];
+    float *rp[GK] = { r[0], r[1], r[2], r[3] };
+    for (int64_t b = b0; b < b1; b++) {
+        const float *blk = g->cent + (size_t)b * CB * d;
+        if (nk == GK) dot_blocks(blk, k, GK, d, rp); /* two specialised copies */
+        else
+            for (int q = 0; q < nk; q++) dot_blocks(blk, k + q, 1, d, rp + q);
+        const float *cn = g->cnorm + b * CB;
+        for (int q = 0; q < nk; q++) {
+            float *out = dist[q] + b * CB;
+#pragma omp simd
+            for (int l = 0; l < CB; l++) out[l] = kn[q] - 2.0f * r[q][l] + cn[l];
+        }
+    }
+}
+
+/* scan_blocks over blocks [b0, nblocks), in parallel when it is long */
+static void scan_from(const subgen *g, const float *const *k, const float *kn, int nk, int64_t b0,
+                      float *const *dist)
+{
+    int64_t nb = (g->nc + CB - 1) / CB, per = CHUNK / CB;
+    if (b0 >= nb) return;
+    int64_t nch = (nb - b0 + per - 1) / per;
+    /* a parallel region per token only pays off when the scan is long; each
+     * centre is computed by the same code whatever the thread count */
+    int par = (nb - b0) * CB * g->ctx.d * nk >= PAR_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t c = 0; c < nch; c++) {
+        int64_t a = b0 + c * per, e = a + per < nb ? a + per : nb;
+        scan_blocks(g, k, kn, nk, a, e, dist);
+    }
+}
+
+static void project(const subgen *g, const float *k, float *pk)
+{
+    int d = g->ctx.d;
+    const float *P = g->proj;
+    for (int p = 0; p < NP; p += 4)
+        dot4(k, P + (size_t)p * d, P + (size_t)(p + 1) * d, P + (size_t)(p + 2) * d, P + (size_t)(p + 3) * d, d,
+             pk + p);
+}
+
+/* Accept c0 without a scan if it is provably the scan's choice (see top). */
+static int index_accepts(const subgen *g, const float *k, double knorm, int64_t c0)
+{
+    double r2 = dist2_centre(g, k, c0);
+    if (!(r2 <= g->delta2)) return 0;
+    double gap = sqrt(2.0 * fast_err(g->ctx.d, knorm, g->cmax)) * 1.01 + 1e-30;
+    return 2.0 * sqrt(r2) * (1.0 + 1e-9) + gap < g->nnd[c0];
+}
+
+/* nearest centre in the projection (first index among equals).  Lane l
+ * keeps the best block for centres l (mod CB); lanes are compared at the
+ * end.  Padding lanes hold +inf and never win. */
+static int64_t index_guess(const subgen *g, const float *pk)
+{
+    int64_t nb = (g->nc + CB - 1) / CB;
+    vecf best, r, x;
+    veci bblk = { 0 };
+    for (int l = 0; l < CB; l++) best[l] = INFINITY;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *c = g->cproj + (size_t)b * CB * NP;
+        vecf a0 = { 0 }, a1 = { 0 };
+        for (int p = 0; p < NP; p += 2) { /* two chains: blocks overlap in flight */
+            memcpy(&r, c + p * CB, sizeof r);
+            x = pk[p] - r;
+            a0 += x * x;
+            memcpy(&r, c + (p + 1) * CB, sizeof r);
+            x = pk[p + 1] - r;
+            a1 += x * x;
+        }
+        a0 += a1;
+        veci m = a0 < best; /* -1 where strictly better */
+        best = (vecf)(((veci)a0 & m) | ((veci)best & ~m));
+        bblk = (((veci){ 0 } + (int32_t)b) & m) | (bblk & ~m);
+    }
+    int64_t arg = -1;
+    float bv = INFINITY;
+    for (int l = 0; l < CB; l++) {
+        int64_t j = (int64_t)bblk[l] * CB + l;
+        if (best[l] < bv || (best[l] == bv && arg >= 0 && j < arg)) {
+            bv = best[l];
+            arg = j;
+        }
+    }
+    return arg;
+}
+
+/* Cluster of key k, or -1 for "open a new one" (then g->dist holds the scan
+ * against all existing centres).  pre, if not NULL, holds the distances to
+ * the first pre_nc centres, computed ahead in a batch. */
+static int64_t find_cluster(subgen *g, const float *k, float kn, const float *pk, const float *pre, int64_t pre_nc)
+{
+    int d = g->ctx.d;
+    double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
+    if (g->nc == 0) return -1;
+    if (g->use_index && g->nc >= IDX_MIN) {
+        if (g->last >= 0 && index_accepts(g, k, knorm, g->last)) return g->last;
+        int64_t c0 = index_guess(g, pk);
+        if (c0 >= 0 && c0 != g->last && index_accepts(g, k, knorm, c0)) return c0;
+    }
+    float *dist[1] = { g->dist };
+    int64_t b0 = 0;
+    if (pre) { /* only the blocks with centres opened since remain */
+        memcpy(g->dist, pre, sizeof(float) * (size_t)pre_nc);
+        b0 = pre_nc / CB;
+    }
+    g->scanned = 1;
+    scan_from(g, &k, &kn, 1, b0, dist);
+    int64_t best = argmin(g->dist, g->nc);
+    if (best < 0) return -1;
+    double cn = sqrt(g->cnorm[best] > 0 ? (double)g->cnorm[best] : 0.0);
+    if ((double)g->dist[best] > g->delta2 + fast_err(d, knorm, cn)) return -1;
+    return dist2_centre(g, k, best) <= g->delta2 ? best : -1;
+}
+
+/* Open a cluster with centre k; g->dist holds the scan of k against the
+ * existing centres, which is exactly what the index bounds need. */
+static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv_err *err)
+{
+    int d = g->ctx.d;
+    if (grow_clusters(g, err)) return err->code;
+    int64_t c = g->nc;
+    if (c % CB == 0) { /* a fresh block: padding lanes defined (zero) */
+        memset(cblock(g, c), 0, sizeof(float) * CB * (size_t)d);
+        memset(g->cnorm + c, 0, sizeof(float) * CB);
+        if (g->use_index)
+            for (int i = 0; i < CB * NP; i++) g->cproj[c * NP + i] = INFINITY;
+    }
+    float *cb = cblock(g, c) + c % CB;
+    for (int i = 0; i < d; i++) cb[(size_t)i * CB] = k[i];
+    g->cnorm[c] = kn;
+    kv_reservoir_init(&g->cl[c].r, g->t);
+    g->cl[c].cap = 0;
+    g->cl[c].keys = NULL;
+    double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
+    if (g->use_index) {
+        float *cp = g->cproj + (c / CB) * CB * NP + c % CB;
+        for (int p = 0; p < NP; p++) cp[p * CB] = pk[p];
+        double nn = INFINITY;
+        for (int64_t j = 0; j < c; j++) {
+            double cj = sqrt(g->cnorm[j] > 0 ? (double)g->cnorm[j] : 0.0);
+            double lb = (double)g->dist[j] - fast_err(d, knorm, cj);
+            lb = lb > 0 ? sqrt(lb) : 0.0;
+            if (lb < nn) nn = lb;
+            if (lb < g->nnd[j]) g->nnd[j] = lb;
+        }
+        g->nnd[c] = nn;
+    }
+    if (knorm > g->cmax) g->cmax = knorm;
+    g->nc++;
+    return KV_OK;
+}
+
+/* ---- method ops -------------------------------------------------------- */
+
+/* free the clusters and every per-cluster array (keys, centres, index) */
+static void free_clusters(subgen *g)
+{
+    for (int64_t c = 0; c < g->nc; c++) free(g->cl[c].keys);
+    free(g->cent);
+    free(g->cnorm);
+    free(g->cl);
+    free(g->dist);
+    free(g->cproj);
+    free(g->nnd);
+    g->cent = g->cnorm = g->dist = g->cproj = NULL;
+    g->cl = NULL;
+    g->nnd = NULL;
+    g->nc = g->ccap = g->nres = 0;
+}
+
+static void subgen_free(void *state)
+{
+    subgen *g = state;
+    if (!g) return;
+    free_clusters(g);
+    free(g->pre);
+    free(g->proj);
+    kv_l2_clear(&g->l2);
+    free(g->sk);
+    free(g->sv);
+    free(g->take);
+    free(g->bk);
+    free(g->bv);
+    free(g);
+}
+
+static int subgen_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    double delta;
+    int64_t t, s, seed, index;
+    *out = NULL;
+    if (kv_spec_double(spec, "delta", 1, 0, 0.0, DBL_MAX, &delta, err) ||
+        kv_spec_int(spec, "t", 1, 0, 1, INT32_MAX, &t, err) ||
+        kv_spec_int(spec, "s", 1, 0, 1, 1 << 24, &s, err) ||
+        kv_spec_int(spec, "seed", 0, -1, 0, INT64_MAX, &seed, err) ||
+        kv_spec_int(spec, "index", 0, 1, 0, 1, &index, err) ||
+        kv_spec_finish(spec, err))
+        return err->code;
+    if (ctx->d < 1 || ctx->dv < 1)
+        return kv_seterr(err, KV_EINPUT, "method '%s': needs d >= 1 and dv >= 1", spec->text);
+    if (ctx->semantics != KV_SEM_FULL)
+        return kv_seterr(err, KV_EINPUT, "method '%s': subgen estimates full attention only", spec->text);
+    subgen *g = kv_calloc(1, sizeof *g, err);
+    if (!g) return err->code;
+    g->ctx = *ctx;
+    g->delta = delta;
+    g->delta2 = delta * delta;
+    g->t = t;
+    g->s = (int)s;
+    g->use_index = (int)index;
+    g->last = -1;
+    g->buf_on = 1;
+    /* seed=<n> replaces --seed; stream and rank are mixed in either way */
+    kv_rng_seed(&g->rng, seed < 0 ? ctx->seed : (uint64_t)seed, (uint64_t)ctx->stream, (uint64_t)ctx->rank);
+    int d = ctx->d, dv = ctx->dv;
+    g->sk = kv_malloc(sizeof(float) * (size_t)s * (size_t)d, err);
+    g->sv = kv_malloc(sizeof(float) * (size_t)s * (size_t)dv, err);
+    g->take = kv_malloc(sizeof(int) * (size_t)s, err);
+    if (!g->sk || !g->sv || !g->take || kv_l2_init(&g->l2, (int)s, err)) goto fail;
+    if (g->use_index) {
+        /* the projection only steers guesses, never results: a fixed seed */
+        g->proj = kv_malloc(sizeof(float) * NP * (size_t)d, err);
+        if (!g->proj) goto fail;
+        kv_rng pr;
+        kv_rng_seed(&pr, 0x70726f6aULL, 0, 0);
+        for (int i = 0; i < NP * d; i++) g->proj[i] = (float)kv_rng_normal(&pr);
+    }
+    *out = g;
+    return KV_OK;
+fail:
+    subgen_free(g);
+    return err->code;
+}
+
+/* store k in slot of cluster c (slots fill in order while n_c <= t) */
+static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, kv_err *err)
+{
+    cluster *cl = &g->cl[c];
+    int d = g->ctx.d;
+    if (slot >= cl->cap) {
+        int64_t nc = cl->cap ? 2 * cl->cap : 1;
+        if (nc > g->t) nc = g->t;
+        float *p = realloc(cl->keys, sizeof(float) * (size_t)(nc * d));
+        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for cluster samples");
+        cl->keys = p;
+        cl->cap = nc;
+    }
+    memcpy(cl->keys + slot * d, k, sizeof(float) * (size_t)d);
+    return KV_OK;
+}
+
+/* one more token for the numerator: l2 samplers and the exact buffer */
+static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv_err *err)
+{
+    int d = g->ctx.d, dv = g->ctx.dv;
+    double w = norm2_exact(v, dv);
+    if (!(w > 0.0) || !isfinite(w)) return KV_OK; /* contributes nothing */
+    g->nval++;
+    if (g->buf_on) {
+        if (g->nval > g->s) { /* too many to hold: from now on the samplers answer */
+            free(g->bk);
+            free(g->bv);
+            g->bk = g->bv = NULL;
+            g->nbuf = g->bcap = 0;
+            g->buf_on = 0;
+        } else {
+            int64_t kc = g->bcap, vc = g->bcap;
+            if (grow((void **)&g->bk, &kc, g->nbuf + 1, sizeof(float) * (size_t)d, 64, err) ||
+                grow((void **)&g->bv, &vc, g->nbuf + 1, sizeof(float) * (size_t)dv, 64, err))
+                return err->code;
+            g->bcap = kc < vc ? kc : vc;
+            memcpy(g->bk + g->nbuf * d, k, sizeof(float) * (size_t)d);
+            memcpy(g->bv + g->nbuf * dv, v, sizeof(float) * (size_t)dv);
+            g->nbuf++;
+        }
+    }
+    int nt = kv_l2_offer(&g->l2, &g->rng, id, w, g->take);
+    for (int i = 0; i < nt; i++) {
+        int j = g->take[i];
+        memcpy(g->sk + (size_t)j * d, k, sizeof(float) * (size_t)d);
+        memcpy(g->sv + (size_t)j * dv, v, sizeof(float) * (size_t)dv);
+    }
+    return KV_OK;
+}
+
+/* Scan keys i .. i+nk-1 against all centres in one batched pass. */
+static int scan_ahead(subgen *g, const float *K, size_t i, int nk, kv_err *err)
+{
+    int d = g->ctx.d;
+    if (g->pre_cap < g->ccap) {
+        float *p = realloc(g->pre, sizeof(float) * GK * (size_t)g->ccap);
+        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for scan scratch");
+        g->pre = p;
+        g->pre_cap = g->ccap;
+    }
+    const float *ks[GK];
+    float kn[GK], *rows[GK];
+    for (int q = 0; q < nk; q++) {
+        ks[q] = K + (i + (size_t)q) * d;
+        kn[q] = dot1(ks[q], ks[q], d);
+        rows[q] = g->pre + (size_t)q * g->pre_cap;
+    }
+    scan_from(g, ks, kn, nk, 0, rows);
+    return KV_OK;
+}
+
+static int subgen_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    float pk[NP];
+    size_t pre_first = 0, pre_end = 0;
+    int64_t pre_nc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float *k = K + i * (size_t)d, *v = V + i * (size_t)dv;
+        /* Scan ahead in batches when scans are what this stream needs (no
+         * index, or the index has mostly failed lately).  The choice only
+         * affects speed: every distance comes out bitwise the same. */
+        int want = !g->use_index || g->nc < IDX_MIN || __builtin_popcount(g->hist) >= 4;
+        if (i >= pre_end && want && g->nc > 0 && n - i >= 2) {
+            int nk = n - i < GK ? (int)(n - i) : GK;
+            if (scan_ahead(g, K, i, nk, err)) return err->code;
+            pre_first = i;
+            pre_end = i + (size_t)nk;
+            pre_nc = g->nc;
+        }
+        const float *pre = i < pre_end ? g->pre + (i - pre_first) * (size_t)g->pre_cap : NULL;
+        float kn = dot1(k, k, d);
+        if (g->use_index) project(g, k, pk);
+        g->scanned = 0;
+        int64_t c = find_cluster(g, k, kn, pk, pre, pre_nc);
+        g->hist = ((g->hist << 1) | (unsigned)g->scanned) & 0xffu;
+        if (c < 0) {
+            if (open_cluster(g, k, kn, pk, err)) return err->code;
+            c = g->nc - 1;
+        }
+        g->last = c;
+        int64_t before = kv_reservoir_size(&g->cl[c].r);
+        int64_t slot = kv_reservoir_offer(&g->cl[c].r, &g->rng);
+        if (slot >= 0 && reservoir_store(g, c, slot, k, err)) {
+            g->cl[c].r.n--; /* leave the state as it was */
+            return err->code;
+        }
+        g->nres += kv_reservoir_size(&g->cl[c].r) - before;
+        if (value_token(g, k, v, first + (int64_t)i, err)) return err->code;
+    }
+    return KV_OK;
+}
+
+/* Up to CB queries at once, one per lane: the queries are transposed into
+ * QT (d rows of CB floats) and dot_blocks gives the CB logits of a key with
+ * one SIMD multiply-add per coordinate.  Lanes never mix, so a query's state
+ * is bitwise the same whatever batch it comes in.  S holds nall rows of CB
+ * logits: reservoir keys cluster by cluster, then the numerator keys. */
+static void block_states(const subgen *g, const float *Q, int nq, float *QT, float *S, int64_t nall, double *st)
+{
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    memset(QT, 0, sizeof(float) * CB * (size_t)d);
+    for (int q = 0; q < nq; q++)
+        for (int i = 0; i < d; i++) QT[(size_t)i * CB + q] = Q[(size_t)q * d + i];
+
+    /* logits, GK keys per pass over QT */
+    const float *kp[GK];
+    float *op[GK];
+    int nk = 0;
+    int64_t row = 0;
+    for (int64_t c = 0; c <= g->nc; c++) {
+        /* c == nc: the numerator keys */
+        const float *keys = c < g->nc ? g->cl[c].keys : g->buf_on ? g->bk : g->sk;
+        int64_t ns = c < g->nc ? kv_reservoir_size(&g->cl[c].r) : nall - g->nres;
+        for (int64_t j = 0; j < ns; j++, row++) {
+            kp[nk] = keys + j * d;
+            op[nk++] = S + row * CB;
+            if (nk == GK) {
+                dot_blocks(QT, kp, GK, d, op);
+                nk = 0;
+            }
+        }
+    }
+    for (int q = 0; q < nk; q++) dot_blocks(QT, kp + q, 1, d, op + q);
+
+    /* scale, one max per lane over every logit, exp */
+    vecf m, r, sc = (vecf){ 0 } + (float)g->ctx.scale;
+    for (int l = 0; l < CB; l++) m[l] = -INFINITY;
+    for (int64_t i = 0; i < nall; i++) {
+        memcpy(&r, S + i * CB, sizeof r);
+        r *= sc;
+        memcpy(S + i * CB, &r, sizeof r);
+        m = (vecf)(((veci)r & (r > m)) | ((veci)m & ~(r > m)));
+    }
+    for (int64_t i = 0; i < nall; i++) {
+        memcpy(&r, S + i * CB, sizeof r);
+        r -= m;
+        memcpy(S + i * CB, &r, sizeof r);
+    }
+    kv_expf_neg(S, (size_t)nall * CB);
+
+    /* denominator: sum_c (n_c / |sample_c|) sum_{k in sample_c} e^{a - m} */
+    double l[CB] = { 0 };
+    row = 0;
+    for (int64_t c = 0; c < g->nc; c++) {
+        int64_t ns = kv_reservoir_size(&g->cl[c].r);
+        double e[CB] = { 0 }, w = (double)g->cl[c].r.n / (double)ns;
+        for (int64_t j = 0; j < ns; j++, row++)
+            for (int q = 0; q < CB; q++) e[q] += S[row * CB + q];
+        for (int q = 0; q < CB; q++) l[q] += w * e[q];
+    }
+    /* numerator: exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2 */
+    for (int q = 0; q < nq; q++) {
+        double *o = st + (size_t)q * sl, *u = o + KV_PS_U;
+        memset(u, 0, sizeof(double) * (size_t)dv);
+        for (int64_t j = 0; row + j < nall; j++) {
+            double e = S[(row + j) * CB + q];
+            const float *v;
+            if (g->buf_on) {
+                v = g->bv + j * dv;
+            } else {
+                e *= g->l2.F / ((double)g->s * g->l2.w[j]);
+                v = g->sv + j * dv;
+            }
+            for (int c = 0; c < dv; c++) u[c] += e * v[c];
+        }
+        o[KV_PS_M] = m[q];
+        o[KV_PS_L] = l[q];
+        o[KV_PS_L2] = 0.0;
+    }
+}
+
+static int subgen_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    (void)p; /* the driver calls us exactly when we hold the tokens < p */
+    const subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    int64_t nnum = g->buf_on ? g->nbuf : (g->l2.F > 0.0 ? g->s : 0);
+    int64_t nall = g->nres + nnum;
+    if (g->nres == 0) { /* nothing ingested */
+        for (int q = 0; q < nq; q++) kv_partial_clear(st + (size_t)q * sl, dv);
+        return KV_OK;
+    }
+    int nb = (nq + CB - 1) / CB, bad = 0;
+    /* query blocks are independent: the same result for any thread count */
+#pragma omp parallel if (nb > 1 && !omp_in_parallel()) reduction(| : bad)
+    {
+        float *S = malloc(sizeof(float) * CB * (size_t)nall), *QT = malloc(sizeof(float) * CB * (size_t)d);
+        bad = !S || !QT;
+#pragma omp for schedule(dynamic, 1)
+        for (int b = 0; b < nb; b++) {
+            if (bad) continue; /* this thread has no scratch; the call fails */
+            int q0 = b * CB, n = nq - q0 < CB ? nq - q0 : CB;
+            block_states(g, Q + (size_t)q0 * d, n, QT, S, nall, st + (size_t)q0 * sl);
+        }
+        free(S);
+        free(QT);
+    }
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+static size_t subgen_bytes(const void *state)
+{
+    const subgen *g = state;
+    size_t d = (size_t)g->ctx.d, dv = (size_t)g->ctx.dv;
+    size_t b = sizeof *g;
+    b += (size_t)g->nc * (d * sizeof(float) + sizeof(float) + sizeof(int64_t)); /* centre, |c|^2, n_c */
+    b += (size_t)g->nres * d * sizeof(float);                                  /* reservoir keys */
+    if (g->use_index) b += NP * d * sizeof(float) + (size_t)g->nc * (NP * sizeof(float) + sizeof(double));
+    b += kv_l2_bytes(&g->l2);
+    if (g->l2.F > 0.0) b += (size_t)g->s * (d + dv) * sizeof(float); /* held samples */
+    b += (size_t)g->nbuf * (d + dv) * sizeof(float);
+    return b;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void subgen_extra(const void *state, kv_method_extra *x)
+{
+    const subgen *g = state;
+    x->clusters = g->nc;
+    int64_t kept = g->nres;
+    if (g->buf_on) {
+        kept += g->nbuf;
+    } else if (g->l2.F > 0.0) { /* distinct tokens among the s samples */
+        int64_t *ids = malloc(sizeof(int64_t) * (size_t)g->s);
+        if (ids) {
+            memcpy(ids, g->l2.item, sizeof(int64_t) * (size_t)g->s);
+            qsort(ids, (size_t)g->s, sizeof(int64_t), cmp_i64);
+            for (int j = 0; j < g->s; j++) kept += j == 0 || ids[j] != ids[j - 1];
+            free(ids);
+        } else {
+            kept += g->s;
+        }
+    }
+    x->kept_tokens = kept;
+}
+
+/* ---- checkpoints ------------------------------------------------------- */
+
+#define SG_MAGIC INT64_C(0x316e656762757376) /* "vsubgen1" */
+
+/* Saved, in this order: magic, d, dv, t, s, index and delta (checked on
+ * load), the generator, the scan history and the last token's cluster; the
+ * centres as nc rows of d floats, |c|^2, the counts n_c, the reservoir keys
+ * (one array, cluster after cluster, min(n_c, t) rows each), the index's
+ * lower bounds nnd (empty with index=0); the l2 samplers (kv_l2_save) and
+ * their pairs (s rows of keys and of values once F > 0, else none); the
+ * exact buffer's switch, nval and its rows.  Every array is in
+ * kv_buf_put_arr's format (byte length, then bytes).
+ * Recomputed on load, bit for bit: the block layout of the centres with its
+ * padding, the projected centres (proj comes from a fixed seed; projecting a
+ * centre repeats what ingest did with the key that opened it), cmax, nres.
+ * Capacities and scratch are not state: they never change a result. */
+static void subgen_save(const void *state, kv_buf *out)
+{
+    const subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    size_t rowb = sizeof(float) * (size_t)d, nc = (size_t)g->nc;
+    float *row = malloc(rowb);
+    if (!row) { /* save cannot return an error: mark the buffer unusable */
+        out->failed = 1;
+        return;
+    }
+    kv_buf_put_i64(out, SG_MAGIC);
+    kv_buf_put_i64(out, d);
+    kv_buf_put_i64(out, dv);
+    kv_buf_put_i64(out, g->t);
+    kv_buf_put_i64(out, g->s);
+    kv_buf_put_i64(out, g->use_index);
+    kv_buf_put_f64(out, g->delta);
+    kv_buf_put(out, g->rng.s, sizeof g->rng.s);
+    kv_buf_put_i64(out, (int64_t)g->hist);
+    kv_buf_put_i64(out, g->last);
+    kv_buf_put_i64(out, (int64_t)(nc * rowb)); /* centres: rows out of the blocks */
+    for (size_t c = 0; c < nc; c++) {
+        const float *cb = cblock(g, (int64_t)c) + c % CB;
+        for (int i = 0; i < d; i++) row[i] = cb[(size_t)i * CB];
+        kv_buf_put(out, row, rowb);
+    }
+    kv_buf_put_arr(out, g->cnorm, nc * sizeof(float));
+    kv_buf_put_i64(out, (int64_t)(nc * sizeof(int64_t)));
+    for (size_t c = 0; c < nc; c++) kv_buf_put_i64(out, g->cl[c].r.n);
+    kv_buf_put_i64(out, (int64_t)((size_t)g->nres * rowb));
+    for (size_t c = 0; c < nc; c++) kv_buf_put(out, g->cl[c].keys, (size_t)kv_reservoir_size(&g->cl[c].r) * rowb);
+    kv_buf_put_arr(out, g->nnd, g->use_index ? nc * sizeof(double) : 0);
+    kv_l2_save(&g->l2, out);
+    size_t held = g->l2.F > 0.0 ? (size_t)g->s : 0;
+    kv_buf_put_arr(out, g->sk, held * rowb);
+    kv_buf_put_arr(out, g->sv, held * (size_t)dv * sizeof(float));
+    kv_buf_put_i64(out, g->buf_on);
+    kv_buf_put_i64(out, g->nval);
+    kv_buf_put_arr(out, g->bk, (size_t)g->nbuf * rowb);
+    kv_buf_put_arr(out, g->bv, (size_t)g->nbuf * (size_t)dv * sizeof(float));
+    free(row);
+}
+
+/* Lay nc clusters out in t as ingest would have: centres C (rows) in blocks
+ * with zero padding, |c|^2 N, counts cnt, reservoir keys R (cluster after
+ * cluster), the index (cproj projected again, padding +inf; nnd); capacity
+ * 64 doubled, as grow_clusters leaves it.  t holds no clusters on entry. */
+static int build_clusters(subgen *t, const float *C, const float *N, const int64_t *cnt, const float *R,
+                          const double *nnd, int64_t nc, kv_err *err)
+{
+    int d = t->ctx.d;
+    if (nc == 0) return KV_OK;
+    int64_t cap = 64;
+    while (cap < nc) cap *= 2;
+    t->cent = calloc((size_t)(cap * d), sizeof(float));
+    t->cnorm = calloc((size_t)cap, sizeof(float));
+    t->cl = calloc((size_t)cap, sizeof(cluster));
+    t->dist = malloc(sizeof(float) * (size_t)cap);
+    if (t->use_index) {
+        t->cproj = malloc(sizeof(float) * (size_t)(cap * NP));
+        t->nnd = malloc(sizeof(double) * (size_t)cap);
+    }
+    if (!t->cent || !t->cnorm || !t->cl || !t->dist || (t->use_index && (!t->cproj || !t->nnd)))
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld subgen clusters", (long long)nc);
+    t->ccap = cap;
+    t->nc = nc; /* keys are NULL until allocated: free_clusters can run at any point */
+    if (t->use_index)
+        for (int64_t i = 0; i < cap * NP; i++) t->cproj[i] = INFINITY;
+    const float *keys = R;
+    for (int64_t c = 0; c < nc; c++) {
+        const float *k = C + c * d;
+        float *cb = cblock(t, c) + c % CB;
+        for (int i = 0; i < d; i++) cb[(size_t)i * CB] = k[i];
+        t->cnorm[c] = N[c];
+        double knorm = sqrt(N[c] > 0 ? (double)N[c] : 0.0);
+        if (knorm > t->cmax) t->cmax = knorm;
+        cluster *cl = &t->cl[c];
+        kv_reservoir_init(&cl->r, t->t);
+        cl->r.n = cnt[c];
+        int64_t size = kv_reservoir_size(&cl->r);
+        cl->keys = malloc(sizeof(float) * (size_t)(size * d));
+        if (!cl->keys) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring subgen samples");
+        cl->cap = size;
+        memcpy(cl->keys, keys, sizeof(float) * (size_t)(size * d));
+        keys += size * d;
+        t->nres += size;
+        if (t->use_index) {
+            float pk[NP], *cp = t->cproj + (c / CB) * CB * NP + c % CB;
+            project(t, k, pk);
+            for (int p = 0; p < NP; p++) cp[p * CB] = pk[p];
+            t->nnd[c] = nnd[c];
+        }
+    }
+    return KV_OK;
+}
+
+/* Restore what subgen_save wrote into a state fresh from subgen_create (same
+ * spec and ctx).  Everything is read and checked before anything is built;
+ * the state is only changed on success. */
+static int subgen_load(void *state, kv_rd *in, kv_err *err)
+{
+    subgen *g = state;
+    int d = g->ctx.d, dv = g->ctx.dv;
+    int64_t lim = kv_shard_limit(&g->ctx);
+    size_t mx = (size_t)(lim > 0 ? lim : 0), s = (size_t)g->s;
+    int64_t hdr[6], hist, last, buf_on, nval, total = 0, nres = 0;
+    double delta;
+    kv_rng rng;
+    void *C = NULL, *N = NULL, *cnt = NULL, *R = NULL, *nnd = NULL, *SK = NULL, *SV = NULL, *BK = NULL, *BV = NULL;
+    size_t nc = 0, nn = 0, ncnt = 0, nr = 0, nnn = 0, nsk = 0, nsv = 0, nbk = 0, nbv = 0;
+    kv_l2_sampler l2 = { 0 };
+    subgen t = *g; /* the restored state, built aside */
+    t.nc = t.ccap = t.nres = 0;
+    t.cent = t.cnorm = t.dist = t.cproj = NULL;
+    t.cl = NULL;
+    t.nnd = NULL;
+    t.cmax = 0.0;
+    const char *bad = NULL;
+
+    for (int i = 0; i < 6; i++)
+        if (kv_rd_i64(in, &hdr[i], err)) goto fail;
+    if (kv_rd_f64(in, &delta, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) || kv_rd_i64(in, &hist, err) ||
+        kv_rd_i64(in, &last, err))
+        goto fail;
+    if (hdr[0] != SG_MAGIC || hdr[1] != d || hdr[2] != dv || hdr[3] != g->t || hdr[4] != g->s ||
+        hdr[5] != g->use_index || memcmp(&delta, &g->delta, sizeof delta)) {
+        bad = "was saved with another spec, d or dv";
+        goto bad;
+    }
+    if (!(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3])) { bad = "has a zero generator state"; goto bad; }
+    if (hist < 0 || hist > 0xff) { bad = "has a bad scan history"; goto bad; }
+
+    /* clusters: centres, |c|^2, counts, reservoir keys, index bounds */
+    if (kv_rd_arr(in, &C, sizeof(float) * (size_t)d, mx, &nc, err) ||
+        kv_rd_arr(in, &N, sizeof(float), mx, &nn, err) || kv_rd_arr(in, &cnt, sizeof(int64_t), mx, &ncnt, err) ||
+        kv_rd_arr(in, &R, sizeof(float) * (size_t)d, mx, &nr, err) ||
+        kv_rd_arr(in, &nnd, sizeof(double), mx, &nnn, err))
+        goto fail;
+    if (nn != nc || ncnt != nc || nnn != (g->use_index ? nc : 0)) {
+        bad = "has cluster arrays of different lengths";
+        goto bad;
+    }
+    for (size_t c = 0; c < nc; c++) {
+        int64_t n = ((int64_t *)cnt)[c];
+        float cn = ((float *)N)[c];
+        if (n < 1 || n > lim - total) { bad = "has cluster counts beyond the rank's tokens"; goto bad; }
+        total += n;
+        nres += n < g->t ? n : g->t;
+        if (!(cn >= 0.0f) || !isfinite(cn)) { bad = "has a bad centre norm"; goto bad; }
+        if (nnn && !(((double *)nnd)[c] >= 0.0)) { bad = "has a bad index bound"; goto bad; }
+    }
+    if ((int64_t)nr != nres) { bad = "has reservoir keys that do not match the cluster counts"; goto bad; }
+    if (nc ? (last < 0 || last >= (int64_t)nc) : last != -1) { bad = "has a bad last cluster index"; goto bad; }
+    if (!kv_all_finite(C, nc * (size_t)d) || !kv_all_finite(R, nr * (size_t)d)) {
+        bad = "has a key that is not finite";
+        goto bad;
+    }
+
+    /* l2 samplers, their pairs, the exact buffer */
+    if (kv_l2_load(&l2, g->s, in, g->ctx.n_total, err) ||
+        kv_rd_arr(in, &SK, sizeof(float) * (size_t)d, s, &nsk, err) ||
+        kv_rd_arr(in, &SV, sizeof(float) * (size_t)dv, s, &nsv, err) || kv_rd_i64(in, &buf_on, err) ||
+        kv_rd_i64(in, &nval, err) || kv_rd_arr(in, &BK, sizeof(float) * (size_t)d, s, &nbk, err) ||
+        kv_rd_arr(in, &BV, sizeof(float) * (size_t)dv, s, &nbv, err))
+        goto fail;
+    size_t held = l2.F > 0.0 ? s : 0;
+    if (nsk != held || nsv != held) { bad = "has l2 samples that do not match its samplers"; goto bad; }
+    if (nval < 0 || nval > total || (nval > 0) != (l2.F > 0.0) || buf_on != (nval <= g->s) ||
+        nbk != (buf_on ? (size_t)nval : 0) || nbv != nbk) {
+        bad = "has an inconsistent exact buffer";
+        goto bad;
+    }
+    if (!kv_all_finite(SK, nsk * (size_t)d) || !kv_all_finite(SV, nsv * (size_t)dv) ||
+        !kv_all_finite(BK, nbk * (size_t)d) || !kv_all_finite(BV, nbv * (size_t)dv)) {
+        bad = "has a key or value that is not finite";
+        goto bad;
+    }
+
+    if (build_clusters(&t, C, N, cnt, R, nnd, (int64_t)nc, err)) goto fail;
+    t.rng = rng;
+    t.hist = (unsigned)hist;
+    t.last = last;
+    t.l2 = l2;
+    if (held) {
+        memcpy(t.sk, SK, sizeof(float) * held * (size_t)d); /* t.sk is g->sk */
+        memcpy(t.sv, SV, sizeof(float) * held * (size_t)dv);
+    }
+    t.buf_on = (int)buf_on;
+    t.nval = nval;
+    t.nbuf = t.bcap = (int64_t)nbk;
+    t.bk = BK;
+    t.bv = BV;
+    free_clusters(g);
+    kv_l2_clear(&g->l2);
+    free(g->bk);
+    free(g->bv);
+    *g = t;
+    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV);
+    return KV_OK;
+bad:
+    kv_seterr(err, KV_EINPUT, "checkpoint: subgen state %s", bad);
+fail:
+    free_clusters(&t);
+    kv_l2_clear(&l2);
+    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV); free(BK); free(BV);
+    return err->code;
+}
+
+/* Worst case: every token of the shard opens its own cluster (centre, |c|^2,
+ * count, index entry and one reservoir key each), the exact buffer holds
+ * min(s, tokens) rows while the s samples are held too. */
+static int64_t subgen_max_bytes(const void *state)
+{
+    const subgen *g = state;
+    int64_t lim = kv_shard_limit(&g->ctx), d = g->ctx.d, dv = g->ctx.dv, f = (int64_t)sizeof(float);
+    int64_t per = d * f + f + (int64_t)sizeof(int64_t) + d * f;
+    int64_t b = (int64_t)sizeof *g + (int64_t)kv_l2_bytes(&g->l2) + (int64_t)g->s * (d + dv) * f;
+    if (g->use_index) {
+        per += NP * f + (int64_t)sizeof(double);
+        b += NP * d * f;
+    }
+    int64_t nbuf = g->s < lim ? g->s : lim;
+    return b + lim * per + nbuf * (d + dv) * f;
+}
+
+const kv_method_ops kv_method_subgen = {
+    .name = "subgen",
+    .usage = "delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
+    .create = subgen_create,
+    .ingest = subgen_ingest,
+    .partial = subgen_partial,
+    .bytes = subgen_bytes,
+    .extra = subgen_extra,
+    .free = subgen_free,
+    .save = subgen_save,
+    .load = subgen_load,
+    .max_bytes = subgen_max_bytes,
+};

@@ -1,0 +1,64 @@
+#!/usr/bin/python3
+"""The architecture rules of CMakeLists.txt, checked on the sources.
+
+usage: check_layers.py ROOT name=dir=dep1,dep2, ...   (the KV_LAYERS list)
+1. A file in a layer's folder includes project headers by folder path
+   ("core/kverr.h"), only from its own layer or from one it declares.
+2. No MPI collective (or point-to-point call) outside mpi/.
+3. No abort() or exit() in library code (every layer but cmd, and main.c):
+   errors are returned."""
+import os
+import re
+import sys
+
+root, specs = sys.argv[1], sys.argv[2:]
+layers = {}
+for s in specs:
+    name, d, deps = s.split("=")
+    layers[name] = (d, {x for x in deps.split(",") if x})
+by_prefix = set(layers)
+COLL = re.compile(r"\bMPI_(Allreduce|Reduce|Bcast|Barrier|Allgather|Allgatherv|Gather|Gatherv|Scatter|"
+                  r"Scatterv|Alltoall|Alltoallv|Send|Recv|Isend|Irecv|Sendrecv|Exscan|Scan|Ireduce|"
+                  r"Iallreduce|Ibcast|Init|Init_thread|Finalize)\s*\(")
+ABORT = re.compile(r"\b(abort|exit)\s*\(")
+problems, files = [], 0
+
+
+def strip_comments(text):
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+for name, (d, deps) in sorted(layers.items()):
+    folder = os.path.join(root, d)
+    for f in sorted(os.listdir(folder)):
+        if not f.endswith((".c", ".h")):
+            continue
+        files += 1
+        path = os.path.join(d, f)
+        text = strip_comments(open(os.path.join(folder, f)).read())
+        for ln, line in enumerate(text.splitlines(), 1):
+            m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+            if m:
+                inc = m.group(1)
+                top = inc.split("/")[0] if "/" in inc else None
+                if top not in by_prefix:
+                    problems.append("%s:%d: include \"%s\" is not by layer folder" % (path, ln, inc))
+                elif top != name and top not in deps:
+                    problems.append("%s:%d: layer %s includes %s, which it does not declare (declared: %s)"
+                                    % (path, ln, name, inc, ", ".join(sorted(deps)) or "none"))
+            if name != "mpi" and COLL.search(line):
+                problems.append("%s:%d: MPI collective outside mpi/: %s" % (path, ln, line.strip()))
+            if name != "cmd" and ABORT.search(line):
+                problems.append("%s:%d: abort/exit in library code: %s" % (path, ln, line.strip()))
+main = strip_comments(open(os.path.join(root, "src", "main.c")).read())
+for ln, line in enumerate(main.splitlines(), 1):
+    if COLL.search(line):
+        problems.append("src/main.c:%d: MPI call outside mpi/: %s" % (ln, line.strip()))
+for p in problems:
+    print(p)
+print("check_layers: %d files in %d layers" % (files, len(layers)))
+if problems:
+    print("check_layers: 0 passed, %d failed" % len(problems))
+    sys.exit(1)
+print("check_layers: 1 passed, 0 failed")
