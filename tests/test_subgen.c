@@ -532,9 +532,9 @@ static void test_specs(void)
     kv_method_ctx c = mkctx(8, 8, 100);
     const char *bad[] = {
         "subgen:delta=-1,t=16,s=128", "subgen:delta=0.5,t=0,s=128", "subgen:delta=0.5,t=16,s=0",
-        "subgen:delta=0.5,t=16,s=128,foo=1", "subgen:delta=,t=16,s=128", "subgen:delta=0.5,t=16",
+        "subgen:delta=0.5,t=16,s=128,foo=1", "subgen:delta=,t=16,s=128",
         "subgen:delta=abc,t=16,s=128", "subgen:delta=0.5,t=1.5,s=128", "subgen:delta=0.5,t=16,s=128,seed=-3",
-        "subgen:delta=0.5,t=16,s=128,index=2", "subgen",
+        "subgen:delta=0.5,t=16,s=128,index=2",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         kv_err err;
@@ -544,7 +544,8 @@ static void test_specs(void)
         if (st) ops->free(st);
     }
     const char *good[] = { "subgen:delta=0.5,t=16,s=128", "subgen:delta=0,t=1,s=1,seed=7,name=sg",
-                           "subgen:delta=1e3,t=16,s=128,index=0" };
+                           "subgen:delta=1e3,t=16,s=128,index=0",
+                           "subgen:delta=0.5,t=16", "subgen" }; /* defaults: delta=1, t=16, s=256 */
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         kv_err err;
         void *st;

@@ -1,7 +1,10 @@
-/* spec.c - parse "method:key=val,key=val,method2" lists. */
+/* spec.c - parse "method:key=val,key=val,method2" lists, and check them
+ * against a method's parameter table. */
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,4 +173,212 @@ int kv_spec_finish(const kv_spec *sp, kv_err *err)
 void kv_spec_reset(kv_spec *sp)
 {
     for (int i = 0; i < sp->np; i++) sp->p[i].used = !strcmp(sp->p[i].key, "name");
+}
+
+/* ---- parameter tables ---------------------------------------------------- */
+
+/* 2^k and 2^k-1 read better than their digits */
+static void fmt_int(char *b, size_t n, int64_t v)
+{
+    if (v == INT64_MAX) { snprintf(b, n, "2^63-1"); return; }
+    if (v >= 65536 && !(v & (v - 1))) { snprintf(b, n, "2^%d", __builtin_ctzll((unsigned long long)v)); return; }
+    if (v >= 65535 && !((v + 1) & v)) { snprintf(b, n, "2^%d-1", __builtin_ctzll((unsigned long long)v + 1)); return; }
+    snprintf(b, n, "%lld", (long long)v);
+}
+
+static int open_hi(const kv_param_def *d)
+{
+    return d->type == KV_PT_INT ? d->ihi == INT64_MAX : d->dhi >= DBL_MAX;
+}
+
+static void fmt_bounds(const kv_param_def *d, char *lo, char *hi, size_t n)
+{
+    if (d->type == KV_PT_INT) {
+        fmt_int(lo, n, d->ilo);
+        fmt_int(hi, n, d->ihi);
+    } else {
+        snprintf(lo, n, "%g", d->dlo);
+        snprintf(hi, n, "%g", d->dhi);
+    }
+}
+
+/* ">= 1" or "1..2^31-1" */
+static void fmt_range(char *b, size_t n, const kv_param_def *d)
+{
+    char lo[32], hi[32];
+    fmt_bounds(d, lo, hi, sizeof lo);
+    if (open_hi(d)) snprintf(b, n, ">= %s", lo);
+    else snprintf(b, n, "%s..%s", lo, hi);
+}
+
+/* "W >= 1" or "1 <= t <= 2^31-1" */
+static void fmt_rule(char *b, size_t n, const kv_param_def *d)
+{
+    char lo[32], hi[32];
+    fmt_bounds(d, lo, hi, sizeof lo);
+    if (open_hi(d)) snprintf(b, n, "%s >= %s", d->name, lo);
+    else snprintf(b, n, "%s <= %s <= %s", lo, d->name, hi);
+}
+
+static void fmt_default(char *b, size_t n, const kv_param_def *d)
+{
+    if (d->required) snprintf(b, n, "required");
+    else if (d->def_text) snprintf(b, n, "%s", d->def_text);
+    else if (d->type == KV_PT_INT) fmt_int(b, n, d->idef);
+    else snprintf(b, n, "%g", d->ddef);
+}
+
+static const char *type_name(const kv_param_def *d) { return d->type == KV_PT_INT ? "int" : "number"; }
+
+/* calls fn on every leaf entry (sub-tables flattened) with its absolute offset */
+typedef int (*leaf_fn)(const kv_param_def *d, size_t off, void *arg);
+static int each_leaf(const kv_param_def *defs, size_t base, leaf_fn fn, void *arg)
+{
+    for (const kv_param_def *d = defs; d && d->type != KV_PT_END; d++) {
+        int rc = d->type == KV_PT_TABLE ? each_leaf(d->sub, base + d->offset, fn, arg) : fn(d, base + d->offset, arg);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+typedef struct { char *buf; size_t len; } usage_acc;
+static int usage_one(const kv_param_def *d, size_t off, void *arg)
+{
+    (void)off;
+    usage_acc *a = arg;
+    char r[96], df[64];
+    fmt_range(r, sizeof r, d);
+    fmt_default(df, sizeof df, d);
+    size_t l = strlen(a->buf);
+    snprintf(a->buf + l, a->len - l, "%s=<%s %s, %s%s>, ", d->name, type_name(d), r, d->required ? "" : "default ",
+             df);
+    return 0;
+}
+
+void kv_params_usage(const kv_param_def *defs, char *buf, size_t len)
+{
+    if (!len) return;
+    buf[0] = '\0';
+    usage_acc a = { buf, len };
+    each_leaf(defs, 0, usage_one, &a);
+    size_t l = strlen(buf);
+    snprintf(buf + l, len - l, "name=<label>");
+}
+
+static int count_one(const kv_param_def *d, size_t off, void *arg)
+{
+    (void)d;
+    (void)off;
+    ++*(int *)arg;
+    return 0;
+}
+
+int kv_params_count(const kv_param_def *defs)
+{
+    int n = 0;
+    each_leaf(defs, 0, count_one, &n);
+    return n;
+}
+
+typedef struct { FILE *f; const char *indent; } desc_acc;
+static int describe_one(const kv_param_def *d, size_t off, void *arg)
+{
+    (void)off;
+    desc_acc *a = arg;
+    char r[96], df[64];
+    fmt_range(r, sizeof r, d);
+    fmt_default(df, sizeof df, d);
+    fprintf(a->f, "%s%-8s %-6s %s%-10s range %-13s %s\n", a->indent, d->name, type_name(d),
+            d->required ? "" : "default ", df, r, d->help ? d->help : "");
+    return 0;
+}
+
+void kv_params_describe(const kv_param_def *defs, FILE *f, const char *indent)
+{
+    desc_acc a = { f, indent };
+    each_leaf(defs, 0, describe_one, &a);
+}
+
+static int vparams_error(const kv_param_def *defs, const kv_spec *sp, kv_err *err, const char *fmt, va_list ap)
+{
+    char msg[256], use[384];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    kv_params_usage(defs, use, sizeof use);
+    return kv_seterr(err, KV_EINPUT, "--methods: %s: %s (%s takes %s%s)", sp->text, msg, sp->method,
+                     kv_params_count(defs) ? "" : "only ", use);
+}
+
+int kv_params_error(const kv_param_def *defs, const kv_spec *sp, kv_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = vparams_error(defs, sp, err, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static int set_default(const kv_param_def *d, size_t off, void *cfg)
+{
+    unsigned char *c = cfg;
+    if (d->type == KV_PT_INT) memcpy(c + off, &d->idef, sizeof(int64_t));
+    else memcpy(c + off, &d->ddef, sizeof(double));
+    return 0;
+}
+
+/* the leaf named key, and its absolute offset */
+typedef struct { const char *key; const kv_param_def *d; size_t off; } find_acc;
+static int find_one(const kv_param_def *d, size_t off, void *arg)
+{
+    find_acc *a = arg;
+    if (strcmp(d->name, a->key)) return 0;
+    a->d = d;
+    a->off = off;
+    return 1;
+}
+
+typedef struct { const kv_param_def *defs; kv_spec *sp; kv_err *err; } req_acc;
+static int require_one(const kv_param_def *d, size_t off, void *arg)
+{
+    (void)off;
+    req_acc *a = arg;
+    if (!d->required || find(a->sp, d->name)) return 0;
+    return kv_params_error(a->defs, a->sp, a->err, "%s is required", d->name);
+}
+
+int kv_params_parse(const kv_param_def *defs, kv_spec *sp, void *cfg, kv_err *err)
+{
+    each_leaf(defs, 0, set_default, cfg);
+    for (int i = 0; i < sp->np; i++) {
+        kv_param *p = &sp->p[i];
+        if (!strcmp(p->key, "name")) continue;
+        find_acc fa = { p->key, NULL, 0 };
+        each_leaf(defs, 0, find_one, &fa);
+        const kv_param_def *d = fa.d;
+        if (!d) return kv_params_error(defs, sp, err, "unknown parameter '%s'", p->key);
+        char *end, r[96];
+        errno = 0;
+        if (d->type == KV_PT_INT) {
+            long long v = strtoll(p->val, &end, 10);
+            if (errno || *end || end == p->val)
+                return kv_params_error(defs, sp, err, "%s='%s' is not an integer", p->key, p->val);
+            if (v < d->ilo || v > d->ihi) {
+                fmt_rule(r, sizeof r, d);
+                return kv_params_error(defs, sp, err, "%s=%lld is out of range: %s", p->key, v, r);
+            }
+            int64_t x = v;
+            memcpy((unsigned char *)cfg + fa.off, &x, sizeof x);
+        } else {
+            double v = strtod(p->val, &end);
+            if (errno || *end || end == p->val || !isfinite(v))
+                return kv_params_error(defs, sp, err, "%s='%s' is not a number", p->key, p->val);
+            if (v < d->dlo || v > d->dhi) {
+                fmt_rule(r, sizeof r, d);
+                return kv_params_error(defs, sp, err, "%s=%s is out of range: %s", p->key, p->val, r);
+            }
+            memcpy((unsigned char *)cfg + fa.off, &v, sizeof v);
+        }
+        p->used = 1;
+    }
+    req_acc ra = { defs, sp, err };
+    return each_leaf(defs, 0, require_one, &ra) ? err->code : KV_OK;
 }

@@ -22,9 +22,11 @@ typedef struct {
     size_t nruns, rcap;
 } exact_state;
 
+extern const kv_method_ops kv_method_exact;
+
 static int exact_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    if (kv_spec_finish(spec, err)) return err->code;
+    if (!kv_method_cfg(&kv_method_exact, spec, err)) return err->code; /* rejects any parameter */
     exact_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -179,7 +181,11 @@ static int64_t exact_max_bytes(const void *state)
 
 const kv_method_ops kv_method_exact = {
     .name = "exact",
-    .usage = "",
+    .kind = "exact",
+    .summary = "exact softmax attention over every token of the shard (the reference)",
+    .budget = NULL,
+    .params = NULL,
+    .cfg_size = 0,
     .create = exact_create,
     .ingest = exact_ingest,
     .partial = exact_partial,

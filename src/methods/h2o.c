@@ -1,4 +1,4 @@
-/* method_h2o.c - h2o:budget=<tokens>[,recent=<tokens>]: heavy hitters
+/* h2o.c - h2o:budget=<tokens>[,recent=<tokens>]: heavy hitters
  * (H2O, Zhang et al. 2023), ALGORITHMS.md section 4.
  *
  * A rank keeps at most its share of budget (kv_rank_share: proportional to
@@ -45,15 +45,33 @@ typedef struct {
     int64_t rcount;
 } h2o_state;
 
+typedef struct { int64_t budget, recent; } h2o_cfg;
+KV_CFG_FITS(h2o_cfg);
+
+static const kv_param_def h2o_params[] = {
+    KV_PARAM_INT(h2o_cfg, budget, 1024, 1, INT32_MAX, "tokens held over all ranks (each rank its share)"),
+    KV_PARAM_INT_DERIVED(h2o_cfg, recent, -1, "budget/2", 0, INT32_MAX,
+                         "of the budget, the newest tokens always kept; <= budget"),
+    KV_PARAM_TABLE_END
+};
+
+static int h2o_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    h2o_cfg *c = cfg;
+    if (c->recent < 0) c->recent = c->budget / 2;
+    if (c->recent > c->budget)
+        return kv_params_error(h2o_params, spec, err, "recent=%lld exceeds budget=%lld", (long long)c->recent,
+                               (long long)c->budget);
+    return KV_OK;
+}
+
+extern const kv_method_ops kv_method_h2o;
+
 static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t budget, recent;
-    if (kv_spec_int(spec, "budget", 1, 0, 1, INT32_MAX, &budget, err)) return err->code;
-    if (kv_spec_int(spec, "recent", 0, budget / 2, 0, INT32_MAX, &recent, err) || kv_spec_finish(spec, err))
-        return err->code;
-    if (recent > budget)
-        return kv_seterr(err, KV_EINPUT, "method '%s': recent=%lld exceeds budget=%lld", spec->text,
-                         (long long)recent, (long long)budget);
+    const h2o_cfg *c = kv_method_cfg(&kv_method_h2o, spec, err);
+    if (!c) return err->code;
+    int64_t budget = c->budget, recent = c->recent;
     h2o_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -380,7 +398,12 @@ static int64_t h2o_max_bytes(const void *state)
 
 const kv_method_ops kv_method_h2o = {
     .name = "h2o",
-    .usage = "budget=<tokens over all ranks>[,recent=<tokens, default budget/2>]",
+    .kind = "eviction",
+    .summary = "H2O heavy hitters: the tokens with the most accumulated attention, plus the most recent",
+    .budget = "budget tokens over all ranks (ceil(budget/P) per rank)",
+    .params = h2o_params,
+    .cfg_size = sizeof(h2o_cfg),
+    .check = h2o_cfg_check,
     .create = h2o_create,
     .ingest = h2o_ingest,
     .partial = h2o_partial,

@@ -1,7 +1,8 @@
 /* method.h - the one interface every attention method implements.
  *
  * A method instance summarises ONE stream on ONE rank.  The replay driver
- * (src/replay/replay.c) creates one instance per (method, stream) on every rank and
+ * (src/replay/: instances.c, shard.c, batch.c) creates one instance per
+ * (method, stream) on every rank and
  * calls, in stream order:
  *     ingest(block of the rank's tokens)   any number of times
  *     partial(queries at prefix p)         when, and only when, the rank has
@@ -9,8 +10,15 @@
  * partial writes one partial state (src/kernels/partial.h) per query; the driver
  * merges states across ranks with the MPI reduction of mpi/merge.h.
  *
- * Adding a method = one file src/method_<name>.c defining a kv_method_ops,
- * plus one line in src/methods/registry.c. */
+ * Parameters: each method file declares a table of its parameters
+ * (core/spec.h: kv_param_def, with defaults, ranges and help) and its typed
+ * config struct; kv_method_check_specs parses every spec once, before any
+ * stream, into kv_spec.cfg, and create() reads the config with
+ * kv_method_cfg (which parses then only if nobody did).
+ *
+ * Adding a method = one file src/methods/<name>.c defining a kv_method_ops
+ * (with its table and config struct), plus one line in
+ * src/methods/registry.c. */
 #ifndef KVSTREAM_METHOD_H
 #define KVSTREAM_METHOD_H
 
@@ -46,10 +54,20 @@ typedef struct {
 } kv_method_extra;
 
 typedef struct kv_method_ops {
-    const char *name;  /* as written in --methods */
-    const char *usage; /* parameters, e.g. "W=<tokens>" ("" if none) */
-    /* Read parameters from spec (kv_spec_int/double, then kv_spec_finish) and
-     * allocate the state. */
+    const char *name;    /* as written in --methods */
+    const char *kind;    /* `kvstream methods` groups by it: exact, eviction, sampling, sketch, oracle */
+    const char *summary; /* one line */
+    const char *budget;  /* what bounds its memory, one line; NULL: no budget (holds every token) */
+    /* Parameter table (ends with KV_PARAM_TABLE_END; NULL: none but name=)
+     * over the method's config struct of cfg_size <= KV_CFG_MAX bytes. */
+    const kv_param_def *params;
+    size_t cfg_size;
+    /* May be NULL: rules across parameters and derived defaults, on the
+     * config just filled from the table (no ctx: the config must not depend
+     * on the stream).  Errors through kv_params_error. */
+    int (*check)(void *cfg, const kv_spec *spec, kv_err *err);
+    /* Allocate the state from the config (kv_method_cfg(ops, spec, err)) and
+     * ctx; checks that need ctx (semantics, dimensions) belong here. */
     int (*create)(kv_spec *spec, const kv_method_ctx *ctx, void **state, kv_err *err);
     /* n tokens with global indices first .. first+n-1 (K: n x d, V: n x dv,
      * row-major).  The buffers are reused after the call: copy what you keep. */
@@ -97,15 +115,26 @@ int kv_all_finite(const float *x, size_t n);
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);
 
-/* `kvstream methods`: every method, its parameters and a one-line
- * description, written to f. */
+/* `kvstream methods`: every method grouped by kind, its one-line
+ * description and budget, then each parameter with type, default, range and
+ * help, written to f. */
 void kv_methods_describe(FILE *f);
 
 /* Comma-separated names of all registered methods (for messages). */
 const char *kv_method_names(void);
 
-/* Check a spec list against the registry and every method's parameters
- * (creates and frees one throw-away instance per spec). */
+/* Parse spec against ops' table (then ops->check) into spec->cfg and mark it
+ * parsed by ops.  Errors name the spec as written. */
+int kv_method_parse(const kv_method_ops *ops, kv_spec *spec, kv_err *err);
+
+/* The config in spec, parsed by ops: parses now if it is not yet (a spec
+ * straight from kv_spec_parse_list).  NULL with err set on a bad spec. */
+const void *kv_method_cfg(const kv_method_ops *ops, kv_spec *spec, kv_err *err);
+
+/* Check a spec list against the registry and every method's parameters,
+ * once, before any stream: each spec is parsed into its cfg (kept for the
+ * per-stream create calls), then one throw-away instance per spec is
+ * created and freed for the checks that need ctx. */
 int kv_method_check_specs(kv_spec *specs, int count, const kv_method_ctx *ctx, kv_err *err);
 
 #endif

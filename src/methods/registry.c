@@ -1,4 +1,5 @@
-/* methods.c - the method registry: one line per method. */
+/* registry.c - the method registry (one line per method), spec parsing
+ * against the methods' tables, and `kvstream methods`. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -69,6 +70,25 @@ const char *kv_method_names(void)
     return buf;
 }
 
+int kv_method_parse(const kv_method_ops *ops, kv_spec *spec, kv_err *err)
+{
+    spec->cfg_of = NULL;
+    if (ops->cfg_size > sizeof spec->cfg)
+        return kv_seterr(err, KV_EINTERNAL, "method %s: config of %zu bytes exceeds KV_CFG_MAX", ops->name,
+                         ops->cfg_size);
+    memset(spec->cfg, 0, sizeof spec->cfg);
+    if (kv_params_parse(ops->params, spec, spec->cfg, err)) return err->code;
+    if (ops->check && ops->check(spec->cfg, spec, err)) return err->code;
+    spec->cfg_of = ops;
+    return KV_OK;
+}
+
+const void *kv_method_cfg(const kv_method_ops *ops, kv_spec *spec, kv_err *err)
+{
+    if (spec->cfg_of != ops && kv_method_parse(ops, spec, err)) return NULL;
+    return spec->cfg;
+}
+
 int kv_method_check_specs(kv_spec *specs, int count, const kv_method_ctx *ctx, kv_err *err)
 {
     for (int i = 0; i < count; i++) {
@@ -76,17 +96,51 @@ int kv_method_check_specs(kv_spec *specs, int count, const kv_method_ctx *ctx, k
         if (!ops)
             return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", specs[i].method,
                              kv_method_names());
+        if (specs[i].cfg_of != ops && kv_method_parse(ops, &specs[i], err)) return err->code;
         void *st = NULL;
-        kv_spec_reset(&specs[i]);
         int rc = ops->create(&specs[i], ctx, &st, err);
         if (st) ops->free(st);
-        kv_spec_reset(&specs[i]);
         if (rc) return rc;
     }
     return KV_OK;
 }
 
+/* headings of the kinds known today; a new kind is shown by its name alone */
+static const char *kind_blurb(const char *kind)
+{
+    static const char *const k[][2] = {
+        { "exact", "exact attention: references and exact algorithms" },
+        { "eviction", "keep a bounded set of tokens exactly, drop the rest" },
+        { "sampling", "keep a weighted random sample of the tokens" },
+        { "sketch", "summarise the tokens in a sublinear sketch" },
+        { "oracle", "references that hold every token and pick per query" },
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++)
+        if (!strcmp(k[i][0], kind)) return k[i][1];
+    return "";
+}
+
 void kv_methods_describe(FILE *f)
 {
-    for (int i = 0; registry[i]; i++) fprintf(f, "%-16s %s\n", registry[i]->name, registry[i]->usage);
+    fprintf(f, "Methods (--methods NAME[:KEY=VALUE,...],...); every method also takes name=<label>,\n"
+               "the results group name (default: the spec text).\n");
+    int n = 0;
+    while (registry[n]) n++;
+    for (int i = 0; i < n; i++) {
+        const char *kind = registry[i]->kind ? registry[i]->kind : "other";
+        int first = 1; /* kinds in order of first appearance */
+        for (int j = 0; j < i && first; j++)
+            if (!strcmp(registry[j]->kind ? registry[j]->kind : "other", kind)) first = 0;
+        if (!first) continue;
+        const char *b = kind_blurb(kind);
+        fprintf(f, "\n%s%s%s\n", kind, *b ? ": " : "", b);
+        for (int j = i; j < n; j++) {
+            const kv_method_ops *m = registry[j];
+            if (strcmp(m->kind ? m->kind : "other", kind)) continue;
+            fprintf(f, "  %-16s %s\n", m->name, m->summary ? m->summary : "");
+            fprintf(f, "  %-16s memory: %s\n", "", m->budget ? m->budget : "no budget: holds every token");
+            if (kv_params_count(m->params) == 0) fprintf(f, "  %-16s no parameters\n", "");
+            else kv_params_describe(m->params, f, "      ");
+        }
+    }
 }

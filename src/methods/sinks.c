@@ -1,4 +1,4 @@
-/* method_sinks.c - sinks:S=<tokens>,W=<tokens>: StreamingLLM's attention
+/* sinks.c - sinks:S=<tokens>,W=<tokens>: StreamingLLM's attention
  * sinks plus a window.  A query at prefix p sees the first S tokens of the
  * stream (global index < S) and the last W, [p-W, p); each token once.
  *
@@ -13,6 +13,15 @@
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
+typedef struct { int64_t S, W; } sinks_cfg;
+KV_CFG_FITS(sinks_cfg);
+
+static const kv_param_def sinks_params[] = {
+    KV_PARAM_INT(sinks_cfg, S, 4, 0, INT64_MAX, "sink tokens: global indices < S, always kept (StreamingLLM: 4)"),
+    KV_PARAM_INT(sinks_cfg, W, 1020, 1, INT64_MAX, "window tokens [p-W, p) (default: S + W = 1024, window's W)"),
+    KV_PARAM_TABLE_END
+};
+
 typedef struct {
     kv_method_ctx ctx;
     int64_t S, W;
@@ -20,12 +29,13 @@ typedef struct {
     kv_tokring win;   /* tokens >= S, window */
 } sinks_state;
 
+extern const kv_method_ops kv_method_sinks;
+
 static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t S, W;
-    if (kv_spec_int(spec, "S", 1, 0, 0, INT64_MAX, &S, err) ||
-        kv_spec_int(spec, "W", 1, 0, 1, INT64_MAX, &W, err) || kv_spec_finish(spec, err))
-        return err->code;
+    const sinks_cfg *c = kv_method_cfg(&kv_method_sinks, spec, err);
+    if (!c) return err->code;
+    int64_t S = c->S, W = c->W;
     sinks_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -130,7 +140,11 @@ static int64_t sinks_max_bytes(const void *state)
 
 const kv_method_ops kv_method_sinks = {
     .name = "sinks",
-    .usage = "S=<sink tokens>,W=<window tokens>",
+    .kind = "eviction",
+    .summary = "StreamingLLM: the first S tokens (attention sinks) plus the last W",
+    .budget = "S + W tokens",
+    .params = sinks_params,
+    .cfg_size = sizeof(sinks_cfg),
     .create = sinks_create,
     .ingest = sinks_ingest,
     .partial = sinks_partial,

@@ -1,7 +1,7 @@
-/* method_subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
+/* subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
  * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
- * section 2).  Spec: subgen:delta=<radius>,t=<keys per cluster>,s=<samplers>
- * [,seed=<n>][,index=0|1].
+ * section 2).  Spec: subgen[:delta=<radius>,t=<keys per cluster>,s=<samplers>
+ * ,seed=<n>,index=0|1], each optional (defaults: kv_subgen_params below).
  *
  * Two structures, both updated once per arriving token (k, v):
  *  1. Online clustering of keys for the denominator.  k joins the nearest
@@ -70,6 +70,7 @@
 #include "kernels/partial.h"
 #include "core/rng.h"
 #include "methods/sampler.h"
+#include "methods/subgen.h"
 
 #define LN 16           /* SIMD lanes of the fixed-order dot product */
 #define NP 16           /* dimensions of the index projection */
@@ -501,22 +502,39 @@ static void subgen_free(void *state)
     free(g);
 }
 
+/* Defaults (to be revisited): delta = 1 suits keys of unit spread per
+ * cluster (README "Choosing SubGen's parameters": 1.5-2 x sigma sqrt(d)),
+ * t = 16 is inside the 8-64 that works in practice, s = 256 = O(eps^-2 d)
+ * for head dimensions up to 128 at eps ~ 0.7. */
+KV_CFG_FITS(kv_subgen_cfg);
+const kv_param_def kv_subgen_params[] = {
+    KV_PARAM_DOUBLE(kv_subgen_cfg, delta, 1.0, 0.0, DBL_MAX,
+                    "cluster radius in key units (README: 1.5-2 x a cluster's spread sigma*sqrt(d))"),
+    KV_PARAM_INT(kv_subgen_cfg, t, 16, 1, INT32_MAX, "keys sampled per cluster for the denominator (8-64 in practice)"),
+    KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator (O(eps^-2 d))"),
+    KV_PARAM_INT_DERIVED(kv_subgen_cfg, seed, -1, "--seed", 0, INT64_MAX,
+                         "sampling seed (stream and rank are mixed in)"),
+    KV_PARAM_INT(kv_subgen_cfg, index, 1, 0, 1, "1: skip centre scans by a bound that picks the same cluster (same results)"),
+    KV_PARAM_TABLE_END
+};
+
 static int subgen_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    double delta;
-    int64_t t, s, seed, index;
     *out = NULL;
-    if (kv_spec_double(spec, "delta", 1, 0, 0.0, DBL_MAX, &delta, err) ||
-        kv_spec_int(spec, "t", 1, 0, 1, INT32_MAX, &t, err) ||
-        kv_spec_int(spec, "s", 1, 0, 1, 1 << 24, &s, err) ||
-        kv_spec_int(spec, "seed", 0, -1, 0, INT64_MAX, &seed, err) ||
-        kv_spec_int(spec, "index", 0, 1, 0, 1, &index, err) ||
-        kv_spec_finish(spec, err))
-        return err->code;
+    const kv_subgen_cfg *c = kv_method_cfg(&kv_method_subgen, spec, err);
+    if (!c) return err->code;
+    return kv_subgen_new(c, spec->text, ctx, out, err);
+}
+
+int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    double delta = c->delta;
+    int64_t t = c->t, s = c->s, seed = c->seed, index = c->index;
+    *out = NULL;
     if (ctx->d < 1 || ctx->dv < 1)
-        return kv_seterr(err, KV_EINPUT, "method '%s': needs d >= 1 and dv >= 1", spec->text);
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: needs d >= 1 and dv >= 1", text);
     if (ctx->semantics != KV_SEM_FULL)
-        return kv_seterr(err, KV_EINPUT, "method '%s': subgen estimates full attention only", spec->text);
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: subgen estimates full attention only", text);
     subgen *g = kv_calloc(1, sizeof *g, err);
     if (!g) return err->code;
     g->ctx = *ctx;
@@ -1058,7 +1076,11 @@ static int64_t subgen_max_bytes(const void *state)
 
 const kv_method_ops kv_method_subgen = {
     .name = "subgen",
-    .usage = "delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
+    .kind = "sketch",
+    .summary = "SubGen: online key clusters of radius delta with t-key reservoirs, plus s l2 samples of values",
+    .budget = "per rank: clusters x (t keys + centre) + s samples; sublinear on clusterable keys",
+    .params = kv_subgen_params,
+    .cfg_size = sizeof(kv_subgen_cfg),
     .create = subgen_create,
     .ingest = subgen_ingest,
     .partial = subgen_partial,

@@ -1,4 +1,4 @@
-/* method_topk.c - topk:k=<tokens>: attention restricted to the k largest
+/* topk.c - topk:k=<tokens>: attention restricted to the k largest
  * logits over the whole cache (ALGORITHMS.md section 4).  Not a compression
  * method: it holds every key and value like exact and is a reference for how
  * much of the attention the top logits carry.
@@ -26,10 +26,21 @@ typedef struct {
     size_t n, cap;
 } topk_state;
 
+typedef struct { int64_t k; } topk_cfg;
+KV_CFG_FITS(topk_cfg);
+
+static const kv_param_def topk_params[] = {
+    KV_PARAM_INT(topk_cfg, k, 64, 1, INT64_MAX, "largest logits per query and rank attended to"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_topk;
+
 static int topk_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t k;
-    if (kv_spec_int(spec, "k", 1, 0, 1, INT64_MAX, &k, err) || kv_spec_finish(spec, err)) return err->code;
+    const topk_cfg *c = kv_method_cfg(&kv_method_topk, spec, err);
+    if (!c) return err->code;
+    int64_t k = c->k;
     topk_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -204,7 +215,11 @@ static int64_t topk_max_bytes(const void *state)
 
 const kv_method_ops kv_method_topk = {
     .name = "topk",
-    .usage = "k=<tokens per rank>",
+    .kind = "oracle",
+    .summary = "exact attention over the k largest logits per rank (a reference, not a compression)",
+    .budget = NULL,
+    .params = topk_params,
+    .cfg_size = sizeof(topk_cfg),
     .create = topk_create,
     .ingest = topk_ingest,
     .partial = topk_partial,

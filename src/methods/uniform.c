@@ -1,4 +1,4 @@
-/* method_uniform.c - uniform:budget=<tokens>[,seed=<n>]: a uniform
+/* uniform.c - uniform:budget=<tokens>[,seed=<n>]: a uniform
  * reservoir sample of the tokens (Algorithm R), ALGORITHMS.md section 4.
  *
  * budget is the total over the ranks: each rank samples its share
@@ -27,12 +27,23 @@ typedef struct {
     kv_rng rng;
 } uniform_state;
 
+typedef struct { int64_t budget, seed; } uniform_cfg;
+KV_CFG_FITS(uniform_cfg);
+
+static const kv_param_def uniform_params[] = {
+    KV_PARAM_INT(uniform_cfg, budget, 1024, 1, INT64_MAX, "tokens sampled over all ranks (each rank its share)"),
+    KV_PARAM_INT_DERIVED(uniform_cfg, seed, -1, "--seed", 0, INT64_MAX,
+                         "sample seed (stream and rank are mixed in)"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_uniform;
+
 static int uniform_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t budget, seed;
-    if (kv_spec_int(spec, "budget", 1, 0, 1, INT64_MAX, &budget, err) ||
-        kv_spec_int(spec, "seed", 0, (int64_t)ctx->seed, 0, INT64_MAX, &seed, err) || kv_spec_finish(spec, err))
-        return err->code;
+    const uniform_cfg *c = kv_method_cfg(&kv_method_uniform, spec, err);
+    if (!c) return err->code;
+    int64_t budget = c->budget, seed = c->seed < 0 ? (int64_t)ctx->seed : c->seed;
     uniform_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -174,7 +185,11 @@ static int64_t uniform_max_bytes(const void *state)
 
 const kv_method_ops kv_method_uniform = {
     .name = "uniform",
-    .usage = "budget=<tokens over all ranks>[,seed=<n>]",
+    .kind = "sampling",
+    .summary = "a uniform reservoir sample of the tokens, each weighted n_seen/kept",
+    .budget = "budget tokens over all ranks (ceil(budget/P) per rank)",
+    .params = uniform_params,
+    .cfg_size = sizeof(uniform_cfg),
     .create = uniform_create,
     .ingest = uniform_ingest,
     .partial = uniform_partial,

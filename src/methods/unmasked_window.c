@@ -1,4 +1,4 @@
-/* method_unmasked_window.c - unmasked-window[:W=<tokens>]: the O(dW)
+/* unmasked_window.c - unmasked-window[:W=<tokens>]: the O(dW)
  * algorithm for sliding-window attention whose value cache outside the
  * window is not masked (--semantics window-unmasked-values).
  *
@@ -38,18 +38,28 @@ typedef struct {
     int64_t out_count;
 } uw_state;
 
+typedef struct { int64_t W; } uw_cfg;
+KV_CFG_FITS(uw_cfg);
+
+static const kv_param_def uw_params[] = {
+    KV_PARAM_INT_DERIVED(uw_cfg, W, 0, "--window", 1, INT64_MAX, "the window; must equal the replay's --window"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_unmasked_window;
+
 static int uw_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
+    const uw_cfg *c = kv_method_cfg(&kv_method_unmasked_window, spec, err);
+    if (!c) return err->code;
     if (ctx->semantics != KV_SEM_WINDOW_UNMASKED)
-        return kv_seterr(err, KV_EINPUT, "method '%s': unmasked-window needs --semantics window-unmasked-values",
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: unmasked-window needs --semantics window-unmasked-values",
                          spec->text);
     if (ctx->window < 1)
-        return kv_seterr(err, KV_EINPUT, "method '%s': the replay window must be >= 1", spec->text);
-    int64_t W;
-    if (kv_spec_int(spec, "W", 0, ctx->window, 1, INT64_MAX, &W, err) || kv_spec_finish(spec, err))
-        return err->code;
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: the replay window must be >= 1", spec->text);
+    int64_t W = c->W ? c->W : ctx->window;
     if (W != ctx->window)
-        return kv_seterr(err, KV_EINPUT, "method '%s': W=%lld differs from the replay's --window %lld", spec->text,
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: W=%lld differs from the replay's --window %lld", spec->text,
                          (long long)W, (long long)ctx->window);
     uw_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
@@ -182,7 +192,11 @@ static int64_t uw_max_bytes(const void *state)
 
 const kv_method_ops kv_method_unmasked_window = {
     .name = "unmasked-window",
-    .usage = "[W=<tokens>, must equal --window]",
+    .kind = "exact",
+    .summary = "the O(dW) exact algorithm for --semantics window-unmasked-values (window + value sum)",
+    .budget = "W tokens plus a running sum of dv doubles (flat in n)",
+    .params = uw_params,
+    .cfg_size = sizeof(uw_cfg),
     .create = uw_create,
     .ingest = uw_ingest,
     .partial = uw_partial,

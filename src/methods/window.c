@@ -1,4 +1,4 @@
-/* method_window.c - window:W=<tokens>: attention over the last W tokens of
+/* window.c - window:W=<tokens>: attention over the last W tokens of
  * the stream only (ALGORITHMS.md section 3), kept exactly.
  *
  * W is a global quantity: a query at prefix p sees tokens [p-W, p).  Under
@@ -16,16 +16,27 @@
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
+typedef struct { int64_t W; } window_cfg;
+KV_CFG_FITS(window_cfg);
+
+static const kv_param_def window_params[] = {
+    KV_PARAM_INT(window_cfg, W, 1024, 1, INT64_MAX, "tokens of the window (global): a query at p sees [p-W, p)"),
+    KV_PARAM_TABLE_END
+};
+
 typedef struct {
     kv_method_ctx ctx;
     int64_t W;
     kv_tokring ring;
 } window_state;
 
+extern const kv_method_ops kv_method_window;
+
 static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t W;
-    if (kv_spec_int(spec, "W", 1, 0, 1, INT64_MAX, &W, err) || kv_spec_finish(spec, err)) return err->code;
+    const window_cfg *c = kv_method_cfg(&kv_method_window, spec, err);
+    if (!c) return err->code;
+    int64_t W = c->W;
     window_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -107,7 +118,11 @@ static int64_t window_max_bytes(const void *state)
 
 const kv_method_ops kv_method_window = {
     .name = "window",
-    .usage = "W=<tokens>",
+    .kind = "eviction",
+    .summary = "the last W tokens of the stream, kept exactly",
+    .budget = "W tokens (at most W per rank)",
+    .params = window_params,
+    .cfg_size = sizeof(window_cfg),
     .create = window_create,
     .ingest = window_ingest,
     .partial = window_partial,

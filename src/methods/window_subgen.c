@@ -1,4 +1,4 @@
-/* method_window_subgen.c - window+subgen:W=<tokens>,delta=<radius>,t=<keys
+/* window_subgen.c - window+subgen:W=<tokens>,delta=<radius>,t=<keys
  * per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]: the recent tokens kept
  * exactly, everything older summarised by a SubGen instance (ALGORITHMS.md
  * section 3, "window + sketch"); the two partial states are merged with the
@@ -6,21 +6,34 @@
  *
  * A rank keeps its own tokens with index > g_max - W (g_max = its newest
  * token; at most W tokens, as in method_window.c) and feeds every token it
- * drops to its SubGen, created through kv_method_find("subgen") with
- * delta/t/s/seed/index passed on.  Each held token is used exactly in every
- * query; with one rank the exact part is precisely the last W tokens of the
+ * drops to its SubGen, made by kv_subgen_new from the SubGen part of this
+ * method's config (its table includes SubGen's entries, so delta, t, s,
+ * seed and index mean and default exactly as for subgen).  Each held token
+ * is used exactly in every query; with one rank the exact part is precisely the last W tokens of the
  * prefix, with several it is each rank's recent tokens (a superset of its
  * share of [p-W, p)).  W is global; delta, t and s are per-rank SubGen
  * parameters, as for a plain subgen.  Full-attention semantics only (SubGen
  * refuses the others).
  *
  * Memory: held tokens x ((d + dv) floats + int64 index) + SubGen's bytes(). */
-#include <float.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include "methods/method.h"
 #include "kernels/partial.h"
+#include "methods/subgen.h"
 #include "methods/tokring.h"
+
+typedef struct {
+    int64_t W;
+    kv_subgen_cfg sg;
+} wsg_cfg;
+KV_CFG_FITS(wsg_cfg);
+
+/* W, then SubGen's own entries (shared, not copied) */
+static const kv_param_def wsg_params[] = {
+    KV_PARAM_INT(wsg_cfg, W, 1024, 1, INT64_MAX, "recent tokens kept exactly (global; at most W per rank)"),
+    KV_PARAM_INCLUDE(wsg_cfg, sg, kv_subgen_params),
+    KV_PARAM_TABLE_END
+};
 
 typedef struct {
     kv_method_ctx ctx;
@@ -39,36 +52,20 @@ static void wsg_free(void *state)
     free(s);
 }
 
+extern const kv_method_ops kv_method_window_subgen;
+
 static int wsg_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t W, t, sn, seed = -1, index = -1;
-    double delta;
     *out = NULL;
-    if (kv_spec_int(spec, "W", 1, 0, 1, INT64_MAX, &W, err) ||
-        kv_spec_double(spec, "delta", 1, 0, 0.0, DBL_MAX, &delta, err) ||
-        kv_spec_int(spec, "t", 1, 0, 1, INT64_MAX, &t, err) ||
-        kv_spec_int(spec, "s", 1, 0, 1, INT64_MAX, &sn, err) ||
-        kv_spec_int(spec, "seed", 0, -1, 0, INT64_MAX, &seed, err) ||
-        kv_spec_int(spec, "index", 0, -1, 0, 1, &index, err) || kv_spec_finish(spec, err))
-        return err->code;
-    const kv_method_ops *ops = kv_method_find("subgen");
-    if (!ops) return kv_seterr(err, KV_EINPUT, "method '%s': the subgen method is not available", spec->text);
-    /* SubGen's own spec; %.17g gives delta back bit for bit */
-    char text[256];
-    int len = snprintf(text, sizeof text, "subgen:delta=%.17g,t=%lld,s=%lld", delta, (long long)t, (long long)sn);
-    if (seed >= 0) len += snprintf(text + len, sizeof text - (size_t)len, ",seed=%lld", (long long)seed);
-    if (index >= 0) snprintf(text + len, sizeof text - (size_t)len, ",index=%lld", (long long)index);
-    kv_spec *inner = NULL;
-    int count = 0;
-    if (kv_spec_parse_list(text, &inner, &count, err)) return err->code;
+    const wsg_cfg *c = kv_method_cfg(&kv_method_window_subgen, spec, err);
+    if (!c) return err->code;
     wsg_state *s = kv_calloc(1, sizeof *s, err);
-    if (!s) { free(inner); return err->code; }
+    if (!s) return err->code;
     s->ctx = *ctx;
-    s->W = W;
-    s->sg_ops = ops;
-    kv_tokring_init(&s->ring, ctx->d, ctx->dv, W);
-    int rc = ops->create(&inner[0], ctx, &s->sg, err);
-    free(inner);
+    s->W = c->W;
+    s->sg_ops = &kv_method_subgen;
+    kv_tokring_init(&s->ring, ctx->d, ctx->dv, c->W);
+    int rc = kv_subgen_new(&c->sg, spec->text, ctx, &s->sg, err);
     if (rc) { wsg_free(s); return rc; }
     *out = s;
     return KV_OK;
@@ -186,7 +183,11 @@ static int64_t wsg_max_bytes(const void *state)
 
 const kv_method_ops kv_method_window_subgen = {
     .name = "window+subgen",
-    .usage = "W=<tokens>,delta=<radius>,t=<keys per cluster>,s=<l2 samples>[,seed=<n>][,index=0|1]",
+    .kind = "sketch",
+    .summary = "the last W tokens exactly, a SubGen sketch of the older ones",
+    .budget = "W tokens plus SubGen's (per rank)",
+    .params = wsg_params,
+    .cfg_size = sizeof(wsg_cfg),
     .create = wsg_create,
     .ingest = wsg_ingest,
     .partial = wsg_partial,

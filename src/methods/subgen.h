@@ -1,0 +1,26 @@
+/* subgen.h - SubGen's parameters and config, shared with methods that embed
+ * a SubGen instance (window_subgen.c): they include kv_subgen_params in
+ * their own table (KV_PARAM_INCLUDE) and create the instance from the parsed
+ * config, so errors name the spec the user wrote. */
+#ifndef KVSTREAM_SUBGEN_H
+#define KVSTREAM_SUBGEN_H
+
+#include "methods/method.h"
+
+typedef struct {
+    double delta;  /* cluster radius */
+    int64_t t;     /* reservoir keys per cluster */
+    int64_t s;     /* l2 samples */
+    int64_t seed;  /* -1: the replay's --seed */
+    int64_t index; /* 0 or 1 */
+} kv_subgen_cfg;
+
+/* delta, t, s, seed, index (defaults in the table's help) */
+extern const kv_param_def kv_subgen_params[];
+
+extern const kv_method_ops kv_method_subgen;
+
+/* A SubGen state from a parsed config; errors name `text` (the user's spec). */
+int kv_subgen_new(const kv_subgen_cfg *cfg, const char *text, const kv_method_ctx *ctx, void **state, kv_err *err);
+
+#endif
