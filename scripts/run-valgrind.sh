@@ -20,7 +20,7 @@ run replay "$work/trace.h5" --methods exact,unmasked-window --semantics window-u
 # interrupted after 10 queries (test hook), checkpointed, resumed
 rm -f "$work/c.ckpt"
 rc=0
-KVSTREAM_TEST_STOP_AT=10 mpirun --oversubscribe -np 2 -x KVSTREAM_TEST_STOP_AT "${VG[@]}" build-portable/kvstream replay \
+mpirun --oversubscribe -np 2 "${VG[@]}" build-portable/kvstream replay --stop-after 10 \
   "$work/trace.h5" --methods "$METHODS" --batch 5 --quiet -o "$work/c.h5" --checkpoint "$work/c.ckpt" >"$work/log" 2>&1 || rc=$?
 # 3 = stopped with a checkpoint; valgrind's own errors would give 9
 if [ "$rc" -ne 3 ] || ! grep -q "checkpoint written" "$work/log"; then

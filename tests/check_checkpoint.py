@@ -3,7 +3,7 @@
 
 usage: check_checkpoint.py KVSTREAM WORKDIR NP
 
-Test hook: KVSTREAM_TEST_STOP_AT=q makes rank 0 act as if SIGTERM arrived once
+Stops come from `replay --stop-after q`: rank 0 acts as if SIGTERM arrived once
 q queries are done (deterministic interruption points); one case also sends
 a real SIGUSR1 to a single rank's process.
 - interrupted runs (once, twice, at several points) resumed with --resume
@@ -45,14 +45,12 @@ if r.returncode:
 
 
 def replay(out, *extra, stop=None, methods=METHODS, np_=P, tr=trace):
-    env = None
+    if stop is not None:
+        extra = extra + ("--stop-after", str(stop))
     cmd = mpi_cmd(np_, exe, "replay", tr, "--methods", methods, "--batch", "10", "--save-outputs", "--quiet",
                   "--seed", "4", "-o", out, *extra)
-    if stop is not None:
-        cmd = cmd[:1] + ["-x", "KVSTREAM_TEST_STOP_AT"] + cmd[1:]
-        env = dict(mpi_env(), KVSTREAM_TEST_STOP_AT=str(stop))
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env or mpi_env())
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mpi_env())
     except subprocess.TimeoutExpired:
         fail("replay timed out (hang?)")
 

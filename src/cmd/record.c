@@ -1,4 +1,4 @@
-/* cmd_record.c - `kvstream record` (see cmd_record.h and docs/RECORDING.md).
+/* record.c - `kvstream record` (see cmd/record.h and docs/RECORDING.md).
  *
  * Layout written (docs/TRACE_FORMAT.md): stream s = layer * n_kv_heads +
  * kv_head holds that kv head's post-RoPE keys and values, one row per
@@ -7,13 +7,13 @@
  * at position i, with query_pos i + 1 (causal, the token itself included).
  * /model_outputs holds the attention output the model itself computed for
  * each of those rows, so a replay can be checked against the model. */
-#include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cmd/cmd.h"
 #include "cmd/record.h"
+#include "mpi/agree.h"
 #include "model/llama.h"
 #include "core/rng.h"
 #include "io/trace.h"
@@ -26,32 +26,30 @@ enum { BOS = 1 };
 
 typedef struct {
     const char *model, *out;
-    int64_t n;              /* positions to record */
-    int32_t *prompt;        /* forced after BOS, malloc'ed */
+    int64_t n;               /* positions to record */
+    const char *prompt_text; /* --prompt-tokens as given */
+    int32_t *prompt;         /* forced after BOS, malloc'ed */
     int64_t n_prompt;
-    double temperature;     /* 0: greedy */
+    double temperature;      /* 0: greedy */
     uint64_t seed;
-    int64_t chunk;          /* token-axis chunk, 0: the writer's default */
-    int help;
+    int64_t chunk;           /* token-axis chunk, 0: the writer's default */
 } record_opts;
 
-static const char *usage_text =
-    "usage: kvstream record --model FILE --tokens N [--prompt-tokens 1,2,3]\n"
-    "                       [--temperature T] [--seed X] [--chunk C] -o trace.h5\n"
-    "Position 0 is BOS (id 1), positions 1..P the prompt tokens, the rest are\n"
-    "generated (greedy, or sampled when T > 0).  N >= P + 1 positions are recorded.\n";
+#define O(member) KV_AT(record_opts, member)
 
-static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out, kv_err *err)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) return kv_seterr(err, KV_EINPUT, "record: %s: '%s' is not an integer", opt, s);
-    if (v < lo || v > hi)
-        return kv_seterr(err, KV_EINPUT, "record: %s: %lld is out of range [%lld, %lld]", opt, v, (long long)lo, (long long)hi);
-    *out = v;
-    return KV_OK;
-}
+static const kv_opt record_table[] = {
+    { "model", 0, KV_OPT_STRING, O(model), .meta = "FILE", .def = "required", .help = "llama2.c checkpoint" },
+    { "tokens", 0, KV_OPT_INT, O(n), .lo = 1, .hi = INT64_C(1) << 40, .meta = "N", .def = "required",
+      .help = "positions to record (>= 1 + prompt tokens)" },
+    { "prompt-tokens", 0, KV_OPT_STRING, O(prompt_text), .meta = "1,2,3",
+      .help = "token ids forced after BOS, then the model generates" },
+    { "temperature", 0, KV_OPT_DOUBLE, O(temperature), .dlo = 0, .dhi = INFINITY, .meta = "T",
+      .help = "0: greedy (lowest id on ties); > 0: sample" },
+    { "seed", 0, KV_OPT_INT, O(seed), .lo = 0, .hi = INT64_MAX, .meta = "X", .help = "sampling seed" },
+    { "chunk", 0, KV_OPT_INT, O(chunk), .lo = 1, .hi = INT64_C(1) << 30, .meta = "C", .def = "4096",
+      .help = "token-axis chunk of the trace" },
+    { "output", 'o', KV_OPT_STRING, O(out), .meta = "FILE", .def = "required", .help = "the trace to write" },
+    { 0 } };
 
 /* "1,2,3" -> token ids; empty items, signs and non-digits are rejected. */
 static int parse_tokens(const char *s, record_opts *o, kv_err *err)
@@ -76,38 +74,19 @@ static int parse_tokens(const char *s, record_opts *o, kv_err *err)
     }
 }
 
-static int parse_opts(int argc, char **argv, record_opts *o, kv_err *err)
+/* *help: --help was given (and printed) */
+static int parse_opts(int argc, char **argv, record_opts *o, int *help, kv_err *err)
 {
-    static const struct option lo[] = {
-        { "model", 1, 0, 'm' }, { "tokens", 1, 0, 'n' }, { "prompt-tokens", 1, 0, 'p' },
-        { "temperature", 1, 0, 't' }, { "seed", 1, 0, 'x' }, { "chunk", 1, 0, 'C' },
-        { "output", 1, 0, 'o' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 } };
-    int c;
-    int64_t v;
-    char *end;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":o:h", lo, NULL)) != -1 && !err->code) {
-        switch (c) {
-        case 'm': o->model = optarg; break;
-        case 'n': parse_i64("--tokens", optarg, 1, INT64_C(1) << 40, &o->n, err); break;
-        case 'p': parse_tokens(optarg, o, err); break;
-        case 't':
-            errno = 0;
-            o->temperature = strtod(optarg, &end);
-            if (errno || end == optarg || *end || !isfinite(o->temperature) || o->temperature < 0)
-                kv_seterr(err, KV_EINPUT, "record: --temperature: '%s' must be a finite number >= 0", optarg);
-            break;
-        case 'x': if (!parse_i64("--seed", optarg, 0, INT64_MAX, &v, err)) o->seed = (uint64_t)v; break;
-        case 'C': parse_i64("--chunk", optarg, 1, INT64_C(1) << 30, &o->chunk, err); break;
-        case 'o': o->out = optarg; break;
-        case 'h': o->help = 1; break;
-        case ':': kv_seterr(err, KV_EINPUT, "record: option %s needs a value", argv[optind - 1]); break;
-        default: kv_seterr(err, KV_EINPUT, "record: unknown option '%s'", argv[optind - 1]); break;
-        }
-    }
-    if (err->code || o->help) return err->code;
-    if (optind < argc) return kv_seterr(err, KV_EINPUT, "record: unexpected argument '%s'", argv[optind]);
+    kv_cmdline c = {
+        .cmd = "record",
+        .usage = "--model FILE --tokens N [--prompt-tokens 1,2,3] [--temperature T --seed X] -o trace.h5",
+        .about = "Run a llama2.c model and record every layer's and kv head's keys, values and queries as a\n"
+                 "kvtrace (docs/RECORDING.md).  Position 0 is BOS (id 1), positions 1..P the prompt tokens,\n"
+                 "the rest are generated (greedy, or sampled when T > 0).  Serial: rank 0 records.",
+        .groups = { { NULL, record_table, o } },
+    };
+    if (kv_opts_parse(&c, argc, argv, stdout, NULL, help, err) || *help) return err->code;
+    if (o->prompt_text && parse_tokens(o->prompt_text, o, err)) return err->code;
     if (!o->model) return kv_seterr(err, KV_EINPUT, "record: --model FILE is required");
     if (!o->n) return kv_seterr(err, KV_EINPUT, "record: --tokens N (positions to record, >= 1) is required");
     if (!o->out) return kv_seterr(err, KV_EINPUT, "record: -o FILE (the trace to write) is required");
@@ -255,10 +234,17 @@ static int record(const record_opts *o, kv_err *err)
 int kv_cmd_record(int argc, char **argv, kv_err *err)
 {
     record_opts o = { 0 };
-    if (!parse_opts(argc, argv, &o, err)) {
-        if (o.help) fputs(usage_text, stdout);
-        else record(&o, err);
-    }
+    int help = 0;
+    if (!parse_opts(argc, argv, &o, &help, err) && !help) record(&o, err);
     free(o.prompt);
     return err->code;
+}
+
+/* serial: rank 0 records, the others wait for its verdict */
+int kv_run_record(int argc, char **argv, MPI_Comm comm, kv_err *err)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    if (rank == 0) kv_cmd_record(argc, argv, err);
+    return kv_agree(comm, err);
 }

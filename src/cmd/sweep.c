@@ -1,4 +1,5 @@
-/* sweep.c - minimum budget for p95 error <= eps over a grid of (n, d). */
+/* sweep.c - `kvstream sweep`: minimum budget for p95 error <= eps over a grid of (n, d)
+ * (the search and the /sweep table, then the command line at the end). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include "replay/replay.h"
 #include "io/results.h"
 #include "core/spec.h"
+#include "cmd/cmd.h"
 #include "cmd/sweep.h"
 #include "mpi/coll.h"
 
@@ -176,4 +178,52 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     free(rows);
     free(tm);
     return err->code;
+}
+
+/* the command line: kv_sweep_opts plus room for the two grids */
+typedef struct {
+    kv_sweep_opts o;
+    kv_opt_list n, d;
+} sweep_cli;
+
+#define W(member) KV_AT(sweep_cli, member)
+
+static const kv_opt sweep_table[] = {
+    { "output", 'o', KV_OPT_STRING, W(o.out), .meta = "FILE", .def = "required", .help = "the /sweep table to write" },
+    { "n", 0, KV_OPT_INTLIST, W(n), .lo = 1, .hi = INT64_C(1) << 32, .meta = "N,N,...", .def = "required",
+      .help = "grid of token counts" },
+    { "d", 0, KV_OPT_INTLIST, W(d), .lo = 1, .hi = INT64_C(1) << 32, .meta = "D,D,...", .def = "required",
+      .help = "grid of dimensions" },
+    { "methods", 0, KV_OPT_STRING, W(o.methods), .meta = "LIST", .def = "required",
+      .help = "method templates, '@' where the searched parameter goes (window:W=@)" },
+    { "eps", 0, KV_OPT_DOUBLE, W(o.eps), .meta = "E", .help = "target p95 relative error (> 0)" },
+    { "workdir", 0, KV_OPT_STRING, W(o.workdir), .meta = "DIR", .def = ".", .help = "where the generated traces go" },
+    { "keep-traces", 0, KV_OPT_FLAG, W(o.keep_traces), .lo = 1, .help = "do not delete the generated traces" },
+    { 0 } };
+
+int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err)
+{
+    int rank, help;
+    MPI_Comm_rank(comm, &rank);
+    sweep_cli w;
+    memset(&w, 0, sizeof w);
+    kv_gen_defaults(&w.o.gen);
+    w.o.gen.kind = "jl";
+    w.o.gen.m = 64;
+    w.o.eps = 0.1;
+    kv_cmdline c = {
+        .cmd = "sweep",
+        .usage = "--n 512,1024 --d 16,48 --methods 'window:W=@,subgen:delta=1,t=@,s=@' --eps E -o FILE [options]",
+        .about = "For every (n, d) and method template, the smallest budget whose p95 relative error is <= eps\n"
+                 "(doubling from 1 to n, then bisection to 1/8); generates one trace per (n, d) of the grid.",
+        .groups = { { "sweep", sweep_table, &w }, { "generator", kv_gen_opt_table, &w.o.gen } },
+    };
+    kv_opts_parse(&c, argc, argv, rank == 0 ? stdout : NULL, NULL, &help, err);
+    if (kv_agree(comm, err) || help) return err->code;
+    w.o.ns = w.n.v;
+    w.o.nn = w.n.n;
+    w.o.ds = w.d.v;
+    w.o.nd = w.d.n;
+    w.o.table = rank == 0 ? stdout : NULL;
+    return kv_sweep_run(&w.o, comm, err);
 }
