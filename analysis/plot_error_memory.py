@@ -74,7 +74,7 @@ def plot(rows, png, title):
         ax.axvline(mem, color="k", ls="--", lw=1, label="exact (reference)" if j == 0 else None)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("memory_bytes (state held at the end of the stream, all ranks)")
+    ax.set_xlabel("memory_bytes (peak state held, summed over ranks)")
     ax.set_ylabel("relative error (p95 filled / p50 hollow, dotted)")
     ax.set_ylim(bottom=floor * 0.8)
     ax.grid(True, which="both", alpha=0.3)

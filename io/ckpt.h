@@ -1,7 +1,7 @@
 /* ckpt.h - checkpoint files for `replay --checkpoint/--resume`.
  *
  * One HDF5 file written collectively with parallel HDF5: every rank's state
- * is an opaque byte string (built by src/replay/replay.c and the methods' save
+ * is an opaque byte string (built by src/replay/ckptstate.c and the methods' save
  * functions); /state holds them back to back, /offsets [P+1] says where each
  * rank's starts.  The identity of the run (trace fingerprint, method list,
  * rank count, ...) is in root attributes and checked on resume.  Writing

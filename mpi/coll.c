@@ -20,6 +20,16 @@ int kv_mpi_max_f64(const double *in, double *out, int n, MPI_Comm comm)
     return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_DOUBLE, MPI_MAX, comm);
 }
 
+int kv_mpi_max_int(const int *in, int *out, int n, MPI_Comm comm)
+{
+    return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_INT, MPI_MAX, comm);
+}
+
+int kv_mpi_max_i64(const int64_t *in, int64_t *out, int n, MPI_Comm comm)
+{
+    return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_INT64_T, MPI_MAX, comm);
+}
+
 int kv_mpi_reduce_sum_f64(const double *in, double *out, size_t n, int root, MPI_Comm comm)
 {
     /* MPI counts are int: reduce in slices so any n works */

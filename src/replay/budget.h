@@ -1,0 +1,24 @@
+/* budget.h - the driver's buffer sizes, and the --max-memory check.
+ *
+ * replay_sizes_compute is the one place that says how big each stage's
+ * buffers are (replay_sizes, internal.h); the stages allocate exactly that
+ * and replay_budget_check adds the counted ones to every method's upper
+ * bound, so the check and the allocations cannot drift apart. */
+#ifndef KVSTREAM_REPLAY_BUDGET_H
+#define KVSTREAM_REPLAY_BUDGET_H
+
+#include <stddef.h>
+#include "core/kverr.h"
+#include "replay/internal.h"
+
+/* Needs the shape, C, B, M, rank and the options. */
+replay_sizes replay_sizes_compute(const replay *r);
+
+/* The driver's buffers --max-memory counts, in bytes. */
+size_t replay_sizes_budgeted(const replay_sizes *z);
+
+/* --max-memory: refuse (KV_EINPUT) when the methods' worst cases on this
+ * rank's shard plus the driver's buffers exceed it.  Needs the states. */
+int replay_budget_check(const replay *r, kv_err *err);
+
+#endif

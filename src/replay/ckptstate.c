@@ -1,0 +1,169 @@
+/* ckptstate.c - replay checkpoint contents (see ckptstate.h).  The byte
+ * layout is the checkpoint format: change it only with CK_MAGIC. */
+#include <stdlib.h>
+#include <string.h>
+#include "core/buf.h"
+#include "core/rng.h"
+#include "io/ckpt.h"
+#include "mpi/agree.h"
+#include "replay/ckptstate.h"
+
+#define CK_MAGIC INT64_C(0x4b56434b50543031) /* "KVCKPT01" */
+
+/* Identifies the trace: shape, scale, query positions and its first rows. */
+static int64_t fingerprint(const replay *r, kv_err *err)
+{
+    uint64_t h = kv_hash4((uint64_t)r->S, (uint64_t)r->n, (uint64_t)r->m, (uint64_t)(r->d << 20 | r->dv));
+    double sc = r->in->scale;
+    uint64_t bits;
+    memcpy(&bits, &sc, sizeof bits);
+    h = kv_hash4(h, bits, 0, 0);
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    for (int64_t j = 0; j < r->m; j++) h = kv_hash4(h, (uint64_t)pos[j], (uint64_t)j, 1);
+    int64_t cnt = replay_min64(r->n, 16);
+    float *K = kv_malloc(sizeof(float) * (size_t)(r->S * cnt * r->d), err);
+    float *V = kv_malloc(sizeof(float) * (size_t)(r->S * cnt * r->dv), err);
+    if (K && V && !kv_trace_read_kv(r->tr, 0, cnt, K, V, err)) {
+        for (int64_t i = 0; i < r->S * cnt * r->d; i++) { uint32_t b; memcpy(&b, &K[i], 4); h = kv_hash4(h, b, (uint64_t)i, 2); }
+        for (int64_t i = 0; i < r->S * cnt * r->dv; i++) { uint32_t b; memcpy(&b, &V[i], 4); h = kv_hash4(h, b, (uint64_t)i, 3); }
+    }
+    free(K);
+    free(V);
+    return (int64_t)(h & INT64_MAX);
+}
+
+static void fill_meta(const replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next)
+{
+    const kv_replay_opts *o = r->o;
+    memset(m, 0, sizeof *m);
+    snprintf(m->trace, sizeof m->trace, "%s", o->trace);
+    snprintf(m->methods, sizeof m->methods, "%s", o->methods);
+    snprintf(m->semantics, sizeof m->semantics, "%s", o->semantics == KV_SEM_FULL ? "full" : "window-unmasked-values");
+    snprintf(m->out, sizeof m->out, "%s", o->out ? o->out : "");
+    m->ranks = r->P; m->S = r->S; m->n = r->n; m->m = r->m; m->d = r->d; m->dv = r->dv;
+    m->seed = (int64_t)(o->seed & INT64_MAX); m->window = o->window; m->batch = o->batch;
+    m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
+}
+
+/* this rank's state: methods, shard position, V^T V, and on rank 0 the metrics so far */
+static int save_state(const replay *r, const replay_shard *sh, const replay_sink *k, kv_buf *b, kv_err *err)
+{
+    kv_buf_put_i64(b, CK_MAGIC);
+    kv_buf_put_i64(b, sh->cur);
+    for (int mi = 0; mi < r->M; mi++) {
+        const replay_instance *x = &r->inst[mi];
+        if (!x->ops->save) return kv_seterr(err, KV_EINPUT, "--checkpoint: method '%s' cannot be checkpointed", x->spec.text);
+        kv_buf_put_i64(b, x->peak);
+        kv_buf_put_f64(b, x->t_ingest);
+        kv_buf_put_f64(b, x->t_query);
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_buf one;
+            kv_buf_init(&one);
+            x->ops->save(x->st[s], &one);
+            if (one.failed) {
+                kv_buf_free(&one);
+                return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
+                                 "or a part of it cannot be checkpointed)", x->spec.text);
+            }
+            kv_buf_put_arr(b, one.data, one.len);
+            kv_buf_free(&one);
+        }
+    }
+    if (sh->gram) kv_buf_put_arr(b, sh->gram, r->z.gram);
+    if (r->rank == 0) {
+        kv_buf_put_arr(b, k->rel, r->z.rel);
+        kv_buf_put_arr(b, k->bound, r->z.bound);
+        kv_buf_put_arr(b, k->ev, r->z.ev);
+        kv_buf_put_f64(b, k->model_max);
+        kv_buf_put_f64(b, k->model_sum);
+        kv_buf_put_i64(b, k->model_cnt);
+    }
+    if (b->failed) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+    return KV_OK;
+}
+
+static int load_array(kv_rd *rd, void *dst, size_t bytes, kv_err *err)
+{
+    void *p;
+    size_t n;
+    if (kv_rd_arr(rd, &p, 1, bytes, &n, err)) return err->code;
+    int bad = n != bytes;
+    if (!bad && n) memcpy(dst, p, n);
+    free(p);
+    return bad ? kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what) : KV_OK;
+}
+
+static int load_methods(replay *r, kv_rd *rd, kv_err *err)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        if (!x->ops->load) return kv_seterr(err, KV_EINPUT, "--resume: method '%s' cannot be checkpointed", x->spec.text);
+        if (kv_rd_i64(rd, &x->peak, err) || kv_rd_f64(rd, &x->t_ingest, err) || kv_rd_f64(rd, &x->t_query, err))
+            return err->code;
+        for (int64_t s = 0; s < r->S; s++) {
+            int64_t n;
+            if (kv_rd_i64(rd, &n, err)) return err->code;
+            if (n < 0 || (size_t)n > rd->len - rd->pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
+            kv_rd one = { .data = rd->data + rd->pos, .len = (size_t)n, .what = x->spec.method };
+            if (x->ops->load(x->st[s], &one, err)) return err->code;
+            if (one.pos != one.len)
+                return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
+            rd->pos += (size_t)n;
+        }
+    }
+    return KV_OK;
+}
+
+static int load_state(replay *r, replay_shard *sh, replay_sink *k, const void *blob, size_t len, kv_err *err)
+{
+    kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
+    int64_t magic, cur;
+    if (kv_rd_i64(&rd, &magic, err) || kv_rd_i64(&rd, &cur, err)) return err->code;
+    if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
+    sh->cur = cur;
+    if (load_methods(r, &rd, err)) return err->code;
+    rd.what = "V^T V";
+    if (sh->gram && load_array(&rd, sh->gram, r->z.gram, err)) return err->code;
+    if (r->rank == 0) {
+        rd.what = "the metrics";
+        if (load_array(&rd, k->rel, r->z.rel, err) || load_array(&rd, k->bound, r->z.bound, err) ||
+            load_array(&rd, k->ev, r->z.ev, err) ||
+            kv_rd_f64(&rd, &k->model_max, err) || kv_rd_f64(&rd, &k->model_sum, err) || kv_rd_i64(&rd, &k->model_cnt, err))
+            return err->code;
+    }
+    if (rd.pos != rd.len) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state has trailing bytes");
+    return KV_OK;
+}
+
+int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, int64_t *next, kv_err *err)
+{
+    const kv_replay_opts *o = r->o;
+    *fp = (o->checkpoint || o->resume) ? fingerprint(r, err) : 0;
+    *next = 0;
+    if (kv_agree(r->comm, err) || !o->resume) return err->code;
+    kv_ckpt_meta want, got;
+    void *blob = NULL;
+    size_t len = 0;
+    fill_meta(r, &want, *fp, 0);
+    if (!kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
+        load_state(r, sh, k, blob, len, err);
+        *next = got.next_query;
+    }
+    free(blob);
+    if (!err->code && r->rank == 0) replay_sink_reopen(k, r, err);
+    return kv_agree(r->comm, err);
+}
+
+int replay_ckpt_write(const replay *r, const replay_shard *sh, replay_sink *k, int64_t fp, int64_t next, kv_err *err)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    save_state(r, sh, k, &b, err);
+    if (!err->code && k->res) kv_results_flush(k->res, err); /* rows < next are durable */
+    if (kv_agree(r->comm, err)) { kv_buf_free(&b); return err->code; }
+    kv_ckpt_meta m;
+    fill_meta(r, &m, fp, next);
+    kv_ckpt_write(r->o->checkpoint, r->comm, &m, b.data, b.len, err);
+    kv_buf_free(&b);
+    return kv_agree(r->comm, err);
+}

@@ -1,0 +1,27 @@
+/* ckptstate.h - what a replay checkpoint holds, and writing / resuming it.
+ *
+ * Each rank's state is one byte string (io/ckpt.h stores them): a magic,
+ * the shard position, every instance's timers, peak and per-stream method
+ * state (the methods' save/load), V^T V, and on rank 0 the metrics so far.
+ * The run's identity (a fingerprint of the trace, the options, the rank
+ * count) goes into the file's metadata and is checked on --resume. */
+#ifndef KVSTREAM_REPLAY_CKPTSTATE_H
+#define KVSTREAM_REPLAY_CKPTSTATE_H
+
+#include <stdint.h>
+#include "core/kverr.h"
+#include "replay/internal.h"
+#include "replay/shard.h"
+#include "replay/sink.h"
+
+/* Collective, before the first batch.  With --checkpoint or --resume,
+ * fingerprints the trace into *fp; with --resume, restores the states, the
+ * shard position and the metrics, reopens the results file and sets *next
+ * to the first query still to do (else 0).  Errors are agreed. */
+int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, int64_t *next, kv_err *err);
+
+/* Collective: a checkpoint after queries [0, next) to --checkpoint.
+ * Flushes the results file first.  Errors are agreed. */
+int replay_ckpt_write(const replay *r, const replay_shard *sh, replay_sink *k, int64_t fp, int64_t next, kv_err *err);
+
+#endif

@@ -1,0 +1,84 @@
+/* instances.c - method instances of a replay (see instances.h). */
+#include <stdlib.h>
+#include <string.h>
+#include "replay/instances.h"
+#include "replay/shard.h"
+
+int replay_instances_new(replay *r, kv_err *err)
+{
+    kv_spec *specs = NULL;
+    int ns = 0;
+    if (kv_spec_parse_list(r->o->methods, &specs, &ns, err)) return err->code;
+    /* the exact reference (first exact method), added when absent */
+    int ref = -1;
+    for (int i = 0; i < ns; i++)
+        if (!strcmp(specs[i].method, "exact")) { ref = i; break; }
+    r->M = ns + (ref < 0);
+    r->inst = kv_calloc((size_t)r->M, sizeof *r->inst, err);
+    if (!r->inst) { free(specs); return err->code; }
+    for (int i = 0; i < ns; i++) r->inst[i].spec = specs[i];
+    free(specs);
+    if (ref < 0) {
+        kv_spec *x = NULL;
+        int one;
+        if (kv_spec_parse_list("exact", &x, &one, err)) return err->code;
+        for (int i = 0; i < ns; i++)
+            if (!strcmp(r->inst[i].spec.label, "exact")) {
+                free(x);
+                return kv_seterr(err, KV_EINPUT, "--methods: the label 'exact' is reserved for the exact reference");
+            }
+        r->inst[ns].spec = x[0];
+        free(x);
+        ref = ns;
+    }
+    r->ref = ref;
+    for (int i = 0; i < r->M; i++) {
+        r->inst[i].ops = kv_method_find(r->inst[i].spec.method);
+        if (!r->inst[i].ops)
+            return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", r->inst[i].spec.method,
+                             kv_method_names());
+    }
+    return KV_OK;
+}
+
+int replay_instances_create(replay *r, kv_err *err)
+{
+    const kv_replay_opts *o = r->o;
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        x->st = kv_calloc((size_t)r->S, sizeof(void *), err);
+        if (!x->st) return err->code;
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_method_ctx ctx = { .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
+                                  .stream = s, .rank = r->rank, .nranks = r->P, .seed = o->seed,
+                                  .shard_tokens = replay_shard_tokens(r),
+                                  .semantics = o->semantics, .window = o->window };
+            kv_spec_reset(&x->spec);
+            if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
+        }
+    }
+    for (int mi = 0; mi < r->M && (o->checkpoint || o->resume); mi++)
+        if (!r->inst[mi].ops->save || !r->inst[mi].ops->load)
+            return kv_seterr(err, KV_EINPUT, "--checkpoint/--resume: method '%s' cannot be checkpointed",
+                             r->inst[mi].spec.text);
+    return KV_OK;
+}
+
+void replay_instances_free(replay *r)
+{
+    for (int mi = 0; r->inst && mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        for (int64_t s = 0; x->st && s < r->S; s++)
+            if (x->st[s]) x->ops->free(x->st[s]);
+        free(x->st);
+    }
+    free(r->inst);
+    r->inst = NULL;
+}
+
+int64_t replay_instance_bytes(const replay_instance *x, int64_t S)
+{
+    int64_t b = 0;
+    for (int64_t s = 0; s < S; s++) b += (int64_t)x->ops->bytes(x->st[s]);
+    return b;
+}

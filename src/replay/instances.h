@@ -1,0 +1,22 @@
+/* instances.h - the method instances of a replay: one per (method, stream).
+ *
+ * replay_instances_new parses --methods (adding the exact reference when it
+ * is absent) and finds every method; replay_instances_create then makes the
+ * per-stream states once the trace's shape is known. */
+#ifndef KVSTREAM_REPLAY_INSTANCES_H
+#define KVSTREAM_REPLAY_INSTANCES_H
+
+#include "core/kverr.h"
+#include "replay/internal.h"
+
+/* r->inst, r->M, r->ref from r->o->methods. */
+int replay_instances_new(replay *r, kv_err *err);
+/* Every instance's per-stream states (needs the shape, C, rank and P); with
+ * --checkpoint/--resume, also that every method can save and load. */
+int replay_instances_create(replay *r, kv_err *err);
+void replay_instances_free(replay *r);
+
+/* Bytes an instance holds now, summed over this rank's streams. */
+int64_t replay_instance_bytes(const replay_instance *x, int64_t S);
+
+#endif

@@ -1,0 +1,63 @@
+/* internal.h - what the replay stages share (private to src/replay).
+ *
+ * The driver (replay.c) fills one `replay` before any stage runs: options,
+ * the trace and its shape, this rank's place, the method instances and the
+ * buffer sizes.  After that the stages only read it, except for the
+ * instances' timers and peaks.  Each stage keeps its own buffers in its own
+ * struct (shard.h, batch.h, sink.h), made by a _new and released by a _free. */
+#ifndef KVSTREAM_REPLAY_INTERNAL_H
+#define KVSTREAM_REPLAY_INTERNAL_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "core/spec.h"
+#include "io/trace.h"
+#include "methods/method.h"
+#include "replay/replay.h"
+
+/* One method on this rank: one state per stream. */
+typedef struct {
+    kv_spec spec;
+    const kv_method_ops *ops;
+    void **st;              /* [S] */
+    double t_ingest, t_query; /* seconds on this rank */
+    int64_t peak;           /* bytes, this rank, max over time */
+} replay_instance;
+
+/* Bytes of every buffer the stages allocate on this rank (0: none here).
+ * Written once (budget.c) and used by the allocations, the --max-memory
+ * check and the checkpoint reader's size checks. */
+typedef struct {
+    /* counted by --max-memory: they grow with the chunk, the batch or m */
+    size_t kstage, vstage;  /* shard: one chunk of K and V, every stream */
+    size_t gram;            /* shard: V^T V per stream (bound ratio only) */
+    size_t queries;         /* batch: its queries, every stream */
+    size_t send, recv;      /* batch: partial states [M][S][B]; recv on rank 0 */
+    size_t gsend, gsum;     /* batch: V^T V per distinct position; gsum on rank 0 */
+    size_t rel, bound;      /* sink, rank 0: per-query metrics [M][S*m] */
+    /* not counted, as they never were (O(B + S*dv) or --save-outputs only):
+     * counting them would change the need --max-memory reports */
+    size_t uidx;            /* batch: distinct-position index per query */
+    size_t zout;            /* sink, rank 0: one batch of outputs (--save-outputs) */
+    size_t ev;              /* sink, rank 0: power-iteration start vector per stream */
+} replay_sizes;
+
+typedef struct {
+    const kv_replay_opts *o;
+    MPI_Comm comm;
+    int rank, P, nthreads;
+    kv_trace *tr;
+    const kv_trace_info *in;
+    int64_t S, n, m, d, dv;
+    int64_t C;              /* shard unit, tokens: chunks c = rank, rank + P, ... are ours */
+    int64_t B;              /* queries per batch: min(--batch, m) */
+    int par_streams;        /* OpenMP over streams (else the methods thread over tokens) */
+    replay_instance *inst;
+    int M, ref;             /* methods, index of the exact reference */
+    replay_sizes z;
+} replay;
+
+static inline int64_t replay_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+#endif

@@ -1,0 +1,91 @@
+/* shard.c - the rank's shard walk (see shard.h). */
+#include <omp.h>
+#include <stdlib.h>
+#include "replay/instances.h"
+#include "replay/shard.h"
+
+int replay_shard_new(replay_shard *sh, const replay *r, kv_err *err)
+{
+    *sh = (replay_shard){ .cur = replay_min64((int64_t)r->rank * r->C, r->n), .loaded = -1 };
+    sh->K = kv_malloc(r->z.kstage, err);
+    sh->V = kv_malloc(r->z.vstage, err);
+    if (r->z.gram) sh->gram = kv_calloc(r->z.gram / sizeof(double), sizeof(double), err);
+    return err->code;
+}
+
+void replay_shard_free(replay_shard *sh)
+{
+    free(sh->K);
+    free(sh->V);
+    free(sh->gram);
+    *sh = (replay_shard){ .loaded = -1 };
+}
+
+int64_t replay_shard_tokens(const replay *r)
+{
+    int64_t t = 0;
+    for (int64_t c = r->rank; c * r->C < r->n; c += r->P) t += replay_min64(r->C, r->n - c * r->C);
+    return t;
+}
+
+static void gram_update(double *G, int dv, const float *V, int64_t cnt)
+{
+    for (int64_t t = 0; t < cnt; t++) {
+        const float *v = V + t * dv;
+        for (int i = 0; i < dv; i++) {
+            double vi = v[i];
+            double *row = G + (size_t)i * dv;
+#pragma omp simd
+            for (int j = i; j < dv; j++) row[j] += vi * v[j];
+        }
+    }
+}
+
+/* Tokens [cur, cur + len) of the staged chunk (they start `off` into it) into every instance. */
+static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, kv_err *err)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        int bad = 0;
+        double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(dynamic) if (r->par_streams) reduction(| : bad)
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_err e = { 0, "" };
+            const float *K = sh->K + (s * sh->loaded_cnt + off) * r->d;
+            const float *V = sh->V + (s * sh->loaded_cnt + off) * r->dv;
+            if (x->ops->ingest(x->st[s], K, V, sh->cur, (size_t)len, &e)) {
+#pragma omp critical(kv_replay_err)
+                kv_seterr(err, e.code, "%s", e.msg);
+                bad = 1;
+            }
+        }
+        x->t_ingest += omp_get_wtime() - t0;
+        if (bad) return err->code;
+        int64_t b = replay_instance_bytes(x, r->S);
+        if (b > x->peak) x->peak = b;
+    }
+    if (sh->gram) {
+        int dv = (int)r->dv;
+#pragma omp parallel for schedule(static) if (r->par_streams)
+        for (int64_t s = 0; s < r->S; s++)
+            gram_update(sh->gram + (size_t)s * dv * dv, dv, sh->V + (s * sh->loaded_cnt + off) * dv, len);
+    }
+    return KV_OK;
+}
+
+int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
+{
+    while (sh->cur < p && sh->cur < r->n) {
+        int64_t c = sh->cur / r->C, c0 = c * r->C;
+        if (c != sh->loaded) {
+            sh->loaded_cnt = replay_min64(r->C, r->n - c0);
+            if (kv_trace_read_kv(r->tr, c0, sh->loaded_cnt, sh->K, sh->V, err)) return err->code;
+            sh->loaded = c;
+        }
+        int64_t end = replay_min64(c0 + sh->loaded_cnt, p);
+        if (ingest_block(sh, r, sh->cur - c0, end - sh->cur, err)) return err->code;
+        sh->cur = end;
+        if (sh->cur == c0 + sh->loaded_cnt) sh->cur = replay_min64((c + r->P) * r->C, r->n); /* next owned chunk */
+    }
+    return KV_OK;
+}

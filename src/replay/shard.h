@@ -1,0 +1,35 @@
+/* shard.h - this rank's walk through its chunk-cyclic shard of the trace.
+ *
+ * The token axis is cut into chunks of C tokens; this rank owns chunks
+ * rank, rank + P, rank + 2P, ...  replay_shard_advance reads the owned
+ * chunks in stream order into the K/V staging buffers (one chunk of every
+ * stream at a time) and hands each token block to every method instance,
+ * so that afterwards exactly this rank's tokens below a prefix are ingested
+ * (what partial() expects, methods/method.h).  With the bound ratio it also
+ * accumulates V^T V of those tokens. */
+#ifndef KVSTREAM_REPLAY_SHARD_H
+#define KVSTREAM_REPLAY_SHARD_H
+
+#include <stdint.h>
+#include "core/kverr.h"
+#include "replay/internal.h"
+
+typedef struct {
+    int64_t cur;            /* next token index to ingest (a token of ours, or n) */
+    int64_t loaded;         /* chunk in the staging buffers, -1: none */
+    int64_t loaded_cnt;     /* its tokens */
+    float *K, *V;           /* staging: [S][loaded_cnt][d], [S][loaded_cnt][dv] */
+    double *gram;           /* [S][dv*dv], upper triangle used; NULL without bound ratio */
+} replay_shard;
+
+/* Buffers from r->z; positioned at this rank's first token. */
+int replay_shard_new(replay_shard *sh, const replay *r, kv_err *err);
+void replay_shard_free(replay_shard *sh);
+
+/* Ingest this rank's tokens with index < p (all remaining: p = n). */
+int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err);
+
+/* Tokens in this rank's chunks (per stream). */
+int64_t replay_shard_tokens(const replay *r);
+
+#endif

@@ -1,0 +1,157 @@
+/* sink.c - rank 0's metrics sink (see sink.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "kernels/metrics.h"
+#include "kernels/partial.h"
+#include "replay/sink.h"
+
+void replay_sink_group(const replay *r, int mi, char *buf, size_t len)
+{
+    snprintf(buf, len, "/methods/%s", r->inst[mi].spec.label);
+}
+
+static int create_results(replay_sink *k, const replay *r, kv_err *err)
+{
+    k->res = kv_results_create(r->o->out, err);
+    if (!k->res) return err->code;
+    int64_t d2[2] = { r->S, r->m }, d3[3] = { r->S, r->m, r->dv };
+    for (int mi = 0; mi < r->M; mi++) {
+        char g[128];
+        replay_sink_group(r, mi, g, sizeof g);
+        if (kv_results_group(k->res, g, err) || kv_results_dataset(k->res, g, "rel_error", KV_R_F64, 2, d2, err))
+            return err->code;
+        if (r->o->bound_ratio && kv_results_dataset(k->res, g, "bound_ratio", KV_R_F64, 2, d2, err)) return err->code;
+        if (r->o->save_outputs && kv_results_dataset(k->res, g, "outputs", KV_R_F32, 3, d3, err)) return err->code;
+    }
+    return kv_results_flush(k->res, err);
+}
+
+int replay_sink_new(replay_sink *k, const replay *r, kv_err *err)
+{
+    size_t dv = (size_t)r->dv;
+    *k = (replay_sink){ 0 };
+    /* zeroed: a checkpoint saves them whole, rows not yet done included */
+    k->rel = kv_calloc(r->z.rel / sizeof(double), sizeof(double), err);
+    k->bound = kv_calloc(r->z.bound / sizeof(double), sizeof(double), err);
+    k->zref = kv_malloc(sizeof(double) * dv, err);
+    k->z = kv_malloc(sizeof(double) * dv, err);
+    k->ev = kv_calloc(r->z.ev / sizeof(double), sizeof(double), err);
+    k->work = kv_malloc(sizeof(double) * dv, err);
+    k->G = kv_malloc(sizeof(double) * dv * dv, err);
+    if (err->code) return err->code;
+    if (r->z.zout && !(k->zout = kv_malloc(r->z.zout, err))) return err->code;
+    if (!r->o->out || r->o->resume) return KV_OK;
+    return create_results(k, r, err);
+}
+
+int replay_sink_reopen(replay_sink *k, const replay *r, kv_err *err)
+{
+    /* rows before the checkpoint are in the results file already */
+    if (r->o->out) k->res = kv_results_reopen(r->o->out, err);
+    return err->code;
+}
+
+/* |V_p|_op per (stream, query) into opn [S][cnt]: power iteration once per distinct prefix. */
+static void op_norms(replay_sink *k, const replay *r, const replay_batch *b, double *opn)
+{
+    int dv = (int)r->dv;
+    int64_t S = r->S, cnt = b->cnt;
+    for (int64_t s = 0; s < S; s++) {
+        int64_t lastu = -1;
+        double last = 0;
+        for (int64_t jj = 0; jj < cnt; jj++) {
+            if (b->uidx[jj] != lastu) {
+                const double *U = b->gsum + ((size_t)b->uidx[jj] * S + s) * dv * dv;
+                for (int i = 0; i < dv; i++)
+                    for (int j = 0; j < dv; j++) k->G[i * dv + j] = j >= i ? U[i * dv + j] : U[j * dv + i];
+                last = kv_opnorm_from_gram(k->G, dv, k->ev + s * dv, k->work);
+                lastu = b->uidx[jj];
+            }
+            opn[s * cnt + jj] = last;
+        }
+    }
+}
+
+/* Method mi on every (stream, query) of the batch: rel [S][cnt], bnd [S][cnt], zout. */
+static void method_metrics(replay_sink *k, const replay *r, const replay_batch *b, int mi, const double *opn,
+                           const float *model, double *rel_b, double *bnd_b)
+{
+    int dv = (int)r->dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    int64_t S = r->S, m = r->m, cnt = b->cnt, j0 = b->j0;
+    const double *st = b->recv;
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t jj = 0; jj < cnt; jj++) {
+            const double *ref = st + (((size_t)r->ref * S + s) * cnt + jj) * sl;
+            const double *x = st + (((size_t)mi * S + s) * cnt + jj) * sl;
+            kv_partial_output(ref, dv, k->zref);
+            kv_partial_output(x, dv, k->z);
+            double e = kv_rel_error(k->z, k->zref, dv);
+            rel_b[s * cnt + jj] = e;
+            k->rel[(size_t)mi * S * m + s * m + j0 + jj] = e;
+            double bd = NAN;
+            if (opn) {
+                double sm2 = ref[KV_PS_L] > 0 ? sqrt(ref[KV_PS_L2]) / ref[KV_PS_L] : 0; /* |softmax(a)|_2 */
+                double den = sm2 * opn[s * cnt + jj];
+                bd = den > 0 ? kv_l2_dist(k->z, k->zref, dv) / den : 0.0;
+            }
+            bnd_b[s * cnt + jj] = bd;
+            k->bound[(size_t)mi * S * m + s * m + j0 + jj] = bd;
+            if (k->zout)
+                for (int c = 0; c < dv; c++) k->zout[(s * cnt + jj) * dv + c] = (float)k->z[c];
+            if (model && mi == r->ref) {
+                double zm[dv];
+                for (int c = 0; c < dv; c++) zm[c] = model[(s * cnt + jj) * dv + c];
+                double me = kv_rel_error(k->zref, zm, dv);
+                if (me > k->model_max) k->model_max = me;
+                k->model_sum += me;
+                k->model_cnt++;
+            }
+        }
+}
+
+int replay_sink_batch(replay_sink *k, const replay *r, const replay_batch *b, kv_err *err)
+{
+    size_t Sc = (size_t)(r->S * b->cnt);
+    double *rel_b = malloc(sizeof(double) * Sc), *bnd_b = malloc(sizeof(double) * Sc);
+    double *opn = malloc(sizeof(double) * Sc);
+    float *model = NULL;
+    int rc = KV_OK;
+    if (!rel_b || !bnd_b || !opn) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    if (!rc && r->in->has_model_outputs && r->o->semantics == KV_SEM_FULL) {
+        model = malloc(sizeof(float) * Sc * (size_t)r->dv);
+        if (!model) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+        else rc = kv_trace_read_model_outputs(r->tr, b->j0, b->cnt, model, err);
+    }
+    if (!rc && b->gsum) op_norms(k, r, b, opn);
+    for (int mi = 0; mi < r->M && !rc; mi++) {
+        method_metrics(k, r, b, mi, b->gsum ? opn : NULL, model, rel_b, bnd_b);
+        if (k->res) {
+            char g[128];
+            replay_sink_group(r, mi, g, sizeof g);
+            rc = kv_results_write_rows(k->res, g, "rel_error", KV_R_F64, b->j0, b->cnt, rel_b, err);
+            if (!rc && b->gsum) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
+            if (!rc && k->zout) rc = kv_results_write_rows(k->res, g, "outputs", KV_R_F32, b->j0, b->cnt, k->zout, err);
+        }
+    }
+    free(model); free(rel_b); free(bnd_b); free(opn);
+    return rc;
+}
+
+int replay_sink_close(replay_sink *k, kv_err *err)
+{
+    if (k->res) kv_results_close(k->res, err);
+    k->res = NULL;
+    return err->code;
+}
+
+void replay_sink_free(replay_sink *k)
+{
+    if (k->res) {
+        kv_err e2 = { 0, "" };
+        kv_results_close(k->res, &e2);
+    }
+    free(k->rel); free(k->bound); free(k->zref); free(k->z); free(k->ev); free(k->work); free(k->G); free(k->zout);
+    *k = (replay_sink){ 0 };
+}

@@ -1,0 +1,209 @@
+/* summary.c - totals, the summary table, kv_replay_result, progress (see summary.h). */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include "kernels/metrics.h"
+#include "mpi/agree.h"
+#include "mpi/coll.h"
+#include "replay/instances.h"
+#include "replay/summary.h"
+
+/* Per-method totals across ranks: mem at the end of the stream, peak the
+ * sum over ranks of each rank's largest state (sampled after every ingest
+ * block and every partial call), the figure memory_bytes reports. */
+typedef struct { int64_t mem, peak, clusters, kept; double t_ingest, t_query; } totals;
+
+static void gather_totals(const replay *r, totals *t, kv_err *err)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        const replay_instance *x = &r->inst[mi];
+        int64_t loc[4] = { replay_instance_bytes(x, r->S), x->peak, 0, 0 }, glob[4];
+        int has_clusters = 0, has_kept = 0;
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_method_extra e = { -1, -1 };
+            if (x->ops->extra) x->ops->extra(x->st[s], &e);
+            if (e.clusters >= 0) { loc[2] += e.clusters; has_clusters = 1; }
+            if (e.kept_tokens >= 0) { loc[3] += e.kept_tokens; has_kept = 1; }
+        }
+        double tl[2] = { x->t_ingest, x->t_query }, tg[2];
+        /* no early return: every rank makes the same collectives */
+        int bad = kv_mpi_sum_i64(loc, glob, 4, r->comm) != MPI_SUCCESS;
+        bad |= kv_mpi_max_f64(tl, tg, 2, r->comm) != MPI_SUCCESS;
+        if (bad) kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the method totals failed");
+        t[mi] = (totals){ glob[0], glob[1], has_clusters ? glob[2] : -1, has_kept ? glob[3] : -1, tg[0], tg[1] };
+    }
+}
+
+/* Every rank gets the per-method figures rank 0 computed. */
+static int share_summary(const replay *r, const replay_sink *k, const totals *t, kv_replay_result *res, kv_err *err)
+{
+    int M = r->M;
+    double *buf = kv_calloc((size_t)M * 3, sizeof(double), err);
+    res->methods = kv_calloc((size_t)M, sizeof *res->methods, err);
+    if (kv_agree(r->comm, err)) {
+        free(buf);
+        kv_replay_result_free(res);
+        return err->code;
+    }
+    int64_t Sm = r->S * r->m;
+    for (int mi = 0; r->rank == 0 && mi < M; mi++) {
+        kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
+        buf[mi * 3] = e.mean;
+        buf[mi * 3 + 1] = e.p95;
+        buf[mi * 3 + 2] = e.max;
+    }
+    if (kv_mpi_bcast(buf, sizeof(double) * (size_t)M * 3, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Bcast of the summary failed");
+    for (int mi = 0; mi < M; mi++) {
+        kv_replay_summary *x = &res->methods[mi];
+        snprintf(x->label, sizeof x->label, "%s", r->inst[mi].spec.label);
+        x->memory_bytes = t[mi].peak;
+        x->mean_error = buf[mi * 3];
+        x->p95_error = buf[mi * 3 + 1];
+        x->max_error = buf[mi * 3 + 2];
+    }
+    res->n_methods = M;
+    free(buf);
+    return err->code;
+}
+
+void kv_replay_result_free(kv_replay_result *res)
+{
+    if (!res) return;
+    free(res->methods);
+    res->methods = NULL;
+    res->n_methods = 0;
+}
+
+static void print_header(const replay *r, FILE *f, double wall)
+{
+    fprintf(f, "kvstream replay: %s  streams %lld  tokens %lld  queries %lld  d %lld  dv %lld  ranks %d  threads %d  %.2fs\n",
+            kv_trace_path(r->tr), (long long)r->S, (long long)r->n, (long long)r->m, (long long)r->d,
+            (long long)r->dv, r->P, r->nthreads, wall);
+    fprintf(f, "%-28s %12s %8s %10s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "mean err", "p99 err",
+            "max err", "p95 bound", "ingest tok/s", "us/query");
+}
+
+static void print_row(const replay *r, const replay_sink *k, const totals *t, int mi, FILE *f)
+{
+    int64_t Sm = r->S * r->m;
+    kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
+    kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm); /* NaN without V^T V */
+    double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
+    double usq = t[mi].t_query * 1e6 / (double)Sm;
+    double exact_mem = (double)t[r->ref].peak;
+    char mem[32];
+    double b = (double)t[mi].peak;
+    if (b >= 1 << 30) snprintf(mem, sizeof mem, "%.2f GiB", b / (1 << 30));
+    else if (b >= 1 << 20) snprintf(mem, sizeof mem, "%.2f MiB", b / (1 << 20));
+    else snprintf(mem, sizeof mem, "%.1f KiB", b / 1024);
+    char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
+    if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
+    fprintf(f, "%-28.28s %12s %7.2f%% %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
+            exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, e.mean, e.p99, e.max, bnd, rate, usq);
+}
+
+static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi, kv_err *err)
+{
+    char g[128];
+    replay_sink_group(r, mi, g, sizeof g);
+    const kv_spec *sp = &r->inst[mi].spec;
+    if (kv_results_attr_str(x, g, "spec", sp->text, err) ||
+        kv_results_attr_str(x, g, "method", sp->method, err) ||
+        kv_results_attr_i64(x, g, "memory_bytes", t[mi].peak, err) ||
+        kv_results_attr_i64(x, g, "peak_memory_bytes", t[mi].peak, err) ||
+        kv_results_attr_i64(x, g, "final_memory_bytes", t[mi].mem, err) ||
+        kv_results_attr_f64(x, g, "ingest_seconds", t[mi].t_ingest, err) ||
+        kv_results_attr_f64(x, g, "query_seconds", t[mi].t_query, err) ||
+        kv_results_attr_i64(x, g, "clusters", t[mi].clusters, err) ||
+        kv_results_attr_i64(x, g, "kept_tokens", t[mi].kept, err) ||
+        kv_results_attr_i64(x, g, "is_reference", mi == r->ref, err))
+        return err->code;
+    return KV_OK;
+}
+
+static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, double wall, int64_t rss, kv_err *err)
+{
+    const kv_replay_opts *o = r->o;
+    const char *sem = o->semantics == KV_SEM_FULL ? "full" : "window-unmasked-values";
+    int64_t dm[1] = { r->m };
+    if (kv_results_attr_str(x, "/", "format", "kvstream-results", err) ||
+        kv_results_attr_i64(x, "/", "version", 1, err) ||
+        kv_results_attr_str(x, "/", "trace", kv_trace_path(r->tr), err) ||
+        kv_results_attr_i64(x, "/", "ranks", r->P, err) ||
+        kv_results_attr_i64(x, "/", "threads", r->nthreads, err) ||
+        kv_results_attr_str(x, "/", "kvstream_version", KVSTREAM_VERSION, err) ||
+        kv_results_attr_str(x, "/", "methods", o->methods, err) ||
+        kv_results_attr_str(x, "/", "reference", r->inst[r->ref].spec.label, err) ||
+        kv_results_attr_str(x, "/", "semantics", sem, err) ||
+        kv_results_attr_i64(x, "/", "window", o->window, err) ||
+        kv_results_attr_i64(x, "/", "seed", (int64_t)(o->seed & INT64_MAX), err) ||
+        kv_results_attr_i64(x, "/", "batch", o->batch, err) ||
+        kv_results_attr_i64(x, "/", "streams", r->S, err) ||
+        kv_results_attr_i64(x, "/", "tokens", r->n, err) ||
+        kv_results_attr_i64(x, "/", "queries", r->m, err) ||
+        kv_results_attr_i64(x, "/", "d", r->d, err) ||
+        kv_results_attr_i64(x, "/", "dv", r->dv, err) ||
+        kv_results_attr_i64(x, "/", "shard_chunk", r->C, err) ||
+        kv_results_attr_f64(x, "/", "wall_seconds", wall, err) ||
+        kv_results_attr_i64(x, "/", "peak_rss_bytes", rss, err) ||
+        kv_results_write_all(x, "/", "query_pos", KV_R_I64, 1, dm, kv_trace_query_pos(r->tr), err))
+        return err->code;
+    if (k->model_cnt && kv_results_attr_f64(x, "/", "model_outputs_max_rel_error", k->model_max, err))
+        return err->code;
+    return KV_OK;
+}
+
+/* Rank 0: the table (to o->table) and the results file's attributes. */
+static int write_summary(const replay *r, const replay_sink *k, const totals *t, double wall, int64_t rss,
+                         kv_err *err)
+{
+    FILE *f = r->o->table;
+    if (f) print_header(r, f, wall);
+    for (int mi = 0; mi < r->M; mi++) {
+        if (f) print_row(r, k, t, mi, f);
+        if (k->res && method_attrs(r, k->res, t, mi, err)) return err->code;
+    }
+    if (f && k->model_cnt)
+        fprintf(f, "exact vs the model's own attention outputs (/model_outputs): max rel err %.3g, mean %.3g\n",
+                k->model_max, k->model_sum / (double)k->model_cnt);
+    if (f)
+        fprintf(f, "memory: peak state per method, summed over ranks; process peak RSS %.1f MiB (largest rank)\n",
+                (double)rss / (1 << 20));
+    return k->res ? run_attrs(r, k, k->res, wall, rss, err) : KV_OK;
+}
+
+int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
+{
+    totals *t = kv_calloc((size_t)r->M, sizeof *t, err);
+    /* agree first: a rank without t must not skip the collectives below alone */
+    if (kv_agree(r->comm, err)) {
+        free(t);
+        return err->code;
+    }
+    gather_totals(r, t, err);
+    /* what the machine paid: the largest process peak RSS over the ranks */
+    struct rusage ru;
+    int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
+    if (kv_mpi_max_i64(&rss, &rss, 1, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the peak RSS failed");
+    double wall = omp_get_wtime() - t_start;
+    if (r->rank == 0 && !err->code) write_summary(r, k, t, wall, rss, err);
+    if (res) share_summary(r, k, t, res, err);
+    free(t);
+    return err->code;
+}
+
+void replay_progress(const replay *r, int64_t done_q, int64_t pos, double t_start, double *last)
+{
+    if (r->o->quiet || r->rank != 0) return;
+    double now = omp_get_wtime();
+    if (now - *last < 1.0) return; /* at most once a second */
+    *last = now;
+    double el = now - t_start, rate = el > 0 ? (double)pos / el : 0;
+    double eta = pos > 0 ? el * (double)(r->n - pos) / (double)pos : 0;
+    fprintf(stderr, "replay: tokens %lld/%lld  queries %lld/%lld  %.3g tok/s  elapsed %.0fs  ETA %.0fs\n",
+            (long long)pos, (long long)r->n, (long long)done_q, (long long)r->m, rate, el, eta);
+}
