@@ -24,6 +24,11 @@ int kv_run_record(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* record
 int kv_run_methods(int argc, char **argv, MPI_Comm comm, kv_err *err); /* methods.c */
 int kv_run_version(int argc, char **argv, MPI_Comm comm, kv_err *err); /* version.c */
 
+/* Collective: when some rank has fewer CPUs in its affinity mask than
+ * OpenMP threads, rank 0 prints one warning line to stderr saying what to
+ * pass to mpirun or Slurm (placement.c).  Not an error: the run goes on. */
+void kv_cmd_check_placement(const char *cmd, MPI_Comm comm);
+
 /* The generator options shared by gen and sweep (gen.c); offsets into
  * kv_gen_opts, so a command lists it with base = its kv_gen_opts. */
 extern const kv_opt kv_gen_opt_table[];

@@ -62,5 +62,6 @@ int kv_run_replay(int argc, char **argv, MPI_Comm comm, kv_err *err)
     }
     if (kv_agree(comm, err) || help) return err->code;
     o.table = rank == 0 ? stdout : NULL;
+    kv_cmd_check_placement("replay", comm);
     return kv_replay_run(&o, comm, NULL, err);
 }

@@ -225,5 +225,6 @@ int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err)
     w.o.ds = w.d.v;
     w.o.nd = w.d.n;
     w.o.table = rank == 0 ? stdout : NULL;
+    kv_cmd_check_placement("sweep", comm);
     return kv_sweep_run(&w.o, comm, err);
 }
