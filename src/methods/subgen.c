@@ -502,14 +502,16 @@ static void subgen_free(void *state)
     free(g);
 }
 
-/* Defaults (to be revisited): delta = 1 suits keys of unit spread per
- * cluster (README "Choosing SubGen's parameters": 1.5-2 x sigma sqrt(d)),
+/* Defaults (to be revisited with the budget rule): delta = 1 joins keys
+ * within distance 1 of a cluster's first key, i.e. clusters whose members
+ * are about sigma sqrt(2d) <= 1 apart (README "Choosing SubGen's
+ * parameters"),
  * t = 16 is inside the 8-64 that works in practice, s = 256 = O(eps^-2 d)
  * for head dimensions up to 128 at eps ~ 0.7. */
 KV_CFG_FITS(kv_subgen_cfg);
 const kv_param_def kv_subgen_params[] = {
     KV_PARAM_DOUBLE(kv_subgen_cfg, delta, 1.0, 0.0, DBL_MAX,
-                    "cluster radius in key units (README: 1.5-2 x a cluster's spread sigma*sqrt(d))"),
+                    "join distance in key units: above the member distance sigma*sqrt(2d), delta*r <~ 1"),
     KV_PARAM_INT(kv_subgen_cfg, t, 16, 1, INT32_MAX, "keys sampled per cluster for the denominator (8-64 in practice)"),
     KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator (O(eps^-2 d))"),
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, seed, -1, "--seed", 0, INT64_MAX,
