@@ -2,14 +2,27 @@
 """Convert attention tensors dumped to a .npz into a kvtrace file.
 
     /usr/bin/python3 analysis/npz_to_kvtrace.py dump.npz -o trace.h5 [--chunk C] [--source NAME]
+        [--dtype float32|float16] [--bfloat16-bits]
 
 The output follows docs/TRACE_FORMAT.md (kvtrace version 1), the same
 layout `kvstream record` writes, so `kvstream info` / `kvstream replay` read it.
 Needs numpy and h5py (Debian: python3-numpy, python3-h5py; run with
 /usr/bin/python3).
 
-Accepted input (np.savez / np.savez_compressed; any float or integer dtype,
-written as float32):
+Accepted input (np.savez / np.savez_compressed; any float or integer dtype).
+keys, values and queries are written as float32, or with --dtype float16 as
+IEEE half (rounded to nearest even by numpy; a value beyond +-65504 is an
+error, not an inf); float16 input written as float16 is kept bit for bit.
+model_outputs is always written as float32.
+
+bfloat16: numpy has no bfloat16 type, so model dumps hold it as raw bits
+(uint16, e.g. `t.view(torch.int16).numpy()`, or ml_dtypes arrays, which
+np.load reads back as 2-byte void).  With --bfloat16-bits every uint16/int16
+or 2-byte void array among keys/values/queries/model_outputs is taken as
+bfloat16 bits and upcast exactly to float32 (bits << 16).  kvtrace has no
+bfloat16 dataset type: the result is written as float32 (or rounded to
+float16 when --dtype float16 is asked, which loses range).  Without the
+flag, uint16 arrays are read as integers.
 
   keys     [L, Hkv, n, d]   post-RoPE keys of n tokens, per layer and kv head
            or [S, n, d]     S independent streams
@@ -73,6 +86,14 @@ def _shape(a):
 def _numeric(name, a):
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise InputError(f"array '{name}' has dtype {a.dtype}; expected a real float or integer type")
+
+
+def _bfloat16_bits(name, a):
+    """Raw bfloat16 bits (uint16, int16 or 2-byte void) -> exact float32."""
+    if a.dtype.itemsize != 2 or a.dtype.kind not in "uiV":
+        raise InputError(f"--bfloat16-bits: array '{name}' has dtype {a.dtype}; expected uint16 raw bfloat16 bits")
+    bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32)
 
 
 def _finite(name, a):
@@ -200,11 +221,27 @@ class Layout:
         return A[layer, h * self.g:(h + 1) * self.g].transpose(1, 0, 2).reshape(n * self.g, w)
 
 
-def write(lay, path, chunk, source):
+def _as(name, s, a, dt):
+    """One stream's rows in the output dtype; float16 must not overflow to inf."""
+    a = np.asarray(a)
+    if dt == np.float32 or a.dtype == dt:
+        return a.astype(dt, copy=False)
+    with np.errstate(over="ignore"):
+        h = a.astype(dt)
+    bad = ~np.isfinite(h)
+    if bad.any():
+        idx = tuple(int(x[0]) for x in np.nonzero(bad))
+        raise InputError(f"{name} value {a[idx]} at [stream, row, col] {[s, *idx]} is beyond the float16 "
+                         "range (+-65504); use --dtype float32")
+    return h
+
+
+def write(lay, path, chunk, source, dtype="float32"):
     import h5py
     C = chunk
     ct, cq = min(C, lay.n), min(C, lay.m)
     f32 = np.float32
+    ft = np.float16 if dtype == "float16" else np.float32
     with h5py.File(path, "w") as f:
         f.attrs["format"] = np.bytes_("kvtrace")
         f.attrs["version"] = np.int64(1)
@@ -214,16 +251,17 @@ def write(lay, path, chunk, source):
             L, Hq, Hkv = lay.model
             for k, v in (("n_layers", L), ("n_heads", Hq), ("n_kv_heads", Hkv), ("head_dim", lay.d)):
                 f.attrs[k] = np.int64(v)
-        dk = f.create_dataset("keys", (lay.S, lay.n, lay.d), f32, chunks=(1, ct, lay.d))
-        dvv = f.create_dataset("values", (lay.S, lay.n, lay.dv), f32, chunks=(1, ct, lay.dv))
-        dq = f.create_dataset("queries", (lay.S, lay.m, lay.d), f32, chunks=(1, cq, lay.d))
+        dk = f.create_dataset("keys", (lay.S, lay.n, lay.d), ft, chunks=(1, ct, lay.d))
+        dvv = f.create_dataset("values", (lay.S, lay.n, lay.dv), ft, chunks=(1, ct, lay.dv))
+        dq = f.create_dataset("queries", (lay.S, lay.m, lay.d), ft, chunks=(1, cq, lay.d))
         dz = None
         if lay.Z is not None:
             dz = f.create_dataset("model_outputs", (lay.S, lay.m, lay.dv), f32, chunks=(1, cq, lay.dv))
         for s in range(lay.S):
-            dk[s] = lay.K[s]
-            dvv[s] = lay.V[s]
-            dq[s] = lay.stream_rows(lay.Q, s)
+            # converted here (numpy, round to nearest even), so h5py/HDF5 never converts
+            dk[s] = _as("keys", s, lay.K[s], ft)
+            dvv[s] = _as("values", s, lay.V[s], ft)
+            dq[s] = _as("queries", s, lay.stream_rows(lay.Q, s), ft)
             if dz is not None:
                 dz[s] = lay.stream_rows(lay.Z, s)
         f.create_dataset("query_pos", data=lay.query_pos, dtype=np.int64, chunks=(cq,))
@@ -237,6 +275,12 @@ def main(argv=None):
     ap.add_argument("-o", "--output", required=True, help="kvtrace file to write")
     ap.add_argument("--chunk", type=int, default=4096, help="token-axis chunk length (default 4096)")
     ap.add_argument("--source", help="value of the 'source' attribute (default: the input file name)")
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                    help="on-disk type of keys/values/queries (default float32); float16 is IEEE half, "
+                         "a value beyond +-65504 is an error; model_outputs stays float32")
+    ap.add_argument("--bfloat16-bits", action="store_true",
+                    help="read uint16 (or 2-byte void, ml_dtypes) keys/values/queries/model_outputs as raw "
+                         "bfloat16 bits; they are upcast exactly to float32 (kvtrace has no bfloat16 type)")
     a = ap.parse_args(argv)
     try:
         if a.chunk < 1:
@@ -249,13 +293,22 @@ def main(argv=None):
                 arrs = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise InputError("cannot read as .npz: " + " ".join(str(e).split()))
+        if a.bfloat16_bits:
+            for k in ("keys", "values", "queries", "model_outputs"):
+                if k in arrs:
+                    arrs[k] = _bfloat16_bits(k, arrs[k])
         lay = Layout(arrs)
         source = a.source if a.source is not None else os.path.basename(a.input)
     except InputError as e:
         print(f"npz_to_kvtrace: {a.input}: {e}", file=sys.stderr)
         return 2
     try:
-        write(lay, a.output, a.chunk, source)
+        write(lay, a.output, a.chunk, source, a.dtype)
+    except InputError as e:
+        if os.path.exists(a.output):
+            os.remove(a.output)
+        print(f"npz_to_kvtrace: {a.input}: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         if os.path.exists(a.output):
             os.remove(a.output)

@@ -5,6 +5,7 @@
  * problem. */
 #include <hdf5.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@ struct kv_trace {
 struct kv_trace_writer {
     char path[1024];
     hid_t file, keys, values, queries, query_pos, tokens, model_outputs, query_target;
+    hid_t half;             /* binary16 type when spec.float16, else -1 */
     kv_trace_spec spec;
 };
 
@@ -39,6 +41,61 @@ static void closeid(hid_t *id, herr_t (*fn)(hid_t))
 {
     if (*id >= 0) fn(*id);
     *id = -1;
+}
+
+/* ------------------------------------------------------------------ float16 */
+
+/* IEEE 754 binary16 as HDF5 describes it (what h5py writes for np.float16):
+ * sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9. */
+static hid_t half_type(void)
+{
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    if (t < 0) return -1;
+    if (H5Tset_fields(t, 15, 10, 5, 0, 10) < 0 || H5Tset_size(t, 2) < 0 || H5Tset_ebias(t, 15) < 0) {
+        H5Tclose(t);
+        return -1;
+    }
+    return t;
+}
+
+/* A 2-byte float with exactly the binary16 layout (either byte order).  Any
+ * other 2-byte float (bfloat16 stored as a custom type, ...) is refused. */
+static int is_ieee_half(hid_t ty)
+{
+    size_t spos, epos, esize, mpos, msize;
+    if (H5Tget_size(ty) != 2 || H5Tget_fields(ty, &spos, &epos, &esize, &mpos, &msize) < 0) return 0;
+    H5T_order_t order = H5Tget_order(ty);
+    return spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 && H5Tget_ebias(ty) == 15 &&
+           H5Tget_norm(ty) == H5T_NORM_IMPLIED && H5Tget_precision(ty) == 16 && H5Tget_offset(ty) == 0 &&
+           (order == H5T_ORDER_LE || order == H5T_ORDER_BE);
+}
+
+/* float32 -> binary16 bits, round to nearest even (as numpy's astype).
+ * Written by hand: HDF5 1.10's float->half conversion rounds ties away from
+ * zero and, when rounding carries into the exponent, loses it (3.9996 -> 2.0,
+ * 65520 -> 32768).  *bad is set for NaN, inf or |x| >= 65520 (rounds to inf). */
+static uint16_t float_to_half(float f, int *bad)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x477ff000u) { /* 65520 and above, inf, NaN */
+        *bad = 1;
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (ax < 0x38800000u) { /* below 2^-14: a half subnormal (or zero) */
+        if (ax < 0x33000000u) return sign; /* below 2^-25: rounds to 0 */
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(ax >> 23); /* 14 .. 24 */
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ax - 0x38000000u; /* exponent bias 127 -> 15 */
+    uint32_t h = r >> 13, rem = r & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; /* a carry into the exponent is right */
+    return (uint16_t)(sign | h);
 }
 
 /* ------------------------------------------------------------------ reader */
@@ -149,8 +206,14 @@ static int open_ds(kv_trace *t, const char *name, H5T_class_t want, int rank, hs
     if (cl != want) {
         rc = kv_seterr(err, KV_EINPUT, "%s: dataset %s has the wrong type (expected %s)", t->path, name,
                        want == H5T_FLOAT ? "float32 or float64" : "an integer type");
-    } else if (want == H5T_FLOAT && sz != 4 && sz != 8) {
-        rc = kv_seterr(err, KV_EINPUT, "%s: dataset %s is a %zu-byte float (expected float32 or float64)", t->path, name, sz);
+    } else if (want == H5T_FLOAT && sz == 2 && !is_ieee_half(ty)) {
+        size_t spos, epos, esize, mpos, msize;
+        H5Tget_fields(ty, &spos, &epos, &esize, &mpos, &msize);
+        rc = kv_seterr(err, KV_EINPUT, "%s: dataset %s is a 2-byte float that is not IEEE half precision (exponent %zu bits, "
+                       "bias %zu, mantissa %zu bits; bfloat16?): upcast it to float32 (analysis/npz_to_kvtrace.py does)",
+                       t->path, name, esize, H5Tget_ebias(ty), msize);
+    } else if (want == H5T_FLOAT && sz != 2 && sz != 4 && sz != 8) {
+        rc = kv_seterr(err, KV_EINPUT, "%s: dataset %s is a %zu-byte float (expected float16, float32 or float64)", t->path, name, sz);
     } else if (r != rank) {
         rc = kv_seterr(err, KV_EINPUT, "%s: dataset %s has rank %d, expected %d", t->path, name, r, rank);
     } else {
@@ -510,11 +573,19 @@ kv_trace_writer *kv_trace_create(const char *path, MPI_Comm comm, const kv_trace
     snprintf(w->path, sizeof w->path, "%s", path);
     w->spec = *spec;
     w->keys = w->values = w->queries = w->query_pos = w->tokens = w->model_outputs = w->query_target = -1;
+    w->half = -1;
+    if (s->float16 && (w->half = half_type()) < 0) {
+        kv_seterr(err, KV_EINTERNAL, "%s: cannot build the float16 file type", path);
+        free(w);
+        return NULL;
+    }
+    hid_t ft = s->float16 ? w->half : H5T_IEEE_F32LE; /* keys, values, queries */
     hid_t fapl = make_fapl(comm);
     w->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (w->file < 0) {
         kv_seterr(err, KV_EINPUT, "%s: cannot create file (directory missing or not writable?)", path);
+        if (w->half >= 0) H5Tclose(w->half);
         free(w);
         return NULL;
     }
@@ -526,9 +597,9 @@ kv_trace_writer *kv_trace_create(const char *path, MPI_Comm comm, const kv_trace
     hsize_t od[3] = { (hsize_t)s->S, (hsize_t)s->m, (hsize_t)s->dv }, oc[3] = { 1, cq, (hsize_t)s->dv };
     hsize_t pd[1] = { (hsize_t)s->m }, pc[1] = { cq }, td[1] = { (hsize_t)s->n }, tc[1] = { ct };
     hsize_t gd[2] = { (hsize_t)s->S, (hsize_t)s->m }, gc[2] = { 1, cq };
-    int bad = (w->keys = create_ds(w, "/keys", H5T_IEEE_F32LE, 3, kd, kc, err)) < 0 ||
-              (w->values = create_ds(w, "/values", H5T_IEEE_F32LE, 3, vd, vc, err)) < 0 ||
-              (w->queries = create_ds(w, "/queries", H5T_IEEE_F32LE, 3, qd, qc, err)) < 0 ||
+    int bad = (w->keys = create_ds(w, "/keys", ft, 3, kd, kc, err)) < 0 ||
+              (w->values = create_ds(w, "/values", ft, 3, vd, vc, err)) < 0 ||
+              (w->queries = create_ds(w, "/queries", ft, 3, qd, qc, err)) < 0 ||
               (w->query_pos = create_ds(w, "/query_pos", H5T_STD_I64LE, 1, pd, pc, err)) < 0 ||
               (s->with_tokens && (w->tokens = create_ds(w, "/tokens", H5T_STD_I32LE, 1, td, tc, err)) < 0) ||
               (s->with_model_outputs && (w->model_outputs = create_ds(w, "/model_outputs", H5T_IEEE_F32LE, 3, od, oc, err)) < 0) ||
@@ -571,15 +642,40 @@ static int write_rows(kv_trace_writer *w, hid_t ds, const char *name, hid_t memt
     return rc;
 }
 
+/* float rows of keys/values/queries: as float32, or converted here to
+ * binary16 (refusing what float16 cannot hold) and written without HDF5
+ * conversion */
+static int write_float_rows(kv_trace_writer *w, hid_t ds, const char *name, int64_t s, int64_t a, int64_t cnt,
+                            int64_t width, const float *buf, kv_err *err)
+{
+    if (w->half < 0 || cnt <= 0) return write_rows(w, ds, name, H5T_NATIVE_FLOAT, 3, s, a, cnt, width, buf, err);
+    size_t total = (size_t)cnt * (size_t)width;
+    uint16_t *h = kv_malloc(total * sizeof *h, err);
+    if (!h) return err->code;
+    for (size_t i = 0; i < total; i++) {
+        int bad = 0;
+        h[i] = float_to_half(buf[i], &bad);
+        if (bad) {
+            free(h);
+            return kv_seterr(err, KV_EINPUT, "%s: %s[%lld, %lld, %zu] = %g does not fit in float16 (|x| <= 65504, finite); "
+                             "write float32 instead (--dtype float32)", w->path, name, (long long)s,
+                             (long long)(a + (int64_t)(i / (size_t)width)), i % (size_t)width, (double)buf[i]);
+        }
+    }
+    int rc = write_rows(w, ds, name, w->half, 3, s, a, cnt, width, h, err);
+    free(h);
+    return rc;
+}
+
 int kv_trace_write_kv(kv_trace_writer *w, int64_t s, int64_t i0, int64_t cnt, const float *K, const float *V, kv_err *err)
 {
-    if (write_rows(w, w->keys, "/keys", H5T_NATIVE_FLOAT, 3, s, i0, cnt, w->spec.d, K, err)) return err->code;
-    return write_rows(w, w->values, "/values", H5T_NATIVE_FLOAT, 3, s, i0, cnt, w->spec.dv, V, err);
+    if (write_float_rows(w, w->keys, "/keys", s, i0, cnt, w->spec.d, K, err)) return err->code;
+    return write_float_rows(w, w->values, "/values", s, i0, cnt, w->spec.dv, V, err);
 }
 
 int kv_trace_write_queries(kv_trace_writer *w, int64_t s, int64_t j0, int64_t cnt, const float *Q, kv_err *err)
 {
-    return write_rows(w, w->queries, "/queries", H5T_NATIVE_FLOAT, 3, s, j0, cnt, w->spec.d, Q, err);
+    return write_float_rows(w, w->queries, "/queries", s, j0, cnt, w->spec.d, Q, err);
 }
 
 int kv_trace_write_query_pos(kv_trace_writer *w, int64_t j0, int64_t cnt, const int64_t *pos, kv_err *err)
@@ -607,6 +703,7 @@ int kv_trace_writer_close(kv_trace_writer *w, kv_err *err)
     if (!w) return KV_OK;
     hid_t *ids[] = { &w->keys, &w->values, &w->queries, &w->query_pos, &w->tokens, &w->model_outputs, &w->query_target };
     for (int i = 0; i < 7; i++) closeid(ids[i], H5Dclose);
+    closeid(&w->half, H5Tclose);
     int rc = KV_OK;
     if (w->file >= 0 && H5Fclose(w->file) < 0) rc = kv_seterr(err, KV_EINTERNAL, "%s: closing the file failed", w->path);
     free(w);

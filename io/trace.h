@@ -5,7 +5,8 @@
  * types, ranks, shapes, dims that disagree, query_pos range and order) and
  * returns one-line errors naming file, object and problem; it never lets
  * HDF5 print its error stack.  Reads of keys/values/queries are independent
- * hyperslab reads of any token or query range, converted to float32 and
+ * hyperslab reads of any token or query range, converted to float32 (from
+ * float16, float32 or float64 on disk; HDF5 converts) and
  * checked for non-finite numbers as they stream through.
  *
  * Writer: kv_trace_create is collective over comm (or serial when comm is
@@ -57,6 +58,8 @@ typedef struct {
     int with_tokens;        /* create /tokens int32 [n] */
     int with_model_outputs; /* create /model_outputs float32 [S, m, dv] */
     int with_query_target;  /* create /query_target int64 [S, m] */
+    int float16;            /* keys/values/queries as IEEE half (else float32);
+                             * a value float16 cannot hold is refused (KV_EINPUT) */
     int64_t n_layers, n_heads, n_kv_heads, head_dim; /* < 0: not written */
 } kv_trace_spec;
 

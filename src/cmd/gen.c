@@ -35,6 +35,8 @@ static const kv_opt gen_table[] = {
       .help = "one query per position (m = n) instead of --queries" },
     { "chunk", 0, KV_OPT_INT, G(chunk), .lo = 1, .hi = INT64_C(1) << 30, .meta = "C",
       .help = "token-axis chunk of the file" },
+    { "dtype", 0, KV_OPT_CHOICE, G(float16), .choices = "float32|float16",
+      .help = "keys/values/queries on disk; float16 refuses a value beyond +-65504" },
     { 0 } };
 
 int kv_run_gen(int argc, char **argv, MPI_Comm comm, kv_err *err)
@@ -54,7 +56,7 @@ int kv_run_gen(int argc, char **argv, MPI_Comm comm, kv_err *err)
     kv_gen_run(&o, comm, err);
     if (kv_agree(comm, err)) return err->code;
     if (rank == 0)
-        printf("wrote %s: %s, %lld streams x %lld tokens, d %lld, %lld queries\n", o.out, o.kind, (long long)o.S,
-               (long long)o.n, (long long)o.d, (long long)(o.every_position ? o.n : o.m));
+        printf("wrote %s: %s, %lld streams x %lld tokens, d %lld, %lld queries%s\n", o.out, o.kind, (long long)o.S,
+               (long long)o.n, (long long)o.d, (long long)(o.every_position ? o.n : o.m), o.float16 ? ", float16" : "");
     return KV_OK;
 }

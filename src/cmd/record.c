@@ -33,6 +33,7 @@ typedef struct {
     double temperature;      /* 0: greedy */
     uint64_t seed;
     int64_t chunk;           /* token-axis chunk, 0: the writer's default */
+    int float16;             /* --dtype float16: keys/values/queries as IEEE half */
 } record_opts;
 
 #define O(member) KV_AT(record_opts, member)
@@ -48,6 +49,8 @@ static const kv_opt record_table[] = {
     { "seed", 0, KV_OPT_INT, O(seed), .lo = 0, .hi = INT64_MAX, .meta = "X", .help = "sampling seed" },
     { "chunk", 0, KV_OPT_INT, O(chunk), .lo = 1, .hi = INT64_C(1) << 30, .meta = "C", .def = "4096",
       .help = "token-axis chunk of the trace" },
+    { "dtype", 0, KV_OPT_CHOICE, O(float16), .choices = "float32|float16",
+      .help = "keys/values/queries on disk (/model_outputs stays float32)" },
     { "output", 'o', KV_OPT_STRING, O(out), .meta = "FILE", .def = "required", .help = "the trace to write" },
     { 0 } };
 
@@ -189,7 +192,7 @@ static int record(const record_opts *o, kv_err *err)
         .S = S, .n = N, .m = N * g, .d = hd, .dv = hd, .chunk = o->chunk,
         .scale = 1.0 / sqrt((double)hd), .source = base_name(o->model),
         .seed = o->temperature > 0 ? (int64_t)(o->seed & INT64_MAX) : -1,
-        .with_tokens = 1, .with_model_outputs = 1,
+        .with_tokens = 1, .with_model_outputs = 1, .float16 = o->float16,
         .n_layers = c->n_layers, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = hd,
     };
     /* One block per chunk when it fits, so each write fills whole chunks. */

@@ -193,7 +193,7 @@ int kv_gen_run(const kv_gen_opts *in, MPI_Comm comm, kv_err *err)
     snprintf(source, sizeof source, "synthetic:%s", o.kind);
     kv_trace_spec ts = { .S = o.S, .n = o.n, .m = o.m, .d = o.d, .dv = o.dv, .chunk = o.chunk,
                          .scale = 1.0 / sqrt((double)o.d), .source = source, .seed = (int64_t)(o.seed & INT64_MAX),
-                         .with_query_target = is_jl, .n_layers = -1, .n_heads = -1, .n_kv_heads = -1, .head_dim = -1 };
+                         .with_query_target = is_jl, .float16 = o.float16, .n_layers = -1, .n_heads = -1, .n_kv_heads = -1, .head_dim = -1 };
     kv_trace_writer *w = kv_trace_create(o.out, comm, &ts, err);
     if (!w) return err->code;
     int64_t C = o.chunk < o.n ? o.chunk : o.n;

@@ -22,6 +22,7 @@ typedef struct {
     double beta;           /* jl: query = beta * target key */
     double radius;         /* sphere: radius of keys and queries */
     int64_t chunk;         /* token chunk length in the file */
+    int float16;           /* write keys/values/queries as IEEE half (--dtype float16) */
     uint64_t seed;
 } kv_gen_opts;
 
