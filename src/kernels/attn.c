@@ -206,12 +206,21 @@ static void pv_vec(const float *restrict P, int nq, const float *restrict V, int
     }
 }
 
-int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
-                 size_t n, int d, int dv, float scale, double *st)
+/* The serial fold behind kv_attn_fold and kv_attn_fold_multi.  Query q sees
+ * tokens [0, len[q] - off) of K, V (capped at n; len NULL: all n), with len
+ * non-decreasing.  Each tile is streamed once: queries whose prefix covers it
+ * take it whole, the ones whose prefix ends inside it get a masked tail (their
+ * P is zero past the end, so the P.V sums are those of the shorter tile), and
+ * those whose prefix ends before it stop.  A query's arithmetic is that of
+ * kv_attn_fold on its own prefix with the same path (batched: the caller
+ * decides, from the whole call, so every slice of one call takes the same). */
+static int fold_core(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
+                     size_t n, int d, int dv, float scale, double *st, int batched)
 {
     if (n == 0 || nq == 0) return KV_OK;
     size_t sl = KV_PSTATE_LEN(dv);
-    int dvec = d % VL == 0, vvec = dv % VL == 0, batched = nq >= 4 && dvec;
+    int dvec = d % VL == 0, vvec = dv % VL == 0;
+    batched = batched && dvec;
     float *S = malloc(sizeof(float) * (size_t)nq * TILE);
     float *U = malloc(sizeof(float) * (size_t)nq * dv);   /* this tile's P.V, float */
     double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
@@ -225,7 +234,13 @@ int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
     }
     for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
     const size_t tile = batched ? TILE : KV_TILE_ONE;
+    int qa = 0; /* first query still active */
+#define QLEN(q) (len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n)
     for (size_t t0 = 0; t0 < n; t0 += tile) {
+        while (qa < nq && QLEN(qa) <= t0) qa++;
+        if (qa == nq) break;
+        int na = nq - qa;
+        const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
         const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
@@ -237,21 +252,25 @@ int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
         }
         if (batched) {
             transpose_tile(Kt0, nt, d, Kt);
-            logits_batch(Q, nq, Kt, d, scale, S);
+            logits_batch(Qa, na, Kt, d, scale, S);
         } else if (dvec) {
-            for (int q = 0; q < nq; q++)
-                logits_one(Q + (size_t)q * d, Kt0, nt, d, scale, S + q * TILE,
-                           ahead && q == 0 ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
+            for (int i = 0; i < na; i++) {
+                size_t lq = QLEN(qa + i) - t0;
+                logits_one(Qa + (size_t)i * d, Kt0, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
+                           ahead && i == 0 ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
                            (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), (size_t)dv * sizeof(float));
+            }
         } else {
-            logits_scalar(Q, nq, Kt0, nt, d, scale, S);
+            logits_scalar(Qa, na, Kt0, nt, d, scale, S);
         }
-        for (int q = 0; q < nq; q++) {
-            float *s = S + q * TILE;
-            double *r = run + (size_t)q * sl;
+        for (int i = 0; i < na; i++) {
+            float *s = S + i * TILE;
+            double *r = run + (size_t)(qa + i) * sl;
+            size_t lq = QLEN(qa + i) - t0;
+            int ntq = lq < (size_t)nt ? (int)lq : nt; /* >= 1: the query is active */
             float mt = s[0];
 #pragma omp simd reduction(max : mt)
-            for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
+            for (int t = 1; t < ntq; t++) mt = s[t] > mt ? s[t] : mt;
             if (mt > r[KV_PS_M]) { /* new running max: rescale the double state (rare) */
                 if (r[KV_PS_M] != -INFINITY) {
                     double f = exp(r[KV_PS_M] - (double)mt);
@@ -263,25 +282,26 @@ int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
             }
             float m = (float)r[KV_PS_M]; /* a float logit, so exact */
 #pragma omp simd
-            for (int t = 0; t < nt; t++) s[t] -= m;
-            kv_expf_neg(s, (size_t)nt);
-            for (int t = nt; t < TILE; t++) s[t] = 0.0f;
+            for (int t = 0; t < ntq; t++) s[t] -= m;
+            kv_expf_neg(s, (size_t)ntq);
+            for (int t = ntq; t < TILE; t++) s[t] = 0.0f; /* masked tail: adds exact zeros below */
             float l = 0, l2 = 0;
 #pragma omp simd reduction(+ : l, l2)
-            for (int t = 0; t < nt; t++) { l += s[t]; l2 += s[t] * s[t]; }
+            for (int t = 0; t < ntq; t++) { l += s[t]; l2 += s[t] * s[t]; }
             r[KV_PS_L] += l;
             r[KV_PS_L2] += l2;
         }
-        memset(U, 0, sizeof(float) * (size_t)nq * dv);
-        if (vvec) pv_vec(S, nq, Vt, nt, dv, U, (size_t)dv);
-        else pv_scalar(S, nq, Vt, nt, dv, U, (size_t)dv);
-        for (int q = 0; q < nq; q++) {
-            double *u = run + (size_t)q * sl + KV_PS_U;
-            const float *x = U + (size_t)q * dv;
+        memset(U, 0, sizeof(float) * (size_t)na * dv);
+        if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
+        else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
+        for (int i = 0; i < na; i++) {
+            double *u = run + (size_t)(qa + i) * sl + KV_PS_U;
+            const float *x = U + (size_t)i * dv;
 #pragma omp simd
             for (int c = 0; c < dv; c++) u[c] += x[c];
         }
     }
+#undef QLEN
     for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);
     free(S);
     free(U);
@@ -290,12 +310,24 @@ int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
     return KV_OK;
 }
 
+int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
+                 size_t n, int d, int dv, float scale, double *st)
+{
+    return fold_core(Q, nq, NULL, 0, K, V, n, d, dv, scale, st, nq >= 4);
+}
+
+/* slice size depends on n only: results independent of thread count */
+static size_t slice_of(size_t n)
+{
+    size_t slice = 8192;
+    while (n / slice > 256) slice *= 2;
+    return slice;
+}
+
 int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
                      size_t n, int d, int dv, float scale, double *st)
 {
-    /* slice size depends on n only: results independent of thread count */
-    size_t slice = 8192;
-    while (n / slice > 256) slice *= 2;
+    size_t slice = slice_of(n);
     size_t ns = (n + slice - 1) / slice;
     if (ns <= 1) return kv_attn_fold(Q, nq, K, V, n, d, dv, scale, st);
     size_t sl = KV_PSTATE_LEN(dv);
@@ -313,5 +345,43 @@ int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
         for (int q = 0; q < nq; q++)
             kv_partial_merge(st + (size_t)q * sl, part + (i * (size_t)nq + q) * sl, dv);
     free(part);
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
+                       int d, int dv, float scale, double *st)
+{
+    if (nq <= 0 || len[nq - 1] == 0) return KV_OK;
+    size_t n = len[nq - 1], slice = slice_of(n);
+    size_t ns = (n + slice - 1) / slice;
+    if (ns <= 1) return fold_core(Q, nq, len, 0, K, V, n, d, dv, scale, st, nq >= 4);
+    size_t sl = KV_PSTATE_LEN(dv);
+    double *part = malloc(sizeof(double) * ns * (size_t)nq * sl);
+    int *first = malloc(sizeof(int) * ns); /* first query that reaches slice i */
+    if (!part || !first) {
+        free(part);
+        free(first);
+        return KV_EINTERNAL;
+    }
+    for (size_t i = 0, q = 0; i < ns; i++) {
+        while (len[q] <= i * slice) q++; /* stops: len[nq - 1] = n > i * slice */
+        first[i] = (int)q;
+    }
+    int bad = 0;
+    /* later slices serve fewer queries: dynamic, each slice writes only its own states */
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (!omp_in_parallel())
+    for (size_t i = 0; i < ns; i++) {
+        int q0 = first[i];
+        double *p = part + (i * (size_t)nq + q0) * sl;
+        for (int q = q0; q < nq; q++) kv_partial_clear(p + (size_t)(q - q0) * sl, dv);
+        size_t a = i * slice, cnt = n - a < slice ? n - a : slice;
+        bad |= fold_core(Q + (size_t)q0 * d, nq - q0, len + q0, a, K + a * (size_t)d, V + a * (size_t)dv, cnt, d, dv,
+                         scale, p, nq >= 4) != KV_OK;
+    }
+    for (size_t i = 0; i < ns; i++)
+        for (int q = first[i]; q < nq; q++)
+            kv_partial_merge(st + (size_t)q * sl, part + (i * (size_t)nq + q) * sl, dv);
+    free(part);
+    free(first);
     return bad ? KV_EINTERNAL : KV_OK;
 }

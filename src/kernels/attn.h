@@ -22,6 +22,21 @@ int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
 int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
                       size_t n, int d, int dv, float scale, double *st);
 
+/* Causal variable-length fold (multi-position batch, flash-decoding style):
+ * query i (row i of Q) sees tokens [0, len[i]) only; len is non-decreasing
+ * and K, V hold at least len[nq - 1] rows (len[i] = 0: state left as is).
+ * Every key tile is streamed once for all the queries that reach it, so nq
+ * queries at nq prefixes cost one pass, not nq.  Fixed slices of a size
+ * that depends on len[nq - 1] only, merged in slice order: bitwise the same
+ * for any thread count.  Per query, the tile arithmetic is that of
+ * kv_attn_fold_par over its prefix with nq queries (same path, batched when
+ * nq >= 4 and d % 16 == 0), so while both pick the same slice size
+ * (prefixes up to 2^21 tokens) the result is bitwise that of
+ * kv_attn_fold_par(Q, nq, K, V, len[i], ...) row i; otherwise equal within
+ * float rounding.  Runs serially inside an active parallel region. */
+int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
+                       int d, int dv, float scale, double *st);
+
 /* Vectorisable exp for x <= 0 (relative error ~1e-7; x < -87 gives 0). */
 void kv_expf_neg(float *x, size_t n);
 

@@ -79,9 +79,9 @@ static size_t held_below(const exact_state *s, int64_t g)
     return below;
 }
 
-static int exact_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+/* nq queries at prefix p over the first hi held tokens (those < p). */
+static int exact_answer(const exact_state *s, const float *Q, int nq, int64_t p, size_t hi, double *st)
 {
-    exact_state *s = state;
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t sl = KV_PSTATE_LEN(dv);
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
@@ -102,7 +102,43 @@ static int exact_partial(void *state, const float *Q, int nq, int64_t p, double 
             free(old);
         }
     }
-    return kv_attn_fold_par(Q, nq, s->K + lo * d, s->V + lo * dv, s->n - lo, d, dv, (float)s->ctx.scale, st);
+    return kv_attn_fold_par(Q, nq, s->K + lo * d, s->V + lo * dv, hi - lo, d, dv, (float)s->ctx.scale, st);
+}
+
+static int exact_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    exact_state *s = state;
+    return exact_answer(s, Q, nq, p, s->n, st);
+}
+
+/* Queries at prefixes p[0] <= .. <= p[nq - 1] (method.h): one pass of the
+ * multi-position kernel over the held tokens; under window-unmasked-values
+ * (a different window per prefix) one prefix at a time. */
+static int exact_partial_batch(void *state, const float *Q, const int64_t *p, int nq, double *st)
+{
+    exact_state *s = state;
+    int d = s->ctx.d, dv = s->ctx.dv;
+    size_t sl = KV_PSTATE_LEN(dv);
+    if (nq <= 0) return KV_OK;
+    if (s->ctx.semantics == KV_SEM_WINDOW_UNMASKED) {
+        for (int i = 0; i < nq;) {
+            int g = 1;
+            while (i + g < nq && p[i + g] == p[i]) g++;
+            int rc = exact_answer(s, Q + (size_t)i * d, g, p[i], held_below(s, p[i]), st + (size_t)i * sl);
+            if (rc) return rc;
+            i += g;
+        }
+        return KV_OK;
+    }
+    size_t *len = malloc(sizeof(size_t) * (size_t)nq);
+    if (!len) return KV_EINTERNAL;
+    for (int i = 0; i < nq; i++) {
+        len[i] = i > 0 && p[i] == p[i - 1] ? len[i - 1] : held_below(s, p[i]);
+        kv_partial_clear(st + (size_t)i * sl, dv);
+    }
+    int rc = kv_attn_fold_multi(Q, nq, len, s->K, s->V, d, dv, (float)s->ctx.scale, st);
+    free(len);
+    return rc;
 }
 
 static size_t exact_bytes(const void *state)
@@ -189,6 +225,7 @@ const kv_method_ops kv_method_exact = {
     .create = exact_create,
     .ingest = exact_ingest,
     .partial = exact_partial,
+    .partial_batch = exact_partial_batch,
     .bytes = exact_bytes,
     .extra = exact_extra,
     .free = exact_free,

@@ -7,6 +7,8 @@
  *     ingest(block of the rank's tokens)   any number of times
  *     partial(queries at prefix p)         when, and only when, the rank has
  *                                          ingested exactly its tokens < p
+ * or, for a method offering partial_batch, once per batch of queries (after
+ * the other methods' partial calls of that batch, see the hook below).
  * partial writes one partial state (src/kernels/partial.h) per query; the driver
  * merges states across ranks with the MPI reduction of mpi/merge.h.
  *
@@ -80,6 +82,20 @@ typedef struct kv_method_ops {
      * KV_OK, or KV_EINTERNAL when scratch memory cannot be had (the driver
      * names the method in the message). */
     int (*partial)(void *state, const float *Q, int nq, int64_t p, double *st);
+    /* Optional (NULL: the driver uses partial, one prefix at a time).
+     * Multi-position batch: nq queries (Q: nq x d) at prefixes p[0] <= p[1]
+     * <= ... <= p[nq - 1] -> nq states, in one call.  The state has ingested
+     * exactly the rank's tokens < p[nq - 1]; query i must see only the
+     * tokens < p[i], and its state must be what partial would give at p[i]
+     * (up to float rounding), so one pass over the held tokens serves every
+     * prefix.  Only for methods whose answer is a function of the held
+     * prefix and the query, not of the call order or of other calls: exact
+     * and topk may offer it; h2o may not (its scores update per partial
+     * call), nor anything whose state depends on when it was queried.  The
+     * driver calls it for the whole batch after the batch's partial calls
+     * of the other methods (replay/batch.c), with the same ingest.  Same
+     * return codes as partial. */
+    int (*partial_batch)(void *state, const float *Q, const int64_t *p, int nq, double *st);
     /* Bytes of state held now: every key, value, count and sample. */
     size_t (*bytes)(const void *state);
     void (*extra)(const void *state, kv_method_extra *x); /* may be NULL */

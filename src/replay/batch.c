@@ -29,11 +29,26 @@ void replay_batch_free(replay_batch *b)
     *b = (replay_batch){ 0 };
 }
 
-/* Queries jj .. jj + g - 1 of the batch, all at prefix p, on every instance. */
+/* 1 if method mi answers a whole batch at once (method.h: partial_batch). */
+static int batch_capable(const replay *r, int mi)
+{
+    return r->inst[mi].ops->partial_batch != NULL;
+}
+
+static void sample_peak(replay_instance *x, const replay *r)
+{
+    /* what a method keeps from answering (scores, grown buffers) counts too */
+    int64_t held = replay_instance_bytes(x, r->S);
+    if (held > x->peak) x->peak = held;
+}
+
+/* Queries jj .. jj + g - 1 of the batch, all at prefix p, on every instance
+ * of the methods that answer one prefix at a time. */
 static void answer(replay_batch *b, replay *r, int64_t jj, int64_t g, int64_t p, kv_err *err)
 {
     size_t sl = KV_PSTATE_LEN(r->dv);
     for (int mi = 0; mi < r->M; mi++) {
+        if (batch_capable(r, mi)) continue;
         replay_instance *x = &r->inst[mi];
         double t0 = omp_get_wtime();
         int bad = 0;
@@ -42,11 +57,32 @@ static void answer(replay_batch *b, replay *r, int64_t jj, int64_t g, int64_t p,
             bad |= x->ops->partial(x->st[s], b->Q + (s * b->cnt + jj) * r->d, (int)g, p,
                                    b->send + (((size_t)mi * r->S + s) * b->cnt + jj) * sl) != KV_OK;
         x->t_query += omp_get_wtime() - t0;
-        /* what a method keeps from answering (scores, grown buffers) counts too */
-        int64_t held = replay_instance_bytes(x, r->S);
-        if (held > x->peak) x->peak = held;
+        sample_peak(x, r);
         if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefix %lld",
                            x->spec.label, (long long)p);
+    }
+}
+
+/* The whole batch (prefixes pos[0..cnt)) on every instance of the methods
+ * with partial_batch, the shard advanced to the batch's last prefix: they
+ * see only tokens < their query's prefix, so answering after the others'
+ * prefix-by-prefix walk gives what answering inside it would. */
+static void answer_batch(replay_batch *b, replay *r, const int64_t *pos, kv_err *err)
+{
+    size_t sl = KV_PSTATE_LEN(r->dv);
+    for (int mi = 0; mi < r->M; mi++) {
+        if (!batch_capable(r, mi)) continue;
+        replay_instance *x = &r->inst[mi];
+        double t0 = omp_get_wtime();
+        int bad = 0;
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
+        for (int64_t s = 0; s < r->S; s++)
+            bad |= x->ops->partial_batch(x->st[s], b->Q + s * b->cnt * r->d, pos, (int)b->cnt,
+                                         b->send + ((size_t)mi * r->S + s) * b->cnt * sl) != KV_OK;
+        x->t_query += omp_get_wtime() - t0;
+        sample_peak(x, r);
+        if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
+                           x->spec.label, (long long)pos[0], (long long)pos[b->cnt - 1]);
     }
 }
 
@@ -58,6 +94,8 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
     b->cnt = cnt;
     b->nu = 0;
     if (!err->code) kv_trace_read_queries(r->tr, j0, cnt, b->Q, err);
+    /* the shard walks prefix by prefix whatever the methods: ingest blocks,
+     * the per-prefix methods' calls and the V^T V snapshots stay as they are */
     for (int64_t jj = 0; jj < cnt && !err->code;) {
         int64_t p = pos[j0 + jj], g = 1;
         while (jj + g < cnt && pos[j0 + jj + g] == p) g++; /* queries sharing a prefix */
@@ -71,6 +109,7 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         b->nu++;
         jj += g;
     }
+    if (!err->code && cnt > 0) answer_batch(b, r, pos + j0, err);
     return err->code;
 }
 

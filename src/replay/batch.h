@@ -2,8 +2,10 @@
  *
  * replay_batch_partials walks the batch's queries in order; for each run of
  * queries at the same prefix p it advances the shard to p and has every
- * instance answer them, writing states laid out [M][S][cnt] (packed when
- * cnt < B), and snapshots V^T V once per distinct prefix.  replay_batch_merge
+ * instance of the one-prefix methods answer them, writing states laid out
+ * [M][S][cnt] (packed when cnt < B), and snapshots V^T V once per distinct
+ * prefix.  Methods with partial_batch (method.h) then answer the whole batch
+ * in one call each, the shard being at the batch's last prefix.  replay_batch_merge
  * then merges the states (mpi/merge.h, rank order: bitwise reproducible) and
  * sums the V^T V snapshots onto rank 0. */
 #ifndef KVSTREAM_REPLAY_BATCH_H

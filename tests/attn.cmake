@@ -1,0 +1,3 @@
+# Attention kernels: the multi-position (causal variable-length) fold against
+# the one-prefix kernels, and its thread-count independence.
+kv_unit_test(test_attn_batch ${CMAKE_CURRENT_SOURCE_DIR}/test_attn_batch.c attn)
