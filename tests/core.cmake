@@ -48,3 +48,5 @@ endforeach()
 
 add_test(NAME progress_line COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_progress.py ${KVSTREAM_EXE} ${KV_WORK}/progress)
 set_tests_properties(progress_line PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi" TIMEOUT 600)
+# |V_p|_op for the bound ratio (Lanczos) against Jacobi eigenvalues
+kv_unit_test(test_metrics test_metrics.c core)

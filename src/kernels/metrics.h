@@ -9,9 +9,12 @@ double kv_rel_error(const double *z, const double *ref, int dv);
 double kv_l2_dist(const double *a, const double *b, int dv);
 
 /* Square root of the top eigenvalue of the symmetric PSD matrix G (dv x dv,
- * full storage) by power iteration.  vec (dv) is the start vector and
- * receives the eigenvector, so a caller tracking a slowly changing G warm
- * starts it.  Iterates until the estimate changes by < 1e-9 relative. */
+ * full storage), by Lanczos with full reorthogonalisation, stopping when the
+ * top Ritz value changes by < 1e-13 relative (at most dv steps, then exact
+ * up to rounding).  vec (dv) is a warm start (0 is fine) and receives the
+ * top Ritz vector, so a caller tracking a slowly changing G passes it back.
+ * work: KV_OPNORM_WORK(dv) doubles.  Deterministic: a function of G and vec. */
+#define KV_OPNORM_WORK(dv) ((size_t)(dv) * (size_t)(dv) + 5 * (size_t)(dv))
 double kv_opnorm_from_gram(const double *G, int dv, double *vec, double *work);
 
 typedef struct { double mean, p50, p95, p99, max; size_t count; } kv_summary;

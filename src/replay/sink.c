@@ -37,7 +37,7 @@ int replay_sink_new(replay_sink *k, const replay *r, kv_err *err)
     k->zref = kv_malloc(sizeof(double) * dv, err);
     k->z = kv_malloc(sizeof(double) * dv, err);
     k->ev = kv_calloc(r->z.ev / sizeof(double), sizeof(double), err);
-    k->work = kv_malloc(sizeof(double) * dv, err);
+    k->work = kv_malloc(sizeof(double) * KV_OPNORM_WORK(dv), err);
     k->G = kv_malloc(sizeof(double) * dv * dv, err);
     if (err->code) return err->code;
     if (r->z.zout && !(k->zout = kv_malloc(r->z.zout, err))) return err->code;
