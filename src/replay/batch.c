@@ -35,55 +35,28 @@ static int batch_capable(const replay *r, int mi)
     return r->inst[mi].ops->partial_batch != NULL;
 }
 
-static void sample_peak(replay_instance *x, const replay *r)
+/* Queries jj .. jj + g - 1 of the batch (prefixes p[0..g)) on every
+ * instance of method mi: one partial_batch call, or, for a method that
+ * answers one prefix at a time, one partial call (the g prefixes are equal). */
+static void answer(replay_batch *b, replay *r, int mi, int64_t jj, int64_t g, const int64_t *p, kv_err *err)
 {
+    size_t sl = KV_PSTATE_LEN(r->dv);
+    replay_instance *x = &r->inst[mi];
+    int whole = batch_capable(r, mi), bad = 0;
+    double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
+    for (int64_t s = 0; s < r->S; s++) {
+        const float *Q = b->Q + (s * b->cnt + jj) * r->d;
+        double *st = b->send + (((size_t)mi * r->S + s) * b->cnt + jj) * sl;
+        bad |= (whole ? x->ops->partial_batch(x->st[s], Q, p, (int)g, st)
+                      : x->ops->partial(x->st[s], Q, (int)g, p[0], st)) != KV_OK;
+    }
+    x->t_query += omp_get_wtime() - t0;
     /* what a method keeps from answering (scores, grown buffers) counts too */
     int64_t held = replay_instance_bytes(x, r->S);
     if (held > x->peak) x->peak = held;
-}
-
-/* Queries jj .. jj + g - 1 of the batch, all at prefix p, on every instance
- * of the methods that answer one prefix at a time. */
-static void answer(replay_batch *b, replay *r, int64_t jj, int64_t g, int64_t p, kv_err *err)
-{
-    size_t sl = KV_PSTATE_LEN(r->dv);
-    for (int mi = 0; mi < r->M; mi++) {
-        if (batch_capable(r, mi)) continue;
-        replay_instance *x = &r->inst[mi];
-        double t0 = omp_get_wtime();
-        int bad = 0;
-#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
-        for (int64_t s = 0; s < r->S; s++)
-            bad |= x->ops->partial(x->st[s], b->Q + (s * b->cnt + jj) * r->d, (int)g, p,
-                                   b->send + (((size_t)mi * r->S + s) * b->cnt + jj) * sl) != KV_OK;
-        x->t_query += omp_get_wtime() - t0;
-        sample_peak(x, r);
-        if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefix %lld",
-                           x->spec.label, (long long)p);
-    }
-}
-
-/* The whole batch (prefixes pos[0..cnt)) on every instance of the methods
- * with partial_batch, the shard advanced to the batch's last prefix: they
- * see only tokens < their query's prefix, so answering after the others'
- * prefix-by-prefix walk gives what answering inside it would. */
-static void answer_batch(replay_batch *b, replay *r, const int64_t *pos, kv_err *err)
-{
-    size_t sl = KV_PSTATE_LEN(r->dv);
-    for (int mi = 0; mi < r->M; mi++) {
-        if (!batch_capable(r, mi)) continue;
-        replay_instance *x = &r->inst[mi];
-        double t0 = omp_get_wtime();
-        int bad = 0;
-#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
-        for (int64_t s = 0; s < r->S; s++)
-            bad |= x->ops->partial_batch(x->st[s], b->Q + s * b->cnt * r->d, pos, (int)b->cnt,
-                                         b->send + ((size_t)mi * r->S + s) * b->cnt * sl) != KV_OK;
-        x->t_query += omp_get_wtime() - t0;
-        sample_peak(x, r);
-        if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
-                           x->spec.label, (long long)pos[0], (long long)pos[b->cnt - 1]);
-    }
+    if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
+                       x->spec.label, (long long)p[0], (long long)p[g - 1]);
 }
 
 int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t j0, int64_t cnt, kv_err *err)
@@ -100,7 +73,8 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         int64_t p = pos[j0 + jj], g = 1;
         while (jj + g < cnt && pos[j0 + jj + g] == p) g++; /* queries sharing a prefix */
         if (replay_shard_advance(sh, r, p, err)) break;
-        answer(b, r, jj, g, p, err);
+        for (int mi = 0; mi < r->M; mi++)
+            if (!batch_capable(r, mi)) answer(b, r, mi, jj, g, pos + j0 + jj, err);
         if (sh->gram) {
             for (int64_t s = 0; s < r->S; s++)
                 memcpy(b->gsend + ((size_t)b->nu * r->S + s) * gl, sh->gram + (size_t)s * gl, sizeof(double) * gl);
@@ -109,7 +83,10 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         b->nu++;
         jj += g;
     }
-    if (!err->code && cnt > 0) answer_batch(b, r, pos + j0, err);
+    /* batch-capable methods see only tokens < their query's prefix, so
+     * answering after the walk gives what answering inside it would */
+    for (int mi = 0; mi < r->M && !err->code && cnt > 0; mi++)
+        if (batch_capable(r, mi)) answer(b, r, mi, 0, cnt, pos + j0, err);
     return err->code;
 }
 
