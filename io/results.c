@@ -218,3 +218,45 @@ int kv_results_close(kv_results *r, kv_err *err)
     free(r);
     return rc;
 }
+
+int kv_results_read(kv_results *r, const char *group, const char *name, kv_rtype type, void **data, int64_t *count,
+                    kv_err *err)
+{
+    char full[192];
+    join(full, sizeof full, group, name);
+    *data = NULL;
+    *count = 0;
+    if (H5Lexists(r->file, group, H5P_DEFAULT) <= 0 || H5Lexists(r->file, full, H5P_DEFAULT) <= 0)
+        return kv_seterr(err, KV_EINPUT, "%s: no dataset %s", r->path, full);
+    hid_t ds = H5Dopen2(r->file, full, H5P_DEFAULT);
+    if (ds < 0) return kv_seterr(err, KV_EINPUT, "%s: cannot open %s", r->path, full);
+    hid_t fs = H5Dget_space(ds);
+    hssize_t n = H5Sget_simple_extent_npoints(fs);
+    size_t sz = type == KV_R_F32 ? sizeof(float) : 8;
+    void *buf = n >= 0 ? kv_malloc((size_t)(n ? n : 1) * sz, err) : NULL;
+    int rc = KV_OK;
+    if (n < 0) rc = kv_seterr(err, KV_EINPUT, "%s: %s has no simple shape", r->path, full);
+    else if (!buf) rc = err->code;
+    else if (n > 0 && H5Dread(ds, memtype(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        rc = kv_seterr(err, KV_EINPUT, "%s: reading %s failed (not numeric?)", r->path, full);
+    H5Sclose(fs);
+    H5Dclose(ds);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *data = buf;
+    *count = (int64_t)n;
+    return KV_OK;
+}
+
+int kv_results_read_attr_i64(kv_results *r, const char *group, const char *name, int64_t *val, kv_err *err)
+{
+    if (H5Aexists_by_name(r->file, group, name, H5P_DEFAULT) <= 0)
+        return kv_seterr(err, KV_EINPUT, "%s: %s has no attribute %s", r->path, group, name);
+    hid_t a = H5Aopen_by_name(r->file, group, name, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = a < 0 || H5Aread(a, H5T_NATIVE_INT64, val) < 0;
+    if (a >= 0) H5Aclose(a);
+    if (bad) return kv_seterr(err, KV_EINPUT, "%s: cannot read attribute %s of %s", r->path, name, group);
+    return KV_OK;
+}

@@ -40,4 +40,14 @@ int kv_results_write_strings(kv_results *r, const char *group, const char *name,
                              int64_t n, kv_err *err);
 int kv_results_close(kv_results *r, kv_err *err);
 
+/* ---- reading back (e.g. pareto's statistics over a replay's groups) ---- */
+
+/* The whole dataset group/name, converted to `type`, into *data (malloc'ed,
+ * free with free()) of *count values in C order.  Works on a handle from
+ * create or reopen; KV_EINPUT when the dataset is missing. */
+int kv_results_read(kv_results *r, const char *group, const char *name, kv_rtype type, void **data, int64_t *count,
+                    kv_err *err);
+/* A scalar integer attribute of a group ("/" for the root). */
+int kv_results_read_attr_i64(kv_results *r, const char *group, const char *name, int64_t *val, kv_err *err);
+
 #endif

@@ -43,6 +43,18 @@ int kv_mpi_reduce_sum_f64(const double *in, double *out, size_t n, int root, MPI
     return rc;
 }
 
+int kv_mpi_reduce_sum_i64(const int64_t *in, int64_t *out, size_t n, int root, MPI_Comm comm)
+{
+    const size_t step = (size_t)INT_MAX / 2;
+    int rank, rc = MPI_SUCCESS;
+    MPI_Comm_rank(comm, &rank);
+    for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += step) {
+        int c = (int)(n - off < step ? n - off : step);
+        rc = MPI_Reduce(in + off, rank == root ? out + off : NULL, c, MPI_INT64_T, MPI_SUM, root, comm);
+    }
+    return rc;
+}
+
 int kv_mpi_any(int flag, MPI_Comm comm)
 {
     int mine = flag != 0, any = 0;

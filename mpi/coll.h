@@ -25,6 +25,9 @@ int kv_mpi_max_int(const int *in, int *out, int n, MPI_Comm comm);
 /* Sum n doubles of every rank into out on root (out unused elsewhere). */
 int kv_mpi_reduce_sum_f64(const double *in, double *out, size_t n, int root, MPI_Comm comm);
 
+/* Sum n int64s of every rank into out on root (out unused elsewhere). */
+int kv_mpi_reduce_sum_i64(const int64_t *in, int64_t *out, size_t n, int root, MPI_Comm comm);
+
 /* 1 on every rank if any rank passes a non-zero flag, else 0. */
 int kv_mpi_any(int flag, MPI_Comm comm);
 

@@ -11,7 +11,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 mkdir -p out
 mpirun --oversubscribe -np 2 build/kvstream gen --kind clustered --clusters 64 --spread 0.1 --streams 4 \
   --tokens 65536 --dim 64 --queries 256 --seed 1 -o out/demo-trace.h5
-METHODS=${KVSTREAM_DEMO_METHODS:-"exact,subgen:delta=2,t=16,s=1024,window:W=4096,sinks:S=64,W=4096,h2o:budget=8192,recent=2048,uniform:budget=4096,window+subgen:W=1024,delta=2,t=16,s=1024"}
+METHODS=${KVSTREAM_DEMO_METHODS:-"exact,subgen:delta=2,t=16,s=1024,window:W=4096,sinks:S=64,W=4096,h2o:tokens=8192,recent=2048,uniform:tokens=4096,window+subgen:W=1024,delta=2,t=16,s=1024"}
 mpirun --oversubscribe -np 2 build/kvstream replay out/demo-trace.h5 --methods "${METHODS:-exact}" \
   -o out/demo-results.h5
 echo "results: out/demo-results.h5 (layout: docs/RESULTS_FORMAT.md)"

@@ -20,6 +20,7 @@ static const struct {
     { "info", kv_run_info, "shape, storage, attributes and a validation verdict of a trace" },
     { "replay", kv_run_replay, "run exact attention and methods over a trace (--checkpoint/--resume for long runs)" },
     { "sweep", kv_run_sweep, "smallest budget per method for p95 error <= eps over a grid of n and d" },
+    { "pareto", kv_run_pareto, "error against memory of every (method, budget, seed) in one replay" },
     { "record", kv_run_record, "record a llama2.c model's keys, values and queries as a trace" },
     { "methods", kv_run_methods, "list the methods and their parameters" },
     { "version", kv_run_version, "print the version" },

@@ -66,9 +66,9 @@ for j in range(len(pos)):
         fail("jl query %d puts only %.3f of its mass on the target" % (j, w[tgt[j]]))
 checks += 1
 
-jl_methods = "window:W=@,uniform:budget=@,h2o:budget=@,subgen:delta=0.5,t=@,s=@"
+jl_methods = "window:W=@,uniform:tokens=@,h2o:tokens=@,subgen:delta=0.5,t=@,s=@"
 t = sweep("jl", (256, 1024), 40, jl_methods, 0.3)
-for m in ("window:W=@", "uniform:budget=@", "h2o:budget=@", "subgen:delta=0.5,t=@,s=@"):
+for m in ("window:W=@", "uniform:tokens=@", "h2o:tokens=@", "subgen:delta=0.5,t=@,s=@"):
     small, big = t[(m, 256)][0], t[(m, 1024)][0]
     ratio = big / small
     print("jl %-28s memory n=256 %9d  n=1024 %9d  ratio %.2f" % (m, small, big, ratio))
@@ -76,7 +76,7 @@ for m in ("window:W=@", "uniform:budget=@", "h2o:budget=@", "subgen:delta=0.5,t=
         fail("jl: %s needs memory x%.2f for x4 tokens (expected ~linear, >= 2.5)" % (m, ratio))
     checks += 1
 
-sp_methods = "subgen:delta=0.8,t=8,s=@,name=subgen,uniform:budget=@,name=uniform"
+sp_methods = "subgen:delta=0.8,t=8,s=@,name=subgen,uniform:tokens=@,name=uniform"
 t = sweep("sphere", (2048, 8192, 32768), 3, sp_methods, 0.1, ("--radius", "2"))
 for m in ("subgen", "uniform"):
     rows = [t[(m, n)] for n in (2048, 8192, 32768)]

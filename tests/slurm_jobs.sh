@@ -118,12 +118,12 @@ mpirun -n 1 "$KVSTREAM" gen --kind gaussian --streams 2 --tokens 80000 --dim 32 
   -o "$LONG" >/dev/null || fail "gen long"
 
 # --- 1-5: submit all; they share the node's 2 CPUs -------------------------
-M1="window:W=64,uniform:budget=256"
+M1="window:W=64,uniform:tokens=256"
 J1=$(submit -n 2 -c 1 -t 10 "$REPO/jobs/replay.sbatch" "$TRACE" "exact,$M1" "$WORK/replay1.h5" --save-outputs) ||
   fail "sbatch replay.sbatch"
 J2=$(TRACE=$TRACE METHODS="sinks:S=4,W=64" OUT=$WORK/replay2.h5 EXTRA="--batch 8 --seed 3" KV_LAUNCHER=mpirun \
      submit -n 1 -c 2 -t 10 -o "$WORK/replay2-%j.out" "$REPO/jobs/replay.sbatch") || fail "sbatch replay.sbatch (env)"
-SPECS=("window:W=32" "window:W=256" "uniform:budget=128")
+SPECS=("window:W=32" "window:W=256" "uniform:tokens=128")
 J3=$(TRACE=$TRACE SPECS="${SPECS[*]}" OUTDIR=$WORK/sweep submit --array=0-2 -n 1 -c 1 -t 10 "$REPO/jobs/sweep.sbatch") ||
   fail "sbatch sweep.sbatch"
 J4=$(TRACE=$TRACE METHODS=exact RANKS="1 2" THREADS="1 2" OUTDIR=$WORK/strong \
@@ -150,7 +150,7 @@ ok "submitted replay $J1, replay(env, mpirun) $J2, refused-checkpoint $J2B, swee
 expect_completed "$J1" "replay.sbatch (args, srun)"
 [ -f "$WORK/kv-replay-$J1.out" ] || fail "default log kv-replay-$J1.out missing"
 grep -q "via srun" "$WORK/kv-replay-$J1.out" || fail "job 1 did not use srun: $(cat "$WORK/kv-replay-$J1.out")"
-$CHECK replay "$WORK/replay1.h5" 2 1 window:W=64 uniform:budget=256 || fail "job 1 results"
+$CHECK replay "$WORK/replay1.h5" 2 1 window:W=64 uniform:tokens=256 || fail "job 1 results"
 $PY - "$WORK/replay1.h5" <<'EOF' || fail "job 1 outputs"
 import sys, h5py
 with h5py.File(sys.argv[1]) as f:

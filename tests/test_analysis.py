@@ -145,7 +145,7 @@ def test_error_memory():
     gen(trace, 3000)
     r1 = path("em-np2.h5")
     kv(2, "replay", trace, "--quiet", "-o", r1, "--methods",
-       "exact,window:W=64,window:W=512,uniform:budget=128,uniform:budget=1024,h2o:budget=256,recent=32,"
+       "exact,window:W=64,window:W=512,uniform:tokens=128,uniform:tokens=1024,h2o:tokens=256,recent=32,"
        "sinks:S=4,W=128")
     sub = path("em-dir")
     os.makedirs(sub, exist_ok=True)
@@ -370,7 +370,7 @@ def test_sweep():
             out = path("real-%s.h5" % kind)
             wd = path("sweep-work")
             os.makedirs(wd, exist_ok=True)
-            kv(2, "sweep", "--kind", kind, "--n", "256,1024", "--d", dd, "--methods", "window:W=@,uniform:budget=@",
+            kv(2, "sweep", "--kind", kind, "--n", "256,1024", "--d", dd, "--methods", "window:W=@,uniform:tokens=@",
                "--eps", "0.3", "--queries", "16", "--seed", "2", "--workdir", wd, "-o", out, timeout=600)
             files.append(out)
         ok("kvstream sweep available: real sweeps (jl, sphere) added")

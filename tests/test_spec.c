@@ -90,9 +90,9 @@ static void test_tables(void)
     CHECK(same_cfg("window", "window:W=1024"), "window W default");
     CHECK(!same_cfg("window", "window:W=1023"), "window configs compare");
     CHECK(same_cfg("sinks", "sinks:S=4,W=1020"), "sinks defaults");
-    CHECK(same_cfg("h2o", "h2o:budget=1024,recent=512"), "h2o defaults");
-    CHECK(same_cfg("h2o:budget=10", "h2o:budget=10,recent=5"), "h2o recent = budget/2");
-    CHECK(same_cfg("uniform", "uniform:budget=1024"), "uniform default");
+    CHECK(same_cfg("h2o", "h2o:tokens=1024,recent=512"), "h2o defaults");
+    CHECK(same_cfg("h2o:tokens=10", "h2o:tokens=10,recent=5"), "h2o recent = budget/2");
+    CHECK(same_cfg("uniform", "uniform:tokens=1024"), "uniform default");
     CHECK(same_cfg("topk", "topk:k=64"), "topk default");
     CHECK(same_cfg("subgen", "subgen:delta=1,t=16,s=256,index=1"), "subgen defaults");
     CHECK(same_cfg("window+subgen", "window+subgen:W=1024,delta=1,t=16,s=256,index=1"), "window+subgen defaults");
@@ -110,7 +110,7 @@ static void test_tables(void)
     CHECK(same_cfg("subgen:delta=0.5,t=16,s=128", "subgen:s=128,t=16,delta=0.5,name=x"), "order and name=");
 
     /* rejections: one line, the spec as written, the method's parameters */
-    const char *wl = "(window takes W=<int >= 1, default 1024>, name=<label>)";
+    const char *wl = "(window takes W=<int >= 1, default 1024>, budget=<budget %|bytes|tok, default none>, name=<label>)";
     CHECK(rejects("window:X=3", "--methods: window:X=3: unknown parameter 'X' ", wl), "unknown");
     CHECK(rejects("window:W=0", "--methods: window:W=0: W=0 is out of range: W >= 1 ", wl), "range");
     CHECK(rejects("window:W=abc", "W='abc' is not an integer", wl), "not an integer");
@@ -122,8 +122,8 @@ static void test_tables(void)
     CHECK(rejects("subgen:s=16777217", "s=16777217 is out of range: 1 <= s <= 2^24", NULL), "closed range");
     CHECK(rejects("subgen:index=2", "out of range", NULL), "index");
     CHECK(rejects("uniform:seed=-1", "seed=-1 is out of range", "default --seed"), "sentinel is not a value");
-    CHECK(rejects("h2o:budget=10,recent=20", "--methods: h2o:budget=10,recent=20: recent=20 exceeds budget=10",
-                  "h2o takes budget="), "cross-parameter check");
+    CHECK(rejects("h2o:tokens=10,recent=20", "--methods: h2o:tokens=10,recent=20: recent=20 exceeds tokens=10",
+                  "h2o takes tokens="), "cross-parameter check");
     CHECK(rejects("exact:foo=1", "unknown parameter 'foo' (exact takes only name=<label>)", NULL), "exact");
     CHECK(rejects("topk:k=5,W=3", "unknown parameter 'W'", "topk takes k="), "topk");
     /* required parameters (no method has one today: a table of our own) */
@@ -185,7 +185,7 @@ static void test_tables(void)
     /* parse once: check_specs fills cfg; create reads it and never the
      * parameters again (here garbled after the check), also in a copy */
     const char *once[] = { "subgen:delta=0.5,t=8,s=6,seed=5,index=0", "window:W=7", "sinks:S=2,W=5",
-                           "h2o:budget=12", "uniform:budget=9,seed=4", "topk:k=3", "unmasked-window:W=16",
+                           "h2o:tokens=12", "uniform:tokens=9,seed=4", "topk:k=3", "unmasked-window:W=16",
                            "window+subgen:W=5,delta=0.5,t=3,s=4,seed=2" };
     for (size_t i = 0; i < sizeof once / sizeof *once; i++) {
         kv_spec *a, *b;
@@ -251,8 +251,8 @@ static void test_describe(void)
             const kv_param_def *leaf = d->type == KV_PT_TABLE ? d->sub : d;
             for (; leaf->type != KV_PT_END; leaf++) {
                 char pk[64];
-                snprintf(pk, sizeof pk, "\n      %-8s %-6s default ", leaf->name, leaf->type == KV_PT_INT ? "int"
-                                                                                                      : "number");
+                snprintf(pk, sizeof pk, "\n      %-8s %-6s default ", leaf->name,
+                         leaf->type == KV_PT_INT ? "int" : leaf->type == KV_PT_BUDGET ? "budget" : "number");
                 const char *q = strstr(at, pk);
                 CHECK(q && q < end && strstr(q, leaf->help) && strstr(q, leaf->help) < strchr(q + 1, '\n'),
                       "%s: parameter %s", m, leaf->name);
@@ -263,7 +263,7 @@ static void test_describe(void)
             CHECK(strstr(at, "no parameters") && strstr(at, "no parameters") < end, "%s: no parameters", m);
     }
     CHECK(strstr(txt, "W        int    default 1024") && strstr(txt, "delta    number default 1 ") &&
-          strstr(txt, "s        int    default 256") && strstr(txt, "recent   int    default budget/2") &&
+          strstr(txt, "s        int    default 256") && strstr(txt, "recent   int    default tokens/2") &&
           strstr(txt, "seed     int    default --seed") && strstr(txt, "name=<label>"), "defaults shown:\n%s", txt);
     free(txt);
 }

@@ -20,6 +20,7 @@ int kv_run_gen(int argc, char **argv, MPI_Comm comm, kv_err *err);     /* gen.c 
 int kv_run_info(int argc, char **argv, MPI_Comm comm, kv_err *err);    /* info.c */
 int kv_run_replay(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* replay.c */
 int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err);   /* sweep.c */
+int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* pareto.c */
 int kv_run_record(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* record.c */
 int kv_run_methods(int argc, char **argv, MPI_Comm comm, kv_err *err); /* methods.c */
 int kv_run_version(int argc, char **argv, MPI_Comm comm, kv_err *err); /* version.c */

@@ -13,6 +13,8 @@ _Static_assert(KV_SEM_FULL == 0 && KV_SEM_WINDOW_UNMASKED == 1 && sizeof(kv_sema
 static const kv_opt replay_table[] = {
     { "methods", 0, KV_OPT_STRING, R(methods), .meta = "LIST", .def = "exact",
       .help = "comma-separated method specs (`kvstream methods`); exact is always run" },
+    { "budget", 0, KV_OPT_STRING, R(budget), .meta = "X", .def = "each method's own parameters",
+      .help = "memory budget per stream for every method that takes budget=: 10% of exact, 8MiB, 500KB, 4096tok" },
     { "output", 'o', KV_OPT_STRING, R(out), .meta = "FILE", .help = "results file (docs/RESULTS_FORMAT.md)" },
     { "save-outputs", 0, KV_OPT_FLAG, R(save_outputs), .lo = 1, .help = "store every method's outputs in -o" },
     { "batch", 0, KV_OPT_INT, R(batch), .lo = 1, .hi = 1 << 20, .meta = "B",

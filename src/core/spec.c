@@ -48,6 +48,12 @@ static int add_param(kv_spec *sp, const char *tok, kv_err *err)
     return KV_OK;
 }
 
+int kv_spec_add_param(kv_spec *sp, const char *kv, kv_err *err)
+{
+    if (!strchr(kv, '=')) return kv_seterr(err, KV_EINPUT, "method '%s': parameter '%s' needs key=value", sp->method, kv);
+    return add_param(sp, kv, err);
+}
+
 int kv_spec_parse_list(const char *list, kv_spec **out, int *count, kv_err *err)
 {
     *out = NULL;
@@ -111,6 +117,9 @@ done:
     *count = n;
     return KV_OK;
 }
+
+static kv_param *find(kv_spec *sp, const char *key);
+int kv_spec_has(const kv_spec *sp, const char *key) { return find((kv_spec *)sp, key) != NULL; }
 
 static kv_param *find(kv_spec *sp, const char *key)
 {
@@ -188,12 +197,16 @@ static void fmt_int(char *b, size_t n, int64_t v)
 
 static int open_hi(const kv_param_def *d)
 {
+    if (d->type == KV_PT_BUDGET) return 1;
     return d->type == KV_PT_INT ? d->ihi == INT64_MAX : d->dhi >= DBL_MAX;
 }
 
 static void fmt_bounds(const kv_param_def *d, char *lo, char *hi, size_t n)
 {
-    if (d->type == KV_PT_INT) {
+    if (d->type == KV_PT_BUDGET) {
+        snprintf(lo, n, "0");
+        snprintf(hi, n, "100%%");
+    } else if (d->type == KV_PT_INT) {
         fmt_int(lo, n, d->ilo);
         fmt_int(hi, n, d->ihi);
     } else {
@@ -205,6 +218,7 @@ static void fmt_bounds(const kv_param_def *d, char *lo, char *hi, size_t n)
 /* ">= 1" or "1..2^31-1" */
 static void fmt_range(char *b, size_t n, const kv_param_def *d)
 {
+    if (d->type == KV_PT_BUDGET) { snprintf(b, n, "%%|bytes|tok"); return; }
     char lo[32], hi[32];
     fmt_bounds(d, lo, hi, sizeof lo);
     if (open_hi(d)) snprintf(b, n, ">= %s", lo);
@@ -228,7 +242,10 @@ static void fmt_default(char *b, size_t n, const kv_param_def *d)
     else snprintf(b, n, "%g", d->ddef);
 }
 
-static const char *type_name(const kv_param_def *d) { return d->type == KV_PT_INT ? "int" : "number"; }
+static const char *type_name(const kv_param_def *d)
+{
+    return d->type == KV_PT_INT ? "int" : d->type == KV_PT_BUDGET ? "budget" : "number";
+}
 
 /* calls fn on every leaf entry (sub-tables flattened) with its absolute offset */
 typedef int (*leaf_fn)(const kv_param_def *d, size_t off, void *arg);
@@ -321,6 +338,7 @@ static int set_default(const kv_param_def *d, size_t off, void *cfg)
 {
     unsigned char *c = cfg;
     if (d->type == KV_PT_INT) memcpy(c + off, &d->idef, sizeof(int64_t));
+    else if (d->type == KV_PT_BUDGET) memcpy(c + off, &(kv_budget){ KV_BUDGET_NONE, 0 }, sizeof(kv_budget));
     else memcpy(c + off, &d->ddef, sizeof(double));
     return 0;
 }
@@ -357,7 +375,12 @@ int kv_params_parse(const kv_param_def *defs, kv_spec *sp, void *cfg, kv_err *er
         if (!d) return kv_params_error(defs, sp, err, "unknown parameter '%s'", p->key);
         char *end, r[96];
         errno = 0;
-        if (d->type == KV_PT_INT) {
+        if (d->type == KV_PT_BUDGET) {
+            kv_budget bu;
+            kv_err e = { 0, "" };
+            if (kv_budget_parse(p->val, &bu, &e)) return kv_params_error(defs, sp, err, "%s", e.msg);
+            memcpy((unsigned char *)cfg + fa.off, &bu, sizeof bu);
+        } else if (d->type == KV_PT_INT) {
             long long v = strtoll(p->val, &end, 10);
             if (errno || *end || end == p->val)
                 return kv_params_error(defs, sp, err, "%s='%s' is not an integer", p->key, p->val);

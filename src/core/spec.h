@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include "core/budget.h"
 #include "core/kverr.h"
 
 #define KV_SPEC_MAXP 16
@@ -48,12 +49,16 @@ typedef struct {
 /* Parse a comma-separated list; *out is malloc'ed (free with free()). */
 int kv_spec_parse_list(const char *list, kv_spec **out, int *count, kv_err *err);
 
+/* Append "key=value" to a parsed spec (its text grows; its label stays). */
+int kv_spec_add_param(kv_spec *sp, const char *kv, kv_err *err);
+
 /* ---- parameter tables ---------------------------------------------------- */
 
 typedef enum {
     KV_PT_END = 0, /* ends a table */
     KV_PT_INT,     /* int64_t field */
     KV_PT_DOUBLE,  /* double field, finite */
+    KV_PT_BUDGET,  /* kv_budget field (core/budget.h): 10%, 8MiB, 4096tok; default: none given */
     KV_PT_TABLE    /* another table (sub) whose offsets are relative to offset */
 } kv_param_type;
 
@@ -90,6 +95,10 @@ typedef struct kv_param_def {
     { .name = #f, .type = KV_PT_DOUBLE, .required = 1, .dlo = (lo), .dhi = (hi), .help = (help_), \
       .offset = KV_PARAM_OFF_(T, f, double) }
 /* every parameter of another table, into the struct member f */
+/* budget=X (core/budget.h); kind KV_BUDGET_NONE when not given */
+#define KV_PARAM_BUDGET(T, f, help_) \
+    { .name = #f, .type = KV_PT_BUDGET, .def_text = "none", .help = (help_), \
+      .offset = KV_PARAM_OFF_(T, f, kv_budget) }
 #define KV_PARAM_INCLUDE(T, f, table) { .name = #f, .type = KV_PT_TABLE, .offset = offsetof(T, f), .sub = (table) }
 #define KV_PARAM_TABLE_END { .type = KV_PT_END }
 
@@ -124,6 +133,9 @@ int kv_spec_double(kv_spec *sp, const char *key, int required, double def,
 
 /* Error if a parameter was never read (unknown key). */
 int kv_spec_finish(const kv_spec *sp, kv_err *err);
+
+/* 1 if the spec gives parameter key (e.g. to refuse W= with budget=). */
+int kv_spec_has(const kv_spec *sp, const char *key);
 
 /* Mark every parameter unread again (cfg and cfg_of are kept). */
 void kv_spec_reset(kv_spec *sp);

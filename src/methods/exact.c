@@ -1,7 +1,9 @@
 /* method_exact.c - exact attention: the rank keeps every key and value of its
  * shard (a plain KV cache) and answers each query with the exact kernel.
  *
- * Memory: (d + dv) * 4 bytes per held token plus the run table.  Under
+ * Memory: (d + dv) * 4 bytes per allocated row plus the run table.  The
+ * rows are the whole shard, allocated by the first ingest (the shard size is
+ * known up front), so memory counts what is allocated, not what is filled.  Under
  * --semantics window-unmasked-values it computes the full-cache reference of
  * ALGORITHMS.md section 3: tokens older than the last W keep their values but
  * their logit is replaced by 0. */
@@ -34,16 +36,31 @@ static int exact_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     return KV_OK;
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem, kv_err *err)
+/* Capacity for need rows: the whole shard at once when its size is known
+ * (what exact will hold anyway, so memory counts capacity without doubling
+ * slack), else 1024 doubled.  A function of need alone, so a restored
+ * checkpoint gets the capacity the saved state had. */
+static size_t cap_for(const exact_state *s, size_t need, int rows)
 {
-    if (need <= *cap) return KV_OK;
-    size_t nc = *cap ? *cap : 1024;
+    if (rows && s->ctx.shard_tokens > 0 && need <= (size_t)s->ctx.shard_tokens) return (size_t)s->ctx.shard_tokens;
+    size_t nc = rows ? 1024 : 16;
     while (nc < need) nc *= 2;
+    return nc;
+}
+
+static int grow_to(void **p, size_t *cap, size_t nc, size_t elem, kv_err *err)
+{
+    if (nc <= *cap) return KV_OK;
     void *q = realloc(*p, nc * elem);
-    if (!q) return kv_seterr(err, KV_EINTERNAL, "exact: out of memory holding %zu tokens", need);
+    if (!q) return kv_seterr(err, KV_EINTERNAL, "exact: out of memory holding %zu tokens", nc);
     *p = q;
     *cap = nc;
     return KV_OK;
+}
+
+static int grow(const exact_state *s, void **p, size_t *cap, size_t need, size_t elem, int rows, kv_err *err)
+{
+    return need <= *cap ? KV_OK : grow_to(p, cap, cap_for(s, need, rows), elem, err);
 }
 
 static int exact_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -51,14 +68,14 @@ static int exact_ingest(void *state, const float *K, const float *V, int64_t fir
     exact_state *s = state;
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t kc = s->cap, vc = s->cap;
-    if (grow((void **)&s->K, &kc, s->n + n, sizeof(float) * (size_t)d, err)) return err->code;
-    if (grow((void **)&s->V, &vc, s->n + n, sizeof(float) * (size_t)dv, err)) return err->code;
+    if (grow(s, (void **)&s->K, &kc, s->n + n, sizeof(float) * (size_t)d, 1, err)) return err->code;
+    if (grow(s, (void **)&s->V, &vc, s->n + n, sizeof(float) * (size_t)dv, 1, err)) return err->code;
     s->cap = kc < vc ? kc : vc;
     memcpy(s->K + s->n * d, K, n * d * sizeof(float));
     memcpy(s->V + s->n * dv, V, n * dv * sizeof(float));
     /* a new run unless this block continues the previous one */
     if (!s->nruns || s->runs[s->nruns - 1].first + (int64_t)(s->n - s->runs[s->nruns - 1].local) != first) {
-        if (grow((void **)&s->runs, &s->rcap, s->nruns + 1, sizeof(run), err)) return err->code;
+        if (grow(s, (void **)&s->runs, &s->rcap, s->nruns + 1, sizeof(run), 0, err)) return err->code;
         s->runs[s->nruns++] = (run){ first, (int64_t)s->n };
     }
     s->n += n;
@@ -144,7 +161,7 @@ static int exact_partial_batch(void *state, const float *Q, const int64_t *p, in
 static size_t exact_bytes(const void *state)
 {
     const exact_state *s = state;
-    return s->n * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + s->nruns * sizeof(run);
+    return s->cap * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + s->rcap * sizeof(run);
 }
 
 static void exact_extra(const void *state, kv_method_extra *x)
@@ -202,8 +219,20 @@ static int exact_load(void *state, kv_rd *in, kv_err *err)
     }
     free(s->K); free(s->V); free(s->runs);
     s->K = K; s->V = V; s->runs = R;
-    s->n = s->cap = nk;
-    s->nruns = s->rcap = nr;
+    s->n = nk;
+    s->nruns = nr;
+    s->cap = s->rcap = 0;
+    /* the capacities the saved state had (cap_for) */
+    size_t kc = nk, vc = nk;
+    s->rcap = nr;
+    if (nk) {
+        s->cap = nk;
+        if (grow_to((void **)&s->K, &kc, cap_for(s, nk, 1), sizeof(float) * (size_t)s->ctx.d, err) ||
+            grow_to((void **)&s->V, &vc, cap_for(s, nk, 1), sizeof(float) * (size_t)s->ctx.dv, err) ||
+            grow_to((void **)&s->runs, &s->rcap, cap_for(s, nr, 0), sizeof(run), err))
+            return err->code;
+        s->cap = kc < vc ? kc : vc;
+    }
     return KV_OK;
 }
 
@@ -211,8 +240,9 @@ static int64_t exact_max_bytes(const void *state)
 {
     const exact_state *s = state;
     int64_t n = s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total;
-    /* one run per shard chunk at most; a chunk is >= 1 token */
-    return n * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + n * (int64_t)sizeof(run);
+    /* the capacities cap_for gives n rows; one run per shard chunk at most (a chunk is >= 1 token) */
+    return (int64_t)cap_for(s, (size_t)n, 1) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) +
+           (int64_t)cap_for(s, (size_t)n, 0) * (int64_t)sizeof(run);
 }
 
 const kv_method_ops kv_method_exact = {

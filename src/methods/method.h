@@ -96,6 +96,34 @@ typedef struct kv_method_ops {
      * of the other methods (replay/batch.c), with the same ingest.  Same
      * return codes as partial. */
     int (*partial_batch)(void *state, const float *Q, const int64_t *p, int nq, double *st);
+    /* Optional (NULL: not called).  The driver's promise that every later
+     * query has prefix >= p.  Called on every rank, for every distinct query
+     * position p in order, before the rank ingests its tokens < p (so also
+     * when it has none to ingest), and once with p = n_total after the last
+     * query.  A method that only ever looks at [p - W, p) drops here what no
+     * later query can see, so that the ranks together hold W tokens at every
+     * prefix however the stream is sharded (window, sinks). */
+    void (*horizon)(void *state, int64_t p);
+    /* Optional: a method whose state update needs the global softmax of its
+     * queries (H2O normalises attention scores by it).  After every partial
+     * call (nq queries Q at prefix p, states st), the driver merges the
+     * (m, l) of those states over all ranks and calls feedback on every
+     * rank with ml[2q] = m, ml[2q + 1] = l of query q's merged state, before
+     * any further ingest or partial.  Then partial must not update what
+     * feedback updates.  Returns KV_OK or KV_EINTERNAL (scratch memory). */
+    int (*feedback)(void *state, const float *Q, int nq, int64_t p, const double *ml);
+    /* Optional pair, for a method selecting tokens globally (topk: the k
+     * largest logits over all ranks).  select_len(state) doubles per query;
+     * select(Q, p[], nq, sel) writes, per query, the method's candidates as
+     * a list sorted descending (-inf padded), for the same multi-position
+     * batch as partial_batch (p[] non-decreasing, tokens < p[q] only).  The
+     * driver merges the lists over all ranks (keeping the select_len
+     * largest, kv_mpi_topk_merge) and calls partial_select with the merged
+     * lists gsel on every rank; it answers the batch like partial_batch.
+     * Called after the batch's walk, like partial_batch. */
+    int (*select_len)(const void *state);
+    int (*select)(void *state, const float *Q, const int64_t *p, int nq, double *sel);
+    int (*partial_select)(void *state, const float *Q, const int64_t *p, int nq, const double *gsel, double *st);
     /* Bytes of state held now: every key, value, count and sample. */
     size_t (*bytes)(const void *state);
     void (*extra)(const void *state, kv_method_extra *x); /* may be NULL */
@@ -127,6 +155,9 @@ int64_t kv_shard_limit(const kv_method_ctx *ctx);
 /* 1 if all n floats are finite: restored keys and values must be, as every
  * trace's are (io/trace.c checks them as they stream in). */
 int kv_all_finite(const float *x, size_t n);
+
+/* 1 if the method's table has a budget= parameter (core/budget.h). */
+int kv_method_takes_budget(const kv_method_ops *ops);
 
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);

@@ -144,3 +144,10 @@ void kv_methods_describe(FILE *f)
         }
     }
 }
+
+int kv_method_takes_budget(const kv_method_ops *ops)
+{
+    for (const kv_param_def *d = ops ? ops->params : NULL; d && d->type != KV_PT_END; d++)
+        if (d->type == KV_PT_BUDGET && !strcmp(d->name, "budget")) return 1;
+    return 0;
+}

@@ -4,27 +4,42 @@
  *
  * S and W are global quantities.  A rank keeps its own tokens with index < S
  * (never dropped: at most S over all ranks) and, for the window, its tokens
- * with index >= S that a future query can still see (as in method_window.c:
- * index > g_max - W, where g_max is this rank's newest token).
+ * with index >= S that a future query can still see (as in window.c: the
+ * driver's horizon p drops tokens < p - W), so all ranks together hold S + W
+ * tokens at every prefix and the result does not depend on P.
  *
- * Memory: held tokens x ((d + dv) floats + one int64 index). */
+ * budget=X: S as given (default 4), W = what fits in X after the sinks'
+ * pages (kv_tokring_fit).
+ *
+ * Memory: allocated 16-token pages of both rings and their page tables
+ * (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
-typedef struct { int64_t S, W; } sinks_cfg;
+typedef struct { int64_t S, W; kv_budget budget; } sinks_cfg;
 KV_CFG_FITS(sinks_cfg);
 
 static const kv_param_def sinks_params[] = {
     KV_PARAM_INT(sinks_cfg, S, 4, 0, INT64_MAX, "sink tokens: global indices < S, always kept (StreamingLLM: 4)"),
     KV_PARAM_INT(sinks_cfg, W, 1020, 1, INT64_MAX, "window tokens [p-W, p) (default: S + W = 1024, window's W)"),
+    KV_PARAM_BUDGET(sinks_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of W: W = what fits after the sinks"),
     KV_PARAM_TABLE_END
 };
+
+static int sinks_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const sinks_cfg *c = cfg;
+    if (c->budget.kind && kv_spec_has(spec, "W"))
+        return kv_params_error(sinks_params, spec, err, "give W or budget, not both");
+    return KV_OK;
+}
 
 typedef struct {
     kv_method_ctx ctx;
     int64_t S, W;
+    int64_t h;        /* the driver's horizon: no later query is below it */
     kv_tokring sinks; /* tokens < S, never popped */
     kv_tokring win;   /* tokens >= S, window */
 } sinks_state;
@@ -36,6 +51,15 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     const sinks_cfg *c = kv_method_cfg(&kv_method_sinks, spec, err);
     if (!c) return err->code;
     int64_t S = c->S, W = c->W;
+    if (c->budget.kind) {
+        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes(ctx->d, ctx->dv, lim) : 0;
+        W = kv_tokring_fit(B - sb, ctx->d, ctx->dv);
+        if (W < 1)
+            return kv_params_error(sinks_params, spec, err, "budget of %lld bytes does not hold the %lld sinks and one "
+                                   "window token (%lld bytes needed)", (long long)B, (long long)S,
+                                   (long long)(sb + kv_tokring_fit_min(ctx->d, ctx->dv)));
+    }
     sinks_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -58,11 +82,18 @@ static int sinks_ingest(void *state, const float *K, const float *V, int64_t fir
             if (kv_tokring_push(&s->sinks, k, v, g, err)) return err->code;
             continue;
         }
-        if (g < first + (int64_t)n - s->W) continue; /* would be dropped within this block */
+        if (g < first + (int64_t)n - s->W || g < s->h - s->W) continue; /* would be dropped at once */
         while (s->win.count && kv_tokring_idx(&s->win, 0) <= g - s->W) kv_tokring_pop(&s->win);
         if (kv_tokring_push(&s->win, k, v, g, err)) return err->code;
     }
     return KV_OK;
+}
+
+static void sinks_horizon(void *state, int64_t p)
+{
+    sinks_state *s = state;
+    if (p > s->h) s->h = p;
+    kv_tokring_drop_below(&s->win, p - s->W);
 }
 
 static int sinks_partial(void *state, const float *Q, int nq, int64_t p, double *st)
@@ -134,8 +165,7 @@ static int64_t sinks_max_bytes(const void *state)
     const sinks_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx);
     int64_t a = s->S < lim ? s->S : lim, b = s->W < lim ? s->W : lim;
-    int64_t held = a + b < lim ? a + b : lim; /* distinct tokens of the shard */
-    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+    return kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, a) + kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, b);
 }
 
 const kv_method_ops kv_method_sinks = {
@@ -145,7 +175,9 @@ const kv_method_ops kv_method_sinks = {
     .budget = "S + W tokens",
     .params = sinks_params,
     .cfg_size = sizeof(sinks_cfg),
+    .check = sinks_check,
     .create = sinks_create,
+    .horizon = sinks_horizon,
     .ingest = sinks_ingest,
     .partial = sinks_partial,
     .bytes = sinks_bytes,

@@ -3,8 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/attn.h"
+#include "kernels/slices.h"
 #include "methods/method.h"
 #include "methods/tokring.h"
+
+#define PG KV_TOKRING_PAGE
+#define SLICE_PAGES 16 /* pages per slice of the parallel fold */
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
 {
@@ -14,52 +18,63 @@ void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
     r->cap = cap;
 }
 
-void kv_tokring_free(kv_tokring *r)
+static void page_free(kv_tokpage *p)
 {
-    free(r->K);
-    free(r->V);
-    free(r->idx);
-    r->K = r->V = NULL;
-    r->idx = NULL;
-    r->alloc = r->count = r->head = 0;
+    free(p->K);
+    p->K = NULL;
+    p->V = NULL;
+    p->idx = NULL;
 }
 
-/* Reallocate to n rows, unwrapping so the oldest token lands in row 0. */
-static int regrow(kv_tokring *r, int64_t n, kv_err *err)
+void kv_tokring_free(kv_tokring *r)
 {
-    size_t d = (size_t)r->d, dv = (size_t)r->dv;
-    float *K = malloc(sizeof(float) * d * (size_t)n);
-    float *V = malloc(sizeof(float) * dv * (size_t)n);
-    int64_t *idx = malloc(sizeof(int64_t) * (size_t)n);
-    if (!K || !V || !idx) {
-        free(K); free(V); free(idx);
-        return kv_seterr(err, KV_EINTERNAL, "window: out of memory holding %lld tokens", (long long)n);
-    }
-    for (int64_t i = 0; i < r->count; i++) {
-        int64_t row = kv_tokring_row(r, i);
-        memcpy(K + i * d, r->K + row * d, sizeof(float) * d);
-        memcpy(V + i * dv, r->V + row * dv, sizeof(float) * dv);
-        idx[i] = r->idx[row];
-    }
-    free(r->K); free(r->V); free(r->idx);
-    r->K = K; r->V = V; r->idx = idx;
-    r->alloc = n;
-    r->head = 0;
-    return KV_OK;
+    for (int64_t i = 0; i < r->np; i++) page_free(&r->pages[(r->hp + i) % r->pcap]);
+    free(r->pages);
+    int d = r->d, dv = r->dv;
+    int64_t cap = r->cap;
+    kv_tokring_init(r, d, dv, cap);
+}
+
+static size_t page_bytes(int d, int dv)
+{
+    return PG * ((size_t)(d + dv) * sizeof(float) + sizeof(int64_t));
+}
+
+/* one page: K, V and idx in one allocation */
+static int page_new(kv_tokpage *p, int d, int dv)
+{
+    char *m = malloc(page_bytes(d, dv));
+    if (!m) return -1;
+    p->K = (float *)m;
+    p->V = p->K + (size_t)PG * d;
+    p->idx = (int64_t *)(m + (size_t)PG * (size_t)(d + dv) * sizeof(float));
+    return 0;
 }
 
 int kv_tokring_push(kv_tokring *r, const float *k, const float *v, int64_t g, kv_err *err)
 {
     if (r->count == r->cap) return kv_seterr(err, KV_EINTERNAL, "tokring: push into a full ring");
-    if (r->count == r->alloc) {
-        int64_t n = r->alloc ? 2 * r->alloc : 64;
-        if (n > r->cap) n = r->cap;
-        if (regrow(r, n, err)) return err->code;
+    int64_t j = r->off + r->count;
+    if (j == r->np * PG) { /* a new page at the tail */
+        if (r->np == r->pcap) {
+            int64_t nc = r->pcap ? 2 * r->pcap : 4;
+            kv_tokpage *np = calloc((size_t)nc, sizeof *np);
+            if (!np) return kv_seterr(err, KV_EINTERNAL, "window: out of memory holding %lld tokens", (long long)r->count);
+            for (int64_t i = 0; i < r->np; i++) np[i] = r->pages[(r->hp + i) % r->pcap];
+            free(r->pages);
+            r->pages = np;
+            r->pcap = nc;
+            r->hp = 0;
+        }
+        if (page_new(&r->pages[(r->hp + r->np) % r->pcap], r->d, r->dv))
+            return kv_seterr(err, KV_EINTERNAL, "window: out of memory holding %lld tokens", (long long)r->count);
+        r->np++;
     }
-    int64_t row = kv_tokring_row(r, r->count);
-    memcpy(r->K + row * (size_t)r->d, k, sizeof(float) * (size_t)r->d);
-    memcpy(r->V + row * (size_t)r->dv, v, sizeof(float) * (size_t)r->dv);
-    r->idx[row] = g;
+    int64_t sl;
+    kv_tokpage *p = (kv_tokpage *)kv_tokring_page_(r, r->count, &sl);
+    memcpy(p->K + sl * r->d, k, sizeof(float) * (size_t)r->d);
+    memcpy(p->V + sl * r->dv, v, sizeof(float) * (size_t)r->dv);
+    p->idx[sl] = g;
     r->count++;
     return KV_OK;
 }
@@ -67,8 +82,18 @@ int kv_tokring_push(kv_tokring *r, const float *k, const float *v, int64_t g, kv
 void kv_tokring_pop(kv_tokring *r)
 {
     if (!r->count) return;
-    r->head = r->head + 1 == r->alloc ? 0 : r->head + 1;
     r->count--;
+    r->off++;
+    if (r->off == PG || r->count == 0) { /* the first page is done with */
+        page_free(&r->pages[r->hp]);
+        r->hp = r->hp + 1 == r->pcap ? 0 : r->hp + 1;
+        r->np--;
+        r->off = 0;
+        if (r->count == 0 && r->np) { /* an empty ring keeps no page */
+            page_free(&r->pages[r->hp]);
+            r->np = 0;
+        }
+    }
 }
 
 int64_t kv_tokring_lower(const kv_tokring *r, int64_t g)
@@ -82,111 +107,140 @@ int64_t kv_tokring_lower(const kv_tokring *r, int64_t g)
     return lo;
 }
 
+void kv_tokring_drop_below(kv_tokring *r, int64_t g)
+{
+    while (r->count && kv_tokring_idx(r, 0) < g) kv_tokring_pop(r);
+}
+
+/* tokens [a, b) of the ring (a, b token positions) folded serially, page by page */
+static int fold_range(const kv_tokring *r, int64_t a, int64_t b, const float *Q, int nq, float scale, double *st)
+{
+    while (a < b) {
+        int64_t sl;
+        const kv_tokpage *p = kv_tokring_page_(r, a, &sl);
+        int64_t n = PG - sl < b - a ? PG - sl : b - a;
+        int rc = kv_attn_fold(Q, nq, p->K + sl * r->d, p->V + sl * r->dv, (size_t)n, r->d, r->dv, scale, st);
+        if (rc) return rc;
+        a += n;
+    }
+    return KV_OK;
+}
+
+typedef struct { const kv_tokring *r; int64_t from, s0, SP; } fold_arg;
+
+/* slice i: ring positions [(s0 + i) SP - off, + SP) clipped to [from, count): page-aligned */
+static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
+{
+    const fold_arg *a = arg;
+    int64_t lo = (a->s0 + i) * a->SP - a->r->off, hi = lo + a->SP;
+    if (lo < a->from) lo = a->from;
+    if (hi > a->r->count) hi = a->r->count;
+    return fold_range(a->r, lo, hi, Q, nq, scale, st);
+}
+
 int kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, float scale, double *st)
 {
-    if (from >= r->count) return KV_OK;
-    /* the suffix is at most two contiguous stretches of rows */
-    int64_t start = kv_tokring_row(r, from), n = r->count - from;
-    int64_t n1 = r->alloc - start < n ? r->alloc - start : n;
-    size_t d = (size_t)r->d, dv = (size_t)r->dv;
-    int rc = kv_attn_fold_par(Q, nq, r->K + start * d, r->V + start * dv, (size_t)n1, r->d, r->dv, scale, st);
-    if (!rc && n > n1) rc = kv_attn_fold_par(Q, nq, r->K, r->V, (size_t)(n - n1), r->d, r->dv, scale, st);
-    return rc;
+    if (from >= r->count || nq <= 0) return KV_OK;
+    fold_arg a = { r, from, 0, (int64_t)SLICE_PAGES * PG };
+    a.s0 = (r->off + from) / a.SP;
+    int64_t s1 = (r->off + r->count - 1) / a.SP;
+    return kv_fold_slices(s1 - a.s0 + 1, fold_slice, &a, Q, nq, r->dv, scale, st);
 }
 
 size_t kv_tokring_bytes(const kv_tokring *r)
 {
-    return (size_t)r->count * ((size_t)(r->d + r->dv) * sizeof(float) + sizeof(int64_t));
+    return (size_t)r->np * page_bytes(r->d, r->dv) + (size_t)r->pcap * sizeof(kv_tokpage);
+}
+
+int64_t kv_tokring_max_bytes(int d, int dv, int64_t n)
+{
+    int64_t pages = (n + PG - 1) / PG + 1, slots = 4;
+    while (slots < pages) slots *= 2;
+    return pages * (int64_t)page_bytes(d, dv) + slots * (int64_t)sizeof(kv_tokpage);
+}
+
+int64_t kv_tokring_token_bytes(int d, int dv) { return (int64_t)page_bytes(d, dv) / PG; }
+
+static int64_t fit_reserve(int d, int dv)
+{
+    return 3 * KV_TOKRING_PAGE * kv_tokring_token_bytes(d, dv) + 8 * (int64_t)sizeof(kv_tokpage);
+}
+
+int64_t kv_tokring_fit(int64_t bytes, int d, int dv)
+{
+    int64_t per = kv_tokring_token_bytes(d, dv) + (2 * (int64_t)sizeof(kv_tokpage) + KV_TOKRING_PAGE - 1) / KV_TOKRING_PAGE;
+    int64_t rest = bytes - fit_reserve(d, dv);
+    return rest > 0 ? rest / per : 0;
+}
+
+int64_t kv_tokring_fit_min(int d, int dv)
+{
+    return fit_reserve(d, dv) + kv_tokring_token_bytes(d, dv) + 2 * (int64_t)sizeof(kv_tokpage);
 }
 
 static const char *what(const kv_rd *in) { return in->what ? in->what : "a"; }
 
-/* rows head.. of a ring, count of them, as at most two contiguous stretches */
-static void put_rows(kv_buf *out, const void *base, size_t rowbytes, int64_t alloc, int64_t head, int64_t count)
-{
-    int64_t n1 = alloc - head < count ? alloc - head : count;
-    kv_buf_put_i64(out, (int64_t)((size_t)count * rowbytes));
-    if (n1 > 0) kv_buf_put(out, (const uint8_t *)base + (size_t)head * rowbytes, (size_t)n1 * rowbytes);
-    if (count > n1) kv_buf_put(out, base, (size_t)(count - n1) * rowbytes);
-}
-
 void kv_tokring_save(const kv_tokring *r, kv_buf *out)
 {
-    kv_buf_put_i64(out, r->alloc);
-    kv_buf_put_i64(out, r->head);
+    kv_buf_put_i64(out, r->off);
     kv_buf_put_i64(out, r->count);
-    put_rows(out, r->K, sizeof(float) * (size_t)r->d, r->alloc, r->head, r->count);
-    put_rows(out, r->V, sizeof(float) * (size_t)r->dv, r->alloc, r->head, r->count);
-    put_rows(out, r->idx, sizeof(int64_t), r->alloc, r->head, r->count);
-}
-
-/* the inverse of put_rows: the length must be exactly count rows */
-static int get_rows(kv_rd *in, void *base, size_t rowbytes, int64_t alloc, int64_t head, int64_t count, kv_err *err)
-{
-    int64_t len;
-    if (kv_rd_i64(in, &len, err)) return err->code;
-    if (len < 0 || (uint64_t)len != (uint64_t)count * rowbytes)
-        return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token ring length", what(in));
-    int64_t n1 = alloc - head < count ? alloc - head : count;
-    if (n1 > 0 && kv_rd_get(in, (uint8_t *)base + (size_t)head * rowbytes, (size_t)n1 * rowbytes, err))
-        return err->code;
-    if (count > n1 && kv_rd_get(in, base, (size_t)(count - n1) * rowbytes, err)) return err->code;
-    return KV_OK;
-}
-
-/* could pushes have grown the ring to a rows?  (0, then 64, doubling, capped at cap) */
-static int legal_alloc(int64_t cap, int64_t a)
-{
-    if (a == 0) return 1;
-    int64_t n = cap < 64 ? cap : 64;
-    while (n < a && n < cap) n = n > cap / 2 ? cap : 2 * n;
-    return n == a;
+    kv_buf_put_i64(out, r->pcap); /* bytes() counts the page table */
+    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_tokring_k(r, i), sizeof(float) * (size_t)r->d);
+    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_tokring_v(r, i), sizeof(float) * (size_t)r->dv);
+    for (int64_t i = 0; i < r->count; i++) kv_buf_put_i64(out, kv_tokring_idx(r, i));
 }
 
 int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_total, kv_err *err)
 {
-    int64_t alloc, head, count;
-    if (kv_rd_i64(in, &alloc, err) || kv_rd_i64(in, &head, err) || kv_rd_i64(in, &count, err)) return err->code;
-    /* a ring grows only when full, so alloc is at most twice the tokens seen;
-     * the byte check keeps a corrupt count from a huge allocation */
+    int64_t off, count, pcap;
+    if (kv_rd_i64(in, &off, err) || kv_rd_i64(in, &count, err) || kv_rd_i64(in, &pcap, err)) return err->code;
     size_t rowbytes = sizeof(float) * (size_t)(r->d + r->dv) + sizeof(int64_t);
-    if (alloc < 0 || !legal_alloc(r->cap, alloc) || (alloc > 64 && alloc / 2 > max_tokens) || count < 0 ||
-        count > alloc || count > max_tokens || (alloc ? head < 0 || head >= alloc : head != 0) ||
+    /* the table doubles from 4 slots when full: a power of two, at most twice the pages ever held */
+    int64_t most = max_tokens < r->cap ? max_tokens : r->cap, need = count ? (off + count + PG - 1) / PG : 0;
+    int bad_table = pcap != 0 && (pcap < 4 || (pcap & (pcap - 1)) || pcap > 4 * ((most + PG - 1) / PG + 1));
+    if (bad_table || pcap < need || off < 0 || off >= PG || (count == 0 && off != 0) || count < 0 || count > r->cap ||
+        count > max_tokens ||
         (uint64_t)count > (in->len - in->pos) / rowbytes)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token ring header", what(in));
-    kv_tokring t = *r;
-    t.alloc = alloc;
-    t.head = head;
-    t.count = count;
-    t.K = t.V = NULL;
-    t.idx = NULL;
-    if (alloc) {
-        t.K = malloc(sizeof(float) * (size_t)r->d * (size_t)alloc);
-        t.V = malloc(sizeof(float) * (size_t)r->dv * (size_t)alloc);
-        t.idx = malloc(sizeof(int64_t) * (size_t)alloc);
-        if (!t.K || !t.V || !t.idx) {
-            kv_tokring_free(&t);
-            return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)alloc);
-        }
+    size_t d = (size_t)r->d, dv = (size_t)r->dv, nk = (size_t)count * d, nv = (size_t)count * dv;
+    float *K = malloc(sizeof(float) * (nk + nv + 1));
+    int64_t *idx = malloc(sizeof(int64_t) * ((size_t)count + 1));
+    if (!K || !idx) {
+        free(K); free(idx);
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
     }
-    if (get_rows(in, t.K, sizeof(float) * (size_t)r->d, alloc, head, count, err) ||
-        get_rows(in, t.V, sizeof(float) * (size_t)r->dv, alloc, head, count, err) ||
-        get_rows(in, t.idx, sizeof(int64_t), alloc, head, count, err)) {
+    int rc = kv_rd_get(in, K, sizeof(float) * nk, err) || kv_rd_get(in, K + nk, sizeof(float) * nv, err);
+    for (int64_t i = 0; !rc && i < count; i++) rc = kv_rd_i64(in, &idx[i], err);
+    for (int64_t i = 0; !rc && i < count; i++)
+        if (idx[i] < 0 || idx[i] >= n_total || (i && idx[i] <= idx[i - 1]))
+            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", what(in));
+    /* traces hold finite numbers only (io/trace.c checks) */
+    if (!rc && !kv_all_finite(K, nk + nv))
+        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", what(in));
+    kv_tokring t;
+    kv_tokring_init(&t, r->d, r->dv, r->cap);
+    if (!rc && count) {
+        /* the first page starts `off` slots in, as it did when saved */
+        t.off = off;
+        t.count = 0;
+        t.pcap = pcap;
+        t.pages = calloc((size_t)t.pcap, sizeof *t.pages);
+        if (!t.pages || page_new(&t.pages[0], r->d, r->dv))
+            rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
+        else t.np = 1;
+        for (int64_t i = 0; !rc && i < count; i++)
+            rc = kv_tokring_push(&t, K + i * d, K + nk + i * dv, idx[i], err);
+    }
+    free(K);
+    free(idx);
+    if (rc) {
         kv_tokring_free(&t);
         return err->code;
     }
-    for (int64_t i = 0; i < count; i++) {
-        int64_t g = kv_tokring_idx(&t, i), row = kv_tokring_row(&t, i);
-        if (g < 0 || g >= n_total || (i && g <= kv_tokring_idx(&t, i - 1))) {
-            kv_tokring_free(&t);
-            return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", what(in));
-        }
-        /* traces hold finite numbers only (io/trace.c checks) */
-        if (!kv_all_finite(t.K + row * (size_t)t.d, (size_t)t.d) ||
-            !kv_all_finite(t.V + row * (size_t)t.dv, (size_t)t.dv)) {
-            kv_tokring_free(&t);
-            return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", what(in));
-        }
+    if (!count && pcap) { /* an emptied ring keeps its table */
+        t.pages = calloc((size_t)pcap, sizeof *t.pages);
+        if (!t.pages) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring a token ring");
+        t.pcap = pcap;
     }
     kv_tokring_free(r);
     *r = t;

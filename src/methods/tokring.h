@@ -2,8 +2,12 @@
  * methods (window, sinks, unmasked-window, window+subgen).
  *
  * Tokens are pushed in stream order, so the ring is sorted by global index
- * and "the tokens with index >= g" are a suffix of it.  Rows are allocated
- * lazily up to `cap`, so a huge W on a small shard costs only what is held. */
+ * and "the tokens with index >= g" are a suffix of it.  Storage is pages of
+ * KV_TOKRING_PAGE tokens, allocated when a push needs one and freed as soon
+ * as its last token is popped: what the ring holds in memory follows what
+ * it holds in tokens (at most two partly used pages), so a rank whose
+ * tokens have all left the window holds nothing, and bytes() counts every
+ * allocated page, not just the used rows. */
 #ifndef KVSTREAM_TOKRING_H
 #define KVSTREAM_TOKRING_H
 
@@ -12,60 +16,97 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 
+#define KV_TOKRING_PAGE 16
+
+typedef struct {
+    float *K, *V;   /* PAGE x d, PAGE x dv */
+    int64_t *idx;   /* PAGE global indices */
+} kv_tokpage;
+
 typedef struct {
     int d, dv;
-    int64_t cap;   /* most tokens ever held */
-    int64_t alloc; /* rows allocated (<= cap) */
-    int64_t head;  /* row of the oldest token */
-    int64_t count; /* tokens held */
-    float *K, *V;  /* alloc x d, alloc x dv */
-    int64_t *idx;  /* global index per row */
+    int64_t cap;       /* most tokens ever held */
+    int64_t count;     /* tokens held */
+    int64_t off;       /* slot of the oldest token in the first page */
+    int64_t hp, np;    /* first page's slot in pages[], pages in use */
+    int64_t pcap;      /* slots of pages[] */
+    kv_tokpage *pages; /* ring of pages */
 } kv_tokring;
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap);
 void kv_tokring_free(kv_tokring *r);
 
 /* Append a token; the caller pops first if the ring is full (KV_EINTERNAL
- * otherwise, a bug). */
+ * otherwise, a bug); KV_EINTERNAL when a page cannot be allocated. */
 int kv_tokring_push(kv_tokring *r, const float *k, const float *v, int64_t g, kv_err *err);
 
 /* Drop the oldest token. */
 void kv_tokring_pop(kv_tokring *r);
 
-/* i-th oldest token (0 <= i < count). */
-static inline int64_t kv_tokring_row(const kv_tokring *r, int64_t i)
+/* i-th oldest token (0 <= i < count): page and slot. */
+static inline const kv_tokpage *kv_tokring_page_(const kv_tokring *r, int64_t i, int64_t *slot)
 {
-    int64_t row = r->head + i;
-    return row >= r->alloc ? row - r->alloc : row;
+    int64_t j = r->off + i, p = r->hp + j / KV_TOKRING_PAGE;
+    *slot = j % KV_TOKRING_PAGE;
+    return &r->pages[p >= r->pcap ? p - r->pcap : p];
 }
-static inline int64_t kv_tokring_idx(const kv_tokring *r, int64_t i) { return r->idx[kv_tokring_row(r, i)]; }
+static inline int64_t kv_tokring_idx(const kv_tokring *r, int64_t i)
+{
+    int64_t sl;
+    return kv_tokring_page_(r, i, &sl)->idx[sl];
+}
+static inline const float *kv_tokring_k(const kv_tokring *r, int64_t i)
+{
+    int64_t sl;
+    return kv_tokring_page_(r, i, &sl)->K + sl * r->d;
+}
 static inline const float *kv_tokring_v(const kv_tokring *r, int64_t i)
 {
-    return r->V + kv_tokring_row(r, i) * (size_t)r->dv;
+    int64_t sl;
+    return kv_tokring_page_(r, i, &sl)->V + sl * r->dv;
 }
 
 /* Position of the first token with global index >= g (count if none). */
 int64_t kv_tokring_lower(const kv_tokring *r, int64_t g);
 
-/* Fold tokens from..count-1 into nq states with the exact kernel. */
-/* Returns KV_OK or the kernel's error (kernels/attn.h). */
+/* Drop every token with global index < g. */
+void kv_tokring_drop_below(kv_tokring *r, int64_t g);
+
+/* Fold tokens from..count-1 into nq states with the exact kernel: pages
+ * are grouped into fixed slices (16 pages) folded in parallel and merged
+ * in order, so the result does not depend on the thread count.  Returns
+ * KV_OK or the kernel's error (kernels/attn.h). */
 int kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, float scale, double *st);
 
-/* Bytes held: keys, values and the index of every held token. */
+/* Bytes held: every allocated page (keys, values, indices) and the page table. */
 size_t kv_tokring_bytes(const kv_tokring *r);
 
-/* Checkpoint: alloc, head and count, then the held keys, values and indices
- * oldest first (three kv_buf_put_arr arrays).  The row layout is restored,
- * not just the tokens: kv_tokring_fold splits its work where the ring wraps
- * and later pushes wrap and regrow by alloc, so the layout decides rounding. */
+/* The most bytes a ring holding at most n tokens can have allocated. */
+int64_t kv_tokring_max_bytes(int d, int dv, int64_t n);
+
+/* Bytes per token of a full page (the unit budget rules divide by). */
+int64_t kv_tokring_token_bytes(int d, int dv);
+
+/* Budget rule of the window methods: the most tokens a ring can hold
+ * within `bytes` summed over ranks: a token costs its page share plus, at
+ * worst, two page-table slots per page, and three pages and a small table
+ * are reserved for the part-filled pages at the ends.  0 if none fit;
+ * kv_tokring_fit_min is the least budget that holds one token. */
+int64_t kv_tokring_fit(int64_t bytes, int d, int dv);
+int64_t kv_tokring_fit_min(int d, int dv);
+
+/* Checkpoint: off and count, then the held keys, values and indices
+ * oldest first.  The slot of the oldest token is restored, not just the
+ * tokens, because page boundaries decide how kv_tokring_fold groups the
+ * work and so its rounding. */
 void kv_tokring_save(const kv_tokring *r, kv_buf *out);
 
 /* Restore into an empty ring made by kv_tokring_init with the same d, dv
  * and cap.  Rejects (KV_EINPUT, "checkpoint: <in->what> state ...") counts
- * beyond cap or max_tokens (the most tokens the caller can have seen), an
- * alloc the ring could not have grown to, indices that are not strictly
- * increasing within [0, n_total), and non-finite keys or values (traces
- * hold finite numbers only).  On failure the ring is left as it was. */
+ * beyond cap or max_tokens (the most tokens the caller can have seen), a
+ * bad slot, indices that are not strictly increasing within [0, n_total),
+ * and non-finite keys or values (traces hold finite numbers only).  On
+ * failure the ring is left as it was. */
 int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_total, kv_err *err);
 
 #endif

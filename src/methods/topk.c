@@ -1,17 +1,23 @@
-/* topk.c - topk:k=<tokens>: attention restricted to the k largest
- * logits over the whole cache (ALGORITHMS.md section 4).  Not a compression
- * method: it holds every key and value like exact and is a reference for how
- * much of the attention the top logits carry.
+/* topk.c - topk:k=<tokens>: attention restricted to the k largest logits
+ * over the whole cache, all ranks together (ALGORITHMS.md section 4).  Not a
+ * compression method: it holds every key and value like exact and is a
+ * reference for how much of the attention the top logits carry.
  *
- * Sharding: exact global top-k needs a cross-rank selection per query, which
- * the one-reduction design does not have.  Each rank therefore answers with
- * ITS OWN top k (k is per rank, not split), and the merge is attention over
- * the union of the per-rank top-k sets: at most P*k tokens, a superset of the
- * global top-k, so the attention mass it captures is at least that of the
- * global top-k.  With one rank it is exactly the global top-k.  Ties at the
- * k-th logit go to the older token, so results are deterministic.
+ * Global selection (method.h: select, partial_select): per query each rank
+ * lists its k largest logits (descending, -inf padded), the driver merges
+ * the lists over ranks into the global k largest, and each rank then folds
+ * exactly its tokens whose logit is >= the global k-th largest t.  Ties at
+ * t are all taken: a query attends to the k largest logits plus every other
+ * token equal to the k-th, so the selected set, and the answer up to float
+ * rounding, are the same for every rank count (with fewer than k tokens in
+ * the prefix, t = -inf and every token is taken).  Thresholds compare equal
+ * on every rank because a token's logit is computed by one fixed-order dot
+ * product (dot_fixed), whatever row or rank holds it.
  *
- * Memory: held tokens x (d + dv) floats (everything, as exact). */
+ * Memory: (d + dv) floats per allocated row, as exact, plus a run table
+ * (global index of each contiguous run of rows: one per owned chunk),
+ * counted by capacity; the rows are allocated once for the rank's shard
+ * (ctx->shard_tokens) at the first ingest. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,33 +25,53 @@
 #include "methods/method.h"
 #include "kernels/partial.h"
 
+typedef struct { int64_t first, local; } run; /* global index of local row */
+
 typedef struct {
     kv_method_ctx ctx;
     int64_t k;
     float *K, *V;
     size_t n, cap;
+    run *runs;    /* rows local.. hold tokens first.. (up to the next run) */
+    size_t nruns, rcap;
 } topk_state;
 
 typedef struct { int64_t k; } topk_cfg;
 KV_CFG_FITS(topk_cfg);
 
 static const kv_param_def topk_params[] = {
-    KV_PARAM_INT(topk_cfg, k, 64, 1, INT64_MAX, "largest logits per query and rank attended to"),
+    KV_PARAM_INT(topk_cfg, k, 64, 1, INT64_MAX, "largest logits per query over all ranks attended to (ties at the k-th: all)"),
     KV_PARAM_TABLE_END
 };
 
 extern const kv_method_ops kv_method_topk;
 
+static size_t row_bytes(const topk_state *s)
+{
+    return (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float);
+}
+
 static int topk_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
     const topk_cfg *c = kv_method_cfg(&kv_method_topk, spec, err);
     if (!c) return err->code;
-    int64_t k = c->k;
     topk_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
-    s->k = k;
+    s->k = c->k;
     *out = s;
+    return KV_OK;
+}
+
+static int reserve(topk_state *s, size_t rows)
+{
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    float *Kn = realloc(s->K, sizeof(float) * d * rows);
+    if (Kn) s->K = Kn;
+    float *Vn = realloc(s->V, sizeof(float) * dv * rows);
+    if (Vn) s->V = Vn;
+    if (!Kn || !Vn) return KV_EINTERNAL;
+    s->cap = rows;
     return KV_OK;
 }
 
@@ -53,21 +79,64 @@ static int topk_ingest(void *state, const float *K, const float *V, int64_t firs
 {
     topk_state *s = state;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    (void)first; /* rows are in stream order: row order breaks ties */
     if (s->n + n > s->cap) {
-        size_t nc = s->cap ? s->cap : 1024;
-        while (nc < s->n + n) nc *= 2;
-        float *Kn = realloc(s->K, sizeof(float) * d * nc);
-        if (Kn) s->K = Kn;
-        float *Vn = realloc(s->V, sizeof(float) * dv * nc);
-        if (Vn) s->V = Vn;
-        if (!Kn || !Vn) return kv_seterr(err, KV_EINTERNAL, "topk: out of memory holding %zu tokens", s->n + n);
-        s->cap = nc;
+        /* the whole shard at once; doubling only if the shard size is unknown or wrong */
+        size_t nc = (size_t)(s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : 0);
+        if (nc < s->n + n) {
+            nc = s->cap ? s->cap : 1024;
+            while (nc < s->n + n) nc *= 2;
+        }
+        if (reserve(s, nc)) return kv_seterr(err, KV_EINTERNAL, "topk: out of memory holding %zu tokens", nc);
+    }
+    /* a new run unless this block continues the previous one */
+    if (n && (!s->nruns || s->runs[s->nruns - 1].first + (int64_t)(s->n - (size_t)s->runs[s->nruns - 1].local) != first)) {
+        if (s->nruns == s->rcap) {
+            size_t rc = s->rcap ? 2 * s->rcap : 16;
+            run *R = realloc(s->runs, sizeof(run) * rc);
+            if (!R) return kv_seterr(err, KV_EINTERNAL, "topk: out of memory holding %zu runs", rc);
+            s->runs = R;
+            s->rcap = rc;
+        }
+        s->runs[s->nruns++] = (run){ first, (int64_t)s->n };
     }
     memcpy(s->K + s->n * d, K, sizeof(float) * d * n);
     memcpy(s->V + s->n * dv, V, sizeof(float) * dv * n);
     s->n += n;
     return KV_OK;
+}
+
+/* q.k in one fixed order (8 lanes, the tail, a fixed tree): a token's logit
+ * is bitwise the same whichever row, rank or alignment holds it. */
+static float dot_fixed(const float *q, const float *k, int d)
+{
+    float acc[8] = { 0 };
+    int c = 0;
+    for (; c + 8 <= d; c += 8)
+        for (int j = 0; j < 8; j++) acc[j] += q[c + j] * k[c + j];
+    for (; c < d; c++) acc[c & 7] += q[c] * k[c];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* rows holding tokens < p: rows are in stream order, so a prefix of them */
+static size_t rows_below(const topk_state *s, int64_t p)
+{
+    size_t lo = 0, hi = s->nruns; /* runs [0, lo) start below p */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->runs[mid].first < p) lo = mid + 1;
+        else hi = mid;
+    }
+    if (!lo) return 0;
+    const run *r = &s->runs[lo - 1];
+    size_t end = lo < s->nruns ? (size_t)s->runs[lo].local : s->n;
+    size_t take = (size_t)(p - r->first);
+    return (size_t)r->local + (take < end - (size_t)r->local ? take : end - (size_t)r->local);
+}
+
+static void logits(const topk_state *s, const float *q, size_t n, float *a)
+{
+    float scale = (float)s->ctx.scale;
+    for (size_t t = 0; t < n; t++) a[t] = dot_fixed(q, s->K + t * (size_t)s->ctx.d, s->ctx.d) * scale;
 }
 
 static void swapf(float *a, float *b) { float t = *a; *a = *b; *b = t; }
@@ -78,9 +147,10 @@ static float median3(float a, float b, float c)
     return c < a ? a : c > b ? b : c;
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n); reorders x.  Quickselect with
- * a three-way partition, so runs of equal logits cannot stall it. */
-static float kth_largest(float *x, size_t n, size_t k)
+/* Reorder x[0..n) so that x[0..k) are its k largest (1 <= k <= n).
+ * Quickselect with a three-way partition, so runs of equal logits cannot
+ * stall it. */
+static void select_largest(float *x, size_t n, size_t k)
 {
     size_t lo = 0, hi = n, want = k - 1; /* rank sought in descending order */
     while (hi - lo > 1) {
@@ -94,42 +164,66 @@ static float kth_largest(float *x, size_t n, size_t k)
         }
         if (want < gt) hi = gt;
         else if (want >= lt) lo = lt;
-        else return piv;
+        else return;
     }
-    return x[lo];
 }
 
-/* One query: fold the top k (or all) held tokens into st. */
-static int topk_one(const topk_state *s, const float *q, double *st)
+static int cmp_desc(const void *a, const void *b)
 {
-    int d = s->ctx.d, dv = s->ctx.dv;
-    size_t n = s->n;
-    float *a = malloc(sizeof(float) * n * 2);
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+static int topk_select_len(const void *state)
+{
+    const topk_state *s = state;
+    int64_t L = s->k;
+    if (s->ctx.n_total > 0 && L > s->ctx.n_total) L = s->ctx.n_total; /* a list of every token suffices */
+    return L > INT32_MAX ? INT32_MAX : (int)L;
+}
+
+/* One query: this rank's L largest logits among tokens < p, descending. */
+static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel)
+{
+    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n;
+    float *a = malloc(sizeof(float) * (n ? n : 1));
     if (!a) return KV_EINTERNAL;
-    float *tmp = a + n;
-    float scale = (float)s->ctx.scale;
-    for (size_t t = 0; t < n; t++) {
-        const float *k = s->K + t * d;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int c = 0; c < d; c++) dot += q[c] * k[c];
-        a[t] = dot * scale;
+    logits(s, q, n, a);
+    if (k) {
+        select_largest(a, n, k);
+        qsort(a, k, sizeof(float), cmp_desc);
     }
-    size_t k = (size_t)s->k < n ? (size_t)s->k : n;
-    memcpy(tmp, a, sizeof(float) * n);
-    float thr = kth_largest(tmp, n, k);
-    size_t above = 0;
-    float m = -INFINITY;
-    for (size_t t = 0; t < n; t++) {
-        above += a[t] > thr;
-        m = a[t] > m ? a[t] : m;
-    }
-    size_t ties = k - above; /* tokens at the threshold to take, oldest first */
-    double l = 0, l2 = 0, *u = st + KV_PS_U;
-    for (size_t t = 0; t < n; t++) {
-        if (a[t] < thr || (a[t] == thr && ties == 0)) continue;
-        if (a[t] == thr) ties--;
-        double e = exp((double)a[t] - (double)m);
+    for (size_t i = 0; i < (size_t)L; i++) sel[i] = i < k ? (double)a[i] : -INFINITY;
+    free(a);
+    return KV_OK;
+}
+
+static int topk_select(void *state, const float *Q, const int64_t *p, int nq, double *sel)
+{
+    topk_state *s = state;
+    int L = topk_select_len(s), bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+    for (int q = 0; q < nq; q++)
+        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L) != KV_OK;
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+/* One query: fold this rank's tokens < p with logit >= thr into st. */
+static int fold_one(const topk_state *s, const float *q, int64_t p, double thr, double *st)
+{
+    int dv = s->ctx.dv;
+    size_t n = rows_below(s, p);
+    kv_partial_clear(st, dv);
+    if (!n) return KV_OK;
+    float *a = malloc(sizeof(float) * n);
+    if (!a) return KV_EINTERNAL;
+    logits(s, q, n, a);
+    double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U;
+    for (size_t t = 0; t < n; t++)
+        if ((double)a[t] >= thr && a[t] > m) m = a[t];
+    for (size_t t = 0; m > -INFINITY && t < n; t++) {
+        if ((double)a[t] < thr) continue;
+        double e = exp((double)a[t] - m);
         const float *v = s->V + t * dv;
         l += e;
         l2 += e * e;
@@ -142,24 +236,39 @@ static int topk_one(const topk_state *s, const float *q, double *st)
     return KV_OK;
 }
 
+static int topk_partial_select(void *state, const float *Q, const int64_t *p, int nq, const double *gsel, double *st)
+{
+    topk_state *s = state;
+    int L = topk_select_len(s), bad = 0;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+    for (int q = 0; q < nq; q++)
+        bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl) != KV_OK;
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+/* One prefix with this rank's own lists: the global answer when it is the
+ * only rank (the driver uses select/partial_select otherwise). */
 static int topk_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
     topk_state *s = state;
-    int dv = s->ctx.dv;
-    size_t sl = KV_PSTATE_LEN(dv);
-    (void)p; /* every held token is < p */
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
-    if (!s->n || nq <= 0) return KV_OK;
-    int bad = 0;
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
-    for (int q = 0; q < nq; q++) bad |= topk_one(s, Q + (size_t)q * s->ctx.d, st + q * sl) != KV_OK;
-    return bad ? KV_EINTERNAL : KV_OK;
+    if (nq <= 0) return KV_OK;
+    int L = topk_select_len(s);
+    int64_t *pp = malloc(sizeof(int64_t) * (size_t)nq);
+    double *sel = malloc(sizeof(double) * (size_t)nq * (size_t)L);
+    int rc = pp && sel ? KV_OK : KV_EINTERNAL;
+    for (int q = 0; rc == KV_OK && q < nq; q++) pp[q] = p;
+    if (rc == KV_OK) rc = topk_select(s, Q, pp, nq, sel);
+    if (rc == KV_OK) rc = topk_partial_select(s, Q, pp, nq, sel, st);
+    free(pp);
+    free(sel);
+    return rc;
 }
 
 static size_t topk_bytes(const void *state)
 {
     const topk_state *s = state;
-    return s->n * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float);
+    return s->cap * row_bytes(s) + s->rcap * sizeof(run);
 }
 
 static void topk_extra(const void *state, kv_method_extra *x)
@@ -175,54 +284,91 @@ static void topk_free(void *state)
     if (!s) return;
     free(s->K);
     free(s->V);
+    free(s->runs);
     free(s);
 }
 
-
-/* Rows in stream order, as held: the order breaks ties at the k-th logit. */
+/* Rows in stream order, as held, and the run table. */
 static void topk_save(const void *state, kv_buf *out)
 {
     const topk_state *s = state;
     kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
     kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->runs, s->nruns * sizeof(run));
 }
 
 static int topk_load(void *state, kv_rd *in, kv_err *err)
 {
     topk_state *s = state;
-    void *K = NULL, *V = NULL;
-    size_t nk = 0, nv = 0, lim = (size_t)kv_shard_limit(&s->ctx);
-    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
-        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) || nk != nv ||
-        !kv_all_finite(K, nk * (size_t)s->ctx.d) || !kv_all_finite(V, nv * (size_t)s->ctx.dv)) {
+    void *K = NULL, *V = NULL, *R = NULL;
+    size_t nk = 0, nv = 0, nr = 0, lim = (size_t)kv_shard_limit(&s->ctx);
+    int ok = !kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) &&
+             !kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) &&
+             !kv_rd_arr(in, &R, sizeof(run), lim, &nr, err) && nk == nv && !nk == !nr &&
+             kv_all_finite(K, nk * (size_t)s->ctx.d) && kv_all_finite(V, nv * (size_t)s->ctx.dv);
+    /* runs: local rows from 0 up, each non-empty, global indices in stream
+     * order without overlap, all within the stream */
+    const run *rr = R;
+    for (size_t r = 0; ok && r < nr; r++) {
+        int64_t end = r + 1 < nr ? rr[r + 1].local : (int64_t)nk;
+        ok = (r == 0 ? rr[r].local == 0 : rr[r].local > rr[r - 1].local) && end > rr[r].local &&
+             end <= (int64_t)nk && rr[r].first >= 0 && rr[r].first <= s->ctx.n_total - (end - rr[r].local) &&
+             (r == 0 || rr[r].first >= rr[r - 1].first + (rr[r].local - rr[r - 1].local));
+    }
+    if (!ok) {
         free(K);
         free(V);
+        free(R);
         return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: topk state is inconsistent");
     }
     free(s->K);
     free(s->V);
+    free(s->runs);
     s->K = K;
     s->V = V;
+    s->runs = R;
     s->n = s->cap = nk;
+    s->nruns = nr;
+    s->rcap = 0;
+    /* the capacities an uninterrupted run has: the whole shard once anything
+     * is held; runs by doubling from 16 */
+    size_t full = (size_t)(s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : 0);
+    if (nk && nk < full && reserve(s, full))
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring topk (%zu tokens)", full);
+    if (nr) {
+        size_t rc = 16;
+        while (rc < nr) rc *= 2;
+        run *Rn = realloc(s->runs, sizeof(run) * rc);
+        if (!Rn) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring topk (%zu runs)", rc);
+        s->runs = Rn;
+        s->rcap = rc;
+    }
     return KV_OK;
 }
 
 static int64_t topk_max_bytes(const void *state)
 {
     const topk_state *s = state;
-    return kv_shard_limit(&s->ctx) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float);
+    /* rows: the shard, or doubling up to 2n when its size is unknown; runs:
+     * at most one per token, doubling from 16 */
+    int64_t n = kv_shard_limit(&s->ctx), rows = s->ctx.shard_tokens > 0 ? n : 2 * n, runs = 16;
+    while (runs < n) runs *= 2;
+    return rows * (int64_t)row_bytes(s) + runs * (int64_t)sizeof(run);
 }
 
 const kv_method_ops kv_method_topk = {
     .name = "topk",
     .kind = "oracle",
-    .summary = "exact attention over the k largest logits per rank (a reference, not a compression)",
+    .summary = "exact attention over the k largest logits over all ranks (a reference, not a compression)",
     .budget = NULL,
     .params = topk_params,
     .cfg_size = sizeof(topk_cfg),
     .create = topk_create,
     .ingest = topk_ingest,
     .partial = topk_partial,
+    .select_len = topk_select_len,
+    .select = topk_select,
+    .partial_select = topk_partial_select,
     .bytes = topk_bytes,
     .extra = topk_extra,
     .free = topk_free,

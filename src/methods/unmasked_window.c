@@ -186,8 +186,7 @@ static int64_t uw_max_bytes(const void *state)
 {
     const uw_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
-    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t)) +
-           (int64_t)s->ctx.dv * (int64_t)sizeof(double) + (int64_t)sizeof(int64_t);
+    return kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, held) + (int64_t)s->ctx.dv * (int64_t)sizeof(double) + (int64_t)sizeof(int64_t);
 }
 
 const kv_method_ops kv_method_unmasked_window = {

@@ -1,42 +1,64 @@
-/* window.c - window:W=<tokens>: attention over the last W tokens of
- * the stream only (ALGORITHMS.md section 3), kept exactly.
+/* window.c - window:W=<tokens> | window:budget=<X>: attention over the
+ * last W tokens of the stream only (ALGORITHMS.md section 3), kept exactly.
  *
  * W is a global quantity: a query at prefix p sees tokens [p-W, p).  Under
  * sharding a rank keeps those of its own tokens that some future query can
- * still see: a future prefix is > g_max (this rank's newest token), so tokens
- * older than g_max + 1 - W are dropped.  That is at most W tokens per rank
- * and at most W + P*C over the P ranks for chunk length C (every rank's
- * newest token is within P*C of the stream's).  At query time only tokens
- * with index >= p - W are used, so the merged result is exactly attention
- * over the last W tokens.
+ * still see: the driver's horizon (method.h) says every later prefix is
+ * >= p, so tokens < p - W go, and the P ranks together hold the W tokens
+ * [p-W, p) at every prefix (plus at most two part-filled 16-token pages per
+ * rank holding tokens), however the stream is sharded.  At query time only
+ * tokens with index >= p - W are used, so the merged result is exactly
+ * attention over the last W tokens, for any P.
  *
- * Memory: held tokens x ((d + dv) floats + one int64 index). */
+ * budget=X (core/budget.h): W = the most tokens whose pages fit in X after
+ * a reserve of two pages and the page table (kv_tokring_fit).
+ *
+ * Memory: allocated pages (16 tokens x ((d + dv) floats + one int64 index))
+ * and the page table (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
-typedef struct { int64_t W; } window_cfg;
+typedef struct { int64_t W; kv_budget budget; } window_cfg;
 KV_CFG_FITS(window_cfg);
 
 static const kv_param_def window_params[] = {
     KV_PARAM_INT(window_cfg, W, 1024, 1, INT64_MAX, "tokens of the window (global): a query at p sees [p-W, p)"),
+    KV_PARAM_BUDGET(window_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of W: W = what fits"),
     KV_PARAM_TABLE_END
 };
+
+extern const kv_method_ops kv_method_window;
+
+static int window_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const window_cfg *c = cfg;
+    if (c->budget.kind && kv_spec_has(spec, "W"))
+        return kv_params_error(window_params, spec, err, "give W or budget, not both");
+    return KV_OK;
+}
 
 typedef struct {
     kv_method_ctx ctx;
     int64_t W;
+    int64_t h; /* the driver's horizon: no later query is below it */
     kv_tokring ring;
 } window_state;
-
-extern const kv_method_ops kv_method_window;
 
 static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
     const window_cfg *c = kv_method_cfg(&kv_method_window, spec, err);
     if (!c) return err->code;
     int64_t W = c->W;
+    if (c->budget.kind) {
+        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        W = kv_tokring_fit(B, ctx->d, ctx->dv);
+        if (W < 1)
+            return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
+                                   "(%lld bytes needed)", (long long)B,
+                                   (long long)kv_tokring_fit_min(ctx->d, ctx->dv));
+    }
     window_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
@@ -50,12 +72,20 @@ static int window_ingest(void *state, const float *K, const float *V, int64_t fi
 {
     window_state *s = state;
     size_t i0 = n > (size_t)s->W ? n - (size_t)s->W : 0; /* earlier rows would be dropped at once */
+    if (first + (int64_t)i0 < s->h - s->W) i0 = (size_t)(s->h - s->W - first); /* and so would these */
     for (size_t i = i0; i < n; i++) {
         int64_t g = first + (int64_t)i;
         while (s->ring.count && kv_tokring_idx(&s->ring, 0) <= g - s->W) kv_tokring_pop(&s->ring);
         if (kv_tokring_push(&s->ring, K + i * s->ctx.d, V + i * s->ctx.dv, g, err)) return err->code;
     }
     return KV_OK;
+}
+
+static void window_horizon(void *state, int64_t p)
+{
+    window_state *s = state;
+    if (p > s->h) s->h = p;
+    kv_tokring_drop_below(&s->ring, p - s->W);
 }
 
 static int window_partial(void *state, const float *Q, int nq, int64_t p, double *st)
@@ -113,17 +143,19 @@ static int64_t window_max_bytes(const void *state)
 {
     const window_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim; /* the ring never holds more than W */
-    return held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+    return kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, held);
 }
 
 const kv_method_ops kv_method_window = {
     .name = "window",
     .kind = "eviction",
     .summary = "the last W tokens of the stream, kept exactly",
-    .budget = "W tokens (at most W per rank)",
+    .budget = "W tokens over all ranks (budget=X: W from X)",
     .params = window_params,
     .cfg_size = sizeof(window_cfg),
+    .check = window_check,
     .create = window_create,
+    .horizon = window_horizon,
     .ingest = window_ingest,
     .partial = window_partial,
     .bytes = window_bytes,

@@ -80,8 +80,8 @@ static int wsg_ingest(void *state, const float *K, const float *V, int64_t first
      * first, then the block's own, so SubGen sees them in stream order */
     int64_t last = first + (int64_t)n - 1;
     while (s->ring.count && kv_tokring_idx(&s->ring, 0) <= last - s->W) {
-        int64_t row = kv_tokring_row(&s->ring, 0);
-        if (s->sg_ops->ingest(s->sg, s->ring.K + row * d, s->ring.V + row * dv, s->ring.idx[row], 1, err))
+        if (s->sg_ops->ingest(s->sg, kv_tokring_k(&s->ring, 0), kv_tokring_v(&s->ring, 0), kv_tokring_idx(&s->ring, 0),
+                              1, err))
             return err->code;
         kv_tokring_pop(&s->ring);
     }
@@ -173,7 +173,7 @@ static int64_t wsg_max_bytes(const void *state)
 {
     const wsg_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
-    int64_t ring = held * ((int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t));
+    int64_t ring = kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, held);
     /* SubGen without max_bytes: what the replay driver assumes for a method
      * without one (the stream's keys and values), not a true bound */
     int64_t sg = s->sg_ops->max_bytes ? s->sg_ops->max_bytes(s->sg)

@@ -1,21 +1,37 @@
 /* batch.c - partial states of a batch and their merge (see batch.h). */
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels/metrics.h"
 #include "kernels/partial.h"
+#include "mpi/agree.h"
 #include "mpi/coll.h"
 #include "replay/batch.h"
+#include "replay/budget.h"
 #include "replay/instances.h"
 
 int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
 {
-    *b = (replay_batch){ 0 };
+    size_t dv = (size_t)r->dv;
+    *b = (replay_batch){ .G = replay_gram_stage(r) };
     b->Q = kv_malloc(r->z.queries, err);
     b->send = kv_malloc(r->z.send, err);
     b->uidx = kv_malloc(r->z.uidx, err);
+    b->ep = kv_malloc(r->z.ep, err);
     if (r->z.recv) b->recv = kv_malloc(r->z.recv, err);
     if (r->z.gsend) b->gsend = kv_malloc(r->z.gsend, err);
     if (r->z.gsum) b->gsum = kv_malloc(r->z.gsum, err);
+    if (r->z.opn) {
+        b->opn = kv_malloc(r->z.opn, err);
+        b->opG = kv_malloc(sizeof(double) * dv * dv, err);
+        b->work = kv_malloc(sizeof(double) * KV_OPNORM_WORK(dv), err);
+    }
+    /* zeroed: the first Lanczos start, and a checkpoint saves it whole */
+    if (r->z.ev) b->ev = kv_calloc(r->z.ev / sizeof(double), sizeof(double), err);
+    if (r->z.epsum) b->epsum = kv_malloc(r->z.epsum, err);
+    if (r->z.ml) b->ml = kv_malloc(r->z.ml, err);
+    if (r->z.sel) b->sel = kv_malloc(r->z.sel, err);
     if (err->code) return err->code;
     b->have_merge = kv_merge_init(&b->mg, (int)r->dv) == MPI_SUCCESS;
     if (!b->have_merge) return kv_seterr(err, KV_EINTERNAL, "cannot create the MPI merge operator");
@@ -26,14 +42,27 @@ void replay_batch_free(replay_batch *b)
 {
     if (b->have_merge) kv_merge_free(&b->mg);
     free(b->Q); free(b->send); free(b->recv); free(b->gsend); free(b->gsum); free(b->uidx);
+    free(b->opn); free(b->ev); free(b->opG); free(b->work); free(b->ep); free(b->epsum); free(b->ml); free(b->sel);
     *b = (replay_batch){ 0 };
 }
 
-/* 1 if method mi answers a whole batch at once (method.h: partial_batch). */
+/* How method mi is answered (method.h): by select and partial_select after
+ * the walk; by partial_batch after the walk; or by partial inside it.  A
+ * method with feedback is answered in the walk, since feedback must follow
+ * each partial call. */
+static int selects(const replay *r, int mi)
+{
+    const kv_method_ops *o = r->inst[mi].ops;
+    return o->select && o->select_len && o->partial_select;
+}
+
 static int batch_capable(const replay *r, int mi)
 {
-    return r->inst[mi].ops->partial_batch != NULL;
+    const kv_method_ops *o = r->inst[mi].ops;
+    return o->partial_batch && !o->feedback && !selects(r, mi);
 }
+
+static int per_prefix(const replay *r, int mi) { return !batch_capable(r, mi) && !selects(r, mi); }
 
 /* Queries jj .. jj + g - 1 of the batch (prefixes p[0..g)) on every
  * instance of method mi: one partial_batch call, or, for a method that
@@ -52,11 +81,131 @@ static void answer(replay_batch *b, replay *r, int mi, int64_t jj, int64_t g, co
                       : x->ops->partial(x->st[s], Q, (int)g, p[0], st)) != KV_OK;
     }
     x->t_query += omp_get_wtime() - t0;
-    /* what a method keeps from answering (scores, grown buffers) counts too */
-    int64_t held = replay_instance_bytes(x, r->S);
-    if (held > x->peak) x->peak = held;
+    replay_instance_sample(x, r->S); /* what a method keeps from answering (scores, grown buffers) counts too */
     if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
                        x->spec.label, (long long)p[0], (long long)p[g - 1]);
+}
+
+/* method.h: feedback, for the g queries at prefix p (batch queries jj..).
+ * Collective: the (m, l) of every feedback method's states merged over the
+ * ranks, then fed back on every rank.  This rank's error flag rides along
+ * as one more pair; a raised one is agreed and ends the walk on every rank
+ * (nonzero return).  A failed rank sends empty states and feeds nothing. */
+static int feedback(replay_batch *b, replay *r, int64_t jj, int64_t g, int64_t p, kv_err *err)
+{
+    size_t sl = KV_PSTATE_LEN(r->dv), np = 0;
+    int failed = err->code != KV_OK;
+    for (int mi = 0; mi < r->M; mi++) {
+        if (!r->inst[mi].ops->feedback) continue;
+        for (int64_t s = 0; s < r->S; s++)
+            for (int64_t q = 0; q < g; q++, np++) {
+                const double *st = b->send + (((size_t)mi * r->S + s) * b->cnt + jj + q) * sl;
+                b->ml[2 * np] = failed ? -INFINITY : st[KV_PS_M];
+                b->ml[2 * np + 1] = failed ? 0.0 : st[KV_PS_L];
+            }
+    }
+    b->ml[2 * np] = failed;
+    b->ml[2 * np + 1] = 0.0;
+    if (kv_ml_allreduce(b->ml, np + 1, r->comm) != MPI_SUCCESS) {
+        kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the feedback states failed");
+        return KV_OK; /* agreed at the next collective of the walk */
+    }
+    if (b->ml[2 * np] != 0) return kv_agree(r->comm, err); /* every rank sees the flag */
+    np = 0;
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        if (!x->ops->feedback) continue;
+        int bad = 0;
+        double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
+        for (int64_t s = 0; s < r->S; s++)
+            bad |= x->ops->feedback(x->st[s], b->Q + (s * b->cnt + jj) * r->d, (int)g, p,
+                                    b->ml + 2 * (np + (size_t)(s * g))) != KV_OK;
+        np += (size_t)(r->S * g);
+        x->t_query += omp_get_wtime() - t0;
+        replay_instance_sample(x, r->S);
+        if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory taking feedback at prefix %lld", x->spec.label,
+                           (long long)p);
+    }
+    return KV_OK;
+}
+
+/* method.h: select, for the whole batch (prefixes p[0..cnt)).  Collective:
+ * every rank's candidate lists, merged over the ranks (kv_topk_allreduce),
+ * then every rank answers from the merged lists.  Nonzero only for an
+ * error every rank holds; one of this rank alone is left in err. */
+static int select_answer(replay_batch *b, replay *r, int mi, const int64_t *p, kv_err *err)
+{
+    replay_instance *x = &r->inst[mi];
+    size_t sl = KV_PSTATE_LEN(r->dv);
+    int64_t S = r->S, cnt = b->cnt;
+    int L = x->ops->select_len(x->st[0]), lim[2] = { L, -L }, bad = 0;
+    for (int64_t s = 1; s < S; s++)
+        if (x->ops->select_len(x->st[s]) != L) lim[0] = INT32_MAX; /* streams disagree: refused below */
+    /* the lists' datatype must be the same on every rank */
+    if (kv_mpi_max_int(lim, lim, 2, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the select list length failed");
+    else if (lim[0] != -lim[1] || L < 1)
+        kv_seterr(err, KV_EINTERNAL, "method %s: select lists of different lengths (%d..%d)", x->spec.label, -lim[1],
+                  lim[0]);
+    double t0 = omp_get_wtime();
+    if (!err->code) {
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
+        for (int64_t s = 0; s < S; s++)
+            bad |= x->ops->select(x->st[s], b->Q + s * cnt * r->d, p, (int)cnt,
+                                  b->sel + (size_t)(s * cnt) * L) != KV_OK;
+        if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory selecting for prefixes %lld..%lld",
+                           x->spec.label, (long long)p[0], (long long)p[cnt - 1]);
+    }
+    if (kv_agree(r->comm, err)) return err->code;
+    if (kv_topk_allreduce(b->sel, (size_t)(S * cnt), L, r->comm) != MPI_SUCCESS) {
+        kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the select lists failed");
+        return KV_OK;
+    }
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
+    for (int64_t s = 0; s < S; s++)
+        bad |= x->ops->partial_select(x->st[s], b->Q + s * cnt * r->d, p, (int)cnt, b->sel + (size_t)(s * cnt) * L,
+                                      b->send + ((size_t)mi * S + s) * cnt * sl) != KV_OK;
+    x->t_query += omp_get_wtime() - t0;
+    replay_instance_sample(x, r->S);
+    if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
+                       x->spec.label, (long long)p[0], (long long)p[cnt - 1]);
+    return KV_OK;
+}
+
+/* Collective: the staged V^T V snapshots summed onto rank 0, which turns
+ * them into |V_p|_op.  Per stream the prefixes come in order, each Lanczos
+ * run starting from the previous one's vector, exactly as when a whole
+ * batch was staged: the same inputs in the same order, the same bits. */
+static void flush_grams(replay_batch *b, const replay *r, kv_err *err)
+{
+    int dv = (int)r->dv;
+    size_t gl = (size_t)dv * dv;
+    int64_t S = r->S;
+    if (!b->staged) return;
+    if (kv_mpi_reduce_sum_f64(b->gsend, b->gsum, (size_t)(b->staged * S) * gl, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of V^T V failed");
+    else if (r->rank == 0)
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t u = 0; u < b->staged; u++) {
+                const double *U = b->gsum + ((size_t)u * S + s) * gl; /* upper triangle */
+                for (int i = 0; i < dv; i++)
+                    for (int j = 0; j < dv; j++) b->opG[i * dv + j] = j >= i ? U[i * dv + j] : U[j * dv + i];
+                b->opn[(b->u0 + u) * S + s] = kv_opnorm_from_gram(b->opG, dv, b->ev + s * dv, b->work);
+            }
+    b->u0 += b->staged;
+    b->staged = 0;
+}
+
+/* End memory epoch u on this rank: each method's largest state since the
+ * epoch began, and the next epoch starts from what it holds now. */
+static void end_epoch(replay_batch *b, replay *r, int64_t u)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        b->ep[u * r->M + mi] = x->epoch;
+        x->epoch = replay_instance_bytes(x, r->S);
+    }
 }
 
 int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t j0, int64_t cnt, kv_err *err)
@@ -65,39 +214,55 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
     size_t gl = (size_t)(r->dv * r->dv);
     b->j0 = j0;
     b->cnt = cnt;
-    b->nu = 0;
+    b->nu = b->staged = b->u0 = 0;
+    b->agreed = 0;
     if (!err->code) kv_trace_read_queries(r->tr, j0, cnt, b->Q, err);
     /* the shard walks prefix by prefix whatever the methods: ingest blocks,
-     * the per-prefix methods' calls and the V^T V snapshots stay as they are */
-    for (int64_t jj = 0; jj < cnt && !err->code;) {
+     * the per-prefix methods' calls and the V^T V snapshots stay as they
+     * are.  Every rank walks every prefix (a failed one skips the work), so
+     * the collectives below happen at the same points on all ranks */
+    for (int64_t jj = 0; jj < cnt;) {
         int64_t p = pos[j0 + jj], g = 1;
         while (jj + g < cnt && pos[j0 + jj + g] == p) g++; /* queries sharing a prefix */
-        if (replay_shard_advance(sh, r, p, err)) break;
-        for (int mi = 0; mi < r->M; mi++)
-            if (!batch_capable(r, mi)) answer(b, r, mi, jj, g, pos + j0 + jj, err);
-        if (sh->gram) {
-            for (int64_t s = 0; s < r->S; s++)
-                memcpy(b->gsend + ((size_t)b->nu * r->S + s) * gl, sh->gram + (size_t)s * gl, sizeof(double) * gl);
+        int last = jj + g == cnt;
+        if (!err->code && !replay_shard_advance(sh, r, p, err))
+            for (int mi = 0; mi < r->M; mi++)
+                if (per_prefix(r, mi)) answer(b, r, mi, jj, g, pos + j0 + jj, err);
+        if (b->ml && feedback(b, r, jj, g, p, err)) return b->agreed = 1, err->code;
+        if (b->gsend) {
+            if (!err->code)
+                for (int64_t s = 0; s < r->S; s++)
+                    memcpy(b->gsend + ((size_t)b->staged * r->S + s) * gl, sh->gram + (size_t)s * gl,
+                           sizeof(double) * gl);
+            /* full: flush now; the last ones go with the merge */
+            if (++b->staged == b->G && !last) {
+                if (kv_agree(r->comm, err)) return b->agreed = 1, err->code;
+                flush_grams(b, r, err);
+            }
         }
         for (int64_t q = 0; q < g; q++) b->uidx[jj + q] = b->nu;
+        if (!last) end_epoch(b, r, b->nu); /* the last epoch also holds the whole-batch answers below */
         b->nu++;
         jj += g;
     }
     /* batch-capable methods see only tokens < their query's prefix, so
      * answering after the walk gives what answering inside it would */
-    for (int mi = 0; mi < r->M && !err->code && cnt > 0; mi++)
+    for (int mi = 0; mi < r->M && !err->code; mi++)
         if (batch_capable(r, mi)) answer(b, r, mi, 0, cnt, pos + j0, err);
+    for (int mi = 0; mi < r->M; mi++)
+        if (selects(r, mi) && select_answer(b, r, mi, pos + j0, err)) return b->agreed = 1, err->code;
+    if (!err->code) end_epoch(b, r, b->nu - 1);
     return err->code;
 }
 
 int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err)
 {
-    /* both run on every rank: all ranks agreed just before, so no rank skips one */
+    /* all run on every rank: all ranks agreed just before, so no rank skips one */
     size_t count = (size_t)(r->M * r->S * b->cnt);
     if (kv_merge_reduce(&b->mg, b->send, b->recv, count, 0, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of partial states failed");
-    size_t gl = (size_t)(r->dv * r->dv);
-    if (b->gsend && kv_mpi_reduce_sum_f64(b->gsend, b->gsum, (size_t)b->nu * r->S * gl, 0, r->comm) != MPI_SUCCESS)
-        kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of V^T V failed");
+    if (b->gsend) flush_grams(b, r, err);
+    if (kv_mpi_reduce_sum_i64(b->ep, b->epsum, (size_t)(b->nu * r->M), 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of the memory epochs failed");
     return err->code;
 }

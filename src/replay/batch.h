@@ -1,13 +1,23 @@
 /* batch.h - one batch of queries: partial states on every rank, merged on rank 0.
  *
  * replay_batch_partials walks the batch's queries in order; for each run of
- * queries at the same prefix p it advances the shard to p and has every
- * instance of the one-prefix methods answer them, writing states laid out
- * [M][S][cnt] (packed when cnt < B), and snapshots V^T V once per distinct
- * prefix.  Methods with partial_batch (method.h) then answer the whole batch
- * in one call each, the shard being at the batch's last prefix.  replay_batch_merge
- * then merges the states (mpi/merge.h, rank order: bitwise reproducible) and
- * sums the V^T V snapshots onto rank 0. */
+ * queries at the same prefix p it advances the shard to p, has every
+ * instance of the one-prefix methods answer them (states laid out
+ * [M][S][cnt], packed when cnt < B), merges the (m, l) of the feedback
+ * methods' states over the ranks and feeds them back (method.h: feedback),
+ * stages a V^T V snapshot and closes a memory epoch.  At most G snapshots
+ * are staged (budget.c: replay_gram_stage): when G are, they are summed
+ * onto rank 0, which turns them into |V_p|_op at once.  Methods with
+ * partial_batch (method.h) then answer the whole batch in one call each,
+ * the shard being at the batch's last prefix, and select methods choose
+ * their candidates, merged over the ranks, and answer from the merged lists.
+ * replay_batch_merge then merges the states (mpi/merge.h, rank order:
+ * bitwise reproducible), the last snapshots and the memory epochs onto
+ * rank 0.
+ *
+ * The walk has collectives (feedback, snapshot flushes, select): every rank
+ * walks every position, a failed one skipping the work, and each of them
+ * follows an agreement, so on an error all ranks leave at the same point. */
 #ifndef KVSTREAM_REPLAY_BATCH_H
 #define KVSTREAM_REPLAY_BATCH_H
 
@@ -20,10 +30,18 @@
 typedef struct {
     int64_t j0, cnt;        /* queries j0 .. j0 + cnt - 1 */
     int64_t nu;             /* distinct prefixes among them */
+    int64_t G;              /* V^T V snapshots staged at most */
+    int64_t staged, u0;     /* snapshots staged now, and the distinct prefix of the first */
     float *Q;               /* [S][cnt][d] */
     double *send, *recv;    /* partial states [M][S][cnt][KV_PSTATE_LEN(dv)]; recv on rank 0 */
-    double *gsend, *gsum;   /* V^T V at each distinct prefix [nu][S][dv*dv]; gsum on rank 0; NULL without bound ratio */
+    double *gsend, *gsum;   /* staged V^T V [G][S][dv*dv]; gsum on rank 0; NULL without bound ratio */
+    double *opn;            /* rank 0: |V_p|_op per distinct prefix [nu][S]; NULL without bound ratio */
+    double *ev, *opG, *work; /* rank 0: Lanczos start vectors [S][dv] carried over the run, scratch */
     int64_t *uidx;          /* [cnt]: query -> its distinct prefix */
+    int64_t *ep, *epsum;    /* memory epochs [nu][M]: this rank's max bytes per epoch; summed on rank 0 */
+    double *ml;             /* feedback: (m, l) pairs [nf][S][g], then the error flag's pair */
+    double *sel;            /* select lists [S][cnt][L] of one method */
+    int agreed;             /* the last replay_batch_partials' error is agreed already (same on every rank) */
     kv_merge mg;
     int have_merge;
 } replay_batch;
@@ -32,11 +50,14 @@ typedef struct {
 int replay_batch_new(replay_batch *b, const replay *r, kv_err *err);
 void replay_batch_free(replay_batch *b);
 
-/* This rank's states for queries j0 .. j0 + cnt - 1.  On an error the rank
- * stops early; the caller agrees before merging. */
+/* Collective.  This rank's states for queries j0 .. j0 + cnt - 1.  An error
+ * found inside the walk is agreed at its next collective (then b->agreed is
+ * set on every rank); one found after the last is left for the caller to
+ * agree before merging. */
 int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t j0, int64_t cnt, kv_err *err);
 
-/* Collective: the merged states (and V^T V sums) into recv (gsum) on rank 0. */
+/* Collective: the merged states, |V_p|_op of the last snapshots and the
+ * memory epochs summed over ranks into recv, opn and epsum on rank 0. */
 int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err);
 
 #endif

@@ -2,6 +2,39 @@
 #include "kernels/partial.h"
 #include "replay/budget.h"
 
+int64_t replay_gram_stage(const replay *r)
+{
+    /* 64 MiB of snapshots per rank: S = 32, dv = 128 staged for a whole
+     * --batch 1024 would be 4.3 GB per rank (and as much again on rank 0) */
+    int64_t one = r->S * r->dv * r->dv * (int64_t)sizeof(double);
+    int64_t G = one > 0 ? ((int64_t)64 << 20) / one : 1;
+    return G < 1 ? 1 : G > r->B ? r->B : G;
+}
+
+/* Entries of a feedback exchange: (m, l) per query of every feedback method
+ * at one position (at most B queries), plus the error flag's pair. */
+static size_t feedback_pairs(const replay *r)
+{
+    size_t nf = 0;
+    for (int mi = 0; mi < r->M; mi++) nf += r->inst[mi].ops->feedback != NULL;
+    return nf ? nf * (size_t)(r->S * r->B) + 1 : 0;
+}
+
+/* Doubles per query of the longest select list (0: no method selects). */
+static size_t select_len(const replay *r)
+{
+    int L = 0;
+    for (int mi = 0; mi < r->M; mi++) {
+        const replay_instance *x = &r->inst[mi];
+        if (!x->ops->select) continue;
+        for (int64_t s = 0; s < r->S; s++) {
+            int l = x->ops->select_len(x->st[s]);
+            if (l > L) L = l;
+        }
+    }
+    return (size_t)L;
+}
+
 replay_sizes replay_sizes_compute(const replay *r)
 {
     const kv_replay_opts *o = r->o;
@@ -10,6 +43,7 @@ replay_sizes replay_sizes_compute(const replay *r)
     size_t nst = (size_t)(r->M * S * B) * KV_PSTATE_LEN(dv); /* doubles: states of one batch */
     size_t gl = (size_t)(dv * dv);
     size_t all = (size_t)(r->M * S * r->m);
+    size_t G = (size_t)replay_gram_stage(r), ne = (size_t)(B * r->M);
     return (replay_sizes){
         .kstage = sizeof(float) * (size_t)(S * r->C * r->d),
         .vstage = sizeof(float) * (size_t)(S * r->C * dv),
@@ -17,8 +51,13 @@ replay_sizes replay_sizes_compute(const replay *r)
         .queries = sizeof(float) * (size_t)(S * B * r->d),
         .send = sizeof(double) * nst,
         .recv = root ? sizeof(double) * nst : 0,
-        .gsend = br ? sizeof(double) * (size_t)(B * S) * gl : 0,
-        .gsum = br && root ? sizeof(double) * (size_t)(B * S) * gl : 0,
+        .gsend = br ? sizeof(double) * G * (size_t)S * gl : 0,
+        .gsum = br && root ? sizeof(double) * G * (size_t)S * gl : 0,
+        .opn = br && root ? sizeof(double) * (size_t)(B * S) : 0,
+        .ep = sizeof(int64_t) * ne,
+        .epsum = root ? sizeof(int64_t) * ne : 0,
+        .ml = sizeof(double) * 2 * feedback_pairs(r),
+        .sel = sizeof(double) * (size_t)(S * B) * select_len(r),
         .rel = root ? sizeof(double) * all : 0,
         .bound = root ? sizeof(double) * all : 0,
         .uidx = sizeof(int64_t) * (size_t)B,
@@ -29,7 +68,13 @@ replay_sizes replay_sizes_compute(const replay *r)
 
 size_t replay_sizes_budgeted(const replay_sizes *z)
 {
-    return z->kstage + z->vstage + z->gram + z->queries + z->send + z->recv + z->gsend + z->gsum + z->rel + z->bound;
+    return z->kstage + z->vstage + z->gram + z->queries + z->send + z->recv + z->gsend + z->gsum + z->opn + z->ep +
+           z->epsum + z->ml + z->sel + z->rel + z->bound;
+}
+
+size_t replay_sizes_total(const replay_sizes *z)
+{
+    return replay_sizes_budgeted(z) + z->uidx + z->zout + z->ev;
 }
 
 int replay_budget_check(const replay *r, kv_err *err)

@@ -11,11 +11,17 @@
 #include "core/kverr.h"
 #include "replay/internal.h"
 
-/* Needs the shape, C, B, M, rank and the options. */
+/* V^T V snapshots the batch stages before summing them onto rank 0 (at
+ * most 64 MiB of them, at least 1, at most B). */
+int64_t replay_gram_stage(const replay *r);
+
+/* Needs the shape, C, B, M, rank, the options and the instances' states. */
 replay_sizes replay_sizes_compute(const replay *r);
 
 /* The driver's buffers --max-memory counts, in bytes. */
 size_t replay_sizes_budgeted(const replay_sizes *z);
+/* All of them (the results' replay_buffer_bytes). */
+size_t replay_sizes_total(const replay_sizes *z);
 
 /* --max-memory: refuse (KV_EINPUT) when the methods' worst cases on this
  * rank's shard plus the driver's buffers exceed it.  Needs the states. */

@@ -7,8 +7,9 @@
 #include "io/ckpt.h"
 #include "mpi/agree.h"
 #include "replay/ckptstate.h"
+#include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543031) /* "KVCKPT01" */
+#define CK_MAGIC INT64_C(0x4b56434b50543032) /* "KVCKPT02": 02 added the memory epochs' maximum */
 
 /* Identifies the trace: shape, scale, query positions and its first rows. */
 static int64_t fingerprint(const replay *r, kv_err *err)
@@ -45,8 +46,10 @@ static void fill_meta(const replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next
     m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
 }
 
-/* this rank's state: methods, shard position, V^T V, and on rank 0 the metrics so far */
-static int save_state(const replay *r, const replay_shard *sh, const replay_sink *k, kv_buf *b, kv_err *err)
+/* this rank's state: methods, shard position, V^T V, and on rank 0 the
+ * metrics, the Lanczos start vectors and the memory maximum so far */
+static int save_state(const replay *r, const replay_shard *sh, const replay_batch *bt, const replay_sink *k, kv_buf *b,
+                      kv_err *err)
 {
     kv_buf_put_i64(b, CK_MAGIC);
     kv_buf_put_i64(b, sh->cur);
@@ -73,7 +76,8 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_sink
     if (r->rank == 0) {
         kv_buf_put_arr(b, k->rel, r->z.rel);
         kv_buf_put_arr(b, k->bound, r->z.bound);
-        kv_buf_put_arr(b, k->ev, r->z.ev);
+        kv_buf_put_arr(b, bt->ev, r->z.ev);
+        kv_buf_put_arr(b, k->mem_peak, sizeof(int64_t) * (size_t)r->M);
         kv_buf_put_f64(b, k->model_max);
         kv_buf_put_f64(b, k->model_sum);
         kv_buf_put_i64(b, k->model_cnt);
@@ -110,11 +114,13 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
                 return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
             rd->pos += (size_t)n;
         }
+        x->epoch = replay_instance_bytes(x, r->S); /* checkpoints fall between memory epochs */
     }
     return KV_OK;
 }
 
-static int load_state(replay *r, replay_shard *sh, replay_sink *k, const void *blob, size_t len, kv_err *err)
+static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, const void *blob, size_t len,
+                      kv_err *err)
 {
     kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
     int64_t magic, cur;
@@ -127,7 +133,8 @@ static int load_state(replay *r, replay_shard *sh, replay_sink *k, const void *b
     if (r->rank == 0) {
         rd.what = "the metrics";
         if (load_array(&rd, k->rel, r->z.rel, err) || load_array(&rd, k->bound, r->z.bound, err) ||
-            load_array(&rd, k->ev, r->z.ev, err) ||
+            load_array(&rd, bt->ev, r->z.ev, err) ||
+            load_array(&rd, k->mem_peak, sizeof(int64_t) * (size_t)r->M, err) ||
             kv_rd_f64(&rd, &k->model_max, err) || kv_rd_f64(&rd, &k->model_sum, err) || kv_rd_i64(&rd, &k->model_cnt, err))
             return err->code;
     }
@@ -135,7 +142,8 @@ static int load_state(replay *r, replay_shard *sh, replay_sink *k, const void *b
     return KV_OK;
 }
 
-int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, int64_t *next, kv_err *err)
+int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, int64_t *fp, int64_t *next,
+                      kv_err *err)
 {
     const kv_replay_opts *o = r->o;
     *fp = (o->checkpoint || o->resume) ? fingerprint(r, err) : 0;
@@ -146,7 +154,7 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, 
     size_t len = 0;
     fill_meta(r, &want, *fp, 0);
     if (!kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
-        load_state(r, sh, k, blob, len, err);
+        load_state(r, sh, bt, k, blob, len, err);
         *next = got.next_query;
     }
     free(blob);
@@ -154,11 +162,12 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, 
     return kv_agree(r->comm, err);
 }
 
-int replay_ckpt_write(const replay *r, const replay_shard *sh, replay_sink *k, int64_t fp, int64_t next, kv_err *err)
+int replay_ckpt_write(const replay *r, const replay_shard *sh, const replay_batch *bt, replay_sink *k, int64_t fp,
+                      int64_t next, kv_err *err)
 {
     kv_buf b;
     kv_buf_init(&b);
-    save_state(r, sh, k, &b, err);
+    save_state(r, sh, bt, k, &b, err);
     if (!err->code && k->res) kv_results_flush(k->res, err); /* rows < next are durable */
     if (kv_agree(r->comm, err)) { kv_buf_free(&b); return err->code; }
     kv_ckpt_meta m;

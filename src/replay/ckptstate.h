@@ -2,7 +2,10 @@
  *
  * Each rank's state is one byte string (io/ckpt.h stores them): a magic,
  * the shard position, every instance's timers, peak and per-stream method
- * state (the methods' save/load), V^T V, and on rank 0 the metrics so far.
+ * state (the methods' save/load), V^T V, and on rank 0 the metrics, the
+ * Lanczos start vectors and each method's memory maximum over epochs so far
+ * (a checkpoint falls between epochs: each rank's epoch restarts from what
+ * it holds).
  * The run's identity (a fingerprint of the trace, the options, the rank
  * count) goes into the file's metadata and is checked on --resume. */
 #ifndef KVSTREAM_REPLAY_CKPTSTATE_H
@@ -10,6 +13,7 @@
 
 #include <stdint.h>
 #include "core/kverr.h"
+#include "replay/batch.h"
 #include "replay/internal.h"
 #include "replay/shard.h"
 #include "replay/sink.h"
@@ -18,10 +22,12 @@
  * fingerprints the trace into *fp; with --resume, restores the states, the
  * shard position and the metrics, reopens the results file and sets *next
  * to the first query still to do (else 0).  Errors are agreed. */
-int replay_ckpt_begin(replay *r, replay_shard *sh, replay_sink *k, int64_t *fp, int64_t *next, kv_err *err);
+int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *b, replay_sink *k, int64_t *fp, int64_t *next,
+                      kv_err *err);
 
 /* Collective: a checkpoint after queries [0, next) to --checkpoint.
  * Flushes the results file first.  Errors are agreed. */
-int replay_ckpt_write(const replay *r, const replay_shard *sh, replay_sink *k, int64_t fp, int64_t next, kv_err *err);
+int replay_ckpt_write(const replay *r, const replay_shard *sh, const replay_batch *b, replay_sink *k, int64_t fp,
+                      int64_t next, kv_err *err);
 
 #endif

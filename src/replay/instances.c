@@ -1,8 +1,30 @@
 /* instances.c - method instances of a replay (see instances.h). */
 #include <stdlib.h>
 #include <string.h>
+#include "core/budget.h"
 #include "replay/instances.h"
 #include "replay/shard.h"
+
+/* --budget X: budget=X into every spec whose method takes a budget and
+ * that gives none (a spec's own budget= wins; its size parameters then
+ * clash with it, which the method reports). */
+static int run_budget(replay *r, kv_err *err)
+{
+    const char *X = r->o->budget;
+    if (!X) return KV_OK;
+    kv_budget b;
+    kv_err e = { 0, "" };
+    if (kv_budget_parse(X, &b, &e)) return kv_seterr(err, KV_EINPUT, "--budget: %s", e.msg);
+    char kv[80];
+    if (snprintf(kv, sizeof kv, "budget=%s", X) >= (int)sizeof kv)
+        return kv_seterr(err, KV_EINPUT, "--budget '%s': too long", X);
+    for (int i = 0; i < r->M; i++) {
+        replay_instance *x = &r->inst[i];
+        if (!kv_method_takes_budget(x->ops) || kv_spec_has(&x->spec, "budget")) continue;
+        if (kv_spec_add_param(&x->spec, kv, err)) return err->code;
+    }
+    return KV_OK;
+}
 
 int replay_instances_new(replay *r, kv_err *err)
 {
@@ -38,7 +60,7 @@ int replay_instances_new(replay *r, kv_err *err)
             return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", r->inst[i].spec.method,
                              kv_method_names());
     }
-    return KV_OK;
+    return run_budget(r, err);
 }
 
 int replay_instances_create(replay *r, kv_err *err)
@@ -81,4 +103,11 @@ int64_t replay_instance_bytes(const replay_instance *x, int64_t S)
     int64_t b = 0;
     for (int64_t s = 0; s < S; s++) b += (int64_t)x->ops->bytes(x->st[s]);
     return b;
+}
+
+void replay_instance_sample(replay_instance *x, int64_t S)
+{
+    int64_t b = replay_instance_bytes(x, S);
+    if (b > x->peak) x->peak = b;
+    if (b > x->epoch) x->epoch = b;
 }

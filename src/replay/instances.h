@@ -19,4 +19,7 @@ void replay_instances_free(replay *r);
 /* Bytes an instance holds now, summed over this rank's streams. */
 int64_t replay_instance_bytes(const replay_instance *x, int64_t S);
 
+/* Sample x's bytes now (every stream): updates its peak and current epoch. */
+void replay_instance_sample(replay_instance *x, int64_t S);
+
 #endif

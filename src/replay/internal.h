@@ -3,7 +3,7 @@
  * The driver (replay.c) fills one `replay` before any stage runs: options,
  * the trace and its shape, this rank's place, the method instances and the
  * buffer sizes.  After that the stages only read it, except for the
- * instances' timers and peaks.  Each stage keeps its own buffers in its own
+ * instances' timers, peaks and memory epochs.  Each stage keeps its own buffers in its own
  * struct (shard.h, batch.h, sink.h), made by a _new and released by a _free. */
 #ifndef KVSTREAM_REPLAY_INTERNAL_H
 #define KVSTREAM_REPLAY_INTERNAL_H
@@ -23,6 +23,9 @@ typedef struct {
     void **st;              /* [S] */
     double t_ingest, t_query; /* seconds on this rank */
     int64_t peak;           /* bytes, this rank, max over time */
+    int64_t epoch;          /* bytes, this rank, max since the current memory epoch began
+                             * (epochs end at each distinct query position: summed over
+                             * ranks per epoch, their max is the method's memory_bytes) */
 } replay_instance;
 
 /* Bytes of every buffer the stages allocate on this rank (0: none here).
@@ -34,13 +37,17 @@ typedef struct {
     size_t gram;            /* shard: V^T V per stream (bound ratio only) */
     size_t queries;         /* batch: its queries, every stream */
     size_t send, recv;      /* batch: partial states [M][S][B]; recv on rank 0 */
-    size_t gsend, gsum;     /* batch: V^T V per distinct position; gsum on rank 0 */
+    size_t gsend, gsum;     /* batch: V^T V of at most replay_gram_stage positions; gsum on rank 0 */
+    size_t opn;             /* batch, rank 0: |V_p|_op per distinct position [B][S] */
+    size_t ep, epsum;       /* batch: memory epochs [B][M] (int64); epsum on rank 0 */
+    size_t ml;              /* batch: feedback (m, l) pairs of a position (0: no method has feedback) */
+    size_t sel;             /* batch: one select method's lists [S][B][L] (0: none selects) */
     size_t rel, bound;      /* sink, rank 0: per-query metrics [M][S*m] */
     /* not counted, as they never were (O(B + S*dv) or --save-outputs only):
      * counting them would change the need --max-memory reports */
     size_t uidx;            /* batch: distinct-position index per query */
     size_t zout;            /* sink, rank 0: one batch of outputs (--save-outputs) */
-    size_t ev;              /* sink, rank 0: power-iteration start vector per stream */
+    size_t ev;              /* batch, rank 0: Lanczos start vector per stream [S][dv] */
 } replay_sizes;
 
 typedef struct {

@@ -2,9 +2,11 @@
  *
  *   open      trace, method instances (instances.c), --max-memory (budget.c),
  *             the stages' buffers; --resume (ckptstate.c)
- *   a batch   partial states, advancing the shard prefix by prefix (batch.c,
- *             shard.c) -> merge on rank 0 (batch.c) -> metrics and result rows
- *             (sink.c) -> progress line (summary.c) -> stop / checkpoint
+ *   a batch   partial states, advancing the shard prefix by prefix, with the
+ *             method hooks' collectives and the V^T V flushes (batch.c,
+ *             shard.c) -> merge on rank 0 (batch.c) -> metrics, memory epochs
+ *             and result rows (sink.c) -> progress line (summary.c) -> stop /
+ *             checkpoint
  *   end       the rest of the shard, totals and the table (summary.c)
  *
  * Whatever can fail on one rank only is followed by kv_agree before the next
@@ -71,8 +73,8 @@ static int open_run(replay *r, replay_shard *sh, replay_batch *b, replay_sink *k
 /* After queries [0, done): a signal on any rank (or --stop-after) stops all
  * of them, with a checkpoint when --checkpoint is given; --checkpoint-every
  * writes one without stopping.  Returns KV_ESTOPPED to stop. */
-static int stop_or_checkpoint(const replay *r, const replay_shard *sh, replay_sink *k, int64_t fp, int64_t j0,
-                              int64_t done, kv_err *err)
+static int stop_or_checkpoint(const replay *r, const replay_shard *sh, const replay_batch *b, replay_sink *k,
+                              int64_t fp, int64_t j0, int64_t done, kv_err *err)
 {
     const kv_replay_opts *o = r->o;
     if (o->stop_after > 0 && done >= o->stop_after && done < r->m && r->rank == 0) kv_signal_raise(15);
@@ -80,7 +82,7 @@ static int stop_or_checkpoint(const replay *r, const replay_shard *sh, replay_si
     if (kv_mpi_max_int(&sig, &any, 1, r->comm) != MPI_SUCCESS) /* agreed after the next batch */
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the stop signal failed");
     int due = o->checkpoint_every > 0 && done / o->checkpoint_every > j0 / o->checkpoint_every && done < r->m;
-    if ((any || due) && o->checkpoint && replay_ckpt_write(r, sh, k, fp, done, err)) return err->code;
+    if ((any || due) && o->checkpoint && replay_ckpt_write(r, sh, b, k, fp, done, err)) return err->code;
     if (!any || done >= r->m) return KV_OK;
     if (o->checkpoint)
         return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries; checkpoint written to %s "
@@ -101,18 +103,20 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res,
     MPI_Comm_size(comm, &r->P);
 
     int rc = open_run(r, &sh, &b, &k, err);
-    if (!rc) rc = replay_ckpt_begin(r, &sh, &k, &fp, &j0, err); /* j0: first query still to do */
+    if (!rc) rc = replay_ckpt_begin(r, &sh, &b, &k, &fp, &j0, err); /* j0: first query still to do */
     if (!rc) kv_signals_install();
     for (; !rc && j0 < r->m; j0 += r->B) {
         int64_t cnt = replay_min64(r->B, r->m - j0), done = j0 + cnt;
+        /* every rank gets here each batch, failed or not; an error the walk
+         * agreed on is already everybody's (batch.h) */
         replay_batch_partials(&b, r, &sh, j0, cnt, err);
-        if ((rc = kv_agree(comm, err))) break; /* every rank gets here each batch, failed or not */
+        if ((rc = b.agreed ? err->code : kv_agree(comm, err))) break;
         if (!replay_batch_merge(&b, r, err) && r->rank == 0) replay_sink_batch(&k, r, &b, err);
         if ((rc = kv_agree(comm, err))) break;
         replay_progress(r, done, kv_trace_query_pos(r->tr)[done - 1], t_start, &last_progress);
-        rc = stop_or_checkpoint(r, &sh, &k, fp, j0, done, err);
+        rc = stop_or_checkpoint(r, &sh, &b, &k, fp, j0, done, err);
     }
-    if (!rc) { /* the rest of the shard: memory and ingest figures cover the whole trace */
+    if (!rc) { /* the rest of the shard (the last memory epoch): memory and ingest figures cover the whole trace */
         replay_shard_advance(&sh, r, r->n, err);
         rc = kv_agree(comm, err);
     }

@@ -42,6 +42,7 @@ typedef struct {
     int64_t checkpoint_every; /* queries between checkpoints (0: only on a signal) */
     const char *resume;     /* continue from this checkpoint */
     int64_t max_memory;     /* bytes per rank the run may hold (0: no limit) */
+    const char *budget;     /* --budget X: budget=X for every method that takes one and gives none (NULL: none) */
     int64_t stop_after;     /* stop as a signal would (checkpoint, status 3) once this many queries are done (0: never) */
 } kv_replay_opts;
 

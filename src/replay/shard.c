@@ -61,8 +61,7 @@ static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, k
         }
         x->t_ingest += omp_get_wtime() - t0;
         if (bad) return err->code;
-        int64_t b = replay_instance_bytes(x, r->S);
-        if (b > x->peak) x->peak = b;
+        replay_instance_sample(x, r->S);
     }
     if (sh->gram) {
         int dv = (int)r->dv;
@@ -73,8 +72,24 @@ static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, k
     return KV_OK;
 }
 
+/* method.h: horizon.  Every instance hears that no later query is below p.
+ * The memory epoch of position p starts after the drop: what was held
+ * before it is the state the previous epoch ended with, counted there, and
+ * starting from it would add one rank's old window to another's new one. */
+static void horizon(replay *r, int64_t p)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        if (!x->ops->horizon) continue;
+#pragma omp parallel for schedule(static) if (r->par_streams)
+        for (int64_t s = 0; s < r->S; s++) x->ops->horizon(x->st[s], p);
+        x->epoch = replay_instance_bytes(x, r->S);
+    }
+}
+
 int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
 {
+    horizon(r, p);
     while (sh->cur < p && sh->cur < r->n) {
         int64_t c = sh->cur / r->C, c0 = c * r->C;
         if (c != sh->loaded) {

@@ -34,11 +34,9 @@ int replay_sink_new(replay_sink *k, const replay *r, kv_err *err)
     /* zeroed: a checkpoint saves them whole, rows not yet done included */
     k->rel = kv_calloc(r->z.rel / sizeof(double), sizeof(double), err);
     k->bound = kv_calloc(r->z.bound / sizeof(double), sizeof(double), err);
+    k->mem_peak = kv_calloc((size_t)r->M, sizeof(int64_t), err);
     k->zref = kv_malloc(sizeof(double) * dv, err);
     k->z = kv_malloc(sizeof(double) * dv, err);
-    k->ev = kv_calloc(r->z.ev / sizeof(double), sizeof(double), err);
-    k->work = kv_malloc(sizeof(double) * KV_OPNORM_WORK(dv), err);
-    k->G = kv_malloc(sizeof(double) * dv * dv, err);
     if (err->code) return err->code;
     if (r->z.zout && !(k->zout = kv_malloc(r->z.zout, err))) return err->code;
     if (!r->o->out || r->o->resume) return KV_OK;
@@ -52,28 +50,8 @@ int replay_sink_reopen(replay_sink *k, const replay *r, kv_err *err)
     return err->code;
 }
 
-/* |V_p|_op per (stream, query) into opn [S][cnt]: power iteration once per distinct prefix. */
-static void op_norms(replay_sink *k, const replay *r, const replay_batch *b, double *opn)
-{
-    int dv = (int)r->dv;
-    int64_t S = r->S, cnt = b->cnt;
-    for (int64_t s = 0; s < S; s++) {
-        int64_t lastu = -1;
-        double last = 0;
-        for (int64_t jj = 0; jj < cnt; jj++) {
-            if (b->uidx[jj] != lastu) {
-                const double *U = b->gsum + ((size_t)b->uidx[jj] * S + s) * dv * dv;
-                for (int i = 0; i < dv; i++)
-                    for (int j = 0; j < dv; j++) k->G[i * dv + j] = j >= i ? U[i * dv + j] : U[j * dv + i];
-                last = kv_opnorm_from_gram(k->G, dv, k->ev + s * dv, k->work);
-                lastu = b->uidx[jj];
-            }
-            opn[s * cnt + jj] = last;
-        }
-    }
-}
-
-/* Method mi on every (stream, query) of the batch: rel [S][cnt], bnd [S][cnt], zout. */
+/* Method mi on every (stream, query) of the batch: rel [S][cnt], bnd [S][cnt], zout.
+ * opn: |V_p|_op [nu][S] per distinct prefix, NULL without V^T V. */
 static void method_metrics(replay_sink *k, const replay *r, const replay_batch *b, int mi, const double *opn,
                            const float *model, double *rel_b, double *bnd_b)
 {
@@ -93,7 +71,7 @@ static void method_metrics(replay_sink *k, const replay *r, const replay_batch *
             double bd = NAN;
             if (opn) {
                 double sm2 = ref[KV_PS_L] > 0 ? sqrt(ref[KV_PS_L2]) / ref[KV_PS_L] : 0; /* |softmax(a)|_2 */
-                double den = sm2 * opn[s * cnt + jj];
+                double den = sm2 * opn[b->uidx[jj] * S + s]; /* |V_p|_op per distinct prefix */
                 bd = den > 0 ? kv_l2_dist(k->z, k->zref, dv) / den : 0.0;
             }
             bnd_b[s * cnt + jj] = bd;
@@ -115,27 +93,29 @@ int replay_sink_batch(replay_sink *k, const replay *r, const replay_batch *b, kv
 {
     size_t Sc = (size_t)(r->S * b->cnt);
     double *rel_b = malloc(sizeof(double) * Sc), *bnd_b = malloc(sizeof(double) * Sc);
-    double *opn = malloc(sizeof(double) * Sc);
     float *model = NULL;
     int rc = KV_OK;
-    if (!rel_b || !bnd_b || !opn) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    /* memory: the largest epoch of the batch, summed over ranks, against the run's so far */
+    for (int mi = 0; mi < r->M; mi++)
+        for (int64_t u = 0; u < b->nu; u++)
+            if (b->epsum[u * r->M + mi] > k->mem_peak[mi]) k->mem_peak[mi] = b->epsum[u * r->M + mi];
+    if (!rel_b || !bnd_b) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
     if (!rc && r->in->has_model_outputs && r->o->semantics == KV_SEM_FULL) {
         model = malloc(sizeof(float) * Sc * (size_t)r->dv);
         if (!model) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
         else rc = kv_trace_read_model_outputs(r->tr, b->j0, b->cnt, model, err);
     }
-    if (!rc && b->gsum) op_norms(k, r, b, opn);
     for (int mi = 0; mi < r->M && !rc; mi++) {
-        method_metrics(k, r, b, mi, b->gsum ? opn : NULL, model, rel_b, bnd_b);
+        method_metrics(k, r, b, mi, b->opn, model, rel_b, bnd_b);
         if (k->res) {
             char g[128];
             replay_sink_group(r, mi, g, sizeof g);
             rc = kv_results_write_rows(k->res, g, "rel_error", KV_R_F64, b->j0, b->cnt, rel_b, err);
-            if (!rc && b->gsum) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
+            if (!rc && b->opn) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
             if (!rc && k->zout) rc = kv_results_write_rows(k->res, g, "outputs", KV_R_F32, b->j0, b->cnt, k->zout, err);
         }
     }
-    free(model); free(rel_b); free(bnd_b); free(opn);
+    free(model); free(rel_b); free(bnd_b);
     return rc;
 }
 
@@ -152,6 +132,6 @@ void replay_sink_free(replay_sink *k)
         kv_err e2 = { 0, "" };
         kv_results_close(k->res, &e2);
     }
-    free(k->rel); free(k->bound); free(k->zref); free(k->z); free(k->ev); free(k->work); free(k->G); free(k->zout);
+    free(k->rel); free(k->bound); free(k->mem_peak); free(k->zref); free(k->z); free(k->zout);
     *k = (replay_sink){ 0 };
 }

@@ -1,7 +1,9 @@
 /* sink.h - rank 0's metrics sink: merged states -> metrics -> results file.
  *
  * For every merged batch it computes each method's relative error against
- * the exact reference (and the bound ratio when V^T V is kept), compares
+ * the exact reference (and the bound ratio, from the |V_p|_op the batch
+ * computed on rank 0, when V^T V is kept), keeps the running maximum over
+ * memory epochs of each method's state summed over ranks, compares
  * exact with the trace's /model_outputs when it has them, keeps the metrics
  * of every query for the summary, and writes the batch's rows to the results
  * file (io/results.h).  Only rank 0 has a sink; the other ranks' stays empty. */
@@ -19,8 +21,8 @@ typedef struct {
     kv_results *res;        /* results file; NULL: no -o (or not reopened yet on --resume) */
     double *rel;            /* [M][S*m] */
     double *bound;          /* [M][S*m], NaN without V^T V */
-    double *ev;             /* [S][dv]: power iteration start, carried from query to query */
-    double *zref, *z, *work, *G; /* scratch: [dv], [dv], [dv], [dv*dv] */
+    int64_t *mem_peak;      /* [M]: max over the memory epochs so far of the bytes summed over ranks */
+    double *zref, *z;       /* scratch: [dv], [dv] */
     float *zout;            /* [S][B][dv] with --save-outputs */
     double model_max, model_sum; /* exact vs /model_outputs: max and sum of rel errors */
     int64_t model_cnt;

@@ -7,19 +7,24 @@
 #include "kernels/metrics.h"
 #include "mpi/agree.h"
 #include "mpi/coll.h"
+#include "replay/budget.h"
 #include "replay/instances.h"
 #include "replay/summary.h"
 
-/* Per-method totals across ranks: mem at the end of the stream, peak the
- * sum over ranks of each rank's largest state (sampled after every ingest
- * block and every partial call), the figure memory_bytes reports. */
-typedef struct { int64_t mem, peak, clusters, kept; double t_ingest, t_query; } totals;
+/* Per-method totals across ranks: mem at the end of the stream; peak, the
+ * figure memory_bytes reports, the largest over memory epochs of the state
+ * summed over ranks (epochs end at each distinct query position, the last
+ * one after the tail of the stream: batch.c, sink.c); peak_rank the largest
+ * single rank's own peak over time (what one node must hold). */
+typedef struct { int64_t mem, peak, peak_rank, clusters, kept; double t_ingest, t_query; } totals;
 
-static void gather_totals(const replay *r, totals *t, kv_err *err)
+/* peaks: M int64s of scratch */
+static void gather_totals(const replay *r, const replay_sink *k, totals *t, int64_t *peaks, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *x = &r->inst[mi];
-        int64_t loc[4] = { replay_instance_bytes(x, r->S), x->peak, 0, 0 }, glob[4];
+        /* x->epoch: this rank's largest state since the last query position */
+        int64_t loc[4] = { replay_instance_bytes(x, r->S), x->epoch, 0, 0 }, glob[4], rank_peak = x->peak;
         int has_clusters = 0, has_kept = 0;
         for (int64_t s = 0; s < r->S; s++) {
             kv_method_extra e = { -1, -1 };
@@ -31,9 +36,15 @@ static void gather_totals(const replay *r, totals *t, kv_err *err)
         /* no early return: every rank makes the same collectives */
         int bad = kv_mpi_sum_i64(loc, glob, 4, r->comm) != MPI_SUCCESS;
         bad |= kv_mpi_max_f64(tl, tg, 2, r->comm) != MPI_SUCCESS;
+        bad |= kv_mpi_max_i64(&rank_peak, &rank_peak, 1, r->comm) != MPI_SUCCESS;
         if (bad) kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the method totals failed");
-        t[mi] = (totals){ glob[0], glob[1], has_clusters ? glob[2] : -1, has_kept ? glob[3] : -1, tg[0], tg[1] };
+        t[mi] = (totals){ glob[0], 0, rank_peak, has_clusters ? glob[2] : -1, has_kept ? glob[3] : -1, tg[0], tg[1] };
+        if (r->rank == 0) peaks[mi] = glob[1] > k->mem_peak[mi] ? glob[1] : k->mem_peak[mi];
     }
+    /* the epochs' maximum lives on rank 0 (sink.c) */
+    if (kv_mpi_bcast(peaks, sizeof(int64_t) * (size_t)r->M, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Bcast of the memory peaks failed");
+    for (int mi = 0; mi < r->M; mi++) t[mi].peak = peaks[mi];
 }
 
 /* Every rank gets the per-method figures rank 0 computed. */
@@ -115,6 +126,7 @@ static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi,
         kv_results_attr_i64(x, g, "memory_bytes", t[mi].peak, err) ||
         kv_results_attr_i64(x, g, "peak_memory_bytes", t[mi].peak, err) ||
         kv_results_attr_i64(x, g, "final_memory_bytes", t[mi].mem, err) ||
+        kv_results_attr_i64(x, g, "peak_rank_bytes", t[mi].peak_rank, err) ||
         kv_results_attr_f64(x, g, "ingest_seconds", t[mi].t_ingest, err) ||
         kv_results_attr_f64(x, g, "query_seconds", t[mi].t_query, err) ||
         kv_results_attr_i64(x, g, "clusters", t[mi].clusters, err) ||
@@ -124,7 +136,8 @@ static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi,
     return KV_OK;
 }
 
-static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, double wall, int64_t rss, kv_err *err)
+static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, double wall, const int64_t *rss,
+                     kv_err *err)
 {
     const kv_replay_opts *o = r->o;
     const char *sem = o->semantics == KV_SEM_FULL ? "full" : "window-unmasked-values";
@@ -148,7 +161,8 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
         kv_results_attr_i64(x, "/", "dv", r->dv, err) ||
         kv_results_attr_i64(x, "/", "shard_chunk", r->C, err) ||
         kv_results_attr_f64(x, "/", "wall_seconds", wall, err) ||
-        kv_results_attr_i64(x, "/", "peak_rss_bytes", rss, err) ||
+        kv_results_attr_i64(x, "/", "peak_rss_bytes", rss[0], err) ||
+        kv_results_attr_i64(x, "/", "replay_buffer_bytes", rss[1], err) ||
         kv_results_write_all(x, "/", "query_pos", KV_R_I64, 1, dm, kv_trace_query_pos(r->tr), err))
         return err->code;
     if (k->model_cnt && kv_results_attr_f64(x, "/", "model_outputs_max_rel_error", k->model_max, err))
@@ -157,7 +171,8 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
 }
 
 /* Rank 0: the table (to o->table) and the results file's attributes. */
-static int write_summary(const replay *r, const replay_sink *k, const totals *t, double wall, int64_t rss,
+/* rss: the largest process peak RSS and the largest rank's replay buffers */
+static int write_summary(const replay *r, const replay_sink *k, const totals *t, double wall, const int64_t *rss,
                          kv_err *err)
 {
     FILE *f = r->o->table;
@@ -170,24 +185,30 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
         fprintf(f, "exact vs the model's own attention outputs (/model_outputs): max rel err %.3g, mean %.3g\n",
                 k->model_max, k->model_sum / (double)k->model_cnt);
     if (f)
-        fprintf(f, "memory: peak state per method, summed over ranks; process peak RSS %.1f MiB (largest rank)\n",
-                (double)rss / (1 << 20));
+        fprintf(f, "memory: peak over query positions of the state summed over ranks; process peak RSS %.1f MiB "
+                "(largest rank)\n",
+                (double)rss[0] / (1 << 20));
     return k->res ? run_attrs(r, k, k->res, wall, rss, err) : KV_OK;
 }
 
 int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
 {
     totals *t = kv_calloc((size_t)r->M, sizeof *t, err);
+    int64_t *peaks = kv_calloc((size_t)r->M, sizeof *peaks, err);
     /* agree first: a rank without t must not skip the collectives below alone */
     if (kv_agree(r->comm, err)) {
         free(t);
+        free(peaks);
         return err->code;
     }
-    gather_totals(r, t, err);
-    /* what the machine paid: the largest process peak RSS over the ranks */
+    gather_totals(r, k, t, peaks, err);
+    free(peaks);
+    /* what the machine paid: the largest process peak RSS over the ranks,
+     * beside the replay's own buffers (the methods' are in the totals) */
     struct rusage ru;
-    int64_t rss = getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1;
-    if (kv_mpi_max_i64(&rss, &rss, 1, r->comm) != MPI_SUCCESS)
+    int64_t rss[2] = { getrusage(RUSAGE_SELF, &ru) == 0 ? (int64_t)ru.ru_maxrss * 1024 : -1,
+                       (int64_t)replay_sizes_total(&r->z) };
+    if (kv_mpi_max_i64(rss, rss, 2, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the peak RSS failed");
     double wall = omp_get_wtime() - t_start;
     if (r->rank == 0 && !err->code) write_summary(r, k, t, wall, rss, err);

@@ -1,9 +1,11 @@
 /* summary.h - the end of a replay, and the progress line.
  *
- * replay_summary adds each method's figures up over the ranks (memory now
- * and at peak, clusters, kept tokens; the slowest rank's times), prints the
- * summary table and writes the results file's attributes on rank 0, and
- * fills kv_replay_result on every rank with the figures rank 0 computed. */
+ * replay_summary adds each method's figures up over the ranks (memory now,
+ * the time-aligned peak from rank 0's memory epochs and the tail's, the
+ * largest rank's own peak, clusters, kept tokens; the slowest rank's
+ * times), prints the summary table and writes the results file's attributes
+ * on rank 0, and fills kv_replay_result on every rank with the figures
+ * rank 0 computed. */
 #ifndef KVSTREAM_REPLAY_SUMMARY_H
 #define KVSTREAM_REPLAY_SUMMARY_H
 

@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""Error against memory from a `kvstream pareto` file (docs/PARETO.md).
+
+    /usr/bin/python3 analysis/pareto.py FILE -o PREFIX [--stat p50|mean|p95] [--title T]
+
+Writes PREFIX.csv: the /pareto rows, one per (method, budget, seed):
+
+    method, budget, seed, memory_bytes, p50_error, p95_error, mean_error,
+    max_error, p95_bound_ratio, label
+
+and PREFIX.png: error against memory_bytes, log-log.  One line per method
+through its budgets (in order of memory): at each budget the median over
+seeds of the chosen statistic (--stat, default p50: the median of rel_error
+over all streams and queries) at the median memory over seeds; the shaded
+band spans the smallest to the largest value over the seeds.  A method
+without budgets (budget "none", e.g. topk) is one point with the seeds'
+spread as an error bar.  The exact reference (error 0 by definition) is a
+star on the bottom edge and a dashed vertical line at its memory; other
+errors of exactly 0 are drawn on the bottom edge too.  Run with Debian's
+/usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).
+"""
+import argparse
+import os
+import sys
+
+import h5py
+import numpy as np
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvresults as kv  # noqa: E402
+
+COLUMNS = ["method", "budget", "seed", "memory_bytes", "p50_error", "p95_error", "mean_error", "max_error",
+           "p95_bound_ratio", "label"]
+STATS = {"p50": "p50_error", "mean": "mean_error", "p95": "p95_error"}
+
+
+def load(path):
+    """The /pareto rows as a list of dicts (strings decoded, numbers as Python scalars)."""
+    with h5py.File(path, "r") as f:
+        if "pareto" not in f:
+            raise SystemExit("%s: no /pareto group (not written by `kvstream pareto`?)" % path)
+        g = f["pareto"]
+        missing = [c for c in COLUMNS if c not in g]
+        if missing:
+            raise SystemExit("%s: /pareto lacks %s" % (path, ", ".join(missing)))
+        cols = {c: g[c][...] for c in COLUMNS}
+    n = len(cols["method"])
+    if any(len(v) != n for v in cols.values()):
+        raise SystemExit("%s: /pareto datasets differ in length" % path)
+    rows = []
+    for i in range(n):
+        r = {}
+        for c in COLUMNS:
+            v = cols[c][i]
+            r[c] = kv.text(v) if isinstance(v, (bytes, np.bytes_)) else v.item()
+        rows.append(r)
+    return rows
+
+
+def curves(rows, stat):
+    """{method: [(budget, memory, median, lo, hi), ...] in order of memory} for every method but exact."""
+    by = {}
+    for r in rows:
+        if r["method"] != "exact":
+            by.setdefault(r["method"], {}).setdefault(r["budget"], []).append(r)
+    out = {}
+    for m, budgets in by.items():
+        pts = []
+        for b, rs in budgets.items():
+            y = np.array([r[stat] for r in rs], dtype=np.float64)
+            mem = float(np.median([r["memory_bytes"] for r in rs]))
+            pts.append((b, mem, float(np.median(y)), float(np.min(y)), float(np.max(y))))
+        out[m] = sorted(pts, key=lambda p: p[1])
+    return out
+
+
+def plot(rows, stat_name, png, title):
+    stat = STATS[stat_name]
+    plt = kv.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    cs = curves(rows, stat)
+    pos = [v for pts in cs.values() for p in pts for v in p[2:] if v > 0 and np.isfinite(v)]
+    floor = min(pos) / 4 if pos else 1e-6
+    clip = lambda v: max(v, floor) if np.isfinite(v) else np.nan  # noqa: E731
+    for i, (m, pts) in enumerate(sorted(cs.items())):
+        color = "C%d" % (i % 10)
+        x = [p[1] for p in pts]
+        y, lo, hi = ([clip(p[k]) for p in pts] for k in (2, 3, 4))
+        if len(pts) > 1:
+            ax.plot(x, y, "o-", color=color, label=m)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+        else:
+            ax.errorbar(x, y, yerr=[[y[0] - lo[0]], [hi[0] - y[0]]], fmt="s", color=color, capsize=4,
+                        label="%s (budget %s)" % (m, pts[0][0]))
+    for r in rows:
+        if r["method"] == "exact":
+            ax.axvline(r["memory_bytes"], color="k", linestyle="--", linewidth=1)
+            ax.plot([r["memory_bytes"]], [floor], "k*", markersize=12, clip_on=False,
+                    label="exact (reference, error 0)")
+            break
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("memory_bytes (peak state, all streams and ranks)")
+    ax.set_ylabel("%s rel_error: median over seeds (band: min-max)" % stat_name)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="error-memory plot and CSV of a `kvstream pareto` file")
+    ap.add_argument("file", help="the -o FILE of kvstream pareto")
+    ap.add_argument("-o", "--output", default="pareto", help="PREFIX: writes PREFIX.png and PREFIX.csv")
+    ap.add_argument("--stat", choices=sorted(STATS), default="p50", help="error statistic on the y axis")
+    ap.add_argument("--title", default=None)
+    a = ap.parse_args(argv)
+    rows = load(a.file)
+    kv.write_csv(a.output + ".csv", COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
+    plot(rows, a.stat, a.output + ".png", a.title or os.path.basename(a.file))
+    for r in rows:
+        print("%-16s %-8s %5d %14d  p50 %-10.4g p95 %-10.4g mean %-10.4g" % (
+            r["method"], r["budget"], r["seed"], r["memory_bytes"], r["p50_error"], r["p95_error"], r["mean_error"]))
+    print("wrote %s.png and %s.csv (%d rows)" % (a.output, a.output, len(rows)))
+
+
+if __name__ == "__main__":
+    main()

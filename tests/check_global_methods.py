@@ -1,0 +1,54 @@
+#!/usr/bin/python3
+"""topk and h2o replays at P = 1..4 ranks: the rank count is a performance knob.
+
+usage: check_global_methods.py topk|h2o TRACE RESULTS_NP1 [RESULTS_NP2 ...]
+  - topk (global top-k, ties at the k-th all taken): outputs at every P equal
+    P = 1's up to the float32 rounding of a double result (one ulp of the
+    larger, plus 1e-12 of the stream's largest output for the double sums);
+    topk with k >= n equals exact to 1e-6 (float32 logits);
+  - h2o (global budget): memory_bytes <= the budget in bytes at every P
+    (tokens x bytes per held token, summed over streams)."""
+import sys
+
+import h5py
+import numpy as np
+
+from kvtest import fail, rel
+
+what, trace, results = sys.argv[1], sys.argv[2], sys.argv[3:]
+with h5py.File(trace, "r") as t:
+    S, n, d = t["keys"].shape
+    dv = t["values"].shape[2]
+slot = (d + dv) * 4 + 8 + 8 + 12  # h2o.c: key, value, index, score, three int32
+H2O = {"h2o_tok": 300 * slot, "h2o_pct": (int(0.05 * n * (d + dv) * 4) // slot) * slot}
+
+checks = 0
+base = None
+for path in results:
+    with h5py.File(path, "r") as r:
+        P = int(r.attrs["ranks"])
+        out = {k: r["methods"][k]["outputs"][...].astype(np.float64) for k in ("topk5", "topk40", "topkall", "exact")}
+        mem = {k: int(r["methods"][k].attrs["memory_bytes"]) for k in H2O}
+    e = rel(out["topkall"], out["exact"]).max()
+    if what == "topk" and e > 1e-6:
+        fail("%s: topk with k >= n differs from exact by %.3g" % (path, e))
+    for k, b in H2O.items() if what == "h2o" else ():
+        budget = S * b
+        print("%s: P=%d %s memory %d bytes, budget %d" % (path, P, k, mem[k], budget))
+        if mem[k] > budget:
+            fail("%s: %s holds %d bytes summed over %d ranks, over its budget %d" % (path, k, mem[k], P, budget))
+    checks += 1
+    if base is None or what != "topk":
+        base = out
+        continue
+    for k in ("topk5", "topk40", "topkall"):
+        a, b = out[k], base[k]
+        tol = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float32)).astype(np.float64)
+        tol += 1e-12 * np.abs(b).max(axis=(1, 2), keepdims=True)
+        worst = (np.abs(a - b) / tol).max()
+        print("%s: P=%d %s vs P=1: max |diff| %.3g (%.2f of the rounding bound)" % (path, P, k, np.abs(a - b).max(), worst))
+        if worst > 1:
+            j = np.unravel_index((np.abs(a - b) / tol).argmax(), a.shape)
+            fail("%s: %s at P=%d differs from P=1 at %s by %.3g > %.3g" % (path, k, P, j, abs(a[j] - b[j]), tol[j]))
+        checks += 1
+print("check_global_methods: %d passed, 0 failed" % checks)

@@ -1,0 +1,93 @@
+#!/usr/bin/python3
+"""P is a performance knob only (issue 12, parts 2 and 3).
+
+usage: check_pinvariance.py KVSTREAM WORKDIR [NP_MAX]
+A clustered trace (2 streams x 20000 tokens, d = 16, chunks of 400 so every
+rank holds tokens) is replayed under 1..NP_MAX ranks.
+- Global parameters, same answers: window, sinks (horizon: the ranks
+  together hold the last W tokens), uniform (bottom-k priorities of the
+  global index: the same k tokens at every P) and topk (the global k largest
+  logits) give outputs equal to P = 1 within 1e-6 * max(1, |z|_inf): the
+  outputs are stored as float32 (relative rounding 6e-8) and only the
+  grouping of the float tile sums and of the rank merge differs with P.
+- One budget knob: --budget 5% (5% of exact's n (d + dv) 4 bytes per stream)
+  for every budgeted method: memory_bytes (the time-aligned peak summed over
+  ranks) <= S * budget * 1.03 at every P, and within 5% across P.
+- Bad budgets (0, negative, over 100%, unknown unit, too small to hold a
+  token) exit 2 with one line naming the budget."""
+import os
+import sys
+
+import h5py
+import numpy as np
+
+from kvtest import fail, mpi_cmd, run
+
+exe, work = sys.argv[1], sys.argv[2]
+npmax = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+os.makedirs(work, exist_ok=True)
+trace = os.path.join(work, "pinv.h5")
+S, n, d = 2, 20000, 16
+r = run(mpi_cmd(1, exe, "gen", "--kind", "clustered", "--clusters", "8", "--streams", str(S), "--tokens", str(n),
+                "--dim", str(d), "--queries", "30", "--chunk", "400", "--seed", "11", "-o", trace))
+if r.returncode:
+    fail("gen failed: " + r.stderr)
+
+same = "window:W=300,sinks:S=4,W=200,uniform:tokens=256,seed=5,topk:k=16"
+labels = ["window:W=300", "sinks:S=4,W=200", "uniform:tokens=256,seed=5", "topk:k=16"]
+outs = {}
+for P in range(1, npmax + 1):
+    out = os.path.join(work, "same-np%d.h5" % P)
+    r = run(mpi_cmd(P, exe, "replay", trace, "--methods", same, "--shard-chunk", "400", "--save-outputs", "-q",
+                    "-o", out), timeout=300)
+    if r.returncode:
+        fail("np=%d replay failed: %s" % (P, r.stderr))
+    with h5py.File(out, "r") as f:
+        outs[P] = {l: f["methods"][l]["outputs"][...].astype(np.float64) for l in labels}
+for P in range(2, npmax + 1):
+    for l in labels:
+        a, b = outs[1][l], outs[P][l]
+        tol = 1e-6 * max(1.0, float(np.abs(a).max()))
+        diff = float(np.abs(a - b).max())
+        print("np=%d %-28s max |z_P - z_1| = %.3g (tolerance %.3g)" % (P, l, diff, tol))
+        if not diff <= tol:
+            fail("np=%d %s: outputs differ from np=1 by %.3g > %.3g" % (P, l, diff, tol))
+
+# one budget knob
+budget_frac = 0.05
+B = int(budget_frac * n * (d + d) * 4)
+budgeted = os.environ.get("KV_PINV_BUDGETED", "window,sinks,uniform,h2o,subgen").split(",")
+mem = {}
+for P in range(1, npmax + 1):
+    out = os.path.join(work, "budget-np%d.h5" % P)
+    r = run(mpi_cmd(P, exe, "replay", trace, "--methods", ",".join(budgeted), "--budget", "5%", "--shard-chunk",
+                    "400", "-q", "-o", out), timeout=300)
+    if r.returncode:
+        fail("np=%d budget replay failed: %s" % (P, r.stderr))
+    with h5py.File(out, "r") as f:
+        for m in budgeted:
+            g = f["methods"][m]
+            mb = int(g.attrs["memory_bytes"])
+            mem.setdefault(m, []).append(mb)
+            err = g["rel_error"][...]
+            print("np=%d %-8s memory %d bytes (budget %d x %d streams = %d: %.3f), mean error %.3g"
+                  % (P, m, mb, B, S, S * B, mb / (S * B), float(err.mean())))
+            if not np.all(np.isfinite(err)):
+                fail("np=%d %s: non-finite errors" % (P, m))
+            if mb > 1.03 * S * B:
+                fail("np=%d %s: memory_bytes %d is over its budget %d (x1.03)" % (P, m, mb, S * B))
+for m, v in mem.items():
+    if max(v) > 1.05 * min(v):
+        fail("%s: memory_bytes across P = 1..%d varies more than 5%%: %s" % (m, npmax, v))
+
+# bad budgets: one line, exit 2
+bad = [["--budget", "0"], ["--budget", "-5%"], ["--budget", "150%"], ["--budget", "10parsecs"], ["--budget", "1"],
+       ["--methods", "window:budget=0"], ["--methods", "uniform:budget=2%,tokens=8"]]
+for args in bad:
+    a = ["--methods", "window"] + args if args[0] == "--budget" else args
+    r = run(mpi_cmd(2, exe, "replay", trace, "-q", *a))
+    lines = [x for x in r.stderr.splitlines() if x.startswith("kvstream")]  # not mpiexec's own report
+    if r.returncode != 2 or len(lines) != 1 or "budget" not in lines[0]:
+        fail("%s: want exit 2 and one line naming the budget, got %d: %r" % (" ".join(a), r.returncode, r.stderr))
+    print("%-40s -> %s" % (" ".join(a), lines[0]))
+print("ok")

@@ -1,0 +1,685 @@
+/* test_global_methods.c - topk and h2o with global parameters: the rank
+ * count P is a performance knob only.
+ *
+ * P = 1..4 ranks are simulated in one process as the replay driver runs
+ * them: chunk-cyclic shards (chunk C), one instance per rank with ctx.rank,
+ * nranks and shard_tokens set, horizon(p) before a rank ingests its tokens
+ * < p (in random blocks), topk's select lists merged over ranks with
+ * kv_topk_merge and answered by partial_select, partial states merged in
+ * rank order with kv_partial_merge, h2o's feedback given the merged (m, l).
+ * Checked:
+ *   topk: the merged lists are bitwise the same for every P, outputs equal
+ *         P = 1's within double rounding, and a double-precision reference
+ *         (ties at the k-th logit all taken) within float-logit rounding;
+ *   h2o:  P = 1 equals brute-force H2O with the global budget; for every P
+ *         the bytes summed over ranks (each rank's peak within an epoch,
+ *         epochs starting at each horizon) stay within the budget, the
+ *         shares fill it, recent = tokens is the global window; budget= in
+ *         bytes gives the token count it documents; checkpoints resume
+ *         bitwise. */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "methods/method.h"
+#include "kernels/partial.h"
+#include "kernels/topk_merge.h"
+#include "core/rng.h"
+#include "testutil.h"
+
+#define MAXP 4
+#define MAXQ 16
+
+typedef struct {
+    int d, dv;
+    int64_t n;
+    float *K, *V;
+    double vmax; /* max |v| */
+} data;
+
+/* keys N(0, 1) or, with nkeys > 0, drawn from nkeys fixed vectors (exact
+ * logit ties); values N(0.5, 1) */
+static void data_gen(data *x, int64_t n, int d, int dv, uint64_t seed, int nkeys)
+{
+    kv_rng r;
+    kv_rng_seed(&r, seed, 3, 4);
+    x->d = d;
+    x->dv = dv;
+    x->n = n;
+    x->K = malloc(sizeof(float) * (size_t)(n * d));
+    x->V = malloc(sizeof(float) * (size_t)(n * dv));
+    for (int64_t i = 0; i < n * d; i++) x->K[i] = (float)kv_rng_normal(&r);
+    if (nkeys > 0)
+        for (int64_t i = nkeys; i < n; i++)
+            memcpy(x->K + i * d, x->K + (int64_t)kv_rng_below(&r, (uint64_t)nkeys) * d, sizeof(float) * (size_t)d);
+    x->vmax = 0;
+    for (int64_t i = 0; i < n * dv; i++) {
+        x->V[i] = (float)(0.5 + kv_rng_normal(&r));
+        x->vmax = fabs(x->V[i]) > x->vmax ? fabs(x->V[i]) : x->vmax;
+    }
+}
+
+static void data_free(data *x)
+{
+    free(x->K);
+    free(x->V);
+}
+
+static kv_method_ctx make_ctx(const data *x)
+{
+    kv_method_ctx c;
+    memset(&c, 0, sizeof c);
+    c.d = x->d;
+    c.dv = x->dv;
+    c.scale = 1.0 / sqrt((double)x->d);
+    c.n_total = x->n;
+    c.nranks = 1;
+    c.seed = 42;
+    c.semantics = KV_SEM_FULL;
+    return c;
+}
+
+/* ---- P simulated ranks running one method ---- */
+typedef struct {
+    const kv_method_ops *ops;
+    kv_spec *spec;
+    void *st[MAXP];
+    int P;
+    int64_t C, fed; /* tokens [0, fed) delivered to their owners */
+    kv_rng rng;     /* block sizes */
+    size_t epoch[MAXP], worst; /* each rank's peak bytes this epoch; max over epochs of their sum */
+} sim;
+
+static void sim_close(sim *e)
+{
+    for (int r = 0; r < e->P; r++)
+        if (e->st[r]) e->ops->free(e->st[r]);
+    free(e->spec);
+    memset(e, 0, sizeof *e);
+}
+
+static int sim_open(sim *e, const char *text, const kv_method_ctx *base, int P, int64_t C, kv_err *err)
+{
+    memset(e, 0, sizeof *e);
+    int cnt;
+    if (kv_spec_parse_list(text, &e->spec, &cnt, err)) return err->code;
+    e->ops = kv_method_find(e->spec[0].method);
+    if (!e->ops) return kv_seterr(err, KV_EINPUT, "unknown method '%s'", e->spec[0].method);
+    e->P = P;
+    e->C = C;
+    kv_rng_seed(&e->rng, 7, (uint64_t)P, (uint64_t)C);
+    for (int r = 0; r < P; r++) {
+        kv_method_ctx c = *base;
+        c.rank = r;
+        c.nranks = P;
+        c.shard_tokens = 0;
+        for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / C) % P == r;
+        kv_spec_reset(&e->spec[0]);
+        if (e->ops->create(&e->spec[0], &c, &e->st[r], err)) {
+            sim_close(e);
+            return err->code;
+        }
+    }
+    return KV_OK;
+}
+
+static void sample(sim *e, int r)
+{
+    size_t b = e->ops->bytes(e->st[r]);
+    if (b > e->epoch[r]) e->epoch[r] = b;
+}
+
+/* an epoch ends: its per-rank peaks summed */
+static void end_epoch(sim *e)
+{
+    size_t sum = 0;
+    for (int r = 0; r < e->P; r++) {
+        sum += e->epoch[r];
+        e->epoch[r] = 0;
+    }
+    if (sum > e->worst) e->worst = sum;
+}
+
+/* the next query position is p: horizon on every rank, then deliver the
+ * tokens [fed, p) to their owners in random blocks within chunks */
+static void sim_advance(sim *e, const data *x, int64_t p)
+{
+    end_epoch(e);
+    for (int r = 0; r < e->P; r++) {
+        if (e->ops->horizon) e->ops->horizon(e->st[r], p);
+        sample(e, r);
+    }
+    while (e->fed < p) {
+        int64_t end = (e->fed / e->C + 1) * e->C;
+        if (end > p) end = p;
+        int r = (int)((e->fed / e->C) % e->P);
+        while (e->fed < end) {
+            int64_t len = 1 + (int64_t)kv_rng_below(&e->rng, (uint64_t)(end - e->fed));
+            kv_err err = { 0 };
+            int rc = e->ops->ingest(e->st[r], x->K + e->fed * x->d, x->V + e->fed * x->dv, e->fed, (size_t)len, &err);
+            CHECK(rc == KV_OK, "ingest: %s", err.msg);
+            sample(e, r);
+            e->fed += len;
+        }
+    }
+}
+
+static int64_t sim_kept(const sim *e)
+{
+    int64_t k = 0;
+    for (int r = 0; r < e->P; r++) {
+        kv_method_extra ex = { -1, -1 };
+        e->ops->extra(e->st[r], &ex);
+        k += ex.kept_tokens;
+    }
+    return k;
+}
+
+static size_t sim_bytes(const sim *e)
+{
+    size_t b = 0;
+    for (int r = 0; r < e->P; r++) b += e->ops->bytes(e->st[r]);
+    return b;
+}
+
+/* topk's multi-position batch: select on every rank, lists merged in rank
+ * order (gsel), partial_select, states merged in rank order (st) */
+static void sim_select(sim *e, const float *Q, const int64_t *p, int nq, double *gsel, double *st, int dv)
+{
+    int L = e->ops->select_len(e->st[0]);
+    size_t sl = KV_PSTATE_LEN(dv);
+    double *sel = malloc(sizeof(double) * (size_t)L * (size_t)nq), *tmp = malloc(sizeof(double) * sl * (size_t)nq);
+    for (int r = 0; r < e->P; r++) {
+        CHECK(e->ops->select_len(e->st[r]) == L, "select_len differs on rank %d", r);
+        CHECK(e->ops->select(e->st[r], Q, p, nq, r ? sel : gsel) == KV_OK, "select");
+        for (int q = 0; r && q < nq; q++) kv_topk_merge(gsel + (size_t)q * L, sel + (size_t)q * L, L);
+    }
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    for (int r = 0; r < e->P; r++) {
+        CHECK(e->ops->partial_select(e->st[r], Q, p, nq, gsel, tmp) == KV_OK, "partial_select");
+        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, tmp + q * sl, dv);
+    }
+    free(sel);
+    free(tmp);
+}
+
+/* per-prefix methods: partial on every rank, merged; feedback with (m, l) */
+static void sim_partial(sim *e, const float *Q, int nq, int64_t p, double *st, int dv)
+{
+    size_t sl = KV_PSTATE_LEN(dv);
+    double *tmp = malloc(sizeof(double) * sl * (size_t)nq), ml[2 * MAXQ];
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    for (int r = 0; r < e->P; r++) {
+        CHECK(e->ops->partial(e->st[r], Q, nq, p, tmp) == KV_OK, "partial");
+        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, tmp + q * sl, dv);
+        sample(e, r);
+    }
+    for (int q = 0; q < nq; q++) {
+        ml[2 * q] = st[q * sl + KV_PS_M];
+        ml[2 * q + 1] = st[q * sl + KV_PS_L];
+    }
+    for (int r = 0; e->ops->feedback && r < e->P; r++) {
+        CHECK(e->ops->feedback(e->st[r], Q, nq, p, ml) == KV_OK, "feedback");
+        sample(e, r);
+    }
+    free(tmp);
+}
+
+/* max over queries and components of |z_a - z_b| */
+static double out_diff(const double *a, const double *b, int nq, int dv)
+{
+    size_t sl = KV_PSTATE_LEN(dv);
+    double za[64], zb[64], worst = 0;
+    for (int q = 0; q < nq; q++) {
+        kv_partial_output(a + q * sl, dv, za);
+        kv_partial_output(b + q * sl, dv, zb);
+        for (int c = 0; c < dv; c++) worst = fabs(za[c] - zb[c]) > worst ? fabs(za[c] - zb[c]) : worst;
+    }
+    return worst;
+}
+
+static void gen_queries(float *Q, int nq, int d, kv_rng *r, double qs)
+{
+    for (int i = 0; i < nq * d; i++) Q[i] = (float)(qs * kv_rng_normal(r));
+}
+
+/* Query schedule: batches of nb queries at non-decreasing prefixes, some
+ * shared, the first at 1 and the last at n. */
+static int64_t next_pos(kv_rng *r, int64_t p, int64_t n)
+{
+    if (kv_rng_below(r, 4) == 0) return p; /* shares the prefix */
+    p += 1 + (int64_t)kv_rng_below(r, 20);
+    return p < n ? p : n;
+}
+
+/* ---- topk ---- */
+
+/* Double-precision reference of one query: logits in double, the k-th
+ * largest t, attention over every token < p with logit >= t - tie (tie:
+ * logits within float rounding of t count as ties, exact ties in the data
+ * are exact in both).  Returns the gap between t and the next logit below
+ * the selection (-1 if none), to know when float rounding could change the
+ * set. */
+static double topk_ref(const data *x, const float *q, int64_t p, int64_t k, double tie, double *st)
+{
+    double scale = 1.0 / sqrt((double)x->d), *a = malloc(sizeof(double) * (size_t)p),
+           *srt = malloc(sizeof(double) * (size_t)p);
+    for (int64_t i = 0; i < p; i++) {
+        double dot = 0;
+        for (int c = 0; c < x->d; c++) dot += (double)q[c] * x->K[i * x->d + c];
+        a[i] = srt[i] = dot * scale;
+    }
+    for (int64_t i = 1; i < p; i++) /* insertion sort, descending (p is small) */
+        for (int64_t j = i; j > 0 && srt[j] > srt[j - 1]; j--) { double t = srt[j]; srt[j] = srt[j - 1]; srt[j - 1] = t; }
+    int64_t kk = k < p ? k : p;
+    double t = srt[kk - 1], gap = -1;
+    for (int64_t i = kk; i < p; i++)
+        if (srt[i] < t - tie) { gap = t - srt[i]; break; }
+    kv_partial_clear(st, x->dv);
+    for (int64_t i = 0; i < p; i++)
+        if (a[i] >= t - tie) kv_partial_add_one(st, x->dv, a[i], 1.0, x->V + i * x->dv);
+    free(a);
+    free(srt);
+    return gap;
+}
+
+static void test_topk(int nkeys)
+{
+    data x;
+    data_gen(&x, 700, 12, 5, 91 + (uint64_t)nkeys, nkeys); /* d = 12: the dot product's tail too */
+    kv_method_ctx ctx = make_ctx(&x);
+    size_t sl = KV_PSTATE_LEN(x.dv);
+    const int64_t ks[] = { 1, 7, 50, 5000 };
+    const int64_t C = 37;
+    for (int ki = 0; ki < 4; ki++) {
+        char spec[64];
+        snprintf(spec, sizeof spec, "topk:k=%lld", (long long)ks[ki]);
+        sim e[MAXP];
+        kv_err err = { 0 };
+        int ok = 1;
+        for (int P = 1; P <= MAXP; P++) {
+            ok &= sim_open(&e[P - 1], spec, &ctx, P, C, &err) == KV_OK;
+            CHECK(ok, "%s P=%d: %s", spec, P, err.msg);
+        }
+        if (!ok) return;
+        int L = e[0].ops->select_len(e[0].st[0]);
+        CHECK(L == (ks[ki] < x.n ? ks[ki] : x.n), "%s: select_len %d", spec, L);
+        kv_rng r;
+        kv_rng_seed(&r, 5, (uint64_t)ki, (uint64_t)nkeys);
+        float Q[MAXQ * 12];
+        int64_t pos[MAXQ];
+        double *gsel[MAXP], st[MAXP][MAXQ * 8], ref[MAXQ * 8];
+        for (int P = 0; P < MAXP; P++) gsel[P] = malloc(sizeof(double) * (size_t)L * MAXQ);
+        double worst_p = 0, tol_p = 0, worst_ref = 0, tol_ref = 0;
+        int lists_same = 1, checked = 0, total = 0;
+        int64_t p = 1;
+        while (p < x.n) {
+            int nb = 1 + (int)kv_rng_below(&r, MAXQ);
+            for (int j = 0; j < nb; j++) {
+                pos[j] = j ? next_pos(&r, pos[j - 1], x.n) : p;
+            }
+            p = next_pos(&r, pos[nb - 1], x.n);
+            if (p == pos[nb - 1]) p++;
+            gen_queries(Q, nb, x.d, &r, 1.5);
+            for (int P = 0; P < MAXP; P++) {
+                for (int j = 0; j < nb; j++)
+                    if (!j || pos[j] != pos[j - 1]) sim_advance(&e[P], &x, pos[j]);
+                sim_select(&e[P], Q, pos, nb, gsel[P], st[P], x.dv);
+            }
+            for (int P = 1; P < MAXP; P++) {
+                lists_same &= !memcmp(gsel[P], gsel[0], sizeof(double) * (size_t)L * (size_t)nb);
+                double dd = out_diff(st[P], st[0], nb, x.dv);
+                worst_p = dd > worst_p ? dd : worst_p;
+            }
+            /* P = 1 vs P: the same tokens, the same float logits; only the
+             * double sums differ: each weight to a few ulps, l and u to one
+             * ulp per term, so |dz| <= (4 terms + 32) eps max|v| */
+            for (int j = 0; j < nb; j++) {
+                double tp = (4.0 * (double)pos[j] + 32) * DBL_EPSILON * x.vmax;
+                tol_p = tp > tol_p ? tp : tol_p;
+            }
+            CHECK(worst_p <= tol_p, "%s: P differ from P=1 by %.3g > %.3g", spec, worst_p, tol_p);
+            for (int j = 0; j < nb; j++) {
+                /* float logit error: d products and sums of |q_c k_c| to
+                 * (d + 2) eps_f each, times scale */
+                double bound = 0;
+                for (int64_t i = 0; i < pos[j]; i++) {
+                    double s = 0;
+                    for (int c = 0; c < x.d; c++) s += fabs((double)Q[j * x.d + c] * x.K[i * x.d + c]);
+                    s *= (x.d + 2) * (double)FLT_EPSILON / sqrt((double)x.d);
+                    bound = s > bound ? s : bound;
+                }
+                double gap = topk_ref(&x, Q + j * x.d, pos[j], ks[ki], 2 * bound, ref + j * sl);
+                total++;
+                if (gap >= 0 && gap <= 4 * bound) continue; /* rounding could change the set */
+                double z[8], zr[8];
+                kv_partial_output(st[0] + j * sl, x.dv, z);
+                kv_partial_output(ref + j * sl, x.dv, zr);
+                /* weights off by exp(+-2 bound): |dz| <= 2 (e^{2 bound} - 1) max|v| */
+                double tr = 2 * expm1(2 * bound) * x.vmax + 1e-12;
+                for (int c = 0; c < x.dv; c++) {
+                    worst_ref = fabs(z[c] - zr[c]) > worst_ref ? fabs(z[c] - zr[c]) : worst_ref;
+                    if (fabs(z[c] - zr[c]) > tr) tol_ref = fabs(z[c] - zr[c]) / tr;
+                }
+                checked++;
+            }
+        }
+        CHECK(lists_same, "%s: merged top-k lists differ across P", spec);
+        CHECK(tol_ref == 0, "%s: off the double reference by %.3g (%.3g x its bound)", spec, worst_ref, tol_ref);
+        CHECK(checked >= 50 && 4 * checked >= 3 * total, "%s: only %d of %d queries compared with the reference", spec,
+              checked, total);
+        printf("  %s keys %s: P vs P=1 %.3g (bound %.3g), vs reference %.3g over %d queries\n", spec,
+               nkeys ? "tied" : "distinct", worst_p, tol_p, worst_ref, checked);
+        /* the driver's one-prefix partial at P = 1 is select + partial_select */
+        {
+            double a[8], b[8], *g = malloc(sizeof(double) * (size_t)L);
+            int64_t pp = x.n;
+            CHECK(e[0].ops->partial(e[0].st[0], Q, 1, pp, a) == KV_OK, "partial");
+            CHECK(e[0].ops->select(e[0].st[0], Q, &pp, 1, g) == KV_OK &&
+                      e[0].ops->partial_select(e[0].st[0], Q, &pp, 1, g, b) == KV_OK, "select");
+            CHECK(!memcmp(a, b, sizeof(double) * sl), "%s: partial != select + partial_select", spec);
+            free(g);
+        }
+        /* capacity: every rank holds its whole shard once */
+        for (int P = 0; P < MAXP; P++) {
+            sim_advance(&e[P], &x, x.n);
+            /* rows as exact's, plus each rank's run table (16 bytes a run, one
+             * run per owned chunk, capacity doubling from 16) */
+            size_t want = (size_t)x.n * (size_t)(x.d + x.dv) * sizeof(float), runs = 2 * ((size_t)(x.n / C) / (size_t)(P + 1) + 2);
+            size_t most = want + (size_t)(P + 1) * 16 * (runs > 16 ? runs : 16);
+            CHECK(sim_bytes(&e[P]) >= want && sim_bytes(&e[P]) <= most, "%s P=%d: %zu bytes, want %zu..%zu", spec, P + 1,
+                  sim_bytes(&e[P]), want, most);
+            CHECK(sim_kept(&e[P]) == x.n, "%s P=%d: keeps %lld", spec, P + 1, (long long)sim_kept(&e[P]));
+            free(gsel[P]);
+            sim_close(&e[P]);
+        }
+    }
+    data_free(&x);
+}
+
+/* ---- h2o ---- */
+
+/* q.k exactly as h2o.c computes it (the same source: the same rounding) */
+static float dot_fixed(const float *q, const float *k, int d)
+{
+    float acc[8] = { 0 };
+    int c = 0;
+    for (; c + 8 <= d; c += 8)
+        for (int j = 0; j < 8; j++) acc[j] += q[c + j] * k[c + j];
+    for (; c < d; c++) acc[c & 7] += q[c] * k[c];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* H2O by brute force with one global budget: held tokens in a plain list
+ * (ascending index), eviction by a linear scan, scores from the softmax
+ * over everything held. */
+typedef struct {
+    int64_t B, R, n;
+    int64_t *idx;
+    double *score;
+} h2o_ref;
+
+static void h2o_ref_ingest(h2o_ref *h, int64_t g)
+{
+    h->idx[h->n] = g;
+    h->score[h->n++] = 0;
+    if (h->n <= h->B) return;
+    int64_t worst = -1; /* lowest (score, index) among all but the newest R */
+    for (int64_t i = 0; i < h->n - h->R; i++)
+        if (worst < 0 || h->score[i] < h->score[worst]) worst = i; /* ties: the older */
+    memmove(h->idx + worst, h->idx + worst + 1, sizeof(int64_t) * (size_t)(h->n - worst - 1));
+    memmove(h->score + worst, h->score + worst + 1, sizeof(double) * (size_t)(h->n - worst - 1));
+    h->n--;
+}
+
+static void h2o_ref_partial(h2o_ref *h, const data *x, const float *Q, int nq, double *st)
+{
+    size_t sl = KV_PSTATE_LEN(x->dv);
+    float scale = (float)(1.0 / sqrt((double)x->d));
+    double *inc = calloc((size_t)h->n + 1, sizeof(double)), *a = malloc(sizeof(double) * ((size_t)h->n + 1));
+    for (int q = 0; q < nq; q++) {
+        double *o = st + q * sl, m = -INFINITY, l = 0;
+        kv_partial_clear(o, x->dv);
+        for (int64_t i = 0; i < h->n; i++) {
+            a[i] = (double)(dot_fixed(Q + q * x->d, x->K + h->idx[i] * x->d, x->d) * scale);
+            m = a[i] > m ? a[i] : m;
+        }
+        for (int64_t i = 0; i < h->n; i++) {
+            kv_partial_add_one(o, x->dv, a[i], 1.0, x->V + h->idx[i] * x->dv);
+            l += exp(a[i] - m);
+        }
+        for (int64_t i = 0; i < h->n; i++) inc[i] += exp(a[i] - m) / l;
+    }
+    for (int64_t i = 0; i < h->n; i++) h->score[i] += inc[i];
+    free(inc);
+    free(a);
+}
+
+static int64_t h2o_slot_bytes(const data *x)
+{
+    return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 12;
+}
+
+/* P = 1 == brute force; for every P the memory summed over ranks within
+ * the budget, the shares filling it */
+static void test_h2o_global(void)
+{
+    data x;
+    data_gen(&x, 1500, 12, 4, 71, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    size_t sl = KV_PSTATE_LEN(x.dv);
+    const int64_t B = 60, rec[] = { 0, 7, 30, 60 };
+    for (int ri = 0; ri < 4; ri++)
+        for (int P = 1; P <= MAXP; P++) {
+            char spec[64];
+            snprintf(spec, sizeof spec, "h2o:tokens=%lld,recent=%lld", (long long)B, (long long)rec[ri]);
+            sim e;
+            kv_err err = { 0 };
+            CHECK(sim_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+            if (!e.ops) return;
+            h2o_ref h = { B, rec[ri], 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)) };
+            kv_rng r;
+            kv_rng_seed(&r, 13, (uint64_t)P, (uint64_t)ri);
+            float Q[4 * 12];
+            double st[4 * 7], rs[4 * 7], worst = 0, tol = (4.0 * (double)B + 32) * DBL_EPSILON * x.vmax;
+            int64_t fed = 0, short_of = 0, least = B;
+            for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
+                int nq = 1 + (int)kv_rng_below(&r, 4);
+                gen_queries(Q, nq, x.d, &r, 2.0);
+                sim_advance(&e, &x, p);
+                sim_partial(&e, Q, nq, p, st, x.dv);
+                if (P == 1) {
+                    for (; fed < p; fed++) h2o_ref_ingest(&h, fed);
+                    h2o_ref_partial(&h, &x, Q, nq, rs);
+                    double dd = out_diff(st, rs, nq, x.dv);
+                    worst = dd > worst ? dd : worst;
+                    CHECK(sim_kept(&e) == h.n, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
+                          (long long)sim_kept(&e), (long long)h.n);
+                }
+                /* the recent part is full and the shares sum to >= H - (P - 1)
+                 * (one floor each); a rank whose share grew at a horizon
+                 * may lack the tokens to fill it (it dropped them while its
+                 * share lagged one epoch): up to H * gap / p' each, gap < 12 */
+                int64_t lag = P > 1 && p > 12 ? P * ((B - rec[ri]) * 12 / (p - 12) + 1) : 0;
+                if (p >= 4 * B && sim_kept(&e) < B - (P - 1) - lag) short_of++;
+                if (p >= 4 * B && sim_kept(&e) < least) least = sim_kept(&e);
+            }
+            end_epoch(&e);
+            if (P == 1) CHECK(worst <= tol, "%s: differs from brute-force H2O by %.3g > %.3g", spec, worst, tol);
+            CHECK(e.worst <= (size_t)(B * h2o_slot_bytes(&x)), "%s P=%d: %zu bytes summed over ranks > budget %lld",
+                  spec, P, e.worst, (long long)(B * h2o_slot_bytes(&x)));
+            CHECK(short_of == 0, "%s P=%d: held fewer than B - (P - 1) tokens at %lld prefixes", spec, P,
+                  (long long)short_of);
+            printf("  %s P=%d: peak %zu bytes (budget %lld), holds >= %lld of %lld tokens\n", spec, P, e.worst,
+                   (long long)(B * h2o_slot_bytes(&x)), (long long)least, (long long)B);
+            free(h.idx);
+            free(h.score);
+            sim_close(&e);
+        }
+    (void)sl;
+    data_free(&x);
+}
+
+/* exact attention over [a, b) in double */
+static void window_ref(const data *x, const float *q, int64_t a, int64_t b, double *st)
+{
+    kv_partial_clear(st, x->dv);
+    float scale = (float)(1.0 / sqrt((double)x->d));
+    for (int64_t i = a < 0 ? 0 : a; i < b; i++)
+        kv_partial_add_one(st, x->dv, (double)(dot_fixed(q, x->K + i * x->d, x->d) * scale), 1.0, x->V + i * x->dv);
+}
+
+/* recent = tokens: the global window of the last R tokens for every P */
+static void test_h2o_window(void)
+{
+    data x;
+    data_gen(&x, 800, 12, 4, 17, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    const int64_t R = 45;
+    for (int P = 1; P <= MAXP; P++) {
+        sim e;
+        kv_err err = { 0 };
+        CHECK(sim_open(&e, "h2o:tokens=45,recent=45", &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        if (!e.ops) return;
+        kv_rng r;
+        kv_rng_seed(&r, 3, (uint64_t)P, 0);
+        float Q[12];
+        double st[7], rs[7], worst = 0, tol = (4.0 * (double)R + 32) * DBL_EPSILON * x.vmax;
+        for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 30)) {
+            gen_queries(Q, 1, x.d, &r, 2.0);
+            sim_advance(&e, &x, p);
+            sim_partial(&e, Q, 1, p, st, x.dv);
+            window_ref(&x, Q, p - R, p, rs);
+            double dd = out_diff(st, rs, 1, x.dv);
+            worst = dd > worst ? dd : worst;
+            CHECK(sim_kept(&e) == (p < R ? p : R), "P=%d p=%lld: holds %lld", P, (long long)p, (long long)sim_kept(&e));
+        }
+        end_epoch(&e);
+        CHECK(worst <= tol, "recent = tokens P=%d: differs from the window by %.3g > %.3g", P, worst, tol);
+        CHECK(e.worst <= (size_t)(R * h2o_slot_bytes(&x)), "window P=%d: %zu bytes", P, e.worst);
+        sim_close(&e);
+    }
+    data_free(&x);
+}
+
+/* budget= in bytes: tokens = floor(bytes / bytes per token), the same
+ * instance as tokens=; both, or recent beyond, refused */
+static void test_h2o_budget(void)
+{
+    data x;
+    data_gen(&x, 600, 12, 4, 23, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    int64_t per = h2o_slot_bytes(&x), bytes = 50 * per + per - 1, tok = 50;
+    char bs[64], ts[64];
+    snprintf(bs, sizeof bs, "h2o:budget=%lld,recent=10", (long long)bytes);
+    snprintf(ts, sizeof ts, "h2o:tokens=%lld,recent=10", (long long)tok);
+    for (int P = 1; P <= 3; P += 2) {
+        sim a, b;
+        kv_err err = { 0 };
+        CHECK(sim_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(sim_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        if (!a.ops || !b.ops) return;
+        kv_rng r;
+        kv_rng_seed(&r, 9, (uint64_t)P, 0);
+        float Q[2 * 12];
+        double sa[2 * 7], sb[2 * 7];
+        int same = 1;
+        for (int64_t p = 3; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 20)) {
+            gen_queries(Q, 2, x.d, &r, 2.0);
+            sim_advance(&a, &x, p);
+            sim_advance(&b, &x, p);
+            sim_partial(&a, Q, 2, p, sa, x.dv);
+            sim_partial(&b, Q, 2, p, sb, x.dv);
+            same &= !memcmp(sa, sb, sizeof sa);
+        }
+        end_epoch(&a);
+        CHECK(same, "%s and %s differ at P=%d", bs, ts, P);
+        CHECK(a.worst <= (size_t)bytes, "%s P=%d: peak %zu bytes", bs, P, a.worst);
+        CHECK(sim_kept(&a) >= tok - (P - 1), "%s P=%d: holds %lld", bs, P, (long long)sim_kept(&a));
+        sim_close(&a);
+        sim_close(&b);
+    }
+    /* refused in one line: both knobs, recent over the budget, no token */
+    const char *bad[] = { "h2o:tokens=10,budget=1MiB", "h2o:budget=10tok,recent=1000000", "h2o:budget=10" };
+    const char *why[] = { "not both", "exceeds", "holds no token" };
+    for (int i = 0; i < 3; i++) {
+        sim e;
+        kv_err err = { 0 };
+        int rc = sim_open(&e, bad[i], &ctx, 2, 37, &err);
+        CHECK(rc == KV_EINPUT && strstr(err.msg, why[i]) && !strchr(err.msg, '\n'), "%s: rc %d '%s'", bad[i], rc,
+              err.msg);
+        if (rc == KV_OK) sim_close(&e);
+    }
+    data_free(&x);
+}
+
+/* save at a prefix on every rank, load into fresh instances, go on: the
+ * answers and bytes are those of the uninterrupted run, bitwise */
+static void test_resume(const char *spec, int P)
+{
+    data x;
+    data_gen(&x, 500, 12, 4, 29, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    sim a, b;
+    kv_err err = { 0 };
+    CHECK(sim_open(&a, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+    CHECK(sim_open(&b, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+    if (!a.ops || !b.ops) return;
+    kv_rng r;
+    kv_rng_seed(&r, 2, (uint64_t)P, 0);
+    float Q[3 * 12];
+    double sa[3 * 7], sb[3 * 7], ga[3 * 600], gb[3 * 600];
+    int same = 1, resumed = 0;
+    for (int64_t p = 2; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 25)) {
+        int64_t pos[3] = { p, p, p };
+        gen_queries(Q, 3, x.d, &r, 2.0);
+        sim_advance(&a, &x, p);
+        sim_advance(&b, &x, p);
+        if (a.ops->select) {
+            sim_select(&a, Q, pos, 3, ga, sa, x.dv);
+            sim_select(&b, Q, pos, 3, gb, sb, x.dv);
+        } else {
+            sim_partial(&a, Q, 3, p, sa, x.dv);
+            sim_partial(&b, Q, 3, p, sb, x.dv);
+        }
+        same &= !memcmp(sa, sb, sizeof sa) && sim_bytes(&a) == sim_bytes(&b);
+        if (!resumed && p > x.n / 2) {
+            for (int k = 0; k < P; k++) {
+                kv_buf buf;
+                kv_buf_init(&buf);
+                b.ops->save(b.st[k], &buf);
+                kv_method_ctx c = ctx;
+                c.rank = k;
+                c.nranks = P;
+                c.shard_tokens = 0;
+                for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / 37) % P == k;
+                void *fresh = NULL;
+                kv_spec_reset(&b.spec[0]);
+                CHECK(b.ops->create(&b.spec[0], &c, &fresh, &err) == KV_OK, "%s", err.msg);
+                kv_rd rd = { .data = buf.data, .len = buf.len, .pos = 0, .what = spec };
+                CHECK(b.ops->load(fresh, &rd, &err) == KV_OK && rd.pos == rd.len, "%s load: %s", spec, err.msg);
+                b.ops->free(b.st[k]);
+                b.st[k] = fresh;
+                kv_buf_free(&buf);
+            }
+            resumed = 1;
+        }
+    }
+    CHECK(same, "%s P=%d: resumed run differs", spec, P);
+    sim_close(&a);
+    sim_close(&b);
+    data_free(&x);
+}
+
+int main(void)
+{
+    test_topk(0);
+    test_topk(6);
+    test_h2o_global();
+    test_h2o_window();
+    test_h2o_budget();
+    test_resume("topk:k=9", 3);
+    test_resume("h2o:tokens=50,recent=12", 3);
+    test_resume("h2o:tokens=40,recent=0", 2);
+    return kv_test_result("test_global_methods");
+}
