@@ -4,7 +4,7 @@
 usage: check_subgen_replay.py KVSTREAM WORKDIR NP
 - clustered traces with 16 clusters, n = 2^12, 2^14, 2^16: the clusters
   found (summed over ranks) equal 16 per rank and, like the memory, do not
-  grow with n;
+  grow with n (up to the rounding of the per-rank shares of s and t);
 - error falls as t and s grow;
 - theorem-style parameters keep bound_ratio <= eps on >= 95% of queries;
 - identical runs are bitwise identical; another seed differs."""
@@ -49,7 +49,12 @@ for lg in (12, 14, 16):
 for c, m, e in seen:
     if c != 16 * P:
         fail("expected %d clusters (16 per rank), found %d" % (16 * P, c))
-if max(m for _, m, _ in seen) > 1.02 * min(m for _, m, _ in seen):
+# s and t are totals split by shard share, rounded up per rank: how the
+# chunks fall on the ranks (it changes with n) moves each rank's t and s by up
+# to one: 16 clusters x one reservoir key (16 dims) plus one sample (its key,
+# value, buffer row and bookkeeping) per rank
+slack = P * (16 * 16 * 4 + 2 * 32 * 4 + 32)
+if max(m for _, m, _ in seen) > 1.02 * min(m for _, m, _ in seen) + slack:
     fail("SubGen memory grows with n: %s" % [m for _, m, _ in seen])
 if not seen[-1][2] > 10 * seen[-1][1]:
     fail("SubGen should hold far less than exact at n = 2^16")

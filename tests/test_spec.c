@@ -117,7 +117,8 @@ static void test_tables(void)
     CHECK(rejects("window:W=1.5", "W='1.5' is not an integer", wl), "fraction");
     CHECK(rejects("subgen:delta=abc", "--methods: subgen:delta=abc: delta='abc' is not a number", "subgen takes "
                   "delta=<number >= 0, default 1>, t=<int 1..2^31-1, default 16>, s=<int 1..2^24, default 256>, "
-                  "seed=<int >= 0, default --seed>, index=<int 0..1, default 1>, name=<label>"), "not a number");
+                  "seed=<int >= 0, default --seed>, index=<int 0..1, default 1>, clusters=<int 1..2^40, default from n>, "
+                  "budget=<budget %|bytes|tok, default none>, name=<label>"), "not a number");
     CHECK(rejects("subgen:delta=inf", "is not a number", NULL), "inf");
     CHECK(rejects("subgen:s=16777217", "s=16777217 is out of range: 1 <= s <= 2^24", NULL), "closed range");
     CHECK(rejects("subgen:index=2", "out of range", NULL), "index");

@@ -563,6 +563,15 @@ static void test_specs(void)
 }
 
 /* ---- 7. ranks: chunk-cyclic shards merged --------------------------------- */
+
+/* tokens of rank r of P under chunk-cyclic chunks of C (what the driver says) */
+static int64_t shard_of(int64_t n, int P, int r, int64_t C)
+{
+    int64_t s = 0;
+    for (int64_t a = (int64_t)r * C; a < n; a += (int64_t)P * C) s += n - a < C ? n - a : C;
+    return s;
+}
+
 static void test_ranks(void)
 {
     int d = 16, dv = 8, nq = 32, chunk = 64;
@@ -590,6 +599,7 @@ static void test_ranks(void)
                 kv_method_ctx cr = c;
                 cr.rank = rank;
                 cr.nranks = P;
+                cr.shard_tokens = shard_of(n, P, rank, chunk); /* s and t are split by it */
                 void *g = make(specs[k], &cr);
                 int mid_done = 0;
                 for (int64_t a = (int64_t)rank * chunk; a < n; a += (int64_t)P * chunk) {
@@ -857,7 +867,7 @@ static void ck_case(const ckrun *w, int buf_cut, int drop)
     CHECK(mb0 >= (int64_t)peak, "%s: max_bytes %lld < peak bytes() %zu", w->spec, (long long)mb0, peak);
 
     int n = w->nop, mid = n / 2, s = 0;
-    sscanf(strstr(w->spec, ",s=") + 3, "%d", &s);
+    if (strstr(w->spec, ",s=")) sscanf(strstr(w->spec, ",s=") + 3, "%d", &s);
     if (buf_cut >= 0)
         CHECK(w->nval[buf_cut] > 0 && w->nval[buf_cut] <= s, "%s: op %d does not have the exact buffer alive "
               "(%lld valued tokens, s=%d)", w->spec, buf_cut, (long long)w->nval[buf_cut], s);
@@ -884,7 +894,7 @@ static void ck_case(const ckrun *w, int buf_cut, int drop)
 /* Offsets of the fields of a saved state (see subgen_save), found by walking
  * it the way subgen_load reads it. */
 typedef struct {
-    size_t hdr, delta, rng, hist, last;
+    size_t hdr, delta, cap, cdelta, doubl, ccap, rng, hist, last;
     size_t cent, cnorm, cnt, res, nnd; /* offsets of array length fields */
     size_t F, item, w, thr, heap, sk, sv, buf_on, nval, bk, bv;
     int64_t nc, s;
@@ -903,7 +913,11 @@ static void ck_layout(const uint8_t *b, cklayout *L)
     L->hdr = 0;
     memcpy(&L->s, b + 4 * 8, 8);
     L->delta = 6 * 8;
-    L->rng = L->delta + 8;
+    L->cap = L->delta + 8;
+    L->cdelta = L->cap + 8;
+    L->doubl = L->cdelta + 8;
+    L->ccap = L->doubl + 8;
+    L->rng = L->ccap + 8;
     L->hist = L->rng + 32;
     L->last = L->hist + 8;
     L->cent = L->last + 8;
@@ -1016,9 +1030,16 @@ static void ck_malformed(const ckrun *w, int at)
     double F;
     memcpy(&F, b.data + L.F, 8);
     int live = buf_on && nval > 0;
+    int64_t ccap_cap, doubl;
+    memcpy(&ccap_cap, b.data + L.cap, 8);
+    memcpy(&doubl, b.data + L.doubl, 8);
     struct { const char *what; int on; size_t at; int64_t v; } i64[] = {
         { "magic", 1, 0, 12345 }, { "d", 1, 8, d + 1 }, { "dv", 1, 16, w->ctx.dv - 1 }, { "t", 1, 24, 3 },
         { "s", 1, 32, L.s + 1 }, { "index", 1, 40, 2 }, { "hist", 1, L.hist, 256 }, { "hist", 1, L.hist, -1 },
+        { "cap", 1, L.cap, ccap_cap + 1 }, { "cap", nc > 0, L.cap, nc - 1 }, { "doublings", 1, L.doubl, -1 },
+        { "doublings", doubl == 0, L.doubl, 1 }, { "doublings", doubl > 0, L.doubl, 0 },
+        { "cluster capacity", nc > 0, L.ccap, nc - 1 }, { "cluster capacity", 1, L.ccap, 65 },
+        { "cluster capacity", nc > 0, L.ccap, 0 },
         { "last", 1, L.last, nc }, { "last", 1, L.last, -2 }, { "last", nc > 0, L.last, -1 },
         { "centre bytes", 1, L.cent, nc * d * 4 + 4 }, { "centre bytes", 1, L.cent, -8 },
         { "centres", nc > 0, L.cent, (nc - 1) * d * 4 }, { "norms", 1, L.cnorm, (nc + 1) * 4 },
@@ -1045,13 +1066,16 @@ static void ck_malformed(const ckrun *w, int at)
         tried++;
     }
     /* doubles, floats, heap slots (int32), the generator */
-    double nan = NAN, neg = -1.0, zero = 0.0, half = F / 2, big = F * 2, delta = 7.25;
+    double nan = NAN, neg = -1.0, zero = 0.0, half = F / 2, big = F * 2, delta = 7.25, d0, below;
+    memcpy(&d0, b.data + L.delta, 8);
+    below = d0 > 0 ? d0 / 2 : -1.0;
     int32_t h1 = 0, hs = (int32_t)L.s, hm = -1;
     if (L.s > 1) memcpy(&h1, b.data + L.heap + 12, 4);
     float fnan = NAN;
     uint8_t zeros[32] = { 0 };
     struct { const char *what; int on; size_t at; const void *p; size_t n; } raw[] = {
         { "F", 1, L.F, &nan, 8 }, { "F", 1, L.F, &neg, 8 }, { "delta", 1, L.delta, &delta, 8 },
+        { "current delta", 1, L.cdelta, &nan, 8 }, { "current delta", 1, L.cdelta, &below, 8 },
         { "weight 0", F > 0, L.w + 8, &big, 8 }, { "weight 0", 1, L.w + 8, &nan, 8 },
         { "weight 0", F > 0, L.w + 8, &zero, 8 }, { "threshold 0", F > 0, L.thr + 8, &half, 8 },
         { "threshold 0", 1, L.thr + 8, &nan, 8 }, { "heap 0", 1, L.heap + 8, &hs, 4 },
@@ -1119,6 +1143,22 @@ static void test_checkpoint(void)
         ck_free(&w);
     }
 
+    /* the cluster cap active: delta = 0.3 on random keys would open a cluster
+     * per key; with clusters=40 delta doubles and clusters merge, mid-run */
+    const char *capped[] = { "subgen:delta=0.3,t=4,s=32,clusters=40", "subgen:delta=0.3,t=4,s=32,clusters=40,index=0",
+                             "subgen:delta=0,t=4,s=32,clusters=24" };
+    for (int k = 0; k < 3; k++) {
+        ck_make(&w, capped[k], Kr, V, Q, d, dv, 1500, 1, 0, 1500, 9);
+        ck_case(&w, op_live(&w, 32), 1);
+        ck_malformed(&w, op_after(&w, 700));
+        ck_free(&w);
+    }
+    /* budget=, rank 1 of 2 */
+    ck_make(&w, "subgen:delta=0.3,t=4,budget=20%", Kr, V, Q, d, dv, 1500, 2, 1, 64, 10);
+    ck_case(&w, -1, 0);
+    ck_malformed(&w, op_after(&w, 300));
+    ck_free(&w);
+
     /* malformed states: small ones, the buffer dropped and alive */
     const char *small[] = { "subgen:delta=1.5,t=4,s=8", "subgen:delta=1.5,t=4,s=64,index=0",
                             "subgen:delta=0,t=2,s=3" };
@@ -1160,6 +1200,270 @@ static void test_checkpoint(void)
     free(Kc); free(Kr); free(V); free(Q);
 }
 
+/* ---- 9. the cluster cap and budget= ---------------------------------------- */
+
+static int64_t nclusters(const void *g)
+{
+    kv_method_extra x = { -1, -1 };
+    ops->extra(g, &x);
+    return x.clusters;
+}
+
+/* clusters <= cap at every step where an uncapped run opens thousands;
+ * index=0/1 and any blocking give bitwise the same states; P ranks keep
+ * their shares */
+static void test_cap(void)
+{
+    int d = 16, dv = 8, nq = 16;
+    int64_t n = 4000, cap = 50;
+    kv_method_ctx c = mkctx(d, dv, n);
+    kv_rng r;
+    kv_rng_seed(&r, 11, 0, 0);
+    float *K = malloc(sizeof(float) * n * d), *V = malloc(sizeof(float) * n * dv), *Q = malloc(sizeof(float) * nq * d);
+    gauss(&r, K, (size_t)n * d, 1.0); /* members ~sqrt(2 d) = 5.7 apart: delta = 0.5 joins none */
+    shifted(&r, V, n, dv);
+    gauss(&r, Q, (size_t)nq * d, 1.0);
+    size_t sl = KV_PSTATE_LEN(dv), sz = sizeof(double) * nq * sl;
+    double *a = malloc(sz), *b = malloc(sz), *ex = malloc(sz);
+    exact_states(Q, nq, K, V, n, &c, ex);
+
+    void *g = make("subgen:delta=0.5,t=4,s=64,clusters=100000", &c);
+    ingest(g, K, V, d, dv, 0, (size_t)n);
+    int64_t open = nclusters(g);
+    CHECK(open > 3000, "uncapped: %lld clusters, want > 3000 (the cap test would test nothing)", (long long)open);
+    ops->free(g);
+
+    const char *sp[] = { "subgen:delta=0.5,t=4,s=64,clusters=50", "subgen:delta=0.5,t=4,s=64,clusters=50,index=0" };
+    for (int k = 0; k < 2; k++) {
+        g = make(sp[k], &c);
+        int64_t worst = 0, done = 0;
+        while (done < n) {
+            size_t len = (size_t)(1 + kv_rng_below(&r, 80));
+            if (done + (int64_t)len > n) len = (size_t)(n - done);
+            ingest(g, K, V, d, dv, done, len);
+            done += (int64_t)len;
+            int64_t nc = nclusters(g);
+            worst = nc > worst ? nc : worst;
+        }
+        CHECK(worst <= cap && worst >= cap / 2, "%s: up to %lld clusters (cap %lld)", sp[k], (long long)worst,
+              (long long)cap);
+        ops->partial(g, Q, nq, n, k ? b : a);
+        ops->free(g);
+    }
+    CHECK(!memcmp(a, b, sz), "cap active: index=0 and index=1 differ");
+    run_states(sp[0], &c, K, V, n, 1, Q, nq, b);
+    CHECK(!memcmp(a, b, sz), "cap active: blocks of 1 differ from random blocks");
+    double e = mean_rel(a, ex, nq, dv);
+    printf("cap %lld on %lld spread keys (%lld uncapped): mean relative error %.3g\n", (long long)cap, (long long)n,
+           (long long)open, e);
+    CHECK(isfinite(e) && e < 0.5, "cap active: mean relative error %g", e);
+
+    /* P ranks: each holds at most its share ceil(cap shard / n) */
+    for (int P = 2; P <= 4; P++) {
+        int64_t total = 0;
+        for (int rank = 0; rank < P; rank++) {
+            kv_method_ctx cr = c;
+            cr.rank = rank;
+            cr.nranks = P;
+            cr.shard_tokens = shard_of(n, P, rank, 64);
+            int64_t share = kv_rank_share(&cr, cap), worst = 0;
+            g = make(sp[0], &cr);
+            for (int64_t s0 = (int64_t)rank * 64; s0 < n; s0 += (int64_t)P * 64) {
+                ingest(g, K, V, d, dv, s0, (size_t)(n - s0 < 64 ? n - s0 : 64));
+                int64_t nc = nclusters(g);
+                worst = nc > worst ? nc : worst;
+            }
+            CHECK(worst <= share, "P=%d rank %d: %lld clusters, share %lld", P, rank, (long long)worst, (long long)share);
+            total += nclusters(g);
+            ops->free(g);
+        }
+        CHECK(total <= cap + P, "P=%d: %lld clusters over ranks, cap %lld", P, (long long)total, (long long)cap);
+    }
+    free(K); free(V); free(Q); free(a); free(b); free(ex);
+}
+
+/* Merging two clusters' reservoirs is exact: after the cap merges a cluster
+ * of 30 keys (reservoir of 8) with one of 50, each of the 80 members is in
+ * the merged reservoir of 8 with probability 8/80. */
+static void test_merge_uniform(void)
+{
+    int d = 2, dv = 1, trials = 3000;
+    int64_t n = 81;
+    float K[81 * 2], V[81];
+    for (int i = 0; i < 80; i++) { /* member id in the second coordinate */
+        K[2 * i] = i < 30 ? 0.0f : 10.0f;
+        K[2 * i + 1] = 1e-3f * (float)i;
+        V[i] = 1.0f;
+    }
+    K[160] = 100.0f; /* opens a third cluster: the cap of 2 merges the first two */
+    K[161] = 0.0f;
+    V[80] = 1.0f;
+    int hits[80] = { 0 }, bad = 0;
+    for (int tr = 0; tr < trials; tr++) {
+        kv_method_ctx c = mkctx(d, dv, n);
+        c.seed = (uint64_t)tr;
+        void *g = make("subgen:delta=1,t=8,s=4,clusters=2,index=0", &c);
+        ingest(g, K, V, d, dv, 0, (size_t)n);
+        kv_buf b;
+        save_state(g, &b);
+        cklayout L;
+        ck_layout(b.data, &L);
+        int64_t cnt[2];
+        memcpy(cnt, b.data + L.cnt + 8, sizeof cnt);
+        int seen[80] = { 0 };
+        if (L.nc != 2 || cnt[0] != 80 || cnt[1] != 1) bad++;
+        else
+            for (int j = 0; j < 8; j++) {
+                float key[2];
+                memcpy(key, b.data + L.res + 8 + (size_t)j * sizeof key, sizeof key);
+                int id = (int)lrintf(key[1] * 1000.0f);
+                if (id < 0 || id >= 80 || seen[id]++ || (id < 30) != (key[0] == 0.0f)) bad++;
+                else hits[id]++;
+            }
+        kv_buf_free(&b);
+        ops->free(g);
+    }
+    CHECK(bad == 0, "merged reservoirs: %d trials with wrong counts or keys", bad);
+    int off = 0;
+    for (int i = 0; i < 80; i++) off += !within((double)hits[i] / trials, 0.1, trials);
+    CHECK(off == 0, "merged reservoir: %d of 80 members off their probability 8/80", off);
+    printf("merged reservoirs: member frequencies 8/80 within 5 sd (%d trials)\n", trials);
+}
+
+/* P emulated ranks (chunk-cyclic, chunks of C, random blocks): the peak of
+ * bytes() summed over ranks, checked after every ingest, stays <= budget */
+static void budget_run(const kv_method_ops *m, const char *spec, int P, const float *K, const float *V, const float *Q,
+                       int nq, const kv_method_ctx *c, int64_t B, double *err_out, size_t *peak_out)
+{
+    int64_t n = c->n_total, C = 64;
+    void *inst[4] = { 0 };
+    kv_spec *sp = NULL;
+    int cnt = 0;
+    kv_err err;
+    kv_err_clear(&err);
+    CHECK(!kv_spec_parse_list(spec, &sp, &cnt, &err), "%s: %s", spec, err.msg);
+    for (int rank = 0; rank < P; rank++) {
+        kv_method_ctx cr = *c;
+        cr.rank = rank;
+        cr.nranks = P;
+        cr.shard_tokens = shard_of(n, P, rank, C);
+        kv_spec_reset(&sp[0]);
+        int rc = m->create(&sp[0], &cr, &inst[rank], &err);
+        CHECK(rc == 0, "%s P=%d: %s", spec, P, err.msg);
+        if (rc) exit(1);
+    }
+    kv_rng r;
+    kv_rng_seed(&r, 5, (uint64_t)P, 0);
+    size_t peak = 0, sl = KV_PSTATE_LEN(c->dv);
+    int over = 0;
+    for (int64_t done = 0; done < n;) {
+        int rank = (int)((done / C) % P);
+        int64_t end = (done / C + 1) * C < n ? (done / C + 1) * C : n;
+        int64_t len = 1 + (int64_t)kv_rng_below(&r, (uint64_t)(end - done));
+        CHECK(m->ingest(inst[rank], K + done * c->d, V + done * c->dv, done, (size_t)len, &err) == 0, "ingest: %s",
+              err.msg);
+        done += len;
+        size_t sum = 0;
+        for (int q = 0; q < P; q++) sum += m->bytes(inst[q]);
+        peak = sum > peak ? sum : peak;
+        if (sum > (size_t)B && !over++)
+            CHECK(0, "%s P=%d: %zu bytes over ranks after %lld tokens, budget %lld", spec, P, sum, (long long)done,
+                  (long long)B);
+    }
+    double *st = malloc(sizeof(double) * sl * nq), *one = malloc(sizeof(double) * sl * nq),
+           *ex = malloc(sizeof(double) * sl * nq);
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, c->dv);
+    for (int rank = 0; rank < P; rank++) {
+        m->partial(inst[rank], Q, nq, n, one);
+        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, one + q * sl, c->dv);
+        m->free(inst[rank]);
+    }
+    exact_states(Q, nq, K, V, n, c, ex);
+    *err_out = mean_rel(st, ex, nq, c->dv);
+    *peak_out = peak;
+    free(st); free(one); free(ex); free(sp);
+}
+
+static void test_budget(void)
+{
+    int d = 16, dv = 16, nq = 16;
+    int64_t n = 6000;
+    kv_method_ctx c = mkctx(d, dv, n);
+    kv_rng r;
+    kv_rng_seed(&r, 12, 0, 0);
+    float *K = malloc(sizeof(float) * n * d), *V = malloc(sizeof(float) * n * dv), *Q = malloc(sizeof(float) * nq * d);
+    float *Kc = malloc(sizeof(float) * n * d);
+    gauss(&r, K, (size_t)n * d, 1.0);
+    clustered(&r, Kc, n, d, 8, 1.0, 0.1);
+    shifted(&r, V, n, dv);
+    gauss(&r, Q, (size_t)nq * d, 1.0);
+    const kv_method_ops *wsg = kv_method_find("window+subgen");
+    CHECK(wsg != NULL, "window+subgen not registered");
+    struct { const kv_method_ops *m; const char *spec; const float *K; double frac; } cs[] = {
+        { ops, "subgen:delta=0.3,budget=5%", K, 0.05 },          /* spread keys: the cap fills */
+        { ops, "subgen:delta=0.3,budget=20%,t=4", K, 0.20 },
+        { ops, "subgen:delta=0.3,budget=60000,index=0", K, 0 },  /* bytes */
+        { ops, "subgen:delta=1,budget=10%", Kc, 0.10 },          /* clustered: the cap does not bind */
+        { wsg, "window+subgen:delta=0.3,budget=10%", K, 0.10 },
+        { wsg, "window+subgen:delta=1,budget=25%,t=8", Kc, 0.25 },
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof *cs; k++) {
+        int64_t B = cs[k].frac > 0 ? (int64_t)(cs[k].frac * n * (d + dv) * 4) : 60000;
+        for (int P = 1; P <= 4; P++) {
+            double e;
+            size_t peak;
+            budget_run(cs[k].m, cs[k].spec, P, cs[k].K, V, Q, nq, &c, B, &e, &peak);
+            printf("%s P=%d: peak %zu of %lld bytes (%.0f%%), mean relative error %.3g\n", cs[k].spec, P, peak,
+                   (long long)B, 100.0 * (double)peak / (double)B, e);
+            CHECK(isfinite(e) && e < 1.0, "%s P=%d: mean relative error %g", cs[k].spec, P, e);
+            /* on spread keys the cap fills: the rule must not leave most of
+             * the budget unused (the exact buffer is gone before the
+             * clusters fill, so about 3/4 is the most to expect) */
+            if (cs[k].K == K && cs[k].m == ops)
+                CHECK(peak >= 0.5 * (double)B, "%s P=%d: peak %zu uses under 50%% of %lld", cs[k].spec, P, peak,
+                      (long long)B);
+        }
+    }
+    free(K); free(Kc); free(V); free(Q);
+}
+
+static void test_budget_specs(void)
+{
+    kv_method_ctx c = mkctx(8, 8, 10000);
+    const char *bad[] = { "subgen:budget=10%,s=64", "subgen:clusters=10,budget=1MiB", "subgen:clusters=0",
+                          "subgen:clusters=-2", "subgen:budget=0%", "subgen:budget=100", /* < one sample + cluster */
+                          "subgen:budget=abc" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        kv_err err;
+        void *st;
+        int rc = create(bad[i], &c, &st, &err);
+        CHECK(rc == KV_EINPUT && st == NULL && err.msg[0] && !strchr(err.msg, '\n'), "'%s' accepted (rc %d)", bad[i], rc);
+        if (i < 2) CHECK(strstr(err.msg, "not both") != NULL, "'%s': %s", bad[i], err.msg);
+        if (st) ops->free(st);
+    }
+    const char *good[] = { "subgen:budget=10%", "subgen:budget=10%,t=4,delta=0.5,index=0", "subgen:clusters=1",
+                           "subgen:budget=200tok" };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        kv_err err;
+        void *st;
+        int rc = create(good[i], &c, &st, &err);
+        CHECK(rc == 0 && st, "'%s' rejected: %s", good[i], err.msg);
+        if (st) ops->free(st);
+    }
+    const kv_method_ops *keep = ops;
+    ops = kv_method_find("window+subgen");
+    const char *wbad[] = { "window+subgen:budget=10%,W=64", "window+subgen:budget=10%,s=8",
+                           "window+subgen:budget=10%,clusters=8", "window+subgen:budget=200" };
+    for (size_t i = 0; i < sizeof wbad / sizeof *wbad; i++) {
+        kv_err err;
+        void *st;
+        int rc = create(wbad[i], &c, &st, &err);
+        CHECK(rc == KV_EINPUT && st == NULL && err.msg[0], "'%s' accepted (rc %d)", wbad[i], rc);
+        if (st) ops->free(st);
+    }
+    ops = keep;
+}
+
 int main(void)
 {
     ops = kv_method_find("subgen");
@@ -1173,5 +1477,9 @@ int main(void)
     test_seeds();
     test_ranks();
     test_checkpoint();
+    test_cap();
+    test_merge_uniform();
+    test_budget_specs();
+    test_budget();
     return kv_test_result("test_subgen");
 }

@@ -40,17 +40,6 @@ typedef struct {
     int seeds;
 } pareto_cli;
 
-/* the table entry called name, in defs or its sub-tables; NULL: none */
-static const kv_param_def *param_def(const kv_param_def *defs, const char *name)
-{
-    for (const kv_param_def *d = defs; d && d->type != KV_PT_END; d++) {
-        const kv_param_def *x = d->type == KV_PT_TABLE ? param_def(d->sub, name) : NULL;
-        if (x) return x;
-        if (d->type != KV_PT_TABLE && !strcmp(d->name, name)) return d;
-    }
-    return NULL;
-}
-
 /* --budgets "10%,2.5%,8MiB": each entry checked with kv_budget_parse */
 static int parse_budgets(const char *list, char b[][64], int *nb, kv_err *err)
 {
@@ -73,17 +62,15 @@ static int parse_budgets(const char *list, char b[][64], int *nb, kv_err *err)
     }
 }
 
-/* sp's text without name=, then budget= and seed= when given (NULL / -1: not) */
-static void spec_text(const kv_spec *sp, const char *budget, int64_t seed, const char *label, char *out, size_t len)
+/* sp's text without name=, then budget= and seed= when given (NULL / -1: not) and name= */
+static int spec_text(const kv_spec *sp, const char *budget, int64_t seed, const char *label, char *out, size_t len)
 {
-    size_t o = (size_t)snprintf(out, len, "%s", sp->method);
-    int np = 0;
-    for (int i = 0; i < sp->np && o < len; i++)
-        if (strcmp(sp->p[i].key, "name"))
-            o += (size_t)snprintf(out + o, len - o, "%s%s=%s", np++ ? "," : ":", sp->p[i].key, sp->p[i].val);
-    if (budget && o < len) o += (size_t)snprintf(out + o, len - o, "%sbudget=%s", np++ ? "," : ":", budget);
-    if (seed >= 0 && o < len) o += (size_t)snprintf(out + o, len - o, "%sseed=%lld", np++ ? "," : ":", (long long)seed);
-    if (o < len) snprintf(out + o, len - o, "%sname=%s", np ? "," : ":", label);
+    char extra[192];
+    size_t o = 0;
+    if (budget) o += (size_t)snprintf(extra + o, sizeof extra - o, "budget=%s,", budget);
+    if (seed >= 0 && o < sizeof extra) o += (size_t)snprintf(extra + o, sizeof extra - o, "seed=%lld,", (long long)seed);
+    if (o < sizeof extra) o += (size_t)snprintf(extra + o, sizeof extra - o, "name=%s", label);
+    return o < sizeof extra ? kv_spec_format(sp, extra, out, len) : -1;
 }
 
 /* one row, its label and spec; an error when either does not fit */
@@ -104,8 +91,7 @@ static int add_row(row *rows, int *nr, const kv_spec *sp, const char *method, co
     if (L >= (int)sizeof x->label)
         return kv_seterr(err, KV_EINPUT, "pareto: label '%s@%s#%d' is too long (give a shorter name=)", method,
                          x->budget, k);
-    spec_text(sp, budget, seed, x->label, x->spec, sizeof x->spec);
-    if (strlen(x->spec) + 1 >= sizeof x->spec)
+    if (spec_text(sp, budget, seed, x->label, x->spec, sizeof x->spec) || strlen(x->spec) + 1 >= sizeof x->spec)
         return kv_seterr(err, KV_EINPUT, "pareto: spec of %s is too long", x->label);
     return KV_OK;
 }
@@ -134,8 +120,8 @@ static int plan(const pareto_cli *w, row *rows, int *nr, kv_err *err)
         for (int j = 0; j <= i; j++)
             if (!strcmp(m, j < i ? (kv_spec_has(&sp[j], "name") ? sp[j].label : sp[j].method) : "exact"))
                 kv_seterr(err, KV_EINPUT, "pareto: --methods: two methods are called '%s' (give name=...)", m);
-        const kv_param_def *bd = param_def(ops->params, "budget");
-        int has_budget = bd && bd->type == KV_PT_BUDGET, has_seed = param_def(ops->params, "seed") != NULL;
+        const kv_param_def *bd = kv_method_param(ops, "budget");
+        int has_budget = bd && bd->type == KV_PT_BUDGET, has_seed = kv_method_param(ops, "seed") != NULL;
         if ((has_budget && kv_spec_has(&sp[i], "budget")) || (has_seed && kv_spec_has(&sp[i], "seed"))) {
             kv_seterr(err, KV_EINPUT, "pareto: --methods: %s: budget= and seed= come from --budgets and --seeds",
                       sp[i].text);

@@ -26,6 +26,7 @@ typedef struct {
     const char *workdir;     /* where the generated traces go */
     const char *out;         /* the /sweep table */
     int keep_traces;
+    int seeds;               /* randomised methods: seeds per budget (median p95); 0 or 1: one */
     FILE *table;             /* rank 0's progress and final table, NULL: none */
 } kv_sweep_opts;
 

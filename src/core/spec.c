@@ -405,3 +405,14 @@ int kv_params_parse(const kv_param_def *defs, kv_spec *sp, void *cfg, kv_err *er
     req_acc ra = { defs, sp, err };
     return each_leaf(defs, 0, require_one, &ra) ? err->code : KV_OK;
 }
+
+int kv_spec_format(const kv_spec *sp, const char *extra, char *out, size_t len)
+{
+    size_t o = (size_t)snprintf(out, len, "%s", sp->method);
+    int np = 0;
+    for (int i = 0; i < sp->np && o < len; i++)
+        if (strcmp(sp->p[i].key, "name"))
+            o += (size_t)snprintf(out + o, len - o, "%s%s=%s", np++ ? "," : ":", sp->p[i].key, sp->p[i].val);
+    if (extra && *extra && o < len) o += (size_t)snprintf(out + o, len - o, "%s%s", np ? "," : ":", extra);
+    return o < len ? KV_OK : -1;
+}

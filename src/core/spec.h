@@ -52,6 +52,10 @@ int kv_spec_parse_list(const char *list, kv_spec **out, int *count, kv_err *err)
 /* Append "key=value" to a parsed spec (its text grows; its label stays). */
 int kv_spec_add_param(kv_spec *sp, const char *kv, kv_err *err);
 
+/* The spec as text without its name=, then `extra` ("k=v,k=v", may be
+ * NULL): the spec of a derived instance.  -1 if it does not fit in len. */
+int kv_spec_format(const kv_spec *sp, const char *extra, char *out, size_t len);
+
 /* ---- parameter tables ---------------------------------------------------- */
 
 typedef enum {

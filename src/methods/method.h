@@ -156,6 +156,9 @@ int64_t kv_shard_limit(const kv_method_ctx *ctx);
  * trace's are (io/trace.c checks them as they stream in). */
 int kv_all_finite(const float *x, size_t n);
 
+/* The method's parameter called name (sub-tables included); NULL: none. */
+const kv_param_def *kv_method_param(const kv_method_ops *ops, const char *name);
+
 /* 1 if the method's table has a budget= parameter (core/budget.h). */
 int kv_method_takes_budget(const kv_method_ops *ops);
 

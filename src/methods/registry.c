@@ -145,9 +145,23 @@ void kv_methods_describe(FILE *f)
     }
 }
 
+static const kv_param_def *param_in(const kv_param_def *defs, const char *name)
+{
+    for (const kv_param_def *d = defs; d && d->type != KV_PT_END; d++) {
+        const kv_param_def *x = d->type == KV_PT_TABLE ? param_in(d->sub, name) : NULL;
+        if (x) return x;
+        if (d->type != KV_PT_TABLE && !strcmp(d->name, name)) return d;
+    }
+    return NULL;
+}
+
+const kv_param_def *kv_method_param(const kv_method_ops *ops, const char *name)
+{
+    return ops ? param_in(ops->params, name) : NULL;
+}
+
 int kv_method_takes_budget(const kv_method_ops *ops)
 {
-    for (const kv_param_def *d = ops ? ops->params : NULL; d && d->type != KV_PT_END; d++)
-        if (d->type == KV_PT_BUDGET && !strcmp(d->name, "budget")) return 1;
-    return 0;
+    const kv_param_def *d = kv_method_param(ops, "budget");
+    return d && d->type == KV_PT_BUDGET;
 }

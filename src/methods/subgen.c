@@ -1,7 +1,8 @@
 /* subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
  * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
  * section 2).  Spec: subgen[:delta=<radius>,t=<keys per cluster>,s=<samplers>
- * ,seed=<n>,index=0|1], each optional (defaults: kv_subgen_params below).
+ * ,seed=<n>,index=0|1,clusters=<cap>|budget=<X>], each optional (defaults:
+ * kv_subgen_params below).
  *
  * Two structures, both updated once per arriving token (k, v):
  *  1. Online clustering of keys for the denominator.  k joins the nearest
@@ -26,6 +27,43 @@
  * common max m over every logit used; the cross-rank merge sums l and u, so
  * the sum of the ranks' estimates is the estimate of the whole stream.
  *
+ * Ranks.  t, s and clusters are totals over ranks: rank r runs its own
+ * sketch of its shard with t_r, s_r, cap_r = kv_rank_share (ceil(x shard_r /
+ * n), at least 1; x / P when the shard is unknown), so the sums exceed the
+ * totals by at most P from rounding.  What distribution costs: centres are
+ * per rank, and under chunk-cyclic sharding every rank sees every natural
+ * cluster, so P ranks hold up to P copies of a centre and its neighbourhood:
+ * at a fixed cap (or budget) the distinct clusters held shrink to about cap
+ * / P, each centre's slot (d floats and the index entry) is paid P times,
+ * and each copy's reservoir is only t_r ~ t / P keys.  The l2 samples split
+ * without loss (s_r samplers per shard draw the same total); every rank also
+ * pays the fixed part (struct, the 16 x d index projection).  bytes() counts
+ * all of it.
+ *
+ * Cluster cap (rank r: cap_r).  When a key matches no centre within delta
+ * and the rank holds cap_r clusters, delta doubles and clusters merge (the
+ * doubling rule of online k-centre, Charikar, Chekuri, Feder, Motwani 1997):
+ * centres in index order each join the nearest earlier kept centre within
+ * the new delta, else are kept; counts add and reservoirs merge exactly by
+ * weighted sampling without replacement (merge_reservoirs).  Repeated until
+ * the key joins a centre or a slot is free; each further round takes delta
+ * to at least the least distance among the kept centres and the key, so it
+ * makes progress.  A round costs O(cap_r^2 d) in exact double distances
+ * (identical for index=0/1), and delta only grows, so there are
+ * O(log(diameter / delta)) rounds over the whole stream; other tokens cost
+ * O(cap_r d) as before.  Kept centres stay first keys, so the index's
+ * bound (nnd, recomputed from the merge's distances) stays valid.
+ *
+ * budget=X (core/budget.h, not with s= or clusters=; t= allowed): rank r
+ * gets B_r = floor(B shard_r / n) of B = kv_budget_bytes (B / P if the shard
+ * is unknown), so the shares sum to <= B at any rank count.  After the fixed
+ * part, half goes to l2 samples at sample_bytes each (key + value, the
+ * exact buffer's row that lives on top of them until the (s+1)-th valued
+ * token, sampler bookkeeping) and half to clusters at slot_bytes per
+ * allocated slot (slots come in blocks of 16) plus t_r reservoir keys each;
+ * s_r and cap_r are what fits (budget_rule).  All capacities are clamped to
+ * them, so bytes() <= B_r at every step.
+ *
  * Finding the nearest centre: centres are stored in transposed blocks of 16
  * with |c|^2, and a scan computes |k|^2 - 2<k,c> + |c|^2 in float, 16 centres
  * per SIMD multiply-add, in an order that is fixed per (key, centre) (so
@@ -46,14 +84,15 @@
  * Queries are answered 16 at a time, one per SIMD lane (partial() gives the
  * same bits for a query alone or in any batch).
  *
- * Memory (bytes()): everything held: centres (d floats), |c|^2 (float) and
- * count (int64) per cluster, the reservoir keys actually held (min(n_c,t) x d
- * floats), the index (16 floats + 1 double per cluster, 16 x d projection
- * floats), the l2 samples (d + dv floats each, once held) with the sampler
- * bookkeeping (id, weight, threshold, heap slot, F), the exact buffer while it
- * lives (d + dv floats per token) and the fixed struct.  Capacity slack and
- * scratch space are not counted.  max_bytes() is that sum when every token
- * of the shard opens its own cluster and the exact buffer is full while the
+ * Memory (bytes()): everything allocated, at capacity: per cluster slot
+ * (ccap, 64 doubled up to the cap rounded to 16) the centre, |c|^2, the
+ * cluster record, the scan distance and scan-ahead rows, the index entry
+ * (16 projected floats, nnd); the reservoir keys held (allocated exactly);
+ * the s l2 samples (d + dv floats each, allocated at create) with the sampler
+ * bookkeeping and offer scratch; the exact buffer's allocated rows (64
+ * doubled, at most s) while it lives; the fixed struct and 16 x d
+ * projection.  max_bytes() is that sum when every token of the shard opens
+ * its own cluster (up to the cap) and the exact buffer is full while the
  * samples are held: reached exactly on distinct keys with delta = 0, s >= n.
  *
  * Checkpoints (save/load, see subgen_save): the state that decides later
@@ -88,12 +127,16 @@ typedef struct {
 
 typedef struct {
     kv_method_ctx ctx;
-    double delta, delta2;
-    int64_t t;
-    int s, use_index;
+    double delta, delta2;   /* join distance now (doubled at the cap), squared */
+    double delta0;          /* the spec's delta */
+    int64_t t;              /* this rank's reservoir size */
+    int s, use_index;       /* this rank's l2 samples */
+    int64_t cap;            /* this rank's cluster cap */
+    int64_t doublings;      /* times the cap doubled delta */
     kv_rng rng;
     /* clustering */
     int64_t nc, ccap, nres; /* clusters, allocated, reservoir keys held */
+    int64_t layout;         /* bumped when centres move or arrays grow (scan-ahead rows go stale) */
     float *cent;            /* centres in blocks of CB: see cblock() */
     float *cnorm;           /* |c|^2 */
     cluster *cl;
@@ -196,23 +239,39 @@ static double fast_err(int d, double na, double nb)
 
 /* ---- growth ------------------------------------------------------------ */
 
-static int grow(void **p, int64_t *cap, int64_t need, size_t elem, int64_t first, kv_err *err)
+/* Capacities are a function of what is held (64 doubled, clamped), so that a
+ * checkpoint restores the same bytes() and max_bytes() can name the worst. */
+static int64_t cap_for(int64_t need, int64_t clamp)
 {
-    if (need <= *cap) return KV_OK;
-    int64_t nc = *cap ? *cap : first;
-    while (nc < need) nc *= 2;
-    void *q = realloc(*p, (size_t)nc * elem);
-    if (!q) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory (%lld items of %zu bytes)", (long long)nc, elem);
-    *p = q;
-    *cap = nc;
-    return KV_OK;
+    int64_t c = 64;
+    if (need >= clamp) return clamp; /* also: no overflow on a malformed checkpoint's need */
+    while (c < need) c *= 2;
+    return c < clamp ? c : clamp;
 }
 
-/* room for one more cluster in every per-cluster array */
-static int grow_clusters(subgen *g, kv_err *err)
+/* per-cluster arrays are allocated for whole blocks of CB, up to the cap */
+static int64_t ccap_for(const subgen *g, int64_t need)
 {
-    if (g->nc < g->ccap) return KV_OK;
-    int64_t nc = g->ccap ? 2 * g->ccap : 64, d = g->ctx.d;
+    return cap_for(need, (g->cap + CB - 1) / CB * CB);
+}
+
+/* the exact buffer never holds more than s rows */
+static int64_t bcap_for(const subgen *g, int64_t need) { return cap_for(need, g->s); }
+
+/* Bytes of one allocated cluster slot besides its keys: centre, |c|^2,
+ * cluster record, scan distance, GK scan-ahead rows, index (projected
+ * centre, nnd).  The unit of the cluster part of the budget rule. */
+static int64_t slot_bytes(int d, int use_index)
+{
+    int64_t f = (int64_t)sizeof(float);
+    return (int64_t)d * f + f + (int64_t)sizeof(cluster) + f + GK * f +
+           (use_index ? NP * f + (int64_t)sizeof(double) : 0);
+}
+
+/* every per-cluster array at capacity nc; on failure nothing is lost */
+static int realloc_clusters(subgen *g, int64_t nc, kv_err *err)
+{
+    int64_t d = g->ctx.d;
     float *c = realloc(g->cent, sizeof(float) * (size_t)(nc * d));
     if (c) g->cent = c;
     float *n = realloc(g->cnorm, sizeof(float) * (size_t)nc);
@@ -221,7 +280,9 @@ static int grow_clusters(subgen *g, kv_err *err)
     if (l) g->cl = l;
     float *ds = realloc(g->dist, sizeof(float) * (size_t)nc);
     if (ds) g->dist = ds;
-    int ok = c && n && l && ds;
+    float *pr = realloc(g->pre, sizeof(float) * GK * (size_t)nc);
+    if (pr) g->pre = pr;
+    int ok = c && n && l && ds && pr;
     if (ok && g->use_index) {
         float *cp = realloc(g->cproj, sizeof(float) * (size_t)(nc * NP));
         if (cp) g->cproj = cp;
@@ -230,8 +291,18 @@ static int grow_clusters(subgen *g, kv_err *err)
         ok = cp && nn;
     }
     if (!ok) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for %lld clusters", (long long)nc);
-    g->ccap = nc;
+    g->ccap = g->pre_cap = nc;
+    g->layout++;
     return KV_OK;
+}
+
+/* room for one more cluster in every per-cluster array (nc < cap) */
+static int grow_clusters(subgen *g, kv_err *err)
+{
+    if (g->nc < g->ccap) return KV_OK;
+    int64_t nc = ccap_for(g, g->nc + 1);
+    if (nc <= g->nc) return kv_seterr(err, KV_EINTERNAL, "subgen: cluster cap %lld exceeded", (long long)g->cap);
+    return realloc_clusters(g, nc, err);
 }
 
 /* ---- nearest centre ---------------------------------------------------- */
@@ -468,6 +539,194 @@ static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv
     return KV_OK;
 }
 
+/* ---- the cluster cap: doubling delta (online k-centre) -------------------- */
+
+/* centre j as a row of d floats */
+static void centre_row(const subgen *g, int64_t j, float *row)
+{
+    const float *c = cblock(g, j) + j % CB;
+    for (int i = 0; i < g->ctx.d; i++) row[i] = c[(size_t)i * CB];
+}
+
+static double dist2_rows(const float *a, const float *b, int d)
+{
+    double s = 0;
+    for (int i = 0; i < d; i++) {
+        double x = (double)a[i] - (double)b[i];
+        s += x * x;
+    }
+    return s;
+}
+
+/* Cluster b joins cluster a: counts add, and a's reservoir becomes a uniform
+ * sample of min(n_a + n_b, t) keys of the union, drawn without replacement
+ * from the n_a + n_b members (the next comes from a with probability
+ * (n_a - taken from a) / (members left)), each draw a uniform key not yet
+ * taken of that side's reservoir.  A side's reservoir is a uniform sample of
+ * its members, and a side never gives more than min(n, t) keys, so the
+ * result is exactly what Algorithm R over the union would hold. */
+static int merge_reservoirs(subgen *g, int64_t a, int64_t b, kv_err *err)
+{
+    cluster *A = &g->cl[a], *B = &g->cl[b];
+    int d = g->ctx.d;
+    int64_t na = A->r.n, nb = B->r.n, sa = kv_reservoir_size(&A->r), sb = kv_reservoir_size(&B->r);
+    int64_t m = na + nb < g->t ? na + nb : g->t, ia = 0, ib = 0;
+    float *keys = malloc(sizeof(float) * (size_t)(m * d));
+    if (!keys) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
+    for (int64_t i = 0; i < m; i++) {
+        int from_a = kv_rng_below(&g->rng, (uint64_t)(na + nb - ia - ib)) < (uint64_t)(na - ia);
+        cluster *S = from_a ? A : B;
+        int64_t *taken = from_a ? &ia : &ib, left = (from_a ? sa : sb) - *taken;
+        int64_t j = *taken + (int64_t)kv_rng_below(&g->rng, (uint64_t)left);
+        float *x = S->keys + *taken * d, *y = S->keys + j * d, tmp;
+        for (int c = 0; c < d; c++) { /* partial Fisher-Yates: taken keys first */
+            tmp = x[c];
+            x[c] = y[c];
+            y[c] = tmp;
+        }
+        memcpy(keys + i * d, x, sizeof(float) * (size_t)d);
+        (*taken)++;
+    }
+    g->nres += m - sa - sb;
+    free(A->keys);
+    free(B->keys);
+    A->keys = keys;
+    A->cap = m;
+    A->r.n = na + nb;
+    B->keys = NULL;
+    B->cap = 0;
+    return KV_OK;
+}
+
+/* Merge at radius D: centres in index order; each joins the nearest earlier
+ * kept centre within D (ties to the lowest), else is kept.  Kept centres are
+ * then more than D apart, and every member is within delta + D of its
+ * centre (Charikar et al.'s invariant).  O(nc^2 d), in exact double distances
+ * (the same for index=0 and 1).  Rebuilds nnd from those distances and the
+ * block layout; *dmin = the least distance between kept centres. */
+static int merge_at(subgen *g, double D, double *dmin, kv_err *err)
+{
+    int d = g->ctx.d;
+    int64_t nc = g->nc, nk = 0;
+    float *rows = malloc(sizeof(float) * (size_t)(nc * d));
+    int64_t *keep = malloc(sizeof(int64_t) * (size_t)nc), *to = malloc(sizeof(int64_t) * (size_t)nc);
+    double *d2 = malloc(sizeof(double) * (size_t)nc), *nn = malloc(sizeof(double) * (size_t)nc);
+    int rc = KV_OK;
+    *dmin = INFINITY;
+    if (!rows || !keep || !to || !d2 || !nn) {
+        rc = kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
+        goto out;
+    }
+    for (int64_t c = 0; c < nc; c++) centre_row(g, c, rows + c * d);
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t best = -1;
+        for (int64_t q = 0; q < nk; q++) {
+            d2[q] = dist2_rows(rows + c * d, rows + keep[q] * d, d);
+            if (best < 0 || d2[q] < d2[best]) best = q;
+        }
+        if (best >= 0 && d2[best] <= D * D) {
+            to[c] = keep[best];
+            continue;
+        }
+        to[c] = c;
+        nn[nk] = INFINITY;
+        for (int64_t q = 0; q < nk; q++) { /* lower bounds: a little under the double distance */
+            double lb = sqrt(d2[q]) * (1.0 - 1e-9);
+            if (lb < nn[q]) nn[q] = lb;
+            if (lb < nn[nk]) nn[nk] = lb;
+            if (lb < *dmin) *dmin = lb;
+        }
+        keep[nk++] = c;
+    }
+    for (int64_t c = 0; c < nc && !rc; c++)
+        if (to[c] != c) rc = merge_reservoirs(g, to[c], c, err);
+    if (rc) goto out; /* counts and keys stay consistent: merged pairs are whole */
+    /* compact: kept centres keep their order, so moving down is safe */
+    int64_t map_last = -1;
+    g->cmax = 0.0;
+    for (int64_t q = 0; q < nk; q++) {
+        int64_t o = keep[q];
+        if (g->last >= 0 && to[g->last] == o) map_last = q;
+        float *cb = cblock(g, q) + q % CB;
+        for (int i = 0; i < d; i++) cb[(size_t)i * CB] = rows[o * d + i];
+        g->cnorm[q] = g->cnorm[o];
+        g->cl[q] = g->cl[o];
+        double cn = sqrt(g->cnorm[q] > 0 ? (double)g->cnorm[q] : 0.0);
+        if (cn > g->cmax) g->cmax = cn;
+        if (g->use_index) {
+            float *cp = g->cproj + (q / CB) * CB * NP + q % CB;
+            const float *op = g->cproj + (o / CB) * CB * NP + o % CB;
+            for (int p = 0; p < NP; p++) cp[p * CB] = op[p * CB];
+            g->nnd[q] = nn[q];
+        }
+    }
+    /* the last block's unused lanes as open_cluster leaves them: zero, +inf */
+    for (int64_t q = nk; q % CB; q++) {
+        float *cb = cblock(g, q) + q % CB;
+        for (int i = 0; i < d; i++) cb[(size_t)i * CB] = 0.0f;
+        g->cnorm[q] = 0.0f;
+        if (g->use_index)
+            for (int p = 0; p < NP; p++) g->cproj[(q / CB) * CB * NP + q % CB + p * CB] = INFINITY;
+    }
+    g->nc = nk;
+    g->last = map_last;
+    g->layout++;
+out:
+    free(rows);
+    free(keep);
+    free(to);
+    free(d2);
+    free(nn);
+    return rc;
+}
+
+/* k matched no centre and the rank is at its cap: double delta and merge
+ * until k joins a centre (returned) or there is room for it (-1; then
+ * g->dist holds k's scan against the centres left, as open_cluster needs).
+ * The next radius is at least the least distance between kept centres or
+ * from k to one, so every round after the first merges or lets k join: the
+ * loop ends, and delta only grows by doubling over the stream (at most
+ * log2(diameter / delta) rounds in all, each O(cap^2 d)). */
+static int64_t make_room(subgen *g, const float *k, float kn, const float *pk, kv_err *err)
+{
+    int d = g->ctx.d;
+    double D = 2.0 * g->delta;
+    float *row = malloc(sizeof(float) * (size_t)d);
+    if (!row) {
+        kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
+        return -2;
+    }
+    for (;;) {
+        double dk = INFINITY, dmin;
+        for (int64_t j = 0; j < g->nc && !(D > 0); j++) { /* delta = 0: start at k's nearest centre */
+            centre_row(g, j, row);
+            double x = sqrt(dist2_rows(k, row, d));
+            if (x < dk) dk = x;
+        }
+        if (!(D > 0)) D = dk;
+        if (merge_at(g, D, &dmin, err)) break;
+        g->delta = D;
+        g->delta2 = D * D;
+        g->doublings++;
+        g->scanned = 0;
+        int64_t c = find_cluster(g, k, kn, pk, NULL, 0);
+        if (c >= 0 || g->nc < g->cap) { /* -1 comes from a full scan: g->dist is k's */
+            free(row);
+            return c;
+        }
+        dk = INFINITY;
+        for (int64_t j = 0; j < g->nc; j++) {
+            centre_row(g, j, row);
+            double x = sqrt(dist2_rows(k, row, d));
+            if (x < dk) dk = x;
+        }
+        double next = dmin < dk ? dmin : dk;
+        D = 2.0 * D > next ? 2.0 * D : next;
+    }
+    free(row);
+    return -2;
+}
+
 /* ---- method ops -------------------------------------------------------- */
 
 /* free the clusters and every per-cluster array (keys, centres, index) */
@@ -480,10 +739,11 @@ static void free_clusters(subgen *g)
     free(g->dist);
     free(g->cproj);
     free(g->nnd);
-    g->cent = g->cnorm = g->dist = g->cproj = NULL;
+    free(g->pre);
+    g->cent = g->cnorm = g->dist = g->cproj = g->pre = NULL;
     g->cl = NULL;
     g->nnd = NULL;
-    g->nc = g->ccap = g->nres = 0;
+    g->nc = g->ccap = g->pre_cap = g->nres = 0;
 }
 
 static void subgen_free(void *state)
@@ -491,7 +751,6 @@ static void subgen_free(void *state)
     subgen *g = state;
     if (!g) return;
     free_clusters(g);
-    free(g->pre);
     free(g->proj);
     kv_l2_clear(&g->l2);
     free(g->sk);
@@ -502,23 +761,40 @@ static void subgen_free(void *state)
     free(g);
 }
 
-/* Defaults (to be revisited with the budget rule): delta = 1 joins keys
- * within distance 1 of a cluster's first key, i.e. clusters whose members
- * are about sigma sqrt(2d) <= 1 apart (README "Choosing SubGen's
- * parameters"),
- * t = 16 is inside the 8-64 that works in practice, s = 256 = O(eps^-2 d)
- * for head dimensions up to 128 at eps ~ 0.7. */
+/* Defaults: delta = 1 joins keys within distance 1 of a cluster's first key,
+ * i.e. clusters whose members are about sigma sqrt(2d) <= 1 apart (README
+ * "Choosing SubGen's parameters"), t = 16 is inside the 8-64 that works in
+ * practice, s = 256 = O(eps^-2 d) for head dimensions up to 128 at eps ~
+ * 0.7; the cluster cap max(4096, 16 ceil(sqrt(n))) never binds on streams of
+ * up to 4096 tokens (so delta = 0, t, s >= n stays exact) and keeps the
+ * clusters' memory O(sqrt(n) t d) however small delta is. */
 KV_CFG_FITS(kv_subgen_cfg);
 const kv_param_def kv_subgen_params[] = {
     KV_PARAM_DOUBLE(kv_subgen_cfg, delta, 1.0, 0.0, DBL_MAX,
                     "join distance in key units: above the member distance sigma*sqrt(2d), delta*r <~ 1"),
-    KV_PARAM_INT(kv_subgen_cfg, t, 16, 1, INT32_MAX, "keys sampled per cluster for the denominator (8-64 in practice)"),
-    KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator (O(eps^-2 d))"),
+    KV_PARAM_INT(kv_subgen_cfg, t, 16, 1, INT32_MAX,
+                 "keys sampled per cluster for the denominator, over all ranks (8-64 in practice)"),
+    KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator, over all ranks (O(eps^-2 d))"),
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, seed, -1, "--seed", 0, INT64_MAX,
                          "sampling seed (stream and rank are mixed in)"),
     KV_PARAM_INT(kv_subgen_cfg, index, 1, 0, 1, "1: skip centre scans by a bound that picks the same cluster (same results)"),
+    KV_PARAM_INT_DERIVED(kv_subgen_cfg, clusters, -1, "from n", 1, INT64_C(1) << 40,
+                         "cluster cap over all ranks (default max(4096, 16 sqrt(n))): at it delta doubles, clusters merge"),
+    KV_PARAM_BUDGET(kv_subgen_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of s and clusters"),
     KV_PARAM_TABLE_END
 };
+
+int kv_subgen_check(const kv_subgen_cfg *c, const kv_param_def *defs, const kv_spec *spec, kv_err *err)
+{
+    if (c->budget.kind && (kv_spec_has(spec, "s") || kv_spec_has(spec, "clusters")))
+        return kv_params_error(defs, spec, err, "give s and clusters or budget, not both");
+    return KV_OK;
+}
+
+static int subgen_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    return kv_subgen_check(cfg, kv_subgen_params, spec, err);
+}
 
 static int subgen_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
@@ -528,22 +804,82 @@ static int subgen_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     return kv_subgen_new(c, spec->text, ctx, out, err);
 }
 
+/* What a rank holds whatever it has seen: the struct, the projection, F. */
+static int64_t fixed_bytes(int d, int use_index)
+{
+    return (int64_t)sizeof(subgen) + (int64_t)sizeof(double) + (use_index ? NP * (int64_t)d * (int64_t)sizeof(float) : 0);
+}
+
+/* Per l2 sample: its key and value, the exact buffer's row (alive until the
+ * (s+1)-th valued token, while the samples are held too), the sampler's id,
+ * weight, threshold and heap slot, the offer scratch. */
+static int64_t sample_bytes(int d, int dv)
+{
+    return 2 * (int64_t)(d + dv) * (int64_t)sizeof(float) + (int64_t)(kv_l2_bytes(&(kv_l2_sampler){ .s = 1 }) - sizeof(double)) +
+           (int64_t)sizeof(int);
+}
+
+/* Budget rule (budget=X, B = kv_budget_bytes: bytes per stream over all
+ * ranks).  Rank r gets its shard's share B_r = floor(B shard_r / n) (B / P
+ * when the shard is unknown), so the shares add up to at most B at any rank
+ * count.  Minus the fixed part, half goes to the l2 samples (sample_bytes
+ * each, the exact buffer included) and half to clusters: a cluster costs its
+ * slot (slot_bytes, allocated in blocks of CB) and t_r reservoir keys.  The
+ * rank's s and cluster cap are what fits; everything it allocates is within
+ * those capacities, so bytes() <= B_r at every step. */
+static int budget_rule(const kv_budget *b, int64_t t_r, int use_index, const char *text, const kv_method_ctx *ctx,
+                       int64_t *s_r, int64_t *cap_r, kv_err *err)
+{
+    int d = ctx->d, dv = ctx->dv;
+    int64_t B = kv_budget_bytes(b, ctx->n_total, d, dv), Br;
+    if (ctx->shard_tokens > 0 && ctx->n_total > 0)
+        Br = (int64_t)((__int128)B * ctx->shard_tokens / ctx->n_total);
+    else
+        Br = B / (ctx->nranks > 0 ? ctx->nranks : 1);
+    int64_t avail = Br - fixed_bytes(d, use_index), bs = avail / 2, bc = avail - bs;
+    int64_t key = t_r * d * (int64_t)sizeof(float), slot = slot_bytes(d, use_index);
+    int64_t s = bs > 0 ? bs / sample_bytes(d, dv) : 0, c = bc > 0 ? bc / (key + slot) : 0;
+    while (c > 0 && c * key + (c + CB - 1) / CB * CB * slot > bc) c--;
+    if (s > (1 << 24)) s = 1 << 24; /* the parameter's own range */
+    if (s < 1 || c < 1) {
+        int64_t need = fixed_bytes(d, use_index) + 2 * (sample_bytes(d, dv) > key + CB * slot ? sample_bytes(d, dv) : key + CB * slot);
+        return kv_seterr(err, KV_EINPUT, "--methods: %s: budget of %lld bytes leaves rank %d of %d %lld bytes, "
+                         "less than one sample and one cluster (%lld bytes)", text, (long long)B, ctx->rank,
+                         ctx->nranks, (long long)Br, (long long)need);
+    }
+    *s_r = s;
+    *cap_r = c;
+    return KV_OK;
+}
+
 int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    double delta = c->delta;
-    int64_t t = c->t, s = c->s, seed = c->seed, index = c->index;
+    int64_t t = kv_rank_share(ctx, c->t), seed = c->seed, index = c->index, s = 0, cap = 0;
     *out = NULL;
     if (ctx->d < 1 || ctx->dv < 1)
         return kv_seterr(err, KV_EINPUT, "--methods: %s: needs d >= 1 and dv >= 1", text);
     if (ctx->semantics != KV_SEM_FULL)
         return kv_seterr(err, KV_EINPUT, "--methods: %s: subgen estimates full attention only", text);
+    if (c->budget.kind) {
+        if (budget_rule(&c->budget, t, (int)index, text, ctx, &s, &cap, err)) return err->code;
+    } else {
+        int64_t C = c->clusters;
+        if (C < 0) { /* derived default (see the table) */
+            int64_t r = (int64_t)ceil(sqrt((double)(ctx->n_total > 0 ? ctx->n_total : 0)));
+            C = 16 * r > 4096 ? 16 * r : 4096;
+        }
+        s = kv_rank_share(ctx, c->s);
+        cap = kv_rank_share(ctx, C);
+        if (s > (1 << 24)) s = 1 << 24;
+    }
     subgen *g = kv_calloc(1, sizeof *g, err);
     if (!g) return err->code;
     g->ctx = *ctx;
-    g->delta = delta;
-    g->delta2 = delta * delta;
+    g->delta = g->delta0 = c->delta;
+    g->delta2 = c->delta * c->delta;
     g->t = t;
     g->s = (int)s;
+    g->cap = cap;
     g->use_index = (int)index;
     g->last = -1;
     g->buf_on = 1;
@@ -574,9 +910,8 @@ static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, k
 {
     cluster *cl = &g->cl[c];
     int d = g->ctx.d;
-    if (slot >= cl->cap) {
-        int64_t nc = cl->cap ? 2 * cl->cap : 1;
-        if (nc > g->t) nc = g->t;
+    if (slot >= cl->cap) { /* exactly the rows held: bytes() is what a packed cache needs */
+        int64_t nc = slot + 1;
         float *p = realloc(cl->keys, sizeof(float) * (size_t)(nc * d));
         if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for cluster samples");
         cl->keys = p;
@@ -601,11 +936,16 @@ static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv
             g->nbuf = g->bcap = 0;
             g->buf_on = 0;
         } else {
-            int64_t kc = g->bcap, vc = g->bcap;
-            if (grow((void **)&g->bk, &kc, g->nbuf + 1, sizeof(float) * (size_t)d, 64, err) ||
-                grow((void **)&g->bv, &vc, g->nbuf + 1, sizeof(float) * (size_t)dv, 64, err))
-                return err->code;
-            g->bcap = kc < vc ? kc : vc;
+            if (g->nbuf == g->bcap) {
+                int64_t nc = bcap_for(g, g->nbuf + 1);
+                float *bk = realloc(g->bk, sizeof(float) * (size_t)(nc * d));
+                if (bk) g->bk = bk;
+                float *bv = bk ? realloc(g->bv, sizeof(float) * (size_t)(nc * dv)) : NULL;
+                if (bv) g->bv = bv;
+                if (!bk || !bv) /* bk may be larger than bcap: harmless, freed with the buffer */
+                    return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for the exact buffer");
+                g->bcap = nc;
+            }
             memcpy(g->bk + g->nbuf * d, k, sizeof(float) * (size_t)d);
             memcpy(g->bv + g->nbuf * dv, v, sizeof(float) * (size_t)dv);
             g->nbuf++;
@@ -621,15 +961,9 @@ static int value_token(subgen *g, const float *k, const float *v, int64_t id, kv
 }
 
 /* Scan keys i .. i+nk-1 against all centres in one batched pass. */
-static int scan_ahead(subgen *g, const float *K, size_t i, int nk, kv_err *err)
+static void scan_ahead(subgen *g, const float *K, size_t i, int nk)
 {
-    int d = g->ctx.d;
-    if (g->pre_cap < g->ccap) {
-        float *p = realloc(g->pre, sizeof(float) * GK * (size_t)g->ccap);
-        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for scan scratch");
-        g->pre = p;
-        g->pre_cap = g->ccap;
-    }
+    int d = g->ctx.d; /* pre has GK rows of ccap floats (realloc_clusters) */
     const float *ks[GK];
     float kn[GK], *rows[GK];
     for (int q = 0; q < nk; q++) {
@@ -638,7 +972,6 @@ static int scan_ahead(subgen *g, const float *K, size_t i, int nk, kv_err *err)
         rows[q] = g->pre + (size_t)q * g->pre_cap;
     }
     scan_from(g, ks, kn, nk, 0, rows);
-    return KV_OK;
 }
 
 static int subgen_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -656,7 +989,7 @@ static int subgen_ingest(void *state, const float *K, const float *V, int64_t fi
         int want = !g->use_index || g->nc < IDX_MIN || __builtin_popcount(g->hist) >= 4;
         if (i >= pre_end && want && g->nc > 0 && n - i >= 2) {
             int nk = n - i < GK ? (int)(n - i) : GK;
-            if (scan_ahead(g, K, i, nk, err)) return err->code;
+            scan_ahead(g, K, i, nk);
             pre_first = i;
             pre_end = i + (size_t)nk;
             pre_nc = g->nc;
@@ -665,12 +998,14 @@ static int subgen_ingest(void *state, const float *K, const float *V, int64_t fi
         float kn = dot1(k, k, d);
         if (g->use_index) project(g, k, pk);
         g->scanned = 0;
-        int64_t c = find_cluster(g, k, kn, pk, pre, pre_nc);
+        int64_t c = find_cluster(g, k, kn, pk, pre, pre_nc), layout = g->layout;
         g->hist = ((g->hist << 1) | (unsigned)g->scanned) & 0xffu;
+        if (c < 0 && g->nc >= g->cap && (c = make_room(g, k, kn, pk, err)) < -1) return err->code;
         if (c < 0) {
             if (open_cluster(g, k, kn, pk, err)) return err->code;
             c = g->nc - 1;
         }
+        if (g->layout != layout) pre_end = 0; /* rows computed ahead are for centres that moved */
         g->last = c;
         int64_t before = kv_reservoir_size(&g->cl[c].r);
         int64_t slot = kv_reservoir_offer(&g->cl[c].r, &g->rng);
@@ -794,17 +1129,16 @@ static int subgen_partial(void *state, const float *Q, int nq, int64_t p, double
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
+/* Everything allocated (budget_rule's units): capacities, not just what is used. */
 static size_t subgen_bytes(const void *state)
 {
     const subgen *g = state;
     size_t d = (size_t)g->ctx.d, dv = (size_t)g->ctx.dv;
-    size_t b = sizeof *g;
-    b += (size_t)g->nc * (d * sizeof(float) + sizeof(float) + sizeof(int64_t)); /* centre, |c|^2, n_c */
-    b += (size_t)g->nres * d * sizeof(float);                                  /* reservoir keys */
-    if (g->use_index) b += NP * d * sizeof(float) + (size_t)g->nc * (NP * sizeof(float) + sizeof(double));
-    b += kv_l2_bytes(&g->l2);
-    if (g->l2.F > 0.0) b += (size_t)g->s * (d + dv) * sizeof(float); /* held samples */
-    b += (size_t)g->nbuf * (d + dv) * sizeof(float);
+    size_t b = (size_t)fixed_bytes(g->ctx.d, g->use_index);
+    b += (size_t)g->ccap * (size_t)slot_bytes(g->ctx.d, g->use_index); /* per-cluster arrays */
+    b += (size_t)g->nres * d * sizeof(float);                          /* reservoir keys (held = allocated) */
+    b += (size_t)g->s * (size_t)sample_bytes(g->ctx.d, g->ctx.dv) - (size_t)g->s * (d + dv) * sizeof(float);
+    b += (size_t)g->bcap * (d + dv) * sizeof(float); /* the exact buffer while it lives */
     return b;
 }
 
@@ -837,10 +1171,13 @@ static void subgen_extra(const void *state, kv_method_extra *x)
 
 /* ---- checkpoints ------------------------------------------------------- */
 
-#define SG_MAGIC INT64_C(0x316e656762757376) /* "vsubgen1" */
+#define SG_MAGIC INT64_C(0x326e656762757376) /* "vsubgen2" */
 
-/* Saved, in this order: magic, d, dv, t, s, index and delta (checked on
- * load), the generator, the scan history and the last token's cluster; the
+/* Saved, in this order: magic, d, dv, t, s, index, delta and the cluster
+ * cap (the rank's, checked on load), the current delta, the doublings so
+ * far, the per-cluster capacity (bytes() counts it; merges leave it above
+ * what a fresh layout would take), the generator, the scan history and the
+ * last token's cluster; the
  * centres as nc rows of d floats, |c|^2, the counts n_c, the reservoir keys
  * (one array, cluster after cluster, min(n_c, t) rows each), the index's
  * lower bounds nnd (empty with index=0); the l2 samplers (kv_l2_save) and
@@ -867,7 +1204,11 @@ static void subgen_save(const void *state, kv_buf *out)
     kv_buf_put_i64(out, g->t);
     kv_buf_put_i64(out, g->s);
     kv_buf_put_i64(out, g->use_index);
+    kv_buf_put_f64(out, g->delta0);
+    kv_buf_put_i64(out, g->cap);
     kv_buf_put_f64(out, g->delta);
+    kv_buf_put_i64(out, g->doublings);
+    kv_buf_put_i64(out, g->ccap);
     kv_buf_put(out, g->rng.s, sizeof g->rng.s);
     kv_buf_put_i64(out, (int64_t)g->hist);
     kv_buf_put_i64(out, g->last);
@@ -897,25 +1238,24 @@ static void subgen_save(const void *state, kv_buf *out)
 /* Lay nc clusters out in t as ingest would have: centres C (rows) in blocks
  * with zero padding, |c|^2 N, counts cnt, reservoir keys R (cluster after
  * cluster), the index (cproj projected again, padding +inf; nnd); capacity
- * 64 doubled, as grow_clusters leaves it.  t holds no clusters on entry. */
+ * cap (saved).  t holds no clusters on entry. */
 static int build_clusters(subgen *t, const float *C, const float *N, const int64_t *cnt, const float *R,
-                          const double *nnd, int64_t nc, kv_err *err)
+                          const double *nnd, int64_t nc, int64_t cap, kv_err *err)
 {
     int d = t->ctx.d;
-    if (nc == 0) return KV_OK;
-    int64_t cap = 64;
-    while (cap < nc) cap *= 2;
+    if (cap == 0) return KV_OK;
     t->cent = calloc((size_t)(cap * d), sizeof(float));
     t->cnorm = calloc((size_t)cap, sizeof(float));
     t->cl = calloc((size_t)cap, sizeof(cluster));
     t->dist = malloc(sizeof(float) * (size_t)cap);
+    t->pre = malloc(sizeof(float) * GK * (size_t)cap);
     if (t->use_index) {
         t->cproj = malloc(sizeof(float) * (size_t)(cap * NP));
         t->nnd = malloc(sizeof(double) * (size_t)cap);
     }
-    if (!t->cent || !t->cnorm || !t->cl || !t->dist || (t->use_index && (!t->cproj || !t->nnd)))
+    if (!t->cent || !t->cnorm || !t->cl || !t->dist || !t->pre || (t->use_index && (!t->cproj || !t->nnd)))
         return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld subgen clusters", (long long)nc);
-    t->ccap = cap;
+    t->ccap = t->pre_cap = cap;
     t->nc = nc; /* keys are NULL until allocated: free_clusters can run at any point */
     if (t->use_index)
         for (int64_t i = 0; i < cap * NP; i++) t->cproj[i] = INFINITY;
@@ -956,15 +1296,15 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
     int d = g->ctx.d, dv = g->ctx.dv;
     int64_t lim = kv_shard_limit(&g->ctx);
     size_t mx = (size_t)(lim > 0 ? lim : 0), s = (size_t)g->s;
-    int64_t hdr[6], hist, last, buf_on, nval, total = 0, nres = 0;
-    double delta;
+    int64_t hdr[6], hist, last, buf_on, nval, total = 0, nres = 0, cap, doublings, ccap;
+    double delta0, delta;
     kv_rng rng;
     void *C = NULL, *N = NULL, *cnt = NULL, *R = NULL, *nnd = NULL, *SK = NULL, *SV = NULL, *BK = NULL, *BV = NULL;
     size_t nc = 0, nn = 0, ncnt = 0, nr = 0, nnn = 0, nsk = 0, nsv = 0, nbk = 0, nbv = 0;
     kv_l2_sampler l2 = { 0 };
     subgen t = *g; /* the restored state, built aside */
-    t.nc = t.ccap = t.nres = 0;
-    t.cent = t.cnorm = t.dist = t.cproj = NULL;
+    t.nc = t.ccap = t.pre_cap = t.nres = 0;
+    t.cent = t.cnorm = t.dist = t.cproj = t.pre = NULL;
     t.cl = NULL;
     t.nnd = NULL;
     t.cmax = 0.0;
@@ -972,12 +1312,20 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
 
     for (int i = 0; i < 6; i++)
         if (kv_rd_i64(in, &hdr[i], err)) goto fail;
-    if (kv_rd_f64(in, &delta, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) || kv_rd_i64(in, &hist, err) ||
-        kv_rd_i64(in, &last, err))
+    if (kv_rd_f64(in, &delta0, err) || kv_rd_i64(in, &cap, err) || kv_rd_f64(in, &delta, err) ||
+        kv_rd_i64(in, &doublings, err) || kv_rd_i64(in, &ccap, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) ||
+        kv_rd_i64(in, &hist, err) || kv_rd_i64(in, &last, err))
         goto fail;
     if (hdr[0] != SG_MAGIC || hdr[1] != d || hdr[2] != dv || hdr[3] != g->t || hdr[4] != g->s ||
-        hdr[5] != g->use_index || memcmp(&delta, &g->delta, sizeof delta)) {
-        bad = "was saved with another spec, d or dv";
+        hdr[5] != g->use_index || memcmp(&delta0, &g->delta0, sizeof delta) || cap != g->cap) {
+        bad = "was saved with another spec, d, dv or rank count";
+        goto bad;
+    }
+    /* delta only grows from the spec's, at least doubling per round (after a
+     * first round from 0): a finite double allows some 2100 rounds in all */
+    if (!(delta >= delta0) || !isfinite(delta) || doublings < 0 || doublings > 2200 ||
+        (doublings == 0) != (delta == delta0)) {
+        bad = "has a bad doubled delta";
         goto bad;
     }
     if (!(rng.s[0] | rng.s[1] | rng.s[2] | rng.s[3])) { bad = "has a zero generator state"; goto bad; }
@@ -1003,6 +1351,10 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
         if (nnn && !(((double *)nnd)[c] >= 0.0)) { bad = "has a bad index bound"; goto bad; }
     }
     if ((int64_t)nr != nres) { bad = "has reservoir keys that do not match the cluster counts"; goto bad; }
+    if ((int64_t)nc > g->cap || (ccap ? ccap < (int64_t)nc || ccap != ccap_for(g, ccap) : nc != 0)) {
+        bad = "has more clusters than its cap or a bad cluster capacity";
+        goto bad;
+    }
     if (nc ? (last < 0 || last >= (int64_t)nc) : last != -1) { bad = "has a bad last cluster index"; goto bad; }
     if (!kv_all_finite(C, nc * (size_t)d) || !kv_all_finite(R, nr * (size_t)d)) {
         bad = "has a key that is not finite";
@@ -1029,7 +1381,21 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
         goto bad;
     }
 
-    if (build_clusters(&t, C, N, cnt, R, nnd, (int64_t)nc, err)) goto fail;
+    if (build_clusters(&t, C, N, cnt, R, nnd, (int64_t)nc, ccap, err)) goto fail;
+    t.delta = delta;
+    t.delta2 = delta * delta;
+    t.doublings = doublings;
+    t.bcap = nbk ? bcap_for(g, (int64_t)nbk) : 0; /* as value_token grows it */
+    if (nbk) {
+        void *bk = realloc(BK, sizeof(float) * (size_t)(t.bcap * d));
+        if (bk) BK = bk;
+        void *bv = bk ? realloc(BV, sizeof(float) * (size_t)(t.bcap * dv)) : NULL;
+        if (bv) BV = bv;
+        if (!bk || !bv) {
+            kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring the subgen exact buffer");
+            goto fail;
+        }
+    }
     t.rng = rng;
     t.hist = (unsigned)hist;
     t.last = last;
@@ -1040,7 +1406,7 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
     }
     t.buf_on = (int)buf_on;
     t.nval = nval;
-    t.nbuf = t.bcap = (int64_t)nbk;
+    t.nbuf = (int64_t)nbk;
     t.bk = BK;
     t.bv = BV;
     free_clusters(g);
@@ -1059,30 +1425,27 @@ fail:
     return err->code;
 }
 
-/* Worst case: every token of the shard opens its own cluster (centre, |c|^2,
- * count, index entry and one reservoir key each), the exact buffer holds
- * min(s, tokens) rows while the s samples are held too. */
+/* Worst case: min(cap, shard) clusters' slots, min(shard, cap t) reservoir
+ * keys, the exact buffer at min(s, shard) rows while the s samples are
+ * held: reached exactly on distinct keys with delta = 0, s >= n. */
 static int64_t subgen_max_bytes(const void *state)
 {
     const subgen *g = state;
     int64_t lim = kv_shard_limit(&g->ctx), d = g->ctx.d, dv = g->ctx.dv, f = (int64_t)sizeof(float);
-    int64_t per = d * f + f + (int64_t)sizeof(int64_t) + d * f;
-    int64_t b = (int64_t)sizeof *g + (int64_t)kv_l2_bytes(&g->l2) + (int64_t)g->s * (d + dv) * f;
-    if (g->use_index) {
-        per += NP * f + (int64_t)sizeof(double);
-        b += NP * d * f;
-    }
-    int64_t nbuf = g->s < lim ? g->s : lim;
-    return b + lim * per + nbuf * (d + dv) * f;
+    int64_t ncl = g->cap < lim ? g->cap : lim, keys = g->cap > lim / g->t ? lim : g->cap * g->t;
+    int64_t b = fixed_bytes(g->ctx.d, g->use_index) + ccap_for(g, ncl) * slot_bytes(g->ctx.d, g->use_index);
+    b += keys * d * f + (int64_t)g->s * (sample_bytes(g->ctx.d, g->ctx.dv) - (d + dv) * f);
+    return b + bcap_for(g, g->s < lim ? g->s : lim) * (d + dv) * f;
 }
 
 const kv_method_ops kv_method_subgen = {
     .name = "subgen",
     .kind = "sketch",
     .summary = "SubGen: online key clusters of radius delta with t-key reservoirs, plus s l2 samples of values",
-    .budget = "per rank: clusters x (t keys + centre) + s samples; sublinear on clusterable keys",
+    .budget = "clusters x (t keys + centre) + s samples, over all ranks; budget=X picks s and clusters",
     .params = kv_subgen_params,
     .cfg_size = sizeof(kv_subgen_cfg),
+    .check = subgen_check,
     .create = subgen_create,
     .ingest = subgen_ingest,
     .partial = subgen_partial,

@@ -8,17 +8,24 @@
 #include "methods/method.h"
 
 typedef struct {
-    double delta;  /* cluster radius */
-    int64_t t;     /* reservoir keys per cluster */
-    int64_t s;     /* l2 samples */
-    int64_t seed;  /* -1: the replay's --seed */
-    int64_t index; /* 0 or 1 */
+    double delta;     /* join distance (doubles when the cluster cap is hit) */
+    int64_t t;        /* reservoir keys per cluster, over all ranks */
+    int64_t s;        /* l2 samples, over all ranks */
+    int64_t seed;     /* -1: the replay's --seed */
+    int64_t index;    /* 0 or 1 */
+    int64_t clusters; /* cluster cap over all ranks; -1: derived from n (subgen.c) */
+    kv_budget budget; /* budget=X: s and clusters from X (subgen.c) */
 } kv_subgen_cfg;
 
-/* delta, t, s, seed, index (defaults in the table's help) */
+/* delta, t, s, seed, index, clusters, budget (defaults in the table's help) */
 extern const kv_param_def kv_subgen_params[];
 
 extern const kv_method_ops kv_method_subgen;
+
+/* The clash rule of budget=, for subgen and for tables that include
+ * kv_subgen_params (defs: that table, for the message): budget= with s= or
+ * clusters= is an error. */
+int kv_subgen_check(const kv_subgen_cfg *cfg, const kv_param_def *defs, const kv_spec *spec, kv_err *err);
 
 /* A SubGen state from a parsed config; errors name `text` (the user's spec). */
 int kv_subgen_new(const kv_subgen_cfg *cfg, const char *text, const kv_method_ctx *ctx, void **state, kv_err *err);

@@ -11,11 +11,17 @@
  * seed and index mean and default exactly as for subgen).  Each held token
  * is used exactly in every query; with one rank the exact part is precisely the last W tokens of the
  * prefix, with several it is each rank's recent tokens (a superset of its
- * share of [p-W, p)).  W is global; delta, t and s are per-rank SubGen
- * parameters, as for a plain subgen.  Full-attention semantics only (SubGen
- * refuses the others).
+ * share of [p-W, p)).  W is global; delta, t, s and clusters mean what they
+ * mean for a plain subgen (totals over ranks, split by shard).  Full-attention
+ * semantics only (SubGen refuses the others).
  *
- * Memory: held tokens x ((d + dv) floats + int64 index) + SubGen's bytes(). */
+ * budget=X (core/budget.h; not with W, s or clusters): half the bytes to the
+ * window, half to SubGen (its own budget rule, subgen.c).  The window is W =
+ * kv_tokring_fit(X/2); rank r's ring holds at most kv_tokring_fit of its
+ * shard's share of X/2 tokens (so the rings add up to <= X/2 at any rank
+ * count), and when it is full its oldest token goes to SubGen early.
+ *
+ * Memory: the ring's pages (methods/tokring.h) + SubGen's bytes(). */
 #include <stdlib.h>
 #include "methods/method.h"
 #include "kernels/partial.h"
@@ -28,12 +34,20 @@ typedef struct {
 } wsg_cfg;
 KV_CFG_FITS(wsg_cfg);
 
-/* W, then SubGen's own entries (shared, not copied) */
+/* W, then SubGen's own entries (shared, not copied): its budget= is ours */
 static const kv_param_def wsg_params[] = {
     KV_PARAM_INT(wsg_cfg, W, 1024, 1, INT64_MAX, "recent tokens kept exactly (global; at most W per rank)"),
     KV_PARAM_INCLUDE(wsg_cfg, sg, kv_subgen_params),
     KV_PARAM_TABLE_END
 };
+
+static int wsg_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const wsg_cfg *c = cfg;
+    if (c->sg.budget.kind && kv_spec_has(spec, "W"))
+        return kv_params_error(wsg_params, spec, err, "give W or budget, not both");
+    return kv_subgen_check(&c->sg, wsg_params, spec, err);
+}
 
 typedef struct {
     kv_method_ctx ctx;
@@ -64,8 +78,29 @@ static int wsg_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->ctx = *ctx;
     s->W = c->W;
     s->sg_ops = &kv_method_subgen;
-    kv_tokring_init(&s->ring, ctx->d, ctx->dv, c->W);
-    int rc = kv_subgen_new(&c->sg, spec->text, ctx, &s->sg, err);
+    kv_subgen_cfg sg = c->sg;
+    int64_t held = c->W; /* most tokens this rank's ring holds */
+    if (c->sg.budget.kind) {
+        /* budget rule: half the bytes to the window, half to SubGen; the
+         * rank's ring gets its shard's share of the window half */
+        int64_t B = kv_budget_bytes(&c->sg.budget, ctx->n_total, ctx->d, ctx->dv), Bw = B / 2, Bw_r;
+        if (ctx->shard_tokens > 0 && ctx->n_total > 0)
+            Bw_r = (int64_t)((__int128)Bw * ctx->shard_tokens / ctx->n_total);
+        else
+            Bw_r = Bw / (ctx->nranks > 0 ? ctx->nranks : 1);
+        s->W = kv_tokring_fit(Bw, ctx->d, ctx->dv);
+        held = kv_tokring_fit(Bw_r, ctx->d, ctx->dv);
+        if (held < 1) {
+            wsg_free(s);
+            return kv_params_error(wsg_params, spec, err, "budget of %lld bytes leaves rank %d of %d %lld bytes for "
+                                   "the window, less than one token's pages (%lld bytes)", (long long)B, ctx->rank,
+                                   ctx->nranks, (long long)Bw_r, (long long)kv_tokring_fit_min(ctx->d, ctx->dv));
+        }
+        if (held > s->W) held = s->W;
+        sg.budget = (kv_budget){ KV_BUDGET_BYTES, (double)(B - Bw) };
+    }
+    kv_tokring_init(&s->ring, ctx->d, ctx->dv, held);
+    int rc = kv_subgen_new(&sg, spec->text, ctx, &s->sg, err);
     if (rc) { wsg_free(s); return rc; }
     *out = s;
     return KV_OK;
@@ -87,8 +122,15 @@ static int wsg_ingest(void *state, const float *K, const float *V, int64_t first
     }
     size_t nold = last - s->W >= first ? (size_t)(last - s->W - first + 1) : 0;
     if (nold && s->sg_ops->ingest(s->sg, K, V, first, nold, err)) return err->code;
-    for (size_t i = nold; i < n; i++)
+    for (size_t i = nold; i < n; i++) {
+        if (s->ring.count == s->ring.cap) { /* a budgeted ring is full: its oldest goes to SubGen early */
+            if (s->sg_ops->ingest(s->sg, kv_tokring_k(&s->ring, 0), kv_tokring_v(&s->ring, 0),
+                                  kv_tokring_idx(&s->ring, 0), 1, err))
+                return err->code;
+            kv_tokring_pop(&s->ring);
+        }
         if (kv_tokring_push(&s->ring, K + i * d, V + i * dv, first + (int64_t)i, err)) return err->code;
+    }
     return KV_OK;
 }
 
@@ -172,7 +214,7 @@ static int wsg_load(void *state, kv_rd *in, kv_err *err)
 static int64_t wsg_max_bytes(const void *state)
 {
     const wsg_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->ring.cap < lim ? s->ring.cap : lim;
     int64_t ring = kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, held);
     /* SubGen without max_bytes: what the replay driver assumes for a method
      * without one (the stream's keys and values), not a true bound */
@@ -185,9 +227,10 @@ const kv_method_ops kv_method_window_subgen = {
     .name = "window+subgen",
     .kind = "sketch",
     .summary = "the last W tokens exactly, a SubGen sketch of the older ones",
-    .budget = "W tokens plus SubGen's (per rank)",
+    .budget = "W tokens plus SubGen's; budget=X: half to the window, half to SubGen",
     .params = wsg_params,
     .cfg_size = sizeof(wsg_cfg),
+    .check = wsg_check,
     .create = wsg_create,
     .ingest = wsg_ingest,
     .partial = wsg_partial,
