@@ -4,7 +4,8 @@
 usage: check_subgen_budget.py KVSTREAM WORKDIR
 A clustered trace (2 streams) is replayed at -np 1 and 2 with SubGen at
 budget=5% (and a spread-key trace whose small delta hits the cluster cap),
-and window+subgen at budget=10%.  For each: memory_bytes (the peak over query
+and window+subgen at budget=10%; the same with joint=1 (the budget all to
+clusters whose samples carry values).  For each: memory_bytes (the peak over query
 positions of the state summed over ranks and streams) <= S * budget * 1.03,
 the mean error finite (< 1 on the clustered trace) and the replay's table
 printed."""
@@ -35,11 +36,14 @@ traces = {"clustered": gen("clustered.h5", "--kind", "clustered"),
           "spread": gen("spread.h5", "--kind", "clustered", "--clusters", "4096", "--spread", "0.5")}
 cases = [("clustered", "subgen:budget=5%,name=sg", 0.05),
          ("spread", "subgen:delta=0.2,budget=5%,name=sg", 0.05),
-         ("clustered", "window+subgen:budget=10%,name=sg", 0.10)]
+         ("clustered", "window+subgen:budget=10%,name=sg", 0.10),
+         ("clustered", "subgen:budget=5%,joint=1,name=sg", 0.05),
+         ("spread", "subgen:delta=0.2,budget=5%,joint=1,name=sg", 0.05),
+         ("clustered", "window+subgen:budget=10%,joint=1,name=sg", 0.10)]
 checks = 0
 for P in (1, 2):
-    for tr, spec, frac in cases:
-        out = os.path.join(work, "%s-%s-np%d.h5" % (tr, spec.split(":")[0], P))
+    for i, (tr, spec, frac) in enumerate(cases):
+        out = os.path.join(work, "case%d-%s-np%d.h5" % (i, tr, P))
         r = run(mpi_cmd(P, exe, "replay", traces[tr], "--methods", spec, "--no-bound-ratio", "-o", out), timeout=600)
         if r.returncode:
             fail("replay %s failed: %s" % (spec, r.stderr))

@@ -49,7 +49,8 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
     int ns = 0, K = o->seeds > 1 ? o->seeds : 1;
     if (kv_spec_parse_list(spec, &sp, &ns, err)) return err->code;
     if (!kv_method_param(kv_method_find(sp[0].method), "seed") || kv_spec_has(&sp[0], "seed")) K = 1;
-    char *list = malloc((size_t)K * 600);
+    size_t cap = K == 1 ? strlen(spec) + 1 : (size_t)K * 600;
+    char *list = malloc(cap);
     double *p = malloc(sizeof(double) * (size_t)K);
     if (!list || !p) {
         free(sp); free(list); free(p);
@@ -59,12 +60,15 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
     for (int i = 0; i < K; i++) {
         char extra[96], one[600];
         snprintf(extra, sizeof extra, "seed=%llu,name=sweep%d", (unsigned long long)(o->gen.seed + (uint64_t)i), i);
-        if (K == 1) snprintf(one, sizeof one, "%s", spec);
-        else if (kv_spec_format(&sp[0], extra, one, sizeof one)) {
+        if (K == 1) { /* the spec as given, whatever its length */
+            memcpy(list, spec, cap);
+            break;
+        }
+        if (kv_spec_format(&sp[0], extra, one, sizeof one)) {
             free(sp); free(list); free(p);
             return kv_seterr(err, KV_EINPUT, "sweep: spec '%s' is too long", spec);
         }
-        at += (size_t)snprintf(list + at, (size_t)K * 600 - at, "%s%s", i ? "," : "", one);
+        at += (size_t)snprintf(list + at, cap - at, "%s%s", i ? "," : "", one);
     }
     free(sp);
     kv_replay_opts ro;

@@ -9,18 +9,13 @@ int kv_fold_slices(int64_t ns, kv_slice_fn fn, const void *arg, const float *Q, 
                    double *st)
 {
     if (ns <= 0 || nq <= 0) return KV_OK;
-    if (ns == 1 || omp_in_parallel()) {
-        for (int64_t i = 0; i < ns; i++) {
-            int rc = fn(arg, i, Q, nq, scale, st);
-            if (rc) return rc;
-        }
-        return KV_OK;
-    }
+    if (ns == 1) return fn(arg, 0, Q, nq, scale, st);
     size_t sl = KV_PSTATE_LEN(dv);
     double *tmp = malloc(sizeof(double) * sl * (size_t)nq * (size_t)ns);
     if (!tmp) return KV_EINTERNAL;
     int bad = 0;
-#pragma omp parallel for schedule(dynamic) reduction(| : bad)
+    /* the same arithmetic serially (inside a parallel region) or in parallel */
+#pragma omp parallel for schedule(dynamic) reduction(| : bad) if (!omp_in_parallel())
     for (int64_t i = 0; i < ns; i++) {
         double *t = tmp + (size_t)i * sl * (size_t)nq;
         for (int q = 0; q < nq; q++) kv_partial_clear(t + q * sl, dv);

@@ -3,8 +3,9 @@
  * For tokens held in pages (methods/tokring, methods/rowpool): slice i is
  * folded by fn into its own nq states, then the slices' states are merged
  * into st in slice order, so the result depends on how the work is sliced,
- * never on the thread count.  Serial (straight into st) for one slice or
- * inside an active parallel region. */
+ * never on the thread count (inside an active parallel region the slices
+ * run serially, through the same scratch states).  One slice folds
+ * straight into st.  Callers keep ns small (it sizes the scratch). */
 #ifndef KVSTREAM_SLICES_H
 #define KVSTREAM_SLICES_H
 

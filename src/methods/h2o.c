@@ -153,7 +153,9 @@ static int resize(h2o_state *s, int64_t rows)
     RE(s->heap, 1);
     RE(s->rheap, 1);
 #undef RE
-    if (bad) return rows < s->cap ? KV_OK : KV_EINTERNAL; /* a failed shrink keeps the old blocks */
+    /* a failed grow leaves every array >= the old cap; after a shrink, even
+     * a partly failed one, every array holds >= rows, and some only rows */
+    if (bad && rows > s->cap) return KV_EINTERNAL;
     s->cap = rows;
     return KV_OK;
 }

@@ -7,7 +7,8 @@
 #include "methods/rowpool.h"
 
 #define PG KV_ROWPOOL_PAGE
-#define SLICE_PAGES 16
+#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
 
 void kv_rowpool_init(kv_rowpool *r, int d, int dv)
 {
@@ -82,17 +83,24 @@ static int fold_pages(const kv_rowpool *r, int64_t p0, int64_t p1, const float *
     return KV_OK;
 }
 
+static int64_t slice_pages(const kv_rowpool *r)
+{
+    int64_t pps = (r->np + MAX_SLICES - 1) / MAX_SLICES;
+    return pps > SLICE_PAGES ? pps : SLICE_PAGES;
+}
+
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const kv_rowpool *r = arg;
-    int64_t b = (i + 1) * SLICE_PAGES < r->np ? (i + 1) * SLICE_PAGES : r->np;
-    return fold_pages(r, i * SLICE_PAGES, b, Q, nq, scale, st);
+    int64_t pps = slice_pages(r), b = (i + 1) * pps < r->np ? (i + 1) * pps : r->np;
+    return fold_pages(r, i * pps, b, Q, nq, scale, st);
 }
 
 int kv_rowpool_fold(const kv_rowpool *r, const float *Q, int nq, float scale, double *st)
 {
     if (!r->count || nq <= 0) return KV_OK;
-    return kv_fold_slices((r->np + SLICE_PAGES - 1) / SLICE_PAGES, fold_slice, r, Q, nq, r->dv, scale, st);
+    int64_t pps = slice_pages(r);
+    return kv_fold_slices((r->np + pps - 1) / pps, fold_slice, r, Q, nq, r->dv, scale, st);
 }
 
 size_t kv_rowpool_bytes(const kv_rowpool *r)
@@ -112,6 +120,7 @@ int64_t kv_rowpool_row_bytes(int d, int dv) { return (int64_t)page_bytes(d, dv) 
 void kv_rowpool_save(const kv_rowpool *r, kv_buf *out)
 {
     kv_buf_put_i64(out, r->count);
+    kv_buf_put_i64(out, r->pcap); /* bytes() counts the page table */
     for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_rowpool_k(r, i), sizeof(float) * (size_t)r->d);
     for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_rowpool_v(r, i), sizeof(float) * (size_t)r->dv);
     for (int64_t i = 0; i < r->count; i++) kv_buf_put_i64(out, (int64_t)kv_rowpool_tag(r, i));
@@ -120,12 +129,19 @@ void kv_rowpool_save(const kv_rowpool *r, kv_buf *out)
 
 int kv_rowpool_load(kv_rowpool *r, kv_rd *in, int64_t max_rows, int64_t n_total, kv_err *err)
 {
-    int64_t count;
+    int64_t count, pcap;
     const char *w = in->what ? in->what : "a";
-    if (kv_rd_i64(in, &count, err)) return err->code;
+    if (kv_rd_i64(in, &count, err) || kv_rd_i64(in, &pcap, err)) return err->code;
     size_t d = (size_t)r->d, dv = (size_t)r->dv, rowbytes = sizeof(float) * (d + dv) + 16;
     if (count < 0 || count > max_rows || (uint64_t)count > (in->len - in->pos) / rowbytes)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad sample count", w);
+    /* the table doubles from 4 slots: a power of two, at most what max_rows rows can need */
+    int64_t most = 4;
+    while (most < (max_rows + PG - 1) / PG) most *= 2;
+    if (pcap != 0 && (pcap < 4 || (pcap & (pcap - 1)) || pcap > most || pcap < (count + PG - 1) / PG))
+        return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad page table", w);
+    if (pcap == 0 && count)
+        return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad page table", w);
     size_t nk = (size_t)count * d, nv = (size_t)count * dv;
     float *KV = malloc(sizeof(float) * (nk + nv + 1));
     int64_t *ti = malloc(sizeof(int64_t) * (2 * (size_t)count + 1));
@@ -139,6 +155,11 @@ int kv_rowpool_load(kv_rowpool *r, kv_rd *in, int64_t max_rows, int64_t n_total,
     if (!rc && !kv_all_finite(KV, nk + nv))
         rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", w);
     kv_rowpool_free(r);
+    if (!rc && pcap) { /* the table as it was: its size is counted */
+        r->pages = calloc((size_t)pcap, sizeof *r->pages);
+        if (!r->pages) rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
+        else r->pcap = pcap;
+    }
     for (int64_t i = 0; !rc && i < count; i++)
         rc = kv_rowpool_add(r, KV + i * d, KV + nk + i * dv, (uint64_t)ti[i], ti[count + i], err);
     free(KV);

@@ -54,11 +54,11 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     if (c->budget.kind) {
         int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
         int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes(ctx->d, ctx->dv, lim) : 0;
-        W = kv_tokring_fit(B - sb, ctx->d, ctx->dv);
+        W = kv_tokring_fit(B - sb, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(sinks_params, spec, err, "budget of %lld bytes does not hold the %lld sinks and one "
                                    "window token (%lld bytes needed)", (long long)B, (long long)S,
-                                   (long long)(sb + kv_tokring_fit_min(ctx->d, ctx->dv)));
+                                   (long long)(sb + kv_tokring_fit_min(ctx->d, ctx->dv, ctx->nranks)));
     }
     sinks_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;

@@ -1,8 +1,8 @@
 /* subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
  * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
  * section 2).  Spec: subgen[:delta=<radius>,t=<keys per cluster>,s=<samplers>
- * ,seed=<n>,index=0|1,clusters=<cap>|budget=<X>], each optional (defaults:
- * kv_subgen_params below).
+ * ,seed=<n>,index=0|1,clusters=<cap>|budget=<X>,joint=0|1], each optional
+ * (defaults: kv_subgen_params below).
  *
  * Two structures, both updated once per arriving token (k, v):
  *  1. Online clustering of keys for the denominator.  k joins the nearest
@@ -18,6 +18,16 @@
  *     (the "exact buffer") and answer the numerator exactly from it; the
  *     buffer is dropped for good when the (s+1)-th arrives.  So delta = 0,
  *     t >= n, s >= n on distinct keys reproduces exact attention.
+ * joint=1 (our estimator, not the paper's): the reservoirs store each
+ * sampled key's value too, there are no l2 samples and no exact buffer, and
+ * numerator and denominator come from the same stratified sample:
+ *     l = sum_c (n_c / |R_c|) sum_{k in R_c} e^{a(k)}
+ *     u = sum_c (n_c / |R_c|) sum_{(k,v) in R_c} e^{a(k)} v
+ * (the stratified ratio estimator).  The l2 samples are query-blind: when
+ * most attention falls on a few clusters they spend their budget on tokens
+ * the query ignores, while a cluster's own samples are where the mass is.
+ * delta = 0, t >= n (distinct keys or not) is exact.  The theorem below
+ * covers joint=0 only.
  * Guarantee (their theorem): if the keys are (m, delta)-clusterable, r bounds
  * scale*|q|, t = O(eps^-2 e^{2 delta r} log n) and s = O(eps^-2 d), then
  * |z - z*| <= eps |softmax(a)|_2 |V|_op with high probability, in memory
@@ -61,7 +71,9 @@
  * exact buffer's row that lives on top of them until the (s+1)-th valued
  * token, sampler bookkeeping) and half to clusters at slot_bytes per
  * allocated slot (slots come in blocks of 16) plus t_r reservoir keys each;
- * s_r and cap_r are what fits (budget_rule).  All capacities are clamped to
+ * s_r and cap_r are what fits (budget_rule).  joint=1: all of it goes to
+ * clusters, t_r reservoir keys and values each, t_r = floor(sqrt(R / 2))
+ * of the R rows that fit unless t= is given (so the cap is about 2 t_r).  All capacities are clamped to
  * them, so bytes() <= B_r at every step.
  *
  * Finding the nearest centre: centres are stored in transposed blocks of 16
@@ -123,6 +135,7 @@ typedef struct {
     kv_reservoir r; /* r.n = n_c */
     int64_t cap;    /* key rows allocated */
     float *keys;    /* kv_reservoir_size(&r) rows of d floats */
+    float *vals;    /* joint=1: the same rows' values (dv floats each); else NULL */
 } cluster;
 
 typedef struct {
@@ -130,7 +143,8 @@ typedef struct {
     double delta, delta2;   /* join distance now (doubled at the cap), squared */
     double delta0;          /* the spec's delta */
     int64_t t;              /* this rank's reservoir size */
-    int s, use_index;       /* this rank's l2 samples */
+    int s, use_index;       /* this rank's l2 samples (0 with joint) */
+    int joint;              /* reservoirs carry values; no l2 samples, no exact buffer */
     int64_t cap;            /* this rank's cluster cap */
     int64_t doublings;      /* times the cap doubled delta */
     kv_rng rng;
@@ -519,7 +533,7 @@ static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv
     g->cnorm[c] = kn;
     kv_reservoir_init(&g->cl[c].r, g->t);
     g->cl[c].cap = 0;
-    g->cl[c].keys = NULL;
+    g->cl[c].keys = g->cl[c].vals = NULL;
     double knorm = sqrt(kn > 0 ? (double)kn : 0.0);
     if (g->use_index) {
         float *cp = g->cproj + (c / CB) * CB * NP + c % CB;
@@ -568,11 +582,16 @@ static double dist2_rows(const float *a, const float *b, int d)
 static int merge_reservoirs(subgen *g, int64_t a, int64_t b, kv_err *err)
 {
     cluster *A = &g->cl[a], *B = &g->cl[b];
-    int d = g->ctx.d;
+    int d = g->ctx.d, dv = g->ctx.dv;
     int64_t na = A->r.n, nb = B->r.n, sa = kv_reservoir_size(&A->r), sb = kv_reservoir_size(&B->r);
     int64_t m = na + nb < g->t ? na + nb : g->t, ia = 0, ib = 0;
     float *keys = malloc(sizeof(float) * (size_t)(m * d));
-    if (!keys) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
+    float *vals = g->joint ? malloc(sizeof(float) * (size_t)(m * dv)) : NULL;
+    if (!keys || (g->joint && !vals)) {
+        free(keys);
+        free(vals);
+        return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
+    }
     for (int64_t i = 0; i < m; i++) {
         int from_a = kv_rng_below(&g->rng, (uint64_t)(na + nb - ia - ib)) < (uint64_t)(na - ia);
         cluster *S = from_a ? A : B;
@@ -585,15 +604,27 @@ static int merge_reservoirs(subgen *g, int64_t a, int64_t b, kv_err *err)
             y[c] = tmp;
         }
         memcpy(keys + i * d, x, sizeof(float) * (size_t)d);
+        if (vals) { /* the value moves with its key */
+            float *xv = S->vals + *taken * dv, *yv = S->vals + j * dv;
+            for (int c = 0; c < dv; c++) {
+                tmp = xv[c];
+                xv[c] = yv[c];
+                yv[c] = tmp;
+            }
+            memcpy(vals + i * dv, xv, sizeof(float) * (size_t)dv);
+        }
         (*taken)++;
     }
     g->nres += m - sa - sb;
     free(A->keys);
     free(B->keys);
+    free(A->vals);
+    free(B->vals);
     A->keys = keys;
+    A->vals = vals;
     A->cap = m;
     A->r.n = na + nb;
-    B->keys = NULL;
+    B->keys = B->vals = NULL;
     B->cap = 0;
     return KV_OK;
 }
@@ -732,7 +763,10 @@ static int64_t make_room(subgen *g, const float *k, float kn, const float *pk, k
 /* free the clusters and every per-cluster array (keys, centres, index) */
 static void free_clusters(subgen *g)
 {
-    for (int64_t c = 0; c < g->nc; c++) free(g->cl[c].keys);
+    for (int64_t c = 0; c < g->nc; c++) {
+        free(g->cl[c].keys);
+        free(g->cl[c].vals);
+    }
     free(g->cent);
     free(g->cnorm);
     free(g->cl);
@@ -772,8 +806,9 @@ KV_CFG_FITS(kv_subgen_cfg);
 const kv_param_def kv_subgen_params[] = {
     KV_PARAM_DOUBLE(kv_subgen_cfg, delta, 1.0, 0.0, DBL_MAX,
                     "join distance in key units: above the member distance sigma*sqrt(2d), delta*r <~ 1"),
-    KV_PARAM_INT(kv_subgen_cfg, t, 16, 1, INT32_MAX,
-                 "keys sampled per cluster for the denominator, over all ranks (8-64 in practice)"),
+    KV_PARAM_INT_DERIVED(kv_subgen_cfg, t, -1, "16", 1, INT32_MAX,
+                         "keys sampled per cluster, over all ranks (8-64 in practice; joint=1 with budget=: "
+                         "sqrt(rows that fit / 2))"),
     KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator, over all ranks (O(eps^-2 d))"),
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, seed, -1, "--seed", 0, INT64_MAX,
                          "sampling seed (stream and rank are mixed in)"),
@@ -781,6 +816,8 @@ const kv_param_def kv_subgen_params[] = {
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, clusters, -1, "from n", 1, INT64_C(1) << 40,
                          "cluster cap over all ranks (default max(4096, 16 sqrt(n))): at it delta doubles, clusters merge"),
     KV_PARAM_BUDGET(kv_subgen_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of s and clusters"),
+    KV_PARAM_INT(kv_subgen_cfg, joint, 0, 0, 1,
+                 "estimator: 0 paper (l2-sampled numerator), 1 joint (cluster samples carry values; no s)"),
     KV_PARAM_TABLE_END
 };
 
@@ -788,6 +825,8 @@ int kv_subgen_check(const kv_subgen_cfg *c, const kv_param_def *defs, const kv_s
 {
     if (c->budget.kind && (kv_spec_has(spec, "s") || kv_spec_has(spec, "clusters")))
         return kv_params_error(defs, spec, err, "give s and clusters or budget, not both");
+    if (c->joint && kv_spec_has(spec, "s"))
+        return kv_params_error(defs, spec, err, "joint=1 keeps no l2 samples: s does not apply");
     return KV_OK;
 }
 
@@ -827,8 +866,8 @@ static int64_t sample_bytes(int d, int dv)
  * slot (slot_bytes, allocated in blocks of CB) and t_r reservoir keys.  The
  * rank's s and cluster cap are what fits; everything it allocates is within
  * those capacities, so bytes() <= B_r at every step. */
-static int budget_rule(const kv_budget *b, int64_t t_r, int use_index, const char *text, const kv_method_ctx *ctx,
-                       int64_t *s_r, int64_t *cap_r, kv_err *err)
+static int budget_rule(const kv_budget *b, int64_t *t_r, int use_index, int joint, const char *text,
+                       const kv_method_ctx *ctx, int64_t *s_r, int64_t *cap_r, kv_err *err)
 {
     int d = ctx->d, dv = ctx->dv;
     int64_t B = kv_budget_bytes(b, ctx->n_total, d, dv), Br;
@@ -836,12 +875,20 @@ static int budget_rule(const kv_budget *b, int64_t t_r, int use_index, const cha
         Br = (int64_t)((__int128)B * ctx->shard_tokens / ctx->n_total);
     else
         Br = B / (ctx->nranks > 0 ? ctx->nranks : 1);
-    int64_t avail = Br - fixed_bytes(d, use_index), bs = avail / 2, bc = avail - bs;
-    int64_t key = t_r * d * (int64_t)sizeof(float), slot = slot_bytes(d, use_index);
+    /* joint: no l2 samples, the clusters get it all, each sample a key and
+     * its value.  Without t=, t_r = sqrt(R / 2) of the R rows that fit, so
+     * the cap is about 2 t_r: neither the cluster count m nor the sizes are
+     * known, and a cap below m is the costly mistake (delta doubles until
+     * clusters merge across the natural ones), a cap above m only leaves
+     * rows unused (README: measured on the demo trace) */
+    int64_t avail = Br - fixed_bytes(d, use_index), bs = joint ? 0 : avail / 2, bc = avail - bs;
+    int64_t row = (int64_t)(joint ? d + dv : d) * (int64_t)sizeof(float);
+    if (*t_r < 1) *t_r = bc > 2 * row ? (int64_t)sqrt((double)(bc / row) / 2.0) : 1;
+    int64_t key = *t_r * row, slot = slot_bytes(d, use_index);
     int64_t s = bs > 0 ? bs / sample_bytes(d, dv) : 0, c = bc > 0 ? bc / (key + slot) : 0;
     while (c > 0 && c * key + (c + CB - 1) / CB * CB * slot > bc) c--;
     if (s > (1 << 24)) s = 1 << 24; /* the parameter's own range */
-    if (s < 1 || c < 1) {
+    if ((!joint && s < 1) || c < 1) {
         int64_t need = fixed_bytes(d, use_index) + 2 * (sample_bytes(d, dv) > key + CB * slot ? sample_bytes(d, dv) : key + CB * slot);
         return kv_seterr(err, KV_EINPUT, "--methods: %s: budget of %lld bytes leaves rank %d of %d %lld bytes, "
                          "less than one sample and one cluster (%lld bytes)", text, (long long)B, ctx->rank,
@@ -854,24 +901,28 @@ static int budget_rule(const kv_budget *b, int64_t t_r, int use_index, const cha
 
 int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    int64_t t = kv_rank_share(ctx, c->t), seed = c->seed, index = c->index, s = 0, cap = 0;
+    int joint = (int)c->joint;
+    /* t < 0 (not given): 16, or left to the budget rule with joint */
+    int64_t t = c->t > 0 ? kv_rank_share(ctx, c->t) : joint && c->budget.kind ? 0 : kv_rank_share(ctx, 16);
+    int64_t seed = c->seed, index = c->index, s = 0, cap = 0;
     *out = NULL;
     if (ctx->d < 1 || ctx->dv < 1)
         return kv_seterr(err, KV_EINPUT, "--methods: %s: needs d >= 1 and dv >= 1", text);
     if (ctx->semantics != KV_SEM_FULL)
         return kv_seterr(err, KV_EINPUT, "--methods: %s: subgen estimates full attention only", text);
     if (c->budget.kind) {
-        if (budget_rule(&c->budget, t, (int)index, text, ctx, &s, &cap, err)) return err->code;
+        if (budget_rule(&c->budget, &t, (int)index, joint, text, ctx, &s, &cap, err)) return err->code;
     } else {
         int64_t C = c->clusters;
         if (C < 0) { /* derived default (see the table) */
             int64_t r = (int64_t)ceil(sqrt((double)(ctx->n_total > 0 ? ctx->n_total : 0)));
             C = 16 * r > 4096 ? 16 * r : 4096;
         }
-        s = kv_rank_share(ctx, c->s);
+        s = joint ? 0 : kv_rank_share(ctx, c->s);
         cap = kv_rank_share(ctx, C);
         if (s > (1 << 24)) s = 1 << 24;
     }
+    if (t > INT32_MAX) t = INT32_MAX; /* the parameter's range (a huge budget's sqrt) */
     subgen *g = kv_calloc(1, sizeof *g, err);
     if (!g) return err->code;
     g->ctx = *ctx;
@@ -881,15 +932,18 @@ int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx 
     g->s = (int)s;
     g->cap = cap;
     g->use_index = (int)index;
+    g->joint = joint;
     g->last = -1;
-    g->buf_on = 1;
+    g->buf_on = !joint; /* joint: the reservoirs answer the numerator, exact or not */
     /* seed=<n> replaces --seed; stream and rank are mixed in either way */
     kv_rng_seed(&g->rng, seed < 0 ? ctx->seed : (uint64_t)seed, (uint64_t)ctx->stream, (uint64_t)ctx->rank);
     int d = ctx->d, dv = ctx->dv;
-    g->sk = kv_malloc(sizeof(float) * (size_t)s * (size_t)d, err);
-    g->sv = kv_malloc(sizeof(float) * (size_t)s * (size_t)dv, err);
-    g->take = kv_malloc(sizeof(int) * (size_t)s, err);
-    if (!g->sk || !g->sv || !g->take || kv_l2_init(&g->l2, (int)s, err)) goto fail;
+    if (!joint) {
+        g->sk = kv_malloc(sizeof(float) * (size_t)s * (size_t)d, err);
+        g->sv = kv_malloc(sizeof(float) * (size_t)s * (size_t)dv, err);
+        g->take = kv_malloc(sizeof(int) * (size_t)s, err);
+        if (!g->sk || !g->sv || !g->take || kv_l2_init(&g->l2, (int)s, err)) goto fail;
+    }
     if (g->use_index) {
         /* the projection only steers guesses, never results: a fixed seed */
         g->proj = kv_malloc(sizeof(float) * NP * (size_t)d, err);
@@ -905,19 +959,24 @@ fail:
     return err->code;
 }
 
-/* store k in slot of cluster c (slots fill in order while n_c <= t) */
-static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, kv_err *err)
+/* store k (and v with joint) in slot of cluster c (slots fill in order
+ * while n_c <= t) */
+static int reservoir_store(subgen *g, int64_t c, int64_t slot, const float *k, const float *v, kv_err *err)
 {
     cluster *cl = &g->cl[c];
-    int d = g->ctx.d;
+    int d = g->ctx.d, dv = g->ctx.dv;
     if (slot >= cl->cap) { /* exactly the rows held: bytes() is what a packed cache needs */
         int64_t nc = slot + 1;
         float *p = realloc(cl->keys, sizeof(float) * (size_t)(nc * d));
-        if (!p) return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for cluster samples");
-        cl->keys = p;
+        if (p) cl->keys = p;
+        float *pv = p && g->joint ? realloc(cl->vals, sizeof(float) * (size_t)(nc * dv)) : NULL;
+        if (pv) cl->vals = pv;
+        if (!p || (g->joint && !pv)) /* keys may exceed cap: harmless, cap stays the rows both hold */
+            return kv_seterr(err, KV_EINTERNAL, "subgen: out of memory for cluster samples");
         cl->cap = nc;
     }
     memcpy(cl->keys + slot * d, k, sizeof(float) * (size_t)d);
+    if (g->joint) memcpy(cl->vals + slot * dv, v, sizeof(float) * (size_t)dv);
     return KV_OK;
 }
 
@@ -1009,12 +1068,12 @@ static int subgen_ingest(void *state, const float *K, const float *V, int64_t fi
         g->last = c;
         int64_t before = kv_reservoir_size(&g->cl[c].r);
         int64_t slot = kv_reservoir_offer(&g->cl[c].r, &g->rng);
-        if (slot >= 0 && reservoir_store(g, c, slot, k, err)) {
+        if (slot >= 0 && reservoir_store(g, c, slot, k, v, err)) {
             g->cl[c].r.n--; /* leave the state as it was */
             return err->code;
         }
         g->nres += kv_reservoir_size(&g->cl[c].r) - before;
-        if (value_token(g, k, v, first + (int64_t)i, err)) return err->code;
+        if (!g->joint && value_token(g, k, v, first + (int64_t)i, err)) return err->code;
     }
     return KV_OK;
 }
@@ -1078,10 +1137,24 @@ static void block_states(const subgen *g, const float *Q, int nq, float *QT, flo
             for (int q = 0; q < CB; q++) e[q] += S[row * CB + q];
         for (int q = 0; q < CB; q++) l[q] += w * e[q];
     }
-    /* numerator: exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2 */
+    /* numerator: joint: the denominator's samples with their values,
+     * sum_c (n_c / |sample_c|) sum_{(k,v) in sample_c} e^{a - m} v; else the
+     * exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2 */
     for (int q = 0; q < nq; q++) {
         double *o = st + (size_t)q * sl, *u = o + KV_PS_U;
         memset(u, 0, sizeof(double) * (size_t)dv);
+        if (g->joint) {
+            int64_t rr = 0;
+            for (int64_t c = 0; c < g->nc; c++) {
+                int64_t ns = kv_reservoir_size(&g->cl[c].r);
+                double w = (double)g->cl[c].r.n / (double)ns;
+                for (int64_t j = 0; j < ns; j++, rr++) {
+                    double e = w * S[rr * CB + q];
+                    const float *v = g->cl[c].vals + j * dv;
+                    for (int x = 0; x < dv; x++) u[x] += e * v[x];
+                }
+            }
+        }
         for (int64_t j = 0; row + j < nall; j++) {
             double e = S[(row + j) * CB + q];
             const float *v;
@@ -1136,7 +1209,7 @@ static size_t subgen_bytes(const void *state)
     size_t d = (size_t)g->ctx.d, dv = (size_t)g->ctx.dv;
     size_t b = (size_t)fixed_bytes(g->ctx.d, g->use_index);
     b += (size_t)g->ccap * (size_t)slot_bytes(g->ctx.d, g->use_index); /* per-cluster arrays */
-    b += (size_t)g->nres * d * sizeof(float);                          /* reservoir keys (held = allocated) */
+    b += (size_t)g->nres * (g->joint ? d + dv : d) * sizeof(float);   /* reservoir keys, joint's values (held = allocated) */
     b += (size_t)g->s * (size_t)sample_bytes(g->ctx.d, g->ctx.dv) - (size_t)g->s * (d + dv) * sizeof(float);
     b += (size_t)g->bcap * (d + dv) * sizeof(float); /* the exact buffer while it lives */
     return b;
@@ -1171,7 +1244,8 @@ static void subgen_extra(const void *state, kv_method_extra *x)
 
 /* ---- checkpoints ------------------------------------------------------- */
 
-#define SG_MAGIC INT64_C(0x326e656762757376) /* "vsubgen2" */
+#define SG_MAGIC INT64_C(0x336e656762757376)  /* "vsubgen3": joint=1's values added */
+#define SG_MAGIC2 INT64_C(0x326e656762757376) /* "vsubgen2": before them, refused */
 
 /* Saved, in this order: magic, d, dv, t, s, index, delta and the cluster
  * cap (the rank's, checked on load), the current delta, the doublings so
@@ -1181,8 +1255,10 @@ static void subgen_extra(const void *state, kv_method_extra *x)
  * centres as nc rows of d floats, |c|^2, the counts n_c, the reservoir keys
  * (one array, cluster after cluster, min(n_c, t) rows each), the index's
  * lower bounds nnd (empty with index=0); the l2 samplers (kv_l2_save) and
- * their pairs (s rows of keys and of values once F > 0, else none); the
- * exact buffer's switch, nval and its rows.  Every array is in
+ * their pairs (s rows of keys and of values once F > 0, else none), not
+ * written with joint=1 (s = 0); the exact buffer's switch, nval and its rows
+ * (0, 0, none with joint); the reservoirs' values like their keys (joint=1;
+ * else none).  Every array is in
  * kv_buf_put_arr's format (byte length, then bytes).
  * Recomputed on load, bit for bit: the block layout of the centres with its
  * padding, the projected centres (proj comes from a fixed seed; projecting a
@@ -1224,25 +1300,31 @@ static void subgen_save(const void *state, kv_buf *out)
     kv_buf_put_i64(out, (int64_t)((size_t)g->nres * rowb));
     for (size_t c = 0; c < nc; c++) kv_buf_put(out, g->cl[c].keys, (size_t)kv_reservoir_size(&g->cl[c].r) * rowb);
     kv_buf_put_arr(out, g->nnd, g->use_index ? nc * sizeof(double) : 0);
-    kv_l2_save(&g->l2, out);
-    size_t held = g->l2.F > 0.0 ? (size_t)g->s : 0;
-    kv_buf_put_arr(out, g->sk, held * rowb);
-    kv_buf_put_arr(out, g->sv, held * (size_t)dv * sizeof(float));
+    if (!g->joint) {
+        kv_l2_save(&g->l2, out);
+        size_t held = g->l2.F > 0.0 ? (size_t)g->s : 0;
+        kv_buf_put_arr(out, g->sk, held * rowb);
+        kv_buf_put_arr(out, g->sv, held * (size_t)dv * sizeof(float));
+    }
     kv_buf_put_i64(out, g->buf_on);
     kv_buf_put_i64(out, g->nval);
     kv_buf_put_arr(out, g->bk, (size_t)g->nbuf * rowb);
     kv_buf_put_arr(out, g->bv, (size_t)g->nbuf * (size_t)dv * sizeof(float));
+    size_t rowv = sizeof(float) * (size_t)dv;
+    kv_buf_put_i64(out, (int64_t)(g->joint ? (size_t)g->nres * rowv : 0));
+    for (size_t c = 0; c < nc && g->joint; c++)
+        kv_buf_put(out, g->cl[c].vals, (size_t)kv_reservoir_size(&g->cl[c].r) * rowv);
     free(row);
 }
 
 /* Lay nc clusters out in t as ingest would have: centres C (rows) in blocks
- * with zero padding, |c|^2 N, counts cnt, reservoir keys R (cluster after
- * cluster), the index (cproj projected again, padding +inf; nnd); capacity
- * cap (saved).  t holds no clusters on entry. */
+ * with zero padding, |c|^2 N, counts cnt, reservoir keys R and (joint)
+ * values RV (cluster after cluster), the index (cproj projected again,
+ * padding +inf; nnd); capacity cap (saved).  t holds no clusters on entry. */
 static int build_clusters(subgen *t, const float *C, const float *N, const int64_t *cnt, const float *R,
-                          const double *nnd, int64_t nc, int64_t cap, kv_err *err)
+                          const float *RV, const double *nnd, int64_t nc, int64_t cap, kv_err *err)
 {
-    int d = t->ctx.d;
+    int d = t->ctx.d, dv = t->ctx.dv;
     if (cap == 0) return KV_OK;
     t->cent = calloc((size_t)(cap * d), sizeof(float));
     t->cnorm = calloc((size_t)cap, sizeof(float));
@@ -1259,7 +1341,7 @@ static int build_clusters(subgen *t, const float *C, const float *N, const int64
     t->nc = nc; /* keys are NULL until allocated: free_clusters can run at any point */
     if (t->use_index)
         for (int64_t i = 0; i < cap * NP; i++) t->cproj[i] = INFINITY;
-    const float *keys = R;
+    const float *keys = R, *vals = RV;
     for (int64_t c = 0; c < nc; c++) {
         const float *k = C + c * d;
         float *cb = cblock(t, c) + c % CB;
@@ -1272,10 +1354,16 @@ static int build_clusters(subgen *t, const float *C, const float *N, const int64
         cl->r.n = cnt[c];
         int64_t size = kv_reservoir_size(&cl->r);
         cl->keys = malloc(sizeof(float) * (size_t)(size * d));
-        if (!cl->keys) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring subgen samples");
+        cl->vals = t->joint ? malloc(sizeof(float) * (size_t)(size * dv)) : NULL;
+        if (!cl->keys || (t->joint && !cl->vals))
+            return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring subgen samples");
         cl->cap = size;
         memcpy(cl->keys, keys, sizeof(float) * (size_t)(size * d));
         keys += size * d;
+        if (t->joint) {
+            memcpy(cl->vals, vals, sizeof(float) * (size_t)(size * dv));
+            vals += size * dv;
+        }
         t->nres += size;
         if (t->use_index) {
             float pk[NP], *cp = t->cproj + (c / CB) * CB * NP + c % CB;
@@ -1300,7 +1388,8 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
     double delta0, delta;
     kv_rng rng;
     void *C = NULL, *N = NULL, *cnt = NULL, *R = NULL, *nnd = NULL, *SK = NULL, *SV = NULL, *BK = NULL, *BV = NULL;
-    size_t nc = 0, nn = 0, ncnt = 0, nr = 0, nnn = 0, nsk = 0, nsv = 0, nbk = 0, nbv = 0;
+    void *RV = NULL;
+    size_t nc = 0, nn = 0, ncnt = 0, nr = 0, nnn = 0, nsk = 0, nsv = 0, nbk = 0, nbv = 0, nrv = 0;
     kv_l2_sampler l2 = { 0 };
     subgen t = *g; /* the restored state, built aside */
     t.nc = t.ccap = t.pre_cap = t.nres = 0;
@@ -1310,8 +1399,13 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
     t.cmax = 0.0;
     const char *bad = NULL;
 
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 6; i++) {
         if (kv_rd_i64(in, &hdr[i], err)) goto fail;
+        if (i == 0 && hdr[0] == SG_MAGIC2) {
+            bad = "is in the older format vsubgen2 (before joint=): rerun without --resume";
+            goto bad;
+        }
+    }
     if (kv_rd_f64(in, &delta0, err) || kv_rd_i64(in, &cap, err) || kv_rd_f64(in, &delta, err) ||
         kv_rd_i64(in, &doublings, err) || kv_rd_i64(in, &ccap, err) || kv_rd_get(in, rng.s, sizeof rng.s, err) ||
         kv_rd_i64(in, &hist, err) || kv_rd_i64(in, &last, err))
@@ -1361,27 +1455,33 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
         goto bad;
     }
 
-    /* l2 samplers, their pairs, the exact buffer */
-    if (kv_l2_load(&l2, g->s, in, g->ctx.n_total, err) ||
-        kv_rd_arr(in, &SK, sizeof(float) * (size_t)d, s, &nsk, err) ||
-        kv_rd_arr(in, &SV, sizeof(float) * (size_t)dv, s, &nsv, err) || kv_rd_i64(in, &buf_on, err) ||
-        kv_rd_i64(in, &nval, err) || kv_rd_arr(in, &BK, sizeof(float) * (size_t)d, s, &nbk, err) ||
-        kv_rd_arr(in, &BV, sizeof(float) * (size_t)dv, s, &nbv, err))
+    /* l2 samplers and their pairs (not with joint), the exact buffer, the
+     * reservoirs' values (joint only) */
+    if (!g->joint && (kv_l2_load(&l2, g->s, in, g->ctx.n_total, err) ||
+                      kv_rd_arr(in, &SK, sizeof(float) * (size_t)d, s, &nsk, err) ||
+                      kv_rd_arr(in, &SV, sizeof(float) * (size_t)dv, s, &nsv, err)))
+        goto fail;
+    if (kv_rd_i64(in, &buf_on, err) || kv_rd_i64(in, &nval, err) ||
+        kv_rd_arr(in, &BK, sizeof(float) * (size_t)d, s, &nbk, err) ||
+        kv_rd_arr(in, &BV, sizeof(float) * (size_t)dv, s, &nbv, err) ||
+        kv_rd_arr(in, &RV, sizeof(float) * (size_t)dv, mx, &nrv, err))
         goto fail;
     size_t held = l2.F > 0.0 ? s : 0;
     if (nsk != held || nsv != held) { bad = "has l2 samples that do not match its samplers"; goto bad; }
-    if (nval < 0 || nval > total || (nval > 0) != (l2.F > 0.0) || buf_on != (nval <= g->s) ||
+    if (nval < 0 || nval > total || (nval > 0) != (l2.F > 0.0) || buf_on != (!g->joint && nval <= g->s) ||
         nbk != (buf_on ? (size_t)nval : 0) || nbv != nbk) {
         bad = "has an inconsistent exact buffer";
         goto bad;
     }
+    if ((int64_t)nrv != (g->joint ? nres : 0)) { bad = "has reservoir values that do not match its keys"; goto bad; }
     if (!kv_all_finite(SK, nsk * (size_t)d) || !kv_all_finite(SV, nsv * (size_t)dv) ||
-        !kv_all_finite(BK, nbk * (size_t)d) || !kv_all_finite(BV, nbv * (size_t)dv)) {
+        !kv_all_finite(BK, nbk * (size_t)d) || !kv_all_finite(BV, nbv * (size_t)dv) ||
+        !kv_all_finite(RV, nrv * (size_t)dv)) {
         bad = "has a key or value that is not finite";
         goto bad;
     }
 
-    if (build_clusters(&t, C, N, cnt, R, nnd, (int64_t)nc, ccap, err)) goto fail;
+    if (build_clusters(&t, C, N, cnt, R, RV, nnd, (int64_t)nc, ccap, err)) goto fail;
     t.delta = delta;
     t.delta2 = delta * delta;
     t.doublings = doublings;
@@ -1414,14 +1514,14 @@ static int subgen_load(void *state, kv_rd *in, kv_err *err)
     free(g->bk);
     free(g->bv);
     *g = t;
-    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV);
+    free(C); free(N); free(cnt); free(R); free(RV); free(nnd); free(SK); free(SV);
     return KV_OK;
 bad:
     kv_seterr(err, KV_EINPUT, "checkpoint: subgen state %s", bad);
 fail:
     free_clusters(&t);
     kv_l2_clear(&l2);
-    free(C); free(N); free(cnt); free(R); free(nnd); free(SK); free(SV); free(BK); free(BV);
+    free(C); free(N); free(cnt); free(R); free(RV); free(nnd); free(SK); free(SV); free(BK); free(BV);
     return err->code;
 }
 
@@ -1434,15 +1534,17 @@ static int64_t subgen_max_bytes(const void *state)
     int64_t lim = kv_shard_limit(&g->ctx), d = g->ctx.d, dv = g->ctx.dv, f = (int64_t)sizeof(float);
     int64_t ncl = g->cap < lim ? g->cap : lim, keys = g->cap > lim / g->t ? lim : g->cap * g->t;
     int64_t b = fixed_bytes(g->ctx.d, g->use_index) + ccap_for(g, ncl) * slot_bytes(g->ctx.d, g->use_index);
-    b += keys * d * f + (int64_t)g->s * (sample_bytes(g->ctx.d, g->ctx.dv) - (d + dv) * f);
+    b += keys * (g->joint ? d + dv : d) * f + (int64_t)g->s * (sample_bytes(g->ctx.d, g->ctx.dv) - (d + dv) * f);
     return b + bcap_for(g, g->s < lim ? g->s : lim) * (d + dv) * f;
 }
 
 const kv_method_ops kv_method_subgen = {
     .name = "subgen",
     .kind = "sketch",
-    .summary = "SubGen: online key clusters of radius delta with t-key reservoirs, plus s l2 samples of values",
-    .budget = "clusters x (t keys + centre) + s samples, over all ranks; budget=X picks s and clusters",
+    .summary = "SubGen: online key clusters of radius delta with t-key reservoirs, plus s l2 samples of values "
+               "(joint=1: reservoirs carry values instead)",
+    .budget = "clusters x (t keys [+ values with joint=1] + centre) + s samples, over all ranks; budget=X picks s "
+              "and clusters (joint=1: t and clusters)",
     .params = kv_subgen_params,
     .cfg_size = sizeof(kv_subgen_cfg),
     .check = subgen_check,

@@ -8,7 +8,8 @@
 #include "methods/tokring.h"
 
 #define PG KV_TOKRING_PAGE
-#define SLICE_PAGES 16 /* pages per slice of the parallel fold */
+#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
 {
@@ -141,7 +142,8 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
 int kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, float scale, double *st)
 {
     if (from >= r->count || nq <= 0) return KV_OK;
-    fold_arg a = { r, from, 0, (int64_t)SLICE_PAGES * PG };
+    int64_t pps = (r->np + MAX_SLICES - 1) / MAX_SLICES;
+    fold_arg a = { r, from, 0, (pps > SLICE_PAGES ? pps : SLICE_PAGES) * PG };
     a.s0 = (r->off + from) / a.SP;
     int64_t s1 = (r->off + r->count - 1) / a.SP;
     return kv_fold_slices(s1 - a.s0 + 1, fold_slice, &a, Q, nq, r->dv, scale, st);
@@ -161,21 +163,30 @@ int64_t kv_tokring_max_bytes(int d, int dv, int64_t n)
 
 int64_t kv_tokring_token_bytes(int d, int dv) { return (int64_t)page_bytes(d, dv) / PG; }
 
-static int64_t fit_reserve(int d, int dv)
+/* A rank holding window tokens may have a part-used first and last page;
+ * with shard chunks >= W/2 (the default chunk is 4096, W's default 1024)
+ * at most two ranks hold window tokens at a time, so two pages each are
+ * reserved for min(P, 2) ranks, one more for the window's ends, and a
+ * table of 8 slots per rank.  Smaller chunks can spread a window over more
+ * ranks and go over by up to two pages per extra rank: reserving those for
+ * all P ranks would make W, and so the answer, shrink with P. */
+static int64_t fit_reserve(int d, int dv, int P)
 {
-    return 3 * KV_TOKRING_PAGE * kv_tokring_token_bytes(d, dv) + 8 * (int64_t)sizeof(kv_tokpage);
+    if (P < 1) P = 1;
+    int64_t holders = P < 2 ? P : 2;
+    return (2 * holders + 1) * KV_TOKRING_PAGE * kv_tokring_token_bytes(d, dv) + 8 * (int64_t)P * (int64_t)sizeof(kv_tokpage);
 }
 
-int64_t kv_tokring_fit(int64_t bytes, int d, int dv)
+int64_t kv_tokring_fit(int64_t bytes, int d, int dv, int P)
 {
     int64_t per = kv_tokring_token_bytes(d, dv) + (2 * (int64_t)sizeof(kv_tokpage) + KV_TOKRING_PAGE - 1) / KV_TOKRING_PAGE;
-    int64_t rest = bytes - fit_reserve(d, dv);
+    int64_t rest = bytes - fit_reserve(d, dv, P);
     return rest > 0 ? rest / per : 0;
 }
 
-int64_t kv_tokring_fit_min(int d, int dv)
+int64_t kv_tokring_fit_min(int d, int dv, int P)
 {
-    return fit_reserve(d, dv) + kv_tokring_token_bytes(d, dv) + 2 * (int64_t)sizeof(kv_tokpage);
+    return fit_reserve(d, dv, P) + kv_tokring_token_bytes(d, dv) + 2 * (int64_t)sizeof(kv_tokpage);
 }
 
 static const char *what(const kv_rd *in) { return in->what ? in->what : "a"; }
@@ -195,11 +206,14 @@ int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_tota
     int64_t off, count, pcap;
     if (kv_rd_i64(in, &off, err) || kv_rd_i64(in, &count, err) || kv_rd_i64(in, &pcap, err)) return err->code;
     size_t rowbytes = sizeof(float) * (size_t)(r->d + r->dv) + sizeof(int64_t);
-    /* the table doubles from 4 slots when full: a power of two, at most twice the pages ever held */
-    int64_t most = max_tokens < r->cap ? max_tokens : r->cap, need = count ? (off + count + PG - 1) / PG : 0;
-    int bad_table = pcap != 0 && (pcap < 4 || (pcap & (pcap - 1)) || pcap > 4 * ((most + PG - 1) / PG + 1));
-    if (bad_table || pcap < need || off < 0 || off >= PG || (count == 0 && off != 0) || count < 0 || count > r->cap ||
-        count > max_tokens ||
+    if (off < 0 || off >= PG || count < 0 || count > r->cap || count > max_tokens)
+        return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token ring header", what(in));
+    /* the table doubles from 4 slots when full: a power of two, at most the
+     * smallest one above the pages the most tokens can need (max_bytes' bound) */
+    int64_t most = max_tokens < r->cap ? max_tokens : r->cap, need = count ? (off + count + PG - 1) / PG : 0, top = 4;
+    while (top < (most + PG - 1) / PG + 1) top *= 2;
+    int bad_table = pcap != 0 && (pcap < 4 || (pcap & (pcap - 1)) || pcap > top);
+    if (bad_table || pcap < need || (count == 0 && off != 0) ||
         (uint64_t)count > (in->len - in->pos) / rowbytes)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token ring header", what(in));
     size_t d = (size_t)r->d, dv = (size_t)r->dv, nk = (size_t)count * d, nv = (size_t)count * dv;

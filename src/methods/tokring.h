@@ -87,13 +87,15 @@ int64_t kv_tokring_max_bytes(int d, int dv, int64_t n);
 /* Bytes per token of a full page (the unit budget rules divide by). */
 int64_t kv_tokring_token_bytes(int d, int dv);
 
-/* Budget rule of the window methods: the most tokens a ring can hold
- * within `bytes` summed over ranks: a token costs its page share plus, at
- * worst, two page-table slots per page, and three pages and a small table
- * are reserved for the part-filled pages at the ends.  0 if none fit;
- * kv_tokring_fit_min is the least budget that holds one token. */
-int64_t kv_tokring_fit(int64_t bytes, int d, int dv);
-int64_t kv_tokring_fit_min(int d, int dv);
+/* Budget rule of the window methods: the most tokens P rings (one per
+ * rank) can hold within `bytes` summed over ranks: a token costs its page
+ * share plus, at worst, two page-table slots per page; reserved: two
+ * part-used pages for each of up to two ranks holding window tokens (shard
+ * chunks >= W/2; see tokring.c), one page for the ends, a small table per
+ * rank.  0 if none fit; kv_tokring_fit_min is the least budget that holds
+ * one token. */
+int64_t kv_tokring_fit(int64_t bytes, int d, int dv, int P);
+int64_t kv_tokring_fit_min(int d, int dv, int P);
 
 /* Checkpoint: off and count, then the held keys, values and indices
  * oldest first.  The slot of the oldest token is restored, not just the

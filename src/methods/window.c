@@ -11,7 +11,9 @@
  * attention over the last W tokens, for any P.
  *
  * budget=X (core/budget.h): W = the most tokens whose pages fit in X after
- * a reserve of two pages and the page table (kv_tokring_fit).
+ * a reserve for part-used pages and page tables (kv_tokring_fit: exact for
+ * shard chunks >= W/2; smaller chunks spread the window over more ranks,
+ * each of which may hold two part-used 16-token pages).
  *
  * Memory: allocated pages (16 tokens x ((d + dv) floats + one int64 index))
  * and the page table (methods/tokring.h). */
@@ -53,11 +55,11 @@ static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     int64_t W = c->W;
     if (c->budget.kind) {
         int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        W = kv_tokring_fit(B, ctx->d, ctx->dv);
+        W = kv_tokring_fit(B, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
                                    "(%lld bytes needed)", (long long)B,
-                                   (long long)kv_tokring_fit_min(ctx->d, ctx->dv));
+                                   (long long)kv_tokring_fit_min(ctx->d, ctx->dv, ctx->nranks));
     }
     window_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;

@@ -88,13 +88,13 @@ static int wsg_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
             Bw_r = (int64_t)((__int128)Bw * ctx->shard_tokens / ctx->n_total);
         else
             Bw_r = Bw / (ctx->nranks > 0 ? ctx->nranks : 1);
-        s->W = kv_tokring_fit(Bw, ctx->d, ctx->dv);
-        held = kv_tokring_fit(Bw_r, ctx->d, ctx->dv);
+        s->W = kv_tokring_fit(Bw, ctx->d, ctx->dv, ctx->nranks);
+        held = kv_tokring_fit(Bw_r, ctx->d, ctx->dv, 1);
         if (held < 1) {
             wsg_free(s);
             return kv_params_error(wsg_params, spec, err, "budget of %lld bytes leaves rank %d of %d %lld bytes for "
                                    "the window, less than one token's pages (%lld bytes)", (long long)B, ctx->rank,
-                                   ctx->nranks, (long long)Bw_r, (long long)kv_tokring_fit_min(ctx->d, ctx->dv));
+                                   ctx->nranks, (long long)Bw_r, (long long)kv_tokring_fit_min(ctx->d, ctx->dv, 1));
         }
         if (held > s->W) held = s->W;
         sg.budget = (kv_budget){ KV_BUDGET_BYTES, (double)(B - Bw) };
