@@ -94,14 +94,16 @@ static void test_tables(void)
     CHECK(same_cfg("h2o:tokens=10", "h2o:tokens=10,recent=5"), "h2o recent = budget/2");
     CHECK(same_cfg("uniform", "uniform:tokens=1024"), "uniform default");
     CHECK(same_cfg("topk", "topk:k=64"), "topk default");
-    CHECK(same_cfg("subgen", "subgen:delta=1,t=16,s=256,index=1"), "subgen defaults");
-    CHECK(same_cfg("window+subgen", "window+subgen:W=1024,delta=1,t=16,s=256,index=1"), "window+subgen defaults");
+    /* t is derived (16, or joint=1's budget rule): its default is a sentinel, not t=16 */
+    CHECK(same_cfg("subgen", "subgen:delta=1,s=256,index=1,joint=0"), "subgen defaults");
+    CHECK(!same_cfg("subgen", "subgen:t=16"), "subgen t default is derived");
+    CHECK(same_cfg("window+subgen", "window+subgen:W=1024,delta=1,s=256,index=1"), "window+subgen defaults");
     CHECK(same_cfg("unmasked-window", "unmasked-window:name=u"), "unmasked-window default");
     kv_spec *sp;
     kv_err e;
     if (check_one("subgen", &sp, &e) == KV_OK) {
         const kv_subgen_cfg *c = (const kv_subgen_cfg *)sp[0].cfg;
-        CHECK(c->delta == 1.0 && c->t == 16 && c->s == 256 && c->seed == -1 && c->index == 1,
+        CHECK(c->delta == 1.0 && c->t == -1 && c->s == 256 && c->seed == -1 && c->index == 1,
               "subgen defaults %g %lld %lld %lld %lld", c->delta, (long long)c->t, (long long)c->s,
               (long long)c->seed, (long long)c->index);
     } else CHECK(0, "subgen: %s", e.msg);
@@ -118,7 +120,7 @@ static void test_tables(void)
     CHECK(rejects("subgen:delta=abc", "--methods: subgen:delta=abc: delta='abc' is not a number", "subgen takes "
                   "delta=<number >= 0, default 1>, t=<int 1..2^31-1, default 16>, s=<int 1..2^24, default 256>, "
                   "seed=<int >= 0, default --seed>, index=<int 0..1, default 1>, clusters=<int 1..2^40, default from n>, "
-                  "budget=<budget %|bytes|tok, default none>, name=<label>"), "not a number");
+                  "budget=<budget %|bytes|tok, default none>, joint=<int 0..1, default 0>, name=<label>"), "not a number");
     CHECK(rejects("subgen:delta=inf", "is not a number", NULL), "inf");
     CHECK(rejects("subgen:s=16777217", "s=16777217 is out of range: 1 <= s <= 2^24", NULL), "closed range");
     CHECK(rejects("subgen:index=2", "out of range", NULL), "index");
