@@ -30,29 +30,28 @@ int kv_mpi_max_i64(const int64_t *in, int64_t *out, int n, MPI_Comm comm)
     return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_INT64_T, MPI_MAX, comm);
 }
 
-int kv_mpi_reduce_sum_f64(const double *in, double *out, size_t n, int root, MPI_Comm comm)
+/* MPI counts are int: reduce in slices so any n works */
+static int reduce_sum(const void *in, void *out, size_t n, size_t elem, MPI_Datatype type, int root, MPI_Comm comm)
 {
-    /* MPI counts are int: reduce in slices so any n works */
     const size_t step = (size_t)INT_MAX / 2;
     int rank, rc = MPI_SUCCESS;
     MPI_Comm_rank(comm, &rank);
     for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += step) {
         int c = (int)(n - off < step ? n - off : step);
-        rc = MPI_Reduce(in + off, rank == root ? out + off : NULL, c, MPI_DOUBLE, MPI_SUM, root, comm);
+        rc = MPI_Reduce((const char *)in + off * elem, rank == root ? (char *)out + off * elem : NULL, c, type, MPI_SUM,
+                        root, comm);
     }
     return rc;
 }
 
+int kv_mpi_reduce_sum_f64(const double *in, double *out, size_t n, int root, MPI_Comm comm)
+{
+    return reduce_sum(in, out, n, sizeof(double), MPI_DOUBLE, root, comm);
+}
+
 int kv_mpi_reduce_sum_i64(const int64_t *in, int64_t *out, size_t n, int root, MPI_Comm comm)
 {
-    const size_t step = (size_t)INT_MAX / 2;
-    int rank, rc = MPI_SUCCESS;
-    MPI_Comm_rank(comm, &rank);
-    for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += step) {
-        int c = (int)(n - off < step ? n - off : step);
-        rc = MPI_Reduce(in + off, rank == root ? out + off : NULL, c, MPI_INT64_T, MPI_SUM, root, comm);
-    }
-    return rc;
+    return reduce_sum(in, out, n, sizeof(int64_t), MPI_INT64_T, root, comm);
 }
 
 int kv_mpi_any(int flag, MPI_Comm comm)

@@ -32,6 +32,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels/dot.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
 
@@ -289,20 +290,10 @@ static int h2o_ingest(void *state, const float *K, const float *V, int64_t first
     return KV_OK;
 }
 
-/* q.k in one fixed order, the same in partial and feedback */
-static float dot_fixed(const float *q, const float *k, int d)
-{
-    float acc[8] = { 0 };
-    int c = 0;
-    for (; c + 8 <= d; c += 8)
-        for (int j = 0; j < 8; j++) acc[j] += q[c + j] * k[c + j];
-    for (; c < d; c++) acc[c & 7] += q[c] * k[c];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
 
 static double logit(const h2o_state *s, const float *q, int64_t t)
 {
-    return (double)(dot_fixed(q, s->K + (size_t)t * (size_t)s->ctx.d, s->ctx.d) * (float)s->ctx.scale);
+    return (double)(kv_dot_fixed(q, s->K + (size_t)t * (size_t)s->ctx.d, s->ctx.d) * (float)s->ctx.scale);
 }
 
 static int h2o_partial(void *state, const float *Q, int nq, int64_t p, double *st)

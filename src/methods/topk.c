@@ -12,7 +12,7 @@
  * rounding, are the same for every rank count (with fewer than k tokens in
  * the prefix, t = -inf and every token is taken).  Thresholds compare equal
  * on every rank because a token's logit is computed by one fixed-order dot
- * product (dot_fixed), whatever row or rank holds it.
+ * product (kv_dot_fixed, kernels/dot.h), whatever row or rank holds it.
  *
  * Memory: (d + dv) floats per allocated row, as exact, plus a run table
  * (global index of each contiguous run of rows: one per owned chunk),
@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "kernels/dot.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
 
@@ -105,17 +106,6 @@ static int topk_ingest(void *state, const float *K, const float *V, int64_t firs
     return KV_OK;
 }
 
-/* q.k in one fixed order (8 lanes, the tail, a fixed tree): a token's logit
- * is bitwise the same whichever row, rank or alignment holds it. */
-static float dot_fixed(const float *q, const float *k, int d)
-{
-    float acc[8] = { 0 };
-    int c = 0;
-    for (; c + 8 <= d; c += 8)
-        for (int j = 0; j < 8; j++) acc[j] += q[c + j] * k[c + j];
-    for (; c < d; c++) acc[c & 7] += q[c] * k[c];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
 
 /* rows holding tokens < p: rows are in stream order, so a prefix of them */
 static size_t rows_below(const topk_state *s, int64_t p)
@@ -136,7 +126,7 @@ static size_t rows_below(const topk_state *s, int64_t p)
 static void logits(const topk_state *s, const float *q, size_t n, float *a)
 {
     float scale = (float)s->ctx.scale;
-    for (size_t t = 0; t < n; t++) a[t] = dot_fixed(q, s->K + t * (size_t)s->ctx.d, s->ctx.d) * scale;
+    for (size_t t = 0; t < n; t++) a[t] = kv_dot_fixed(q, s->K + t * (size_t)s->ctx.d, s->ctx.d) * scale;
 }
 
 static void swapf(float *a, float *b) { float t = *a; *a = *b; *b = t; }
