@@ -239,7 +239,7 @@ static int uniform_load(void *state, kv_rd *in, kv_err *err)
     t.pool = (kv_rowpool){ .d = s->ctx.d, .dv = s->ctx.dv };
     if (!bad) {
         advance(&t, front);
-        bad = memcmp(t.heap, h, sizeof(uint64_t) * hn) != 0;
+        bad = hn && memcmp(t.heap, h, sizeof(uint64_t) * hn) != 0; /* h is NULL when empty */
     }
     if (bad) {
         kv_seterr(err, KV_EINPUT, "checkpoint: uniform state is inconsistent");
