@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "methods/method.h"
+#include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "kernels/topk_merge.h"
 #include "core/rng.h"
@@ -399,20 +400,10 @@ static void test_topk(int nkeys)
 
 /* ---- h2o ---- */
 
-/* q.k exactly as h2o.c computes it (the same source: the same rounding) */
-static float dot_fixed(const float *q, const float *k, int d)
-{
-    float acc[8] = { 0 };
-    int c = 0;
-    for (; c + 8 <= d; c += 8)
-        for (int j = 0; j < 8; j++) acc[j] += q[c + j] * k[c + j];
-    for (; c < d; c++) acc[c & 7] += q[c] * k[c];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 /* H2O by brute force with one global budget: held tokens in a plain list
  * (ascending index), eviction by a linear scan, scores from the softmax
- * over everything held. */
+ * over everything held; logits by kv_dot_fixed, the function h2o.c uses
+ * (so the same rounding). */
 typedef struct {
     int64_t B, R, n;
     int64_t *idx;
@@ -441,7 +432,7 @@ static void h2o_ref_partial(h2o_ref *h, const data *x, const float *Q, int nq, d
         double *o = st + q * sl, m = -INFINITY, l = 0;
         kv_partial_clear(o, x->dv);
         for (int64_t i = 0; i < h->n; i++) {
-            a[i] = (double)(dot_fixed(Q + q * x->d, x->K + h->idx[i] * x->d, x->d) * scale);
+            a[i] = (double)(kv_dot_fixed(Q + q * x->d, x->K + h->idx[i] * x->d, x->d) * scale);
             m = a[i] > m ? a[i] : m;
         }
         for (int64_t i = 0; i < h->n; i++) {
@@ -526,7 +517,7 @@ static void window_ref(const data *x, const float *q, int64_t a, int64_t b, doub
     kv_partial_clear(st, x->dv);
     float scale = (float)(1.0 / sqrt((double)x->d));
     for (int64_t i = a < 0 ? 0 : a; i < b; i++)
-        kv_partial_add_one(st, x->dv, (double)(dot_fixed(q, x->K + i * x->d, x->d) * scale), 1.0, x->V + i * x->dv);
+        kv_partial_add_one(st, x->dv, (double)(kv_dot_fixed(q, x->K + i * x->d, x->d) * scale), 1.0, x->V + i * x->dv);
 }
 
 /* recent = tokens: the global window of the last R tokens for every P */
