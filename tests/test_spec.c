@@ -119,8 +119,8 @@ static void test_tables(void)
     CHECK(rejects("window:W=1.5", "W='1.5' is not an integer", wl), "fraction");
     CHECK(rejects("subgen:delta=abc", "--methods: subgen:delta=abc: delta='abc' is not a number", "subgen takes "
                   "delta=<number >= 0, default 1>, t=<int 1..2^31-1, default 16>, s=<int 1..2^24, default 256>, "
-                  "seed=<int >= 0, default --seed>, index=<int 0..1, default 1>, clusters=<int 1..2^40, default from n>, "
-                  "budget=<budget %|bytes|tok, default none>, joint=<int 0..1, default 0>, name=<label>"), "not a number");
+                  "seed=<int >= 0, default --seed>, index=<int 0..1, default 1>, clusters=<int 1..2^40, default 1024>, "
+                  "budget=<budget %|bytes|tok, default none>, estimator=<name paper|joint, default paper>, joint=<int 0..1, default 0>, name=<label>"), "not a number");
     CHECK(rejects("subgen:delta=inf", "is not a number", NULL), "inf");
     CHECK(rejects("subgen:s=16777217", "s=16777217 is out of range: 1 <= s <= 2^24", NULL), "closed range");
     CHECK(rejects("subgen:index=2", "out of range", NULL), "index");
@@ -255,7 +255,7 @@ static void test_describe(void)
             for (; leaf->type != KV_PT_END; leaf++) {
                 char pk[64];
                 snprintf(pk, sizeof pk, "\n      %-8s %-6s default ", leaf->name,
-                         leaf->type == KV_PT_INT ? "int" : leaf->type == KV_PT_BUDGET ? "budget" : "number");
+                         leaf->type == KV_PT_INT ? "int" : leaf->type == KV_PT_BUDGET ? "budget" : leaf->type == KV_PT_ENUM ? "name" : "number");
                 const char *q = strstr(at, pk);
                 CHECK(q && q < end && strstr(q, leaf->help) && strstr(q, leaf->help) < strchr(q + 1, '\n'),
                       "%s: parameter %s", m, leaf->name);

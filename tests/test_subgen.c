@@ -143,7 +143,7 @@ static void test_exact(void)
     double *st = malloc(sizeof(double) * nq * sl), *ex = malloc(sizeof(double) * nq * sl);
 
     /* distinct keys, delta = 0, t and s >= n: exact at every prefix */
-    void *g = make("subgen:delta=0,t=600,s=600,seed=3", &c);
+    void *g = make("subgen:delta=0,t=600,s=600,seed=3,clusters=100000", &c);
     int64_t pts[] = { 1, 50, 333, 600 }, done = 0;
     double worst = 0;
     for (int k = 0; k < 4; k++) {
@@ -170,7 +170,7 @@ static void test_exact(void)
     int64_t n3 = 300;
     float *K3 = malloc(sizeof(float) * n3 * d);
     for (int64_t i = 0; i < n3; i++) memcpy(K3 + i * d, K + (i % 100) * d, sizeof(float) * d);
-    const char *dup[] = { "subgen:delta=0,t=300,s=300", "subgen:delta=0,t=1,s=300" };
+    const char *dup[] = { "subgen:delta=0,t=300,s=300,clusters=100000", "subgen:delta=0,t=1,s=300,clusters=100000" };
     for (int k = 0; k < 2; k++) {
         g = make(dup[k], &c);
         ingest(g, K3, V, d, dv, 0, (size_t)n3);
@@ -535,7 +535,9 @@ static void test_specs(void)
         "subgen:delta=-1,t=16,s=128", "subgen:delta=0.5,t=0,s=128", "subgen:delta=0.5,t=16,s=0",
         "subgen:delta=0.5,t=16,s=128,foo=1", "subgen:delta=,t=16,s=128",
         "subgen:delta=abc,t=16,s=128", "subgen:delta=0.5,t=1.5,s=128", "subgen:delta=0.5,t=16,s=128,seed=-3",
-        "subgen:delta=0.5,t=16,s=128,index=2",
+        "subgen:delta=0.5,t=16,s=128,index=2", "subgen:estimator=bogus", "subgen:estimator=",
+        "subgen:estimator=joint,joint=0", "subgen:estimator=paper,joint=1", "subgen:estimator=joint,s=64",
+        "subgen:estimator=1",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         kv_err err;
@@ -546,7 +548,8 @@ static void test_specs(void)
     }
     const char *good[] = { "subgen:delta=0.5,t=16,s=128", "subgen:delta=0,t=1,s=1,seed=7,name=sg",
                            "subgen:delta=1e3,t=16,s=128,index=0",
-                           "subgen:delta=0.5,t=16", "subgen" }; /* defaults: delta=1, t=16, s=256 */
+                           "subgen:delta=0.5,t=16", "subgen", "subgen:estimator=paper", "subgen:estimator=joint",
+                           "subgen:estimator=joint,joint=1", "subgen:estimator=paper,joint=0" }; /* defaults: delta=1, t=16, s=256 */
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         kv_err err;
         void *st;
@@ -561,6 +564,30 @@ static void test_specs(void)
     void *st;
     CHECK(create("subgen:delta=0.5,t=16,s=128", &w, &st, &err) == KV_EINPUT, "window semantics accepted");
     if (st) ops->free(st);
+
+    /* estimator=joint is joint=1, estimator=paper is the default: the same
+     * states bit for bit */
+    int64_t n = 100;
+    int nq = 4;
+    kv_rng r;
+    kv_rng_seed(&r, 5, 0, 0);
+    float *K = malloc(sizeof(float) * n * 8), *V = malloc(sizeof(float) * n * 8), *Q = malloc(sizeof(float) * nq * 8);
+    gauss(&r, K, (size_t)n * 8, 1.0);
+    gauss(&r, V, (size_t)n * 8, 1.0);
+    gauss(&r, Q, (size_t)nq * 8, 1.0);
+    size_t sz = sizeof(double) * nq * KV_PSTATE_LEN(8);
+    double *a = malloc(sz), *b = malloc(sz);
+    const char *same[][2] = { { "subgen:estimator=joint,t=4", "subgen:joint=1,t=4" },
+                              { "subgen:estimator=paper,t=4,s=16", "subgen:t=4,s=16" } };
+    for (int k = 0; k < 2; k++) {
+        run_states(same[k][0], &c, K, V, n, 7, Q, nq, a);
+        run_states(same[k][1], &c, K, V, n, 7, Q, nq, b);
+        CHECK(!memcmp(a, b, sz), "%s and %s differ", same[k][0], same[k][1]);
+    }
+    run_states("subgen:t=4,s=16", &c, K, V, n, 7, Q, nq, a);
+    run_states("subgen:estimator=joint,t=4", &c, K, V, n, 7, Q, nq, b);
+    CHECK(memcmp(a, b, sz), "estimator=paper and estimator=joint give the same states (the test tests nothing)");
+    free(K); free(V); free(Q); free(a); free(b);
 }
 
 /* ---- 7. ranks: chunk-cyclic shards merged --------------------------------- */
@@ -1150,7 +1177,7 @@ static void test_checkpoint(void)
 
     /* delta = 0 on distinct keys with t, s >= n: the exact regime, every
      * token its own cluster, the buffer alive throughout */
-    ck_make(&w, "subgen:delta=0,t=600,s=600,seed=3", Kr, V, Q, d, dv, 500, 1, 0, 500, 1);
+    ck_make(&w, "subgen:delta=0,t=600,s=600,seed=3,clusters=100000", Kr, V, Q, d, dv, 500, 1, 0, 500, 1);
     ck_case(&w, op_after(&w, 100), 0);
     CHECK(w.fed[w.nop - 1] == 500 && w.nval[w.nop - 1] <= 600, "exact regime: the buffer must live throughout");
     ck_free(&w);
@@ -1198,7 +1225,7 @@ static void test_checkpoint(void)
 
     /* joint=1: values in the reservoirs (exact regime, clustered with and
      * without the index, the cap merging reservoirs, budget= at rank 1 of 2) */
-    ck_make(&w, "subgen:delta=0,t=600,joint=1,seed=3", Kr, V, Q, d, dv, 500, 1, 0, 500, 11);
+    ck_make(&w, "subgen:delta=0,t=600,joint=1,seed=3,clusters=100000", Kr, V, Q, d, dv, 500, 1, 0, 500, 11);
     ck_case(&w, -1, 0);
     ck_free(&w);
     const char *jcl[] = { "subgen:delta=1.5,t=8,joint=1,seed=7", "subgen:delta=1.5,t=8,joint=1,seed=7,index=0" };
@@ -1236,7 +1263,7 @@ static void test_checkpoint(void)
     /* max_bytes is reached when every token opens a cluster and the buffer
      * holds them all (s >= n, no zero values) */
     for (int k = 0; k < 3; k++) {
-        const char *sp = k == 2 ? "subgen:delta=0,t=3,joint=1" : k ? "subgen:delta=0,t=3,s=400,index=0" : "subgen:delta=0,t=3,s=400";
+        const char *sp = k == 2 ? "subgen:delta=0,t=3,joint=1,clusters=100000" : k ? "subgen:delta=0,t=3,s=400,index=0,clusters=100000" : "subgen:delta=0,t=3,s=400,clusters=100000";
         kv_method_ctx c = mkctx(d, dv, 300);
         c.shard_tokens = 300;
         void *g = make(sp, &c);
@@ -1341,6 +1368,59 @@ static void test_cap(void)
         CHECK(total <= cap + P, "P=%d: %lld clusters over ranks, cap %lld", P, (long long)total, (long long)cap);
     }
     free(K); free(V); free(Q); free(a); free(b); free(ex);
+}
+
+/* The default cap (no clusters= or budget=) is derived from exact's memory:
+ * on keys that cluster at no scale (random, head_dim 8 as in the bundled
+ * model, and d = 64), with delta = 0 (every distinct key a cluster) or tiny,
+ * the clusters' part never exceeds half of what exact holds for the same
+ * prefix of n tokens, so with s <= n / 4 the whole sketch (its l2 samples and
+ * exact buffer: at most s rows of key and value, twice counted) stays within
+ * exact's n (d + dv) 4 bytes at every step; index=0 and 1 get the same cap,
+ * hence the same answers. */
+static void test_default_cap(void)
+{
+    struct { int d, dv; int64_t n; const char *sp; } cs[] = {
+        { 8, 8, 4096, "subgen:delta=0" }, { 8, 8, 4096, "subgen:delta=0.01" },
+        { 8, 8, 4096, "subgen:delta=0.5,t=16,s=256" }, { 8, 8, 4096, "subgen:delta=0,joint=1" },
+        { 64, 64, 2048, "subgen:delta=0.01" }, { 64, 32, 2048, "subgen:delta=0.01,t=64,joint=1" },
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        int d = cs[k].d, dv = cs[k].dv, nq = 8;
+        int64_t n = cs[k].n;
+        kv_method_ctx c = mkctx(d, dv, n);
+        c.shard_tokens = n;
+        kv_rng r;
+        kv_rng_seed(&r, 21, (uint64_t)k, 0);
+        float *K = malloc(sizeof(float) * n * d), *V = malloc(sizeof(float) * n * dv), *Q = malloc(sizeof(float) * nq * d);
+        gauss(&r, K, (size_t)n * d, 1.0);
+        gauss(&r, V, (size_t)n * dv, 1.0);
+        gauss(&r, Q, (size_t)nq * d, 1.0);
+        size_t sz = sizeof(double) * nq * KV_PSTATE_LEN(dv);
+        double *a = malloc(sz), *b = malloc(sz);
+        double exact = (double)n * (d + dv) * sizeof(float);
+        for (int ix = 0; ix < 2; ix++) {
+            char spec[128];
+            snprintf(spec, sizeof spec, "%s%s", cs[k].sp, ix ? ",index=0" : "");
+            void *g = make(spec, &c);
+            size_t peak = 0;
+            for (int64_t i = 0; i < n; i += 256) {
+                ingest(g, K, V, d, dv, i, (size_t)(n - i < 256 ? n - i : 256));
+                size_t by = ops->bytes(g);
+                peak = by > peak ? by : peak;
+            }
+            CHECK((double)peak <= exact, "%s, d %d, n %lld: peak %zu bytes > exact's %.0f", spec, d, (long long)n,
+                  peak, exact);
+            CHECK((double)ops->max_bytes(g) <= exact, "%s: max_bytes %lld > exact's %.0f", spec,
+                  (long long)ops->max_bytes(g), exact);
+            ops->partial(g, Q, nq, n, ix ? b : a);
+            if (!ix) printf("default cap: %s, d %d, n %lld: peak %.1f%% of exact, %lld clusters\n", spec, d,
+                            (long long)n, 100.0 * (double)peak / exact, (long long)nclusters(g));
+            ops->free(g);
+        }
+        CHECK(!memcmp(a, b, sz), "%s: index=0 and index=1 differ under the default cap", cs[k].sp);
+        free(K); free(V); free(Q); free(a); free(b);
+    }
 }
 
 /* Merging two clusters' reservoirs is exact: after the cap merges a cluster
@@ -1588,7 +1668,7 @@ static void test_joint(void)
 
     /* delta = 0, t >= n on distinct keys: every token its own cluster with
      * its value, weights n_c / |R_c| = 1: exact attention at every prefix */
-    void *g = make("subgen:delta=0,t=600,joint=1,seed=3", &c);
+    void *g = make("subgen:delta=0,t=600,joint=1,seed=3,clusters=100000", &c);
     int64_t pts[] = { 1, 10, 60, 333, 600 }, done = 0;
     size_t by[5];
     double worst = 0;
@@ -1620,7 +1700,7 @@ static void test_joint(void)
      * duplicates, t = 3 holds all three values: still exact */
     float *K3 = malloc(sizeof(float) * n * d);
     for (int64_t i = 0; i < n; i++) memcpy(K3 + i * d, K + (i % 200) * d, sizeof(float) * d);
-    g = make("subgen:delta=0,t=3,joint=1", &c);
+    g = make("subgen:delta=0,t=3,joint=1,clusters=100000", &c);
     ingest(g, K3, V, d, dv, 0, (size_t)n);
     CHECK(nclusters(g) == 200, "joint duplicates: %lld clusters, want 200", (long long)nclusters(g));
     ops->partial(g, Q, nq, n, st);
@@ -1684,6 +1764,7 @@ int main(void)
     test_ranks();
     test_checkpoint();
     test_cap();
+    test_default_cap();
     test_merge_uniform();
     test_budget_specs();
     test_budget();

@@ -195,6 +195,31 @@ static void fmt_int(char *b, size_t n, int64_t v)
     snprintf(b, n, "%lld", (long long)v);
 }
 
+/* name number i of an enum's choices into b */
+static void enum_name(const kv_param_def *d, int64_t i, char *b, size_t n)
+{
+    const char *c = d->choices;
+    for (int64_t k = 0; k < i && c; k++) {
+        c = strchr(c, '|');
+        if (c) c++;
+    }
+    size_t len = c ? strcspn(c, "|") : 0;
+    snprintf(b, n, "%.*s", (int)(len < n ? len : n - 1), c ? c : "");
+}
+
+/* index of val among an enum's choices, -1 if none */
+static int64_t enum_index(const kv_param_def *d, const char *val)
+{
+    int64_t i = 0;
+    size_t lv = strlen(val);
+    for (const char *c = d->choices; c; i++) {
+        size_t len = strcspn(c, "|");
+        if (len == lv && !strncmp(c, val, len)) return i;
+        c = c[len] ? c + len + 1 : NULL;
+    }
+    return -1;
+}
+
 static int open_hi(const kv_param_def *d)
 {
     if (d->type == KV_PT_BUDGET) return 1;
@@ -219,6 +244,7 @@ static void fmt_bounds(const kv_param_def *d, char *lo, char *hi, size_t n)
 static void fmt_range(char *b, size_t n, const kv_param_def *d)
 {
     if (d->type == KV_PT_BUDGET) { snprintf(b, n, "%%|bytes|tok"); return; }
+    if (d->type == KV_PT_ENUM) { snprintf(b, n, "%s", d->choices); return; }
     char lo[32], hi[32];
     fmt_bounds(d, lo, hi, sizeof lo);
     if (open_hi(d)) snprintf(b, n, ">= %s", lo);
@@ -238,13 +264,14 @@ static void fmt_default(char *b, size_t n, const kv_param_def *d)
 {
     if (d->required) snprintf(b, n, "required");
     else if (d->def_text) snprintf(b, n, "%s", d->def_text);
+    else if (d->type == KV_PT_ENUM) enum_name(d, d->idef, b, n);
     else if (d->type == KV_PT_INT) fmt_int(b, n, d->idef);
     else snprintf(b, n, "%g", d->ddef);
 }
 
 static const char *type_name(const kv_param_def *d)
 {
-    return d->type == KV_PT_INT ? "int" : d->type == KV_PT_BUDGET ? "budget" : "number";
+    return d->type == KV_PT_INT ? "int" : d->type == KV_PT_BUDGET ? "budget" : d->type == KV_PT_ENUM ? "name" : "number";
 }
 
 /* calls fn on every leaf entry (sub-tables flattened) with its absolute offset */
@@ -337,7 +364,7 @@ int kv_params_error(const kv_param_def *defs, const kv_spec *sp, kv_err *err, co
 static int set_default(const kv_param_def *d, size_t off, void *cfg)
 {
     unsigned char *c = cfg;
-    if (d->type == KV_PT_INT) memcpy(c + off, &d->idef, sizeof(int64_t));
+    if (d->type == KV_PT_INT || d->type == KV_PT_ENUM) memcpy(c + off, &d->idef, sizeof(int64_t));
     else if (d->type == KV_PT_BUDGET) memcpy(c + off, &(kv_budget){ KV_BUDGET_NONE, 0 }, sizeof(kv_budget));
     else memcpy(c + off, &d->ddef, sizeof(double));
     return 0;
@@ -380,6 +407,10 @@ int kv_params_parse(const kv_param_def *defs, kv_spec *sp, void *cfg, kv_err *er
             kv_err e = { 0, "" };
             if (kv_budget_parse(p->val, &bu, &e)) return kv_params_error(defs, sp, err, "%s", e.msg);
             memcpy((unsigned char *)cfg + fa.off, &bu, sizeof bu);
+        } else if (d->type == KV_PT_ENUM) {
+            int64_t x = enum_index(d, p->val);
+            if (x < 0) return kv_params_error(defs, sp, err, "%s='%s' is not one of %s", p->key, p->val, d->choices);
+            memcpy((unsigned char *)cfg + fa.off, &x, sizeof x);
         } else if (d->type == KV_PT_INT) {
             long long v = strtoll(p->val, &end, 10);
             if (errno || *end || end == p->val)

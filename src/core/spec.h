@@ -63,6 +63,7 @@ typedef enum {
     KV_PT_INT,     /* int64_t field */
     KV_PT_DOUBLE,  /* double field, finite */
     KV_PT_BUDGET,  /* kv_budget field (core/budget.h): 10%, 8MiB, 4096tok; default: none given */
+    KV_PT_ENUM,    /* int64_t field: the index of a name in choices ("paper|joint") */
     KV_PT_TABLE    /* another table (sub) whose offsets are relative to offset */
 } kv_param_type;
 
@@ -76,6 +77,7 @@ typedef struct kv_param_def {
     const char *help;      /* one line */
     size_t offset;         /* of the field in the config struct */
     const struct kv_param_def *sub; /* KV_PT_TABLE */
+    const char *choices;   /* KV_PT_ENUM: names separated by '|'; idef indexes the default */
 } kv_param_def;
 
 /* Table entries; the field must have the parameter's name and type (int64_t
@@ -98,6 +100,11 @@ typedef struct kv_param_def {
 #define KV_PARAM_DOUBLE_REQUIRED(T, f, lo, hi, help_) \
     { .name = #f, .type = KV_PT_DOUBLE, .required = 1, .dlo = (lo), .dhi = (hi), .help = (help_), \
       .offset = KV_PARAM_OFF_(T, f, double) }
+/* one of the names in choices_ ("paper|joint"), stored as its index; def
+ * is the index of the default */
+#define KV_PARAM_ENUM(T, f, choices_, def, help_) \
+    { .name = #f, .type = KV_PT_ENUM, .choices = (choices_), .idef = (def), .help = (help_), \
+      .offset = KV_PARAM_OFF_(T, f, int64_t) }
 /* every parameter of another table, into the struct member f */
 /* budget=X (core/budget.h); kind KV_BUDGET_NONE when not given */
 #define KV_PARAM_BUDGET(T, f, help_) \

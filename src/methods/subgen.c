@@ -1,7 +1,7 @@
 /* subgen.c - SubGen (Zandieh, Han, Mirrokni, Karbasi 2024), a
  * sublinear-memory streaming estimate of softmax attention (ALGORITHMS.md
  * section 2).  Spec: subgen[:delta=<radius>,t=<keys per cluster>,s=<samplers>
- * ,seed=<n>,index=0|1,clusters=<cap>|budget=<X>,joint=0|1], each optional
+ * ,seed=<n>,index=0|1,clusters=<cap>|budget=<X>,estimator=paper|joint], each optional
  * (defaults: kv_subgen_params below).
  *
  * Two structures, both updated once per arriving token (k, v):
@@ -18,7 +18,7 @@
  *     (the "exact buffer") and answer the numerator exactly from it; the
  *     buffer is dropped for good when the (s+1)-th arrives.  So delta = 0,
  *     t >= n, s >= n on distinct keys reproduces exact attention.
- * joint=1 (our estimator, not the paper's): the reservoirs store each
+ * estimator=joint (joint=1; our estimator, not the paper's): the reservoirs store each
  * sampled key's value too, there are no l2 samples and no exact buffer, and
  * numerator and denominator come from the same stratified sample:
  *     l = sum_c (n_c / |R_c|) sum_{k in R_c} e^{a(k)}
@@ -58,11 +58,16 @@
  * weighted sampling without replacement (merge_reservoirs).  Repeated until
  * the key joins a centre or a slot is free; each further round takes delta
  * to at least the least distance among the kept centres and the key, so it
- * makes progress.  A round costs O(cap_r^2 d) in exact double distances
- * (identical for index=0/1), and delta only grows, so there are
- * O(log(diameter / delta)) rounds over the whole stream; other tokens cost
- * O(cap_r d) as before.  Kept centres stay first keys, so the index's
- * bound (nnd, recomputed from the merge's distances) stays valid.
+ * makes progress.  A round costs O(cap_r^2 d / 16) vector operations
+ * (float distances with an error bound, exact double distances only where
+ * the bound cannot decide: the decisions of an exact scan, identical for
+ * index=0/1), and delta only grows, so there are O(log(diameter / delta))
+ * rounds over the whole stream; other tokens cost O(cap_r d) as before.
+ * Kept centres stay first keys, so the index's bound (nnd, recomputed from
+ * the merge's lower bounds) stays valid.  Without clusters= or budget= the
+ * cap is also at most what fits in half of exact's memory for the shard
+ * (default_cap_half), so no delta and no data can make the clusters hold
+ * more than that.
  *
  * budget=X (core/budget.h, not with s= or clusters=; t= allowed): rank r
  * gets B_r = floor(B shard_r / n) of B = kv_budget_bytes (B / P if the shard
@@ -538,13 +543,15 @@ static int open_cluster(subgen *g, const float *k, float kn, const float *pk, kv
     if (g->use_index) {
         float *cp = g->cproj + (c / CB) * CB * NP + c % CB;
         for (int p = 0; p < NP; p++) cp[p * CB] = pk[p];
-        double nn = INFINITY;
-        for (int64_t j = 0; j < c; j++) {
-            double cj = sqrt(g->cnorm[j] > 0 ? (double)g->cnorm[j] : 0.0);
-            double lb = (double)g->dist[j] - fast_err(d, knorm, cj);
+        double nn = INFINITY, *nnd = g->nnd;
+        const float *dist = g->dist, *cnorm = g->cnorm;
+#pragma omp simd reduction(min : nn)
+        for (int64_t j = 0; j < c; j++) { /* branch-free: vectorised */
+            double cj = sqrt(cnorm[j] > 0 ? (double)cnorm[j] : 0.0);
+            double lb = (double)dist[j] - fast_err(d, knorm, cj);
             lb = lb > 0 ? sqrt(lb) : 0.0;
-            if (lb < nn) nn = lb;
-            if (lb < g->nnd[j]) g->nnd[j] = lb;
+            nn = lb < nn ? lb : nn;
+            nnd[j] = lb < nnd[j] ? lb : nnd[j];
         }
         g->nnd[c] = nn;
     }
@@ -632,43 +639,86 @@ static int merge_reservoirs(subgen *g, int64_t a, int64_t b, kv_err *err)
 /* Merge at radius D: centres in index order; each joins the nearest earlier
  * kept centre within D (ties to the lowest), else is kept.  Kept centres are
  * then more than D apart, and every member is within delta + D of its
- * centre (Charikar et al.'s invariant).  O(nc^2 d), in exact double distances
- * (the same for index=0 and 1).  Rebuilds nnd from those distances and the
- * block layout; *dmin = the least distance between kept centres. */
+ * centre (Charikar et al.'s invariant).  The nc x kept distances come from
+ * float dot products over the kept centres in CB-wide blocks (vectorised,
+ * like the scan), each with the error bound fast_err; only the kept centres
+ * whose bound could make them the nearest within D get an exact double
+ * distance, and the decision is taken on those: exactly the decision of an
+ * all-pairs double scan (the exact nearest always passes the bound test),
+ * in O(nc kept d / CB) vector operations instead of O(nc kept d) scalar
+ * ones.  The same for index=0 and 1.  Rebuilds nnd from the bounds' lower
+ * ends (valid lower bounds of the distances) and the block layout; *dmin =
+ * the least such lower bound between kept centres. */
 static int merge_at(subgen *g, double D, double *dmin, kv_err *err)
 {
     int d = g->ctx.d;
-    int64_t nc = g->nc, nk = 0;
+    int64_t nc = g->nc, nk = 0, nb = (nc + CB - 1) / CB;
+    double D2 = D * D, dmin2 = INFINITY;
     float *rows = malloc(sizeof(float) * (size_t)(nc * d));
+    float *kb = calloc((size_t)(nb * CB) * (size_t)d, sizeof(float)); /* kept centres, transposed blocks */
+    float *dots = malloc(sizeof(float) * (size_t)(nb * CB));
     int64_t *keep = malloc(sizeof(int64_t) * (size_t)nc), *to = malloc(sizeof(int64_t) * (size_t)nc);
-    double *d2 = malloc(sizeof(double) * (size_t)nc), *nn = malloc(sizeof(double) * (size_t)nc);
+    double *n2 = malloc(sizeof(double) * (size_t)nc), *nr = malloc(sizeof(double) * (size_t)nc);
+    double *kn2 = malloc(sizeof(double) * (size_t)nc), *knr = malloc(sizeof(double) * (size_t)nc);
+    double *lo = malloc(sizeof(double) * (size_t)nc), *nn = malloc(sizeof(double) * (size_t)nc);
     int rc = KV_OK;
     *dmin = INFINITY;
-    if (!rows || !keep || !to || !d2 || !nn) {
+    if (!rows || !kb || !dots || !keep || !to || !n2 || !nr || !kn2 || !knr || !lo || !nn) {
         rc = kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
         goto out;
     }
-    for (int64_t c = 0; c < nc; c++) centre_row(g, c, rows + c * d);
     for (int64_t c = 0; c < nc; c++) {
-        int64_t best = -1;
-        for (int64_t q = 0; q < nk; q++) {
-            d2[q] = dist2_rows(rows + c * d, rows + keep[q] * d, d);
-            if (best < 0 || d2[q] < d2[best]) best = q;
+        centre_row(g, c, rows + c * d);
+        n2[c] = norm2_exact(rows + c * d, d);
+        nr[c] = sqrt(n2[c]);
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        const float *rc_ = rows + c * d;
+        int64_t kblocks = (nk + CB - 1) / CB;
+        for (int64_t b = 0; b < kblocks; b++) {
+            float *o[1] = { dots + b * CB };
+            dot_blocks(kb + (size_t)b * CB * d, &rc_, 1, d, o);
         }
-        if (best >= 0 && d2[best] <= D * D) {
+        /* lo[q] <= |c - kept q|^2 <= lo[q] + 2 e: the bound of a float dot */
+        double up = INFINITY, e0 = 2.0 * (d + 4) * FLT_EPSILON;
+#pragma omp simd reduction(min : up)
+        for (int64_t q = 0; q < nk; q++) {
+            double f = n2[c] + kn2[q] - 2.0 * (double)dots[q], s = nr[c] + knr[q], e = e0 * s * s;
+            lo[q] = f - e;
+            up = f + e < up ? f + e : up;
+        }
+        double lim = up < D2 ? up : D2, bd = INFINITY;
+        int64_t best = -1;
+        for (int64_t q = 0; q < nk; q++)
+            if (lo[q] <= lim) {
+                double x = dist2_rows(rc_, rows + keep[q] * d, d);
+                if (best < 0 || x < bd) {
+                    best = q;
+                    bd = x;
+                }
+            }
+        if (best >= 0 && bd <= D2) {
             to[c] = keep[best];
             continue;
         }
         to[c] = c;
-        nn[nk] = INFINITY;
-        for (int64_t q = 0; q < nk; q++) { /* lower bounds: a little under the double distance */
-            double lb = sqrt(d2[q]) * (1.0 - 1e-9);
-            if (lb < nn[q]) nn[q] = lb;
-            if (lb < nn[nk]) nn[nk] = lb;
-            if (lb < *dmin) *dmin = lb;
+        double m = INFINITY; /* squared lower bounds; roots taken once at the end */
+#pragma omp simd reduction(min : m)
+        for (int64_t q = 0; q < nk; q++) {
+            double l = lo[q] > 0 ? lo[q] : 0.0;
+            nn[q] = l < nn[q] ? l : nn[q];
+            m = l < m ? l : m;
         }
+        nn[nk] = m;
+        if (m < dmin2) dmin2 = m;
+        float *blk = kb + (size_t)(nk / CB) * CB * d + nk % CB;
+        for (int i = 0; i < d; i++) blk[(size_t)i * CB] = rc_[i];
+        kn2[nk] = n2[c];
+        knr[nk] = nr[c];
         keep[nk++] = c;
     }
+    for (int64_t q = 0; q < nk; q++) nn[q] = sqrt(nn[q]) * (1.0 - 1e-9); /* a little under the distance */
+    *dmin = sqrt(dmin2) * (1.0 - 1e-9);
     for (int64_t c = 0; c < nc && !rc; c++)
         if (to[c] != c) rc = merge_reservoirs(g, to[c], c, err);
     if (rc) goto out; /* counts and keys stay consistent: merged pairs are whole */
@@ -704,9 +754,15 @@ static int merge_at(subgen *g, double D, double *dmin, kv_err *err)
     g->layout++;
 out:
     free(rows);
+    free(kb);
+    free(dots);
     free(keep);
     free(to);
-    free(d2);
+    free(n2);
+    free(nr);
+    free(kn2);
+    free(knr);
+    free(lo);
     free(nn);
     return rc;
 }
@@ -720,18 +776,11 @@ out:
  * log2(diameter / delta) rounds in all, each O(cap^2 d)). */
 static int64_t make_room(subgen *g, const float *k, float kn, const float *pk, kv_err *err)
 {
-    int d = g->ctx.d;
     double D = 2.0 * g->delta;
-    float *row = malloc(sizeof(float) * (size_t)d);
-    if (!row) {
-        kv_seterr(err, KV_EINTERNAL, "subgen: out of memory merging clusters");
-        return -2;
-    }
     for (;;) {
         double dk = INFINITY, dmin;
         for (int64_t j = 0; j < g->nc && !(D > 0); j++) { /* delta = 0: start at k's nearest centre */
-            centre_row(g, j, row);
-            double x = sqrt(dist2_rows(k, row, d));
+            double x = sqrt(dist2_centre(g, k, j));
             if (x < dk) dk = x;
         }
         if (!(D > 0)) D = dk;
@@ -741,20 +790,15 @@ static int64_t make_room(subgen *g, const float *k, float kn, const float *pk, k
         g->doublings++;
         g->scanned = 0;
         int64_t c = find_cluster(g, k, kn, pk, NULL, 0);
-        if (c >= 0 || g->nc < g->cap) { /* -1 comes from a full scan: g->dist is k's */
-            free(row);
-            return c;
-        }
+        if (c >= 0 || g->nc < g->cap) return c; /* -1 comes from a full scan: g->dist is k's */
         dk = INFINITY;
         for (int64_t j = 0; j < g->nc; j++) {
-            centre_row(g, j, row);
-            double x = sqrt(dist2_rows(k, row, d));
+            double x = sqrt(dist2_centre(g, k, j));
             if (x < dk) dk = x;
         }
         double next = dmin < dk ? dmin : dk;
         D = 2.0 * D > next ? 2.0 * D : next;
     }
-    free(row);
     return -2;
 }
 
@@ -799,34 +843,43 @@ static void subgen_free(void *state)
  * i.e. clusters whose members are about sigma sqrt(2d) <= 1 apart (README
  * "Choosing SubGen's parameters"), t = 16 is inside the 8-64 that works in
  * practice, s = 256 = O(eps^-2 d) for head dimensions up to 128 at eps ~
- * 0.7; the cluster cap max(4096, 16 ceil(sqrt(n))) never binds on streams of
- * up to 4096 tokens (so delta = 0, t, s >= n stays exact) and keeps the
- * clusters' memory O(sqrt(n) t d) however small delta is. */
+ * 0.7; the cluster cap 1024 keeps the clusters' memory flat in n however
+ * small delta is (about 1024 (t d + d + 28) 4 bytes per stream) and a merge
+ * round at about 1024^2 d / 16 vector operations, and the memory rule
+ * (default_cap_half) keeps it within half of exact's at any n, delta and
+ * data.  Data with more natural clusters than the cap needs clusters= (at
+ * the cap delta grows past the cluster spacing and clusters merge).  The exact regime (delta = 0, t, s >= n) needs clusters >= n given. */
 KV_CFG_FITS(kv_subgen_cfg);
 const kv_param_def kv_subgen_params[] = {
     KV_PARAM_DOUBLE(kv_subgen_cfg, delta, 1.0, 0.0, DBL_MAX,
                     "join distance in key units: above the member distance sigma*sqrt(2d), delta*r <~ 1"),
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, t, -1, "16", 1, INT32_MAX,
-                         "keys sampled per cluster, over all ranks (8-64 in practice; joint=1 with budget=: "
+                         "keys sampled per cluster, over all ranks (8-64 in practice; estimator=joint with budget=: "
                          "sqrt(rows that fit / 2))"),
     KV_PARAM_INT(kv_subgen_cfg, s, 256, 1, 1 << 24, "l2 samples of values for the numerator, over all ranks (O(eps^-2 d))"),
     KV_PARAM_INT_DERIVED(kv_subgen_cfg, seed, -1, "--seed", 0, INT64_MAX,
                          "sampling seed (stream and rank are mixed in)"),
     KV_PARAM_INT(kv_subgen_cfg, index, 1, 0, 1, "1: skip centre scans by a bound that picks the same cluster (same results)"),
-    KV_PARAM_INT_DERIVED(kv_subgen_cfg, clusters, -1, "from n", 1, INT64_C(1) << 40,
-                         "cluster cap over all ranks (default max(4096, 16 sqrt(n))): at it delta doubles, clusters merge"),
+    KV_PARAM_INT_DERIVED(kv_subgen_cfg, clusters, -1, "1024", 1, INT64_C(1) << 40,
+                         "cluster cap over all ranks (default 1024, at most what fits in half of exact's memory): at it delta doubles, clusters merge"),
     KV_PARAM_BUDGET(kv_subgen_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of s and clusters"),
-    KV_PARAM_INT(kv_subgen_cfg, joint, 0, 0, 1,
-                 "estimator: 0 paper (l2-sampled numerator), 1 joint (cluster samples carry values; no s)"),
+    KV_PARAM_ENUM(kv_subgen_cfg, estimator, "paper|joint", 0,
+                  "paper: the theorem's (l2-sampled numerator); joint: cluster samples carry values (no s)"),
+    KV_PARAM_INT(kv_subgen_cfg, joint, 0, 0, 1, "older spelling of estimator: 0 paper, 1 joint"),
     KV_PARAM_TABLE_END
 };
 
-int kv_subgen_check(const kv_subgen_cfg *c, const kv_param_def *defs, const kv_spec *spec, kv_err *err)
+int kv_subgen_check(kv_subgen_cfg *c, const kv_param_def *defs, const kv_spec *spec, kv_err *err)
 {
+    if (kv_spec_has(spec, "estimator") && kv_spec_has(spec, "joint") && c->estimator != c->joint)
+        return kv_params_error(defs, spec, err, "estimator=%s and joint=%lld disagree (joint= is its older spelling)",
+                               c->estimator ? "joint" : "paper", (long long)c->joint);
+    if (kv_spec_has(spec, "estimator")) c->joint = c->estimator;
+    c->estimator = c->joint;
     if (c->budget.kind && (kv_spec_has(spec, "s") || kv_spec_has(spec, "clusters")))
         return kv_params_error(defs, spec, err, "give s and clusters or budget, not both");
     if (c->joint && kv_spec_has(spec, "s"))
-        return kv_params_error(defs, spec, err, "joint=1 keeps no l2 samples: s does not apply");
+        return kv_params_error(defs, spec, err, "estimator=joint keeps no l2 samples: s does not apply");
     return KV_OK;
 }
 
@@ -899,6 +952,24 @@ static int budget_rule(const kv_budget *b, int64_t *t_r, int use_index, int join
     return KV_OK;
 }
 
+/* The default cap's memory rule: the most clusters (a multiple of CB, at
+ * least CB) whose slots and full reservoirs (t_r rows each, as the budget
+ * rule counts them) fit in half of what exact holds for this rank's shard,
+ * n_r (d + dv) 4 bytes (slots counted with the index, so that index=0
+ * and 1 get the same cap and the same results).  So with no parameters the clusters can never take
+ * more than half of exact's memory, whatever delta and the data are; the
+ * l2 part (s samples and the exact buffer) adds s (2 (d + dv) 4 + ...)
+ * bytes, within the other half when s <= n / 4. */
+static int64_t default_cap_half(const kv_method_ctx *ctx, int64_t t_r, int joint)
+{
+    int64_t n = kv_shard_limit(ctx), d = ctx->d, dv = ctx->dv;
+    double half = 0.5 * (double)n * (double)(d + dv) * sizeof(float);
+    double per = (double)t_r * (double)(joint ? d + dv : d) * sizeof(float) + (double)slot_bytes((int)d, 1);
+    double c = floor(half / per / CB) * CB;
+    if (c > (double)(INT64_C(1) << 40)) c = (double)(INT64_C(1) << 40);
+    return c < CB ? CB : (int64_t)c;
+}
+
 int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
     int joint = (int)c->joint;
@@ -914,13 +985,14 @@ int kv_subgen_new(const kv_subgen_cfg *c, const char *text, const kv_method_ctx 
         if (budget_rule(&c->budget, &t, (int)index, joint, text, ctx, &s, &cap, err)) return err->code;
     } else {
         int64_t C = c->clusters;
-        if (C < 0) { /* derived default (see the table) */
-            int64_t r = (int64_t)ceil(sqrt((double)(ctx->n_total > 0 ? ctx->n_total : 0)));
-            C = 16 * r > 4096 ? 16 * r : 4096;
-        }
         s = joint ? 0 : kv_rank_share(ctx, c->s);
-        cap = kv_rank_share(ctx, C);
         if (s > (1 << 24)) s = 1 << 24;
+        if (C < 0) { /* derived default (see the table) */
+            cap = kv_rank_share(ctx, 1024);
+            int64_t half = default_cap_half(ctx, t, joint);
+            if (half < cap) cap = half;
+        } else
+            cap = kv_rank_share(ctx, C);
     }
     if (t > INT32_MAX) t = INT32_MAX; /* the parameter's range (a huge budget's sqrt) */
     subgen *g = kv_calloc(1, sizeof *g, err);
@@ -1542,9 +1614,9 @@ const kv_method_ops kv_method_subgen = {
     .name = "subgen",
     .kind = "sketch",
     .summary = "SubGen: online key clusters of radius delta with t-key reservoirs, plus s l2 samples of values "
-               "(joint=1: reservoirs carry values instead)",
-    .budget = "clusters x (t keys [+ values with joint=1] + centre) + s samples, over all ranks; budget=X picks s "
-              "and clusters (joint=1: t and clusters)",
+               "(estimator=joint: reservoirs carry values instead)",
+    .budget = "clusters x (t keys [+ values with estimator=joint] + centre) + s samples, over all ranks; budget=X picks s "
+              "and clusters (estimator=joint: t and clusters)",
     .params = kv_subgen_params,
     .cfg_size = sizeof(kv_subgen_cfg),
     .check = subgen_check,

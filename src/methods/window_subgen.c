@@ -43,7 +43,7 @@ static const kv_param_def wsg_params[] = {
 
 static int wsg_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
-    const wsg_cfg *c = cfg;
+    wsg_cfg *c = cfg;
     if (c->sg.budget.kind && kv_spec_has(spec, "W"))
         return kv_params_error(wsg_params, spec, err, "give W or budget, not both");
     return kv_subgen_check(&c->sg, wsg_params, spec, err);
