@@ -1,5 +1,7 @@
 /* sweep.c - `kvstream sweep`: minimum budget for p95 error <= eps over a grid of (n, d)
- * (the search and the /sweep table, then the command line at the end). */
+ * (the search and the /sweep table, then the command line at the end).  Each
+ * row also says whether the answer is "keep everything" (the method held at
+ * least what exact attention holds) and what the generator picked (beta, N). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,11 @@ typedef struct {
     int64_t n, d, param, budget;
     double p95;
     int met;
+    int64_t exact_bytes; /* exact attention's memory on the same trace */
+    int keeps_all;       /* met, but only with budget >= exact_bytes */
+    double beta;         /* the generator's pick (index, packing), else -1 */
+    int64_t points;      /* packing's N, else -1 */
+    int64_t errors;      /* parameters the method refused (too small a budget=): counted as misses */
 } row;
 
 /* spec text with every '@' replaced by x */
@@ -106,12 +113,20 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
         *out = (row){ .param = 0, .budget = mem, .p95 = p95, .met = p95 <= o->eps };
         return KV_OK;
     }
-    int64_t lo = 0, hi = -1, x = 1;
+    int64_t lo = 0, hi = -1, x = 1, refused = 0;
     double hi_p95 = NAN, last_p95 = NAN;
     int64_t hi_mem = -1, last_mem = -1;
     for (;;) { /* doubling */
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+            /* a method may refuse a small parameter (budget= below what one
+             * cluster needs): a miss, unless even x = n is refused */
+            if (err->code != KV_EINPUT || x >= n) return err->code;
+            kv_err_clear(err);
+            refused++;
+            p95 = INFINITY;
+            mem = -1;
+        }
         last_p95 = p95;
         last_mem = mem;
         if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; break; }
@@ -120,17 +135,23 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
         x = x * 2 > n ? n : x * 2;
     }
     if (hi < 0) { /* even a budget of n tokens misses eps */
-        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0 };
+        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0, .errors = refused };
         return KV_OK;
     }
     while (hi - lo > 1 && hi - lo > lo / 8) { /* bisection to 1/8 */
         x = lo + (hi - lo) / 2;
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+            if (err->code != KV_EINPUT) return err->code;
+            kv_err_clear(err);
+            refused++;
+            lo = x;
+            continue;
+        }
         if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; }
         else lo = x;
     }
-    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1 };
+    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1, .errors = refused };
     return KV_OK;
 }
 
@@ -140,14 +161,19 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
     if (!r) return err->code;
     int64_t *n = malloc(sizeof(int64_t) * (size_t)nr), *d = malloc(sizeof(int64_t) * (size_t)nr);
     int64_t *pa = malloc(sizeof(int64_t) * (size_t)nr), *b = malloc(sizeof(int64_t) * (size_t)nr);
-    int64_t *met = malloc(sizeof(int64_t) * (size_t)nr);
-    double *p = malloc(sizeof(double) * (size_t)nr);
+    int64_t *met = malloc(sizeof(int64_t) * (size_t)nr), *eb = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *ka = malloc(sizeof(int64_t) * (size_t)nr), *pts = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *ne = malloc(sizeof(int64_t) * (size_t)nr);
+    double *p = malloc(sizeof(double) * (size_t)nr), *beta = malloc(sizeof(double) * (size_t)nr);
     const char **names = malloc(sizeof(char *) * (size_t)nr), **kinds = malloc(sizeof(char *) * (size_t)nr);
     int rc = KV_OK;
-    if (!n || !d || !pa || !b || !met || !p || !names || !kinds) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    if (!n || !d || !pa || !b || !met || !p || !names || !kinds || !eb || !ka || !pts || !ne || !beta)
+        rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
     for (int i = 0; !rc && i < nr; i++) {
         n[i] = rows[i].n; d[i] = rows[i].d; pa[i] = rows[i].param; b[i] = rows[i].budget;
         p[i] = rows[i].p95; met[i] = rows[i].met; names[i] = rows[i].method; kinds[i] = o->gen.kind;
+        eb[i] = rows[i].exact_bytes; ka[i] = rows[i].keeps_all; pts[i] = rows[i].points; beta[i] = rows[i].beta;
+        ne[i] = rows[i].errors;
     }
     int64_t dims[1] = { nr };
     if (!rc) rc = kv_results_group(r, "/sweep", err);
@@ -159,16 +185,23 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
              kv_results_write_all(r, "/sweep", "param", KV_R_I64, 1, dims, pa, err) ||
              kv_results_write_all(r, "/sweep", "budget_bytes", KV_R_I64, 1, dims, b, err) ||
              kv_results_write_all(r, "/sweep", "p95_error", KV_R_F64, 1, dims, p, err) ||
-             kv_results_write_all(r, "/sweep", "met", KV_R_I64, 1, dims, met, err);
+             kv_results_write_all(r, "/sweep", "met", KV_R_I64, 1, dims, met, err) ||
+             kv_results_write_all(r, "/sweep", "exact_bytes", KV_R_I64, 1, dims, eb, err) ||
+             kv_results_write_all(r, "/sweep", "keeps_all", KV_R_I64, 1, dims, ka, err) ||
+             kv_results_write_all(r, "/sweep", "beta", KV_R_F64, 1, dims, beta, err) ||
+             kv_results_write_all(r, "/sweep", "points", KV_R_I64, 1, dims, pts, err) ||
+             kv_results_write_all(r, "/sweep", "refused", KV_R_I64, 1, dims, ne, err);
         if (rc) rc = err->code;
     }
     if (!rc) rc = kv_results_attr_f64(r, "/", "eps", o->eps, err) || kv_results_attr_str(r, "/", "kind", o->gen.kind, err) ||
                   kv_results_attr_str(r, "/", "methods", o->methods, err) ||
                   kv_results_attr_str(r, "/", "format", "kvstream-sweep", err) ||
                   kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
+                  kv_results_attr_str(r, "/", "query_at", kv_gen_query_pos(&o->gen, 0) == o->gen.n ? "end" : "spread", err) ||
                   kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
     if (rc) rc = err->code;
     free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);
+    free(eb); free(ka); free(pts); free(ne); free(beta);
     int rc2 = kv_results_close(r, err);
     return rc ? rc : rc2;
 }
@@ -189,8 +222,8 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     int nr = 0;
     if (!rows) kv_seterr(err, KV_EINTERNAL, "out of memory");
     if (rank == 0 && o->table)
-        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s\n", "kind", "n", "d", "method", "param",
-                "budget_bytes", "p95_err", "met");
+        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s %9s\n", "kind", "n", "d", "method", "param",
+                "budget_bytes", "p95_err", "met", "keeps_all");
     for (int a = 0; a < o->nn && !err->code; a++)
         for (int b = 0; b < o->nd && !err->code; b++) {
             kv_gen_opts g = o->gen;
@@ -201,17 +234,25 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             g.d = o->ds[b];
             g.dv = -1;
             g.out = trace;
-            if (kv_gen_run(&g, comm, err)) break;
+            kv_gen_picked pk;
+            if (kv_gen_run_picked(&g, comm, &pk, err)) break;
+            double ex_p95;
+            int64_t ex_mem;
+            if (run_one(o, trace, "exact", comm, &ex_p95, &ex_mem, err)) break; /* what "everything" costs */
             for (int i = 0; i < nt && !err->code; i++) {
                 row *x = &rows[nr];
                 if (search(o, trace, &tm[i], g.n, comm, x, err)) break;
                 snprintf(x->method, sizeof x->method, "%s", tm[i].label);
                 x->n = g.n;
                 x->d = g.d;
+                x->exact_bytes = ex_mem;
+                x->keeps_all = x->met && x->budget >= ex_mem;
+                x->beta = pk.beta;
+                x->points = pk.points;
                 if (rank == 0 && o->table) {
-                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s\n", g.kind, (long long)x->n,
+                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s %9s\n", g.kind, (long long)x->n,
                             (long long)x->d, x->method, (long long)x->param, (long long)x->budget, x->p95,
-                            x->met ? "yes" : "no");
+                            x->met ? "yes" : "no", x->keeps_all ? "yes" : "");
                     fflush(o->table);
                 }
                 nr++;
@@ -263,7 +304,9 @@ int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err)
         .cmd = "sweep",
         .usage = "--n 512,1024 --d 16,48 --methods 'window:W=@,subgen:delta=1,t=@,s=@' --eps E -o FILE [options]",
         .about = "For every (n, d) and method template, the smallest budget whose p95 relative error is <= eps\n"
-                 "(doubling from 1 to n, then bisection to 1/8); generates one trace per (n, d) of the grid.",
+                 "(doubling from 1 to n, then bisection to 1/8); generates one trace per (n, d) of the grid.\n"
+                 "With --query-at end (the default for index and packing) only probes after the stream are scored.\n"
+                 "Templates may search a budget: subgen:delta=0.1,t=1,joint=1,budget=@tok.",
         .groups = { { "sweep", sweep_table, &w }, { "generator", kv_gen_opt_table, &w.o.gen } },
     };
     kv_opts_parse(&c, argc, argv, rank == 0 ? stdout : NULL, NULL, &help, err);
