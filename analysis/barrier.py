@@ -6,7 +6,7 @@
 Reads `kvstream sweep` files (the /sweep table; scripts/run-barrier.sh writes
 them) and writes PREFIX.png (default barrier.png): one log-log panel per
 (kind, d) with, per method family (the text before ':' or the name= label's
-text before '-', so subgen-d0.1 and subgen-l2 are one family "subgen"), the
+text before '-', so subgen-d01 and subgen-l2 are one family "subgen"), the
 least budget_bytes over its templates that met eps; hollow markers where that
 answer is "keep everything" (keeps_all: at least exact's memory), the least
 over all methods as a thick grey line, exact's memory n (d + dv) 4 bytes as

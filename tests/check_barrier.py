@@ -16,8 +16,10 @@ usage: check_barrier.py KVSTREAM WORKDIR NP
 - a small sweep judges the state at n: on index the least memory over
   methods grows >= x2.5 for x4 tokens; on packing SubGen (clusters searched)
   meets eps with the same memory at n = 1024 and 4096, and keeps_all is
-  reported.
-- `gen --kind index --beta 3` is refused with one line and exit status 2."""
+  reported; analysis/barrier.py's slopes agree with the table's numbers.
+- `--query-at last` puts the probes at the last m positions.
+- `gen --kind index --beta 3` is refused with one line and exit status 2,
+  and so is packing with --every-position."""
 import os
 import sys
 
@@ -176,6 +178,36 @@ if s[("sg", 4096)][0] > 1.25 * s[("sg", 1024)][0]:
     fail("packing: SubGen's memory grew x%.2f from n=1024 to 4096" % (s[("sg", 4096)][0] / s[("sg", 1024)][0]))
 checks += 1
 
+# --query-at last: the last m positions, probes still concentrated
+t = load(gen("index", 300, 48, nprocs, "last", ("--query-at", "last")))
+if not np.array_equal(t["query_pos"], np.arange(261, 301)) or t["attrs"]["probes"].decode() != "last":
+    fail("index --query-at last: positions %s" % t["query_pos"])
+for j in range(len(t["query_pos"])):
+    if exact(t, 0, j)[0][int(t["query_target"][0, j])] < 0.9:
+        fail("index --query-at last: probe %d below 0.9 on its target" % j)
+checks += 1
+
+# the figure's script on the two sweeps: slopes from the table's own numbers
+r = run(["/usr/bin/python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "analysis", "barrier.py"),
+         os.path.join(work, "sweep-index-np%d.h5" % nprocs), os.path.join(work, "sweep-packing-np%d.h5" % nprocs),
+         "-o", os.path.join(work, "fig")])
+if r.returncode != 0:
+    fail("analysis/barrier.py failed: %s" % r.stderr)
+import csv  # noqa: E402
+with open(os.path.join(work, "fig.csv")) as fh:
+    got = {(x["kind"], x["series"]): float(x["slope"]) for x in csv.DictReader(fh)}
+want_index = np.log(least[1] / least[0]) / np.log(4)
+want_sg = np.log(s[("sg", 4096)][0] / s[("sg", 1024)][0]) / np.log(4)
+if abs(got[("index", "least over methods")] - want_index) > 1e-3 or abs(got[("packing", "sg")] - want_sg) > 1e-3:
+    fail("analysis/barrier.py slopes %s, expected index %.3f, packing sg %.3f" % (got, want_index, want_sg))
+if os.path.getsize(os.path.join(work, "fig.png")) < 10000:
+    fail("analysis/barrier.py wrote no real figure")
+checks += 1
+
+r = run(mpi_cmd(nprocs, exe, "gen", "--kind", "packing", "--tokens", "64", "--dim", "4", "--every-position", "-o",
+                os.path.join(work, "bad.h5")))
+if r.returncode != 2 or "every-position" not in r.stderr:
+    fail("gen --kind packing --every-position was not refused: %s" % r.stderr)
 r = run(mpi_cmd(nprocs, exe, "gen", "--kind", "index", "--tokens", "64", "--dim", "48", "--beta", "3", "-o",
                 os.path.join(work, "bad.h5")))
 ours = [x for x in r.stderr.splitlines() if x.startswith("kvstream")]  # mpiexec adds its own lines

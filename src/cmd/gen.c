@@ -21,9 +21,9 @@ const kv_opt kv_gen_opt_table[] = {
       .help = "clustered: std of a value around its cluster's value" },
     { "beta", 0, KV_OPT_DOUBLE, G(beta), .dlo = 0, .dhi = INFINITY, .meta = "b", .def = "sqrt(d) (2 ln n + 3)",
       .help = "jl: query = beta * its target key (index, packing pick their own and record it)" },
-    { "query-at", 0, KV_OPT_CHOICE, G(query_at), .choices = "auto|end|spread",
-      .help = "end: every query a probe at position n (the state after the stream); spread: over the prefixes; "
-              "auto: end for index and packing, spread for the others" },
+    { "query-at", 0, KV_OPT_CHOICE, G(query_at), .choices = "auto|end|spread|last",
+      .help = "end: every query a probe at position n (the state after the stream); last: at the last m positions; "
+              "spread: over the prefixes; auto: end for index and packing, spread for the others" },
     { "theta", 0, KV_OPT_DOUBLE, G(theta), .meta = "rad", .help = "packing: least angle between two points" },
     { "points", 0, KV_OPT_INT, G(points), .lo = 2, .hi = INT64_C(1) << 24, .meta = "N",
       .help = "packing: at most N points (fewer when the theta-packing fills up first)" },

@@ -197,7 +197,7 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
                   kv_results_attr_str(r, "/", "methods", o->methods, err) ||
                   kv_results_attr_str(r, "/", "format", "kvstream-sweep", err) ||
                   kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
-                  kv_results_attr_str(r, "/", "query_at", kv_gen_query_pos(&o->gen, 0) == o->gen.n ? "end" : "spread", err) ||
+                  kv_results_attr_str(r, "/", "query_at", kv_gen_query_at_name(&o->gen), err) ||
                   kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
     if (rc) rc = err->code;
     free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);

@@ -215,16 +215,26 @@ void kv_gen_defaults(kv_gen_opts *o)
     o->seed = 1;
 }
 
-static int probes_at_end(const kv_gen_opts *o)
+static int query_at(const kv_gen_opts *o)
 {
-    if (o->query_at == KV_QAT_AUTO) return !strcmp(o->kind, "index") || !strcmp(o->kind, "packing");
-    return o->query_at == KV_QAT_END;
+    if (o->every_position) return KV_QAT_SPREAD;
+    if (o->query_at == KV_QAT_AUTO)
+        return !strcmp(o->kind, "index") || !strcmp(o->kind, "packing") ? KV_QAT_END : KV_QAT_SPREAD;
+    return o->query_at;
+}
+
+const char *kv_gen_query_at_name(const kv_gen_opts *o)
+{
+    int q = query_at(o);
+    return q == KV_QAT_END ? "end" : q == KV_QAT_LAST ? "last" : "spread";
 }
 
 int64_t kv_gen_query_pos(const kv_gen_opts *o, int64_t j)
 {
     if (o->every_position) return j + 1;
-    if (probes_at_end(o)) return o->n; /* the state after the whole stream */
+    int q = query_at(o);
+    if (q == KV_QAT_END) return o->n; /* the state after the whole stream */
+    if (q == KV_QAT_LAST) return o->n - o->m + 1 + j >= 1 ? o->n - o->m + 1 + j : 1;
     /* spread evenly, the last query sees the whole stream */
     return (int64_t)(((__int128)(j + 1) * o->n + o->m - 1) / o->m);
 }
@@ -405,7 +415,7 @@ static int write_picked(const char *path, const kv_gen_opts *o, const kv_gen_pic
     if (f < 0) return kv_seterr(err, KV_EINTERNAL, "gen: cannot reopen %s for its attributes", path);
     int bad = kv_h5_attr_scalar(f, "beta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->beta) ||
               kv_h5_attr_scalar(f, "target_mass_min", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->target_mass_min) ||
-              kv_h5_attr_str(f, "probes", kv_gen_query_pos(o, 0) == o->n && kv_gen_query_pos(o, o->m - 1) == o->n ? "end" : "spread");
+              kv_h5_attr_str(f, "probes", kv_gen_query_at_name(o));
     if (!bad && !strcmp(o->kind, "packing"))
         bad = kv_h5_attr_scalar(f, "points", H5T_STD_I64LE, H5T_NATIVE_INT64, &pk->points) ||
               kv_h5_attr_scalar(f, "theta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->theta);
@@ -437,8 +447,10 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
     if (!(o.radius > 0) || !isfinite(o.radius)) return kv_seterr(err, KV_EINPUT, "gen: --radius must be > 0");
     if (!(o.theta > 0 && o.theta < M_PI)) return kv_seterr(err, KV_EINPUT, "gen: --theta must be in (0, pi)");
     if (o.points < 2 || o.points > (INT64_C(1) << 24)) return kv_seterr(err, KV_EINPUT, "gen: --points must be in [2, 2^24]");
-    if (o.every_position && (o.query_at == KV_QAT_END || !strcmp(o.kind, "index") || !strcmp(o.kind, "packing")))
-        return kv_seterr(err, KV_EINPUT, "gen: --every-position and probes at the end (--query-at end, index, packing) exclude each other");
+    if (o.every_position && (o.query_at == KV_QAT_END || o.query_at == KV_QAT_LAST ||
+                             (o.query_at == KV_QAT_AUTO && (!strcmp(o.kind, "index") || !strcmp(o.kind, "packing")))))
+        return kv_seterr(err, KV_EINPUT, "gen: --every-position places its own queries: it excludes --query-at end|last "
+                         "(and the default end of index and packing: give --query-at spread)");
     int is_index = !strcmp(o.kind, "index"), is_packing = !strcmp(o.kind, "packing");
     if ((is_index || is_packing) && in->beta >= 0)
         return kv_seterr(err, KV_EINPUT, "gen: --beta is picked by --kind %s (see `gen --help`), do not give it", o.kind);
