@@ -3,9 +3,10 @@
 # two lower-bound instances, index (d = 8 and 48) over n = 512..8192 and
 # packing (d = 4 and 8) over n = 1,024..16,384, probes after the stream
 # (--query-at end), eps = 0.1 on the p95 relative error of the probes, window,
-# uniform, h2o and SubGen (three templates: the cluster cap searched at two
-# join radii with one-key reservoirs carrying values, and the paper's l2
-# estimator with its budget= rule searched), under MPI (2 ranks, 1 thread
+# uniform, h2o and SubGen (four templates: the cluster cap searched at two
+# join radii with one-key reservoirs carrying values, the budget= rule
+# choosing t and the cap for those reservoirs, and the paper's l2 estimator
+# with its budget= rule choosing t, s and the cap), under MPI (2 ranks, 1 thread
 # each); then analysis/barrier.py draws the figure and the slopes.
 #
 #   bash scripts/run-barrier.sh [build-dir (default build)] [out-dir (default out/barrier)]
@@ -27,6 +28,7 @@ EPS=0.1
 METHODS="window:W=@,uniform:tokens=@,h2o:tokens=@"
 METHODS="$METHODS,subgen:delta=0.1,t=1,joint=1,clusters=@,name=subgen-d01"
 METHODS="$METHODS,subgen:delta=0.3,t=1,joint=1,clusters=@,name=subgen-d03"
+METHODS="$METHODS,subgen:delta=0.1,joint=1,budget=@tok,name=subgen-jb"
 METHODS="$METHODS,subgen:budget=@tok,name=subgen-l2"
 COMMON=(--eps "$EPS" --queries 64 --seed 1 --seeds 1 --query-at end --methods "$METHODS" --workdir "$OUT")
 
