@@ -24,6 +24,7 @@ typedef struct {
     float *pts;         /* packing: S x N x d unit vectors */
 } gen_extra;
 
+/* every kind gets the precomputed extras x; only index and packing use them */
 #define X_ const gen_extra *x
 typedef struct {
     const char *name;
