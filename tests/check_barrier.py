@@ -18,6 +18,8 @@ usage: check_barrier.py KVSTREAM WORKDIR NP
   meets eps with the same memory at n = 1024 and 4096, and keeps_all is
   reported; analysis/barrier.py's slopes agree with the table's numbers.
 - `--query-at last` puts the probes at the last m positions.
+- `sweep --score bits` (fraction of the target's bits the output's sign gets
+  wrong, p95 over probes) agrees with numpy on the saved outputs.
 - `gen --kind index --beta 3` is refused with one line and exit status 2,
   and so is packing with --every-position."""
 import os
@@ -202,6 +204,37 @@ if abs(got[("index", "least over methods")] - want_index) > 1e-3 or abs(got[("pa
     fail("analysis/barrier.py slopes %s, expected index %.3f, packing sg %.3f" % (got, want_index, want_sg))
 if os.path.getsize(os.path.join(work, "fig.png")) < 10000:
     fail("analysis/barrier.py wrote no real figure")
+checks += 1
+
+# --score bits: the sweep's p95 of wrong bits equals numpy's on the saved outputs
+out = os.path.join(work, "sweep-bits-np%d.h5" % nprocs)
+r = run(mpi_cmd(nprocs, exe, "sweep", "--kind", "index", "--n", "512", "--d", "48", "--methods", "window:W=@",
+                "--eps", "0.02", "--score", "bits", "--queries", "64", "--seed", "3", "--workdir", work, "--keep-traces",
+                "-o", out), timeout=300)
+if r.returncode != 0:
+    fail("sweep --score bits failed: %s" % r.stderr)
+with h5py.File(out, "r") as f:
+    W, got = int(f["sweep"]["param"][0]), float(f["sweep"]["p95_error"][0])
+    if f.attrs["score"].decode() != "bit_error" or not f["sweep"]["met"][0]:
+        fail("sweep --score bits: score attribute or met")
+trace = os.path.join(work, "sweep-index-n512-d48-seed3.h5")
+for w_, must_meet in ((W, True), (W // 2, False)):
+    res = os.path.join(work, "bits-W%d.h5" % w_)
+    r = run(mpi_cmd(nprocs, exe, "replay", trace, "--methods", "window:W=%d,name=w" % w_, "--save-outputs", "-q",
+                    "-o", res))
+    if r.returncode != 0:
+        fail("replay for the bit check failed: %s" % r.stderr)
+    t = load(trace)
+    with h5py.File(res, "r") as f:
+        z = f["methods/w/outputs"][0]
+    vt = t["values"][0][t["query_target"][0]]
+    wrong = np.sort(np.mean(~(np.sign(z) == vt), axis=1))
+    p95 = wrong[int(np.ceil(0.95 * len(wrong))) - 1]  # nearest rank, as replay's p95
+    if w_ == W and p95 != got:
+        fail("sweep --score bits: p95 %g, numpy on the outputs %g" % (got, p95))
+    if (p95 <= 0.02) != must_meet:
+        fail("sweep --score bits: W=%d gives p95 bit error %g" % (w_, p95))
+print("score bits: W = %d decodes (p95 wrong bits %g), W = %d does not" % (W, got, W // 2))
 checks += 1
 
 r = run(mpi_cmd(nprocs, exe, "gen", "--kind", "packing", "--tokens", "64", "--dim", "4", "--every-position", "-o",

@@ -14,6 +14,8 @@
 #include "cmd/sweep.h"
 #include "methods/method.h"
 #include "mpi/coll.h"
+#include "io/trace.h"
+#include "kernels/metrics.h"
 
 typedef struct {
     char method[64];     /* the template's label */
@@ -42,6 +44,59 @@ static int cmp_f64(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* --score bits, on one rank: per probe the fraction of its target's value
+ * bits that the sign of the method's output gets wrong (0 counts as wrong),
+ * p[i] = the p95 over probes (nearest rank, as replay's) for the first K
+ * methods of res, whose outputs the replay saved in res_path. */
+static int bit_scores(const char *trace, const char *res_path, const kv_replay_result *res, int K, double *p,
+                      kv_err *err)
+{
+    kv_trace *t = kv_trace_open(trace, MPI_COMM_SELF, err);
+    if (!t) return err->code;
+    const kv_trace_info *in = kv_trace_get_info(t);
+    int64_t S = in->S, m = in->m, dv = in->dv, d = in->d;
+    if (!in->has_query_target) {
+        kv_trace_close(t);
+        return kv_seterr(err, KV_EINPUT, "sweep: --score bits needs /query_target in the trace (kinds jl, index, packing)");
+    }
+    int64_t *tgt = malloc(sizeof(int64_t) * (size_t)(S * m));
+    float *Vt = malloc(sizeof(float) * (size_t)(S * m * dv));
+    float *Kb = malloc(sizeof(float) * (size_t)(S * d)), *Vb = malloc(sizeof(float) * (size_t)(S * dv));
+    double *e = malloc(sizeof(double) * (size_t)(S * m));
+    int rc = !tgt || !Vt || !Kb || !Vb || !e ? kv_seterr(err, KV_EINTERNAL, "sweep: out of memory") : KV_OK;
+    if (!rc) rc = kv_trace_read_query_target(t, 0, m, tgt, err);
+    /* the target's value row, one token (of every stream) at a time */
+    for (int64_t s = 0; !rc && s < S; s++)
+        for (int64_t j = 0; !rc && j < m; j++) {
+            rc = kv_trace_read_kv(t, tgt[s * m + j], 1, Kb, Vb, err);
+            if (!rc) memcpy(Vt + (s * m + j) * dv, Vb + s * dv, sizeof(float) * (size_t)dv);
+        }
+    kv_trace_close(t);
+    kv_results *r = rc ? NULL : kv_results_reopen(res_path, err);
+    if (!rc && !r) rc = err->code;
+    for (int i = 0; !rc && i < K; i++) {
+        char g[96];
+        float *z = NULL;
+        int64_t cnt = 0;
+        snprintf(g, sizeof g, "/methods/%s", res->methods[i].label);
+        if (kv_results_read(r, g, "outputs", KV_R_F32, (void **)&z, &cnt, err)) { rc = err->code; break; }
+        if (cnt != S * m * dv) rc = kv_seterr(err, KV_EINTERNAL, "sweep: %s/outputs has %lld values", g, (long long)cnt);
+        for (int64_t q = 0; !rc && q < S * m; q++) {
+            int64_t wrong = 0;
+            for (int64_t c = 0; c < dv; c++) {
+                float zz = z[q * dv + c], v = Vt[q * dv + c];
+                wrong += !((zz > 0 && v > 0) || (zz < 0 && v < 0));
+            }
+            e[q] = (double)wrong / (double)dv;
+        }
+        if (!rc) p[i] = kv_summarize(e, (size_t)(S * m)).p95;
+        free(z);
+    }
+    if (r && kv_results_close(r, err) && !rc) rc = err->code;
+    free(tgt); free(Vt); free(Kb); free(Vb); free(e);
+    return rc;
 }
 
 /* one replay of one spec; *p95 and *mem of that method.  A randomised
@@ -85,6 +140,12 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
     ro.quiet = 1;
     ro.bound_ratio = 0;
     ro.seed = o->gen.seed;
+    char scratch[1100];
+    if (o->score_bits) { /* the outputs go to a scratch results file, scored below */
+        snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
+        ro.out = scratch;
+        ro.save_outputs = 1;
+    }
     kv_replay_result res = { 0 };
     int rc = kv_replay_run(&ro, comm, &res, err);
     if (!rc) {
@@ -93,6 +154,17 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
             p[i] = res.methods[i].p95_error;
             if (res.methods[i].memory_bytes > *mem) *mem = res.methods[i].memory_bytes;
         }
+    }
+    if (!rc && o->score_bits) { /* rank 0 scores, every rank gets the numbers */
+        int rank;
+        MPI_Comm_rank(comm, &rank);
+        if (rank == 0) bit_scores(trace, scratch, &res, K, p, err);
+        rc = kv_agree(comm, err);
+        if (!rc && kv_mpi_bcast(p, sizeof(double) * (size_t)K, 0, comm))
+            rc = kv_seterr(err, KV_EINTERNAL, "sweep: broadcast of the bit scores failed");
+        if (rc) kv_replay_result_free(&res);
+    }
+    if (!rc) {
         qsort(p, (size_t)K, sizeof *p, cmp_f64);
         *p95 = p[K / 2];
         kv_replay_result_free(&res);
@@ -198,6 +270,7 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
                   kv_results_attr_str(r, "/", "format", "kvstream-sweep", err) ||
                   kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
                   kv_results_attr_str(r, "/", "query_at", kv_gen_query_at_name(&o->gen), err) ||
+                  kv_results_attr_str(r, "/", "score", o->score_bits ? "bit_error" : "rel_error", err) ||
                   kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
     if (rc) rc = err->code;
     free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);
@@ -216,6 +289,9 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     else if (!o->methods) kv_seterr(err, KV_EINPUT, "sweep: missing --methods (templates with '@', e.g. window:W=@)");
     else if (!(o->eps > 0)) kv_seterr(err, KV_EINPUT, "sweep: --eps must be > 0");
     else if (o->nn < 1 || o->nd < 1) kv_seterr(err, KV_EINPUT, "sweep: --n and --d need at least one value each");
+    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing"))
+        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index or packing, not '%s'",
+                  o->gen.kind);
     else kv_spec_parse_list(o->methods, &tm, &nt, err);
     if (kv_agree(comm, err)) return err->code;
     row *rows = calloc((size_t)(o->nn * o->nd * nt), sizeof *rows);
@@ -260,6 +336,11 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             kv_mpi_barrier(comm);
             if (rank == 0 && !o->keep_traces) remove(trace);
         }
+    if (rank == 0 && o->score_bits) { /* the scratch results of --score bits */
+        char scratch[1100];
+        snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
+        remove(scratch);
+    }
     if (!err->code && rank == 0) write_table(o, rows, nr, err);
     kv_agree(comm, err);
     free(rows);
@@ -286,6 +367,9 @@ static const kv_opt sweep_table[] = {
     { "eps", 0, KV_OPT_DOUBLE, W(o.eps), .meta = "E", .help = "target p95 relative error (> 0)" },
     { "workdir", 0, KV_OPT_STRING, W(o.workdir), .meta = "DIR", .def = ".", .help = "where the generated traces go" },
     { "keep-traces", 0, KV_OPT_FLAG, W(o.keep_traces), .lo = 1, .help = "do not delete the generated traces" },
+    { "score", 0, KV_OPT_CHOICE, W(o.score_bits), .choices = "rel|bits",
+      .help = "rel: p95 relative error of the output; bits: p95 over probes of the fraction of the target's value "
+              "bits the output's sign gets wrong (jl, index, packing)" },
     { "seeds", 0, KV_OPT_INT, W(o.seeds), .lo = 1, .hi = 64, .meta = "K", .def = "1",
       .help = "randomised methods: K seeds per budget, judged by the median p95" },
     { 0 } };

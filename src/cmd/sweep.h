@@ -31,6 +31,8 @@ typedef struct {
     const char *out;         /* the /sweep table */
     int keep_traces;
     int seeds;               /* randomised methods: seeds per budget (median p95); 0 or 1: one */
+    int score_bits;          /* 0: relative error of the output; 1: fraction of the target's value bits the
+                              * output's sign gets wrong (traces with /query_target) */
     FILE *table;             /* rank 0's progress and final table, NULL: none */
 } kv_sweep_opts;
 
