@@ -96,6 +96,12 @@ static int bit_scores(const char *trace, const char *res_path, const kv_replay_r
     }
     if (r && kv_results_close(r, err) && !rc) rc = err->code;
     free(tgt); free(Vt); free(Kb); free(Vb); free(e);
+    if (rc == KV_EINPUT) { /* the replay accepted the spec: no failure here is the user's (nor a refused budget) */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        kv_err_clear(err);
+        rc = kv_seterr(err, KV_EINTERNAL, "sweep --score bits: %s", msg);
+    }
     return rc;
 }
 
