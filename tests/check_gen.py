@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """kvstream gen writes identical traces for 1, 2 and 3 ranks (same seed), a
 different trace for another seed, and the generated data has the moments
-its kind promises.  usage: check_gen.py KVSTREAM WORKDIR"""
+its kind promises (index and packing: the same picked beta for every rank
+count, probes at the end; packing: each stream its own separated, cyclic
+point set).  usage: check_gen.py KVSTREAM WORKDIR"""
 import sys
 
 import h5py
@@ -11,7 +13,8 @@ from kvtest import fail, mpi_cmd, run
 
 exe, work = sys.argv[1], sys.argv[2]
 checks = 0
-for kind, extra in (("gaussian", []), ("clustered", ["--clusters", "4", "--spread", "0.05"]), ("jl", []), ("sphere", ["--radius", "2"])):
+for kind, extra in (("gaussian", []), ("clustered", ["--clusters", "4", "--spread", "0.05"]), ("jl", []), ("sphere", ["--radius", "2"]),
+                    ("index", []), ("packing", ["--theta", "1.0"])):
     files = []
     for np_, seed in ((1, 7), (2, 7), (3, 7), (1, 8)):
         out = "%s/gen_%s_%d_%d.h5" % (work, kind, np_, seed)
@@ -36,6 +39,23 @@ for kind, extra in (("gaussian", []), ("clustered", ["--clusters", "4", "--sprea
         fail("gaussian keys mean %.3f std %.3f" % (K.mean(), K.std()))
     if kind == "sphere" and not np.allclose(np.linalg.norm(K, axis=2), 2.0, rtol=1e-5):
         fail("sphere keys not on the radius-2 sphere")
+    if kind in ("index", "packing"):
+        for k in ("beta", "target_mass_min"):
+            if files[0].attrs[k] != files[1].attrs[k] or files[0].attrs[k] != files[2].attrs[k]:
+                fail("%s: attribute %s differs between rank counts" % (kind, k))
+        if not (pos == 1000).all():
+            fail("%s: probes not at the end: %s" % (kind, pos))
+    if kind == "packing":
+        # two streams, each its own theta-separated set
+        N = int(files[0].attrs["points"])
+        for s in range(2):
+            P = K[s, :N].astype(float)
+            G = P @ P.T
+            np.fill_diagonal(G, -1)
+            if np.arccos(min(1.0, G.max())) < 1.0 - 1e-6 or not np.array_equal(K[s], K[s][np.arange(1000) % N]):
+                fail("packing stream %d: points not 1.0-separated or not cyclic" % s)
+        if np.array_equal(K[0, :N], K[1, :N]):
+            fail("packing: both streams have the same points")
     if kind == "jl":
         if "query_target" not in files[0]:
             fail("jl trace lacks /query_target")

@@ -1,5 +1,7 @@
 /* sweep.c - `kvstream sweep`: minimum budget for p95 error <= eps over a grid of (n, d)
- * (the search and the /sweep table, then the command line at the end). */
+ * (the search and the /sweep table, then the command line at the end).  Each
+ * row also says whether the answer is "keep everything" (the method held at
+ * least what exact attention holds) and what the generator picked (beta, N). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,12 +14,19 @@
 #include "cmd/sweep.h"
 #include "methods/method.h"
 #include "mpi/coll.h"
+#include "io/trace.h"
+#include "kernels/metrics.h"
 
 typedef struct {
     char method[64];     /* the template's label */
     int64_t n, d, param, budget;
     double p95;
     int met;
+    int64_t exact_bytes; /* exact attention's memory on the same trace */
+    int keeps_all;       /* met, but only with budget >= exact_bytes */
+    double beta;         /* the generator's pick (index, packing), else -1 */
+    int64_t points;      /* packing's N, else -1 */
+    int64_t errors;      /* parameters the method refused (too small a budget=): counted as misses */
 } row;
 
 /* spec text with every '@' replaced by x */
@@ -35,6 +44,65 @@ static int cmp_f64(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* --score bits, on one rank: per probe the fraction of its target's value
+ * bits that the sign of the method's output gets wrong (0 counts as wrong),
+ * p[i] = the p95 over probes (nearest rank, as replay's) for the first K
+ * methods of res, whose outputs the replay saved in res_path. */
+static int bit_scores(const char *trace, const char *res_path, const kv_replay_result *res, int K, double *p,
+                      kv_err *err)
+{
+    kv_trace *t = kv_trace_open(trace, MPI_COMM_SELF, err);
+    if (!t) return err->code;
+    const kv_trace_info *in = kv_trace_get_info(t);
+    int64_t S = in->S, m = in->m, dv = in->dv, d = in->d;
+    if (!in->has_query_target) {
+        kv_trace_close(t);
+        return kv_seterr(err, KV_EINPUT, "sweep: --score bits needs /query_target in the trace (kinds jl, index, packing)");
+    }
+    int64_t *tgt = malloc(sizeof(int64_t) * (size_t)(S * m));
+    float *Vt = malloc(sizeof(float) * (size_t)(S * m * dv));
+    float *Kb = malloc(sizeof(float) * (size_t)(S * d)), *Vb = malloc(sizeof(float) * (size_t)(S * dv));
+    double *e = malloc(sizeof(double) * (size_t)(S * m));
+    int rc = !tgt || !Vt || !Kb || !Vb || !e ? kv_seterr(err, KV_EINTERNAL, "sweep: out of memory") : KV_OK;
+    if (!rc) rc = kv_trace_read_query_target(t, 0, m, tgt, err);
+    /* the target's value row, one token (of every stream) at a time */
+    for (int64_t s = 0; !rc && s < S; s++)
+        for (int64_t j = 0; !rc && j < m; j++) {
+            rc = kv_trace_read_kv(t, tgt[s * m + j], 1, Kb, Vb, err);
+            if (!rc) memcpy(Vt + (s * m + j) * dv, Vb + s * dv, sizeof(float) * (size_t)dv);
+        }
+    kv_trace_close(t);
+    kv_results *r = rc ? NULL : kv_results_reopen(res_path, err);
+    if (!rc && !r) rc = err->code;
+    for (int i = 0; !rc && i < K; i++) {
+        char g[96];
+        float *z = NULL;
+        int64_t cnt = 0;
+        snprintf(g, sizeof g, "/methods/%s", res->methods[i].label);
+        if (kv_results_read(r, g, "outputs", KV_R_F32, (void **)&z, &cnt, err)) { rc = err->code; break; }
+        if (cnt != S * m * dv) rc = kv_seterr(err, KV_EINTERNAL, "sweep: %s/outputs has %lld values", g, (long long)cnt);
+        for (int64_t q = 0; !rc && q < S * m; q++) {
+            int64_t wrong = 0;
+            for (int64_t c = 0; c < dv; c++) {
+                float zz = z[q * dv + c], v = Vt[q * dv + c];
+                wrong += !((zz > 0 && v > 0) || (zz < 0 && v < 0));
+            }
+            e[q] = (double)wrong / (double)dv;
+        }
+        if (!rc) p[i] = kv_summarize(e, (size_t)(S * m)).p95;
+        free(z);
+    }
+    if (r && kv_results_close(r, err) && !rc) rc = err->code;
+    free(tgt); free(Vt); free(Kb); free(Vb); free(e);
+    if (rc == KV_EINPUT) { /* the replay accepted the spec: no failure here is the user's (nor a refused budget) */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        kv_err_clear(err);
+        rc = kv_seterr(err, KV_EINTERNAL, "sweep --score bits: %s", msg);
+    }
+    return rc;
 }
 
 /* one replay of one spec; *p95 and *mem of that method.  A randomised
@@ -78,6 +146,12 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
     ro.quiet = 1;
     ro.bound_ratio = 0;
     ro.seed = o->gen.seed;
+    char scratch[1100];
+    if (o->score_bits) { /* the outputs go to a scratch results file, scored below */
+        snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
+        ro.out = scratch;
+        ro.save_outputs = 1;
+    }
     kv_replay_result res = { 0 };
     int rc = kv_replay_run(&ro, comm, &res, err);
     if (!rc) {
@@ -86,6 +160,17 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
             p[i] = res.methods[i].p95_error;
             if (res.methods[i].memory_bytes > *mem) *mem = res.methods[i].memory_bytes;
         }
+    }
+    if (!rc && o->score_bits) { /* rank 0 scores, every rank gets the numbers */
+        int rank;
+        MPI_Comm_rank(comm, &rank);
+        if (rank == 0) bit_scores(trace, scratch, &res, K, p, err);
+        rc = kv_agree(comm, err);
+        if (!rc && kv_mpi_bcast(p, sizeof(double) * (size_t)K, 0, comm))
+            rc = kv_seterr(err, KV_EINTERNAL, "sweep: broadcast of the bit scores failed");
+        if (rc) kv_replay_result_free(&res);
+    }
+    if (!rc) {
         qsort(p, (size_t)K, sizeof *p, cmp_f64);
         *p95 = p[K / 2];
         kv_replay_result_free(&res);
@@ -106,12 +191,20 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
         *out = (row){ .param = 0, .budget = mem, .p95 = p95, .met = p95 <= o->eps };
         return KV_OK;
     }
-    int64_t lo = 0, hi = -1, x = 1;
+    int64_t lo = 0, hi = -1, x = 1, refused = 0;
     double hi_p95 = NAN, last_p95 = NAN;
     int64_t hi_mem = -1, last_mem = -1;
     for (;;) { /* doubling */
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+            /* a method may refuse a small parameter (budget= below what one
+             * cluster needs): a miss, unless even x = n is refused */
+            if (err->code != KV_EINPUT || x >= n) return err->code;
+            kv_err_clear(err);
+            refused++;
+            p95 = INFINITY;
+            mem = -1;
+        }
         last_p95 = p95;
         last_mem = mem;
         if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; break; }
@@ -120,17 +213,23 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
         x = x * 2 > n ? n : x * 2;
     }
     if (hi < 0) { /* even a budget of n tokens misses eps */
-        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0 };
+        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0, .errors = refused };
         return KV_OK;
     }
     while (hi - lo > 1 && hi - lo > lo / 8) { /* bisection to 1/8 */
         x = lo + (hi - lo) / 2;
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) return err->code;
+        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+            if (err->code != KV_EINPUT) return err->code;
+            kv_err_clear(err);
+            refused++;
+            lo = x;
+            continue;
+        }
         if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; }
         else lo = x;
     }
-    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1 };
+    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1, .errors = refused };
     return KV_OK;
 }
 
@@ -140,14 +239,19 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
     if (!r) return err->code;
     int64_t *n = malloc(sizeof(int64_t) * (size_t)nr), *d = malloc(sizeof(int64_t) * (size_t)nr);
     int64_t *pa = malloc(sizeof(int64_t) * (size_t)nr), *b = malloc(sizeof(int64_t) * (size_t)nr);
-    int64_t *met = malloc(sizeof(int64_t) * (size_t)nr);
-    double *p = malloc(sizeof(double) * (size_t)nr);
+    int64_t *met = malloc(sizeof(int64_t) * (size_t)nr), *eb = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *ka = malloc(sizeof(int64_t) * (size_t)nr), *pts = malloc(sizeof(int64_t) * (size_t)nr);
+    int64_t *ne = malloc(sizeof(int64_t) * (size_t)nr);
+    double *p = malloc(sizeof(double) * (size_t)nr), *beta = malloc(sizeof(double) * (size_t)nr);
     const char **names = malloc(sizeof(char *) * (size_t)nr), **kinds = malloc(sizeof(char *) * (size_t)nr);
     int rc = KV_OK;
-    if (!n || !d || !pa || !b || !met || !p || !names || !kinds) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    if (!n || !d || !pa || !b || !met || !p || !names || !kinds || !eb || !ka || !pts || !ne || !beta)
+        rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
     for (int i = 0; !rc && i < nr; i++) {
         n[i] = rows[i].n; d[i] = rows[i].d; pa[i] = rows[i].param; b[i] = rows[i].budget;
         p[i] = rows[i].p95; met[i] = rows[i].met; names[i] = rows[i].method; kinds[i] = o->gen.kind;
+        eb[i] = rows[i].exact_bytes; ka[i] = rows[i].keeps_all; pts[i] = rows[i].points; beta[i] = rows[i].beta;
+        ne[i] = rows[i].errors;
     }
     int64_t dims[1] = { nr };
     if (!rc) rc = kv_results_group(r, "/sweep", err);
@@ -159,16 +263,24 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
              kv_results_write_all(r, "/sweep", "param", KV_R_I64, 1, dims, pa, err) ||
              kv_results_write_all(r, "/sweep", "budget_bytes", KV_R_I64, 1, dims, b, err) ||
              kv_results_write_all(r, "/sweep", "p95_error", KV_R_F64, 1, dims, p, err) ||
-             kv_results_write_all(r, "/sweep", "met", KV_R_I64, 1, dims, met, err);
+             kv_results_write_all(r, "/sweep", "met", KV_R_I64, 1, dims, met, err) ||
+             kv_results_write_all(r, "/sweep", "exact_bytes", KV_R_I64, 1, dims, eb, err) ||
+             kv_results_write_all(r, "/sweep", "keeps_all", KV_R_I64, 1, dims, ka, err) ||
+             kv_results_write_all(r, "/sweep", "beta", KV_R_F64, 1, dims, beta, err) ||
+             kv_results_write_all(r, "/sweep", "points", KV_R_I64, 1, dims, pts, err) ||
+             kv_results_write_all(r, "/sweep", "refused", KV_R_I64, 1, dims, ne, err);
         if (rc) rc = err->code;
     }
     if (!rc) rc = kv_results_attr_f64(r, "/", "eps", o->eps, err) || kv_results_attr_str(r, "/", "kind", o->gen.kind, err) ||
                   kv_results_attr_str(r, "/", "methods", o->methods, err) ||
                   kv_results_attr_str(r, "/", "format", "kvstream-sweep", err) ||
                   kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
+                  kv_results_attr_str(r, "/", "query_at", kv_gen_query_at_name(&o->gen), err) ||
+                  kv_results_attr_str(r, "/", "score", o->score_bits ? "bit_error" : "rel_error", err) ||
                   kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
     if (rc) rc = err->code;
     free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);
+    free(eb); free(ka); free(pts); free(ne); free(beta);
     int rc2 = kv_results_close(r, err);
     return rc ? rc : rc2;
 }
@@ -183,14 +295,17 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     else if (!o->methods) kv_seterr(err, KV_EINPUT, "sweep: missing --methods (templates with '@', e.g. window:W=@)");
     else if (!(o->eps > 0)) kv_seterr(err, KV_EINPUT, "sweep: --eps must be > 0");
     else if (o->nn < 1 || o->nd < 1) kv_seterr(err, KV_EINPUT, "sweep: --n and --d need at least one value each");
+    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing"))
+        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index or packing, not '%s'",
+                  o->gen.kind);
     else kv_spec_parse_list(o->methods, &tm, &nt, err);
     if (kv_agree(comm, err)) return err->code;
     row *rows = calloc((size_t)(o->nn * o->nd * nt), sizeof *rows);
     int nr = 0;
     if (!rows) kv_seterr(err, KV_EINTERNAL, "out of memory");
     if (rank == 0 && o->table)
-        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s\n", "kind", "n", "d", "method", "param",
-                "budget_bytes", "p95_err", "met");
+        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s %9s\n", "kind", "n", "d", "method", "param",
+                "budget_bytes", "p95_err", "met", "keeps_all");
     for (int a = 0; a < o->nn && !err->code; a++)
         for (int b = 0; b < o->nd && !err->code; b++) {
             kv_gen_opts g = o->gen;
@@ -201,17 +316,25 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             g.d = o->ds[b];
             g.dv = -1;
             g.out = trace;
-            if (kv_gen_run(&g, comm, err)) break;
+            kv_gen_picked pk;
+            if (kv_gen_run_picked(&g, comm, &pk, err)) break;
+            double ex_p95;
+            int64_t ex_mem;
+            if (run_one(o, trace, "exact", comm, &ex_p95, &ex_mem, err)) break; /* what "everything" costs */
             for (int i = 0; i < nt && !err->code; i++) {
                 row *x = &rows[nr];
                 if (search(o, trace, &tm[i], g.n, comm, x, err)) break;
                 snprintf(x->method, sizeof x->method, "%s", tm[i].label);
                 x->n = g.n;
                 x->d = g.d;
+                x->exact_bytes = ex_mem;
+                x->keeps_all = x->met && x->budget >= ex_mem;
+                x->beta = pk.beta;
+                x->points = pk.points;
                 if (rank == 0 && o->table) {
-                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s\n", g.kind, (long long)x->n,
+                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s %9s\n", g.kind, (long long)x->n,
                             (long long)x->d, x->method, (long long)x->param, (long long)x->budget, x->p95,
-                            x->met ? "yes" : "no");
+                            x->met ? "yes" : "no", x->keeps_all ? "yes" : "");
                     fflush(o->table);
                 }
                 nr++;
@@ -219,6 +342,11 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             kv_mpi_barrier(comm);
             if (rank == 0 && !o->keep_traces) remove(trace);
         }
+    if (rank == 0 && o->score_bits) { /* the scratch results of --score bits */
+        char scratch[1100];
+        snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
+        remove(scratch);
+    }
     if (!err->code && rank == 0) write_table(o, rows, nr, err);
     kv_agree(comm, err);
     free(rows);
@@ -245,6 +373,9 @@ static const kv_opt sweep_table[] = {
     { "eps", 0, KV_OPT_DOUBLE, W(o.eps), .meta = "E", .help = "target p95 relative error (> 0)" },
     { "workdir", 0, KV_OPT_STRING, W(o.workdir), .meta = "DIR", .def = ".", .help = "where the generated traces go" },
     { "keep-traces", 0, KV_OPT_FLAG, W(o.keep_traces), .lo = 1, .help = "do not delete the generated traces" },
+    { "score", 0, KV_OPT_CHOICE, W(o.score_bits), .choices = "rel|bits",
+      .help = "rel: p95 relative error of the output; bits: p95 over probes of the fraction of the target's value "
+              "bits the output's sign gets wrong (jl, index, packing)" },
     { "seeds", 0, KV_OPT_INT, W(o.seeds), .lo = 1, .hi = 64, .meta = "K", .def = "1",
       .help = "randomised methods: K seeds per budget, judged by the median p95" },
     { 0 } };
@@ -263,7 +394,9 @@ int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err)
         .cmd = "sweep",
         .usage = "--n 512,1024 --d 16,48 --methods 'window:W=@,subgen:delta=1,t=@,s=@' --eps E -o FILE [options]",
         .about = "For every (n, d) and method template, the smallest budget whose p95 relative error is <= eps\n"
-                 "(doubling from 1 to n, then bisection to 1/8); generates one trace per (n, d) of the grid.",
+                 "(doubling from 1 to n, then bisection to 1/8); generates one trace per (n, d) of the grid.\n"
+                 "With --query-at end (the default for index and packing) only probes after the stream are scored.\n"
+                 "Templates may search a budget: subgen:delta=0.1,t=1,joint=1,budget=@tok.",
         .groups = { { "sweep", sweep_table, &w }, { "generator", kv_gen_opt_table, &w.o.gen } },
     };
     kv_opts_parse(&c, argc, argv, rank == 0 ? stdout : NULL, NULL, &help, err);

@@ -4,9 +4,13 @@
  * each method template (a spec with '@' where the budget parameter goes,
  * e.g. "window:W=@" or "subgen:delta=0.8,t=@,s=@"), finds by search the
  * smallest parameter whose replay keeps the p95 relative error <= eps:
- * doubling from 1 up to n, then bisection to 1/8 resolution.  The memory
- * the method held at that parameter is the budget.  Results go to an HDF5
- * table /sweep (kind, n, d, method, param, budget_bytes, p95_error, met). */
+ * doubling from 1 up to n, then bisection to 1/8 resolution (a parameter
+ * the method refuses as too small counts as a miss).  The memory the method
+ * held at that parameter is the budget.  Which queries are scored is the
+ * generator's --query-at (index, packing: only the probes after the stream).
+ * Results go to an HDF5 table /sweep (kind, n, d, method, param,
+ * budget_bytes, p95_error, met, exact_bytes, keeps_all, beta, points,
+ * refused; docs/RESULTS_FORMAT.md). */
 #ifndef KVSTREAM_SWEEP_H
 #define KVSTREAM_SWEEP_H
 
@@ -27,6 +31,8 @@ typedef struct {
     const char *out;         /* the /sweep table */
     int keep_traces;
     int seeds;               /* randomised methods: seeds per budget (median p95); 0 or 1: one */
+    int score_bits;          /* 0: relative error of the output; 1: fraction of the target's value bits the
+                              * output's sign gets wrong (traces with /query_target) */
     FILE *table;             /* rank 0's progress and final table, NULL: none */
 } kv_sweep_opts;
 

@@ -1,0 +1,7 @@
+# The lower-bound instances (issue 15): index and packing carry what their
+# proofs need (target mass, decodability, separation), for 1 and 2 ranks.
+foreach(np 1 2)
+  add_test(NAME barrier_instances_np${np} COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_barrier.py ${KVSTREAM_EXE}
+           ${KV_WORK}/barrier_np${np} ${np})
+  set_tests_properties(barrier_instances_np${np} PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;sweep" TIMEOUT 900)
+endforeach()
