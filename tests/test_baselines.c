@@ -102,6 +102,7 @@ static int emu_open(emu *e, const char *text, const kv_method_ctx *base, int P, 
         c.rank = r;
         c.nranks = P;
         c.shard_tokens = 0; /* the rank's chunk-cyclic shard, as the driver says */
+        c.chunk = C;
         for (int64_t t = 0; t < c.n_total; t += C) c.shard_tokens += ((t / C) % P == r) ? (c.n_total - t < C ? c.n_total - t : C) : 0;
         kv_spec_reset(&e->spec[0]);
         if (e->ops->create(&e->spec[0], &c, &e->inst[r], err)) {

@@ -114,7 +114,9 @@ static int sim_open(sim *e, const char *text, const kv_method_ctx *base, int P, 
         c.rank = r;
         c.nranks = P;
         c.shard_tokens = 0;
+        c.chunk = C;
         for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / C) % P == r;
+        CHECK(kv_rank_tokens_below(&c, c.n_total) == c.shard_tokens, "kv_rank_tokens_below(n) != shard (P=%d r=%d)", P, r);
         kv_spec_reset(&e->spec[0]);
         if (e->ops->create(&e->spec[0], &c, &e->st[r], err)) {
             sim_close(e);
@@ -511,6 +513,43 @@ static void test_h2o_global(void)
     data_free(&x);
 }
 
+/* tokens >= n: every rank keeps every token at every prefix, whatever P,
+ * recent and the chunk (the early chunks' ranks hold most non-recent
+ * tokens, so a split by tokens seen would evict there) */
+static void test_h2o_covering(void)
+{
+    data x;
+    data_gen(&x, 700, 12, 4, 73, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    const char *specs[] = { "h2o:tokens=700", "h2o:tokens=700,recent=0", "h2o:tokens=700,recent=700",
+                            "h2o:tokens=900,recent=100" };
+    const int64_t chunks[] = { 37, 350 };
+    for (int si = 0; si < 4; si++)
+        for (int ci = 0; ci < 2; ci++)
+            for (int P = 1; P <= MAXP; P++) {
+                sim e;
+                kv_err err = { 0 };
+                CHECK(sim_open(&e, specs[si], &ctx, P, chunks[ci], &err) == KV_OK, "%s", err.msg);
+                if (!e.ops) return;
+                kv_rng r;
+                kv_rng_seed(&r, 17, (uint64_t)P, (uint64_t)si);
+                float Q[4 * 12];
+                double st[4 * 7];
+                int64_t bad = 0;
+                for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 40)) {
+                    int nq = 1 + (int)kv_rng_below(&r, 4);
+                    gen_queries(Q, nq, x.d, &r, 2.0);
+                    sim_advance(&e, &x, p);
+                    sim_partial(&e, Q, nq, p, st, x.dv);
+                    bad += sim_kept(&e) != p;
+                }
+                CHECK(bad == 0, "%s P=%d C=%lld: held fewer than every token at %lld prefixes", specs[si], P,
+                      (long long)chunks[ci], (long long)bad);
+                sim_close(&e);
+            }
+    data_free(&x);
+}
+
 /* exact attention over [a, b) in double */
 static void window_ref(const data *x, const float *q, int64_t a, int64_t b, double *st)
 {
@@ -643,6 +682,7 @@ static void test_resume(const char *spec, int P)
                 c.rank = k;
                 c.nranks = P;
                 c.shard_tokens = 0;
+                c.chunk = 37; /* as sim_open (and the driver) make it */
                 for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / 37) % P == k;
                 void *fresh = NULL;
                 kv_spec_reset(&b.spec[0]);
@@ -667,6 +707,7 @@ int main(void)
     test_topk(0);
     test_topk(6);
     test_h2o_global();
+    test_h2o_covering();
     test_h2o_window();
     test_h2o_budget();
     test_resume("topk:k=9", 3);

@@ -4,11 +4,15 @@
  * Global budget.  B tokens are held over all ranks together, whatever their
  * number: the recent part is the R globally newest tokens (indices >= p - R
  * at prefix p: each rank keeps its own tokens in that range), and the
- * remaining H = B - R heavy-hitter slots are split among the ranks by what
- * each has seen: at each horizon (method.h), the prefix p' reached so far
- * fixes a rank's share until the next horizon as
- *     share = floor(seen * H / p'),  seen = the rank's tokens < p',
- * so the shares never sum over H (before any token, floor(H * shard / n)).
+ * remaining H = B - R heavy-hitter slots are split among the ranks by how
+ * many of the non-recent tokens each holds: at each horizon p (method.h) a
+ * rank's share until the next horizon is
+ *     share = floor(H * below / (p - R)),  below = its tokens < p - R
+ * (kv_rank_tokens_below, from the driver's chunk), so the shares never sum
+ * over H, and with B >= n every rank keeps every token (exact at any P).
+ * Without the chunk (ctx->chunk = 0) the split is by what each has seen,
+ * floor(seen * H / p') at the previous horizon p' (before any token,
+ * floor(H * shard / n)), which starves the ranks holding the early tokens.
  * A rank fills its share with its non-recent tokens of the largest
  * (score, index) and evicts the lowest when the share shrinks.  With one
  * rank this is H2O with budget B exactly; with more, each rank's heavy
@@ -239,8 +243,11 @@ static void h2o_horizon(void *state, int64_t p)
 {
     h2o_state *s = state;
     if (p < s->hlast) return; /* not the driver's promise: ignore */
-    /* every rank has ingested exactly its tokens < hlast: shares sum to <= H */
-    if (s->hlast > 0) s->share = (int64_t)((__int128)s->seen * s->H / s->hlast);
+    /* shares sum to <= H: by the non-recent tokens of each rank when the
+     * sharding is known, else by what each has ingested (its tokens < hlast) */
+    int64_t x = p - s->R, below = x > 0 ? kv_rank_tokens_below(&s->ctx, x) : -1;
+    if (below >= 0) s->share = (int64_t)((__int128)below * s->H / x);
+    else if (s->hlast > 0) s->share = (int64_t)((__int128)s->seen * s->H / s->hlast);
     s->hlast = p;
     advance(s, p);
     resize(s, s->held); /* shrinking cannot fail for good (resize keeps the old blocks) */

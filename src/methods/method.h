@@ -44,6 +44,7 @@ typedef struct {
     int64_t stream;     /* stream index s */
     int rank, nranks;   /* this rank and the communicator size */
     int64_t shard_tokens; /* tokens of the stream this rank will see (0: unknown) */
+    int64_t chunk;      /* the driver's shard chunk C: rank r holds chunks r, r + P, ... (0: unknown) */
     uint64_t seed;      /* replay --seed; methods mix in stream and rank */
     kv_semantics semantics;
     int64_t window;     /* W for KV_SEM_WINDOW_UNMASKED */
@@ -147,6 +148,12 @@ typedef struct kv_method_ops {
  * ceil(total / nranks) when the shard size is unknown.  Shards differ by up
  * to one chunk, so a budget that covers the stream covers every shard. */
 int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total);
+
+/* This rank's tokens with index < x under the chunk-cyclic sharding of
+ * ctx->chunk (x clamped to [0, n_total]); -1 when the chunk is unknown.
+ * Summed over the ranks it is x: a global budget split by it never sums
+ * over the total. */
+int64_t kv_rank_tokens_below(const kv_method_ctx *ctx, int64_t x);
 
 /* Tokens this rank will see: ctx->shard_tokens, or n_total when unknown.
  * The bound checkpoint loads and max_bytes work with. */

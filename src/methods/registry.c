@@ -47,6 +47,15 @@ int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total)
     return share > 0 ? share : 1;
 }
 
+int64_t kv_rank_tokens_below(const kv_method_ctx *ctx, int64_t x)
+{
+    if (ctx->chunk <= 0 || ctx->nranks < 1 || ctx->rank < 0 || ctx->rank >= ctx->nranks) return -1;
+    if (ctx->n_total > 0 && x > ctx->n_total) x = ctx->n_total;
+    if (x <= 0) return 0;
+    int64_t C = ctx->chunk, round = C * ctx->nranks, part = x % round - (int64_t)ctx->rank * C;
+    return x / round * C + (part < 0 ? 0 : part > C ? C : part);
+}
+
 int64_t kv_shard_limit(const kv_method_ctx *ctx)
 {
     return ctx->shard_tokens > 0 ? ctx->shard_tokens : ctx->n_total;

@@ -73,7 +73,7 @@ int replay_instances_create(replay *r, kv_err *err)
         for (int64_t s = 0; s < r->S; s++) {
             kv_method_ctx ctx = { .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
                                   .stream = s, .rank = r->rank, .nranks = r->P, .seed = o->seed,
-                                  .shard_tokens = replay_shard_tokens(r),
+                                  .shard_tokens = replay_shard_tokens(r), .chunk = r->C,
                                   .semantics = o->semantics, .window = o->window };
             kv_spec_reset(&x->spec);
             if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
