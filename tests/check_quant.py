@@ -18,7 +18,9 @@ On a clustered trace (1 stream x 32768 tokens, d = dv = 64), replayed under
 - bits_per_token = memory_bytes x 8 / (S n) for every method, 32 (d + dv)
   for exact's allocated rows within its run table;
 - `kvstream methods` lists kivi and qjl under "quantisation"; bad
-  parameters and budgets too small exit 2 with one line."""
+  parameters and budgets too small exit 2 with one line;
+- `kvstream pareto` runs kivi and qjl at 10% and 50%, and analysis/pareto.py
+  draws them with another run's window curve in one figure (one exact row)."""
 import os
 import sys
 
@@ -135,4 +137,29 @@ for spec, word in (("kivi:bits=3", "bits"), ("kivi:bits=4,budget=10%", "budget")
     lines = [l for l in r.stderr.splitlines() if l.startswith("kvstream")]
     if r.returncode != 2 or len(lines) != 1 or word not in lines[0]:
         fail("%s: want exit 2 and one line naming %r, got %d: %r" % (spec, word, r.returncode, r.stderr))
+# the demo's figure: kvstream pareto for kivi and qjl at budgets they can
+# hold, drawn with an eviction method's run in one figure (analysis/pareto.py)
+pf = []
+for name, methods, budgets in (("evict", "window", "2.5%,5%"), ("quant", "kivi,qjl", "10%,50%")):
+    out = os.path.join(work, "pareto-%s.h5" % name)
+    r = run(mpi_cmd(2, exe, "pareto", trace, "--methods", methods, "--budgets", budgets, "--shard-chunk", "256",
+                    "-q", "-o", out), timeout=600)
+    if r.returncode:
+        fail("pareto %s: %s" % (methods, r.stderr))
+    pf.append(out)
+prefix = os.path.join(work, "pareto-fig")
+r = run(["/usr/bin/python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "analysis", "pareto.py")]
+        + pf + ["-o", prefix])
+if r.returncode:
+    fail("pareto.py: " + r.stderr)
+with open(prefix + ".csv") as f:
+    rows = [l.split(",") for l in f.read().splitlines()[1:]]
+got = sorted((row[0], row[1]) for row in rows)
+want = sorted([("exact", "none"), ("window", "2.5%"), ("window", "5%"), ("kivi", "10%"), ("kivi", "50%"),
+               ("qjl", "10%"), ("qjl", "50%")])
+if got != want:
+    fail("pareto.py over two files: rows %r, want %r" % (got, want))
+with open(prefix + ".png", "rb") as f:
+    if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        fail("pareto.py wrote no PNG")
 print("check_quant: ok")
