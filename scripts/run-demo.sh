@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 mkdir -p out
 mpirun --oversubscribe -np 2 build/kvstream gen --kind clustered --clusters 64 --spread 0.1 --streams 4 \
   --tokens 65536 --dim 64 --queries 256 --seed 1 -o out/demo-trace.h5
-METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,uniform,subgen,subgen:joint=1,name=subgen-joint,window+subgen,topk:k=64"}
+METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,uniform,subgen,subgen:joint=1,name=subgen-joint,window+subgen,kivi,qjl,topk:k=64"}
 BUDGET=${KVSTREAM_DEMO_BUDGET:-10%}
 mpirun --oversubscribe -np 2 build/kvstream replay out/demo-trace.h5 --methods "$METHODS" --budget "$BUDGET" \
   -o out/demo-results.h5
