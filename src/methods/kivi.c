@@ -252,25 +252,27 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     const slice_arg *a = arg;
     const kivi_state *s = a->s;
     int d = s->ctx.d, dv = s->ctx.dv, G = s->G;
-    float *K = malloc(sizeof(float) * (size_t)G * (size_t)(d + dv)), *V = K ? K + (size_t)G * d : NULL;
+    int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
+    size_t nt = (size_t)(g1 - g0) * (size_t)G;
+    /* the slice's groups decoded into scratch, then one pass of the exact kernel */
+    float *K = malloc(sizeof(float) * nt * (size_t)(d + dv)), *V = K ? K + nt * d : NULL;
     if (!K) return KV_EINTERNAL;
-    int rc = KV_OK;
-    int64_t g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
-    for (int64_t g = i * a->per; g < g1 && !rc; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         const uint8_t *r = s->recs + (size_t)g * s->rec, *vc = r + s->kcb + 4 * (size_t)d;
+        float *Kg = K + (size_t)(g - g0) * G * d, *Vg = V + (size_t)(g - g0) * G * dv;
         uint16_t zs[2];
         for (int c = 0; c < d; c++) {
             memcpy(zs, r + s->kcb + 4 * (size_t)c, 4);
-            kv_dequantise(r, (size_t)c * G, 1, (size_t)G, s->bits, zs, K + c, (size_t)d);
+            kv_dequantise(r, (size_t)c * G, 1, (size_t)G, s->bits, zs, Kg + c, (size_t)d);
         }
         for (int t = 0; t < G; t++)
             for (int j = 0; j < s->nvg; j++) {
                 int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
                 memcpy(zs, vc + s->vcb + 4 * ((size_t)t * s->nvg + j), 4);
-                kv_dequantise(vc, (size_t)t * dv + c0, 1, (size_t)nc, s->bits, zs, V + (size_t)t * dv + c0, 1);
+                kv_dequantise(vc, (size_t)t * dv + c0, 1, (size_t)nc, s->bits, zs, Vg + (size_t)t * dv + c0, 1);
             }
-        rc = kv_attn_fold(Q, nq, K, V, (size_t)G, d, dv, scale, st);
     }
+    int rc = kv_attn_fold(Q, nq, K, V, nt, d, dv, scale, st);
     free(K);
     return rc;
 }
@@ -288,7 +290,7 @@ static int kivi_partial(void *state, const float *Q, int nq, int64_t p, double *
     if (compact(s, &e)) return KV_EINTERNAL;
     if (nq <= 0) return KV_OK;
     /* fixed slices of groups (a function of the group count only) */
-    slice_arg a = { s, 64 };
+    slice_arg a = { s, 2048 / s->G > 0 ? 2048 / s->G : 1 }; /* about 2048 tokens of scratch per slice */
     while ((s->ng + a.per - 1) / a.per > 256) a.per *= 2;
     int rc = kv_fold_slices((s->ng + a.per - 1) / a.per, fold_groups, &a, Q, nq, s->ctx.dv, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
