@@ -255,16 +255,25 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
     size_t nt = (size_t)(g1 - g0) * (size_t)G;
     /* the slice's groups decoded into scratch, then one pass of the exact kernel */
-    float *K = malloc(sizeof(float) * nt * (size_t)(d + dv)), *V = K ? K + nt * d : NULL;
+    float *K = malloc(sizeof(float) * (nt * (size_t)(d + dv) + 2 * (size_t)d)), *V = K ? K + nt * d : NULL;
     if (!K) return KV_EINTERNAL;
+    float *kz = V + nt * dv, *ks = kz + d;
+    unsigned mask = (1u << s->bits) - 1;
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *r = s->recs + (size_t)g * s->rec, *vc = r + s->kcb + 4 * (size_t)d;
         float *Kg = K + (size_t)(g - g0) * G * d, *Vg = V + (size_t)(g - g0) * G * dv;
         uint16_t zs[2];
         for (int c = 0; c < d; c++) {
             memcpy(zs, r + s->kcb + 4 * (size_t)c, 4);
-            kv_dequantise(r, (size_t)c * G, 1, (size_t)G, s->bits, zs, Kg + c, (size_t)d);
+            kz[c] = kv_half_to_float(zs[0]);
+            ks[c] = kv_half_to_float(zs[1]);
         }
+        /* keys row by row (the codes are channel-major): z + s c, as kv_dequantise */
+        for (int t = 0; t < G; t++)
+            for (int c = 0; c < d; c++) {
+                size_t bit = ((size_t)c * G + t) * (size_t)s->bits;
+                Kg[(size_t)t * d + c] = kz[c] + ks[c] * (float)((r[bit >> 3] >> (bit & 7)) & mask);
+            }
         for (int t = 0; t < G; t++)
             for (int j = 0; j < s->nvg; j++) {
                 int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
