@@ -70,7 +70,7 @@ typedef struct {
     int64_t h;            /* no later query is below h (horizon or last partial) */
     int64_t known;        /* the rank has ingested all its tokens < known */
     int64_t ng, gcap;     /* quantised groups held, allocated */
-    uint8_t *recs;        /* gcap records: key codes, key (z, s) x d, value codes, value (z, s) x G nvg */
+    uint8_t *recs;        /* gcap records: key codes (token-major), key (z, s) x d, value codes, value (z, s) x G nvg */
     int64_t *gidx;        /* gcap group indices */
     kv_tokring tail;      /* float tokens not yet decided, in stream order */
     kv_tokring edge;      /* float tokens of groups no rank holds whole */
@@ -167,9 +167,9 @@ static int quantise_group(kivi_state *s, uint8_t *r)
     float *col = malloc(sizeof(float) * (size_t)G);
     if (!col) return -2;
     int bad = 0;
-    for (int c = 0; c < d && !bad; c++) { /* keys: per channel, codes channel-major */
+    for (int c = 0; c < d && !bad; c++) { /* keys: per channel; codes token-major, decoded a row at a time */
         for (int t = 0; t < G; t++) col[t] = kv_tokring_k(&s->tail, t)[c];
-        bad = kv_quantise(col, (size_t)G, 1, b, kc, (size_t)c * G, 1, kzs) != 0;
+        bad = kv_quantise(col, (size_t)G, 1, b, kc, (size_t)c, (size_t)d, kzs) != 0;
         memcpy(r + s->kcb + 4 * (size_t)c, kzs, 4);
     }
     free(col);
@@ -258,7 +258,6 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     float *K = malloc(sizeof(float) * (nt * (size_t)(d + dv) + 2 * (size_t)d)), *V = K ? K + nt * d : NULL;
     if (!K) return KV_EINTERNAL;
     float *kz = V + nt * dv, *ks = kz + d;
-    unsigned mask = (1u << s->bits) - 1;
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *r = s->recs + (size_t)g * s->rec, *vc = r + s->kcb + 4 * (size_t)d;
         float *Kg = K + (size_t)(g - g0) * G * d, *Vg = V + (size_t)(g - g0) * G * dv;
@@ -268,12 +267,7 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
             kz[c] = kv_half_to_float(zs[0]);
             ks[c] = kv_half_to_float(zs[1]);
         }
-        /* keys row by row (the codes are channel-major): z + s c, as kv_dequantise */
-        for (int t = 0; t < G; t++)
-            for (int c = 0; c < d; c++) {
-                size_t bit = ((size_t)c * G + t) * (size_t)s->bits;
-                Kg[(size_t)t * d + c] = kz[c] + ks[c] * (float)((r[bit >> 3] >> (bit & 7)) & mask);
-            }
+        for (int t = 0; t < G; t++) kv_dequantise_row(r, (size_t)t * d, (size_t)d, s->bits, kz, ks, Kg + (size_t)t * d);
         for (int t = 0; t < G; t++)
             for (int j = 0; j < s->nvg; j++) {
                 int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;

@@ -71,7 +71,37 @@ void kv_dequantise(const uint8_t *codes, size_t pos, size_t pstep, size_t n, int
                    size_t stride)
 {
     float z = kv_half_to_float(zs[0]), s = kv_half_to_float(zs[1]);
+    if (pstep == 1 && stride == 1) { /* contiguous: the loops below, which vectorise */
+        switch (bits) {
+        case 8: for (size_t i = 0; i < n; i++) x[i] = z + s * (float)codes[pos + i]; return;
+        case 4:
+            for (size_t i = 0; i < n; i++) x[i] = z + s * (float)((codes[(pos + i) >> 1] >> (((pos + i) & 1) * 4)) & 15u);
+            return;
+        case 2:
+            for (size_t i = 0; i < n; i++) x[i] = z + s * (float)((codes[(pos + i) >> 2] >> (((pos + i) & 3) * 2)) & 3u);
+            return;
+        default: break;
+        }
+    }
     for (size_t i = 0; i < n; i++) x[i * stride] = z + s * (float)kv_qcode_get(codes, bits, pos + i * pstep);
+}
+
+void kv_dequantise_row(const uint8_t *codes, size_t pos, size_t n, int bits, const float *z, const float *s,
+                       float *out)
+{
+    switch (bits) {
+    case 8: for (size_t i = 0; i < n; i++) out[i] = z[i] + s[i] * (float)codes[pos + i]; return;
+    case 4:
+        for (size_t i = 0; i < n; i++)
+            out[i] = z[i] + s[i] * (float)((codes[(pos + i) >> 1] >> (((pos + i) & 1) * 4)) & 15u);
+        return;
+    case 2:
+        for (size_t i = 0; i < n; i++)
+            out[i] = z[i] + s[i] * (float)((codes[(pos + i) >> 2] >> (((pos + i) & 3) * 2)) & 3u);
+        return;
+    default:
+        for (size_t i = 0; i < n; i++) out[i] = z[i] + s[i] * (float)kv_qcode_get(codes, bits, pos + i);
+    }
 }
 
 int kv_qparams_ok(const uint16_t *zs)

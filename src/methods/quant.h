@@ -46,6 +46,12 @@ int kv_quantise(const float *x, size_t n, size_t stride, int bits, uint8_t *code
 void kv_dequantise(const uint8_t *codes, size_t pos, size_t pstep, size_t n, int bits, const uint16_t *zs, float *x,
                    size_t stride);
 
+/* out[i] = z[i] + s[i] c for the n consecutive codes from position pos
+ * (per-element zero points and scales: KIVI's per-channel keys, a row at
+ * a time); the same arithmetic as kv_dequantise. */
+void kv_dequantise_row(const uint8_t *codes, size_t pos, size_t n, int bits, const float *z, const float *s,
+                       float *out);
+
 /* 1 if zs holds a finite zero point and a finite scale >= 0 (checkpoints). */
 int kv_qparams_ok(const uint16_t *zs);
 
