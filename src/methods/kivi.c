@@ -22,8 +22,8 @@
  * the group index (8 bytes) of every group the rank's shard can fill
  * (allocated at the first quantised group: floor(shard / G) groups), plus
  * the float tokens in 16-token pages (methods/tokring.h).  No float copy
- * of a quantised group is kept: queries dequantise a group at a time into
- * scratch.
+ * of a quantised group is kept: a query decodes a slice of groups (about
+ * 2048 tokens) at a time into scratch and folds it with the exact kernel.
  *
  * budget=X: the largest bits in {8, 4, 2} whose groups (floor(n / G) of
  * them) plus R + G float tokens (kv_tokring_fit) fit in X; if none does,
