@@ -45,7 +45,7 @@ typedef struct { int64_t m, vbits, group, residual, seed; kv_budget budget; } qj
 KV_CFG_FITS(qjl_cfg);
 
 static const kv_param_def qjl_params[] = {
-    KV_PARAM_INT_DERIVED(qjl_cfg, m, -1, "2d", 8, 65536, "projected dimension: sign bits per key (a multiple of 8)"),
+    KV_PARAM_INT_DERIVED(qjl_cfg, m, -1, "2d", 8, 65536, "projected dimension: sign bits per key (a multiple of 8; default 2d rounded up to one)"),
     KV_PARAM_INT(qjl_cfg, vbits, 32, 2, 32, "bits per value element: 32 (float32), 8, 4 or 2 (per-token groups)"),
     KV_PARAM_INT(qjl_cfg, group, 32, 1, 4096, "channels per value group when vbits < 32"),
     KV_PARAM_INT(qjl_cfg, residual, 32, 0, INT64_C(1) << 40, "most recent tokens kept in float32 (global)"),
@@ -109,7 +109,7 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     if (!c) return err->code;
     if (ctx->semantics != KV_SEM_FULL)
         return kv_params_error(qjl_params, spec, err, "qjl answers full attention only (--semantics full)");
-    int64_t m = c->m == -1 ? 2 * (int64_t)ctx->d : c->m;
+    int64_t m = c->m == -1 ? (2 * (int64_t)ctx->d + 7) / 8 * 8 : c->m; /* whole sign bytes */
     int vbits = (int)c->vbits;
     if (c->budget.kind) {
         int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
