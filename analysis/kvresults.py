@@ -50,6 +50,8 @@ class Method:
         self.method = a.get("method", self.spec.split(":")[0])
         self.memory_bytes = int(a.get("memory_bytes", -1))
         self.peak_memory_bytes = int(a.get("peak_memory_bytes", -1))
+        # memory_bytes x 8 / (streams x tokens); files before it: -1
+        self.bits_per_token = float(a.get("bits_per_token", -1.0))
         self.ingest_seconds = float(a.get("ingest_seconds", float("nan")))
         self.query_seconds = float(a.get("query_seconds", float("nan")))
         self.clusters = int(a.get("clusters", -1))

@@ -1,7 +1,11 @@
 #!/usr/bin/python3
 """Error against memory from a `kvstream pareto` file (docs/PARETO.md).
 
-    /usr/bin/python3 analysis/pareto.py FILE -o PREFIX [--stat p50|mean|p95] [--title T]
+    /usr/bin/python3 analysis/pareto.py FILE [FILE ...] -o PREFIX [--stat p50|mean|p95] [--title T]
+
+Several FILEs (pareto runs of the same trace, e.g. with budgets that suit
+different methods) are drawn as one figure: their rows are concatenated,
+the exact reference taken from the first file only.
 
 Writes PREFIX.csv: the /pareto rows, one per (method, budget, seed):
 
@@ -113,14 +117,16 @@ def plot(rows, stat_name, png, title):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="error-memory plot and CSV of a `kvstream pareto` file")
-    ap.add_argument("file", help="the -o FILE of kvstream pareto")
+    ap.add_argument("file", nargs="+", help="the -o FILE of kvstream pareto (several: one figure, same trace)")
     ap.add_argument("-o", "--output", default="pareto", help="PREFIX: writes PREFIX.png and PREFIX.csv")
     ap.add_argument("--stat", choices=sorted(STATS), default="p50", help="error statistic on the y axis")
     ap.add_argument("--title", default=None)
     a = ap.parse_args(argv)
-    rows = load(a.file)
+    rows = load(a.file[0])
+    for path in a.file[1:]:  # one exact reference: the first file's
+        rows += [r for r in load(path) if r["method"] != "exact"]
     kv.write_csv(a.output + ".csv", COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-    plot(rows, a.stat, a.output + ".png", a.title or os.path.basename(a.file))
+    plot(rows, a.stat, a.output + ".png", a.title or " + ".join(os.path.basename(f) for f in a.file))
     for r in rows:
         print("%-16s %-8s %5d %14d  p50 %-10.4g p95 %-10.4g mean %-10.4g" % (
             r["method"], r["budget"], r["seed"], r["memory_bytes"], r["p50_error"], r["p95_error"], r["mean_error"]))

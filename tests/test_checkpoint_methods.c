@@ -19,6 +19,8 @@
  * scores and generator words never do) must be rejected when overwritten
  * with -1, its complement or INT64_MAX.
  *
+ * KV_CKPT_ONLY=TEXT runs only the cases whose spec contains TEXT.
+ *
  * SubGen: while its save/load are missing, "subgen" fails with a message
  * and window+subgen is checked to refuse cleanly (save fails, load gives
  * KV_EINTERNAL). */
@@ -62,6 +64,12 @@ static const mcase cases[] = {
     { "window+subgen:W=200,delta=0.5,t=8,s=16,seed=3", 0 },
     { "subgen:delta=1,t=4,s=8", 0 },
     { "subgen:delta=0.5,t=8,s=16,seed=3,index=0", 0 },
+    { "kivi:bits=2,group=8,residual=20", 0 },
+    { "kivi:bits=8,residual=0", 0 },
+    { "kivi:bits=4,group=5,residual=7", 0 },
+    { "qjl:m=16,residual=10", 0 },
+    { "qjl:m=64,vbits=4,group=2,residual=0,seed=5", 0 },
+    { "qjl:vbits=8", 0 },
 };
 
 /* ---- data and a schedule of operations for one rank ---- */
@@ -451,7 +459,9 @@ int main(void)
     world ws[2];
     world_make(&ws[0], "1 rank, d=32 dv=16", 32, 16, 3000, 1, 0, 3000, 11);
     world_make(&ws[1], "rank 1 of 3, d=5 dv=3", 5, 3, 1800, 3, 1, 37, 12);
+    const char *only = getenv("KV_CKPT_ONLY"); /* e.g. "kivi": only the cases whose spec contains it */
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        if (only && *only && !strstr(cases[c].spec, only)) continue;
         int before = kv_test_failures;
         for (int i = 0; i < 2; i++) check_method(&ws[i], &cases[c]);
         printf("%-50s %s\n", cases[c].spec, kv_test_failures == before ? "ok" : "FAILED");

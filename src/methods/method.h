@@ -58,7 +58,7 @@ typedef struct {
 
 typedef struct kv_method_ops {
     const char *name;    /* as written in --methods */
-    const char *kind;    /* `kvstream methods` groups by it: exact, eviction, sampling, sketch, oracle */
+    const char *kind;    /* `kvstream methods` groups by it: exact, eviction, sampling, sketch, oracle, quantisation */
     const char *summary; /* one line */
     const char *budget;  /* what bounds its memory, one line; NULL: no budget (holds every token) */
     /* Parameter table (ends with KV_PARAM_TABLE_END; NULL: none but name=)

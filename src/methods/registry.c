@@ -14,6 +14,8 @@ extern const kv_method_ops kv_method_topk;
 extern const kv_method_ops kv_method_unmasked_window;
 extern const kv_method_ops kv_method_window_subgen;
 extern const kv_method_ops kv_method_subgen;
+extern const kv_method_ops kv_method_kivi;
+extern const kv_method_ops kv_method_qjl;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -25,6 +27,8 @@ static const kv_method_ops *const registry[] = {
     &kv_method_unmasked_window,
     &kv_method_window_subgen,
     &kv_method_subgen,
+    &kv_method_kivi,
+    &kv_method_qjl,
     NULL
 };
 
@@ -123,6 +127,7 @@ static const char *kind_blurb(const char *kind)
         { "sampling", "keep a weighted random sample of the tokens" },
         { "sketch", "summarise the tokens in a sublinear sketch" },
         { "oracle", "references that hold every token and pick per query" },
+        { "quantisation", "keep every token at reduced precision (memory counted as packed bits)" },
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++)
         if (!strcmp(k[i][0], kind)) return k[i][1];

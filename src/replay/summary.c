@@ -88,13 +88,20 @@ void kv_replay_result_free(kv_replay_result *res)
     res->n_methods = 0;
 }
 
+/* memory on the axis quantised and evicting methods share: peak bits per
+ * token of the stream (memory_bytes x 8 / (S n): per stream, all ranks) */
+static double bits_per_token(const replay *r, int64_t bytes)
+{
+    return r->S * r->n > 0 ? (double)bytes * 8.0 / (double)(r->S * r->n) : 0.0;
+}
+
 static void print_header(const replay *r, FILE *f, double wall)
 {
     fprintf(f, "kvstream replay: %s  streams %lld  tokens %lld  queries %lld  d %lld  dv %lld  ranks %d  threads %d  %.2fs\n",
             kv_trace_path(r->tr), (long long)r->S, (long long)r->n, (long long)r->m, (long long)r->d,
             (long long)r->dv, r->P, r->nthreads, wall);
-    fprintf(f, "%-28s %12s %8s %10s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "mean err", "p99 err",
-            "max err", "p95 bound", "ingest tok/s", "us/query");
+    fprintf(f, "%-28s %12s %8s %9s %10s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "bits/tok",
+            "mean err", "p99 err", "max err", "p95 bound", "ingest tok/s", "us/query");
 }
 
 static void print_row(const replay *r, const replay_sink *k, const totals *t, int mi, FILE *f)
@@ -112,8 +119,9 @@ static void print_row(const replay *r, const replay_sink *k, const totals *t, in
     else snprintf(mem, sizeof mem, "%.1f KiB", b / 1024);
     char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
     if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
-    fprintf(f, "%-28.28s %12s %7.2f%% %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
-            exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, e.mean, e.p99, e.max, bnd, rate, usq);
+    fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
+            exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, bits_per_token(r, t[mi].peak), e.mean, e.p99, e.max, bnd,
+            rate, usq);
 }
 
 static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi, kv_err *err)
@@ -125,6 +133,7 @@ static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi,
         kv_results_attr_str(x, g, "method", sp->method, err) ||
         kv_results_attr_i64(x, g, "memory_bytes", t[mi].peak, err) ||
         kv_results_attr_i64(x, g, "peak_memory_bytes", t[mi].peak, err) ||
+        kv_results_attr_f64(x, g, "bits_per_token", bits_per_token(r, t[mi].peak), err) ||
         kv_results_attr_i64(x, g, "final_memory_bytes", t[mi].mem, err) ||
         kv_results_attr_i64(x, g, "peak_rank_bytes", t[mi].peak_rank, err) ||
         kv_results_attr_f64(x, g, "ingest_seconds", t[mi].t_ingest, err) ||

@@ -1,0 +1,485 @@
+/* qjl.c - qjl:m=<bits>,vbits=<32|8|4|2>,residual=<R>,seed=<n> | qjl:budget=<X>:
+ * QJL, a 1-bit quantised Johnson-Lindenstrauss transform of the keys
+ * (Zandieh, Daliri, Han 2024; ALGORITHMS.md section 7).
+ *
+ * A Gaussian matrix S (m x d, entries N(0, 1) hashed from (seed, stream,
+ * row, column): the same on every rank, so the sketch of a token does not
+ * depend on who holds it) maps each key k to the m sign bits of S k, kept
+ * with |k|.  For a query q,
+ *     <q, k> ~ sqrt(pi/2) / m * |k| * <S q, sign(S k)>
+ * is unbiased (E[<s, q> sign(<s, k>)] = sqrt(2/pi) <q, k> / |k| for
+ * s ~ N(0, I)), with variance ((pi/2) |q|^2 |k|^2 - <q, k>^2) / m; the
+ * logit is scale times it.  <S q, sign(S k)> is read from a table of the
+ * sums of S q over each byte's set bits (m/8 lookups per key).  Values are
+ * kept in float32 (vbits=32) or quantised per token in groups of `group`
+ * channels with half zero point and scale (methods/quant.h).  The last R
+ * tokens of the stream (global, via the driver's horizon) stay in float:
+ * token i is quantised once every later query has prefix > i + R, so the
+ * cache at every prefix is the same for any rank count.  A token whose
+ * value is beyond half's range (|v| > 65504, vbits < 32) stays in float.
+ *
+ * Memory (bytes()): per quantised token ceil(m/8) sign bytes, a float32
+ * norm and its value (dv floats, or packed codes plus half zero point and
+ * scale per group), the rows allocated for the whole shard at the first
+ * quantised token (as exact does); the float tokens in 16-token pages; and
+ * S itself (m d floats on every rank: P copies, counted).
+ *
+ * budget=X: the first vbits of 32, 8, 4, 2 (or the one given) at which the
+ * largest m (a multiple of 8, at most 8 d) that fits n tokens, P copies of S
+ * and R + 1 float tokens is >= d, with that m; failing that vbits = 2 (or
+ * the one given) with the largest m >= 8 that fits; else refused. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/rng.h"
+#include "kernels/dot.h"
+#include "kernels/partial.h"
+#include "kernels/slices.h"
+#include "methods/method.h"
+#include "methods/quant.h"
+#include "methods/tokring.h"
+
+#define QJL_SALT 0x716a6cULL /* "qjl" */
+
+typedef struct { int64_t m, vbits, group, residual, seed; kv_budget budget; } qjl_cfg;
+KV_CFG_FITS(qjl_cfg);
+
+static const kv_param_def qjl_params[] = {
+    KV_PARAM_INT_DERIVED(qjl_cfg, m, -1, "2d", 8, 65536, "projected dimension: sign bits per key (a multiple of 8; default 2d rounded up to one)"),
+    KV_PARAM_INT(qjl_cfg, vbits, 32, 2, 32, "bits per value element: 32 (float32), 8, 4 or 2 (per-token groups)"),
+    KV_PARAM_INT(qjl_cfg, group, 32, 1, 4096, "channels per value group when vbits < 32"),
+    KV_PARAM_INT(qjl_cfg, residual, 32, 0, INT64_C(1) << 40, "most recent tokens kept in float32 (global)"),
+    KV_PARAM_INT_DERIVED(qjl_cfg, seed, -1, "--seed", 0, INT64_MAX, "projection seed (the stream is mixed in, never the rank)"),
+    KV_PARAM_BUDGET(qjl_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of m: m (and vbits) = what fits"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_qjl;
+
+static int qjl_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const qjl_cfg *c = cfg;
+    if (c->m != -1 && c->m % 8)
+        return kv_params_error(qjl_params, spec, err, "m=%lld: give a multiple of 8", (long long)c->m);
+    if (c->vbits != 32 && c->vbits != 8 && c->vbits != 4 && c->vbits != 2)
+        return kv_params_error(qjl_params, spec, err, "vbits=%lld: give 32, 8, 4 or 2", (long long)c->vbits);
+    if (c->budget.kind && c->m != -1) return kv_params_error(qjl_params, spec, err, "give m or budget, not both");
+    return KV_OK;
+}
+
+typedef struct {
+    kv_method_ctx ctx;
+    int m, mb, vbits, gv, nvg; /* mb sign bytes per key; gv channels per value group, nvg groups */
+    size_t vcb;                /* value code bytes per token (vbits < 32) */
+    int64_t R;
+    float *S;                  /* m x d */
+    int64_t h, known;          /* as in kivi.c: horizon, all tokens < known ingested */
+    int64_t n, cap;            /* quantised tokens held, rows allocated */
+    uint8_t *sig;              /* cap x mb */
+    float *norm;               /* cap */
+    float *vf;                 /* cap x dv (vbits 32) */
+    uint8_t *vq;               /* cap x vcb (vbits < 32) */
+    uint16_t *vzs;             /* cap x nvg x 2 */
+    uint8_t *qcodes;           /* scratch: one token's value codes and (z, s) pairs */
+    uint16_t *qzs;
+    kv_tokring tail, edge;
+} qjl_state;
+
+static int64_t value_bytes(int vbits, int dv, int64_t group)
+{
+    if (vbits == 32) return 4 * (int64_t)dv;
+    int64_t gv = group < dv ? group : dv;
+    return (int64_t)kv_qcode_bytes(vbits, (size_t)dv) + 4 * ((dv + gv - 1) / gv);
+}
+
+/* the largest m (multiple of 8, <= 8d) whose cache fits B over all ranks; 0 if none */
+static int64_t fit_m(int64_t B, int vbits, int64_t group, int64_t R, const kv_method_ctx *ctx)
+{
+    int64_t P = ctx->nranks > 0 ? ctx->nranks : 1, best = 0;
+    for (int64_t m = 8; m <= 8 * (int64_t)ctx->d; m += 8) {
+        int64_t need = ctx->n_total * (m / 8 + 4 + value_bytes(vbits, ctx->dv, group)) + P * m * ctx->d * 4;
+        if (B - need > 0 && kv_tokring_fit(B - need, ctx->d, ctx->dv, (int)P) >= R + 1) best = m;
+    }
+    return best;
+}
+
+static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    const qjl_cfg *c = kv_method_cfg(&kv_method_qjl, spec, err);
+    if (!c) return err->code;
+    if (ctx->semantics != KV_SEM_FULL)
+        return kv_params_error(qjl_params, spec, err, "qjl answers full attention only (--semantics full)");
+    int64_t m = c->m == -1 ? (2 * (int64_t)ctx->d + 7) / 8 * 8 : c->m; /* whole sign bytes */
+    int vbits = (int)c->vbits;
+    if (c->budget.kind) {
+        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        static const int tries[] = { 32, 8, 4, 2 };
+        int given = kv_spec_has(spec, "vbits");
+        m = 0;
+        for (int i = 0; i < 4 && !m; i++) {
+            if (given && tries[i] != vbits) continue;
+            int64_t f = fit_m(B, tries[i], c->group, c->residual, ctx);
+            if (f >= ctx->d) { m = f; vbits = tries[i]; }
+        }
+        if (!m) {
+            if (!given) vbits = 2;
+            m = fit_m(B, vbits, c->group, c->residual, ctx);
+        }
+        if (!m)
+            return kv_params_error(qjl_params, spec, err, "budget of %lld bytes does not hold 8 sign bits, a norm "
+                                   "and a %d-bit value per token", (long long)B, vbits);
+    }
+    qjl_state *s = kv_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    s->ctx = *ctx;
+    s->m = (int)m;
+    s->mb = (int)(m / 8);
+    s->vbits = vbits;
+    s->gv = c->group < ctx->dv ? (int)c->group : ctx->dv;
+    s->nvg = (ctx->dv + s->gv - 1) / s->gv;
+    s->vcb = vbits == 32 ? 0 : kv_qcode_bytes(vbits, (size_t)ctx->dv);
+    s->R = c->residual;
+    s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
+    s->qcodes = kv_malloc(s->vcb + 1, err);
+    s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
+    if (!s->S || !s->qzs) {
+        free(s->S);
+        free(s->qcodes);
+        free(s);
+        return err->code;
+    }
+    uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
+    for (int64_t j = 0; j < m; j++)
+        for (int x = 0; x < ctx->d; x++)
+            s->S[j * ctx->d + x] = (float)kv_hash_normal(seed ^ QJL_SALT, (uint64_t)ctx->stream, (uint64_t)j, (uint64_t)x);
+    int64_t lim = kv_shard_limit(ctx);
+    kv_tokring_init(&s->tail, ctx->d, ctx->dv, lim);
+    kv_tokring_init(&s->edge, ctx->d, ctx->dv, lim);
+    *out = s;
+    return KV_OK;
+}
+
+/* rows for need tokens: the whole shard when its size is known, else 1024 doubled */
+static int64_t cap_for(const qjl_state *s, int64_t need)
+{
+    if (s->ctx.shard_tokens > 0 && need <= s->ctx.shard_tokens) return s->ctx.shard_tokens;
+    int64_t c = 1024;
+    while (c < need) c *= 2;
+    return c;
+}
+
+static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
+{
+    if (need <= s->cap) return KV_OK;
+    size_t c = (size_t)cap_for(s, need), dv = (size_t)s->ctx.dv;
+    void *p;
+    int ok = 1;
+#define GROW(f, sz) do { size_t z_ = (sz); if (ok && (p = realloc(s->f, z_ > 0 ? z_ : 1))) s->f = p; else ok = 0; } while (0)
+    GROW(sig, c * (size_t)s->mb);
+    GROW(norm, c * sizeof(float));
+    if (s->vbits == 32) GROW(vf, c * dv * sizeof(float));
+    else {
+        GROW(vq, c * s->vcb);
+        GROW(vzs, c * (size_t)s->nvg * 2 * sizeof(uint16_t));
+    }
+#undef GROW
+    if (!ok) return kv_seterr(err, KV_EINTERNAL, "qjl: out of memory holding %zu tokens", c);
+    s->cap = (int64_t)c;
+    return KV_OK;
+}
+
+static size_t row_bytes(const qjl_state *s)
+{
+    return (size_t)s->mb + sizeof(float) +
+           (s->vbits == 32 ? sizeof(float) * (size_t)s->ctx.dv : s->vcb + 4 * (size_t)s->nvg);
+}
+
+/* Quantise the tail's first token into row n; -1 when its value is beyond half. */
+static int quantise_front(qjl_state *s, kv_err *err)
+{
+    int d = s->ctx.d, dv = s->ctx.dv;
+    const float *k = kv_tokring_k(&s->tail, 0), *v = kv_tokring_v(&s->tail, 0);
+    uint8_t *codes = s->qcodes;
+    uint16_t *zs = s->qzs;
+    if (s->vbits != 32) {
+        memset(codes, 0, s->vcb);
+        for (int j = 0; j < s->nvg; j++) {
+            int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
+            if (kv_quantise(v + c0, (size_t)nc, 1, s->vbits, codes, (size_t)c0, 1, zs + 2 * j)) return -1;
+        }
+    }
+    if (grow_rows(s, s->n + 1, err)) return err->code;
+    uint8_t *sg = s->sig + (size_t)s->n * s->mb;
+    memset(sg, 0, (size_t)s->mb);
+    for (int j = 0; j < s->m; j++)
+        if (kv_dot_fixed(s->S + (size_t)j * d, k, d) >= 0) sg[j >> 3] |= (uint8_t)(1u << (j & 7));
+    double nn = 0;
+    for (int x = 0; x < d; x++) nn += (double)k[x] * k[x];
+    s->norm[s->n] = (float)sqrt(nn);
+    if (s->vbits == 32) memcpy(s->vf + (size_t)s->n * dv, v, sizeof(float) * (size_t)dv);
+    else {
+        memcpy(s->vq + (size_t)s->n * s->vcb, codes, s->vcb);
+        memcpy(s->vzs + (size_t)s->n * s->nvg * 2, zs, sizeof(uint16_t) * 2 * (size_t)s->nvg);
+    }
+    s->n++;
+    return KV_OK;
+}
+
+/* Quantise the tail's tokens older than h - R. */
+static int compact(qjl_state *s, kv_err *err)
+{
+    while (s->tail.count && kv_tokring_idx(&s->tail, 0) < s->h - s->R) {
+        int q = quantise_front(s, err);
+        if (q > 0) return q;
+        if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
+                                     kv_tokring_idx(&s->tail, 0), err))
+            return err->code;
+        kv_tokring_pop(&s->tail);
+    }
+    return KV_OK;
+}
+
+static void qjl_horizon(void *state, int64_t p)
+{
+    qjl_state *s = state;
+    if (p > s->h) s->h = p;
+    kv_err e;
+    kv_err_clear(&e);
+    compact(s, &e); /* an allocation failure leaves tokens in float; the next ingest reports it */
+}
+
+static int qjl_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    qjl_state *s = state;
+    for (size_t i = 0; i < n; i++) {
+        int64_t g = first + (int64_t)i;
+        if (kv_tokring_push(&s->tail, K + i * s->ctx.d, V + i * s->ctx.dv, g, err)) return err->code;
+        if (g + 1 > s->known) s->known = g + 1;
+        if (compact(s, err)) return err->code;
+    }
+    return KV_OK;
+}
+
+typedef struct {
+    const qjl_state *s;
+    int64_t per;
+    const float *tab;   /* nq tables of mb x 256 partial sums of S q */
+    const float *qsum;  /* nq sums of S q */
+} slice_arg;
+
+static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
+{
+    (void)Q;
+    const slice_arg *a = arg;
+    const qjl_state *s = a->s;
+    int dv = s->ctx.dv, mb = s->mb;
+    int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n, len = t1 - t0;
+    float *lg = malloc(sizeof(float) * (size_t)len), *V = NULL;
+    if (!lg) return KV_EINTERNAL;
+    if (s->vbits == 32) V = s->vf + (size_t)t0 * dv;
+    else {
+        V = malloc(sizeof(float) * (size_t)len * (size_t)dv);
+        if (!V) { free(lg); return KV_EINTERNAL; }
+        for (int64_t t = 0; t < len; t++)
+            for (int j = 0; j < s->nvg; j++) {
+                int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
+                kv_dequantise(s->vq + (size_t)(t0 + t) * s->vcb, (size_t)c0, 1, (size_t)nc, s->vbits,
+                              s->vzs + ((size_t)(t0 + t) * s->nvg + j) * 2, V + (size_t)t * dv + c0, 1);
+            }
+    }
+    const float c = (float)(sqrt(M_PI / 2) / s->m) * scale;
+    size_t sl = KV_PSTATE_LEN(dv);
+    for (int q = 0; q < nq; q++) {
+        const float *T = a->tab + (size_t)q * mb * 256;
+        for (int64_t t = 0; t < len; t++) {
+            const uint8_t *sg = s->sig + (size_t)(t0 + t) * mb;
+            float acc = 0;
+            for (int b = 0; b < mb; b++) acc += T[b * 256 + sg[b]];
+            lg[t] = c * s->norm[t0 + t] * (2 * acc - a->qsum[q]);
+        }
+        kv_partial_add(st + q * sl, dv, lg, NULL, V, (size_t)len);
+    }
+    if (s->vbits != 32) free(V);
+    free(lg);
+    return KV_OK;
+}
+
+static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    qjl_state *s = state;
+    int d = s->ctx.d, mb = s->mb;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
+    if (p > s->h) s->h = p;
+    if (p > s->known) s->known = p;
+    kv_err e;
+    kv_err_clear(&e);
+    if (compact(s, &e)) return KV_EINTERNAL;
+    if (nq <= 0) return KV_OK;
+    int rc = KV_OK;
+    if (s->n) {
+        float *tab = malloc(sizeof(float) * ((size_t)nq * mb * 256 + (size_t)nq + (size_t)s->m));
+        if (!tab) return KV_EINTERNAL;
+        float *qsum = tab + (size_t)nq * mb * 256, *y = qsum + nq;
+        for (int q = 0; q < nq; q++) {
+            float tot = 0;
+            for (int j = 0; j < s->m; j++) tot += (y[j] = kv_dot_fixed(s->S + (size_t)j * d, Q + (size_t)q * d, d));
+            qsum[q] = tot;
+            for (int b = 0; b < mb; b++) { /* T[v] = sum of y over the set bits of v */
+                float *T = tab + ((size_t)q * mb + b) * 256;
+                T[0] = 0;
+                for (int v = 1; v < 256; v++) T[v] = T[v & (v - 1)] + y[8 * b + __builtin_ctz((unsigned)v)];
+            }
+        }
+        slice_arg a = { s, 1024, tab, qsum };
+        while ((s->n + a.per - 1) / a.per > 256) a.per *= 2;
+        rc = kv_fold_slices((s->n + a.per - 1) / a.per, fold_slice, &a, Q, nq, s->ctx.dv, (float)s->ctx.scale, st);
+        free(tab);
+    }
+    if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
+    if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
+    return rc;
+}
+
+static size_t qjl_bytes(const void *state)
+{
+    const qjl_state *s = state;
+    return (size_t)s->cap * row_bytes(s) + sizeof(float) * (size_t)s->m * (size_t)s->ctx.d +
+           kv_tokring_bytes(&s->tail) + kv_tokring_bytes(&s->edge);
+}
+
+static void qjl_extra(const void *state, kv_method_extra *x)
+{
+    const qjl_state *s = state;
+    x->clusters = -1;
+    x->kept_tokens = s->n + s->tail.count + s->edge.count;
+}
+
+static void qjl_free(void *state)
+{
+    qjl_state *s = state;
+    if (!s) return;
+    free(s->S);
+    free(s->sig);
+    free(s->norm);
+    free(s->vf);
+    free(s->vq);
+    free(s->vzs);
+    free(s->qcodes);
+    free(s->qzs);
+    kv_tokring_free(&s->tail);
+    kv_tokring_free(&s->edge);
+    free(s);
+}
+
+/* sealed (methods/quant.h): h, known, the quantised rows, the two rings (S
+ * is made again from the seed) */
+static void qjl_save(const void *state, kv_buf *out)
+{
+    const qjl_state *s = state;
+    size_t n = (size_t)s->n, dv = (size_t)s->ctx.dv;
+    kv_buf b;
+    kv_buf_init(&b);
+    kv_buf_put_i64(&b, s->h);
+    kv_buf_put_i64(&b, s->known);
+    kv_buf_put_arr(&b, s->sig, n * (size_t)s->mb);
+    kv_buf_put_arr(&b, s->norm, n * sizeof(float));
+    if (s->vbits == 32) kv_buf_put_arr(&b, s->vf, n * dv * sizeof(float));
+    else {
+        kv_buf_put_arr(&b, s->vq, n * s->vcb);
+        kv_buf_put_arr(&b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
+    }
+    kv_tokring_save(&s->tail, &b);
+    kv_tokring_save(&s->edge, &b);
+    kv_qsave_sealed(out, &b);
+    kv_buf_free(&b);
+}
+
+static int qjl_load(void *state, kv_rd *in, kv_err *err)
+{
+    qjl_state *s = state;
+    kv_rd rd;
+    int64_t h, known, lim = kv_shard_limit(&s->ctx);
+    void *a[4] = { NULL, NULL, NULL, NULL };
+    size_t cnt[4] = { 0, 0, 0, 0 };
+    int nv = s->vbits == 32 ? 1 : 2;
+    size_t dv = (size_t)s->ctx.dv;
+    if (kv_qload_sealed(in, &rd, err) || kv_rd_i64(&rd, &h, err) || kv_rd_i64(&rd, &known, err) ||
+        kv_rd_arr(&rd, &a[0], (size_t)s->mb, (size_t)lim, &cnt[0], err) ||
+        kv_rd_arr(&rd, &a[1], sizeof(float), (size_t)lim, &cnt[1], err) ||
+        (nv == 1 ? kv_rd_arr(&rd, &a[2], sizeof(float) * dv, (size_t)lim, &cnt[2], err)
+                 : kv_rd_arr(&rd, &a[2], s->vcb, (size_t)lim, &cnt[2], err) ||
+                       kv_rd_arr(&rd, &a[3], (size_t)s->nvg * 2 * sizeof(uint16_t), (size_t)lim, &cnt[3], err)))
+        goto fail;
+    size_t n = cnt[0];
+    int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || cnt[1] != n || cnt[2] != n ||
+              (nv == 2 && cnt[3] != n) || (int64_t)n > known;
+    for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(((float *)a[1])[i]) || ((float *)a[1])[i] < 0;
+    if (!bad && nv == 1) bad = !kv_all_finite(a[2], n * dv);
+    for (size_t i = 0; nv == 2 && i < n * (size_t)s->nvg && !bad; i++) bad = !kv_qparams_ok((uint16_t *)a[3] + 2 * i);
+    if (bad) {
+        kv_seterr(err, KV_EINPUT, "checkpoint: qjl state has a bad row count, norm or value");
+        goto fail;
+    }
+    if (kv_tokring_load(&s->tail, &rd, lim, s->ctx.n_total, err)) goto fail;
+    const kv_tokring *t = &s->tail, *e = &s->edge;
+    if (kv_tokring_load(&s->edge, &rd, lim, s->ctx.n_total, err) || rd.pos != rd.len ||
+        (t->count && (kv_tokring_idx(t, 0) < h - s->R || kv_tokring_idx(t, t->count - 1) >= known)) ||
+        (e->count && kv_tokring_idx(e, e->count - 1) >= known) || (int64_t)n + t->count + e->count > lim) {
+        kv_tokring_free(&s->tail);
+        kv_tokring_free(&s->edge);
+        kv_tokring_init(&s->tail, s->ctx.d, s->ctx.dv, lim);
+        kv_tokring_init(&s->edge, s->ctx.d, s->ctx.dv, lim);
+        if (!err->code) kv_seterr(err, KV_EINPUT, "checkpoint: qjl state holds tokens out of order");
+        goto fail;
+    }
+    s->h = h;
+    s->known = known;
+    if (n) {
+        if (grow_rows(s, (int64_t)n, err)) goto fail;
+        memcpy(s->sig, a[0], n * (size_t)s->mb);
+        memcpy(s->norm, a[1], n * sizeof(float));
+        if (nv == 1) memcpy(s->vf, a[2], n * dv * sizeof(float));
+        else {
+            memcpy(s->vq, a[2], n * s->vcb);
+            memcpy(s->vzs, a[3], n * (size_t)s->nvg * 2 * sizeof(uint16_t));
+        }
+    }
+    s->n = (int64_t)n;
+    for (int i = 0; i < 4; i++) free(a[i]);
+    return KV_OK;
+fail:
+    for (int i = 0; i < 4; i++) free(a[i]);
+    return err->code;
+}
+
+static int64_t qjl_max_bytes(const void *state)
+{
+    const qjl_state *s = state;
+    int64_t lim = kv_shard_limit(&s->ctx);
+    /* the rows, S, and (without a horizon) float tokens up to the whole shard in either ring */
+    return cap_for(s, lim) * (int64_t)row_bytes(s) + 4 * (int64_t)s->m * s->ctx.d +
+           2 * kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, lim);
+}
+
+const kv_method_ops kv_method_qjl = {
+    .name = "qjl",
+    .kind = "quantisation",
+    .summary = "QJL: m sign bits of a shared Gaussian projection plus the norm per key (unbiased <q,k>), values "
+               "float or per-token quantised, last R tokens in float",
+    .budget = "counted as packed: m bits + a float32 norm per key, the value as stored, float residual, S on every "
+              "rank (budget=X: m, then vbits, from X)",
+    .params = qjl_params,
+    .cfg_size = sizeof(qjl_cfg),
+    .check = qjl_check,
+    .create = qjl_create,
+    .horizon = qjl_horizon,
+    .ingest = qjl_ingest,
+    .partial = qjl_partial,
+    .bytes = qjl_bytes,
+    .extra = qjl_extra,
+    .free = qjl_free,
+    .save = qjl_save,
+    .load = qjl_load,
+    .max_bytes = qjl_max_bytes,
+};
