@@ -14,6 +14,8 @@ extern const kv_method_ops kv_method_topk;
 extern const kv_method_ops kv_method_unmasked_window;
 extern const kv_method_ops kv_method_window_subgen;
 extern const kv_method_ops kv_method_subgen;
+extern const kv_method_ops kv_method_tova;
+extern const kv_method_ops kv_method_snapkv;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -25,6 +27,8 @@ static const kv_method_ops *const registry[] = {
     &kv_method_unmasked_window,
     &kv_method_window_subgen,
     &kv_method_subgen,
+    &kv_method_tova,
+    &kv_method_snapkv,
     NULL
 };
 
