@@ -64,7 +64,6 @@ typedef struct {
     float *bq;             /* W x d query rows */
     int64_t *bp;           /* their prefixes */
     double *bml;           /* their merged (m, l) */
-    int64_t compressions;
 } snapkv_state;
 
 static const kv_param_def snapkv_params[] = {
@@ -254,7 +253,6 @@ static void compress(snapkv_state *s, int64_t keep)
         w++;
     }
     s->held = w;
-    s->compressions++;
 }
 
 /* what a compression keeps at share sh: sh minus this rank's part of the period */
@@ -368,7 +366,7 @@ static void snapkv_free(void *state)
     free(s);
 }
 
-/* Counters, the query ring as laid out, the held tokens (index order).
+/* Counters, the filled query ring slots as laid out, the held tokens (index order).
  * vote, pooled and order are scratch of each compression. */
 static void snapkv_save(const void *state, kv_buf *out)
 {
@@ -379,10 +377,10 @@ static void snapkv_save(const void *state, kv_buf *out)
     kv_buf_put_i64(out, s->seen);
     kv_buf_put_i64(out, s->nbuf);
     kv_buf_put_i64(out, s->head);
-    kv_buf_put_i64(out, s->compressions);
-    kv_buf_put_arr(out, s->bq, (size_t)(s->W * s->ctx.d) * sizeof(float));
-    kv_buf_put_arr(out, s->bp, (size_t)s->W * sizeof(int64_t));
-    kv_buf_put_arr(out, s->bml, (size_t)(2 * s->W) * sizeof(double));
+    /* the filled ring slots only: 0..nbuf-1 (head == nbuf until it wraps) */
+    kv_buf_put_arr(out, s->bq, (size_t)(s->nbuf * s->ctx.d) * sizeof(float));
+    kv_buf_put_arr(out, s->bp, (size_t)s->nbuf * sizeof(int64_t));
+    kv_buf_put_arr(out, s->bml, (size_t)(2 * s->nbuf) * sizeof(double));
     kv_buf_put_arr(out, s->K, n * (size_t)s->ctx.d * sizeof(float));
     kv_buf_put_arr(out, s->V, n * (size_t)s->ctx.dv * sizeof(float));
     kv_buf_put_arr(out, s->idx, n * sizeof(int64_t));
@@ -391,12 +389,12 @@ static void snapkv_save(const void *state, kv_buf *out)
 static int snapkv_load(void *state, kv_rd *in, kv_err *err)
 {
     snapkv_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), share, hlast, seen, nbuf, head, comp;
+    int64_t lim = kv_shard_limit(&s->ctx), share, hlast, seen, nbuf, head;
     size_t cap = (size_t)(s->B < lim ? s->B : lim), nbq = 0, nbp = 0, nbml = 0, nk = 0, nv = 0, ni = 0, n;
     void *bq = NULL, *bp = NULL, *bml = NULL, *K = NULL, *V = NULL, *idx = NULL;
     size_t W = (size_t)s->W, d = (size_t)s->ctx.d;
     if (kv_rd_i64(in, &share, err) || kv_rd_i64(in, &hlast, err) || kv_rd_i64(in, &seen, err) ||
-        kv_rd_i64(in, &nbuf, err) || kv_rd_i64(in, &head, err) || kv_rd_i64(in, &comp, err) ||
+        kv_rd_i64(in, &nbuf, err) || kv_rd_i64(in, &head, err) ||
         kv_rd_arr(in, &bq, sizeof(float), W * d, &nbq, err) || kv_rd_arr(in, &bp, sizeof(int64_t), W, &nbp, err) ||
         kv_rd_arr(in, &bml, sizeof(double), 2 * W, &nbml, err) ||
         kv_rd_arr(in, &K, sizeof(float) * d, cap, &nk, err) ||
@@ -404,15 +402,19 @@ static int snapkv_load(void *state, kv_rd *in, kv_err *err)
         kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err))
         goto fail;
     n = nk;
-    if (nbq != W * d || nbp != W || nbml != 2 * W || nv != n || ni != n) goto bad;
     if (share < 0 || share > s->B || (int64_t)n > share || hlast < 0 || hlast > s->ctx.n_total || seen < (int64_t)n ||
-        seen > lim || nbuf < 0 || nbuf > s->W || head < 0 || head >= s->W || comp < 0)
+        seen > lim || nbuf < 0 || nbuf > s->W || head < 0 || head >= s->W || (nbuf < s->W && head != nbuf))
         goto bad;
-    if (!kv_all_finite(bq, W * d) || (n && (!kv_all_finite(K, n * d) || !kv_all_finite(V, n * (size_t)s->ctx.dv))))
+    size_t nb = (size_t)nbuf;
+    if (nbq != nb * d || nbp != nb || nbml != 2 * nb || nv != n || ni != n) goto bad;
+    if ((nb && !kv_all_finite(bq, nb * d)) || (n && (!kv_all_finite(K, n * d) || !kv_all_finite(V, n * (size_t)s->ctx.dv))))
         goto bad;
-    for (size_t j = 0; j < W; j++) {
+    for (size_t j = 0; j < nb; j++) {
+        /* a query's merged (m, l): l >= 0 finite, m finite iff l > 0 (else -inf) */
         const double *ml = (const double *)bml + 2 * j;
-        if (((const int64_t *)bp)[j] < 0 || ((const int64_t *)bp)[j] > s->ctx.n_total || isnan(ml[0]) || !(ml[1] >= 0))
+        int64_t pj = ((const int64_t *)bp)[j];
+        if (pj < 1 || pj > s->ctx.n_total || !isfinite(ml[1]) || !(ml[1] >= 0) ||
+            (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
             goto bad;
     }
     for (size_t i = 0; i < n; i++) {
@@ -430,10 +432,12 @@ static int snapkv_load(void *state, kv_rd *in, kv_err *err)
         goto fail;
     }
     t.held = t.cap = (int64_t)n;
-    t.share = share; t.hlast = hlast; t.seen = seen; t.nbuf = nbuf; t.head = head; t.compressions = comp;
-    memcpy(s->bq, bq, sizeof(float) * W * d);
-    memcpy(s->bp, bp, sizeof(int64_t) * W);
-    memcpy(s->bml, bml, sizeof(double) * 2 * W);
+    t.share = share; t.hlast = hlast; t.seen = seen; t.nbuf = nbuf; t.head = head;
+    if (nb) {
+        memcpy(s->bq, bq, sizeof(float) * nb * d);
+        memcpy(s->bp, bp, sizeof(int64_t) * nb);
+        memcpy(s->bml, bml, sizeof(double) * 2 * nb);
+    }
     free(bq); free(bp); free(bml);
     free_arrays(s);
     *s = t;

@@ -391,7 +391,12 @@ static int tova_valid(tova_state *s, int64_t *sorted)
     if (s->share < 0 || s->share > s->B || n > s->share || s->hlast < 0 || s->hlast > s->ctx.n_total ||
         s->seen < n || s->seen > lim || (s->have_q != 0 && s->have_q != 1))
         return 0;
-    if (!kv_all_finite(s->lq, (size_t)s->ctx.d) || !(s->ll >= 0) || isnan(s->lm)) return 0;
+    /* the last query: nothing before the first (all zero); then finite, and
+     * its merged (m, l) with l >= 0 and m finite iff l > 0 (else -inf) */
+    if (!kv_all_finite(s->lq, (size_t)s->ctx.d) || !isfinite(s->ll) || !(s->ll >= 0)) return 0;
+    if (s->have_q ? (s->ll > 0 ? !isfinite(s->lm) : s->lm != -INFINITY) : s->lm != 0 || s->ll != 0) return 0;
+    for (int c = 0; !s->have_q && c < s->ctx.d; c++)
+        if (s->lq[c] != 0) return 0;
     if (!n) return 1;
     for (int64_t i = 0; i < n; i++)
         if (s->idx[i] < 0 || s->idx[i] >= s->ctx.n_total || !isfinite(s->score[i]) || s->score[i] < 0) return 0;
