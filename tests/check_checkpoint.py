@@ -30,7 +30,7 @@ exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(work, exist_ok=True)
 METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
            "subgen:delta=1.5,t=8,s=64,window+subgen:W=200,delta=1.5,t=8,s=32,tova:tokens=300,"
-           "snapkv:tokens=300,window=8,period=40")
+           "snapkv:tokens=300,window=8,period=40,balancekv:tokens=600")
 checks = 0
 
 

@@ -8,9 +8,10 @@ usage: check_global_methods.py topk|h2o|evict TRACE RESULTS_NP1 [RESULTS_NP2 ...
     topk with k >= n equals exact to 1e-6 (float32 logits);
   - h2o (global budget): memory_bytes <= the budget in bytes at every P
     (tokens x bytes per held token, summed over streams);
-  - evict (tova, snapkv): memory_bytes <= the budget at every P (5%: the
-    token slots plus every rank's kept query rows fit in it, by the rule of
-    tova.c / snapkv.c), finite errors, and with tokens >= n (nothing
+  - evict (tova, snapkv, and balancekv's merge-and-reduce): memory_bytes <=
+    the budget at every P (5%: the token slots plus every rank's kept query
+    rows fit in it, by the rule of tova.c / snapkv.c / balancekv.c), finite
+    errors, and with tokens >= n (nothing
     evicted) the outputs equal exact's to 1e-6 (float32 outputs, the same
     tokens summed in another order); the mean error's change with P is
     printed (shares by seen: close to, not equal to, P = 1)."""
@@ -37,7 +38,7 @@ if what == "evict":
             P = int(r.attrs["ranks"])
             g = r["methods"]
             ex = g["exact"]["outputs"][...].astype(np.float64)
-            for k in ("tova_pct", "snap_pct"):
+            for k in ("tova_pct", "snap_pct", "bkv_pct"):
                 mem, err = int(g[k].attrs["memory_bytes"]), g[k]["rel_error"][...]
                 budget = S * int(0.05 * n * (d + dv) * 4)
                 base_err.setdefault(k, float(err.mean()))
@@ -46,7 +47,7 @@ if what == "evict":
                 if mem > budget or not np.all(np.isfinite(err)):
                     fail("%s: %s at P=%d: memory %d over budget %d or non-finite errors" % (path, k, P, mem, budget))
                 checks += 1
-            for k in ("tova_all", "snap_all"):
+            for k in ("tova_all", "snap_all", "bkv_all"):
                 e = float(np.abs(g[k]["outputs"][...].astype(np.float64) - ex).max() / max(1.0, np.abs(ex).max()))
                 print("%s: P=%d %s (tokens >= n) vs exact: %.3g" % (path, P, k, e))
                 if e > 1e-6:

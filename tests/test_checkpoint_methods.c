@@ -58,6 +58,9 @@ static const mcase cases[] = {
     { "tova:tokens=1000000", 0 }, /* B >= n: never evicts */
     { "snapkv:tokens=120", 0 },
     { "snapkv:tokens=90,window=3,period=20,kernel=3", 0 },
+    { "balancekv:tokens=200", 0 },
+    { "balancekv:tokens=100,c=1e12,seed=3", 0 },
+    { "balancekv:tokens=100000", 0 }, /* the shard fits: never halves */
     { "uniform:tokens=150", 0 },
     { "uniform:tokens=1000000,seed=7", 0 },
     { "topk:k=10", 0 },
