@@ -1,6 +1,6 @@
 /* balancekv.c - balancekv:tokens=<R>|budget=<X>[,seed=<n>]: BalanceKV
  * (Han, Kochetkova, Zandieh et al. 2025, "BalanceKV: KV Cache Compression
- * through Discrepancy Theory"), ALGORITHMS.md section 9.
+ * through Discrepancy Theory"), ALGORITHMS.md section 4d.
  *
  * Merge and reduce.  Each rank streams its tokens into a buffer of b rows
  * (weight 1).  A full buffer is halved: a self-balancing walk (Alweiss, Liu,
@@ -35,7 +35,7 @@
  * constants growing like e^{O(scale r^2)} for keys of norm <= r.  Tested
  * are its consequences: the error falls as the budget grows, and the walk
  * beats fair coins in the same structure.  At equal memory uniform
- * sampling still wins on clustered traces (docs/ALGORITHMS.md section 9):
+ * sampling still wins on clustered traces (docs/ALGORITHMS.md section 4d):
  * the log(n/b) levels cost memory, and the top levels (weight 2^L, b/2
  * rows for half the stream) dominate the error.
  *

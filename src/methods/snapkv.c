@@ -1,6 +1,6 @@
 /* snapkv.c - snapkv:tokens=<B>|budget=<X>[,window=<w>,period=<T>,kernel=<k>]:
  * SnapKV (Li et al. 2024, "SnapKV: LLM Knows What You are Looking for
- * Before Generation") adapted to decoding, ALGORITHMS.md section 8.
+ * Before Generation") adapted to decoding, ALGORITHMS.md section 4c.
  *
  * SnapKV compresses a prompt once: the last `window` queries of the prompt
  * (the observation window) vote for the earlier tokens by their attention,

@@ -1,6 +1,6 @@
 /* tova.c - tova:tokens=<B> or tova:budget=<X>: TOVA, token omission via
  * attention (Oren et al. 2024, "Transformers are Multi-State RNNs"),
- * ALGORITHMS.md section 7.
+ * ALGORITHMS.md section 4b.
  *
  * Rule.  After each query is answered, every held token's score is its
  * attention weight under that query, normalised by the GLOBAL softmax (the
