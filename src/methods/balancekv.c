@@ -41,8 +41,9 @@
  *
  * Departures: the threshold c' = c mean|x|^2 instead of the theorem's
  * 30 ln(n/delta) for |x| <= 1 (after normalising, most |x_i| are far below
- * 1 and that threshold makes the signs fair coins: on the demo-like trace
- * at 10% it gives fair coins' mean error 0.235, c = 0.01 gives 0.17); the
+ * 1 and so large a threshold makes the signs fair coins: on the 2 x 3,000
+ * token global-methods test trace at 10%, an absolute threshold ln b gave
+ * mean error 0.234, fair coins (c = 1e12) 0.238, c = 0.01 0.165); the
  * smaller class kept instead of a fixed one; the coins are hashes of
  * (seed, stream, rank, halving, row) so runs are reproducible.
  *
@@ -50,7 +51,7 @@
  * a rank picks the largest even b with b + (b/2) L(b) <= its rows, L(b) the
  * levels its shard needs (bit length of floor(shard / b)); a shard that
  * fits whole never halves (b > shard: exact attention).  budget=X: R =
- * bytes(X) / ((d + dv) 4) less one sign byte per buffer row.  At P > 1 each
+ * bytes(X) / ((d + dv) 4 + 1), the 1 for a buffer row's sign byte.  At P > 1 each
  * rank summarises its own shard: the answer is the same kind of estimate,
  * not the same numbers as at P = 1.
  *
