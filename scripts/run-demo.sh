@@ -15,13 +15,13 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 mkdir -p out
 mpirun --oversubscribe -np 2 build/kvstream gen --kind clustered --clusters 64 --spread 0.1 --streams 4 \
   --tokens 65536 --dim 64 --queries 256 --seed 1 -o out/demo-trace.h5
-METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,uniform,subgen,subgen:joint=1,name=subgen-joint,window+subgen,kivi,qjl,topk:k=64"}
+METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,tova,snapkv,uniform,balancekv,subgen,subgen:joint=1,name=subgen-joint,window+subgen,kivi,qjl,topk:k=64"}
 BUDGET=${KVSTREAM_DEMO_BUDGET:-10%}
 mpirun --oversubscribe -np 2 build/kvstream replay out/demo-trace.h5 --methods "$METHODS" --budget "$BUDGET" \
   -o out/demo-results.h5
 echo "results: out/demo-results.h5 (layout: docs/RESULTS_FORMAT.md)"
 if [ "${KVSTREAM_DEMO_PARETO:-1}" != 0 ]; then
-  mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods window,sinks,h2o,uniform,subgen \
+  mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods window,sinks,h2o,tova,snapkv,uniform,balancekv,subgen \
     --budgets 2.5%,5%,10%,25% --seeds 2 -q -o out/demo-pareto.h5
   # the quantised caches cannot go below ~10% (2-bit KIVI is 3 bits per element
   # with its scales): their own run, at budgets they can hold, in the same figure

@@ -29,7 +29,8 @@ from kvtest import fail, mpi_cmd, mpi_env, run
 exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(work, exist_ok=True)
 METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
-           "subgen:delta=1.5,t=8,s=64,window+subgen:W=200,delta=1.5,t=8,s=32,"
+           "subgen:delta=1.5,t=8,s=64,window+subgen:W=200,delta=1.5,t=8,s=32,tova:tokens=300,"
+           "snapkv:tokens=300,window=8,period=40,balancekv:tokens=600,"
            "kivi:bits=4,group=20,residual=50,qjl:m=32,vbits=8,residual=20")
 checks = 0
 

@@ -1,13 +1,20 @@
 #!/usr/bin/python3
 """topk and h2o replays at P = 1..4 ranks: the rank count is a performance knob.
 
-usage: check_global_methods.py topk|h2o TRACE RESULTS_NP1 [RESULTS_NP2 ...]
+usage: check_global_methods.py topk|h2o|evict TRACE RESULTS_NP1 [RESULTS_NP2 ...]
   - topk (global top-k, ties at the k-th all taken): outputs at every P equal
     P = 1's up to the float32 rounding of a double result (one ulp of the
     larger, plus 1e-12 of the stream's largest output for the double sums);
     topk with k >= n equals exact to 1e-6 (float32 logits);
   - h2o (global budget): memory_bytes <= the budget in bytes at every P
-    (tokens x bytes per held token, summed over streams)."""
+    (tokens x bytes per held token, summed over streams);
+  - evict (tova, snapkv, and balancekv's merge-and-reduce): memory_bytes <=
+    the budget at every P (5%: the token slots plus every rank's kept query
+    rows fit in it, by the rule of tova.c / snapkv.c / balancekv.c), finite
+    errors, and with tokens >= n (nothing
+    evicted) the outputs equal exact's to 1e-6 (float32 outputs, the same
+    tokens summed in another order); the mean error's change with P is
+    printed (shares by seen: close to, not equal to, P = 1)."""
 import sys
 
 import h5py
@@ -24,6 +31,30 @@ H2O = {"h2o_tok": 300 * slot, "h2o_pct": (int(0.05 * n * (d + dv) * 4) // slot) 
 
 checks = 0
 base = None
+if what == "evict":
+    base_err = {}
+    for path in results:
+        with h5py.File(path, "r") as r:
+            P = int(r.attrs["ranks"])
+            g = r["methods"]
+            ex = g["exact"]["outputs"][...].astype(np.float64)
+            for k in ("tova_pct", "snap_pct", "bkv_pct"):
+                mem, err = int(g[k].attrs["memory_bytes"]), g[k]["rel_error"][...]
+                budget = S * int(0.05 * n * (d + dv) * 4)
+                base_err.setdefault(k, float(err.mean()))
+                print("%s: P=%d %s memory %d bytes, budget %d, mean error %.4g (P=1: %.4g)"
+                      % (path, P, k, mem, budget, float(err.mean()), base_err[k]))
+                if mem > budget or not np.all(np.isfinite(err)):
+                    fail("%s: %s at P=%d: memory %d over budget %d or non-finite errors" % (path, k, P, mem, budget))
+                checks += 1
+            for k in ("tova_all", "snap_all", "bkv_all"):
+                e = float(np.abs(g[k]["outputs"][...].astype(np.float64) - ex).max() / max(1.0, np.abs(ex).max()))
+                print("%s: P=%d %s (tokens >= n) vs exact: %.3g" % (path, P, k, e))
+                if e > 1e-6:
+                    fail("%s: %s with tokens >= n differs from exact by %.3g at P=%d" % (path, k, e, P))
+                checks += 1
+    print("check_global_methods: %d passed, 0 failed" % checks)
+    sys.exit(0)
 for path in results:
     with h5py.File(path, "r") as r:
         P = int(r.attrs["ranks"])

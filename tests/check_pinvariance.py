@@ -61,7 +61,7 @@ for P in range(2, npmax + 1):
 # one budget knob
 budget_frac = 0.05
 B = int(budget_frac * n * (d + d) * 4)
-budgeted = os.environ.get("KV_PINV_BUDGETED", "window,sinks,uniform,h2o,subgen").split(",")
+budgeted = os.environ.get("KV_PINV_BUDGETED", "window,sinks,uniform,h2o,tova,snapkv,balancekv,subgen").split(",")
 mem = {}
 for P in range(1, npmax + 1):
     out = os.path.join(work, "budget-np%d.h5" % P)

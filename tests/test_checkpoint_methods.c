@@ -4,7 +4,8 @@
  * For each method spec and data layout (one rank; rank 1 of 3 emulated with
  * chunk-cyclic shards, so held indices have gaps) a fixed schedule of ingest
  * blocks and partial() calls is run:
- *   - uninterrupted (instance A), recording every partial state and bytes();
+ *   - uninterrupted (instance A), recording every partial state and bytes()
+ *     (a method with a feedback hook gets each call's own (m, l) back);
  *   - interrupted at 0, 1 or 2 points (save, free, create, load, go on):
  *     every later partial state and bytes() must equal A's bitwise, load
  *     must consume the whole buffer, and saving the loaded state again must
@@ -55,6 +56,13 @@ static const mcase cases[] = {
     { "h2o:tokens=120", 0 },
     { "h2o:tokens=100,recent=0", 0 },
     { "h2o:tokens=64,recent=64", 0 },
+    { "tova:tokens=120", 0 },
+    { "tova:tokens=1000000", 0 }, /* B >= n: never evicts */
+    { "snapkv:tokens=120", 0 },
+    { "snapkv:tokens=90,window=3,period=20,kernel=3", 0 },
+    { "balancekv:tokens=200", 0 },
+    { "balancekv:tokens=100,c=1e12,seed=3", 0 },
+    { "balancekv:tokens=100000", 0 }, /* the shard fits: never halves */
     { "uniform:tokens=150", 0 },
     { "uniform:tokens=1000000,seed=7", 0 },
     { "topk:k=10", 0 },
@@ -215,8 +223,17 @@ static int run(const world *w, const method *m, void *st, int from, int to, reco
             CHECK(rc == KV_OK, "%s/%s: ingest: %s", m->spec, w->name, err.msg);
         } else {
             double *out = rec ? rec->st + o->soff : tmp;
-            m->ops->partial(st, zeroq ? zeroq : w->Q + o->qoff, o->nq, o->p, out);
+            const float *Q = zeroq ? zeroq : w->Q + o->qoff;
+            m->ops->partial(st, Q, o->nq, o->p, out);
             if (ref) bad += memcmp(out, ref->st + o->soff, sizeof(double) * sl * (size_t)o->nq) != 0;
+            if (m->ops->feedback) { /* this rank's own (m, l) stand for the merged ones */
+                double ml[16];
+                for (int q = 0; q < o->nq; q++) {
+                    ml[2 * q] = out[q * sl + KV_PS_M];
+                    ml[2 * q + 1] = out[q * sl + KV_PS_L];
+                }
+                CHECK(m->ops->feedback(st, Q, o->nq, o->p, ml) == KV_OK, "%s/%s: feedback", m->spec, w->name);
+            }
         }
         size_t b = m->ops->bytes(st);
         if (rec) rec->bytes[i] = b;

@@ -16,7 +16,12 @@
  *         epochs starting at each horizon) stay within the budget, the
  *         shares fill it, recent = tokens is the global window; budget= in
  *         bytes gives the token count it documents; checkpoints resume
- *         bitwise. */
+ *         bitwise;
+ *   tova, snapkv: P = 1 equals a brute-force implementation of the rule
+ *         (plain lists, linear scans, qsort); for every P the bytes summed
+ *         over ranks stay within the budget and the shares fill it;
+ *         tokens >= n is exact attention at every P; budget= gives the
+ *         documented token count; checkpoints resume bitwise. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -643,6 +648,281 @@ static void test_h2o_budget(void)
     data_free(&x);
 }
 
+/* ---- tova and snapkv ---- */
+
+static double ref_logit(const data *x, const float *q, int64_t i)
+{
+    return (double)(kv_dot_fixed(q, x->K + i * x->d, x->d) * (float)(1.0 / sqrt((double)x->d)));
+}
+
+/* answers over a held list of token indices (index order) */
+static void list_partial(const data *x, const int64_t *idx, int64_t n, const float *Q, int nq, double *st)
+{
+    size_t sl = KV_PSTATE_LEN(x->dv);
+    for (int q = 0; q < nq; q++) {
+        kv_partial_clear(st + q * sl, x->dv);
+        for (int64_t i = 0; i < n; i++)
+            kv_partial_add_one(st + q * sl, x->dv, ref_logit(x, Q + q * x->d, idx[i]), 1.0, x->V + idx[i] * x->dv);
+    }
+}
+
+/* TOVA by brute force with one budget B: a plain list, linear scans */
+typedef struct {
+    int64_t B, n;
+    int64_t *idx;
+    double *score;
+    int have_q;
+    const float *lq; /* the last query row, and its merged (m, l) */
+    double lm, ll;
+} tova_ref;
+
+static void tova_ref_ingest(tova_ref *h, const data *x, int64_t g)
+{
+    double sc = h->have_q && h->ll > 0 ? exp(ref_logit(x, h->lq, g) - h->lm) / h->ll : 0;
+    if (h->n < h->B) {
+        h->idx[h->n] = g;
+        h->score[h->n++] = sc;
+        return;
+    }
+    int64_t worst = 0; /* lowest (score, index) */
+    for (int64_t i = 1; i < h->n; i++)
+        if (h->score[i] < h->score[worst] || (h->score[i] == h->score[worst] && h->idx[i] < h->idx[worst])) worst = i;
+    if (sc < h->score[worst]) return; /* the newcomer wins ties (newer index) */
+    h->idx[worst] = g;
+    h->score[worst] = sc;
+}
+
+/* scores = mean global weight under the call's queries (ml merged) */
+static void tova_ref_feedback(tova_ref *h, const data *x, const float *Q, int nq, const double *ml)
+{
+    for (int64_t i = 0; i < h->n; i++) {
+        double sum = 0;
+        for (int q = 0; q < nq; q++) sum += exp(ref_logit(x, Q + q * x->d, h->idx[i]) - ml[2 * q]) / ml[2 * q + 1];
+        h->score[i] = sum / nq;
+    }
+    h->have_q = 1;
+    h->lq = Q + (nq - 1) * x->d;
+    h->lm = ml[2 * (nq - 1)];
+    h->ll = ml[2 * (nq - 1) + 1];
+}
+
+static int64_t tova_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 8; }
+static int64_t tova_qbytes(const data *x) { return (int64_t)x->d * 4 + 16; }
+
+/* SnapKV by brute force (see snapkv.c): held list in index order, the ring
+ * of the last W queries laid out as snapkv.c lays it (the vote sums run
+ * over it in that order), compression by qsort */
+typedef struct {
+    int64_t B, W, T, kern, n, nbuf, head;
+    int64_t *idx;
+    float *bq;
+    int64_t *bp;
+    double *bml;
+} snap_ref;
+
+typedef struct { double pooled; int64_t idx; } snap_key;
+
+static int snap_cmp(const void *a, const void *b)
+{
+    const snap_key *x = a, *y = b;
+    if (x->pooled != y->pooled) return x->pooled > y->pooled ? -1 : 1;
+    return x->idx > y->idx ? -1 : x->idx < y->idx;
+}
+
+static int cmp_idx(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void snap_ref_compress(snap_ref *h, const data *x)
+{
+    int64_t slack = h->T < h->B / 2 ? h->T : h->B / 2, keep;
+    slack = slack < 1 ? 1 : slack;
+    keep = h->B - slack;
+    double *vote = malloc(sizeof(double) * (size_t)h->n);
+    snap_key *k = malloc(sizeof(snap_key) * (size_t)h->n);
+    for (int64_t i = 0; i < h->n; i++) {
+        double sum = 0;
+        int64_t cnt = 0;
+        for (int64_t j = 0; j < h->nbuf; j++)
+            if (h->bp[j] > h->idx[i]) {
+                sum += exp(ref_logit(x, h->bq + j * x->d, h->idx[i]) - h->bml[2 * j]) / h->bml[2 * j + 1];
+                cnt++;
+            }
+        vote[i] = cnt ? sum / (double)cnt : INFINITY;
+    }
+    for (int64_t i = 0; i < h->n; i++) {
+        double best = vote[i];
+        for (int64_t j = 0; j < h->n; j++)
+            if (llabs(h->idx[j] - h->idx[i]) <= h->kern / 2 && isfinite(vote[j]) && vote[j] > best) best = vote[j];
+        k[i] = (snap_key){ best, h->idx[i] };
+    }
+    qsort(k, (size_t)h->n, sizeof *k, snap_cmp);
+    for (int64_t i = 0; i < keep; i++) h->idx[i] = k[i].idx;
+    h->n = keep;
+    qsort(h->idx, (size_t)h->n, sizeof(int64_t), cmp_idx);
+    free(vote);
+    free(k);
+}
+
+static void snap_ref_ingest(snap_ref *h, const data *x, int64_t g)
+{
+    if (h->n >= h->B) snap_ref_compress(h, x);
+    h->idx[h->n++] = g;
+}
+
+static void snap_ref_feedback(snap_ref *h, const data *x, const float *Q, int nq, int64_t p, const double *ml)
+{
+    for (int q = nq > h->W ? nq - (int)h->W : 0; q < nq; q++) {
+        memcpy(h->bq + h->head * x->d, Q + q * x->d, sizeof(float) * (size_t)x->d);
+        h->bp[h->head] = p;
+        h->bml[2 * h->head] = ml[2 * q];
+        h->bml[2 * h->head + 1] = ml[2 * q + 1];
+        h->head = (h->head + 1) % h->W;
+        h->nbuf += h->nbuf < h->W;
+    }
+}
+
+static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16 + 4; }
+static int64_t snap_qbytes(const data *x) { return (int64_t)x->d * 4 + 8 + 16; }
+
+/* P = 1 == brute force; every P within the budget (tokens + each rank's
+ * query rows), the shares filling it; tokens >= n is exact attention */
+static void test_eviction_global(int snap)
+{
+    data x;
+    data_gen(&x, 1500, 12, 4, 71 + (uint64_t)snap, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    const int64_t Bs[] = { 1, 60, 200, 1500 };
+    const char *extra = snap ? ",window=5,period=17,kernel=5" : "";
+    const int64_t W = 5, T = 17, KERN = 5;
+    for (int bi = 0; bi < 4; bi++)
+        for (int P = 1; P <= MAXP; P++) {
+            int64_t B = Bs[bi];
+            char spec[96];
+            snprintf(spec, sizeof spec, "%s:tokens=%lld%s", snap ? "snapkv" : "tova", (long long)B, extra);
+            sim e;
+            kv_err err = { 0 };
+            CHECK(sim_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+            if (!e.ops) return;
+            tova_ref h = { B, 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)), 0,
+                           NULL, 0, 0 };
+            snap_ref g = { B, W, T < B / 2 ? T : (B / 2 > 1 ? B / 2 : 1), KERN, 0, 0, 0,
+                           malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(float) * (size_t)(W * x.d)),
+                           malloc(sizeof(int64_t) * (size_t)W), malloc(sizeof(double) * (size_t)(2 * W)) };
+            kv_rng r;
+            kv_rng_seed(&r, 13, (uint64_t)P, (uint64_t)bi);
+            float Q[2][4 * 12]; /* this call's queries and the previous call's (tova's arrivals) */
+            double st[4 * 7], rs[4 * 7], ml[8], worst = 0, worst_exact = 0;
+            int64_t fed = 0, short_of = 0, least = B, cur = 0;
+            double tol = (4.0 * (double)(B < x.n ? B : x.n) + 32) * DBL_EPSILON * x.vmax;
+            for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
+                int nq = 1 + (int)kv_rng_below(&r, 4);
+                cur ^= 1;
+                gen_queries(Q[cur], nq, x.d, &r, 2.0);
+                sim_advance(&e, &x, p);
+                sim_partial(&e, Q[cur], nq, p, st, x.dv);
+                for (int q = 0; q < nq; q++) {
+                    ml[2 * q] = st[q * 7 + KV_PS_M];
+                    ml[2 * q + 1] = st[q * 7 + KV_PS_L];
+                }
+                if (P == 1) {
+                    int64_t held;
+                    for (; fed < p; fed++)
+                        if (snap) snap_ref_ingest(&g, &x, fed);
+                        else tova_ref_ingest(&h, &x, fed);
+                    held = snap ? g.n : h.n;
+                    list_partial(&x, snap ? g.idx : h.idx, held, Q[cur], nq, rs);
+                    if (snap) snap_ref_feedback(&g, &x, Q[cur], nq, p, ml);
+                    else tova_ref_feedback(&h, &x, Q[cur], nq, ml);
+                    double dd = out_diff(st, rs, nq, x.dv);
+                    worst = dd > worst ? dd : worst;
+                    CHECK(sim_kept(&e) == held, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
+                          (long long)sim_kept(&e), (long long)held);
+                }
+                if (B >= x.n) { /* nothing evicted: exact attention */
+                    for (int q = 0; q < nq; q++) window_ref(&x, Q[cur] + q * x.d, 0, p, rs + q * 7);
+                    double dd = out_diff(st, rs, nq, x.dv);
+                    worst_exact = dd > worst_exact ? dd : worst_exact;
+                    CHECK(sim_kept(&e) == p, "%s P=%d p=%lld: holds %lld", spec, P, (long long)p, (long long)sim_kept(&e));
+                }
+                /* shares sum to >= B - (P - 1) (one floor each), less what a
+                 * rank could not refill after its share grew (as h2o), less
+                 * snapkv's slack after a compression (its period part) */
+                int64_t lag = P > 1 && p > 12 ? P * (B * 12 / (p - 12) + 1) : 0, slack = snap ? g.T + P : 0;
+                if (p >= 4 * B && B < x.n && sim_kept(&e) < B - (P - 1) - lag - slack) short_of++;
+                if (p >= 4 * B && sim_kept(&e) < least) least = sim_kept(&e);
+            }
+            end_epoch(&e);
+            size_t budget = (size_t)(snap ? B * snap_slot(&x) + P * W * snap_qbytes(&x) : B * tova_slot(&x) + P * tova_qbytes(&x));
+            if (P == 1) CHECK(worst <= tol, "%s: differs from brute force by %.3g > %.3g", spec, worst, tol);
+            CHECK(worst_exact <= tol, "%s P=%d: tokens >= n differs from exact by %.3g > %.3g", spec, P, worst_exact, tol);
+            CHECK(e.worst <= budget, "%s P=%d: %zu bytes summed over ranks > budget %zu", spec, P, e.worst, budget);
+            CHECK(short_of == 0, "%s P=%d: held too few tokens at %lld prefixes", spec, P, (long long)short_of);
+            printf("  %s P=%d: peak %zu bytes (budget %zu), holds >= %lld of %lld tokens, vs brute force %.3g\n", spec,
+                   P, e.worst, budget, (long long)least, (long long)B, worst);
+            free(h.idx); free(h.score);
+            free(g.idx); free(g.bq); free(g.bp); free(g.bml);
+            sim_close(&e);
+        }
+    data_free(&x);
+}
+
+/* budget= in bytes gives B = (bytes - P * query rows) / slot: the same
+ * instance as tokens=B; both knobs, or no token, refused in one line */
+static void test_eviction_budget(int snap)
+{
+    data x;
+    data_gen(&x, 600, 12, 4, 23, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    const char *m = snap ? "snapkv" : "tova";
+    for (int P = 1; P <= 3; P += 2) {
+        int64_t per = snap ? snap_slot(&x) : tova_slot(&x), q = snap ? 16 * snap_qbytes(&x) : tova_qbytes(&x);
+        int64_t tok = 50, bytes = tok * per + P * q + per - 1;
+        char bs[64], ts[64];
+        snprintf(bs, sizeof bs, "%s:budget=%lld", m, (long long)bytes);
+        snprintf(ts, sizeof ts, "%s:tokens=%lld", m, (long long)tok);
+        sim a, b;
+        kv_err err = { 0 };
+        CHECK(sim_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(sim_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        if (!a.ops || !b.ops) return;
+        kv_rng r;
+        kv_rng_seed(&r, 9, (uint64_t)P, 0);
+        float Q[2 * 12];
+        double sa[2 * 7], sb[2 * 7];
+        int same = 1;
+        for (int64_t p = 3; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 20)) {
+            gen_queries(Q, 2, x.d, &r, 2.0);
+            sim_advance(&a, &x, p);
+            sim_advance(&b, &x, p);
+            sim_partial(&a, Q, 2, p, sa, x.dv);
+            sim_partial(&b, Q, 2, p, sb, x.dv);
+            same &= !memcmp(sa, sb, sizeof sa);
+        }
+        end_epoch(&a);
+        CHECK(same, "%s and %s differ at P=%d", bs, ts, P);
+        CHECK(a.worst <= (size_t)bytes, "%s P=%d: peak %zu bytes", bs, P, a.worst);
+        sim_close(&a);
+        sim_close(&b);
+    }
+    char bad[3][64];
+    snprintf(bad[0], 64, "%s:tokens=10,budget=1MiB", m);
+    snprintf(bad[1], 64, "%s:budget=10", m);
+    snprintf(bad[2], 64, "%s:budget=1tok", m);
+    const char *why[] = { "not both", "holds no token", "holds no token" };
+    for (int i = 0; i < 3; i++) {
+        sim e;
+        kv_err err = { 0 };
+        int rc = sim_open(&e, bad[i], &ctx, 2, 37, &err);
+        CHECK(rc == KV_EINPUT && strstr(err.msg, why[i]) && !strchr(err.msg, '\n'), "%s: rc %d '%s'", bad[i], rc,
+              err.msg);
+        if (rc == KV_OK) sim_close(&e);
+    }
+    data_free(&x);
+}
+
 /* save at a prefix on every rank, load into fresh instances, go on: the
  * answers and bytes are those of the uninterrupted run, bitwise */
 static void test_resume(const char *spec, int P)
@@ -713,5 +993,13 @@ int main(void)
     test_resume("topk:k=9", 3);
     test_resume("h2o:tokens=50,recent=12", 3);
     test_resume("h2o:tokens=40,recent=0", 2);
+    test_eviction_global(0);
+    test_eviction_global(1);
+    test_eviction_budget(0);
+    test_eviction_budget(1);
+    test_resume("tova:tokens=50", 3);
+    test_resume("tova:tokens=500", 2);
+    test_resume("snapkv:tokens=60,window=4,period=10,kernel=3", 3);
+    test_resume("snapkv:tokens=45", 1);
     return kv_test_result("test_global_methods");
 }

@@ -16,6 +16,9 @@ extern const kv_method_ops kv_method_window_subgen;
 extern const kv_method_ops kv_method_subgen;
 extern const kv_method_ops kv_method_kivi;
 extern const kv_method_ops kv_method_qjl;
+extern const kv_method_ops kv_method_tova;
+extern const kv_method_ops kv_method_snapkv;
+extern const kv_method_ops kv_method_balancekv;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -29,6 +32,9 @@ static const kv_method_ops *const registry[] = {
     &kv_method_subgen,
     &kv_method_kivi,
     &kv_method_qjl,
+    &kv_method_tova,
+    &kv_method_snapkv,
+    &kv_method_balancekv,
     NULL
 };
 
