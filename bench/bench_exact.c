@@ -8,7 +8,7 @@
  *   probe   a vectorised dot product of K with V: one read of the same bytes
  *           (the bandwidth floor)
  *   peak    a register-resident loop of independent vector FMAs of the width
- *           the build uses (the compute floor; bench_fma.h)
+ *           the build uses (the compute floor; bench_floors.h)
  *   single  one query over all tokens (kv_attn_fold_par): K+V GB/s and its
  *           fraction of the probe
  *   batch   64 queries at the same position in one pass: GFLOP/s and its
@@ -22,26 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "bench_fma.h"
+#include "bench_floors.h"
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
-
-static double probe(const float *a, const float *b, size_t n, double *sink)
-{
-    double t0 = omp_get_wtime(), total = 0;
-    size_t blk = 1 << 16;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i += blk) {
-        size_t e = i + blk < n ? i + blk : n;
-        float s0 = 0;
-#pragma omp simd reduction(+ : s0)
-        for (size_t k = i; k < e; k++) s0 += a[k] * b[k];
-        total += s0;
-    }
-    *sink += total;
-    return omp_get_wtime() - t0;
-}
 
 int main(int argc, char **argv)
 {
@@ -73,7 +57,7 @@ int main(int argc, char **argv)
         omp_set_num_threads(th);
         double tp = 1e30, t1 = 1e30, tb = 1e30, peak = kv_bench_fma_peak(reps, &sink);
         for (int r = 0; r < reps; r++) {
-            double t = probe(K, V, kv, &sink);
+            double t = kv_bench_probe(K, V, kv, &sink);
             tp = t < tp ? t : tp;
         }
         for (int r = 0; r < reps; r++) {
