@@ -43,34 +43,62 @@ static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v;
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
 
-/* exp(x) for x <= 0: 2^k * exp(r), r = x - k ln2 in [-ln2/2, ln2/2] (ln2 in
- * two parts, the first exact in a few bits), exp(r) = 1 + r + r^2 p(r) with
- * Cephes' degree-5 minimax p.  Worst relative error over every float in
- * [-87, 0]: 8.4e-8 with FMA, 8.2e-8 without (tests/test_expf.c checks
- * 1e-7); x < -87, -inf included, gives 0.  Branch-free so simd loops
- * vectorise it inline. */
-static inline float expf_neg1(float x)
+typedef int v16i __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+/* exp(x) for x <= 0, 16 at a time: 2^k * exp(r), r = x - k ln2 in
+ * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in a few bits),
+ * exp(r) = 1 + r + r^2 p(r) with Cephes' degree-5 minimax p.  Worst
+ * relative error over every float in [-87, 0]: 8.4e-8 with FMA, 8.2e-8
+ * without (tests/test_expf.c checks 1e-7); x < -87, -inf included, gives 0.
+ * Explicit vectors (GCC extensions) so every kernel gets the build's full
+ * width and the same arithmetic (kv_expf_neg too). */
+static inline v16 expv(v16 x)
 {
-    float v = x < -87.0f ? -87.0f : x;
-    /* round to nearest with the 1.5*2^23 trick: plain arithmetic, vectorises */
-    float k = (v * 1.44269504f + 12582912.0f) - 12582912.0f;
-    float r = v - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int ki = (int)k + 127;
-    union { int i; float f; } s = { .i = ki << 23 }; /* ki in [1, 127]: no overflow */
-    return x < -87.0f ? 0.0f : p * s.f;
+    const v16 lo = bc(-87.0f);
+    v16i under = x < lo; /* all ones where x < -87 */
+    v16 v = (v16)(((v16i)x & ~under) | ((v16i)lo & under));
+    /* round to nearest with the 1.5*2^23 trick: plain arithmetic */
+    v16 k = (v * bc(1.44269504f) + bc(12582912.0f)) - bc(12582912.0f);
+    v16 r = v - k * bc(0.693359375f) + k * bc(2.12194440e-4f);
+    v16 p = bc(1.9875691500e-4f);
+    p = p * r + bc(1.3981999507e-3f);
+    p = p * r + bc(8.3334519073e-3f);
+    p = p * r + bc(4.1665795894e-2f);
+    p = p * r + bc(1.6666665459e-1f);
+    p = p * r + bc(5.0000001201e-1f);
+    p = p * (r * r) + r + bc(1.0f);
+    v16i ki = __builtin_convertvector(k, v16i) + 127; /* in [1, 127]: a normal 2^k */
+    v16 e = p * (v16)(ki << 23);
+    return (v16)((v16i)e & ~under);
 }
 
 void kv_expf_neg(float *x, size_t n)
 {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) x[i] = expf_neg1(x[i]);
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) st16(x + i, expv(ld(x + i)));
+    if (i < n) { /* the tail through the same vector code */
+        float t[VL] = { 0 };
+        memcpy(t, x + i, sizeof(float) * (n - i));
+        st16(t, expv(ld(t)));
+        memcpy(x + i, t, sizeof(float) * (n - i));
+    }
+}
+
+/* u[c] += x[c] (double += float), c < n: the per-tile fold into the state */
+static inline void add_f2d(double *restrict u, const float *restrict x, int n)
+{
+    int c = 0;
+    for (; c + 8 <= n; c += 8) {
+        v8f xf;
+        v8d ud;
+        memcpy(&xf, x + c, sizeof xf);
+        memcpy(&ud, u + c, sizeof ud);
+        ud += __builtin_convertvector(xf, v8d);
+        memcpy(u + c, &ud, sizeof ud);
+    }
+    for (; c < n; c++) u[c] += x[c];
 }
 
 /* ---- logits: S[q*TILE + t] = scale * <Q[q], K[t]> ---- */
@@ -122,17 +150,32 @@ static void logits_one(const float *restrict q, const float *restrict K, int nt,
  * a short last block repeats its last row.  Each logit is the FMA chain over
  * c in order, then one multiply by scale: the same for every lane. */
 static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *restrict K, int nt, int d,
-                         float scale, float *restrict S)
+                         float scale, float *restrict S, const char *pfk, const char *pfv, int dv)
 {
     const v16 sc = bc(scale);
+    /* software prefetch of a later tile's K and V rows (pfk NULL: none),
+     * spread over the first lane block's FMAs: one or two lines per
+     * dimension c, for the 8 rows of each token block (a burst per tile
+     * stalls on the fill buffers) */
+    const size_t kb = 8 * (size_t)d * sizeof(float), vb = 8 * (size_t)dv * sizeof(float);
+#define PF_STEP(t, c)                                                                                         \
+    do {                                                                                                      \
+        if (pf) {                                                                                             \
+            size_t o_ = (size_t)(c) * 64;                                                                     \
+            if (o_ < kb) __builtin_prefetch(pfk + (size_t)(t) * d * sizeof(float) + o_, 0, KV_PF_LOCALITY);   \
+            if (o_ < vb) __builtin_prefetch(pfv + (size_t)(t) * dv * sizeof(float) + o_, 0, KV_PF_LOCALITY);  \
+        }                                                                                                     \
+    } while (0)
     int j = lb;
     for (; j + 2 * VL <= nqp; j += 2 * VL)
         for (int t = 0; t < nt; t += 8) {
             const float *k[8];
+            int pf = pfk && j == lb;
             for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
             v16 a[8][2];
             for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = bc(0);
             for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
                 const float *qr = Qt + (size_t)c * nqp + j;
                 v16 q0 = ld(qr), q1 = ld(qr + VL);
                 for (int i = 0; i < 8; i++) {
@@ -149,15 +192,18 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
     for (; j < nqp; j += VL)
         for (int t = 0; t < nt; t += 8) {
             const float *k[8];
+            int pf = pfk && j == lb;
             for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
             v16 a[8];
             for (int i = 0; i < 8; i++) a[i] = bc(0);
             for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
                 v16 q0 = ld(Qt + (size_t)c * nqp + j);
                 for (int i = 0; i < 8; i++) a[i] += bc(k[i][c]) * q0;
             }
             for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
         }
+#undef PF_STEP
 }
 
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
@@ -302,13 +348,9 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
         int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
         int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
         const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
-        if (KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n) { /* keep the memory system busy */
-            const char *kp = (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d);
-            const char *vp = (const char *)(Vt + KV_PF_TOKENS * (size_t)dv);
-            for (size_t b = 0; b < TILE * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(kp + b, 0, KV_PF_LOCALITY);
-            for (size_t b = 0; b < TILE * (size_t)dv * sizeof(float); b += 64) __builtin_prefetch(vp + b, 0, KV_PF_LOCALITY);
-        }
-        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S);
+        int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n; /* keep the memory system busy */
+        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
+                     (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), dv);
         /* prefixes ending inside the tile (a run of the first active queries):
          * -inf past the end, so exp gives exact zeros there */
         for (int q = qa; q < nq; q++) {
@@ -324,25 +366,24 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
         }
         for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
             mf[j] = j >= qa && j < nq ? raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
-        for (int j = lb; j < nqp; j++) lv[j] = l2v[j] = 0.0f;
-        for (int t = 0; t < nt; t++) { /* shift, exp and the tile sums in one pass */
-            float *row = S + (size_t)t * nqp;
-#pragma omp simd
-            for (int j = lb; j < nqp; j++) {
-                float e = expf_neg1(row[j] - mf[j]);
-                row[j] = e;
-                lv[j] += e;
-                l2v[j] += e * e;
+        for (int j = lb; j < nqp; j += VL) { /* shift, exp and the tile sums in one pass */
+            v16 m = ld(mf + j), l = bc(0), l2 = bc(0);
+            for (int t = 0; t < nt; t++) {
+                float *p = S + (size_t)t * nqp + j;
+                v16 e = expv(ld(p) - m);
+                st16(p, e);
+                l += e;
+                l2 += e * e;
             }
+            st16(lv + j, l);
+            st16(l2v + j, l2);
         }
         pv_lanes(S, nqp, lb, qe, Vt, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
             r[KV_PS_L] += lv[q];
             r[KV_PS_L2] += l2v[q];
-            const float *x = U + (size_t)q * dv;
-#pragma omp simd
-            for (int c = 0; c < dv; c++) r[KV_PS_U + c] += x[c];
+            add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
         }
     }
     free(Qt);
@@ -407,12 +448,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const
         memset(U, 0, sizeof(float) * (size_t)na * dv);
         if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
         else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
-        for (int i = 0; i < na; i++) {
-            double *u = run + (size_t)(qa + i) * sl + KV_PS_U;
-            const float *x = U + (size_t)i * dv;
-#pragma omp simd
-            for (int c = 0; c < dv; c++) u[c] += x[c];
-        }
+        for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
     }
     free(S);
     free(U);
