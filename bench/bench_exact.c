@@ -16,16 +16,29 @@
  * Flops counted per query and token: 2d for the logit and 2dv for the value
  * accumulation; the exp, max and sums are not counted (they are overhead the
  * peak does not include).  Targets (issue 14), 2 threads: single >= 0.92 of
- * the probe, batch >= 0.55 of the peak; each printed as PASS or MISS. */
+ * the probe, batch >= 0.55 of the peak; each printed as PASS or MISS (from
+ * wall times).  "CPU rate" is the same work over the process's CPU time per
+ * thread: on a shared machine, where other jobs take the cores, it is what
+ * the kernel does while it runs (fair for the compute-bound batch; the
+ * single query also loses bandwidth to the others, which it cannot show). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "bench_floors.h"
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
+
+/* CPU seconds of the whole process (all threads) */
+static double proc_cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 int main(int argc, char **argv)
 {
@@ -51,42 +64,46 @@ int main(int argc, char **argv)
     double flops = (double)nq * (double)n * (2.0 * d + 2.0 * (double)dv); /* exp not counted */
     printf("bench_exact: n = 2^%d, d = dv = %d, K+V = %.2f GiB, best of %d; vectors: %s\n", lg, d,
            bytes / (1 << 30), reps, kv_bench_isa());
-    printf("%-8s %-26s %10s %12s %10s\n", "threads", "kernel", "seconds", "rate", "of floor");
-    double single2 = 0, batch2 = 0;
+    printf("%-8s %-26s %10s %12s %10s %12s %10s\n", "threads", "kernel", "seconds", "rate", "of floor", "CPU rate",
+           "of floor");
+    double single2 = 0, batch2 = 0, batch2c = 0;
     for (int th = 1; th <= 2; th++) {
         omp_set_num_threads(th);
-        double tp = 1e30, t1 = 1e30, tb = 1e30, peak = kv_bench_fma_peak(reps, &sink);
+        double tp = 1e30, t1 = 1e30, tb = 1e30, c1 = 1e30, cb = 1e30, peak = kv_bench_fma_peak(reps, &sink);
         for (int r = 0; r < reps; r++) {
             double t = kv_bench_probe(K, V, kv, &sink);
             tp = t < tp ? t : tp;
         }
         for (int r = 0; r < reps; r++) {
             kv_partial_clear(st, (int)dv);
-            double t0 = omp_get_wtime();
+            double t0 = omp_get_wtime(), p0 = proc_cpu();
             kv_attn_fold_par(Q, 1, K, V, n, d, (int)dv, scale, st);
-            double t = omp_get_wtime() - t0;
+            double t = omp_get_wtime() - t0, c = (proc_cpu() - p0) / th;
             t1 = t < t1 ? t : t1;
+            c1 = c < c1 ? c : c1;
             sink += st[KV_PS_L];
         }
         for (int r = 0; r < reps; r++) {
             for (size_t q = 0; q < nq; q++) kv_partial_clear(st + q * KV_PSTATE_LEN(dv), (int)dv);
-            double t0 = omp_get_wtime();
+            double t0 = omp_get_wtime(), p0 = proc_cpu();
             kv_attn_fold_par(Q, (int)nq, K, V, n, d, (int)dv, scale, st);
-            double t = omp_get_wtime() - t0;
+            double t = omp_get_wtime() - t0, c = (proc_cpu() - p0) / th;
             tb = t < tb ? t : tb;
+            cb = c < cb ? c : cb;
             sink += st[KV_PS_L];
         }
         printf("%-8d %-26s %10s %7.1f GF/s %10s\n", th, "peak (register FMAs)", "-", peak / 1e9, "1.00");
         printf("%-8d %-26s %10.4f %7.2f GB/s %10s\n", th, "probe (dot K.V)", tp, bytes / tp / 1e9, "1.00");
-        printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f   (of the probe)\n", th, "exact, 1 query", t1, bytes / t1 / 1e9,
-               tp / t1);
-        printf("%-8d %-26s %10.4f %7.1f GF/s %10.3f   (of the peak; = %.3f of 64 singles)\n", th,
-               "exact, 64 queries, 1 pos", tb, flops / tb / 1e9, flops / tb / peak, tb / (64 * t1));
-        if (th == 2) { single2 = tp / t1; batch2 = flops / tb / peak; }
+        printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f %7.2f GB/s %10s   (of the probe)\n", th, "exact, 1 query", t1,
+               bytes / t1 / 1e9, tp / t1, bytes / c1 / 1e9, "-");
+        printf("%-8d %-26s %10.4f %7.1f GF/s %10.3f %7.1f GF/s %10.3f   (of the peak; = %.3f of 64 singles)\n", th,
+               "exact, 64 queries, 1 pos", tb, flops / tb / 1e9, flops / tb / peak, flops / cb / 1e9, flops / cb / peak,
+               tb / (64 * t1));
+        if (th == 2) { single2 = tp / t1; batch2 = flops / tb / peak; batch2c = flops / cb / peak; }
     }
     printf("summary, 2 threads: single query %.3f of the probe (target >= 0.92): %s; "
-           "64-query batch %.3f of the FMA peak (target >= 0.55): %s\n",
-           single2, single2 >= 0.92 ? "PASS" : "MISS", batch2, batch2 >= 0.55 ? "PASS" : "MISS");
+           "64-query batch %.3f of the FMA peak (target >= 0.55): %s (by CPU time %.3f)\n",
+           single2, single2 >= 0.92 ? "PASS" : "MISS", batch2, batch2 >= 0.55 ? "PASS" : "MISS", batch2c);
     if (sink == 12345.678) printf(" ");
     free(K); free(V); free(Q); free(st);
     return 0;
