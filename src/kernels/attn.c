@@ -30,6 +30,7 @@
 #ifndef KV_TILE_ONE
 #define KV_TILE_ONE 64 /* tile of the few-query path */
 #endif
+_Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows of TILE floats");
 #ifndef KV_PF_LOCALITY
 #define KV_PF_LOCALITY 2 /* into L2: the next tiles do not fit in L1 with the current one */
 #endif

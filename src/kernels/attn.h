@@ -9,8 +9,9 @@
 
 #include <stddef.h>
 
-/* Both return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
- * query) cannot be allocated; st is then unspecified. */
+/* All return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
+ * query and, for 4 or more queries, Q transposed) cannot be allocated; st
+ * is then unspecified. */
 
 /* Serial kernel (call from inside a parallel region, or for small n). */
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
