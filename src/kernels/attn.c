@@ -6,11 +6,12 @@
  * rare tiles that raise the max.
  *
  * Batched (nq >= 4): queries sit in vector lanes.  Q is transposed once per
- * call (d x nqp, nqp = nq rounded up to 16), so a logit block is 8 tokens x
- * 32 queries of register accumulators fed by one broadcast key element and
- * two query vectors per dimension; the max, the shifted exp and the tile sums
- * then run across lanes with no horizontal work, and P.V takes 4 queries x
- * 64 value dimensions per register block.  Every per-query operation is the
+ * call (d x nqp, nqp = nq rounded up to 16), so a logit block is 6 tokens x
+ * 64 queries of register accumulators fed by one broadcast key element and
+ * four query vectors per dimension (then 8 x 32, 8 x 16 for the last
+ * lanes); the max, the shifted exp and the tile sums
+ * then run across lanes with no horizontal work, and P.V takes 6 (or 4)
+ * queries x 64 value dimensions per register block.  Every per-query operation is the
  * same whatever its lane or the batch's size (padding lanes are computed and
  * ignored), so a query's result does not depend on which others share its
  * call.  A single query (or 2, 3) uses 4 tokens at a time with horizontal
@@ -147,8 +148,9 @@ static void logits_one(const float *restrict q, const float *restrict K, int nt,
 
 /* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
  * lanes j in [lb, nqp) (lb, nqp multiples of VL) and t < nt, from Qt (d x
- * nqp, zero padded).  8 tokens x 2 (or 1) lane vectors per register block;
- * a short last block repeats its last row.  Each logit is the FMA chain over
+ * nqp, zero padded).  6 tokens x 4 lane vectors per register block (24
+ * FMAs per 4 query loads and 6 broadcasts), then 8 x 2 and 8 x 1 for the
+ * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
  * c in order, then one multiply by scale: the same for every lane. */
 static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *restrict K, int nt, int d,
                          float scale, float *restrict S, const char *pfk, const char *pfv, int dv)
@@ -156,8 +158,8 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
     const v16 sc = bc(scale);
     /* software prefetch of a later tile's K and V rows (pfk NULL: none),
      * spread over the first lane block's FMAs: one or two lines per
-     * dimension c, for the 8 rows of each token block (a burst per tile
-     * stalls on the fill buffers) */
+     * dimension c, for the 8 rows from each token block's first (a burst
+     * per tile stalls on the fill buffers) */
     const size_t kb = 8 * (size_t)d * sizeof(float), vb = 8 * (size_t)dv * sizeof(float);
 #define PF_STEP(t, c)                                                                                         \
     do {                                                                                                      \
@@ -168,6 +170,28 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
         }                                                                                                     \
     } while (0)
     int j = lb;
+    for (; j + 4 * VL <= nqp; j += 4 * VL)
+        for (int t = 0; t < nt; t += 6) {
+            const float *k[6];
+            int pf = pfk && j == lb;
+            for (int i = 0; i < 6; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            v16 a[6][4];
+            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
+            for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
+                const float *qr = Qt + (size_t)c * nqp + j;
+                v16 q0 = ld(qr), q1 = ld(qr + VL), q2 = ld(qr + 2 * VL), q3 = ld(qr + 3 * VL);
+                for (int i = 0; i < 6; i++) {
+                    v16 b = bc(k[i][c]);
+                    a[i][0] += b * q0;
+                    a[i][1] += b * q1;
+                    a[i][2] += b * q2;
+                    a[i][3] += b * q3;
+                }
+            }
+            for (int i = 0; i < 6 && t + i < nt; i++)
+                for (int v = 0; v < 4; v++) st16(S + (size_t)(t + i) * nqp + j + v * VL, a[i][v] * sc);
+        }
     for (; j + 2 * VL <= nqp; j += 2 * VL)
         for (int t = 0; t < nt; t += 8) {
             const float *k[8];
@@ -247,16 +271,36 @@ static void pv_vec(const float *restrict P, int nq, const float *restrict V, int
 
 /* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
  * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4), each a
- * sequential FMA chain over t from zero.  Register blocks of 4 queries x 4
- * value vectors; the value columns outside, so their 16 KiB of the tile stay
- * in L1 across the query blocks. */
+ * sequential FMA chain over t from zero.  Register blocks of 6 (then 4)
+ * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
+ * value columns outside, so their 16 KiB of the tile stay in L1 across the
+ * query blocks. */
 static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *restrict V, int nt, int dv,
                      float *restrict U)
 {
     int c = 0;
     if (dv % VL == 0) {
-        for (; c + 4 * VL <= dv; c += 4 * VL)
-            for (int j = lb; j < qe; j += 4) {
+        for (; c + 4 * VL <= dv; c += 4 * VL) {
+            /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
+            int j = lb, j6 = lb + (qe - lb) / 12 * 12;
+            for (; j < j6; j += 6) {
+                v16 a[6][4];
+                for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
+                for (int t = 0; t < nt; t++) {
+                    const float *vr = V + (size_t)t * dv + c, *p = P + (size_t)t * nqp + j;
+                    v16 v0 = ld(vr), v1 = ld(vr + VL), v2 = ld(vr + 2 * VL), v3 = ld(vr + 3 * VL);
+                    for (int i = 0; i < 6; i++) {
+                        v16 s = bc(p[i]);
+                        a[i][0] += s * v0;
+                        a[i][1] += s * v1;
+                        a[i][2] += s * v2;
+                        a[i][3] += s * v3;
+                    }
+                }
+                for (int i = 0; i < 6; i++)
+                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
+            }
+            for (; j < qe; j += 4) {
                 v16 a[4][4];
                 for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
                 for (int t = 0; t < nt; t++) {
@@ -273,6 +317,7 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
                 for (int i = 0; i < 4; i++)
                     for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
             }
+        }
         for (; c < dv; c += VL)
             for (int j = lb; j < qe; j += 4) {
                 v16 a[4] = { bc(0), bc(0), bc(0), bc(0) };
