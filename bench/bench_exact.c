@@ -1,40 +1,43 @@
-/* bench_exact.c - exact attention throughput against the machine's read
- * bandwidth, measured in the same run.
+/* bench_exact.c - exact attention against the machine's limits, all measured
+ * in the same run.
  *
  *   bench_exact [log2_n=20] [d=128] [reps=5]
  *
  * For n tokens of d-dim keys and values (K+V = n*2d*4 bytes: 1 GiB at the
- * defaults) it times, with 1 and 2 OpenMP threads:
+ * defaults) it times, with 1 and 2 OpenMP threads, best of `reps` each:
  *   probe   a vectorised dot product of K with V: one read of the same bytes
- *   single  one query over all tokens (kv_attn_fold_par)
- *   batch   64 queries in one pass
- * and prints the effective K+V read rate of single passes as a fraction of
- * the probe, and the cost of the 64-query batch relative to 64 single passes.
- * Best of `reps` runs each.  Targets (issue 2): single >= 0.85 of the probe
- * on 2 threads; batch <= 1/4 of 64 singles. */
+ *           (the bandwidth floor)
+ *   peak    a register-resident loop of independent vector FMAs of the width
+ *           the build uses (the compute floor; bench_floors.h)
+ *   single  one query over all tokens (kv_attn_fold_par): K+V GB/s and its
+ *           fraction of the probe
+ *   batch   64 queries at the same position in one pass: GFLOP/s and its
+ *           fraction of the peak
+ * Flops counted per query and token: 2d for the logit and 2dv for the value
+ * accumulation; the exp, max and sums are not counted (they are overhead the
+ * peak does not include).  Targets (issue 14), 2 threads: single >= 0.92 of
+ * the probe, batch >= 0.55 of the peak; each printed as PASS or MISS (from
+ * wall times).  "CPU rate" is the same work over the process's CPU time per
+ * thread: on a shared machine, where other jobs take the cores, it is what
+ * the kernel does while it runs (fair for the compute-bound batch; the
+ * single query also loses bandwidth to the others, which it cannot show). */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include "bench_floors.h"
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
 
-static double probe(const float *a, const float *b, size_t n, double *sink)
+/* CPU seconds of the whole process (all threads) */
+static double proc_cpu(void)
 {
-    double t0 = omp_get_wtime(), total = 0;
-    size_t blk = 1 << 16;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-    for (size_t i = 0; i < n; i += blk) {
-        size_t e = i + blk < n ? i + blk : n;
-        float s0 = 0;
-#pragma omp simd reduction(+ : s0)
-        for (size_t k = i; k < e; k++) s0 += a[k] * b[k];
-        total += s0;
-    }
-    *sink += total;
-    return omp_get_wtime() - t0;
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 int main(int argc, char **argv)
@@ -58,41 +61,49 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nq * (size_t)d; i++) Q[i] = (float)kv_hash_normal(1, 3, i, 0);
     float scale = 1.0f / sqrtf((float)d);
     double bytes = 2.0 * (double)kv * sizeof(float), sink = 0;
-    printf("bench_exact: n = 2^%d, d = dv = %d, K+V = %.2f GiB, best of %d\n", lg, d, bytes / (1 << 30), reps);
-    printf("%-8s %-24s %12s %12s %10s\n", "threads", "kernel", "seconds", "GB/s (K+V)", "of probe");
-    double single2 = 0, probe2 = 0, batch2 = 0;
+    double flops = (double)nq * (double)n * (2.0 * d + 2.0 * (double)dv); /* exp not counted */
+    printf("bench_exact: n = 2^%d, d = dv = %d, K+V = %.2f GiB, best of %d; vectors: %s\n", lg, d,
+           bytes / (1 << 30), reps, kv_bench_isa());
+    printf("%-8s %-26s %10s %12s %10s %12s %10s\n", "threads", "kernel", "seconds", "rate", "of floor", "CPU rate",
+           "of floor");
+    double single2 = 0, batch2 = 0, batch2c = 0;
     for (int th = 1; th <= 2; th++) {
         omp_set_num_threads(th);
-        double tp = 1e30, t1 = 1e30, tb = 1e30;
+        double tp = 1e30, t1 = 1e30, tb = 1e30, c1 = 1e30, cb = 1e30, peak = kv_bench_fma_peak(reps, &sink);
         for (int r = 0; r < reps; r++) {
-            double t = probe(K, V, kv, &sink);
+            double t = kv_bench_probe(K, V, kv, &sink);
             tp = t < tp ? t : tp;
         }
         for (int r = 0; r < reps; r++) {
             kv_partial_clear(st, (int)dv);
-            double t0 = omp_get_wtime();
+            double t0 = omp_get_wtime(), p0 = proc_cpu();
             kv_attn_fold_par(Q, 1, K, V, n, d, (int)dv, scale, st);
-            double t = omp_get_wtime() - t0;
+            double t = omp_get_wtime() - t0, c = (proc_cpu() - p0) / th;
             t1 = t < t1 ? t : t1;
+            c1 = c < c1 ? c : c1;
             sink += st[KV_PS_L];
         }
-        for (int r = 0; r < (reps + 1) / 2; r++) {
+        for (int r = 0; r < reps; r++) {
             for (size_t q = 0; q < nq; q++) kv_partial_clear(st + q * KV_PSTATE_LEN(dv), (int)dv);
-            double t0 = omp_get_wtime();
+            double t0 = omp_get_wtime(), p0 = proc_cpu();
             kv_attn_fold_par(Q, (int)nq, K, V, n, d, (int)dv, scale, st);
-            double t = omp_get_wtime() - t0;
+            double t = omp_get_wtime() - t0, c = (proc_cpu() - p0) / th;
             tb = t < tb ? t : tb;
+            cb = c < cb ? c : cb;
             sink += st[KV_PS_L];
         }
-        printf("%-8d %-24s %12.4f %12.2f %10s\n", th, "probe (dot K.V)", tp, bytes / tp / 1e9, "1.00");
-        printf("%-8d %-24s %12.4f %12.2f %10.2f\n", th, "exact, 1 query", t1, bytes / t1 / 1e9, tp / t1);
-        printf("%-8d %-24s %12.4f %12.2f %10s   batch / 64 singles = %.3f (1/%.1f)\n", th, "exact, 64-query batch", tb,
-               64 * bytes / tb / 1e9, "-", tb / (64 * t1), 64 * t1 / tb);
-        if (th == 2) { single2 = tp / t1; probe2 = bytes / tp / 1e9; batch2 = tb / (64 * t1); }
+        printf("%-8d %-26s %10s %7.1f GF/s %10s\n", th, "peak (register FMAs)", "-", peak / 1e9, "1.00");
+        printf("%-8d %-26s %10.4f %7.2f GB/s %10s\n", th, "probe (dot K.V)", tp, bytes / tp / 1e9, "1.00");
+        printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f %7.2f GB/s %10s   (of the probe)\n", th, "exact, 1 query", t1,
+               bytes / t1 / 1e9, tp / t1, bytes / c1 / 1e9, "-");
+        printf("%-8d %-26s %10.4f %7.1f GF/s %10.3f %7.1f GF/s %10.3f   (of the peak; = %.3f of 64 singles)\n", th,
+               "exact, 64 queries, 1 pos", tb, flops / tb / 1e9, flops / tb / peak, flops / cb / 1e9, flops / cb / peak,
+               tb / (64 * t1));
+        if (th == 2) { single2 = tp / t1; batch2 = flops / tb / peak; batch2c = flops / cb / peak; }
     }
-    printf("summary: 2 threads: single query at %.2f of the probe (%.1f GB/s probe; target >= 0.85): %s; "
-           "64-query batch costs %.3f of 64 singles (target <= 0.25): %s\n",
-           single2, probe2, single2 >= 0.85 ? "met" : "NOT met", batch2, batch2 <= 0.25 ? "met" : "NOT met");
+    printf("summary, 2 threads: single query %.3f of the probe (target >= 0.92): %s; "
+           "64-query batch %.3f of the FMA peak (target >= 0.55): %s (by CPU time %.3f)\n",
+           single2, single2 >= 0.92 ? "PASS" : "MISS", batch2, batch2 >= 0.55 ? "PASS" : "MISS", batch2c);
     if (sink == 12345.678) printf(" ");
     free(K); free(V); free(Q); free(st);
     return 0;

@@ -5,12 +5,19 @@
  * a double running state (m, l, l2, u) per query, rescaled in double on the
  * rare tiles that raise the max.
  *
- * Batched logits use the key tile transposed (d x TILE), so one broadcast of
- * q[c] feeds TILE/16 vector FMAs and no horizontal sums are needed; a single
- * query uses 4 tokens at a time with horizontal sums (memory bound anyway).
- * GCC vector extensions give AVX-512 code with -march=native and correct
- * (narrower) code elsewhere; dimensions that are not multiples of 16 take
- * the scalar paths. */
+ * Batched (nq >= 4): queries sit in vector lanes.  Q is transposed once per
+ * call (d x nqp, nqp = nq rounded up to 16), so a logit block is 6 tokens x
+ * 64 queries of register accumulators fed by one broadcast key element and
+ * four query vectors per dimension (then 8 x 32, 8 x 16 for the last
+ * lanes); the max, the shifted exp and the tile sums
+ * then run across lanes with no horizontal work, and P.V takes 6 (or 4)
+ * queries x 64 value dimensions per register block.  Every per-query operation is the
+ * same whatever its lane or the batch's size (padding lanes are computed and
+ * ignored), so a query's result does not depend on which others share its
+ * call.  A single query (or 2, 3) uses 4 tokens at a time with horizontal
+ * sums (memory bound anyway).  GCC vector extensions give AVX-512 code with
+ * -march=native and correct (narrower) code elsewhere; dimensions that are
+ * not multiples of 16 take scalar loops. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +31,7 @@
 #ifndef KV_TILE_ONE
 #define KV_TILE_ONE 64 /* tile of the few-query path */
 #endif
+_Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows of TILE floats");
 #ifndef KV_PF_LOCALITY
 #define KV_PF_LOCALITY 2 /* into L2: the next tiles do not fit in L1 with the current one */
 #endif
@@ -37,27 +45,62 @@ static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v;
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
 
+typedef int v16i __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+/* exp(x) for x <= 0, 16 at a time: 2^k * exp(r), r = x - k ln2 in
+ * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in a few bits),
+ * exp(r) = 1 + r + r^2 p(r) with Cephes' degree-5 minimax p.  Worst
+ * relative error over every float in [-87, 0]: 8.4e-8 with FMA, 8.2e-8
+ * without (tests/test_expf.c checks 1e-7); x < -87, -inf included, gives 0.
+ * Explicit vectors (GCC extensions) so every kernel gets the build's full
+ * width and the same arithmetic (kv_expf_neg too). */
+static inline v16 expv(v16 x)
+{
+    const v16 lo = bc(-87.0f);
+    v16i under = x < lo; /* all ones where x < -87 */
+    v16 v = (v16)(((v16i)x & ~under) | ((v16i)lo & under));
+    /* round to nearest with the 1.5*2^23 trick: plain arithmetic */
+    v16 k = (v * bc(1.44269504f) + bc(12582912.0f)) - bc(12582912.0f);
+    v16 r = v - k * bc(0.693359375f) + k * bc(2.12194440e-4f);
+    v16 p = bc(1.9875691500e-4f);
+    p = p * r + bc(1.3981999507e-3f);
+    p = p * r + bc(8.3334519073e-3f);
+    p = p * r + bc(4.1665795894e-2f);
+    p = p * r + bc(1.6666665459e-1f);
+    p = p * r + bc(5.0000001201e-1f);
+    p = p * (r * r) + r + bc(1.0f);
+    v16i ki = __builtin_convertvector(k, v16i) + 127; /* in [1, 127]: a normal 2^k */
+    v16 e = p * (v16)(ki << 23);
+    return (v16)((v16i)e & ~under);
+}
+
 void kv_expf_neg(float *x, size_t n)
 {
-    /* exp(x) = 2^k * exp(r), r = x - k ln2 in [-ln2/2, ln2/2]; degree-6
-     * polynomial.  Branch-free so the compiler vectorises it. */
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i] < -87.0f ? -87.0f : x[i];
-        /* round to nearest with the 1.5*2^23 trick: plain arithmetic, vectorises */
-        float k = (v * 1.44269504f + 12582912.0f) - 12582912.0f;
-        float r = v - k * 0.693145751953125f - k * 1.428606765330187e-06f;
-        float p = 1.3888889e-3f;
-        p = p * r + 8.3333338e-3f;
-        p = p * r + 4.1666668e-2f;
-        p = p * r + 1.6666667e-1f;
-        p = p * r + 0.5f;
-        p = p * r + 1.0f;
-        p = p * r + 1.0f;
-        int ki = (int)k + 127;
-        union { int i; float f; } s = { .i = ki << 23 };
-        x[i] = x[i] < -87.0f ? 0.0f : p * s.f;
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) st16(x + i, expv(ld(x + i)));
+    if (i < n) { /* the tail through the same vector code */
+        float t[VL] = { 0 };
+        memcpy(t, x + i, sizeof(float) * (n - i));
+        st16(t, expv(ld(t)));
+        memcpy(x + i, t, sizeof(float) * (n - i));
     }
+}
+
+/* u[c] += x[c] (double += float), c < n: the per-tile fold into the state */
+static inline void add_f2d(double *restrict u, const float *restrict x, int n)
+{
+    int c = 0;
+    for (; c + 8 <= n; c += 8) {
+        v8f xf;
+        v8d ud;
+        memcpy(&xf, x + c, sizeof xf);
+        memcpy(&ud, u + c, sizeof ud);
+        ud += __builtin_convertvector(xf, v8d);
+        memcpy(u + c, &ud, sizeof ud);
+    }
+    for (; c < n; c++) u[c] += x[c];
 }
 
 /* ---- logits: S[q*TILE + t] = scale * <Q[q], K[t]> ---- */
@@ -103,49 +146,89 @@ static void logits_one(const float *restrict q, const float *restrict K, int nt,
     }
 }
 
-/* many queries: Kt is the tile transposed, d x TILE (zero padded) */
-static void logits_batch(const float *restrict Q, int nq, const float *restrict Kt, int d, float scale,
-                         float *restrict S)
+/* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
+ * lanes j in [lb, nqp) (lb, nqp multiples of VL) and t < nt, from Qt (d x
+ * nqp, zero padded).  6 tokens x 4 lane vectors per register block (24
+ * FMAs per 4 query loads and 6 broadcasts), then 8 x 2 and 8 x 1 for the
+ * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
+ * c in order, then one multiply by scale: the same for every lane. */
+static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *restrict K, int nt, int d,
+                         float scale, float *restrict S, const char *pfk, const char *pfv, int dv)
 {
-    int q = 0;
-    for (; q + 4 <= nq; q += 4) {
-        const float *q0 = Q + (size_t)q * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
-        v16 a[4][4];
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++) a[i][j] = bc(0);
-        for (int c = 0; c < d; c++) {
-            const float *kr = Kt + (size_t)c * TILE;
-            v16 k0 = ld(kr), k1 = ld(kr + 16), k2 = ld(kr + 32), k3 = ld(kr + 48);
-            v16 b0 = bc(q0[c]), b1 = bc(q1[c]), b2 = bc(q2[c]), b3 = bc(q3[c]);
-            a[0][0] += b0 * k0; a[0][1] += b0 * k1; a[0][2] += b0 * k2; a[0][3] += b0 * k3;
-            a[1][0] += b1 * k0; a[1][1] += b1 * k1; a[1][2] += b1 * k2; a[1][3] += b1 * k3;
-            a[2][0] += b2 * k0; a[2][1] += b2 * k1; a[2][2] += b2 * k2; a[2][3] += b2 * k3;
-            a[3][0] += b3 * k0; a[3][1] += b3 * k1; a[3][2] += b3 * k2; a[3][3] += b3 * k3;
+    const v16 sc = bc(scale);
+    /* software prefetch of a later tile's K and V rows (pfk NULL: none),
+     * spread over the first lane block's FMAs: one or two lines per
+     * dimension c, for the 8 rows from each token block's first (a burst
+     * per tile stalls on the fill buffers) */
+    const size_t kb = 8 * (size_t)d * sizeof(float), vb = 8 * (size_t)dv * sizeof(float);
+#define PF_STEP(t, c)                                                                                         \
+    do {                                                                                                      \
+        if (pf) {                                                                                             \
+            size_t o_ = (size_t)(c) * 64;                                                                     \
+            if (o_ < kb) __builtin_prefetch(pfk + (size_t)(t) * d * sizeof(float) + o_, 0, KV_PF_LOCALITY);   \
+            if (o_ < vb) __builtin_prefetch(pfv + (size_t)(t) * dv * sizeof(float) + o_, 0, KV_PF_LOCALITY);  \
+        }                                                                                                     \
+    } while (0)
+    int j = lb;
+    for (; j + 4 * VL <= nqp; j += 4 * VL)
+        for (int t = 0; t < nt; t += 6) {
+            const float *k[6];
+            int pf = pfk && j == lb;
+            for (int i = 0; i < 6; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            v16 a[6][4];
+            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
+            for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
+                const float *qr = Qt + (size_t)c * nqp + j;
+                v16 q0 = ld(qr), q1 = ld(qr + VL), q2 = ld(qr + 2 * VL), q3 = ld(qr + 3 * VL);
+                for (int i = 0; i < 6; i++) {
+                    v16 b = bc(k[i][c]);
+                    a[i][0] += b * q0;
+                    a[i][1] += b * q1;
+                    a[i][2] += b * q2;
+                    a[i][3] += b * q3;
+                }
+            }
+            for (int i = 0; i < 6 && t + i < nt; i++)
+                for (int v = 0; v < 4; v++) st16(S + (size_t)(t + i) * nqp + j + v * VL, a[i][v] * sc);
         }
-        v16 sc = bc(scale);
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++) st16(S + (q + i) * TILE + j * VL, a[i][j] * sc);
-    }
-    for (; q < nq; q++) {
-        const float *qq = Q + (size_t)q * d;
-        v16 a0 = bc(0), a1 = bc(0), a2 = bc(0), a3 = bc(0);
-        for (int c = 0; c < d; c++) {
-            const float *kr = Kt + (size_t)c * TILE;
-            v16 b = bc(qq[c]);
-            a0 += b * ld(kr); a1 += b * ld(kr + 16); a2 += b * ld(kr + 32); a3 += b * ld(kr + 48);
+    for (; j + 2 * VL <= nqp; j += 2 * VL)
+        for (int t = 0; t < nt; t += 8) {
+            const float *k[8];
+            int pf = pfk && j == lb;
+            for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            v16 a[8][2];
+            for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = bc(0);
+            for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
+                const float *qr = Qt + (size_t)c * nqp + j;
+                v16 q0 = ld(qr), q1 = ld(qr + VL);
+                for (int i = 0; i < 8; i++) {
+                    v16 b = bc(k[i][c]);
+                    a[i][0] += b * q0;
+                    a[i][1] += b * q1;
+                }
+            }
+            for (int i = 0; i < 8 && t + i < nt; i++) {
+                st16(S + (size_t)(t + i) * nqp + j, a[i][0] * sc);
+                st16(S + (size_t)(t + i) * nqp + j + VL, a[i][1] * sc);
+            }
         }
-        v16 sc = bc(scale);
-        st16(S + q * TILE, a0 * sc); st16(S + q * TILE + 16, a1 * sc);
-        st16(S + q * TILE + 32, a2 * sc); st16(S + q * TILE + 48, a3 * sc);
-    }
-}
-
-static void transpose_tile(const float *restrict K, int nt, int d, float *restrict Kt)
-{
-    for (int t = 0; t < nt; t++)
-        for (int c = 0; c < d; c++) Kt[(size_t)c * TILE + t] = K[(size_t)t * d + c];
-    for (int c = 0; c < d; c++)
-        for (int t = nt; t < TILE; t++) Kt[(size_t)c * TILE + t] = 0.0f;
+    for (; j < nqp; j += VL)
+        for (int t = 0; t < nt; t += 8) {
+            const float *k[8];
+            int pf = pfk && j == lb;
+            for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            v16 a[8];
+            for (int i = 0; i < 8; i++) a[i] = bc(0);
+            for (int c = 0; c < d; c++) {
+                PF_STEP(t, c);
+                v16 q0 = ld(Qt + (size_t)c * nqp + j);
+                for (int i = 0; i < 8; i++) a[i] += bc(k[i][c]) * q0;
+            }
+            for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
+        }
+#undef PF_STEP
 }
 
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
@@ -164,31 +247,11 @@ static void pv_scalar(const float *restrict P, int nq, const float *restrict V, 
     }
 }
 
-/* dv % 16 == 0: 4 queries share each load of a value vector */
+/* dv % 16 == 0, few queries: one query at a time, 8 value vectors per pass */
 static void pv_vec(const float *restrict P, int nq, const float *restrict V, int nt, int dv, float *restrict U,
                    size_t ustride)
 {
-    int q = 0;
-    for (; q + 4 <= nq; q += 4) {
-        const float *p0 = P + q * TILE, *p1 = p0 + TILE, *p2 = p1 + TILE, *p3 = p2 + TILE;
-        float *u0 = U + q * ustride, *u1 = u0 + ustride, *u2 = u1 + ustride, *u3 = u2 + ustride;
-        for (int c = 0; c < dv; c += 2 * VL) {
-            int two = c + VL < dv;
-            v16 a0 = ld(u0 + c), a1 = ld(u1 + c), a2 = ld(u2 + c), a3 = ld(u3 + c);
-            v16 b0 = two ? ld(u0 + c + VL) : bc(0), b1 = two ? ld(u1 + c + VL) : bc(0);
-            v16 b2 = two ? ld(u2 + c + VL) : bc(0), b3 = two ? ld(u3 + c + VL) : bc(0);
-            for (int t = 0; t < nt; t++) {
-                const float *vr = V + (size_t)t * dv + c;
-                v16 v = ld(vr), w = two ? ld(vr + VL) : bc(0);
-                v16 s0 = bc(p0[t]), s1 = bc(p1[t]), s2 = bc(p2[t]), s3 = bc(p3[t]);
-                a0 += s0 * v; a1 += s1 * v; a2 += s2 * v; a3 += s3 * v;
-                b0 += s0 * w; b1 += s1 * w; b2 += s2 * w; b3 += s3 * w;
-            }
-            st16(u0 + c, a0); st16(u1 + c, a1); st16(u2 + c, a2); st16(u3 + c, a3);
-            if (two) { st16(u0 + c + VL, b0); st16(u1 + c + VL, b1); st16(u2 + c + VL, b2); st16(u3 + c + VL, b3); }
-        }
-    }
-    for (; q < nq; q++) {
+    for (int q = 0; q < nq; q++) {
         const float *p = P + q * TILE;
         float *u = U + q * ustride;
         for (int c = 0; c < dv; c += 8 * VL) { /* dv = 128: one pass */
@@ -206,56 +269,202 @@ static void pv_vec(const float *restrict P, int nq, const float *restrict V, int
     }
 }
 
-/* The serial fold behind kv_attn_fold and kv_attn_fold_multi.  Query q sees
- * tokens [0, len[q] - off) of K, V (capped at n; len NULL: all n), with len
- * non-decreasing.  Each tile is streamed once: queries whose prefix covers it
- * take it whole, the ones whose prefix ends inside it get a masked tail (their
- * P is zero past the end, so the P.V sums are those of the shorter tile), and
- * those whose prefix ends before it stop.  A query's arithmetic is that of
- * kv_attn_fold on its own prefix with the same path (batched: the caller
- * decides, from the whole call, so every slice of one call takes the same). */
-static int fold_core(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
-                     size_t n, int d, int dv, float scale, double *st, int batched)
+/* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
+ * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4), each a
+ * sequential FMA chain over t from zero.  Register blocks of 6 (then 4)
+ * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
+ * value columns outside, so their 16 KiB of the tile stay in L1 across the
+ * query blocks. */
+static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *restrict V, int nt, int dv,
+                     float *restrict U)
 {
-    if (n == 0 || nq == 0) return KV_OK;
+    int c = 0;
+    if (dv % VL == 0) {
+        for (; c + 4 * VL <= dv; c += 4 * VL) {
+            /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
+            int j = lb, j6 = lb + (qe - lb) / 12 * 12;
+            for (; j < j6; j += 6) {
+                v16 a[6][4];
+                for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
+                for (int t = 0; t < nt; t++) {
+                    const float *vr = V + (size_t)t * dv + c, *p = P + (size_t)t * nqp + j;
+                    v16 v0 = ld(vr), v1 = ld(vr + VL), v2 = ld(vr + 2 * VL), v3 = ld(vr + 3 * VL);
+                    for (int i = 0; i < 6; i++) {
+                        v16 s = bc(p[i]);
+                        a[i][0] += s * v0;
+                        a[i][1] += s * v1;
+                        a[i][2] += s * v2;
+                        a[i][3] += s * v3;
+                    }
+                }
+                for (int i = 0; i < 6; i++)
+                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
+            }
+            for (; j < qe; j += 4) {
+                v16 a[4][4];
+                for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
+                for (int t = 0; t < nt; t++) {
+                    const float *vr = V + (size_t)t * dv + c, *p = P + (size_t)t * nqp + j;
+                    v16 v0 = ld(vr), v1 = ld(vr + VL), v2 = ld(vr + 2 * VL), v3 = ld(vr + 3 * VL);
+                    for (int i = 0; i < 4; i++) {
+                        v16 s = bc(p[i]);
+                        a[i][0] += s * v0;
+                        a[i][1] += s * v1;
+                        a[i][2] += s * v2;
+                        a[i][3] += s * v3;
+                    }
+                }
+                for (int i = 0; i < 4; i++)
+                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
+            }
+        }
+        for (; c < dv; c += VL)
+            for (int j = lb; j < qe; j += 4) {
+                v16 a[4] = { bc(0), bc(0), bc(0), bc(0) };
+                for (int t = 0; t < nt; t++) {
+                    v16 v = ld(V + (size_t)t * dv + c);
+                    const float *p = P + (size_t)t * nqp + j;
+                    for (int i = 0; i < 4; i++) a[i] += bc(p[i]) * v;
+                }
+                for (int i = 0; i < 4; i++) st16(U + (size_t)(j + i) * dv + c, a[i]);
+            }
+        return;
+    }
+    for (int j = lb; j < qe; j++) {
+        float *u = U + (size_t)j * dv;
+        for (int k = 0; k < dv; k++) u[k] = 0.0f;
+        for (int t = 0; t < nt; t++) {
+            float p = P[(size_t)t * nqp + j];
+            const float *v = V + (size_t)t * dv;
+#pragma omp simd
+            for (int k = 0; k < dv; k++) u[k] += p * v[k];
+        }
+    }
+}
+
+/* Prefix length of query q within this call's n tokens at offset off
+ * (len NULL: all n). */
+static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
+{
+    return len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n;
+}
+
+/* New tile max mt for the double running state r: rescale it if mt raises
+ * the max (rare); returns the (float-exact) max to shift by. */
+static inline float raise_max(double *r, float mt, int dv)
+{
+    if (mt > r[KV_PS_M]) {
+        if (r[KV_PS_M] != -INFINITY) {
+            double f = exp(r[KV_PS_M] - (double)mt);
+            r[KV_PS_L] *= f;
+            r[KV_PS_L2] *= f * f;
+            for (int c = 0; c < dv; c++) r[KV_PS_U + c] *= f;
+        }
+        r[KV_PS_M] = mt;
+    }
+    return (float)r[KV_PS_M]; /* a float logit, so exact */
+}
+
+/* Batched tiles (queries in lanes, see the top): folds into run (nq states). */
+static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
+                      size_t n, int d, int dv, float scale, double *run)
+{
     size_t sl = KV_PSTATE_LEN(dv);
-    int dvec = d % VL == 0, vvec = dv % VL == 0;
-    batched = batched && dvec;
-    float *S = malloc(sizeof(float) * (size_t)nq * TILE);
-    float *U = malloc(sizeof(float) * (size_t)nq * dv);   /* this tile's P.V, float */
-    double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
-    float *Kt = batched ? malloc(sizeof(float) * (size_t)d * TILE) : NULL;
-    if (!S || !U || !run || (batched && !Kt)) {
+    int nqp = (nq + VL - 1) / VL * VL;
+    /* sizes rounded to 64 bytes for aligned_alloc */
+#define ALLOC64(cnt) aligned_alloc(64, ((size_t)(cnt) * sizeof(float) + 63) / 64 * 64)
+    float *Qt = ALLOC64((size_t)d * nqp), *S = ALLOC64((size_t)TILE * nqp), *U = ALLOC64((size_t)nqp * dv);
+    float *lane = ALLOC64(4 * (size_t)nqp); /* per lane: tile max, shift, l, l2 */
+#undef ALLOC64
+    if (!Qt || !S || !U || !lane) {
+        free(Qt);
         free(S);
         free(U);
-        free(run);
-        free(Kt);
+        free(lane);
         return KV_EINTERNAL;
     }
-    for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
-    const size_t tile = batched ? TILE : KV_TILE_ONE;
+    float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
+    for (int c = 0; c < d; c++)
+        for (int j = 0; j < nqp; j++) Qt[(size_t)c * nqp + j] = j < nq ? Q[(size_t)j * d + c] : 0.0f;
     int qa = 0; /* first query still active */
-#define QLEN(q) (len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n)
+    for (size_t t0 = 0; t0 < n; t0 += TILE) {
+        while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
+        if (qa == nq) break;
+        int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
+        int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
+        int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
+        const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
+        int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n; /* keep the memory system busy */
+        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
+                     (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), dv);
+        /* prefixes ending inside the tile (a run of the first active queries):
+         * -inf past the end, so exp gives exact zeros there */
+        for (int q = qa; q < nq; q++) {
+            size_t lq = qlen(len, q, off, n) - t0;
+            if (lq >= (size_t)nt) break;
+            for (int t = (int)lq; t < nt; t++) S[(size_t)t * nqp + q] = -INFINITY;
+        }
+        for (int j = lb; j < nqp; j++) mt[j] = S[j];
+        for (int t = 1; t < nt; t++) {
+            const float *row = S + (size_t)t * nqp;
+#pragma omp simd
+            for (int j = lb; j < nqp; j++) mt[j] = row[j] > mt[j] ? row[j] : mt[j];
+        }
+        for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
+            mf[j] = j >= qa && j < nq ? raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
+        for (int j = lb; j < nqp; j += VL) { /* shift, exp and the tile sums in one pass */
+            v16 m = ld(mf + j), l = bc(0), l2 = bc(0);
+            for (int t = 0; t < nt; t++) {
+                float *p = S + (size_t)t * nqp + j;
+                v16 e = expv(ld(p) - m);
+                st16(p, e);
+                l += e;
+                l2 += e * e;
+            }
+            st16(lv + j, l);
+            st16(l2v + j, l2);
+        }
+        pv_lanes(S, nqp, lb, qe, Vt, nt, dv, U);
+        for (int q = qa; q < nq; q++) {
+            double *r = run + (size_t)q * sl;
+            r[KV_PS_L] += lv[q];
+            r[KV_PS_L2] += l2v[q];
+            add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
+        }
+    }
+    free(Qt);
+    free(S);
+    free(U);
+    free(lane);
+    return KV_OK;
+}
+
+/* Few-query tiles (nq < 4, one query at a time): folds into run. */
+static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V, size_t n,
+                    int d, int dv, float scale, double *run)
+{
+    size_t sl = KV_PSTATE_LEN(dv);
+    int dvec = d % VL == 0, vvec = dv % VL == 0;
+    float *S = malloc(sizeof(float) * (size_t)nq * TILE);
+    float *U = malloc(sizeof(float) * (size_t)nq * dv); /* this tile's P.V, float */
+    if (!S || !U) {
+        free(S);
+        free(U);
+        return KV_EINTERNAL;
+    }
+    const size_t tile = KV_TILE_ONE;
+    int qa = 0; /* first query still active */
     for (size_t t0 = 0; t0 < n; t0 += tile) {
-        while (qa < nq && QLEN(qa) <= t0) qa++;
+        while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
         if (qa == nq) break;
         int na = nq - qa;
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
         const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
-        if (ahead && batched) { /* keep the memory system busy */
-            const char *kp = (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d);
-            const char *vp = (const char *)(Vt + KV_PF_TOKENS * (size_t)dv);
-            for (size_t b = 0; b < tile * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(kp + b, 0, KV_PF_LOCALITY);
-            for (size_t b = 0; b < tile * (size_t)dv * sizeof(float); b += 64) __builtin_prefetch(vp + b, 0, KV_PF_LOCALITY);
-        }
-        if (batched) {
-            transpose_tile(Kt0, nt, d, Kt);
-            logits_batch(Qa, na, Kt, d, scale, S);
-        } else if (dvec) {
+        if (dvec) {
             for (int i = 0; i < na; i++) {
-                size_t lq = QLEN(qa + i) - t0;
+                size_t lq = qlen(len, qa + i, off, n) - t0;
                 logits_one(Qa + (size_t)i * d, Kt0, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
                            ahead && i == 0 ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
                            (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), (size_t)dv * sizeof(float));
@@ -266,21 +475,12 @@ static int fold_core(const float *Q, int nq, const size_t *len, size_t off, cons
         for (int i = 0; i < na; i++) {
             float *s = S + i * TILE;
             double *r = run + (size_t)(qa + i) * sl;
-            size_t lq = QLEN(qa + i) - t0;
+            size_t lq = qlen(len, qa + i, off, n) - t0;
             int ntq = lq < (size_t)nt ? (int)lq : nt; /* >= 1: the query is active */
             float mt = s[0];
 #pragma omp simd reduction(max : mt)
             for (int t = 1; t < ntq; t++) mt = s[t] > mt ? s[t] : mt;
-            if (mt > r[KV_PS_M]) { /* new running max: rescale the double state (rare) */
-                if (r[KV_PS_M] != -INFINITY) {
-                    double f = exp(r[KV_PS_M] - (double)mt);
-                    r[KV_PS_L] *= f;
-                    r[KV_PS_L2] *= f * f;
-                    for (int c = 0; c < dv; c++) r[KV_PS_U + c] *= f;
-                }
-                r[KV_PS_M] = mt;
-            }
-            float m = (float)r[KV_PS_M]; /* a float logit, so exact */
+            float m = raise_max(r, mt, dv);
 #pragma omp simd
             for (int t = 0; t < ntq; t++) s[t] -= m;
             kv_expf_neg(s, (size_t)ntq);
@@ -294,20 +494,35 @@ static int fold_core(const float *Q, int nq, const size_t *len, size_t off, cons
         memset(U, 0, sizeof(float) * (size_t)na * dv);
         if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
         else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
-        for (int i = 0; i < na; i++) {
-            double *u = run + (size_t)(qa + i) * sl + KV_PS_U;
-            const float *x = U + (size_t)i * dv;
-#pragma omp simd
-            for (int c = 0; c < dv; c++) u[c] += x[c];
-        }
+        for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
     }
-#undef QLEN
-    for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);
     free(S);
     free(U);
-    free(run);
-    free(Kt);
     return KV_OK;
+}
+
+/* The serial fold behind kv_attn_fold and kv_attn_fold_multi.  Query q sees
+ * tokens [0, len[q] - off) of K, V (capped at n; len NULL: all n), with len
+ * non-decreasing.  Each tile is streamed once: queries whose prefix covers it
+ * take it whole, the ones whose prefix ends inside it get a masked tail (their
+ * P is zero past the end, so the P.V sums are those of the shorter tile), and
+ * those whose prefix ends before it stop.  A query's arithmetic is that of
+ * kv_attn_fold on its own prefix with the same path (batched: the caller
+ * decides, from the whole call, so every slice of one call takes the same). */
+static int fold_core(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
+                     size_t n, int d, int dv, float scale, double *st, int batched)
+{
+    if (n == 0 || nq == 0) return KV_OK;
+    size_t sl = KV_PSTATE_LEN(dv);
+    double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
+    if (!run) return KV_EINTERNAL;
+    for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
+    int rc = batched ? fold_lanes(Q, nq, len, off, K, V, n, d, dv, scale, run)
+                     : fold_few(Q, nq, len, off, K, V, n, d, dv, scale, run);
+    if (rc == KV_OK)
+        for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);
+    free(run);
+    return rc;
 }
 
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,

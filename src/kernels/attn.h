@@ -9,8 +9,9 @@
 
 #include <stddef.h>
 
-/* Both return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
- * query) cannot be allocated; st is then unspecified. */
+/* All return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
+ * query and, for 4 or more queries, Q transposed) cannot be allocated; st
+ * is then unspecified. */
 
 /* Serial kernel (call from inside a parallel region, or for small n). */
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
@@ -30,14 +31,15 @@ int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
  * that depends on len[nq - 1] only, merged in slice order: bitwise the same
  * for any thread count.  Per query, the tile arithmetic is that of
  * kv_attn_fold_par over its prefix with nq queries (same path, batched when
- * nq >= 4 and d % 16 == 0), so while both pick the same slice size
+ * nq >= 4), so while both pick the same slice size
  * (prefixes up to 2^21 tokens) the result is bitwise that of
  * kv_attn_fold_par(Q, nq, K, V, len[i], ...) row i; otherwise equal within
  * float rounding.  Runs serially inside an active parallel region. */
 int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
                        int d, int dv, float scale, double *st);
 
-/* Vectorisable exp for x <= 0 (relative error ~1e-7; x < -87 gives 0). */
+/* Vectorisable exp for x <= 0 (relative error <= 1e-7; x < -87 gives 0).
+ * The batched kernels use the same polynomial inline. */
 void kv_expf_neg(float *x, size_t n);
 
 #endif
