@@ -37,8 +37,8 @@ static const kv_opt replay_table[] = {
       .def = "only when stopped", .help = "also checkpoint after every N queries" },
     { "resume", 0, KV_OPT_STRING, R(resume), .meta = "FILE", .help = "continue from this checkpoint" },
     { "stop-after", 0, KV_OPT_INT, R(stop_after), .lo = 1, .hi = INT64_MAX, .meta = "N", .def = "never",
-      .help = "stop as a signal would after N queries (at the end of that batch): write the checkpoint "
-              "if --checkpoint is given, exit status 3" },
+      .help = "stop as a signal would once N queries are done (at the first query position from N on, "
+              "inside a batch too): write the checkpoint if --checkpoint is given, exit status 3" },
     { 0 } };
 
 int kv_run_replay(int argc, char **argv, MPI_Comm comm, kv_err *err)

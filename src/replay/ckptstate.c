@@ -5,11 +5,12 @@
 #include "core/buf.h"
 #include "core/rng.h"
 #include "io/ckpt.h"
+#include "kernels/partial.h"
 #include "mpi/agree.h"
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543032) /* "KVCKPT02": 02 added the memory epochs' maximum */
+#define CK_MAGIC INT64_C(0x4b56434b50543033) /* "KVCKPT03": 02 added the memory epochs' maximum, 03 the walk inside a batch */
 
 /* Identifies the trace: shape, scale, query positions and its first rows. */
 static int64_t fingerprint(const replay *r, kv_err *err)
@@ -46,6 +47,23 @@ static void fill_meta(const replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next
     m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
 }
 
+/* The walk of a batch stopped inside it (batch.h): how far it went and
+ * what it built; bounded by the batch size, not the trace. */
+static void save_walk(const replay *r, const replay_batch *bt, kv_buf *b)
+{
+    kv_buf_put_i64(b, bt->walked);
+    if (bt->walked <= 0) return;
+    kv_buf_put_i64(b, bt->nu);
+    kv_buf_put_i64(b, bt->staged);
+    kv_buf_put_i64(b, bt->u0);
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    kv_buf_put_arr(b, bt->uidx, sizeof(int64_t) * (size_t)bt->walked);
+    kv_buf_put_arr(b, bt->ep, sizeof(int64_t) * (size_t)(bt->nu * r->M));
+    kv_buf_put_arr(b, bt->send, sizeof(double) * (size_t)(r->M * r->S * bt->cnt) * sl);
+    if (bt->gsend) kv_buf_put_arr(b, bt->gsend, sizeof(double) * (size_t)(bt->staged * r->S) * gl);
+    if (bt->opn && r->rank == 0) kv_buf_put_arr(b, bt->opn, sizeof(double) * (size_t)(bt->u0 * r->S));
+}
+
 /* this rank's state: methods, shard position, V^T V, and on rank 0 the
  * metrics, the Lanczos start vectors and the memory maximum so far */
 static int save_state(const replay *r, const replay_shard *sh, const replay_batch *bt, const replay_sink *k, kv_buf *b,
@@ -53,6 +71,7 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
 {
     kv_buf_put_i64(b, CK_MAGIC);
     kv_buf_put_i64(b, sh->cur);
+    save_walk(r, bt, b);
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *x = &r->inst[mi];
         if (!x->ops->save) return kv_seterr(err, KV_EINPUT, "--checkpoint: method '%s' cannot be checkpointed", x->spec.text);
@@ -97,6 +116,32 @@ static int load_array(kv_rd *rd, void *dst, size_t bytes, kv_err *err)
     return bad ? kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what) : KV_OK;
 }
 
+/* save_walk's counterpart: the batch from query next, walked so far.  The
+ * counts must fit the batch and each other (u0 + staged = nu when V^T V is
+ * staged, every query's position index below nu). */
+static int load_walk(replay *r, replay_batch *bt, kv_rd *rd, int64_t next, kv_err *err)
+{
+    int64_t w, nu = 0, staged = 0, u0 = 0, cnt = replay_min64(r->B, r->m - next);
+    rd->what = "the batch walk";
+    if (kv_rd_i64(rd, &w, err)) return err->code;
+    if (w == 0) return KV_OK;
+    if (kv_rd_i64(rd, &nu, err) || kv_rd_i64(rd, &staged, err) || kv_rd_i64(rd, &u0, err)) return err->code;
+    int bad = w < 0 || w >= cnt || nu < 1 || nu > w || staged < 0 || u0 < 0 ||
+              (bt->gsend ? staged > bt->G || u0 + staged != nu : staged || u0);
+    if (bad) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    bt->j0 = next; bt->cnt = cnt; bt->walked = w; bt->nu = nu; bt->staged = staged; bt->u0 = u0;
+    if (load_array(rd, bt->uidx, sizeof(int64_t) * (size_t)w, err) ||
+        load_array(rd, bt->ep, sizeof(int64_t) * (size_t)(nu * r->M), err) ||
+        load_array(rd, bt->send, sizeof(double) * (size_t)(r->M * r->S * cnt) * sl, err))
+        return err->code;
+    if (bt->gsend && load_array(rd, bt->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
+    if (bt->opn && r->rank == 0 && load_array(rd, bt->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
+    for (int64_t q = 0; q < w; q++)
+        if (bt->uidx[q] < 0 || bt->uidx[q] >= nu) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    return KV_OK;
+}
+
 static int load_methods(replay *r, kv_rd *rd, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
@@ -120,13 +165,14 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
 }
 
 static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, const void *blob, size_t len,
-                      kv_err *err)
+                      int64_t next, kv_err *err)
 {
     kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
     int64_t magic, cur;
     if (kv_rd_i64(&rd, &magic, err) || kv_rd_i64(&rd, &cur, err)) return err->code;
     if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
     sh->cur = cur;
+    if (load_walk(r, bt, &rd, next, err)) return err->code;
     if (load_methods(r, &rd, err)) return err->code;
     rd.what = "V^T V";
     if (sh->gram && load_array(&rd, sh->gram, r->z.gram, err)) return err->code;
@@ -154,7 +200,7 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     size_t len = 0;
     fill_meta(r, &want, *fp, 0);
     if (!kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
-        load_state(r, sh, bt, k, blob, len, err);
+        load_state(r, sh, bt, k, blob, len, got.next_query, err);
         *next = got.next_query;
     }
     free(blob);
