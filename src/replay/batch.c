@@ -11,6 +11,7 @@
 #include "replay/batch.h"
 #include "replay/budget.h"
 #include "replay/instances.h"
+#include "replay/streamref.h"
 
 int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
 {
@@ -64,7 +65,10 @@ static int batch_capable(const replay *r, int mi)
     return o->partial_batch && !o->feedback && !selects(r, mi);
 }
 
-static int per_prefix(const replay *r, int mi) { return !batch_capable(r, mi) && !selects(r, mi); }
+static int per_prefix(const replay *r, int mi)
+{
+    return !batch_capable(r, mi) && !selects(r, mi) && !replay_streamref_is(r, mi);
+}
 
 /* Queries jj .. jj + g - 1 of the batch (prefixes p[0..g)) on every
  * instance of method mi: one partial_batch call, or, for a method that
@@ -275,6 +279,7 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
      * answering after the walk gives what answering inside it would */
     for (int mi = 0; mi < r->M && !err->code; mi++)
         if (batch_capable(r, mi)) answer(b, r, mi, 0, cnt, pos + j0, err);
+        else if (replay_streamref_is(r, mi)) replay_streamref_answer(b, r, sh, mi, pos + j0, err);
     for (int mi = 0; mi < r->M; mi++)
         if (selects(r, mi) && select_answer(b, r, mi, pos + j0, err)) return b->agreed = 1, err->code;
     if (!err->code) end_epoch(b, r, b->nu - 1);

@@ -45,6 +45,7 @@ static void fill_meta(const replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next
     m->ranks = r->P; m->S = r->S; m->n = r->n; m->m = r->m; m->d = r->d; m->dv = r->dv;
     m->seed = (int64_t)(o->seed & INT64_MAX); m->window = o->window; m->batch = o->batch;
     m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
+    m->reference = o->reference;
 }
 
 /* The walk of a batch stopped inside it (batch.h): how far it went and
