@@ -214,13 +214,21 @@ static void end_epoch(replay_batch *b, replay *r, int64_t u)
     }
 }
 
-/* Collective, after queries [0, done) of the walk: does any rank have a stop
- * signal (or has --stop-after been reached)?  A failed rank takes part too,
- * so the ranks stay in step; the error is agreed by the caller. */
-static int stop_here(const replay *r, int64_t done, kv_err *err)
+/* After queries [0, done) of the walk, at position p: stop here?  Every
+ * rank knows --stop-after, so it needs no message.  A signal is polled
+ * collectively (a failed rank takes part too, so the ranks stay in step;
+ * the error is agreed by the caller), but only every KV_POLL_POSITIONS
+ * positions or after a shard chunk of tokens since the last poll: the same
+ * positions on every rank, and one allreduce per few positions on traces
+ * with a query at every token. */
+#define KV_POLL_POSITIONS 8
+static int stop_here(replay_batch *b, const replay *r, int64_t done, int64_t p, kv_err *err)
 {
     const kv_replay_opts *o = r->o;
-    if (o->stop_after > 0 && done >= o->stop_after && done < r->m && r->rank == 0) kv_signal_raise(15);
+    if (o->stop_after > 0 && done >= o->stop_after && done < r->m) return 15;
+    if (++b->poll_n < KV_POLL_POSITIONS && p - b->poll_p < r->C) return 0;
+    b->poll_n = 0;
+    b->poll_p = p;
     int sig = kv_signal_pending(), any = 0;
     if (kv_mpi_max_int(&sig, &any, 1, r->comm) != MPI_SUCCESS) {
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the stop signal failed");
@@ -240,6 +248,8 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
     b->cnt = cnt;
     b->agreed = b->stop = 0;
     b->walked = 0;
+    b->poll_n = 0;
+    b->poll_p = start ? pos[j0 + start - 1] : j0 ? pos[j0 - 1] : 0;
     if (!err->code) kv_trace_read_queries(r->tr, j0, cnt, b->Q, err);
     /* the shard walks prefix by prefix whatever the methods: ingest blocks,
      * the per-prefix methods' calls and the V^T V snapshots stay as they
@@ -270,7 +280,7 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         jj += g;
         /* at a position boundary, so a checkpoint written now is resumed
          * bitwise (batch.h); the last position goes on to the batch end */
-        if (!last && (b->stop = stop_here(r, j0 + jj, err))) {
+        if (!last && (b->stop = stop_here(b, r, j0 + jj, p, err))) {
             b->walked = jj;
             return err->code;
         }

@@ -19,8 +19,9 @@
  * walks every position, a failed one skipping the work, and each of them
  * follows an agreement, so on an error all ranks leave at the same point.
  *
- * Stops inside a batch: after every distinct position but the batch's last,
- * the ranks agree (one small allreduce) on whether a stop signal arrived
+ * Stops inside a batch: after a distinct position (not the batch's last;
+ * every 8 positions or shard chunk of tokens, and at --stop-after's), the
+ * ranks agree (one small allreduce) on whether a stop signal arrived
  * (core/signals.h) or --stop-after is reached; if so the walk ends there on
  * every rank with b->stop set and b->walked queries walked.  What the walk
  * has built so far (the per-prefix methods' states, staged snapshots,
@@ -54,6 +55,7 @@ typedef struct {
     int agreed;             /* the last replay_batch_partials' error is agreed already (same on every rank) */
     int stop;               /* the walk stopped inside the batch on this signal (same on every rank), 0: not */
     int64_t walked;         /* queries walked when it stopped; with --resume, where the restored walk goes on */
+    int64_t poll_n, poll_p; /* positions walked since the last stop poll, and the position of that poll */
     kv_merge mg;
     int have_merge;
 } replay_batch;
