@@ -80,16 +80,17 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
         kv_buf_put_f64(b, x->t_ingest);
         kv_buf_put_f64(b, x->t_query);
         for (int64_t s = 0; s < r->S; s++) {
-            kv_buf one;
-            kv_buf_init(&one);
-            x->ops->save(x->st[s], &one);
-            if (one.failed) {
-                kv_buf_free(&one);
+            /* as kv_buf_put_arr would write it (length, then bytes), but
+             * saved straight into b with the length filled in after: no
+             * second copy of the method's state */
+            kv_buf_put_i64(b, 0);
+            size_t at = b->len;
+            x->ops->save(x->st[s], b);
+            if (b->failed)
                 return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
                                  "or a part of it cannot be checkpointed)", x->spec.text);
-            }
-            kv_buf_put_arr(b, one.data, one.len);
-            kv_buf_free(&one);
+            int64_t n = (int64_t)(b->len - at);
+            memcpy(b->data + at - sizeof n, &n, sizeof n);
         }
     }
     if (sh->gram) kv_buf_put_arr(b, sh->gram, r->z.gram);
