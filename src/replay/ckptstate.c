@@ -10,7 +10,14 @@
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543033) /* "KVCKPT03": 02 added the memory epochs' maximum, 03 the walk inside a batch */
+#define CK_MAGIC INT64_C(0x4b56434b50543033) /* "KVCKPT03": 02 added the memory epochs' maximum, 03 the walk
+                                                * inside a batch and exact rebuilt from the trace */
+
+/* exact's state is the rank's tokens below the shard position, in the
+ * blocks the walk cut: the checkpoint records only how many it held, and
+ * --resume re-reads them from the trace (the trace is checked by its
+ * fingerprint).  Other methods save their state (method.h). */
+static int rebuilt(const replay_instance *x) { return x->ops == kv_method_find("exact"); }
 
 /* Identifies the trace: shape, scale, query positions and its first rows. */
 static int64_t fingerprint(const replay *r, kv_err *err)
@@ -79,7 +86,12 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
         kv_buf_put_i64(b, x->peak);
         kv_buf_put_f64(b, x->t_ingest);
         kv_buf_put_f64(b, x->t_query);
-        for (int64_t s = 0; s < r->S; s++) {
+        for (int64_t s = 0; s < r->S && rebuilt(x); s++) {
+            kv_method_extra e = { -1, -1 };
+            x->ops->extra(x->st[s], &e);
+            kv_buf_put_i64(b, e.kept_tokens);
+        }
+        for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
             /* as kv_buf_put_arr would write it (length, then bytes), but
              * saved straight into b with the length filled in after: no
              * second copy of the method's state */
@@ -144,7 +156,8 @@ static int load_walk(replay *r, replay_batch *bt, kv_rd *rd, int64_t next, kv_er
     return KV_OK;
 }
 
-static int load_methods(replay *r, kv_rd *rd, kv_err *err)
+/* kept [M][S]: the token counts of the rebuilt instances (-1: others) */
+static int load_methods(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
@@ -152,6 +165,10 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
         if (kv_rd_i64(rd, &x->peak, err) || kv_rd_f64(rd, &x->t_ingest, err) || kv_rd_f64(rd, &x->t_query, err))
             return err->code;
         for (int64_t s = 0; s < r->S; s++) {
+            kept[mi * r->S + s] = -1;
+            if (rebuilt(x) && kv_rd_i64(rd, &kept[mi * r->S + s], err)) return err->code;
+        }
+        for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
             int64_t n;
             if (kv_rd_i64(rd, &n, err)) return err->code;
             if (n < 0 || (size_t)n > rd->len - rd->pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
@@ -167,7 +184,7 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
 }
 
 static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, const void *blob, size_t len,
-                      int64_t next, kv_err *err)
+                      int64_t next, int64_t *kept, kv_err *err)
 {
     kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
     int64_t magic, cur;
@@ -175,7 +192,7 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
     sh->cur = cur;
     if (load_walk(r, bt, &rd, next, err)) return err->code;
-    if (load_methods(r, &rd, err)) return err->code;
+    if (load_methods(r, &rd, kept, err)) return err->code;
     rd.what = "V^T V";
     if (sh->gram && load_array(&rd, sh->gram, r->z.gram, err)) return err->code;
     if (r->rank == 0) {
@@ -190,6 +207,39 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     return KV_OK;
 }
 
+/* The rebuilt instances (exact) from the trace: the walk's positions of
+ * queries [0, upto) again, feeding only them; then the shard position and
+ * every count must be the checkpoint's. */
+static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kept, kv_err *err)
+{
+    char *only = kv_calloc((size_t)r->M, 1, err);
+    if (!only) return err->code;
+    int any = 0;
+    for (int mi = 0; mi < r->M; mi++) any |= only[mi] = (char)rebuilt(&r->inst[mi]);
+    int64_t cur = sh->cur;
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    sh->cur = replay_min64((int64_t)r->rank * r->C, r->n);
+    sh->loaded = -1;
+    for (int64_t j = 0; any && j < upto && !err->code; j++)
+        if (j == 0 || pos[j] != pos[j - 1]) replay_shard_rebuild(sh, r, only, pos[j], err);
+    if (!err->code && any && sh->cur != cur)
+        kv_seterr(err, KV_EINPUT, "checkpoint: shard position %lld does not match its queries (corrupt)", (long long)cur);
+    for (int mi = 0; mi < r->M && !err->code; mi++)
+        for (int64_t s = 0; only[mi] && s < r->S && !err->code; s++) {
+            kv_method_extra e = { -1, -1 };
+            r->inst[mi].ops->extra(r->inst[mi].st[s], &e);
+            if (e.kept_tokens != kept[mi * r->S + s])
+                kv_seterr(err, KV_EINPUT, "checkpoint: %s held %lld tokens of stream %lld, the trace gives %lld (corrupt "
+                          "checkpoint or changed trace)", r->inst[mi].spec.label, (long long)kept[mi * r->S + s],
+                          (long long)s, (long long)e.kept_tokens);
+        }
+    for (int mi = 0; mi < r->M; mi++)
+        if (only[mi]) r->inst[mi].epoch = replay_instance_bytes(&r->inst[mi], r->S);
+    sh->cur = cur;
+    free(only);
+    return err->code;
+}
+
 int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, int64_t *fp, int64_t *next,
                       kv_err *err)
 {
@@ -201,11 +251,14 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     void *blob = NULL;
     size_t len = 0;
     fill_meta(r, &want, *fp, 0);
-    if (!kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
-        load_state(r, sh, bt, k, blob, len, got.next_query, err);
+    int64_t *kept = kv_calloc((size_t)(r->M * r->S), sizeof(int64_t), err);
+    if (kept && !kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
+        if (!load_state(r, sh, bt, k, blob, len, got.next_query, kept, err))
+            rebuild(r, sh, got.next_query + bt->walked, kept, err);
         *next = got.next_query;
     }
     free(blob);
+    free(kept);
     if (!err->code && r->rank == 0) replay_sink_reopen(k, r, err);
     return kv_agree(r->comm, err);
 }
