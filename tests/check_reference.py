@@ -15,6 +15,8 @@ usage: check_reference.py KVSTREAM WORKDIR NP [--no-rss]
   AddressSanitizer RSS says nothing about our buffers);
 - `none`: no exact group unless listed, no rel_error / bound_ratio datasets,
   attribute reference = none, outputs bitwise those of the memory run;
+  analysis/plot_error_memory.py plots the stream file and skips none's
+  methods with a message;
 - exact-only replays stopped at a batch boundary: the checkpoint is
   kilobytes with either reference (memory: exact records its token counts
   and --resume re-reads the tokens from the trace; stream: it holds none),
@@ -128,6 +130,14 @@ with h5py.File(mem, "r") as a, h5py.File(none, "r") as c:
         if not np.array_equal(a["methods"][g]["outputs"][...], c["methods"][g]["outputs"][...]):
             fail("--reference none: %s outputs differ from the memory run" % g)
 print("ok: --reference none: no exact, no rel_error/bound_ratio, outputs bitwise those of the memory run")
+checks += 1
+
+# analysis/ copes: a streamed reference holding nothing, methods without rel_error
+plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "analysis", "plot_error_memory.py")
+r = run([sys.executable, plot, st, none, "-o", path("plot")])
+if r.returncode or not os.path.exists(path("plot.png")) or "has no rel_error: skipped" not in r.stderr:
+    fail("plot_error_memory.py on stream and none results: exit %d: %s" % (r.returncode, r.stderr))
+print("ok: analysis/plot_error_memory.py reads stream and none results")
 checks += 1
 
 # exact-only checkpoints are kilobytes.  At a batch
