@@ -5,7 +5,8 @@ usage: check_stop_fast.py KVSTREAM WORKDIR NP
 
 The whole trace is ONE batch (--batch = m), long enough (about 15-30 s on
 2 cores) that waiting for its end would outlast Slurm's KillWait.
-- SIGUSR1 to mpirun (which forwards it to the ranks) a few seconds in stops
+- SIGUSR1 to mpirun (which forwards it to the ranks) 3 s in (or a fifth of
+  the uninterrupted run's time, if shorter) stops
   the job with exit status 3 within 10 s, inside the batch (the message says
   so, and the checkpoint's next_query is 0 with the walk saved in it);
 - the resumed run's results are bitwise those of an uninterrupted run:
@@ -79,7 +80,8 @@ while time.time() - t0 < 60 and proc.poll() is None:
     ranks = subprocess.run(["pgrep", "-f", "^" + exe + " replay " + trace], capture_output=True, text=True).stdout
     if len(ranks.split()) == P:
         break
-time.sleep(3.0)  # into the batch: the ranks are past opening the trace
+# into the batch (the ranks are past opening the trace), early enough on a fast machine
+time.sleep(max(0.5, min(3.0, 0.2 * t_ref)))
 if proc.poll() is not None:
     fail("the replay ended before the signal (exit %d): %s" % (proc.returncode, proc.communicate()[1]))
 proc.send_signal(signal.SIGUSR1)
