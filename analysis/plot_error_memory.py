@@ -70,7 +70,8 @@ def plot(rows, png, title):
         ax.plot(x, y50, ":o", color=c, lw=1.0, ms=5, mfc="none")
         ax.scatter(x[p95 <= 0], y95[p95 <= 0], color=c, marker="v", s=40, zorder=3)
         ax.scatter(x[p50 <= 0], y50[p50 <= 0], facecolors="none", edgecolors=c, marker="v", s=40, zorder=3)
-    for j, mem in enumerate(sorted({r[4] for r in ref})):
+    # a streamed reference (replay --reference stream) holds nothing: no line for it
+    for j, mem in enumerate(sorted({r[4] for r in ref if r[4] > 0})):
         ax.axvline(mem, color="k", ls="--", lw=1, label="exact (reference)" if j == 0 else None)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -8,14 +8,16 @@
 #include "mpi/coll.h"
 #include "io/h5attr.h"
 
-#define NI 13
+#define NI 14
 static const char *int_names[NI] = { "ranks", "streams", "tokens", "queries", "d", "dv", "seed", "window",
-                                     "batch", "shard_chunk", "bound_ratio", "fingerprint", "next_query" };
+                                     "batch", "shard_chunk", "bound_ratio", "fingerprint", "next_query",
+                                     "reference" };
 
 static int64_t *int_field(kv_ckpt_meta *m, int i)
 {
     int64_t *f[NI] = { &m->ranks, &m->S, &m->n, &m->m, &m->d, &m->dv, &m->seed, &m->window,
-                       &m->batch, &m->shard_chunk, &m->bound_ratio, &m->fingerprint, &m->next_query };
+                       &m->batch, &m->shard_chunk, &m->bound_ratio, &m->fingerprint, &m->next_query,
+                       &m->reference };
     return f[i];
 }
 
@@ -157,6 +159,11 @@ int kv_ckpt_read(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_c
         got->batch != want->batch || got->shard_chunk != want->shard_chunk || got->bound_ratio != want->bound_ratio) {
         rc = kv_seterr(err, KV_EINPUT, "%s: checkpoint was written with other replay options (seed, batch, semantics, "
                        "window, shard chunk or bound ratio differ)", path);
+        goto done;
+    }
+    if (got->reference != want->reference) {
+        rc = kv_seterr(err, KV_EINPUT, "%s: checkpoint was written with another --reference (the reference's state "
+                       "differs between memory, stream and none)", path);
         goto done;
     }
     if (strcmp(got->out, want->out)) {

@@ -23,6 +23,7 @@ typedef struct {
     int64_t ranks, S, n, m, d, dv, seed, window, batch, shard_chunk, bound_ratio;
     int64_t fingerprint;  /* hash of the trace's shape, query positions and first rows */
     int64_t next_query;   /* queries [0, next_query) are done */
+    int64_t reference;    /* replay --reference: 0 memory, 1 stream, 2 none */
 } kv_ckpt_meta;
 
 /* Collective.  blob/len: this rank's state. */

@@ -10,6 +10,9 @@
 _Static_assert(KV_SEM_FULL == 0 && KV_SEM_WINDOW_UNMASKED == 1 && sizeof(kv_semantics) == sizeof(int),
                "--semantics choices follow kv_semantics");
 
+_Static_assert(KV_REF_MEMORY == 0 && KV_REF_STREAM == 1 && KV_REF_NONE == 2 && sizeof(kv_reference) == sizeof(int),
+               "--reference choices follow kv_reference");
+
 static const kv_opt replay_table[] = {
     { "methods", 0, KV_OPT_STRING, R(methods), .meta = "LIST", .def = "exact",
       .help = "comma-separated method specs (`kvstream methods`); exact is always run" },
@@ -26,6 +29,9 @@ static const kv_opt replay_table[] = {
       .help = "W for --semantics window-unmasked-values" },
     { "shard-chunk", 0, KV_OPT_INT, R(shard_chunk), .lo = 1, .hi = INT64_C(1) << 30, .meta = "C",
       .def = "the file's chunk", .help = "tokens per chunk-cyclic shard unit" },
+    { "reference", 0, KV_OPT_CHOICE, R(reference), .choices = "memory|stream|none",
+      .help = "exact reference: holding its shard, re-read from the trace per batch (holds nothing), or none "
+              "(no rel_error / bound_ratio)" },
     { "no-bound-ratio", 0, KV_OPT_FLAG, R(bound_ratio), .lo = 0,
       .help = "skip the V^T V accumulation behind the bound-ratio metric" },
     { "quiet", 'q', KV_OPT_FLAG, R(quiet), .lo = 1, .help = "no progress line on stderr" },
@@ -37,8 +43,8 @@ static const kv_opt replay_table[] = {
       .def = "only when stopped", .help = "also checkpoint after every N queries" },
     { "resume", 0, KV_OPT_STRING, R(resume), .meta = "FILE", .help = "continue from this checkpoint" },
     { "stop-after", 0, KV_OPT_INT, R(stop_after), .lo = 1, .hi = INT64_MAX, .meta = "N", .def = "never",
-      .help = "stop as a signal would after N queries (at the end of that batch): write the checkpoint "
-              "if --checkpoint is given, exit status 3" },
+      .help = "stop as a signal would once N queries are done (at the first query position from N on, "
+              "inside a batch too): write the checkpoint if --checkpoint is given, exit status 3" },
     { 0 } };
 
 int kv_run_replay(int argc, char **argv, MPI_Comm comm, kv_err *err)

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/signals.h"
 #include "kernels/metrics.h"
 #include "kernels/partial.h"
 #include "mpi/agree.h"
@@ -10,13 +11,15 @@
 #include "replay/batch.h"
 #include "replay/budget.h"
 #include "replay/instances.h"
+#include "replay/streamref.h"
 
 int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
 {
     size_t dv = (size_t)r->dv;
     *b = (replay_batch){ .G = replay_gram_stage(r) };
     b->Q = kv_malloc(r->z.queries, err);
-    b->send = kv_malloc(r->z.send, err);
+    /* zeroed: a checkpoint inside a batch saves it whole, slots not yet answered too */
+    b->send = kv_calloc(r->z.send / sizeof(double), sizeof(double), err);
     b->uidx = kv_malloc(r->z.uidx, err);
     b->ep = kv_malloc(r->z.ep, err);
     if (r->z.recv) b->recv = kv_malloc(r->z.recv, err);
@@ -62,7 +65,10 @@ static int batch_capable(const replay *r, int mi)
     return o->partial_batch && !o->feedback && !selects(r, mi);
 }
 
-static int per_prefix(const replay *r, int mi) { return !batch_capable(r, mi) && !selects(r, mi); }
+static int per_prefix(const replay *r, int mi)
+{
+    return !batch_capable(r, mi) && !selects(r, mi) && !replay_streamref_is(r, mi);
+}
 
 /* Queries jj .. jj + g - 1 of the batch (prefixes p[0..g)) on every
  * instance of method mi: one partial_batch call, or, for a method that
@@ -208,20 +214,48 @@ static void end_epoch(replay_batch *b, replay *r, int64_t u)
     }
 }
 
+/* After queries [0, done) of the walk, at position p: stop here?  Every
+ * rank knows --stop-after, so it needs no message.  A signal is polled
+ * collectively (a failed rank takes part too, so the ranks stay in step;
+ * the error is agreed by the caller), but only every KV_POLL_POSITIONS
+ * positions or after a shard chunk of tokens since the last poll: the same
+ * positions on every rank, and one allreduce per few positions on traces
+ * with a query at every token. */
+#define KV_POLL_POSITIONS 8
+static int stop_here(replay_batch *b, const replay *r, int64_t done, int64_t p, kv_err *err)
+{
+    const kv_replay_opts *o = r->o;
+    if (o->stop_after > 0 && done >= o->stop_after && done < r->m) return 15;
+    if (++b->poll_n < KV_POLL_POSITIONS && p - b->poll_p < r->C) return 0;
+    b->poll_n = 0;
+    b->poll_p = p;
+    int sig = kv_signal_pending(), any = 0;
+    if (kv_mpi_max_int(&sig, &any, 1, r->comm) != MPI_SUCCESS) {
+        kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the stop signal failed");
+        return 0;
+    }
+    return any;
+}
+
 int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t j0, int64_t cnt, kv_err *err)
 {
     const int64_t *pos = kv_trace_query_pos(r->tr);
     size_t gl = (size_t)(r->dv * r->dv);
+    int64_t start = 0;
+    if (b->walked > 0 && b->j0 == j0 && b->cnt == cnt) start = b->walked; /* a walk restored by --resume */
+    else b->nu = b->staged = b->u0 = 0;
     b->j0 = j0;
     b->cnt = cnt;
-    b->nu = b->staged = b->u0 = 0;
-    b->agreed = 0;
+    b->agreed = b->stop = 0;
+    b->walked = 0;
+    b->poll_n = 0;
+    b->poll_p = start ? pos[j0 + start - 1] : j0 ? pos[j0 - 1] : 0;
     if (!err->code) kv_trace_read_queries(r->tr, j0, cnt, b->Q, err);
     /* the shard walks prefix by prefix whatever the methods: ingest blocks,
      * the per-prefix methods' calls and the V^T V snapshots stay as they
      * are.  Every rank walks every prefix (a failed one skips the work), so
      * the collectives below happen at the same points on all ranks */
-    for (int64_t jj = 0; jj < cnt;) {
+    for (int64_t jj = start; jj < cnt;) {
         int64_t p = pos[j0 + jj], g = 1;
         while (jj + g < cnt && pos[j0 + jj + g] == p) g++; /* queries sharing a prefix */
         int last = jj + g == cnt;
@@ -244,11 +278,18 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         if (!last) end_epoch(b, r, b->nu); /* the last epoch also holds the whole-batch answers below */
         b->nu++;
         jj += g;
+        /* at a position boundary, so a checkpoint written now is resumed
+         * bitwise (batch.h); the last position goes on to the batch end */
+        if (!last && (b->stop = stop_here(b, r, j0 + jj, p, err))) {
+            b->walked = jj;
+            return err->code;
+        }
     }
     /* batch-capable methods see only tokens < their query's prefix, so
      * answering after the walk gives what answering inside it would */
     for (int mi = 0; mi < r->M && !err->code; mi++)
         if (batch_capable(r, mi)) answer(b, r, mi, 0, cnt, pos + j0, err);
+        else if (replay_streamref_is(r, mi)) replay_streamref_answer(b, r, sh, mi, pos + j0, err);
     for (int mi = 0; mi < r->M; mi++)
         if (selects(r, mi) && select_answer(b, r, mi, pos + j0, err)) return b->agreed = 1, err->code;
     if (!err->code) end_epoch(b, r, b->nu - 1);

@@ -17,7 +17,18 @@
  *
  * The walk has collectives (feedback, snapshot flushes, select): every rank
  * walks every position, a failed one skipping the work, and each of them
- * follows an agreement, so on an error all ranks leave at the same point. */
+ * follows an agreement, so on an error all ranks leave at the same point.
+ *
+ * Stops inside a batch: after a distinct position (not the batch's last;
+ * every 8 positions or shard chunk of tokens, and at --stop-after's), the
+ * ranks agree (one small allreduce) on whether a stop signal arrived
+ * (core/signals.h) or --stop-after is reached; if so the walk ends there on
+ * every rank with b->stop set and b->walked queries walked.  What the walk
+ * has built so far (the per-prefix methods' states, staged snapshots,
+ * |V_p|_op, memory epochs) goes into the checkpoint (ckptstate.c), and the
+ * resumed run continues the same batch from that query: the batch-wide
+ * answers (partial_batch, select) run once over the whole batch either way,
+ * so the results are bitwise those of an uninterrupted run. */
 #ifndef KVSTREAM_REPLAY_BATCH_H
 #define KVSTREAM_REPLAY_BATCH_H
 
@@ -42,6 +53,9 @@ typedef struct {
     double *ml;             /* feedback: (m, l) pairs [nf][S][g], then the error flag's pair */
     double *sel;            /* select lists [S][cnt][L] of one method */
     int agreed;             /* the last replay_batch_partials' error is agreed already (same on every rank) */
+    int stop;               /* the walk stopped inside the batch on this signal (same on every rank), 0: not */
+    int64_t walked;         /* queries walked when it stopped; with --resume, where the restored walk goes on */
+    int64_t poll_n, poll_p; /* positions walked since the last stop poll, and the position of that poll */
     kv_merge mg;
     int have_merge;
 } replay_batch;
@@ -53,7 +67,10 @@ void replay_batch_free(replay_batch *b);
 /* Collective.  This rank's states for queries j0 .. j0 + cnt - 1.  An error
  * found inside the walk is agreed at its next collective (then b->agreed is
  * set on every rank); one found after the last is left for the caller to
- * agree before merging. */
+ * agree before merging.  On a stop inside the batch, returns with b->stop
+ * set (the caller agrees errors first, then writes the checkpoint).  When
+ * b->walked > 0 and j0, cnt are the restored walk's (ckptstate.c), the walk
+ * continues after query b->walked. */
 int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t j0, int64_t cnt, kv_err *err);
 
 /* Collective: the merged states, |V_p|_op of the last snapshots and the

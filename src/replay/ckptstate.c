@@ -5,11 +5,19 @@
 #include "core/buf.h"
 #include "core/rng.h"
 #include "io/ckpt.h"
+#include "kernels/partial.h"
 #include "mpi/agree.h"
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543032) /* "KVCKPT02": 02 added the memory epochs' maximum */
+#define CK_MAGIC INT64_C(0x4b56434b50543033) /* "KVCKPT03": 02 added the memory epochs' maximum, 03 the walk
+                                                * inside a batch and exact rebuilt from the trace */
+
+/* exact's state is the rank's tokens below the shard position, in the
+ * blocks the walk cut: the checkpoint records only how many it held, and
+ * --resume re-reads them from the trace (the trace is checked by its
+ * fingerprint).  Other methods save their state (method.h). */
+static int rebuilt(const replay_instance *x) { return x->ops == kv_method_find("exact"); }
 
 /* Identifies the trace: shape, scale, query positions and its first rows. */
 static int64_t fingerprint(const replay *r, kv_err *err)
@@ -44,6 +52,24 @@ static void fill_meta(const replay *r, kv_ckpt_meta *m, int64_t fp, int64_t next
     m->ranks = r->P; m->S = r->S; m->n = r->n; m->m = r->m; m->d = r->d; m->dv = r->dv;
     m->seed = (int64_t)(o->seed & INT64_MAX); m->window = o->window; m->batch = o->batch;
     m->shard_chunk = r->C; m->bound_ratio = o->bound_ratio; m->fingerprint = fp; m->next_query = next;
+    m->reference = o->reference;
+}
+
+/* The walk of a batch stopped inside it (batch.h): how far it went and
+ * what it built; bounded by the batch size, not the trace. */
+static void save_walk(const replay *r, const replay_batch *bt, kv_buf *b)
+{
+    kv_buf_put_i64(b, bt->walked);
+    if (bt->walked <= 0) return;
+    kv_buf_put_i64(b, bt->nu);
+    kv_buf_put_i64(b, bt->staged);
+    kv_buf_put_i64(b, bt->u0);
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    kv_buf_put_arr(b, bt->uidx, sizeof(int64_t) * (size_t)bt->walked);
+    kv_buf_put_arr(b, bt->ep, sizeof(int64_t) * (size_t)(bt->nu * r->M));
+    kv_buf_put_arr(b, bt->send, sizeof(double) * (size_t)(r->M * r->S * bt->cnt) * sl);
+    if (bt->gsend) kv_buf_put_arr(b, bt->gsend, sizeof(double) * (size_t)(bt->staged * r->S) * gl);
+    if (bt->opn && r->rank == 0) kv_buf_put_arr(b, bt->opn, sizeof(double) * (size_t)(bt->u0 * r->S));
 }
 
 /* this rank's state: methods, shard position, V^T V, and on rank 0 the
@@ -53,23 +79,30 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
 {
     kv_buf_put_i64(b, CK_MAGIC);
     kv_buf_put_i64(b, sh->cur);
+    save_walk(r, bt, b);
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *x = &r->inst[mi];
         if (!x->ops->save) return kv_seterr(err, KV_EINPUT, "--checkpoint: method '%s' cannot be checkpointed", x->spec.text);
         kv_buf_put_i64(b, x->peak);
         kv_buf_put_f64(b, x->t_ingest);
         kv_buf_put_f64(b, x->t_query);
-        for (int64_t s = 0; s < r->S; s++) {
-            kv_buf one;
-            kv_buf_init(&one);
-            x->ops->save(x->st[s], &one);
-            if (one.failed) {
-                kv_buf_free(&one);
+        for (int64_t s = 0; s < r->S && rebuilt(x); s++) {
+            kv_method_extra e = { -1, -1 };
+            x->ops->extra(x->st[s], &e);
+            kv_buf_put_i64(b, e.kept_tokens);
+        }
+        for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
+            /* as kv_buf_put_arr would write it (length, then bytes), but
+             * saved straight into b with the length filled in after: no
+             * second copy of the method's state */
+            kv_buf_put_i64(b, 0);
+            size_t at = b->len;
+            x->ops->save(x->st[s], b);
+            if (b->failed)
                 return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
                                  "or a part of it cannot be checkpointed)", x->spec.text);
-            }
-            kv_buf_put_arr(b, one.data, one.len);
-            kv_buf_free(&one);
+            int64_t n = (int64_t)(b->len - at);
+            memcpy(b->data + at - sizeof n, &n, sizeof n);
         }
     }
     if (sh->gram) kv_buf_put_arr(b, sh->gram, r->z.gram);
@@ -97,7 +130,34 @@ static int load_array(kv_rd *rd, void *dst, size_t bytes, kv_err *err)
     return bad ? kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what) : KV_OK;
 }
 
-static int load_methods(replay *r, kv_rd *rd, kv_err *err)
+/* save_walk's counterpart: the batch from query next, walked so far.  The
+ * counts must fit the batch and each other (u0 + staged = nu when V^T V is
+ * staged, every query's position index below nu). */
+static int load_walk(replay *r, replay_batch *bt, kv_rd *rd, int64_t next, kv_err *err)
+{
+    int64_t w, nu = 0, staged = 0, u0 = 0, cnt = replay_min64(r->B, r->m - next);
+    rd->what = "the batch walk";
+    if (kv_rd_i64(rd, &w, err)) return err->code;
+    if (w == 0) return KV_OK;
+    if (kv_rd_i64(rd, &nu, err) || kv_rd_i64(rd, &staged, err) || kv_rd_i64(rd, &u0, err)) return err->code;
+    int bad = w < 0 || w >= cnt || nu < 1 || nu > w || staged < 0 || u0 < 0 ||
+              (bt->gsend ? staged > bt->G || u0 + staged != nu : staged || u0);
+    if (bad) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    bt->j0 = next; bt->cnt = cnt; bt->walked = w; bt->nu = nu; bt->staged = staged; bt->u0 = u0;
+    if (load_array(rd, bt->uidx, sizeof(int64_t) * (size_t)w, err) ||
+        load_array(rd, bt->ep, sizeof(int64_t) * (size_t)(nu * r->M), err) ||
+        load_array(rd, bt->send, sizeof(double) * (size_t)(r->M * r->S * cnt) * sl, err))
+        return err->code;
+    if (bt->gsend && load_array(rd, bt->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
+    if (bt->opn && r->rank == 0 && load_array(rd, bt->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
+    for (int64_t q = 0; q < w; q++)
+        if (bt->uidx[q] < 0 || bt->uidx[q] >= nu) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    return KV_OK;
+}
+
+/* kept [M][S]: the token counts of the rebuilt instances (-1: others) */
+static int load_methods(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
@@ -105,6 +165,10 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
         if (kv_rd_i64(rd, &x->peak, err) || kv_rd_f64(rd, &x->t_ingest, err) || kv_rd_f64(rd, &x->t_query, err))
             return err->code;
         for (int64_t s = 0; s < r->S; s++) {
+            kept[mi * r->S + s] = -1;
+            if (rebuilt(x) && kv_rd_i64(rd, &kept[mi * r->S + s], err)) return err->code;
+        }
+        for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
             int64_t n;
             if (kv_rd_i64(rd, &n, err)) return err->code;
             if (n < 0 || (size_t)n > rd->len - rd->pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
@@ -120,14 +184,15 @@ static int load_methods(replay *r, kv_rd *rd, kv_err *err)
 }
 
 static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, const void *blob, size_t len,
-                      kv_err *err)
+                      int64_t next, int64_t *kept, kv_err *err)
 {
     kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
     int64_t magic, cur;
     if (kv_rd_i64(&rd, &magic, err) || kv_rd_i64(&rd, &cur, err)) return err->code;
     if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
     sh->cur = cur;
-    if (load_methods(r, &rd, err)) return err->code;
+    if (load_walk(r, bt, &rd, next, err)) return err->code;
+    if (load_methods(r, &rd, kept, err)) return err->code;
     rd.what = "V^T V";
     if (sh->gram && load_array(&rd, sh->gram, r->z.gram, err)) return err->code;
     if (r->rank == 0) {
@@ -142,6 +207,39 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     return KV_OK;
 }
 
+/* The rebuilt instances (exact) from the trace: the walk's positions of
+ * queries [0, upto) again, feeding only them; then the shard position and
+ * every count must be the checkpoint's. */
+static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kept, kv_err *err)
+{
+    char *only = kv_calloc((size_t)r->M, 1, err);
+    if (!only) return err->code;
+    int any = 0;
+    for (int mi = 0; mi < r->M; mi++) any |= only[mi] = (char)rebuilt(&r->inst[mi]);
+    int64_t cur = sh->cur;
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    sh->cur = replay_min64((int64_t)r->rank * r->C, r->n);
+    sh->loaded = -1;
+    for (int64_t j = 0; any && j < upto && !err->code; j++)
+        if (j == 0 || pos[j] != pos[j - 1]) replay_shard_rebuild(sh, r, only, pos[j], err);
+    if (!err->code && any && sh->cur != cur)
+        kv_seterr(err, KV_EINPUT, "checkpoint: shard position %lld does not match its queries (corrupt)", (long long)cur);
+    for (int mi = 0; mi < r->M && !err->code; mi++)
+        for (int64_t s = 0; only[mi] && s < r->S && !err->code; s++) {
+            kv_method_extra e = { -1, -1 };
+            r->inst[mi].ops->extra(r->inst[mi].st[s], &e);
+            if (e.kept_tokens != kept[mi * r->S + s])
+                kv_seterr(err, KV_EINPUT, "checkpoint: %s held %lld tokens of stream %lld, the trace gives %lld (corrupt "
+                          "checkpoint or changed trace)", r->inst[mi].spec.label, (long long)kept[mi * r->S + s],
+                          (long long)s, (long long)e.kept_tokens);
+        }
+    for (int mi = 0; mi < r->M; mi++)
+        if (only[mi]) r->inst[mi].epoch = replay_instance_bytes(&r->inst[mi], r->S);
+    sh->cur = cur;
+    free(only);
+    return err->code;
+}
+
 int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, int64_t *fp, int64_t *next,
                       kv_err *err)
 {
@@ -153,11 +251,14 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     void *blob = NULL;
     size_t len = 0;
     fill_meta(r, &want, *fp, 0);
-    if (!kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
-        load_state(r, sh, bt, k, blob, len, err);
+    int64_t *kept = kv_calloc((size_t)(r->M * r->S), sizeof(int64_t), err);
+    if (kept && !kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
+        if (!load_state(r, sh, bt, k, blob, len, got.next_query, kept, err))
+            rebuild(r, sh, got.next_query + bt->walked, kept, err);
         *next = got.next_query;
     }
     free(blob);
+    free(kept);
     if (!err->code && r->rank == 0) replay_sink_reopen(k, r, err);
     return kv_agree(r->comm, err);
 }

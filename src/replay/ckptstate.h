@@ -1,8 +1,13 @@
 /* ckptstate.h - what a replay checkpoint holds, and writing / resuming it.
  *
  * Each rank's state is one byte string (io/ckpt.h stores them): a magic,
- * the shard position, every instance's timers, peak and per-stream method
- * state (the methods' save/load), V^T V, and on rank 0 the metrics, the
+ * the shard position, the walk of a batch stopped inside it (batch.h: how
+ * many queries, their answers so far, staged V^T V, memory epochs; the
+ * metadata's next_query is then that batch's first query), every instance's
+ * timers and peak, then for exact only its token counts (--resume rebuilds
+ * it from the trace: replay_shard_rebuild), for the other methods their
+ * per-stream state (the methods' save/load), V^T V, and on rank 0 the
+ * metrics, the
  * Lanczos start vectors and each method's memory maximum over epochs so far
  * (a checkpoint falls between epochs: each rank's epoch restarts from what
  * it holds).

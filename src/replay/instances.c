@@ -4,6 +4,7 @@
 #include "core/budget.h"
 #include "replay/instances.h"
 #include "replay/shard.h"
+#include "replay/streamref.h"
 
 /* --budget X: budget=X into every spec whose method takes a budget and
  * that gives none (a spec's own budget= wins; its size parameters then
@@ -32,15 +33,16 @@ int replay_instances_new(replay *r, kv_err *err)
     int ns = 0;
     if (kv_spec_parse_list(r->o->methods, &specs, &ns, err)) return err->code;
     /* the exact reference (first exact method), added when absent */
-    int ref = -1;
-    for (int i = 0; i < ns; i++)
+    int ref = -1, none = r->o->reference == KV_REF_NONE;
+    for (int i = 0; i < ns && !none; i++)
         if (!strcmp(specs[i].method, "exact")) { ref = i; break; }
-    r->M = ns + (ref < 0);
+    r->M = ns + (ref < 0 && !none);
+    if (r->M < 1) { free(specs); return kv_seterr(err, KV_EINPUT, "--methods: no method to run"); }
     r->inst = kv_calloc((size_t)r->M, sizeof *r->inst, err);
     if (!r->inst) { free(specs); return err->code; }
     for (int i = 0; i < ns; i++) r->inst[i].spec = specs[i];
     free(specs);
-    if (ref < 0) {
+    if (ref < 0 && !none) {
         kv_spec *x = NULL;
         int one;
         if (kv_spec_parse_list("exact", &x, &one, err)) return err->code;
@@ -53,9 +55,10 @@ int replay_instances_new(replay *r, kv_err *err)
         free(x);
         ref = ns;
     }
-    r->ref = ref;
+    r->ref = ref; /* -1 with --reference none: an exact listed there is one more method */
     for (int i = 0; i < r->M; i++) {
-        r->inst[i].ops = kv_method_find(r->inst[i].spec.method);
+        r->inst[i].ops = i == ref && r->o->reference == KV_REF_STREAM ? &replay_streamref_ops
+                                                                     : kv_method_find(r->inst[i].spec.method);
         if (!r->inst[i].ops)
             return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", r->inst[i].spec.method,
                              kv_method_names());

@@ -70,6 +70,18 @@ static int open_run(replay *r, replay_shard *sh, replay_batch *b, replay_sink *k
     return kv_agree(r->comm, err);
 }
 
+/* The stop's error: KV_ESTOPPED, saying where and how to go on. */
+static int stopped(const replay *r, int sig, int64_t done, int inside, kv_err *err)
+{
+    const char *where = inside ? " (inside a batch)" : "";
+    if (r->o->checkpoint)
+        return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries%s; checkpoint written to %s "
+                         "(continue with --resume %s)", sig, (long long)done, (long long)r->m, where, r->o->checkpoint,
+                         r->o->checkpoint);
+    return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries%s (no --checkpoint given)", sig,
+                     (long long)done, (long long)r->m, where);
+}
+
 /* After queries [0, done): a signal on any rank (or --stop-after) stops all
  * of them, with a checkpoint when --checkpoint is given; --checkpoint-every
  * writes one without stopping.  Returns KV_ESTOPPED to stop. */
@@ -84,11 +96,16 @@ static int stop_or_checkpoint(const replay *r, const replay_shard *sh, const rep
     int due = o->checkpoint_every > 0 && done / o->checkpoint_every > j0 / o->checkpoint_every && done < r->m;
     if ((any || due) && o->checkpoint && replay_ckpt_write(r, sh, b, k, fp, done, err)) return err->code;
     if (!any || done >= r->m) return KV_OK;
-    if (o->checkpoint)
-        return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries; checkpoint written to %s "
-                         "(continue with --resume %s)", any, (long long)done, (long long)r->m, o->checkpoint, o->checkpoint);
-    return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d after %lld of %lld queries (no --checkpoint given)", any,
-                     (long long)done, (long long)r->m);
+    return stopped(r, any, done, 0, err);
+}
+
+/* The walk of the batch from query j0 stopped on a signal (batch.h): the
+ * checkpoint holds the rows before j0 and the walk so far. */
+static int stop_inside(const replay *r, const replay_shard *sh, const replay_batch *b, replay_sink *k, int64_t fp,
+                       int64_t j0, kv_err *err)
+{
+    if (r->o->checkpoint && replay_ckpt_write(r, sh, b, k, fp, j0, err)) return err->code;
+    return stopped(r, b->stop, j0 + b->walked, 1, err);
 }
 
 int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res, kv_err *err)
@@ -111,6 +128,7 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res,
          * agreed on is already everybody's (batch.h) */
         replay_batch_partials(&b, r, &sh, j0, cnt, err);
         if ((rc = b.agreed ? err->code : kv_agree(comm, err))) break;
+        if (b.stop) { rc = stop_inside(r, &sh, &b, &k, fp, j0, err); break; }
         if (!replay_batch_merge(&b, r, err) && r->rank == 0) replay_sink_batch(&k, r, &b, err);
         if ((rc = kv_agree(comm, err))) break;
         replay_progress(r, done, kv_trace_query_pos(r->tr)[done - 1], t_start, &last_progress);

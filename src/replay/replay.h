@@ -25,6 +25,11 @@ typedef struct {
     kv_replay_summary *methods; /* n_methods entries, owned: kv_replay_result_free */
 } kv_replay_result;
 
+/* What rel_error and bound_ratio are measured against (README, "Reference
+ * modes"): the exact method holding its shard, exact attention re-read from
+ * the trace per batch (replay/streamref.h), or nothing. */
+typedef enum { KV_REF_MEMORY = 0, KV_REF_STREAM = 1, KV_REF_NONE = 2 } kv_reference;
+
 typedef struct {
     const char *trace;      /* input kvtrace */
     const char *methods;    /* --methods list; exact is added if absent */
@@ -44,6 +49,7 @@ typedef struct {
     int64_t max_memory;     /* bytes per rank the run may hold (0: no limit) */
     const char *budget;     /* --budget X: budget=X for every method that takes one and gives none (NULL: none) */
     int64_t stop_after;     /* stop as a signal would (checkpoint, status 3) once this many queries are done (0: never) */
+    kv_reference reference; /* --reference memory|stream|none */
 } kv_replay_opts;
 
 void kv_replay_defaults(kv_replay_opts *o);

@@ -41,11 +41,14 @@ static void gram_update(double *G, int dv, const float *V, int64_t cnt)
     }
 }
 
-/* Tokens [cur, cur + len) of the staged chunk (they start `off` into it) into every instance. */
-static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, kv_err *err)
+/* Tokens [cur, cur + len) of the staged chunk (they start `off` into it)
+ * into every instance, or (only != NULL: a rebuild) into the instances
+ * with only[mi] set, without V^T V, timers or memory samples. */
+static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, const char *only, kv_err *err)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
+        if (only && !only[mi]) continue;
         int bad = 0;
         double t0 = omp_get_wtime();
 #pragma omp parallel for schedule(dynamic) if (r->par_streams) reduction(| : bad)
@@ -59,11 +62,12 @@ static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, k
                 bad = 1;
             }
         }
-        x->t_ingest += omp_get_wtime() - t0;
         if (bad) return err->code;
+        if (only) continue;
+        x->t_ingest += omp_get_wtime() - t0;
         replay_instance_sample(x, r->S);
     }
-    if (sh->gram) {
+    if (sh->gram && !only) {
         int dv = (int)r->dv;
 #pragma omp parallel for schedule(static) if (r->par_streams)
         for (int64_t s = 0; s < r->S; s++)
@@ -87,9 +91,9 @@ static void horizon(replay *r, int64_t p)
     }
 }
 
-int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
+/* The walk to p: the same blocks whoever is fed (only: see ingest_block). */
+static int walk_to(replay_shard *sh, replay *r, int64_t p, const char *only, kv_err *err)
 {
-    horizon(r, p);
     while (sh->cur < p && sh->cur < r->n) {
         int64_t c = sh->cur / r->C, c0 = c * r->C;
         if (c != sh->loaded) {
@@ -98,9 +102,20 @@ int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
             sh->loaded = c;
         }
         int64_t end = replay_min64(c0 + sh->loaded_cnt, p);
-        if (ingest_block(sh, r, sh->cur - c0, end - sh->cur, err)) return err->code;
+        if (ingest_block(sh, r, sh->cur - c0, end - sh->cur, only, err)) return err->code;
         sh->cur = end;
         if (sh->cur == c0 + sh->loaded_cnt) sh->cur = replay_min64((c + r->P) * r->C, r->n); /* next owned chunk */
     }
     return KV_OK;
+}
+
+int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
+{
+    horizon(r, p);
+    return walk_to(sh, r, p, NULL, err);
+}
+
+int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err)
+{
+    return walk_to(sh, r, p, only, err);
 }

@@ -29,6 +29,12 @@ void replay_shard_free(replay_shard *sh);
 /* Ingest this rank's tokens with index < p (all remaining: p = n). */
 int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err);
 
+/* --resume (ckptstate.c): feed this rank's tokens < p to the instances with
+ * only[mi] set, in the very blocks replay_shard_advance(p) cut (so that,
+ * called for the same positions in order, it rebuilds their state as the
+ * run built it), without horizon calls, V^T V, timers or memory samples. */
+int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err);
+
 /* Tokens in this rank's chunks (per stream). */
 int64_t replay_shard_tokens(const replay *r);
 

@@ -19,9 +19,10 @@ static int create_results(replay_sink *k, const replay *r, kv_err *err)
     for (int mi = 0; mi < r->M; mi++) {
         char g[128];
         replay_sink_group(r, mi, g, sizeof g);
-        if (kv_results_group(k->res, g, err) || kv_results_dataset(k->res, g, "rel_error", KV_R_F64, 2, d2, err))
-            return err->code;
-        if (r->o->bound_ratio && kv_results_dataset(k->res, g, "bound_ratio", KV_R_F64, 2, d2, err)) return err->code;
+        if (kv_results_group(k->res, g, err)) return err->code;
+        /* --reference none: nothing to measure against, so no error datasets */
+        if (r->ref >= 0 && kv_results_dataset(k->res, g, "rel_error", KV_R_F64, 2, d2, err)) return err->code;
+        if (r->ref >= 0 && r->o->bound_ratio && kv_results_dataset(k->res, g, "bound_ratio", KV_R_F64, 2, d2, err)) return err->code;
         if (r->o->save_outputs && kv_results_dataset(k->res, g, "outputs", KV_R_F32, 3, d3, err)) return err->code;
     }
     return kv_results_flush(k->res, err);
@@ -61,10 +62,17 @@ static void method_metrics(replay_sink *k, const replay *r, const replay_batch *
     const double *st = b->recv;
     for (int64_t s = 0; s < S; s++)
         for (int64_t jj = 0; jj < cnt; jj++) {
-            const double *ref = st + (((size_t)r->ref * S + s) * cnt + jj) * sl;
             const double *x = st + (((size_t)mi * S + s) * cnt + jj) * sl;
-            kv_partial_output(ref, dv, k->zref);
             kv_partial_output(x, dv, k->z);
+            if (r->ref < 0) { /* --reference none: outputs only; the metrics stay NaN */
+                rel_b[s * cnt + jj] = bnd_b[s * cnt + jj] = NAN;
+                k->rel[(size_t)mi * S * m + s * m + j0 + jj] = k->bound[(size_t)mi * S * m + s * m + j0 + jj] = NAN;
+                if (k->zout)
+                    for (int c = 0; c < dv; c++) k->zout[(s * cnt + jj) * dv + c] = (float)k->z[c];
+                continue;
+            }
+            const double *ref = st + (((size_t)r->ref * S + s) * cnt + jj) * sl;
+            kv_partial_output(ref, dv, k->zref);
             double e = kv_rel_error(k->z, k->zref, dv);
             rel_b[s * cnt + jj] = e;
             k->rel[(size_t)mi * S * m + s * m + j0 + jj] = e;
@@ -110,8 +118,8 @@ int replay_sink_batch(replay_sink *k, const replay *r, const replay_batch *b, kv
         if (k->res) {
             char g[128];
             replay_sink_group(r, mi, g, sizeof g);
-            rc = kv_results_write_rows(k->res, g, "rel_error", KV_R_F64, b->j0, b->cnt, rel_b, err);
-            if (!rc && b->opn) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
+            if (r->ref >= 0) rc = kv_results_write_rows(k->res, g, "rel_error", KV_R_F64, b->j0, b->cnt, rel_b, err);
+            if (!rc && b->opn && r->ref >= 0) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
             if (!rc && k->zout) rc = kv_results_write_rows(k->res, g, "outputs", KV_R_F32, b->j0, b->cnt, k->zout, err);
         }
     }

@@ -111,7 +111,10 @@ static void print_row(const replay *r, const replay_sink *k, const totals *t, in
     kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm); /* NaN without V^T V */
     double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
     double usq = t[mi].t_query * 1e6 / (double)Sm;
-    double exact_mem = (double)t[r->ref].peak;
+    /* % of exact: of what the reference held; with a reference that holds
+     * nothing (stream, none), of the trace's keys and values, S n (d + dv) 4 bytes */
+    double exact_mem = r->ref >= 0 ? (double)t[r->ref].peak : 0;
+    if (exact_mem <= 0) exact_mem = 4.0 * (double)(r->S * r->n * (r->d + r->dv));
     char mem[32];
     double b = (double)t[mi].peak;
     if (b >= 1 << 30) snprintf(mem, sizeof mem, "%.2f GiB", b / (1 << 30));
@@ -119,9 +122,14 @@ static void print_row(const replay *r, const replay_sink *k, const totals *t, in
     else snprintf(mem, sizeof mem, "%.1f KiB", b / 1024);
     char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
     if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
+    double pct = exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, bpt = bits_per_token(r, t[mi].peak);
+    if (r->ref < 0) { /* --reference none: no errors to show */
+        fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10s %10s %10s %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem, pct,
+                bpt, "-", "-", "-", "-", rate, usq);
+        return;
+    }
     fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
-            exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, bits_per_token(r, t[mi].peak), e.mean, e.p99, e.max, bnd,
-            rate, usq);
+            pct, bpt, e.mean, e.p99, e.max, bnd, rate, usq);
 }
 
 static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi, kv_err *err)
@@ -150,6 +158,7 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
 {
     const kv_replay_opts *o = r->o;
     const char *sem = o->semantics == KV_SEM_FULL ? "full" : "window-unmasked-values";
+    static const char *const mode[] = { "memory", "stream", "none" }; /* kv_reference */
     int64_t dm[1] = { r->m };
     if (kv_results_attr_str(x, "/", "format", "kvstream-results", err) ||
         kv_results_attr_i64(x, "/", "version", 1, err) ||
@@ -158,7 +167,8 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
         kv_results_attr_i64(x, "/", "threads", r->nthreads, err) ||
         kv_results_attr_str(x, "/", "kvstream_version", KVSTREAM_VERSION, err) ||
         kv_results_attr_str(x, "/", "methods", o->methods, err) ||
-        kv_results_attr_str(x, "/", "reference", r->inst[r->ref].spec.label, err) ||
+        kv_results_attr_str(x, "/", "reference", r->ref >= 0 ? r->inst[r->ref].spec.label : "none", err) ||
+        kv_results_attr_str(x, "/", "reference_mode", mode[o->reference], err) ||
         kv_results_attr_str(x, "/", "semantics", sem, err) ||
         kv_results_attr_i64(x, "/", "window", o->window, err) ||
         kv_results_attr_i64(x, "/", "seed", (int64_t)(o->seed & INT64_MAX), err) ||

@@ -1,0 +1,127 @@
+#!/usr/bin/python3
+"""Stops inside a batch (issue 16, item 3).
+
+usage: check_stop_fast.py KVSTREAM WORKDIR NP
+
+The whole trace is ONE batch (--batch = m), long enough (about 15-30 s on
+2 cores) that waiting for its end would outlast Slurm's KillWait.
+- SIGUSR1 to mpirun (which forwards it to the ranks) 3 s in (or a fifth of
+  the uninterrupted run's time, if shorter) stops
+  the job with exit status 3 within 10 s, inside the batch (the message says
+  so, and the checkpoint's next_query is 0 with the walk saved in it);
+- the resumed run's results are bitwise those of an uninterrupted run:
+  outputs, rel_error, bound_ratio and every memory figure, for exact
+  (answered batch-wide after the walk), h2o (feedback collectives during the
+  walk) and subgen (seeded sampling);
+- --stop-after q stops at the first query position boundary at or after q
+  inside a batch (twice in the same batch, then resumed): again bitwise."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+
+from kvtest import fail, mpi_cmd, mpi_env, run
+
+exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
+os.makedirs(work, exist_ok=True)
+METHODS = "exact,h2o:tokens=4000,subgen:delta=0.5,t=16,s=1024,subgen:delta=1,t=16,s=256,seed=7"
+M_QUERIES = 2000
+checks = 0
+
+
+def path(name):
+    return os.path.join(work, name)
+
+
+def same(a, b, what):
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        for g in x["methods"]:
+            for d in x["methods"][g]:
+                if not np.array_equal(x["methods"][g][d][...], y["methods"][g][d][...]):
+                    fail("%s: /methods/%s/%s differs from the uninterrupted run" % (what, g, d))
+            for a_ in ("memory_bytes", "peak_memory_bytes", "final_memory_bytes", "peak_rank_bytes", "clusters",
+                       "kept_tokens"):
+                if x["methods"][g].attrs[a_] != y["methods"][g].attrs[a_]:
+                    fail("%s: %s of %s differs: %s vs %s" % (what, a_, g, x["methods"][g].attrs[a_],
+                                                             y["methods"][g].attrs[a_]))
+
+
+trace = path("long.h5")
+r = run(mpi_cmd(P, exe, "gen", "--kind", "gaussian", "--streams", "1", "--tokens", "250000", "--dim", "32",
+                "--queries", str(M_QUERIES), "--seed", "2", "-o", trace), timeout=300)
+if r.returncode:
+    fail("gen: " + r.stderr)
+
+
+def replay_cmd(out, *extra):
+    return mpi_cmd(P, exe, "replay", trace, "--methods", METHODS, "--batch", str(M_QUERIES), "--save-outputs",
+                   "--quiet", "--seed", "4", "-o", out, *extra)
+
+
+ref = path("ref.h5")
+t0 = time.time()
+r = run(replay_cmd(ref), timeout=600)
+t_ref = time.time() - t0
+if r.returncode:
+    fail("uninterrupted replay failed: " + r.stderr)
+print("uninterrupted single-batch replay: %.1f s" % t_ref)
+
+# SIGUSR1 to mpirun during the one batch
+ck, out = path("sig.ckpt"), path("sig.h5")
+proc = subprocess.Popen(replay_cmd(out, "--checkpoint", ck), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True, env=mpi_env())
+t0 = time.time()
+while time.time() - t0 < 60 and proc.poll() is None:
+    time.sleep(0.3)
+    ranks = subprocess.run(["pgrep", "-f", "^" + exe + " replay " + trace], capture_output=True, text=True).stdout
+    if len(ranks.split()) == P:
+        break
+# into the batch (the ranks are past opening the trace), early enough on a fast machine
+time.sleep(max(0.5, min(3.0, 0.2 * t_ref)))
+if proc.poll() is not None:
+    fail("the replay ended before the signal (exit %d): %s" % (proc.returncode, proc.communicate()[1]))
+proc.send_signal(signal.SIGUSR1)
+t_sig = time.time()
+try:
+    so, se = proc.communicate(timeout=60)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
+    fail("the replay did not stop within 60 s of SIGUSR1 to mpirun")
+latency = time.time() - t_sig
+if proc.returncode != 3 or "stopped by signal 10" not in se or "(inside a batch)" not in se:
+    fail("SIGUSR1 to mpirun: exit %d, stderr: %s" % (proc.returncode, se))
+if latency > 10.0:
+    fail("stop took %.1f s after the signal (more than 10 s)" % latency)
+with h5py.File(ck, "r") as f:
+    if int(f.attrs["next_query"]) != 0:
+        fail("checkpoint next_query %d, expected 0 (the walk inside the only batch)" % f.attrs["next_query"])
+print("ok: SIGUSR1 to mpirun %.1f s into a single %.1f s batch: exit 3 after %.1f s, inside the batch"
+      % (t_sig - t0, t_ref, latency))
+checks += 1
+r = run(replay_cmd(out, "--checkpoint", ck, "--resume", ck), timeout=600)
+if r.returncode:
+    fail("resume after SIGUSR1 failed: " + r.stderr)
+same(ref, out, "stopped by SIGUSR1 inside the batch and resumed")
+print("ok: resumed from inside the batch: bitwise identical")
+checks += 1
+
+# deterministic stops inside the batch: at two query positions, then to the end
+ck, out = path("at.ckpt"), path("at.h5")
+for i, q in enumerate((300, 1234)):
+    extra = ("--checkpoint", ck, "--stop-after", str(q)) + (("--resume", ck) if i else ())
+    r = run(replay_cmd(out, *extra), timeout=600)
+    want = "after %d of %d queries (inside a batch)" % (q, M_QUERIES)
+    if r.returncode != 3 or want not in r.stderr:
+        fail("--stop-after %d: exit %d, expected %r in: %s" % (q, r.returncode, want, r.stderr))
+r = run(replay_cmd(out, "--checkpoint", ck, "--resume", ck), timeout=600)
+if r.returncode:
+    fail("resume after --stop-after failed: " + r.stderr)
+same(ref, out, "stopped at queries 300 and 1234 inside one batch")
+print("ok: --stop-after 300 then 1234 inside one batch, resumed: bitwise identical")
+checks += 1
+print("check_stop_fast: %d passed, 0 failed" % checks)

@@ -1,0 +1,138 @@
+#!/usr/bin/python3
+"""Transport independence (issue 16, item 5).
+
+usage: check_transport.py KVSTREAM WORKDIR
+
+Open MPI moves bytes between ranks on one node through shared memory (btl
+vader) and between nodes through TCP (or a fabric).  Everything else in the
+test suite runs over shared memory only, so here the same replays run with
+`--mca pml ob1 --mca btl vader,self` and with `--mca btl tcp,self` (every
+pair of ranks over TCP on the loopback interface: the inter-node code path,
+as if each rank were on a node of its own) at 2 and 4 ranks, and:
+- every dataset of the results file (outputs, rel_error, bound_ratio) and
+  every attribute but the timings and RSS are bitwise equal across the two
+  transports, for every method (exact, window, sinks, h2o's feedback
+  collectives, topk's select merge, uniform and subgen's seeded sampling);
+- kill -9 of one rank during a replay ends the whole job, over either
+  transport, within 30 s and with a non-zero status (it must never hang)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+
+from kvtest import fail, mpi_env
+
+exe, work = sys.argv[1], sys.argv[2]
+os.makedirs(work, exist_ok=True)
+MPIEXEC = os.environ.get("KV_MPIEXEC", "mpiexec")
+TRANSPORTS = {
+    "shm": ["--mca", "pml", "ob1", "--mca", "btl", "vader,self"],
+    # btl_tcp_if_include lo: Open MPI leaves loopback out by default; with it
+    # the test needs no network interface besides lo
+    "tcp": ["--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"],
+}
+METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
+           "subgen:delta=1.5,t=8,s=64")
+TIMING = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads"}
+checks = 0
+
+
+def path(name):
+    return os.path.join(work, name)
+
+
+def cmd(transport, np_, *args):
+    return [MPIEXEC, "--oversubscribe"] + TRANSPORTS[transport] + ["-n", str(np_), exe] + list(args)
+
+
+def run(c, timeout=300):
+    try:
+        return subprocess.run(c, capture_output=True, text=True, timeout=timeout, env=mpi_env())
+    except subprocess.TimeoutExpired:
+        fail("timed out after %ds (hang?): %s" % (timeout, " ".join(c)))
+
+
+def attrs_equal(a, b, where):
+    for k in a.attrs:
+        if k in TIMING:
+            continue
+        x, y = a.attrs[k], b.attrs.get(k)
+        if y is None or not np.array_equal(np.asarray(x), np.asarray(y)):
+            fail("%s: attribute %s differs: %r vs %r" % (where, k, x, y))
+
+
+def same_results(a, b, what):
+    n = 0
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        attrs_equal(x, y, what + " /")
+        if not np.array_equal(x["query_pos"][...], y["query_pos"][...]):
+            fail(what + ": /query_pos differs")
+        if sorted(x["methods"]) != sorted(y["methods"]):
+            fail("%s: method groups differ: %s vs %s" % (what, sorted(x["methods"]), sorted(y["methods"])))
+        for g in x["methods"]:
+            gx, gy = x["methods"][g], y["methods"][g]
+            attrs_equal(gx, gy, "%s /methods/%s" % (what, g))
+            for d in gx:
+                if d not in gy or not np.array_equal(gx[d][...], gy[d][...]):
+                    fail("%s: /methods/%s/%s differs between the transports" % (what, g, d))
+                n += 1
+    return n
+
+
+trace = path("tr.h5")
+r = run(cmd("shm", 2, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams", "2",
+            "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "9", "-o", trace))
+if r.returncode:
+    fail("gen: " + r.stderr)
+
+for np_ in (2, 4):
+    outs = {}
+    for t in TRANSPORTS:
+        outs[t] = path("%s-np%d.h5" % (t, np_))
+        r = run(cmd(t, np_, "replay", trace, "--methods", METHODS, "--batch", "10", "--save-outputs", "--quiet",
+                    "--seed", "4", "-o", outs[t]))
+        if r.returncode:
+            fail("replay over %s at %d ranks failed: %s" % (t, np_, r.stderr))
+    n = same_results(outs["shm"], outs["tcp"], "%d ranks" % np_)
+    print("ok: %d ranks: shared memory and TCP runs bitwise equal (%d datasets)" % (np_, n))
+    checks += 1
+
+# kill -9 of one rank: the job ends (Open MPI's daemon sees the death and
+# aborts the others), over either transport
+big = path("big.h5")
+r = run(cmd("shm", 2, "gen", "--kind", "gaussian", "--streams", "2", "--tokens", "300000", "--dim", "32",
+            "--queries", "3000", "--seed", "2", "-o", big))
+if r.returncode:
+    fail("gen: " + r.stderr)
+for t in TRANSPORTS:
+    c = cmd(t, 3, "replay", big, "--methods", "exact,h2o:tokens=2000", "--batch", "16", "--quiet",
+            "-o", path("killed-%s.h5" % t))
+    proc = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    pids, t0 = [], time.time()
+    while time.time() - t0 < 60 and len(pids) < 3 and proc.poll() is None:
+        time.sleep(0.3)
+        out = subprocess.run(["pgrep", "-f", "^" + exe + " replay " + big], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+    if len(pids) < 3:
+        proc.kill()
+        fail("%s: the 3 replay ranks were not found (exit %s)" % (t, proc.poll()))
+    time.sleep(1.5)  # let them get into the batches and their collectives
+    if proc.poll() is not None:
+        fail("%s: the replay ended before the kill; make the trace bigger" % t)
+    os.kill(pids[1], signal.SIGKILL)
+    t_kill = time.time()
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        fail("%s: job still running 30 s after kill -9 of one rank (hang)" % t)
+    if proc.returncode == 0:
+        fail("%s: exit 0 although a rank was killed" % t)
+    print("ok: %s: kill -9 of one rank ended the job in %.1f s (exit %d)" % (t, time.time() - t_kill, proc.returncode))
+    checks += 1
+print("check_transport: %d passed, 0 failed" % checks)
