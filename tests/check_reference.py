@@ -22,6 +22,8 @@ usage: check_reference.py KVSTREAM WORKDIR NP [--no-rss]
   and --resume re-reads the tokens from the trace; stream: it holds none),
   against the 24 MB of tokens exact holds, and each resumed run is bitwise
   its uninterrupted run;
+- exact, topk, window and sinks together (the prefix_state methods): a
+  checkpoint under 64 KiB that resumes bitwise (outputs, errors, memory);
 - a checkpoint is refused by a run with another --reference; stream with
   --semantics window-unmasked-values is refused (one line, exit 2)."""
 import os
@@ -178,6 +180,32 @@ for ref in ("memory", "stream"):
                 fail("resumed %s run: exact's %s differs" % (ref, k))
     print("ok: %s: resumed from the small checkpoint: bitwise the uninterrupted run" % ref)
 checks += 2
+
+# the other prefix_state methods (topk, window, sinks) are rebuilt too: a
+# checkpoint of all four stays small, and resumes bitwise (memory included)
+PS = "exact,topk:k=32,window:W=200,sinks:S=4,W=100"
+PSG = ["exact", "topk:k=32", "window:W=200", "sinks:S=4,W=100"]
+ck = path("ps.ckpt")
+r = replay(path("ps.h5"), "memory", "--checkpoint", ck, "--stop-after", "48", methods=PS)
+if r.returncode != 3 or not os.path.exists(ck):
+    fail("prefix-state replay with --stop-after 48: exit %d: %s" % (r.returncode, r.stderr))
+size = os.path.getsize(ck)
+if size > 64 * 1024:
+    fail("checkpoint of %s: %d bytes (expected < 64 KiB: their tokens are rebuilt from the trace)" % (PS, size))
+r = replay(path("ps.h5"), "memory", "--checkpoint", ck, "--resume", ck, methods=PS)
+r2 = replay(path("ps-ref.h5"), "memory", methods=PS)
+if r.returncode or r2.returncode:
+    fail("prefix-state resume / reference run: %s %s" % (r.stderr, r2.stderr))
+with h5py.File(path("ps.h5"), "r") as a, h5py.File(path("ps-ref.h5"), "r") as b:
+    for g in PSG:
+        for d in ("outputs", "rel_error", "bound_ratio"):
+            if not np.array_equal(a["methods"][g][d][...], b["methods"][g][d][...]):
+                fail("resumed prefix-state run: %s/%s differs from the uninterrupted one" % (g, d))
+        for k in ("memory_bytes", "final_memory_bytes", "peak_rank_bytes", "kept_tokens"):
+            if a["methods"][g].attrs[k] != b["methods"][g].attrs[k]:
+                fail("resumed prefix-state run: %s's %s differs" % (g, k))
+print("ok: checkpoint of %s after 48 of %d queries: %d bytes; resumed bitwise" % (PS, M, size))
+checks += 1
 
 r = replay(path("bad.h5"), "stream", "--semantics", "window-unmasked-values", "--window", "100", methods="exact")
 if r.returncode != 2 or "--reference stream" not in first_line(r):

@@ -261,5 +261,6 @@ const kv_method_ops kv_method_exact = {
     .free = exact_free,
     .save = exact_save,
     .load = exact_load,
+    .prefix_state = 1,
     .max_bytes = exact_max_bytes,
 };

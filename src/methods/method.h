@@ -141,6 +141,13 @@ typedef struct kv_method_ops {
      * --max-memory refuses a run before it starts when the bounds add up to
      * more than allowed. */
     int64_t (*max_bytes)(const void *state);
+    /* 1: the state is a function of the calls ingest and horizon alone (no
+     * randomness, nothing learnt from queries): exact, topk, window, sinks.
+     * A checkpoint then records only its token count, and --resume rebuilds
+     * it by replaying the same horizon and ingest calls from the trace
+     * (src/replay/ckptstate.c), so checkpoints do not hold the trace.  save
+     * and load are still required (direct use, tests). */
+    int prefix_state;
 } kv_method_ops;
 
 /* This rank's share of a global budget (tokens, samples): proportional to

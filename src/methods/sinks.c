@@ -185,5 +185,6 @@ const kv_method_ops kv_method_sinks = {
     .free = sinks_free,
     .save = sinks_save,
     .load = sinks_load,
+    .prefix_state = 1,
     .max_bytes = sinks_max_bytes,
 };

@@ -364,5 +364,6 @@ const kv_method_ops kv_method_topk = {
     .free = topk_free,
     .save = topk_save,
     .load = topk_load,
+    .prefix_state = 1,
     .max_bytes = topk_max_bytes,
 };

@@ -165,5 +165,6 @@ const kv_method_ops kv_method_window = {
     .free = window_free,
     .save = window_save,
     .load = window_load,
+    .prefix_state = 1,
     .max_bytes = window_max_bytes,
 };

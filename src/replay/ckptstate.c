@@ -17,7 +17,8 @@
  * blocks the walk cut: the checkpoint records only how many it held, and
  * --resume re-reads them from the trace (the trace is checked by its
  * fingerprint).  Other methods save their state (method.h). */
-static int rebuilt(const replay_instance *x) { return x->ops == kv_method_find("exact"); }
+/* checkpointed as a token count and rebuilt from the trace (method.h) */
+static int rebuilt(const replay_instance *x) { return x->ops->prefix_state; }
 
 /* Identifies the trace: shape, scale, query positions and its first rows. */
 static int64_t fingerprint(const replay *r, kv_err *err)
@@ -207,9 +208,10 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     return KV_OK;
 }
 
-/* The rebuilt instances (exact) from the trace: the walk's positions of
- * queries [0, upto) again, feeding only them; then the shard position and
- * every count must be the checkpoint's. */
+/* The rebuilt instances (prefix_state: exact, topk, window, sinks) from the
+ * trace: the walk's positions of queries [0, upto) again, with the same
+ * horizon calls and ingest blocks, feeding only them; then the shard
+ * position and every count must be the checkpoint's. */
 static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kept, kv_err *err)
 {
     char *only = kv_calloc((size_t)r->M, 1, err);

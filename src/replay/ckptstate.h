@@ -4,7 +4,8 @@
  * the shard position, the walk of a batch stopped inside it (batch.h: how
  * many queries, their answers so far, staged V^T V, memory epochs; the
  * metadata's next_query is then that batch's first query), every instance's
- * timers and peak, then for exact only its token counts (--resume rebuilds
+ * timers and peak, then for the prefix_state methods (exact, topk, window,
+ * sinks) only their token counts (--resume rebuilds
  * it from the trace: replay_shard_rebuild), for the other methods their
  * per-stream state (the methods' save/load), V^T V, and on rank 0 the
  * metrics, the

@@ -117,5 +117,11 @@ int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
 
 int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err)
 {
+    for (int mi = 0; mi < r->M; mi++) { /* the run's horizon(p), for the rebuilt ones only */
+        replay_instance *x = &r->inst[mi];
+        if (!only[mi] || !x->ops->horizon) continue;
+#pragma omp parallel for schedule(static) if (r->par_streams)
+        for (int64_t s = 0; s < r->S; s++) x->ops->horizon(x->st[s], p);
+    }
     return walk_to(sh, r, p, only, err);
 }
