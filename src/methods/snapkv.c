@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/dot.h"
+#include "kernels/held.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
 
@@ -298,34 +299,9 @@ static int snapkv_ingest(void *state, const float *K, const float *V, int64_t fi
 
 static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    snapkv_state *s = state;
-    int d = s->ctx.d, dv = s->ctx.dv;
-    size_t sl = KV_PSTATE_LEN(dv), n = (size_t)s->held;
+    const snapkv_state *s = state;
     (void)p; /* every held token is < p */
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
-    if (!n || nq <= 0) return KV_OK;
-    double *w = malloc(sizeof(double) * n);
-    if (!w) return KV_EINTERNAL;
-    for (int q = 0; q < nq; q++) {
-        const float *qq = Q + (size_t)q * d;
-        double m = -INFINITY, l = 0, l2 = 0, *x = st + q * sl;
-        for (size_t t = 0; t < n; t++) {
-            w[t] = logit(s, qq, s->K + t * (size_t)d);
-            m = w[t] > m ? w[t] : m;
-        }
-        for (size_t t = 0; t < n; t++) {
-            double e = exp(w[t] - m);
-            const float *v = s->V + t * dv;
-            l += e;
-            l2 += e * e;
-            for (int c = 0; c < dv; c++) x[KV_PS_U + c] += e * v[c];
-        }
-        x[KV_PS_M] = m;
-        x[KV_PS_L] = l;
-        x[KV_PS_L2] = l2;
-    }
-    free(w);
-    return KV_OK;
+    return kv_attn_held(Q, nq, s->K, s->V, (size_t)s->held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
 /* buffer the call's queries with their global (m, l) (the last W of them) */
