@@ -39,6 +39,10 @@ _Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows
 #define KV_PF_TOKENS 128 /* software prefetch distance in tokens (0: off); 128 measured best here */
 #endif
 
+/* Every function taking or returning these vectors is static to this file,
+ * so no call crosses an ABI boundary: -Wpsabi's note (clang and GCC, builds
+ * without AVX-512) does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
