@@ -80,14 +80,14 @@ static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, c
  * The memory epoch of position p starts after the drop: what was held
  * before it is the state the previous epoch ended with, counted there, and
  * starting from it would add one rank's old window to another's new one. */
-static void horizon(replay *r, int64_t p)
+static void horizon(replay *r, int64_t p, const char *only)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
-        if (!x->ops->horizon) continue;
+        if (!x->ops->horizon || (only && !only[mi])) continue;
 #pragma omp parallel for schedule(static) if (r->par_streams)
         for (int64_t s = 0; s < r->S; s++) x->ops->horizon(x->st[s], p);
-        x->epoch = replay_instance_bytes(x, r->S);
+        if (!only) x->epoch = replay_instance_bytes(x, r->S); /* a rebuild sets it at its end */
     }
 }
 
@@ -111,17 +111,12 @@ static int walk_to(replay_shard *sh, replay *r, int64_t p, const char *only, kv_
 
 int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err)
 {
-    horizon(r, p);
+    horizon(r, p, NULL);
     return walk_to(sh, r, p, NULL, err);
 }
 
 int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err)
 {
-    for (int mi = 0; mi < r->M; mi++) { /* the run's horizon(p), for the rebuilt ones only */
-        replay_instance *x = &r->inst[mi];
-        if (!only[mi] || !x->ops->horizon) continue;
-#pragma omp parallel for schedule(static) if (r->par_streams)
-        for (int64_t s = 0; s < r->S; s++) x->ops->horizon(x->st[s], p);
-    }
+    horizon(r, p, only); /* the run's horizon(p), for the rebuilt ones only */
     return walk_to(sh, r, p, only, err);
 }
