@@ -21,10 +21,7 @@ import subprocess
 import sys
 import time
 
-import h5py
-import numpy as np
-
-from kvtest import fail, mpi_env
+from kvtest import fail, mpi_env, results_equal
 
 exe, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
@@ -37,7 +34,6 @@ TRANSPORTS = {
 }
 METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
            "subgen:delta=1.5,t=8,s=64")
-TIMING = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads"}
 checks = 0
 
 
@@ -56,33 +52,6 @@ def run(c, timeout=300):
         fail("timed out after %ds (hang?): %s" % (timeout, " ".join(c)))
 
 
-def attrs_equal(a, b, where):
-    for k in a.attrs:
-        if k in TIMING:
-            continue
-        x, y = a.attrs[k], b.attrs.get(k)
-        if y is None or not np.array_equal(np.asarray(x), np.asarray(y)):
-            fail("%s: attribute %s differs: %r vs %r" % (where, k, x, y))
-
-
-def same_results(a, b, what):
-    n = 0
-    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
-        attrs_equal(x, y, what + " /")
-        if not np.array_equal(x["query_pos"][...], y["query_pos"][...]):
-            fail(what + ": /query_pos differs")
-        if sorted(x["methods"]) != sorted(y["methods"]):
-            fail("%s: method groups differ: %s vs %s" % (what, sorted(x["methods"]), sorted(y["methods"])))
-        for g in x["methods"]:
-            gx, gy = x["methods"][g], y["methods"][g]
-            attrs_equal(gx, gy, "%s /methods/%s" % (what, g))
-            for d in gx:
-                if d not in gy or not np.array_equal(gx[d][...], gy[d][...]):
-                    fail("%s: /methods/%s/%s differs between the transports" % (what, g, d))
-                n += 1
-    return n
-
-
 trace = path("tr.h5")
 r = run(cmd("shm", 2, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams", "2",
             "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "9", "-o", trace))
@@ -97,7 +66,7 @@ for np_ in (2, 4):
                     "--seed", "4", "-o", outs[t]))
         if r.returncode:
             fail("replay over %s at %d ranks failed: %s" % (t, np_, r.stderr))
-    n = same_results(outs["shm"], outs["tcp"], "%d ranks" % np_)
+    n = results_equal(outs["shm"], outs["tcp"], "%d ranks, shared memory vs TCP" % np_)
     print("ok: %d ranks: shared memory and TCP runs bitwise equal (%d datasets)" % (np_, n))
     checks += 1
 

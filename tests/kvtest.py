@@ -60,3 +60,39 @@ def run(cmd, timeout=120):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
     except subprocess.TimeoutExpired:
         fail("timed out after %ds (hang?): %s" % (timeout, " ".join(cmd)))
+
+
+# Attributes that measure the machine, not the computation: they differ
+# between any two runs and are left out of bitwise comparisons.
+TIMING_ATTRS = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads"}
+
+
+def _attrs_equal(a, b, where):
+    for k in a.attrs:
+        if k in TIMING_ATTRS:
+            continue
+        x, y = a.attrs[k], b.attrs.get(k)
+        if y is None or not np.array_equal(np.asarray(x), np.asarray(y)):
+            fail("%s: attribute %s differs: %r vs %r" % (where, k, x, y))
+
+
+def results_equal(a, b, what):
+    """Fail unless results files a and b agree bitwise: /query_pos, every
+    dataset of every method group (outputs, rel_error, bound_ratio, ...) and
+    every attribute but TIMING_ATTRS.  Returns the number of datasets."""
+    import h5py
+    n = 0
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        _attrs_equal(x, y, what + " /")
+        if not np.array_equal(x["query_pos"][...], y["query_pos"][...]):
+            fail(what + ": /query_pos differs")
+        if sorted(x["methods"]) != sorted(y["methods"]):
+            fail("%s: method groups differ: %s vs %s" % (what, sorted(x["methods"]), sorted(y["methods"])))
+        for g in x["methods"]:
+            gx, gy = x["methods"][g], y["methods"][g]
+            _attrs_equal(gx, gy, "%s /methods/%s" % (what, g))
+            for d in gx:
+                if d not in gy or not np.array_equal(gx[d][...], gy[d][...]):
+                    fail("%s: /methods/%s/%s differs" % (what, g, d))
+                n += 1
+    return n

@@ -1,0 +1,7 @@
+# Two emulated nodes on one machine (issue 16): a 4-rank replay split 2+2
+# over "nodea" and "nodeb" (tests/fake_rsh.sh starts each node's orted
+# locally) uses vader inside a node and TCP between them, and is bitwise the
+# 4-rank shared-memory run; kill -9 of a rank ends it (tests/check_nodes.py).
+add_test(NAME transport_nodes COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_nodes.py ${KVSTREAM_EXE}
+         ${KV_WORK}/nodes)
+set_tests_properties(transport_nodes PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;transport" TIMEOUT 600)
