@@ -6,12 +6,12 @@ usage: check_nodes.py KVSTREAM WORKDIR
 A real two-node job has shared memory (btl vader) between the ranks of a
 node and TCP between nodes.  Open MPI 4.1 takes a node to be what one orted
 daemon serves, so mpirun is given two host names that are not this machine
-(`-host nodea:2,nodeb:2`: not resolvable, hence not local) and, as its ssh,
-tests/fake_rsh.sh, which starts each node's orted here with its own vader
-and session directories.  Ranks 0,1 are then on node "nodea" and 2,3 on
-"nodeb".  The test checks, and fails on any deviation:
-- the split happened: the job map puts ranks 0,1 on nodea and 2,3 on
-  nodeb, and Open MPI's own BTL choice (btl_base_verbose: "bml: Using X btl
+(`-host 127.0.0.2:2,127.0.0.3:2`: no interface here has either address, so
+both are other machines to it) and, as its ssh, tests/fake_rsh.sh, which
+starts each node's orted here with its own vader and session directories.
+Ranks 0,1 are then on node A (127.0.0.2) and 2,3 on node B (127.0.0.3).  The test checks, and fails on any deviation:
+- the split happened: the job map puts ranks 0,1 on node A and 2,3 on
+  node B, and Open MPI's own BTL choice (btl_base_verbose: "bml: Using X btl
   for send to RANK", every pair set up at MPI_Init) is vader for each of
   the 4 same-node ordered pairs and tcp for each of the 8 cross-node ones; with vader as the only BTL the
   same placement fails ("unable to reach each other");
@@ -19,7 +19,7 @@ and session directories.  Ranks 0,1 are then on node "nodea" and 2,3 on
   seeded sampling, sketches, topk's select merge, h2o's feedback, the
   quantised caches) is bitwise the plain 4-rank shared-memory run's
   (datasets and attributes, timings and RSS aside);
-- kill -9 of a rank on nodeb mid-replay ends the whole job within 30 s with
+- kill -9 of a rank on node B mid-replay ends the whole job within 30 s with
   a non-zero status;
 - every run finishes within its timeout and leaves no process behind (each
   mpirun gets a session of its own; afterwards no process of that session
@@ -37,11 +37,14 @@ exe, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
 MPIEXEC = os.environ.get("KV_MPIEXEC", "mpiexec")
 RSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_rsh.sh")
-NODES = {"nodea": (0, 1), "nodeb": (2, 3)}
+# numeric names: no resolver is asked (a CI container's DNS may be
+# unreachable), and neither address is one of this machine's interfaces
+# (lo has 127.0.0.1 only), so Open MPI takes both for other machines
+NODES = {"127.0.0.2": (0, 1), "127.0.0.3": (2, 3)}
 # lo only, for the daemons' and the ranks' TCP: the test needs no network
 # interface but loopback (Open MPI leaves lo out by default)
 SPLIT = ["--mca", "plm_rsh_agent", RSH, "--mca", "oob_tcp_if_include", "lo",
-         "-host", "nodea:2,nodeb:2", "--map-by", "slot", "--bind-to", "none",
+         "-host", ",".join("%s:%d" % (n, len(r)) for n, r in NODES.items()), "--map-by", "slot", "--bind-to", "none",
          "--mca", "pml", "ob1", "--mca", "btl_tcp_if_include", "lo"]
 SHM = ["--mca", "pml", "ob1", "--mca", "btl", "vader,self"]
 METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,tova:tokens=400,snapkv:tokens=400,"
@@ -172,8 +175,8 @@ if rc:
     fail("2+2 replay over two emulated nodes failed (exit %d): %s" % (rc, err[-3000:]))
 check_map(out + err)
 nv, nt = check_btls(out + err)
-print("ok: 2+2 replay: map puts ranks 0,1 on nodea and 2,3 on nodeb; %d same-node pairs use vader, "
-      "%d cross-node pairs tcp" % (nv, nt))
+print("ok: 2+2 replay: map puts ranks 0,1 on node A (127.0.0.2) and 2,3 on node B (127.0.0.3); %d same-node "
+      "pairs use vader, %d cross-node pairs tcp" % (nv, nt))
 checks += 1
 
 rc, out, err = run(mpirun(SHM, 4, *replay, "-o", shm_out), "4-rank shared-memory replay")
@@ -190,10 +193,10 @@ if rc == 0:
     fail("2+2 replay with btl vader,self succeeded: the two emulated nodes are one node to Open MPI")
 if "unable to reach each other" not in out + err:
     fail("2+2 replay with btl vader,self failed (exit %d) but not for unreachable peers: %s" % (rc, err[-2000:]))
-print("ok: 2+2 with vader as the only BTL fails: ranks on nodea and nodeb cannot reach each other (exit %d)" % rc)
+print("ok: 2+2 with vader as the only BTL fails: ranks on nodes A and B cannot reach each other (exit %d)" % rc)
 checks += 1
 
-# kill -9 of rank 2 (on nodeb) mid-replay: the whole job ends
+# kill -9 of rank 2 (on node B) mid-replay: the whole job ends
 big = path("big.h5")
 rc, out, err = run(mpirun(SHM, 2, "gen", "--kind", "gaussian", "--streams", "2", "--tokens", "150000", "--dim", "32",
                           "--queries", "2000", "--seed", "2", "-o", big), "gen big")
@@ -236,11 +239,11 @@ try:
 except subprocess.TimeoutExpired:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    fail("kill -9: job still running 30 s after kill -9 of rank 2 on nodeb (hang)")
+    fail("kill -9: job still running 30 s after kill -9 of rank 2 on node B (hang)")
 if proc.returncode == 0:
     fail("kill -9: exit 0 although rank 2 was killed")
 reap(proc, "kill -9 of rank 2")
-print("ok: kill -9 of rank 2 (nodeb) ended the 2+2 job in %.1f s (exit %d), nothing left behind"
+print("ok: kill -9 of rank 2 (node B) ended the 2+2 job in %.1f s (exit %d), nothing left behind"
       % (time.time() - t_kill, proc.returncode))
 checks += 1
 print("check_nodes: %d passed, 0 failed" % checks)

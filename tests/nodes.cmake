@@ -1,5 +1,5 @@
 # Two emulated nodes on one machine (issue 16): a 4-rank replay split 2+2
-# over "nodea" and "nodeb" (tests/fake_rsh.sh starts each node's orted
+# over two "nodes", 127.0.0.2 and 127.0.0.3 (tests/fake_rsh.sh starts their orteds
 # locally) uses vader inside a node and TCP between them, and is bitwise the
 # 4-rank shared-memory run; kill -9 of a rank ends it (tests/check_nodes.py).
 add_test(NAME transport_nodes COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_nodes.py ${KVSTREAM_EXE}
