@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Replays over two emulated nodes on one machine (issue 16, item 5).
 
-usage: check_nodes.py KVSTREAM WORKDIR
+usage: check_nodes.py KVSTREAM WORKDIR [--slurm]
 
 A real two-node job has shared memory (btl vader) between the ranks of a
 node and TCP between nodes.  Open MPI 4.1 takes a node to be what one orted
@@ -9,7 +9,11 @@ daemon serves, so mpirun is given two host names that are not this machine
 (`-host 127.0.0.2:2,127.0.0.3:2`: no interface here has either address, so
 both are other machines to it) and, as its ssh, tests/fake_rsh.sh, which
 starts each node's orted here with its own vader and session directories.
-Ranks 0,1 are then on node A (127.0.0.2) and 2,3 on node B (127.0.0.3).  The test checks, and fails on any deviation:
+Ranks 0,1 are then on node A (127.0.0.2) and 2,3 on node B (127.0.0.3).
+With --slurm the two nodes are Slurm's instead: kvnode1 and kvnode2 of a
+multiple-slurmd cluster on this machine (tests/slurm_nodes.sh starts it,
+tests/slurm_cluster.sh), and the split runs are `salloc -N 2
+--ntasks-per-node=2 mpiexec ...`, whose orteds Slurm starts by srun.  The test checks, and fails on any deviation:
 - the split happened: the job map puts ranks 0,1 on node A and 2,3 on
   node B, and Open MPI's own BTL choice (btl_base_verbose: "bml: Using X btl
   for send to RANK", every pair set up at MPI_Init) is vader for each of
@@ -22,8 +26,10 @@ Ranks 0,1 are then on node A (127.0.0.2) and 2,3 on node B (127.0.0.3).  The tes
 - kill -9 of a rank on node B mid-replay ends the whole job within 30 s with
   a non-zero status;
 - every run finishes within its timeout and leaves no process behind (each
-  mpirun gets a session of its own; afterwards no process of that session
-  may remain, orteds included)."""
+  mpirun gets a session of its own and a marker in its environment that
+  orted and the ranks inherit, also under Slurm, where they descend from
+  slurmd; afterwards no process of that session or with that marker may
+  remain)."""
 import os
 import re
 import signal
@@ -33,20 +39,31 @@ import time
 
 from kvtest import fail, mpi_env, results_equal
 
-exe, work = sys.argv[1], sys.argv[2]
+if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--slurm"]):
+    fail("usage: check_nodes.py KVSTREAM WORKDIR [--slurm]")
+exe, work, slurm = sys.argv[1], sys.argv[2], sys.argv[3:] == ["--slurm"]
 os.makedirs(work, exist_ok=True)
 MPIEXEC = os.environ.get("KV_MPIEXEC", "mpiexec")
 RSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_rsh.sh")
-# numeric names: no resolver is asked (a CI container's DNS may be
-# unreachable), and neither address is one of this machine's interfaces
-# (lo has 127.0.0.1 only), so Open MPI takes both for other machines
-NODES = {"127.0.0.2": (0, 1), "127.0.0.3": (2, 3)}
 # lo only, for the daemons' and the ranks' TCP: the test needs no network
 # interface but loopback (Open MPI leaves lo out by default)
-SPLIT = ["--mca", "plm_rsh_agent", RSH, "--mca", "oob_tcp_if_include", "lo",
-         "-host", ",".join("%s:%d" % (n, len(r)) for n, r in NODES.items()), "--map-by", "slot", "--bind-to", "none",
-         "--mca", "pml", "ob1", "--mca", "btl_tcp_if_include", "lo"]
+LO = ["--mca", "oob_tcp_if_include", "lo", "--mca", "pml", "ob1", "--mca", "btl_tcp_if_include", "lo"]
+if slurm:
+    if not os.environ.get("SLURM_CONF"):
+        fail("--slurm: SLURM_CONF is not set (run tests/slurm_nodes.sh, which starts the cluster)")
+    NODES = {"kvnode1": (0, 1), "kvnode2": (2, 3)}
+    SPLIT_PRE = ["salloc", "--quiet", "-N", "2", "--ntasks-per-node=2", "--time=10"]
+    SPLIT = LO + ["--bind-to", "none"]
+else:
+    # numeric names: no resolver is asked (a CI container's DNS may be
+    # unreachable), and neither address is one of this machine's interfaces
+    # (lo has 127.0.0.1 only), so Open MPI takes both for other machines
+    NODES = {"127.0.0.2": (0, 1), "127.0.0.3": (2, 3)}
+    SPLIT_PRE = []
+    SPLIT = LO + ["--mca", "plm_rsh_agent", RSH, "--map-by", "slot", "--bind-to", "none",
+                  "-host", ",".join("%s:%d" % (n, len(r)) for n, r in NODES.items())]
 SHM = ["--mca", "pml", "ob1", "--mca", "btl", "vader,self"]
+MARK = "KV_CHECK_NODES=%d.%d" % (os.getpid(), time.time_ns())
 METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,tova:tokens=400,snapkv:tokens=400,"
            "uniform:tokens=400,topk:k=64,balancekv:tokens=400,subgen:delta=1.5,t=8,s=64,"
            "kivi:bits=4,kivi:bits=2,name=kivi2,qjl")
@@ -60,29 +77,57 @@ def path(name):
 def env():
     e = mpi_env()
     e["KV_NODES_DIR"] = path("nodes")
+    k, v = MARK.split("=")
+    e[k] = v
     return e
 
 
-def session_procs(sid):
-    """Pids of the live processes of session sid (a zombie has no session)."""
+def environ(p):
+    with open("/proc/%d/environ" % p, "rb") as f:
+        return f.read().split(b"\0")
+
+
+def ours(p, sid):
+    """Is pid p of this script's run with session sid: in the session, or a
+    kvstream rank or orted with MARK in its environment (only theirs is
+    read; under Slurm they descend from slurmd, not from us)?"""
+    if os.getsid(p) == sid:
+        return True
+    with open("/proc/%d/cmdline" % p, "rb") as f:
+        prog = f.read().split(b"\0")[0]
+    if prog != exe.encode() and os.path.basename(prog) != b"orted":
+        return False
+    return MARK.encode() in environ(p)
+
+
+def our_procs(sid):
+    """Pids of the live processes of this script's run with session sid."""
     out = []
     for p in os.listdir("/proc"):
-        if p.isdigit():
+        if p.isdigit() and int(p) != os.getpid():
             try:
-                if os.getsid(int(p)) == sid:
+                if ours(int(p), sid):
                     out.append(int(p))
             except OSError:
-                pass  # gone meanwhile
+                pass  # gone meanwhile, or a zombie
     return out
+
+
+def kill_all(proc):
+    for p in our_procs(proc.pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def reap(proc, what):
     """mpirun has ended: nothing it started may outlive it (give orted and
     the ranks 10 s to finish exiting), else kill them and fail."""
     t0 = time.time()
-    while session_procs(proc.pid) and time.time() - t0 < 10:
+    while our_procs(proc.pid) and time.time() - t0 < 10:
         time.sleep(0.2)
-    left = session_procs(proc.pid)
+    left = our_procs(proc.pid)
     if left:
         cmds = []
         for p in left:
@@ -91,7 +136,7 @@ def reap(proc, what):
                     cmds.append(f.read().replace(b"\0", b" ").decode(errors="replace")[:80])
             except OSError:
                 pass
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_all(proc)
         fail("%s: %d processes left behind after mpirun ended: %s" % (what, len(left), "; ".join(cmds)))
 
 
@@ -108,7 +153,7 @@ def run(args, what, timeout):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_all(proc)
         proc.communicate()
         fail("%s: timed out after %d s (hang?): %s" % (what, timeout, " ".join(args)))
     reap(proc, what)
@@ -117,6 +162,11 @@ def run(args, what, timeout):
 
 def mpirun(opts, np_, *args):
     return [MPIEXEC, "--oversubscribe"] + opts + ["-n", str(np_), exe] + list(args)
+
+
+def split(opts, *args):
+    """A 4-rank run over the two nodes."""
+    return SPLIT_PRE + mpirun(SPLIT + opts, 4, *args)
 
 
 def check_map(text):
@@ -171,15 +221,15 @@ replay = ["replay", trace, "--methods", METHODS, "--batch", "10", "--save-output
 split_out, shm_out = path("split.h5"), path("shm.h5")
 # (mpi_add_procs_cutoff: connect every pair at MPI_Init, so all 12 are logged,
 # not only those the replay's collectives happen to use)
-rc, out, err = run(mpirun(SPLIT + ["--mca", "btl", "vader,tcp,self", "--display-map", "--mca", "btl_base_verbose",
-                                   "100", "--mca", "mpi_add_procs_cutoff", "64"], 4, *replay, "-o", split_out),
-                   "2+2 replay", 150)
+rc, out, err = run(split(["--mca", "btl", "vader,tcp,self", "--display-map", "--mca", "btl_base_verbose", "100",
+                          "--mca", "mpi_add_procs_cutoff", "64"], *replay, "-o", split_out), "2+2 replay", 150)
 if rc:
     fail("2+2 replay over two emulated nodes failed (exit %d): %s" % (rc, err[-3000:]))
 check_map(out + err)
 nv, nt = check_btls(out + err)
-print("ok: 2+2 replay: map puts ranks 0,1 on node A (127.0.0.2) and 2,3 on node B (127.0.0.3); %d same-node "
-      "pairs use vader, %d cross-node pairs tcp" % (nv, nt))
+A, B = NODES
+print("ok: 2+2 replay: map puts ranks 0,1 on node A (%s) and 2,3 on node B (%s); %d same-node pairs use vader, "
+      "%d cross-node pairs tcp" % (A, B, nv, nt))
 checks += 1
 
 rc, out, err = run(mpirun(SHM, 4, *replay, "-o", shm_out), "4-rank shared-memory replay", 120)
@@ -190,7 +240,7 @@ print("ok: 2+2 over two emulated nodes and 4 ranks over shared memory bitwise eq
 checks += 1
 
 # vader cannot cross nodes: with it alone the same placement cannot connect
-rc, out, err = run(mpirun(SPLIT + ["--mca", "btl", "vader,self"], 4, *replay, "-o", path("vader-only.h5")),
+rc, out, err = run(split(["--mca", "btl", "vader,self"], *replay, "-o", path("vader-only.h5")),
                    "2+2 replay with vader only", 60)
 if rc == 0:
     fail("2+2 replay with btl vader,self succeeded: the two emulated nodes are one node to Open MPI")
@@ -205,20 +255,19 @@ rc, out, err = run(mpirun(SHM, 2, "gen", "--kind", "gaussian", "--streams", "2",
                           "--queries", "2000", "--seed", "2", "-o", big), "gen big", 60)
 if rc:
     fail("gen: " + err)
-proc = start(mpirun(SPLIT + ["--mca", "btl", "vader,tcp,self"], 4, "replay", big, "--methods",
-                    "exact,h2o:tokens=2000", "--batch", "16", "--quiet", "-o", path("killed.h5")))
+proc = start(split(["--mca", "btl", "vader,tcp,self"], "replay", big, "--methods", "exact,h2o:tokens=2000",
+                   "--batch", "16", "--quiet", "-o", path("killed.h5")))
 
 
 def rank_pid(rank):
-    """The pid of rank `rank` among proc's session (its OMPI_COMM_WORLD_RANK)."""
-    for p in session_procs(proc.pid):
+    """The pid of rank `rank` (its OMPI_COMM_WORLD_RANK) of this run."""
+    for p in our_procs(proc.pid):
         try:
             with open("/proc/%d/cmdline" % p, "rb") as f:
                 if not f.read().startswith(exe.encode() + b"\0"):
                     continue
-            with open("/proc/%d/environ" % p, "rb") as f:
-                if b"OMPI_COMM_WORLD_RANK=%d" % rank in f.read().split(b"\0"):
-                    return p
+            if b"OMPI_COMM_WORLD_RANK=%d" % rank in environ(p):
+                return p
         except OSError:
             pass
     return None
@@ -229,9 +278,16 @@ while victim is None and time.time() - t0 < 30 and proc.poll() is None:
     time.sleep(0.3)
     victim = rank_pid(2)
 if victim is None:
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_all(proc)
     proc.communicate()
     fail("kill -9: rank 2 was not found (mpirun exit %s)" % proc.returncode)
+# node B's ranks have node B's own vader directory (fake_rsh.sh, or the
+# cluster's TaskProlog under Slurm), not one shared with node A
+vdir = [v for v in environ(victim) if v.startswith(b"OMPI_MCA_btl_vader_backing_directory=")]
+if len(vdir) != 1 or not vdir[0].endswith(b"/%s/shm" % B.encode()):
+    kill_all(proc)
+    proc.communicate()
+    fail("rank 2's vader backing directory is %s, not node %s's own" % (vdir, B))
 time.sleep(1.5)  # let the ranks get into the batches and their collectives
 if proc.poll() is not None:
     fail("kill -9: the replay ended before the kill; make the trace bigger")
@@ -240,13 +296,13 @@ t_kill = time.time()
 try:
     proc.communicate(timeout=30)
 except subprocess.TimeoutExpired:
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_all(proc)
     proc.communicate()
     fail("kill -9: job still running 30 s after kill -9 of rank 2 on node B (hang)")
 if proc.returncode == 0:
     fail("kill -9: exit 0 although rank 2 was killed")
 reap(proc, "kill -9 of rank 2")
-print("ok: kill -9 of rank 2 (node B) ended the 2+2 job in %.1f s (exit %d), nothing left behind"
+print("ok: rank 2 uses node B's own vader directory; kill -9 of it ended the 2+2 job in %.1f s (exit %d), nothing left behind"
       % (time.time() - t_kill, proc.returncode))
 checks += 1
 print("check_nodes: %d passed, 0 failed" % checks)

@@ -5,3 +5,12 @@
 add_test(NAME transport_nodes COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_nodes.py ${KVSTREAM_EXE}
          ${KV_WORK}/nodes)
 set_tests_properties(transport_nodes PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;transport" TIMEOUT 600)
+
+# The same check on two Slurm nodes: a multiple-slurmd cluster on this
+# machine started by the test (tests/slurm_nodes.sh); FAILS, does not skip,
+# without slurm-wlm and munge. Serial, like the other Slurm test.
+add_test(NAME transport_nodes_slurm
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/slurm_nodes.sh ${KVSTREAM_EXE} ${CMAKE_SOURCE_DIR}
+                 ${KV_WORK}/nodes-slurm)
+set_tests_properties(transport_nodes_slurm PROPERTIES LABELS "mpi;transport;slurm" TIMEOUT 600
+                     ENVIRONMENT "${KV_PYENV}" RUN_SERIAL TRUE)

@@ -3,6 +3,7 @@
 # for trying the job scripts in jobs/ by hand.
 #
 #   bash tests/slurm_cluster.sh start DIR   # munged + slurmctld + slurmd, node idle
+#   bash tests/slurm_cluster.sh start DIR 2 # the same with two emulated nodes (below)
 #   export SLURM_CONF=DIR/slurm.conf        # then sbatch/squeue/scontrol as usual
 #   bash tests/slurm_cluster.sh stop DIR    # cancel jobs, stop the daemons (by PID)
 #
@@ -17,14 +18,30 @@
 # and munge (scripts/deps.sh), and root (SlurmUser=root; the daemons run as
 # the calling user). One node named $(hostname -s) with nproc CPUs and a bit
 # less memory than the machine, partition `debug`.
+#
+# With NODES > 1 (second argument of start / kv_slurm_start), Slurm's
+# multiple-slurmd mode (Debian's 22.05 build has it: `scontrol show config`
+# says MULTIPLE_SLURMD = Yes): nodes kvnode1..kvnodeNODES, one slurmd each
+# (`slurmd -N kvnodeI`, own port, spool, pid and log file), all on this
+# machine, each with nproc CPUs and an even share of the memory. They share
+# one hostname, so a TaskProlog gives each node's tasks their own Open MPI
+# vader backing directory and session-directory base (DIR/nodes/NAME): the
+# orted that mpirun starts by srun on each node passes them to its ranks,
+# so ranks on different nodes do not open the same /dev/shm segment
+# (README, "Transports"). srun --mpi=pmix direct launch does not work across
+# them: both nodes' step daemons create the same PMIx client directory.
 
 kv_slurm_log() { echo "slurm_cluster: $*" >&2; }
 
-# the PIDs we started, one "name pid" per line in DIR/daemons
+# the PIDs we started, one "name pid" per line in DIR/daemons (the last
+# of that name; kv_slurm_pids: all of them, e.g. every node's slurmd)
 kv_slurm_pid() { awk -v n="$2" '$1 == n { print $2 }' "$1/daemons" 2>/dev/null | tail -n 1; }
+kv_slurm_pids() { awk -v n="$2" '$1 == n { print $2 }' "$1/daemons" 2>/dev/null; }
 
 kv_slurm_free_port() {
-  # a TCP port in 20000-30000 that nothing listens on (nor on port+1)
+  # a TCP port in 20000-30000 that nothing listens on, nor the next $1 - 1
+  # ports (default 2: port and port+1)
+  local n=${1:-2} k ok
   local used p
   # ports in use: from ss (iproute2) when present, and from /proc/net/tcp*
   used=$( {
@@ -35,14 +52,16 @@ kv_slurm_free_port() {
   } | sort -u)
   for _ in $(seq 1 200); do
     p=$(( 20000 + RANDOM % 10000 ))
-    if ! grep -qx -e "$p" -e "$((p + 1))" <<<"$used"; then echo "$p"; return 0; fi
+    ok=1
+    for k in $(seq 0 $((n - 1))); do grep -qx -e "$((p + k))" <<<"$used" && { ok=0; break; }; done
+    if [ "$ok" -eq 1 ]; then echo "$p"; return 0; fi
   done
   return 1
 }
 
 kv_slurm_write_conf() {
-  local dir=$1 port host cpus mem
-  port=$(kv_slurm_free_port) || { kv_slurm_log "no free port"; return 1; }
+  local dir=$1 nodes=${2:-1} port host cpus mem i
+  port=$(kv_slurm_free_port $((nodes + 1))) || { kv_slurm_log "no free port"; return 1; }
   host=$(hostname -s)
   cpus=$(nproc)
   mem=$(free -m | awk '/^Mem:/ { print $2 }')
@@ -90,13 +109,37 @@ MinJobAge=600
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
+EOF
+  if [ "$nodes" -eq 1 ]; then
+    cat >> "$dir/slurm.conf" <<EOF
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+    return 0
+  fi
+  # multiple-slurmd: per-node daemon files (%n is the node name), a port each
+  sed -i -e '/^SlurmdPort=/d' -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$dir/spool/%n|" \
+      -e "s|^SlurmdPidFile=.*|SlurmdPidFile=$dir/slurmd.%n.pid|" \
+      -e "s|^SlurmdLogFile=.*|SlurmdLogFile=$dir/log/slurmd.%n.log|" "$dir/slurm.conf"
+  cat > "$dir/taskprolog.sh" <<EOF
+#!/bin/sh
+# each emulated node's Open MPI files apart (see tests/slurm_cluster.sh)
+d=$dir/nodes/\$SLURMD_NODENAME
+mkdir -p "\$d/shm" "\$d/tmp" || exit 1
+echo "export OMPI_MCA_btl_vader_backing_directory=\$d/shm"
+echo "export OMPI_MCA_orte_tmpdir_base=\$d/tmp"
+EOF
+  chmod 755 "$dir/taskprolog.sh"
+  echo "TaskProlog=$dir/taskprolog.sh" >> "$dir/slurm.conf"
+  for i in $(seq 1 "$nodes"); do
+    echo "NodeName=kvnode$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((port + i)) CPUs=$cpus" \
+         "RealMemory=$((mem / nodes)) State=UNKNOWN" >> "$dir/slurm.conf"
+  done
+  echo "PartitionName=debug Nodes=kvnode[1-$nodes] Default=YES MaxTime=INFINITE State=UP" >> "$dir/slurm.conf"
 }
 
 kv_slurm_start() {
-  local dir=$1 b t state
+  local dir=$1 nodes=${2:-1} b t state i
   for b in munged mungekey slurmctld slurmd sbatch squeue scontrol scancel sinfo; do
     if ! command -v "$b" >/dev/null && [ ! -x "/usr/sbin/$b" ]; then
       kv_slurm_log "$b not found: install Debian's slurm-wlm and munge (bash scripts/deps.sh)"
@@ -115,25 +158,35 @@ kv_slurm_start() {
   echo "munged $!" >> "$dir/daemons"
   for t in $(seq 1 50); do [ -S "$dir/munge.socket" ] && break; sleep 0.1; done
   if [ ! -S "$dir/munge.socket" ]; then kv_slurm_log "munged did not start:"; cat "$dir/munged.out" "$dir/munged.log" >&2 2>/dev/null; return 1; fi
-  kv_slurm_write_conf "$dir" || return 1
+  kv_slurm_write_conf "$dir" "$nodes" || return 1
   export SLURM_CONF=$dir/slurm.conf
   # -D: foreground (see munged); -i: ignore any saved state (there is none)
   slurmctld -D -i -f "$SLURM_CONF" >>"$dir/log/slurmctld.out" 2>&1 &
   echo "slurmctld $!" >> "$dir/daemons"
-  slurmd -D -f "$SLURM_CONF" >>"$dir/log/slurmd.out" 2>&1 &
-  echo "slurmd $!" >> "$dir/daemons"
+  if [ "$nodes" -eq 1 ]; then
+    slurmd -D -f "$SLURM_CONF" >>"$dir/log/slurmd.out" 2>&1 &
+    echo "slurmd $!" >> "$dir/daemons"
+  else
+    for i in $(seq 1 "$nodes"); do
+      slurmd -D -N "kvnode$i" -f "$SLURM_CONF" >>"$dir/log/slurmd.kvnode$i.out" 2>&1 &
+      echo "slurmd $!" >> "$dir/daemons"
+    done
+  fi
   state=""
   for t in $(seq 1 60); do
-    state=$(sinfo -h -N -o '%T' 2>/dev/null | head -n 1)
-    case "$state" in idle*) break ;; esac
+    # every node's state; done when all NODES are idle
+    state=$(sinfo -h -N -o '%T' 2>/dev/null | tr '\n' ' ')
+    [ "$(grep -o 'idle' <<<"$state" | wc -l)" -eq "$nodes" ] && break
     sleep 0.5
   done
-  case "$state" in
-    idle*) kv_slurm_log "node $(hostname -s) idle after ~$((t / 2)) s (SLURM_CONF=$SLURM_CONF)" ;;
-    *) kv_slurm_log "node not idle after 30 s (state '$state'); logs:"
-       tail -n 20 "$dir"/log/*.log "$dir"/log/*.out >&2 2>/dev/null
-       return 1 ;;
-  esac
+  if [ "$(grep -o 'idle' <<<"$state" | wc -l)" -eq "$nodes" ]; then
+    if [ "$nodes" -eq 1 ]; then kv_slurm_log "node $(hostname -s) idle after ~$((t / 2)) s (SLURM_CONF=$SLURM_CONF)"
+    else kv_slurm_log "nodes kvnode[1-$nodes] idle after ~$((t / 2)) s (SLURM_CONF=$SLURM_CONF)"; fi
+  else
+    kv_slurm_log "nodes not all idle after 30 s (states: '$state'); logs:"
+    tail -n 20 "$dir"/log/*.log "$dir"/log/*.out >&2 2>/dev/null
+    return 1
+  fi
 }
 
 # alive and still the daemon we started (not a recycled PID)
@@ -155,21 +208,23 @@ kv_slurm_stop() {
     fi
   fi
   for name in slurmd slurmctld munged; do
-    pid=$(kv_slurm_pid "$dir" "$name")
-    kv_slurm_alive "$pid" "$name" || continue
-    kill -TERM "$pid" 2>/dev/null
-    for t in $(seq 1 100); do kv_slurm_alive "$pid" "$name" || break; sleep 0.1; done
-    if kv_slurm_alive "$pid" "$name"; then kv_slurm_log "$name ($pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid" 2>/dev/null; fi
-    wait "$pid" 2>/dev/null
+    for pid in $(kv_slurm_pids "$dir" "$name"); do
+      kv_slurm_alive "$pid" "$name" || continue
+      kill -TERM "$pid" 2>/dev/null
+      for t in $(seq 1 100); do kv_slurm_alive "$pid" "$name" || break; sleep 0.1; done
+      if kv_slurm_alive "$pid" "$name"; then kv_slurm_log "$name ($pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid" 2>/dev/null; fi
+      wait "$pid" 2>/dev/null
+    done
   done
   mv "$dir/daemons" "$dir/daemons.stopped"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
-    start) [ -n "${2:-}" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+    start) [ -n "${2:-}" ] || { echo "usage: $0 start DIR [NODES] | stop DIR" >&2; exit 2; }
+           case "${3:-1}" in [1-9] | [1-9][0-9]) ;; *) echo "$0: NODES must be 1-99, not '${3:-}'" >&2; exit 2 ;; esac
            # detached: the daemons must outlive this shell
-           kv_slurm_start "$2" || { kv_slurm_stop "$2"; exit 1; }
+           kv_slurm_start "$2" "${3:-1}" || { kv_slurm_stop "$2"; exit 1; }
            echo "export SLURM_CONF=$(cd "$2" && pwd)/slurm.conf" ;;
     stop) [ -n "${2:-}" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
           kv_slurm_stop "$2" ;;
