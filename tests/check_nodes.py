@@ -13,12 +13,16 @@ Ranks 0,1 are then on node A (127.0.0.2) and 2,3 on node B (127.0.0.3).
 With --slurm the two nodes are Slurm's instead: kvnode1 and kvnode2 of a
 multiple-slurmd cluster on this machine (tests/slurm_nodes.sh starts it,
 tests/slurm_cluster.sh), and the split runs are `salloc -N 2
---ntasks-per-node=2 mpiexec ...`, whose orteds Slurm starts by srun.  The test checks, and fails on any deviation:
+--ntasks-per-node=2 mpiexec ...`, whose orteds Slurm starts by srun (the
+cluster's TaskProlog sets the per-node directories).
+
+The test checks, and fails on any deviation:
 - the split happened: the job map puts ranks 0,1 on node A and 2,3 on
-  node B, and Open MPI's own BTL choice (btl_base_verbose: "bml: Using X btl
-  for send to RANK", every pair set up at MPI_Init) is vader for each of
-  the 4 same-node ordered pairs and tcp for each of the 8 cross-node ones; with vader as the only BTL the
-  same placement fails ("unable to reach each other");
+  node B, and Open MPI's own BTL choice (btl_base_verbose: "bml: Using X
+  btl for send to RANK", every pair set up at MPI_Init) is vader for each
+  of the 4 same-node ordered pairs and tcp for each of the 8 cross-node
+  ones; with vader as the only BTL the same placement fails ("unable to
+  reach each other"); a rank of node B has node B's own vader directory;
 - the results file of the 2+2 replay (every method: exact, eviction,
   seeded sampling, sketches, topk's select merge, h2o's feedback, the
   quantised caches) is bitwise the plain 4-rank shared-memory run's
