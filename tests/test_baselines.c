@@ -1,10 +1,10 @@
 /* test_baselines.c - window, sinks, h2o, uniform, topk and unmasked-window
  * driven through their kv_method_ops on generated data.
  *
- * P = 1..4 ranks are emulated in one process: tokens are dealt chunk-cyclically
- * (chunk C) to P instances with ctx.rank/nranks set, ingested in random block
- * sizes, and the per-rank partial states are merged in rank order with
- * kv_partial_merge, as the MPI reduction does.  References are computed
+ * P = 1..4 ranks are emulated in one process (emu.h): tokens are dealt
+ * chunk-cyclically (chunk C) to P instances with ctx.rank/nranks set,
+ * ingested in random block sizes, and the per-rank partial states are merged
+ * in rank order with kv_partial_merge, as the MPI reduction does.  References are computed
  * directly with kv_attn_fold on double states. */
 #include <float.h>
 #include <math.h>
@@ -14,9 +14,10 @@
 #include "methods/method.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
+#include "emu.h"
 #include "testutil.h"
 
-#define MAXP 4
+#define MAXP EMU_MAXP
 #define NQ 4
 
 typedef struct {
@@ -66,113 +67,6 @@ static kv_method_ctx make_ctx(const data *x)
     c.semantics = KV_SEM_FULL;
     c.window = 0;
     return c;
-}
-
-/* ---- P emulated ranks running one method ---- */
-typedef struct {
-    const kv_method_ops *ops;
-    kv_spec *spec;
-    void *inst[MAXP];
-    int P;
-    int64_t C;   /* chunk length of the chunk-cyclic distribution */
-    int64_t fed; /* tokens [0, fed) delivered */
-    kv_rng rng;  /* block sizes */
-} emu;
-
-static void emu_close(emu *e)
-{
-    for (int r = 0; r < e->P; r++)
-        if (e->inst[r]) e->ops->free(e->inst[r]);
-    free(e->spec);
-    memset(e, 0, sizeof *e);
-}
-
-static int emu_open(emu *e, const char *text, const kv_method_ctx *base, int P, int64_t C, kv_err *err)
-{
-    memset(e, 0, sizeof *e);
-    int cnt;
-    if (kv_spec_parse_list(text, &e->spec, &cnt, err)) return err->code;
-    e->ops = kv_method_find(e->spec[0].method);
-    if (!e->ops) return kv_seterr(err, KV_EINPUT, "unknown method '%s'", e->spec[0].method);
-    e->P = P;
-    e->C = C;
-    kv_rng_seed(&e->rng, 7, (uint64_t)P, (uint64_t)C);
-    for (int r = 0; r < P; r++) {
-        kv_method_ctx c = *base;
-        c.rank = r;
-        c.nranks = P;
-        c.shard_tokens = 0; /* the rank's chunk-cyclic shard, as the driver says */
-        c.chunk = C;
-        for (int64_t t = 0; t < c.n_total; t += C) c.shard_tokens += ((t / C) % P == r) ? (c.n_total - t < C ? c.n_total - t : C) : 0;
-        kv_spec_reset(&e->spec[0]);
-        if (e->ops->create(&e->spec[0], &c, &e->inst[r], err)) {
-            emu_close(e);
-            return err->code;
-        }
-    }
-    return KV_OK;
-}
-
-/* deliver tokens [fed, to) to their owners in random-size blocks */
-static void emu_feed(emu *e, const data *x, int64_t to)
-{
-    while (e->fed < to) {
-        int64_t end = (e->fed / e->C + 1) * e->C;
-        if (end > to) end = to;
-        int r = (int)((e->fed / e->C) % e->P);
-        while (e->fed < end) {
-            int64_t len = 1 + (int64_t)kv_rng_below(&e->rng, (uint64_t)(end - e->fed));
-            kv_err err = { 0 };
-            int rc = e->ops->ingest(e->inst[r], x->K + e->fed * x->d, x->V + e->fed * x->dv, e->fed, (size_t)len,
-                                    &err);
-            CHECK(rc == KV_OK, "ingest: %s", err.msg);
-            e->fed += len;
-        }
-    }
-}
-
-/* merged states of nq queries at prefix p */
-static void emu_query(emu *e, const data *x, const float *Q, int nq, int64_t p, double *st)
-{
-    size_t sl = KV_PSTATE_LEN(x->dv);
-    double *tmp = malloc(sizeof(double) * sl * (size_t)nq);
-    /* the driver's promise before it ingests up to p (method.h: horizon) */
-    for (int r = 0; e->ops->horizon && r < e->P; r++) e->ops->horizon(e->inst[r], p);
-    emu_feed(e, x, p);
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, x->dv);
-    for (int r = 0; r < e->P; r++) {
-        e->ops->partial(e->inst[r], Q, nq, p, tmp);
-        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, tmp + q * sl, x->dv);
-    }
-    if (e->ops->feedback) { /* the merged (m, l) go back to every rank (method.h) */
-        double *ml = malloc(sizeof(double) * 2 * (size_t)nq);
-        for (int q = 0; q < nq; q++) {
-            ml[2 * q] = st[q * sl + KV_PS_M];
-            ml[2 * q + 1] = st[q * sl + KV_PS_L];
-        }
-        for (int r = 0; r < e->P; r++)
-            CHECK(e->ops->feedback(e->inst[r], Q, nq, p, ml) == KV_OK, "feedback failed");
-        free(ml);
-    }
-    free(tmp);
-}
-
-static size_t emu_bytes(const emu *e)
-{
-    size_t b = 0;
-    for (int r = 0; r < e->P; r++) b += e->ops->bytes(e->inst[r]);
-    return b;
-}
-
-static int64_t emu_kept(const emu *e)
-{
-    int64_t k = 0;
-    for (int r = 0; r < e->P; r++) {
-        kv_method_extra ex = { -1, -1 };
-        e->ops->extra(e->inst[r], &ex);
-        k += ex.kept_tokens;
-    }
-    return k;
 }
 
 /* ---- references ---- */
@@ -296,7 +190,7 @@ static void test_window_sinks(void)
                 for (int i = 0; i < np; i++) {
                     int64_t p = ps[i];
                     gen_queries(Q, NQ, x.d, &r, 1.5);
-                    emu_query(&e, &x, Q, NQ, p, st);
+                    emu_query(&e, x.K, x.V, Q, NQ, p, st);
                     clear_all(ref, NQ, x.dv);
                     ref_fold(&x, Q, NQ, p - W, p, ref);
                     double er = max_relerr(st, ref, NQ, x.dv);
@@ -307,7 +201,7 @@ static void test_window_sinks(void)
                         er = max_relerr(st, full, NQ, x.dv);
                         worst_full = er > worst_full ? er : worst_full;
                     }
-                    emu_query(&es, &x, Q, NQ, p, st);
+                    emu_query(&es, x.K, x.V, Q, NQ, p, st);
                     clear_all(ref, NQ, x.dv);
                     int64_t s_end = S < p ? S : p, w_lo = p - W > S ? p - W : S;
                     ref_fold(&x, Q, NQ, 0, s_end, ref);
@@ -375,8 +269,8 @@ static void test_unmasked_window(void)
                 double worst = 0, worst_ex = 0;
                 for (int i = 0; i < np; i++) {
                     gen_queries(Q, NQ, d, &r, 1.5);
-                    emu_query(&e, &x, Q, NQ, ps[i], st);
-                    emu_query(&eex, &x, Q, NQ, ps[i], ex);
+                    emu_query(&e, x.K, x.V, Q, NQ, ps[i], st);
+                    emu_query(&eex, x.K, x.V, Q, NQ, ps[i], ex);
                     ref_unmasked(&x, Q, NQ, ps[i], W, ref);
                     double er = max_relerr(st, ref, NQ, dv);
                     worst = er > worst ? er : worst;
@@ -438,7 +332,7 @@ static double mean_err(const data *x, const char *spec, int P, int64_t C, int64_
     for (int64_t p = every; p <= x->n; p += every) {
         gen_queries(Q, NQ, x->d, &r, 1.5);
         for (int i = 0; u && i < NQ * x->d; i++) Q[i] += (float)(alpha * u[i % x->d]);
-        emu_query(&e, x, Q, NQ, p, st);
+        emu_query(&e, x->K, x->V, Q, NQ, p, st);
         clear_all(ref, NQ, x->dv);
         ref_fold(x, Q, NQ, 0, p, ref);
         if (p < 1024) continue;
@@ -573,7 +467,7 @@ static void test_h2o_vs_bruteforce(void)
                 int64_t fed = 0;
                 for (int64_t p = 7; p <= x.n; p += 7 + (int64_t)kv_rng_below(&r, 20)) {
                     gen_queries(Q, NQ, x.d, &r, 2.0);
-                    emu_query(&e, &x, Q, NQ, p, st);
+                    emu_query(&e, x.K, x.V, Q, NQ, p, st);
                     for (; fed < p; fed++) h2o_ref_ingest(&h[(fed / C) % P], fed);
                     clear_all(rs, NQ, x.dv);
                     for (int k = 0; k < P; k++) {
@@ -654,14 +548,14 @@ static void test_h2o(void)
     for (int64_t p = 50; p <= x.n; p += 50) {
         gen_queries(Q, 8, x.d, &r, 2.0);
         for (int q = 0; q < 8; q++) memcpy(Qr + q * x.d, Q + (7 - q) * x.d, sizeof(float) * (size_t)x.d);
-        emu_query(&a, &x, Q, 8, p, sa);
-        emu_query(&b, &x, Qr, 8, p, sb);
+        emu_query(&a, x.K, x.V, Q, 8, p, sa);
+        emu_query(&b, x.K, x.V, Qr, 8, p, sb);
         for (int q = 0; q < 8; q++) {
             double e = max_relerr(sa + q * sl, sb + (7 - q) * sl, 1, x.dv);
             worst_order = e > worst_order ? e : worst_order;
         }
-        emu_query(&w, &x, Q, 8, p, s1);
-        emu_query(&h, &x, Q, 8, p, s2);
+        emu_query(&w, x.K, x.V, Q, 8, p, s1);
+        emu_query(&h, x.K, x.V, Q, 8, p, s2);
         double e = max_relerr(s2, s1, 8, x.dv);
         worst_win = e > worst_win ? e : worst_win;
     }
@@ -678,7 +572,7 @@ static void test_h2o(void)
         if (!z.ops) break;
         for (int64_t p = 100; p <= x.n; p += 100) {
             gen_queries(Q, 8, x.d, &r, 2.0);
-            emu_query(&z, &x, Q, 8, p, sa);
+            emu_query(&z, x.K, x.V, Q, 8, p, sa);
             double zz[8];
             CHECK(kv_partial_output(sa, x.dv, zz) == 0, "h2o recent=0: empty answer");
         }
@@ -713,9 +607,9 @@ static void test_uniform(void)
         CHECK(emu_open(&c, "uniform:tokens=200,seed=7", &ctx, P, 10, &err) == KV_OK, "%s", err.msg);
         CHECK(emu_open(&full, "uniform:tokens=6000", &ctx, P, 10, &err) == KV_OK, "%s", err.msg);
         if (!a.ops || !b.ops || !c.ops || !full.ops) return;
-        emu_query(&a, &x, Q, NQ, x.n, s1);
-        emu_query(&b, &x, Q, NQ, x.n, s2);
-        emu_query(&c, &x, Q, NQ, x.n, s3);
+        emu_query(&a, x.K, x.V, Q, NQ, x.n, s1);
+        emu_query(&b, x.K, x.V, Q, NQ, x.n, s2);
+        emu_query(&c, x.K, x.V, Q, NQ, x.n, s3);
         CHECK(memcmp(s1, s2, sizeof s1) == 0, "uniform P=%d: same seed, different answers", P);
         CHECK(memcmp(s1, s3, sizeof s1) != 0, "uniform P=%d: seed=7 gives the same sample", P);
         /* the ranks together hold exactly the k sampled tokens */
@@ -731,7 +625,7 @@ static void test_uniform(void)
         if (P == 1) memcpy(p1, s1, sizeof p1);
         CHECK(max_relerr(s1, p1, NQ, x.dv) < 1e-5, "uniform P=%d differs from P=1: rel err %.3g", P,
               max_relerr(s1, p1, NQ, x.dv));
-        emu_query(&full, &x, Q, NQ, x.n, s1);
+        emu_query(&full, x.K, x.V, Q, NQ, x.n, s1);
         clear_all(ref, NQ, x.dv);
         ref_fold(&x, Q, NQ, 0, x.n, ref);
         CHECK(max_relerr(s1, ref, NQ, x.dv) < 1e-5, "uniform P=%d budget >= n: rel err %.3g", P,
@@ -857,7 +751,7 @@ static void test_topk(void)
             int skipped = 0;
             for (int64_t p = 150; p <= x.n; p += 150) {
                 gen_queries(Q, NQ, x.d, &r, 2.0);
-                emu_query(&e, &x, Q, NQ, p, st);
+                emu_query(&e, x.K, x.V, Q, NQ, p, st);
                 for (int q = 0; q < NQ; q++) {
                     double delta, relb;
                     double lm = topk_ref(&x, Q + q * x.d, p, ks[ki], ref, &delta, &relb);
@@ -920,7 +814,7 @@ static void test_window_subgen(void)
                 double st[NQ * 11], ref[NQ * 11], worst = 0;
                 for (int i = 0; i < np; i++) {
                     gen_queries(Q, NQ, x.d, &r, 1.5);
-                    emu_query(&e, &x, Q, NQ, ps[i], st);
+                    emu_query(&e, x.K, x.V, Q, NQ, ps[i], st);
                     clear_all(ref, NQ, x.dv);
                     ref_fold(&x, Q, NQ, 0, ps[i], ref);
                     double er = max_relerr(st, ref, NQ, x.dv);

@@ -2,7 +2,7 @@
  * count P is a performance knob only.
  *
  * P = 1..4 ranks are simulated in one process as the replay driver runs
- * them: chunk-cyclic shards (chunk C), one instance per rank with ctx.rank,
+ * them (emu.h): chunk-cyclic shards (chunk C), one instance per rank with ctx.rank,
  * nranks and shard_tokens set, horizon(p) before a rank ingests its tokens
  * < p (in random blocks), topk's select lists merged over ranks with
  * kv_topk_merge and answered by partial_select, partial states merged in
@@ -29,11 +29,11 @@
 #include "methods/method.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
-#include "kernels/topk_merge.h"
 #include "core/rng.h"
+#include "emu.h"
 #include "testutil.h"
 
-#define MAXP 4
+#define MAXP EMU_MAXP
 #define MAXQ 16
 
 typedef struct {
@@ -83,154 +83,6 @@ static kv_method_ctx make_ctx(const data *x)
     c.seed = 42;
     c.semantics = KV_SEM_FULL;
     return c;
-}
-
-/* ---- P simulated ranks running one method ---- */
-typedef struct {
-    const kv_method_ops *ops;
-    kv_spec *spec;
-    void *st[MAXP];
-    int P;
-    int64_t C, fed; /* tokens [0, fed) delivered to their owners */
-    kv_rng rng;     /* block sizes */
-    size_t epoch[MAXP], worst; /* each rank's peak bytes this epoch; max over epochs of their sum */
-} sim;
-
-static void sim_close(sim *e)
-{
-    for (int r = 0; r < e->P; r++)
-        if (e->st[r]) e->ops->free(e->st[r]);
-    free(e->spec);
-    memset(e, 0, sizeof *e);
-}
-
-static int sim_open(sim *e, const char *text, const kv_method_ctx *base, int P, int64_t C, kv_err *err)
-{
-    memset(e, 0, sizeof *e);
-    int cnt;
-    if (kv_spec_parse_list(text, &e->spec, &cnt, err)) return err->code;
-    e->ops = kv_method_find(e->spec[0].method);
-    if (!e->ops) return kv_seterr(err, KV_EINPUT, "unknown method '%s'", e->spec[0].method);
-    e->P = P;
-    e->C = C;
-    kv_rng_seed(&e->rng, 7, (uint64_t)P, (uint64_t)C);
-    for (int r = 0; r < P; r++) {
-        kv_method_ctx c = *base;
-        c.rank = r;
-        c.nranks = P;
-        c.shard_tokens = 0;
-        c.chunk = C;
-        for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / C) % P == r;
-        CHECK(kv_rank_tokens_below(&c, c.n_total) == c.shard_tokens, "kv_rank_tokens_below(n) != shard (P=%d r=%d)", P, r);
-        kv_spec_reset(&e->spec[0]);
-        if (e->ops->create(&e->spec[0], &c, &e->st[r], err)) {
-            sim_close(e);
-            return err->code;
-        }
-    }
-    return KV_OK;
-}
-
-static void sample(sim *e, int r)
-{
-    size_t b = e->ops->bytes(e->st[r]);
-    if (b > e->epoch[r]) e->epoch[r] = b;
-}
-
-/* an epoch ends: its per-rank peaks summed */
-static void end_epoch(sim *e)
-{
-    size_t sum = 0;
-    for (int r = 0; r < e->P; r++) {
-        sum += e->epoch[r];
-        e->epoch[r] = 0;
-    }
-    if (sum > e->worst) e->worst = sum;
-}
-
-/* the next query position is p: horizon on every rank, then deliver the
- * tokens [fed, p) to their owners in random blocks within chunks */
-static void sim_advance(sim *e, const data *x, int64_t p)
-{
-    end_epoch(e);
-    for (int r = 0; r < e->P; r++) {
-        if (e->ops->horizon) e->ops->horizon(e->st[r], p);
-        sample(e, r);
-    }
-    while (e->fed < p) {
-        int64_t end = (e->fed / e->C + 1) * e->C;
-        if (end > p) end = p;
-        int r = (int)((e->fed / e->C) % e->P);
-        while (e->fed < end) {
-            int64_t len = 1 + (int64_t)kv_rng_below(&e->rng, (uint64_t)(end - e->fed));
-            kv_err err = { 0 };
-            int rc = e->ops->ingest(e->st[r], x->K + e->fed * x->d, x->V + e->fed * x->dv, e->fed, (size_t)len, &err);
-            CHECK(rc == KV_OK, "ingest: %s", err.msg);
-            sample(e, r);
-            e->fed += len;
-        }
-    }
-}
-
-static int64_t sim_kept(const sim *e)
-{
-    int64_t k = 0;
-    for (int r = 0; r < e->P; r++) {
-        kv_method_extra ex = { -1, -1 };
-        e->ops->extra(e->st[r], &ex);
-        k += ex.kept_tokens;
-    }
-    return k;
-}
-
-static size_t sim_bytes(const sim *e)
-{
-    size_t b = 0;
-    for (int r = 0; r < e->P; r++) b += e->ops->bytes(e->st[r]);
-    return b;
-}
-
-/* topk's multi-position batch: select on every rank, lists merged in rank
- * order (gsel), partial_select, states merged in rank order (st) */
-static void sim_select(sim *e, const float *Q, const int64_t *p, int nq, double *gsel, double *st, int dv)
-{
-    int L = e->ops->select_len(e->st[0]);
-    size_t sl = KV_PSTATE_LEN(dv);
-    double *sel = malloc(sizeof(double) * (size_t)L * (size_t)nq), *tmp = malloc(sizeof(double) * sl * (size_t)nq);
-    for (int r = 0; r < e->P; r++) {
-        CHECK(e->ops->select_len(e->st[r]) == L, "select_len differs on rank %d", r);
-        CHECK(e->ops->select(e->st[r], Q, p, nq, r ? sel : gsel) == KV_OK, "select");
-        for (int q = 0; r && q < nq; q++) kv_topk_merge(gsel + (size_t)q * L, sel + (size_t)q * L, L);
-    }
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
-    for (int r = 0; r < e->P; r++) {
-        CHECK(e->ops->partial_select(e->st[r], Q, p, nq, gsel, tmp) == KV_OK, "partial_select");
-        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, tmp + q * sl, dv);
-    }
-    free(sel);
-    free(tmp);
-}
-
-/* per-prefix methods: partial on every rank, merged; feedback with (m, l) */
-static void sim_partial(sim *e, const float *Q, int nq, int64_t p, double *st, int dv)
-{
-    size_t sl = KV_PSTATE_LEN(dv);
-    double *tmp = malloc(sizeof(double) * sl * (size_t)nq), ml[2 * MAXQ];
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
-    for (int r = 0; r < e->P; r++) {
-        CHECK(e->ops->partial(e->st[r], Q, nq, p, tmp) == KV_OK, "partial");
-        for (int q = 0; q < nq; q++) kv_partial_merge(st + q * sl, tmp + q * sl, dv);
-        sample(e, r);
-    }
-    for (int q = 0; q < nq; q++) {
-        ml[2 * q] = st[q * sl + KV_PS_M];
-        ml[2 * q + 1] = st[q * sl + KV_PS_L];
-    }
-    for (int r = 0; e->ops->feedback && r < e->P; r++) {
-        CHECK(e->ops->feedback(e->st[r], Q, nq, p, ml) == KV_OK, "feedback");
-        sample(e, r);
-    }
-    free(tmp);
 }
 
 /* max over queries and components of |z_a - z_b| */
@@ -302,15 +154,15 @@ static void test_topk(int nkeys)
     for (int ki = 0; ki < 4; ki++) {
         char spec[64];
         snprintf(spec, sizeof spec, "topk:k=%lld", (long long)ks[ki]);
-        sim e[MAXP];
+        emu e[MAXP];
         kv_err err = { 0 };
         int ok = 1;
         for (int P = 1; P <= MAXP; P++) {
-            ok &= sim_open(&e[P - 1], spec, &ctx, P, C, &err) == KV_OK;
+            ok &= emu_open(&e[P - 1], spec, &ctx, P, C, &err) == KV_OK;
             CHECK(ok, "%s P=%d: %s", spec, P, err.msg);
         }
         if (!ok) return;
-        int L = e[0].ops->select_len(e[0].st[0]);
+        int L = e[0].ops->select_len(e[0].inst[0]);
         CHECK(L == (ks[ki] < x.n ? ks[ki] : x.n), "%s: select_len %d", spec, L);
         kv_rng r;
         kv_rng_seed(&r, 5, (uint64_t)ki, (uint64_t)nkeys);
@@ -331,8 +183,8 @@ static void test_topk(int nkeys)
             gen_queries(Q, nb, x.d, &r, 1.5);
             for (int P = 0; P < MAXP; P++) {
                 for (int j = 0; j < nb; j++)
-                    if (!j || pos[j] != pos[j - 1]) sim_advance(&e[P], &x, pos[j]);
-                sim_select(&e[P], Q, pos, nb, gsel[P], st[P], x.dv);
+                    if (!j || pos[j] != pos[j - 1]) emu_advance(&e[P], x.K, x.V, pos[j]);
+                emu_select(&e[P], Q, pos, nb, gsel[P], st[P]);
             }
             for (int P = 1; P < MAXP; P++) {
                 lists_same &= !memcmp(gsel[P], gsel[0], sizeof(double) * (size_t)L * (size_t)nb);
@@ -382,24 +234,24 @@ static void test_topk(int nkeys)
         {
             double a[8], b[8], *g = malloc(sizeof(double) * (size_t)L);
             int64_t pp = x.n;
-            CHECK(e[0].ops->partial(e[0].st[0], Q, 1, pp, a) == KV_OK, "partial");
-            CHECK(e[0].ops->select(e[0].st[0], Q, &pp, 1, g) == KV_OK &&
-                      e[0].ops->partial_select(e[0].st[0], Q, &pp, 1, g, b) == KV_OK, "select");
+            CHECK(e[0].ops->partial(e[0].inst[0], Q, 1, pp, a) == KV_OK, "partial");
+            CHECK(e[0].ops->select(e[0].inst[0], Q, &pp, 1, g) == KV_OK &&
+                      e[0].ops->partial_select(e[0].inst[0], Q, &pp, 1, g, b) == KV_OK, "select");
             CHECK(!memcmp(a, b, sizeof(double) * sl), "%s: partial != select + partial_select", spec);
             free(g);
         }
         /* capacity: every rank holds its whole shard once */
         for (int P = 0; P < MAXP; P++) {
-            sim_advance(&e[P], &x, x.n);
+            emu_advance(&e[P], x.K, x.V, x.n);
             /* rows as exact's, plus each rank's run table (16 bytes a run, one
              * run per owned chunk, capacity doubling from 16) */
             size_t want = (size_t)x.n * (size_t)(x.d + x.dv) * sizeof(float), runs = 2 * ((size_t)(x.n / C) / (size_t)(P + 1) + 2);
             size_t most = want + (size_t)(P + 1) * 16 * (runs > 16 ? runs : 16);
-            CHECK(sim_bytes(&e[P]) >= want && sim_bytes(&e[P]) <= most, "%s P=%d: %zu bytes, want %zu..%zu", spec, P + 1,
-                  sim_bytes(&e[P]), want, most);
-            CHECK(sim_kept(&e[P]) == x.n, "%s P=%d: keeps %lld", spec, P + 1, (long long)sim_kept(&e[P]));
+            CHECK(emu_bytes(&e[P]) >= want && emu_bytes(&e[P]) <= most, "%s P=%d: %zu bytes, want %zu..%zu", spec, P + 1,
+                  emu_bytes(&e[P]), want, most);
+            CHECK(emu_kept(&e[P]) == x.n, "%s P=%d: keeps %lld", spec, P + 1, (long long)emu_kept(&e[P]));
             free(gsel[P]);
-            sim_close(&e[P]);
+            emu_close(&e[P]);
         }
     }
     data_free(&x);
@@ -471,9 +323,9 @@ static void test_h2o_global(void)
         for (int P = 1; P <= MAXP; P++) {
             char spec[64];
             snprintf(spec, sizeof spec, "h2o:tokens=%lld,recent=%lld", (long long)B, (long long)rec[ri]);
-            sim e;
+            emu e;
             kv_err err = { 0 };
-            CHECK(sim_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+            CHECK(emu_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
             if (!e.ops) return;
             h2o_ref h = { B, rec[ri], 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)) };
             kv_rng r;
@@ -484,25 +336,25 @@ static void test_h2o_global(void)
             for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
                 int nq = 1 + (int)kv_rng_below(&r, 4);
                 gen_queries(Q, nq, x.d, &r, 2.0);
-                sim_advance(&e, &x, p);
-                sim_partial(&e, Q, nq, p, st, x.dv);
+                emu_advance(&e, x.K, x.V, p);
+                emu_partial(&e, Q, nq, p, st);
                 if (P == 1) {
                     for (; fed < p; fed++) h2o_ref_ingest(&h, fed);
                     h2o_ref_partial(&h, &x, Q, nq, rs);
                     double dd = out_diff(st, rs, nq, x.dv);
                     worst = dd > worst ? dd : worst;
-                    CHECK(sim_kept(&e) == h.n, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
-                          (long long)sim_kept(&e), (long long)h.n);
+                    CHECK(emu_kept(&e) == h.n, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
+                          (long long)emu_kept(&e), (long long)h.n);
                 }
                 /* the recent part is full and the shares sum to >= H - (P - 1)
                  * (one floor each); a rank whose share grew at a horizon
                  * may lack the tokens to fill it (it dropped them while its
                  * share lagged one epoch): up to H * gap / p' each, gap < 12 */
                 int64_t lag = P > 1 && p > 12 ? P * ((B - rec[ri]) * 12 / (p - 12) + 1) : 0;
-                if (p >= 4 * B && sim_kept(&e) < B - (P - 1) - lag) short_of++;
-                if (p >= 4 * B && sim_kept(&e) < least) least = sim_kept(&e);
+                if (p >= 4 * B && emu_kept(&e) < B - (P - 1) - lag) short_of++;
+                if (p >= 4 * B && emu_kept(&e) < least) least = emu_kept(&e);
             }
-            end_epoch(&e);
+            emu_end_epoch(&e);
             if (P == 1) CHECK(worst <= tol, "%s: differs from brute-force H2O by %.3g > %.3g", spec, worst, tol);
             CHECK(e.worst <= (size_t)(B * h2o_slot_bytes(&x)), "%s P=%d: %zu bytes summed over ranks > budget %lld",
                   spec, P, e.worst, (long long)(B * h2o_slot_bytes(&x)));
@@ -512,7 +364,7 @@ static void test_h2o_global(void)
                    (long long)(B * h2o_slot_bytes(&x)), (long long)least, (long long)B);
             free(h.idx);
             free(h.score);
-            sim_close(&e);
+            emu_close(&e);
         }
     (void)sl;
     data_free(&x);
@@ -532,9 +384,9 @@ static void test_h2o_covering(void)
     for (int si = 0; si < 4; si++)
         for (int ci = 0; ci < 2; ci++)
             for (int P = 1; P <= MAXP; P++) {
-                sim e;
+                emu e;
                 kv_err err = { 0 };
-                CHECK(sim_open(&e, specs[si], &ctx, P, chunks[ci], &err) == KV_OK, "%s", err.msg);
+                CHECK(emu_open(&e, specs[si], &ctx, P, chunks[ci], &err) == KV_OK, "%s", err.msg);
                 if (!e.ops) return;
                 kv_rng r;
                 kv_rng_seed(&r, 17, (uint64_t)P, (uint64_t)si);
@@ -544,13 +396,13 @@ static void test_h2o_covering(void)
                 for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 40)) {
                     int nq = 1 + (int)kv_rng_below(&r, 4);
                     gen_queries(Q, nq, x.d, &r, 2.0);
-                    sim_advance(&e, &x, p);
-                    sim_partial(&e, Q, nq, p, st, x.dv);
-                    bad += sim_kept(&e) != p;
+                    emu_advance(&e, x.K, x.V, p);
+                    emu_partial(&e, Q, nq, p, st);
+                    bad += emu_kept(&e) != p;
                 }
                 CHECK(bad == 0, "%s P=%d C=%lld: held fewer than every token at %lld prefixes", specs[si], P,
                       (long long)chunks[ci], (long long)bad);
-                sim_close(&e);
+                emu_close(&e);
             }
     data_free(&x);
 }
@@ -572,9 +424,9 @@ static void test_h2o_window(void)
     kv_method_ctx ctx = make_ctx(&x);
     const int64_t R = 45;
     for (int P = 1; P <= MAXP; P++) {
-        sim e;
+        emu e;
         kv_err err = { 0 };
-        CHECK(sim_open(&e, "h2o:tokens=45,recent=45", &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(emu_open(&e, "h2o:tokens=45,recent=45", &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
         if (!e.ops) return;
         kv_rng r;
         kv_rng_seed(&r, 3, (uint64_t)P, 0);
@@ -582,19 +434,43 @@ static void test_h2o_window(void)
         double st[7], rs[7], worst = 0, tol = (4.0 * (double)R + 32) * DBL_EPSILON * x.vmax;
         for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 30)) {
             gen_queries(Q, 1, x.d, &r, 2.0);
-            sim_advance(&e, &x, p);
-            sim_partial(&e, Q, 1, p, st, x.dv);
+            emu_advance(&e, x.K, x.V, p);
+            emu_partial(&e, Q, 1, p, st);
             window_ref(&x, Q, p - R, p, rs);
             double dd = out_diff(st, rs, 1, x.dv);
             worst = dd > worst ? dd : worst;
-            CHECK(sim_kept(&e) == (p < R ? p : R), "P=%d p=%lld: holds %lld", P, (long long)p, (long long)sim_kept(&e));
+            CHECK(emu_kept(&e) == (p < R ? p : R), "P=%d p=%lld: holds %lld", P, (long long)p, (long long)emu_kept(&e));
         }
-        end_epoch(&e);
+        emu_end_epoch(&e);
         CHECK(worst <= tol, "recent = tokens P=%d: differs from the window by %.3g > %.3g", P, worst, tol);
         CHECK(e.worst <= (size_t)(R * h2o_slot_bytes(&x)), "window P=%d: %zu bytes", P, e.worst);
-        sim_close(&e);
+        emu_close(&e);
     }
     data_free(&x);
+}
+
+/* Two instances (a budget= and a tokens= spec) on the same queries, 2 at a
+ * time at random prefixes up to n: 1 if every answer is bitwise the same.
+ * a's last epoch is closed, for a.worst. */
+static int same_run(emu *a, emu *b, const data *x, int P)
+{
+    kv_rng r;
+    kv_rng_seed(&r, 9, (uint64_t)P, 0);
+    float Q[2 * 12];
+    double sa[2 * 7], sb[2 * 7];
+    int same = 1;
+    CHECK(x->d <= 12 && x->dv <= 4, "same_run: d=%d dv=%d over its buffers", x->d, x->dv);
+    if (x->d > 12 || x->dv > 4) return 0;
+    for (int64_t p = 3; p <= x->n; p += 1 + (int64_t)kv_rng_below(&r, 20)) {
+        gen_queries(Q, 2, x->d, &r, 2.0);
+        emu_advance(a, x->K, x->V, p);
+        emu_advance(b, x->K, x->V, p);
+        emu_partial(a, Q, 2, p, sa);
+        emu_partial(b, Q, 2, p, sb);
+        same &= !memcmp(sa, sb, sizeof sa);
+    }
+    emu_end_epoch(a);
+    return same;
 }
 
 /* budget= in bytes: tokens = floor(bytes / bytes per token), the same
@@ -609,41 +485,27 @@ static void test_h2o_budget(void)
     snprintf(bs, sizeof bs, "h2o:budget=%lld,recent=10", (long long)bytes);
     snprintf(ts, sizeof ts, "h2o:tokens=%lld,recent=10", (long long)tok);
     for (int P = 1; P <= 3; P += 2) {
-        sim a, b;
+        emu a, b;
         kv_err err = { 0 };
-        CHECK(sim_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
-        CHECK(sim_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(emu_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(emu_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
         if (!a.ops || !b.ops) return;
-        kv_rng r;
-        kv_rng_seed(&r, 9, (uint64_t)P, 0);
-        float Q[2 * 12];
-        double sa[2 * 7], sb[2 * 7];
-        int same = 1;
-        for (int64_t p = 3; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 20)) {
-            gen_queries(Q, 2, x.d, &r, 2.0);
-            sim_advance(&a, &x, p);
-            sim_advance(&b, &x, p);
-            sim_partial(&a, Q, 2, p, sa, x.dv);
-            sim_partial(&b, Q, 2, p, sb, x.dv);
-            same &= !memcmp(sa, sb, sizeof sa);
-        }
-        end_epoch(&a);
-        CHECK(same, "%s and %s differ at P=%d", bs, ts, P);
+        CHECK(same_run(&a, &b, &x, P), "%s and %s differ at P=%d", bs, ts, P);
         CHECK(a.worst <= (size_t)bytes, "%s P=%d: peak %zu bytes", bs, P, a.worst);
-        CHECK(sim_kept(&a) >= tok - (P - 1), "%s P=%d: holds %lld", bs, P, (long long)sim_kept(&a));
-        sim_close(&a);
-        sim_close(&b);
+        CHECK(emu_kept(&a) >= tok - (P - 1), "%s P=%d: holds %lld", bs, P, (long long)emu_kept(&a));
+        emu_close(&a);
+        emu_close(&b);
     }
     /* refused in one line: both knobs, recent over the budget, no token */
     const char *bad[] = { "h2o:tokens=10,budget=1MiB", "h2o:budget=10tok,recent=1000000", "h2o:budget=10" };
     const char *why[] = { "not both", "exceeds", "holds no token" };
     for (int i = 0; i < 3; i++) {
-        sim e;
+        emu e;
         kv_err err = { 0 };
-        int rc = sim_open(&e, bad[i], &ctx, 2, 37, &err);
+        int rc = emu_open(&e, bad[i], &ctx, 2, 37, &err);
         CHECK(rc == KV_EINPUT && strstr(err.msg, why[i]) && !strchr(err.msg, '\n'), "%s: rc %d '%s'", bad[i], rc,
               err.msg);
-        if (rc == KV_OK) sim_close(&e);
+        if (rc == KV_OK) emu_close(&e);
     }
     data_free(&x);
 }
@@ -802,9 +664,9 @@ static void test_eviction_global(int snap)
             int64_t B = Bs[bi];
             char spec[96];
             snprintf(spec, sizeof spec, "%s:tokens=%lld%s", snap ? "snapkv" : "tova", (long long)B, extra);
-            sim e;
+            emu e;
             kv_err err = { 0 };
-            CHECK(sim_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+            CHECK(emu_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
             if (!e.ops) return;
             tova_ref h = { B, 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)), 0,
                            NULL, 0, 0 };
@@ -821,8 +683,8 @@ static void test_eviction_global(int snap)
                 int nq = 1 + (int)kv_rng_below(&r, 4);
                 cur ^= 1;
                 gen_queries(Q[cur], nq, x.d, &r, 2.0);
-                sim_advance(&e, &x, p);
-                sim_partial(&e, Q[cur], nq, p, st, x.dv);
+                emu_advance(&e, x.K, x.V, p);
+                emu_partial(&e, Q[cur], nq, p, st);
                 for (int q = 0; q < nq; q++) {
                     ml[2 * q] = st[q * 7 + KV_PS_M];
                     ml[2 * q + 1] = st[q * 7 + KV_PS_L];
@@ -838,23 +700,23 @@ static void test_eviction_global(int snap)
                     else tova_ref_feedback(&h, &x, Q[cur], nq, ml);
                     double dd = out_diff(st, rs, nq, x.dv);
                     worst = dd > worst ? dd : worst;
-                    CHECK(sim_kept(&e) == held, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
-                          (long long)sim_kept(&e), (long long)held);
+                    CHECK(emu_kept(&e) == held, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
+                          (long long)emu_kept(&e), (long long)held);
                 }
                 if (B >= x.n) { /* nothing evicted: exact attention */
                     for (int q = 0; q < nq; q++) window_ref(&x, Q[cur] + q * x.d, 0, p, rs + q * 7);
                     double dd = out_diff(st, rs, nq, x.dv);
                     worst_exact = dd > worst_exact ? dd : worst_exact;
-                    CHECK(sim_kept(&e) == p, "%s P=%d p=%lld: holds %lld", spec, P, (long long)p, (long long)sim_kept(&e));
+                    CHECK(emu_kept(&e) == p, "%s P=%d p=%lld: holds %lld", spec, P, (long long)p, (long long)emu_kept(&e));
                 }
                 /* shares sum to >= B - (P - 1) (one floor each), less what a
                  * rank could not refill after its share grew (as h2o), less
                  * snapkv's slack after a compression (its period part) */
                 int64_t lag = P > 1 && p > 12 ? P * (B * 12 / (p - 12) + 1) : 0, slack = snap ? g.T + P : 0;
-                if (p >= 4 * B && B < x.n && sim_kept(&e) < B - (P - 1) - lag - slack) short_of++;
-                if (p >= 4 * B && sim_kept(&e) < least) least = sim_kept(&e);
+                if (p >= 4 * B && B < x.n && emu_kept(&e) < B - (P - 1) - lag - slack) short_of++;
+                if (p >= 4 * B && emu_kept(&e) < least) least = emu_kept(&e);
             }
-            end_epoch(&e);
+            emu_end_epoch(&e);
             size_t budget = (size_t)(snap ? B * snap_slot(&x) + P * W * snap_qbytes(&x) : B * tova_slot(&x) + P * tova_qbytes(&x));
             if (P == 1) CHECK(worst <= tol, "%s: differs from brute force by %.3g > %.3g", spec, worst, tol);
             CHECK(worst_exact <= tol, "%s P=%d: tokens >= n differs from exact by %.3g > %.3g", spec, P, worst_exact, tol);
@@ -864,7 +726,7 @@ static void test_eviction_global(int snap)
                    P, e.worst, budget, (long long)least, (long long)B, worst);
             free(h.idx); free(h.score);
             free(g.idx); free(g.bq); free(g.bp); free(g.bml);
-            sim_close(&e);
+            emu_close(&e);
         }
     data_free(&x);
 }
@@ -883,29 +745,15 @@ static void test_eviction_budget(int snap)
         char bs[64], ts[64];
         snprintf(bs, sizeof bs, "%s:budget=%lld", m, (long long)bytes);
         snprintf(ts, sizeof ts, "%s:tokens=%lld", m, (long long)tok);
-        sim a, b;
+        emu a, b;
         kv_err err = { 0 };
-        CHECK(sim_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
-        CHECK(sim_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(emu_open(&a, bs, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        CHECK(emu_open(&b, ts, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
         if (!a.ops || !b.ops) return;
-        kv_rng r;
-        kv_rng_seed(&r, 9, (uint64_t)P, 0);
-        float Q[2 * 12];
-        double sa[2 * 7], sb[2 * 7];
-        int same = 1;
-        for (int64_t p = 3; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 20)) {
-            gen_queries(Q, 2, x.d, &r, 2.0);
-            sim_advance(&a, &x, p);
-            sim_advance(&b, &x, p);
-            sim_partial(&a, Q, 2, p, sa, x.dv);
-            sim_partial(&b, Q, 2, p, sb, x.dv);
-            same &= !memcmp(sa, sb, sizeof sa);
-        }
-        end_epoch(&a);
-        CHECK(same, "%s and %s differ at P=%d", bs, ts, P);
+        CHECK(same_run(&a, &b, &x, P), "%s and %s differ at P=%d", bs, ts, P);
         CHECK(a.worst <= (size_t)bytes, "%s P=%d: peak %zu bytes", bs, P, a.worst);
-        sim_close(&a);
-        sim_close(&b);
+        emu_close(&a);
+        emu_close(&b);
     }
     char bad[3][64];
     snprintf(bad[0], 64, "%s:tokens=10,budget=1MiB", m);
@@ -913,12 +761,12 @@ static void test_eviction_budget(int snap)
     snprintf(bad[2], 64, "%s:budget=1tok", m);
     const char *why[] = { "not both", "holds no token", "holds no token" };
     for (int i = 0; i < 3; i++) {
-        sim e;
+        emu e;
         kv_err err = { 0 };
-        int rc = sim_open(&e, bad[i], &ctx, 2, 37, &err);
+        int rc = emu_open(&e, bad[i], &ctx, 2, 37, &err);
         CHECK(rc == KV_EINPUT && strstr(err.msg, why[i]) && !strchr(err.msg, '\n'), "%s: rc %d '%s'", bad[i], rc,
               err.msg);
-        if (rc == KV_OK) sim_close(&e);
+        if (rc == KV_OK) emu_close(&e);
     }
     data_free(&x);
 }
@@ -930,10 +778,10 @@ static void test_resume(const char *spec, int P)
     data x;
     data_gen(&x, 500, 12, 4, 29, 0);
     kv_method_ctx ctx = make_ctx(&x);
-    sim a, b;
+    emu a, b;
     kv_err err = { 0 };
-    CHECK(sim_open(&a, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
-    CHECK(sim_open(&b, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+    CHECK(emu_open(&a, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+    CHECK(emu_open(&b, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
     if (!a.ops || !b.ops) return;
     kv_rng r;
     kv_rng_seed(&r, 2, (uint64_t)P, 0);
@@ -943,42 +791,37 @@ static void test_resume(const char *spec, int P)
     for (int64_t p = 2; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 25)) {
         int64_t pos[3] = { p, p, p };
         gen_queries(Q, 3, x.d, &r, 2.0);
-        sim_advance(&a, &x, p);
-        sim_advance(&b, &x, p);
+        emu_advance(&a, x.K, x.V, p);
+        emu_advance(&b, x.K, x.V, p);
         if (a.ops->select) {
-            sim_select(&a, Q, pos, 3, ga, sa, x.dv);
-            sim_select(&b, Q, pos, 3, gb, sb, x.dv);
+            emu_select(&a, Q, pos, 3, ga, sa);
+            emu_select(&b, Q, pos, 3, gb, sb);
         } else {
-            sim_partial(&a, Q, 3, p, sa, x.dv);
-            sim_partial(&b, Q, 3, p, sb, x.dv);
+            emu_partial(&a, Q, 3, p, sa);
+            emu_partial(&b, Q, 3, p, sb);
         }
-        same &= !memcmp(sa, sb, sizeof sa) && sim_bytes(&a) == sim_bytes(&b);
+        same &= !memcmp(sa, sb, sizeof sa) && emu_bytes(&a) == emu_bytes(&b);
         if (!resumed && p > x.n / 2) {
             for (int k = 0; k < P; k++) {
                 kv_buf buf;
                 kv_buf_init(&buf);
-                b.ops->save(b.st[k], &buf);
-                kv_method_ctx c = ctx;
-                c.rank = k;
-                c.nranks = P;
-                c.shard_tokens = 0;
-                c.chunk = 37; /* as sim_open (and the driver) make it */
-                for (int64_t t = 0; t < c.n_total; t++) c.shard_tokens += (t / 37) % P == k;
+                b.ops->save(b.inst[k], &buf);
+                kv_method_ctx c = emu_rank_ctx(&ctx, P, 37, k); /* as emu_open (and the driver) make it */
                 void *fresh = NULL;
                 kv_spec_reset(&b.spec[0]);
                 CHECK(b.ops->create(&b.spec[0], &c, &fresh, &err) == KV_OK, "%s", err.msg);
                 kv_rd rd = { .data = buf.data, .len = buf.len, .pos = 0, .what = spec };
                 CHECK(b.ops->load(fresh, &rd, &err) == KV_OK && rd.pos == rd.len, "%s load: %s", spec, err.msg);
-                b.ops->free(b.st[k]);
-                b.st[k] = fresh;
+                b.ops->free(b.inst[k]);
+                b.inst[k] = fresh;
                 kv_buf_free(&buf);
             }
             resumed = 1;
         }
     }
     CHECK(same, "%s P=%d: resumed run differs", spec, P);
-    sim_close(&a);
-    sim_close(&b);
+    emu_close(&a);
+    emu_close(&b);
     data_free(&x);
 }
 

@@ -2,7 +2,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include "core/kverr.h"
-#include "kernels/dot.h"
 #include "kernels/held.h"
 #include "kernels/partial.h"
 
@@ -18,7 +17,7 @@ int kv_attn_held(const float *Q, int nq, const float *K, const float *V, size_t 
         const float *qq = Q + (size_t)q * d;
         double m = -INFINITY, l = 0, l2 = 0, *x = st + q * sl;
         for (size_t t = 0; t < n; t++) {
-            w[t] = (double)(kv_dot_fixed(qq, K + t * (size_t)d, d) * (float)scale);
+            w[t] = kv_held_logit(qq, K + t * (size_t)d, d, scale);
             m = w[t] > m ? w[t] : m;
         }
         for (size_t t = 0; t < n; t++) {

@@ -40,10 +40,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "kernels/dot.h"
 #include "kernels/held.h"
-#include "kernels/partial.h"
 #include "methods/method.h"
+#include "methods/slots.h"
 
 typedef struct {
     int64_t tokens, window, period, kernel;
@@ -56,11 +55,7 @@ typedef struct {
     int64_t B, W, T, kern; /* global tokens, buffered queries, period, pooling kernel */
     int64_t share;         /* this rank's slots now */
     int64_t hlast, seen;   /* last horizon; tokens ingested */
-    int64_t held, cap;     /* slots in use (ascending index), allocated */
-    float *K, *V;
-    int64_t *idx;
-    double *vote, *pooled; /* compression scratch, one per slot */
-    int32_t *order;
+    kv_slots sl;           /* held in ascending index; scratch: vote, pooled score, order (SCRATCH) */
     int64_t nbuf, head;    /* buffered queries, next ring slot */
     float *bq;             /* W x d query rows */
     int64_t *bp;           /* their prefixes */
@@ -76,10 +71,12 @@ static const kv_param_def snapkv_params[] = {
     KV_PARAM_TABLE_END
 };
 
+/* compression scratch per slot: its vote and pooled score, then its place in the order */
+#define SCRATCH (2 * sizeof(double) + sizeof(int32_t))
+
 static int64_t slot_bytes(int d, int dv)
 {
-    return (int64_t)(d + dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t) + 2 * (int64_t)sizeof(double) +
-           (int64_t)sizeof(int32_t);
+    return kv_slots_row_bytes(d, dv, 0, SCRATCH);
 }
 
 static int64_t query_bytes(int d)
@@ -99,13 +96,6 @@ static int snapkv_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
 }
 
 extern const kv_method_ops kv_method_snapkv;
-
-static int64_t first_share(const kv_method_ctx *ctx, int64_t B)
-{
-    if (ctx->shard_tokens > 0 && ctx->n_total > 0)
-        return (int64_t)((__int128)B * ctx->shard_tokens / ctx->n_total);
-    return B / (ctx->nranks > 0 ? ctx->nranks : 1);
-}
 
 static void snapkv_free(void *state);
 
@@ -135,7 +125,8 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     s->W = c->window;
     s->T = c->period < B / 2 ? c->period : (B / 2 > 1 ? B / 2 : 1);
     s->kern = c->kernel;
-    s->share = B >= ctx->n_total ? B : first_share(ctx, B);
+    s->share = B >= ctx->n_total ? B : kv_slots_first_share(ctx, B);
+    kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, SCRATCH);
     s->bq = kv_calloc((size_t)(s->W * ctx->d), sizeof(float), err);
     s->bp = s->bq ? kv_calloc((size_t)s->W, sizeof(int64_t), err) : NULL;
     s->bml = s->bp ? kv_calloc((size_t)(2 * s->W), sizeof(double), err) : NULL;
@@ -147,113 +138,83 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     return KV_OK;
 }
 
-static void free_arrays(snapkv_state *s)
-{
-    free(s->K); free(s->V); free(s->idx); free(s->vote); free(s->pooled); free(s->order);
-    s->K = s->V = NULL; s->idx = NULL; s->vote = s->pooled = NULL; s->order = NULL;
-    s->cap = 0;
-}
-
-static int resize(snapkv_state *s, int64_t rows)
-{
-    if (rows == s->cap) return KV_OK;
-    if (rows == 0) {
-        free_arrays(s);
-        return KV_OK;
-    }
-    size_t N = (size_t)rows;
-    int bad = 0;
-#define RE(p, per) do { void *q = realloc(p, sizeof *(p) * (per) * N); if (q) p = q; else bad = 1; } while (0)
-    RE(s->K, (size_t)s->ctx.d);
-    RE(s->V, (size_t)s->ctx.dv);
-    RE(s->idx, 1);
-    RE(s->vote, 1);
-    RE(s->pooled, 1);
-    RE(s->order, 1);
-#undef RE
-    if (bad && rows > s->cap) return KV_EINTERNAL;
-    s->cap = rows;
-    return KV_OK;
-}
-
-static double logit(const snapkv_state *s, const float *q, const float *k)
-{
-    return (double)(kv_dot_fixed(q, k, s->ctx.d) * (float)s->ctx.scale);
-}
-
 /* slot a is kept before slot b: higher pooled score, then newer */
-static int keep_first(const snapkv_state *s, int32_t a, int32_t b)
+static int keep_first(const double *pooled, const int64_t *idx, int32_t a, int32_t b)
 {
-    if (s->pooled[a] != s->pooled[b]) return s->pooled[a] > s->pooled[b];
-    return s->idx[a] > s->idx[b];
+    if (pooled[a] != pooled[b]) return pooled[a] > pooled[b];
+    return idx[a] > idx[b];
 }
 
 /* heapsort of order[0..n), best (keep_first) first: a max-heap whose root
  * is the worst goes to the end (a total order: indices differ) */
-static void sift(const snapkv_state *s, int32_t *o, int64_t i, int64_t n)
+static void sift(const double *pooled, const int64_t *idx, int32_t *o, int64_t i, int64_t n)
 {
     for (;;) {
         int64_t c = 2 * i + 1;
         if (c >= n) return;
-        if (c + 1 < n && keep_first(s, o[c], o[c + 1])) c++;
-        if (!keep_first(s, o[i], o[c])) return;
+        if (c + 1 < n && keep_first(pooled, idx, o[c], o[c + 1])) c++;
+        if (!keep_first(pooled, idx, o[i], o[c])) return;
         int32_t t = o[i]; o[i] = o[c]; o[c] = t;
         i = c;
     }
 }
 
-static void sort_order(snapkv_state *s, int64_t n)
+static void sort_order(const double *pooled, const int64_t *idx, int32_t *o, int64_t n)
 {
-    int32_t *o = s->order;
-    for (int64_t i = n / 2 - 1; i >= 0; i--) sift(s, o, i, n);
+    for (int64_t i = n / 2 - 1; i >= 0; i--) sift(pooled, idx, o, i, n);
     for (int64_t end = n - 1; end >= 1; end--) {
         int32_t t = o[0]; o[0] = o[end]; o[end] = t;
-        sift(s, o, 0, end);
+        sift(pooled, idx, o, 0, end);
     }
 }
 
 /* Keep the best `keep` held tokens (see the header), in index order. */
 static void compress(snapkv_state *s, int64_t keep)
 {
-    int64_t n = s->held;
+    kv_slots *sl = &s->sl;
+    int64_t n = sl->held, *idx = sl->idx;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (keep < 0) keep = 0;
     if (n <= keep) return;
+    /* the scratch of cap slots: cap votes, cap pooled scores, cap order entries */
+    double *vote = sl->scratch, *pooled = vote + sl->cap;
+    int32_t *order = (int32_t *)(pooled + sl->cap);
     for (int64_t t = 0; t < n; t++) {
         double sum = 0;
         int64_t cnt = 0;
         for (int64_t j = 0; j < s->nbuf; j++) {
-            if (s->bp[j] <= s->idx[t]) continue; /* that query did not see the token */
+            if (s->bp[j] <= idx[t]) continue; /* that query did not see the token */
             double m = s->bml[2 * j], l = s->bml[2 * j + 1];
-            if (l > 0) sum += exp(logit(s, s->bq + (size_t)j * d, s->K + (size_t)t * d) - m) / l;
+            if (l > 0)
+                sum += exp(kv_held_logit(s->bq + (size_t)j * d, sl->K + (size_t)t * d, s->ctx.d, s->ctx.scale) - m) / l;
             cnt++;
         }
-        s->vote[t] = cnt ? sum / (double)cnt : INFINITY; /* unseen: kept first */
+        vote[t] = cnt ? sum / (double)cnt : INFINITY; /* unseen: kept first */
     }
     int64_t half = s->kern / 2;
     for (int64_t t = 0; t < n; t++) {
-        double best = s->vote[t];
-        for (int64_t j = t - 1; j >= 0 && s->idx[t] - s->idx[j] <= half; j--)
-            if (isfinite(s->vote[j]) && s->vote[j] > best) best = s->vote[j];
-        for (int64_t j = t + 1; j < n && s->idx[j] - s->idx[t] <= half; j++)
-            if (isfinite(s->vote[j]) && s->vote[j] > best) best = s->vote[j];
-        s->pooled[t] = best;
-        s->order[t] = (int32_t)t;
+        double best = vote[t];
+        for (int64_t j = t - 1; j >= 0 && idx[t] - idx[j] <= half; j--)
+            if (isfinite(vote[j]) && vote[j] > best) best = vote[j];
+        for (int64_t j = t + 1; j < n && idx[j] - idx[t] <= half; j++)
+            if (isfinite(vote[j]) && vote[j] > best) best = vote[j];
+        pooled[t] = best;
+        order[t] = (int32_t)t;
     }
-    sort_order(s, n);
+    sort_order(pooled, idx, order, n);
     /* mark the kept slots (vote = -1), then compact in index order */
-    for (int64_t i = 0; i < keep; i++) s->vote[s->order[i]] = -1;
+    for (int64_t i = 0; i < keep; i++) vote[order[i]] = -1;
     int64_t w = 0;
     for (int64_t t = 0; t < n; t++) {
-        if (s->vote[t] != -1) continue;
+        if (vote[t] != -1) continue;
         if (w != t) {
-            memmove(s->K + (size_t)w * d, s->K + (size_t)t * d, sizeof(float) * d);
-            memmove(s->V + (size_t)w * dv, s->V + (size_t)t * dv, sizeof(float) * dv);
-            s->idx[w] = s->idx[t];
+            memmove(sl->K + (size_t)w * d, sl->K + (size_t)t * d, sizeof(float) * d);
+            memmove(sl->V + (size_t)w * dv, sl->V + (size_t)t * dv, sizeof(float) * dv);
+            idx[w] = idx[t];
         }
         w++;
     }
-    s->held = w;
+    sl->held = w;
 }
 
 /* what a compression keeps at share sh: sh minus this rank's part of the period */
@@ -271,29 +232,24 @@ static void snapkv_horizon(void *state, int64_t p)
     if (p < s->hlast) return;
     if (s->hlast > 0 && s->B < s->ctx.n_total) s->share = (int64_t)((__int128)s->seen * s->B / s->hlast);
     s->hlast = p;
-    if (s->held > s->share) compress(s, target(s, s->share));
-    resize(s, s->held);
+    if (s->sl.held > s->share) compress(s, target(s, s->share));
+    kv_slots_resize(&s->sl, s->sl.held);
 }
 
 static int snapkv_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
 {
     snapkv_state *s = state;
+    kv_slots *sl = &s->sl;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
-    int64_t need = s->held + (int64_t)n;
-    if (need > s->share) need = s->share > s->held ? s->share : s->held;
-    if (need > s->cap && resize(s, need))
-        return kv_seterr(err, KV_EINTERNAL, "snapkv: out of memory holding %lld tokens", (long long)need);
+    if (kv_slots_make_room(sl, n, s->share, "snapkv", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        if (s->held >= s->share) compress(s, target(s, s->share));
-        if (s->held >= s->share) continue; /* a share of 0: nothing fits */
-        int64_t slot = s->held++;
-        memcpy(s->K + (size_t)slot * d, K + i * d, sizeof(float) * d);
-        memcpy(s->V + (size_t)slot * dv, V + i * dv, sizeof(float) * dv);
-        s->idx[slot] = first + (int64_t)i;
+        if (sl->held >= s->share) compress(s, target(s, s->share));
+        if (sl->held >= s->share) continue; /* a share of 0: nothing fits */
+        kv_slots_set(sl, (int32_t)sl->held++, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
     }
     s->seen += (int64_t)n;
-    resize(s, s->held);
+    kv_slots_resize(sl, sl->held);
     return KV_OK;
 }
 
@@ -301,7 +257,7 @@ static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double
 {
     const snapkv_state *s = state;
     (void)p; /* every held token is < p */
-    return kv_attn_held(Q, nq, s->K, s->V, (size_t)s->held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
+    return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
 /* buffer the call's queries with their global (m, l) (the last W of them) */
@@ -323,21 +279,21 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
 static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
-    return (size_t)s->cap * (size_t)slot_bytes(s->ctx.d, s->ctx.dv) + (size_t)(s->W * query_bytes(s->ctx.d));
+    return kv_slots_bytes(&s->sl) + (size_t)(s->W * query_bytes(s->ctx.d));
 }
 
 static void snapkv_extra(const void *state, kv_method_extra *x)
 {
     const snapkv_state *s = state;
     x->clusters = -1;
-    x->kept_tokens = s->held;
+    x->kept_tokens = s->sl.held;
 }
 
 static void snapkv_free(void *state)
 {
     snapkv_state *s = state;
     if (!s) return;
-    free_arrays(s);
+    kv_slots_free(&s->sl);
     free(s->bq); free(s->bp); free(s->bml);
     free(s);
 }
@@ -347,7 +303,6 @@ static void snapkv_free(void *state)
 static void snapkv_save(const void *state, kv_buf *out)
 {
     const snapkv_state *s = state;
-    size_t n = (size_t)s->held;
     kv_buf_put_i64(out, s->share);
     kv_buf_put_i64(out, s->hlast);
     kv_buf_put_i64(out, s->seen);
@@ -357,72 +312,68 @@ static void snapkv_save(const void *state, kv_buf *out)
     kv_buf_put_arr(out, s->bq, (size_t)(s->nbuf * s->ctx.d) * sizeof(float));
     kv_buf_put_arr(out, s->bp, (size_t)s->nbuf * sizeof(int64_t));
     kv_buf_put_arr(out, s->bml, (size_t)(2 * s->nbuf) * sizeof(double));
-    kv_buf_put_arr(out, s->K, n * (size_t)s->ctx.d * sizeof(float));
-    kv_buf_put_arr(out, s->V, n * (size_t)s->ctx.dv * sizeof(float));
-    kv_buf_put_arr(out, s->idx, n * sizeof(int64_t));
+    kv_slots_save(&s->sl, out);
+}
+
+/* The ring and counters read, and the held rows checked by kv_slots_load
+ * (finite, indices below n_total and distinct): counters in range, the
+ * ring's slots filled 0..nbuf-1 with finite rows, prefixes in 1..n_total
+ * and merged (m, l) with l >= 0 finite and m finite iff l > 0 (else -inf),
+ * the held indices ascending. */
+static int snapkv_valid(const snapkv_state *s, const kv_slots *sl, int64_t share, int64_t hlast, int64_t seen,
+                        int64_t nbuf, int64_t head, size_t nbq, const float *bq, size_t nbp, const int64_t *bp,
+                        size_t nbml, const double *bml)
+{
+    int64_t n = sl->held, lim = kv_shard_limit(&s->ctx);
+    size_t d = (size_t)s->ctx.d;
+    if (share < 0 || share > s->B || n > share || hlast < 0 || hlast > s->ctx.n_total || seen < n ||
+        seen > lim || nbuf < 0 || nbuf > s->W || head < 0 || head >= s->W || (nbuf < s->W && head != nbuf))
+        return 0;
+    size_t nb = (size_t)nbuf;
+    if (nbq != nb * d || nbp != nb || nbml != 2 * nb || (nb && !kv_all_finite(bq, nb * d))) return 0;
+    for (size_t j = 0; j < nb; j++) {
+        const double *ml = bml + 2 * j;
+        if (bp[j] < 1 || bp[j] > s->ctx.n_total || !isfinite(ml[1]) || !(ml[1] >= 0) ||
+            (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
+            return 0;
+    }
+    for (int64_t i = 1; i < n; i++)
+        if (sl->idx[i] <= sl->idx[i - 1]) return 0;
+    return 1;
 }
 
 static int snapkv_load(void *state, kv_rd *in, kv_err *err)
 {
     snapkv_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), share, hlast, seen, nbuf, head;
-    size_t cap = (size_t)(s->B < lim ? s->B : lim), nbq = 0, nbp = 0, nbml = 0, nk = 0, nv = 0, ni = 0, n;
-    void *bq = NULL, *bp = NULL, *bml = NULL, *K = NULL, *V = NULL, *idx = NULL;
+    size_t nbq = 0, nbp = 0, nbml = 0;
+    void *bq = NULL, *bp = NULL, *bml = NULL;
     size_t W = (size_t)s->W, d = (size_t)s->ctx.d;
+    kv_slots sl;
     if (kv_rd_i64(in, &share, err) || kv_rd_i64(in, &hlast, err) || kv_rd_i64(in, &seen, err) ||
         kv_rd_i64(in, &nbuf, err) || kv_rd_i64(in, &head, err) ||
         kv_rd_arr(in, &bq, sizeof(float), W * d, &nbq, err) || kv_rd_arr(in, &bp, sizeof(int64_t), W, &nbp, err) ||
         kv_rd_arr(in, &bml, sizeof(double), 2 * W, &nbml, err) ||
-        kv_rd_arr(in, &K, sizeof(float) * d, cap, &nk, err) ||
-        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, cap, &nv, err) ||
-        kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err))
+        kv_slots_load(&sl, &s->sl, in, s->B < lim ? s->B : lim, s->ctx.n_total, "snapkv", err))
         goto fail;
-    n = nk;
-    if (share < 0 || share > s->B || (int64_t)n > share || hlast < 0 || hlast > s->ctx.n_total || seen < (int64_t)n ||
-        seen > lim || nbuf < 0 || nbuf > s->W || head < 0 || head >= s->W || (nbuf < s->W && head != nbuf))
-        goto bad;
+    if (!snapkv_valid(s, &sl, share, hlast, seen, nbuf, head, nbq, bq, nbp, bp, nbml, bml)) {
+        kv_slots_free(&sl);
+        kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
+        goto fail;
+    }
     size_t nb = (size_t)nbuf;
-    if (nbq != nb * d || nbp != nb || nbml != 2 * nb || nv != n || ni != n) goto bad;
-    if ((nb && !kv_all_finite(bq, nb * d)) || (n && (!kv_all_finite(K, n * d) || !kv_all_finite(V, n * (size_t)s->ctx.dv))))
-        goto bad;
-    for (size_t j = 0; j < nb; j++) {
-        /* a query's merged (m, l): l >= 0 finite, m finite iff l > 0 (else -inf) */
-        const double *ml = (const double *)bml + 2 * j;
-        int64_t pj = ((const int64_t *)bp)[j];
-        if (pj < 1 || pj > s->ctx.n_total || !isfinite(ml[1]) || !(ml[1] >= 0) ||
-            (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
-            goto bad;
-    }
-    for (size_t i = 0; i < n; i++) {
-        int64_t t = ((const int64_t *)idx)[i];
-        if (t < 0 || t >= s->ctx.n_total || (i && t <= ((const int64_t *)idx)[i - 1])) goto bad;
-    }
-    snapkv_state t = *s;
-    t.K = K; t.V = V; t.idx = idx;
-    t.vote = malloc(sizeof(double) * (n ? n : 1));
-    t.pooled = malloc(sizeof(double) * (n ? n : 1));
-    t.order = malloc(sizeof(int32_t) * (n ? n : 1));
-    if (!t.vote || !t.pooled || !t.order) {
-        free(t.vote); free(t.pooled); free(t.order);
-        kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring snapkv");
-        goto fail;
-    }
-    t.held = t.cap = (int64_t)n;
-    t.share = share; t.hlast = hlast; t.seen = seen; t.nbuf = nbuf; t.head = head;
     if (nb) {
         memcpy(s->bq, bq, sizeof(float) * nb * d);
         memcpy(s->bp, bp, sizeof(int64_t) * nb);
         memcpy(s->bml, bml, sizeof(double) * 2 * nb);
     }
     free(bq); free(bp); free(bml);
-    free_arrays(s);
-    *s = t;
-    if (!n) free_arrays(s); /* nothing held: no arrays, as in an uninterrupted run */
+    kv_slots_free(&s->sl);
+    s->sl = sl;
+    s->share = share; s->hlast = hlast; s->seen = seen; s->nbuf = nbuf; s->head = head;
     return KV_OK;
-bad:
-    kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
 fail:
-    free(bq); free(bp); free(bml); free(K); free(V); free(idx);
+    free(bq); free(bp); free(bml);
     return err->code;
 }
 

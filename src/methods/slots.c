@@ -1,0 +1,274 @@
+/* slots.c - held rows, their heaps and their checkpoint form (slots.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "methods/slots.h"
+
+int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per)
+{
+    int64_t b = (int64_t)(d + dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t);
+    if (nheaps > 0) b += (int64_t)sizeof(double) + (1 + nheaps) * (int64_t)sizeof(int32_t);
+    return b + (int64_t)scratch_per;
+}
+
+void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per)
+{
+    memset(s, 0, sizeof *s);
+    s->d = d;
+    s->dv = dv;
+    s->nheaps = nheaps;
+    s->scratch_per = scratch_per;
+}
+
+void kv_slots_free(kv_slots *s)
+{
+    free(s->K); free(s->V); free(s->idx); free(s->score); free(s->pos); free(s->heap[0]); free(s->heap[1]);
+    free(s->scratch);
+    s->K = s->V = NULL; s->idx = NULL; s->score = NULL; s->pos = s->heap[0] = s->heap[1] = NULL;
+    s->scratch = NULL;
+    s->cap = 0;
+}
+
+size_t kv_slots_bytes(const kv_slots *s)
+{
+    return (size_t)s->cap * (size_t)kv_slots_row_bytes(s->d, s->dv, s->nheaps, s->scratch_per);
+}
+
+int kv_slots_resize(kv_slots *s, int64_t rows)
+{
+    if (rows == s->cap) return KV_OK;
+    if (rows == 0) {
+        kv_slots_free(s);
+        return KV_OK;
+    }
+    size_t N = (size_t)rows;
+    int bad = 0;
+#define RE(p, per) do { void *q = realloc(p, sizeof *(p) * (per) * N); if (q) p = q; else bad = 1; } while (0)
+    RE(s->K, (size_t)s->d);
+    RE(s->V, (size_t)s->dv);
+    RE(s->idx, 1);
+    if (s->nheaps > 0) {
+        RE(s->score, 1);
+        RE(s->pos, 1);
+        for (int w = 0; w < s->nheaps; w++) RE(s->heap[w], 1);
+    }
+    if (s->scratch_per) {
+        void *q = realloc(s->scratch, s->scratch_per * N);
+        if (q) s->scratch = q; else bad = 1;
+    }
+#undef RE
+    /* a failed grow leaves every array >= the old cap; after a shrink, even
+     * a partly failed one, every array holds >= rows, and some only rows */
+    if (bad && rows > s->cap) return KV_EINTERNAL;
+    s->cap = rows;
+    return KV_OK;
+}
+
+int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err)
+{
+    if (need > s->cap && kv_slots_resize(s, need))
+        return kv_seterr(err, KV_EINTERNAL, "%s: out of memory holding %lld tokens", who, (long long)need);
+    return KV_OK;
+}
+
+int kv_slots_make_room(kv_slots *s, size_t n, int64_t share, const char *who, kv_err *err)
+{
+    int64_t need = s->held + (int64_t)n;
+    if (need > share) need = share > s->held ? share : s->held;
+    return kv_slots_grow(s, need, who, err);
+}
+
+void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc)
+{
+    size_t d = (size_t)s->d, dv = (size_t)s->dv;
+    memcpy(s->K + slot * d, k, sizeof(float) * d);
+    memcpy(s->V + slot * dv, v, sizeof(float) * dv);
+    s->idx[slot] = t;
+    if (s->nheaps > 0) s->score[slot] = sc;
+}
+
+/* ---- min-heaps over slots: w = 0 by (score, index), w = 1 by index ---- */
+static int before(const kv_slots *s, int w, int32_t a, int32_t b)
+{
+    if (w) return s->idx[a] < s->idx[b];
+    return s->score[a] < s->score[b] || (s->score[a] == s->score[b] && s->idx[a] < s->idx[b]);
+}
+
+static void put(kv_slots *s, int w, int64_t i, int32_t slot)
+{
+    s->heap[w][i] = slot;
+    s->pos[slot] = w ? (int32_t)(-1 - i) : (int32_t)i;
+}
+
+static void sift_down(kv_slots *s, int w, int64_t i)
+{
+    int32_t *a = s->heap[w], x = a[i];
+    int64_t n = s->hsize[w];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && before(s, w, a[c + 1], a[c])) c++;
+        if (!before(s, w, a[c], x)) break;
+        put(s, w, i, a[c]);
+        i = c;
+    }
+    put(s, w, i, x);
+}
+
+void kv_slots_push(kv_slots *s, int w, int32_t slot)
+{
+    int32_t *a = s->heap[w];
+    int64_t i = s->hsize[w]++;
+    while (i > 0 && before(s, w, slot, a[(i - 1) / 2])) {
+        put(s, w, i, a[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    put(s, w, i, slot);
+}
+
+int32_t kv_slots_pop(kv_slots *s, int w)
+{
+    int32_t *a = s->heap[w], top = a[0];
+    int64_t n = --s->hsize[w];
+    if (n > 0) {
+        put(s, w, 0, a[n]);
+        sift_down(s, w, 0);
+    }
+    return top;
+}
+
+int32_t kv_slots_top(const kv_slots *s, int w)
+{
+    return s->heap[w][0];
+}
+
+void kv_slots_heapify(kv_slots *s, int w)
+{
+    for (int64_t i = s->hsize[w] / 2 - 1; i >= 0; i--) sift_down(s, w, i);
+}
+
+void kv_slots_drop(kv_slots *s, int32_t x)
+{
+    int32_t last = (int32_t)--s->held;
+    if (x == last) return;
+    size_t d = (size_t)s->d, dv = (size_t)s->dv;
+    memcpy(s->K + x * d, s->K + last * d, sizeof(float) * d);
+    memcpy(s->V + x * dv, s->V + last * dv, sizeof(float) * dv);
+    s->idx[x] = s->idx[last];
+    if (s->nheaps == 0) return;
+    s->score[x] = s->score[last];
+    int32_t p = s->pos[last];
+    if (p >= 0) put(s, 0, p, x);
+    else put(s, 1, -1 - (int64_t)p, x);
+}
+
+int64_t kv_slots_first_share(const kv_method_ctx *ctx, int64_t total)
+{
+    if (ctx->shard_tokens > 0 && ctx->n_total > 0)
+        return (int64_t)((__int128)total * ctx->shard_tokens / ctx->n_total);
+    return total / (ctx->nranks > 0 ? ctx->nranks : 1);
+}
+
+void kv_slots_save(const kv_slots *s, kv_buf *out)
+{
+    size_t n = (size_t)s->held;
+    kv_buf_put_arr(out, s->K, n * (size_t)s->d * sizeof(float));
+    kv_buf_put_arr(out, s->V, n * (size_t)s->dv * sizeof(float));
+    kv_buf_put_arr(out, s->idx, n * sizeof(int64_t));
+    if (s->nheaps == 0) return;
+    kv_buf_put_arr(out, s->score, n * sizeof(double));
+    for (int w = 0; w < s->nheaps; w++) kv_buf_put_arr(out, s->heap[w], (size_t)s->hsize[w] * sizeof(int32_t));
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The rules of kv_slots_load on a set with its arrays in place; sorted is
+ * scratch for the held indices. */
+static int valid(kv_slots *s, int64_t idx_end, int64_t *sorted)
+{
+    int64_t n = s->held;
+    if (!n) return 1;
+    for (int64_t i = 0; i < n; i++) {
+        if (s->idx[i] < 0 || s->idx[i] >= idx_end) return 0;
+        if (s->nheaps > 0 && (!isfinite(s->score[i]) || s->score[i] < 0)) return 0;
+    }
+    if (!kv_all_finite(s->K, (size_t)n * (size_t)s->d) || !kv_all_finite(s->V, (size_t)n * (size_t)s->dv)) return 0;
+    memcpy(sorted, s->idx, sizeof(int64_t) * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
+    for (int64_t i = 1; i < n; i++)
+        if (sorted[i] == sorted[i - 1]) return 0;
+    if (s->nheaps == 0) return 1;
+    for (int64_t i = 0; i < n; i++) s->pos[i] = INT32_MIN; /* not placed yet */
+    for (int w = 0; w < s->nheaps; w++) {
+        const int32_t *a = s->heap[w];
+        for (int64_t i = 0; i < s->hsize[w]; i++) {
+            int32_t x = a[i];
+            if (x < 0 || x >= n || s->pos[x] != INT32_MIN) return 0;
+            if (i && before(s, w, x, a[(i - 1) / 2])) return 0;
+            s->pos[x] = w ? (int32_t)(-1 - i) : (int32_t)i;
+        }
+    }
+    return 1;
+}
+
+int kv_slots_load(kv_slots *out, const kv_slots *like, kv_rd *in, int64_t most, int64_t idx_end, const char *who,
+                  kv_err *err)
+{
+    size_t cap = (size_t)(most > 0 ? most : 0), nk = 0, nv = 0, ni = 0, ns = 0, nh[2] = { 0, 0 }, n;
+    void *K = NULL, *V = NULL, *idx = NULL, *score = NULL, *heap[2] = { NULL, NULL };
+    int64_t *sorted = NULL;
+    kv_slots t;
+    kv_slots_init(&t, like->d, like->dv, like->nheaps, like->scratch_per);
+    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)t.d, cap, &nk, err) ||
+        kv_rd_arr(in, &V, sizeof(float) * (size_t)t.dv, cap, &nv, err) ||
+        kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err))
+        goto fail;
+    if (t.nheaps > 0 && kv_rd_arr(in, &score, sizeof(double), cap, &ns, err)) goto fail;
+    for (int w = 0; w < t.nheaps; w++)
+        if (kv_rd_arr(in, &heap[w], sizeof(int32_t), cap, &nh[w], err)) goto fail;
+    n = nk;
+    if (nv != n || ni != n || (t.nheaps > 0 && (ns != n || nh[0] + nh[1] != n))) goto bad;
+    t.K = K; t.V = V; t.idx = idx; t.score = score;
+    K = V = idx = score = NULL;
+    t.held = t.cap = (int64_t)n;
+    if (!n) {
+        free(heap[0]); free(heap[1]);
+        *out = t; /* nothing held: no arrays, as in an uninterrupted run */
+        return KV_OK;
+    }
+    /* every per-slot array gets n rows: capacity = slots in use, as kv_slots_resize keeps it */
+    sorted = malloc(sizeof(int64_t) * n);
+    int oom = !sorted;
+    if (t.nheaps > 0) {
+        t.pos = malloc(sizeof(int32_t) * n);
+        oom |= !t.pos;
+        for (int w = 0; w < t.nheaps; w++) {
+            t.heap[w] = malloc(sizeof(int32_t) * n);
+            oom |= !t.heap[w];
+            if (t.heap[w] && nh[w]) memcpy(t.heap[w], heap[w], sizeof(int32_t) * nh[w]);
+            t.hsize[w] = (int64_t)nh[w];
+        }
+    }
+    if (t.scratch_per) {
+        t.scratch = malloc(t.scratch_per * n);
+        oom |= !t.scratch;
+    }
+    if (oom) {
+        kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %s", who);
+        goto fail;
+    }
+    if (!valid(&t, idx_end, sorted)) goto bad;
+    free(heap[0]); free(heap[1]); free(sorted);
+    *out = t;
+    return KV_OK;
+bad:
+    kv_seterr(err, KV_EINPUT, "checkpoint: %s state is inconsistent", who);
+fail:
+    free(K); free(V); free(idx); free(score); free(heap[0]); free(heap[1]); free(sorted);
+    kv_slots_free(&t);
+    return err->code;
+}

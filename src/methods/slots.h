@@ -1,0 +1,98 @@
+/* slots.h - the held rows of an evicting method (h2o, tova, snapkv).
+ *
+ * Offers one set of per-slot arrays (key, value, token index; with heaps a
+ * score, a heap position and up to two min-heaps; per-slot scratch bytes),
+ * all sized to one capacity that the method resizes to the slots in use, so
+ * that its memory figure (capacity x kv_slots_row_bytes) is what is
+ * allocated; the heaps with the slot moves that keep them right; the rank
+ * share of a global budget before any token; and the checkpoint form of
+ * the arrays with the checks a restored set must pass.  Attention over the
+ * held rows is kernels/held.h.
+ *
+ * Slots in use are always 0 .. held - 1.  Heap 0 is a min-heap of slots by
+ * (score, index) (the eviction order), heap 1 a min-heap by index (h2o's
+ * recent part); pos[slot] >= 0 is the slot's place in heap 0, pos[slot] < 0
+ * is -1 - its place in heap 1. */
+#ifndef KVSTREAM_SLOTS_H
+#define KVSTREAM_SLOTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "core/buf.h"
+#include "core/kverr.h"
+#include "methods/method.h"
+
+typedef struct {
+    int d, dv;
+    int nheaps;          /* 0, 1 or 2; > 0 brings score and pos */
+    size_t scratch_per;  /* scratch bytes per slot */
+    int64_t held, cap;   /* slots in use, allocated */
+    float *K, *V;        /* held keys (cap x d) and values (cap x dv) */
+    int64_t *idx;        /* their token indices */
+    double *score;
+    int32_t *pos;
+    int32_t *heap[2];
+    int64_t hsize[2];
+    /* cap x scratch_per bytes for the method's own per-slot work (snapkv's
+     * votes); its contents do not survive kv_slots_resize */
+    void *scratch;
+} kv_slots;
+
+/* Bytes one slot costs with this shape (what kv_slots_bytes counts per
+ * allocated slot): (d + dv) floats and an index, with heaps a double score,
+ * an int32 position and an int32 per heap, then scratch_per. */
+int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per);
+
+/* An empty set (no arrays) of this shape; kv_slots_free releases it. */
+void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per);
+void kv_slots_free(kv_slots *s);
+
+/* cap x row bytes: every allocated slot. */
+size_t kv_slots_bytes(const kv_slots *s);
+
+/* Resize every per-slot array to rows (>= held; 0 frees them).  Returns
+ * KV_EINTERNAL only when a grow fails (every array then still holds the old
+ * capacity); a failed shrink keeps the larger blocks, so it cannot fail. */
+int kv_slots_resize(kv_slots *s, int64_t rows);
+
+/* Capacity for at least need slots, else "<who>: out of memory holding
+ * <need> tokens" (KV_EINTERNAL). */
+int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err);
+
+/* Capacity for n arriving tokens of which the held ones stay within share
+ * (or within what is held now, if more): held + n, capped there. */
+int kv_slots_make_room(kv_slots *s, size_t n, int64_t share, const char *who, kv_err *err);
+
+/* Slot `slot` holds token t: key k, value v, score sc (with heaps). */
+void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc);
+
+/* Heap w: add a slot, take the top one out, look at it, and restore the
+ * order after the scores changed. */
+void kv_slots_push(kv_slots *s, int w, int32_t slot);
+int32_t kv_slots_pop(kv_slots *s, int w);
+int32_t kv_slots_top(const kv_slots *s, int w);
+void kv_slots_heapify(kv_slots *s, int w);
+
+/* Free slot x (already out of every heap): the last slot moves into it. */
+void kv_slots_drop(kv_slots *s, int32_t x);
+
+/* A rank's share of a global budget before any token was seen: by shard
+ * size, floor(total * shard / n), or total / P when the shard is unknown. */
+int64_t kv_slots_first_share(const kv_method_ctx *ctx, int64_t total);
+
+/* The held rows for a checkpoint: K, V, idx, then with heaps the scores and
+ * each heap as laid out (ties and sift order decide later evictions); pos
+ * follows from the heaps. */
+void kv_slots_save(const kv_slots *s, kv_buf *out);
+
+/* Read what kv_slots_save wrote, at most `most` rows, into *out, a set of
+ * like's shape with capacity = the rows read (none: no arrays), and check
+ * it: keys and values finite, indices in [0, idx_end) and distinct, with
+ * heaps scores finite and >= 0 and every slot in exactly one valid heap
+ * (which sets pos).  Errors: what kv_rd gives, else "checkpoint: <who>
+ * state is inconsistent" (KV_EINPUT), nothing kept.  The caller checks its
+ * own rules on *out, then either takes it or kv_slots_free's it. */
+int kv_slots_load(kv_slots *out, const kv_slots *like, kv_rd *in, int64_t most, int64_t idx_end, const char *who,
+                  kv_err *err);
+
+#endif
