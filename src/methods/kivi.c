@@ -325,21 +325,19 @@ static void kivi_free(void *state)
     free(s);
 }
 
-/* sealed (methods/quant.h): h, known, the groups, the two rings */
-static void kivi_save(const void *state, kv_buf *out)
+/* the sealed payload (methods/quant.h): h, known, the groups, the two rings */
+static void kivi_payload(const void *state, kv_buf *b)
 {
     const kivi_state *s = state;
-    kv_buf b;
-    kv_buf_init(&b);
-    kv_buf_put_i64(&b, s->h);
-    kv_buf_put_i64(&b, s->known);
-    kv_buf_put_arr(&b, s->gidx, sizeof(int64_t) * (size_t)s->ng);
-    kv_buf_put_arr(&b, s->recs, s->rec * (size_t)s->ng);
-    kv_tokring_save(&s->tail, &b);
-    kv_tokring_save(&s->edge, &b);
-    kv_qsave_sealed(out, &b);
-    kv_buf_free(&b);
+    kv_buf_put_i64(b, s->h);
+    kv_buf_put_i64(b, s->known);
+    kv_buf_put_arr(b, s->gidx, sizeof(int64_t) * (size_t)s->ng);
+    kv_buf_put_arr(b, s->recs, s->rec * (size_t)s->ng);
+    kv_tokring_save(&s->tail, b);
+    kv_tokring_save(&s->edge, b);
 }
+
+static void kivi_save(const void *state, kv_buf *out) { kv_qsave_sealed(out, kivi_payload, state); }
 
 static int kivi_load(void *state, kv_rd *in, kv_err *err)
 {

@@ -372,28 +372,26 @@ static void qjl_free(void *state)
     free(s);
 }
 
-/* sealed (methods/quant.h): h, known, the quantised rows, the two rings (S
- * is made again from the seed) */
-static void qjl_save(const void *state, kv_buf *out)
+/* the sealed payload (methods/quant.h): h, known, the quantised rows, the
+ * two rings (S is made again from the seed) */
+static void qjl_payload(const void *state, kv_buf *b)
 {
     const qjl_state *s = state;
     size_t n = (size_t)s->n, dv = (size_t)s->ctx.dv;
-    kv_buf b;
-    kv_buf_init(&b);
-    kv_buf_put_i64(&b, s->h);
-    kv_buf_put_i64(&b, s->known);
-    kv_buf_put_arr(&b, s->sig, n * (size_t)s->mb);
-    kv_buf_put_arr(&b, s->norm, n * sizeof(float));
-    if (s->vbits == 32) kv_buf_put_arr(&b, s->vf, n * dv * sizeof(float));
+    kv_buf_put_i64(b, s->h);
+    kv_buf_put_i64(b, s->known);
+    kv_buf_put_arr(b, s->sig, n * (size_t)s->mb);
+    kv_buf_put_arr(b, s->norm, n * sizeof(float));
+    if (s->vbits == 32) kv_buf_put_arr(b, s->vf, n * dv * sizeof(float));
     else {
-        kv_buf_put_arr(&b, s->vq, n * s->vcb);
-        kv_buf_put_arr(&b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
+        kv_buf_put_arr(b, s->vq, n * s->vcb);
+        kv_buf_put_arr(b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
     }
-    kv_tokring_save(&s->tail, &b);
-    kv_tokring_save(&s->edge, &b);
-    kv_qsave_sealed(out, &b);
-    kv_buf_free(&b);
+    kv_tokring_save(&s->tail, b);
+    kv_tokring_save(&s->edge, b);
 }
+
+static void qjl_save(const void *state, kv_buf *out) { kv_qsave_sealed(out, qjl_payload, state); }
 
 static int qjl_load(void *state, kv_rd *in, kv_err *err)
 {

@@ -13,7 +13,10 @@
  *
  * Checkpoints: every code pattern is a valid state, so a flipped code
  * cannot be told from a real one field by field; the envelope (payload
- * length, a 64-bit hash of the payload, the payload) rejects any change. */
+ * length, a 64-bit hash of the payload, the payload) rejects any change.
+ * It is written without a copy of the payload: the save function walks the
+ * state twice (hash, then the bytes straight into the output), and read
+ * from a refilling reader in pieces (hash, then parse). */
 #ifndef KVSTREAM_QUANT_H
 #define KVSTREAM_QUANT_H
 
@@ -55,8 +58,9 @@ void kv_dequantise_row(const uint8_t *codes, size_t pos, size_t n, int bits, con
 /* 1 if zs holds a finite zero point and a finite scale >= 0 (checkpoints). */
 int kv_qparams_ok(const uint16_t *zs);
 
-/* Checkpoint envelope: out gets payload's length, its hash, then its bytes. */
-void kv_qsave_sealed(kv_buf *out, const kv_buf *payload);
+/* Checkpoint envelope: out gets the length of what save(obj) appends, its
+ * hash, then those bytes (save runs twice; it must be deterministic). */
+void kv_qsave_sealed(kv_buf *out, kv_buf_saver save, const void *obj);
 
 /* Read an envelope written by kv_qsave_sealed from in; *payload then reads
  * its bytes (what = in->what).  KV_EINPUT "checkpoint: WHAT state ..." when
