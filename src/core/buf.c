@@ -99,7 +99,8 @@ int kv_rd_src_init(kv_rd_src *s, size_t size, size_t wcap, int (*fill)(void *, v
     s->fill = fill;
     s->ctx = ctx;
     s->size = size;
-    s->wcap = wcap ? wcap : 1;
+    s->wcap = wcap < size ? wcap : size; /* no window larger than the source */
+    if (!s->wcap) s->wcap = 1;
     s->win = malloc(s->wcap);
     if (!s->win) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
     return KV_OK;
