@@ -419,18 +419,8 @@ static int qjl_load(void *state, kv_rd *in, kv_err *err)
         kv_seterr(err, KV_EINPUT, "checkpoint: qjl state has a bad row count, norm or value");
         goto fail;
     }
-    if (kv_tokring_load(&s->tail, &rd, lim, s->ctx.n_total, err)) goto fail;
-    const kv_tokring *t = &s->tail, *e = &s->edge;
-    if (kv_tokring_load(&s->edge, &rd, lim, s->ctx.n_total, err) || rd.pos != rd.len ||
-        (t->count && (kv_tokring_idx(t, 0) < h - s->R || kv_tokring_idx(t, t->count - 1) >= known)) ||
-        (e->count && kv_tokring_idx(e, e->count - 1) >= known) || (int64_t)n + t->count + e->count > lim) {
-        kv_tokring_free(&s->tail);
-        kv_tokring_free(&s->edge);
-        kv_tokring_init(&s->tail, s->ctx.d, s->ctx.dv, lim);
-        kv_tokring_init(&s->edge, s->ctx.d, s->ctx.dv, lim);
-        if (!err->code) kv_seterr(err, KV_EINPUT, "checkpoint: qjl state holds tokens out of order");
-        goto fail;
-    }
+    if (kv_qrings_load(&s->tail, &s->edge, &rd, h - s->R, known, (int64_t)n, lim, s->ctx.n_total, err))
+        goto fail; /* the tail is the last R tokens */
     s->h = h;
     s->known = known;
     if (n) {

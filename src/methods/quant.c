@@ -1,5 +1,5 @@
 /* quant.c - half precision, asymmetric b-bit quantisation, the sealed
- * checkpoint envelope (see quant.h). */
+ * checkpoint envelope and its float rings (see quant.h). */
 #include <math.h>
 #include <string.h>
 #include "core/rng.h"
@@ -214,5 +214,27 @@ int kv_qload_sealed(kv_rd *in, kv_rd *payload, kv_err *err)
     }
     if ((uint64_t)h != qh_end(&q)) return kv_seterr(err, KV_EINPUT, "checkpoint: %s state does not match its checksum", w);
     *payload = sub;
+    return KV_OK;
+}
+
+int kv_qrings_load(kv_tokring *tail, kv_tokring *edge, kv_rd *payload, int64_t tail_from, int64_t known,
+                   int64_t held, int64_t lim, int64_t n_total, kv_err *err)
+{
+    const char *w = payload->what ? payload->what : "a";
+    int64_t tcap = tail->cap, ecap = edge->cap;
+    int rc = kv_tokring_load(tail, payload, lim, n_total, err) || kv_tokring_load(edge, payload, lim, n_total, err);
+    if (!rc && payload->pos != payload->len) rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has trailing bytes", w);
+    const kv_tokring *t = tail, *e = edge;
+    if (!rc && ((t->count && (kv_tokring_idx(t, 0) < tail_from || kv_tokring_idx(t, t->count - 1) >= known)) ||
+                (e->count && kv_tokring_idx(e, e->count - 1) >= known) || held + t->count + e->count > lim))
+        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state holds tokens out of order", w);
+    if (rc) {
+        int d = tail->d, dv = tail->dv;
+        kv_tokring_free(tail);
+        kv_tokring_free(edge);
+        kv_tokring_init(tail, d, dv, tcap);
+        kv_tokring_init(edge, d, dv, ecap);
+        return err->code;
+    }
     return KV_OK;
 }

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include "core/buf.h"
 #include "core/kverr.h"
+#include "methods/tokring.h"
 
 /* IEEE binary16, round to nearest even (overflow gives +-inf). */
 uint16_t kv_half_from_float(float f);
@@ -66,5 +67,14 @@ void kv_qsave_sealed(kv_buf *out, kv_buf_saver save, const void *obj);
  * its bytes (what = in->what).  KV_EINPUT "checkpoint: WHAT state ..." when
  * it is truncated or its hash does not match. */
 int kv_qload_sealed(kv_rd *in, kv_rd *payload, kv_err *err);
+
+/* The float part both quantised caches (kivi, qjl) end their payload with,
+ * after their quantised tokens: the tail ring (first index >= tail_from)
+ * and the edge ring (kv_tokring_load, at most lim tokens each), every
+ * token below known, held + both rings' tokens <= lim; then the payload
+ * must end.  On any failure both rings are left empty, as create made
+ * them. */
+int kv_qrings_load(kv_tokring *tail, kv_tokring *edge, kv_rd *payload, int64_t tail_from, int64_t known,
+                   int64_t held, int64_t lim, int64_t n_total, kv_err *err);
 
 #endif
