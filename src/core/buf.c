@@ -169,22 +169,31 @@ int kv_rd_sub(kv_rd *r, size_t n, kv_rd *sub, kv_err *err)
     return KV_OK;
 }
 
-int kv_rd_arr(kv_rd *r, void **p, size_t elem, size_t max_elems, size_t *count, kv_err *err)
+int kv_rd_arr_len(kv_rd *r, size_t elem, size_t max_elems, size_t *count, kv_err *err)
 {
     int64_t n = 0;
-    *p = NULL;
     *count = 0;
     if (kv_rd_i64(r, &n, err)) return err->code;
     if (n < 0 || (size_t)n > r->len - r->pos || (size_t)n % elem || (size_t)n / elem > max_elems)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad array length", r->what ? r->what : "a");
-    if (n == 0) return KV_OK;
-    *p = malloc((size_t)n);
+    *count = (size_t)n / elem;
+    return KV_OK;
+}
+
+int kv_rd_arr(kv_rd *r, void **p, size_t elem, size_t max_elems, size_t *count, kv_err *err)
+{
+    size_t c;
+    *p = NULL;
+    *count = 0;
+    if (kv_rd_arr_len(r, elem, max_elems, &c, err)) return err->code;
+    if (c == 0) return KV_OK;
+    *p = malloc(c * elem);
     if (!*p) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
-    if (kv_rd_get(r, *p, (size_t)n, err)) {
+    if (kv_rd_get(r, *p, c * elem, err)) {
         free(*p);
         *p = NULL;
         return err->code;
     }
-    *count = (size_t)n / elem;
+    *count = c;
     return KV_OK;
 }

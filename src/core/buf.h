@@ -92,6 +92,10 @@ int kv_rd_f64(kv_rd *r, double *v, kv_err *err);
 /* the next n bytes of r as a reader of their own (r moves past them);
  * KV_EINPUT "... truncated" when fewer are left */
 int kv_rd_sub(kv_rd *r, size_t n, kv_rd *sub, kv_err *err);
+/* the length of an array written by kv_buf_put_arr, in elems (a multiple
+ * of elem bytes, at most max_elems, no more than what is left); its bytes
+ * follow, for kv_rd_get into storage of the caller's choosing */
+int kv_rd_arr_len(kv_rd *r, size_t elem, size_t max_elems, size_t *count, kv_err *err);
 /* an array written by kv_buf_put_arr: malloc'ed into *p (NULL when empty);
  * its byte length must be a multiple of elem and at most max_elems elems */
 int kv_rd_arr(kv_rd *r, void **p, size_t elem, size_t max_elems, size_t *count, kv_err *err);
