@@ -1,4 +1,5 @@
-/* ckpt.c - checkpoint files on parallel HDF5 (see ckpt.h). */
+/* ckpt.c - checkpoint files on parallel HDF5, written and read in pieces
+ * at offsets (see ckpt.h). */
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,54 +51,122 @@ static int get_str(hid_t f, const char *name, char *buf, size_t len)
     return bad;
 }
 
-int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, const void *blob, size_t len, kv_err *err)
+struct kv_ckpt_writer {
+    MPI_Comm comm;
+    int rank;
+    char path[1100], tmp[1100];
+    hid_t f, ds, ods;
+    int64_t *all; /* [P + 1]: where each rank's state starts */
+    size_t len;   /* this rank's state */
+    int bad;      /* a piece could not be written */
+};
+
+static void writer_close(kv_ckpt_writer *w)
+{
+    if (w->ds >= 0) H5Dclose(w->ds);
+    if (w->ods >= 0) H5Dclose(w->ods);
+    w->ds = w->ods = -1;
+}
+
+int kv_ckpt_create(const char *path, MPI_Comm comm, size_t len, kv_ckpt_writer **wp, kv_err *err)
 {
     int rank, P;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    *wp = NULL;
+    kv_ckpt_writer *w = calloc(1, sizeof *w);
+    int64_t *all = malloc(sizeof(int64_t) * (size_t)(P + 1));
+    if (kv_mpi_any(!w || !all, comm)) {
+        free(w);
+        free(all);
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+    }
+    w->comm = comm;
+    w->rank = rank;
+    w->all = all;
+    w->len = len;
+    w->ds = w->ods = -1;
+    snprintf(w->path, sizeof w->path, "%s", path);
+    snprintf(w->tmp, sizeof w->tmp, "%s.tmp", path);
     /* where each rank's bytes go */
-    int64_t mine = (int64_t)len, off = 0, *all = malloc(sizeof(int64_t) * (size_t)(P + 1));
-    if (!all) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
-    kv_mpi_allgather_i64(mine, all + 1, comm);
+    kv_mpi_allgather_i64((int64_t)len, all + 1, comm);
     all[0] = 0;
     for (int r = 0; r < P; r++) all[r + 1] += all[r];
-    off = all[rank];
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    w->f = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
-    if (f < 0) { free(all); return kv_seterr(err, KV_EINPUT, "%s: cannot create checkpoint (directory missing or not writable?)", tmp); }
-    int bad = 0;
-    hsize_t total = (hsize_t)all[P], np1 = (hsize_t)(P + 1);
-    hid_t sp = H5Screate_simple(1, &total, NULL), osp = H5Screate_simple(1, &np1, NULL);
-    hid_t ds = H5Dcreate2(f, "/state", H5T_NATIVE_UINT8, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t ods = H5Dcreate2(f, "/offsets", H5T_STD_I64LE, osp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    bad = ds < 0 || ods < 0;
-    if (!bad && len > 0) { /* independent: ranks write different amounts */
-        hsize_t start = (hsize_t)off, cnt = (hsize_t)len;
-        hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(1, &cnt, NULL);
-        H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL);
-        bad = H5Dwrite(ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, blob) < 0;
-        H5Sclose(fs);
-        H5Sclose(ms);
+    int rc = KV_OK;
+    if (kv_mpi_any(w->f < 0, comm)) {
+        rc = kv_seterr(err, KV_EINPUT, "%s: cannot create checkpoint (directory missing or not writable?)", w->tmp);
+    } else {
+        hsize_t total = (hsize_t)all[P], np1 = (hsize_t)(P + 1);
+        hid_t sp = H5Screate_simple(1, &total, NULL), osp = H5Screate_simple(1, &np1, NULL);
+        w->ds = H5Dcreate2(w->f, "/state", H5T_NATIVE_UINT8, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        w->ods = H5Dcreate2(w->f, "/offsets", H5T_STD_I64LE, osp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        H5Sclose(sp);
+        H5Sclose(osp);
+        if (kv_mpi_any(w->ds < 0 || w->ods < 0, comm))
+            rc = kv_seterr(err, KV_EINTERNAL, "%s: cannot create the checkpoint's datasets", w->tmp);
     }
-    if (ods >= 0 && rank == 0) bad |= H5Dwrite(ods, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, all) < 0;
-    /* attributes are collective: every rank writes the same values */
-    kv_ckpt_meta m = *meta;
-    bad |= kv_h5_attr_str(f, "format", "kvstream-checkpoint");
-    bad |= kv_h5_attr_str(f, "trace", m.trace) | kv_h5_attr_str(f, "methods", m.methods) | kv_h5_attr_str(f, "semantics", m.semantics) |
-           kv_h5_attr_str(f, "out", m.out);
-    for (int i = 0; i < NI; i++) bad |= kv_h5_attr_scalar(f, int_names[i], H5T_NATIVE_INT64, H5T_NATIVE_INT64, int_field(&m, i));
-    if (ds >= 0) H5Dclose(ds);
-    if (ods >= 0) H5Dclose(ods);
-    H5Sclose(sp);
-    H5Sclose(osp);
-    bad |= H5Fclose(f) < 0;
-    free(all);
-    if (kv_mpi_any(bad, comm)) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", tmp);
+    if (rc) {
+        writer_close(w);
+        if (w->f >= 0) H5Fclose(w->f);
+        free(all);
+        free(w);
+        return rc;
+    }
+    *wp = w;
+    return KV_OK;
+}
+
+int kv_ckpt_put(kv_ckpt_writer *w, const void *p, size_t n, size_t at, kv_err *err)
+{
+    if (w->bad) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed", w->tmp);
+    if (n == 0) return KV_OK;
+    if (at > w->len || n > w->len - at) {
+        w->bad = 1;
+        return kv_seterr(err, KV_EINTERNAL, "checkpoint: a state piece [%zu, %zu) is beyond the counted %zu bytes",
+                         at, at + n, w->len);
+    }
+    /* independent: ranks write different amounts, at their own pace */
+    hsize_t start = (hsize_t)(w->all[w->rank] + (int64_t)at), cnt = (hsize_t)n;
+    hid_t fs = H5Dget_space(w->ds), ms = H5Screate_simple(1, &cnt, NULL);
+    w->bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
+             H5Dwrite(w->ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, p) < 0;
+    if (fs >= 0) H5Sclose(fs);
+    if (ms >= 0) H5Sclose(ms);
+    if (w->bad) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", w->tmp);
+    return KV_OK;
+}
+
+int kv_ckpt_finish(kv_ckpt_writer *w, const kv_ckpt_meta *meta, int failed, kv_err *err)
+{
+    MPI_Comm comm = w->comm;
+    int bad = kv_mpi_any(failed || w->bad, comm);
+    if (!bad) {
+        if (w->rank == 0) bad |= H5Dwrite(w->ods, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, w->all) < 0;
+        /* attributes are collective: every rank writes the same values */
+        kv_ckpt_meta m = *meta;
+        bad |= kv_h5_attr_str(w->f, "format", "kvstream-checkpoint");
+        bad |= kv_h5_attr_str(w->f, "trace", m.trace) | kv_h5_attr_str(w->f, "methods", m.methods) |
+               kv_h5_attr_str(w->f, "semantics", m.semantics) | kv_h5_attr_str(w->f, "out", m.out);
+        for (int i = 0; i < NI; i++)
+            bad |= kv_h5_attr_scalar(w->f, int_names[i], H5T_NATIVE_INT64, H5T_NATIVE_INT64, int_field(&m, i));
+    }
+    writer_close(w);
+    bad |= H5Fclose(w->f) < 0;
+    char tmp[1100], path[1100];
+    memcpy(tmp, w->tmp, sizeof tmp);
+    memcpy(path, w->path, sizeof path);
+    int rank = w->rank;
+    free(w->all);
+    free(w);
+    if (kv_mpi_any(bad, comm)) {
+        if (!err->code) kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", tmp);
+        return err->code;
+    }
     int rc = 0;
     if (rank == 0) rc = rename(tmp, path) != 0;
     kv_mpi_bcast(&rc, sizeof rc, 0, comm);
@@ -105,15 +174,22 @@ int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, con
     return KV_OK;
 }
 
-int kv_ckpt_read(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_ckpt_meta *got, void **blob,
+struct kv_ckpt_reader {
+    hid_t f, ds;
+    hsize_t start, len; /* this rank's state in /state */
+    char path[1100];
+};
+
+int kv_ckpt_open(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_ckpt_meta *got, kv_ckpt_reader **rdp,
                  size_t *len, kv_err *err)
 {
     int rank, P;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    *blob = NULL;
+    *rdp = NULL;
     *len = 0;
+    hid_t ds = -1;
     struct stat sb;
     if (stat(path, &sb) != 0) return kv_seterr(err, KV_EINPUT, "%s: no such checkpoint file", path);
     if (H5Fis_hdf5(path) <= 0) return kv_seterr(err, KV_EINPUT, "%s: not a checkpoint (not HDF5)", path);
@@ -177,7 +253,8 @@ int kv_ckpt_read(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_c
     }
     {
         int64_t *off = malloc(sizeof(int64_t) * (size_t)(P + 1));
-        hid_t ods = H5Dopen2(f, "/offsets", H5P_DEFAULT), ds = H5Dopen2(f, "/state", H5P_DEFAULT);
+        hid_t ods = H5Dopen2(f, "/offsets", H5P_DEFAULT);
+        ds = H5Dopen2(f, "/state", H5P_DEFAULT);
         hsize_t total = 0;
         if (ds >= 0) {
             hid_t sp = H5Dget_space(ds);
@@ -188,23 +265,48 @@ int kv_ckpt_read(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_c
             off[0] != 0 || off[P] != (int64_t)total || off[rank] > off[rank + 1]) {
             rc = kv_seterr(err, KV_EINPUT, "%s: checkpoint /state or /offsets is missing or inconsistent", path);
         } else {
-            hsize_t start = (hsize_t)off[rank], cnt = (hsize_t)(off[rank + 1] - off[rank]);
-            *blob = malloc(cnt ? cnt : 1);
-            hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(1, &cnt, NULL);
-            if (!*blob) rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
-            else if (cnt > 0 && (H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
-                                 H5Dread(ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, *blob) < 0))
-                rc = kv_seterr(err, KV_EINPUT, "%s: checkpoint state cannot be read (corrupt)", path);
-            *len = (size_t)cnt;
-            H5Sclose(fs);
-            H5Sclose(ms);
+            kv_ckpt_reader *r = calloc(1, sizeof *r);
+            if (!r) {
+                rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+            } else {
+                r->f = f;
+                r->ds = ds;
+                r->start = (hsize_t)off[rank];
+                r->len = (hsize_t)(off[rank + 1] - off[rank]);
+                snprintf(r->path, sizeof r->path, "%s", path);
+                *rdp = r;
+                *len = (size_t)r->len;
+            }
         }
         if (ods >= 0) H5Dclose(ods);
-        if (ds >= 0) H5Dclose(ds);
         free(off);
     }
 done:
-    H5Fclose(f);
-    if (rc) { free(*blob); *blob = NULL; *len = 0; }
+    if (rc) {
+        if (ds >= 0) H5Dclose(ds);
+        H5Fclose(f);
+    }
     return rc;
+}
+
+int kv_ckpt_get(kv_ckpt_reader *r, void *dst, size_t n, size_t at, kv_err *err)
+{
+    if (n == 0) return KV_OK;
+    if (at > r->len || n > r->len - at)
+        return kv_seterr(err, KV_EINPUT, "%s: checkpoint state is truncated", r->path);
+    hsize_t start = r->start + (hsize_t)at, cnt = (hsize_t)n;
+    hid_t fs = H5Dget_space(r->ds), ms = H5Screate_simple(1, &cnt, NULL);
+    int bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
+              H5Dread(r->ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, dst) < 0;
+    if (fs >= 0) H5Sclose(fs);
+    if (ms >= 0) H5Sclose(ms);
+    return bad ? kv_seterr(err, KV_EINPUT, "%s: checkpoint state cannot be read (corrupt)", r->path) : KV_OK;
+}
+
+void kv_ckpt_close(kv_ckpt_reader *r)
+{
+    if (!r) return;
+    H5Dclose(r->ds);
+    H5Fclose(r->f);
+    free(r);
 }

@@ -3,7 +3,8 @@
  * One HDF5 file written collectively with parallel HDF5: every rank's state
  * is an opaque byte string (built by src/replay/ckptstate.c and the methods' save
  * functions); /state holds them back to back, /offsets [P+1] says where each
- * rank's starts.  The identity of the run (trace fingerprint, method list,
+ * rank's starts.  Each rank writes and reads its string in pieces at
+ * offsets (independent hyperslab I/O), so no rank needs it whole in memory.  The identity of the run (trace fingerprint, method list,
  * rank count, ...) is in root attributes and checked on resume.  Writing
  * goes to FILE.tmp, which rank 0 renames to FILE after the collective
  * close: a crash mid-write leaves the previous checkpoint intact. */
@@ -26,13 +27,25 @@ typedef struct {
     int64_t reference;    /* replay --reference: 0 memory, 1 stream, 2 none */
 } kv_ckpt_meta;
 
-/* Collective.  blob/len: this rank's state. */
-int kv_ckpt_write(const char *path, MPI_Comm comm, const kv_ckpt_meta *meta, const void *blob, size_t len, kv_err *err);
+/* Writing, in bounded pieces: kv_ckpt_create (collective, every rank's
+ * state length known: ckptstate counts it first) makes FILE.tmp and /state;
+ * kv_ckpt_put (independent) writes bytes [at, at + n) of this rank's state;
+ * kv_ckpt_finish (collective, also after a failure: failed nonzero) writes
+ * the metadata, closes and renames FILE.tmp to FILE unless some rank failed.
+ * Errors of finish are agreed. */
+typedef struct kv_ckpt_writer kv_ckpt_writer;
+int kv_ckpt_create(const char *path, MPI_Comm comm, size_t len, kv_ckpt_writer **w, kv_err *err);
+int kv_ckpt_put(kv_ckpt_writer *w, const void *p, size_t n, size_t at, kv_err *err);
+int kv_ckpt_finish(kv_ckpt_writer *w, const kv_ckpt_meta *meta, int failed, kv_err *err);
 
-/* Collective.  Checks the file against `want` (everything but next_query and
- * the paths must match), fills *got, and gives this rank its state in a
- * malloc'ed *blob. */
-int kv_ckpt_read(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_ckpt_meta *got, void **blob,
+/* Reading, in bounded pieces.  kv_ckpt_open (collective) checks the file
+ * against `want` (everything but next_query and the paths must match),
+ * fills *got and gives this rank's state length; kv_ckpt_get (independent)
+ * reads bytes [at, at + n) of it; kv_ckpt_close (collective) closes. */
+typedef struct kv_ckpt_reader kv_ckpt_reader;
+int kv_ckpt_open(const char *path, MPI_Comm comm, const kv_ckpt_meta *want, kv_ckpt_meta *got, kv_ckpt_reader **rd,
                  size_t *len, kv_err *err);
+int kv_ckpt_get(kv_ckpt_reader *rd, void *dst, size_t n, size_t at, kv_err *err);
+void kv_ckpt_close(kv_ckpt_reader *rd);
 
 #endif

@@ -13,7 +13,11 @@ a real SIGUSR1 to a single rank's process.
 - --checkpoint-every writes checkpoints without stopping;
 - a checkpoint from another rank count, trace or method list is refused with
   a clear message; a half-written FILE.tmp (a crash while checkpointing)
-  leaves FILE usable; a truncated checkpoint is refused."""
+  leaves FILE usable; a truncated checkpoint is refused;
+- written and read in pieces of KVSTREAM_CKPT_PIECE=13 bytes (every state
+  crosses many piece boundaries, none aligned), a checkpoint resumes
+  bitwise too, also when the resume uses the default piece (the file does
+  not depend on it); a bad KVSTREAM_CKPT_PIECE is refused."""
 import os
 import shutil
 import signal
@@ -46,13 +50,16 @@ if r.returncode:
     fail(r.stderr)
 
 
-def replay(out, *extra, stop=None, methods=METHODS, np_=P, tr=trace):
+def replay(out, *extra, stop=None, methods=METHODS, np_=P, tr=trace, piece=None):
     if stop is not None:
         extra = extra + ("--stop-after", str(stop))
     cmd = mpi_cmd(np_, exe, "replay", tr, "--methods", methods, "--batch", "10", "--save-outputs", "--quiet",
                   "--seed", "4", "-o", out, *extra)
+    env = mpi_env()
+    if piece is not None:
+        env["KVSTREAM_CKPT_PIECE"] = str(piece)
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mpi_env())
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired:
         fail("replay timed out (hang?)")
 
@@ -89,6 +96,28 @@ for stops in ((10,), (55,), (75,), (25, 67)):
     same(ref, out, "interrupted at %s" % (stops,))
     print("ok: interrupted at %s and resumed: bitwise identical" % (stops,))
     checks += 1
+
+# tiny pieces: written and read 13 bytes at a time (two stops, the second
+# inside a batch), the last resume with the default piece
+out, ck = path("piece.h5"), path("piece.ckpt")
+r = replay(out, "--checkpoint", ck, stop=25, piece=13)
+if r.returncode != 3:
+    fail("13-byte pieces, stop at 25: exit %d: %s" % (r.returncode, r.stderr))
+r = replay(out, "--checkpoint", ck, "--resume", ck, stop=67, piece=13)
+if r.returncode != 3:
+    fail("13-byte pieces, resume and stop at 67: exit %d: %s" % (r.returncode, r.stderr))
+r = replay(out, "--checkpoint", ck, "--resume", ck)
+if r.returncode:
+    fail("resume of a 13-byte-piece checkpoint failed: " + r.stderr)
+same(ref, out, "checkpoints in 13-byte pieces")
+print("ok: checkpoints written and read in 13-byte pieces resume bitwise identically")
+checks += 1
+r = replay(path("piece-bad.h5"), "--checkpoint", ck, piece="0")
+line = [l for l in r.stderr.splitlines() if l.startswith("kvstream")]
+if r.returncode != 2 or not line or "KVSTREAM_CKPT_PIECE" not in line[0]:
+    fail("KVSTREAM_CKPT_PIECE=0: exit %d: %s" % (r.returncode, r.stderr))
+print("ok: refused: " + line[0])
+checks += 1
 
 # periodic checkpoints, no stop; resuming from the last one finishes identically
 ck = path("every.ckpt")

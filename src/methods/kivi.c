@@ -325,21 +325,19 @@ static void kivi_free(void *state)
     free(s);
 }
 
-/* sealed (methods/quant.h): h, known, the groups, the two rings */
-static void kivi_save(const void *state, kv_buf *out)
+/* the sealed payload (methods/quant.h): h, known, the groups, the two rings */
+static void kivi_payload(const void *state, kv_buf *b)
 {
     const kivi_state *s = state;
-    kv_buf b;
-    kv_buf_init(&b);
-    kv_buf_put_i64(&b, s->h);
-    kv_buf_put_i64(&b, s->known);
-    kv_buf_put_arr(&b, s->gidx, sizeof(int64_t) * (size_t)s->ng);
-    kv_buf_put_arr(&b, s->recs, s->rec * (size_t)s->ng);
-    kv_tokring_save(&s->tail, &b);
-    kv_tokring_save(&s->edge, &b);
-    kv_qsave_sealed(out, &b);
-    kv_buf_free(&b);
+    kv_buf_put_i64(b, s->h);
+    kv_buf_put_i64(b, s->known);
+    kv_buf_put_arr(b, s->gidx, sizeof(int64_t) * (size_t)s->ng);
+    kv_buf_put_arr(b, s->recs, s->rec * (size_t)s->ng);
+    kv_tokring_save(&s->tail, b);
+    kv_tokring_save(&s->edge, b);
 }
+
+static void kivi_save(const void *state, kv_buf *out) { kv_qsave_sealed(out, kivi_payload, state); }
 
 static int kivi_load(void *state, kv_rd *in, kv_err *err)
 {
@@ -373,25 +371,9 @@ static int kivi_load(void *state, kv_rd *in, kv_err *err)
         kv_seterr(err, KV_EINPUT, "checkpoint: kivi state has a bad group table or scale");
         goto fail;
     }
-    if (kv_tokring_load(&s->tail, &rd, lim, s->ctx.n_total, err)) goto fail;
-    if (kv_tokring_load(&s->edge, &rd, lim, s->ctx.n_total, err) || rd.pos != rd.len) {
-        kv_tokring_free(&s->tail);
-        kv_tokring_init(&s->tail, s->ctx.d, s->ctx.dv, lim);
-        if (!err->code) kv_seterr(err, KV_EINPUT, "checkpoint: kivi state has trailing bytes");
-        goto fail;
-    }
-    /* every held token is below known, the tail is after the last group */
-    const kv_tokring *t = &s->tail, *e = &s->edge;
-    if ((t->count && (kv_tokring_idx(t, t->count - 1) >= known || (ng && kv_tokring_idx(t, 0) < (g[ng - 1] + 1) * G))) ||
-        (e->count && kv_tokring_idx(e, e->count - 1) >= known) ||
-        (int64_t)ng * G + t->count + e->count > lim) {
-        kv_tokring_free(&s->tail);
-        kv_tokring_free(&s->edge);
-        kv_tokring_init(&s->tail, s->ctx.d, s->ctx.dv, lim);
-        kv_tokring_init(&s->edge, s->ctx.d, s->ctx.dv, lim);
-        kv_seterr(err, KV_EINPUT, "checkpoint: kivi state holds tokens out of order");
-        goto fail;
-    }
+    if (kv_qrings_load(&s->tail, &s->edge, &rd, ng ? (g[ng - 1] + 1) * G : 0, known, (int64_t)ng * G, lim,
+                       s->ctx.n_total, err))
+        goto fail; /* the tail is after the last group */
     s->h = h;
     s->known = known;
     s->ng = (int64_t)ng;

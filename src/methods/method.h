@@ -133,7 +133,14 @@ typedef struct kv_method_ops {
      * that later calls depend on (held tokens, counts, RNG state, scores) to
      * out; load restores it into a state just made by create with the same
      * spec and ctx, so that the resumed run is bitwise the same as an
-     * uninterrupted one.  load must reject malformed bytes with an error. */
+     * uninterrupted one.  load must reject malformed bytes with an error.
+     * save must be deterministic: it only reads the state, and every call
+     * appends the same bytes, because a checkpoint saves twice (counting,
+     * then writing in bounded pieces: out may be a counting or a bounded
+     * kv_buf, core/buf.h) and a mismatch fails it.  load reads with
+     * kv_rd_get / kv_rd_sub only (the reader may refill from the file, so
+     * in->data is not the bytes), and best restores into the state as it
+     * reads rather than staging a copy (tokring.c, rowpool.c). */
     void (*save)(const void *state, kv_buf *out);
     int (*load)(void *state, kv_rd *in, kv_err *err);
     /* An upper bound of bytes() over the whole stream, from the spec and

@@ -372,27 +372,34 @@ static void qjl_free(void *state)
     free(s);
 }
 
-/* sealed (methods/quant.h): h, known, the quantised rows, the two rings (S
- * is made again from the seed) */
-static void qjl_save(const void *state, kv_buf *out)
+/* the sealed payload (methods/quant.h): h, known, the quantised rows, the
+ * two rings (S is made again from the seed) */
+static void qjl_payload(const void *state, kv_buf *b)
 {
     const qjl_state *s = state;
     size_t n = (size_t)s->n, dv = (size_t)s->ctx.dv;
-    kv_buf b;
-    kv_buf_init(&b);
-    kv_buf_put_i64(&b, s->h);
-    kv_buf_put_i64(&b, s->known);
-    kv_buf_put_arr(&b, s->sig, n * (size_t)s->mb);
-    kv_buf_put_arr(&b, s->norm, n * sizeof(float));
-    if (s->vbits == 32) kv_buf_put_arr(&b, s->vf, n * dv * sizeof(float));
+    kv_buf_put_i64(b, s->h);
+    kv_buf_put_i64(b, s->known);
+    kv_buf_put_arr(b, s->sig, n * (size_t)s->mb);
+    kv_buf_put_arr(b, s->norm, n * sizeof(float));
+    if (s->vbits == 32) kv_buf_put_arr(b, s->vf, n * dv * sizeof(float));
     else {
-        kv_buf_put_arr(&b, s->vq, n * s->vcb);
-        kv_buf_put_arr(&b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
+        kv_buf_put_arr(b, s->vq, n * s->vcb);
+        kv_buf_put_arr(b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
     }
-    kv_tokring_save(&s->tail, &b);
-    kv_tokring_save(&s->edge, &b);
-    kv_qsave_sealed(out, &b);
-    kv_buf_free(&b);
+    kv_tokring_save(&s->tail, b);
+    kv_tokring_save(&s->edge, b);
+}
+
+static void qjl_save(const void *state, kv_buf *out) { kv_qsave_sealed(out, qjl_payload, state); }
+
+/* the next array of the payload, of exactly n elems, straight into dst */
+static int rows_into(kv_rd *rd, void *dst, size_t elem, size_t n, kv_err *err)
+{
+    size_t c;
+    if (kv_rd_arr_len(rd, elem, n, &c, err)) return err->code;
+    if (c != n) return kv_seterr(err, KV_EINPUT, "checkpoint: qjl state has a bad row count, norm or value");
+    return kv_rd_get(rd, dst, n * elem, err);
 }
 
 static int qjl_load(void *state, kv_rd *in, kv_err *err)
@@ -400,57 +407,30 @@ static int qjl_load(void *state, kv_rd *in, kv_err *err)
     qjl_state *s = state;
     kv_rd rd;
     int64_t h, known, lim = kv_shard_limit(&s->ctx);
-    void *a[4] = { NULL, NULL, NULL, NULL };
-    size_t cnt[4] = { 0, 0, 0, 0 };
     int nv = s->vbits == 32 ? 1 : 2;
-    size_t dv = (size_t)s->ctx.dv;
+    size_t dv = (size_t)s->ctx.dv, n = 0;
     if (kv_qload_sealed(in, &rd, err) || kv_rd_i64(&rd, &h, err) || kv_rd_i64(&rd, &known, err) ||
-        kv_rd_arr(&rd, &a[0], (size_t)s->mb, (size_t)lim, &cnt[0], err) ||
-        kv_rd_arr(&rd, &a[1], sizeof(float), (size_t)lim, &cnt[1], err) ||
-        (nv == 1 ? kv_rd_arr(&rd, &a[2], sizeof(float) * dv, (size_t)lim, &cnt[2], err)
-                 : kv_rd_arr(&rd, &a[2], s->vcb, (size_t)lim, &cnt[2], err) ||
-                       kv_rd_arr(&rd, &a[3], (size_t)s->nvg * 2 * sizeof(uint16_t), (size_t)lim, &cnt[3], err)))
-        goto fail;
-    size_t n = cnt[0];
-    int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || cnt[1] != n || cnt[2] != n ||
-              (nv == 2 && cnt[3] != n) || (int64_t)n > known;
-    for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(((float *)a[1])[i]) || ((float *)a[1])[i] < 0;
-    if (!bad && nv == 1) bad = !kv_all_finite(a[2], n * dv);
-    for (size_t i = 0; nv == 2 && i < n * (size_t)s->nvg && !bad; i++) bad = !kv_qparams_ok((uint16_t *)a[3] + 2 * i);
-    if (bad) {
-        kv_seterr(err, KV_EINPUT, "checkpoint: qjl state has a bad row count, norm or value");
-        goto fail;
-    }
-    if (kv_tokring_load(&s->tail, &rd, lim, s->ctx.n_total, err)) goto fail;
-    const kv_tokring *t = &s->tail, *e = &s->edge;
-    if (kv_tokring_load(&s->edge, &rd, lim, s->ctx.n_total, err) || rd.pos != rd.len ||
-        (t->count && (kv_tokring_idx(t, 0) < h - s->R || kv_tokring_idx(t, t->count - 1) >= known)) ||
-        (e->count && kv_tokring_idx(e, e->count - 1) >= known) || (int64_t)n + t->count + e->count > lim) {
-        kv_tokring_free(&s->tail);
-        kv_tokring_free(&s->edge);
-        kv_tokring_init(&s->tail, s->ctx.d, s->ctx.dv, lim);
-        kv_tokring_init(&s->edge, s->ctx.d, s->ctx.dv, lim);
-        if (!err->code) kv_seterr(err, KV_EINPUT, "checkpoint: qjl state holds tokens out of order");
-        goto fail;
-    }
+        kv_rd_arr_len(&rd, (size_t)s->mb, (size_t)lim, &n, err))
+        return err->code;
+    /* the rows are read into the state's own arrays, grown to the capacity
+     * they had: no staging copy (s->n stays 0 until all is checked) */
+    if (n && grow_rows(s, (int64_t)n, err)) return err->code;
+    if (kv_rd_get(&rd, s->sig, n * (size_t)s->mb, err) || rows_into(&rd, s->norm, sizeof(float), n, err) ||
+        (nv == 1 ? rows_into(&rd, s->vf, sizeof(float) * dv, n, err)
+                 : rows_into(&rd, s->vq, s->vcb, n, err) ||
+                       rows_into(&rd, s->vzs, (size_t)s->nvg * 2 * sizeof(uint16_t), n, err)))
+        return err->code;
+    int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || (int64_t)n > known;
+    for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(s->norm[i]) || s->norm[i] < 0;
+    if (!bad && nv == 1) bad = !kv_all_finite(s->vf, n * dv);
+    for (size_t i = 0; nv == 2 && i < n * (size_t)s->nvg && !bad; i++) bad = !kv_qparams_ok(s->vzs + 2 * i);
+    if (bad) return kv_seterr(err, KV_EINPUT, "checkpoint: qjl state has a bad row count, norm or value");
+    if (kv_qrings_load(&s->tail, &s->edge, &rd, h - s->R, known, (int64_t)n, lim, s->ctx.n_total, err))
+        return err->code; /* the tail is the last R tokens */
     s->h = h;
     s->known = known;
-    if (n) {
-        if (grow_rows(s, (int64_t)n, err)) goto fail;
-        memcpy(s->sig, a[0], n * (size_t)s->mb);
-        memcpy(s->norm, a[1], n * sizeof(float));
-        if (nv == 1) memcpy(s->vf, a[2], n * dv * sizeof(float));
-        else {
-            memcpy(s->vq, a[2], n * s->vcb);
-            memcpy(s->vzs, a[3], n * (size_t)s->nvg * 2 * sizeof(uint16_t));
-        }
-    }
     s->n = (int64_t)n;
-    for (int i = 0; i < 4; i++) free(a[i]);
     return KV_OK;
-fail:
-    for (int i = 0; i < 4; i++) free(a[i]);
-    return err->code;
 }
 
 static int64_t qjl_max_bytes(const void *state)

@@ -1,5 +1,5 @@
 /* quant.c - half precision, asymmetric b-bit quantisation, the sealed
- * checkpoint envelope (see quant.h). */
+ * checkpoint envelope and its float rings (see quant.h). */
 #include <math.h>
 #include <string.h>
 #include "core/rng.h"
@@ -110,29 +110,84 @@ int kv_qparams_ok(const uint16_t *zs)
     return isfinite(z) && isfinite(s) && s >= 0;
 }
 
-static uint64_t hash_bytes(const uint8_t *p, size_t n)
+/* The envelope's hash, fed in pieces of any size: 64-bit words of the byte
+ * stream (little-endian, as memcpy reads them here), the length last. */
+typedef struct {
+    uint64_t h;
+    uint8_t tail[8];
+    size_t nt, n;
+} qhash;
+
+static void qh_init(qhash *q)
 {
-    uint64_t h = kv_mix64(0x71756e74ULL ^ (uint64_t)n); /* "qunt" */
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = kv_mix64(h ^ w);
-    }
-    uint64_t w = 0;
-    if (n > i) memcpy(&w, p + i, n - i); /* p may be NULL when n == 0 */
-    return kv_mix64(h ^ w ^ 0x5a);
+    memset(q, 0, sizeof *q);
+    q->h = kv_mix64(0x71756e74ULL); /* "qunt" */
 }
 
-void kv_qsave_sealed(kv_buf *out, const kv_buf *payload)
+static void qh_add(qhash *q, const uint8_t *p, size_t n)
 {
-    if (payload->failed) {
-        out->failed = 1;
+    q->n += n;
+    while (n && q->nt) { /* finish the word a previous piece began */
+        q->tail[q->nt++] = *p++;
+        n--;
+        if (q->nt == 8) {
+            uint64_t w;
+            memcpy(&w, q->tail, 8);
+            q->h = kv_mix64(q->h ^ w);
+            q->nt = 0;
+        }
+    }
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        q->h = kv_mix64(q->h ^ w);
+    }
+    if (n) memcpy(q->tail, p, n); /* n < 8 and nt == 0 here */
+    q->nt += n;
+}
+
+static uint64_t qh_end(const qhash *q)
+{
+    uint8_t t[8] = { 0 };
+    uint64_t w;
+    memcpy(t, q->tail, q->nt);
+    memcpy(&w, t, 8);
+    return kv_mix64(kv_mix64(q->h ^ w ^ 0x5a) ^ (uint64_t)q->n);
+}
+
+static int hash_sink(void *ctx, const void *p, size_t n, size_t at)
+{
+    (void)at;
+    qh_add(ctx, p, n);
+    return 0;
+}
+
+void kv_qsave_sealed(kv_buf *out, kv_buf_saver save, const void *obj)
+{
+    if (out->failed) return;
+    if (out->count_only) { /* only the size: no hash needed */
+        kv_buf_put_i64(out, 0);
+        kv_buf_put_i64(out, 0);
+        save(obj, out);
         return;
     }
-    kv_buf_put_i64(out, (int64_t)payload->len);
-    kv_buf_put_i64(out, (int64_t)hash_bytes(payload->data, payload->len));
-    kv_buf_put(out, payload->data, payload->len);
+    /* a first walk hashes the payload through a small buffer; the second
+     * writes it straight into out: no copy of the state */
+    qhash q;
+    qh_init(&q);
+    kv_buf hb;
+    kv_buf_init_bounded(&hb, (size_t)1 << 16, hash_sink, &q);
+    save(obj, &hb);
+    kv_buf_flush(&hb);
+    int bad = hb.failed;
+    size_t len = hb.total;
+    kv_buf_free(&hb);
+    if (bad) { out->failed = 1; return; }
+    kv_buf_put_i64(out, (int64_t)len);
+    kv_buf_put_i64(out, (int64_t)qh_end(&q));
+    size_t at = out->total;
+    save(obj, out);
+    if (!out->failed && out->total - at != len) out->failed = 1; /* save must be deterministic */
 }
 
 int kv_qload_sealed(kv_rd *in, kv_rd *payload, kv_err *err)
@@ -142,9 +197,44 @@ int kv_qload_sealed(kv_rd *in, kv_rd *payload, kv_err *err)
     if (kv_rd_i64(in, &len, err) || kv_rd_i64(in, &h, err)) return err->code;
     if (len < 0 || (uint64_t)len > in->len - in->pos)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state is truncated or has a bad length", w);
-    if ((uint64_t)h != hash_bytes(in->data + in->pos, (size_t)len))
-        return kv_seterr(err, KV_EINPUT, "checkpoint: %s state does not match its checksum", w);
-    *payload = (kv_rd){ .data = in->data + in->pos, .len = (size_t)len, .pos = 0, .what = in->what };
-    in->pos += (size_t)len;
+    kv_rd sub;
+    if (kv_rd_sub(in, (size_t)len, &sub, err)) return err->code;
+    qhash q;
+    qh_init(&q);
+    if (sub.data) {
+        qh_add(&q, sub.data, sub.len);
+    } else { /* from a refilling source: hash it piece by piece, then parse it again from the start */
+        kv_rd walk = sub;
+        uint8_t tmp[8192];
+        while (walk.pos < walk.len) {
+            size_t k = walk.len - walk.pos < sizeof tmp ? walk.len - walk.pos : sizeof tmp;
+            if (kv_rd_get(&walk, tmp, k, err)) return err->code;
+            qh_add(&q, tmp, k);
+        }
+    }
+    if ((uint64_t)h != qh_end(&q)) return kv_seterr(err, KV_EINPUT, "checkpoint: %s state does not match its checksum", w);
+    *payload = sub;
+    return KV_OK;
+}
+
+int kv_qrings_load(kv_tokring *tail, kv_tokring *edge, kv_rd *payload, int64_t tail_from, int64_t known,
+                   int64_t held, int64_t lim, int64_t n_total, kv_err *err)
+{
+    const char *w = payload->what ? payload->what : "a";
+    int64_t tcap = tail->cap, ecap = edge->cap;
+    int rc = kv_tokring_load(tail, payload, lim, n_total, err) || kv_tokring_load(edge, payload, lim, n_total, err);
+    if (!rc && payload->pos != payload->len) rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has trailing bytes", w);
+    const kv_tokring *t = tail, *e = edge;
+    if (!rc && ((t->count && (kv_tokring_idx(t, 0) < tail_from || kv_tokring_idx(t, t->count - 1) >= known)) ||
+                (e->count && kv_tokring_idx(e, e->count - 1) >= known) || held + t->count + e->count > lim))
+        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state holds tokens out of order", w);
+    if (rc) {
+        int d = tail->d, dv = tail->dv;
+        kv_tokring_free(tail);
+        kv_tokring_free(edge);
+        kv_tokring_init(tail, d, dv, tcap);
+        kv_tokring_init(edge, d, dv, ecap);
+        return err->code;
+    }
     return KV_OK;
 }

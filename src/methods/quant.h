@@ -13,7 +13,10 @@
  *
  * Checkpoints: every code pattern is a valid state, so a flipped code
  * cannot be told from a real one field by field; the envelope (payload
- * length, a 64-bit hash of the payload, the payload) rejects any change. */
+ * length, a 64-bit hash of the payload, the payload) rejects any change.
+ * It is written without a copy of the payload: the save function walks the
+ * state twice (hash, then the bytes straight into the output), and read
+ * from a refilling reader in pieces (hash, then parse). */
 #ifndef KVSTREAM_QUANT_H
 #define KVSTREAM_QUANT_H
 
@@ -21,6 +24,7 @@
 #include <stdint.h>
 #include "core/buf.h"
 #include "core/kverr.h"
+#include "methods/tokring.h"
 
 /* IEEE binary16, round to nearest even (overflow gives +-inf). */
 uint16_t kv_half_from_float(float f);
@@ -55,12 +59,22 @@ void kv_dequantise_row(const uint8_t *codes, size_t pos, size_t n, int bits, con
 /* 1 if zs holds a finite zero point and a finite scale >= 0 (checkpoints). */
 int kv_qparams_ok(const uint16_t *zs);
 
-/* Checkpoint envelope: out gets payload's length, its hash, then its bytes. */
-void kv_qsave_sealed(kv_buf *out, const kv_buf *payload);
+/* Checkpoint envelope: out gets the length of what save(obj) appends, its
+ * hash, then those bytes (save runs twice; it must be deterministic). */
+void kv_qsave_sealed(kv_buf *out, kv_buf_saver save, const void *obj);
 
 /* Read an envelope written by kv_qsave_sealed from in; *payload then reads
  * its bytes (what = in->what).  KV_EINPUT "checkpoint: WHAT state ..." when
  * it is truncated or its hash does not match. */
 int kv_qload_sealed(kv_rd *in, kv_rd *payload, kv_err *err);
+
+/* The float part both quantised caches (kivi, qjl) end their payload with,
+ * after their quantised tokens: the tail ring (first index >= tail_from)
+ * and the edge ring (kv_tokring_load, at most lim tokens each), every
+ * token below known, held + both rings' tokens <= lim; then the payload
+ * must end.  On any failure both rings are left empty, as create made
+ * them. */
+int kv_qrings_load(kv_tokring *tail, kv_tokring *edge, kv_rd *payload, int64_t tail_from, int64_t known,
+                   int64_t held, int64_t lim, int64_t n_total, kv_err *err);
 
 #endif

@@ -117,14 +117,18 @@ int64_t kv_rowpool_max_bytes(int d, int dv, int64_t n)
 
 int64_t kv_rowpool_row_bytes(int d, int dv) { return (int64_t)page_bytes(d, dv) / PG; }
 
+/* row by row (key, value, tag, index), so that load rebuilds the pool
+ * straight from the reader, without staging the rows */
 void kv_rowpool_save(const kv_rowpool *r, kv_buf *out)
 {
     kv_buf_put_i64(out, r->count);
     kv_buf_put_i64(out, r->pcap); /* bytes() counts the page table */
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_rowpool_k(r, i), sizeof(float) * (size_t)r->d);
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_rowpool_v(r, i), sizeof(float) * (size_t)r->dv);
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put_i64(out, (int64_t)kv_rowpool_tag(r, i));
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put_i64(out, kv_rowpool_idx(r, i));
+    for (int64_t i = 0; i < r->count; i++) {
+        kv_buf_put(out, kv_rowpool_k(r, i), sizeof(float) * (size_t)r->d);
+        kv_buf_put(out, kv_rowpool_v(r, i), sizeof(float) * (size_t)r->dv);
+        kv_buf_put_i64(out, (int64_t)kv_rowpool_tag(r, i));
+        kv_buf_put_i64(out, kv_rowpool_idx(r, i));
+    }
 }
 
 int kv_rowpool_load(kv_rowpool *r, kv_rd *in, int64_t max_rows, int64_t n_total, kv_err *err)
@@ -142,28 +146,32 @@ int kv_rowpool_load(kv_rowpool *r, kv_rd *in, int64_t max_rows, int64_t n_total,
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad page table", w);
     if (pcap == 0 && count)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad page table", w);
-    size_t nk = (size_t)count * d, nv = (size_t)count * dv;
-    float *KV = malloc(sizeof(float) * (nk + nv + 1));
-    int64_t *ti = malloc(sizeof(int64_t) * (2 * (size_t)count + 1));
-    int rc = (!KV || !ti) ? kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens",
-                                      (long long)count) : KV_OK;
-    if (!rc) rc = kv_rd_get(in, KV, sizeof(float) * nk, err) || kv_rd_get(in, KV + nk, sizeof(float) * nv, err);
-    for (int64_t i = 0; !rc && i < 2 * count; i++) rc = kv_rd_i64(in, &ti[i], err);
-    for (int64_t i = 0; !rc && i < count; i++)
-        if (ti[count + i] < 0 || ti[count + i] >= n_total)
-            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", w);
-    if (!rc && !kv_all_finite(KV, nk + nv))
-        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", w);
-    kv_rowpool_free(r);
+    kv_rowpool t;
+    kv_rowpool_init(&t, r->d, r->dv);
+    float *row = malloc(sizeof(float) * (d + dv)); /* one row at a time */
+    int rc = !row ? kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count)
+                  : KV_OK;
     if (!rc && pcap) { /* the table as it was: its size is counted */
-        r->pages = calloc((size_t)pcap, sizeof *r->pages);
-        if (!r->pages) rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
-        else r->pcap = pcap;
+        t.pages = calloc((size_t)pcap, sizeof *t.pages);
+        if (!t.pages) rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
+        else t.pcap = pcap;
     }
-    for (int64_t i = 0; !rc && i < count; i++)
-        rc = kv_rowpool_add(r, KV + i * d, KV + nk + i * dv, (uint64_t)ti[i], ti[count + i], err);
-    free(KV);
-    free(ti);
-    if (rc) kv_rowpool_free(r);
-    return rc ? err->code : KV_OK;
+    for (int64_t i = 0; !rc && i < count; i++) {
+        int64_t tag, g;
+        rc = kv_rd_get(in, row, sizeof(float) * (d + dv), err) || kv_rd_i64(in, &tag, err) || kv_rd_i64(in, &g, err);
+        if (!rc && (g < 0 || g >= n_total))
+            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", w);
+        if (!rc && !kv_all_finite(row, d + dv))
+            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", w);
+        if (!rc) rc = kv_rowpool_add(&t, row, row + d, (uint64_t)tag, g, err);
+    }
+    free(row);
+    if (rc) {
+        kv_rowpool_free(&t);
+        kv_rowpool_free(r);
+        return err->code;
+    }
+    kv_rowpool_free(r);
+    *r = t;
+    return KV_OK;
 }

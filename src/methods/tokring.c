@@ -191,14 +191,18 @@ int64_t kv_tokring_fit_min(int d, int dv, int P)
 
 static const char *what(const kv_rd *in) { return in->what ? in->what : "a"; }
 
+/* token by token (key, value, index), so that load rebuilds the ring
+ * straight from the reader, without staging the tokens */
 void kv_tokring_save(const kv_tokring *r, kv_buf *out)
 {
     kv_buf_put_i64(out, r->off);
     kv_buf_put_i64(out, r->count);
     kv_buf_put_i64(out, r->pcap); /* bytes() counts the page table */
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_tokring_k(r, i), sizeof(float) * (size_t)r->d);
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put(out, kv_tokring_v(r, i), sizeof(float) * (size_t)r->dv);
-    for (int64_t i = 0; i < r->count; i++) kv_buf_put_i64(out, kv_tokring_idx(r, i));
+    for (int64_t i = 0; i < r->count; i++) {
+        kv_buf_put(out, kv_tokring_k(r, i), sizeof(float) * (size_t)r->d);
+        kv_buf_put(out, kv_tokring_v(r, i), sizeof(float) * (size_t)r->dv);
+        kv_buf_put_i64(out, kv_tokring_idx(r, i));
+    }
 }
 
 int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_total, kv_err *err)
@@ -216,24 +220,13 @@ int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_tota
     if (bad_table || pcap < need || (count == 0 && off != 0) ||
         (uint64_t)count > (in->len - in->pos) / rowbytes)
         return kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token ring header", what(in));
-    size_t d = (size_t)r->d, dv = (size_t)r->dv, nk = (size_t)count * d, nv = (size_t)count * dv;
-    float *K = malloc(sizeof(float) * (nk + nv + 1));
-    int64_t *idx = malloc(sizeof(int64_t) * ((size_t)count + 1));
-    if (!K || !idx) {
-        free(K); free(idx);
-        return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
-    }
-    int rc = kv_rd_get(in, K, sizeof(float) * nk, err) || kv_rd_get(in, K + nk, sizeof(float) * nv, err);
-    for (int64_t i = 0; !rc && i < count; i++) rc = kv_rd_i64(in, &idx[i], err);
-    for (int64_t i = 0; !rc && i < count; i++)
-        if (idx[i] < 0 || idx[i] >= n_total || (i && idx[i] <= idx[i - 1]))
-            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", what(in));
-    /* traces hold finite numbers only (io/trace.c checks) */
-    if (!rc && !kv_all_finite(K, nk + nv))
-        rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", what(in));
+    size_t d = (size_t)r->d, dv = (size_t)r->dv;
+    float *row = malloc(sizeof(float) * (d + dv)); /* one token at a time */
+    if (!row) return kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
+    int rc = KV_OK;
     kv_tokring t;
     kv_tokring_init(&t, r->d, r->dv, r->cap);
-    if (!rc && count) {
+    if (count) {
         /* the first page starts `off` slots in, as it did when saved */
         t.off = off;
         t.count = 0;
@@ -242,11 +235,20 @@ int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_tota
         if (!t.pages || page_new(&t.pages[0], r->d, r->dv))
             rc = kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring %lld tokens", (long long)count);
         else t.np = 1;
-        for (int64_t i = 0; !rc && i < count; i++)
-            rc = kv_tokring_push(&t, K + i * d, K + nk + i * dv, idx[i], err);
     }
-    free(K);
-    free(idx);
+    int64_t prev = -1;
+    for (int64_t i = 0; !rc && i < count; i++) {
+        int64_t g;
+        rc = kv_rd_get(in, row, sizeof(float) * (d + dv), err) || kv_rd_i64(in, &g, err);
+        if (!rc && (g < 0 || g >= n_total || g <= prev))
+            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a bad token index", what(in));
+        /* traces hold finite numbers only (io/trace.c checks) */
+        if (!rc && !kv_all_finite(row, d + dv))
+            rc = kv_seterr(err, KV_EINPUT, "checkpoint: %s state has a non-finite key or value", what(in));
+        if (!rc) rc = kv_tokring_push(&t, row, row + d, g, err);
+        prev = g;
+    }
+    free(row);
     if (rc) {
         kv_tokring_free(&t);
         return err->code;

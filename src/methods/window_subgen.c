@@ -176,12 +176,7 @@ static void wsg_save(const void *state, kv_buf *out)
         return;
     }
     kv_tokring_save(&s->ring, out);
-    kv_buf inner;
-    kv_buf_init(&inner);
-    s->sg_ops->save(s->sg, &inner);
-    if (inner.failed) out->failed = 1;
-    else kv_buf_put_arr(out, inner.data, inner.len);
-    kv_buf_free(&inner);
+    kv_buf_put_saved(out, s->sg_ops->save, s->sg); /* as an array, without a copy of it */
 }
 
 static int wsg_load(void *state, kv_rd *in, kv_err *err)
@@ -196,18 +191,18 @@ static int wsg_load(void *state, kv_rd *in, kv_err *err)
         kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state holds tokens outside the window");
     else if (!kv_rd_i64(in, &len, err) && (len < 0 || (uint64_t)len > in->len - in->pos))
         kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state has a bad subgen length");
-    if (err->code) {
+    kv_rd sub;
+    if (err->code || kv_rd_sub(in, (size_t)len, &sub, err)) {
         kv_tokring_free(&s->ring);
         return err->code;
     }
-    kv_rd sub = { .data = in->data + in->pos, .len = (size_t)len, .pos = 0, .what = "subgen" };
+    sub.what = "subgen";
     if (!s->sg_ops->load(s->sg, &sub, err) && sub.pos != sub.len)
         kv_seterr(err, KV_EINPUT, "checkpoint: window+subgen state: subgen state has trailing bytes");
     if (err->code) {
         kv_tokring_free(&s->ring); /* SubGen's load frees its own on failure */
         return err->code;
     }
-    in->pos += (size_t)len;
     return KV_OK;
 }
 

@@ -1,5 +1,6 @@
-/* ckptstate.c - replay checkpoint contents (see ckptstate.h).  The byte
- * layout is the checkpoint format: change it only with CK_MAGIC. */
+/* ckptstate.c - replay checkpoint contents (see ckptstate.h), written and
+ * read in bounded pieces.  The byte layout is the checkpoint format: change
+ * it only with CK_MAGIC. */
 #include <stdlib.h>
 #include <string.h>
 #include "core/buf.h"
@@ -10,8 +11,27 @@
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543033) /* "KVCKPT03": 02 added the memory epochs' maximum, 03 the walk
-                                                * inside a batch and exact rebuilt from the trace */
+#define CK_MAGIC INT64_C(0x4b56434b50543034) /* "KVCKPT04": 02 added the memory epochs' maximum, 03 the walk
+                                                * inside a batch and exact rebuilt from the trace, 04 the
+                                                * quantised caches' checksum taken in pieces */
+
+/* The piece: the most bytes a rank holds of its state while writing or
+ * reading a checkpoint.  KVSTREAM_CKPT_PIECE overrides it (for tests: a
+ * tiny piece exercises every piece boundary). */
+#define CK_PIECE ((size_t)4 << 20)
+
+static int piece_bytes(size_t *piece, kv_err *err)
+{
+    const char *e = getenv("KVSTREAM_CKPT_PIECE");
+    *piece = CK_PIECE;
+    if (!e || !*e) return KV_OK;
+    char *end;
+    unsigned long long v = strtoull(e, &end, 10);
+    if (*end || e[0] == '-' || v < 1 || v > ((unsigned long long)1 << 40))
+        return kv_seterr(err, KV_EINPUT, "KVSTREAM_CKPT_PIECE: '%s' is not a whole number of bytes from 1 to 2^40", e);
+    *piece = (size_t)v;
+    return KV_OK;
+}
 
 /* exact's state is the rank's tokens below the shard position, in the
  * blocks the walk cut: the checkpoint records only how many it held, and
@@ -74,9 +94,11 @@ static void save_walk(const replay *r, const replay_batch *bt, kv_buf *b)
 }
 
 /* this rank's state: methods, shard position, V^T V, and on rank 0 the
- * metrics, the Lanczos start vectors and the memory maximum so far */
+ * metrics, the Lanczos start vectors and the memory maximum so far.  Into a
+ * counting b it fills lens [M][S] (each saved method state's length, -1:
+ * rebuilt); into any other b it writes with those lengths, and checks them. */
 static int save_state(const replay *r, const replay_shard *sh, const replay_batch *bt, const replay_sink *k, kv_buf *b,
-                      kv_err *err)
+                      int64_t *lens, kv_err *err)
 {
     kv_buf_put_i64(b, CK_MAGIC);
     kv_buf_put_i64(b, sh->cur);
@@ -93,17 +115,21 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
             kv_buf_put_i64(b, e.kept_tokens);
         }
         for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
-            /* as kv_buf_put_arr would write it (length, then bytes), but
-             * saved straight into b with the length filled in after: no
-             * second copy of the method's state */
-            kv_buf_put_i64(b, 0);
-            size_t at = b->len;
+            /* as kv_buf_put_arr would write it (length, then bytes), saved
+             * straight into b: the length is the counting pass's */
+            int64_t *len = &lens[mi * r->S + s];
+            kv_buf_put_i64(b, b->count_only ? 0 : *len);
+            size_t at = b->total;
             x->ops->save(x->st[s], b);
             if (b->failed)
                 return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
-                                 "or a part of it cannot be checkpointed)", x->spec.text);
-            int64_t n = (int64_t)(b->len - at);
-            memcpy(b->data + at - sizeof n, &n, sizeof n);
+                                 "a part of it cannot be checkpointed, or the file could not be written)", x->spec.text);
+            int64_t n = (int64_t)(b->total - at);
+            if (b->count_only) *len = n;
+            else if (n != *len)
+                return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' saved %lld bytes of stream %lld, counted "
+                                 "%lld (its save is not deterministic)", x->spec.text, (long long)n, (long long)s,
+                                 (long long)*len);
         }
     }
     if (sh->gram) kv_buf_put_arr(b, sh->gram, r->z.gram);
@@ -120,15 +146,13 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
     return KV_OK;
 }
 
+/* an array of kv_buf_put_arr of exactly `bytes` bytes, read straight into dst */
 static int load_array(kv_rd *rd, void *dst, size_t bytes, kv_err *err)
 {
-    void *p;
-    size_t n;
-    if (kv_rd_arr(rd, &p, 1, bytes, &n, err)) return err->code;
-    int bad = n != bytes;
-    if (!bad && n) memcpy(dst, p, n);
-    free(p);
-    return bad ? kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what) : KV_OK;
+    int64_t n;
+    if (kv_rd_i64(rd, &n, err)) return err->code;
+    if (n < 0 || (uint64_t)n != bytes) return kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", rd->what);
+    return kv_rd_get(rd, dst, bytes, err);
 }
 
 /* save_walk's counterpart: the batch from query next, walked so far.  The
@@ -171,23 +195,23 @@ static int load_methods(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
         }
         for (int64_t s = 0; s < r->S && !rebuilt(x); s++) {
             int64_t n;
+            kv_rd one;
             if (kv_rd_i64(rd, &n, err)) return err->code;
             if (n < 0 || (size_t)n > rd->len - rd->pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
-            kv_rd one = { .data = rd->data + rd->pos, .len = (size_t)n, .what = x->spec.method };
+            if (kv_rd_sub(rd, (size_t)n, &one, err)) return err->code; /* a view of its bytes, read as it goes */
+            one.what = x->spec.method;
             if (x->ops->load(x->st[s], &one, err)) return err->code;
             if (one.pos != one.len)
                 return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
-            rd->pos += (size_t)n;
         }
         x->epoch = replay_instance_bytes(x, r->S); /* checkpoints fall between memory epochs */
     }
     return KV_OK;
 }
 
-static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, const void *blob, size_t len,
-                      int64_t next, int64_t *kept, kv_err *err)
+static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, kv_rd rd, int64_t next,
+                      int64_t *kept, kv_err *err)
 {
-    kv_rd rd = { .data = blob, .len = len, .what = "the replay" };
     int64_t magic, cur;
     if (kv_rd_i64(&rd, &magic, err) || kv_rd_i64(&rd, &cur, err)) return err->code;
     if (magic != CK_MAGIC || cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: replay state is corrupt");
@@ -242,24 +266,44 @@ static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kep
     return err->code;
 }
 
+static int ck_fill(void *ctx, void *dst, size_t n, size_t at, kv_err *err) { return kv_ckpt_get(ctx, dst, n, at, err); }
+
+struct piece_sink {
+    kv_ckpt_writer *w;
+    kv_err *err;
+};
+
+/* a full piece of the bounded buffer goes to its place in /state */
+static int put_piece(void *ctx, const void *p, size_t n, size_t at)
+{
+    struct piece_sink *ps = ctx;
+    return kv_ckpt_put(ps->w, p, n, at, ps->err) != KV_OK;
+}
+
 int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink *k, int64_t *fp, int64_t *next,
                       kv_err *err)
 {
     const kv_replay_opts *o = r->o;
-    *fp = (o->checkpoint || o->resume) ? fingerprint(r, err) : 0;
+    size_t piece = CK_PIECE;
+    *fp = (o->checkpoint || o->resume) && !piece_bytes(&piece, err) ? fingerprint(r, err) : 0;
     *next = 0;
     if (kv_agree(r->comm, err) || !o->resume) return err->code;
     kv_ckpt_meta want, got;
-    void *blob = NULL;
+    kv_ckpt_reader *cr = NULL;
     size_t len = 0;
     fill_meta(r, &want, *fp, 0);
     int64_t *kept = kv_calloc((size_t)(r->M * r->S), sizeof(int64_t), err);
-    if (kept && !kv_ckpt_read(o->resume, r->comm, &want, &got, &blob, &len, err)) {
-        if (!load_state(r, sh, bt, k, blob, len, got.next_query, kept, err))
-            rebuild(r, sh, got.next_query + bt->walked, kept, err);
+    if (kept && !kv_ckpt_open(o->resume, r->comm, &want, &got, &cr, &len, err)) {
+        /* the state is read a piece at a time into one window */
+        kv_rd_src src;
+        if (!kv_rd_src_init(&src, len, piece, ck_fill, cr, err)) {
+            load_state(r, sh, bt, k, kv_rd_of_src(&src, "the replay"), got.next_query, kept, err);
+            kv_rd_src_free(&src);
+        }
+        kv_ckpt_close(cr);
+        if (!err->code) rebuild(r, sh, got.next_query + bt->walked, kept, err);
         *next = got.next_query;
     }
-    free(blob);
     free(kept);
     if (!err->code && r->rank == 0) replay_sink_reopen(k, r, err);
     return kv_agree(r->comm, err);
@@ -268,14 +312,31 @@ int replay_ckpt_begin(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
 int replay_ckpt_write(const replay *r, const replay_shard *sh, const replay_batch *bt, replay_sink *k, int64_t fp,
                       int64_t next, kv_err *err)
 {
-    kv_buf b;
-    kv_buf_init(&b);
-    save_state(r, sh, bt, k, &b, err);
+    /* pass 1 counts: this rank's total and each method state's length */
+    size_t piece = CK_PIECE;
+    kv_buf c;
+    kv_buf_init_count(&c);
+    int64_t *lens = kv_calloc((size_t)(r->M * r->S), sizeof(int64_t), err);
+    if (lens && !piece_bytes(&piece, err)) save_state(r, sh, bt, k, &c, lens, err);
     if (!err->code && k->res) kv_results_flush(k->res, err); /* rows < next are durable */
-    if (kv_agree(r->comm, err)) { kv_buf_free(&b); return err->code; }
+    kv_ckpt_writer *w = NULL;
+    if (kv_agree(r->comm, err) || kv_ckpt_create(r->o->checkpoint, r->comm, c.total, &w, err)) {
+        free(lens);
+        return kv_agree(r->comm, err);
+    }
+    /* pass 2 saves again, each full piece written at its offset */
+    struct piece_sink ps = { w, err };
+    kv_buf b;
+    kv_buf_init_bounded(&b, piece, put_piece, &ps);
+    save_state(r, sh, bt, k, &b, lens, err);
+    kv_buf_flush(&b);
+    if (b.failed) kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory");
+    if (!err->code && b.total != c.total)
+        kv_seterr(err, KV_EINTERNAL, "checkpoint: the state took %zu bytes, counted %zu", b.total, c.total);
+    kv_buf_free(&b);
     kv_ckpt_meta m;
     fill_meta(r, &m, fp, next);
-    kv_ckpt_write(r->o->checkpoint, r->comm, &m, b.data, b.len, err);
-    kv_buf_free(&b);
+    kv_ckpt_finish(w, &m, err->code != KV_OK, err);
+    free(lens);
     return kv_agree(r->comm, err);
 }

@@ -13,7 +13,12 @@
  * (a checkpoint falls between epochs: each rank's epoch restarts from what
  * it holds).
  * The run's identity (a fingerprint of the trace, the options, the rank
- * count) goes into the file's metadata and is checked on --resume. */
+ * count) goes into the file's metadata and is checked on --resume.
+ * Writing saves the state twice: once into a counting buffer (its size and
+ * each method state's length), then, once the file has room for every
+ * rank's, into a bounded buffer whose 4 MiB pieces (KVSTREAM_CKPT_PIECE,
+ * for tests) go to their offsets; resuming reads it through one window of
+ * that size.  No rank holds a copy of its state. */
 #ifndef KVSTREAM_REPLAY_CKPTSTATE_H
 #define KVSTREAM_REPLAY_CKPTSTATE_H
 
