@@ -190,6 +190,21 @@ kv_slurm_start() {
 }
 
 # alive and still the daemon we started (not a recycled PID)
+# For test scripts: check the Slurm/munge binaries named after WORK, make WORK
+# empty and absolute, and a short cluster directory (unix socket names, such
+# as munge's and slurmd's, have a length limit). Sets KV_WORK and KV_CLUSTER;
+# prints what is missing and returns 1 on failure.
+kv_slurm_prepare() {
+  local work=$1 b
+  shift
+  PATH=$PATH:/usr/sbin
+  for b in "$@"; do
+    command -v "$b" >/dev/null || { echo "FAIL: $b not found: install Debian's slurm-wlm and munge (bash scripts/deps.sh)"; return 1; }
+  done
+  { rm -rf "$work" && mkdir -p "$work" && KV_WORK=$(cd "$work" && pwd); } || { echo "FAIL: cannot create $work"; return 1; }
+  KV_CLUSTER=$(mktemp -d /tmp/kvslurm.XXXXXX) || { echo "FAIL: mktemp"; return 1; }
+}
+
 kv_slurm_alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
 
 kv_slurm_stop() {

@@ -48,14 +48,8 @@ ok() { echo "ok: $*"; }
 
 # shellcheck source=tests/slurm_cluster.sh
 source "$REPO/tests/slurm_cluster.sh"
-PATH=$PATH:/usr/sbin
-for b in munged mungekey slurmctld slurmd sbatch squeue scontrol scancel sinfo srun; do
-  command -v "$b" >/dev/null || fail "$b not found: install Debian's slurm-wlm and munge (bash scripts/deps.sh)"
-done
-
-{ rm -rf "$WORK" && mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd); } || fail "cannot create $WORK"
-# short path: unix socket names (munge, slurmd spool) have a length limit
-CLUSTER=$(mktemp -d /tmp/kvslurm.XXXXXX) || fail "mktemp"
+kv_slurm_prepare "$WORK" munged mungekey slurmctld slurmd sbatch squeue scontrol scancel sinfo srun || exit 1
+WORK=$KV_WORK CLUSTER=$KV_CLUSTER
 cleanup() {
   local rc=$?
   kv_slurm_stop "$CLUSTER"
