@@ -19,7 +19,6 @@ against log n for every (kind, d, family) and for the least over methods:
 printed as a table.  A series' slope uses only the n where it met eps.
 Run with Debian's /usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).
 """
-import argparse
 import os
 import sys
 
@@ -136,18 +135,9 @@ def plot(rows, panels, png):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("inputs", nargs="+", help="sweep files (kvstream sweep -o)")
-    ap.add_argument("-o", "--out", default="barrier", help="output prefix (PREFIX.png, PREFIX.csv)")
-    a = ap.parse_args(argv)
-    try:
-        rows = load(a.inputs)
-    except (OSError, ValueError, KeyError) as e:
-        print("barrier: %s" % e, file=sys.stderr)
-        return 2
-    if not rows:
-        print("barrier: empty /sweep tables", file=sys.stderr)
-        return 2
+    a, rows = kv.sweep_cli("barrier", "barrier", load, argv, __doc__.split("\n")[0])
+    if a is None:
+        return rows
     panels, table = analyse(rows)
     kv.write_csv(a.out + ".csv", HEADER, table)
     plot(rows, panels, a.out + ".png")

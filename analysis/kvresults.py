@@ -7,6 +7,7 @@ Needs numpy, h5py and matplotlib: run the scripts with Debian's
 /usr/bin/python3 (the python3 first on PATH may lack these modules).
 Plots use matplotlib's Agg backend (no display needed).
 """
+import argparse
 import csv
 import glob
 import os
@@ -163,6 +164,25 @@ def load_sweep(path):
         if k not in cols:
             raise ValueError("%s: /sweep/%s missing" % (path, k))
     return cols, eps
+
+
+def sweep_cli(prog, default_out, load, argv=None, description=None):
+    """The command line of the sweep scripts: `inputs... [-o PREFIX]`, then
+    load(inputs) -> rows. Returns (args, rows), or (None, 2) after one line
+    naming the problem on stderr (unreadable file, empty table)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("inputs", nargs="+", help="sweep files (kvstream sweep -o)")
+    ap.add_argument("-o", "--out", default=default_out, help="output prefix (PREFIX.png, PREFIX.csv)")
+    a = ap.parse_args(argv)
+    try:
+        rows = load(a.inputs)
+    except (OSError, ValueError, KeyError) as e:
+        print("%s: %s" % (prog, e), file=sys.stderr)
+        return None, 2
+    if not rows:
+        print("%s: empty /sweep table" % prog, file=sys.stderr)
+        return None, 2
+    return a, rows
 
 
 def fmt_num(v):

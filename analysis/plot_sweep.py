@@ -17,7 +17,6 @@ straight line of slope 1 means memory linear in n (the lower bound binds, as
 on `jl`); a flat line means memory independent of n (as SubGen on `sphere`).
 Run with Debian's /usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).
 """
-import argparse
 import os
 import sys
 
@@ -91,18 +90,9 @@ def plot(rows, png):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("inputs", nargs="+", help="sweep files (kvstream sweep -o)")
-    ap.add_argument("-o", "--out", default="sweep", help="output prefix (PREFIX.png, PREFIX.csv)")
-    a = ap.parse_args(argv)
-    try:
-        rows = sweep_rows(a.inputs)
-    except (OSError, ValueError, KeyError) as e:
-        print("plot_sweep: %s" % e, file=sys.stderr)
-        return 2
-    if not rows:
-        print("plot_sweep: empty /sweep table", file=sys.stderr)
-        return 2
+    a, rows = kv.sweep_cli("plot_sweep", "sweep", sweep_rows, argv, __doc__.split("\n")[0])
+    if a is None:
+        return rows
     kv.write_csv(a.out + ".csv", HEADER, rows)
     plot(rows, a.out + ".png")
     show = [[r[0], r[1], r[2], r[3], r[4], kv.human_bytes(r[5]), r[6], r[7]] for r in rows]
