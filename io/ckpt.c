@@ -51,6 +51,20 @@ static int get_str(hid_t f, const char *name, char *buf, size_t len)
     return bad;
 }
 
+/* Bytes [start, start + n) of the 1-d byte dataset ds, written from or read
+ * into p (independent I/O); nonzero on failure. */
+static int slab_io(hid_t ds, hsize_t start, size_t n, void *p, int write)
+{
+    hsize_t cnt = (hsize_t)n;
+    hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(1, &cnt, NULL);
+    int bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
+              (write ? H5Dwrite(ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, p)
+                     : H5Dread(ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, p)) < 0;
+    if (fs >= 0) H5Sclose(fs);
+    if (ms >= 0) H5Sclose(ms);
+    return bad;
+}
+
 struct kv_ckpt_writer {
     MPI_Comm comm;
     int rank;
@@ -131,12 +145,7 @@ int kv_ckpt_put(kv_ckpt_writer *w, const void *p, size_t n, size_t at, kv_err *e
                          at, at + n, w->len);
     }
     /* independent: ranks write different amounts, at their own pace */
-    hsize_t start = (hsize_t)(w->all[w->rank] + (int64_t)at), cnt = (hsize_t)n;
-    hid_t fs = H5Dget_space(w->ds), ms = H5Screate_simple(1, &cnt, NULL);
-    w->bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
-             H5Dwrite(w->ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, p) < 0;
-    if (fs >= 0) H5Sclose(fs);
-    if (ms >= 0) H5Sclose(ms);
+    w->bad = slab_io(w->ds, (hsize_t)(w->all[w->rank] + (int64_t)at), n, (void *)p, 1);
     if (w->bad) return kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", w->tmp);
     return KV_OK;
 }
@@ -157,21 +166,18 @@ int kv_ckpt_finish(kv_ckpt_writer *w, const kv_ckpt_meta *meta, int failed, kv_e
     }
     writer_close(w);
     bad |= H5Fclose(w->f) < 0;
-    char tmp[1100], path[1100];
-    memcpy(tmp, w->tmp, sizeof tmp);
-    memcpy(path, w->path, sizeof path);
-    int rank = w->rank;
+    int rc = KV_OK;
+    if (kv_mpi_any(bad, comm)) {
+        rc = err->code ? err->code : kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", w->tmp);
+    } else {
+        int moved = 1;
+        if (w->rank == 0) moved = rename(w->tmp, w->path) == 0;
+        kv_mpi_bcast(&moved, sizeof moved, 0, comm);
+        if (!moved) rc = kv_seterr(err, KV_EINTERNAL, "%s: cannot rename the checkpoint into place", w->path);
+    }
     free(w->all);
     free(w);
-    if (kv_mpi_any(bad, comm)) {
-        if (!err->code) kv_seterr(err, KV_EINTERNAL, "%s: writing the checkpoint failed (disk full?)", tmp);
-        return err->code;
-    }
-    int rc = 0;
-    if (rank == 0) rc = rename(tmp, path) != 0;
-    kv_mpi_bcast(&rc, sizeof rc, 0, comm);
-    if (rc) return kv_seterr(err, KV_EINTERNAL, "%s: cannot rename the checkpoint into place", path);
-    return KV_OK;
+    return rc;
 }
 
 struct kv_ckpt_reader {
@@ -294,13 +300,7 @@ int kv_ckpt_get(kv_ckpt_reader *r, void *dst, size_t n, size_t at, kv_err *err)
     if (n == 0) return KV_OK;
     if (at > r->len || n > r->len - at)
         return kv_seterr(err, KV_EINPUT, "%s: checkpoint state is truncated", r->path);
-    hsize_t start = r->start + (hsize_t)at, cnt = (hsize_t)n;
-    hid_t fs = H5Dget_space(r->ds), ms = H5Screate_simple(1, &cnt, NULL);
-    int bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &cnt, NULL) < 0 ||
-              H5Dread(r->ds, H5T_NATIVE_UINT8, ms, fs, H5P_DEFAULT, dst) < 0;
-    if (fs >= 0) H5Sclose(fs);
-    if (ms >= 0) H5Sclose(ms);
-    return bad ? kv_seterr(err, KV_EINPUT, "%s: checkpoint state cannot be read (corrupt)", r->path) : KV_OK;
+    return slab_io(r->ds, r->start + (hsize_t)at, n, dst, 0) ? kv_seterr(err, KV_EINPUT, "%s: checkpoint state cannot be read (corrupt)", r->path) : KV_OK;
 }
 
 void kv_ckpt_close(kv_ckpt_reader *r)
