@@ -15,6 +15,16 @@ int kv_mpi_sum_i64(const int64_t *in, int64_t *out, int n, MPI_Comm comm)
     return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_INT64_T, MPI_SUM, comm);
 }
 
+int kv_mpi_sum_f64(const double *in, double *out, size_t n, MPI_Comm comm)
+{
+    int rc = MPI_SUCCESS;
+    for (size_t off = 0; off < n && rc == MPI_SUCCESS; off += (size_t)INT_MAX) {
+        int c = (int)(n - off < (size_t)INT_MAX ? n - off : (size_t)INT_MAX);
+        rc = MPI_Allreduce(in == out ? MPI_IN_PLACE : in + off, out + off, c, MPI_DOUBLE, MPI_SUM, comm);
+    }
+    return rc;
+}
+
 int kv_mpi_max_f64(const double *in, double *out, int n, MPI_Comm comm)
 {
     return MPI_Allreduce(in == out ? MPI_IN_PLACE : in, out, n, MPI_DOUBLE, MPI_MAX, comm);

@@ -18,6 +18,7 @@ void kv_mpi_finalize(void);
 
 /* out[i] = sum (or max) over ranks of in[i]; in == out is allowed. */
 int kv_mpi_sum_i64(const int64_t *in, int64_t *out, int n, MPI_Comm comm);
+int kv_mpi_sum_f64(const double *in, double *out, size_t n, MPI_Comm comm);
 int kv_mpi_max_f64(const double *in, double *out, int n, MPI_Comm comm);
 int kv_mpi_max_i64(const int64_t *in, int64_t *out, int n, MPI_Comm comm);
 int kv_mpi_max_int(const int *in, int *out, int n, MPI_Comm comm);

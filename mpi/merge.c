@@ -3,6 +3,7 @@
 #include <math.h>
 #include "mpi/merge.h"
 #include "kernels/partial.h"
+#include "kernels/evict.h"
 #include "kernels/topk_merge.h"
 
 static void merge_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
@@ -73,6 +74,15 @@ static void topk_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
         kv_topk_merge((double *)inout + (size_t)i * L, (const double *)in + (size_t)i * L, L);
 }
 
+static void evict_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
+{
+    int bytes;
+    MPI_Type_size(*dt, &bytes);
+    int L = bytes / (int)sizeof(kv_evkey); /* the datatype carries L */
+    for (int i = 0; i < *len; i++)
+        kv_evict_merge((kv_evkey *)inout + (size_t)i * L, (const kv_evkey *)in + (size_t)i * L, L);
+}
+
 /* count elements of `len` doubles each, in slices (MPI counts are int) */
 static int allreduce_user(double *buf, size_t count, int len, MPI_User_function *fn, MPI_Comm comm)
 {
@@ -97,4 +107,9 @@ int kv_ml_allreduce(double *ml, size_t n, MPI_Comm comm) { return allreduce_user
 int kv_topk_allreduce(double *lists, size_t count, int L, MPI_Comm comm)
 {
     return allreduce_user(lists, count, L, topk_fn, comm);
+}
+
+int kv_evict_allreduce(kv_evkey *lists, size_t count, int L, MPI_Comm comm)
+{
+    return allreduce_user((double *)lists, count, 2 * L, evict_fn, comm);
 }

@@ -10,6 +10,7 @@
 #define KVSTREAM_MERGE_H
 
 #include <mpi.h>
+#include "kernels/evict.h"
 #include <stddef.h>
 
 typedef struct {
@@ -39,5 +40,10 @@ int kv_ml_allreduce(double *ml, size_t n, MPI_Comm comm);
  * merged over the ranks into the L largest of their union
  * (kernels/topk_merge.h). */
 int kv_topk_allreduce(double *lists, size_t count, int L, MPI_Comm comm);
+
+/* decide (method.h): count lists of L eviction keys (kernels/evict.h:
+ * ascending, padded), each merged over the ranks into the L lowest of
+ * their union. */
+int kv_evict_allreduce(kv_evkey *lists, size_t count, int L, MPI_Comm comm);
 
 #endif

@@ -72,14 +72,9 @@ void emu_end_epoch(emu *e)
     if (sum > e->worst) e->worst = sum;
 }
 
-void emu_advance(emu *e, const float *K, const float *V, int64_t p)
+/* Tokens [fed, p) to their owners, in random blocks within chunks. */
+static void feed(emu *e, const float *K, const float *V, int64_t p)
 {
-    emu_end_epoch(e);
-    /* the driver's promise before it ingests up to p (method.h: horizon) */
-    for (int r = 0; r < e->P; r++) {
-        if (e->ops->horizon) e->ops->horizon(e->inst[r], p);
-        sample(e, r);
-    }
     while (e->fed < p) {
         int64_t end = (e->fed / e->C + 1) * e->C;
         if (end > p) end = p;
@@ -93,6 +88,59 @@ void emu_advance(emu *e, const float *K, const float *V, int64_t p)
             e->fed += len;
         }
     }
+}
+
+/* method.h: the decide hooks at point x, as replay/decide.c runs them
+ * (one stream: groups of one), the lists merged in rank order. */
+static void decide(emu *e, int64_t x, int at_query)
+{
+    const kv_method_ops *o = e->ops;
+    if (!o->decide_need) return;
+    int64_t need = o->decide_need(e->inst[0], x, at_query);
+    for (int r = 1; r < e->P; r++) CHECK(o->decide_need(e->inst[r], x, at_query) == need, "need differs on rank %d", r);
+    if (need <= 0) return;
+    int L = (int)need + 1;
+    size_t hl = o->decide_halo_len ? o->decide_halo_len(e->inst[0], x) : 0;
+    double *halo = calloc(hl + 1, sizeof(double)), *part = calloc(hl + 1, sizeof(double));
+    kv_evkey *g = malloc(sizeof(kv_evkey) * (size_t)L), *k = malloc(sizeof(kv_evkey) * (size_t)L);
+    CHECK(halo && part && g && k, "out of memory");
+    if (halo && part && g && k) {
+        for (int r = 0; r < e->P && hl; r++) {
+            for (size_t i = 0; i < hl; i++) part[i] = 0;
+            o->decide_halo(e->inst[r], x, part);
+            for (size_t i = 0; i < hl; i++) halo[i] += part[i];
+        }
+        for (int r = 0; r < e->P; r++) {
+            CHECK(o->decide_cands(&e->inst[r], 1, x, hl ? halo : NULL, L, r ? k : g) == KV_OK, "decide_cands");
+            if (r) kv_evict_merge(g, k, L);
+        }
+        for (int r = 0; r < e->P; r++) {
+            CHECK(o->decide_apply(&e->inst[r], 1, x, g, need) == KV_OK, "decide_apply");
+            sample(e, r);
+        }
+    }
+    free(halo);
+    free(part);
+    free(g);
+    free(k);
+}
+
+void emu_advance(emu *e, const float *K, const float *V, int64_t p)
+{
+    emu_end_epoch(e);
+    /* a decider's points between query positions: tokens < x, then its decisions */
+    int64_t every = e->ops->decide_every ? e->ops->decide_every(e->inst[0]) : 0;
+    for (int64_t x = every > 0 ? (e->fed / every + 1) * every : p; x < p; x += every) {
+        feed(e, K, V, x);
+        decide(e, x, 0);
+    }
+    /* the driver's promise before it ingests up to p (method.h: horizon) */
+    for (int r = 0; r < e->P; r++) {
+        if (e->ops->horizon) e->ops->horizon(e->inst[r], p);
+        sample(e, r);
+    }
+    feed(e, K, V, p);
+    decide(e, p, 1);
 }
 
 void emu_partial(emu *e, const float *Q, int nq, int64_t p, double *st)
@@ -161,7 +209,7 @@ int64_t emu_kept(const emu *e)
 {
     int64_t k = 0;
     for (int r = 0; r < e->P; r++) {
-        kv_method_extra ex = { -1, -1 };
+        kv_method_extra ex = { -1, -1, 0 };
         e->ops->extra(e->inst[r], &ex);
         k += ex.kept_tokens;
     }

@@ -163,7 +163,7 @@ static void test_exact_when_it_fits(void)
             double tp = (4.0 * (double)(t + 1) + 32) * DBL_EPSILON * x.vmax;
             tol = tp > tol ? tp : tol;
         }
-        kv_method_extra ex = { -1, -1 };
+        kv_method_extra ex = { -1, -1, 0 };
         ops->extra(st, &ex);
         CHECK(ex.kept_tokens == shard, "tokens=n P=%d: keeps %lld of %lld", P, (long long)ex.kept_tokens, (long long)shard);
         CHECK(worst <= tol, "tokens=n P=%d: differs from exact by %.3g > %.3g", P, worst, tol);

@@ -1292,7 +1292,7 @@ static void test_checkpoint(void)
 
 static int64_t nclusters(const void *g)
 {
-    kv_method_extra x = { -1, -1 };
+    kv_method_extra x = { -1, -1, 0 };
     ops->extra(g, &x);
     return x.clusters;
 }

@@ -1,38 +1,33 @@
-/* h2o.c - h2o:tokens=<B>[,recent=<R>] or h2o:budget=<X>[,recent=<R>]:
+/* h2o.c - h2o:tokens=<B> or h2o:budget=<X>[,recent=<R>][,every=<E>]:
  * heavy hitters (H2O, Zhang et al. 2023), ALGORITHMS.md section 4.
  *
- * Global budget.  B tokens are held over all ranks together, whatever their
- * number: the recent part is the R globally newest tokens (indices >= p - R
- * at prefix p: each rank keeps its own tokens in that range), and the
- * remaining H = B - R heavy-hitter slots are split among the ranks by how
- * many of the non-recent tokens each holds: at each horizon p (method.h) a
- * rank's share until the next horizon is
- *     share = floor(H * below / (p - R)),  below = its tokens < p - R
- * (kv_rank_tokens_below, from the driver's chunk), so the shares never sum
- * over H, and with B >= n every rank keeps every token (exact at any P).
- * Without the chunk (ctx->chunk = 0) the split is by what each has seen,
- * floor(seen * H / p') at the previous horizon p' (before any token,
- * floor(H * shard / n)), which starves the ranks holding the early tokens.
- * A rank fills its share with its non-recent tokens of the largest
- * (score, index) and evicts the lowest when the share shrinks.  With one
- * rank this is H2O with budget B exactly; with more, each rank's heavy
- * hitters are its own best, a split of the global choice.  budget=X gives
- * B = floor(bytes(X) / bytes per held token) (core/budget.h; the per-token
- * bytes below, nothing per rank), so the ranks' memory summed stays within
- * X; tokens= and budget= exclude each other; recent defaults to B/2.
+ * B tokens are held over all ranks together, whatever their number, and
+ * the decisions are the ones one rank holding every token makes (method.h:
+ * decide hooks; replay/decide.c), so the answers do not depend on P.  At
+ * each decision point x (every query position, and every multiple of E in
+ * between): the recent part is the R globally newest tokens, [x - R, x)
+ * (each rank keeps its own in that range); the other H = B - R slots hold
+ * the heavy hitters, the H best (score, index) over all ranks of the
+ * previous heavy hitters and the tokens that left the recent part since the
+ * last point.  Between points arrivals are only held (the memory peak is B
+ * plus the tokens arriving before the next point: budget= reserves E of
+ * them).  budget=X gives B = floor(bytes(X) / bytes per held token) - E
+ * (core/budget.h), so the ranks' memory summed stays within X; tokens= and
+ * budget= exclude each other; recent defaults to B/2.  With B >= n nothing
+ * is ever evicted: exact attention at any P.
  *
  * Scores: a token's score is the attention it received from the queries
- * answered so far, normalised by the global softmax: partial() only answers,
- * and feedback() (the merged (m, l) of every query) adds exp(a - m) / l to
- * each held token, for all queries of a call at once, so answers do not
- * depend on the order of queries within a call (scores only up to rounding).
- *
- * Eviction order: lowest (score, index) first; an arriving non-recent token
- * has score 0 and the newest index, so it displaces only a score-0 token.
+ * answered while it was held, normalised by the global softmax: partial()
+ * only answers, and feedback() (the merged (m, l) of every query) adds
+ * exp(a - m) / l to each held token, for all queries of a call at once, so
+ * answers do not depend on the order of queries within a call.  Ties of
+ * score go to the newer token.  The merged l is summed in rank order, so at
+ * another P a score moves in its last bits: a decision by a margin below
+ * KV_EVICT_TIE_REL is counted as a near-tie (extra: near_ties).
  *
  * Memory: held slots x ((d + dv) floats + index + score + three int32
  * (heap position, two heaps)), counted by capacity: the arrays are resized
- * to the slots in use after every horizon and ingest. */
+ * to the slots in use after every decision and ingest. */
 #include <math.h>
 #include <stdlib.h>
 #include "kernels/held.h"
@@ -41,16 +36,16 @@
 
 typedef struct {
     kv_method_ctx ctx;
-    int64_t B, R, H;      /* global: tokens, recent, heavy-hitter slots */
-    int64_t share;        /* this rank's heavy-hitter slots now */
-    int64_t hz;           /* prefix the recent part is relative to */
-    int64_t hlast;        /* last horizon: every rank has ingested its tokens < hlast */
+    int64_t B, R, H, E;   /* global: tokens, recent, heavy-hitter slots; decision spacing */
+    int64_t xlast;        /* the last decision point */
+    int64_t gheavy;       /* heavy hitters held over all ranks since then */
     int64_t seen;         /* tokens ingested */
-    kv_slots sl;          /* heap 0: heavy hitters by (score, index); heap 1: recent tokens by index */
+    int64_t ties;         /* near-tie decisions */
+    kv_slots sl;          /* heap 0: heavy candidates by (score, index); heap 1: recent tokens by index */
 } h2o_state;
 
 typedef struct {
-    int64_t tokens, recent;
+    int64_t tokens, recent, every;
     kv_budget budget;
 } h2o_cfg;
 KV_CFG_FITS(h2o_cfg);
@@ -59,6 +54,8 @@ static const kv_param_def h2o_params[] = {
     KV_PARAM_INT(h2o_cfg, tokens, 1024, 1, INT32_MAX, "tokens held over all ranks together"),
     KV_PARAM_INT_DERIVED(h2o_cfg, recent, -1, "tokens/2", 0, INT32_MAX,
                          "of those, the globally newest always kept; <= tokens"),
+    KV_PARAM_INT(h2o_cfg, every, 16, 1, INT32_MAX,
+                 "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
     KV_PARAM_BUDGET(h2o_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_TABLE_END
 };
@@ -94,10 +91,12 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     int64_t B = c->tokens, R = c->recent;
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        B = bytes / per;
+        B = bytes / per - c->every;
         if (B < 1)
-            return kv_params_error(h2o_params, spec, err, "budget of %lld bytes holds no token (one takes %lld)",
-                                   (long long)bytes, (long long)per);
+            return kv_params_error(h2o_params, spec, err,
+                                   "budget of %lld bytes holds no token (one takes %lld, and %lld arriving between "
+                                   "decisions are reserved: every=)",
+                                   (long long)bytes, (long long)per, (long long)c->every);
         if (B > INT32_MAX)
             return kv_params_error(h2o_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
@@ -112,35 +111,10 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->B = B;
     s->R = R;
     s->H = B - R;
-    s->share = kv_slots_first_share(ctx, s->H);
+    s->E = c->every;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 2, 0);
     *out = s;
     return KV_OK;
-}
-
-/* The prefix is now p: tokens below p - R leave the recent part and compete
- * as heavy hitters; the lowest go while the heavy part exceeds the share. */
-static void advance(h2o_state *s, int64_t p)
-{
-    kv_slots *sl = &s->sl;
-    if (p > s->hz) s->hz = p;
-    while (sl->hsize[RECENT] > 0 && sl->idx[kv_slots_top(sl, RECENT)] < s->hz - s->R)
-        kv_slots_push(sl, HEAVY, kv_slots_pop(sl, RECENT));
-    while (sl->hsize[HEAVY] > s->share) kv_slots_drop(sl, kv_slots_pop(sl, HEAVY));
-}
-
-static void h2o_horizon(void *state, int64_t p)
-{
-    h2o_state *s = state;
-    if (p < s->hlast) return; /* not the driver's promise: ignore */
-    /* shares sum to <= H: by the non-recent tokens of each rank when the
-     * sharding is known, else by what each has ingested (its tokens < hlast) */
-    int64_t x = p - s->R, below = x > 0 ? kv_rank_tokens_below(&s->ctx, x) : -1;
-    if (below >= 0) s->share = (int64_t)((__int128)below * s->H / x);
-    else if (s->hlast > 0) s->share = (int64_t)((__int128)s->seen * s->H / s->hlast);
-    s->hlast = p;
-    advance(s, p);
-    kv_slots_resize(&s->sl, s->sl.held); /* shrinking cannot fail for good (it keeps the old blocks) */
 }
 
 static int h2o_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -149,33 +123,53 @@ static int h2o_ingest(void *state, const float *K, const float *V, int64_t first
     kv_slots *sl = &s->sl;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
-    /* a driver that skipped horizon: the prefix is at least what arrived */
-    if (first + (int64_t)n > s->hz) advance(s, first + (int64_t)n);
-    int64_t lo = s->hz - s->R, rnew = 0;
-    for (size_t i = 0; i < n; i++) rnew += first + (int64_t)i >= lo;
-    int64_t hs = sl->hsize[HEAVY] + ((int64_t)n - rnew);
-    if (hs > s->share) hs = s->share;
-    int64_t need = sl->held + rnew + (hs - sl->hsize[HEAVY]); /* exactly the slots in use after the block */
-    if (kv_slots_grow(sl, need, "h2o", err)) return err->code;
+    /* arrivals are recent until the next decision point says otherwise */
+    if (kv_slots_grow(sl, sl->held + (int64_t)n, "h2o", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        int64_t t = first + (int64_t)i;
-        int32_t slot;
-        int w = HEAVY;
-        if (t >= lo) {
-            slot = (int32_t)sl->held++;
-            w = RECENT;
-        } else if (sl->hsize[HEAVY] < s->share) {
-            slot = (int32_t)sl->held++;
-        } else if (sl->hsize[HEAVY] > 0 && sl->score[kv_slots_top(sl, HEAVY)] <= 0) { /* (0, t) beats (0, older) */
-            slot = kv_slots_pop(sl, HEAVY);
-        } else {
-            continue;
-        }
-        kv_slots_set(sl, slot, K + i * d, V + i * dv, t, 0.0);
-        kv_slots_push(sl, w, slot);
+        int32_t slot = (int32_t)sl->held++;
+        kv_slots_set(sl, slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
+        kv_slots_push(sl, RECENT, slot);
     }
     s->seen += (int64_t)n;
     kv_slots_resize(sl, sl->held);
+    return KV_OK;
+}
+
+static int64_t h2o_every(const void *state) { return ((const h2o_state *)state)->E; }
+
+static int64_t nonrecent(const h2o_state *s, int64_t x) { return x > s->R ? x - s->R : 0; }
+
+/* Point x: the tokens below x - R become heavy candidates; the candidates
+ * over all ranks are the H held and those newly below x - R. */
+static int64_t h2o_need(void *state, int64_t x, int at_query)
+{
+    h2o_state *s = state;
+    kv_slots *sl = &s->sl;
+    if (x <= s->xlast || (!at_query && x % s->E)) return 0;
+    int64_t cand = s->gheavy + nonrecent(s, x) - nonrecent(s, s->xlast);
+    while (sl->hsize[RECENT] > 0 && sl->idx[kv_slots_top(sl, RECENT)] < x - s->R)
+        kv_slots_push(sl, HEAVY, kv_slots_pop(sl, RECENT));
+    s->xlast = x;
+    s->gheavy = cand < s->H ? cand : s->H;
+    return cand > s->H ? cand - s->H : 0;
+}
+
+static int h2o_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
+{
+    (void)ns; (void)x; (void)halo;
+    return kv_slots_lowest(&((h2o_state *)st[0])->sl, L, keys);
+}
+
+static int h2o_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
+{
+    h2o_state *s = st[0];
+    kv_slots *sl = &s->sl;
+    (void)ns; (void)x;
+    kv_evkey cut = merged[need - 1];
+    while (sl->hsize[HEAVY] > 0 && kv_evkey_goes(kv_slots_key(sl, kv_slots_top(sl, HEAVY)), cut))
+        kv_slots_drop(sl, kv_slots_pop(sl, HEAVY));
+    s->ties += kv_evict_near_tie(cut, merged[need]);
+    kv_slots_resize(sl, sl->held); /* shrinking cannot fail for good (it keeps the old blocks) */
     return KV_OK;
 }
 
@@ -220,6 +214,7 @@ static void h2o_extra(const void *state, kv_method_extra *x)
     const h2o_state *s = state;
     x->clusters = -1;
     x->kept_tokens = s->sl.held;
+    x->near_ties = s->ties;
 }
 
 static void h2o_free(void *state)
@@ -235,25 +230,25 @@ static void h2o_free(void *state)
 static void h2o_save(const void *state, kv_buf *out)
 {
     const h2o_state *s = state;
-    kv_buf_put_i64(out, s->share);
-    kv_buf_put_i64(out, s->hz);
-    kv_buf_put_i64(out, s->hlast);
+    kv_buf_put_i64(out, s->xlast);
+    kv_buf_put_i64(out, s->gheavy);
     kv_buf_put_i64(out, s->seen);
+    kv_buf_put_i64(out, s->ties);
     kv_slots_save(&s->sl, out);
 }
 
-/* What horizon, ingest and feedback maintain beyond kv_slots_load's rules:
- * counters in range, indices below hz, the recent ones (>= hz - R) in the
- * recent heap and the others in the heavy one. */
+/* What ingest and the decisions maintain beyond kv_slots_load's rules:
+ * counters in range, the heavy candidates (heap 0) below xlast - R and at
+ * most H of them, the others in the recent heap. */
 static int h2o_valid(const h2o_state *s)
 {
     const kv_slots *sl = &s->sl;
     int64_t n = sl->held, lim = kv_shard_limit(&s->ctx);
-    if (s->share < 0 || s->share > s->H || sl->hsize[HEAVY] > s->share || sl->hsize[RECENT] > s->R || s->hlast < 0 ||
-        s->hz < s->hlast || s->hz > s->ctx.n_total || s->seen < n || s->seen > lim)
+    if (s->xlast < 0 || s->xlast > s->ctx.n_total || s->gheavy < 0 || s->gheavy > s->H ||
+        sl->hsize[HEAVY] > s->gheavy || s->seen < n || s->seen > lim || s->ties < 0)
         return 0;
     for (int64_t i = 0; i < n; i++)
-        if ((sl->pos[i] < 0) != (sl->idx[i] >= s->hz - s->R)) return 0;
+        if ((sl->pos[i] < 0) != (sl->idx[i] >= s->xlast - s->R)) return 0;
     return 1;
 }
 
@@ -262,8 +257,9 @@ static int h2o_load(void *state, kv_rd *in, kv_err *err)
     h2o_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx);
     h2o_state t = *s;
-    if (kv_rd_i64(in, &t.share, err) || kv_rd_i64(in, &t.hz, err) || kv_rd_i64(in, &t.hlast, err) ||
-        kv_rd_i64(in, &t.seen, err) || kv_slots_load(&t.sl, &s->sl, in, s->B < lim ? s->B : lim, t.hz, "h2o", err))
+    if (kv_rd_i64(in, &t.xlast, err) || kv_rd_i64(in, &t.gheavy, err) || kv_rd_i64(in, &t.seen, err) ||
+        kv_rd_i64(in, &t.ties, err) ||
+        kv_slots_load(&t.sl, &s->sl, in, s->B + s->E < lim ? s->B + s->E : lim, s->ctx.n_total, "h2o", err))
         return err->code;
     if (!h2o_valid(&t)) {
         kv_slots_free(&t.sl);
@@ -277,7 +273,7 @@ static int h2o_load(void *state, kv_rd *in, kv_err *err)
 static int64_t h2o_max_bytes(const void *state)
 {
     const h2o_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B < lim ? s->B : lim;
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
     return held * slot_bytes(s->ctx.d, s->ctx.dv);
 }
 
@@ -285,15 +281,18 @@ const kv_method_ops kv_method_h2o = {
     .name = "h2o",
     .kind = "eviction",
     .summary = "H2O heavy hitters: the tokens with the most accumulated attention, plus the most recent",
-    .budget = "tokens= (or budget= bytes) over all ranks together: the R globally newest plus shares of the rest",
+    .budget = "tokens= (or budget= bytes) over all ranks together: the R globally newest and the H = B - R best scored",
     .params = h2o_params,
     .cfg_size = sizeof(h2o_cfg),
     .check = h2o_cfg_check,
     .create = h2o_create,
     .ingest = h2o_ingest,
     .partial = h2o_partial,
-    .horizon = h2o_horizon,
     .feedback = h2o_feedback,
+    .decide_every = h2o_every,
+    .decide_need = h2o_need,
+    .decide_cands = h2o_cands,
+    .decide_apply = h2o_apply,
     .bytes = h2o_bytes,
     .extra = h2o_extra,
     .free = h2o_free,

@@ -30,6 +30,7 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 #include "core/spec.h"
+#include "kernels/evict.h"
 
 /* What a replay computes (ALGORITHMS.md section 3). */
 typedef enum {
@@ -48,12 +49,15 @@ typedef struct {
     uint64_t seed;      /* replay --seed; methods mix in stream and rank */
     kv_semantics semantics;
     int64_t window;     /* W for KV_SEM_WINDOW_UNMASKED */
+    int64_t kv_heads;   /* streams per layer (trace attribute n_kv_heads; stream s is in layer s / kv_heads); <= 0: unknown */
+    int64_t q_group;    /* query rows per position of a stream (n_heads / n_kv_heads; 1 when unknown or 0) */
 } kv_method_ctx;
 
 /* Extra per-instance figures; a method leaves what it lacks at -1. */
 typedef struct {
     int64_t clusters;     /* SubGen-style sketches: clusters held */
     int64_t kept_tokens;  /* tokens whose key/value is held */
+    int64_t near_ties;    /* global eviction decisions taken by a margin below KV_EVICT_TIE_REL (decide hooks) */
 } kv_method_extra;
 
 typedef struct kv_method_ops {
@@ -113,6 +117,37 @@ typedef struct kv_method_ops {
      * any further ingest or partial.  Then partial must not update what
      * feedback updates.  Returns KV_OK or KV_EINTERNAL (scratch memory). */
     int (*feedback)(void *state, const float *Q, int nq, int64_t p, const double *ml);
+    /* Optional group, for an evictor whose decisions must be the ones one
+     * rank holding every token would make (h2o, tova, snapkv;
+     * kernels/evict.h), so that its answers do not depend on the rank
+     * count.  The driver (replay/decide.c) calls them at the method's
+     * decision points x: every query position (after the rank ingested its
+     * tokens < x, before the queries there are answered) and every positive
+     * multiple of decide_every(state) between them (after ingesting the
+     * tokens < x).  Between two points a method only holds what arrives.
+     * At every point, on every rank and for every stream:
+     *   need = decide_need(state, x, at_query): tokens to evict over all
+     *          ranks, from global counts only (the same on every rank); it
+     *          moves the method's counters to x.  0: nothing to decide.
+     * Then for each decision group with need > 0 (decide_group(state)
+     * consecutive streams that hold one token set together: 1, or the kv
+     * heads of a layer; NULL: 1), collectively:
+     *   decide_halo (optional): decide_halo_len doubles per stream, the
+     *          rank's contributions (zero elsewhere), summed over the ranks;
+     *   decide_cands(the group's states, ns, x, halo, L, keys): the rank's
+     *          L = need + 1 lowest candidate keys, ascending, padded, which
+     *          the driver merges over the ranks into the L lowest;
+     *   decide_apply(states, ns, x, merged, need): drop every candidate
+     *          whose key is <= merged[need - 1] (exactly need over all
+     *          ranks), and count a near-tie against merged[need].
+     * cands and apply return KV_OK or KV_EINTERNAL (scratch memory). */
+    int64_t (*decide_every)(const void *state);
+    int (*decide_group)(const void *state);
+    int64_t (*decide_need)(void *state, int64_t x, int at_query);
+    size_t (*decide_halo_len)(const void *state, int64_t x);
+    void (*decide_halo)(void *state, int64_t x, double *halo);
+    int (*decide_cands)(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys);
+    int (*decide_apply)(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need);
     /* Optional pair, for a method selecting tokens globally (topk: the k
      * largest logits over all ranks).  select_len(state) doubles per query;
      * select(Q, p[], nq, sel) writes, per query, the method's candidates as

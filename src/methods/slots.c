@@ -142,9 +142,73 @@ int32_t kv_slots_top(const kv_slots *s, int w)
     return s->heap[w][0];
 }
 
+void kv_slots_reheap(kv_slots *s)
+{
+    s->hsize[0] = s->held;
+    for (int64_t i = 0; i < s->held; i++) put(s, 0, i, (int32_t)i);
+    kv_slots_heapify(s, 0);
+}
+
 void kv_slots_heapify(kv_slots *s, int w)
 {
     for (int64_t i = s->hsize[w] / 2 - 1; i >= 0; i--) sift_down(s, w, i);
+}
+
+/* The frontier of kv_slots_lowest: a min-heap of places of heap 0, by key. */
+static int fr_less(const kv_slots *s, int64_t i, int64_t j)
+{
+    return kv_evkey_less(kv_slots_key(s, s->heap[0][i]), kv_slots_key(s, s->heap[0][j]));
+}
+
+static void fr_push(const kv_slots *s, int64_t *fr, int64_t *nf, int64_t place)
+{
+    int64_t j = (*nf)++;
+    fr[j] = place;
+    while (j > 0 && fr_less(s, fr[j], fr[(j - 1) / 2])) {
+        int64_t t = fr[j];
+        fr[j] = fr[(j - 1) / 2];
+        fr[(j - 1) / 2] = t;
+        j = (j - 1) / 2;
+    }
+}
+
+static int64_t fr_pop(const kv_slots *s, int64_t *fr, int64_t *nf)
+{
+    int64_t top = fr[0], j = 0;
+    fr[0] = fr[--*nf];
+    for (;;) {
+        int64_t m = j, l = 2 * j + 1, r = l + 1;
+        if (l < *nf && fr_less(s, fr[l], fr[m])) m = l;
+        if (r < *nf && fr_less(s, fr[r], fr[m])) m = r;
+        if (m == j) break;
+        int64_t t = fr[j];
+        fr[j] = fr[m];
+        fr[m] = t;
+        j = m;
+    }
+    return top;
+}
+
+int kv_slots_lowest(const kv_slots *s, int L, kv_evkey *out)
+{
+    /* the next lowest key of heap 0 is always at a place whose parent was
+     * taken already: keep those places in a small heap of their own */
+    int64_t n = s->hsize[0], nf = 0;
+    int64_t *fr = malloc(sizeof(int64_t) * ((size_t)L + 2));
+    if (!fr) return KV_EINTERNAL;
+    if (n > 0) fr[nf++] = 0;
+    for (int i = 0; i < L; i++) {
+        if (!nf) {
+            out[i] = KV_EVKEY_NONE;
+            continue;
+        }
+        int64_t top = fr_pop(s, fr, &nf);
+        out[i] = kv_slots_key(s, s->heap[0][top]);
+        if (2 * top + 1 < n) fr_push(s, fr, &nf, 2 * top + 1);
+        if (2 * top + 2 < n) fr_push(s, fr, &nf, 2 * top + 2);
+    }
+    free(fr);
+    return KV_OK;
 }
 
 void kv_slots_drop(kv_slots *s, int32_t x)

@@ -73,6 +73,20 @@ int32_t kv_slots_pop(kv_slots *s, int w);
 int32_t kv_slots_top(const kv_slots *s, int w);
 void kv_slots_heapify(kv_slots *s, int w);
 
+/* Heap 0 made anew over every slot in use (one heap only: after slots were
+ * dropped straight out of it). */
+void kv_slots_reheap(kv_slots *s);
+
+/* The eviction key of a slot (with heaps): (score, token index). */
+static inline kv_evkey kv_slots_key(const kv_slots *s, int32_t slot)
+{
+    return (kv_evkey){ s->score[slot], (double)s->idx[slot] };
+}
+
+/* The L lowest keys of heap 0, ascending, padded with KV_EVKEY_NONE, the
+ * heap unchanged.  KV_EINTERNAL when scratch memory cannot be had. */
+int kv_slots_lowest(const kv_slots *s, int L, kv_evkey *out);
+
 /* Free slot x (already out of every heap): the last slot moves into it. */
 void kv_slots_drop(kv_slots *s, int32_t x);
 

@@ -1,42 +1,43 @@
-/* snapkv.c - snapkv:tokens=<B>|budget=<X>[,window=<w>,period=<T>,kernel=<k>]:
- * SnapKV (Li et al. 2024, "SnapKV: LLM Knows What You are Looking for
- * Before Generation") adapted to decoding, ALGORITHMS.md section 4c.
+/* snapkv.c - snapkv:tokens=<B>|budget=<X>[,window=<w>,kernel=<k>,pool=avg|max,
+ * period=<T>,every=<E>]: SnapKV (Li et al. 2024, "SnapKV: LLM Knows What You
+ * are Looking for Before Generation") for decoding, ALGORITHMS.md section 4c.
  *
- * SnapKV compresses a prompt once: the last `window` queries of the prompt
- * (the observation window) vote for the earlier tokens by their attention,
- * the votes are max-pooled over `kernel` neighbouring positions (so a kept
- * token brings its neighbours), and the top tokens are kept with the window
- * itself.  Here the stream never ends, so the vote is repeated:
+ * SnapKV compresses a prompt once (official code FasterDecoding/SnapKV,
+ * snapkv_utils.py at 395b54d: window 32, kernel 5, avgpool): the queries of
+ * the last `window` positions (the observation window) vote for the earlier
+ * tokens by their summed attention, the votes are pooled over `kernel`
+ * neighbouring positions (so a kept token brings its neighbours), and the
+ * top tokens are kept with the window itself.  Here the stream never ends,
+ * so the vote is repeated:
  *
- *   - the last `window` queries answered are buffered (row, prefix, and the
- *     merged global (m, l) the feedback hook gives every rank);
- *   - whenever a rank's held tokens reach its share of B, it compresses to
- *     its share minus its part of `period` (floor(period * share / B), at
- *     most half the share, at least 1), so that at one rank a compression
- *     comes every `period` tokens (capped at B/2);
- *   - a token's vote is its mean global attention weight exp(a - m) / l
- *     over the buffered queries that see it (prefix > index; the mean, not
- *     SnapKV's sum, because in a stream older tokens are seen by more of the
- *     buffered queries); the pooled score is the largest vote among the
- *     rank's held tokens within kernel/2 positions of it (index distance);
- *   - tokens no buffered query has seen (those after the last query, the
- *     stream's equivalent of the observation window) are kept first, newest
- *     first, then the highest pooled scores, ties to the newer token.
+ *   - the query rows of the last `window` answered positions (all the rows
+ *     of a position: the query heads of this kv head vote together) are
+ *     buffered with the merged global (m, l) the feedback hook gives;
+ *   - at each decision point x (every query position, and every multiple of
+ *     `every` between them) once the tokens held over all ranks exceed B,
+ *     they are compressed to B - T' (T' = min(period, B - window)), so a
+ *     compression comes about every T' tokens;
+ *   - the tokens of the newest `window` positions, [x - window, x), are
+ *     always kept (the observation window); every other held token t gets
+ *     vote(t) = sum over the buffered rows r at positions q_r > t of
+ *     exp(a_r(t) - m_r) / l_r, pooled over the held non-window tokens within
+ *     kernel/2 positions (avg: their sum over kernel, torch's zero-padded
+ *     avg_pool1d; max: their largest), and the lowest (pooled, index) go.
  *
- * Global budget: the rank shares of B follow h2o's rule (a rank's share
- * fixed at each horizon as floor(seen * B / p') by the tokens it has seen
- * of the prefix p' reached; before any token, by shard size), so the held
- * tokens summed over ranks never exceed B.  Each rank compresses on its own
- * schedule and pools only over its own tokens (neighbours on another rank
- * do not count): close to, not equal to, P = 1.  B >= n: nothing is ever
- * dropped, the answers are exact attention.  budget=X: B = floor((bytes(X)
- * - P window q) / slot), q = one buffered query (d floats, prefix, m, l),
- * slot the per-token bytes below.
+ * The decision is the one one rank holding every token makes (method.h:
+ * decide hooks): the lowest keys are merged over the ranks, and the pooling
+ * sees the neighbours another rank holds across a shard-chunk boundary
+ * through the decision's halo (the votes within kernel/2 of every
+ * boundary).  So the answers do not depend on P; near-ties are counted.
+ * B >= n: nothing is ever dropped, exact attention.  budget=X: B =
+ * floor((bytes(X) - P window g q) / slot) - every, q = one buffered row
+ * (d floats, position, m, l), g the query rows per position, slot the
+ * per-token bytes below.
  *
- * Memory: allocated slots x ((d + dv) floats + index + vote + pooled score
- * + int32 order) + window buffered queries; the slot arrays are resized to
- * the slots in use after every horizon and ingest (up to the share within
- * an ingest). */
+ * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
+ * score) + the buffered rows; the slot arrays are resized to the slots in
+ * use after every decision and ingest.  Votes are cached per slot and
+ * recomputed only when the buffer has changed since. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,41 +46,49 @@
 #include "methods/slots.h"
 
 typedef struct {
-    int64_t tokens, window, period, kernel;
+    int64_t tokens, window, period, kernel, pool, every;
     kv_budget budget;
 } snapkv_cfg;
 KV_CFG_FITS(snapkv_cfg);
 
+/* per-slot scratch (kv_slots keeps it with its slot through moves and resizes) */
+typedef struct {
+    double vote, pooled;
+} snapkv_slot;
+
 typedef struct {
     kv_method_ctx ctx;
-    int64_t B, W, T, kern; /* global tokens, buffered queries, period, pooling kernel */
-    int64_t share;         /* this rank's slots now */
-    int64_t hlast, seen;   /* last horizon; tokens ingested */
-    kv_slots sl;           /* held in ascending index; scratch: vote, pooled score, order (SCRATCH) */
-    int64_t nbuf, head;    /* buffered queries, next ring slot */
-    float *bq;             /* W x d query rows */
-    int64_t *bp;           /* their prefixes */
-    double *bml;           /* their merged (m, l) */
+    int64_t B, W, T, kern, E; /* global tokens, window positions, period (T'), pooling kernel, decision spacing */
+    int maxpool;
+    int64_t xlast, gheld;     /* the last decision point; tokens held over all ranks since then */
+    int64_t seen, ties;       /* tokens ingested; near-tie decisions */
+    kv_slots sl;              /* held in ascending index; scratch: snapkv_slot */
+    int stale;                /* the buffer changed since the votes were computed */
+    int64_t nrows, rcap;      /* buffered rows, allocated */
+    float *bq;                /* their rows (rcap x d), oldest position first */
+    int64_t *bp;              /* their positions */
+    double *bml;              /* their merged (m, l) */
 } snapkv_state;
 
 static const kv_param_def snapkv_params[] = {
-    KV_PARAM_INT(snapkv_cfg, tokens, 1024, 1, INT32_MAX, "tokens held over all ranks together (peak)"),
-    KV_PARAM_INT(snapkv_cfg, window, 16, 1, 4096, "queries whose attention votes (the observation window)"),
-    KV_PARAM_INT(snapkv_cfg, period, 64, 1, INT32_MAX, "tokens between compressions (capped at tokens/2)"),
-    KV_PARAM_INT(snapkv_cfg, kernel, 7, 1, 1023, "max-pooling width over neighbouring positions (odd)"),
+    KV_PARAM_INT(snapkv_cfg, tokens, 1024, 2, INT32_MAX, "tokens held over all ranks together (after each decision)"),
+    KV_PARAM_INT(snapkv_cfg, window, 32, 1, 4096,
+                 "observation window, in positions: their queries vote, their tokens are always kept (< tokens)"),
+    KV_PARAM_INT(snapkv_cfg, period, 64, 1, INT32_MAX, "tokens between compressions (capped at tokens - window)"),
+    KV_PARAM_INT(snapkv_cfg, kernel, 5, 1, 1023, "pooling width over neighbouring positions (odd)"),
+    KV_PARAM_ENUM(snapkv_cfg, pool, "avg|max", 0, "pooling of the votes: avg (official default) or max"),
+    KV_PARAM_INT(snapkv_cfg, every, 16, 1, INT32_MAX,
+                 "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
     KV_PARAM_BUDGET(snapkv_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_TABLE_END
 };
 
-/* compression scratch per slot: its vote and pooled score, then its place in the order */
-#define SCRATCH (2 * sizeof(double) + sizeof(int32_t))
-
 static int64_t slot_bytes(int d, int dv)
 {
-    return kv_slots_row_bytes(d, dv, 0, SCRATCH);
+    return kv_slots_row_bytes(d, dv, 0, sizeof(snapkv_slot));
 }
 
-static int64_t query_bytes(int d)
+static int64_t row_bytes(int d)
 {
     return (int64_t)d * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t) + 2 * (int64_t)sizeof(double);
 }
@@ -92,12 +101,17 @@ static int snapkv_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
     if (c->kernel % 2 == 0)
         return kv_params_error(snapkv_params, spec, err, "kernel=%lld must be odd (centred on the token)",
                                (long long)c->kernel);
+    if (c->budget.kind == KV_BUDGET_NONE && c->window >= c->tokens)
+        return kv_params_error(snapkv_params, spec, err, "window=%lld must be below tokens=%lld", (long long)c->window,
+                               (long long)c->tokens);
     return KV_OK;
 }
 
 extern const kv_method_ops kv_method_snapkv;
 
 static void snapkv_free(void *state);
+
+static int64_t group_rows(const kv_method_ctx *ctx) { return ctx->q_group > 0 ? ctx->q_group : 1; }
 
 static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
@@ -106,134 +120,58 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     int64_t B = c->tokens;
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * c->window * query_bytes(ctx->d);
-        B = rest > 0 ? rest / per : 0;
-        if (B < 1)
+        int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d);
+        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * buf;
+        B = rest > 0 ? rest / per - c->every : 0;
+        if (B <= c->window)
             return kv_params_error(snapkv_params, spec, err,
-                                   "budget of %lld bytes holds no token (one takes %lld, plus %lld per rank for "
-                                   "the %lld buffered queries)",
-                                   (long long)bytes, (long long)per, (long long)(c->window * query_bytes(ctx->d)),
-                                   (long long)c->window);
+                                   "budget of %lld bytes holds %lld tokens, not more than the window of %lld (one takes "
+                                   "%lld, plus %lld per rank for the buffered queries, and %lld arriving between "
+                                   "decisions are reserved: every=)",
+                                   (long long)bytes, (long long)(B > 0 ? B : 0), (long long)c->window, (long long)per,
+                                   (long long)buf, (long long)c->every);
         if (B > INT32_MAX)
             return kv_params_error(snapkv_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
     }
+    int64_t h = c->kernel / 2;
+    if (ctx->nranks > 1 && h > 0 && (ctx->chunk <= 0 || 2 * h > ctx->chunk))
+        return kv_params_error(snapkv_params, spec, err,
+                               "kernel=%lld is wider than the shard chunk (%lld tokens): the pooling could not see "
+                               "its neighbours on other ranks",
+                               (long long)c->kernel, (long long)ctx->chunk);
     snapkv_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
     s->B = B;
     s->W = c->window;
-    s->T = c->period < B / 2 ? c->period : (B / 2 > 1 ? B / 2 : 1);
+    s->T = c->period < B - c->window ? c->period : B - c->window;
     s->kern = c->kernel;
-    s->share = B >= ctx->n_total ? B : kv_slots_first_share(ctx, B);
-    kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, SCRATCH);
-    s->bq = kv_calloc((size_t)(s->W * ctx->d), sizeof(float), err);
-    s->bp = s->bq ? kv_calloc((size_t)s->W, sizeof(int64_t), err) : NULL;
-    s->bml = s->bp ? kv_calloc((size_t)(2 * s->W), sizeof(double), err) : NULL;
-    if (!s->bml) {
-        snapkv_free(s);
-        return err->code;
-    }
+    s->maxpool = c->pool == 1;
+    s->E = c->every;
+    s->stale = 1;
+    kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, sizeof(snapkv_slot));
     *out = s;
     return KV_OK;
 }
 
-/* slot a is kept before slot b: higher pooled score, then newer */
-static int keep_first(const double *pooled, const int64_t *idx, int32_t a, int32_t b)
-{
-    if (pooled[a] != pooled[b]) return pooled[a] > pooled[b];
-    return idx[a] > idx[b];
-}
+static snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (snapkv_slot *)s->sl.scratch + i; }
 
-/* heapsort of order[0..n), best (keep_first) first: a max-heap whose root
- * is the worst goes to the end (a total order: indices differ) */
-static void sift(const double *pooled, const int64_t *idx, int32_t *o, int64_t i, int64_t n)
+/* Every held token's vote under the buffered rows (rows in buffer order). */
+static void compute_votes(snapkv_state *s)
 {
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= n) return;
-        if (c + 1 < n && keep_first(pooled, idx, o[c], o[c + 1])) c++;
-        if (!keep_first(pooled, idx, o[i], o[c])) return;
-        int32_t t = o[i]; o[i] = o[c]; o[c] = t;
-        i = c;
-    }
-}
-
-static void sort_order(const double *pooled, const int64_t *idx, int32_t *o, int64_t n)
-{
-    for (int64_t i = n / 2 - 1; i >= 0; i--) sift(pooled, idx, o, i, n);
-    for (int64_t end = n - 1; end >= 1; end--) {
-        int32_t t = o[0]; o[0] = o[end]; o[end] = t;
-        sift(pooled, idx, o, 0, end);
-    }
-}
-
-/* Keep the best `keep` held tokens (see the header), in index order. */
-static void compress(snapkv_state *s, int64_t keep)
-{
-    kv_slots *sl = &s->sl;
-    int64_t n = sl->held, *idx = sl->idx;
-    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    if (keep < 0) keep = 0;
-    if (n <= keep) return;
-    /* the scratch of cap slots: cap votes, cap pooled scores, cap order entries */
-    double *vote = sl->scratch, *pooled = vote + sl->cap;
-    int32_t *order = (int32_t *)(pooled + sl->cap);
-    for (int64_t t = 0; t < n; t++) {
+    const kv_slots *sl = &s->sl;
+    size_t d = (size_t)s->ctx.d;
+    for (int64_t t = 0; t < sl->held; t++) {
         double sum = 0;
-        int64_t cnt = 0;
-        for (int64_t j = 0; j < s->nbuf; j++) {
-            if (s->bp[j] <= idx[t]) continue; /* that query did not see the token */
+        for (int64_t j = 0; j < s->nrows; j++) {
             double m = s->bml[2 * j], l = s->bml[2 * j + 1];
-            if (l > 0)
+            if (s->bp[j] > sl->idx[t] && l > 0)
                 sum += exp(kv_held_logit(s->bq + (size_t)j * d, sl->K + (size_t)t * d, s->ctx.d, s->ctx.scale) - m) / l;
-            cnt++;
         }
-        vote[t] = cnt ? sum / (double)cnt : INFINITY; /* unseen: kept first */
+        slot_of(s, t)->vote = sum;
     }
-    int64_t half = s->kern / 2;
-    for (int64_t t = 0; t < n; t++) {
-        double best = vote[t];
-        for (int64_t j = t - 1; j >= 0 && idx[t] - idx[j] <= half; j--)
-            if (isfinite(vote[j]) && vote[j] > best) best = vote[j];
-        for (int64_t j = t + 1; j < n && idx[j] - idx[t] <= half; j++)
-            if (isfinite(vote[j]) && vote[j] > best) best = vote[j];
-        pooled[t] = best;
-        order[t] = (int32_t)t;
-    }
-    sort_order(pooled, idx, order, n);
-    /* mark the kept slots (vote = -1), then compact in index order */
-    for (int64_t i = 0; i < keep; i++) vote[order[i]] = -1;
-    int64_t w = 0;
-    for (int64_t t = 0; t < n; t++) {
-        if (vote[t] != -1) continue;
-        if (w != t) {
-            memmove(sl->K + (size_t)w * d, sl->K + (size_t)t * d, sizeof(float) * d);
-            memmove(sl->V + (size_t)w * dv, sl->V + (size_t)t * dv, sizeof(float) * dv);
-            idx[w] = idx[t];
-        }
-        w++;
-    }
-    sl->held = w;
-}
-
-/* what a compression keeps at share sh: sh minus this rank's part of the period */
-static int64_t target(const snapkv_state *s, int64_t sh)
-{
-    int64_t slack = (int64_t)((__int128)s->T * sh / s->B);
-    if (slack > sh / 2) slack = sh / 2;
-    if (slack < 1) slack = 1;
-    return sh - slack;
-}
-
-static void snapkv_horizon(void *state, int64_t p)
-{
-    snapkv_state *s = state;
-    if (p < s->hlast) return;
-    if (s->hlast > 0 && s->B < s->ctx.n_total) s->share = (int64_t)((__int128)s->seen * s->B / s->hlast);
-    s->hlast = p;
-    if (s->sl.held > s->share) compress(s, target(s, s->share));
-    kv_slots_resize(&s->sl, s->sl.held);
+    s->stale = 0;
 }
 
 static int snapkv_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -242,13 +180,149 @@ static int snapkv_ingest(void *state, const float *K, const float *V, int64_t fi
     kv_slots *sl = &s->sl;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
-    if (kv_slots_make_room(sl, n, s->share, "snapkv", err)) return err->code;
+    if (kv_slots_grow(sl, sl->held + (int64_t)n, "snapkv", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        if (sl->held >= s->share) compress(s, target(s, s->share));
-        if (sl->held >= s->share) continue; /* a share of 0: nothing fits */
-        kv_slots_set(sl, (int32_t)sl->held++, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
+        int64_t slot = sl->held++;
+        kv_slots_set(sl, (int32_t)slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
+        /* no buffered row has seen it: its vote is 0, as a recomputation gives */
+        *slot_of(s, slot) = (snapkv_slot){ 0, 0 };
     }
     s->seen += (int64_t)n;
+    kv_slots_resize(sl, sl->held);
+    return KV_OK;
+}
+
+static int64_t snapkv_every(const void *state) { return ((const snapkv_state *)state)->E; }
+
+static int64_t snapkv_need(void *state, int64_t x, int at_query)
+{
+    snapkv_state *s = state;
+    if (x <= s->xlast || (!at_query && x % s->E)) return 0;
+    int64_t held = s->gheld + (x - s->xlast);
+    s->xlast = x;
+    if (held <= s->B) {
+        s->gheld = held;
+        return 0;
+    }
+    s->gheld = s->B - s->T;
+    return held - s->gheld;
+}
+
+/* Halo: per shard-chunk boundary b = c C (c = 1 .. nb), the votes of the
+ * tokens [b - h, b + h), h = kernel / 2, written by their owners. */
+static int64_t halo_bounds(const snapkv_state *s, int64_t x)
+{
+    int64_t h = s->kern / 2, C = s->ctx.chunk;
+    if (s->ctx.nranks <= 1 || h == 0 || C <= 0) return 0;
+    int64_t nb = (x - 1 + h) / C;
+    return nb > 0 ? nb : 0;
+}
+
+static size_t snapkv_halo_len(const void *state, int64_t x)
+{
+    const snapkv_state *s = state;
+    return (size_t)(halo_bounds(s, x) * 2 * (s->kern / 2));
+}
+
+static int protected_tok(const snapkv_state *s, int64_t t, int64_t x) { return t >= x - s->W; }
+
+static void snapkv_halo(void *state, int64_t x, double *halo)
+{
+    snapkv_state *s = state;
+    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x);
+    if (!nb) return;
+    if (s->stale) compute_votes(s);
+    for (int64_t i = 0; i < s->sl.held; i++) {
+        int64_t t = s->sl.idx[i], r = t % C, c;
+        if (protected_tok(s, t, x)) continue;
+        if (r < h) c = t / C;          /* just after boundary c C */
+        else if (r >= C - h) c = t / C + 1; /* just before boundary c C */
+        else continue;
+        if (c < 1 || c > nb) continue;
+        halo[(c - 1) * 2 * h + (t - (c * C - h))] = slot_of(s, i)->vote;
+    }
+}
+
+/* The vote of a neighbour u of a local token: held here (found by the index
+ * walk), or on another rank across a chunk boundary (the halo). */
+static double halo_vote(const snapkv_state *s, int64_t u, const double *halo, int64_t x)
+{
+    int64_t h = s->kern / 2, C = s->ctx.chunk, c = (u % C) < h ? u / C : u / C + 1;
+    if (!halo || c < 1 || c > halo_bounds(s, x)) return 0;
+    return halo[(c - 1) * 2 * h + (u - (c * C - h))];
+}
+
+static int mine(const snapkv_state *s, int64_t u)
+{
+    return s->ctx.nranks <= 1 || s->ctx.chunk <= 0 || (u / s->ctx.chunk) % s->ctx.nranks == s->ctx.rank;
+}
+
+/* Pooled scores of the held non-window tokens (slots in index order). */
+static void pool(snapkv_state *s, int64_t x, const double *halo)
+{
+    const int64_t *idx = s->sl.idx;
+    int64_t n = s->sl.held, h = s->kern / 2;
+    for (int64_t i = 0; i < n && !protected_tok(s, idx[i], x); i++) {
+        double sum = slot_of(s, i)->vote, best = sum;
+        for (int64_t j = i - 1; j >= 0 && idx[i] - idx[j] <= h; j--) {
+            double v = slot_of(s, j)->vote;
+            sum += v;
+            if (v > best) best = v;
+        }
+        for (int64_t j = i + 1; j < n && idx[j] - idx[i] <= h && !protected_tok(s, idx[j], x); j++) {
+            double v = slot_of(s, j)->vote;
+            sum += v;
+            if (v > best) best = v;
+        }
+        for (int64_t u = idx[i] - h; u <= idx[i] + h && halo; u++) {
+            if (u < 0 || u == idx[i] || mine(s, u) || protected_tok(s, u, x)) continue;
+            double v = halo_vote(s, u, halo, x);
+            sum += v;
+            if (v > best) best = v;
+        }
+        slot_of(s, i)->pooled = s->maxpool ? best : sum / (double)s->kern;
+    }
+}
+
+static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
+{
+    snapkv_state *s = st[0];
+    (void)ns;
+    if (s->stale) compute_votes(s);
+    pool(s, x, halo);
+    int64_t n = 0;
+    while (n < s->sl.held && !protected_tok(s, s->sl.idx[n], x)) n++;
+    kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
+    if (!all) return KV_EINTERNAL;
+    for (int64_t i = 0; i < n; i++) all[i] = (kv_evkey){ slot_of(s, i)->pooled, (double)s->sl.idx[i] };
+    kv_evict_lowest(all, (size_t)n, L, keys);
+    free(all);
+    return KV_OK;
+}
+
+/* Drop the candidates whose key goes, keeping the rest in index order. */
+static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
+{
+    snapkv_state *s = st[0];
+    kv_slots *sl = &s->sl;
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    kv_evkey cut = merged[need - 1];
+    (void)ns;
+    int64_t w = 0;
+    for (int64_t t = 0; t < sl->held; t++) {
+        int keep = protected_tok(s, sl->idx[t], x) ||
+                   !kv_evkey_goes((kv_evkey){ slot_of(s, t)->pooled, (double)sl->idx[t] }, cut);
+        if (!keep) continue;
+        if (w != t) {
+            memmove(sl->K + (size_t)w * d, sl->K + (size_t)t * d, sizeof(float) * d);
+            memmove(sl->V + (size_t)w * dv, sl->V + (size_t)t * dv, sizeof(float) * dv);
+            sl->idx[w] = sl->idx[t];
+            *slot_of(s, w) = *slot_of(s, t);
+        }
+        w++;
+    }
+    sl->held = w;
+    s->ties += kv_evict_near_tie(cut, merged[need]);
     kv_slots_resize(sl, sl->held);
     return KV_OK;
 }
@@ -260,26 +334,54 @@ static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
-/* buffer the call's queries with their global (m, l) (the last W of them) */
+/* Distinct positions among the buffered rows. */
+static int64_t buffered_positions(const snapkv_state *s)
+{
+    int64_t np = 0;
+    for (int64_t j = 0; j < s->nrows; j++) np += j == 0 || s->bp[j] != s->bp[j - 1];
+    return np;
+}
+
+/* Buffer the call's rows with their global (m, l); only the last W
+ * positions stay. */
 static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const double *ml)
 {
     snapkv_state *s = state;
     size_t d = (size_t)s->ctx.d;
-    for (int q = nq > s->W ? nq - (int)s->W : 0; q < nq; q++) {
-        memcpy(s->bq + (size_t)s->head * d, Q + (size_t)q * d, sizeof(float) * d);
-        s->bp[s->head] = p;
-        s->bml[2 * s->head] = ml[2 * q];
-        s->bml[2 * s->head + 1] = ml[2 * q + 1];
-        s->head = (s->head + 1) % s->W;
-        if (s->nbuf < s->W) s->nbuf++;
+    if (nq <= 0) return KV_OK;
+    if (s->nrows + nq > s->rcap) {
+        int64_t cap = s->nrows + nq;
+        float *q = realloc(s->bq, sizeof(float) * d * (size_t)cap);
+        if (!q) return KV_EINTERNAL;
+        s->bq = q;
+        int64_t *bp = realloc(s->bp, sizeof(int64_t) * (size_t)cap);
+        if (!bp) return KV_EINTERNAL;
+        s->bp = bp;
+        double *m = realloc(s->bml, sizeof(double) * 2 * (size_t)cap);
+        if (!m) return KV_EINTERNAL;
+        s->bml = m;
+        s->rcap = cap;
     }
+    memcpy(s->bq + (size_t)s->nrows * d, Q, sizeof(float) * d * (size_t)nq);
+    memcpy(s->bml + 2 * s->nrows, ml, sizeof(double) * 2 * (size_t)nq);
+    for (int q = 0; q < nq; q++) s->bp[s->nrows + q] = p;
+    s->nrows += nq;
+    if (buffered_positions(s) > s->W) { /* the oldest position leaves */
+        int64_t k = 1;
+        while (k < s->nrows && s->bp[k] == s->bp[0]) k++;
+        memmove(s->bq, s->bq + (size_t)k * d, sizeof(float) * d * (size_t)(s->nrows - k));
+        memmove(s->bp, s->bp + k, sizeof(int64_t) * (size_t)(s->nrows - k));
+        memmove(s->bml, s->bml + 2 * k, sizeof(double) * 2 * (size_t)(s->nrows - k));
+        s->nrows -= k;
+    }
+    s->stale = 1;
     return KV_OK;
 }
 
 static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)(s->W * query_bytes(s->ctx.d));
+    return kv_slots_bytes(&s->sl) + (size_t)(s->rcap * row_bytes(s->ctx.d));
 }
 
 static void snapkv_extra(const void *state, kv_method_extra *x)
@@ -287,6 +389,7 @@ static void snapkv_extra(const void *state, kv_method_extra *x)
     const snapkv_state *s = state;
     x->clusters = -1;
     x->kept_tokens = s->sl.held;
+    x->near_ties = s->ties;
 }
 
 static void snapkv_free(void *state)
@@ -294,109 +397,112 @@ static void snapkv_free(void *state)
     snapkv_state *s = state;
     if (!s) return;
     kv_slots_free(&s->sl);
-    free(s->bq); free(s->bp); free(s->bml);
+    free(s->bq);
+    free(s->bp);
+    free(s->bml);
     free(s);
 }
 
-/* Counters, the filled query ring slots as laid out, the held tokens (index order).
- * vote, pooled and order are scratch of each compression. */
+/* Counters, the buffered rows, the held tokens (index order).  Votes and
+ * pooled scores are not saved: a recomputation gives the same numbers. */
 static void snapkv_save(const void *state, kv_buf *out)
 {
     const snapkv_state *s = state;
-    kv_buf_put_i64(out, s->share);
-    kv_buf_put_i64(out, s->hlast);
+    kv_buf_put_i64(out, s->xlast);
+    kv_buf_put_i64(out, s->gheld);
     kv_buf_put_i64(out, s->seen);
-    kv_buf_put_i64(out, s->nbuf);
-    kv_buf_put_i64(out, s->head);
-    /* the filled ring slots only: 0..nbuf-1 (head == nbuf until it wraps) */
-    kv_buf_put_arr(out, s->bq, (size_t)(s->nbuf * s->ctx.d) * sizeof(float));
-    kv_buf_put_arr(out, s->bp, (size_t)s->nbuf * sizeof(int64_t));
-    kv_buf_put_arr(out, s->bml, (size_t)(2 * s->nbuf) * sizeof(double));
+    kv_buf_put_i64(out, s->ties);
+    kv_buf_put_arr(out, s->bq, (size_t)(s->nrows * s->ctx.d) * sizeof(float));
+    kv_buf_put_arr(out, s->bp, (size_t)s->nrows * sizeof(int64_t));
+    kv_buf_put_arr(out, s->bml, (size_t)(2 * s->nrows) * sizeof(double));
     kv_slots_save(&s->sl, out);
 }
 
-/* The ring and counters read, and the held rows checked by kv_slots_load
- * (finite, indices below n_total and distinct): counters in range, the
- * ring's slots filled 0..nbuf-1 with finite rows, prefixes in 1..n_total
- * and merged (m, l) with l >= 0 finite and m finite iff l > 0 (else -inf),
- * the held indices ascending. */
-static int snapkv_valid(const snapkv_state *s, const kv_slots *sl, int64_t share, int64_t hlast, int64_t seen,
-                        int64_t nbuf, int64_t head, size_t nbq, const float *bq, size_t nbp, const int64_t *bp,
-                        size_t nbml, const double *bml)
+/* Counters in range, rows finite at non-decreasing positions in 1..n_total
+ * over at most W positions, merged (m, l) with l >= 0 finite and m finite
+ * iff l > 0 (else -inf), the held indices ascending. */
+static int snapkv_valid(const snapkv_state *s, const snapkv_state *t, size_t nbq, size_t nbp, size_t nbml)
 {
-    int64_t n = sl->held, lim = kv_shard_limit(&s->ctx);
-    size_t d = (size_t)s->ctx.d;
-    if (share < 0 || share > s->B || n > share || hlast < 0 || hlast > s->ctx.n_total || seen < n ||
-        seen > lim || nbuf < 0 || nbuf > s->W || head < 0 || head >= s->W || (nbuf < s->W && head != nbuf))
+    int64_t n = t->sl.held, lim = kv_shard_limit(&s->ctx);
+    size_t nb = (size_t)t->nrows, d = (size_t)s->ctx.d;
+    if (t->xlast < 0 || t->xlast > s->ctx.n_total || t->gheld < 0 || t->gheld > s->B || n > t->gheld ||
+        t->seen < n || t->seen > lim || t->ties < 0)
         return 0;
-    size_t nb = (size_t)nbuf;
-    if (nbq != nb * d || nbp != nb || nbml != 2 * nb || (nb && !kv_all_finite(bq, nb * d))) return 0;
+    if (nbq != nb * d || nbp != nb || nbml != 2 * nb || (nb && !kv_all_finite(t->bq, nb * d))) return 0;
     for (size_t j = 0; j < nb; j++) {
-        const double *ml = bml + 2 * j;
-        if (bp[j] < 1 || bp[j] > s->ctx.n_total || !isfinite(ml[1]) || !(ml[1] >= 0) ||
-            (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
+        const double *ml = t->bml + 2 * j;
+        if (t->bp[j] < 1 || t->bp[j] > s->ctx.n_total || (j && t->bp[j] < t->bp[j - 1]) || !isfinite(ml[1]) ||
+            !(ml[1] >= 0) || (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
             return 0;
     }
+    if (buffered_positions(t) > s->W) return 0;
     for (int64_t i = 1; i < n; i++)
-        if (sl->idx[i] <= sl->idx[i - 1]) return 0;
+        if (t->sl.idx[i] <= t->sl.idx[i - 1]) return 0;
     return 1;
 }
 
 static int snapkv_load(void *state, kv_rd *in, kv_err *err)
 {
-    snapkv_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), share, hlast, seen, nbuf, head;
-    size_t nbq = 0, nbp = 0, nbml = 0;
+    snapkv_state *s = state, t = *s;
+    int64_t lim = kv_shard_limit(&s->ctx), most = s->B + s->E < lim ? s->B + s->E : lim;
+    size_t nbq = 0, nbp = 0, nbml = 0, rmax = (size_t)(s->W * 4096);
     void *bq = NULL, *bp = NULL, *bml = NULL;
-    size_t W = (size_t)s->W, d = (size_t)s->ctx.d;
-    kv_slots sl;
-    if (kv_rd_i64(in, &share, err) || kv_rd_i64(in, &hlast, err) || kv_rd_i64(in, &seen, err) ||
-        kv_rd_i64(in, &nbuf, err) || kv_rd_i64(in, &head, err) ||
-        kv_rd_arr(in, &bq, sizeof(float), W * d, &nbq, err) || kv_rd_arr(in, &bp, sizeof(int64_t), W, &nbp, err) ||
-        kv_rd_arr(in, &bml, sizeof(double), 2 * W, &nbml, err) ||
-        kv_slots_load(&sl, &s->sl, in, s->B < lim ? s->B : lim, s->ctx.n_total, "snapkv", err))
-        goto fail;
-    if (!snapkv_valid(s, &sl, share, hlast, seen, nbuf, head, nbq, bq, nbp, bp, nbml, bml)) {
-        kv_slots_free(&sl);
-        kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
-        goto fail;
+    if (kv_rd_i64(in, &t.xlast, err) || kv_rd_i64(in, &t.gheld, err) || kv_rd_i64(in, &t.seen, err) ||
+        kv_rd_i64(in, &t.ties, err) || kv_rd_arr(in, &bq, sizeof(float), rmax * (size_t)s->ctx.d, &nbq, err) ||
+        kv_rd_arr(in, &bp, sizeof(int64_t), rmax, &nbp, err) ||
+        kv_rd_arr(in, &bml, sizeof(double), 2 * rmax, &nbml, err) ||
+        kv_slots_load(&t.sl, &s->sl, in, most, s->ctx.n_total, "snapkv", err)) {
+        free(bq);
+        free(bp);
+        free(bml);
+        return err->code;
     }
-    size_t nb = (size_t)nbuf;
-    if (nb) {
-        memcpy(s->bq, bq, sizeof(float) * nb * d);
-        memcpy(s->bp, bp, sizeof(int64_t) * nb);
-        memcpy(s->bml, bml, sizeof(double) * 2 * nb);
+    t.bq = bq;
+    t.bp = bp;
+    t.bml = bml;
+    t.nrows = t.rcap = (int64_t)nbp;
+    t.stale = 1;
+    if (!snapkv_valid(s, &t, nbq, nbp, nbml)) {
+        kv_slots_free(&t.sl);
+        free(bq);
+        free(bp);
+        free(bml);
+        return kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
     }
-    free(bq); free(bp); free(bml);
     kv_slots_free(&s->sl);
-    s->sl = sl;
-    s->share = share; s->hlast = hlast; s->seen = seen; s->nbuf = nbuf; s->head = head;
+    free(s->bq);
+    free(s->bp);
+    free(s->bml);
+    *s = t;
     return KV_OK;
-fail:
-    free(bq); free(bp); free(bml);
-    return err->code;
 }
 
 static int64_t snapkv_max_bytes(const void *state)
 {
     const snapkv_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B < lim ? s->B : lim;
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + s->W * query_bytes(s->ctx.d);
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d);
 }
 
 const kv_method_ops kv_method_snapkv = {
     .name = "snapkv",
     .kind = "eviction",
-    .summary = "SnapKV for decoding: every period tokens, keep the top tokens by the pooled attention of the last queries",
-    .budget = "tokens= (or budget= bytes) over all ranks together (peak), shared among ranks by the tokens each has seen",
+    .summary = "SnapKV for decoding: every period tokens, keep the observation window and the top tokens by the "
+               "pooled attention of its queries",
+    .budget = "tokens= (or budget= bytes) over all ranks together, held after each decision",
     .params = snapkv_params,
     .cfg_size = sizeof(snapkv_cfg),
     .check = snapkv_cfg_check,
     .create = snapkv_create,
     .ingest = snapkv_ingest,
     .partial = snapkv_partial,
-    .horizon = snapkv_horizon,
     .feedback = snapkv_feedback,
+    .decide_every = snapkv_every,
+    .decide_need = snapkv_need,
+    .decide_halo_len = snapkv_halo_len,
+    .decide_halo = snapkv_halo,
+    .decide_cands = snapkv_cands,
+    .decide_apply = snapkv_apply,
     .bytes = snapkv_bytes,
     .extra = snapkv_extra,
     .free = snapkv_free,

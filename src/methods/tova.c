@@ -1,36 +1,37 @@
-/* tova.c - tova:tokens=<B> or tova:budget=<X>: TOVA, token omission via
- * attention (Oren et al. 2024, "Transformers are Multi-State RNNs"),
- * ALGORITHMS.md section 4b.
+/* tova.c - tova:tokens=<B> or tova:budget=<X>[,every=<E>][,scope=head|layer]:
+ * TOVA, token omission via attention (Oren et al. 2024, "Transformers are
+ * Multi-State RNNs"; official code schwartz-lab-NLP/TOVA), ALGORITHMS.md
+ * section 4b.
  *
- * Rule.  After each query is answered, every held token's score is its
- * attention weight under that query, normalised by the GLOBAL softmax (the
+ * Rule.  After each query position is answered, every held token's score is
+ * its attention weight there, normalised by the GLOBAL softmax (the
  * driver's feedback hook gives each rank the merged (m, l)): the mean of
- * exp(a - m) / l over the queries of the call (one call = one position;
- * several queries = the query heads sharing this kv head, which TOVA
- * averages).  Scores are replaced, not accumulated: only the current query
- * counts.  The held count never exceeds the budget: a token arriving when
- * the rank is full is scored under the last query as well (its weight had
- * it been in that softmax: the call's last query row, its merged m and l,
- * are kept for this) and displaces the lowest (score, index) held token
- * only if it beats it; before any query every score is 0 and the oldest
- * goes, a window.  TOVA proper scores the new token under the next query,
- * which sees it; here queries are sparse and tokens must be dropped before
- * the next query arrives, so the last one stands in for it.
+ * exp(a - m) / l over the rows of the position (the query heads sharing
+ * this kv head, which TOVA averages).  Scores are replaced, not
+ * accumulated.  A token arriving after that position is scored under it as
+ * well (its weight had it been in those softmaxes: the rows and their merged
+ * (m, l) are kept for this); before any query every score is 0 and the
+ * oldest go, a window.  TOVA proper scores the new token under the next
+ * query, which sees it; here queries may be sparse, so the last one stands
+ * in for it.  At each decision point x (every query position, and every
+ * multiple of E in between) the B best (score, index) over all ranks are
+ * kept: the decision one rank holding every token makes (method.h: decide
+ * hooks), so the answers do not depend on P; near-ties (KV_EVICT_TIE_REL)
+ * are counted.  Between points arrivals are only held (the memory peak is B
+ * plus those: budget= reserves E of them).
  *
- * Global budget.  B tokens over all ranks together, shared as h2o shares its
- * heavy-hitter slots: at each horizon, the prefix p' reached so far fixes a
- * rank's share until the next horizon as floor(seen * B / p'), seen = the
- * rank's tokens < p' (before any token floor(B * shard / n)), so the shares
- * never sum over B.  Each rank evicts its own lowest tokens: at P > 1 the
- * choice is a split of the global one, close to, not equal to, P = 1.  With
- * B >= n nothing is ever evicted (every rank may hold its whole shard) and
- * the answers are exact attention.  budget=X: B = floor((bytes(X) - P q) /
- * slot), q the kept query row (d floats, m, l) every rank holds, slot the
- * per-token bytes below; tokens= and budget= exclude each other.
+ * scope=layer (the official code's rule): the kv heads of one layer (ctx
+ * kv_heads consecutive streams, the trace's n_kv_heads) keep one token set,
+ * scored by the mean over those heads of each head's score; their slots are
+ * kept in the same order, so slot i is one token in all of them.
+ *
+ * budget=X: B = floor((bytes(X) - P q) / slot) - E, q the kept query rows
+ * (d floats, m, l each) every rank holds, slot the per-token bytes below;
+ * tokens= and budget= exclude each other.  B >= n: exact attention.
  *
  * Memory: allocated slots x ((d + dv) floats + index + score + two int32
- * (heap position, heap)) + the query row; the arrays are resized to the
- * slots in use after every horizon and ingest. */
+ * (heap position, heap)) + the kept query rows; the arrays are resized to
+ * the slots in use after every decision and ingest. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,24 +41,30 @@
 
 typedef struct {
     kv_method_ctx ctx;
-    int64_t B;            /* global token budget */
-    int64_t share;        /* this rank's slots now */
-    int64_t hlast;        /* last horizon: every rank has ingested its tokens < hlast */
+    int64_t B, E;         /* global token budget; decision spacing */
+    int group;            /* streams deciding together: 1, or the layer's kv heads */
+    int64_t xlast;        /* the last decision point */
+    int64_t gheld;        /* tokens held over all ranks since then */
     int64_t seen;         /* tokens ingested */
+    int64_t ties;         /* near-tie decisions */
     kv_slots sl;          /* one heap, by (score, index), over every held slot */
-    int have_q;           /* a query has been answered */
-    float *lq;            /* its last row (d floats) */
-    double lm, ll;        /* and its merged max and sum */
+    int64_t nq;           /* rows of the last answered position (0: none yet) */
+    float *lq;            /* those rows (nq x d floats) */
+    double *lml;          /* their merged (m, l) */
 } tova_state;
 
 typedef struct {
-    int64_t tokens;
+    int64_t tokens, every, scope;
     kv_budget budget;
 } tova_cfg;
 KV_CFG_FITS(tova_cfg);
 
 static const kv_param_def tova_params[] = {
     KV_PARAM_INT(tova_cfg, tokens, 1024, 1, INT32_MAX, "tokens held over all ranks together"),
+    KV_PARAM_INT(tova_cfg, every, 16, 1, INT32_MAX,
+                 "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
+    KV_PARAM_ENUM(tova_cfg, scope, "head|layer", 0,
+                  "head: a token set per kv head; layer: one per layer, scored by the mean over its heads (official)"),
     KV_PARAM_BUDGET(tova_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_TABLE_END
 };
@@ -87,14 +94,19 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     const tova_cfg *c = kv_method_cfg(&kv_method_tova, spec, err);
     if (!c) return err->code;
     int64_t B = c->tokens;
+    if (c->scope == 1 && ctx->kv_heads <= 0)
+        return kv_params_error(tova_params, spec, err,
+                               "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
         int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * query_bytes(ctx->d);
-        B = rest > 0 ? rest / per : 0;
+        B = rest > 0 ? rest / per - c->every : 0;
         if (B < 1)
             return kv_params_error(tova_params, spec, err,
-                                   "budget of %lld bytes holds no token (one takes %lld, plus %lld per rank)",
-                                   (long long)bytes, (long long)per, (long long)query_bytes(ctx->d));
+                                   "budget of %lld bytes holds no token (one takes %lld, plus %lld per rank, and %lld "
+                                   "arriving between decisions are reserved: every=)",
+                                   (long long)bytes, (long long)per, (long long)query_bytes(ctx->d),
+                                   (long long)c->every);
         if (B > INT32_MAX)
             return kv_params_error(tova_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
@@ -103,33 +115,22 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     if (!s) return err->code;
     s->ctx = *ctx;
     s->B = B;
-    s->share = B >= ctx->n_total ? B : kv_slots_first_share(ctx, B);
+    s->E = c->every;
+    s->group = c->scope == 1 ? (int)ctx->kv_heads : 1;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, 0);
-    s->lq = kv_calloc((size_t)(ctx->d > 0 ? ctx->d : 1), sizeof(float), err);
-    if (!s->lq) {
-        free(s);
-        return err->code;
-    }
     *out = s;
     return KV_OK;
 }
 
-static void tova_horizon(void *state, int64_t p)
-{
-    tova_state *s = state;
-    if (p < s->hlast) return; /* not the driver's promise: ignore */
-    /* every rank has ingested exactly its tokens < hlast: shares sum to <= B */
-    if (s->hlast > 0 && s->B < s->ctx.n_total) s->share = (int64_t)((__int128)s->seen * s->B / s->hlast);
-    s->hlast = p;
-    while (s->sl.held > s->share) kv_slots_drop(&s->sl, kv_slots_pop(&s->sl, 0));
-    kv_slots_resize(&s->sl, s->sl.held); /* shrinking cannot fail for good (it keeps the old blocks) */
-}
-
-/* an arriving token's score: its weight under the last query */
+/* an arriving token's score: its mean weight under the last position's rows */
 static double arrival_score(const tova_state *s, const float *k)
 {
-    if (!s->have_q || !(s->ll > 0)) return 0.0;
-    return exp(kv_held_logit(s->lq, k, s->ctx.d, s->ctx.scale) - s->lm) / s->ll;
+    double sum = 0;
+    for (int64_t q = 0; q < s->nq; q++) {
+        double m = s->lml[2 * q], l = s->lml[2 * q + 1];
+        if (l > 0) sum += exp(kv_held_logit(s->lq + q * s->ctx.d, k, s->ctx.d, s->ctx.scale) - m) / l;
+    }
+    return s->nq ? sum / (double)s->nq : 0.0;
 }
 
 static int tova_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -138,22 +139,84 @@ static int tova_ingest(void *state, const float *K, const float *V, int64_t firs
     kv_slots *sl = &s->sl;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
-    if (kv_slots_make_room(sl, n, s->share, "tova", err)) return err->code;
+    if (kv_slots_grow(sl, sl->held + (int64_t)n, "tova", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        int64_t t = first + (int64_t)i;
-        double sc = arrival_score(s, K + i * d);
-        int32_t slot;
-        if (sl->held < s->share)
-            slot = (int32_t)sl->held++;
-        else if (sl->hsize[0] > 0 && sc >= sl->score[kv_slots_top(sl, 0)]) /* (sc, t) beats (sc, older) */
-            slot = kv_slots_pop(sl, 0);
-        else
-            continue;
-        kv_slots_set(sl, slot, K + i * d, V + i * dv, t, sc);
+        int32_t slot = (int32_t)sl->held++;
+        kv_slots_set(sl, slot, K + i * d, V + i * dv, first + (int64_t)i, arrival_score(s, K + i * d));
         kv_slots_push(sl, 0, slot);
     }
     s->seen += (int64_t)n;
     kv_slots_resize(sl, sl->held);
+    return KV_OK;
+}
+
+static int64_t tova_every(const void *state) { return ((const tova_state *)state)->E; }
+
+static int tova_group(const void *state) { return ((const tova_state *)state)->group; }
+
+static int64_t tova_need(void *state, int64_t x, int at_query)
+{
+    tova_state *s = state;
+    if (x <= s->xlast || (!at_query && x % s->E)) return 0;
+    int64_t cand = s->gheld + (x - s->xlast);
+    s->xlast = x;
+    s->gheld = cand < s->B ? cand : s->B;
+    return cand > s->B ? cand - s->B : 0;
+}
+
+/* Slot i's key in a group: the mean of its score over the group's streams
+ * (whose slots hold the same tokens in the same order). */
+static kv_evkey group_key(void *const *st, int ns, int64_t i)
+{
+    const tova_state *s0 = st[0];
+    double sum = 0;
+    for (int k = 0; k < ns; k++) sum += ((const tova_state *)st[k])->sl.score[i];
+    return (kv_evkey){ ns > 1 ? sum / ns : sum, (double)s0->sl.idx[i] };
+}
+
+static int same_tokens(void *const *st, int ns)
+{
+    const kv_slots *a = &((const tova_state *)st[0])->sl;
+    for (int k = 1; k < ns; k++) {
+        const kv_slots *b = &((const tova_state *)st[k])->sl;
+        if (b->held != a->held || (a->held && memcmp(a->idx, b->idx, sizeof(int64_t) * (size_t)a->held))) return 0;
+    }
+    return 1;
+}
+
+static int tova_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
+{
+    const tova_state *s = st[0];
+    (void)x; (void)halo;
+    if (ns == 1) return kv_slots_lowest(&s->sl, L, keys);
+    if (!same_tokens(st, ns)) return KV_EINTERNAL;
+    kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(s->sl.held + 1));
+    if (!all) return KV_EINTERNAL;
+    for (int64_t i = 0; i < s->sl.held; i++) all[i] = group_key(st, ns, i);
+    kv_evict_lowest(all, (size_t)s->sl.held, L, keys);
+    free(all);
+    return KV_OK;
+}
+
+/* Drop the slots whose (group) key goes, from the last slot down, so that
+ * every stream of a group moves the same slots the same way; then the heap
+ * anew. */
+static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
+{
+    kv_evkey cut = merged[need - 1];
+    tova_state *s0 = st[0];
+    (void)x;
+    if (ns > 1 && !same_tokens(st, ns)) return KV_EINTERNAL;
+    for (int64_t i = s0->sl.held - 1; i >= 0; i--) {
+        if (!kv_evkey_goes(group_key(st, ns, i), cut)) continue;
+        for (int k = 0; k < ns; k++) kv_slots_drop(&((tova_state *)st[k])->sl, (int32_t)i);
+    }
+    for (int k = 0; k < ns; k++) {
+        tova_state *s = st[k];
+        kv_slots_reheap(&s->sl);
+        s->ties += kv_evict_near_tie(cut, merged[need]);
+        kv_slots_resize(&s->sl, s->sl.held);
+    }
     return KV_OK;
 }
 
@@ -164,8 +227,8 @@ static int tova_partial(void *state, const float *Q, int nq, int64_t p, double *
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
-/* Scores = the mean global attention weight under the call's queries; the
- * last query row is kept to score arrivals. */
+/* Scores = the mean global attention weight under the call's rows, which
+ * are kept (with their merged (m, l)) to score arrivals. */
 static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const double *ml)
 {
     tova_state *s = state;
@@ -173,26 +236,26 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
     size_t n = (size_t)sl->held, d = (size_t)s->ctx.d;
     (void)p;
     if (nq <= 0) return KV_OK;
-    for (size_t t = 0; t < n; t++) {
-        double sum = 0;
-        for (int q = 0; q < nq; q++) {
-            double m = ml[2 * q], l = ml[2 * q + 1];
-            if (l > 0) sum += exp(kv_held_logit(Q + (size_t)q * d, sl->K + t * d, s->ctx.d, s->ctx.scale) - m) / l;
-        }
-        sl->score[t] = sum / nq;
+    if (nq != s->nq) {
+        float *q = realloc(s->lq, sizeof(float) * d * (size_t)nq);
+        if (!q) return KV_EINTERNAL;
+        s->lq = q;
+        double *m = realloc(s->lml, sizeof(double) * 2 * (size_t)nq);
+        if (!m) return KV_EINTERNAL;
+        s->lml = m;
+        s->nq = nq;
     }
+    memcpy(s->lq, Q, sizeof(float) * d * (size_t)nq);
+    memcpy(s->lml, ml, sizeof(double) * 2 * (size_t)nq);
+    for (size_t t = 0; t < n; t++) sl->score[t] = arrival_score(s, sl->K + t * d);
     kv_slots_heapify(sl, 0);
-    memcpy(s->lq, Q + (size_t)(nq - 1) * d, sizeof(float) * d);
-    s->lm = ml[2 * (nq - 1)];
-    s->ll = ml[2 * (nq - 1) + 1];
-    s->have_q = 1;
     return KV_OK;
 }
 
 static size_t tova_bytes(const void *state)
 {
     const tova_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)query_bytes(s->ctx.d);
+    return kv_slots_bytes(&s->sl) + (size_t)(s->nq * query_bytes(s->ctx.d));
 }
 
 static void tova_extra(const void *state, kv_method_extra *x)
@@ -200,6 +263,7 @@ static void tova_extra(const void *state, kv_method_extra *x)
     const tova_state *s = state;
     x->clusters = -1;
     x->kept_tokens = s->sl.held;
+    x->near_ties = s->ties;
 }
 
 static void tova_free(void *state)
@@ -208,68 +272,68 @@ static void tova_free(void *state)
     if (!s) return;
     kv_slots_free(&s->sl);
     free(s->lq);
+    free(s->lml);
     free(s);
 }
 
-/* Counters, the last query, then the slots as held (partial sums over them
- * in slot order), their scores and the heap (kv_slots_save). */
+/* Counters, the last position's rows, then the slots as held (partial
+ * sums over them in slot order), their scores and the heap (kv_slots_save). */
 static void tova_save(const void *state, kv_buf *out)
 {
     const tova_state *s = state;
-    kv_buf_put_i64(out, s->share);
-    kv_buf_put_i64(out, s->hlast);
+    kv_buf_put_i64(out, s->xlast);
+    kv_buf_put_i64(out, s->gheld);
     kv_buf_put_i64(out, s->seen);
-    kv_buf_put_i64(out, s->have_q);
-    kv_buf_put_arr(out, s->lq, (size_t)s->ctx.d * sizeof(float));
-    kv_buf_put_f64(out, s->lm);
-    kv_buf_put_f64(out, s->ll);
+    kv_buf_put_i64(out, s->ties);
+    kv_buf_put_arr(out, s->lq, (size_t)(s->nq * s->ctx.d) * sizeof(float));
+    kv_buf_put_arr(out, s->lml, (size_t)(2 * s->nq) * sizeof(double));
     kv_slots_save(&s->sl, out);
 }
 
-/* What horizon, ingest and feedback maintain beyond kv_slots_load's rules
- * (indices below n_total, finite keys, values and scores >= 0, a valid heap):
- * counters in range, and the last query: nothing before the first (all
- * zero); then finite, and its merged (m, l) with l >= 0 and m finite iff
- * l > 0 (else -inf). */
+/* What ingest, the decisions and feedback maintain beyond kv_slots_load's
+ * rules: counters in range, finite rows with l >= 0 and m finite iff l > 0
+ * (else -inf). */
 static int tova_valid(const tova_state *s)
 {
     int64_t n = s->sl.held, lim = kv_shard_limit(&s->ctx);
-    if (s->share < 0 || s->share > s->B || n > s->share || s->hlast < 0 || s->hlast > s->ctx.n_total ||
-        s->seen < n || s->seen > lim || (s->have_q != 0 && s->have_q != 1))
+    if (s->xlast < 0 || s->xlast > s->ctx.n_total || s->gheld < 0 || s->gheld > s->B || n > s->gheld ||
+        s->seen < n || s->seen > lim || s->ties < 0)
         return 0;
-    if (!kv_all_finite(s->lq, (size_t)s->ctx.d) || !isfinite(s->ll) || !(s->ll >= 0)) return 0;
-    if (s->have_q ? (s->ll > 0 ? !isfinite(s->lm) : s->lm != -INFINITY) : s->lm != 0 || s->ll != 0) return 0;
-    for (int c = 0; !s->have_q && c < s->ctx.d; c++)
-        if (s->lq[c] != 0) return 0;
+    if (s->nq && !kv_all_finite(s->lq, (size_t)(s->nq * s->ctx.d))) return 0;
+    for (int64_t q = 0; q < s->nq; q++) {
+        double m = s->lml[2 * q], l = s->lml[2 * q + 1];
+        if (!isfinite(l) || !(l >= 0) || (l > 0 ? !isfinite(m) : m != -INFINITY)) return 0;
+    }
     return 1;
 }
 
 static int tova_load(void *state, kv_rd *in, kv_err *err)
 {
     tova_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), hq = 0;
-    size_t nq = 0;
-    void *lq = NULL;
+    int64_t lim = kv_shard_limit(&s->ctx), most = s->B + s->E < lim ? s->B + s->E : lim;
+    size_t nr = 0, nm = 0;
+    void *lq = NULL, *lml = NULL;
     tova_state t = *s;
-    if (kv_rd_i64(in, &t.share, err) || kv_rd_i64(in, &t.hlast, err) || kv_rd_i64(in, &t.seen, err) ||
-        kv_rd_i64(in, &hq, err) || kv_rd_arr(in, &lq, sizeof(float), (size_t)s->ctx.d, &nq, err) ||
-        kv_rd_f64(in, &t.lm, err) || kv_rd_f64(in, &t.ll, err)) {
+    if (kv_rd_i64(in, &t.xlast, err) || kv_rd_i64(in, &t.gheld, err) || kv_rd_i64(in, &t.seen, err) ||
+        kv_rd_i64(in, &t.ties, err) || kv_rd_arr(in, &lq, sizeof(float), (size_t)s->ctx.d * 4096, &nr, err) ||
+        kv_rd_arr(in, &lml, sizeof(double), 2 * 4096, &nm, err) ||
+        kv_slots_load(&t.sl, &s->sl, in, most, s->ctx.n_total, "tova", err)) {
         free(lq);
+        free(lml);
         return err->code;
     }
-    if (kv_slots_load(&t.sl, &s->sl, in, s->B < lim ? s->B : lim, s->ctx.n_total, "tova", err)) {
-        free(lq);
-        return err->code;
-    }
-    t.have_q = (int)hq;
     t.lq = lq;
-    if (nq != (size_t)s->ctx.d || hq < 0 || hq > 1 || !tova_valid(&t)) {
+    t.lml = lml;
+    t.nq = (int64_t)(nm / 2);
+    if (s->ctx.d < 1 || nr != (size_t)t.nq * (size_t)s->ctx.d || nm % 2 || !tova_valid(&t)) {
         free(lq);
+        free(lml);
         kv_slots_free(&t.sl);
         return kv_seterr(err, KV_EINPUT, "checkpoint: tova state is inconsistent");
     }
     kv_slots_free(&s->sl);
     free(s->lq);
+    free(s->lml);
     *s = t;
     return KV_OK;
 }
@@ -277,23 +341,27 @@ static int tova_load(void *state, kv_rd *in, kv_err *err)
 static int64_t tova_max_bytes(const void *state)
 {
     const tova_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B < lim ? s->B : lim;
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + query_bytes(s->ctx.d);
+    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + s->nq * query_bytes(s->ctx.d);
 }
 
 const kv_method_ops kv_method_tova = {
     .name = "tova",
     .kind = "eviction",
     .summary = "TOVA: after each query, drop the held tokens with the lowest attention under it",
-    .budget = "tokens= (or budget= bytes) over all ranks together, shared among ranks by the tokens each has seen",
+    .budget = "tokens= (or budget= bytes) over all ranks together: the B tokens best scored by the last query",
     .params = tova_params,
     .cfg_size = sizeof(tova_cfg),
     .check = tova_cfg_check,
     .create = tova_create,
     .ingest = tova_ingest,
     .partial = tova_partial,
-    .horizon = tova_horizon,
     .feedback = tova_feedback,
+    .decide_every = tova_every,
+    .decide_group = tova_group,
+    .decide_need = tova_need,
+    .decide_cands = tova_cands,
+    .decide_apply = tova_apply,
     .bytes = tova_bytes,
     .extra = tova_extra,
     .free = tova_free,

@@ -159,7 +159,7 @@ static size_t wsg_bytes(const void *state)
 static void wsg_extra(const void *state, kv_method_extra *x)
 {
     const wsg_state *s = state;
-    kv_method_extra in = { -1, -1 };
+    kv_method_extra in = { -1, -1, 0 };
     if (s->sg_ops->extra) s->sg_ops->extra(s->sg, &in);
     x->clusters = in.clusters;
     x->kept_tokens = s->ring.count + (in.kept_tokens > 0 ? in.kept_tokens : 0);

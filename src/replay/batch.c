@@ -44,6 +44,7 @@ int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
 void replay_batch_free(replay_batch *b)
 {
     if (b->have_merge) kv_merge_free(&b->mg);
+    replay_decide_free(&b->dz);
     free(b->Q); free(b->send); free(b->recv); free(b->gsend); free(b->gsum); free(b->uidx);
     free(b->opn); free(b->ev); free(b->opG); free(b->work); free(b->ep); free(b->epsum); free(b->ml); free(b->sel);
     *b = (replay_batch){ 0 };
@@ -209,9 +210,34 @@ static void end_epoch(replay_batch *b, replay *r, int64_t u)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
-        b->ep[u * r->M + mi] = x->epoch;
+        b->ep[u * r->M + mi] = replay_instance_epoch(r, x);
         x->epoch = replay_instance_bytes(x, r->S);
+        x->dpeak = 0;
     }
+}
+
+/* The walk from the previous query position to p (batch queries jj..):
+ * the deciding methods' points in between (tokens < x ingested, then the
+ * decisions), then p's horizon and ingest and its decisions.  Collective
+ * (decide.h); nonzero only for an error every rank holds. */
+static int walk_to(replay_batch *b, replay *r, replay_shard *sh, int64_t pprev, int64_t p, kv_err *err)
+{
+    if (!replay_decide_any(r)) {
+        if (!err->code) replay_shard_advance(sh, r, p, err);
+        return KV_OK;
+    }
+    for (int64_t x = replay_decide_next(r, pprev); x < p; x = replay_decide_next(r, x)) {
+        if (!err->code) replay_shard_ingest_to(sh, r, x, err);
+        if (replay_decide_at(&b->dz, r, x, 0, err)) return err->code;
+    }
+    if (!err->code) replay_shard_advance(sh, r, p, err);
+    return replay_decide_at(&b->dz, r, p, 1, err);
+}
+
+int replay_batch_tail(replay_batch *b, replay *r, replay_shard *sh, kv_err *err)
+{
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    return walk_to(b, r, sh, r->m > 0 ? pos[r->m - 1] : 0, r->n, err);
 }
 
 /* After queries [0, done) of the walk, at position p: stop here?  Every
@@ -259,7 +285,9 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
         int64_t p = pos[j0 + jj], g = 1;
         while (jj + g < cnt && pos[j0 + jj + g] == p) g++; /* queries sharing a prefix */
         int last = jj + g == cnt;
-        if (!err->code && !replay_shard_advance(sh, r, p, err))
+        int64_t pprev = j0 + jj > 0 ? pos[j0 + jj - 1] : 0;
+        if (walk_to(b, r, sh, pprev, p, err)) return b->agreed = 1, err->code;
+        if (!err->code)
             for (int mi = 0; mi < r->M; mi++)
                 if (per_prefix(r, mi)) answer(b, r, mi, jj, g, pos + j0 + jj, err);
         if (b->ml && feedback(b, r, jj, g, p, err)) return b->agreed = 1, err->code;

@@ -35,6 +35,7 @@
 #include <stdint.h>
 #include "core/kverr.h"
 #include "mpi/merge.h"
+#include "replay/decide.h"
 #include "replay/internal.h"
 #include "replay/shard.h"
 
@@ -52,6 +53,7 @@ typedef struct {
     int64_t *ep, *epsum;    /* memory epochs [nu][M]: this rank's max bytes per epoch; summed on rank 0 */
     double *ml;             /* feedback: (m, l) pairs [nf][S][g], then the error flag's pair */
     double *sel;            /* select lists [S][cnt][L] of one method */
+    replay_decide dz;       /* scratch of the global eviction decisions */
     int agreed;             /* the last replay_batch_partials' error is agreed already (same on every rank) */
     int stop;               /* the walk stopped inside the batch on this signal (same on every rank), 0: not */
     int64_t walked;         /* queries walked when it stopped; with --resume, where the restored walk goes on */
@@ -75,6 +77,11 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
 
 /* Collective: the merged states, |V_p|_op of the last snapshots and the
  * memory epochs summed over ranks into recv, opn and epsum on rank 0. */
+/* Collective: the rest of the shard after the last query (the last memory
+ * epoch), with the deciding methods' decisions on the way (decide.h).
+ * Nonzero only for an error every rank holds. */
+int replay_batch_tail(replay_batch *b, replay *r, replay_shard *sh, kv_err *err);
+
 int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err);
 
 #endif

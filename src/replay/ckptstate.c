@@ -110,7 +110,7 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
         kv_buf_put_f64(b, x->t_ingest);
         kv_buf_put_f64(b, x->t_query);
         for (int64_t s = 0; s < r->S && rebuilt(x); s++) {
-            kv_method_extra e = { -1, -1 };
+            kv_method_extra e = { -1, -1, 0 };
             x->ops->extra(x->st[s], &e);
             kv_buf_put_i64(b, e.kept_tokens);
         }
@@ -204,7 +204,8 @@ static int load_methods(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
             if (one.pos != one.len)
                 return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
         }
-        x->epoch = replay_instance_bytes(x, r->S); /* checkpoints fall between memory epochs */
+        x->epoch = x->dsub = replay_instance_bytes(x, r->S); /* checkpoints fall between memory epochs */
+        x->dpeak = 0;
     }
     return KV_OK;
 }
@@ -252,7 +253,7 @@ static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kep
         kv_seterr(err, KV_EINPUT, "checkpoint: shard position %lld does not match its queries (corrupt)", (long long)cur);
     for (int mi = 0; mi < r->M && !err->code; mi++)
         for (int64_t s = 0; only[mi] && s < r->S && !err->code; s++) {
-            kv_method_extra e = { -1, -1 };
+            kv_method_extra e = { -1, -1, 0 };
             r->inst[mi].ops->extra(r->inst[mi].st[s], &e);
             if (e.kept_tokens != kept[mi * r->S + s])
                 kv_seterr(err, KV_EINPUT, "checkpoint: %s held %lld tokens of stream %lld, the trace gives %lld (corrupt "

@@ -77,7 +77,10 @@ int replay_instances_create(replay *r, kv_err *err)
             kv_method_ctx ctx = { .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
                                   .stream = s, .rank = r->rank, .nranks = r->P, .seed = o->seed,
                                   .shard_tokens = replay_shard_tokens(r), .chunk = r->C,
-                                  .semantics = o->semantics, .window = o->window };
+                                  .semantics = o->semantics, .window = o->window,
+                                  .kv_heads = r->in->n_kv_heads,
+                                  .q_group = r->in->n_heads > 0 && r->in->n_kv_heads > 0
+                                                 ? r->in->n_heads / r->in->n_kv_heads : 1 };
             kv_spec_reset(&x->spec);
             if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
         }
@@ -113,4 +116,17 @@ void replay_instance_sample(replay_instance *x, int64_t S)
     int64_t b = replay_instance_bytes(x, S);
     if (b > x->peak) x->peak = b;
     if (b > x->epoch) x->epoch = b;
+    if (b > x->dsub) x->dsub = b;
+}
+
+int replay_instance_decides(const replay_instance *x)
+{
+    const kv_method_ops *o = x->ops;
+    return o->decide_need && o->decide_cands && o->decide_apply;
+}
+
+int64_t replay_instance_epoch(const replay *r, const replay_instance *x)
+{
+    if (!replay_instance_decides(x)) return x->epoch;
+    return r->rank == 0 ? x->dpeak : 0;
 }

@@ -22,4 +22,13 @@ int64_t replay_instance_bytes(const replay_instance *x, int64_t S);
 /* Sample x's bytes now (every stream): updates its peak and current epoch. */
 void replay_instance_sample(replay_instance *x, int64_t S);
 
+/* 1 if the method decides its evictions globally (method.h: decide hooks). */
+int replay_instance_decides(const replay_instance *x);
+
+/* This rank's share of the memory epoch ending now, for the sum over
+ * ranks: its own largest state in the epoch; for a deciding method the
+ * epoch's largest state summed over ranks at its decision points, on rank
+ * 0 (0 elsewhere). */
+int64_t replay_instance_epoch(const replay *r, const replay_instance *x);
+
 #endif

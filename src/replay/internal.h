@@ -26,6 +26,12 @@ typedef struct {
     int64_t epoch;          /* bytes, this rank, max since the current memory epoch began
                              * (epochs end at each distinct query position: summed over
                              * ranks per epoch, their max is the method's memory_bytes) */
+    /* A method deciding globally (replay/decide.c) is counted at its
+     * decision points instead: its state only grows between two of them, so
+     * the sum over ranks of each rank's largest state since the last one is
+     * what they held together then. */
+    int64_t dsub;           /* bytes, this rank, max since the last decision point */
+    int64_t dpeak;          /* bytes, all ranks: the largest such sum in the current memory epoch */
 } replay_instance;
 
 /* Bytes of every buffer the stages allocate on this rank (0: none here).

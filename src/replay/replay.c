@@ -135,8 +135,8 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res,
         rc = stop_or_checkpoint(r, &sh, &b, &k, fp, j0, done, err);
     }
     if (!rc) { /* the rest of the shard (the last memory epoch): memory and ingest figures cover the whole trace */
-        replay_shard_advance(&sh, r, r->n, err);
-        rc = kv_agree(comm, err);
+        if (!replay_batch_tail(&b, r, &sh, err)) rc = kv_agree(comm, err);
+        else rc = err->code;
     }
     if (!rc) {
         replay_summary(r, &k, t_start, res, err);

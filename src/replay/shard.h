@@ -33,6 +33,10 @@ int replay_shard_advance(replay_shard *sh, replay *r, int64_t p, kv_err *err);
  * only[mi] set, in the very blocks replay_shard_advance(p) cut (so that,
  * called for the same positions in order, it rebuilds their state as the
  * run built it), without horizon calls, V^T V, timers or memory samples. */
+/* Ingest the rank's tokens < x, without a horizon (a decision point between
+ * query positions, replay/decide.h). */
+int replay_shard_ingest_to(replay_shard *sh, replay *r, int64_t x, kv_err *err);
+
 int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err);
 
 /* Tokens in this rank's chunks (per stream). */

@@ -16,7 +16,7 @@
  * summed over ranks (epochs end at each distinct query position, the last
  * one after the tail of the stream: batch.c, sink.c); peak_rank the largest
  * single rank's own peak over time (what one node must hold). */
-typedef struct { int64_t mem, peak, peak_rank, clusters, kept; double t_ingest, t_query; } totals;
+typedef struct { int64_t mem, peak, peak_rank, clusters, kept, ties; double t_ingest, t_query; } totals;
 
 /* peaks: M int64s of scratch */
 static void gather_totals(const replay *r, const replay_sink *k, totals *t, int64_t *peaks, kv_err *err)
@@ -24,11 +24,13 @@ static void gather_totals(const replay *r, const replay_sink *k, totals *t, int6
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *x = &r->inst[mi];
         /* x->epoch: this rank's largest state since the last query position */
-        int64_t loc[4] = { replay_instance_bytes(x, r->S), x->epoch, 0, 0 }, glob[4], rank_peak = x->peak;
+        int64_t loc[4] = { replay_instance_bytes(x, r->S), replay_instance_epoch(r, x), 0, 0 }, glob[4], rank_peak = x->peak;
         int has_clusters = 0, has_kept = 0;
+        int64_t ties = 0; /* every rank counts every decision of its streams: the same number */
         for (int64_t s = 0; s < r->S; s++) {
-            kv_method_extra e = { -1, -1 };
+            kv_method_extra e = { -1, -1, 0 };
             if (x->ops->extra) x->ops->extra(x->st[s], &e);
+            ties += e.near_ties;
             if (e.clusters >= 0) { loc[2] += e.clusters; has_clusters = 1; }
             if (e.kept_tokens >= 0) { loc[3] += e.kept_tokens; has_kept = 1; }
         }
@@ -37,8 +39,10 @@ static void gather_totals(const replay *r, const replay_sink *k, totals *t, int6
         int bad = kv_mpi_sum_i64(loc, glob, 4, r->comm) != MPI_SUCCESS;
         bad |= kv_mpi_max_f64(tl, tg, 2, r->comm) != MPI_SUCCESS;
         bad |= kv_mpi_max_i64(&rank_peak, &rank_peak, 1, r->comm) != MPI_SUCCESS;
+        bad |= kv_mpi_max_i64(&ties, &ties, 1, r->comm) != MPI_SUCCESS;
         if (bad) kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the method totals failed");
-        t[mi] = (totals){ glob[0], 0, rank_peak, has_clusters ? glob[2] : -1, has_kept ? glob[3] : -1, tg[0], tg[1] };
+        t[mi] = (totals){ glob[0], 0, rank_peak, has_clusters ? glob[2] : -1, has_kept ? glob[3] : -1,
+                          replay_instance_decides(x) ? ties : -1, tg[0], tg[1] };
         if (r->rank == 0) peaks[mi] = glob[1] > k->mem_peak[mi] ? glob[1] : k->mem_peak[mi];
     }
     /* the epochs' maximum lives on rank 0 (sink.c) */
@@ -150,7 +154,21 @@ static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi,
         kv_results_attr_i64(x, g, "kept_tokens", t[mi].kept, err) ||
         kv_results_attr_i64(x, g, "is_reference", mi == r->ref, err))
         return err->code;
+    if (t[mi].ties >= 0 && kv_results_attr_i64(x, g, "near_ties", t[mi].ties, err)) return err->code;
     return KV_OK;
+}
+
+/* The footer line of the deciding methods' near-ties, when there are any. */
+static void print_ties(const replay *r, const totals *t, FILE *f)
+{
+    int any = 0;
+    for (int mi = 0; mi < r->M; mi++) any |= t[mi].ties > 0;
+    if (!any) return;
+    fprintf(f, "near-ties (eviction decisions by a relative margin below %.0e, which another rank count may take "
+            "the other way):", KV_EVICT_TIE_REL);
+    for (int mi = 0; mi < r->M; mi++)
+        if (t[mi].ties > 0) fprintf(f, " %s %lld", r->inst[mi].spec.label, (long long)t[mi].ties);
+    fprintf(f, "\n");
 }
 
 static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, double wall, const int64_t *rss,
@@ -200,6 +218,7 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
         if (f) print_row(r, k, t, mi, f);
         if (k->res && method_attrs(r, k->res, t, mi, err)) return err->code;
     }
+    if (f) print_ties(r, t, f);
     if (f && k->model_cnt)
         fprintf(f, "exact vs the model's own attention outputs (/model_outputs): max rel err %.3g, mean %.3g\n",
                 k->model_max, k->model_sum / (double)k->model_cnt);
