@@ -98,6 +98,9 @@ static void decide(emu *e, int64_t x, int at_query)
     if (!o->decide_need) return;
     int64_t need = o->decide_need(e->inst[0], x, at_query);
     for (int r = 1; r < e->P; r++) CHECK(o->decide_need(e->inst[r], x, at_query) == need, "need differs on rank %d", r);
+    /* a state only grows between two points: the sum of the ranks' peaks
+     * since the last one is what they held together (replay/decide.c) */
+    emu_end_epoch(e);
     if (need <= 0) return;
     int L = (int)need + 1;
     size_t hl = o->decide_halo_len ? o->decide_halo_len(e->inst[0], x) : 0;

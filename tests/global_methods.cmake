@@ -4,7 +4,7 @@
 # exact).
 # Unit: P simulated ranks in one process (emu.c).  End to end: replays at -np 1..4
 # compared by check_global_methods.py.
-kv_unit_test(test_global_methods "${CMAKE_CURRENT_SOURCE_DIR}/test_global_methods.c;${CMAKE_CURRENT_SOURCE_DIR}/emu.c" methods)
+kv_unit_test(test_global_methods "${CMAKE_CURRENT_SOURCE_DIR}/test_global_methods.c;${CMAKE_CURRENT_SOURCE_DIR}/emu.c;${CMAKE_CURRENT_SOURCE_DIR}/evref.c" methods)
 
 add_test(NAME global_gen_trace COMMAND ${KVSTREAM_EXE} gen --kind clustered --clusters 8 --streams 2 --tokens 3000
          --dim 24 --dv 8 --queries 60 --chunk 256 --seed 5 -o ${KV_WORK}/global.h5)

@@ -11,17 +11,14 @@
  *   topk: the merged lists are bitwise the same for every P, outputs equal
  *         P = 1's within double rounding, and a double-precision reference
  *         (ties at the k-th logit all taken) within float-logit rounding;
- *   h2o:  P = 1 equals brute-force H2O with the global budget; for every P
- *         the bytes summed over ranks (each rank's peak within an epoch,
- *         epochs starting at each horizon) stay within the budget, the
- *         shares fill it, recent = tokens is the global window; budget= in
- *         bytes gives the token count it documents; checkpoints resume
- *         bitwise;
- *   tova, snapkv: P = 1 equals a brute-force implementation of the rule
- *         (plain lists, linear scans, qsort); for every P the bytes summed
- *         over ranks stay within the budget and the shares fill it;
- *         tokens >= n is exact attention at every P; budget= gives the
- *         documented token count; checkpoints resume bitwise. */
+ *   h2o, tova, snapkv: the answers at every P equal a brute-force
+ *         sequential implementation of the rules (evref.h: plain lists,
+ *         sorts, scores recomputed) to rounding, holding as many tokens;
+ *         the bytes summed over ranks at each decision point stay within
+ *         B + every tokens (and the kept query rows); tokens >= n is exact
+ *         attention at every P; recent = tokens is the global window;
+ *         budget= gives the documented token count; bad specs are refused
+ *         in one line; checkpoints resume bitwise. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -31,10 +28,12 @@
 #include "kernels/partial.h"
 #include "core/rng.h"
 #include "emu.h"
+#include "evref.h"
 #include "testutil.h"
 
 #define MAXP EMU_MAXP
 #define MAXQ 16
+#define EVERY 16 /* the deciders' default decision spacing */
 
 typedef struct {
     int d, dv;
@@ -82,6 +81,7 @@ static kv_method_ctx make_ctx(const data *x)
     c.nranks = 1;
     c.seed = 42;
     c.semantics = KV_SEM_FULL;
+    c.q_group = 2; /* query rows per position: what budget= reserves for tova and snapkv */
     return c;
 }
 
@@ -259,115 +259,9 @@ static void test_topk(int nkeys)
 
 /* ---- h2o ---- */
 
-/* H2O by brute force with one global budget: held tokens in a plain list
- * (ascending index), eviction by a linear scan, scores from the softmax
- * over everything held; logits by kv_dot_fixed, the function h2o.c uses
- * (so the same rounding). */
-typedef struct {
-    int64_t B, R, n;
-    int64_t *idx;
-    double *score;
-} h2o_ref;
-
-static void h2o_ref_ingest(h2o_ref *h, int64_t g)
-{
-    h->idx[h->n] = g;
-    h->score[h->n++] = 0;
-    if (h->n <= h->B) return;
-    int64_t worst = -1; /* lowest (score, index) among all but the newest R */
-    for (int64_t i = 0; i < h->n - h->R; i++)
-        if (worst < 0 || h->score[i] < h->score[worst]) worst = i; /* ties: the older */
-    memmove(h->idx + worst, h->idx + worst + 1, sizeof(int64_t) * (size_t)(h->n - worst - 1));
-    memmove(h->score + worst, h->score + worst + 1, sizeof(double) * (size_t)(h->n - worst - 1));
-    h->n--;
-}
-
-static void h2o_ref_partial(h2o_ref *h, const data *x, const float *Q, int nq, double *st)
-{
-    size_t sl = KV_PSTATE_LEN(x->dv);
-    float scale = (float)(1.0 / sqrt((double)x->d));
-    double *inc = calloc((size_t)h->n + 1, sizeof(double)), *a = malloc(sizeof(double) * ((size_t)h->n + 1));
-    for (int q = 0; q < nq; q++) {
-        double *o = st + q * sl, m = -INFINITY, l = 0;
-        kv_partial_clear(o, x->dv);
-        for (int64_t i = 0; i < h->n; i++) {
-            a[i] = (double)(kv_dot_fixed(Q + q * x->d, x->K + h->idx[i] * x->d, x->d) * scale);
-            m = a[i] > m ? a[i] : m;
-        }
-        for (int64_t i = 0; i < h->n; i++) {
-            kv_partial_add_one(o, x->dv, a[i], 1.0, x->V + h->idx[i] * x->dv);
-            l += exp(a[i] - m);
-        }
-        for (int64_t i = 0; i < h->n; i++) inc[i] += exp(a[i] - m) / l;
-    }
-    for (int64_t i = 0; i < h->n; i++) h->score[i] += inc[i];
-    free(inc);
-    free(a);
-}
-
 static int64_t h2o_slot_bytes(const data *x)
 {
     return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 12;
-}
-
-/* P = 1 == brute force; for every P the memory summed over ranks within
- * the budget, the shares filling it */
-static void test_h2o_global(void)
-{
-    data x;
-    data_gen(&x, 1500, 12, 4, 71, 0);
-    kv_method_ctx ctx = make_ctx(&x);
-    size_t sl = KV_PSTATE_LEN(x.dv);
-    const int64_t B = 60, rec[] = { 0, 7, 30, 60 };
-    for (int ri = 0; ri < 4; ri++)
-        for (int P = 1; P <= MAXP; P++) {
-            char spec[64];
-            snprintf(spec, sizeof spec, "h2o:tokens=%lld,recent=%lld", (long long)B, (long long)rec[ri]);
-            emu e;
-            kv_err err = { 0 };
-            CHECK(emu_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
-            if (!e.ops) return;
-            h2o_ref h = { B, rec[ri], 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)) };
-            kv_rng r;
-            kv_rng_seed(&r, 13, (uint64_t)P, (uint64_t)ri);
-            float Q[4 * 12];
-            double st[4 * 7], rs[4 * 7], worst = 0, tol = (4.0 * (double)B + 32) * DBL_EPSILON * x.vmax;
-            int64_t fed = 0, short_of = 0, least = B;
-            for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
-                int nq = 1 + (int)kv_rng_below(&r, 4);
-                gen_queries(Q, nq, x.d, &r, 2.0);
-                emu_advance(&e, x.K, x.V, p);
-                emu_partial(&e, Q, nq, p, st);
-                if (P == 1) {
-                    for (; fed < p; fed++) h2o_ref_ingest(&h, fed);
-                    h2o_ref_partial(&h, &x, Q, nq, rs);
-                    double dd = out_diff(st, rs, nq, x.dv);
-                    worst = dd > worst ? dd : worst;
-                    CHECK(emu_kept(&e) == h.n, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
-                          (long long)emu_kept(&e), (long long)h.n);
-                }
-                /* the recent part is full and the shares sum to >= H - (P - 1)
-                 * (one floor each); a rank whose share grew at a horizon
-                 * may lack the tokens to fill it (it dropped them while its
-                 * share lagged one epoch): up to H * gap / p' each, gap < 12 */
-                int64_t lag = P > 1 && p > 12 ? P * ((B - rec[ri]) * 12 / (p - 12) + 1) : 0;
-                if (p >= 4 * B && emu_kept(&e) < B - (P - 1) - lag) short_of++;
-                if (p >= 4 * B && emu_kept(&e) < least) least = emu_kept(&e);
-            }
-            emu_end_epoch(&e);
-            if (P == 1) CHECK(worst <= tol, "%s: differs from brute-force H2O by %.3g > %.3g", spec, worst, tol);
-            CHECK(e.worst <= (size_t)(B * h2o_slot_bytes(&x)), "%s P=%d: %zu bytes summed over ranks > budget %lld",
-                  spec, P, e.worst, (long long)(B * h2o_slot_bytes(&x)));
-            CHECK(short_of == 0, "%s P=%d: held fewer than B - (P - 1) tokens at %lld prefixes", spec, P,
-                  (long long)short_of);
-            printf("  %s P=%d: peak %zu bytes (budget %lld), holds >= %lld of %lld tokens\n", spec, P, e.worst,
-                   (long long)(B * h2o_slot_bytes(&x)), (long long)least, (long long)B);
-            free(h.idx);
-            free(h.score);
-            emu_close(&e);
-        }
-    (void)sl;
-    data_free(&x);
 }
 
 /* tokens >= n: every rank keeps every token at every prefix, whatever P,
@@ -443,7 +337,7 @@ static void test_h2o_window(void)
         }
         emu_end_epoch(&e);
         CHECK(worst <= tol, "recent = tokens P=%d: differs from the window by %.3g > %.3g", P, worst, tol);
-        CHECK(e.worst <= (size_t)(R * h2o_slot_bytes(&x)), "window P=%d: %zu bytes", P, e.worst);
+        CHECK(e.worst <= (size_t)((R + EVERY) * h2o_slot_bytes(&x)), "window P=%d: %zu bytes", P, e.worst);
         emu_close(&e);
     }
     data_free(&x);
@@ -480,7 +374,7 @@ static void test_h2o_budget(void)
     data x;
     data_gen(&x, 600, 12, 4, 23, 0);
     kv_method_ctx ctx = make_ctx(&x);
-    int64_t per = h2o_slot_bytes(&x), bytes = 50 * per + per - 1, tok = 50;
+    int64_t per = h2o_slot_bytes(&x), bytes = (50 + EVERY) * per + per - 1, tok = 50;
     char bs[64], ts[64];
     snprintf(bs, sizeof bs, "h2o:budget=%lld,recent=10", (long long)bytes);
     snprintf(ts, sizeof ts, "h2o:tokens=%lld,recent=10", (long long)tok);
@@ -492,12 +386,12 @@ static void test_h2o_budget(void)
         if (!a.ops || !b.ops) return;
         CHECK(same_run(&a, &b, &x, P), "%s and %s differ at P=%d", bs, ts, P);
         CHECK(a.worst <= (size_t)bytes, "%s P=%d: peak %zu bytes", bs, P, a.worst);
-        CHECK(emu_kept(&a) >= tok - (P - 1), "%s P=%d: holds %lld", bs, P, (long long)emu_kept(&a));
+        CHECK(emu_kept(&a) == tok, "%s P=%d: holds %lld", bs, P, (long long)emu_kept(&a));
         emu_close(&a);
         emu_close(&b);
     }
     /* refused in one line: both knobs, recent over the budget, no token */
-    const char *bad[] = { "h2o:tokens=10,budget=1MiB", "h2o:budget=10tok,recent=1000000", "h2o:budget=10" };
+    const char *bad[] = { "h2o:tokens=10,budget=1MiB", "h2o:budget=100tok,recent=1000000", "h2o:budget=10" };
     const char *why[] = { "not both", "exceeds", "holds no token" };
     for (int i = 0; i < 3; i++) {
         emu e;
@@ -512,222 +406,86 @@ static void test_h2o_budget(void)
 
 /* ---- tova and snapkv ---- */
 
-static double ref_logit(const data *x, const float *q, int64_t i)
-{
-    return (double)(kv_dot_fixed(q, x->K + i * x->d, x->d) * (float)(1.0 / sqrt((double)x->d)));
-}
-
-/* answers over a held list of token indices (index order) */
-static void list_partial(const data *x, const int64_t *idx, int64_t n, const float *Q, int nq, double *st)
-{
-    size_t sl = KV_PSTATE_LEN(x->dv);
-    for (int q = 0; q < nq; q++) {
-        kv_partial_clear(st + q * sl, x->dv);
-        for (int64_t i = 0; i < n; i++)
-            kv_partial_add_one(st + q * sl, x->dv, ref_logit(x, Q + q * x->d, idx[i]), 1.0, x->V + idx[i] * x->dv);
-    }
-}
-
-/* TOVA by brute force with one budget B: a plain list, linear scans */
-typedef struct {
-    int64_t B, n;
-    int64_t *idx;
-    double *score;
-    int have_q;
-    const float *lq; /* the last query row, and its merged (m, l) */
-    double lm, ll;
-} tova_ref;
-
-static void tova_ref_ingest(tova_ref *h, const data *x, int64_t g)
-{
-    double sc = h->have_q && h->ll > 0 ? exp(ref_logit(x, h->lq, g) - h->lm) / h->ll : 0;
-    if (h->n < h->B) {
-        h->idx[h->n] = g;
-        h->score[h->n++] = sc;
-        return;
-    }
-    int64_t worst = 0; /* lowest (score, index) */
-    for (int64_t i = 1; i < h->n; i++)
-        if (h->score[i] < h->score[worst] || (h->score[i] == h->score[worst] && h->idx[i] < h->idx[worst])) worst = i;
-    if (sc < h->score[worst]) return; /* the newcomer wins ties (newer index) */
-    h->idx[worst] = g;
-    h->score[worst] = sc;
-}
-
-/* scores = mean global weight under the call's queries (ml merged) */
-static void tova_ref_feedback(tova_ref *h, const data *x, const float *Q, int nq, const double *ml)
-{
-    for (int64_t i = 0; i < h->n; i++) {
-        double sum = 0;
-        for (int q = 0; q < nq; q++) sum += exp(ref_logit(x, Q + q * x->d, h->idx[i]) - ml[2 * q]) / ml[2 * q + 1];
-        h->score[i] = sum / nq;
-    }
-    h->have_q = 1;
-    h->lq = Q + (nq - 1) * x->d;
-    h->lm = ml[2 * (nq - 1)];
-    h->ll = ml[2 * (nq - 1) + 1];
-}
-
 static int64_t tova_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 8; }
 static int64_t tova_qbytes(const data *x) { return (int64_t)x->d * 4 + 16; }
-
-/* SnapKV by brute force (see snapkv.c): held list in index order, the ring
- * of the last W queries laid out as snapkv.c lays it (the vote sums run
- * over it in that order), compression by qsort */
-typedef struct {
-    int64_t B, W, T, kern, n, nbuf, head;
-    int64_t *idx;
-    float *bq;
-    int64_t *bp;
-    double *bml;
-} snap_ref;
-
-typedef struct { double pooled; int64_t idx; } snap_key;
-
-static int snap_cmp(const void *a, const void *b)
-{
-    const snap_key *x = a, *y = b;
-    if (x->pooled != y->pooled) return x->pooled > y->pooled ? -1 : 1;
-    return x->idx > y->idx ? -1 : x->idx < y->idx;
-}
-
-static int cmp_idx(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static void snap_ref_compress(snap_ref *h, const data *x)
-{
-    int64_t slack = h->T < h->B / 2 ? h->T : h->B / 2, keep;
-    slack = slack < 1 ? 1 : slack;
-    keep = h->B - slack;
-    double *vote = malloc(sizeof(double) * (size_t)h->n);
-    snap_key *k = malloc(sizeof(snap_key) * (size_t)h->n);
-    for (int64_t i = 0; i < h->n; i++) {
-        double sum = 0;
-        int64_t cnt = 0;
-        for (int64_t j = 0; j < h->nbuf; j++)
-            if (h->bp[j] > h->idx[i]) {
-                sum += exp(ref_logit(x, h->bq + j * x->d, h->idx[i]) - h->bml[2 * j]) / h->bml[2 * j + 1];
-                cnt++;
-            }
-        vote[i] = cnt ? sum / (double)cnt : INFINITY;
-    }
-    for (int64_t i = 0; i < h->n; i++) {
-        double best = vote[i];
-        for (int64_t j = 0; j < h->n; j++)
-            if (llabs(h->idx[j] - h->idx[i]) <= h->kern / 2 && isfinite(vote[j]) && vote[j] > best) best = vote[j];
-        k[i] = (snap_key){ best, h->idx[i] };
-    }
-    qsort(k, (size_t)h->n, sizeof *k, snap_cmp);
-    for (int64_t i = 0; i < keep; i++) h->idx[i] = k[i].idx;
-    h->n = keep;
-    qsort(h->idx, (size_t)h->n, sizeof(int64_t), cmp_idx);
-    free(vote);
-    free(k);
-}
-
-static void snap_ref_ingest(snap_ref *h, const data *x, int64_t g)
-{
-    if (h->n >= h->B) snap_ref_compress(h, x);
-    h->idx[h->n++] = g;
-}
-
-static void snap_ref_feedback(snap_ref *h, const data *x, const float *Q, int nq, int64_t p, const double *ml)
-{
-    for (int q = nq > h->W ? nq - (int)h->W : 0; q < nq; q++) {
-        memcpy(h->bq + h->head * x->d, Q + q * x->d, sizeof(float) * (size_t)x->d);
-        h->bp[h->head] = p;
-        h->bml[2 * h->head] = ml[2 * q];
-        h->bml[2 * h->head + 1] = ml[2 * q + 1];
-        h->head = (h->head + 1) % h->W;
-        h->nbuf += h->nbuf < h->W;
-    }
-}
-
-static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16 + 4; }
+static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16; }
 static int64_t snap_qbytes(const data *x) { return (int64_t)x->d * 4 + 8 + 16; }
 
-/* P = 1 == brute force; every P within the budget (tokens + each rank's
- * query rows), the shares filling it; tokens >= n is exact attention */
-static void test_eviction_global(int snap)
+typedef struct {
+    const char *spec;
+    evref_kind kind;
+    int64_t B, R, W, T, kern;
+    int maxpool;
+} evcase;
+
+static const evcase cases[] = {
+    { "h2o:tokens=60,recent=0", EVREF_H2O, 60, 0, 0, 0, 0, 0 },
+    { "h2o:tokens=60,recent=7", EVREF_H2O, 60, 7, 0, 0, 0, 0 },
+    { "h2o:tokens=60,recent=30", EVREF_H2O, 60, 30, 0, 0, 0, 0 },
+    { "h2o:tokens=60,recent=60", EVREF_H2O, 60, 60, 0, 0, 0, 0 },
+    { "h2o:tokens=1500,recent=200", EVREF_H2O, 1500, 200, 0, 0, 0, 0 },
+    { "tova:tokens=1", EVREF_TOVA, 1, 0, 0, 0, 0, 0 },
+    { "tova:tokens=60", EVREF_TOVA, 60, 0, 0, 0, 0, 0 },
+    { "tova:tokens=200", EVREF_TOVA, 200, 0, 0, 0, 0, 0 },
+    { "tova:tokens=1500", EVREF_TOVA, 1500, 0, 0, 0, 0, 0 },
+    { "snapkv:tokens=8,window=5,period=17,kernel=5", EVREF_SNAPKV, 8, 0, 5, 3, 5, 0 },
+    { "snapkv:tokens=60,window=5,period=17,kernel=5", EVREF_SNAPKV, 60, 0, 5, 17, 5, 0 },
+    { "snapkv:tokens=200,window=5,period=17,kernel=3,pool=max", EVREF_SNAPKV, 200, 0, 5, 17, 3, 1 },
+    { "snapkv:tokens=1500,window=5,period=17,kernel=5", EVREF_SNAPKV, 1500, 0, 5, 17, 5, 0 },
+};
+
+/* Every P against the brute force (and exact attention when B >= n), the
+ * held count equal to its, the bytes summed over ranks within B + every
+ * tokens and every rank's kept query rows (up to 4 per position here). */
+static void test_evict_vs_ref(const evcase *c)
 {
     data x;
-    data_gen(&x, 1500, 12, 4, 71 + (uint64_t)snap, 0);
+    data_gen(&x, 1500, 12, 4, 71 + (uint64_t)c->kind, 0);
     kv_method_ctx ctx = make_ctx(&x);
-    const int64_t Bs[] = { 1, 60, 200, 1500 };
-    const char *extra = snap ? ",window=5,period=17,kernel=5" : "";
-    const int64_t W = 5, T = 17, KERN = 5;
-    for (int bi = 0; bi < 4; bi++)
-        for (int P = 1; P <= MAXP; P++) {
-            int64_t B = Bs[bi];
-            char spec[96];
-            snprintf(spec, sizeof spec, "%s:tokens=%lld%s", snap ? "snapkv" : "tova", (long long)B, extra);
-            emu e;
-            kv_err err = { 0 };
-            CHECK(emu_open(&e, spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
-            if (!e.ops) return;
-            tova_ref h = { B, 0, malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(double) * (size_t)(B + 1)), 0,
-                           NULL, 0, 0 };
-            snap_ref g = { B, W, T < B / 2 ? T : (B / 2 > 1 ? B / 2 : 1), KERN, 0, 0, 0,
-                           malloc(sizeof(int64_t) * (size_t)(B + 1)), malloc(sizeof(float) * (size_t)(W * x.d)),
-                           malloc(sizeof(int64_t) * (size_t)W), malloc(sizeof(double) * (size_t)(2 * W)) };
-            kv_rng r;
-            kv_rng_seed(&r, 13, (uint64_t)P, (uint64_t)bi);
-            float Q[2][4 * 12]; /* this call's queries and the previous call's (tova's arrivals) */
-            double st[4 * 7], rs[4 * 7], ml[8], worst = 0, worst_exact = 0;
-            int64_t fed = 0, short_of = 0, least = B, cur = 0;
-            double tol = (4.0 * (double)(B < x.n ? B : x.n) + 32) * DBL_EPSILON * x.vmax;
-            for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
-                int nq = 1 + (int)kv_rng_below(&r, 4);
-                cur ^= 1;
-                gen_queries(Q[cur], nq, x.d, &r, 2.0);
-                emu_advance(&e, x.K, x.V, p);
-                emu_partial(&e, Q[cur], nq, p, st);
-                for (int q = 0; q < nq; q++) {
-                    ml[2 * q] = st[q * 7 + KV_PS_M];
-                    ml[2 * q + 1] = st[q * 7 + KV_PS_L];
-                }
-                if (P == 1) {
-                    int64_t held;
-                    for (; fed < p; fed++)
-                        if (snap) snap_ref_ingest(&g, &x, fed);
-                        else tova_ref_ingest(&h, &x, fed);
-                    held = snap ? g.n : h.n;
-                    list_partial(&x, snap ? g.idx : h.idx, held, Q[cur], nq, rs);
-                    if (snap) snap_ref_feedback(&g, &x, Q[cur], nq, p, ml);
-                    else tova_ref_feedback(&h, &x, Q[cur], nq, ml);
-                    double dd = out_diff(st, rs, nq, x.dv);
-                    worst = dd > worst ? dd : worst;
-                    CHECK(emu_kept(&e) == held, "%s p=%lld: holds %lld, brute force %lld", spec, (long long)p,
-                          (long long)emu_kept(&e), (long long)held);
-                }
-                if (B >= x.n) { /* nothing evicted: exact attention */
-                    for (int q = 0; q < nq; q++) window_ref(&x, Q[cur] + q * x.d, 0, p, rs + q * 7);
-                    double dd = out_diff(st, rs, nq, x.dv);
-                    worst_exact = dd > worst_exact ? dd : worst_exact;
-                    CHECK(emu_kept(&e) == p, "%s P=%d p=%lld: holds %lld", spec, P, (long long)p, (long long)emu_kept(&e));
-                }
-                /* shares sum to >= B - (P - 1) (one floor each), less what a
-                 * rank could not refill after its share grew (as h2o), less
-                 * snapkv's slack after a compression (its period part) */
-                int64_t lag = P > 1 && p > 12 ? P * (B * 12 / (p - 12) + 1) : 0, slack = snap ? g.T + P : 0;
-                if (p >= 4 * B && B < x.n && emu_kept(&e) < B - (P - 1) - lag - slack) short_of++;
-                if (p >= 4 * B && emu_kept(&e) < least) least = emu_kept(&e);
+    for (int P = 1; P <= MAXP; P++) {
+        emu e;
+        kv_err err = { 0 };
+        CHECK(emu_open(&e, c->spec, &ctx, P, 37, &err) == KV_OK, "%s", err.msg);
+        if (!e.ops) return;
+        evref h;
+        evref_init(&h, c->kind, x.d, x.dv, x.K, x.V, x.n);
+        h.B = c->B, h.R = c->R, h.W = c->W, h.T = c->T, h.kern = c->kern, h.maxpool = c->maxpool;
+        kv_rng r;
+        kv_rng_seed(&r, 13, (uint64_t)P, (uint64_t)c->B);
+        float Q[4 * 12];
+        double st[4 * 7], rs[4 * 7], worst = 0, worst_exact = 0;
+        double tol = (4.0 * (double)(c->B < x.n ? c->B : x.n) + 32) * DBL_EPSILON * x.vmax;
+        int64_t badn = 0;
+        for (int64_t p = 1; p <= x.n; p += 1 + (int64_t)kv_rng_below(&r, 12)) {
+            int nq = 1 + (int)kv_rng_below(&r, 4);
+            gen_queries(Q, nq, x.d, &r, 2.0);
+            emu_advance(&e, x.K, x.V, p);
+            emu_partial(&e, Q, nq, p, st);
+            evref_query(&h, Q, nq, p, rs);
+            double dd = out_diff(st, rs, nq, x.dv);
+            worst = dd > worst ? dd : worst;
+            badn += emu_kept(&e) != h.n;
+            if (c->B >= x.n) { /* nothing evicted: exact attention */
+                for (int q = 0; q < nq; q++) window_ref(&x, Q + q * x.d, 0, p, rs + q * 7);
+                dd = out_diff(st, rs, nq, x.dv);
+                worst_exact = dd > worst_exact ? dd : worst_exact;
             }
-            emu_end_epoch(&e);
-            size_t budget = (size_t)(snap ? B * snap_slot(&x) + P * W * snap_qbytes(&x) : B * tova_slot(&x) + P * tova_qbytes(&x));
-            if (P == 1) CHECK(worst <= tol, "%s: differs from brute force by %.3g > %.3g", spec, worst, tol);
-            CHECK(worst_exact <= tol, "%s P=%d: tokens >= n differs from exact by %.3g > %.3g", spec, P, worst_exact, tol);
-            CHECK(e.worst <= budget, "%s P=%d: %zu bytes summed over ranks > budget %zu", spec, P, e.worst, budget);
-            CHECK(short_of == 0, "%s P=%d: held too few tokens at %lld prefixes", spec, P, (long long)short_of);
-            printf("  %s P=%d: peak %zu bytes (budget %zu), holds >= %lld of %lld tokens, vs brute force %.3g\n", spec,
-                   P, e.worst, budget, (long long)least, (long long)B, worst);
-            free(h.idx); free(h.score);
-            free(g.idx); free(g.bq); free(g.bp); free(g.bml);
-            emu_close(&e);
         }
+        emu_end_epoch(&e);
+        int64_t held = c->B + EVERY < x.n ? c->B + EVERY : x.n;
+        size_t budget = (size_t)(c->kind == EVREF_H2O ? held * h2o_slot_bytes(&x)
+                                 : c->kind == EVREF_TOVA ? held * tova_slot(&x) + P * 4 * tova_qbytes(&x)
+                                                         : held * snap_slot(&x) + P * (c->W + 1) * 4 * snap_qbytes(&x));
+        CHECK(worst <= tol, "%s P=%d: differs from the brute force by %.3g > %.3g", c->spec, P, worst, tol);
+        CHECK(badn == 0, "%s P=%d: holds another count than the brute force at %lld positions", c->spec, P,
+              (long long)badn);
+        CHECK(worst_exact <= tol, "%s P=%d: tokens >= n differs from exact by %.3g > %.3g", c->spec, P, worst_exact,
+              tol);
+        CHECK(e.worst <= budget, "%s P=%d: %zu bytes summed over ranks > %zu", c->spec, P, e.worst, budget);
+        printf("  %s P=%d: peak %zu bytes (bound %zu), vs brute force %.3g\n", c->spec, P, e.worst, budget, worst);
+        evref_free(&h);
+        emu_close(&e);
+    }
     data_free(&x);
 }
 
@@ -740,8 +498,9 @@ static void test_eviction_budget(int snap)
     kv_method_ctx ctx = make_ctx(&x);
     const char *m = snap ? "snapkv" : "tova";
     for (int P = 1; P <= 3; P += 2) {
-        int64_t per = snap ? snap_slot(&x) : tova_slot(&x), q = snap ? 16 * snap_qbytes(&x) : tova_qbytes(&x);
-        int64_t tok = 50, bytes = tok * per + P * q + per - 1;
+        /* the rows kept: 2 per position (ctx q_group); snapkv's of its default window of 32 positions */
+        int64_t per = snap ? snap_slot(&x) : tova_slot(&x), q = snap ? 32 * 2 * snap_qbytes(&x) : 2 * tova_qbytes(&x);
+        int64_t tok = 50, bytes = (tok + EVERY) * per + P * q + per - 1;
         char bs[64], ts[64];
         snprintf(bs, sizeof bs, "%s:budget=%lld", m, (long long)bytes);
         snprintf(ts, sizeof ts, "%s:tokens=%lld", m, (long long)tok);
@@ -759,7 +518,8 @@ static void test_eviction_budget(int snap)
     snprintf(bad[0], 64, "%s:tokens=10,budget=1MiB", m);
     snprintf(bad[1], 64, "%s:budget=10", m);
     snprintf(bad[2], 64, "%s:budget=1tok", m);
-    const char *why[] = { "not both", "holds no token", "holds no token" };
+    const char *why[] = { "not both", snap ? "not more than the window" : "holds no token",
+                          snap ? "not more than the window" : "holds no token" };
     for (int i = 0; i < 3; i++) {
         emu e;
         kv_err err = { 0 };
@@ -829,15 +589,13 @@ int main(void)
 {
     test_topk(0);
     test_topk(6);
-    test_h2o_global();
     test_h2o_covering();
     test_h2o_window();
     test_h2o_budget();
     test_resume("topk:k=9", 3);
     test_resume("h2o:tokens=50,recent=12", 3);
     test_resume("h2o:tokens=40,recent=0", 2);
-    test_eviction_global(0);
-    test_eviction_global(1);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_evict_vs_ref(&cases[i]);
     test_eviction_budget(0);
     test_eviction_budget(1);
     test_resume("tova:tokens=50", 3);

@@ -73,7 +73,7 @@ void kv_evict_lowest(kv_evkey *keys, size_t n, int L, kv_evkey *out)
 
 int kv_evict_near_tie(kv_evkey cut, kv_evkey next)
 {
-    if (!isfinite(next.score) || (cut.score == 0 && next.score == 0)) return 0;
+    if (!isfinite(next.score) || next.score == cut.score) return 0;
     double big = fabs(next.score) > fabs(cut.score) ? fabs(next.score) : fabs(cut.score);
     return fabs(next.score - cut.score) <= KV_EVICT_TIE_REL * big;
 }

@@ -47,8 +47,9 @@ void kv_evict_lowest(kv_evkey *keys, size_t n, int L, kv_evkey *out);
 
 /* 1 if the decision that evicted cut and kept next (the lowest kept
  * candidate; KV_EVKEY_NONE if none) is a near-tie (KV_EVICT_TIE_REL).
- * Equal scores of exactly 0 (tokens no query has weighed) are not: no
- * rounding can separate them. */
+ * Exactly equal scores are not: they come from equal inputs (0 for tokens
+ * no query weighed, equal keys, pooling windows holding the same votes)
+ * that every rank count rounds alike, and the index decides. */
 int kv_evict_near_tie(kv_evkey cut, kv_evkey next);
 
 #endif

@@ -257,26 +257,25 @@ static int mine(const snapkv_state *s, int64_t u)
     return s->ctx.nranks <= 1 || s->ctx.chunk <= 0 || (u / s->ctx.chunk) % s->ctx.nranks == s->ctx.rank;
 }
 
-/* Pooled scores of the held non-window tokens (slots in index order). */
+/* Pooled scores of the held non-window tokens (slots in index order).  The
+ * neighbours' votes are added in index order, u = t - h .. t + h, wherever
+ * they are held (here, or on another rank: the halo), so the sum has the
+ * same bits at every P, and tokens whose windows hold the same votes tie
+ * exactly (broken by index). */
 static void pool(snapkv_state *s, int64_t x, const double *halo)
 {
     const int64_t *idx = s->sl.idx;
-    int64_t n = s->sl.held, h = s->kern / 2;
+    int64_t n = s->sl.held, h = s->kern / 2, j0 = 0;
     for (int64_t i = 0; i < n && !protected_tok(s, idx[i], x); i++) {
-        double sum = slot_of(s, i)->vote, best = sum;
-        for (int64_t j = i - 1; j >= 0 && idx[i] - idx[j] <= h; j--) {
-            double v = slot_of(s, j)->vote;
-            sum += v;
-            if (v > best) best = v;
-        }
-        for (int64_t j = i + 1; j < n && idx[j] - idx[i] <= h && !protected_tok(s, idx[j], x); j++) {
-            double v = slot_of(s, j)->vote;
-            sum += v;
-            if (v > best) best = v;
-        }
-        for (int64_t u = idx[i] - h; u <= idx[i] + h && halo; u++) {
-            if (u < 0 || u == idx[i] || mine(s, u) || protected_tok(s, u, x)) continue;
-            double v = halo_vote(s, u, halo, x);
+        while (idx[j0] < idx[i] - h) j0++; /* the first local slot in the window */
+        double sum = 0, best = 0;
+        for (int64_t u = idx[i] - h > 0 ? idx[i] - h : 0, j = j0; u <= idx[i] + h && !protected_tok(s, u, x); u++) {
+            double v = 0;
+            if (mine(s, u)) {
+                if (j < n && idx[j] == u) v = slot_of(s, j++)->vote;
+            } else {
+                v = halo_vote(s, u, halo, x);
+            }
             sum += v;
             if (v > best) best = v;
         }

@@ -25,8 +25,9 @@
  * scored by the mean over those heads of each head's score; their slots are
  * kept in the same order, so slot i is one token in all of them.
  *
- * budget=X: B = floor((bytes(X) - P q) / slot) - E, q the kept query rows
- * (d floats, m, l each) every rank holds, slot the per-token bytes below;
+ * budget=X: B = floor((bytes(X) - P g q) / slot) - E, q a kept query row
+ * (d floats, m, l), g the rows per position (the trace's query heads per kv
+ * head), every rank holding them, slot the per-token bytes below;
  * tokens= and budget= exclude each other.  B >= n: exact attention.
  *
  * Memory: allocated slots x ((d + dv) floats + index + score + two int32
@@ -74,10 +75,15 @@ static int64_t slot_bytes(int d, int dv)
     return kv_slots_row_bytes(d, dv, 1, 0);
 }
 
+/* one kept query row: d floats and its merged (m, l) */
 static int64_t query_bytes(int d)
 {
     return (int64_t)d * (int64_t)sizeof(float) + 2 * (int64_t)sizeof(double);
 }
+
+/* rows kept: the query rows of a position of this stream (grouped-query
+ * attention: n_heads / n_kv_heads; 1 when unknown) */
+static int64_t group_rows(const kv_method_ctx *ctx) { return ctx->q_group > 0 ? ctx->q_group : 1; }
 
 static int tova_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
@@ -99,13 +105,13 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
                                "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * query_bytes(ctx->d);
+        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * group_rows(ctx) * query_bytes(ctx->d);
         B = rest > 0 ? rest / per - c->every : 0;
         if (B < 1)
             return kv_params_error(tova_params, spec, err,
                                    "budget of %lld bytes holds no token (one takes %lld, plus %lld per rank, and %lld "
                                    "arriving between decisions are reserved: every=)",
-                                   (long long)bytes, (long long)per, (long long)query_bytes(ctx->d),
+                                   (long long)bytes, (long long)per, (long long)(group_rows(ctx) * query_bytes(ctx->d)),
                                    (long long)c->every);
         if (B > INT32_MAX)
             return kv_params_error(tova_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
@@ -342,7 +348,8 @@ static int64_t tova_max_bytes(const void *state)
 {
     const tova_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + s->nq * query_bytes(s->ctx.d);
+    int64_t rows = s->nq > group_rows(&s->ctx) ? s->nq : group_rows(&s->ctx);
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + rows * query_bytes(s->ctx.d);
 }
 
 const kv_method_ops kv_method_tova = {
