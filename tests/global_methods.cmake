@@ -13,7 +13,7 @@ set(KV_GLOBAL_RESULTS "")
 foreach(np 1 2 3 4)
   # shard chunk 37: every rank owns many pieces; --batch 7: multi-position batches
   kv_mpi_test(global_replay_np${np} ${np} ${KVSTREAM_EXE} replay ${KV_WORK}/global.h5
-              --methods exact,topk:k=5,name=topk5,topk:k=40,name=topk40,topk:k=100000,name=topkall,h2o:tokens=300,recent=50,name=h2o_tok,h2o:budget=5%,name=h2o_pct,tova:budget=5%,name=tova_pct,tova:tokens=3000,name=tova_all,snapkv:budget=5%,name=snap_pct,snapkv:tokens=3000,name=snap_all,balancekv:budget=5%,name=bkv_pct,balancekv:tokens=3000,name=bkv_all
+              --methods exact,topk:k=5,name=topk5,topk:k=40,name=topk40,topk:k=100000,name=topkall,h2o:tokens=300,recent=50,name=h2o_tok,h2o:budget=5%,name=h2o_pct,tova:budget=5%,name=tova_pct,tova:tokens=3000,name=tova_all,snapkv:budget=5%,window=8,name=snap_pct,snapkv:tokens=3000,name=snap_all,balancekv:budget=5%,name=bkv_pct,balancekv:tokens=3000,name=bkv_all
               --save-outputs --quiet --batch 7 --shard-chunk 37 -o ${KV_WORK}/global_np${np}.h5)
   set_tests_properties(global_replay_np${np} PROPERTIES FIXTURES_REQUIRED global_trace FIXTURES_SETUP global_replays)
   list(APPEND KV_GLOBAL_RESULTS ${KV_WORK}/global_np${np}.h5)

@@ -121,12 +121,12 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
         int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d);
-        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * buf;
+        int64_t rest = bytes - buf; /* one copy: B must not depend on P (see the header) */
         B = rest > 0 ? rest / per - c->every : 0;
         if (B <= c->window)
             return kv_params_error(snapkv_params, spec, err,
                                    "budget of %lld bytes holds %lld tokens, not more than the window of %lld (one takes "
-                                   "%lld, plus %lld per rank for the buffered queries, and %lld arriving between "
+                                   "%lld, plus %lld for the buffered queries, and %lld arriving between "
                                    "decisions are reserved: every=)",
                                    (long long)bytes, (long long)(B > 0 ? B : 0), (long long)c->window, (long long)per,
                                    (long long)buf, (long long)c->every);
@@ -342,12 +342,22 @@ static int64_t buffered_positions(const snapkv_state *s)
 }
 
 /* Buffer the call's rows with their global (m, l); only the last W
- * positions stay. */
+ * positions stay (the oldest leaves first, so the buffer never holds more
+ * than W positions' rows). */
 static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const double *ml)
 {
     snapkv_state *s = state;
     size_t d = (size_t)s->ctx.d;
     if (nq <= 0) return KV_OK;
+    int64_t np = buffered_positions(s);
+    if (np > 0 && np + (s->bp[s->nrows - 1] != p) > s->W) { /* the oldest position leaves */
+        int64_t k = 1;
+        while (k < s->nrows && s->bp[k] == s->bp[0]) k++;
+        memmove(s->bq, s->bq + (size_t)k * d, sizeof(float) * d * (size_t)(s->nrows - k));
+        memmove(s->bp, s->bp + k, sizeof(int64_t) * (size_t)(s->nrows - k));
+        memmove(s->bml, s->bml + 2 * k, sizeof(double) * 2 * (size_t)(s->nrows - k));
+        s->nrows -= k;
+    }
     if (s->nrows + nq > s->rcap) {
         int64_t cap = s->nrows + nq;
         float *q = realloc(s->bq, sizeof(float) * d * (size_t)cap);
@@ -365,14 +375,6 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
     memcpy(s->bml + 2 * s->nrows, ml, sizeof(double) * 2 * (size_t)nq);
     for (int q = 0; q < nq; q++) s->bp[s->nrows + q] = p;
     s->nrows += nq;
-    if (buffered_positions(s) > s->W) { /* the oldest position leaves */
-        int64_t k = 1;
-        while (k < s->nrows && s->bp[k] == s->bp[0]) k++;
-        memmove(s->bq, s->bq + (size_t)k * d, sizeof(float) * d * (size_t)(s->nrows - k));
-        memmove(s->bp, s->bp + k, sizeof(int64_t) * (size_t)(s->nrows - k));
-        memmove(s->bml, s->bml + 2 * k, sizeof(double) * 2 * (size_t)(s->nrows - k));
-        s->nrows -= k;
-    }
     s->stale = 1;
     return KV_OK;
 }

@@ -25,9 +25,12 @@
  * scored by the mean over those heads of each head's score; their slots are
  * kept in the same order, so slot i is one token in all of them.
  *
- * budget=X: B = floor((bytes(X) - P g q) / slot) - E, q a kept query row
+ * budget=X: B = floor((bytes(X) - g q) / slot) - E, q a kept query row
  * (d floats, m, l), g the rows per position (the trace's query heads per kv
- * head), every rank holding them, slot the per-token bytes below;
+ * head), slot the per-token bytes below.  Every rank keeps the rows (its
+ * arrivals are scored with them), so at P ranks the memory is (P - 1) g q
+ * over the budget: reserving them for P would make B, and the answers,
+ * depend on P;
  * tokens= and budget= exclude each other.  B >= n: exact attention.
  *
  * Memory: allocated slots x ((d + dv) floats + index + score + two int32
@@ -105,11 +108,12 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
                                "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        int64_t rest = bytes - (int64_t)(ctx->nranks > 0 ? ctx->nranks : 1) * group_rows(ctx) * query_bytes(ctx->d);
+        /* one copy of the rows: B must not depend on P (each further rank's copy is counted, over the budget) */
+        int64_t rest = bytes - group_rows(ctx) * query_bytes(ctx->d);
         B = rest > 0 ? rest / per - c->every : 0;
         if (B < 1)
             return kv_params_error(tova_params, spec, err,
-                                   "budget of %lld bytes holds no token (one takes %lld, plus %lld per rank, and %lld "
+                                   "budget of %lld bytes holds no token (one takes %lld, plus %lld for the kept query rows, and %lld "
                                    "arriving between decisions are reserved: every=)",
                                    (long long)bytes, (long long)per, (long long)(group_rows(ctx) * query_bytes(ctx->d)),
                                    (long long)c->every);
