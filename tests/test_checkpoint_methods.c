@@ -175,6 +175,7 @@ static kv_method_ctx world_ctx(const world *w, int unmasked)
     c.nranks = w->P;
     c.shard_tokens = w->shard;
     c.seed = 42;
+    c.q_group = 5; /* query rows per position: up to 5 in the schedule below */
     c.semantics = unmasked ? KV_SEM_WINDOW_UNMASKED : KV_SEM_FULL;
     c.window = unmasked ? UW_WINDOW : 0;
     return c;
@@ -221,7 +222,10 @@ static int run(const world *w, const method *m, void *st, int from, int to, reco
             kv_err_clear(&err);
             int rc = m->ops->ingest(st, w->K + o->first * w->d, w->V + o->first * w->dv, o->first, o->n, &err);
             CHECK(rc == KV_OK, "%s/%s: ingest: %s", m->spec, w->name, err.msg);
+            /* a deciding method decides after each block, alone (testutil.h) */
+            CHECK(kv_test_decide(m->ops, st, o->first + (int64_t)o->n, 1) == KV_OK, "%s/%s: decide", m->spec, w->name);
         } else {
+            CHECK(kv_test_decide(m->ops, st, o->p, 1) == KV_OK, "%s/%s: decide", m->spec, w->name);
             double *out = rec ? rec->st + o->soff : tmp;
             const float *Q = zeroq ? zeroq : w->Q + o->qoff;
             m->ops->partial(st, Q, o->nq, o->p, out);

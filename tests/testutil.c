@@ -1,5 +1,6 @@
 /* testutil.c - see testutil.h */
 #include <math.h>
+#include <stdlib.h>
 #include "testutil.h"
 
 int kv_test_failures = 0, kv_test_checks = 0;
@@ -19,4 +20,23 @@ double kv_test_relerr(const double *a, const double *b, int n)
         den = fabs(b[i]) > den ? fabs(b[i]) : den;
     }
     return num / (den > 1e-300 ? den : 1e-300);
+}
+
+int kv_test_decide(const kv_method_ops *ops, void *st, int64_t x, int at_query)
+{
+    if (!ops->decide_need) return KV_OK;
+    int64_t need = ops->decide_need(st, x, at_query);
+    if (need <= 0) return KV_OK;
+    size_t hl = ops->decide_halo_len ? ops->decide_halo_len(st, x) : 0;
+    double *halo = calloc(hl + 1, sizeof(double));
+    kv_evkey *keys = malloc(sizeof(kv_evkey) * (size_t)(need + 1));
+    int rc = KV_EINTERNAL;
+    if (halo && keys) {
+        if (hl) ops->decide_halo(st, x, halo);
+        rc = ops->decide_cands(&st, 1, x, hl ? halo : NULL, (int)need + 1, keys);
+        if (rc == KV_OK) rc = ops->decide_apply(&st, 1, x, keys, need);
+    }
+    free(halo);
+    free(keys);
+    return rc;
 }

@@ -3,6 +3,7 @@
 #ifndef KVSTREAM_TESTUTIL_H
 #define KVSTREAM_TESTUTIL_H
 #include <stdio.h>
+#include "methods/method.h"
 
 extern int kv_test_failures, kv_test_checks;
 
@@ -14,4 +15,10 @@ extern int kv_test_failures, kv_test_checks;
 int kv_test_result(const char *name);
 /* max_i |a_i - b_i| / max(max_i |b_i|, tiny) */
 double kv_test_relerr(const double *a, const double *b, int n);
+/* One instance of a deciding method (method.h: decide hooks) at point x,
+ * as if it held every candidate: its own lowest keys stand for the merged
+ * ones (no halo from other ranks).  Returns the hooks' code (KV_OK for a
+ * method without them). */
+int kv_test_decide(const kv_method_ops *ops, void *st, int64_t x, int at_query);
+
 #endif

@@ -245,7 +245,7 @@ static int h2o_valid(const h2o_state *s)
     const kv_slots *sl = &s->sl;
     int64_t n = sl->held, lim = kv_shard_limit(&s->ctx);
     if (s->xlast < 0 || s->xlast > s->ctx.n_total || s->gheavy < 0 || s->gheavy > s->H ||
-        sl->hsize[HEAVY] > s->gheavy || s->seen < n || s->seen > lim || s->ties < 0)
+        sl->hsize[HEAVY] > s->gheavy || s->seen < n || s->seen > lim || s->ties < 0 || s->ties > s->xlast)
         return 0;
     for (int64_t i = 0; i < n; i++)
         if ((sl->pos[i] < 0) != (sl->idx[i] >= s->xlast - s->R)) return 0;

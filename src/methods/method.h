@@ -208,6 +208,11 @@ int64_t kv_rank_tokens_below(const kv_method_ctx *ctx, int64_t x);
  * The bound checkpoint loads and max_bytes work with. */
 int64_t kv_shard_limit(const kv_method_ctx *ctx);
 
+/* 1 if l can be the merged softmax sum of a query over at most n tokens:
+ * 0 (none held anywhere), or between 1 (the largest term is e^0) and n.
+ * Restored (m, l) pairs must be. */
+int kv_merged_l_ok(double l, int64_t n);
+
 /* 1 if all n floats are finite: restored keys and values must be, as every
  * trace's are (io/trace.c checks them as they stream in). */
 int kv_all_finite(const float *x, size_t n);

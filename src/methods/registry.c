@@ -71,6 +71,11 @@ int64_t kv_shard_limit(const kv_method_ctx *ctx)
     return ctx->shard_tokens > 0 ? ctx->shard_tokens : ctx->n_total;
 }
 
+int kv_merged_l_ok(double l, int64_t n)
+{
+    return l == 0 || (l >= 1 - 1e-12 && l <= (double)n * (1 + 1e-9) + 1e-9);
+}
+
 int kv_all_finite(const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -135,7 +135,7 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
                                    (long long)bytes, (long long)B);
     }
     int64_t h = c->kernel / 2;
-    if (ctx->nranks > 1 && h > 0 && (ctx->chunk <= 0 || 2 * h > ctx->chunk))
+    if (ctx->nranks > 1 && h > 0 && ctx->chunk > 0 && 2 * h > ctx->chunk)
         return kv_params_error(snapkv_params, spec, err,
                                "kernel=%lld is wider than the shard chunk (%lld tokens): the pooling could not see "
                                "its neighbours on other ranks",
@@ -358,7 +358,7 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
         memmove(s->bml, s->bml + 2 * k, sizeof(double) * 2 * (size_t)(s->nrows - k));
         s->nrows -= k;
     }
-    if (s->nrows + nq > s->rcap) {
+    if (s->nrows + nq != s->rcap) { /* exactly the rows held: what bytes() counts is what is allocated */
         int64_t cap = s->nrows + nq;
         float *q = realloc(s->bq, sizeof(float) * d * (size_t)cap);
         if (!q) return KV_EINTERNAL;
@@ -427,13 +427,13 @@ static int snapkv_valid(const snapkv_state *s, const snapkv_state *t, size_t nbq
     int64_t n = t->sl.held, lim = kv_shard_limit(&s->ctx);
     size_t nb = (size_t)t->nrows, d = (size_t)s->ctx.d;
     if (t->xlast < 0 || t->xlast > s->ctx.n_total || t->gheld < 0 || t->gheld > s->B || n > t->gheld ||
-        t->seen < n || t->seen > lim || t->ties < 0)
+        t->seen < n || t->seen > lim || t->ties < 0 || t->ties > t->xlast)
         return 0;
     if (nbq != nb * d || nbp != nb || nbml != 2 * nb || (nb && !kv_all_finite(t->bq, nb * d))) return 0;
     for (size_t j = 0; j < nb; j++) {
         const double *ml = t->bml + 2 * j;
         if (t->bp[j] < 1 || t->bp[j] > s->ctx.n_total || (j && t->bp[j] < t->bp[j - 1]) || !isfinite(ml[1]) ||
-            !(ml[1] >= 0) || (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
+            !kv_merged_l_ok(ml[1], s->ctx.n_total) || (ml[1] > 0 ? !isfinite(ml[0]) : ml[0] != -INFINITY))
             return 0;
     }
     if (buffered_positions(t) > s->W) return 0;

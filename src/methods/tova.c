@@ -307,12 +307,12 @@ static int tova_valid(const tova_state *s)
 {
     int64_t n = s->sl.held, lim = kv_shard_limit(&s->ctx);
     if (s->xlast < 0 || s->xlast > s->ctx.n_total || s->gheld < 0 || s->gheld > s->B || n > s->gheld ||
-        s->seen < n || s->seen > lim || s->ties < 0)
+        s->seen < n || s->seen > lim || s->ties < 0 || s->ties > s->xlast)
         return 0;
     if (s->nq && !kv_all_finite(s->lq, (size_t)(s->nq * s->ctx.d))) return 0;
     for (int64_t q = 0; q < s->nq; q++) {
         double m = s->lml[2 * q], l = s->lml[2 * q + 1];
-        if (!isfinite(l) || !(l >= 0) || (l > 0 ? !isfinite(m) : m != -INFINITY)) return 0;
+        if (!kv_merged_l_ok(l, s->ctx.n_total) || (l > 0 ? !isfinite(m) : m != -INFINITY)) return 0;
     }
     return 1;
 }
@@ -352,8 +352,9 @@ static int64_t tova_max_bytes(const void *state)
 {
     const tova_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
-    int64_t rows = s->nq > group_rows(&s->ctx) ? s->nq : group_rows(&s->ctx);
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + rows * query_bytes(s->ctx.d);
+    /* the rows of a position: the trace's query heads per kv head (more only
+     * where a trace puts several queries of one head at one position) */
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + group_rows(&s->ctx) * query_bytes(s->ctx.d);
 }
 
 const kv_method_ops kv_method_tova = {
