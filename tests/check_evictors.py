@@ -102,16 +102,24 @@ def top_keys(idx, score, keep):
     kept = np.sort(idx[order[:keep]])
     if keep >= len(idx):
         return kept, None
-    sk = score[order[keep - 1]] if keep > 0 else None
-    se = score[order[keep]]
-    if sk is None:
+    if keep == 0:
         return kept, None                           # nothing kept: no comparison between keys
-    big = max(abs(sk), abs(se))
-    if sk == se == 0.0:
-        return kept, None                           # exact zeros (nothing scored them): the index decides
-    if big < TIE_ABS:
-        return kept, 0.0
-    return kept, (sk - se) / big
+    sk, se = score[order[keep - 1]], score[order[keep]]
+    if sk > se:
+        return kept, rel_gap(sk, se)
+    # an exact tie at the boundary: zeros (nothing scored those tokens) or one
+    # shared max-pooled vote, equal in float32 too, so the index decides; the
+    # decision still turns on the nearest other scores above and below it
+    above, below = score[score > sk], score[score < sk]
+    gaps = ([rel_gap(above.min(), sk)] if len(above) else []) + ([rel_gap(sk, below.max())] if len(below) else [])
+    return kept, min(gaps) if gaps else None
+
+
+def rel_gap(hi, lo):
+    """hi - lo relative to the larger; 0 (a near-tie) when both are below TIE_ABS, where float32
+    may have flushed a weight to zero."""
+    big = max(abs(hi), abs(lo))
+    return 0.0 if big < TIE_ABS else (hi - lo) / big
 
 
 class Result:
