@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kvtest import mpi_cmd, run  # noqa: E402
+from kvtest import load_trace64, mpi_cmd, run  # noqa: E402
 
 OUT_REL, OUT_VFLOOR = 1e-4, 1e-4      # reference vs kvstream (float64 vs float32 logits)
 P_REL, P_VFLOOR = 1e-5, 1e-6          # P = 3 vs P = 1 (same float32 logits, other sum order)
@@ -308,13 +308,8 @@ def reference(spec, sts, n_kv_heads):
 
 
 def load_streams(trace):
-    with h5py.File(trace, "r") as t:
-        K = t["keys"][...].astype(np.float64)
-        V = t["values"][...].astype(np.float64)
-        Q = t["queries"][...].astype(np.float64)
-        pos = t["query_pos"][...]
-        scale = float(t.attrs["scale"]) if "scale" in t.attrs else 1.0 / np.sqrt(K.shape[2])
-        nkv = int(t.attrs["n_kv_heads"]) if "n_kv_heads" in t.attrs else None
+    K, V, Q, pos, scale, attrs = load_trace64(trace)
+    nkv = int(attrs["n_kv_heads"]) if "n_kv_heads" in attrs else None
     return [Stream(K[s], V[s], Q[s], pos, scale) for s in range(K.shape[0])], nkv
 
 
