@@ -12,7 +12,24 @@ kvstream's C code.  It runs on three traces: a sparse-query gaussian trace
 two query rows per position, n_kv_heads = 4), with budgets from 1 token to
 >= n (exact), under `mpirun -np P kvstream replay --save-outputs` at P = 1 and 3.
 
-What is asserted (one line per failure, at most 20; exit 1):
+The reference, at one rank (rows at position p see tokens < p; weights are
+normalised over the held set; decision points: the query positions and the
+multiples of every/period; at a query position decide, answer, then score):
+- window:W keeps [p-W, p); sinks:S,W adds [0, S); topk:k the k largest logits.
+- h2o: recent = the last R (default B/2); heavy = the top B-R (score, index)
+  of the previous heavy set and the tokens that left the recent window;
+  score = weight summed over every row answered while held.
+- tova: top-B of held and arrivals by the mean weight under the last answered
+  position's rows (each with its own m, l; arrivals too); none yet: newest B.
+  scope=layer: one set per layer (stream // n_kv_heads), scores averaged
+  over the layer's streams.
+- snapkv (defaults window 32, kernel 5, pool avg, period 64): above B, keep
+  the newest `window` positions and the top max(window, B - period) - kept of
+  the rest by pooled vote; vote = weight summed over the rows of the last
+  `window` answered positions that see the token; pooled over held
+  non-protected neighbours |u - t| <= kernel//2 (avg: sum / kernel; max).
+
+What is asserted (one line per failing (trace, spec, P), at most 20; exit 1):
 - every compared query's output equals the reference's within
       |z - z_ref| <= 1e-4 |z_ref| + 1e-4 max_t |v_t|
   kvstream's logits are float32 dot products: a logit is off by at most
@@ -24,9 +41,15 @@ What is asserted (one line per failure, at most 20; exit 1):
   score margin is below 1e-4 relative (or whose scores are both below 1e-30
   yet not both exactly 0) is a reference *near-tie*: float32 scores may
   order those two tokens either way, so each (method, stream) is compared
-  only up to its first near-tie (topk, stateless: only that query row is
-  skipped).  Near-ties are counted and printed, with kvstream's own count
-  (results attribute /methods/<label>.near_ties) when it reports one;
+  only up to its first near-tie (tova scope=layer: the layer's streams).
+  An exact tie at the boundary (zeros: tokens nothing has scored yet; one
+  max-pooled vote shared by neighbours) is decided by the index in float32
+  too: its margin is the gap to the nearest other score above or below.
+  topk (stateless) skips only a row whose k-th and (k+1)-th logits are
+  closer than 1e-4 scale |q| max(|k_k|, |k_k+1|) (the float32 dot-product
+  error scales with |q| |k|, not with the logit).  Near-ties are counted
+  and printed, with kvstream's own count (results attribute
+  /methods/<label>.near_ties) when it reports one;
 - at least 80% of each method's queries are compared (a run that compares
   nothing cannot pass);
 - P = 3 equals P = 1 within 1e-5 |z_1| + 1e-6 max_t |v_t| on the compared
@@ -394,7 +417,7 @@ def main():
 
     for tname, trace, shard in traces(exe, a.work):
         sts, nkv = load_streams(trace)
-        S, n = len(sts), sts[0].K.shape[0]
+        n = sts[0].K.shape[0]
         specs = []
         for spec in specs_for(tname, n):
             meth, kv = parse_spec(spec)
