@@ -8,7 +8,7 @@ window, sinks and topk; the papers and the 1-rank semantics of h2o, tova and
 snapkv: decision points, (score, index) keys, top-B keeps), never from
 kvstream's C code.  It runs on three traces: a sparse-query gaussian trace
 (2 streams x 4000 tokens, d = 16, 100 queries), a query at every position
-(2 x 1500, d = 16) and a recorded stories260K trace (20 streams, 256 positions,
+(2 x 1000, d = 16) and a recorded stories260K trace (20 streams, 256 positions,
 two query rows per position, n_kv_heads = 4), with budgets from 1 token to
 >= n (exact), under `mpirun -np P kvstream replay --save-outputs` at P = 1 and 3.
 
@@ -72,6 +72,10 @@ OUT_REL, OUT_VFLOOR = 1e-4, 1e-4      # reference vs kvstream (float64 vs float3
 P_REL, P_VFLOOR = 1e-5, 1e-6          # P = 3 vs P = 1 (same float32 logits, other sum order)
 TIE_REL, TIE_ABS = 1e-4, 1e-30        # a decision margin below this is a near-tie
 MIN_COMPARED = 0.80
+# snapkv's decision points without every=: EVICT.md's text has the multiples
+# of period (None); kvstream 23e09d7 decides at the multiples of its every=
+# (default 16) and compresses by period: set 16 if the text follows the code.
+SNAPKV_EVERY = None
 
 # ---------------------------------------------------------------------------
 # the reference: one stream (or one layer of streams) at a time, float64
@@ -269,13 +273,14 @@ def pool_scores(idx, vote, k, how):
     return win.sum(axis=1) / k if how == "avg" else win.max(axis=1)
 
 
-def ref_snapkv(sts, B, w=32, k=5, pool="avg", T=64):
+def ref_snapkv(sts, B, w=32, k=5, pool="avg", T=64, E=None):
+    """E: decision points at the multiples of E (kvstream's every=) instead of T's."""
     assert w < B, "snapkv needs window < tokens"
     res = Result(len(sts), sts[0].Q.shape[0], sts[0].V.shape[1])
     for s, st in enumerate(sts):
         held = np.zeros(0, np.int64)
         buf = []                                     # (position, r0, r1, m, l) of the last w answered positions
-        pts, at = decision_points(st, T)
+        pts, at = decision_points(st, E or T)
         xp = 0
         for x in pts:
             held = np.concatenate([held, np.arange(xp, x)])
@@ -326,7 +331,7 @@ def reference(spec, sts, n_kv_heads):
         return ref_tova(sts, i("tokens", 1024), i("every", 64), kv.get("scope", "head"), n_kv_heads)
     if name == "snapkv":
         return ref_snapkv(sts, i("tokens", 1024), i("window", 32), i("kernel", 5), kv.get("pool", "avg"),
-                          i("period", 64))
+                          i("period", 64), int(kv["every"]) if "every" in kv else SNAPKV_EVERY)
     raise ValueError(spec)
 
 
@@ -360,7 +365,7 @@ def traces(exe, work):
     gen = [
         ("sparse", ["--streams", "2", "--tokens", "4000", "--dim", "16", "--queries", "100", "--chunk", "250",
                     "--seed", "5"]),
-        ("every", ["--streams", "2", "--tokens", "1500", "--dim", "16", "--every-position", "--chunk", "125",
+        ("every", ["--streams", "2", "--tokens", "1000", "--dim", "16", "--every-position", "--chunk", "125",
                    "--seed", "7"]),
     ]
     out = []
@@ -384,16 +389,16 @@ def specs_for(name, n):
     mid, big = (200, 1000) if name != "rec" else (24, 96)
     s = ["window:W=%d" % n, "window:W=1", "window:W=%d" % mid,
          "sinks:S=4,W=%d" % n, "sinks:S=4,W=3", "sinks:S=1,W=%d" % mid,
-         "topk:k=1", "topk:k=8", "topk:k=%d" % mid,
-         "h2o:tokens=%d" % n, "h2o:tokens=1", "h2o:tokens=8,recent=2", "h2o:tokens=%d" % mid,
-         "h2o:tokens=%d,recent=0,every=16" % mid, "h2o:tokens=%d,recent=%d,every=1" % (mid, mid // 4),
+         "topk:k=1", "topk:k=%d" % mid,
+         "h2o:tokens=%d" % n, "h2o:tokens=1", "h2o:tokens=8,recent=2",
+         "h2o:tokens=%d,recent=0,every=16" % mid, "h2o:tokens=%d,recent=%d,every=4" % (mid, mid // 4),
          "tova:tokens=%d" % n, "tova:tokens=1", "tova:tokens=8", "tova:tokens=%d" % mid,
          "tova:tokens=%d,every=16" % big,
          "snapkv:tokens=%d" % n, "snapkv:tokens=8,window=4,kernel=3,period=4",
-         "snapkv:tokens=%d,window=16,kernel=7,pool=max,period=32" % mid,
+         "snapkv:tokens=%d,window=16,kernel=7,pool=max,period=32,every=8" % mid,
          "snapkv:tokens=%d" % (mid + 40), "snapkv:tokens=%d,window=8,kernel=5,pool=avg,period=16" % big]
     if name == "rec":
-        s += ["tova:tokens=%d,scope=layer" % mid, "tova:tokens=8,scope=layer", "tova:tokens=%d,scope=layer" % n]
+        s += ["tova:tokens=%d,scope=layer" % mid, "tova:tokens=8,scope=layer"]
     return s
 
 
