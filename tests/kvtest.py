@@ -12,8 +12,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def reference_outputs(trace, semantics="full", window=0):
-    """Exact attention in float64 with a two-pass (max, then sum) softmax."""
+def load_trace64(trace):
+    """A kvtrace's keys, values, queries (float64), query positions, scale and root attributes."""
     import h5py
     with h5py.File(trace, "r") as t:
         K = t["keys"][...].astype(np.float64)
@@ -21,6 +21,13 @@ def reference_outputs(trace, semantics="full", window=0):
         Q = t["queries"][...].astype(np.float64)
         pos = t["query_pos"][...]
         scale = float(t.attrs["scale"]) if "scale" in t.attrs else 1.0 / np.sqrt(K.shape[2])
+        attrs = dict(t.attrs)
+    return K, V, Q, pos, scale, attrs
+
+
+def reference_outputs(trace, semantics="full", window=0):
+    """Exact attention in float64 with a two-pass (max, then sum) softmax."""
+    K, V, Q, pos, scale, _ = load_trace64(trace)
     S, m, _ = Q.shape
     Z = np.zeros((S, m, V.shape[2]))
     L2 = np.zeros((S, m))

@@ -1,0 +1,8 @@
+# An independent float64 reference of window, sinks, topk, h2o, tova and
+# snapkv (tests/check_evictors.py, written from the methods' definitions, not
+# from kvstream's code) against kvstream at P = 1 and 3 on two generated
+# traces and a recorded stories260K trace; outputs compared up to each
+# stream's first near-tie decision, P = 3 against P = 1 too.
+add_test(NAME evictors_reference COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_evictors.py
+         --exe ${KVSTREAM_EXE} --work ${KV_WORK}/evictors)
+set_tests_properties(evictors_reference PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;numerics" TIMEOUT 600)
