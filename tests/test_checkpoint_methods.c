@@ -531,16 +531,9 @@ int main(void)
     world_make(&ws[0], "1 rank, d=32 dv=16", 32, 16, 3000, 1, 0, 3000, 11);
     world_make(&ws[1], "rank 1 of 3, d=5 dv=3", 5, 3, 1800, 3, 1, 37, 12);
     const char *only = getenv("KV_CKPT_ONLY"); /* e.g. "kivi": only the cases whose spec contains it */
-    /* KV_CKPT_PART=i/n: every n-th case from the i-th (ctest runs the parts side by side) */
-    unsigned part = 0, parts = 1;
-    const char *pe = getenv("KV_CKPT_PART");
-    if (pe && (sscanf(pe, "%u/%u", &part, &parts) != 2 || parts < 1 || part >= parts)) {
-        fprintf(stderr, "KV_CKPT_PART: '%s' is not i/n with 0 <= i < n\n", pe);
-        return 2;
-    }
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         if (only && *only && !strstr(cases[c].spec, only)) continue;
-        if (c % parts != part) continue;
+        if (!kv_test_part((int)c)) continue; /* KV_TEST_PART: ctest runs the parts side by side */
         int before = kv_test_failures;
         for (int i = 0; i < 2; i++) check_method(&ws[i], &cases[c]);
         printf("%-50s %s\n", cases[c].spec, kv_test_failures == before ? "ok" : "FAILED");
