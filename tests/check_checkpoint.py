@@ -28,7 +28,7 @@ import sys
 import h5py
 import numpy as np
 
-from kvtest import Lines, fail, mpi_cmd, mpi_env, ready_env, run
+from kvtest import fail, mpi_cmd, mpi_env, run, signal_one_rank
 
 exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(work, exist_ok=True)
@@ -174,20 +174,10 @@ run(mpi_cmd(P, exe, "gen", "--kind", "gaussian", "--streams", "2", "--tokens", "
             "--queries", "4000", "--seed", "2", "-o", big), timeout=300)
 ck = path("sig.ckpt")
 cmd = mpi_cmd(P, exe, "replay", big, "--methods", "exact", "--batch", "16", "--checkpoint", ck, "-o", path("sig.h5"))
-proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ready_env())
-job = Lines(proc)
-# every rank has its handlers up and rank 0 has started the queries (no sleep)
-if not job.wait("kvstream: ready: replaying") or len(job.pids()) != P:
-    proc.kill()
-    fail("the replay did not say it started (%d ranks ready): %s" % (len(job.pids()), "".join(filter(None, job.err))))
-os.kill(max(job.pids()), signal.SIGUSR1)
-try:
-    so, se = job.communicate(timeout=120)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    fail("ranks did not stop after SIGUSR1 to one rank (hang)")
-if proc.returncode != 3 or "stopped by signal 10" not in se or not os.path.exists(ck):
-    fail("SIGUSR1: exit %d, stderr: %s" % (proc.returncode, se))
+# once rank 0 has started the queries (every rank's handlers are up): no sleep
+rc, se = signal_one_rank(cmd, "kvstream: ready: replaying", signal.SIGUSR1)
+if rc != 3 or "stopped by signal 10" not in se or not os.path.exists(ck):
+    fail("SIGUSR1: exit %d, stderr: %s" % (rc, se))
 r = subprocess.run(cmd + ["--resume", ck, "--quiet"], capture_output=True, text=True, timeout=600, env=mpi_env())
 if r.returncode:
     fail("resume after SIGUSR1 failed: " + r.stderr)

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 
-from kvtest import Lines, fail, mpi_cmd, mpi_env, ready_env, results_equal, run
+from kvtest import fail, mpi_cmd, mpi_env, results_equal, run, signal_one_rank
 
 exe, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
@@ -116,20 +116,9 @@ if os.path.exists(ck3):
     os.remove(ck3)
 cmd = mpi_cmd(3, exe, "replay", big, "--methods", "exact", "--batch", "16", "--quiet", "--checkpoint", ck3,
               "-o", out3)
-proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ready_env())
-job = Lines(proc)
-if not job.wait("kvstream: ready: pid", count=3, timeout=120):
-    proc.kill()
-    fail("the 3 ranks did not say their handlers are in place: %s" % "".join(filter(None, job.err)))
-os.kill(max(job.pids()), signal.SIGUSR1)
-try:
-    _, err = job.communicate(timeout=300)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    fail("3 ranks: no exit within 300 s of SIGUSR1 to one rank (hang?)")
-if proc.returncode != 3 or "stopped by signal 10" not in err:
-    fail("3 ranks, SIGUSR1 to one rank at start-up: exit %d (a rank killed by the signal?): %s"
-         % (proc.returncode, err))
+rc, err = signal_one_rank(cmd, "kvstream: ready: pid", signal.SIGUSR1, count=3)
+if rc != 3 or "stopped by signal 10" not in err:
+    fail("3 ranks, SIGUSR1 to one rank at start-up: exit %d (a rank killed by the signal?): %s" % (rc, err))
 if "during start-up" in err:
     if os.path.exists(ck3):
         fail("3 ranks: stopped during start-up but a checkpoint was written")

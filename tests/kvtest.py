@@ -115,6 +115,25 @@ class Lines:
         return "".join(x for x in self.out if x), "".join(x for x in self.err if x)
 
 
+def signal_one_rank(cmd, after, sig, count=1, timeout=300):
+    """Start cmd (KVSTREAM_READY=1), wait until `count` stderr lines contain
+    `after`, send sig to one kvstream process (the highest pid) and wait
+    for the end.  Returns (exit status, stderr)."""
+    import signal as _signal
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ready_env())
+    job = Lines(proc)
+    if not job.wait(after, count=count, timeout=timeout) or not job.pids():
+        proc.kill()
+        fail("no '%s' line (%d processes ready): %s" % (after, len(job.pids()), "".join(filter(None, job.err))))
+    os.kill(max(job.pids()), sig)
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        fail("no exit within %d s of signal %d to one rank (hang?): %s" % (timeout, _signal.Signals(sig), " ".join(cmd)))
+    return proc.returncode, err
+
+
 def run(cmd, timeout=120):
     """Run cmd; a hang is a test failure, not a stuck CI."""
     try:
