@@ -1,5 +1,5 @@
 # Attention kernels: the multi-position (causal variable-length) fold against
 # the one-prefix kernels, and its thread-count independence.
-kv_unit_test(test_attn_batch ${CMAKE_CURRENT_SOURCE_DIR}/test_attn_batch.c attn)
+kv_unit_test(test_attn_batch ${CMAKE_CURRENT_SOURCE_DIR}/test_attn_batch.c attn numerics)
 # The vectorised exp of the exact kernels against its documented bound.
-kv_unit_test(test_expf ${CMAKE_CURRENT_SOURCE_DIR}/test_expf.c attn)
+kv_unit_test(test_expf ${CMAKE_CURRENT_SOURCE_DIR}/test_expf.c attn numerics)

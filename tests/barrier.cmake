@@ -5,3 +5,6 @@ foreach(np 1 2)
            ${KV_WORK}/barrier_np${np} ${np})
   set_tests_properties(barrier_instances_np${np} PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;sweep" TIMEOUT 900)
 endforeach()
+# as sweep_phase_np*: np1 in the portable pass, np2 not under the sanitizers
+set_property(TEST barrier_instances_np1 APPEND PROPERTY LABELS numerics)
+set_property(TEST barrier_instances_np2 APPEND PROPERTY LABELS nosanitize)

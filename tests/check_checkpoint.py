@@ -5,7 +5,8 @@ usage: check_checkpoint.py KVSTREAM WORKDIR NP
 
 Stops come from `replay --stop-after q`: rank 0 acts as if SIGTERM arrived once
 q queries are done (deterministic interruption points); one case also sends
-a real SIGUSR1 to a single rank's process.
+a real SIGUSR1 to a single rank's process, once the replay says it has
+started (KVSTREAM_READY=1), never after a guessed sleep.
 - interrupted runs (once, twice, at several points) resumed with --resume
   give results bitwise identical to an uninterrupted run: outputs, rel_error,
   bound_ratio, memory_bytes, peak_memory_bytes, clusters, for every method;
@@ -23,12 +24,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 
-from kvtest import fail, mpi_cmd, mpi_env, run
+from kvtest import fail, mpi_cmd, mpi_env, run, signal_one_rank
 
 exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(work, exist_ok=True)
@@ -174,25 +174,10 @@ run(mpi_cmd(P, exe, "gen", "--kind", "gaussian", "--streams", "2", "--tokens", "
             "--queries", "4000", "--seed", "2", "-o", big), timeout=300)
 ck = path("sig.ckpt")
 cmd = mpi_cmd(P, exe, "replay", big, "--methods", "exact", "--batch", "16", "--checkpoint", ck, "-o", path("sig.h5"))
-proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-pids = []
-t0 = time.time()
-while time.time() - t0 < 60 and not pids:
-    time.sleep(0.3)
-    out = subprocess.run(["pgrep", "-f", "kvstream replay " + big], capture_output=True, text=True).stdout.split()
-    pids = [int(p) for p in out if int(p) != proc.pid]
-if not pids:
-    proc.kill()
-    fail("replay processes not found")
-time.sleep(1.0)
-os.kill(max(pids), signal.SIGUSR1)
-try:
-    so, se = proc.communicate(timeout=120)
-except subprocess.TimeoutExpired:
-    proc.kill()
-    fail("ranks did not stop after SIGUSR1 to one rank (hang)")
-if proc.returncode != 3 or "stopped by signal 10" not in se or not os.path.exists(ck):
-    fail("SIGUSR1: exit %d, stderr: %s" % (proc.returncode, se))
+# once rank 0 has started the queries (every rank's handlers are up): no sleep
+rc, se = signal_one_rank(cmd, "kvstream: ready: replaying", signal.SIGUSR1)
+if rc != 3 or "stopped by signal 10" not in se or not os.path.exists(ck):
+    fail("SIGUSR1: exit %d, stderr: %s" % (rc, se))
 r = subprocess.run(cmd + ["--resume", ck, "--quiet"], capture_output=True, text=True, timeout=600, env=mpi_env())
 if r.returncode:
     fail("resume after SIGUSR1 failed: " + r.stderr)

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from kvtest import fail, mpi_env, results_equal
+from kvtest import Lines, fail, mpi_env, ready_env, results_equal
 
 if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--slurm"]):
     fail("usage: check_nodes.py KVSTREAM WORKDIR [--slurm]")
@@ -144,9 +144,9 @@ def reap(proc, what):
         fail("%s: %d processes left behind after mpirun ended: %s" % (what, len(left), "; ".join(cmds)))
 
 
-def start(args):
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            start_new_session=True)
+def start(args, ready=False):
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ready_env(env()) if ready else env(), start_new_session=True)
 
 
 # Each run's timeout (seconds; a normal run takes 1-10 s, under ASan too):
@@ -260,7 +260,8 @@ rc, out, err = run(mpirun(SHM, 2, "gen", "--kind", "gaussian", "--streams", "2",
 if rc:
     fail("gen: " + err)
 proc = start(split(["--mca", "btl", "vader,tcp,self"], "replay", big, "--methods", "exact,h2o:tokens=2000",
-                   "--batch", "16", "--quiet", "-o", path("killed.h5")))
+                   "--batch", "16", "--quiet", "-o", path("killed.h5")), ready=True)
+job = Lines(proc)
 
 
 def rank_pid(rank):
@@ -277,31 +278,32 @@ def rank_pid(rank):
     return None
 
 
+# the ranks are in their batches and collectives once rank 0 says so (no sleep)
+if not job.wait("kvstream: ready: replaying", timeout=60):
+    kill_all(proc)
+    fail("kill -9: the replay did not say it started: %s" % "".join(filter(None, job.err))[-2000:])
 victim, t0 = None, time.time()
 while victim is None and time.time() - t0 < 30 and proc.poll() is None:
     time.sleep(0.3)
     victim = rank_pid(2)
 if victim is None:
     kill_all(proc)
-    proc.communicate()
     fail("kill -9: rank 2 was not found (mpirun exit %s)" % proc.returncode)
 # node B's ranks have node B's own vader directory (fake_rsh.sh, or the
 # cluster's TaskProlog under Slurm), not one shared with node A
 vdir = [v for v in environ(victim) if v.startswith(b"OMPI_MCA_btl_vader_backing_directory=")]
 if len(vdir) != 1 or not vdir[0].endswith(b"/%s/shm" % B.encode()):
     kill_all(proc)
-    proc.communicate()
     fail("rank 2's vader backing directory is %s, not node %s's own" % (vdir, B))
-time.sleep(1.5)  # let the ranks get into the batches and their collectives
 if proc.poll() is not None:
     fail("kill -9: the replay ended before the kill; make the trace bigger")
 os.kill(victim, signal.SIGKILL)
 t_kill = time.time()
 try:
-    proc.communicate(timeout=30)
+    job.communicate(timeout=30)
 except subprocess.TimeoutExpired:
     kill_all(proc)
-    proc.communicate()
+    job.communicate(timeout=60)
     fail("kill -9: job still running 30 s after kill -9 of rank 2 on node B (hang)")
 if proc.returncode == 0:
     fail("kill -9: exit 0 although rank 2 was killed")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from kvtest import fail, mpi_env, results_equal
+from kvtest import Lines, fail, mpi_env, ready_env, results_equal
 
 exe, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
@@ -80,25 +80,23 @@ if r.returncode:
 for t in TRANSPORTS:
     c = cmd(t, 3, "replay", big, "--methods", "exact,h2o:tokens=2000", "--batch", "16", "--quiet",
             "-o", path("killed-%s.h5" % t))
-    proc = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
-    pids, t0 = [], time.time()
-    while time.time() - t0 < 60 and len(pids) < 3 and proc.poll() is None:
-        time.sleep(0.3)
-        out = subprocess.run(["pgrep", "-f", "^" + exe + " replay " + big], capture_output=True, text=True).stdout
-        pids = [int(p) for p in out.split()]
-    if len(pids) < 3:
+    proc = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ready_env())
+    job = Lines(proc)
+    # the ranks are in their batches and collectives once rank 0 says so (no sleep)
+    if not job.wait("kvstream: ready: replaying") or len(job.pids()) != 3:
         proc.kill()
-        fail("%s: the 3 replay ranks were not found (exit %s)" % (t, proc.poll()))
-    time.sleep(1.5)  # let them get into the batches and their collectives
+        fail("%s: the 3-rank replay did not say it started (exit %s): %s"
+             % (t, proc.poll(), "".join(filter(None, job.err))))
+    pids = sorted(job.pids())
     if proc.poll() is not None:
         fail("%s: the replay ended before the kill; make the trace bigger" % t)
     os.kill(pids[1], signal.SIGKILL)
     t_kill = time.time()
     try:
-        proc.communicate(timeout=30)
+        job.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        job.communicate(timeout=60)
         fail("%s: job still running 30 s after kill -9 of one rank (hang)" % t)
     if proc.returncode == 0:
         fail("%s: exit 0 although a rank was killed" % t)

@@ -9,3 +9,5 @@ foreach(part gen exact bitwise nonfinite layout npz)
 endforeach()
 add_test(NAME float16_record COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_float16.py record ${KVSTREAM_EXE} ${KV_WORK} ${KV_MODEL})
 set_tests_properties(float16_record PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "float16;record" TIMEOUT 600)
+# replays compared with a float64 reference / bitwise across paths: rounding
+set_property(TEST float16_exact float16_bitwise APPEND PROPERTY LABELS numerics)

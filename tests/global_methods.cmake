@@ -4,11 +4,11 @@
 # exact).
 # Unit: P simulated ranks in one process (emu.c).  End to end: replays at -np 1..4
 # compared by check_global_methods.py.
-kv_unit_test(test_global_methods "${CMAKE_CURRENT_SOURCE_DIR}/test_global_methods.c;${CMAKE_CURRENT_SOURCE_DIR}/emu.c;${CMAKE_CURRENT_SOURCE_DIR}/evref.c" methods)
+kv_unit_test(test_global_methods "${CMAKE_CURRENT_SOURCE_DIR}/test_global_methods.c;${CMAKE_CURRENT_SOURCE_DIR}/emu.c;${CMAKE_CURRENT_SOURCE_DIR}/evref.c" methods numerics)
 
 add_test(NAME global_gen_trace COMMAND ${KVSTREAM_EXE} gen --kind clustered --clusters 8 --streams 2 --tokens 3000
          --dim 24 --dv 8 --queries 60 --chunk 256 --seed 5 -o ${KV_WORK}/global.h5)
-set_tests_properties(global_gen_trace PROPERTIES FIXTURES_SETUP global_trace ENVIRONMENT "${KV_MPI_ENV}")
+set_tests_properties(global_gen_trace PROPERTIES FIXTURES_SETUP global_trace ENVIRONMENT "${KV_MPI_ENV}" PROCESSORS 1)
 set(KV_GLOBAL_RESULTS "")
 foreach(np 1 2 3 4)
   # shard chunk 37: every rank owns many pieces; --batch 7: multi-position batches
@@ -22,5 +22,5 @@ foreach(what topk h2o evict)
   add_test(NAME global_${what}_vs_ranks COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_global_methods.py ${what}
            ${KV_WORK}/global.h5 ${KV_GLOBAL_RESULTS})
   set_tests_properties(global_${what}_vs_ranks PROPERTIES FIXTURES_REQUIRED "global_trace;global_replays"
-                       ENVIRONMENT "${KV_PYENV}" LABELS "mpi")
+                       ENVIRONMENT "${KV_PYENV}" LABELS "mpi;numerics" PROCESSORS 1)
 endforeach()

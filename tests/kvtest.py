@@ -1,8 +1,11 @@
 """Shared helpers for kvstream's Python test scripts (run with /usr/bin/python3:
 Debian's numpy and h5py)."""
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -59,6 +62,83 @@ def mpi_env():
     env = dict(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
     return env
+
+
+def ready_env(env=None):
+    """env (default mpi_env()) with KVSTREAM_READY=1: every kvstream process
+    prints "kvstream: ready: pid N ..." once its stop handlers are in place
+    (before MPI_Init), and rank 0 of a replay "kvstream: ready: replaying ..."
+    when the queries start (stderr)."""
+    env = dict(env if env is not None else mpi_env())
+    env["KVSTREAM_READY"] = "1"
+    return env
+
+
+class Lines:
+    """The stdout and stderr of a running job (a Popen with both as text
+    pipes), read as they come by two threads, so that a test waits for a
+    line kvstream prints instead of sleeping and hoping."""
+
+    def __init__(self, proc):
+        self.proc, self.out, self.err = proc, [], []
+        self.cv = threading.Condition()
+        self.threads = [threading.Thread(target=self._read, args=(f, buf), daemon=True)
+                        for f, buf in ((proc.stdout, self.out), (proc.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, f, buf):
+        for line in f:
+            with self.cv:
+                buf.append(line)
+                self.cv.notify_all()
+        with self.cv:
+            buf.append(None)  # end of file
+            self.cv.notify_all()
+
+    def wait(self, text, count=1, timeout=300):
+        """True once `count` stderr lines contain text; False if stderr ends
+        first, or after timeout seconds (a hang guard, not a timing)."""
+        def seen():
+            return sum(1 for x in self.err if x and text in x) >= count or None in self.err
+        with self.cv:
+            self.cv.wait_for(seen, timeout)
+            return sum(1 for x in self.err if x and text in x) >= count
+
+    def pids(self):
+        """The pids of the kvstream processes that said they handle stops."""
+        with self.cv:
+            return [int(m.group(1)) for x in self.err if x for m in [re.search(r"ready: pid (\d+) ", x)] if m]
+
+    def communicate(self, timeout):
+        """Wait for the end (subprocess.TimeoutExpired after timeout s);
+        returns (stdout, stderr) as text."""
+        end = time.time() + timeout
+        self.proc.wait(timeout)
+        for t in self.threads:
+            t.join(max(0.0, end - time.time()))  # a leftover child may hold a pipe
+        if any(t.is_alive() for t in self.threads):
+            raise subprocess.TimeoutExpired(self.proc.args, timeout)
+        return "".join(x for x in self.out if x), "".join(x for x in self.err if x)
+
+
+def signal_one_rank(cmd, after, sig, count=1, timeout=300):
+    """Start cmd (KVSTREAM_READY=1), wait until `count` stderr lines contain
+    `after`, send sig to one kvstream process (the highest pid) and wait
+    for the end.  Returns (exit status, stderr)."""
+    import signal as _signal
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ready_env())
+    job = Lines(proc)
+    if not job.wait(after, count=count, timeout=timeout) or not job.pids():
+        proc.kill()
+        fail("no '%s' line (%d processes ready): %s" % (after, len(job.pids()), "".join(filter(None, job.err))))
+    os.kill(max(job.pids()), sig)
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        fail("no exit within %d s of signal %d to one rank (hang?): %s" % (timeout, _signal.Signals(sig), " ".join(cmd)))
+    return proc.returncode, err
 
 
 def run(cmd, timeout=120):

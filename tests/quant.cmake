@@ -2,7 +2,7 @@
 # b-bit quantisation, the sealed checkpoint envelope, QJL's unbiased
 # estimator; quant_replay: accuracy, memory, budgets, P-invariance,
 # determinism and bits_per_token through replay.  ctest -L quant
-kv_unit_test(test_quant ${CMAKE_CURRENT_SOURCE_DIR}/test_quant.c quant)
+kv_unit_test(test_quant ${CMAKE_CURRENT_SOURCE_DIR}/test_quant.c quant numerics)
 add_test(NAME quant_replay COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_quant.py ${KVSTREAM_EXE}
          ${KV_WORK}/quant)
-set_tests_properties(quant_replay PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;quant" TIMEOUT 900)
+set_tests_properties(quant_replay PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;quant;numerics" TIMEOUT 900)

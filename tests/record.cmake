@@ -15,7 +15,7 @@ target_link_libraries(test_llama PRIVATE kvcore)
 target_include_directories(test_llama PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 add_test(NAME test_llama COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 1 ${MPIEXEC_PREFLAGS}
          $<TARGET_FILE:test_llama> ${KV_MODEL} ${KV_REC_DIR})
-set_tests_properties(test_llama PROPERTIES ENVIRONMENT "${KV_MPI_ENV}" LABELS "unit;record" TIMEOUT 300)
+set_tests_properties(test_llama PROPERTIES ENVIRONMENT "${KV_MPI_ENV}" LABELS "unit;record;numerics" TIMEOUT 300)
 
 # The command line end to end: record past the model's seq_len (512) with a
 # prompt and a small chunk (several write blocks), then check the file with

@@ -1755,19 +1755,10 @@ int main(void)
     ops = kv_method_find("subgen");
     CHECK(ops != NULL, "subgen not registered");
     if (!ops) return kv_test_result("test_subgen");
-    test_specs();
-    test_samplers();
-    test_exact();
-    test_clustered();
-    test_accuracy();
-    test_seeds();
-    test_ranks();
-    test_checkpoint();
-    test_cap();
-    test_default_cap();
-    test_merge_uniform();
-    test_budget_specs();
-    test_budget();
-    test_joint();
+    void (*tests[])(void) = { test_specs, test_samplers, test_exact, test_clustered, test_accuracy, test_seeds,
+                              test_ranks, test_checkpoint, test_cap, test_default_cap, test_merge_uniform,
+                              test_budget_specs, test_budget, test_joint };
+    for (int k = 0; k < (int)(sizeof tests / sizeof tests[0]); k++)
+        if (kv_test_part(k)) tests[k](); /* KV_TEST_PART: ctest runs the parts side by side */
     return kv_test_result("test_subgen");
 }

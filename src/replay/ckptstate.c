@@ -5,6 +5,7 @@
 #include <string.h>
 #include "core/buf.h"
 #include "core/rng.h"
+#include "core/signals.h"
 #include "io/ckpt.h"
 #include "kernels/partial.h"
 #include "mpi/agree.h"
@@ -247,8 +248,14 @@ static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kep
     const int64_t *pos = kv_trace_query_pos(r->tr);
     sh->cur = replay_min64((int64_t)r->rank * r->C, r->n);
     sh->loaded = -1;
-    for (int64_t j = 0; any && j < upto && !err->code; j++)
+    for (int64_t j = 0; any && j < upto && !err->code; j++) {
         if (j == 0 || pos[j] != pos[j - 1]) replay_shard_rebuild(sh, r, only, pos[j], err);
+        /* a long scan: a stop ends it here (no collective inside; agreed by the caller) */
+        if (!err->code && kv_signal_pending())
+            kv_seterr(err, KV_ESTOPPED, "stopped by signal %d during start-up, rebuilding the checkpoint's state from "
+                      "the trace; checkpoint %s unchanged (continue with --resume %s)", kv_signal_pending(),
+                      r->o->resume, r->o->resume);
+    }
     if (!err->code && any && sh->cur != cur)
         kv_seterr(err, KV_EINPUT, "checkpoint: shard position %lld does not match its queries (corrupt)", (long long)cur);
     for (int mi = 0; mi < r->M && !err->code; mi++)

@@ -13,6 +13,7 @@
  * collective, so all ranks leave together with the same error. */
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core/signals.h"
 #include "mpi/agree.h"
@@ -82,6 +83,34 @@ static int stopped(const replay *r, int sig, int64_t done, int inside, kv_err *e
                      (long long)done, (long long)r->m, where);
 }
 
+/* A stop before the first batch (start-up, or the resume's rebuild): every
+ * rank agrees; nothing ran, so no checkpoint is written (a --resume's file
+ * stays as it was and can be resumed again). */
+static int stop_at_start(const replay *r, int64_t j0, kv_err *err)
+{
+    int sig = kv_signal_pending(), any = 0;
+    if (kv_mpi_max_int(&sig, &any, 1, r->comm) != MPI_SUCCESS)
+        return kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the stop signal failed");
+    if (!any) return KV_OK;
+    if (r->o->resume)
+        return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d during start-up, before query %lld of %lld; checkpoint "
+                         "%s unchanged (continue with --resume %s)", any, (long long)j0, (long long)r->m, r->o->resume,
+                         r->o->resume);
+    return kv_seterr(err, KV_ESTOPPED, "stopped by signal %d during start-up, before the first query (nothing ran, "
+                     "no checkpoint written)", any);
+}
+
+/* KVSTREAM_READY=1 (tests): rank 0 says when the queries start, so a test
+ * signals a running replay without guessing how long start-up takes. */
+static void say_ready(const replay *r, int64_t j0)
+{
+    const char *e = getenv("KVSTREAM_READY");
+    if (r->rank != 0 || !e || !*e || !strcmp(e, "0")) return;
+    fprintf(stderr, "kvstream: ready: replaying from query %lld of %lld on %d ranks\n", (long long)j0, (long long)r->m,
+            r->P);
+    fflush(stderr);
+}
+
 /* After queries [0, done): a signal on any rank (or --stop-after) stops all
  * of them, with a checkpoint when --checkpoint is given; --checkpoint-every
  * writes one without stopping.  Returns KV_ESTOPPED to stop. */
@@ -121,7 +150,9 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res,
 
     int rc = open_run(r, &sh, &b, &k, err);
     if (!rc) rc = replay_ckpt_begin(r, &sh, &b, &k, &fp, &j0, err); /* j0: first query still to do */
-    if (!rc) kv_signals_install();
+    kv_signals_install(); /* main.c did so before MPI_Init; here for other callers (tests) */
+    if (!rc) rc = stop_at_start(r, j0, err);
+    if (!rc) say_ready(r, j0);
     for (; !rc && j0 < r->m; j0 += r->B) {
         int64_t cnt = replay_min64(r->B, r->m - j0), done = j0 + cnt;
         /* every rank gets here each batch, failed or not; an error the walk
