@@ -403,4 +403,5 @@ const kv_method_ops kv_method_snapkv = {
     .save = snapkv_save,
     .load = snapkv_load,
     .max_bytes = snapkv_max_bytes,
+    .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3", KV_PINV_NO },
 };

@@ -300,4 +300,5 @@ const kv_method_ops kv_method_tova = {
     .save = tova_save,
     .load = tova_load,
     .max_bytes = tova_max_bytes,
+    .conform = { "tokens=120;tokens=1000000", KV_PINV_NO },
 };
