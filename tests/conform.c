@@ -13,6 +13,11 @@
 
 /* ---- small helpers ---- */
 
+/* the emulated stream: d, dv, tokens, shard chunk (a multiple of every
+ * group size a case names: kivi's groups must not straddle shards to be
+ * P-invariant), queries per position */
+enum { ED = 8, EDV = 6, EN = 600, EC = 160, ENQ = 3 };
+
 /* "name" or "name:params" */
 static void spec_text(char *out, size_t cap, const kv_method_ops *ops, const char *params, size_t len)
 {
@@ -35,7 +40,7 @@ static int try_create(const kv_method_ops *ops, const char *text, const kv_metho
     return rc;
 }
 
-static kv_method_ctx base_ctx(int d, int dv, int64_t n, kv_semantics sem)
+kv_method_ctx conform_ctx(int d, int dv, int64_t n, kv_semantics sem)
 {
     kv_method_ctx c;
     memset(&c, 0, sizeof c);
@@ -88,7 +93,7 @@ static const kv_param_def *ranged(const kv_param_def *d, char *val, size_t cap)
 
 static void refused(const kv_method_ops *ops, const char *text, const char *want, kv_semantics sem)
 {
-    kv_method_ctx c = base_ctx(8, 6, 600, sem);
+    kv_method_ctx c = conform_ctx(ED, EDV, EN, sem);
     kv_err e;
     int rc = try_create(ops, text, &c, &e);
     CHECK(rc == KV_EINPUT && strstr(e.msg, text) && strstr(e.msg, want) && !strchr(e.msg, '\n'),
@@ -108,10 +113,6 @@ void conform_params(const kv_method_ops *ops)
 
 /* ---- emulated ranks: budget and P-invariance ---- */
 
-/* d, dv, tokens, shard chunk (a multiple of every group size a case
- * names: kivi's groups must not straddle shards to be P-invariant), queries
- * per position */
-enum { ED = 8, EDV = 6, EN = 600, EC = 160, ENQ = 3 };
 
 typedef struct {
     float K[EN * ED], V[EN * EDV], Q[EN * ED];
@@ -143,7 +144,7 @@ static int drive(const kv_method_ops *ops, const char *text, kv_semantics sem, i
                  kv_err *err)
 {
     const edata *x = emu_data();
-    kv_method_ctx base = base_ctx(ED, EDV, EN, sem);
+    kv_method_ctx base = conform_ctx(ED, EDV, EN, sem);
     emu e;
     kv_err_clear(err);
     if (emu_open_ops(&e, ops, text, &base, P, EC, err)) return err->code;

@@ -26,6 +26,10 @@
  * may name) */
 #define CONFORM_WINDOW 80
 
+/* The ctx of one rank holding a whole stream of n tokens (seed 42; under
+ * KV_SEM_WINDOW_UNMASKED, window CONFORM_WINDOW). */
+kv_method_ctx conform_ctx(int d, int dv, int64_t n, kv_semantics sem);
+
 /* Every check on every case of ops->conform; the failures found (expected
  * ones included, testutil.h).  A method without a declaration fails. */
 int conform_method(const kv_method_ops *ops);

@@ -113,18 +113,10 @@ static void world_make(world *w, const char *name, int d, int dv, int64_t n, int
 
 static kv_method_ctx world_ctx(const world *w, kv_semantics sem)
 {
-    kv_method_ctx c;
-    memset(&c, 0, sizeof c);
-    c.d = w->d;
-    c.dv = w->dv;
-    c.scale = 1.0 / sqrt((double)w->d);
-    c.n_total = w->n;
+    kv_method_ctx c = conform_ctx(w->d, w->dv, w->n, sem);
     c.rank = w->rank;
     c.nranks = w->P;
     c.shard_tokens = w->shard;
-    c.seed = 42;
-    c.semantics = sem;
-    c.window = sem == KV_SEM_WINDOW_UNMASKED ? CONFORM_WINDOW : 0;
     return c;
 }
 
