@@ -13,10 +13,13 @@ build-portable/kvstream gen --kind clustered --streams 2 --tokens 2000 --dim 16 
   -o "$work/trace.h5" >/dev/null
 VG=(valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite
     --suppressions=/usr/share/openmpi/openmpi-valgrind.supp --suppressions=tests/valgrind-mpi.supp)
-METHODS="exact,window:W=100,sinks:S=4,W=100,h2o:tokens=200,tova:tokens=200,snapkv:tokens=200,balancekv:tokens=200,uniform:tokens=200,topk:k=16,subgen:delta=1,t=4,s=16,window+subgen:W=50,delta=1,t=4,s=8,kivi:bits=4,group=16,residual=40,qjl:m=32,vbits=4,residual=16"
+# every method's small conformance instance, by the semantics it answers
+specs() { build-portable/kvstream methods --specs | awk -v sem="semantics=$1" '!/^#/ && $5 == sem { printf "%s%s", s, $3; s = "," }'; }
+METHODS=$(specs full)
+UNMASKED=$(specs window-unmasked)
 run() { mpirun --oversubscribe -np 2 "${VG[@]}" build-portable/kvstream "$@" >"$work/log" 2>&1 || { cat "$work/log"; echo "valgrind: FAILED: $*"; exit 1; }; }
 run replay "$work/trace.h5" --methods "$METHODS" --save-outputs --quiet -o "$work/r.h5"
-run replay "$work/trace.h5" --methods exact,unmasked-window --semantics window-unmasked-values --window 64 --quiet
+run replay "$work/trace.h5" --methods "exact,$UNMASKED" --semantics window-unmasked-values --window 64 --quiet
 # interrupted after 10 queries (test hook), checkpointed, resumed
 rm -f "$work/c.ckpt"
 rc=0

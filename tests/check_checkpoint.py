@@ -9,7 +9,8 @@ a real SIGUSR1 to a single rank's process, once the replay says it has
 started (KVSTREAM_READY=1), never after a guessed sleep.
 - interrupted runs (once, twice, at several points) resumed with --resume
   give results bitwise identical to an uninterrupted run: outputs, rel_error,
-  bound_ratio, memory_bytes, peak_memory_bytes, clusters, for every method;
+  bound_ratio, memory_bytes, peak_memory_bytes, clusters, for every method
+  of the registry with full semantics (`kvstream methods --specs`);
 - the stop exits with status 3 on every rank and names the checkpoint;
 - --checkpoint-every writes checkpoints without stopping;
 - a checkpoint from another rank count, trace or method list is refused with
@@ -28,14 +29,11 @@ import sys
 import h5py
 import numpy as np
 
-from kvtest import fail, mpi_cmd, mpi_env, run, signal_one_rank
+from kvtest import fail, method_specs, methods_arg, mpi_cmd, mpi_env, run, signal_one_rank
 
 exe, work, P = sys.argv[1], sys.argv[2], int(sys.argv[3])
 os.makedirs(work, exist_ok=True)
-METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
-           "subgen:delta=1.5,t=8,s=64,window+subgen:W=200,delta=1.5,t=8,s=32,tova:tokens=300,"
-           "snapkv:tokens=300,window=8,period=40,balancekv:tokens=600,"
-           "kivi:bits=4,group=20,residual=50,qjl:m=32,vbits=8,residual=20")
+METHODS = methods_arg(method_specs(exe, semantics="full"))
 checks = 0
 
 

@@ -10,9 +10,9 @@ usage: check_global_methods.py topk|h2o|evict TRACE RESULTS_NP1 [RESULTS_NP2 ...
     ((tokens + every) x bytes per held token, summed over streams; budget=
     reserves the every tokens arriving between two decisions);
   - evict (tova, snapkv, and balancekv's merge-and-reduce): memory_bytes <=
-    the budget at every P (5%: the token slots plus one copy of the kept
-    query rows fit in it, by the rule of tova.c / snapkv.c / balancekv.c;
-    each further rank adds its copy of the rows), finite
+    the budget at every P (5%: the token slots plus the kept query rows,
+    counted once, fit in it, by the rule of tova.c / snapkv.c /
+    balancekv.c), finite
     errors, and with tokens >= n (nothing evicted) the outputs equal exact's
     to 1e-6 (float32 outputs, the same tokens summed in another order); and
     h2o, tova and snapkv, whose decisions are global, give P = 1's outputs
@@ -50,12 +50,9 @@ if what == "evict":
             P = int(r.attrs["ranks"])
             g = r["methods"]
             ex = g["exact"]["outputs"][...].astype(np.float64)
-            # every rank's copy of the kept query rows past the first: tova one row (d floats, m, l),
-            # snapkv its window of 8 rows (d floats, position, m, l)
-            extra = {"tova_pct": d * 4 + 16, "snap_pct": 8 * (d * 4 + 24), "bkv_pct": 0}
             for k in ("tova_pct", "snap_pct", "bkv_pct"):
                 mem, err = int(g[k].attrs["memory_bytes"]), g[k]["rel_error"][...]
-                budget = S * (int(0.05 * n * (d + dv) * 4) + (P - 1) * extra[k])
+                budget = S * int(0.05 * n * (d + dv) * 4)
                 base_err.setdefault(k, float(err.mean()))
                 print("%s: P=%d %s memory %d bytes, budget %d, mean error %.4g (P=1: %.4g)"
                       % (path, P, k, mem, budget, float(err.mean()), base_err[k]))

@@ -25,7 +25,8 @@ The test checks, and fails on any deviation:
   reach each other"); a rank of node B has node B's own vader directory;
 - the results file of the 2+2 replay (every method: exact, eviction,
   seeded sampling, sketches, topk's select merge, h2o's feedback, the
-  quantised caches) is bitwise the plain 4-rank shared-memory run's
+  quantised caches: every method of `kvstream methods --specs` with full
+  semantics) is bitwise the plain 4-rank shared-memory run's
   (datasets and attributes, timings and RSS aside);
 - kill -9 of a rank on node B mid-replay ends the whole job within 30 s with
   a non-zero status;
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import time
 
-from kvtest import Lines, fail, mpi_env, ready_env, results_equal
+from kvtest import Lines, fail, method_specs, methods_arg, mpi_env, ready_env, results_equal
 
 if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--slurm"]):
     fail("usage: check_nodes.py KVSTREAM WORKDIR [--slurm]")
@@ -68,9 +69,7 @@ else:
                   "-host", ",".join("%s:%d" % (n, len(r)) for n, r in NODES.items())]
 SHM = ["--mca", "pml", "ob1", "--mca", "btl", "vader,self"]
 MARK = "KV_CHECK_NODES=%d.%d" % (os.getpid(), time.time_ns())
-METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,tova:tokens=400,snapkv:tokens=400,"
-           "uniform:tokens=400,topk:k=64,balancekv:tokens=400,subgen:delta=1.5,t=8,s=64,"
-           "kivi:bits=4,kivi:bits=2,name=kivi2,qjl")
+METHODS = methods_arg(method_specs(exe, semantics="full"))
 checks = 0
 
 

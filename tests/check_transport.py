@@ -11,8 +11,9 @@ pair of ranks over TCP on the loopback interface: the inter-node code path,
 as if each rank were on a node of its own) at 2 and 4 ranks, and:
 - every dataset of the results file (outputs, rel_error, bound_ratio) and
   every attribute but the timings and RSS are bitwise equal across the two
-  transports, for every method (exact, window, sinks, h2o's feedback
-  collectives, topk's select merge, uniform and subgen's seeded sampling);
+  transports, for every method of the registry with full semantics
+  (`kvstream methods --specs`: h2o's feedback collectives, topk's select
+  merge, the seeded samplers and sketches among them);
 - kill -9 of one rank during a replay ends the whole job, over either
   transport, within 30 s and with a non-zero status (it must never hang)."""
 import os
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from kvtest import Lines, fail, mpi_env, ready_env, results_equal
+from kvtest import Lines, fail, method_specs, methods_arg, mpi_env, ready_env, results_equal
 
 exe, work = sys.argv[1], sys.argv[2]
 os.makedirs(work, exist_ok=True)
@@ -32,8 +33,7 @@ TRANSPORTS = {
     # the test needs no network interface besides lo
     "tcp": ["--mca", "pml", "ob1", "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"],
 }
-METHODS = ("exact,window:W=300,sinks:S=8,W=200,h2o:tokens=400,uniform:tokens=400,topk:k=64,"
-           "subgen:delta=1.5,t=8,s=64")
+METHODS = methods_arg(method_specs(exe, semantics="full"))
 checks = 0
 
 

@@ -51,8 +51,30 @@ kv_cli_test(cli_help_cmd 0 "usage: kvstream sweep|--eps" "^usage: kvstream" help
 kv_cli_test(cli_help_list 0 "  gen |  info |  replay |  sweep |  record |  methods |  version |--checkpoint"
             "^usage: kvstream" help)
 
-# kvstream methods: all nine
-kv_cli_test(cli_methods 0 "exact|window|sinks|h2o|uniform|topk|unmasked-window|window+subgen|subgen" "" methods)
+# kvstream methods: the kinds' headings (the methods themselves: cli_methods_specs)
+kv_cli_test(cli_methods 0 "Methods (--methods NAME|exact: exact attention|eviction: |memory: " "" methods)
+# kvstream methods --specs: a header, then one well-formed line per method
+# (7 fields, the spec starting with the name), each method also described
+# by `kvstream methods`; none listed here, they come from the registry
+add_test(NAME cli_methods_specs COMMAND sh -c [=[
+specs=$("$0" methods --specs) && all=$("$0" methods) || exit 1
+printf '%s
+' "$specs"
+[ "$(printf '%s
+' "$specs" | head -n 1)" = "# name kind spec pinv semantics budget seeded" ] || { echo "bad header"; exit 1; }
+n=0
+for name in $(printf '%s
+' "$specs" | awk '!/^#/ && NF == 7 && index($3, $1) == 1 && $4 ~ /^pinv=(yes|no)$/ { print $1 }'); do
+  printf '%s
+' "$all" | grep -qF -- "  $name " || { echo "$name: not in kvstream methods"; exit 1; }
+  n=$((n + 1))
+done
+lines=$(printf '%s
+' "$specs" | grep -vc '^#')
+[ "$n" -ge 1 ] && [ "$n" -eq "$lines" ] || { echo "$n of $lines lines well formed"; exit 1; }
+echo "cli_methods_specs: $n methods"
+]=] ${KVSTREAM_EXE})
+set_tests_properties(cli_methods_specs PROPERTIES LABELS "cli" TIMEOUT 120 ENVIRONMENT "${KV_MPI_ENV}")
 
 # errors: exit 2, one line from rank 0 naming the problem
 kv_cli_test(cli_bad_batch 2 "kvstream: error: replay: --batch: 0 is out of range [1, 1048576]" "^kvstream"

@@ -28,11 +28,17 @@ void emu_close(emu *e)
 
 int emu_open(emu *e, const char *text, const kv_method_ctx *base, int P, int64_t C, kv_err *err)
 {
+    return emu_open_ops(e, NULL, text, base, P, C, err);
+}
+
+int emu_open_ops(emu *e, const kv_method_ops *ops, const char *text, const kv_method_ctx *base, int P, int64_t C,
+                 kv_err *err)
+{
     memset(e, 0, sizeof *e);
     int cnt;
     if (P < 1 || P > EMU_MAXP) return kv_seterr(err, KV_EINPUT, "emu: %d ranks, at most %d", P, EMU_MAXP);
     if (kv_spec_parse_list(text, &e->spec, &cnt, err)) return err->code;
-    e->ops = kv_method_find(e->spec[0].method);
+    e->ops = ops ? ops : kv_method_find(e->spec[0].method);
     if (!e->ops) {
         kv_seterr(err, KV_EINPUT, "unknown method '%s'", e->spec[0].method);
         emu_close(e);

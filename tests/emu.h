@@ -39,6 +39,10 @@ kv_method_ctx emu_rank_ctx(const kv_method_ctx *base, int P, int64_t C, int r);
  * of parsing or create in err (nothing open then).  emu_close frees it. */
 int emu_open(emu *e, const char *text, const kv_method_ctx *base, int P, int64_t C, kv_err *err);
 void emu_close(emu *e);
+/* The same with the method's ops given (NULL: looked up by name), for
+ * methods outside the registry (the conformance test's broken variants). */
+int emu_open_ops(emu *e, const kv_method_ops *ops, const char *text, const kv_method_ctx *base, int P, int64_t C,
+                 kv_err *err);
 
 /* The next query position is p: ends the epoch, horizon(p) on every rank,
  * then tokens [fed, p) of K (n x d), V (n x dv) to their owners. */

@@ -149,6 +149,33 @@ def run(cmd, timeout=120):
         fail("timed out after %ds (hang?): %s" % (timeout, " ".join(cmd)))
 
 
+def method_specs(exe, **want):
+    """The registry's methods with their small conformance instance, from
+    `kvstream methods --specs`: dicts of name, kind, spec (ready for
+    --methods; it is also the results label), pinv, semantics, budget,
+    seeded ("yes"/"no" and "full"/"window-unmasked"), in registry order;
+    only those whose fields equal want (e.g. semantics="full")."""
+    r = subprocess.run([exe, "methods", "--specs"], capture_output=True, text=True, timeout=60, env=mpi_env())
+    if r.returncode:
+        fail("kvstream methods --specs: " + r.stderr)
+    out = []
+    for line in r.stdout.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        f = line.split()
+        m = dict(name=f[0], kind=f[1], spec=f[2], **dict(x.split("=", 1) for x in f[3:]))
+        if all(m.get(k) == v for k, v in want.items()):
+            out.append(m)
+    if not out:
+        fail("kvstream methods --specs: no method with %s" % want)
+    return out
+
+
+def methods_arg(specs):
+    """--methods for a list of method_specs entries."""
+    return ",".join(m["spec"] for m in specs)
+
+
 # Attributes that measure the machine, not the computation: they differ
 # between any two runs and are left out of bitwise comparisons.
 TIMING_ATTRS = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads"}

@@ -14,8 +14,9 @@ static int parses(const char *s) { kv_spec *x; int n; kv_err e = { 0, "" }; int 
 static kv_method_ctx ctx_for(const char *method)
 {
     kv_method_ctx c = { .d = 4, .dv = 3, .scale = 0.5, .n_total = 1000, .nranks = 1, .shard_tokens = 1000,
-                        .seed = 11, .window = 16 };
-    c.semantics = !strcmp(method, "unmasked-window") ? KV_SEM_WINDOW_UNMASKED : KV_SEM_FULL;
+                        .seed = 11, .window = 80 }; /* window: an unmasked-window case's W */
+    const kv_method_ops *ops = kv_method_find(method); /* the semantics its conformance cases need */
+    c.semantics = ops ? ops->conform.semantics : KV_SEM_FULL;
     return c;
 }
 
@@ -183,16 +184,26 @@ static void test_tables(void)
         CHECK(rc == KV_OK && !strcmp(x[0].label, "lbl"), "%s: %s", text, e.msg);
         free(x);
     }
-    CHECK(nm == 14, "%d methods, want the 14 registered", nm);
+    int nreg = 0;
+    while (kv_method_at(nreg)) nreg++;
+    CHECK(nm == nreg && nreg > 0, "%d method names, %d registered", nm, nreg);
 
     /* parse once: check_specs fills cfg; create reads it and never the
-     * parameters again (here garbled after the check), also in a copy */
-    const char *once[] = { "subgen:delta=0.5,t=8,s=6,seed=5,index=0", "window:W=7", "sinks:S=2,W=5",
-                           "h2o:tokens=12", "uniform:tokens=9,seed=4", "topk:k=3", "unmasked-window:W=16",
-                           "window+subgen:W=5,delta=0.5,t=3,s=4,seed=2", "kivi:bits=4,group=8,residual=3",
-                           "qjl:m=16,vbits=8,group=4,residual=2,seed=3", "tova:tokens=12",
-                           "snapkv:tokens=12,window=3,period=4,kernel=3", "balancekv:tokens=12,seed=4,c=0.5" };
-    for (size_t i = 0; i < sizeof once / sizeof *once; i++) {
+     * parameters again (here garbled after the check), also in a copy; on
+     * every method's declared conformance cases that have parameters */
+    char once[48][128];
+    int nonce = 0;
+    for (int i = 0; kv_method_at(i); i++) {
+        const kv_method_ops *ops = kv_method_at(i);
+        const char *c = ops->conform.spec;
+        for (size_t len; c && nonce < 48; c += len + 1) {
+            len = strcspn(c, ";");
+            if (len) snprintf(once[nonce++], sizeof once[0], "%s:%.*s", ops->name, (int)len, c);
+            if (!c[len]) break;
+        }
+    }
+    CHECK(nonce >= nreg - 2, "%d cases with parameters for %d methods", nonce, nreg);
+    for (int i = 0; i < nonce; i++) {
         kv_spec *a, *b;
         kv_err ea, eb;
         int ra = kv_spec_parse_list(once[i], &a, &n, &ea), rb = check_one(once[i], &b, &eb);

@@ -7,9 +7,21 @@
 
 extern int kv_test_failures, kv_test_checks;
 
-#define CHECK(cond, ...) do { kv_test_checks++; if (!(cond)) { kv_test_failures++; \
-    fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-    fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } } while (0)
+/* For tests of a checker that must find a fault (tests/test_conformance.c):
+ * while kv_test_expecting is set, a failing CHECK counts in
+ * kv_test_expected instead of kv_test_failures and prints "expected"
+ * instead of FAIL.  kv_test_last holds the latest failure's message. */
+extern int kv_test_expecting, kv_test_expected;
+extern char kv_test_last[512];
+
+void kv_test_fail(const char *file, int line, const char *cond, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define CHECK(cond, ...) do { kv_test_checks++; if (!(cond)) kv_test_fail(__FILE__, __LINE__, #cond, __VA_ARGS__); \
+    } while (0)
+
+/* failures so far, expected ones included */
+static inline int kv_test_found(void) { return kv_test_failures + kv_test_expected; }
 
 /* prints "N passed, N failed" and returns the exit status */
 int kv_test_result(const char *name);

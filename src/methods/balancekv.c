@@ -426,4 +426,5 @@ const kv_method_ops kv_method_balancekv = {
     .save = balancekv_save,
     .load = balancekv_load,
     .max_bytes = balancekv_max_bytes,
+    .conform = { "tokens=200;tokens=100,c=1e12,seed=3;tokens=100000", KV_PINV_NO },
 };

@@ -263,4 +263,5 @@ const kv_method_ops kv_method_exact = {
     .load = exact_load,
     .prefix_state = 1,
     .max_bytes = exact_max_bytes,
+    .conform = { "", KV_PINV_ROUNDING },
 };

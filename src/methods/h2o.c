@@ -299,4 +299,5 @@ const kv_method_ops kv_method_h2o = {
     .save = h2o_save,
     .load = h2o_load,
     .max_bytes = h2o_max_bytes,
+    .conform = { "tokens=120;tokens=100,recent=0,every=5;tokens=64,recent=64", KV_PINV_ROUNDING },
 };

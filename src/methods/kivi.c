@@ -429,4 +429,5 @@ const kv_method_ops kv_method_kivi = {
     .save = kivi_save,
     .load = kivi_load,
     .max_bytes = kivi_max_bytes,
+    .conform = { "bits=2,group=8,residual=20;bits=8,residual=0;bits=4,group=5,residual=7", KV_PINV_ROUNDING },
 };

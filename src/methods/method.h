@@ -19,8 +19,8 @@
  * kv_method_cfg (which parses then only if nobody did).
  *
  * Adding a method = one file src/methods/<name>.c defining a kv_method_ops
- * (with its table and config struct), plus one line in
- * src/methods/registry.c. */
+ * (with its table, config struct and .conform declaration), plus its line
+ * in src/methods/registry.c (docs/ADDING_A_METHOD.md). */
 #ifndef KVSTREAM_METHOD_H
 #define KVSTREAM_METHOD_H
 
@@ -59,6 +59,24 @@ typedef struct {
     int64_t kept_tokens;  /* tokens whose key/value is held */
     int64_t near_ties;    /* global eviction decisions taken by a margin below KV_EVICT_TIE_REL (decide hooks) */
 } kv_method_extra;
+
+/* How a method's answers depend on the rank count P (ALGORITHMS.md). */
+typedef enum {
+    KV_PINV_NO = 0,      /* per-rank decisions (eviction scores, clusters): the answer changes with P */
+    KV_PINV_ROUNDING = 1 /* the same answer at every P up to float rounding (global parameters) */
+} kv_pinv;
+
+/* A method's conformance declaration.  spec: the parameters of a small,
+ * fast instance ("tokens=64"; "" for the defaults; NULL: no declaration,
+ * the method is not checked), optionally followed by further cases after
+ * ';' that the conformance test also runs ("W=100;W=3": the scripts use the
+ * first).  pinv: as above.  semantics: the replay semantics the instance
+ * needs (KV_SEM_FULL unless the method answers only another one). */
+typedef struct {
+    const char *spec;
+    kv_pinv pinv;
+    kv_semantics semantics;
+} kv_method_conform;
 
 typedef struct kv_method_ops {
     const char *name;    /* as written in --methods */
@@ -190,6 +208,10 @@ typedef struct kv_method_ops {
      * (src/replay/ckptstate.c), so checkpoints do not hold the trace.  save
      * and load are still required (direct use, tests). */
     int prefix_state;
+    /* Optional: a small, fast instance for the conformance test
+     * (tests/test_conformance.c, docs/ADDING_A_METHOD.md) and for the
+     * scripts that run every method (`kvstream methods --specs`). */
+    kv_method_conform conform;
 } kv_method_ops;
 
 /* This rank's share of a global budget (tokens, samples): proportional to
@@ -225,6 +247,22 @@ int kv_method_takes_budget(const kv_method_ops *ops);
 
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);
+
+/* The i-th registered method (i = 0, 1, ...), NULL past the last: the
+ * registry's methods, then those added by kv_method_register. */
+const kv_method_ops *kv_method_at(int i);
+
+/* For test binaries: add a method defined outside src/methods (the test
+ * tree's tests/methods/, which registers through KV_TEST_METHOD) to the
+ * registry of this process, so that the conformance test and every lookup
+ * see it.  KV_EINPUT for a name already taken, KV_EINTERNAL when full. */
+int kv_method_register(const kv_method_ops *ops, kv_err *err);
+
+/* `kvstream methods --specs`: one line per method with a conformance
+ * declaration, "NAME KIND SPEC pinv=yes|no semantics=full|window-unmasked
+ * budget=yes|no seeded=yes|no" (SPEC: NAME[:PARAMS], the first case, ready
+ * for --methods), after a '#' header line. */
+void kv_methods_specs(FILE *f);
 
 /* `kvstream methods`: every method grouped by kind, its one-line
  * description and budget, then each parameter with type, default, range and

@@ -462,4 +462,5 @@ const kv_method_ops kv_method_qjl = {
     .save = qjl_save,
     .load = qjl_load,
     .max_bytes = qjl_max_bytes,
+    .conform = { "m=16,residual=10;m=64,vbits=4,group=2,residual=0,seed=5;vbits=8", KV_PINV_ROUNDING },
 };

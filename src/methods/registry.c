@@ -38,11 +38,32 @@ static const kv_method_ops *const registry[] = {
     NULL
 };
 
+/* Methods added at run time by a test binary (kv_method_register). */
+enum { EXTRA_MAX = 8 };
+static const kv_method_ops *extra[EXTRA_MAX];
+static int nextra;
+
+const kv_method_ops *kv_method_at(int i)
+{
+    int nreg = (int)(sizeof registry / sizeof *registry) - 1;
+    if (i < 0) return NULL;
+    return i < nreg ? registry[i] : i - nreg < nextra ? extra[i - nreg] : NULL;
+}
+
 const kv_method_ops *kv_method_find(const char *name)
 {
-    for (int i = 0; registry[i]; i++)
-        if (!strcmp(registry[i]->name, name)) return registry[i];
+    for (int i = 0; kv_method_at(i); i++)
+        if (!strcmp(kv_method_at(i)->name, name)) return kv_method_at(i);
     return NULL;
+}
+
+int kv_method_register(const kv_method_ops *ops, kv_err *err)
+{
+    if (kv_method_find(ops->name))
+        return kv_seterr(err, KV_EINPUT, "method %s: the name is taken", ops->name);
+    if (nextra == EXTRA_MAX) return kv_seterr(err, KV_EINTERNAL, "method %s: more than %d added", ops->name, EXTRA_MAX);
+    extra[nextra++] = ops;
+    return KV_OK;
 }
 
 int64_t kv_rank_share(const kv_method_ctx *ctx, int64_t total)
@@ -87,9 +108,9 @@ const char *kv_method_names(void)
 {
     static char buf[512];
     buf[0] = '\0';
-    for (int i = 0; registry[i]; i++) {
+    for (int i = 0; kv_method_at(i); i++) {
         if (i) strncat(buf, ", ", sizeof buf - strlen(buf) - 1);
-        strncat(buf, registry[i]->name, sizeof buf - strlen(buf) - 1);
+        strncat(buf, kv_method_at(i)->name, sizeof buf - strlen(buf) - 1);
     }
     return buf;
 }
@@ -145,23 +166,25 @@ static const char *kind_blurb(const char *kind)
     return "";
 }
 
+static const char *kind_of(const kv_method_ops *m) { return m->kind ? m->kind : "other"; }
+
 void kv_methods_describe(FILE *f)
 {
     fprintf(f, "Methods (--methods NAME[:KEY=VALUE,...],...); every method also takes name=<label>,\n"
                "the results group name (default: the spec text).\n");
     int n = 0;
-    while (registry[n]) n++;
+    while (kv_method_at(n)) n++;
     for (int i = 0; i < n; i++) {
-        const char *kind = registry[i]->kind ? registry[i]->kind : "other";
+        const char *kind = kind_of(kv_method_at(i));
         int first = 1; /* kinds in order of first appearance */
         for (int j = 0; j < i && first; j++)
-            if (!strcmp(registry[j]->kind ? registry[j]->kind : "other", kind)) first = 0;
+            if (!strcmp(kind_of(kv_method_at(j)), kind)) first = 0;
         if (!first) continue;
         const char *b = kind_blurb(kind);
         fprintf(f, "\n%s%s%s\n", kind, *b ? ": " : "", b);
         for (int j = i; j < n; j++) {
-            const kv_method_ops *m = registry[j];
-            if (strcmp(m->kind ? m->kind : "other", kind)) continue;
+            const kv_method_ops *m = kv_method_at(j);
+            if (strcmp(kind_of(m), kind)) continue;
             fprintf(f, "  %-16s %s\n", m->name, m->summary ? m->summary : "");
             fprintf(f, "  %-16s memory: %s\n", "", m->budget ? m->budget : "no budget: holds every token");
             if (kv_params_count(m->params) == 0) fprintf(f, "  %-16s no parameters\n", "");
@@ -189,4 +212,19 @@ int kv_method_takes_budget(const kv_method_ops *ops)
 {
     const kv_param_def *d = kv_method_param(ops, "budget");
     return d && d->type == KV_PT_BUDGET;
+}
+
+void kv_methods_specs(FILE *f)
+{
+    fprintf(f, "# name kind spec pinv semantics budget seeded\n");
+    for (int i = 0; kv_method_at(i); i++) {
+        const kv_method_ops *m = kv_method_at(i);
+        const char *spec = m->conform.spec;
+        if (!spec) continue;
+        int len = (int)strcspn(spec, ";"); /* the first case */
+        fprintf(f, "%s %s %s%s%.*s pinv=%s semantics=%s budget=%s seeded=%s\n", m->name, kind_of(m), m->name,
+                len ? ":" : "", len, spec, m->conform.pinv == KV_PINV_ROUNDING ? "yes" : "no",
+                m->conform.semantics == KV_SEM_WINDOW_UNMASKED ? "window-unmasked" : "full",
+                kv_method_takes_budget(m) ? "yes" : "no", kv_method_param(m, "seed") ? "yes" : "no");
+    }
 }

@@ -187,4 +187,5 @@ const kv_method_ops kv_method_sinks = {
     .load = sinks_load,
     .prefix_state = 1,
     .max_bytes = sinks_max_bytes,
+    .conform = { "S=8,W=50;S=0,W=30;S=200,W=70", KV_PINV_ROUNDING },
 };

@@ -121,7 +121,7 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
         int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d);
-        int64_t rest = bytes - buf; /* one copy: B must not depend on P (see the header) */
+        int64_t rest = bytes - buf; /* one copy, counted on rank 0: B must not depend on P */
         B = rest > 0 ? rest / per - c->every : 0;
         if (B <= c->window)
             return kv_params_error(snapkv_params, spec, err,
@@ -382,7 +382,8 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
 static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)(s->rcap * row_bytes(s->ctx.d));
+    /* the buffered rows once, on rank 0 (see the header) */
+    return kv_slots_bytes(&s->sl) + (s->ctx.rank == 0 ? (size_t)(s->rcap * row_bytes(s->ctx.d)) : 0);
 }
 
 static void snapkv_extra(const void *state, kv_method_extra *x)
@@ -482,7 +483,8 @@ static int64_t snapkv_max_bytes(const void *state)
 {
     const snapkv_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d);
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) +
+           (s->ctx.rank == 0 ? s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d) : 0);
 }
 
 const kv_method_ops kv_method_snapkv = {
@@ -510,4 +512,5 @@ const kv_method_ops kv_method_snapkv = {
     .save = snapkv_save,
     .load = snapkv_load,
     .max_bytes = snapkv_max_bytes,
+    .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3,pool=max,every=7", KV_PINV_ROUNDING },
 };

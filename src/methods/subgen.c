@@ -1629,4 +1629,5 @@ const kv_method_ops kv_method_subgen = {
     .save = subgen_save,
     .load = subgen_load,
     .max_bytes = subgen_max_bytes,
+    .conform = { "delta=1,t=4,s=8;delta=0.5,t=8,s=16,seed=3,index=0", KV_PINV_NO },
 };

@@ -366,4 +366,5 @@ const kv_method_ops kv_method_topk = {
     .load = topk_load,
     .prefix_state = 1,
     .max_bytes = topk_max_bytes,
+    .conform = { "k=10", KV_PINV_ROUNDING },
 };

@@ -27,9 +27,9 @@
  *
  * budget=X: B = floor((bytes(X) - g q) / slot) - E, q a kept query row
  * (d floats, m, l), g the rows per position (the trace's query heads per kv
- * head), slot the per-token bytes below.  Every rank keeps the rows (its
- * arrivals are scored with them), so at P ranks the memory is (P - 1) g q
- * over the budget: reserving them for P would make B, and the answers,
+ * head), slot the per-token bytes below.  Every rank keeps a copy of the
+ * rows (its arrivals are scored with them), as it has the broadcast query;
+ * one copy is counted, on rank 0, so B, the answers and the memory do not
  * depend on P;
  * tokens= and budget= exclude each other.  B >= n: exact attention.
  *
@@ -88,6 +88,11 @@ static int64_t query_bytes(int d)
  * attention: n_heads / n_kv_heads; 1 when unknown) */
 static int64_t group_rows(const kv_method_ctx *ctx) { return ctx->q_group > 0 ? ctx->q_group : 1; }
 
+/* The kept rows are counted once, on rank 0: every rank keeps a copy of
+ * what is the broadcast query (the driver holds it on every rank too), and
+ * one rank holding every token would keep one. */
+static int64_t rows_counted(const tova_state *s) { return s->ctx.rank == 0 ? s->nq : 0; }
+
 static int tova_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
     tova_cfg *c = cfg;
@@ -108,7 +113,7 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
                                "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        /* one copy of the rows: B must not depend on P (each further rank's copy is counted, over the budget) */
+        /* one copy of the rows, counted on rank 0: B must not depend on P */
         int64_t rest = bytes - group_rows(ctx) * query_bytes(ctx->d);
         B = rest > 0 ? rest / per - c->every : 0;
         if (B < 1)
@@ -265,7 +270,7 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
 static size_t tova_bytes(const void *state)
 {
     const tova_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)(s->nq * query_bytes(s->ctx.d));
+    return kv_slots_bytes(&s->sl) + (size_t)(rows_counted(s) * query_bytes(s->ctx.d));
 }
 
 static void tova_extra(const void *state, kv_method_extra *x)
@@ -354,7 +359,7 @@ static int64_t tova_max_bytes(const void *state)
     int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
     /* the rows of a position: the trace's query heads per kv head (more only
      * where a trace puts several queries of one head at one position) */
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + group_rows(&s->ctx) * query_bytes(s->ctx.d);
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + (s->ctx.rank == 0 ? group_rows(&s->ctx) * query_bytes(s->ctx.d) : 0);
 }
 
 const kv_method_ops kv_method_tova = {
@@ -380,4 +385,5 @@ const kv_method_ops kv_method_tova = {
     .save = tova_save,
     .load = tova_load,
     .max_bytes = tova_max_bytes,
+    .conform = { "tokens=120;tokens=1000000;tokens=7,every=3", KV_PINV_ROUNDING },
 };

@@ -289,4 +289,5 @@ const kv_method_ops kv_method_uniform = {
     .save = uniform_save,
     .load = uniform_load,
     .max_bytes = uniform_max_bytes,
+    .conform = { "tokens=150;tokens=1000000,seed=7", KV_PINV_ROUNDING },
 };

@@ -205,4 +205,5 @@ const kv_method_ops kv_method_unmasked_window = {
     .save = uw_save,
     .load = uw_load,
     .max_bytes = uw_max_bytes,
+    .conform = { ";W=80", KV_PINV_ROUNDING, KV_SEM_WINDOW_UNMASKED },
 };

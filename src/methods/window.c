@@ -167,4 +167,5 @@ const kv_method_ops kv_method_window = {
     .load = window_load,
     .prefix_state = 1,
     .max_bytes = window_max_bytes,
+    .conform = { "W=100;W=1000000000;W=3", KV_PINV_ROUNDING },
 };

@@ -235,4 +235,5 @@ const kv_method_ops kv_method_window_subgen = {
     .save = wsg_save,
     .load = wsg_load,
     .max_bytes = wsg_max_bytes,
+    .conform = { "W=60,delta=1,t=4,s=8;W=200,delta=0.5,t=8,s=16,seed=3", KV_PINV_NO },
 };
