@@ -1,0 +1,131 @@
+/* qattn.h - attention over quantised tiles, in the compressed domain
+ * (the kernels behind kivi and qjl).
+ *
+ * Codes are never decoded to floats with their scales: a b-bit code array
+ * is read straight from its bytes in a "layout order" that vectorises
+ * (8-byte units widened to 8 lanes, each split into its b-bit planes), and
+ * whatever multiplies a code - a key's per-channel scale, a value's
+ * per-token scale times its softmax weight - is folded into the other
+ * operand:
+ *     q . k_t = sum_c q_c z_c + sum_c (q_c s_c) code_tc        (kivi keys)
+ *     sum_t w_t v_tc = sum_t (w_t s_tj) code_tc + sum_t w_t z_tj  (values, group j)
+ * A tile of KV_QTILE tokens gets its logits
+ * from the caller, then kv_qfold_tile does the max-shifted softmax in float
+ * and folds the tile's sums into the double state (as kernels/attn.c does),
+ * so accuracy does not depend on n.  GCC vector extensions give AVX-512 or
+ * AVX2 code under -march=native and portable code otherwise; every loop has
+ * a fixed order, so a token's logit and a tile's sums are bitwise the same
+ * whichever thread computes them.
+ *
+ * Scratch (kv_qscratch) lives in the caller's state: one buffer per thread,
+ * grown geometrically, so answering a query allocates nothing once warm. */
+#ifndef KVSTREAM_QATTN_H
+#define KVSTREAM_QATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KV_QTILE 32 /* tokens per tile */
+
+/* half -> float for finite halves (scales and zero points are checked
+ * finite): the bits shifted into a float, times 2^112, exact for normal and
+ * subnormal halves alike, and branch-free so it vectorises. */
+static inline float kv_qhalf(uint16_t h)
+{
+    uint32_t x = (uint32_t)(h & 0x7fffu) << 13;
+    float f;
+    memcpy(&f, &x, 4);
+    f *= 0x1p112f;
+    return (h & 0x8000u) ? -f : f;
+}
+
+/* n (zero point, scale) half pairs (4 bytes each, any alignment) to z[], s[]. */
+static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
+{
+    for (int i = 0; i < n; i++) {
+        uint16_t h[2];
+        memcpy(h, zs + 4 * (size_t)i, 4);
+        z[i] = kv_qhalf(h[0]);
+        s[i] = kv_qhalf(h[1]);
+    }
+}
+
+/* 1 if n codes of b bits (b in {2, 4, 8}) unpack in layout order: whole
+ * 8-byte units (n a multiple of 64 / b). */
+static inline int kv_qfast(int bits, int n) { return (bits == 2 || bits == 4 || bits == 8) && n % (64 / bits) == 0; }
+
+/* The element (channel) at layout position p of a run of b-bit codes:
+ * unit u = p / (64/b), plane k, lane i < 8 hold element (8u + i)(8/b) + k. */
+static inline int kv_qperm(int bits, int p)
+{
+    int per = 64 / bits, u = p / per, r = p % per;
+    return (8 * u + r % 8) * (8 / bits) + r / 8;
+}
+
+/* A code at layout position p is read as code * kv_qplane_scale(b, p)^-1
+ * (plane k masked in place, not shifted: code 2^(k b)); the caller folds
+ * kv_qplane_scale (2^(-k b), exact) into what multiplies it. */
+static inline float kv_qplane_scale(int bits, int p)
+{
+    int k = bits == 8 ? 0 : (p % (64 / bits)) / 8;
+    uint32_t x = (uint32_t)(127 - k * bits) << 23;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* sum_p qs[p] (code at layout position p, as above) over the n codes
+ * (kv_qfast) of one byte-aligned run, in one fixed order, straight from
+ * the packed bytes. */
+float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n);
+
+/* sum a_i b_i over n floats in one fixed order. */
+float kv_qdot(const float *a, const float *b, int n);
+
+/* A tile's values, row t of nt: floats (coded = 0: v is nt x dv, channel
+ * order), or b-bit codes (coded = 1: token t's dv codes, kv_qfast, at
+ * codes + t cstride) with the token's nvg group zero points vz and scales
+ * vs (nt x nvg); gp[k] is the value group of layout lanes [8k, 8k + 8)
+ * (constant over them: the caller checks) and pl[p] kv_qplane_scale of
+ * layout position p. */
+typedef struct {
+    int dv, nvg, coded, bits;
+    const float *v, *vz, *vs;
+    const uint8_t *codes;
+    size_t cstride;
+    const int *gp;
+    const float *pl;
+} kv_qtile_vals;
+
+/* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s into the
+ * double state r, whose u is in layout order when the values are coded
+ * (channel order otherwise): s is overwritten with the weights; U holds dv
+ * floats and Z (KV_QTILE + 1) nvg floats of scratch. */
+void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U, float *Z);
+
+/* Merge the state rl, whose u is in layout order (perm[p]: the channel of
+ * position p; NULL: channel order already), into st; tmp holds
+ * KV_PSTATE_LEN(dv) doubles. */
+void kv_qstate_merge(double *st, const double *rl, const int *perm, int dv, double *tmp);
+
+/* Per-thread scratch buffers of floats, grown geometrically. */
+typedef struct {
+    float **buf;
+    size_t *cap;
+    int n;
+} kv_qscratch;
+
+/* Room for the calling thread (and those of a parallel region it opens):
+ * KV_OK or KV_EINTERNAL.  Call outside the parallel region. */
+int kv_qscratch_slots(kv_qscratch *w);
+
+/* The calling thread's buffer of at least n floats (NULL: out of memory). */
+float *kv_qscratch_get(kv_qscratch *w, size_t n);
+
+/* Bytes held (not counted as the method's state: working memory, like the
+ * exact kernels' tiles). */
+size_t kv_qscratch_bytes(const kv_qscratch *w);
+void kv_qscratch_free(kv_qscratch *w);
+
+#endif
