@@ -23,7 +23,9 @@
  * tol = 2 (2 dl + 3e-7) Vmax + gamma(40) Vmax, with dl the largest over
  * tokens and queries.  The kernel must also be bitwise the same at 1 and 2
  * OpenMP threads, and differ from the reference by more than nothing only
- * within tol (a wrong scale or code order gives errors of order Vmax). */
+ * within tol (a wrong scale or code order gives errors of order Vmax).
+ * The cost hook (method.h) reports every kept token read, and between the
+ * codes and the bytes held (qjl: plus S, read per query). */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -144,6 +146,18 @@ static void run_case(const qcase *c)
         if (!bad) bad = ops->partial(st, Q, NQ, N, stt);
         CHECK(!bad, "%s: %s", c->spec, err.msg);
         for (int q = 0; q < NQ && !bad; q++) kv_partial_output(stt + q * KV_PSTATE_LEN(dv), dv, out[th] + q * dv);
+        if (!bad) { /* the cost hook: every kept token read, no more bytes than held, at least the codes */
+            kv_query_cost qc = { 0, 0, 0 };
+            kv_method_extra x;
+            ops->cost(st, &qc);
+            ops->extra(st, &x);
+            CHECK(qc.read_tokens == (double)x.kept_tokens, "%s: cost read %g tokens of %lld kept", c->spec,
+                  qc.read_tokens, (long long)x.kept_tokens);
+            CHECK(qc.read_bytes > (double)nqt * (c->kivi ? (d + dv) * c->bits / 8.0 : c->m / 8.0) &&
+                      qc.read_bytes <= (double)ops->bytes(st) + (c->kivi ? 0 : NQ * 4.0 * c->m * d),
+                  "%s: cost read %g bytes, %zu held", c->spec, qc.read_bytes, ops->bytes(st));
+            CHECK(qc.flops >= (double)NQ * nqt * 2 * dv, "%s: cost %g flops", c->spec, qc.flops);
+        }
         if (st) ops->free(st);
         free(sp);
         if (bad) goto done;

@@ -86,6 +86,7 @@ typedef struct {
     kv_qscratch ws;       /* per-thread tiles: working memory, not state */
     float *qp;            /* the queries in layout order, times the scale */
     size_t qcap;
+    kv_query_cost cost;   /* what the answers read and computed (method.h) */
 } kivi_state;
 
 static size_t rec_bytes(int bits, int G, int d, int dv, size_t *kcb, size_t *vcb)
@@ -401,8 +402,17 @@ static int kivi_partial(void *state, const float *Q, int nq, int64_t p, double *
     int rc = fold_quantised(s, Q, nq, st);
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
+    /* the records once per call (the queries share each tile), every float
+     * token; per query and quantised token one FMA per key and value code,
+     * per group qs and qz (3d), per float token 2 (d + dv) */
+    int64_t d = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count;
+    s->cost.read_bytes += (double)s->ng * (double)s->rec + (double)nf * (double)((d + dv) * 4 + 8);
+    s->cost.read_tokens += (double)(s->ng * s->G + nf);
+    s->cost.flops += (double)nq * ((double)s->ng * (double)(s->G * 2 * (d + dv) + 3 * d) + (double)nf * 2 * (d + dv));
     return rc;
 }
+
+static void kivi_cost(const void *state, kv_query_cost *c) { *c = ((const kivi_state *)state)->cost; }
 
 static size_t kivi_bytes(const void *state)
 {
@@ -539,4 +549,5 @@ const kv_method_ops kv_method_kivi = {
     .save = kivi_save,
     .load = kivi_load,
     .max_bytes = kivi_max_bytes,
+    .cost = kivi_cost,
 };

@@ -93,6 +93,7 @@ typedef struct {
     kv_qscratch ws;            /* per-thread tiles: working memory, not state */
     float *tab;                /* per query: byte tables of S q and its sum; then S q */
     size_t tcap;
+    kv_query_cost cost;        /* what the answers read and computed (method.h) */
 } qjl_state;
 
 static int64_t value_bytes(int vbits, int dv, int64_t group)
@@ -379,8 +380,19 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     }
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
+    /* the rows once per call and S per query (it makes S q); per query S q
+     * (2 m d), its byte tables (256 m/8 adds), per quantised token m/8 table
+     * adds, 3 multiplies and one FMA per value, per float token 2 (d + dv) */
+    int64_t dd = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count, m = s->m;
+    s->cost.read_bytes += (double)s->n * (double)row_bytes(s) + (s->n ? (double)nq * 4.0 * (double)(m * dd) : 0) +
+                          (double)nf * (double)((dd + dv) * 4 + 8);
+    s->cost.read_tokens += (double)(s->n + nf);
+    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 32 * m) : 0) + (double)s->n * (double)(m / 8 + 3 + 2 * dv) +
+                                   (double)nf * 2 * (dd + dv));
     return rc;
 }
+
+static void qjl_cost(const void *state, kv_query_cost *c) { *c = ((const qjl_state *)state)->cost; }
 
 static size_t qjl_bytes(const void *state)
 {
@@ -508,4 +520,5 @@ const kv_method_ops kv_method_qjl = {
     .save = qjl_save,
     .load = qjl_load,
     .max_bytes = qjl_max_bytes,
+    .cost = qjl_cost,
 };
