@@ -94,6 +94,16 @@ float kv_qdot(const float *a, const float *b, int n)
     return (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))) + t;
 }
 
+void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t stride, int bits, int n, int nt,
+                      float *S)
+{
+    switch (bits) { /* the same arithmetic as kv_qdot_codes, its switch hoisted */
+    case 2: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 32, 2); break;
+    case 4: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 16, 4); break;
+    default: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 8, 8); break;
+    }
+}
+
 /* raise the double state's max to the tile's mt (rescaling it); the shift */
 static inline float raise_max(double *r, float mt, int dv)
 {
@@ -157,12 +167,21 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     r[KV_PS_L2] += l2;
     double *u = r + KV_PS_U;
     memset(U, 0, sizeof(float) * (size_t)dv);
-    if (!tv->coded) {
-        for (int t = 0; t < nt; t++) {
+    if (!tv->coded) { /* 64 channels at a time in registers, tokens inner */
+        int c0 = 0;
+        for (; c0 + 64 <= dv; c0 += 64) {
+            v8f acc[8];
+            for (int k = 0; k < 8; k++) acc[k] = bc8(0);
+            for (int t = 0; t < nt; t++) {
+                const float *v = tv->v + (size_t)t * dv + c0;
+                v8f w = bc8(s[t]);
+                for (int k = 0; k < 8; k++) acc[k] += w * ld8(v + 8 * k);
+            }
+            for (int k = 0; k < 8; k++) st8(U + c0 + 8 * k, acc[k]);
+        }
+        for (int t = 0; t < nt && c0 < dv; t++) {
             const float *v = tv->v + (size_t)t * dv;
-            float w = s[t];
-#pragma omp simd
-            for (int c = 0; c < dv; c++) U[c] += w * v[c];
+            for (int c = c0; c < dv; c++) U[c] += s[t] * v[c];
         }
         for (int c = 0; c < dv; c++) u[c] += U[c];
         return;

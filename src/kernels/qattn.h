@@ -31,23 +31,26 @@
 /* half -> float for finite halves (scales and zero points are checked
  * finite): the bits shifted into a float, times 2^112, exact for normal and
  * subnormal halves alike, and branch-free so it vectorises. */
-static inline float kv_qhalf(uint16_t h)
+static inline float kv_qhalf(uint32_t h)
 {
-    uint32_t x = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t x = (h & 0x7fffu) << 13, y;
     float f;
     memcpy(&f, &x, 4);
     f *= 0x1p112f;
-    return (h & 0x8000u) ? -f : f;
+    memcpy(&y, &f, 4);
+    y |= (h & 0x8000u) << 16; /* the sign by bits, not a branch */
+    memcpy(&f, &y, 4);
+    return f;
 }
 
 /* n (zero point, scale) half pairs (4 bytes each, any alignment) to z[], s[]. */
 static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
 {
     for (int i = 0; i < n; i++) {
-        uint16_t h[2];
-        memcpy(h, zs + 4 * (size_t)i, 4);
-        z[i] = kv_qhalf(h[0]);
-        s[i] = kv_qhalf(h[1]);
+        uint32_t w;
+        memcpy(&w, zs + 4 * (size_t)i, 4); /* little-endian: z low, s high */
+        z[i] = kv_qhalf(w & 0xffffu);
+        s[i] = kv_qhalf(w >> 16);
     }
 }
 
@@ -79,6 +82,10 @@ static inline float kv_qplane_scale(int bits, int p)
  * (kv_qfast) of one byte-aligned run, in one fixed order, straight from
  * the packed bytes. */
 float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n);
+
+/* S[t] = qz + kv_qdot_codes(qs, codes + t stride, bits, n) for t < nt. */
+void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t stride, int bits, int n, int nt,
+                      float *S);
 
 /* sum a_i b_i over n floats in one fixed order. */
 float kv_qdot(const float *a, const float *b, int n);

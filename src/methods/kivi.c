@@ -353,9 +353,9 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
                 }
             }
             for (int q = 0; q < nq; q++) {
-                for (int t = 0; t < nt; t++)
-                    S[t] = s->fastk ? qz[q] + kv_qdot_codes(qs + (size_t)q * d, r + (size_t)(t0 + t) * kb, b, d)
-                                    : kv_qdot(Q + (size_t)q * d, kc + (size_t)t * d, d) * scale;
+                if (s->fastk) kv_qlogits_codes(qs + (size_t)q * d, qz[q], r + (size_t)t0 * kb, kb, b, d, nt, S);
+                else
+                    for (int t = 0; t < nt; t++) S[t] = kv_qdot(Q + (size_t)q * d, kc + (size_t)t * d, d) * scale;
                 kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
             }
         }

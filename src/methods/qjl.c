@@ -328,9 +328,9 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
             const float *T = s->tab + (size_t)q * (mb * 256 + 1);
             for (int t = 0; t < nt; t++) {
                 const uint8_t *sg = s->sig + (size_t)(a0 + t) * mb;
-                float acc = 0;
-                for (int b = 0; b < mb; b++) acc += T[b * 256 + sg[b]];
-                S[t] = c * s->norm[a0 + t] * (2 * acc - T[mb * 256]);
+                float acc[4] = { 0, 0, 0, 0 }; /* four chains: the lookups overlap */
+                for (int b = 0; b < mb; b++) acc[b & 3] += T[b * 256 + sg[b]];
+                S[t] = c * s->norm[a0 + t] * (2 * ((acc[0] + acc[1]) + (acc[2] + acc[3])) - T[mb * 256]);
             }
             kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
         }
