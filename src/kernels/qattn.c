@@ -104,20 +104,6 @@ void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t st
     }
 }
 
-/* raise the double state's max to the tile's mt (rescaling it); the shift */
-static inline float raise_max(double *r, float mt, int dv)
-{
-    if (mt > r[KV_PS_M]) {
-        if (r[KV_PS_M] != -INFINITY) {
-            double f = exp(r[KV_PS_M] - (double)mt);
-            r[KV_PS_L] *= f;
-            r[KV_PS_L2] *= f * f;
-            for (int c = 0; c < dv; c++) r[KV_PS_U + c] *= f;
-        }
-        r[KV_PS_M] = mt;
-    }
-    return (float)r[KV_PS_M];
-}
 
 /* U (layout order) = sum_t A[t][group] plane codes, 8 pieces of 8 lanes
  * at a time in registers, tokens inner; bits constant per inlined case */
@@ -155,7 +141,7 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     if (nt <= 0) return;
     float mt = s[0];
     for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    float m = raise_max(r, mt, dv);
+    float m = kv_partial_raise_max(r, mt, dv);
     for (int t = 0; t < nt; t++) s[t] -= m;
     kv_expf_neg(s, (size_t)nt);
     float l = 0, l2 = 0;
