@@ -33,6 +33,7 @@
 #include "core/rng.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
+#include "kernels/qattn.h"
 #include "methods/method.h"
 #include "methods/quant.h"
 #include "testutil.h"
@@ -219,8 +220,21 @@ done:
     free(K); free(V); free(Kd); free(Vd); free(klim); free(S);
 }
 
+/* kv_qhalf (branch-free) is kv_half_to_float on every finite half */
+static void test_half(void)
+{
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++)
+        if (((h >> 10) & 0x1f) != 0x1f) {
+            float a = kv_qhalf(h), b = kv_half_to_float((uint16_t)h);
+            bad += memcmp(&a, &b, 4) != 0;
+        }
+    CHECK(bad == 0, "%d finite halves decode differently", bad);
+}
+
 int main(void)
 {
+    test_half();
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(&cases[i]);
     return kv_test_result("test_qattn");
 }

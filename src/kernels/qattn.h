@@ -12,9 +12,10 @@
  * A tile of KV_QTILE tokens gets its logits
  * from the caller, then kv_qfold_tile does the max-shifted softmax in float
  * and folds the tile's sums into the double state (as kernels/attn.c does),
- * so accuracy does not depend on n.  GCC vector extensions give AVX-512 or
- * AVX2 code under -march=native and portable code otherwise; every loop has
- * a fixed order, so a token's logit and a tile's sums are bitwise the same
+ * so accuracy does not depend on n.  8-lane GCC vector extensions give
+ * AVX2 (or AVX-512VL) code under -march=native, the byte widening by its
+ * intrinsic under __AVX2__, and plain portable C otherwise; every loop has a
+ * fixed order, so a token's logit and a tile's sums are bitwise the same
  * whichever thread computes them.
  *
  * Scratch (kv_qscratch) lives in the caller's state: one buffer per thread,
