@@ -54,7 +54,8 @@ static const qcase cases[] = {
     { "kivi:bits=4,group=64,residual=7", 1, 32, 128, 4, 64, 7, 0, 0, 0 },  /* tiles inside a group, wide values */
     { "kivi:bits=2,group=16,residual=5", 1, 64, 64, 2, 16, 5, 0, 0, 0 },   /* fast keys, decoded values */
     { "kivi:bits=4,group=5,residual=3", 1, 24, 20, 4, 5, 3, 0, 0, 0 },     /* decoded keys and values */
-    { "kivi:bits=8,group=32,residual=9", 1, 24, 24, 8, 32, 9, 0, 0, 0 },   /* odd units, fewer than 64 value lanes */
+    { "kivi:bits=8,group=32,residual=9", 1, 24, 24, 8, 32, 9, 0, 0, 0 },   /* odd units (8-byte), fewer than 64 value lanes */
+    { "kivi:bits=8,group=16,residual=2", 1, 48, 48, 8, 16, 2, 0, 0, 0 },   /* odd units (16-byte), pieces across groups */
     { "qjl:m=128,residual=20", 0, 64, 64, 0, 0, 20, 128, 32, 32 },
     { "qjl:m=64,vbits=4,residual=0", 0, 64, 64, 0, 0, 0, 64, 4, 32 },
     { "qjl:m=96,vbits=2,group=8,residual=3", 0, 40, 48, 0, 0, 3, 96, 2, 8 }, /* decoded values */

@@ -6,7 +6,7 @@
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -42,6 +42,55 @@ static inline v8f plane(v8i x, int bits, int k)
     return __builtin_convertvector(x & (v8i){ m, m, m, m, m, m, m, m }, v8f);
 }
 
+#if KV_QUB == 16
+typedef float v16f __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
+
+static inline v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
+
+/* a 16-byte unit widened to 16 lanes (vpmovzxbd) */
+static inline v16i unit16_at(const uint8_t *c)
+{
+    __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
+    v16i v;
+    memcpy(&v, &x, sizeof v);
+    return v;
+}
+
+static inline v16f plane16(v16i x, int bits, int k)
+{
+    if (bits == 8) return __builtin_convertvector(x, v16f);
+    int m = ((1 << bits) - 1) << (k * bits);
+    return __builtin_convertvector(x & (v16i){ m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m }, v16f);
+}
+
+/* kv_qdot_codes for a constant bits (inlined per case: the plane loop
+ * unrolls); two accumulators, by plane parity (by unit parity at 8 bits) */
+static inline float dot_codes(const float *qs, const uint8_t *c, int units, const int bits)
+{
+    const int planes = 8 / bits;
+    v16f a0 = { 0 }, a1 = { 0 };
+    if (planes == 1) {
+        int u = 0;
+        for (; u + 2 <= units; u += 2) {
+            a0 += plane16(unit16_at(c + 16 * u), 8, 0) * ld16(qs + 16 * u);
+            a1 += plane16(unit16_at(c + 16 * u + 16), 8, 0) * ld16(qs + 16 * u + 16);
+        }
+        if (u < units) a0 += plane16(unit16_at(c + 16 * u), 8, 0) * ld16(qs + 16 * u);
+    } else
+        for (int u = 0; u < units; u++) {
+            v16i x = unit16_at(c + 16 * u);
+            const float *q = qs + (size_t)u * 16 * planes;
+            for (int k = 0; k < planes; k += 2) {
+                a0 += plane16(x, bits, k) * ld16(q + 16 * k);
+                a1 += plane16(x, bits, k + 1) * ld16(q + 16 * k + 16);
+            }
+        }
+    v16f s = a0 + a1;
+    return (((s[0] + s[8]) + (s[4] + s[12])) + ((s[1] + s[9]) + (s[5] + s[13]))) +
+           (((s[2] + s[10]) + (s[6] + s[14])) + ((s[3] + s[11]) + (s[7] + s[15])));
+}
+#else
 /* kv_qdot_codes for a constant bits (inlined per case: the plane loop
  * unrolls); two accumulators, by plane parity (by unit parity at 8 bits) */
 static inline float dot_codes(const float *qs, const uint8_t *c, int units, const int bits)
@@ -67,13 +116,14 @@ static inline float dot_codes(const float *qs, const uint8_t *c, int units, cons
     v8f s = a0 + a1;
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
+#endif
 
 float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n)
 {
     switch (bits) {
-    case 2: return dot_codes(qs, codes, n / 32, 2);
-    case 4: return dot_codes(qs, codes, n / 16, 4);
-    default: return dot_codes(qs, codes, n / 8, 8);
+    case 2: return dot_codes(qs, codes, n / (4 * KV_QUB), 2);
+    case 4: return dot_codes(qs, codes, n / (2 * KV_QUB), 4);
+    default: return dot_codes(qs, codes, n / KV_QUB, 8);
     }
 }
 
@@ -98,9 +148,9 @@ void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t st
                       float *S)
 {
     switch (bits) { /* the same arithmetic as kv_qdot_codes, its switch hoisted */
-    case 2: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 32, 2); break;
-    case 4: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 16, 4); break;
-    default: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / 8, 8); break;
+    case 2: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / (4 * KV_QUB), 2); break;
+    case 4: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / (2 * KV_QUB), 4); break;
+    default: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / KV_QUB, 8); break;
     }
 }
 
@@ -110,29 +160,40 @@ void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t st
 static inline void vals_codes(float *U, const float *A, int nvg, const uint8_t *codes, size_t cstride, int nt, int np,
                               const int *gp, const int bits)
 {
-    const int planes = 8 / bits;
+    /* layout piece k (8 lanes): unit k / (planes KV_QUB/8), plane, and which
+     * 8 bytes of the unit (kv_qperm) */
+    const int planes = 8 / bits, halves = KV_QUB / 8;
+#define PIECE(k, off, pl)                                                                     \
+    do {                                                                                      \
+        int r_ = (k) % (planes * halves);                                                     \
+        off = (k) / (planes * halves) * KV_QUB + 8 * (r_ % halves);                           \
+        pl = r_ / halves;                                                                     \
+    } while (0)
     int k0 = 0;
     for (; k0 + 8 <= np; k0 += 8) {
         v8f acc[8];
-        int g[8];
+        int g[8], off[8], pl[8];
         for (int p = 0; p < 8; p++) {
             acc[p] = bc8(0);
             g[p] = gp[k0 + p];
+            PIECE(k0 + p, off[p], pl[p]);
         }
         for (int t = 0; t < nt; t++) {
-            const uint8_t *c = codes + (size_t)t * cstride + 8 * (size_t)(k0 / planes);
+            const uint8_t *c = codes + (size_t)t * cstride;
             const float *a = A + (size_t)t * nvg;
-            for (int p = 0; p < 8; p++) acc[p] += bc8(a[g[p]]) * plane(unit_at(c + 8 * (p / planes)), bits, p % planes);
+            for (int p = 0; p < 8; p++) acc[p] += bc8(a[g[p]]) * plane(unit_at(c + off[p]), bits, pl[p]);
         }
         for (int p = 0; p < 8; p++) st8(U + 8 * (k0 + p), acc[p]);
     }
     for (; k0 < np; k0++) { /* fewer than 64 lanes left */
         v8f acc = bc8(0);
-        int u = k0 / planes, k = k0 % planes, g = gp[k0];
+        int off, k, g = gp[k0];
+        PIECE(k0, off, k);
         for (int t = 0; t < nt; t++)
-            acc += bc8(A[(size_t)t * nvg + g]) * plane(unit_at(codes + (size_t)t * cstride + 8 * (size_t)u), bits, k);
+            acc += bc8(A[(size_t)t * nvg + g]) * plane(unit_at(codes + (size_t)t * cstride + off), bits, k);
         st8(U + 8 * k0, acc);
     }
+#undef PIECE
 }
 
 void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U, float *Z)

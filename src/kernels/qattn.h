@@ -3,7 +3,8 @@
  *
  * Codes are never decoded to floats with their scales: a b-bit code array
  * is read straight from its bytes in a "layout order" that vectorises
- * (8-byte units widened to 8 lanes, each split into its b-bit planes), and
+ * (units of KV_QUB bytes widened to 32-bit lanes, each split into its b-bit
+ * planes), and
  * whatever multiplies a code - a key's per-channel scale, a value's
  * per-token scale times its softmax weight - is folded into the other
  * operand:
@@ -12,9 +13,10 @@
  * A tile of KV_QTILE tokens gets its logits
  * from the caller, then kv_qfold_tile does the max-shifted softmax in float
  * and folds the tile's sums into the double state (as kernels/attn.c does),
- * so accuracy does not depend on n.  8-lane GCC vector extensions give
- * AVX2 (or AVX-512VL) code under -march=native, the byte widening by its
- * intrinsic under __AVX2__, and plain portable C otherwise; every loop has a
+ * so accuracy does not depend on n.  GCC vector extensions: key logits take
+ * 16 lanes under AVX-512, 8 otherwise, values 8 lanes; the byte widening is
+ * its intrinsic under AVX2 / AVX-512, plain portable C otherwise (the build
+ * chooses, -march=native or not); every loop has a
  * fixed order, so a token's logit and a tile's sums are bitwise the same
  * whichever thread computes them.
  *
@@ -55,16 +57,30 @@ static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
     }
 }
 
+/* Bytes per unit: 16 (16 lanes) with AVX-512, else 8.  The layout order,
+ * and so which layouts are fast, depends on it (the stored bytes do not). */
+#ifndef KV_QUB /* (-DKV_QUB=8 forces 8-byte units: a comparison build) */
+#ifdef __AVX512F__
+#define KV_QUB 16
+#else
+#define KV_QUB 8
+#endif
+#endif
+
 /* 1 if n codes of b bits (b in {2, 4, 8}) unpack in layout order: whole
- * 8-byte units (n a multiple of 64 / b). */
-static inline int kv_qfast(int bits, int n) { return (bits == 2 || bits == 4 || bits == 8) && n % (64 / bits) == 0; }
+ * units (n a multiple of 8 KV_QUB / b). */
+static inline int kv_qfast(int bits, int n)
+{
+    return (bits == 2 || bits == 4 || bits == 8) && n % (8 * KV_QUB / bits) == 0;
+}
 
 /* The element (channel) at layout position p of a run of b-bit codes:
- * unit u = p / (64/b), plane k, lane i < 8 hold element (8u + i)(8/b) + k. */
+ * unit u = p / (8 KV_QUB / b), plane k, lane i < KV_QUB hold element
+ * (KV_QUB u + i)(8/b) + k. */
 static inline int kv_qperm(int bits, int p)
 {
-    int per = 64 / bits, u = p / per, r = p % per;
-    return (8 * u + r % 8) * (8 / bits) + r / 8;
+    int per = 8 * KV_QUB / bits, u = p / per, r = p % per;
+    return (KV_QUB * u + r % KV_QUB) * (8 / bits) + r / KV_QUB;
 }
 
 /* A code at layout position p is read as code * kv_qplane_scale(b, p)^-1
@@ -72,7 +88,7 @@ static inline int kv_qperm(int bits, int p)
  * kv_qplane_scale (2^(-k b), exact) into what multiplies it. */
 static inline float kv_qplane_scale(int bits, int p)
 {
-    int k = bits == 8 ? 0 : (p % (64 / bits)) / 8;
+    int k = bits == 8 ? 0 : (p % (8 * KV_QUB / bits)) / KV_QUB;
     uint32_t x = (uint32_t)(127 - k * bits) << 23;
     float f;
     memcpy(&f, &x, 4);

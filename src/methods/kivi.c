@@ -107,7 +107,7 @@ static int64_t fit_residual(int64_t B, int bits, int64_t G, const kv_method_ctx 
 }
 
 /* The query kernel's layout orders: keys and values take the fast path
- * when their codes unpack in whole 8-byte units, values also when every
+ * when their codes unpack in whole units (kv_qfast), values also when every
  * 8 layout lanes lie in one value group (gv a multiple of a unit). */
 static int plan_kernel(kivi_state *s, kv_err *err)
 {

@@ -166,7 +166,7 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
         return err->code;
     }
     /* the value layout of the query kernel: fast when the codes unpack in
-     * whole 8-byte units and every 8 layout lanes lie in one group */
+     * whole units (kv_qfast) and every 8 layout lanes lie in one group */
     s->fastv = vbits < 32 && kv_qfast(vbits, ctx->dv) && s->gv % (64 / vbits) == 0;
     for (int x = 0; x < ctx->dv; x++) {
         s->vperm[x] = s->fastv ? kv_qperm(vbits, x) : x;
