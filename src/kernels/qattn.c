@@ -42,81 +42,65 @@ static inline v8f plane(v8i x, int bits, int k)
     return __builtin_convertvector(x & (v8i){ m, m, m, m, m, m, m, m }, v8f);
 }
 
+/* The key units: KV_QUB lanes (vq) per unit, one widening per unit. */
 #if KV_QUB == 16
-typedef float v16f __attribute__((vector_size(64)));
-typedef int v16i __attribute__((vector_size(64)));
+typedef float vq __attribute__((vector_size(64)));
+typedef int vqi __attribute__((vector_size(64)));
 
-static inline v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof v); return v; }
-
-/* a 16-byte unit widened to 16 lanes (vpmovzxbd) */
-static inline v16i unit16_at(const uint8_t *c)
+static inline vqi unitq(const uint8_t *c) /* vpmovzxbd of 16 bytes */
 {
     __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
-    v16i v;
+    vqi v;
     memcpy(&v, &x, sizeof v);
     return v;
 }
 
-static inline v16f plane16(v16i x, int bits, int k)
+static inline float sumq(vq s)
 {
-    if (bits == 8) return __builtin_convertvector(x, v16f);
-    int m = ((1 << bits) - 1) << (k * bits);
-    return __builtin_convertvector(x & (v16i){ m, m, m, m, m, m, m, m, m, m, m, m, m, m, m, m }, v16f);
+    return (((s[0] + s[8]) + (s[4] + s[12])) + ((s[1] + s[9]) + (s[5] + s[13]))) +
+           (((s[2] + s[10]) + (s[6] + s[14])) + ((s[3] + s[11]) + (s[7] + s[15])));
+}
+#else
+typedef v8f vq;
+typedef v8i vqi;
+static inline vqi unitq(const uint8_t *c) { return unit_at(c); }
+static inline float sumq(vq s) { return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])); }
+#endif
+
+static inline vq ldq(const float *p) { vq v; memcpy(&v, p, sizeof v); return v; }
+
+static inline vq planeq(vqi x, int bits, int k)
+{
+    if (bits == 8) return __builtin_convertvector(x, vq);
+    vqi m = { 0 };
+    m += ((1 << bits) - 1) << (k * bits);
+    return __builtin_convertvector(x & m, vq);
 }
 
 /* kv_qdot_codes for a constant bits (inlined per case: the plane loop
  * unrolls); two accumulators, by plane parity (by unit parity at 8 bits) */
 static inline float dot_codes(const float *qs, const uint8_t *c, int units, const int bits)
 {
-    const int planes = 8 / bits;
-    v16f a0 = { 0 }, a1 = { 0 };
+    const int planes = 8 / bits, U = KV_QUB;
+    vq a0 = { 0 }, a1 = { 0 };
     if (planes == 1) {
         int u = 0;
         for (; u + 2 <= units; u += 2) {
-            a0 += plane16(unit16_at(c + 16 * u), 8, 0) * ld16(qs + 16 * u);
-            a1 += plane16(unit16_at(c + 16 * u + 16), 8, 0) * ld16(qs + 16 * u + 16);
+            a0 += planeq(unitq(c + U * u), 8, 0) * ldq(qs + U * u);
+            a1 += planeq(unitq(c + U * u + U), 8, 0) * ldq(qs + U * u + U);
         }
-        if (u < units) a0 += plane16(unit16_at(c + 16 * u), 8, 0) * ld16(qs + 16 * u);
+        if (u < units) a0 += planeq(unitq(c + U * u), 8, 0) * ldq(qs + U * u);
     } else
         for (int u = 0; u < units; u++) {
-            v16i x = unit16_at(c + 16 * u);
-            const float *q = qs + (size_t)u * 16 * planes;
+            vqi x = unitq(c + U * u);
+            const float *q = qs + (size_t)u * U * planes;
             for (int k = 0; k < planes; k += 2) {
-                a0 += plane16(x, bits, k) * ld16(q + 16 * k);
-                a1 += plane16(x, bits, k + 1) * ld16(q + 16 * k + 16);
+                a0 += planeq(x, bits, k) * ldq(q + U * k);
+                a1 += planeq(x, bits, k + 1) * ldq(q + U * k + U);
             }
         }
-    v16f s = a0 + a1;
-    return (((s[0] + s[8]) + (s[4] + s[12])) + ((s[1] + s[9]) + (s[5] + s[13]))) +
-           (((s[2] + s[10]) + (s[6] + s[14])) + ((s[3] + s[11]) + (s[7] + s[15])));
+    return sumq(a0 + a1);
 }
-#else
-/* kv_qdot_codes for a constant bits (inlined per case: the plane loop
- * unrolls); two accumulators, by plane parity (by unit parity at 8 bits) */
-static inline float dot_codes(const float *qs, const uint8_t *c, int units, const int bits)
-{
-    const int planes = 8 / bits;
-    v8f a0 = bc8(0), a1 = bc8(0);
-    if (planes == 1) {
-        int u = 0;
-        for (; u + 2 <= units; u += 2) {
-            a0 += plane(unit_at(c + 8 * u), 8, 0) * ld8(qs + 8 * u);
-            a1 += plane(unit_at(c + 8 * u + 8), 8, 0) * ld8(qs + 8 * u + 8);
-        }
-        if (u < units) a0 += plane(unit_at(c + 8 * u), 8, 0) * ld8(qs + 8 * u);
-    } else
-        for (int u = 0; u < units; u++) {
-            v8i x = unit_at(c + 8 * u);
-            const float *q = qs + (size_t)u * 8 * planes;
-            for (int k = 0; k < planes; k += 2) {
-                a0 += plane(x, bits, k) * ld8(q + 8 * k);
-                a1 += plane(x, bits, k + 1) * ld8(q + 8 * k + 8);
-            }
-        }
-    v8f s = a0 + a1;
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-#endif
 
 float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n)
 {
