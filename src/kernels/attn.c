@@ -353,22 +353,6 @@ static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
     return len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n;
 }
 
-/* New tile max mt for the double running state r: rescale it if mt raises
- * the max (rare); returns the (float-exact) max to shift by. */
-static inline float raise_max(double *r, float mt, int dv)
-{
-    if (mt > r[KV_PS_M]) {
-        if (r[KV_PS_M] != -INFINITY) {
-            double f = exp(r[KV_PS_M] - (double)mt);
-            r[KV_PS_L] *= f;
-            r[KV_PS_L2] *= f * f;
-            for (int c = 0; c < dv; c++) r[KV_PS_U + c] *= f;
-        }
-        r[KV_PS_M] = mt;
-    }
-    return (float)r[KV_PS_M]; /* a float logit, so exact */
-}
-
 /* Batched tiles (queries in lanes, see the top): folds into run (nq states). */
 static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
                       size_t n, int d, int dv, float scale, double *run)
@@ -415,7 +399,7 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
             for (int j = lb; j < nqp; j++) mt[j] = row[j] > mt[j] ? row[j] : mt[j];
         }
         for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
-            mf[j] = j >= qa && j < nq ? raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
+            mf[j] = j >= qa && j < nq ? kv_partial_raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
         for (int j = lb; j < nqp; j += VL) { /* shift, exp and the tile sums in one pass */
             v16 m = ld(mf + j), l = bc(0), l2 = bc(0);
             for (int t = 0; t < nt; t++) {
@@ -484,7 +468,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const
             float mt = s[0];
 #pragma omp simd reduction(max : mt)
             for (int t = 1; t < ntq; t++) mt = s[t] > mt ? s[t] : mt;
-            float m = raise_max(r, mt, dv);
+            float m = kv_partial_raise_max(r, mt, dv);
 #pragma omp simd
             for (int t = 0; t < ntq; t++) s[t] -= m;
             kv_expf_neg(s, (size_t)ntq);

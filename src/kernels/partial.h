@@ -11,6 +11,7 @@
 #ifndef KVSTREAM_PARTIAL_H
 #define KVSTREAM_PARTIAL_H
 
+#include <math.h>
 #include <stddef.h>
 
 #define KV_PSTATE_LEN(dv) ((size_t)(dv) + 3)
@@ -32,6 +33,23 @@ void kv_partial_add(double *st, int dv, const float *a, const float *w,
 
 /* Fold one token with logit a, weight w and value v (double precision). */
 void kv_partial_add_one(double *st, int dv, double a, double w, const float *v);
+
+/* A tile's float max mt into the double running state r (rescaling r
+ * when it raises the max, which is rare); returns the max to shift the
+ * tile's logits by (a float logit, so exact).  The tile kernels' fold. */
+static inline float kv_partial_raise_max(double *r, float mt, int dv)
+{
+    if (mt > r[KV_PS_M]) {
+        if (r[KV_PS_M] != -INFINITY) {
+            double f = exp(r[KV_PS_M] - (double)mt);
+            r[KV_PS_L] *= f;
+            r[KV_PS_L2] *= f * f;
+            for (int c = 0; c < dv; c++) r[KV_PS_U + c] *= f;
+        }
+        r[KV_PS_M] = mt;
+    }
+    return (float)r[KV_PS_M];
+}
 
 /* z = u / l (dv doubles).  An empty state (l == 0) gives z = 0 and returns
  * -1 so callers can flag queries a method could not answer. */

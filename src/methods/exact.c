@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/hugemem.h"
 #include "kernels/attn.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
@@ -53,6 +54,7 @@ static int grow_to(void **p, size_t *cap, size_t nc, size_t elem, kv_err *err)
     if (nc <= *cap) return KV_OK;
     void *q = realloc(*p, nc * elem);
     if (!q) return kv_seterr(err, KV_EINTERNAL, "exact: out of memory holding %zu tokens", nc);
+    kv_mem_hugepages((char *)q + *cap * elem, (nc - *cap) * elem); /* the part not touched yet */
     *p = q;
     *cap = nc;
     return KV_OK;

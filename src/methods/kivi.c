@@ -22,8 +22,11 @@
  * the group index (8 bytes) of every group the rank's shard can fill
  * (allocated at the first quantised group: floor(shard / G) groups), plus
  * the float tokens in 16-token pages (methods/tokring.h).  No float copy
- * of a quantised group is kept: a query decodes a slice of groups (about
- * 2048 tokens) at a time into scratch and folds it with the exact kernel.
+ * of a quantised group is kept: a query works in the compressed domain
+ * (kernels/qattn.h), the key scales folded into the query and the value
+ * scales into the softmax weights, in fixed slices of about 2048 tokens;
+ * its per-thread tiles are working memory, not counted (as the exact
+ * kernels' are not).
  *
  * budget=X: the largest bits in {8, 4, 2} whose groups (floor(n / G) of
  * them) plus R + G float tokens (kv_tokring_fit) fit in X; if none does,
@@ -32,8 +35,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "kernels/attn.h"
+#include "core/hugemem.h"
 #include "kernels/partial.h"
+#include "kernels/qattn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
 #include "methods/quant.h"
@@ -74,6 +78,15 @@ typedef struct {
     int64_t *gidx;        /* gcap group indices */
     kv_tokring tail;      /* float tokens not yet decided, in stream order */
     kv_tokring edge;      /* float tokens of groups no rank holds whole */
+    /* the query kernel (kernels/qattn.h): fast paths, layout orders, scratch */
+    int fastk, fastv;     /* keys, values unpack in layout order (else decoded to floats) */
+    int *kperm, *vperm;   /* channel of each layout position (d, dv) */
+    int *vgp;             /* value group of each 8 layout lanes (dv / 8) */
+    float *kpl, *vpl;     /* kv_qplane_scale of each key, value layout position (1 off the fast path) */
+    kv_qscratch ws;       /* per-thread tiles: working memory, not state */
+    float *qp;            /* the queries in layout order, times the scale */
+    size_t qcap;
+    kv_query_cost cost;   /* what the answers read and computed (method.h) */
 } kivi_state;
 
 static size_t rec_bytes(int bits, int G, int d, int dv, size_t *kcb, size_t *vcb)
@@ -91,6 +104,36 @@ static int64_t fit_residual(int64_t B, int bits, int64_t G, const kv_method_ctx 
     int64_t groups = ctx->n_total / G * (int64_t)(rec_bytes(bits, (int)G, ctx->d, ctx->dv, NULL, NULL) + 8);
     if (B - groups <= 0) return -1;
     return kv_tokring_fit(B - groups, ctx->d, ctx->dv, ctx->nranks > 0 ? ctx->nranks : 1) - G;
+}
+
+/* The query kernel's layout orders: keys and values take the fast path
+ * when their codes unpack in whole units (kv_qfast), values also when every
+ * 8 layout lanes lie in one value group (gv a multiple of a unit). */
+static int plan_kernel(kivi_state *s, kv_err *err)
+{
+    int d = s->ctx.d, dv = s->ctx.dv, b = s->bits;
+    s->fastk = kv_qfast(b, d);
+    s->fastv = kv_qfast(b, dv) && s->gv % (64 / b) == 0;
+    s->kperm = kv_malloc(sizeof(int) * (size_t)d, err);
+    s->vperm = s->kperm ? kv_malloc(sizeof(int) * (size_t)dv, err) : NULL;
+    s->vgp = s->vperm ? kv_malloc(sizeof(int) * (size_t)(dv / 8 + 1), err) : NULL;
+    s->kpl = s->vgp ? kv_malloc(sizeof(float) * (size_t)d, err) : NULL;
+    s->vpl = s->kpl ? kv_malloc(sizeof(float) * (size_t)dv, err) : NULL;
+    if (!s->vpl) {
+        free(s->kperm);
+        free(s->vperm);
+        free(s->vgp);
+        free(s->kpl);
+        return err->code;
+    }
+    for (int p = 0; p < dv; p++) s->vpl[p] = s->fastv ? kv_qplane_scale(b, p) : 1.0f;
+    for (int p = 0; p < d; p++) {
+        s->kperm[p] = s->fastk ? kv_qperm(b, p) : p;
+        s->kpl[p] = s->fastk ? kv_qplane_scale(b, p) : 1.0f;
+    }
+    for (int p = 0; p < dv; p++) s->vperm[p] = s->fastv ? kv_qperm(b, p) : p;
+    for (int k = 0; k < dv / 8; k++) s->vgp[k] = s->vperm[8 * k] / s->gv;
+    return KV_OK;
 }
 
 static int kivi_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
@@ -124,6 +167,10 @@ static int kivi_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     s->nvg = (ctx->dv + s->gv - 1) / s->gv;
     s->R = R;
     s->rec = rec_bytes(bits, s->G, ctx->d, ctx->dv, &s->kcb, &s->vcb);
+    if (plan_kernel(s, err)) {
+        free(s);
+        return err->code;
+    }
     int64_t lim = kv_shard_limit(ctx);
     kv_tokring_init(&s->tail, ctx->d, ctx->dv, lim);
     kv_tokring_init(&s->edge, ctx->d, ctx->dv, lim);
@@ -148,6 +195,7 @@ static int grow_groups(kivi_state *s, int64_t need, kv_err *err)
     if (need <= s->gcap) return KV_OK;
     int64_t c = gcap_for(s, need);
     uint8_t *r = realloc(s->recs, (size_t)c * s->rec);
+    if (r) kv_mem_hugepages(r + (size_t)s->gcap * s->rec, (size_t)(c - s->gcap) * s->rec);
     if (r) s->recs = r;
     int64_t *g = r ? realloc(s->gidx, sizeof(int64_t) * (size_t)c) : NULL;
     if (g) s->gidx = g;
@@ -245,39 +293,98 @@ static int kivi_ingest(void *state, const float *K, const float *V, int64_t firs
     return KV_OK;
 }
 
-typedef struct { const kivi_state *s; int64_t per; } slice_arg;
+typedef struct { kivi_state *s; int64_t per; const float *qp; } slice_arg;
 
+/* Floats of one thread's scratch for nq queries (fold_groups' layout). */
+static size_t scratch_floats(const kivi_state *s, int nq)
+{
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, nvg = (size_t)s->nvg;
+    return 2 * KV_PSTATE_LEN(dv) * (size_t)(nq + 1) + 2 * d + KV_QTILE * (d + dv + 2 * nvg + 1) + dv +
+           (KV_QTILE + 1) * nvg + (size_t)nq * (d + 1);
+}
+
+/* Slice i of the groups, in the compressed domain (kernels/qattn.h): per
+ * group the key scales fold into the queries (qs = scale q s, qz = scale
+ * q . z), logits are qz + qs . code straight from the packed codes, and
+ * the values fold from their codes with the per-token scales folded into
+ * the softmax weights.  A layout the kernel cannot take (kv_qfast)
+ * decodes z + s c to floats instead. */
 static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const slice_arg *a = arg;
-    const kivi_state *s = a->s;
-    int d = s->ctx.d, dv = s->ctx.dv, G = s->G;
+    kivi_state *s = a->s;
+    int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg;
+    size_t sl = KV_PSTATE_LEN(dv), kb = (size_t)d * b / 8, vb = (size_t)dv * b / 8;
     int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
-    size_t nt = (size_t)(g1 - g0) * (size_t)G;
-    /* the slice's groups decoded into scratch, then one pass of the exact kernel */
-    float *K = malloc(sizeof(float) * (nt * (size_t)(d + dv) + 2 * (size_t)d)), *V = K ? K + nt * d : NULL;
-    if (!K) return KV_EINTERNAL;
-    float *kz = V + nt * dv, *ks = kz + d;
+    float *w = kv_qscratch_get(&s->ws, scratch_floats(s, nq));
+    if (!w) return KV_EINTERNAL;
+    double *rl = (double *)w; /* nq states with u in layout order, then one for the merge */
+    for (int q = 0; q < nq; q++) kv_partial_clear(rl + q * sl, dv);
+    float *kz = w + 2 * sl * (size_t)(nq + 1), *ks = kz + d, *kc = ks + d, *vc = kc + KV_QTILE * d, *vz = vc + KV_QTILE * dv,
+          *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE, *Z = U + dv,
+          *qs = Z + (KV_QTILE + 1) * nvg, *qz = qs + (size_t)nq * d;
     for (int64_t g = g0; g < g1; g++) {
-        const uint8_t *r = s->recs + (size_t)g * s->rec, *vc = r + s->kcb + 4 * (size_t)d;
-        float *Kg = K + (size_t)(g - g0) * G * d, *Vg = V + (size_t)(g - g0) * G * dv;
-        uint16_t zs[2];
-        for (int c = 0; c < d; c++) {
-            memcpy(zs, r + s->kcb + 4 * (size_t)c, 4);
-            kz[c] = kv_half_to_float(zs[0]);
-            ks[c] = kv_half_to_float(zs[1]);
+        const uint8_t *r = s->recs + (size_t)g * s->rec, *kzs = r + s->kcb, *vcode = kzs + 4 * (size_t)d,
+                      *vzs = vcode + s->vcb;
+        uint16_t h[2];
+        kv_qhalves(kzs, d, kc, kc + d); /* channel order (vectorised), then layout order */
+        for (int p = 0; p < d; p++) {
+            kz[p] = kc[s->kperm[p]];
+            ks[p] = kc[d + s->kperm[p]] * s->kpl[p];
         }
-        for (int t = 0; t < G; t++) kv_dequantise_row(r, (size_t)t * d, (size_t)d, s->bits, kz, ks, Kg + (size_t)t * d);
-        for (int t = 0; t < G; t++)
-            for (int j = 0; j < s->nvg; j++) {
-                int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
-                memcpy(zs, vc + s->vcb + 4 * ((size_t)t * s->nvg + j), 4);
-                kv_dequantise(vc, (size_t)t * dv + c0, 1, (size_t)nc, s->bits, zs, Vg + (size_t)t * dv + c0, 1);
+        if (s->fastk)
+            for (int q = 0; q < nq; q++) {
+                const float *qp = a->qp + (size_t)q * d;
+                float *o = qs + (size_t)q * d;
+                for (int p = 0; p < d; p++) o[p] = qp[p] * ks[p];
+                qz[q] = kv_qdot(qp, kz, d);
             }
+        for (int t0 = 0; t0 < G; t0 += KV_QTILE) {
+            int nt = G - t0 < KV_QTILE ? G - t0 : KV_QTILE;
+            kv_qtile_vals tv = { dv, nvg, s->fastv, b, vc, vz, vs, vcode + (size_t)t0 * vb, vb, s->vgp, s->vpl };
+            if (s->fastv) kv_qhalves(vzs + 4 * (size_t)t0 * nvg, nt * nvg, vz, vs);
+            for (int t = 0; t < nt; t++) {
+                size_t vt = (size_t)(t0 + t) * dv;
+                if (!s->fastk) kv_dequantise_row(r, (size_t)(t0 + t) * d, (size_t)d, b, kz, ks, kc + (size_t)t * d);
+                for (int j = 0; j < nvg && !s->fastv; j++) {
+                    int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
+                    memcpy(h, vzs + 4 * ((size_t)(t0 + t) * nvg + j), 4);
+                    kv_dequantise(vcode, vt + c0, 1, (size_t)nc, b, h, vc + (size_t)t * dv + c0, 1);
+                }
+            }
+            for (int q = 0; q < nq; q++) {
+                if (s->fastk) kv_qlogits_codes(qs + (size_t)q * d, qz[q], r + (size_t)t0 * kb, kb, b, d, nt, S);
+                else
+                    for (int t = 0; t < nt; t++) S[t] = kv_qdot(Q + (size_t)q * d, kc + (size_t)t * d, d) * scale;
+                kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
+            }
+        }
     }
-    int rc = kv_attn_fold(Q, nq, K, V, nt, d, dv, scale, st);
-    free(K);
-    return rc;
+    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * sl, s->vperm, dv, rl + nq * sl);
+    return KV_OK;
+}
+
+/* The slices of the held groups: fixed (a function of the group count
+ * only), so the answer does not depend on the thread count. */
+static int fold_quantised(kivi_state *s, const float *Q, int nq, double *st)
+{
+    int d = s->ctx.d;
+    float scale = (float)s->ctx.scale;
+    if (!s->ng) return KV_OK;
+    if (kv_qscratch_slots(&s->ws)) return KV_EINTERNAL;
+    if ((size_t)nq * d > s->qcap) { /* the queries in layout order, times the scale */
+        size_t c = s->qcap ? s->qcap : 256;
+        while (c < (size_t)nq * d) c *= 2;
+        float *qp = realloc(s->qp, sizeof(float) * c);
+        if (!qp) return KV_EINTERNAL;
+        s->qp = qp;
+        s->qcap = c;
+    }
+    for (int q = 0; q < nq; q++)
+        for (int p = 0; p < d; p++) s->qp[(size_t)q * d + p] = scale * Q[(size_t)q * d + (s->fastk ? s->kperm[p] : p)];
+    slice_arg a = { s, 2048 / s->G > 0 ? 2048 / s->G : 1, s->qp };
+    while ((s->ng + a.per - 1) / a.per > 256) a.per *= 2;
+    return kv_fold_slices((s->ng + a.per - 1) / a.per, fold_groups, &a, Q, nq, s->ctx.dv, scale, st);
 }
 
 static int kivi_partial(void *state, const float *Q, int nq, int64_t p, double *st)
@@ -292,14 +399,20 @@ static int kivi_partial(void *state, const float *Q, int nq, int64_t p, double *
     kv_err_clear(&e);
     if (compact(s, &e)) return KV_EINTERNAL;
     if (nq <= 0) return KV_OK;
-    /* fixed slices of groups (a function of the group count only) */
-    slice_arg a = { s, 2048 / s->G > 0 ? 2048 / s->G : 1 }; /* about 2048 tokens of scratch per slice */
-    while ((s->ng + a.per - 1) / a.per > 256) a.per *= 2;
-    int rc = kv_fold_slices((s->ng + a.per - 1) / a.per, fold_groups, &a, Q, nq, s->ctx.dv, (float)s->ctx.scale, st);
+    int rc = fold_quantised(s, Q, nq, st);
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
+    /* the records once per call (the queries share each tile), every float
+     * token; per query and quantised token one FMA per key and value code,
+     * per group qs and qz (3d), per float token 2 (d + dv) */
+    int64_t d = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count;
+    s->cost.read_bytes += (double)s->ng * (double)s->rec + (double)nf * (double)((d + dv) * 4 + 8);
+    s->cost.read_tokens += (double)(s->ng * s->G + nf);
+    s->cost.flops += (double)nq * ((double)s->ng * (double)(s->G * 2 * (d + dv) + 3 * d) + (double)nf * 2 * (d + dv));
     return rc;
 }
+
+static void kivi_cost(const void *state, kv_query_cost *c) { *c = ((const kivi_state *)state)->cost; }
 
 static size_t kivi_bytes(const void *state)
 {
@@ -320,6 +433,13 @@ static void kivi_free(void *state)
     if (!s) return;
     free(s->recs);
     free(s->gidx);
+    free(s->kperm);
+    free(s->vperm);
+    free(s->vgp);
+    free(s->kpl);
+    free(s->vpl);
+    free(s->qp);
+    kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);
     kv_tokring_free(&s->edge);
     free(s);
@@ -430,4 +550,5 @@ const kv_method_ops kv_method_kivi = {
     .load = kivi_load,
     .max_bytes = kivi_max_bytes,
     .conform = { "bits=2,group=8,residual=20;bits=8,residual=0;bits=4,group=5,residual=7", KV_PINV_ROUNDING },
+    .cost = kivi_cost,
 };

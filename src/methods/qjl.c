@@ -10,7 +10,8 @@
  * is unbiased (E[<s, q> sign(<s, k>)] = sqrt(2/pi) <q, k> / |k| for
  * s ~ N(0, I)), with variance ((pi/2) |q|^2 |k|^2 - <q, k>^2) / m; the
  * logit is scale times it.  <S q, sign(S k)> is read from a table of the
- * sums of S q over each byte's set bits (m/8 lookups per key).  Values are
+ * sums of S q over each byte's set bits (m/8 lookups per key); the tiles
+ * fold as in kernels/qattn.h (values from their codes).  Values are
  * kept in float32 (vbits=32) or quantised per token in groups of `group`
  * channels with half zero point and scale (methods/quant.h).  The last R
  * tokens of the stream (global, via the driver's horizon) stay in float:
@@ -31,9 +32,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/hugemem.h"
 #include "core/rng.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
+#include "kernels/qattn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
 #include "methods/quant.h"
@@ -83,6 +86,14 @@ typedef struct {
     uint8_t *qcodes;           /* scratch: one token's value codes and (z, s) pairs */
     uint16_t *qzs;
     kv_tokring tail, edge;
+    /* the query kernel (kernels/qattn.h) */
+    int fastv;                 /* value codes unpack in layout order (else decoded to floats) */
+    int *vperm, *vgp;          /* channel of each layout position; value group of each 8 lanes */
+    float *vpl;                /* kv_qplane_scale of each layout position */
+    kv_qscratch ws;            /* per-thread tiles: working memory, not state */
+    float *tab;                /* per query: byte tables of S q and its sum; then S q */
+    size_t tcap;
+    kv_query_cost cost;        /* what the answers read and computed (method.h) */
 } qjl_state;
 
 static int64_t value_bytes(int vbits, int dv, int64_t group)
@@ -142,12 +153,26 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
     s->qcodes = kv_malloc(s->vcb + 1, err);
     s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
-    if (!s->S || !s->qzs) {
+    s->vperm = s->qzs ? kv_malloc(sizeof(int) * (size_t)ctx->dv, err) : NULL;
+    s->vgp = s->vperm ? kv_malloc(sizeof(int) * (size_t)(ctx->dv / 8 + 1), err) : NULL;
+    s->vpl = s->vgp ? kv_malloc(sizeof(float) * (size_t)ctx->dv, err) : NULL;
+    if (!s->S || !s->vpl) {
+        free(s->vgp);
         free(s->S);
         free(s->qcodes);
+        free(s->qzs);
+        free(s->vperm);
         free(s);
         return err->code;
     }
+    /* the value layout of the query kernel: fast when the codes unpack in
+     * whole units (kv_qfast) and every 8 layout lanes lie in one group */
+    s->fastv = vbits < 32 && kv_qfast(vbits, ctx->dv) && s->gv % (64 / vbits) == 0;
+    for (int x = 0; x < ctx->dv; x++) {
+        s->vperm[x] = s->fastv ? kv_qperm(vbits, x) : x;
+        s->vpl[x] = s->fastv ? kv_qplane_scale(vbits, x) : 1.0f;
+    }
+    for (int k = 0; k < ctx->dv / 8; k++) s->vgp[k] = s->vperm[8 * k] / s->gv;
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     for (int64_t j = 0; j < m; j++)
         for (int x = 0; x < ctx->d; x++)
@@ -174,7 +199,7 @@ static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
     size_t c = (size_t)cap_for(s, need), dv = (size_t)s->ctx.dv;
     void *p;
     int ok = 1;
-#define GROW(f, sz) do { size_t z_ = (sz); if (ok && (p = realloc(s->f, z_ > 0 ? z_ : 1))) s->f = p; else ok = 0; } while (0)
+#define GROW(f, sz) do { size_t z_ = (sz); if (ok && (p = realloc(s->f, z_ > 0 ? z_ : 1))) { kv_mem_hugepages(p, z_); s->f = p; } else ok = 0; } while (0)
     GROW(sig, c * (size_t)s->mb);
     GROW(norm, c * sizeof(float));
     if (s->vbits == 32) GROW(vf, c * dv * sizeof(float));
@@ -260,47 +285,57 @@ static int qjl_ingest(void *state, const float *K, const float *V, int64_t first
     return KV_OK;
 }
 
-typedef struct {
-    const qjl_state *s;
-    int64_t per;
-    const float *tab;   /* nq tables of mb x 256 partial sums of S q */
-    const float *qsum;  /* nq sums of S q */
-} slice_arg;
+typedef struct { qjl_state *s; int64_t per; } slice_arg;
 
+/* Tokens [i per, (i + 1) per) of the quantised rows, tile by tile
+ * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
+ * query's table of sums of S q over each byte's set bits (m/8 lookups per
+ * key, as before), and the tile folds into the double state; quantised
+ * values fold from their codes, the per-token scales folded into the
+ * softmax weights (or, on a layout the kernel cannot take, decoded to
+ * floats). */
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     (void)Q;
     const slice_arg *a = arg;
-    const qjl_state *s = a->s;
-    int dv = s->ctx.dv, mb = s->mb;
-    int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n, len = t1 - t0;
-    float *lg = malloc(sizeof(float) * (size_t)len), *V = NULL;
-    if (!lg) return KV_EINTERNAL;
-    if (s->vbits == 32) V = s->vf + (size_t)t0 * dv;
-    else {
-        V = malloc(sizeof(float) * (size_t)len * (size_t)dv);
-        if (!V) { free(lg); return KV_EINTERNAL; }
-        for (int64_t t = 0; t < len; t++)
-            for (int j = 0; j < s->nvg; j++) {
-                int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
-                kv_dequantise(s->vq + (size_t)(t0 + t) * s->vcb, (size_t)c0, 1, (size_t)nc, s->vbits,
-                              s->vzs + ((size_t)(t0 + t) * s->nvg + j) * 2, V + (size_t)t * dv + c0, 1);
-            }
-    }
-    const float c = (float)(sqrt(M_PI / 2) / s->m) * scale;
+    qjl_state *s = a->s;
+    int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
     size_t sl = KV_PSTATE_LEN(dv);
-    for (int q = 0; q < nq; q++) {
-        const float *T = a->tab + (size_t)q * mb * 256;
-        for (int64_t t = 0; t < len; t++) {
-            const uint8_t *sg = s->sig + (size_t)(t0 + t) * mb;
-            float acc = 0;
-            for (int b = 0; b < mb; b++) acc += T[b * 256 + sg[b]];
-            lg[t] = c * s->norm[t0 + t] * (2 * acc - a->qsum[q]);
+    int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
+    float *w = kv_qscratch_get(&s->ws, 2 * sl * (size_t)(nq + 1) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) + dv +
+                                           (KV_QTILE + 1) * (size_t)nvg);
+    if (!w) return KV_EINTERNAL;
+    double *rl = (double *)w; /* nq states with u in layout order, then one for the merge */
+    for (int q = 0; q < nq; q++) kv_partial_clear(rl + q * sl, dv);
+    float *vc = w + 2 * sl * (size_t)(nq + 1), *vz = vc + KV_QTILE * (size_t)dv, *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg,
+          *U = S + KV_QTILE, *Z = U + dv;
+    const float c = (float)(sqrt(M_PI / 2) / s->m) * scale;
+    for (int64_t a0 = t0; a0 < t1; a0 += KV_QTILE) {
+        int nt = t1 - a0 < KV_QTILE ? (int)(t1 - a0) : KV_QTILE;
+        kv_qtile_vals tv = { dv, nvg, s->fastv, s->vbits, s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc, vz, vs,
+                             s->vq ? s->vq + (size_t)a0 * s->vcb : NULL, s->vcb, s->vgp, s->vpl };
+        if (s->fastv) kv_qhalves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
+        for (int t = 0; t < nt && s->vbits != 32 && !s->fastv; t++) {
+            size_t row = (size_t)(a0 + t);
+            const uint16_t *zs = s->vzs + row * nvg * 2;
+            for (int j = 0; j < nvg; j++) {
+                int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
+                kv_dequantise(s->vq + row * s->vcb, (size_t)c0, 1, (size_t)nc, s->vbits, zs + 2 * j,
+                              vc + (size_t)t * dv + c0, 1);
+            }
         }
-        kv_partial_add(st + q * sl, dv, lg, NULL, V, (size_t)len);
+        for (int q = 0; q < nq; q++) {
+            const float *T = s->tab + (size_t)q * (mb * 256 + 1);
+            for (int t = 0; t < nt; t++) {
+                const uint8_t *sg = s->sig + (size_t)(a0 + t) * mb;
+                float acc[4] = { 0, 0, 0, 0 }; /* four chains: the lookups overlap */
+                for (int b = 0; b < mb; b++) acc[b & 3] += T[b * 256 + sg[b]];
+                S[t] = c * s->norm[a0 + t] * (2 * ((acc[0] + acc[1]) + (acc[2] + acc[3])) - T[mb * 256]);
+            }
+            kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
+        }
     }
-    if (s->vbits != 32) free(V);
-    free(lg);
+    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * sl, s->vperm, dv, rl + nq * sl);
     return KV_OK;
 }
 
@@ -308,7 +343,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
 {
     qjl_state *s = state;
     int d = s->ctx.d, mb = s->mb;
-    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv), per = (size_t)mb * 256 + 1;
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
     if (p > s->h) s->h = p;
     if (p > s->known) s->known = p;
@@ -318,28 +353,46 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (nq <= 0) return KV_OK;
     int rc = KV_OK;
     if (s->n) {
-        float *tab = malloc(sizeof(float) * ((size_t)nq * mb * 256 + (size_t)nq + (size_t)s->m));
-        if (!tab) return KV_EINTERNAL;
-        float *qsum = tab + (size_t)nq * mb * 256, *y = qsum + nq;
+        if (kv_qscratch_slots(&s->ws)) return KV_EINTERNAL;
+        size_t need = (size_t)nq * per + (size_t)s->m;
+        if (need > s->tcap) { /* per query: mb tables of 256 sums, then the sum of S q; then S q itself */
+            size_t c = s->tcap ? s->tcap : 4096;
+            while (c < need) c *= 2;
+            float *t = realloc(s->tab, sizeof(float) * c);
+            if (!t) return KV_EINTERNAL;
+            s->tab = t;
+            s->tcap = c;
+        }
+        float *y = s->tab + (size_t)nq * per;
         for (int q = 0; q < nq; q++) {
-            float tot = 0;
+            float tot = 0, *tq = s->tab + (size_t)q * per;
             for (int j = 0; j < s->m; j++) tot += (y[j] = kv_dot_fixed(s->S + (size_t)j * d, Q + (size_t)q * d, d));
-            qsum[q] = tot;
+            tq[(size_t)mb * 256] = tot;
             for (int b = 0; b < mb; b++) { /* T[v] = sum of y over the set bits of v */
-                float *T = tab + ((size_t)q * mb + b) * 256;
+                float *T = tq + (size_t)b * 256;
                 T[0] = 0;
                 for (int v = 1; v < 256; v++) T[v] = T[v & (v - 1)] + y[8 * b + __builtin_ctz((unsigned)v)];
             }
         }
-        slice_arg a = { s, 1024, tab, qsum };
+        slice_arg a = { s, 1024 };
         while ((s->n + a.per - 1) / a.per > 256) a.per *= 2;
         rc = kv_fold_slices((s->n + a.per - 1) / a.per, fold_slice, &a, Q, nq, s->ctx.dv, (float)s->ctx.scale, st);
-        free(tab);
     }
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
+    /* the rows once per call and S per query (it makes S q); per query S q
+     * (2 m d), its byte tables (256 m/8 adds), per quantised token m/8 table
+     * adds, 3 multiplies and one FMA per value, per float token 2 (d + dv) */
+    int64_t dd = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count, m = s->m;
+    s->cost.read_bytes += (double)s->n * (double)row_bytes(s) + (s->n ? (double)nq * 4.0 * (double)(m * dd) : 0) +
+                          (double)nf * (double)((dd + dv) * 4 + 8);
+    s->cost.read_tokens += (double)(s->n + nf);
+    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 32 * m) : 0) + (double)s->n * (double)(m / 8 + 3 + 2 * dv) +
+                                   (double)nf * 2 * (dd + dv));
     return rc;
 }
+
+static void qjl_cost(const void *state, kv_query_cost *c) { *c = ((const qjl_state *)state)->cost; }
 
 static size_t qjl_bytes(const void *state)
 {
@@ -367,6 +420,11 @@ static void qjl_free(void *state)
     free(s->vzs);
     free(s->qcodes);
     free(s->qzs);
+    free(s->vperm);
+    free(s->vgp);
+    free(s->vpl);
+    free(s->tab);
+    kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);
     kv_tokring_free(&s->edge);
     free(s);
@@ -463,4 +521,5 @@ const kv_method_ops kv_method_qjl = {
     .load = qjl_load,
     .max_bytes = qjl_max_bytes,
     .conform = { "m=16,residual=10;m=64,vbits=4,group=2,residual=0,seed=5;vbits=8", KV_PINV_ROUNDING },
+    .cost = qjl_cost,
 };
