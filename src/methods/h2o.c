@@ -46,6 +46,7 @@ typedef struct {
     int64_t hz;           /* prefix the recent part is relative to */
     int64_t hlast;        /* last horizon: every rank has ingested its tokens < hlast */
     int64_t seen;         /* tokens ingested */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* heap 0: heavy hitters by (score, index); heap 1: recent tokens by index */
 } h2o_state;
 
@@ -181,8 +182,9 @@ static int h2o_ingest(void *state, const float *K, const float *V, int64_t first
 
 static int h2o_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const h2o_state *s = state;
+    h2o_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -195,6 +197,7 @@ static int h2o_feedback(void *state, const float *Q, int nq, int64_t p, const do
     size_t n = (size_t)sl->held, d = (size_t)s->ctx.d;
     (void)p;
     if (!n || nq <= 0) return KV_OK;
+    kv_slots_score_cost(sl, nq, &s->cost);
     double *inc = calloc(n, sizeof(double));
     if (!inc) return KV_EINTERNAL;
     for (int q = 0; q < nq; q++) {
@@ -213,6 +216,11 @@ static size_t h2o_bytes(const void *state)
 {
     const h2o_state *s = state;
     return kv_slots_bytes(&s->sl);
+}
+
+static void h2o_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const h2o_state *)state)->cost;
 }
 
 static void h2o_extra(const void *state, kv_method_extra *x)
@@ -296,6 +304,7 @@ const kv_method_ops kv_method_h2o = {
     .feedback = h2o_feedback,
     .bytes = h2o_bytes,
     .extra = h2o_extra,
+    .cost = h2o_cost,
     .free = h2o_free,
     .save = h2o_save,
     .load = h2o_load,

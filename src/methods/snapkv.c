@@ -55,6 +55,7 @@ typedef struct {
     int64_t B, W, T, kern; /* global tokens, buffered queries, period, pooling kernel */
     int64_t share;         /* this rank's slots now */
     int64_t hlast, seen;   /* last horizon; tokens ingested */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;           /* held in ascending index; scratch: vote, pooled score, order (SCRATCH) */
     int64_t nbuf, head;    /* buffered queries, next ring slot */
     float *bq;             /* W x d query rows */
@@ -255,8 +256,9 @@ static int snapkv_ingest(void *state, const float *K, const float *V, int64_t fi
 
 static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const snapkv_state *s = state;
+    snapkv_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -280,6 +282,11 @@ static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
     return kv_slots_bytes(&s->sl) + (size_t)(s->W * query_bytes(s->ctx.d));
+}
+
+static void snapkv_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const snapkv_state *)state)->cost;
 }
 
 static void snapkv_extra(const void *state, kv_method_extra *x)
@@ -399,6 +406,7 @@ const kv_method_ops kv_method_snapkv = {
     .feedback = snapkv_feedback,
     .bytes = snapkv_bytes,
     .extra = snapkv_extra,
+    .cost = snapkv_cost,
     .free = snapkv_free,
     .save = snapkv_save,
     .load = snapkv_load,

@@ -44,6 +44,7 @@ typedef struct {
     int64_t share;        /* this rank's slots now */
     int64_t hlast;        /* last horizon: every rank has ingested its tokens < hlast */
     int64_t seen;         /* tokens ingested */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* one heap, by (score, index), over every held slot */
     int have_q;           /* a query has been answered */
     float *lq;            /* its last row (d floats) */
@@ -159,8 +160,9 @@ static int tova_ingest(void *state, const float *K, const float *V, int64_t firs
 
 static int tova_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const tova_state *s = state;
+    tova_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -173,6 +175,7 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
     size_t n = (size_t)sl->held, d = (size_t)s->ctx.d;
     (void)p;
     if (nq <= 0) return KV_OK;
+    kv_slots_score_cost(sl, nq, &s->cost);
     for (size_t t = 0; t < n; t++) {
         double sum = 0;
         for (int q = 0; q < nq; q++) {
@@ -193,6 +196,11 @@ static size_t tova_bytes(const void *state)
 {
     const tova_state *s = state;
     return kv_slots_bytes(&s->sl) + (size_t)query_bytes(s->ctx.d);
+}
+
+static void tova_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const tova_state *)state)->cost;
 }
 
 static void tova_extra(const void *state, kv_method_extra *x)
@@ -296,6 +304,7 @@ const kv_method_ops kv_method_tova = {
     .feedback = tova_feedback,
     .bytes = tova_bytes,
     .extra = tova_extra,
+    .cost = tova_cost,
     .free = tova_free,
     .save = tova_save,
     .load = tova_load,
