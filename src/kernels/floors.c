@@ -90,13 +90,17 @@ int kv_floors_measure(kv_floors *f, kv_err *err)
     /* 64 MiB in all: twice the last-level cache a core sees on the CPUs we
      * run on (32 MiB read at 3-10x DRAM speed there), and still short to
      * touch: huge pages where the kernel gives them (4 KiB first touches
-     * on a VM cost more than the reads) */
+     * on a VM cost more than the reads).  mmap, not malloc: freeing 32 MiB
+     * blocks would raise glibc's mmap threshold for the whole run */
     size_t n = (size_t)8 << 20, bytes = n * sizeof(float);
-    float *a = aligned_alloc(2 << 20, bytes), *b = aligned_alloc(2 << 20, bytes);
-    if (!a || !b) {
-        free(a); free(b);
+    void *ma = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *mb = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ma == MAP_FAILED || mb == MAP_FAILED) {
+        if (ma != MAP_FAILED) munmap(ma, bytes);
+        if (mb != MAP_FAILED) munmap(mb, bytes);
         return kv_seterr(err, KV_EINTERNAL, "floors: out of memory for the bandwidth probe");
     }
+    float *a = ma, *b = mb;
 #ifdef MADV_HUGEPAGE
     madvise(a, bytes, MADV_HUGEPAGE);
     madvise(b, bytes, MADV_HUGEPAGE);
@@ -108,7 +112,8 @@ int kv_floors_measure(kv_floors *f, kv_err *err)
         double t = kv_floor_probe(a, b, n, &sink);
         best = t < best ? t : best;
     }
-    free(a); free(b);
+    munmap(a, bytes);
+    munmap(b, bytes);
     f->read_bw = 2.0 * (double)n * sizeof(float) / best;
     f->fma_peak = kv_floor_fma_peak(1L << 19, 5, &sink);
     f->threads = omp_get_max_threads();
