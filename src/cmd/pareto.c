@@ -270,7 +270,7 @@ static const kv_opt replay_table[] = {
     { "max-memory", 0, KV_OPT_SIZE, P(ro.max_memory), .meta = "SIZE", .def = "no limit",
       .help = "refuse a run whose per-rank bound exceeds SIZE (e.g. 512M, 4G)" },
     { "quiet", 'q', KV_OPT_FLAG, P(ro.quiet), .lo = 1, .help = "no progress line on stderr" },
-    { "floors", 0, KV_OPT_STRING, P(ro.floors), .meta = "FILE", .def = "measured at start-up",
+    { "floors", 0, KV_OPT_STRING, P(ro.floors), .meta = "FILE", .def = "measured once per run",
       .help = "the replay's --floors (its results' time_over_floor)" },
     { 0 } };
 

@@ -33,7 +33,8 @@ void replay_cost_end(const replay *r, const replay_instance *x, int64_t s, const
  * per kept token. */
 kv_query_cost replay_cost_derived(const kv_method_ops *ops, const void *st, int d, int dv);
 
-/* Collective: r->fl, the limits of one rank for the "time/floor" column.
+/* Collective: r->fl, the limits of one rank for the "time/floor" column
+ * (replay_summary calls it once, at the end of the run).
  * With --floors FILE read there (rank 0, broadcast) when the file exists,
  * else measured and written there by rank 0.  Measured on every rank at
  * once (after a barrier) and the minimum of each figure taken: the slowest

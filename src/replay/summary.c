@@ -248,7 +248,7 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
     return k->res ? run_attrs(r, k, k->res, wall, rss, err) : KV_OK;
 }
 
-int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
+int replay_summary(replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
 {
     totals *t = kv_calloc((size_t)r->M, sizeof *t, err);
     int64_t *peaks = kv_calloc((size_t)r->M, sizeof *peaks, err);
@@ -268,6 +268,8 @@ int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_rep
     if (kv_mpi_max_i64(rss, rss, 2, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the peak RSS failed");
     double wall = omp_get_wtime() - t_start;
+    /* the floors of the time/floor column: after the RSS, which must not count the probe's arrays */
+    if (!err->code) replay_floors_setup(r, err);
     if (r->rank == 0 && !err->code) write_summary(r, k, t, wall, rss, err);
     if (res) share_summary(r, k, t, res, err);
     free(t);
