@@ -2,6 +2,7 @@
 """Error against memory from a `kvstream pareto` file (docs/PARETO.md).
 
     /usr/bin/python3 analysis/pareto.py FILE [FILE ...] -o PREFIX [--stat p50|mean|p95] [--title T]
+                                        [--axis memory|reads]
 
 Several FILEs (pareto runs of the same trace, e.g. with budgets that suit
 different methods) are drawn as one figure: their rows are concatenated,
@@ -21,7 +22,9 @@ without budgets (budget "none", e.g. topk) is one point with the seeds'
 spread as an error bar.  The exact reference (error 0 by definition) is a
 star on the bottom edge and a dashed vertical line at its memory; other
 errors of exactly 0 are drawn on the bottom edge too.  Run with Debian's
-/usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).
+/usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).  --axis reads puts
+read_tokens_per_query (the tokens a query touches, summed over ranks) on
+the x axis instead of memory_bytes.
 """
 import argparse
 import os
@@ -37,6 +40,10 @@ import kvresults as kv  # noqa: E402
 COLUMNS = ["method", "budget", "seed", "memory_bytes", "p50_error", "p95_error", "mean_error", "max_error",
            "p95_bound_ratio", "label"]
 STATS = {"p50": "p50_error", "mean": "mean_error", "p95": "p95_error"}
+# --axis: the x column, and its label; reads columns are absent from files of older kvstream versions
+AXES = {"memory": ("memory_bytes", "memory_bytes (peak state, all streams and ranks)"),
+        "reads": ("read_tokens_per_query", "read_tokens_per_query (tokens a query touches, all ranks; mean)")}
+READS = ["read_tokens_per_query", "read_bytes_per_query"]
 
 
 def load(path):
@@ -48,21 +55,21 @@ def load(path):
         missing = [c for c in COLUMNS if c not in g]
         if missing:
             raise SystemExit("%s: /pareto lacks %s" % (path, ", ".join(missing)))
-        cols = {c: g[c][...] for c in COLUMNS}
+        cols = {c: g[c][...] for c in COLUMNS + [c for c in READS if c in g]}
     n = len(cols["method"])
     if any(len(v) != n for v in cols.values()):
         raise SystemExit("%s: /pareto datasets differ in length" % path)
     rows = []
     for i in range(n):
         r = {}
-        for c in COLUMNS:
+        for c in cols:
             v = cols[c][i]
             r[c] = kv.text(v) if isinstance(v, (bytes, np.bytes_)) else v.item()
         rows.append(r)
     return rows
 
 
-def curves(rows, stat):
+def curves(rows, stat, xcol="memory_bytes"):
     """{method: [(budget, memory, median, lo, hi), ...] in order of memory} for every method but exact."""
     by = {}
     for r in rows:
@@ -73,17 +80,20 @@ def curves(rows, stat):
         pts = []
         for b, rs in budgets.items():
             y = np.array([r[stat] for r in rs], dtype=np.float64)
-            mem = float(np.median([r["memory_bytes"] for r in rs]))
+            mem = float(np.median([r[xcol] for r in rs]))
             pts.append((b, mem, float(np.median(y)), float(np.min(y)), float(np.max(y))))
         out[m] = sorted(pts, key=lambda p: p[1])
     return out
 
 
-def plot(rows, stat_name, png, title):
+def plot(rows, stat_name, png, title, axis="memory"):
     stat = STATS[stat_name]
+    xcol, xlabel = AXES[axis]
+    if any(xcol not in r for r in rows):
+        raise SystemExit("--axis %s: the file has no %s (written by an older kvstream)" % (axis, xcol))
     plt = kv.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    cs = curves(rows, stat)
+    cs = curves(rows, stat, xcol)
     pos = [v for pts in cs.values() for p in pts for v in p[2:] if v > 0 and np.isfinite(v)]
     floor = min(pos) / 4 if pos else 1e-6
     clip = lambda v: max(v, floor) if np.isfinite(v) else np.nan  # noqa: E731
@@ -99,13 +109,13 @@ def plot(rows, stat_name, png, title):
                         label="%s (budget %s)" % (m, pts[0][0]))
     for r in rows:
         if r["method"] == "exact":
-            ax.axvline(r["memory_bytes"], color="k", linestyle="--", linewidth=1)
-            ax.plot([r["memory_bytes"]], [floor], "k*", markersize=12, clip_on=False,
+            ax.axvline(r[xcol], color="k", linestyle="--", linewidth=1)
+            ax.plot([r[xcol]], [floor], "k*", markersize=12, clip_on=False,
                     label="exact (reference, error 0)")
             break
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("memory_bytes (peak state, all streams and ranks)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("%s rel_error: median over seeds (band: min-max)" % stat_name)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
@@ -121,12 +131,14 @@ def main(argv=None):
     ap.add_argument("-o", "--output", default="pareto", help="PREFIX: writes PREFIX.png and PREFIX.csv")
     ap.add_argument("--stat", choices=sorted(STATS), default="p50", help="error statistic on the y axis")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--axis", choices=sorted(AXES), default="memory",
+                    help="x axis: memory_bytes, or the tokens a query reads (read_tokens_per_query)")
     a = ap.parse_args(argv)
     rows = load(a.file[0])
     for path in a.file[1:]:  # one exact reference: the first file's
         rows += [r for r in load(path) if r["method"] != "exact"]
     kv.write_csv(a.output + ".csv", COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
-    plot(rows, a.stat, a.output + ".png", a.title or " + ".join(os.path.basename(f) for f in a.file))
+    plot(rows, a.stat, a.output + ".png", a.title or " + ".join(os.path.basename(f) for f in a.file), a.axis)
     for r in rows:
         print("%-16s %-8s %5d %14d  p50 %-10.4g p95 %-10.4g mean %-10.4g" % (
             r["method"], r["budget"], r["seed"], r["memory_bytes"], r["p50_error"], r["p95_error"], r["mean_error"]))

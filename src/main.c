@@ -34,6 +34,7 @@ static const struct {
     { "pareto", kv_run_pareto, "error against memory of every (method, budget, seed) in one replay", 1 },
     { "record", kv_run_record, "record a llama2.c model's keys, values and queries as a trace", 0 },
     { "methods", kv_run_methods, "list the methods and their parameters", 0 },
+    { "floors", kv_run_floors, "measure the read bandwidth and FMA peak behind replay's time/floor column", 0 },
     { "version", kv_run_version, "print the version", 0 },
 };
 enum { NCOMMANDS = sizeof commands / sizeof commands[0] };

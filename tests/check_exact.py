@@ -38,6 +38,28 @@ for path in results:
         mem = int(g.attrs["memory_bytes"])
         if not (need <= mem <= need + 4096 * S * int(r.attrs["ranks"])):
             fail("%s: exact memory_bytes %d, expected about %d" % (path, mem, need))
+        # per-query costs (replay/cost.h): a query at prefix p reads the p
+        # tokens before it, summed over ranks, 2 (d + dv) flops each; a
+        # batch reads its longest prefix once, so bytes are at most that
+        for a in ("read_bytes_per_query", "flops_per_query", "read_tokens_per_query", "read_tokens_p95",
+                  "time_over_floor"):
+            if a not in g.attrs:
+                fail("%s: /methods/exact lacks attribute %s" % (path, a))
+        qp = r["query_pos"][...].astype(np.float64)
+        tok, fl, rb = (float(g.attrs[a]) for a in ("read_tokens_per_query", "flops_per_query", "read_bytes_per_query"))
+        if abs(tok - qp.mean()) > 1e-9 * qp.mean():
+            fail("%s: exact read_tokens_per_query %.17g, expected the mean prefix %.17g" % (path, tok, qp.mean()))
+        if abs(fl - 2 * (d + dv) * qp.mean()) > 1e-9 * fl:
+            fail("%s: exact flops_per_query %.17g, expected 2 (d + dv) x mean prefix" % (path, fl))
+        if not (0 < rb <= 4 * (d + dv) * qp.max()):
+            fail("%s: exact read_bytes_per_query %.17g outside (0, 4 (d + dv) max prefix]" % (path, rb))
+        p95 = float(g.attrs["read_tokens_p95"])
+        if not (qp.min() <= p95 <= qp.max()):
+            fail("%s: exact read_tokens_p95 %g outside the prefixes [%g, %g]" % (path, p95, qp.min(), qp.max()))
+        tf = float(g.attrs["time_over_floor"])
+        if not (r.attrs["floor_read_bytes_per_second"] > 0 and r.attrs["floor_flops_per_second"] > 0 and tf > 0):
+            fail("%s: floors %g B/s, %g flop/s and time_over_floor %g must be positive" % (
+                path, r.attrs["floor_read_bytes_per_second"], r.attrs["floor_flops_per_second"], tf))
         if "bound_ratio" in g and np.any(g["bound_ratio"][...] != 0):
             fail("%s: exact bound_ratio must be 0" % path)
         e = rel(out.astype(np.float64), Z)

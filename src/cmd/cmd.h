@@ -23,6 +23,7 @@ int kv_run_sweep(int argc, char **argv, MPI_Comm comm, kv_err *err);   /* sweep.
 int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* pareto.c */
 int kv_run_record(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* record.c */
 int kv_run_methods(int argc, char **argv, MPI_Comm comm, kv_err *err); /* methods.c */
+int kv_run_floors(int argc, char **argv, MPI_Comm comm, kv_err *err);  /* floors.c */
 int kv_run_version(int argc, char **argv, MPI_Comm comm, kv_err *err); /* version.c */
 
 /* Collective: when some rank has fewer CPUs in its affinity mask than

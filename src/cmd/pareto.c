@@ -31,6 +31,7 @@ typedef struct {
     char label[64];   /* its replay label: the group /methods/<label> */
     char spec[256];   /* the spec it ran as */
     int64_t memory;
+    double read_bytes, read_tokens; /* per query (replay/cost.h) */
     double p50, p95, mean, max, bound95;
 } row;
 
@@ -38,6 +39,7 @@ typedef struct {
     kv_replay_opts ro;
     const char *methods, *budgets;
     int seeds;
+    int axis; /* 0: memory, 1: reads (what the table's x column is) */
 } pareto_cli;
 
 /* --budgets "10%,2.5%,8MiB": each entry checked with kv_budget_parse */
@@ -154,6 +156,8 @@ static int read_row(kv_results *r, row *x, int bound, kv_err *err)
     double *v = NULL;
     int64_t n = 0;
     if (kv_results_read_attr_i64(r, g, "memory_bytes", &x->memory, err) ||
+        kv_results_read_attr_f64(r, g, "read_bytes_per_query", &x->read_bytes, err) ||
+        kv_results_read_attr_f64(r, g, "read_tokens_per_query", &x->read_tokens, err) ||
         kv_results_read(r, g, "rel_error", KV_R_F64, (void **)&v, &n, err))
         return err->code;
     kv_summary e = kv_summarize(v, (size_t)n);
@@ -179,7 +183,7 @@ static int write_pareto(const pareto_cli *w, row *rows, int nr, kv_err *err)
     const char **meth = kv_calloc((size_t)nr, sizeof *meth, err), **bud = kv_calloc((size_t)nr, sizeof *bud, err);
     const char **lab = kv_calloc((size_t)nr, sizeof *lab, err);
     int64_t *i64 = kv_calloc((size_t)nr * 2, sizeof *i64, err);
-    double *f = kv_calloc((size_t)nr * 5, sizeof *f, err);
+    double *f = kv_calloc((size_t)nr * 7, sizeof *f, err);
     for (int i = 0; !err->code && i < nr; i++) {
         if (read_row(r, &rows[i], w->ro.bound_ratio, err)) break;
         meth[i] = rows[i].method;
@@ -187,10 +191,12 @@ static int write_pareto(const pareto_cli *w, row *rows, int nr, kv_err *err)
         lab[i] = rows[i].label;
         i64[i] = rows[i].seed;
         i64[nr + i] = rows[i].memory;
-        double st[5] = { rows[i].p50, rows[i].p95, rows[i].mean, rows[i].max, rows[i].bound95 };
-        for (int c = 0; c < 5; c++) f[c * nr + i] = st[c];
+        double st[7] = { rows[i].p50, rows[i].p95, rows[i].mean, rows[i].max, rows[i].bound95, rows[i].read_bytes,
+                         rows[i].read_tokens };
+        for (int c = 0; c < 7; c++) f[c * nr + i] = st[c];
     }
-    static const char *fcols[5] = { "p50_error", "p95_error", "mean_error", "max_error", "p95_bound_ratio" };
+    static const char *fcols[7] = { "p50_error", "p95_error", "mean_error", "max_error", "p95_bound_ratio",
+                                    "read_bytes_per_query", "read_tokens_per_query" };
     const char *G = "/pareto";
     int64_t dims[1] = { nr };
     int bad = err->code;
@@ -203,8 +209,9 @@ static int write_pareto(const pareto_cli *w, row *rows, int nr, kv_err *err)
             kv_results_attr_str(r, G, "methods", w->methods, err) ||
             kv_results_attr_str(r, G, "budgets", w->budgets, err) ||
             kv_results_attr_i64(r, G, "seeds", w->seeds, err) ||
+            kv_results_attr_str(r, G, "axis", w->axis ? "reads" : "memory", err) ||
             kv_results_attr_i64(r, G, "base_seed", (int64_t)w->ro.seed, err);
-    for (int c = 0; c < 5 && !bad; c++) bad = kv_results_write_all(r, G, fcols[c], KV_R_F64, 1, dims, f + c * nr, err);
+    for (int c = 0; c < 7 && !bad; c++) bad = kv_results_write_all(r, G, fcols[c], KV_R_F64, 1, dims, f + c * nr, err);
     free(meth);
     free(bud);
     free(lab);
@@ -215,14 +222,20 @@ static int write_pareto(const pareto_cli *w, row *rows, int nr, kv_err *err)
     return rc ? rc : err->code;
 }
 
-static void print_table(const row *rows, int nr, FILE *f)
+/* axis 1: reads per query (tokens a query touches, then the bytes its
+ * call read, a batch's shared read split over its queries) instead of memory */
+static void print_table(const row *rows, int nr, int axis, FILE *f)
 {
-    fprintf(f, "%-20s %-10s %6s %14s %10s %10s %10s %10s %10s\n", "method", "budget", "seed", "memory_bytes",
-            "p50 err", "p95 err", "mean err", "max err", "p95 bound");
+    fprintf(f, "%-20s %-10s %6s %14s %12s %10s %10s %10s %10s %10s\n", "method", "budget", "seed",
+            axis ? "read tok/q" : "memory_bytes", axis ? "read B/q" : "", "p50 err", "p95 err", "mean err",
+            "max err", "p95 bound");
     for (int i = 0; i < nr; i++) {
         const row *x = &rows[i];
-        fprintf(f, "%-20.20s %-10.10s %6lld %14lld %10.3g %10.3g %10.3g %10.3g %10.3g\n", x->method, x->budget,
-                (long long)x->seed, (long long)x->memory, x->p50, x->p95, x->mean, x->max, x->bound95);
+        char tok[32] = "";
+        if (axis) snprintf(tok, sizeof tok, "%.6g", x->read_bytes);
+        fprintf(f, "%-20.20s %-10.10s %6lld %14.6g %12s %10.3g %10.3g %10.3g %10.3g %10.3g\n", x->method, x->budget,
+                (long long)x->seed, axis ? x->read_tokens : (double)x->memory, tok, x->p50, x->p95, x->mean, x->max,
+                x->bound95);
     }
 }
 
@@ -237,6 +250,8 @@ static const kv_opt pareto_table[] = {
       .help = "seeds --seed, --seed+1, ... for every method taking seed=" },
     { "output", 'o', KV_OPT_STRING, P(ro.out), .meta = "FILE", .def = "required",
       .help = "results file: the replay's groups plus the table /pareto (docs/PARETO.md)" },
+    { "axis", 0, KV_OPT_CHOICE, P(axis), .choices = "memory|reads",
+      .help = "the table's x column: memory_bytes, or the tokens (and bytes) a query reads; /pareto has both" },
     { 0 } };
 
 static const kv_opt replay_table[] = {
@@ -255,6 +270,8 @@ static const kv_opt replay_table[] = {
     { "max-memory", 0, KV_OPT_SIZE, P(ro.max_memory), .meta = "SIZE", .def = "no limit",
       .help = "refuse a run whose per-rank bound exceeds SIZE (e.g. 512M, 4G)" },
     { "quiet", 'q', KV_OPT_FLAG, P(ro.quiet), .lo = 1, .help = "no progress line on stderr" },
+    { "floors", 0, KV_OPT_STRING, P(ro.floors), .meta = "FILE", .def = "measured once per run",
+      .help = "the replay's --floors (its results' time_over_floor)" },
     { 0 } };
 
 int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
@@ -292,7 +309,7 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
         w.ro.table = NULL; /* our table instead of the replay's */
         kv_cmd_check_placement("pareto", comm);
         if (!kv_replay_run(&w.ro, comm, NULL, err)) { /* its errors are agreed already */
-            if (rank == 0 && !write_pareto(&w, rows, nr, err)) print_table(rows, nr, stdout);
+            if (rank == 0 && !write_pareto(&w, rows, nr, err)) print_table(rows, nr, w.axis, stdout);
             kv_agree(comm, err);
         }
     }

@@ -45,6 +45,9 @@ static const kv_opt replay_table[] = {
     { "stop-after", 0, KV_OPT_INT, R(stop_after), .lo = 1, .hi = INT64_MAX, .meta = "N", .def = "never",
       .help = "stop as a signal would once N queries are done (at the first query position from N on, "
               "inside a batch too): write the checkpoint if --checkpoint is given, exit status 3" },
+    { "floors", 0, KV_OPT_STRING, R(floors), .meta = "FILE", .def = "measured once per run",
+      .help = "read the time/floor column's limits from FILE (`kvstream floors -o FILE`); a missing FILE is "
+              "measured and written" },
     { 0 } };
 
 int kv_run_replay(int argc, char **argv, MPI_Comm comm, kv_err *err)

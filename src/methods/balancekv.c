@@ -88,6 +88,7 @@ typedef struct {
     int64_t cnt[MAXLEV + 1];  /* level l: rows held (0 = empty) */
     int alloc[MAXLEV + 1];    /* level l's block of b/2 rows is allocated */
     float *Kl[MAXLEV + 1], *Vl[MAXLEV + 1];
+    kv_query_cost cost;       /* method.h: cost */
 } balancekv_state;
 
 static const kv_param_def balancekv_params[] = {
@@ -276,6 +277,9 @@ static int balancekv_partial(void *state, const float *Q, int nq, int64_t p, dou
     balancekv_state *s = state;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, sl = KV_PSTATE_LEN(s->ctx.dv);
     (void)p; /* every held row is < p */
+    double rows = (double)s->n0;
+    for (int64_t l = 1; l <= s->nlev; l++) rows += (double)s->cnt[l];
+    if (nq > 0) kv_cost_add(&s->cost, nq, 4.0 * rows * (double)(d + dv), rows, 2.0 * rows * (double)(d + dv));
     for (int q = 0; q < nq; q++) {
         double *x = st + q * sl;
         const float *qq = Q + (size_t)q * d;
@@ -299,6 +303,11 @@ static size_t balancekv_bytes(const void *state)
     size_t row = (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float), r = (size_t)s->cap0 * (row + 1);
     for (int64_t l = 1; l <= s->nlev; l++) r += s->alloc[l] ? (size_t)(s->b / 2) * row : 0;
     return r;
+}
+
+static void balancekv_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const balancekv_state *)state)->cost;
 }
 
 static void balancekv_extra(const void *state, kv_method_extra *x)
@@ -422,6 +431,7 @@ const kv_method_ops kv_method_balancekv = {
     .partial = balancekv_partial,
     .bytes = balancekv_bytes,
     .extra = balancekv_extra,
+    .cost = balancekv_cost,
     .free = balancekv_free,
     .save = balancekv_save,
     .load = balancekv_load,

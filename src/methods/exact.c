@@ -23,6 +23,7 @@ typedef struct {
     size_t n, cap;
     run *runs;
     size_t nruns, rcap;
+    kv_query_cost cost; /* method.h: cost */
 } exact_state;
 
 extern const kv_method_ops kv_method_exact;
@@ -98,14 +99,23 @@ static size_t held_below(const exact_state *s, int64_t g)
     return below;
 }
 
-/* nq queries at prefix p over the first hi held tokens (those < p). */
-static int exact_answer(const exact_state *s, const float *Q, int nq, int64_t p, size_t hi, double *st)
+/* nq queries at prefix p over the first hi held tokens (those < p):
+ * the older ones' values only under window-unmasked-values (lo of them),
+ * a key and a value of the others, 2 (d + dv) flops each. */
+static void exact_count(exact_state *s, int nq, size_t lo, size_t hi)
+{
+    double d = s->ctx.d, dv = s->ctx.dv, full = (double)(hi - lo);
+    kv_cost_add(&s->cost, nq, 4.0 * ((double)lo * dv + full * (d + dv)), (double)hi,
+                (double)lo * dv + 2.0 * full * (d + dv));
+}
+
+static int exact_answer(exact_state *s, const float *Q, int nq, int64_t p, size_t hi, double *st)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t sl = KV_PSTATE_LEN(dv);
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
     size_t lo = 0;
-    if (s->ctx.semantics == KV_SEM_WINDOW_UNMASKED && p - s->ctx.window > 0) {
+    if (s->ctx.semantics == KV_SEM_WINDOW_UNMASKED && p - s->ctx.window > 0 && nq > 0) {
         /* tokens older than the window: logit 0, value kept */
         lo = held_below(s, p - s->ctx.window);
         if (lo > 0) {
@@ -121,6 +131,7 @@ static int exact_answer(const exact_state *s, const float *Q, int nq, int64_t p,
             free(old);
         }
     }
+    exact_count(s, nq, lo, hi);
     return kv_attn_fold_par(Q, nq, s->K + lo * d, s->V + lo * dv, hi - lo, d, dv, (float)s->ctx.scale, st);
 }
 
@@ -155,6 +166,10 @@ static int exact_partial_batch(void *state, const float *Q, const int64_t *p, in
         len[i] = i > 0 && p[i] == p[i - 1] ? len[i - 1] : held_below(s, p[i]);
         kv_partial_clear(st + (size_t)i * sl, dv);
     }
+    /* one pass reads the longest prefix once; each query works on its own */
+    double tok = 0;
+    for (int i = 0; i < nq; i++) tok += (double)len[i];
+    kv_cost_add(&s->cost, 1, 4.0 * (double)len[nq - 1] * (d + dv), tok, 2.0 * tok * (d + dv));
     int rc = kv_attn_fold_multi(Q, nq, len, s->K, s->V, d, dv, (float)s->ctx.scale, st);
     free(len);
     return rc;
@@ -171,6 +186,11 @@ static void exact_extra(const void *state, kv_method_extra *x)
     const exact_state *s = state;
     x->clusters = -1;
     x->kept_tokens = (int64_t)s->n;
+}
+
+static void exact_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const exact_state *)state)->cost;
 }
 
 static void exact_free(void *state)
@@ -260,6 +280,7 @@ const kv_method_ops kv_method_exact = {
     .partial_batch = exact_partial_batch,
     .bytes = exact_bytes,
     .extra = exact_extra,
+    .cost = exact_cost,
     .free = exact_free,
     .save = exact_save,
     .load = exact_load,

@@ -41,6 +41,7 @@ typedef struct {
     int64_t gheavy;       /* heavy hitters held over all ranks since then */
     int64_t seen;         /* tokens ingested */
     int64_t ties;         /* near-tie decisions */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* heap 0: heavy candidates by (score, index); heap 1: recent tokens by index */
 } h2o_state;
 
@@ -175,8 +176,9 @@ static int h2o_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged,
 
 static int h2o_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const h2o_state *s = state;
+    h2o_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -199,8 +201,14 @@ static int h2o_feedback(void *state, const float *Q, int nq, int64_t p, const do
     }
     for (size_t t = 0; t < n; t++) sl->score[t] += inc[t];
     kv_slots_heapify(sl, HEAVY);
+    kv_slots_score_cost(sl, nq, &s->cost);
     free(inc);
     return KV_OK;
+}
+
+static void h2o_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const h2o_state *)state)->cost;
 }
 
 static size_t h2o_bytes(const void *state)
@@ -299,5 +307,6 @@ const kv_method_ops kv_method_h2o = {
     .save = h2o_save,
     .load = h2o_load,
     .max_bytes = h2o_max_bytes,
+    .cost = h2o_cost,
     .conform = { "tokens=120;tokens=100,recent=0,every=5;tokens=64,recent=64", KV_PINV_ROUNDING },
 };

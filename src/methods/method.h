@@ -88,6 +88,16 @@ typedef struct {
     double flops;       /* floating-point operations, an FMA counting 2 */
 } kv_query_cost;
 
+/* For a method's counters: one answering call of nq queries that reads
+ * `bytes` bytes of the state once (queries answered together share a read)
+ * and, per query, `tokens` tokens and `flops` flops. */
+static inline void kv_cost_add(kv_query_cost *c, int nq, double bytes, double tokens, double flops)
+{
+    c->read_bytes += bytes;
+    c->read_tokens += (double)nq * tokens;
+    c->flops += (double)nq * flops;
+}
+
 typedef struct kv_method_ops {
     const char *name;    /* as written in --methods */
     const char *kind;    /* `kvstream methods` groups by it: exact, eviction, sampling, sketch, oracle, quantisation */

@@ -42,6 +42,7 @@ typedef struct {
     int64_t h;        /* the driver's horizon: no later query is below it */
     kv_tokring sinks; /* tokens < S, never popped */
     kv_tokring win;   /* tokens >= S, window */
+    kv_query_cost cost; /* method.h: cost */
 } sinks_state;
 
 extern const kv_method_ops kv_method_sinks;
@@ -103,8 +104,11 @@ static int sinks_partial(void *state, const float *Q, int nq, int64_t p, double 
     float scale = (float)s->ctx.scale;
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
     if (nq <= 0) return KV_OK;
+    int64_t from = kv_tokring_lower(&s->win, p - s->W);
+    kv_tokring_cost(&s->sinks, 0, nq, &s->cost);
+    kv_tokring_cost(&s->win, from, nq, &s->cost);
     int rc = kv_tokring_fold(&s->sinks, 0, Q, nq, scale, st);
-    if (!rc) rc = kv_tokring_fold(&s->win, kv_tokring_lower(&s->win, p - s->W), Q, nq, scale, st);
+    if (!rc) rc = kv_tokring_fold(&s->win, from, Q, nq, scale, st);
     return rc;
 }
 
@@ -119,6 +123,11 @@ static void sinks_extra(const void *state, kv_method_extra *x)
     const sinks_state *s = state;
     x->clusters = -1;
     x->kept_tokens = s->sinks.count + s->win.count;
+}
+
+static void sinks_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const sinks_state *)state)->cost;
 }
 
 static void sinks_free(void *state)
@@ -182,6 +191,7 @@ const kv_method_ops kv_method_sinks = {
     .partial = sinks_partial,
     .bytes = sinks_bytes,
     .extra = sinks_extra,
+    .cost = sinks_cost,
     .free = sinks_free,
     .save = sinks_save,
     .load = sinks_load,

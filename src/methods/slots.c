@@ -336,3 +336,16 @@ fail:
     kv_slots_free(&t);
     return err->code;
 }
+
+void kv_slots_cost(const kv_slots *s, int nq, kv_query_cost *c)
+{
+    double n = (double)s->held, w = s->d + s->dv;
+    if (nq > 0) kv_cost_add(c, nq, 4.0 * n * w, n, 2.0 * n * w);
+}
+
+void kv_slots_score_cost(const kv_slots *s, int nq, kv_query_cost *c)
+{
+    double n = (double)s->held;
+    /* tokens are counted by the answer that read them: 0 here */
+    if (nq > 0) kv_cost_add(c, nq, n * (4.0 * s->d + 2.0 * sizeof(double)), 0.0, 2.0 * n * s->d);
+}

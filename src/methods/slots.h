@@ -47,6 +47,16 @@ int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per);
 void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per);
 void kv_slots_free(kv_slots *s);
 
+/* What attention over the held rows reads and computes (method.h:
+ * kv_cost_add): a key and a value of every held slot once, 2 (d + dv) flops
+ * per slot and query. */
+void kv_slots_cost(const kv_slots *s, int nq, kv_query_cost *c);
+
+/* What a score pass over the held keys costs (h2o's, tova's feedback): a
+ * key of every held slot once and its score read and written, 2 d flops
+ * per slot and query for the logit. */
+void kv_slots_score_cost(const kv_slots *s, int nq, kv_query_cost *c);
+
 /* cap x row bytes: every allocated slot. */
 size_t kv_slots_bytes(const kv_slots *s);
 

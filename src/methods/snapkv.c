@@ -62,6 +62,7 @@ typedef struct {
     int maxpool;
     int64_t xlast, gheld;     /* the last decision point; tokens held over all ranks since then */
     int64_t seen, ties;       /* tokens ingested; near-tie decisions */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;              /* held in ascending index; scratch: snapkv_slot */
     int stale;                /* the buffer changed since the votes were computed */
     int64_t nrows, rcap;      /* buffered rows, allocated */
@@ -328,8 +329,9 @@ static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merg
 
 static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const snapkv_state *s = state;
+    snapkv_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -377,6 +379,11 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
     s->nrows += nq;
     s->stale = 1;
     return KV_OK;
+}
+
+static void snapkv_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const snapkv_state *)state)->cost;
 }
 
 static size_t snapkv_bytes(const void *state)
@@ -512,5 +519,6 @@ const kv_method_ops kv_method_snapkv = {
     .save = snapkv_save,
     .load = snapkv_load,
     .max_bytes = snapkv_max_bytes,
+    .cost = snapkv_cost,
     .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3,pool=max,every=7", KV_PINV_ROUNDING },
 };

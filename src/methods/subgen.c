@@ -178,6 +178,7 @@ typedef struct {
     int buf_on;
     int64_t nval, nbuf, bcap; /* tokens with v != 0, rows held, allocated */
     float *bk, *bv;
+    kv_query_cost cost;     /* method.h: cost */
 } subgen;
 
 /* ---- fixed-order dot products ------------------------------------------ */
@@ -1244,10 +1245,23 @@ static void block_states(const subgen *g, const float *Q, int nq, float *QT, flo
     }
 }
 
+/* What one answer reads (method.h: cost): every reservoir key (joint: and
+ * its value), the nnum numerator rows' keys and values (and the l2
+ * weights), and each cluster's count; a logit (2 d flops) per row and a
+ * value fold (2 dv) per numerator row. */
+static void count_reads(subgen *g, int nq, int64_t nall, int64_t nnum)
+{
+    double d = g->ctx.d, dv = g->ctx.dv, res = (double)g->nres, num = (double)nnum;
+    double bytes = 4.0 * (res * (g->joint ? d + dv : d) + num * (d + dv)) + 8.0 * (double)g->nc;
+    if (!g->buf_on) bytes += 8.0 * num; /* the samples' weights */
+    double flops = 2.0 * d * (double)nall + 2.0 * dv * (num + (g->joint ? res : 0.0));
+    if (nq > 0) kv_cost_add(&g->cost, nq, bytes, (double)nall, flops);
+}
+
 static int subgen_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
     (void)p; /* the driver calls us exactly when we hold the tokens < p */
-    const subgen *g = state;
+    subgen *g = state;
     int d = g->ctx.d, dv = g->ctx.dv;
     size_t sl = KV_PSTATE_LEN(dv);
     int64_t nnum = g->buf_on ? g->nbuf : (g->l2.F > 0.0 ? g->s : 0);
@@ -1256,6 +1270,7 @@ static int subgen_partial(void *state, const float *Q, int nq, int64_t p, double
         for (int q = 0; q < nq; q++) kv_partial_clear(st + (size_t)q * sl, dv);
         return KV_OK;
     }
+    count_reads(g, nq, nall, nnum);
     int nb = (nq + CB - 1) / CB, bad = 0;
     /* query blocks are independent: the same result for any thread count */
 #pragma omp parallel if (nb > 1 && !omp_in_parallel()) reduction(| : bad)
@@ -1291,6 +1306,11 @@ static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
+}
+
+static void subgen_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const subgen *)state)->cost;
 }
 
 static void subgen_extra(const void *state, kv_method_extra *x)
@@ -1625,6 +1645,7 @@ const kv_method_ops kv_method_subgen = {
     .partial = subgen_partial,
     .bytes = subgen_bytes,
     .extra = subgen_extra,
+    .cost = subgen_cost,
     .free = subgen_free,
     .save = subgen_save,
     .load = subgen_load,

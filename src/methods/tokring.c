@@ -262,3 +262,9 @@ int kv_tokring_load(kv_tokring *r, kv_rd *in, int64_t max_tokens, int64_t n_tota
     *r = t;
     return KV_OK;
 }
+
+void kv_tokring_cost(const kv_tokring *r, int64_t from, int nq, kv_query_cost *c)
+{
+    double n = from < r->count ? (double)(r->count - from) : 0.0, w = r->d + r->dv;
+    if (nq > 0) kv_cost_add(c, nq, 4.0 * n * w, n, 2.0 * n * w);
+}

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include "core/buf.h"
 #include "core/kverr.h"
+#include "methods/method.h"
 
 #define KV_TOKRING_PAGE 16
 
@@ -77,6 +78,11 @@ void kv_tokring_drop_below(kv_tokring *r, int64_t g);
  * in order, so the result does not depend on the thread count.  Returns
  * KV_OK or the kernel's error (kernels/attn.h). */
 int kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, float scale, double *st);
+
+/* What kv_tokring_fold(r, from, .., nq, ..) reads and computes (method.h:
+ * kv_cost_add): a key and a value of each token from..count-1 once, and
+ * 2 (d + dv) flops per token and query. */
+void kv_tokring_cost(const kv_tokring *r, int64_t from, int nq, kv_query_cost *c);
 
 /* Bytes held: every allocated page (keys, values, indices) and the page table. */
 size_t kv_tokring_bytes(const kv_tokring *r);

@@ -35,6 +35,7 @@ typedef struct {
     size_t n, cap;
     run *runs;    /* rows local.. hold tokens first.. (up to the next run) */
     size_t nruns, rcap;
+    kv_query_cost cost; /* method.h: cost */
 } topk_state;
 
 typedef struct { int64_t k; } topk_cfg;
@@ -192,6 +193,11 @@ static int topk_select(void *state, const float *Q, const int64_t *p, int nq, do
 {
     topk_state *s = state;
     int L = topk_select_len(s), bad = 0;
+    /* the floor of selecting: every key below each prefix, read once for
+     * the batch (the longest prefix), one logit (2 d flops) per key */
+    double tok = 0, d = s->ctx.d;
+    for (int q = 0; q < nq; q++) tok += (double)rows_below(s, p[q]);
+    if (nq > 0) kv_cost_add(&s->cost, 1, 4.0 * d * (double)rows_below(s, p[nq - 1]), tok, 2.0 * d * tok);
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     for (int q = 0; q < nq; q++)
         bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L) != KV_OK;
@@ -231,6 +237,16 @@ static int topk_partial_select(void *state, const float *Q, const int64_t *p, in
     topk_state *s = state;
     int L = topk_select_len(s), bad = 0;
     size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    /* the floor of answering from the selection: the values of at most L
+     * tokens per query (2 dv flops each); its logits were select's (this
+     * implementation recomputes them: time/floor shows it) */
+    double vals = 0;
+    for (int q = 0; q < nq; q++) {
+        double n = (double)rows_below(s, p[q]);
+        vals += n < L ? n : L;
+    }
+    kv_cost_add(&s->cost, 1, 4.0 * s->ctx.dv * vals, 0.0, 0.0);
+    s->cost.flops += 2.0 * s->ctx.dv * vals;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     for (int q = 0; q < nq; q++)
         bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl) != KV_OK;
@@ -259,6 +275,11 @@ static size_t topk_bytes(const void *state)
 {
     const topk_state *s = state;
     return s->cap * row_bytes(s) + s->rcap * sizeof(run);
+}
+
+static void topk_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const topk_state *)state)->cost;
 }
 
 static void topk_extra(const void *state, kv_method_extra *x)
@@ -361,6 +382,7 @@ const kv_method_ops kv_method_topk = {
     .partial_select = topk_partial_select,
     .bytes = topk_bytes,
     .extra = topk_extra,
+    .cost = topk_cost,
     .free = topk_free,
     .save = topk_save,
     .load = topk_load,

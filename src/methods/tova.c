@@ -51,6 +51,7 @@ typedef struct {
     int64_t gheld;        /* tokens held over all ranks since then */
     int64_t seen;         /* tokens ingested */
     int64_t ties;         /* near-tie decisions */
+    kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* one heap, by (score, index), over every held slot */
     int64_t nq;           /* rows of the last answered position (0: none yet) */
     float *lq;            /* those rows (nq x d floats) */
@@ -237,8 +238,9 @@ static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged
 
 static int tova_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    const tova_state *s = state;
+    tova_state *s = state;
     (void)p; /* every held token is < p */
+    kv_slots_cost(&s->sl, nq, &s->cost);
     return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
 }
 
@@ -264,7 +266,13 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
     memcpy(s->lml, ml, sizeof(double) * 2 * (size_t)nq);
     for (size_t t = 0; t < n; t++) sl->score[t] = arrival_score(s, sl->K + t * d);
     kv_slots_heapify(sl, 0);
+    kv_slots_score_cost(sl, nq, &s->cost);
     return KV_OK;
+}
+
+static void tova_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const tova_state *)state)->cost;
 }
 
 static size_t tova_bytes(const void *state)
@@ -385,5 +393,6 @@ const kv_method_ops kv_method_tova = {
     .save = tova_save,
     .load = tova_load,
     .max_bytes = tova_max_bytes,
+    .cost = tova_cost,
     .conform = { "tokens=120;tokens=1000000;tokens=7,every=3", KV_PINV_ROUNDING },
 };

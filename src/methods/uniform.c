@@ -42,6 +42,7 @@ typedef struct {
     int64_t hn;        /* heap entries (<= k) */
     uint64_t *heap;    /* max-heap of the k smallest priorities; k entries */
     kv_rowpool pool;   /* this rank's sampled tokens, tag = priority */
+    kv_query_cost cost; /* method.h: cost */
 } uniform_state;
 
 typedef struct { int64_t tokens, seed; kv_budget budget; } uniform_cfg;
@@ -180,6 +181,8 @@ static int uniform_partial(void *state, const float *Q, int nq, int64_t p, doubl
     advance(s, p);
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
     if (!s->pool.count || nq <= 0) return KV_OK;
+    double n = (double)s->pool.count, row = s->ctx.d + s->ctx.dv;
+    kv_cost_add(&s->cost, nq, 4.0 * n * row, n, 2.0 * n * row); /* a key and a value per sample */
     int rc = kv_rowpool_fold(&s->pool, Q, nq, (float)s->ctx.scale, st);
     if (rc) return rc;
     /* min(k, p) tokens are sampled over all ranks: each stands for p / that many */
@@ -197,6 +200,11 @@ static size_t uniform_bytes(const void *state)
 {
     const uniform_state *s = state;
     return kv_rowpool_bytes(&s->pool) + sizeof(uint64_t) * (size_t)s->k + 2 * sizeof(int64_t);
+}
+
+static void uniform_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const uniform_state *)state)->cost;
 }
 
 static void uniform_extra(const void *state, kv_method_extra *x)
@@ -285,6 +293,7 @@ const kv_method_ops kv_method_uniform = {
     .partial = uniform_partial,
     .bytes = uniform_bytes,
     .extra = uniform_extra,
+    .cost = uniform_cost,
     .free = uniform_free,
     .save = uniform_save,
     .load = uniform_load,

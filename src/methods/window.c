@@ -46,6 +46,7 @@ typedef struct {
     int64_t W;
     int64_t h; /* the driver's horizon: no later query is below it */
     kv_tokring ring;
+    kv_query_cost cost; /* method.h: cost */
 } window_state;
 
 static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
@@ -96,7 +97,9 @@ static int window_partial(void *state, const float *Q, int nq, int64_t p, double
     size_t sl = KV_PSTATE_LEN(s->ctx.dv);
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
     if (nq <= 0) return KV_OK;
-    return kv_tokring_fold(&s->ring, kv_tokring_lower(&s->ring, p - s->W), Q, nq, (float)s->ctx.scale, st);
+    int64_t from = kv_tokring_lower(&s->ring, p - s->W);
+    kv_tokring_cost(&s->ring, from, nq, &s->cost);
+    return kv_tokring_fold(&s->ring, from, Q, nq, (float)s->ctx.scale, st);
 }
 
 static size_t window_bytes(const void *state)
@@ -110,6 +113,11 @@ static void window_extra(const void *state, kv_method_extra *x)
     const window_state *s = state;
     x->clusters = -1;
     x->kept_tokens = s->ring.count;
+}
+
+static void window_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const window_state *)state)->cost;
 }
 
 static void window_free(void *state)
@@ -162,6 +170,7 @@ const kv_method_ops kv_method_window = {
     .partial = window_partial,
     .bytes = window_bytes,
     .extra = window_extra,
+    .cost = window_cost,
     .free = window_free,
     .save = window_save,
     .load = window_load,

@@ -55,6 +55,7 @@ typedef struct {
     kv_tokring ring;
     const kv_method_ops *sg_ops;
     void *sg;
+    kv_query_cost cost; /* the window's part (method.h: cost); SubGen keeps its own */
 } wsg_state;
 
 static void wsg_free(void *state)
@@ -144,6 +145,7 @@ static int wsg_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (!sg) return KV_EINTERNAL;
     int rc = s->sg_ops->partial(s->sg, Q, nq, p, sg);
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    kv_tokring_cost(&s->ring, 0, nq, &s->cost);
     if (!rc) rc = kv_tokring_fold(&s->ring, 0, Q, nq, (float)s->ctx.scale, st);
     for (int q = 0; q < nq && !rc; q++) kv_partial_merge(st + q * sl, sg + q * sl, dv);
     free(sg);
@@ -154,6 +156,17 @@ static size_t wsg_bytes(const void *state)
 {
     const wsg_state *s = state;
     return kv_tokring_bytes(&s->ring) + s->sg_ops->bytes(s->sg);
+}
+
+/* the window's reads plus SubGen's (its hook) */
+static void wsg_cost(const void *state, kv_query_cost *c)
+{
+    const wsg_state *s = state;
+    *c = (kv_query_cost){ 0, 0, 0 };
+    if (s->sg_ops->cost) s->sg_ops->cost(s->sg, c);
+    c->read_bytes += s->cost.read_bytes;
+    c->read_tokens += s->cost.read_tokens;
+    c->flops += s->cost.flops;
 }
 
 static void wsg_extra(const void *state, kv_method_extra *x)
@@ -231,6 +244,7 @@ const kv_method_ops kv_method_window_subgen = {
     .partial = wsg_partial,
     .bytes = wsg_bytes,
     .extra = wsg_extra,
+    .cost = wsg_cost,
     .free = wsg_free,
     .save = wsg_save,
     .load = wsg_load,

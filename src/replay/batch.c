@@ -10,6 +10,7 @@
 #include "mpi/coll.h"
 #include "replay/batch.h"
 #include "replay/budget.h"
+#include "replay/cost.h"
 #include "replay/instances.h"
 #include "replay/streamref.h"
 
@@ -35,6 +36,8 @@ int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
     if (r->z.epsum) b->epsum = kv_malloc(r->z.epsum, err);
     if (r->z.ml) b->ml = kv_malloc(r->z.ml, err);
     if (r->z.sel) b->sel = kv_malloc(r->z.sel, err);
+    b->cost = kv_calloc(r->z.cost / sizeof(double), sizeof(double), err); /* zeroed: a checkpoint saves it whole */
+    if (r->z.costsum) b->costsum = kv_malloc(r->z.costsum, err);
     if (err->code) return err->code;
     b->have_merge = kv_merge_init(&b->mg, (int)r->dv) == MPI_SUCCESS;
     if (!b->have_merge) return kv_seterr(err, KV_EINTERNAL, "cannot create the MPI merge operator");
@@ -47,6 +50,7 @@ void replay_batch_free(replay_batch *b)
     replay_decide_free(&b->dz);
     free(b->Q); free(b->send); free(b->recv); free(b->gsend); free(b->gsum); free(b->uidx);
     free(b->opn); free(b->ev); free(b->opG); free(b->work); free(b->ep); free(b->epsum); free(b->ml); free(b->sel);
+    free(b->cost); free(b->costsum);
     *b = (replay_batch){ 0 };
 }
 
@@ -71,6 +75,12 @@ static int per_prefix(const replay *r, int mi)
     return !batch_capable(r, mi) && !selects(r, mi) && !replay_streamref_is(r, mi);
 }
 
+/* The cost slots of query jj of the batch, method mi, stream s (cost.h). */
+static double *cost_slot(replay_batch *b, const replay *r, int mi, int64_t s, int64_t jj)
+{
+    return b->cost + (((size_t)mi * r->S + s) * b->cnt + jj) * REPLAY_COST_LEN;
+}
+
 /* Queries jj .. jj + g - 1 of the batch (prefixes p[0..g)) on every
  * instance of method mi: one partial_batch call, or, for a method that
  * answers one prefix at a time, one partial call (the g prefixes are equal). */
@@ -84,8 +94,11 @@ static void answer(replay_batch *b, replay *r, int mi, int64_t jj, int64_t g, co
     for (int64_t s = 0; s < r->S; s++) {
         const float *Q = b->Q + (s * b->cnt + jj) * r->d;
         double *st = b->send + (((size_t)mi * r->S + s) * b->cnt + jj) * sl;
+        kv_query_cost c0;
+        replay_cost_begin(x, s, &c0);
         bad |= (whole ? x->ops->partial_batch(x->st[s], Q, p, (int)g, st)
                       : x->ops->partial(x->st[s], Q, (int)g, p[0], st)) != KV_OK;
+        replay_cost_end(r, x, s, &c0, g, 1, cost_slot(b, r, mi, s, jj));
     }
     x->t_query += omp_get_wtime() - t0;
     replay_instance_sample(x, r->S); /* what a method keeps from answering (scores, grown buffers) counts too */
@@ -125,9 +138,13 @@ static int feedback(replay_batch *b, replay *r, int64_t jj, int64_t g, int64_t p
         int bad = 0;
         double t0 = omp_get_wtime();
 #pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
-        for (int64_t s = 0; s < r->S; s++)
+        for (int64_t s = 0; s < r->S; s++) {
+            kv_query_cost c0; /* what feedback reads belongs to the queries it follows */
+            replay_cost_begin(x, s, &c0);
             bad |= x->ops->feedback(x->st[s], b->Q + (s * b->cnt + jj) * r->d, (int)g, p,
                                     b->ml + 2 * (np + (size_t)(s * g))) != KV_OK;
+            replay_cost_end(r, x, s, &c0, g, 0, cost_slot(b, r, mi, s, jj));
+        }
         np += (size_t)(r->S * g);
         x->t_query += omp_get_wtime() - t0;
         replay_instance_sample(x, r->S);
@@ -158,9 +175,13 @@ static int select_answer(replay_batch *b, replay *r, int mi, const int64_t *p, k
     double t0 = omp_get_wtime();
     if (!err->code) {
 #pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
-        for (int64_t s = 0; s < S; s++)
+        for (int64_t s = 0; s < S; s++) {
+            kv_query_cost c0; /* select is part of answering: its reads count */
+            replay_cost_begin(x, s, &c0);
             bad |= x->ops->select(x->st[s], b->Q + s * cnt * r->d, p, (int)cnt,
                                   b->sel + (size_t)(s * cnt) * L) != KV_OK;
+            replay_cost_end(r, x, s, &c0, cnt, 0, cost_slot(b, r, mi, s, 0));
+        }
         if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory selecting for prefixes %lld..%lld",
                            x->spec.label, (long long)p[0], (long long)p[cnt - 1]);
     }
@@ -170,9 +191,13 @@ static int select_answer(replay_batch *b, replay *r, int mi, const int64_t *p, k
         return KV_OK;
     }
 #pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
-    for (int64_t s = 0; s < S; s++)
+    for (int64_t s = 0; s < S; s++) {
+        kv_query_cost c0;
+        replay_cost_begin(x, s, &c0);
         bad |= x->ops->partial_select(x->st[s], b->Q + s * cnt * r->d, p, (int)cnt, b->sel + (size_t)(s * cnt) * L,
                                       b->send + ((size_t)mi * S + s) * cnt * sl) != KV_OK;
+        replay_cost_end(r, x, s, &c0, cnt, 1, cost_slot(b, r, mi, s, 0));
+    }
     x->t_query += omp_get_wtime() - t0;
     replay_instance_sample(x, r->S);
     if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory answering queries at prefixes %lld..%lld",
@@ -269,7 +294,10 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
     size_t gl = (size_t)(r->dv * r->dv);
     int64_t start = 0;
     if (b->walked > 0 && b->j0 == j0 && b->cnt == cnt) start = b->walked; /* a walk restored by --resume */
-    else b->nu = b->staged = b->u0 = 0;
+    else {
+        b->nu = b->staged = b->u0 = 0;
+        memset(b->cost, 0, r->z.cost);
+    }
     b->j0 = j0;
     b->cnt = cnt;
     b->agreed = b->stop = 0;
@@ -333,5 +361,7 @@ int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err)
     if (b->gsend) flush_grams(b, r, err);
     if (kv_mpi_reduce_sum_i64(b->ep, b->epsum, (size_t)(b->nu * r->M), 0, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of the memory epochs failed");
+    if (kv_mpi_reduce_sum_f64(b->cost, b->costsum, count * REPLAY_COST_LEN, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of the query costs failed");
     return err->code;
 }

@@ -12,8 +12,8 @@
  * the shard being at the batch's last prefix, and select methods choose
  * their candidates, merged over the ranks, and answer from the merged lists.
  * replay_batch_merge then merges the states (mpi/merge.h, rank order:
- * bitwise reproducible), the last snapshots and the memory epochs onto
- * rank 0.
+ * bitwise reproducible), the last snapshots, the memory epochs and the
+ * queries' costs (replay/cost.h) onto rank 0.
  *
  * The walk has collectives (feedback, snapshot flushes, select): every rank
  * walks every position, a failed one skipping the work, and each of them
@@ -54,6 +54,7 @@ typedef struct {
     double *ml;             /* feedback: (m, l) pairs [nf][S][g], then the error flag's pair */
     double *sel;            /* select lists [S][cnt][L] of one method */
     replay_decide dz;       /* scratch of the global eviction decisions */
+    double *cost, *costsum; /* per-query cost [M][S][cnt][REPLAY_COST_LEN] (replay/cost.h); summed on rank 0 */
     int agreed;             /* the last replay_batch_partials' error is agreed already (same on every rank) */
     int stop;               /* the walk stopped inside the batch on this signal (same on every rank), 0: not */
     int64_t walked;         /* queries walked when it stopped; with --resume, where the restored walk goes on */

@@ -59,6 +59,9 @@ replay_sizes replay_sizes_compute(const replay *r)
         .ml = sizeof(double) * 2 * feedback_pairs(r),
         .sel = sizeof(double) * (size_t)(S * B) * select_len(r),
         .rel = root ? sizeof(double) * all : 0,
+        .cost = sizeof(double) * 3 * (size_t)(r->M * S * B),
+        .costsum = root ? sizeof(double) * 3 * (size_t)(r->M * S * B) : 0,
+        .rtok = root ? sizeof(double) * all : 0,
         .bound = root ? sizeof(double) * all : 0,
         .uidx = sizeof(int64_t) * (size_t)B,
         .zout = root && o->save_outputs ? sizeof(float) * (size_t)(S * B * dv) : 0,
@@ -69,7 +72,8 @@ replay_sizes replay_sizes_compute(const replay *r)
 size_t replay_sizes_budgeted(const replay_sizes *z)
 {
     return z->kstage + z->vstage + z->gram + z->queries + z->send + z->recv + z->gsend + z->gsum + z->opn + z->ep +
-           z->epsum + z->ml + z->sel + z->rel + z->bound;
+           z->epsum + z->ml + z->sel + z->rel + z->bound +
+           z->cost + z->costsum + z->rtok;
 }
 
 size_t replay_sizes_total(const replay_sizes *z)

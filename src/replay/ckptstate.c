@@ -10,6 +10,7 @@
 #include "kernels/partial.h"
 #include "mpi/agree.h"
 #include "replay/ckptstate.h"
+#include "replay/cost.h"
 #include "replay/instances.h"
 
 #define CK_MAGIC INT64_C(0x4b56434b50543034) /* "KVCKPT04": 02 added the memory epochs' maximum, 03 the walk
@@ -90,6 +91,7 @@ static void save_walk(const replay *r, const replay_batch *bt, kv_buf *b)
     kv_buf_put_arr(b, bt->uidx, sizeof(int64_t) * (size_t)bt->walked);
     kv_buf_put_arr(b, bt->ep, sizeof(int64_t) * (size_t)(bt->nu * r->M));
     kv_buf_put_arr(b, bt->send, sizeof(double) * (size_t)(r->M * r->S * bt->cnt) * sl);
+    kv_buf_put_arr(b, bt->cost, sizeof(double) * (size_t)(r->M * r->S * bt->cnt) * REPLAY_COST_LEN);
     if (bt->gsend) kv_buf_put_arr(b, bt->gsend, sizeof(double) * (size_t)(bt->staged * r->S) * gl);
     if (bt->opn && r->rank == 0) kv_buf_put_arr(b, bt->opn, sizeof(double) * (size_t)(bt->u0 * r->S));
 }
@@ -137,6 +139,8 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
     if (r->rank == 0) {
         kv_buf_put_arr(b, k->rel, r->z.rel);
         kv_buf_put_arr(b, k->bound, r->z.bound);
+        kv_buf_put_arr(b, k->rtok, r->z.rtok);
+        kv_buf_put_arr(b, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M);
         kv_buf_put_arr(b, bt->ev, r->z.ev);
         kv_buf_put_arr(b, k->mem_peak, sizeof(int64_t) * (size_t)r->M);
         kv_buf_put_f64(b, k->model_max);
@@ -173,7 +177,8 @@ static int load_walk(replay *r, replay_batch *bt, kv_rd *rd, int64_t next, kv_er
     bt->j0 = next; bt->cnt = cnt; bt->walked = w; bt->nu = nu; bt->staged = staged; bt->u0 = u0;
     if (load_array(rd, bt->uidx, sizeof(int64_t) * (size_t)w, err) ||
         load_array(rd, bt->ep, sizeof(int64_t) * (size_t)(nu * r->M), err) ||
-        load_array(rd, bt->send, sizeof(double) * (size_t)(r->M * r->S * cnt) * sl, err))
+        load_array(rd, bt->send, sizeof(double) * (size_t)(r->M * r->S * cnt) * sl, err) ||
+        load_array(rd, bt->cost, sizeof(double) * (size_t)(r->M * r->S * cnt) * REPLAY_COST_LEN, err))
         return err->code;
     if (bt->gsend && load_array(rd, bt->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
     if (bt->opn && r->rank == 0 && load_array(rd, bt->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
@@ -225,6 +230,8 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     if (r->rank == 0) {
         rd.what = "the metrics";
         if (load_array(&rd, k->rel, r->z.rel, err) || load_array(&rd, k->bound, r->z.bound, err) ||
+            load_array(&rd, k->rtok, r->z.rtok, err) ||
+            load_array(&rd, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M, err) ||
             load_array(&rd, bt->ev, r->z.ev, err) ||
             load_array(&rd, k->mem_peak, sizeof(int64_t) * (size_t)r->M, err) ||
             kv_rd_f64(&rd, &k->model_max, err) || kv_rd_f64(&rd, &k->model_sum, err) || kv_rd_i64(&rd, &k->model_cnt, err))

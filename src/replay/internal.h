@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include "core/spec.h"
 #include "io/trace.h"
+#include "kernels/floors.h"
 #include "methods/method.h"
 #include "replay/replay.h"
 
@@ -49,6 +50,8 @@ typedef struct {
     size_t ml;              /* batch: feedback (m, l) pairs of a position (0: no method has feedback) */
     size_t sel;             /* batch: one select method's lists [S][B][L] (0: none selects) */
     size_t rel, bound;      /* sink, rank 0: per-query metrics [M][S*m] */
+    size_t cost, costsum;   /* batch: per-query costs [M][S][B][3] (replay/cost.h); costsum on rank 0 */
+    size_t rtok;            /* sink, rank 0: read tokens per query [M][S*m] */
     /* not counted, as they never were (O(B + S*dv) or --save-outputs only):
      * counting them would change the need --max-memory reports */
     size_t uidx;            /* batch: distinct-position index per query */
@@ -69,6 +72,7 @@ typedef struct {
     replay_instance *inst;
     int M, ref;             /* methods, index of the exact reference */
     replay_sizes z;
+    kv_floors fl;           /* one rank's limits (replay_floors_setup); 0: not measured */
 } replay;
 
 static inline int64_t replay_min64(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -66,6 +66,13 @@ static int open_run(replay *r, replay_shard *sh, replay_batch *b, replay_sink *k
     if (kv_agree(r->comm, err)) return err->code;
     r->z = replay_sizes_compute(r);
     replay_budget_check(r, err); /* before the buffers are allocated */
+    /* a bad --floors FILE is refused now, not after the run (summary.c reads it) */
+    if (o->floors && r->rank == 0) {
+        FILE *f = fopen(o->floors, "r");
+        kv_floors fl;
+        if (f) fclose(f);
+        if (f && !err->code) kv_floors_read(o->floors, &fl, err);
+    }
     if (kv_agree(r->comm, err)) return err->code;
     if (!replay_shard_new(sh, r, err) && !replay_batch_new(b, r, err) && r->rank == 0) replay_sink_new(k, r, err);
     return kv_agree(r->comm, err);

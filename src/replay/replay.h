@@ -50,6 +50,7 @@ typedef struct {
     const char *budget;     /* --budget X: budget=X for every method that takes one and gives none (NULL: none) */
     int64_t stop_after;     /* stop as a signal would (checkpoint, status 3) once this many queries are done (0: never) */
     kv_reference reference; /* --reference memory|stream|none */
+    const char *floors;     /* --floors FILE: read the floors there, or measure and write them (NULL: measure) */
 } kv_replay_opts;
 
 void kv_replay_defaults(kv_replay_opts *o);

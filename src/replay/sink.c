@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include "kernels/metrics.h"
 #include "kernels/partial.h"
+#include "replay/cost.h"
 #include "replay/sink.h"
 
 void replay_sink_group(const replay *r, int mi, char *buf, size_t len)
@@ -36,6 +37,8 @@ int replay_sink_new(replay_sink *k, const replay *r, kv_err *err)
     k->rel = kv_calloc(r->z.rel / sizeof(double), sizeof(double), err);
     k->bound = kv_calloc(r->z.bound / sizeof(double), sizeof(double), err);
     k->mem_peak = kv_calloc((size_t)r->M, sizeof(int64_t), err);
+    k->rtok = kv_calloc(r->z.rtok / sizeof(double), sizeof(double), err);
+    k->csum = kv_calloc((size_t)r->M * REPLAY_COST_LEN, sizeof(double), err);
     k->zref = kv_malloc(sizeof(double) * dv, err);
     k->z = kv_malloc(sizeof(double) * dv, err);
     if (err->code) return err->code;
@@ -108,6 +111,13 @@ int replay_sink_batch(replay_sink *k, const replay *r, const replay_batch *b, kv
         for (int64_t u = 0; u < b->nu; u++)
             if (b->epsum[u * r->M + mi] > k->mem_peak[mi]) k->mem_peak[mi] = b->epsum[u * r->M + mi];
     if (!rel_b || !bnd_b) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
+    for (int mi = 0; mi < r->M; mi++) /* the queries' costs, summed over ranks */
+        for (int64_t s = 0; s < r->S; s++)
+            for (int64_t jj = 0; jj < b->cnt; jj++) {
+                const double *c = b->costsum + (((size_t)mi * r->S + s) * b->cnt + jj) * REPLAY_COST_LEN;
+                for (int q = 0; q < REPLAY_COST_LEN; q++) k->csum[mi * REPLAY_COST_LEN + q] += c[q];
+                k->rtok[(size_t)mi * r->S * r->m + s * r->m + b->j0 + jj] = c[REPLAY_COST_TOKENS];
+            }
     if (!rc && r->in->has_model_outputs && r->o->semantics == KV_SEM_FULL) {
         model = malloc(sizeof(float) * Sc * (size_t)r->dv);
         if (!model) rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
@@ -140,6 +150,6 @@ void replay_sink_free(replay_sink *k)
         kv_err e2 = { 0, "" };
         kv_results_close(k->res, &e2);
     }
-    free(k->rel); free(k->bound); free(k->mem_peak); free(k->zref); free(k->z); free(k->zout);
+    free(k->rel); free(k->bound); free(k->mem_peak); free(k->rtok); free(k->csum); free(k->zref); free(k->z); free(k->zout);
     *k = (replay_sink){ 0 };
 }

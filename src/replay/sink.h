@@ -21,6 +21,8 @@ typedef struct {
     kv_results *res;        /* results file; NULL: no -o (or not reopened yet on --resume) */
     double *rel;            /* [M][S*m] */
     double *bound;          /* [M][S*m], NaN without V^T V */
+    double *rtok;           /* [M][S*m]: tokens each query read, summed over ranks (replay/cost.h) */
+    double *csum;           /* [M][REPLAY_COST_LEN]: read bytes, read tokens, flops summed over queries */
     int64_t *mem_peak;      /* [M]: max over the memory epochs so far of the bytes summed over ranks */
     double *zref, *z;       /* scratch: [dv], [dv] */
     float *zout;            /* [S][B][dv] with --save-outputs */

@@ -8,6 +8,7 @@
 #include "mpi/agree.h"
 #include "mpi/coll.h"
 #include "replay/budget.h"
+#include "replay/cost.h"
 #include "replay/instances.h"
 #include "replay/summary.h"
 
@@ -99,13 +100,34 @@ static double bits_per_token(const replay *r, int64_t bytes)
     return r->S * r->n > 0 ? (double)bytes * 8.0 / (double)(r->S * r->n) : 0.0;
 }
 
+/* Rank 0: method mi's per-query costs (cost.h): means over the S m
+ * queries, and the p95 of the read tokens. */
+typedef struct { double bytes, tokens, flops, tokens_p95; } query_cost;
+
+static query_cost cost_of(const replay *r, const replay_sink *k, int mi)
+{
+    int64_t Sm = r->S * r->m;
+    const double *c = k->csum + (size_t)mi * REPLAY_COST_LEN;
+    double q = Sm > 0 ? (double)Sm : 1.0;
+    kv_summary t = kv_summarize(k->rtok + (size_t)mi * Sm, (size_t)Sm);
+    return (query_cost){ c[REPLAY_COST_BYTES] / q, c[REPLAY_COST_TOKENS] / q, c[REPLAY_COST_FLOPS] / q, t.p95 };
+}
+
+/* us/query over the floor's us/query (NaN: no floors, or nothing measured:
+ * the stream reference reads the trace, not a state) */
+static double time_over_floor(const replay *r, const query_cost *c, double usq)
+{
+    if (r->fl.read_bw <= 0 || (c->bytes <= 0 && c->flops <= 0)) return NAN;
+    return usq / (1e6 * kv_floor_seconds(&r->fl, r->P, c->bytes, c->flops));
+}
+
 static void print_header(const replay *r, FILE *f, double wall)
 {
     fprintf(f, "kvstream replay: %s  streams %lld  tokens %lld  queries %lld  d %lld  dv %lld  ranks %d  threads %d  %.2fs\n",
             kv_trace_path(r->tr), (long long)r->S, (long long)r->n, (long long)r->m, (long long)r->d,
             (long long)r->dv, r->P, r->nthreads, wall);
-    fprintf(f, "%-28s %12s %8s %9s %10s %10s %10s %10s %14s %10s\n", "method", "memory", "% exact", "bits/tok",
-            "mean err", "p99 err", "max err", "p95 bound", "ingest tok/s", "us/query");
+    fprintf(f, "%-28s %12s %8s %9s %10s %10s %10s %10s %14s %10s %10s\n", "method", "memory", "% exact", "bits/tok",
+            "mean err", "p99 err", "max err", "p95 bound", "ingest tok/s", "us/query", "time/floor");
 }
 
 static void print_row(const replay *r, const replay_sink *k, const totals *t, int mi, FILE *f)
@@ -127,18 +149,24 @@ static void print_row(const replay *r, const replay_sink *k, const totals *t, in
     char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
     if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
     double pct = exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, bpt = bits_per_token(r, t[mi].peak);
+    query_cost c = cost_of(r, k, mi);
+    char tf[16] = "-";
+    double ratio = time_over_floor(r, &c, usq);
+    if (!isnan(ratio)) snprintf(tf, sizeof tf, "%.2f", ratio);
     if (r->ref < 0) { /* --reference none: no errors to show */
-        fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10s %10s %10s %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem, pct,
-                bpt, "-", "-", "-", "-", rate, usq);
+        fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10s %10s %10s %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label, mem,
+                pct, bpt, "-", "-", "-", "-", rate, usq, tf);
         return;
     }
-    fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10.3g %10s %14.4g %10.2f\n", r->inst[mi].spec.label, mem,
-            pct, bpt, e.mean, e.p99, e.max, bnd, rate, usq);
+    fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10.3g %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label,
+            mem, pct, bpt, e.mean, e.p99, e.max, bnd, rate, usq, tf);
 }
 
-static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi, kv_err *err)
+static int method_attrs(const replay *r, const replay_sink *k, kv_results *x, const totals *t, int mi, kv_err *err)
 {
     char g[128];
+    query_cost c = cost_of(r, k, mi);
+    double usq = t[mi].t_query * 1e6 / (double)(r->S * r->m > 0 ? r->S * r->m : 1);
     replay_sink_group(r, mi, g, sizeof g);
     const kv_spec *sp = &r->inst[mi].spec;
     if (kv_results_attr_str(x, g, "spec", sp->text, err) ||
@@ -152,6 +180,11 @@ static int method_attrs(const replay *r, kv_results *x, const totals *t, int mi,
         kv_results_attr_f64(x, g, "query_seconds", t[mi].t_query, err) ||
         kv_results_attr_i64(x, g, "clusters", t[mi].clusters, err) ||
         kv_results_attr_i64(x, g, "kept_tokens", t[mi].kept, err) ||
+        kv_results_attr_f64(x, g, "read_bytes_per_query", c.bytes, err) ||
+        kv_results_attr_f64(x, g, "flops_per_query", c.flops, err) ||
+        kv_results_attr_f64(x, g, "read_tokens_per_query", c.tokens, err) ||
+        kv_results_attr_f64(x, g, "read_tokens_p95", c.tokens_p95, err) ||
+        kv_results_attr_f64(x, g, "time_over_floor", time_over_floor(r, &c, usq), err) ||
         kv_results_attr_i64(x, g, "is_reference", mi == r->ref, err))
         return err->code;
     if (t[mi].ties >= 0 && kv_results_attr_i64(x, g, "near_ties", t[mi].ties, err)) return err->code;
@@ -198,6 +231,8 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
         kv_results_attr_i64(x, "/", "dv", r->dv, err) ||
         kv_results_attr_i64(x, "/", "shard_chunk", r->C, err) ||
         kv_results_attr_f64(x, "/", "wall_seconds", wall, err) ||
+        kv_results_attr_f64(x, "/", "floor_read_bytes_per_second", r->fl.read_bw, err) ||
+        kv_results_attr_f64(x, "/", "floor_flops_per_second", r->fl.fma_peak, err) ||
         kv_results_attr_i64(x, "/", "peak_rss_bytes", rss[0], err) ||
         kv_results_attr_i64(x, "/", "replay_buffer_bytes", rss[1], err) ||
         kv_results_write_all(x, "/", "query_pos", KV_R_I64, 1, dm, kv_trace_query_pos(r->tr), err))
@@ -216,12 +251,15 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
     if (f) print_header(r, f, wall);
     for (int mi = 0; mi < r->M; mi++) {
         if (f) print_row(r, k, t, mi, f);
-        if (k->res && method_attrs(r, k->res, t, mi, err)) return err->code;
+        if (k->res && method_attrs(r, k, k->res, t, mi, err)) return err->code;
     }
     if (f) print_ties(r, t, f);
     if (f && k->model_cnt)
         fprintf(f, "exact vs the model's own attention outputs (/model_outputs): max rel err %.3g, mean %.3g\n",
                 k->model_max, k->model_sum / (double)k->model_cnt);
+    if (f && r->fl.read_bw > 0)
+        fprintf(f, "time/floor: us/query over max(read bytes / %.3g GB/s, flops / %.3g GFLOP/s) per rank x %d ranks "
+                "(docs/PERFORMANCE.md, Floors)\n", r->fl.read_bw / 1e9, r->fl.fma_peak / 1e9, r->P);
     if (f)
         fprintf(f, "memory: peak over query positions of the state summed over ranks; process peak RSS %.1f MiB "
                 "(largest rank)\n",
@@ -229,7 +267,7 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
     return k->res ? run_attrs(r, k, k->res, wall, rss, err) : KV_OK;
 }
 
-int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
+int replay_summary(replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)
 {
     totals *t = kv_calloc((size_t)r->M, sizeof *t, err);
     int64_t *peaks = kv_calloc((size_t)r->M, sizeof *peaks, err);
@@ -249,6 +287,8 @@ int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_rep
     if (kv_mpi_max_i64(rss, rss, 2, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the peak RSS failed");
     double wall = omp_get_wtime() - t_start;
+    /* the floors of the time/floor column: after the RSS, which must not count the probe's arrays */
+    if (!err->code) replay_floors_setup(r, err);
     if (r->rank == 0 && !err->code) write_summary(r, k, t, wall, rss, err);
     if (res) share_summary(r, k, t, res, err);
     free(t);

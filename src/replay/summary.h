@@ -14,8 +14,9 @@
 #include "replay/internal.h"
 #include "replay/sink.h"
 
-/* Collective.  t_start: omp_get_wtime() when the run began.  res may be NULL. */
-int replay_summary(const replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err);
+/* Collective; measures the floors first (replay_floors_setup, after the
+ * peak RSS is read, so its probe is not in peak_rss_bytes).  t_start: omp_get_wtime() when the run began.  res may be NULL. */
+int replay_summary(replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err);
 
 /* Rank 0, unless --quiet: a progress line on stderr, at most once a second
  * (*last: when the previous one was printed). */
