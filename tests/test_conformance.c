@@ -68,12 +68,13 @@ static void check_the_checker(void)
     b.conform.spec = NULL;
     EXPECT_FAIL("no .conform", conform_method(&b));
 
-    /* h2o decides per rank: declared P-invariant, it is caught */
-    const kv_method_ops *h = kv_method_find("h2o");
+    /* balancekv merges and reduces per rank: declared P-invariant, it is caught */
+    const kv_method_ops *h = kv_method_find("balancekv");
+    CHECK(h != NULL, "balancekv is registered");
     if (h) {
         b = *h;
         b.conform.pinv = KV_PINV_ROUNDING;
-        EXPECT_FAIL("declared P-invariant", conform_pinv(&b, "h2o:tokens=120"));
+        EXPECT_FAIL("declared P-invariant", conform_pinv(&b, "balancekv:tokens=200"));
     }
     printf("the checker catches broken methods: %d failures reported, as expected\n", kv_test_expected);
 }
