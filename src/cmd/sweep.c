@@ -295,8 +295,9 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     else if (!o->methods) kv_seterr(err, KV_EINPUT, "sweep: missing --methods (templates with '@', e.g. window:W=@)");
     else if (!(o->eps > 0)) kv_seterr(err, KV_EINPUT, "sweep: --eps must be > 0");
     else if (o->nn < 1 || o->nd < 1) kv_seterr(err, KV_EINPUT, "sweep: --n and --d need at least one value each");
-    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing"))
-        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index or packing, not '%s'",
+    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing") &&
+             strcmp(o->gen.kind, "needle"))
+        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index, packing or needle, not '%s'",
                   o->gen.kind);
     else kv_spec_parse_list(o->methods, &tm, &nt, err);
     if (kv_agree(comm, err)) return err->code;
