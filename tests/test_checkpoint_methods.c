@@ -66,6 +66,9 @@ static const mcase cases[] = {
     { "uniform:tokens=150", 0 },
     { "uniform:tokens=1000000,seed=7", 0 },
     { "topk:k=10", 0 },
+    { "quest:page=16,pages=3", 0 },
+    { "quest:page=5,pages=100000", 0 }, /* every page: exact */
+    { "quest:page=1,budget=2%", 0 },
     { "unmasked-window", 1 },
     { "unmasked-window:W=80", 1 },
     { "window+subgen:W=60,delta=1,t=4,s=8", 0 },

@@ -134,29 +134,34 @@ static int reserve(quest_state *s, size_t rows, size_t pages)
     return KV_OK;
 }
 
-/* Append row (key k, value v, global index i) to the page table and bounds.
- * Returns 0, or -1 when i does not continue the stream order. */
-static int place(quest_state *s, int64_t i)
+/* 1 if token i starts a page entry: it does not continue the last one */
+static int starts_entry(const quest_state *s, int64_t i)
+{
+    const qpage *last = s->np ? &s->pt[s->np - 1] : NULL;
+    return !last || last->g != i / s->page || last->first + last->cnt != i;
+}
+
+/* Account the row just stored at s->n (global index i) in the page table
+ * and bounds.  The driver gives tokens in stream order, so a page's rows on
+ * a rank are one entry (the only one when the page lives on one rank). */
+static void place(quest_state *s, int64_t i)
 {
     int d = s->ctx.d;
-    int64_t g = i / s->page;
-    qpage *last = s->np ? &s->pt[s->np - 1] : NULL;
     const float *k = s->K + s->n * (size_t)d;
-    if (last && last->g == g && last->first + last->cnt == i) {
+    if (!starts_entry(s, i)) {
+        qpage *last = &s->pt[s->np - 1];
         float *lo = s->lo + (s->np - 1) * (size_t)d, *hi = s->hi + (s->np - 1) * (size_t)d;
         for (int c = 0; c < d; c++) {
             lo[c] = k[c] < lo[c] ? k[c] : lo[c];
             hi[c] = k[c] > hi[c] ? k[c] : hi[c];
         }
         last->cnt++;
-        return 0;
+        return;
     }
-    if (last && g <= last->g) return -1;
-    s->pt[s->np] = (qpage){ g, i, (int64_t)s->n, 1 };
+    s->pt[s->np] = (qpage){ i / s->page, i, (int64_t)s->n, 1 };
     memcpy(s->lo + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
     memcpy(s->hi + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
     s->np++;
-    return 0;
 }
 
 static int quest_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -167,14 +172,11 @@ static int quest_ingest(void *state, const float *K, const float *V, int64_t fir
     if (reserve(s, rows, s->pcap)) return kv_seterr(err, KV_EINTERNAL, "quest: out of memory holding %zu tokens", rows);
     for (size_t t = 0; t < n; t++) {
         /* the page table doubles only when a page starts: its capacity is a function of the page count */
-        int64_t i = first + (int64_t)t;
-        int fresh = !s->np || s->pt[s->np - 1].g != i / s->page || s->pt[s->np - 1].first + s->pt[s->np - 1].cnt != i;
-        if (fresh && s->np == s->pcap && reserve(s, s->cap, page_cap(s->np + 1)))
+        if (starts_entry(s, first + (int64_t)t) && s->np == s->pcap && reserve(s, s->cap, page_cap(s->np + 1)))
             return kv_seterr(err, KV_EINTERNAL, "quest: out of memory holding %zu pages", s->np + 1);
         memcpy(s->K + s->n * d, K + t * d, sizeof(float) * d);
         memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
-        if (place(s, first + (int64_t)t))
-            return kv_seterr(err, KV_EINPUT, "quest: token %lld arrives out of stream order", (long long)(first + (int64_t)t));
+        place(s, first + (int64_t)t);
         s->n++;
     }
     return KV_OK;

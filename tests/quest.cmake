@@ -1,0 +1,4 @@
+# quest: Quest's page selection against a brute force at 1..3 emulated
+# ranks, exact with every page, its read counts; the needle instance and the
+# P-invariance of quest and lsh under mpirun.
+kv_unit_test(test_quest "${CMAKE_CURRENT_SOURCE_DIR}/test_quest.c;${CMAKE_CURRENT_SOURCE_DIR}/emu.c" baselines)
