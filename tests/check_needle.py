@@ -16,8 +16,9 @@ usage: check_needle.py KVSTREAM WORKDIR [METHODS]
 - P-invariance: on a clustered trace (chunks of 400, a multiple of the
   pages) the METHODS (default: quest and, if registered, lsh specs) give
   outputs at 3 ranks equal to 1 rank's within 1e-6 max(1, |z|_inf) (float32
-  outputs, merge order); quest with every page equals exact attention within
-  1e-5 (float logits)."""
+  outputs, merge order); quest with every page and lsh with threshold 0
+  equal exact attention within 1e-5 (float logits).  lsh:K=8,L=20 meets
+  p95 <= 0.1 on the needle instance too."""
 import os
 import sys
 
@@ -68,20 +69,24 @@ if not (beta > 0 and mass.min() >= 0.95 and abs(mass.min() - mass_min) < 2e-3):
     fail("needle: least target mass %.4f (recorded %.4f), want >= 0.95" % (mass.min(), mass_min))
 
 out = os.path.join(work, "needle-replay.h5")
-r = run(mpi_cmd(1, exe, "replay", paths[1], "--methods", "quest:pages=2,window:W=2048", "-q", "-o", out), timeout=300)
+r = run(mpi_cmd(1, exe, "replay", paths[1], "--methods", "quest:pages=2,lsh:K=8,L=20,window:W=2048", "-q", "-o", out),
+        timeout=300)
 if r.returncode:
     fail("replay on needle failed: " + r.stderr)
 with h5py.File(out, "r") as f:
-    pq, pw = (float(np.quantile(f["methods"][l]["rel_error"][...], 0.95, method="higher"))
-              for l in ("quest:pages=2", "window:W=2048"))
-print("needle: p95 error quest:pages=2 %.4g, window:W=n/2 %.4g" % (pq, pw))
+    pq, pl, pw = (float(np.quantile(f["methods"][l]["rel_error"][...], 0.95, method="higher"))
+                  for l in ("quest:pages=2", "lsh:K=8,L=20", "window:W=2048"))
+print("needle: p95 error quest:pages=2 %.4g, lsh:K=8,L=20 %.4g, window:W=n/2 %.4g" % (pq, pl, pw))
+if not pl <= 0.1:
+    fail("needle: lsh:K=8,L=20 p95 error %.4g > 0.1 (a needle collides in every table)" % pl)
 if not pq <= 0.1:
     fail("needle: quest:pages=2 p95 error %.4g > 0.1 (it should read the needle's page)" % pq)
 if not pw > 0.5:
     fail("needle: window:W=n/2 p95 error %.4g <= 0.5 (half the needles are outside it)" % pw)
 
 # ---- P-invariance of the methods that read ----
-methods = sys.argv[3] if len(sys.argv) > 3 else "quest:pages=4,quest:page=8,pages=20,quest:budget=5%,quest:pages=100000"
+methods = sys.argv[3] if len(sys.argv) > 3 else ("quest:pages=4,quest:page=8,pages=20,quest:budget=5%,quest:pages=100000,"
+                                                  "lsh:K=6,L=20,seed=3,lsh:K=3,L=8,threshold=3,lsh:threshold=0,L=4")
 trace = os.path.join(work, "clustered.h5")
 r = run(mpi_cmd(1, exe, "gen", "--kind", "clustered", "--clusters", "8", "--streams", "2", "--tokens", "6000", "--dim",
                 "16", "--queries", "24", "--chunk", "400", "--seed", "11", "-o", trace))
@@ -105,7 +110,7 @@ for l in outs[1]:
         fail("np=3 %s: outputs differ from np=1 by %.3g > %.3g" % (l, diff, tol))
 Zc, _, _ = reference_outputs(trace)
 for l in outs[1]:
-    if l.startswith("quest:pages=100000"):
+    if l.startswith("quest:pages=100000") or l.startswith("lsh:threshold=0"):
         e = float(rel(outs[3][l].reshape(Zc.shape), Zc).max())
         print("%s at 3 ranks vs exact (float64): max relative error %.3g" % (l, e))
         if not e <= 1e-5:

@@ -69,6 +69,8 @@ static const mcase cases[] = {
     { "quest:page=16,pages=3", 0 },
     { "quest:page=5,pages=100000", 0 }, /* every page: exact */
     { "quest:page=1,budget=2%", 0 },
+    { "lsh:K=4,L=6", 0 },
+    { "lsh:K=2,L=3,threshold=0,seed=4", 0 },
     { "unmasked-window", 1 },
     { "unmasked-window:W=80", 1 },
     { "window+subgen:W=60,delta=1,t=4,s=8", 0 },

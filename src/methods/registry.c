@@ -12,6 +12,7 @@ extern const kv_method_ops kv_method_h2o;
 extern const kv_method_ops kv_method_uniform;
 extern const kv_method_ops kv_method_topk;
 extern const kv_method_ops kv_method_quest;
+extern const kv_method_ops kv_method_lsh;
 extern const kv_method_ops kv_method_unmasked_window;
 extern const kv_method_ops kv_method_window_subgen;
 extern const kv_method_ops kv_method_subgen;
@@ -29,6 +30,7 @@ static const kv_method_ops *const registry[] = {
     &kv_method_uniform,
     &kv_method_topk,
     &kv_method_quest,
+    &kv_method_lsh,
     &kv_method_unmasked_window,
     &kv_method_window_subgen,
     &kv_method_subgen,
