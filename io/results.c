@@ -250,13 +250,23 @@ int kv_results_read(kv_results *r, const char *group, const char *name, kv_rtype
     return KV_OK;
 }
 
-int kv_results_read_attr_i64(kv_results *r, const char *group, const char *name, int64_t *val, kv_err *err)
+static int read_attr(kv_results *r, const char *group, const char *name, hid_t type, void *val, kv_err *err)
 {
     if (H5Aexists_by_name(r->file, group, name, H5P_DEFAULT) <= 0)
         return kv_seterr(err, KV_EINPUT, "%s: %s has no attribute %s", r->path, group, name);
     hid_t a = H5Aopen_by_name(r->file, group, name, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Aread(a, H5T_NATIVE_INT64, val) < 0;
+    int bad = a < 0 || H5Aread(a, type, val) < 0;
     if (a >= 0) H5Aclose(a);
     if (bad) return kv_seterr(err, KV_EINPUT, "%s: cannot read attribute %s of %s", r->path, name, group);
     return KV_OK;
+}
+
+int kv_results_read_attr_i64(kv_results *r, const char *group, const char *name, int64_t *val, kv_err *err)
+{
+    return read_attr(r, group, name, H5T_NATIVE_INT64, val, err);
+}
+
+int kv_results_read_attr_f64(kv_results *r, const char *group, const char *name, double *val, kv_err *err)
+{
+    return read_attr(r, group, name, H5T_NATIVE_DOUBLE, val, err);
 }

@@ -49,5 +49,7 @@ int kv_results_read(kv_results *r, const char *group, const char *name, kv_rtype
                     kv_err *err);
 /* A scalar integer attribute of a group ("/" for the root). */
 int kv_results_read_attr_i64(kv_results *r, const char *group, const char *name, int64_t *val, kv_err *err);
+/* A scalar floating-point attribute of a group (KV_EINPUT when missing). */
+int kv_results_read_attr_f64(kv_results *r, const char *group, const char *name, double *val, kv_err *err);
 
 #endif
