@@ -9,7 +9,8 @@
 #
 #   bash scripts/run-time-barrier.sh [build-dir (default build)] [out-dir (default out/time-barrier)]
 #
-# Needs a build whose replay counts reads (read_tokens_per_query).  Some
+# Needs a build whose replay counts reads (read_tokens_per_query).
+# KVSTREAM_TIME_N=1024,2048,... sets the grid of n (default 2^10 .. 2^16).  Some
 # minutes on 2 cores.  KVSTREAM_BARRIER_NP sets the rank count (2);
 # KVSTREAM_BARRIER_FIGURE=1 also copies the figure and slopes to docs/figures/.
 set -euo pipefail
@@ -23,7 +24,7 @@ NP=${KVSTREAM_BARRIER_NP:-2}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 METHODS="window:W=@,uniform:tokens=@,quest:pages=@,lsh:K=8,L=@,seed=1"
-mpirun --oversubscribe -np "$NP" "$KV" sweep --kind needle --n 1024,2048,4096,8192,16384,32768,65536 --d 32 \
+mpirun --oversubscribe -np "$NP" "$KV" sweep --kind needle --n ${KVSTREAM_TIME_N:-1024,2048,4096,8192,16384,32768,65536} --d 32 \
   --eps 0.1 --queries 64 --seed 1 --query-at end --axis reads --methods "$METHODS" --workdir "$OUT" \
   -o "$OUT/needle-d32.h5"
 $PY analysis/time_barrier.py "$OUT/needle-d32.h5" -o "$OUT/time-barrier" | tee "$OUT/slopes.md"
