@@ -91,16 +91,6 @@ static double brute(uint64_t seed, int Kb, int L, const float *q, int64_t p, dou
     return l * exp(m);
 }
 
-static double relerr(const double *a, const double *b)
-{
-    double num = 0, den = 0;
-    for (int c = 0; c < DV; c++) {
-        num += (a[c] - b[c]) * (a[c] - b[c]);
-        den += b[c] * b[c];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* one query at prefix p on P ranks: merged state st */
 static void ask(const char *spec, uint64_t seed, int P, const float *q, int64_t p, double *st, kv_query_cost *cost)
 {
@@ -140,8 +130,8 @@ int main(void)
                 ask("lsh:K=3,L=8,seed=9", 9, P, Q + q * D, at[a], st, &c);
                 kv_partial_output(st, DV, z);
                 brute(9, 3, 8, Q + q * D, at[a], zb, 0, &walked, &ns);
-                CHECK(relerr(z, zb) <= 1e-9, "K=3,L=8 P=%d p=%lld q=%d: relative error %.3g vs the brute force", P,
-                      (long long)at[a], q, relerr(z, zb));
+                CHECK(kv_test_relerr(z, zb, DV) <= 1e-9, "K=3,L=8 P=%d p=%lld q=%d: relative error %.3g vs the brute force", P,
+                      (long long)at[a], q, kv_test_relerr(z, zb, DV));
                 if (P == 1) {
                     double want = (8.0 * 3 * D * 4 + 8 * 4 + walked * 4) / ((D + DV) * 4.0) + ns;
                     CHECK(fabs(c.read_tokens - want) <= 1e-9 * want, "p=%lld q=%d: read_tokens %.6g, want %.6g",
@@ -161,8 +151,8 @@ int main(void)
                     }
                 for (int c2 = 0; c2 < DV; c2++) zb[c2] = u[c2] / l;
                 /* float logits (|a| ~ 5): 1e-6 relative */
-                CHECK(relerr(z, zb) <= 1e-5, "threshold=0 P=%d p=%lld: relative error %.3g vs exact", P,
-                      (long long)at[a], relerr(z, zb));
+                CHECK(kv_test_relerr(z, zb, DV) <= 1e-5, "threshold=0 P=%d p=%lld: relative error %.3g vs exact", P,
+                      (long long)at[a], kv_test_relerr(z, zb, DV));
             }
 
     /* unbiased denominator over the hyperplanes (one rank, p = N) */

@@ -98,16 +98,6 @@ static int64_t brute(const float *q, int64_t p, int64_t page, int64_t pages, dou
     return nread;
 }
 
-static double relerr(const double *a, const double *b)
-{
-    double num = 0, den = 0;
-    for (int c = 0; c < DV; c++) {
-        num += (a[c] - b[c]) * (a[c] - b[c]);
-        den += b[c] * b[c];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* One spec at P ranks against the brute force (page, pages) at a few
  * prefixes, 4 queries each; also the cost hook. */
 static void against_brute(const char *spec, int P, int64_t page, int64_t pages, const char *what)
@@ -148,7 +138,7 @@ static void against_brute(const char *spec, int P, int64_t page, int64_t pages, 
             double z[DV], zb[DV];
             kv_partial_output(st + q * (DV + 3), DV, z);
             int64_t nread = brute(Q + q * D, p, page, pages, zb);
-            double e_ = relerr(z, zb);
+            double e_ = kv_test_relerr(z, zb, DV);
             CHECK(e_ <= 1e-9, "%s P=%d %s p=%lld query %d: relative error %.3g vs the brute force", spec, P, what,
                   (long long)p, q, e_);
             /* pages below p on all ranks, each 2 D / (D + DV) tokens of bounds */
@@ -199,7 +189,7 @@ int main(void)
             }
         for (int c = 0; c < DV; c++) ref[c] = u[c] / l;
         /* float logits: |a| <= |q| |k| ~ 10, rounding ~1e-6 relative */
-        CHECK(relerr(z, ref) <= 1e-5, "every page vs exact: relative error %.3g", relerr(z, ref));
+        CHECK(kv_test_relerr(z, ref, DV) <= 1e-5, "every page vs exact: relative error %.3g", kv_test_relerr(z, ref, DV));
         emu_close(&e);
     }
 
