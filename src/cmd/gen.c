@@ -9,8 +9,8 @@
 
 /* shared with sweep (cmd.h) */
 const kv_opt kv_gen_opt_table[] = {
-    { "kind", 0, KV_OPT_STRING, G(kind), .meta = "gaussian|clustered|jl|sphere|index|packing",
-      .help = "what to generate (index, packing: the lower-bound constructions, docs/ALGORITHMS.md)" },
+    { "kind", 0, KV_OPT_STRING, G(kind), .meta = "gaussian|clustered|jl|sphere|index|packing|needle",
+      .help = "what to generate (index, packing: the lower-bound constructions; needle: the time barrier's; docs/ALGORITHMS.md)" },
     { "streams", 0, KV_OPT_INT, G(S), .lo = 1, .hi = 1 << 20, .meta = "S", .help = "independent streams (kv heads)" },
     { "queries", 0, KV_OPT_INT, G(m), .lo = 1, .hi = INT64_C(1) << 40, .meta = "m",
       .help = "queries per stream, spread evenly over the tokens" },
@@ -20,10 +20,10 @@ const kv_opt kv_gen_opt_table[] = {
     { "value-noise", 0, KV_OPT_DOUBLE, G(value_noise), .meta = "v",
       .help = "clustered: std of a value around its cluster's value" },
     { "beta", 0, KV_OPT_DOUBLE, G(beta), .dlo = 0, .dhi = INFINITY, .meta = "b", .def = "sqrt(d) (2 ln n + 3)",
-      .help = "jl: query = beta * its target key (index, packing pick their own and record it)" },
+      .help = "jl: query = beta * its target key (index, packing, needle pick their own and record it)" },
     { "query-at", 0, KV_OPT_CHOICE, G(query_at), .choices = "auto|end|spread|last",
       .help = "end: every query a probe at position n (the state after the stream); last: at the last m positions; "
-              "spread: over the prefixes; auto: end for index and packing, spread for the others" },
+              "spread: over the prefixes; auto: end for index, packing and needle, spread for the others" },
     { "theta", 0, KV_OPT_DOUBLE, G(theta), .meta = "rad", .help = "packing: least angle between two points" },
     { "points", 0, KV_OPT_INT, G(points), .lo = 2, .hi = INT64_C(1) << 24, .meta = "N",
       .help = "packing: at most N points (fewer when the theta-packing fills up first)" },

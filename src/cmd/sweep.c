@@ -27,6 +27,7 @@ typedef struct {
     double beta;         /* the generator's pick (index, packing), else -1 */
     int64_t points;      /* packing's N, else -1 */
     int64_t errors;      /* parameters the method refused (too small a budget=): counted as misses */
+    double reads;        /* --axis reads: tokens a query read at param (NaN otherwise) */
 } row;
 
 /* spec text with every '@' replaced by x */
@@ -105,13 +106,45 @@ static int bit_scores(const char *trace, const char *res_path, const kv_replay_r
     return rc;
 }
 
+/* --axis reads: the largest over the first K methods of res of the mean
+ * tokens a query read (the replay's read_tokens_per_query, written to the
+ * scratch results at path), on every rank. */
+static int read_counts(const char *path, const kv_replay_result *res, int K, double *reads, MPI_Comm comm, kv_err *err)
+{
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    double x = -INFINITY;
+    if (rank == 0) {
+        kv_results *r = kv_results_reopen(path, err);
+        for (int i = 0; r && i < K && !err->code; i++) {
+            char g[96];
+            double v;
+            snprintf(g, sizeof g, "/methods/%s", res->methods[i].label);
+            if (kv_results_read_attr_f64(r, g, "read_tokens_per_query", &v, err)) {
+                kv_err_clear(err);
+                kv_seterr(err, KV_EINPUT, "sweep --axis reads: the replay wrote no read_tokens_per_query for %s "
+                          "(this build does not count what queries read)", res->methods[i].label);
+            } else if (v > x) x = v;
+        }
+        if (r) {
+            kv_err e2 = { 0 };
+            kv_results_close(r, &e2);
+        }
+    }
+    if (kv_agree(comm, err)) return err->code;
+    if (kv_mpi_bcast(&x, sizeof x, 0, comm)) return kv_seterr(err, KV_EINTERNAL, "sweep: broadcast of the reads failed");
+    *reads = x;
+    return KV_OK;
+}
+
 /* one replay of one spec; *p95 and *mem of that method.  A randomised
  * method (one with seed=) runs as --seeds instances with seeds --seed ..
  * --seed + K - 1 in that replay: *p95 is their median (the upper one for
  * even K: a budget must meet eps for most seeds, not one lucky draw), *mem
- * the largest. */
+ * the largest; *reads (--axis reads, else NaN) the largest mean reads per
+ * query. */
 static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, MPI_Comm comm, double *p95,
-                   int64_t *mem, kv_err *err)
+                   int64_t *mem, double *reads, kv_err *err)
 {
     kv_spec *sp = NULL;
     int ns = 0, K = o->seeds > 1 ? o->seeds : 1;
@@ -147,10 +180,10 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
     ro.bound_ratio = 0;
     ro.seed = o->gen.seed;
     char scratch[1100];
-    if (o->score_bits) { /* the outputs go to a scratch results file, scored below */
+    if (o->score_bits || o->axis_reads) { /* a scratch results file: outputs scored, reads read below */
         snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
         ro.out = scratch;
-        ro.save_outputs = 1;
+        ro.save_outputs = o->score_bits;
     }
     kv_replay_result res = { 0 };
     int rc = kv_replay_run(&ro, comm, &res, err);
@@ -161,6 +194,8 @@ static int run_one(const kv_sweep_opts *o, const char *trace, const char *spec, 
             if (res.methods[i].memory_bytes > *mem) *mem = res.methods[i].memory_bytes;
         }
     }
+    *reads = NAN;
+    if (!rc && o->axis_reads && (rc = read_counts(scratch, &res, K, reads, comm, err))) kv_replay_result_free(&res);
     if (!rc && o->score_bits) { /* rank 0 scores, every rank gets the numbers */
         int rank;
         MPI_Comm_rank(comm, &rank);
@@ -186,9 +221,10 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
     char spec[512];
     double p95 = NAN;
     int64_t mem = -1;
+    double rd = NAN, hi_rd = NAN, last_rd = NAN;
     if (!strchr(t->text, '@')) { /* nothing to search: one run */
-        if (run_one(o, trace, t->text, comm, &p95, &mem, err)) return err->code;
-        *out = (row){ .param = 0, .budget = mem, .p95 = p95, .met = p95 <= o->eps };
+        if (run_one(o, trace, t->text, comm, &p95, &mem, &rd, err)) return err->code;
+        *out = (row){ .param = 0, .budget = mem, .p95 = p95, .met = p95 <= o->eps, .reads = rd };
         return KV_OK;
     }
     int64_t lo = 0, hi = -1, x = 1, refused = 0;
@@ -196,7 +232,7 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
     int64_t hi_mem = -1, last_mem = -1;
     for (;;) { /* doubling */
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+        if (run_one(o, trace, spec, comm, &p95, &mem, &rd, err)) {
             /* a method may refuse a small parameter (budget= below what one
              * cluster needs): a miss, unless even x = n is refused */
             if (err->code != KV_EINPUT || x >= n) return err->code;
@@ -204,32 +240,34 @@ static int search(const kv_sweep_opts *o, const char *trace, const kv_spec *t, i
             refused++;
             p95 = INFINITY;
             mem = -1;
+            rd = NAN;
         }
         last_p95 = p95;
         last_mem = mem;
-        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; break; }
+        last_rd = rd;
+        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; hi_rd = rd; break; }
         lo = x;
         if (x >= n) break;
         x = x * 2 > n ? n : x * 2;
     }
     if (hi < 0) { /* even a budget of n tokens misses eps */
-        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0, .errors = refused };
+        *out = (row){ .param = x, .budget = last_mem, .p95 = last_p95, .met = 0, .errors = refused, .reads = last_rd };
         return KV_OK;
     }
     while (hi - lo > 1 && hi - lo > lo / 8) { /* bisection to 1/8 */
         x = lo + (hi - lo) / 2;
         instantiate(t->text, x, spec, sizeof spec);
-        if (run_one(o, trace, spec, comm, &p95, &mem, err)) {
+        if (run_one(o, trace, spec, comm, &p95, &mem, &rd, err)) {
             if (err->code != KV_EINPUT) return err->code;
             kv_err_clear(err);
             refused++;
             lo = x;
             continue;
         }
-        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; }
+        if (p95 <= o->eps) { hi = x; hi_p95 = p95; hi_mem = mem; hi_rd = rd; }
         else lo = x;
     }
-    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1, .errors = refused };
+    *out = (row){ .param = hi, .budget = hi_mem, .p95 = hi_p95, .met = 1, .errors = refused, .reads = hi_rd };
     return KV_OK;
 }
 
@@ -243,15 +281,17 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
     int64_t *ka = malloc(sizeof(int64_t) * (size_t)nr), *pts = malloc(sizeof(int64_t) * (size_t)nr);
     int64_t *ne = malloc(sizeof(int64_t) * (size_t)nr);
     double *p = malloc(sizeof(double) * (size_t)nr), *beta = malloc(sizeof(double) * (size_t)nr);
+    double *rd = malloc(sizeof(double) * (size_t)nr);
     const char **names = malloc(sizeof(char *) * (size_t)nr), **kinds = malloc(sizeof(char *) * (size_t)nr);
     int rc = KV_OK;
-    if (!n || !d || !pa || !b || !met || !p || !names || !kinds || !eb || !ka || !pts || !ne || !beta)
+    if (!n || !d || !pa || !b || !met || !p || !names || !kinds || !eb || !ka || !pts || !ne || !beta || !rd)
         rc = kv_seterr(err, KV_EINTERNAL, "out of memory");
     for (int i = 0; !rc && i < nr; i++) {
         n[i] = rows[i].n; d[i] = rows[i].d; pa[i] = rows[i].param; b[i] = rows[i].budget;
         p[i] = rows[i].p95; met[i] = rows[i].met; names[i] = rows[i].method; kinds[i] = o->gen.kind;
         eb[i] = rows[i].exact_bytes; ka[i] = rows[i].keeps_all; pts[i] = rows[i].points; beta[i] = rows[i].beta;
         ne[i] = rows[i].errors;
+        rd[i] = rows[i].reads;
     }
     int64_t dims[1] = { nr };
     if (!rc) rc = kv_results_group(r, "/sweep", err);
@@ -268,7 +308,8 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
              kv_results_write_all(r, "/sweep", "keeps_all", KV_R_I64, 1, dims, ka, err) ||
              kv_results_write_all(r, "/sweep", "beta", KV_R_F64, 1, dims, beta, err) ||
              kv_results_write_all(r, "/sweep", "points", KV_R_I64, 1, dims, pts, err) ||
-             kv_results_write_all(r, "/sweep", "refused", KV_R_I64, 1, dims, ne, err);
+             kv_results_write_all(r, "/sweep", "refused", KV_R_I64, 1, dims, ne, err) ||
+             kv_results_write_all(r, "/sweep", "read_tokens", KV_R_F64, 1, dims, rd, err);
         if (rc) rc = err->code;
     }
     if (!rc) rc = kv_results_attr_f64(r, "/", "eps", o->eps, err) || kv_results_attr_str(r, "/", "kind", o->gen.kind, err) ||
@@ -277,10 +318,11 @@ static int write_table(const kv_sweep_opts *o, const row *rows, int nr, kv_err *
                   kv_results_attr_i64(r, "/", "queries", o->gen.m, err) ||
                   kv_results_attr_str(r, "/", "query_at", kv_gen_query_at_name(&o->gen), err) ||
                   kv_results_attr_str(r, "/", "score", o->score_bits ? "bit_error" : "rel_error", err) ||
+                  kv_results_attr_str(r, "/", "axis", o->axis_reads ? "reads" : "memory", err) ||
                   kv_results_attr_i64(r, "/", "seed", (int64_t)(o->gen.seed & INT64_MAX), err);
     if (rc) rc = err->code;
     free(n); free(d); free(pa); free(b); free(met); free(p); free(names); free(kinds);
-    free(eb); free(ka); free(pts); free(ne); free(beta);
+    free(eb); free(ka); free(pts); free(ne); free(beta); free(rd);
     int rc2 = kv_results_close(r, err);
     return rc ? rc : rc2;
 }
@@ -295,8 +337,9 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     else if (!o->methods) kv_seterr(err, KV_EINPUT, "sweep: missing --methods (templates with '@', e.g. window:W=@)");
     else if (!(o->eps > 0)) kv_seterr(err, KV_EINPUT, "sweep: --eps must be > 0");
     else if (o->nn < 1 || o->nd < 1) kv_seterr(err, KV_EINPUT, "sweep: --n and --d need at least one value each");
-    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing"))
-        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index or packing, not '%s'",
+    else if (o->score_bits && strcmp(o->gen.kind, "jl") && strcmp(o->gen.kind, "index") && strcmp(o->gen.kind, "packing") &&
+             strcmp(o->gen.kind, "needle"))
+        kv_seterr(err, KV_EINPUT, "sweep: --score bits needs value bits and targets: --kind jl, index, packing or needle, not '%s'",
                   o->gen.kind);
     else kv_spec_parse_list(o->methods, &tm, &nt, err);
     if (kv_agree(comm, err)) return err->code;
@@ -304,8 +347,8 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
     int nr = 0;
     if (!rows) kv_seterr(err, KV_EINTERNAL, "out of memory");
     if (rank == 0 && o->table)
-        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s %9s\n", "kind", "n", "d", "method", "param",
-                "budget_bytes", "p95_err", "met", "keeps_all");
+        fprintf(o->table, "%-10s %8s %5s %-32s %10s %14s %10s %4s %9s%s\n", "kind", "n", "d", "method", "param",
+                "budget_bytes", "p95_err", "met", "keeps_all", o->axis_reads ? "  reads/query" : "");
     for (int a = 0; a < o->nn && !err->code; a++)
         for (int b = 0; b < o->nd && !err->code; b++) {
             kv_gen_opts g = o->gen;
@@ -318,9 +361,11 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             g.out = trace;
             kv_gen_picked pk;
             if (kv_gen_run_picked(&g, comm, &pk, err)) break;
-            double ex_p95;
+            double ex_p95, ex_rd;
             int64_t ex_mem;
-            if (run_one(o, trace, "exact", comm, &ex_p95, &ex_mem, err)) break; /* what "everything" costs */
+            /* what "everything" costs; with --axis reads it also finds out
+             * whether this build counts reads, before any search */
+            if (run_one(o, trace, "exact", comm, &ex_p95, &ex_mem, &ex_rd, err)) break;
             for (int i = 0; i < nt && !err->code; i++) {
                 row *x = &rows[nr];
                 if (search(o, trace, &tm[i], g.n, comm, x, err)) break;
@@ -332,9 +377,11 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
                 x->beta = pk.beta;
                 x->points = pk.points;
                 if (rank == 0 && o->table) {
-                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s %9s\n", g.kind, (long long)x->n,
+                    fprintf(o->table, "%-10s %8lld %5lld %-32.32s %10lld %14lld %10.4g %4s %9s", g.kind, (long long)x->n,
                             (long long)x->d, x->method, (long long)x->param, (long long)x->budget, x->p95,
                             x->met ? "yes" : "no", x->keeps_all ? "yes" : "");
+                    if (o->axis_reads) fprintf(o->table, "  %11.1f", x->reads);
+                    fputc('\n', o->table);
                     fflush(o->table);
                 }
                 nr++;
@@ -342,7 +389,7 @@ int kv_sweep_run(const kv_sweep_opts *o, MPI_Comm comm, kv_err *err)
             kv_mpi_barrier(comm);
             if (rank == 0 && !o->keep_traces) remove(trace);
         }
-    if (rank == 0 && o->score_bits) { /* the scratch results of --score bits */
+    if (rank == 0 && (o->score_bits || o->axis_reads)) { /* the scratch results */
         char scratch[1100];
         snprintf(scratch, sizeof scratch, "%s/sweep-score.h5", o->workdir ? o->workdir : ".");
         remove(scratch);
@@ -376,6 +423,9 @@ static const kv_opt sweep_table[] = {
     { "score", 0, KV_OPT_CHOICE, W(o.score_bits), .choices = "rel|bits",
       .help = "rel: p95 relative error of the output; bits: p95 over probes of the fraction of the target's value "
               "bits the output's sign gets wrong (jl, index, packing)" },
+    { "axis", 0, KV_OPT_CHOICE, W(o.axis_reads), .choices = "memory|reads",
+      .help = "reads: also record, at each answer, the mean tokens a query read (read_tokens: keys and values "
+              "read plus the metadata scanned, in tokens' worth of bytes; summed over ranks)" },
     { "seeds", 0, KV_OPT_INT, W(o.seeds), .lo = 1, .hi = 64, .meta = "K", .def = "1",
       .help = "randomised methods: K seeds per budget, judged by the median p95" },
     { 0 } };

@@ -8,9 +8,12 @@
  * the method refuses as too small counts as a miss).  The memory the method
  * held at that parameter is the budget.  Which queries are scored is the
  * generator's --query-at (index, packing: only the probes after the stream).
+ * With --axis reads the table also holds read_tokens, the mean tokens a
+ * query read at that parameter (summed over ranks; metadata scanned counts
+ * as its bytes' worth of tokens), from the replay's read counters.
  * Results go to an HDF5 table /sweep (kind, n, d, method, param,
  * budget_bytes, p95_error, met, exact_bytes, keeps_all, beta, points,
- * refused; docs/RESULTS_FORMAT.md). */
+ * refused, read_tokens; docs/RESULTS_FORMAT.md). */
 #ifndef KVSTREAM_SWEEP_H
 #define KVSTREAM_SWEEP_H
 
@@ -33,6 +36,8 @@ typedef struct {
     int seeds;               /* randomised methods: seeds per budget (median p95); 0 or 1: one */
     int score_bits;          /* 0: relative error of the output; 1: fraction of the target's value bits the
                               * output's sign gets wrong (traces with /query_target) */
+    int axis_reads;          /* 1: also record the tokens a query reads at the answer (the replay's
+                              * read_tokens_per_query), the figure the time barrier is about */
     FILE *table;             /* rank 0's progress and final table, NULL: none */
 } kv_sweep_opts;
 

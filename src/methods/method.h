@@ -269,6 +269,11 @@ const kv_param_def *kv_method_param(const kv_method_ops *ops, const char *name);
 /* 1 if the method's table has a budget= parameter (core/budget.h). */
 int kv_method_takes_budget(const kv_method_ops *ops);
 
+/* partial for a method with the select pair (topk, quest) on one prefix:
+ * its own lists, select then partial_select, which is the global answer
+ * when the rank is the only one (the driver uses the pair otherwise). */
+int kv_method_partial_by_select(const kv_method_ops *ops, void *state, const float *Q, int nq, int64_t p, double *st);
+
 /* Look a method up by name; NULL if unknown. */
 const kv_method_ops *kv_method_find(const char *name);
 

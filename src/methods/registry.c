@@ -2,6 +2,7 @@
  * against the methods' tables, and `kvstream methods`. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "methods/method.h"
 
@@ -11,6 +12,8 @@ extern const kv_method_ops kv_method_sinks;
 extern const kv_method_ops kv_method_h2o;
 extern const kv_method_ops kv_method_uniform;
 extern const kv_method_ops kv_method_topk;
+extern const kv_method_ops kv_method_quest;
+extern const kv_method_ops kv_method_lsh;
 extern const kv_method_ops kv_method_unmasked_window;
 extern const kv_method_ops kv_method_window_subgen;
 extern const kv_method_ops kv_method_subgen;
@@ -27,6 +30,8 @@ static const kv_method_ops *const registry[] = {
     &kv_method_h2o,
     &kv_method_uniform,
     &kv_method_topk,
+    &kv_method_quest,
+    &kv_method_lsh,
     &kv_method_unmasked_window,
     &kv_method_window_subgen,
     &kv_method_subgen,
@@ -85,6 +90,21 @@ int64_t kv_rank_tokens_below(const kv_method_ctx *ctx, int64_t x)
     if (x <= 0) return 0;
     int64_t C = ctx->chunk, round = C * ctx->nranks, part = x % round - (int64_t)ctx->rank * C;
     return x / round * C + (part < 0 ? 0 : part > C ? C : part);
+}
+
+int kv_method_partial_by_select(const kv_method_ops *ops, void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    if (nq <= 0) return KV_OK;
+    int L = ops->select_len(state);
+    int64_t *pp = malloc(sizeof(int64_t) * (size_t)nq);
+    double *sel = malloc(sizeof(double) * (size_t)nq * (size_t)L);
+    int rc = pp && sel ? KV_OK : KV_EINTERNAL;
+    for (int q = 0; rc == KV_OK && q < nq; q++) pp[q] = p;
+    if (rc == KV_OK) rc = ops->select(state, Q, pp, nq, sel);
+    if (rc == KV_OK) rc = ops->partial_select(state, Q, pp, nq, sel, st);
+    free(pp);
+    free(sel);
+    return rc;
 }
 
 int64_t kv_shard_limit(const kv_method_ctx *ctx)

@@ -253,22 +253,10 @@ static int topk_partial_select(void *state, const float *Q, const int64_t *p, in
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
-/* One prefix with this rank's own lists: the global answer when it is the
- * only rank (the driver uses select/partial_select otherwise). */
+/* One prefix: select then partial_select with this rank's own lists. */
 static int topk_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
-    topk_state *s = state;
-    if (nq <= 0) return KV_OK;
-    int L = topk_select_len(s);
-    int64_t *pp = malloc(sizeof(int64_t) * (size_t)nq);
-    double *sel = malloc(sizeof(double) * (size_t)nq * (size_t)L);
-    int rc = pp && sel ? KV_OK : KV_EINTERNAL;
-    for (int q = 0; rc == KV_OK && q < nq; q++) pp[q] = p;
-    if (rc == KV_OK) rc = topk_select(s, Q, pp, nq, sel);
-    if (rc == KV_OK) rc = topk_partial_select(s, Q, pp, nq, sel, st);
-    free(pp);
-    free(sel);
-    return rc;
+    return kv_method_partial_by_select(&kv_method_topk, state, Q, nq, p, st);
 }
 
 static size_t topk_bytes(const void *state)

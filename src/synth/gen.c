@@ -1,6 +1,7 @@
 /* gen.c - synthetic traces: gaussian, clustered, jl and sphere, and the
  * lower-bound constructions index (high d) and packing (low d) whose probes
- * sit after the stream (ALGORITHMS.md section 5). */
+ * sit after the stream, and needle, the time barrier's instance (ALGORITHMS.md
+ * section 5). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@ typedef struct {
     double beta;        /* logit of a probe on its target (q = beta sqrt(d) k) */
     int64_t N;          /* packing: points per stream */
     float *pts;         /* packing: S x N x d unit vectors */
+    int64_t *needles;   /* needle: S x m probe targets, sorted per stream */
 } gen_extra;
 
 /* every kind gets the precomputed extras x; only index and packing use them */
@@ -141,6 +143,28 @@ static void packing_query(const kv_gen_opts *o, X_, int64_t s, int64_t j, int64_
     *t = a;
 }
 
+/* needle: keys in random directions, of norm 1 for the tokens some probe
+ * targets (the needles, at uniform positions) and NEEDLE_HAY for the rest
+ * (the haystack); probes as index's.  A method that picks what it reads
+ * without looking at the keys finds a probe's needle only by reading its
+ * position; one that compares keys with the query (a bound, a hash) can. */
+#define NEEDLE_HAY 0.25
+static int is_needle(const kv_gen_opts *o, const gen_extra *x, int64_t s, int64_t i)
+{
+    const int64_t *t = x->needles + s * o->m;
+    int64_t lo = 0, hi = o->m;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (t[mid] < i) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < o->m && t[lo] == i;
+}
+static void needle_key(const kv_gen_opts *o, X_, int64_t s, int64_t i, float *k)
+{
+    unit_row(o->seed, dom(H_KEY, s), i, o->d, is_needle(o, x, s, i) ? 1.0 : NEEDLE_HAY, k);
+}
+
 static const gen_kind kinds[] = {
     { "gaussian", gauss_key, gauss_query },
     { "clustered", clustered_key, clustered_query },
@@ -148,10 +172,11 @@ static const gen_kind kinds[] = {
     { "sphere", sphere_key, sphere_query },
     { "index", jl_key, index_query },
     { "packing", packing_key, packing_query },
+    { "needle", needle_key, index_query },
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
-const char *kv_gen_kinds(void) { return "gaussian, clustered, jl, sphere, index, packing"; }
+const char *kv_gen_kinds(void) { return "gaussian, clustered, jl, sphere, index, packing, needle"; }
 
 static double bit(const kv_gen_opts *o, int64_t s, int64_t row, int64_t c)
 {
@@ -175,7 +200,7 @@ static void value_row(const kv_gen_opts *o, const gen_extra *x, int64_t s, int64
         }
         return;
     }
-    if (!strcmp(o->kind, "jl") || !strcmp(o->kind, "index")) { /* independent random bits */
+    if (!strcmp(o->kind, "jl") || !strcmp(o->kind, "index") || !strcmp(o->kind, "needle")) { /* random bits */
         for (int64_t c = 0; c < o->dv; c++) v[c] = (float)bit(o, s, i, c);
         return;
     }
@@ -220,7 +245,8 @@ static int query_at(const kv_gen_opts *o)
 {
     if (o->every_position) return KV_QAT_SPREAD;
     if (o->query_at == KV_QAT_AUTO)
-        return !strcmp(o->kind, "index") || !strcmp(o->kind, "packing") ? KV_QAT_END : KV_QAT_SPREAD;
+        return !strcmp(o->kind, "index") || !strcmp(o->kind, "packing") || !strcmp(o->kind, "needle") ? KV_QAT_END
+                                                                                                      : KV_QAT_SPREAD;
     return o->query_at;
 }
 
@@ -242,6 +268,12 @@ int64_t kv_gen_query_pos(const kv_gen_opts *o, int64_t j)
 
 /* Exact attention's mass on the target for logit b * (k_t . k_i) on token i,
  * given gap_i = 1 - k_t . k_i (gap of the target itself 0). */
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static double target_mass(const double *gap, int64_t n, int64_t t, double b)
 {
     double rest = 0;
@@ -265,14 +297,15 @@ static double *probe_gaps(const kv_gen_opts *o, const float *K, int64_t s, int64
     return gap;
 }
 
-/* index: the least beta that puts >= 0.9 (+ 1e-3, for the float32 rounding
- * of the file) of every probe's mass on its target, by bisection per probe
+/* index, needle: the least beta that puts >= want - 1e-3 (the 1e-3 for the
+ * float32 rounding of the file) of every probe's mass on its target, by bisection per probe
  * (the mass grows with beta when no other key equals the target); the max
  * over probes and streams.  *mass: the least mass over probes at that beta.
  * Every rank computes it alike (same hashes, per-probe sums in order). */
-static int index_beta(const kv_gen_opts *o, double *beta, double *mass, kv_err *err)
+static int index_beta(const kv_gen_opts *o, const gen_kind *kind, const gen_extra *x, double want, double *beta,
+                      double *mass, kv_err *err)
 {
-    const double want = 0.901, bmax = 1e6;
+    const double bmax = 1e6;
     int64_t n = o->n, d = o->d;
     float *K = malloc(sizeof(float) * (size_t)(n * d));
     double *bs = malloc(sizeof(double) * (size_t)o->m);
@@ -285,7 +318,7 @@ static int index_beta(const kv_gen_opts *o, double *beta, double *mass, kv_err *
     for (int pass = 0; pass < 2 && !bad && !oom; pass++) /* 0: pick beta, 1: the mass it leaves */
         for (int64_t s = 0; s < o->S && !bad && !oom; s++) {
 #pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < n; i++) unit_row(o->seed, dom(H_KEY, s), i, d, 1.0, K + i * d);
+            for (int64_t i = 0; i < n; i++) kind->key(o, x, s, i, K + i * d);
 #pragma omp parallel for schedule(dynamic) reduction(|| : bad, oom)
             for (int64_t j = 0; j < o->m; j++) {
                 int64_t p, t;
@@ -315,9 +348,9 @@ static int index_beta(const kv_gen_opts *o, double *beta, double *mass, kv_err *
     free(bs);
     if (oom) return kv_seterr(err, KV_EINTERNAL, "gen: out of memory (index: a probe's n logits)");
     if (bad)
-        return kv_seterr(err, KV_EINPUT, "gen: index: keys at d = %lld are too close for beta <= %g to put 0.9 of a "
-                         "probe's mass on its target (index is for d >= 4 ln n; use packing for small d)",
-                         (long long)d, bmax);
+        return kv_seterr(err, KV_EINPUT, "gen: %s: keys at d = %lld are too close for beta <= %g to put %g of a "
+                         "probe's mass on its target (%s is for d >= 4 ln n; use packing for small d)",
+                         o->kind, (long long)d, bmax, want - 1e-3, o->kind);
     *beta = best;
     *mass = worst;
     return KV_OK;
@@ -452,8 +485,8 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
                              (o.query_at == KV_QAT_AUTO && (!strcmp(o.kind, "index") || !strcmp(o.kind, "packing")))))
         return kv_seterr(err, KV_EINPUT, "gen: --every-position places its own queries: it excludes --query-at end|last "
                          "(and the default end of index and packing: give --query-at spread)");
-    int is_index = !strcmp(o.kind, "index"), is_packing = !strcmp(o.kind, "packing");
-    if ((is_index || is_packing) && in->beta >= 0)
+    int is_index = !strcmp(o.kind, "index"), is_packing = !strcmp(o.kind, "packing"), is_needle = !strcmp(o.kind, "needle");
+    if ((is_index || is_packing || is_needle) && in->beta >= 0)
         return kv_seterr(err, KV_EINPUT, "gen: --beta is picked by --kind %s (see `gen --help`), do not give it", o.kind);
     /* jl: the target's logit is beta/sqrt(d), the others' are ~N(0, beta^2/d^2);
      * beta/sqrt(d) = 2 ln n + 3 leaves the target >= 0.9 of the mass when
@@ -462,7 +495,23 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
     if (!isfinite(o.beta)) return kv_seterr(err, KV_EINPUT, "gen: --beta must be finite");
     gen_extra x = { 0 };
     kv_gen_picked pk = { .beta = -1, .target_mass_min = -1, .points = -1, .theta = -1 };
-    if (is_index && index_beta(&o, &x.beta, &pk.target_mass_min, err)) return err->code;
+    if (is_needle) { /* the probes' targets, sorted per stream, before any key is made */
+        x.needles = malloc(sizeof(int64_t) * (size_t)(o.S * o.m));
+        if (!x.needles) return kv_seterr(err, KV_EINTERNAL, "gen: out of memory (needle: %lld targets)", (long long)(o.S * o.m));
+        for (int64_t s = 0; s < o.S; s++) {
+            int64_t *t = x.needles + s * o.m;
+            for (int64_t j = 0; j < o.m; j++)
+                t[j] = (int64_t)(kv_hash4(o.seed, dom(H_TARGET, s), (uint64_t)j, 0) % (uint64_t)kv_gen_query_pos(&o, j));
+            qsort(t, (size_t)o.m, sizeof *t, cmp_i64);
+        }
+    }
+    /* index: 0.9 of a probe's mass on its target, as the Index argument;
+     * needle: 0.95, so that reading the needle alone meets eps = 0.1 */
+    if ((is_index || is_needle) &&
+        index_beta(&o, kind, &x, is_index ? 0.901 : 0.951, &x.beta, &pk.target_mass_min, err)) {
+        free(x.needles);
+        return err->code;
+    }
     if (is_packing) {
         if (packing_points(&o, &x, &pk.theta, err)) return err->code;
         /* N-1 other points, each with at most twice the target's copies
@@ -477,7 +526,7 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
     int rank, P;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &P);
-    int with_target = !strcmp(o.kind, "jl") || is_index || is_packing;
+    int with_target = !strcmp(o.kind, "jl") || is_index || is_packing || is_needle;
     char source[64];
     snprintf(source, sizeof source, "synthetic:%s", o.kind);
     kv_trace_spec ts = { .S = o.S, .n = o.n, .m = o.m, .d = o.d, .dv = o.dv, .chunk = o.chunk,
@@ -486,6 +535,7 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
     kv_trace_writer *w = kv_trace_create(o.out, comm, &ts, err);
     if (!w) {
         free(x.pts);
+        free(x.needles);
         return err->code;
     }
     int64_t C = o.chunk < o.n ? o.chunk : o.n;
@@ -519,9 +569,9 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
         }
         if (!rc) rc = kv_trace_write_query_pos(w, j0, cnt, pos, err);
     }
-    free(K); free(V); free(Q); free(pos); free(tgt); free(x.pts);
+    free(K); free(V); free(Q); free(pos); free(tgt); free(x.pts); free(x.needles);
     int rc2 = kv_trace_writer_close(w, err); /* collective: every rank calls it */
-    if (!rc && !rc2 && (is_index || is_packing)) {
+    if (!rc && !rc2 && (is_index || is_packing || is_needle)) {
         int bad = rank == 0 && write_picked(o.out, &o, &pk, err);
         bad = kv_mpi_any(bad, comm); /* readers wait for the attributes */
         if (bad && rank != 0) kv_seterr(err, KV_EINTERNAL, "gen: rank 0 could not write the attributes of %s", o.out);

@@ -12,7 +12,7 @@
 #include "core/kverr.h"
 
 typedef struct {
-    const char *kind;      /* gaussian | clustered | jl | sphere | index | packing */
+    const char *kind;      /* gaussian | clustered | jl | sphere | index | packing | needle */
     const char *out;       /* output path */
     int64_t S, n, m, d, dv;
     int every_position;    /* one query per position: m = n */

@@ -1,0 +1,397 @@
+/* lsh.c - lsh:K=<bits>,L=<tables>,threshold=<t>: MagicPIG's LSH sampling
+ * (Chen et al. 2024, arXiv 2410.16179; ALGORITHMS.md section 4).  It holds
+ * every key and value, like exact, and trades reads, not memory.
+ *
+ * L SimHash tables of K bits each over the keys: table l's code of a vector
+ * x is the K signs of h_{l,b} . x (bit set when >= 0), the hyperplanes h
+ * N(0, I) from (seed, stream, l K + b), never the rank.  Per query q at
+ * prefix p, each table is probed at q's code; a token whose key collides
+ * with q in at least `threshold` of the L tables is sampled, and it is
+ * weighted by 1 / u_i, where u_i is its probability of being sampled given
+ * its angle theta_i to q (the paper's formula): with p_i = (1 - theta_i /
+ * pi)^K the chance to collide in one table, u_i = P(Binomial(L, p_i) >=
+ * threshold) (threshold 2: 1 - (1 - p_i)^L - L p_i (1 - p_i)^{L-1}).  The
+ * output is the importance-sampling ratio sum_S e^{a_i} v_i / u_i over
+ * sum_S e^{a_i} / u_i.  threshold = 0 samples every token with u = 1:
+ * exact attention.
+ *
+ * Ranks: every rank hashes the query with the same hyperplanes and samples
+ * its own tokens by the same rule, so the sample (the union over ranks) and
+ * the answer, up to rounding, do not depend on P.
+ *
+ * Memory: per allocated row the key and value (float32, as MagicPIG keeps
+ * them in CPU memory), its global index and its L table links; per table
+ * 2^K bucket heads; the L K d hyperplanes.  Reads (the cost hook): the
+ * hyperplanes (hashing the query), the L bucket heads and every bucket
+ * entry walked, as tokens' worth of bytes ((d + dv) 4 bytes a token), plus
+ * the sampled tokens' keys and values. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#include "core/rng.h"
+#include "kernels/dot.h"
+#include "kernels/partial.h"
+#include "methods/method.h"
+
+#define LSH_SALT 0x6c7368ULL /* "lsh" */
+#define NIL UINT32_MAX
+
+typedef struct {
+    kv_method_ctx ctx;
+    int K, L, thr;
+    uint64_t seed;
+    float *H;          /* L K hyperplanes of d */
+    float *Kr, *V;     /* rows */
+    int64_t *idx;      /* global index of each row (increasing) */
+    uint32_t *next;    /* next[row L + l]: the previous row in its table-l bucket */
+    uint32_t *head;    /* head[l 2^K + code]: the newest row in the bucket */
+    size_t n, cap;
+    kv_query_cost cost;
+} lsh_state;
+
+typedef struct { int64_t K, L, threshold, seed; } lsh_cfg;
+KV_CFG_FITS(lsh_cfg);
+
+static const kv_param_def lsh_params[] = {
+    KV_PARAM_INT(lsh_cfg, K, 10, 1, 24, "SimHash bits per table"),
+    KV_PARAM_INT(lsh_cfg, L, 150, 1, 4096, "hash tables"),
+    KV_PARAM_INT(lsh_cfg, threshold, 2, 0, 4096,
+                 "collisions (tables) that sample a token; 0: every token, exact attention"),
+    KV_PARAM_INT_DERIVED(lsh_cfg, seed, -1, "--seed", 0, INT64_MAX, "hyperplane seed (the stream is mixed in)"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_lsh;
+
+static int lsh_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const lsh_cfg *c = cfg;
+    if (c->threshold > c->L) return kv_params_error(lsh_params, spec, err, "threshold must be <= L");
+    if ((c->L << c->K) > (INT64_C(1) << 28))
+        return kv_params_error(lsh_params, spec, err, "L 2^K bucket heads above 2^28 (1 GiB)");
+    return KV_OK;
+}
+
+static size_t heads(const lsh_state *s) { return (size_t)s->L << s->K; }
+
+static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    const lsh_cfg *c = kv_method_cfg(&kv_method_lsh, spec, err);
+    if (!c) return err->code;
+    if (kv_shard_limit(ctx) >= (int64_t)NIL)
+        return kv_params_error(lsh_params, spec, err, "more than 2^32 - 1 tokens on a rank");
+    lsh_state *s = kv_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    s->ctx = *ctx;
+    s->K = (int)c->K;
+    s->L = (int)c->L;
+    s->thr = (int)c->threshold;
+    s->seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
+    size_t nh = (size_t)s->L * (size_t)s->K * (size_t)ctx->d;
+    s->H = kv_malloc(sizeof(float) * nh, err);
+    s->head = s->H ? kv_malloc(sizeof(uint32_t) * heads(s), err) : NULL;
+    if (!s->head) {
+        free(s->H);
+        free(s);
+        return err->code;
+    }
+    for (size_t i = 0; i < nh; i++)
+        s->H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
+    memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
+    *out = s;
+    return KV_OK;
+}
+
+/* table l's code of x */
+static uint32_t code(const lsh_state *s, int l, const float *x)
+{
+    int d = s->ctx.d;
+    uint32_t c = 0;
+    for (int b = 0; b < s->K; b++)
+        c |= (uint32_t)(kv_dot_fixed(s->H + ((size_t)l * s->K + b) * d, x, d) >= 0.0f) << b;
+    return c;
+}
+
+static size_t cap_for(const lsh_state *s, size_t need)
+{
+    if (s->ctx.shard_tokens > 0 && need <= (size_t)s->ctx.shard_tokens) return (size_t)s->ctx.shard_tokens;
+    size_t c = 1024;
+    while (c < need) c *= 2;
+    return c;
+}
+
+static int reserve(lsh_state *s, size_t rows)
+{
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, L = (size_t)s->L;
+    if (rows <= s->cap) return KV_OK;
+    float *Kr = realloc(s->Kr, sizeof(float) * d * rows);
+    if (Kr) s->Kr = Kr;
+    float *V = Kr ? realloc(s->V, sizeof(float) * dv * rows) : NULL;
+    if (V) s->V = V;
+    int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
+    if (idx) s->idx = idx;
+    uint32_t *next = idx ? realloc(s->next, sizeof(uint32_t) * L * rows) : NULL;
+    if (next) s->next = next;
+    if (!next) return KV_EINTERNAL;
+    s->cap = rows;
+    return KV_OK;
+}
+
+/* link the row just stored at s->n into every table */
+static void link_row(lsh_state *s)
+{
+    const float *k = s->Kr + s->n * (size_t)s->ctx.d;
+    for (int l = 0; l < s->L; l++) {
+        uint32_t *h = &s->head[((size_t)l << s->K) + code(s, l, k)];
+        s->next[s->n * (size_t)s->L + (size_t)l] = *h;
+        *h = (uint32_t)s->n;
+    }
+}
+
+static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    lsh_state *s = state;
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    if (s->n + n > s->cap && reserve(s, cap_for(s, s->n + n)))
+        return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory holding %zu tokens", s->n + n);
+    for (size_t t = 0; t < n; t++, s->n++) {
+        memcpy(s->Kr + s->n * d, K + t * d, sizeof(float) * d);
+        memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
+        s->idx[s->n] = first + (int64_t)t;
+        link_row(s);
+    }
+    return KV_OK;
+}
+
+/* rows with global index < p: a prefix (indices increase) */
+static size_t rows_below(const lsh_state *s, int64_t p)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->idx[mid] < p) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* log P(Binomial(L, p) >= t), t >= 1, p in (0, 1]: the tail summed from
+ * its first term, in logs so that a small p does not cancel or underflow */
+static double log_tail(int L, int t, double p)
+{
+    if (p >= 1.0) return 0.0;
+    double lt = lgamma(L + 1.0) - lgamma(t + 1.0) - lgamma(L - t + 1.0) + t * log(p) + (L - t) * log1p(-p);
+    double sum = 1.0, term = 1.0, r = p / (1.0 - p);
+    for (int j = t; j < L; j++) {
+        term *= r * (double)(L - j) / (double)(j + 1);
+        sum += term;
+        if (term < 1e-17 * sum && (double)(L - j) * r < (double)(j + 1)) break; /* terms only shrink from here */
+    }
+    double lu = lt + log(sum);
+    return lu < 0.0 ? lu : 0.0;
+}
+
+/* One query: fold this rank's sampled rows < p into st (empty when none);
+ * c gets what it read. */
+static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st, uint16_t *cnt, kv_query_cost *c)
+{
+    int d = s->ctx.d, dv = s->ctx.dv;
+    size_t n = rows_below(s, p);
+    double tok = 0, walked = 0;
+    kv_partial_clear(st, dv);
+    memset(c, 0, sizeof *c);
+    if (!n) return KV_OK;
+    float scale = (float)s->ctx.scale;
+    double qn = sqrt((double)kv_dot_fixed(q, q, d));
+    /* the sample: rows < p colliding in >= thr tables (every row for thr = 0) */
+    size_t ns = 0;
+    uint32_t *rows = malloc(sizeof(uint32_t) * n);
+    if (!rows) return KV_EINTERNAL;
+    if (s->thr == 0) {
+        for (size_t r = 0; r < n; r++) rows[ns++] = (uint32_t)r;
+    } else {
+        for (int l = 0; l < s->L; l++)
+            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l]) {
+                walked++;
+                if (r < n && ++cnt[r] == s->thr) rows[ns++] = r;
+            }
+        for (int l = 0; l < s->L; l++) /* clear the counters for the next query */
+            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l])
+                if (r < n) cnt[r] = 0;
+    }
+    /* rows in increasing order: the sums do not depend on the tables' order */
+    for (size_t i = 1; i < ns; i++) {
+        uint32_t x = rows[i];
+        size_t j = i;
+        for (; j > 0 && rows[j - 1] > x; j--) rows[j] = rows[j - 1];
+        rows[j] = x;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        const float *k = s->Kr + (size_t)rows[i] * d;
+        float dot = kv_dot_fixed(q, k, d);
+        double a = (double)(dot * scale), lu = 0.0;
+        if (s->thr > 0) {
+            double kn = sqrt((double)kv_dot_fixed(k, k, d)), cs = qn > 0 && kn > 0 ? (double)dot / (qn * kn) : 0.0;
+            cs = cs > 1 ? 1 : cs < -1 ? -1 : cs;
+            double p1 = pow(1.0 - acos(cs) / M_PI, s->K);
+            lu = p1 > 0 ? log_tail(s->L, s->thr, p1) : 0.0; /* p1 = 0 cannot collide: never sampled */
+        }
+        kv_partial_add_one(st, dv, a - lu, 1.0, s->V + (size_t)rows[i] * dv); /* e^{a} / u */
+        tok++;
+    }
+    free(rows);
+    /* reads: hashing q (the hyperplanes), the L heads and the entries
+     * walked (4 bytes each), the sampled rows */
+    double tb = (double)(d + dv) * sizeof(float), hb = 0;
+    if (s->thr > 0)
+        hb = (double)s->L * s->K * d * sizeof(float) + (double)s->L * sizeof(uint32_t) + walked * sizeof(uint32_t);
+    c->read_bytes = hb + tok * tb;
+    c->read_tokens = hb / tb + tok;
+    c->flops = (s->thr > 0 ? 2.0 * s->L * s->K * d : 0.0) + tok * 2.0 * (d + dv);
+    return KV_OK;
+}
+
+static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int nq, double *st)
+{
+    lsh_state *s = state;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
+    if (!c) return KV_EINTERNAL;
+    int bad = 0;
+#pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+    {
+        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts, zero between queries */
+        if (!cnt) bad = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int q = 0; q < nq; q++)
+            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
+        free(cnt);
+    }
+    for (int q = 0; q < nq; q++) { /* in query order: the totals do not depend on the threads */
+        s->cost.read_bytes += c[q].read_bytes;
+        s->cost.read_tokens += c[q].read_tokens;
+        s->cost.flops += c[q].flops;
+    }
+    free(c);
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+static int lsh_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    if (nq <= 0) return KV_OK;
+    int64_t *pp = malloc(sizeof(int64_t) * (size_t)nq);
+    if (!pp) return KV_EINTERNAL;
+    for (int q = 0; q < nq; q++) pp[q] = p;
+    int rc = lsh_partial_batch(state, Q, pp, nq, st);
+    free(pp);
+    return rc;
+}
+
+static size_t row_bytes(const lsh_state *s)
+{
+    return (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + sizeof(int64_t) + (size_t)s->L * sizeof(uint32_t);
+}
+
+static size_t fixed_bytes(const lsh_state *s)
+{
+    return (size_t)s->L * s->K * s->ctx.d * sizeof(float) + heads(s) * sizeof(uint32_t);
+}
+
+static size_t lsh_bytes(const void *state)
+{
+    const lsh_state *s = state;
+    return s->cap * row_bytes(s) + fixed_bytes(s);
+}
+
+static void lsh_extra(const void *state, kv_method_extra *x)
+{
+    const lsh_state *s = state;
+    x->clusters = -1;
+    x->kept_tokens = (int64_t)s->n;
+}
+
+static void lsh_cost(const void *state, kv_query_cost *c) { *c = ((const lsh_state *)state)->cost; }
+
+static void lsh_free(void *state)
+{
+    lsh_state *s = state;
+    if (!s) return;
+    free(s->H);
+    free(s->Kr);
+    free(s->V);
+    free(s->idx);
+    free(s->next);
+    free(s->head);
+    free(s);
+}
+
+/* Rows and their global indices; the tables are rebuilt from the keys (the
+ * hyperplanes come from the spec and ctx). */
+static void lsh_save(const void *state, kv_buf *out)
+{
+    const lsh_state *s = state;
+    kv_buf_put_arr(out, s->Kr, s->n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->idx, s->n * sizeof(int64_t));
+}
+
+static int lsh_load(void *state, kv_rd *in, kv_err *err)
+{
+    lsh_state *s = state;
+    void *K = NULL, *V = NULL, *I = NULL;
+    size_t nk = 0, nv = 0, ni = 0, lim = (size_t)kv_shard_limit(&s->ctx);
+    int ok = !kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) &&
+             !kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) &&
+             !kv_rd_arr(in, &I, sizeof(int64_t), lim, &ni, err) && nk == nv && nk == ni &&
+             kv_all_finite(K, nk * (size_t)s->ctx.d) && kv_all_finite(V, nv * (size_t)s->ctx.dv);
+    const int64_t *idx = I;
+    for (size_t r = 0; ok && r < ni; r++) /* increasing, within the stream */
+        ok = idx[r] >= 0 && idx[r] < s->ctx.n_total && (r == 0 || idx[r] > idx[r - 1]);
+    if (ok && nk && reserve(s, cap_for(s, nk))) {
+        ok = 0;
+        kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring lsh (%zu tokens)", nk);
+    }
+    if (ok && nk) {
+        memcpy(s->Kr, K, sizeof(float) * (size_t)s->ctx.d * nk);
+        memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
+        memcpy(s->idx, I, sizeof(int64_t) * nk);
+        memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
+        for (s->n = 0; s->n < nk; s->n++) link_row(s);
+    }
+    free(K);
+    free(V);
+    free(I);
+    if (!ok) return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: lsh state is inconsistent");
+    return KV_OK;
+}
+
+static int64_t lsh_max_bytes(const void *state)
+{
+    const lsh_state *s = state;
+    int64_t n = kv_shard_limit(&s->ctx), rows = s->ctx.shard_tokens > 0 ? n : 2 * n + 1024;
+    return rows * (int64_t)row_bytes(s) + (int64_t)fixed_bytes(s);
+}
+
+const kv_method_ops kv_method_lsh = {
+    .name = "lsh",
+    .kind = "oracle",
+    .summary = "MagicPIG: tokens colliding with the query in >= threshold of L SimHash tables, importance-weighted",
+    .budget = NULL,
+    .params = lsh_params,
+    .cfg_size = sizeof(lsh_cfg),
+    .check = lsh_check,
+    .create = lsh_create,
+    .ingest = lsh_ingest,
+    .partial = lsh_partial,
+    .partial_batch = lsh_partial_batch,
+    .bytes = lsh_bytes,
+    .extra = lsh_extra,
+    .free = lsh_free,
+    .save = lsh_save,
+    .load = lsh_load,
+    .max_bytes = lsh_max_bytes,
+    .prefix_state = 1,
+    .cost = lsh_cost,
+    .conform = { "K=4,L=6;K=2,L=3,threshold=0,seed=4", KV_PINV_ROUNDING },
+};

@@ -1,0 +1,441 @@
+/* quest.c - quest:page=<tokens>,pages=<count> | quest:budget=<X>: Quest's
+ * query-aware page selection (Tang et al. 2024; ALGORITHMS.md section 4).
+ * It holds every key and value, like exact, and trades reads, not memory.
+ *
+ * The cache is cut into pages of `page` tokens by global token index (page g
+ * = tokens [g page, (g + 1) page)), each with the per-channel min and max of
+ * its keys.  Per query at prefix p, a page's upper bound of the logit is
+ * scale * sum_c max(q_c min_c, q_c max_c); the `pages` pages with the
+ * largest bounds over all ranks are read exactly (the newest page, holding
+ * token p - 1, always among them; partial pages count), and the answer is
+ * exact attention over their tokens < p.
+ *
+ * Global selection (method.h: select, partial_select), as topk: each rank
+ * lists its pages' keys, the driver keeps the `pages` largest over ranks,
+ * and each rank reads its pages whose key is >= the merged list's last.  A
+ * key orders pages by their bound rounded to float, ties by the lower page
+ * index (the bound's 32 order bits, then 21 bits of the page index, exact in
+ * a double), so the pages read do not depend on the rank count.  A page
+ * must live on one rank for that: with several ranks the shard chunk must be
+ * a multiple of `page` (create refuses otherwise).
+ *
+ * Reads (the cost hook): the bounds of every page below p (2 d floats each,
+ * counted in read_tokens as their size in exact tokens, 2 d / (d + dv)) plus
+ * the tokens of the pages read.  Memory: (d + dv) floats per allocated row
+ * (the whole shard, as exact), and per page its table entry and bounds. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#include "core/budget.h"
+#include "kernels/dot.h"
+#include "kernels/partial.h"
+#include "methods/method.h"
+
+#define TIE_BITS 21
+#define NEWEST ((double)(INT64_C(1) << 54)) /* key of the newest page: above every bound's */
+
+typedef struct { int64_t g, first, row, cnt; } qpage; /* page g: global tokens first.., local rows row.. */
+
+typedef struct {
+    kv_method_ctx ctx;
+    int64_t page, pages;
+    float *K, *V;
+    size_t n, cap;       /* rows held, allocated */
+    qpage *pt;           /* pages in stream order */
+    float *lo, *hi;      /* per page: d channel minima, maxima */
+    size_t np, pcap;
+    kv_query_cost cost;
+} quest_state;
+
+typedef struct { int64_t page, pages; kv_budget budget; } quest_cfg;
+KV_CFG_FITS(quest_cfg);
+
+static const kv_param_def quest_params[] = {
+    KV_PARAM_INT(quest_cfg, page, 16, 1, INT64_C(1) << 20, "tokens per page (by global token index)"),
+    KV_PARAM_INT(quest_cfg, pages, 64, 1, INT64_C(1) << 40,
+                 "pages a query reads, over all ranks (the newest among them): at most pages x page tokens"),
+    KV_PARAM_BUDGET(quest_cfg, budget,
+                    "READ budget per query instead of pages (10% of n, 4096tok, bytes of exact tokens): "
+                    "pages = ceil(tokens / page); memory is every token regardless"),
+    KV_PARAM_TABLE_END
+};
+
+extern const kv_method_ops kv_method_quest;
+
+static int quest_check(void *cfg, const kv_spec *spec, kv_err *err)
+{
+    const quest_cfg *c = cfg;
+    if (c->budget.kind && kv_spec_has(spec, "pages"))
+        return kv_params_error(quest_params, spec, err, "give pages or budget, not both");
+    return KV_OK;
+}
+
+static int quest_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
+{
+    const quest_cfg *c = kv_method_cfg(&kv_method_quest, spec, err);
+    if (!c) return err->code;
+    if (ctx->nranks > 1 && ctx->chunk > 0 && ctx->chunk % c->page)
+        return kv_params_error(quest_params, spec, err, "page=%lld must divide the shard chunk (%lld) when ranks > 1, "
+                               "so that every page lives on one rank", (long long)c->page, (long long)ctx->chunk);
+    int64_t pages = c->pages;
+    if (c->budget.kind) {
+        int64_t tok = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv) / kv_budget_token_bytes(ctx->d, ctx->dv);
+        pages = (tok + c->page - 1) / c->page;
+        if (pages < 1)
+            return kv_params_error(quest_params, spec, err, "budget reads less than one token per query");
+    }
+    quest_state *s = kv_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    s->ctx = *ctx;
+    s->page = c->page;
+    s->pages = pages;
+    *out = s;
+    return KV_OK;
+}
+
+/* capacities, functions of the count alone (so a loaded state has the
+ * uninterrupted one's): rows the whole shard at once, pages doubled from 16 */
+static size_t row_cap(const quest_state *s, size_t need)
+{
+    if (s->ctx.shard_tokens > 0 && need <= (size_t)s->ctx.shard_tokens) return (size_t)s->ctx.shard_tokens;
+    size_t c = 1024;
+    while (c < need) c *= 2;
+    return c;
+}
+static size_t page_cap(size_t need)
+{
+    size_t c = 16;
+    while (c < need) c *= 2;
+    return c;
+}
+
+static int reserve(quest_state *s, size_t rows, size_t pages)
+{
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    if (rows > s->cap) {
+        float *K = realloc(s->K, sizeof(float) * d * rows);
+        if (K) s->K = K;
+        float *V = K ? realloc(s->V, sizeof(float) * dv * rows) : NULL;
+        if (V) s->V = V;
+        if (!K || !V) return KV_EINTERNAL;
+        s->cap = rows;
+    }
+    if (pages > s->pcap) {
+        qpage *pt = realloc(s->pt, sizeof(qpage) * pages);
+        if (pt) s->pt = pt;
+        float *lo = pt ? realloc(s->lo, sizeof(float) * d * pages) : NULL;
+        if (lo) s->lo = lo;
+        float *hi = lo ? realloc(s->hi, sizeof(float) * d * pages) : NULL;
+        if (hi) s->hi = hi;
+        if (!pt || !lo || !hi) return KV_EINTERNAL;
+        s->pcap = pages;
+    }
+    return KV_OK;
+}
+
+/* 1 if token i starts a page entry: it does not continue the last one */
+static int starts_entry(const quest_state *s, int64_t i)
+{
+    const qpage *last = s->np ? &s->pt[s->np - 1] : NULL;
+    return !last || last->g != i / s->page || last->first + last->cnt != i;
+}
+
+/* Account the row just stored at s->n (global index i) in the page table
+ * and bounds.  The driver gives tokens in stream order, so a page's rows on
+ * a rank are one entry (the only one when the page lives on one rank). */
+static void place(quest_state *s, int64_t i)
+{
+    int d = s->ctx.d;
+    const float *k = s->K + s->n * (size_t)d;
+    if (!starts_entry(s, i)) {
+        qpage *last = &s->pt[s->np - 1];
+        float *lo = s->lo + (s->np - 1) * (size_t)d, *hi = s->hi + (s->np - 1) * (size_t)d;
+        for (int c = 0; c < d; c++) {
+            lo[c] = k[c] < lo[c] ? k[c] : lo[c];
+            hi[c] = k[c] > hi[c] ? k[c] : hi[c];
+        }
+        last->cnt++;
+        return;
+    }
+    s->pt[s->np] = (qpage){ i / s->page, i, (int64_t)s->n, 1 };
+    memcpy(s->lo + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
+    memcpy(s->hi + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
+    s->np++;
+}
+
+static int quest_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
+{
+    quest_state *s = state;
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    size_t rows = s->n + n > s->cap ? row_cap(s, s->n + n) : s->cap;
+    if (reserve(s, rows, s->pcap)) return kv_seterr(err, KV_EINTERNAL, "quest: out of memory holding %zu tokens", rows);
+    for (size_t t = 0; t < n; t++) {
+        /* the page table doubles only when a page starts: its capacity is a function of the page count */
+        if (starts_entry(s, first + (int64_t)t) && s->np == s->pcap && reserve(s, s->cap, page_cap(s->np + 1)))
+            return kv_seterr(err, KV_EINTERNAL, "quest: out of memory holding %zu pages", s->np + 1);
+        memcpy(s->K + s->n * d, K + t * d, sizeof(float) * d);
+        memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
+        place(s, first + (int64_t)t);
+        s->n++;
+    }
+    return KV_OK;
+}
+
+/* pages with a token < p: a prefix of the table */
+static size_t pages_below(const quest_state *s, int64_t p)
+{
+    size_t lo = 0, hi = s->np;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->pt[mid].first < p) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* rows of page j with global index < p */
+static int64_t rows_below(const quest_state *s, size_t j, int64_t p)
+{
+    int64_t r = p - s->pt[j].first;
+    return r < s->pt[j].cnt ? r : s->pt[j].cnt;
+}
+
+/* order bits of a float: increasing with its value */
+static uint64_t ord32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u >> 31) ? (uint64_t)~u : (uint64_t)(u | 0x80000000u);
+}
+
+/* Page j's key for query q at prefix p (see the header).  A page cut by p is
+ * bounded over its rows < p, so the key is what partial would see at p. */
+static double page_key(const quest_state *s, size_t j, const float *q, int64_t p)
+{
+    int d = s->ctx.d;
+    if (s->pt[j].g == (p - 1) / s->page) return NEWEST;
+    const float *lo = s->lo + j * (size_t)d, *hi = s->hi + j * (size_t)d;
+    double b = 0;
+    for (int c = 0; c < d; c++) {
+        double a = (double)q[c] * lo[c], z = (double)q[c] * hi[c];
+        b += a > z ? a : z;
+    }
+    float bf = (float)(b * s->ctx.scale);
+    if (isnan(bf)) bf = INFINITY;
+    uint64_t tie = ((UINT64_C(1) << TIE_BITS) - 1) - ((uint64_t)s->pt[j].g & ((UINT64_C(1) << TIE_BITS) - 1));
+    return (double)((ord32(bf) << TIE_BITS) | tie);
+}
+
+static int quest_select_len(const void *state)
+{
+    const quest_state *s = state;
+    int64_t L = s->pages, all = (s->ctx.n_total + s->page - 1) / s->page;
+    if (s->ctx.n_total > 0 && L > all) L = all; /* a list of every page suffices */
+    return L > INT32_MAX ? INT32_MAX : L < 1 ? 1 : (int)L;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+static int select_one(const quest_state *s, const float *q, int64_t p, int L, double *sel)
+{
+    size_t n = pages_below(s, p);
+    double *k = malloc(sizeof(double) * (n ? n : 1));
+    if (!k) return KV_EINTERNAL;
+    for (size_t j = 0; j < n; j++) k[j] = page_key(s, j, q, p);
+    qsort(k, n, sizeof(double), cmp_desc);
+    for (int i = 0; i < L; i++) sel[i] = (size_t)i < n ? k[i] : -INFINITY;
+    free(k);
+    return KV_OK;
+}
+
+static int quest_select(void *state, const float *Q, const int64_t *p, int nq, double *sel)
+{
+    quest_state *s = state;
+    int L = quest_select_len(s), bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+    for (int q = 0; q < nq; q++)
+        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L) != KV_OK;
+    return bad ? KV_EINTERNAL : KV_OK;
+}
+
+/* One query: fold this rank's pages with key >= thr, their rows < p; c
+ * gets what it read. */
+static void fold_one(const quest_state *s, const float *q, int64_t p, double thr, double *st, kv_query_cost *c)
+{
+    int d = s->ctx.d, dv = s->ctx.dv;
+    size_t n = pages_below(s, p);
+    double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U, tok = 0;
+    float scale = (float)s->ctx.scale;
+    kv_partial_clear(st, dv);
+    /* two passes over the pages read: the max logit, then the sums */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t j = 0; j < n; j++) {
+            if (page_key(s, j, q, p) < thr) continue;
+            int64_t r0 = s->pt[j].row, r = rows_below(s, j, p);
+            if (pass == 0) tok += (double)r;
+            for (int64_t t = r0; t < r0 + r; t++) {
+                double a = (double)(kv_dot_fixed(q, s->K + (size_t)t * d, d) * scale);
+                if (pass == 0) { m = a > m ? a : m; continue; }
+                double e = exp(a - m);
+                const float *v = s->V + (size_t)t * dv;
+                l += e;
+                l2 += e * e;
+                for (int x = 0; x < dv; x++) u[x] += e * v[x];
+            }
+        }
+    if (m > -INFINITY) {
+        st[KV_PS_M] = m;
+        st[KV_PS_L] = l;
+        st[KV_PS_L2] = l2;
+    }
+    /* every bound below p scanned; the rows read (their logits computed
+     * twice, counted once: a one-pass kernel would) */
+    double nb = (double)n;
+    c->read_bytes = nb * 2.0 * d * sizeof(float) + tok * (double)(d + dv) * sizeof(float);
+    c->read_tokens = nb * 2.0 * d / (double)(d + dv) + tok;
+    c->flops = nb * 3.0 * d + tok * 2.0 * (d + dv);
+}
+
+static int quest_partial_select(void *state, const float *Q, const int64_t *p, int nq, const double *gsel, double *st)
+{
+    quest_state *s = state;
+    int L = quest_select_len(s);
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
+    kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
+    if (!c) return KV_EINTERNAL;
+#pragma omp parallel for schedule(dynamic, 1) if (nq > 1 && !omp_in_parallel())
+    for (int q = 0; q < nq; q++)
+        fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl, &c[q]);
+    for (int q = 0; q < nq; q++) { /* in query order: the sums do not depend on the threads */
+        s->cost.read_bytes += c[q].read_bytes;
+        s->cost.read_tokens += c[q].read_tokens;
+        s->cost.flops += c[q].flops;
+    }
+    free(c);
+    return KV_OK;
+}
+
+/* One prefix: select then partial_select with this rank's own lists. */
+static int quest_partial(void *state, const float *Q, int nq, int64_t p, double *st)
+{
+    return kv_method_partial_by_select(&kv_method_quest, state, Q, nq, p, st);
+}
+
+static size_t page_bytes(const quest_state *s) { return sizeof(qpage) + 2 * sizeof(float) * (size_t)s->ctx.d; }
+
+static size_t quest_bytes(const void *state)
+{
+    const quest_state *s = state;
+    return s->cap * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + s->pcap * page_bytes(s);
+}
+
+static void quest_extra(const void *state, kv_method_extra *x)
+{
+    const quest_state *s = state;
+    x->clusters = -1;
+    x->kept_tokens = (int64_t)s->n;
+}
+
+static void quest_cost(const void *state, kv_query_cost *c)
+{
+    *c = ((const quest_state *)state)->cost;
+}
+
+static void quest_free(void *state)
+{
+    quest_state *s = state;
+    if (!s) return;
+    free(s->K);
+    free(s->V);
+    free(s->pt);
+    free(s->lo);
+    free(s->hi);
+    free(s);
+}
+
+/* The rows in stream order and their global indices as runs (the page
+ * table and bounds are rebuilt from them on load). */
+static void quest_save(const void *state, kv_buf *out)
+{
+    const quest_state *s = state;
+    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->pt, s->np * sizeof(qpage));
+}
+
+static int quest_load(void *state, kv_rd *in, kv_err *err)
+{
+    quest_state *s = state;
+    void *K = NULL, *V = NULL, *P = NULL;
+    size_t nk = 0, nv = 0, np = 0, lim = (size_t)kv_shard_limit(&s->ctx), d = (size_t)s->ctx.d;
+    int ok = !kv_rd_arr(in, &K, sizeof(float) * d, lim, &nk, err) &&
+             !kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) &&
+             !kv_rd_arr(in, &P, sizeof(qpage), lim, &np, err) && nk == nv && !nk == !np &&
+             kv_all_finite(K, nk * d) && kv_all_finite(V, nv * (size_t)s->ctx.dv);
+    /* pages: increasing, each inside its page and the stream, rows contiguous from 0 */
+    const qpage *pt = P;
+    int64_t row = 0;
+    for (size_t j = 0; ok && j < np; j++) {
+        const qpage *x = &pt[j];
+        ok = x->g >= 0 && (j == 0 || x->g > pt[j - 1].g) && x->cnt >= 1 && x->cnt <= s->page && x->row == row &&
+             x->g <= s->ctx.n_total / s->page && x->first >= x->g * s->page &&
+             x->first - x->g * s->page <= s->page - x->cnt && x->first <= s->ctx.n_total - x->cnt;
+        row += ok ? x->cnt : 0;
+    }
+    ok = ok && row == (int64_t)nk;
+    if (ok) { /* rebuild by placing the rows again */
+        s->n = s->np = 0;
+        ok = !reserve(s, nk ? row_cap(s, nk) : 0, np ? page_cap(np) : 0);
+        if (!ok) kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring quest (%zu tokens)", nk);
+        if (ok && nk) {
+            memcpy(s->K, K, sizeof(float) * d * nk);
+            memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
+        }
+        for (size_t j = 0; ok && j < np; j++)
+            for (int64_t t = 0; t < pt[j].cnt; t++, s->n++) place(s, pt[j].first + t);
+    }
+    free(K);
+    free(V);
+    free(P);
+    if (!ok) return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: quest state is inconsistent");
+    return KV_OK;
+}
+
+static int64_t quest_max_bytes(const void *state)
+{
+    const quest_state *s = state;
+    /* rows: the shard, or doubling up to 2n when its size is unknown; pages:
+     * at most one per token, doubled from 16 */
+    int64_t n = kv_shard_limit(&s->ctx), rows = s->ctx.shard_tokens > 0 ? n : 2 * n;
+    return rows * (int64_t)(s->ctx.d + s->ctx.dv) * 4 + (int64_t)page_cap((size_t)n + 2) * (int64_t)page_bytes(s);
+}
+
+const kv_method_ops kv_method_quest = {
+    .name = "quest",
+    .kind = "oracle",
+    .summary = "Quest: per query, exact attention over the pages with the largest key-bound logits (reads, not memory)",
+    .budget = NULL,
+    .params = quest_params,
+    .cfg_size = sizeof(quest_cfg),
+    .check = quest_check,
+    .create = quest_create,
+    .ingest = quest_ingest,
+    .partial = quest_partial,
+    .select_len = quest_select_len,
+    .select = quest_select,
+    .partial_select = quest_partial_select,
+    .bytes = quest_bytes,
+    .extra = quest_extra,
+    .free = quest_free,
+    .save = quest_save,
+    .load = quest_load,
+    .max_bytes = quest_max_bytes,
+    .prefix_state = 1,
+    .cost = quest_cost,
+    .conform = { "page=16,pages=3;page=5,pages=100000;page=1,budget=2%", KV_PINV_ROUNDING },
+};
