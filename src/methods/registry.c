@@ -19,6 +19,7 @@ extern const kv_method_ops kv_method_qjl;
 extern const kv_method_ops kv_method_tova;
 extern const kv_method_ops kv_method_snapkv;
 extern const kv_method_ops kv_method_balancekv;
+extern const kv_method_ops kv_method_turboquant;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -35,6 +36,7 @@ static const kv_method_ops *const registry[] = {
     &kv_method_tova,
     &kv_method_snapkv,
     &kv_method_balancekv,
+    &kv_method_turboquant,
     NULL
 };
 
