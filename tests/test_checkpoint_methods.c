@@ -78,6 +78,9 @@ static const mcase cases[] = {
     { "qjl:m=16,residual=10", 0 },
     { "qjl:m=64,vbits=4,group=2,residual=0,seed=5", 0 },
     { "qjl:vbits=8", 0 },
+    { "turboquant:bits=3", 0 },
+    { "turboquant:bits=2,mode=prod,residual=25,seed=4", 0 },
+    { "turboquant:bits=4,residual=300", 0 },
 };
 
 /* ---- data and a schedule of operations for one rank ---- */

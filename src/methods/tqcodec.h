@@ -1,5 +1,5 @@
 /* tqcodec.h - TurboQuant's vector codec (Zandieh, Daliri, Hadian, Mirrokni,
- * ICLR 2026; ALGORITHMS.md section 7), used by methods/turboquant.c.
+ * ICLR 2026; ALGORITHMS.md section 7b), used by methods/turboquant.c.
  *
  * A vector x of dimension d is stored as its norm |x| and, for the unit
  * vector y = Pi x / |x| (Pi a random rotation), one b-bit code per

@@ -1,6 +1,6 @@
 /* turboquant.c - turboquant:bits=<1..4>,mode=<mse|prod>,residual=<R>,seed=<n> |
  * turboquant:budget=<X>: TurboQuant (Zandieh, Daliri, Hadian, Mirrokni,
- * ICLR 2026; ALGORITHMS.md section 7).
+ * ICLR 2026; ALGORITHMS.md section 7b).
  *
  * Every key and value is stored as its norm and b-bit Lloyd-Max codes of
  * its rotated unit vector (methods/tqcodec.h): one Haar-random rotation per
