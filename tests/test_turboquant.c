@@ -299,6 +299,11 @@ static void test_method(void)
         u.ops->partial(u.st, Q, 1, 100, su);
         w.ops->partial(w.st, Q, 1, 100, sw);
         CHECK(!memcmp(su, sw, sizeof su), "the answer depends on the rank");
+        /* the cost hook: 100 rows of 8 + 2 (24 + 20) / 8 bytes decoded, folded by one query */
+        kv_query_cost c;
+        u.ops->cost(u.st, &c);
+        CHECK(c.read_tokens == 100 && c.read_bytes >= 100 * 19.0 && c.flops >= 100 * 2.0 * (D + DV),
+              "cost: %g tokens, %g bytes, %g flops", c.read_tokens, c.read_bytes, c.flops);
     }
     drop(&u);
     drop(&w);

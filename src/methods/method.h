@@ -56,6 +56,17 @@ typedef struct {
     int64_t kept_tokens;  /* tokens whose key/value is held */
 } kv_method_extra;
 
+/* What a method's answers read and computed, cumulative since create (or
+ * load): the driver takes the difference around each answering call
+ * (partial, partial_batch, partial_select), so the counters need not be
+ * checkpointed.  Metadata scanned to decide what to read (page bounds, hash
+ * tables) counts as read. */
+typedef struct {
+    double read_bytes;  /* bytes of the state read */
+    double read_tokens; /* tokens whose key or value (or its code) was read */
+    double flops;       /* floating-point operations, an FMA counting 2 */
+} kv_query_cost;
+
 typedef struct kv_method_ops {
     const char *name;    /* as written in --methods */
     const char *kind;    /* `kvstream methods` groups by it: exact, eviction, sampling, sketch, oracle, quantisation */
@@ -155,6 +166,10 @@ typedef struct kv_method_ops {
      * (src/replay/ckptstate.c), so checkpoints do not hold the trace.  save
      * and load are still required (direct use, tests). */
     int prefix_state;
+    /* Optional: the cumulative counters above (NULL: the driver derives
+     * them per query as every held byte read, bytes(); the kept tokens read,
+     * extra()'s kept_tokens; and 2 (d + dv) flops per kept token). */
+    void (*cost)(const void *state, kv_query_cost *c);
 } kv_method_ops;
 
 /* This rank's share of a global budget (tokens, samples): proportional to

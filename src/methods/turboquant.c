@@ -89,6 +89,7 @@ typedef struct {
     double *ub;                /* dv */
     int qcap, nscr;
     float *scr;                /* nscr x TQ_SLICE x (dq + dv) decoded keys and values */
+    kv_query_cost cost;        /* method.h: what the answers read and computed */
 } tq_state;
 
 static size_t row_bytes(int bits, int prod, int d, int dv, size_t *kcb, size_t *sb, size_t *vcb)
@@ -317,6 +318,29 @@ static int scratch(tq_state *s, int nq)
     return KV_OK;
 }
 
+/* method.h: cost.  Per call the nr rows are decoded once (codes, the runs
+ * scanned); per query the rotations are read and applied (2 d^2, + 2 d^2
+ * for S, + 2 dv^2 back), its rows folded (2 (dq + dv) flops each) and its
+ * float window read and folded. */
+static void count(tq_state *s, int nq, const int64_t *p, int64_t p0, int64_t nr)
+{
+    int d = s->ctx.d, dv = s->ctx.dv, dq = s->dq;
+    double tail = 0, rows = 0;
+    for (int q = 0; q < nq; q++) {
+        int64_t pq = p ? p[q] : p0, t = kv_tokring_lower(&s->tail, pq - s->R), e = t;
+        while (e < s->tail.count && kv_tokring_idx(&s->tail, e) < pq) e++;
+        tail += (double)(e - t);
+        rows += (double)s->len[q];
+    }
+    s->cost.read_tokens += (double)nr + tail;
+    s->cost.read_bytes += (double)nr * (double)s->row + 16.0 * (double)s->nrun + tail * 4.0 * (d + dv) +
+                          (double)nq * (double)rot_bytes(s->prod, d, dv);
+    s->cost.flops += (double)nr * (dq + dv) + rows * 2.0 * (dq + dv) + tail * 2.0 * (d + dv) +
+                     (double)nq * 2.0 * ((double)d * dq + (double)dv * dv);
+}
+
+static void tq_cost(const void *state, kv_query_cost *c) { *c = ((const tq_state *)state)->cost; }
+
 /* nq queries at prefixes p[q] (or all at p0 when p is NULL). */
 static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t p0, double *st)
 {
@@ -361,6 +385,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
             kv_partial_add_one(st + q * sl, dv, (double)scale * dot, 1.0, kv_tokring_v(&s->tail, t));
         }
     }
+    count(s, nq, p, p0, nr);
     kv_tokring_drop_below(&s->tail, plast - s->R);
     return rc;
 }
@@ -502,4 +527,5 @@ const kv_method_ops kv_method_turboquant = {
     .save = tq_save,
     .load = tq_load,
     .max_bytes = tq_max_bytes,
+    .cost = tq_cost,
 };
