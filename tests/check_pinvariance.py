@@ -8,7 +8,8 @@ rank holds tokens) is replayed under 1..NP_MAX ranks.
   together hold the last W tokens), uniform (bottom-k priorities of the
   global index: the same k tokens at every P), topk (the global k largest
   logits), kivi (groups by global index, inside the shard chunks; the last
-  R tokens in float) and qjl (a projection shared by all ranks) give
+  R tokens in float), qjl (a projection shared by all ranks) and turboquant
+  (rotations keyed by seed and stream) give
   outputs equal to P = 1 within 1e-6 * max(1, |z|_inf): the
   outputs are stored as float32 (relative rounding 6e-8) and only the
   grouping of the float tile sums and of the rank merge differs with P.
@@ -37,9 +38,9 @@ if r.returncode:
     fail("gen failed: " + r.stderr)
 
 # kivi's groups (16 tokens) lie inside the 400-token shard chunks, so its cache is P-invariant too
-same = "window:W=300,sinks:S=4,W=200,uniform:tokens=256,seed=5,topk:k=16,kivi:bits=4,group=16,residual=50,qjl:m=32,residual=20"
+same = "window:W=300,sinks:S=4,W=200,uniform:tokens=256,seed=5,topk:k=16,kivi:bits=4,group=16,residual=50,qjl:m=32,residual=20,turboquant:bits=3,mode=prod,residual=50"
 labels = ["window:W=300", "sinks:S=4,W=200", "uniform:tokens=256,seed=5", "topk:k=16", "kivi:bits=4,group=16,residual=50",
-          "qjl:m=32,residual=20"]
+          "qjl:m=32,residual=20", "turboquant:bits=3,mode=prod,residual=50"]
 outs = {}
 for P in range(1, npmax + 1):
     out = os.path.join(work, "same-np%d.h5" % P)
