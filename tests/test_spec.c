@@ -183,7 +183,7 @@ static void test_tables(void)
         CHECK(rc == KV_OK && !strcmp(x[0].label, "lbl"), "%s: %s", text, e.msg);
         free(x);
     }
-    CHECK(nm == 14, "%d methods, want the 14 registered", nm);
+    CHECK(nm == 15, "%d methods, want the 15 registered", nm);
 
     /* parse once: check_specs fills cfg; create reads it and never the
      * parameters again (here garbled after the check), also in a copy */
@@ -191,7 +191,8 @@ static void test_tables(void)
                            "h2o:tokens=12", "uniform:tokens=9,seed=4", "topk:k=3", "unmasked-window:W=16",
                            "window+subgen:W=5,delta=0.5,t=3,s=4,seed=2", "kivi:bits=4,group=8,residual=3",
                            "qjl:m=16,vbits=8,group=4,residual=2,seed=3", "tova:tokens=12",
-                           "snapkv:tokens=12,window=3,period=4,kernel=3", "balancekv:tokens=12,seed=4,c=0.5" };
+                           "snapkv:tokens=12,window=3,period=4,kernel=3", "balancekv:tokens=12,seed=4,c=0.5",
+                           "turboquant:bits=2,mode=prod,residual=3,seed=6" };
     for (size_t i = 0; i < sizeof once / sizeof *once; i++) {
         kv_spec *a, *b;
         kv_err ea, eb;
