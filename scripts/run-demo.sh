@@ -3,7 +3,7 @@
 # clustered trace (4 streams x 65536 tokens, d = 64) and replay it with 2 MPI
 # ranks, exact vs every compression method at the same memory budget (10% of
 # exact's), printing the summary table; then the error-against-memory curves
-# of the budgeted methods (kvstream pareto; the quantised caches kivi and qjl
+# of the budgeted methods (kvstream pareto; the quantised caches kivi, qjl and turboquant
 # in a second run at 10-50%) as out/demo-pareto.png and .csv.
 # KVSTREAM_DEMO_METHODS / KVSTREAM_DEMO_BUDGET override the replay's method
 # list and budget; KVSTREAM_DEMO_PARETO=0 skips the curves.
@@ -25,7 +25,7 @@ if [ "${KVSTREAM_DEMO_PARETO:-1}" != 0 ]; then
     --budgets 2.5%,5%,10%,25% --seeds 2 -q -o out/demo-pareto.h5
   # the quantised caches cannot go below ~10% (2-bit KIVI is 3 bits per element
   # with its scales): their own run, at budgets they can hold, in the same figure
-  mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods kivi,qjl \
+  mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods kivi,qjl,turboquant \
     --budgets 10%,25%,50% --seeds 2 -q -o out/demo-pareto-quant.h5
   /usr/bin/python3 analysis/pareto.py out/demo-pareto.h5 out/demo-pareto-quant.h5 -o out/demo-pareto
   echo "error against memory: out/demo-pareto.png, out/demo-pareto.csv (docs/PARETO.md)"

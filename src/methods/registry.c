@@ -22,6 +22,7 @@ extern const kv_method_ops kv_method_qjl;
 extern const kv_method_ops kv_method_tova;
 extern const kv_method_ops kv_method_snapkv;
 extern const kv_method_ops kv_method_balancekv;
+extern const kv_method_ops kv_method_turboquant;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -40,6 +41,7 @@ static const kv_method_ops *const registry[] = {
     &kv_method_tova,
     &kv_method_snapkv,
     &kv_method_balancekv,
+    &kv_method_turboquant,
     NULL
 };
 

@@ -1,0 +1,184 @@
+/* tqcodec.c - see tqcodec.h */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/rng.h"
+#include "kernels/dot.h"
+#include "methods/tqcodec.h"
+
+#define TQ_SALT_ROT 0x74717270ULL /* "tqrp" */
+#define TQ_GRID 16384
+
+/* grid points (ascending) with their weights: t = sin(theta), theta on a
+ * midpoint grid over [-tm, tm]; the density of t times dt/dtheta is
+ * cos(theta)^(d - 2).  tm covers +-14 standard deviations (1/sqrt(d)). */
+static void grid(int d, double *t, double *w)
+{
+    double tm = M_PI / 2, lim = 14.0 / sqrt((double)d);
+    if (lim < 1) tm = asin(lim);
+    for (int i = 0; i < TQ_GRID; i++) {
+        double th = -tm + (i + 0.5) * (2 * tm / TQ_GRID), c = cos(th);
+        t[i] = sin(th);
+        w[i] = d == 2 ? 1.0 : exp((double)(d - 2) * log(c));
+    }
+}
+
+/* points with t <= x (t ascending) */
+static int upto(const double *t, double x)
+{
+    int lo = 0, hi = TQ_GRID;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (t[mid] <= x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+int kv_tq_book_make(kv_tq_book *b, int d, int bits)
+{
+    memset(b, 0, sizeof *b);
+    b->d = d;
+    b->bits = bits;
+    int L = 1 << bits;
+    if (d == 1) { /* the coordinate is +-1: the end levels are exact */
+        for (int k = 0; k < L; k++) b->c[k] = L > 1 ? (float)(-1.0 + 2.0 * k / (L - 1)) : 0.0f;
+        for (int k = 0; k + 1 < L; k++) b->edge[k] = 0.5f * (b->c[k] + b->c[k + 1]);
+        b->dist = L > 1 ? 0.0 : 1.0;
+        return 0;
+    }
+    double *t = malloc(sizeof(double) * 4 * (TQ_GRID + 1));
+    if (!t) return -1;
+    double *w = t + TQ_GRID, *W = w + TQ_GRID, *X = W + TQ_GRID + 1, c[1 << KV_TQ_MAXBITS];
+    grid(d, t, w);
+    W[0] = X[0] = 0;
+    for (int i = 0; i < TQ_GRID; i++) {
+        W[i + 1] = W[i] + w[i];
+        X[i + 1] = X[i] + w[i] * t[i];
+    }
+    for (int k = 0, i = 0; k < L; k++) { /* start from the quantiles (k + 1/2) / L */
+        while (i < TQ_GRID - 1 && W[i + 1] < (k + 0.5) / L * W[TQ_GRID]) i++;
+        c[k] = t[i];
+    }
+    for (int it = 0; it < 20000; it++) { /* Lloyd: cells at the midpoints, centroids = conditional means */
+        double moved = 0;
+        int lo = 0;
+        for (int k = 0; k < L; k++) {
+            int hi = k + 1 < L ? upto(t, 0.5 * (c[k] + c[k + 1])) : TQ_GRID;
+            if (W[hi] > W[lo]) {
+                double nc = (X[hi] - X[lo]) / (W[hi] - W[lo]);
+                moved = fmax(moved, fabs(nc - c[k]));
+                c[k] = nc;
+            }
+            lo = hi;
+        }
+        if (moved < 1e-14) break;
+    }
+    double err = 0;
+    for (int i = 0, k = 0; i < TQ_GRID; i++) {
+        while (k + 1 < L && t[i] > 0.5 * (c[k] + c[k + 1])) k++;
+        err += w[i] * (t[i] - c[k]) * (t[i] - c[k]);
+    }
+    b->dist = err / W[TQ_GRID];
+    for (int k = 0; k < L; k++) b->c[k] = (float)c[k];
+    for (int k = 0; k + 1 < L; k++) b->edge[k] = (float)(0.5 * (c[k] + c[k + 1]));
+    free(t);
+    return 0;
+}
+
+int kv_tq_rotation(float *R, int d, uint64_t seed, uint64_t stream)
+{
+    double *A = malloc(sizeof(double) * (size_t)d * (size_t)d);
+    if (!A) return -1;
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++)
+            A[(size_t)i * d + j] = kv_hash_normal(seed ^ TQ_SALT_ROT, stream, (uint64_t)i, (uint64_t)j);
+    /* Gram-Schmidt with the rows in order (Q of A = QR with a positive
+     * diagonal: Haar distributed), each projection done twice for
+     * orthogonality to rounding */
+    for (int i = 0; i < d; i++) {
+        double *a = A + (size_t)i * d;
+        for (int pass = 0; pass < 2; pass++)
+            for (int j = 0; j < i; j++) {
+                const double *q = A + (size_t)j * d;
+                double dot = 0;
+                for (int x = 0; x < d; x++) dot += a[x] * q[x];
+                for (int x = 0; x < d; x++) a[x] -= dot * q[x];
+            }
+        double nn = 0;
+        for (int x = 0; x < d; x++) nn += a[x] * a[x];
+        nn = 1.0 / sqrt(nn); /* Gaussian rows are independent with probability 1 */
+        for (int x = 0; x < d; x++) a[x] *= nn;
+    }
+    for (size_t i = 0; i < (size_t)d * (size_t)d; i++) R[i] = (float)A[i];
+    free(A);
+    return 0;
+}
+
+void kv_tq_gaussian(float *S, int d, uint64_t seed, uint64_t stream)
+{
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++)
+            S[(size_t)i * d + j] = (float)kv_hash_normal(seed ^ (TQ_SALT_ROT + 1), stream, (uint64_t)i, (uint64_t)j);
+}
+
+static inline unsigned code_at(const uint8_t *codes, int bits, int i)
+{
+    size_t bit = (size_t)i * (size_t)bits, by = bit >> 3;
+    unsigned v = codes[by];
+    if ((bit & 7) + (size_t)bits > 8) v |= (unsigned)codes[by + 1] << 8; /* a 3-bit code across two bytes */
+    return (v >> (bit & 7)) & ((1u << bits) - 1);
+}
+
+float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float *y, uint8_t *codes)
+{
+    int d = book->d, L1 = (1 << book->bits) - 1;
+    double nn = 0;
+    for (int i = 0; i < d; i++) nn += (double)x[i] * x[i];
+    double norm = sqrt(nn), inv = norm > 0 ? 1.0 / norm : 0.0;
+    for (int i = 0; i < d; i++) y[i] = (float)(kv_dot_fixed(R + (size_t)i * d, x, d) * inv);
+    if (!book->bits) return (float)norm;
+    for (int i = 0; i < d; i++) {
+        unsigned k = 0;
+        for (int e = 0; e < L1; e++) k += y[i] > book->edge[e];
+        size_t bit = (size_t)i * (size_t)book->bits;
+        codes[bit >> 3] |= (uint8_t)(k << (bit & 7));
+        if ((bit & 7) + (size_t)book->bits > 8) codes[(bit >> 3) + 1] |= (uint8_t)(k >> (8 - (bit & 7)));
+    }
+    return (float)norm;
+}
+
+void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out)
+{
+    int d = book->d, b = book->bits;
+    if (!b) {
+        memset(out, 0, sizeof(float) * (size_t)d);
+        return;
+    }
+    float c[1 << KV_TQ_MAXBITS];
+    for (int k = 0; k < (1 << b); k++) c[k] = scale * book->c[k];
+    if (b == 3)
+        for (int i = 0; i < d; i++) out[i] = c[code_at(codes, 3, i)];
+    else /* codes within one byte: per * b bits per byte */
+        for (int i = 0; i < d; i++) out[i] = c[(codes[(i * b) >> 3] >> ((i * b) & 7)) & ((1u << b) - 1)];
+}
+
+float kv_tq_residual(const kv_tq_book *book, const float *S, const float *y, const uint8_t *codes, float *r,
+                     uint8_t *signs)
+{
+    int d = book->d;
+    kv_tq_decode(book, codes, 1.0f, r);
+    double g = 0;
+    for (int i = 0; i < d; i++) {
+        r[i] = y[i] - r[i];
+        g += (double)r[i] * r[i];
+    }
+    for (int i = 0; i < d; i++)
+        if (kv_dot_fixed(S + (size_t)i * d, r, d) >= 0) signs[i >> 3] |= (uint8_t)(1u << (i & 7));
+    return (float)sqrt(g);
+}
+
+void kv_tq_signs(const uint8_t *signs, int d, float scale, float *out)
+{
+    for (int i = 0; i < d; i++) out[i] = (signs[i >> 3] >> (i & 7)) & 1 ? scale : -scale;
+}
