@@ -72,10 +72,10 @@ OUT_REL, OUT_VFLOOR = 1e-4, 1e-4      # reference vs kvstream (float64 vs float3
 P_REL, P_VFLOOR = 1e-5, 1e-6          # P = 3 vs P = 1 (same float32 logits, other sum order)
 TIE_REL, TIE_ABS = 1e-4, 1e-30        # a decision margin below this is a near-tie
 MIN_COMPARED = 0.80
-# snapkv's decision points without every=: EVICT.md's text has the multiples
-# of period (None); kvstream 23e09d7 decides at the multiples of its every=
-# (default 16) and compresses by period: set 16 if the text follows the code.
-SNAPKV_EVERY = None
+# snapkv's decision points without every=: the multiples of its every=
+# (default 16, docs/ALGORITHMS.md 4c), besides the query positions; it
+# compresses by period
+SNAPKV_EVERY = 16
 
 # ---------------------------------------------------------------------------
 # the reference: one stream (or one layer of streams) at a time, float64
