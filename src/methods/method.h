@@ -76,6 +76,7 @@ typedef struct {
     const char *spec;
     kv_pinv pinv;
     kv_semantics semantics;
+    int budget_reads; /* 1: budget= bounds what a query reads, not memory (quest): its own test checks the reads */
 } kv_method_conform;
 /* What a method's answers read and computed, cumulative since create (or
  * load): the driver takes the difference around each answering call

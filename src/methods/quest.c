@@ -419,7 +419,7 @@ const kv_method_ops kv_method_quest = {
     .name = "quest",
     .kind = "oracle",
     .summary = "Quest: per query, exact attention over the pages with the largest key-bound logits (reads, not memory)",
-    .budget = NULL,
+    .budget = "budget= bounds what a query reads (pages = ceil(tokens / page)), not memory: every token and page bound is held",
     .params = quest_params,
     .cfg_size = sizeof(quest_cfg),
     .check = quest_check,
@@ -437,5 +437,5 @@ const kv_method_ops kv_method_quest = {
     .max_bytes = quest_max_bytes,
     .prefix_state = 1,
     .cost = quest_cost,
-    .conform = { "page=16,pages=3;page=5,pages=100000;page=1,budget=2%", KV_PINV_ROUNDING },
+    .conform = { "page=16,pages=3;page=5,pages=100000;page=1,budget=2%", KV_PINV_ROUNDING, KV_SEM_FULL, 1 },
 };
