@@ -10,6 +10,7 @@
 #include "kernels/partial.h"
 #include "mpi/agree.h"
 #include "replay/ckptstate.h"
+#include "replay/decide.h"
 #include "replay/cost.h"
 #include "replay/instances.h"
 
@@ -256,7 +257,13 @@ static int rebuild(replay *r, replay_shard *sh, int64_t upto, const int64_t *kep
     sh->cur = replay_min64((int64_t)r->rank * r->C, r->n);
     sh->loaded = -1;
     for (int64_t j = 0; any && j < upto && !err->code; j++) {
-        if (j == 0 || pos[j] != pos[j - 1]) replay_shard_rebuild(sh, r, only, pos[j], err);
+        if (j == 0 || pos[j] != pos[j - 1]) {
+            /* the same ingest blocks as the run: cut at the deciding methods' points too (decide.h) */
+            for (int64_t x = replay_decide_next(r, j ? pos[j - 1] : 0); x < pos[j] && !err->code;
+                 x = replay_decide_next(r, x))
+                replay_shard_rebuild_ingest(sh, r, only, x, err);
+            if (!err->code) replay_shard_rebuild(sh, r, only, pos[j], err);
+        }
         /* a long scan: a stop ends it here (no collective inside; agreed by the caller) */
         if (!err->code && kv_signal_pending())
             kv_seterr(err, KV_ESTOPPED, "stopped by signal %d during start-up, rebuilding the checkpoint's state from "

@@ -120,6 +120,11 @@ int replay_shard_ingest_to(replay_shard *sh, replay *r, int64_t x, kv_err *err)
     return walk_to(sh, r, x, NULL, err);
 }
 
+int replay_shard_rebuild_ingest(replay_shard *sh, replay *r, const char *only, int64_t x, kv_err *err)
+{
+    return walk_to(sh, r, x, only, err);
+}
+
 int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err)
 {
     horizon(r, p, only); /* the run's horizon(p), for the rebuilt ones only */

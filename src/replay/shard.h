@@ -39,6 +39,10 @@ int replay_shard_ingest_to(replay_shard *sh, replay *r, int64_t x, kv_err *err);
 
 int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t p, kv_err *err);
 
+/* The rebuild's ingest of the tokens < x without a horizon (a decision
+ * point between query positions: the run cut its blocks there). */
+int replay_shard_rebuild_ingest(replay_shard *sh, replay *r, const char *only, int64_t x, kv_err *err);
+
 /* Tokens in this rank's chunks (per stream). */
 int64_t replay_shard_tokens(const replay *r);
 
