@@ -43,7 +43,7 @@ def path(name):
 
 trace = path("ck.h5")
 r = run(mpi_cmd(P, exe, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams", "2",
-                "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "9", "-o", trace))
+                "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "512", "--seed", "9", "-o", trace))
 if r.returncode:
     fail(r.stderr)
 
@@ -156,7 +156,7 @@ r = replay(path("mismatch.h5"), "--checkpoint", ck, stop=30)
 refused(["--resume", ck], "ranks", np_=P % 4 + 1)
 other = path("other.h5")
 run(mpi_cmd(P, exe, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams", "2",
-            "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "10", "-o", other))
+            "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "512", "--seed", "10", "-o", other))
 refused(["--resume", ck], "different trace", tr=other)
 refused(["--resume", ck], "--methods", methods="exact,window:W=301")
 shutil.copy(ck, path("trunc.ckpt"))

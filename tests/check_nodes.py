@@ -214,7 +214,7 @@ def check_btls(text):
 
 trace = path("tr.h5")
 rc, out, err = run(mpirun(SHM, 2, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams",
-                          "2", "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "9",
+                          "2", "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "512", "--seed", "9",
                           "-o", trace), "gen", 60)
 if rc:
     fail("gen: " + err)

@@ -54,7 +54,7 @@ def run(c, timeout=300):
 
 trace = path("tr.h5")
 r = run(cmd("shm", 2, "gen", "--kind", "clustered", "--clusters", "12", "--spread", "0.2", "--streams", "2",
-            "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "500", "--seed", "9", "-o", trace))
+            "--tokens", "6000", "--dim", "16", "--queries", "90", "--chunk", "512", "--seed", "9", "-o", trace))
 if r.returncode:
     fail("gen: " + r.stderr)
 
