@@ -46,6 +46,7 @@ STATS = {"p50": "p50_error", "mean": "mean_error", "p95": "p95_error"}
 AXES = {"memory": ("memory_bytes", "memory_bytes (peak state, all streams and ranks)"),
         "reads": ("read_tokens_per_query", "read_tokens_per_query (tokens a query touches, all ranks; mean)")}
 READS = ["read_tokens_per_query", "read_bytes_per_query"]
+COLORS = ["C%d" % i for i in range(10)] + ["navy", "limegreen", "gold", "magenta", "teal", "saddlebrown"]
 
 
 def load(path):
@@ -97,15 +98,16 @@ def panel(ax, rows, stat_name, axis):
     floor = min(pos) / 4 if pos else 1e-6
     clip = lambda v: max(v, floor) if np.isfinite(v) else np.nan  # noqa: E731
     for i, (m, pts) in enumerate(sorted(cs.items())):
-        # 10 colours x 2 markers: a method keeps its colour and marker in every panel
-        color, mark = "C%d" % (i % 10), "os"[i // 10 % 2]
+        # distinct colours for 16 methods, then marker and dash tell them apart;
+        # methods are sorted by name, so a method looks the same in every panel
+        color, mark = COLORS[i % len(COLORS)], "os^v"[i // len(COLORS) % 4]
         x = [p[1] for p in pts]
         y, lo, hi = ([clip(p[k]) for p in pts] for k in (2, 3, 4))
         if len(pts) > 1:
-            ax.plot(x, y, mark + "-", color=color, label=m)
+            ax.plot(x, y, mark + ("-" if i < len(COLORS) else "--"), color=color, label=m)
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
         else:
-            ax.errorbar(x, y, yerr=[[y[0] - lo[0]], [hi[0] - y[0]]], fmt="D^"[i // 10 % 2], color=color,
+            ax.errorbar(x, y, yerr=[[y[0] - lo[0]], [hi[0] - y[0]]], fmt="D", color=color,
                         capsize=4, label="%s (budget %s)" % (m, pts[0][0]))
     for r in rows:
         if r["method"] == "exact":
@@ -120,13 +122,21 @@ def panel(ax, rows, stat_name, axis):
     ax.grid(True, which="both", alpha=0.3)
 
 
-def figure(rows, stat_name, title, axes=("memory",)):
-    """The figure: one panel per entry of axes, side by side, sharing the y
-    axis and one legend below them (clear of the curves).  Returned, not saved."""
+def need_columns(rows, axes):
     for axis in axes:
         xcol = AXES[axis][0]
         if any(xcol not in r for r in rows):
             raise SystemExit("--axis %s: the file has no %s (written by an older kvstream)" % (axis, xcol))
+
+
+def panels(axis):
+    return ("memory", "reads") if axis == "both" else (axis,)
+
+
+def figure(rows, stat_name, title, axes=("memory",)):
+    """The figure: one panel per entry of axes, side by side, sharing the y
+    axis and one legend below them (clear of the curves).  Returned, not saved."""
+    need_columns(rows, axes)
     plt = kv.pyplot()
     if len(axes) == 1:
         fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
@@ -153,7 +163,7 @@ def figure(rows, stat_name, title, axes=("memory",)):
 
 def plot(rows, stat_name, png, title, axis="memory"):
     """PREFIX.png: one panel (axis memory or reads) or two side by side (both)."""
-    fig = figure(rows, stat_name, title, ("memory", "reads") if axis == "both" else (axis,))
+    fig = figure(rows, stat_name, title, panels(axis))
     fig.savefig(png, bbox_inches="tight")
     kv.pyplot().close(fig)
 
@@ -181,6 +191,7 @@ def main(argv=None):
     rows = load(a.file[0])
     for path in a.file[1:]:  # one exact reference: the first file's
         rows += [r for r in load(path) if r["method"] != "exact"]
+    need_columns(rows, panels(a.axis))  # before anything is written
     cols = COLUMNS + [c for c in READS if all(c in r for r in rows)]  # reads: from files that have them
     kv.write_csv(a.output + ".csv", cols, [[r[c] for c in cols] for r in rows])
     plot(rows, a.stat, a.output + ".png", a.title or trace_title(a.file[0]), a.axis)

@@ -18,7 +18,7 @@ usage: check_pareto.py KVSTREAM WORKDIR rows NP | held NP | plot | bad
   its figure has two panels, x labels memory_bytes and
   read_tokens_per_query, each method's curve at the rows' medians of that
   column and exact's dashed line at exact's memory / reads; a file without
-  the reads columns is refused with one line.
+  the reads columns is refused with one line, nothing written.
 - bad: bad --budgets entries and a budget= in --methods exit 2 with one
   "kvstream: error:" line and no results file."""
 import math
@@ -236,9 +236,11 @@ def check_both(out):
         for c in ("read_tokens_per_query", "read_bytes_per_query"):
             if c in f["pareto"]:
                 del f["pareto"][c]
-    os.remove(prefix + ".png")
+    for ext in (".png", ".csv"):
+        os.remove(prefix + ext)
     r = run(["/usr/bin/python3", pa, old, "-o", prefix, "--axis", "both"])
-    if r.returncode == 0 or "read_tokens_per_query" not in r.stderr or os.path.exists(prefix + ".png"):
+    if r.returncode == 0 or "read_tokens_per_query" not in r.stderr or \
+            any(os.path.exists(prefix + ext) for ext in (".png", ".csv")):
         fail("--axis both on a file without reads: exit %d, stderr %r" % (r.returncode, r.stderr))
     checks += 1
 
