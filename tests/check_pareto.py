@@ -13,11 +13,18 @@ usage: check_pareto.py KVSTREAM WORKDIR rows NP | held NP | plot | bad
 - held NP: every budgeted row keeps the budget's contract (core/budget.h:
   per stream, global over the ranks): memory_bytes <= S x the budget's bytes.
 - plot: analysis/pareto.py writes a PNG (header, non-empty) and a CSV of
-  the rows.
+  the rows; --axis both (the demo's picture) writes one PNG twice as wide as
+  high-ish (two panels side by side) and a CSV with read_tokens_per_query;
+  its figure has two panels, x labels memory_bytes and
+  read_tokens_per_query, each method's curve at the rows' medians of that
+  column and exact's dashed line at exact's memory / reads; a file without
+  the reads columns is refused with one line, nothing written.
 - bad: bad --budgets entries and a budget= in --methods exit 2 with one
   "kvstream: error:" line and no results file."""
 import math
 import os
+import shutil
+import struct
 import sys
 
 import h5py
@@ -165,6 +172,76 @@ def check_plot():
     lines = open(prefix + ".csv").read().splitlines()
     if lines[0].split(",")[:4] != ["method", "budget", "seed", "memory_bytes"] or len(lines) != len(rows) + 1:
         fail("CSV header %r, %d lines for %d rows" % (lines[0], len(lines), len(rows)))
+    checks += 1
+    check_both(out)
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        fail("%s is not a PNG" % path)
+    return struct.unpack(">II", head[16:24])
+
+
+def check_both(out):
+    """--axis both: memory and reads panels side by side, from a file with the reads columns."""
+    global checks
+    pa = os.path.join(HERE, "..", "analysis", "pareto.py")
+    prefix = os.path.join(work, "both")
+    for ext in (".png", ".csv"):
+        if os.path.exists(prefix + ext):
+            os.remove(prefix + ext)
+    r = run(["/usr/bin/python3", pa, out, "-o", prefix, "--axis", "both"])
+    if r.returncode:
+        fail("pareto.py --axis both: " + r.stderr)
+    w, h = png_size(prefix + ".png")
+    print("--axis both: %d x %d PNG" % (w, h))
+    if w < 1.5 * h:
+        fail("--axis both: %d x %d PNG is not two panels side by side" % (w, h))
+    header = open(prefix + ".csv").read().splitlines()[0].split(",")
+    if "read_tokens_per_query" not in header:
+        fail("--axis both: CSV header %r lacks read_tokens_per_query" % header)
+    checks += 1
+    # the figure itself: two panels, each method at the rows' medians of its x column
+    sys.dont_write_bytecode = True  # no __pycache__ in analysis/
+    sys.path.insert(0, os.path.join(HERE, "..", "analysis"))
+    import pareto as pa_mod  # noqa: E402
+    rows = pa_mod.load(out)  # with the reads columns
+    fig = pa_mod.figure(rows, "p50", "t", ("memory", "reads"))
+    axs = fig.axes
+    if len(axs) != 2:
+        fail("--axis both: %d panels, expected 2" % len(axs))
+    for ax, col in zip(axs, ("memory_bytes", "read_tokens_per_query")):
+        if col not in ax.get_xlabel():
+            fail("panel x label %r does not name %s" % (ax.get_xlabel(), col))
+        for m in ("window", "uniform"):
+            want = sorted(float(np.median([x[col] for x in rows if x["method"] == m and x["budget"] == b]))
+                          for b in BUDGETS)
+            got = [l for l in ax.get_lines() if l.get_label() == m]
+            if len(got) != 1 or not np.allclose(sorted(got[0].get_xdata()), want, rtol=1e-12):
+                fail("%s panel: %s at x %s, expected the rows' medians %s" % (
+                    col, m, [list(l.get_xdata()) for l in got], want))
+        ex = [x[col] for x in rows if x["method"] == "exact"][0]
+        if not any(l.get_linestyle() == "--" and np.allclose(l.get_xdata(), ex) for l in ax.get_lines()):
+            fail("%s panel: no dashed line at exact's %g" % (col, ex))
+    if [x["read_tokens_per_query"] for x in rows if x["method"] == "window"] == \
+            [x["memory_bytes"] for x in rows if x["method"] == "window"]:
+        fail("reads equal memory bytes: the panels would be the same")
+    checks += 1
+    # a file without the reads columns: one line, non-zero exit, no PNG
+    old = os.path.join(work, "noreads.h5")
+    shutil.copyfile(out, old)
+    with h5py.File(old, "r+") as f:
+        for c in ("read_tokens_per_query", "read_bytes_per_query"):
+            if c in f["pareto"]:
+                del f["pareto"][c]
+    for ext in (".png", ".csv"):
+        os.remove(prefix + ext)
+    r = run(["/usr/bin/python3", pa, old, "-o", prefix, "--axis", "both"])
+    if r.returncode == 0 or "read_tokens_per_query" not in r.stderr or \
+            any(os.path.exists(prefix + ext) for ext in (".png", ".csv")):
+        fail("--axis both on a file without reads: exit %d, stderr %r" % (r.returncode, r.stderr))
     checks += 1
 
 
