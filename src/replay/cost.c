@@ -46,7 +46,11 @@ int replay_floors_setup(replay *r, kv_err *err)
 {
     const char *path = r->o->floors;
     r->fl = (kv_floors){ 0, 0, 0 };
-    if (!r->o->table && !r->o->out) return KV_OK;
+    /* only rank 0 prints the table: its word decides, on every rank */
+    int want = r->o->table || r->o->out;
+    if (kv_mpi_bcast(&want, sizeof want, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Bcast of the floors failed");
+    if (kv_agree(r->comm, err) || !want) return err->code;
     int have = 0; /* the file exists: rank 0 reads it */
     if (path && r->rank == 0) {
         FILE *f = fopen(path, "r");
