@@ -178,7 +178,8 @@ def methods_arg(specs):
 
 # Attributes that measure the machine, not the computation: they differ
 # between any two runs and are left out of bitwise comparisons.
-TIMING_ATTRS = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads"}
+TIMING_ATTRS = {"wall_seconds", "peak_rss_bytes", "ingest_seconds", "query_seconds", "threads",
+                "floor_read_bytes_per_second", "floor_flops_per_second", "time_over_floor"}
 
 
 def _attrs_equal(a, b, where):

@@ -247,6 +247,6 @@ void kv_methods_specs(FILE *f)
         fprintf(f, "%s %s %s%s%.*s pinv=%s semantics=%s budget=%s seeded=%s\n", m->name, kind_of(m), m->name,
                 len ? ":" : "", len, spec, m->conform.pinv == KV_PINV_ROUNDING ? "yes" : "no",
                 m->conform.semantics == KV_SEM_WINDOW_UNMASKED ? "window-unmasked" : "full",
-                kv_method_takes_budget(m) ? "yes" : "no", kv_method_param(m, "seed") ? "yes" : "no");
+                !kv_method_takes_budget(m) ? "no" : m->conform.budget_reads ? "reads" : "yes", kv_method_param(m, "seed") ? "yes" : "no");
     }
 }
