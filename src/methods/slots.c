@@ -71,13 +71,6 @@ int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err)
     return KV_OK;
 }
 
-int kv_slots_make_room(kv_slots *s, size_t n, int64_t share, const char *who, kv_err *err)
-{
-    int64_t need = s->held + (int64_t)n;
-    if (need > share) need = share > s->held ? share : s->held;
-    return kv_slots_grow(s, need, who, err);
-}
-
 void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc)
 {
     size_t d = (size_t)s->d, dv = (size_t)s->dv;
@@ -224,13 +217,6 @@ void kv_slots_drop(kv_slots *s, int32_t x)
     int32_t p = s->pos[last];
     if (p >= 0) put(s, 0, p, x);
     else put(s, 1, -1 - (int64_t)p, x);
-}
-
-int64_t kv_slots_first_share(const kv_method_ctx *ctx, int64_t total)
-{
-    if (ctx->shard_tokens > 0 && ctx->n_total > 0)
-        return (int64_t)((__int128)total * ctx->shard_tokens / ctx->n_total);
-    return total / (ctx->nranks > 0 ? ctx->nranks : 1);
 }
 
 void kv_slots_save(const kv_slots *s, kv_buf *out)

@@ -4,9 +4,9 @@
  * score, a heap position and up to two min-heaps; per-slot scratch bytes),
  * all sized to one capacity that the method resizes to the slots in use, so
  * that its memory figure (capacity x kv_slots_row_bytes) is what is
- * allocated; the heaps with the slot moves that keep them right; the rank
- * share of a global budget before any token; and the checkpoint form of
- * the arrays with the checks a restored set must pass.  Attention over the
+ * allocated; the heaps with the slot moves that keep them right, and the
+ * lowest keys of heap 0 for a global eviction decision; and the checkpoint
+ * form of the arrays with the checks a restored set must pass.  Attention over the
  * held rows is kernels/held.h.
  *
  * Slots in use are always 0 .. held - 1.  Heap 0 is a min-heap of slots by
@@ -69,10 +69,6 @@ int kv_slots_resize(kv_slots *s, int64_t rows);
  * <need> tokens" (KV_EINTERNAL). */
 int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err);
 
-/* Capacity for n arriving tokens of which the held ones stay within share
- * (or within what is held now, if more): held + n, capped there. */
-int kv_slots_make_room(kv_slots *s, size_t n, int64_t share, const char *who, kv_err *err);
-
 /* Slot `slot` holds token t: key k, value v, score sc (with heaps). */
 void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc);
 
@@ -99,10 +95,6 @@ int kv_slots_lowest(const kv_slots *s, int L, kv_evkey *out);
 
 /* Free slot x (already out of every heap): the last slot moves into it. */
 void kv_slots_drop(kv_slots *s, int32_t x);
-
-/* A rank's share of a global budget before any token was seen: by shard
- * size, floor(total * shard / n), or total / P when the shard is unknown. */
-int64_t kv_slots_first_share(const kv_method_ctx *ctx, int64_t total);
 
 /* The held rows for a checkpoint: K, V, idx, then with heaps the scores and
  * each heap as laid out (ties and sift order decide later evictions); pos

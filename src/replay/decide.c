@@ -16,12 +16,10 @@ void replay_decide_free(replay_decide *dz)
     *dz = (replay_decide){ 0 };
 }
 
-static int decides(const replay_instance *x) { return replay_instance_decides(x); }
-
 int replay_decide_any(const replay *r)
 {
     for (int mi = 0; mi < r->M; mi++)
-        if (decides(&r->inst[mi])) return 1;
+        if (replay_instance_decides(&r->inst[mi])) return 1;
     return 0;
 }
 
@@ -30,7 +28,7 @@ int64_t replay_decide_next(const replay *r, int64_t x)
     int64_t best = INT64_MAX;
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *in = &r->inst[mi];
-        if (!decides(in) || !in->ops->decide_every || r->S < 1) continue;
+        if (!replay_instance_decides(in) || !in->ops->decide_every || r->S < 1) continue;
         int64_t e = in->ops->decide_every(in->st[0]);
         if (e <= 0) continue;
         int64_t nx = (x / e + 1) * e;
@@ -65,7 +63,7 @@ static size_t needs(replay_decide *dz, replay *r, int64_t x, int at_query, int64
     size_t ng = 0, gi = 0;
     *L = 0;
     *hl = 0;
-    for (int mi = 0; mi < r->M; mi++) ng += decides(&r->inst[mi]) ? (size_t)(r->S / group_size(r, &r->inst[mi])) : 0;
+    for (int mi = 0; mi < r->M; mi++) ng += replay_instance_decides(&r->inst[mi]) ? (size_t)(r->S / group_size(r, &r->inst[mi])) : 0;
     if (grow((void **)&dz->need, &dz->need_cap, ng, sizeof(int64_t))) {
         kv_seterr(err, KV_EINTERNAL, "out of memory for eviction decisions");
         return 0;
@@ -73,7 +71,7 @@ static size_t needs(replay_decide *dz, replay *r, int64_t x, int at_query, int64
     size_t live = 0;
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *in = &r->inst[mi];
-        if (!decides(in)) continue;
+        if (!replay_instance_decides(in)) continue;
         int g = group_size(r, in);
         for (int64_t s0 = 0; s0 < r->S; s0 += g, gi++) {
             int64_t need = 0;
@@ -102,7 +100,7 @@ static void halos(replay_decide *dz, replay *r, int64_t x, size_t hl, int failed
     for (size_t i = 0; i < hl; i++) dz->halo[i] = 0;
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *in = &r->inst[mi];
-        if (!decides(in)) continue;
+        if (!replay_instance_decides(in)) continue;
         int g = group_size(r, in);
         for (int64_t s0 = 0; s0 < r->S; s0 += g, gi++) {
             if (dz->need[gi] <= 0 || !in->ops->decide_halo_len || !in->ops->decide_halo) continue;
@@ -122,7 +120,7 @@ static void walk_groups(replay_decide *dz, replay *r, int64_t x, int L, int appl
     size_t gi = 0, li = 0, off = 0;
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *in = &r->inst[mi];
-        if (!decides(in)) continue;
+        if (!replay_instance_decides(in)) continue;
         int g = group_size(r, in), bad = 0;
         double t0 = omp_get_wtime();
         int64_t ngr = r->S / g;
@@ -162,7 +160,7 @@ static int check_shape(replay *r, int64_t x, int64_t L, size_t live, size_t hl, 
 {
     double v[8 + 64], *buf = v;
     int nd = 0;
-    for (int mi = 0; mi < r->M; mi++) nd += decides(&r->inst[mi]);
+    for (int mi = 0; mi < r->M; mi++) nd += replay_instance_decides(&r->inst[mi]);
     if (7 + nd > (int)(sizeof v / sizeof *v) && !(buf = malloc(sizeof(double) * (size_t)(7 + nd)))) {
         kv_seterr(err, KV_EINTERNAL, "out of memory for eviction decisions");
         buf = v; /* never in practice (over 64 deciding methods); the counts then differ and MPI fails */
@@ -173,7 +171,7 @@ static int check_shape(replay *r, int64_t x, int64_t L, size_t live, size_t hl, 
     for (int i = 0; i < 3; i++) buf[2 * i] = sh[i], buf[2 * i + 1] = sh[i] * sh[i];
     buf[6] = failed;
     for (int mi = 0, k = 7; mi < r->M && nd; mi++)
-        if (decides(&r->inst[mi])) buf[k++] = (double)r->inst[mi].dsub;
+        if (replay_instance_decides(&r->inst[mi])) buf[k++] = (double)r->inst[mi].dsub;
     int bad = kv_mpi_sum_f64(buf, buf, (size_t)(7 + nd), r->comm) != MPI_SUCCESS;
     int mismatch = 0;
     for (int i = 0; i < 3 && !bad; i++) {
@@ -182,7 +180,7 @@ static int check_shape(replay *r, int64_t x, int64_t L, size_t live, size_t hl, 
     }
     for (int mi = 0, k = 7; mi < r->M && nd && !bad; mi++) {
         replay_instance *in = &r->inst[mi];
-        if (!decides(in)) continue;
+        if (!replay_instance_decides(in)) continue;
         if ((int64_t)buf[k] > in->dpeak) in->dpeak = (int64_t)buf[k];
         k++;
     }
@@ -205,7 +203,7 @@ static int check_shape(replay *r, int64_t x, int64_t L, size_t live, size_t hl, 
 static void restart_sub(replay *r)
 {
     for (int mi = 0; mi < r->M; mi++)
-        if (decides(&r->inst[mi])) r->inst[mi].dsub = replay_instance_bytes(&r->inst[mi], r->S);
+        if (replay_instance_decides(&r->inst[mi])) r->inst[mi].dsub = replay_instance_bytes(&r->inst[mi], r->S);
 }
 
 int replay_decide_at(replay_decide *dz, replay *r, int64_t x, int at_query, kv_err *err)
