@@ -22,3 +22,18 @@ int kv_h5_attr_str(hid_t obj, const char *name, const char *val)
     H5Tclose(ty);
     return rc;
 }
+
+int kv_h5_annotate(const char *path, const kv_h5_note *notes, int n, kv_err *err)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return kv_seterr(err, KV_EINTERNAL, "%s: cannot reopen it to write its attributes", path);
+    int bad = 0;
+    for (int k = 0; k < n && !bad; k++) {
+        const kv_h5_note *a = &notes[k];
+        if (a->s) bad = kv_h5_attr_str(f, a->name, a->s);
+        else if (a->is_int) bad = kv_h5_attr_scalar(f, a->name, H5T_STD_I64LE, H5T_NATIVE_INT64, &a->i);
+        else bad = kv_h5_attr_scalar(f, a->name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &a->f);
+    }
+    if (H5Fclose(f) < 0) bad = 1;
+    return bad ? kv_seterr(err, KV_EINTERNAL, "%s: cannot write its attributes", path) : KV_OK;
+}

@@ -6,7 +6,8 @@ usage: check_layers.py ROOT name=dir=dep1,dep2, ...   (the KV_LAYERS list)
    ("core/kverr.h"), only from its own layer or from one it declares.
 2. No MPI collective (or point-to-point call) outside mpi/.
 3. No abort() or exit() in library code (every layer but cmd, and main.c):
-   errors are returned."""
+   errors are returned.
+4. No HDF5 call outside io/: every file is read and written through it."""
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ COLL = re.compile(r"\bMPI_(Allreduce|Reduce|Bcast|Barrier|Allgather|Allgatherv|G
                   r"Scatterv|Alltoall|Alltoallv|Send|Recv|Isend|Irecv|Sendrecv|Exscan|Scan|Ireduce|"
                   r"Iallreduce|Ibcast|Init|Init_thread|Finalize)\s*\(")
 ABORT = re.compile(r"\b(abort|exit)\s*\(")
+HDF5 = re.compile(r"\bH5[A-Z][A-Za-z0-9_]*\s*\(")
 problems, files = [], 0
 
 
@@ -49,12 +51,16 @@ for name, (d, deps) in sorted(layers.items()):
                                     % (path, ln, name, inc, ", ".join(sorted(deps)) or "none"))
             if name != "mpi" and COLL.search(line):
                 problems.append("%s:%d: MPI collective outside mpi/: %s" % (path, ln, line.strip()))
+            if name != "io" and HDF5.search(line):
+                problems.append("%s:%d: HDF5 call outside io/: %s" % (path, ln, line.strip()))
             if name != "cmd" and ABORT.search(line):
                 problems.append("%s:%d: abort/exit in library code: %s" % (path, ln, line.strip()))
 main = strip_comments(open(os.path.join(root, "src", "main.c")).read())
 for ln, line in enumerate(main.splitlines(), 1):
     if COLL.search(line):
         problems.append("src/main.c:%d: MPI call outside mpi/: %s" % (ln, line.strip()))
+    if HDF5.search(line):
+        problems.append("src/main.c:%d: HDF5 call outside io/: %s" % (ln, line.strip()))
 for p in problems:
     print(p)
 print("check_layers: %d files in %d layers" % (files, len(layers)))

@@ -445,16 +445,14 @@ static double packing_mass(const kv_gen_opts *o, const gen_extra *x)
  * (rank 0, serial HDF5) */
 static int write_picked(const char *path, const kv_gen_opts *o, const kv_gen_picked *pk, kv_err *err)
 {
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    if (f < 0) return kv_seterr(err, KV_EINTERNAL, "gen: cannot reopen %s for its attributes", path);
-    int bad = kv_h5_attr_scalar(f, "beta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->beta) ||
-              kv_h5_attr_scalar(f, "target_mass_min", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->target_mass_min) ||
-              kv_h5_attr_str(f, "probes", kv_gen_query_at_name(o));
-    if (!bad && !strcmp(o->kind, "packing"))
-        bad = kv_h5_attr_scalar(f, "points", H5T_STD_I64LE, H5T_NATIVE_INT64, &pk->points) ||
-              kv_h5_attr_scalar(f, "theta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &pk->theta);
-    if (H5Fclose(f) < 0) bad = 1;
-    return bad ? kv_seterr(err, KV_EINTERNAL, "gen: cannot write the attributes of %s", path) : KV_OK;
+    kv_h5_note notes[] = {
+        { .name = "beta", .f = pk->beta },
+        { .name = "target_mass_min", .f = pk->target_mass_min },
+        { .name = "probes", .s = kv_gen_query_at_name(o) },
+        { .name = "points", .i = pk->points, .is_int = 1 },
+        { .name = "theta", .f = pk->theta },
+    };
+    return kv_h5_annotate(path, notes, strcmp(o->kind, "packing") ? 3 : 5, err);
 }
 
 int kv_gen_run(const kv_gen_opts *in, MPI_Comm comm, kv_err *err)
