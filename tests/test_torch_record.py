@@ -241,7 +241,7 @@ def main():
     with h5py.File(t_trace, "r") as f:
         t = {k: f[k][...] for k in f}
         t_attrs = dict(f.attrs)
-        chunks = f["keys"].chunks
+        chunks = {k: f[k].chunks for k in f}
     for k in ("n_layers", "n_heads", "n_kv_heads", "head_dim", "version"):
         if int(t_attrs[k]) != int(c_attrs[k]):
             fail("attribute %s: torch %s, kvstream %s" % (k, t_attrs[k], c_attrs[k]))
@@ -253,8 +253,10 @@ def main():
     for k in ("keys", "values", "queries", "model_outputs"):
         if t[k].shape != c[k].shape or t[k].dtype != np.float32:
             fail("/%s: torch %s %s, kvstream %s" % (k, t[k].shape, t[k].dtype, c[k].shape))
-    if chunks != (1, 4096, cfg["head_dim"]):
-        fail("/keys chunks %s, expected (1, 4096, %d)" % (chunks, cfg["head_dim"]))
+    with h5py.File(c_trace, "r") as f:
+        c_chunks = {k: f[k].chunks for k in f}
+    if chunks != c_chunks:
+        fail("chunks %s, kvstream record's %s" % (chunks, c_chunks))
     checks += 1
 
     tol = tol_model(cfg, N_POS)

@@ -8,7 +8,9 @@ position i sees tokens 0..i, itself included.
 
 Positions are buffered in memory and written one whole chunk at a time
 (datasets are chunked [1, C, d] along the token axis and grow as positions
-arrive), so a generation loop may append one position per step.
+arrive), so a generation loop may append one position per step.  A trace
+closed before its first chunk fills gets chunks capped at its length, as
+`kvstream record` writes them.
 """
 import os
 
@@ -143,22 +145,28 @@ class KVTraceWriter:
                              "is beyond the float16 range (+-65504); use dtype='float32'")
         return a.astype(np.float16)
 
-    def _create(self):
-        C, d, S, f = self.C, self.d, self.S, self.f
-        f.create_dataset("keys", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, C, d))
-        f.create_dataset("values", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, C, d))
-        f.create_dataset("queries", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, C, d))
-        f.create_dataset("query_pos", (0,), np.int64, maxshape=(None,), chunks=(C,))
+    def _create(self, n):
+        """Create the datasets; n: the trace's length when it is closed
+        before the first chunk fills (then chunks are capped at it, as
+        kvstream's writer does), else None."""
+        d, S, f = self.d, self.S, self.f
+        ct = cq = self.C
+        if n is not None:
+            ct, cq = min(ct, n), min(cq, n * self.g)
+        f.create_dataset("keys", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, ct, d))
+        f.create_dataset("values", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, ct, d))
+        f.create_dataset("queries", (S, 0, d), self.dt, maxshape=(S, None, d), chunks=(1, cq, d))
+        f.create_dataset("query_pos", (0,), np.int64, maxshape=(None,), chunks=(cq,))
         if self.with_tokens:
-            f.create_dataset("tokens", (0,), np.int32, maxshape=(None,), chunks=(C,))
+            f.create_dataset("tokens", (0,), np.int32, maxshape=(None,), chunks=(ct,))
         if self.with_outputs:
-            f.create_dataset("model_outputs", (S, 0, d), np.float32, maxshape=(S, None, d), chunks=(1, C, d))
+            f.create_dataset("model_outputs", (S, 0, d), np.float32, maxshape=(S, None, d), chunks=(1, cq, d))
 
-    def _flush(self):
+    def _flush(self, closing=False):
         if not self.n_pending:
             return
         if "keys" not in self.f:
-            self._create()
+            self._create(self.n_pending if closing else None)
         f, n0, T, g = self.f, self.n, self.n_pending, self.g
         n1 = n0 + T
         parts = list(zip(*self.pending))
@@ -181,7 +189,7 @@ class KVTraceWriter:
         if self.f is None:
             return
         try:
-            self._flush()
+            self._flush(closing=True)
         finally:
             self.f.close()
             self.f = None
