@@ -3,7 +3,7 @@
 # Needs root; as a normal user it uses sudo if there is one.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-      python3-numpy python3-h5py python3-matplotlib slurm-wlm munge
+      python3-numpy python3-h5py python3-matplotlib python3-torch slurm-wlm munge
       clang libclang-rt-14-dev valgrind procps)
 missing=()
 for p in "${PKGS[@]}"; do
