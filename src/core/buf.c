@@ -197,3 +197,12 @@ int kv_rd_arr(kv_rd *r, void **p, size_t elem, size_t max_elems, size_t *count, 
     *count = c;
     return KV_OK;
 }
+
+int kv_rd_arr_to(kv_rd *r, void *dst, size_t bytes, kv_err *err)
+{
+    int64_t n;
+    if (kv_rd_i64(r, &n, err)) return err->code;
+    if (n < 0 || (uint64_t)n != bytes)
+        return kv_seterr(err, KV_EINPUT, "checkpoint: %s has the wrong size", r->what ? r->what : "an array");
+    return kv_rd_get(r, dst, bytes, err);
+}

@@ -99,5 +99,8 @@ int kv_rd_arr_len(kv_rd *r, size_t elem, size_t max_elems, size_t *count, kv_err
 /* an array written by kv_buf_put_arr: malloc'ed into *p (NULL when empty);
  * its byte length must be a multiple of elem and at most max_elems elems */
 int kv_rd_arr(kv_rd *r, void **p, size_t elem, size_t max_elems, size_t *count, kv_err *err);
+/* an array written by kv_buf_put_arr of exactly `bytes` bytes, into dst
+ * (storage the reader owns): any other length is KV_EINPUT */
+int kv_rd_arr_to(kv_rd *r, void *dst, size_t bytes, kv_err *err);
 
 #endif

@@ -19,7 +19,7 @@ int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
     size_t dv = (size_t)r->dv;
     *b = (replay_batch){ .G = replay_gram_stage(r) };
     b->Q = kv_malloc(r->z.queries, err);
-    /* zeroed: a checkpoint inside a batch saves it whole, slots not yet answered too */
+    /* zeroed: the MPI merge reads every slot (and valgrind checks that) */
     b->send = kv_calloc(r->z.send / sizeof(double), sizeof(double), err);
     b->uidx = kv_malloc(r->z.uidx, err);
     b->ep = kv_malloc(r->z.ep, err);
@@ -36,7 +36,7 @@ int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
     if (r->z.epsum) b->epsum = kv_malloc(r->z.epsum, err);
     if (r->z.ml) b->ml = kv_malloc(r->z.ml, err);
     if (r->z.sel) b->sel = kv_malloc(r->z.sel, err);
-    b->cost = kv_calloc(r->z.cost / sizeof(double), sizeof(double), err); /* zeroed: a checkpoint saves it whole */
+    b->cost = kv_calloc(r->z.cost / sizeof(double), sizeof(double), err); /* zeroed: cost.c adds into it */
     if (r->z.costsum) b->costsum = kv_malloc(r->z.costsum, err);
     if (err->code) return err->code;
     b->have_merge = kv_merge_init(&b->mg, (int)r->dv) == MPI_SUCCESS;
@@ -364,4 +364,62 @@ int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err)
     if (kv_mpi_reduce_sum_f64(b->cost, b->costsum, count * REPLAY_COST_LEN, 0, r->comm) != MPI_SUCCESS)
         kv_seterr(err, KV_EINTERNAL, "MPI_Reduce of the query costs failed");
     return err->code;
+}
+
+/* The rows of method mi the walk has answered: the first `walked` queries
+ * of each stream, for a method answered in the walk; none otherwise. */
+static int64_t walk_rows(const replay_batch *b, const replay *r, int mi)
+{
+    return per_prefix(r, mi) ? b->walked : 0;
+}
+
+void replay_batch_save(const replay_batch *b, const replay *r, kv_buf *out)
+{
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    if (r->rank == 0) kv_buf_put_arr(out, b->ev, r->z.ev);
+    kv_buf_put_i64(out, b->walked);
+    if (b->walked <= 0) return;
+    kv_buf_put_i64(out, b->nu);
+    kv_buf_put_i64(out, b->staged);
+    kv_buf_put_i64(out, b->u0);
+    kv_buf_put_arr(out, b->uidx, sizeof(int64_t) * (size_t)b->walked);
+    kv_buf_put_arr(out, b->ep, sizeof(int64_t) * (size_t)(b->nu * r->M));
+    for (int mi = 0; mi < r->M; mi++)
+        for (int64_t s = 0; s < r->S; s++) {
+            size_t at = (size_t)mi * r->S + s, rows = (size_t)walk_rows(b, r, mi);
+            kv_buf_put_arr(out, b->send + at * b->cnt * sl, sizeof(double) * rows * sl);
+            kv_buf_put_arr(out, b->cost + at * b->cnt * REPLAY_COST_LEN, sizeof(double) * rows * REPLAY_COST_LEN);
+        }
+    if (b->gsend) kv_buf_put_arr(out, b->gsend, sizeof(double) * (size_t)(b->staged * r->S) * gl);
+    if (b->opn && r->rank == 0) kv_buf_put_arr(out, b->opn, sizeof(double) * (size_t)(b->u0 * r->S));
+}
+
+int replay_batch_load(replay_batch *b, const replay *r, kv_rd *rd, int64_t next, kv_err *err)
+{
+    int64_t w, nu = 0, staged = 0, u0 = 0, cnt = replay_min64(r->B, r->m - next);
+    rd->what = "the batch walk";
+    if (r->rank == 0 && kv_rd_arr_to(rd, b->ev, r->z.ev, err)) return err->code;
+    if (kv_rd_i64(rd, &w, err)) return err->code;
+    if (w == 0) return KV_OK;
+    if (kv_rd_i64(rd, &nu, err) || kv_rd_i64(rd, &staged, err) || kv_rd_i64(rd, &u0, err)) return err->code;
+    int bad = w < 0 || w >= cnt || nu < 1 || nu > w || staged < 0 || u0 < 0 ||
+              (b->gsend ? staged > b->G || u0 + staged != nu : staged || u0);
+    if (bad) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    size_t sl = KV_PSTATE_LEN(r->dv), gl = (size_t)(r->dv * r->dv);
+    b->j0 = next; b->cnt = cnt; b->walked = w; b->nu = nu; b->staged = staged; b->u0 = u0;
+    if (kv_rd_arr_to(rd, b->uidx, sizeof(int64_t) * (size_t)w, err) ||
+        kv_rd_arr_to(rd, b->ep, sizeof(int64_t) * (size_t)(nu * r->M), err))
+        return err->code;
+    for (int mi = 0; mi < r->M; mi++)
+        for (int64_t s = 0; s < r->S; s++) {
+            size_t at = (size_t)mi * r->S + s, rows = (size_t)walk_rows(b, r, mi);
+            if (kv_rd_arr_to(rd, b->send + at * cnt * sl, sizeof(double) * rows * sl, err) ||
+                kv_rd_arr_to(rd, b->cost + at * cnt * REPLAY_COST_LEN, sizeof(double) * rows * REPLAY_COST_LEN, err))
+                return err->code;
+        }
+    if (b->gsend && kv_rd_arr_to(rd, b->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
+    if (b->opn && r->rank == 0 && kv_rd_arr_to(rd, b->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
+    for (int64_t q = 0; q < w; q++)
+        if (b->uidx[q] < 0 || b->uidx[q] >= nu) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
+    return KV_OK;
 }

@@ -33,6 +33,7 @@
 #define KVSTREAM_REPLAY_BATCH_H
 
 #include <stdint.h>
+#include "core/buf.h"
 #include "core/kverr.h"
 #include "mpi/merge.h"
 #include "replay/decide.h"
@@ -84,5 +85,15 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
 int replay_batch_tail(replay_batch *b, replay *r, replay_shard *sh, kv_err *err);
 
 int replay_batch_merge(replay_batch *b, const replay *r, kv_err *err);
+
+/* Checkpoints (replay/ckptstate.h frames them).  save: the walk of a batch
+ * stopped inside it, only what the walk has answered (the partial states
+ * and costs of the methods answered in the walk, for the queries walked;
+ * the methods answered after the walk have nothing yet), and on rank 0 the
+ * Lanczos start vectors carried over the run.  load: the same into a batch
+ * made by replay_batch_new, from query next; every count checked against
+ * the batch size.  Returns KV_OK or KV_EINPUT (corrupt). */
+void replay_batch_save(const replay_batch *b, const replay *r, kv_buf *out);
+int replay_batch_load(replay_batch *b, const replay *r, kv_rd *rd, int64_t next, kv_err *err);
 
 #endif

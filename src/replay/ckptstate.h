@@ -1,17 +1,15 @@
 /* ckptstate.h - what a replay checkpoint holds, and writing / resuming it.
  *
  * Each rank's state is one byte string (io/ckpt.h stores them): a magic,
- * the shard position, the walk of a batch stopped inside it (batch.h: how
- * many queries, their answers so far, staged V^T V, memory epochs; the
- * metadata's next_query is then that batch's first query), every instance's
- * timers and peak, then for the prefix_state methods (exact, topk, window,
- * sinks) only their token counts (--resume rebuilds
- * it from the trace: replay_shard_rebuild), for the other methods their
- * per-stream state (the methods' save/load), V^T V, and on rank 0 the
- * metrics, the
- * Lanczos start vectors and each method's memory maximum over epochs so far
- * (a checkpoint falls between epochs: each rank's epoch restarts from what
- * it holds).
+ * then each stage's own bytes, written and read by the stage beside its
+ * struct: the shard position and V^T V (shard.h), the walk of a batch
+ * stopped inside it, only what it answered, and the Lanczos start vectors
+ * (batch.h; the metadata's next_query is then that batch's first query),
+ * every instance's timers, peak and state (instances.h: the prefix_state
+ * methods, exact, topk, window and sinks, only as token counts, which
+ * --resume rebuilds from the trace: shard.h replay_shard_restore), and on
+ * rank 0 the metrics so far (sink.h).  A checkpoint falls between memory
+ * epochs: each rank's epoch restarts from what it holds.
  * The run's identity (a fingerprint of the trace, the options, the rank
  * count) goes into the file's metadata and is checked on --resume.
  * Writing saves the state twice: once into a counting buffer (its size and

@@ -130,3 +130,68 @@ int64_t replay_instance_epoch(const replay *r, const replay_instance *x)
     if (!replay_instance_decides(x)) return x->epoch;
     return r->rank == 0 ? x->dpeak : 0;
 }
+
+int replay_instance_rebuilt(const replay_instance *x) { return x->ops->prefix_state; }
+
+int replay_instances_save(const replay *r, kv_buf *out, int64_t *lens, kv_err *err)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        const replay_instance *x = &r->inst[mi];
+        if (!x->ops->save) return kv_seterr(err, KV_EINPUT, "--checkpoint: method '%s' cannot be checkpointed", x->spec.text);
+        kv_buf_put_i64(out, x->peak);
+        kv_buf_put_f64(out, x->t_ingest);
+        kv_buf_put_f64(out, x->t_query);
+        for (int64_t s = 0; s < r->S && replay_instance_rebuilt(x); s++) {
+            kv_method_extra e = { -1, -1, 0 };
+            x->ops->extra(x->st[s], &e);
+            kv_buf_put_i64(out, e.kept_tokens);
+        }
+        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x); s++) {
+            /* as kv_buf_put_arr would write it (length, then bytes), saved
+             * straight into b: the length is the counting pass's */
+            int64_t *len = &lens[mi * r->S + s];
+            kv_buf_put_i64(out, out->count_only ? 0 : *len);
+            size_t at = out->total;
+            x->ops->save(x->st[s], out);
+            if (out->failed)
+                return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' could not save its state (out of memory, "
+                                 "a part of it cannot be checkpointed, or the file could not be written)", x->spec.text);
+            int64_t n = (int64_t)(out->total - at);
+            if (out->count_only) *len = n;
+            else if (n != *len)
+                return kv_seterr(err, KV_EINTERNAL, "checkpoint: method '%s' saved %lld bytes of stream %lld, counted "
+                                 "%lld (its save is not deterministic)", x->spec.text, (long long)n, (long long)s,
+                                 (long long)*len);
+        }
+    }
+    return KV_OK;
+}
+
+int replay_instances_load(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
+{
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        if (!x->ops->load) return kv_seterr(err, KV_EINPUT, "--resume: method '%s' cannot be checkpointed", x->spec.text);
+        if (kv_rd_i64(rd, &x->peak, err) || kv_rd_f64(rd, &x->t_ingest, err) || kv_rd_f64(rd, &x->t_query, err))
+            return err->code;
+        for (int64_t s = 0; s < r->S; s++) {
+            kept[mi * r->S + s] = -1;
+            if (replay_instance_rebuilt(x) && kv_rd_i64(rd, &kept[mi * r->S + s], err)) return err->code;
+        }
+        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x); s++) {
+            int64_t n;
+            kv_rd one;
+            if (kv_rd_i64(rd, &n, err)) return err->code;
+            if (n < 0 || (size_t)n > rd->len - rd->pos) return kv_seterr(err, KV_EINPUT, "checkpoint: method state is truncated");
+            if (kv_rd_sub(rd, (size_t)n, &one, err)) return err->code; /* a view of its bytes, read as it goes */
+            one.what = x->spec.method;
+            if (x->ops->load(x->st[s], &one, err)) return err->code;
+            if (one.pos != one.len)
+                return kv_seterr(err, KV_EINPUT, "checkpoint: method '%s' state has trailing bytes", x->spec.text);
+        }
+        x->epoch = x->dsub = replay_instance_bytes(x, r->S); /* checkpoints fall between memory epochs */
+        x->dpeak = 0;
+    }
+    return KV_OK;
+}
+

@@ -6,6 +6,7 @@
 #ifndef KVSTREAM_REPLAY_INSTANCES_H
 #define KVSTREAM_REPLAY_INSTANCES_H
 
+#include "core/buf.h"
 #include "core/kverr.h"
 #include "replay/internal.h"
 
@@ -30,5 +31,18 @@ int replay_instance_decides(const replay_instance *x);
  * epoch's largest state summed over ranks at its decision points, on rank
  * 0 (0 elsewhere). */
 int64_t replay_instance_epoch(const replay *r, const replay_instance *x);
+
+/* Checkpoints (replay/ckptstate.h frames them).  An instance of a
+ * prefix_state method (exact, topk, window, sinks) is saved as its token
+ * counts and rebuilt from the trace on --resume (shard.h); every other
+ * saves its per-stream state (method.h save/load).  Both save its peak and
+ * timers.  save into a counting buffer fills lens [M][S] (each saved state's
+ * length, in that layout); into any other it writes with those lengths and
+ * checks them (a save must be deterministic).  load fills kept [M][S]: the
+ * rebuilt instances' token counts (-1 for the others), and restarts every
+ * instance's memory epoch from what it holds. */
+int replay_instance_rebuilt(const replay_instance *x);
+int replay_instances_save(const replay *r, kv_buf *out, int64_t *lens, kv_err *err);
+int replay_instances_load(replay *r, kv_rd *rd, int64_t *kept, kv_err *err);
 
 #endif

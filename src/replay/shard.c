@@ -1,6 +1,8 @@
 /* shard.c - the rank's shard walk (see shard.h). */
 #include <omp.h>
 #include <stdlib.h>
+#include "core/signals.h"
+#include "replay/decide.h"
 #include "replay/instances.h"
 #include "replay/shard.h"
 
@@ -130,3 +132,61 @@ int replay_shard_rebuild(replay_shard *sh, replay *r, const char *only, int64_t 
     horizon(r, p, only); /* the run's horizon(p), for the rebuilt ones only */
     return walk_to(sh, r, p, only, err);
 }
+
+void replay_shard_save(const replay_shard *sh, const replay *r, kv_buf *out)
+{
+    kv_buf_put_i64(out, sh->cur);
+    if (sh->gram) kv_buf_put_arr(out, sh->gram, r->z.gram);
+}
+
+int replay_shard_load(replay_shard *sh, const replay *r, kv_rd *rd, kv_err *err)
+{
+    int64_t cur;
+    rd->what = "the shard";
+    if (kv_rd_i64(rd, &cur, err)) return err->code;
+    if (cur < 0 || cur > r->n) return kv_seterr(err, KV_EINPUT, "checkpoint: the shard position is corrupt");
+    sh->cur = cur;
+    rd->what = "V^T V";
+    return sh->gram ? kv_rd_arr_to(rd, sh->gram, r->z.gram, err) : KV_OK;
+}
+
+/* shard.h: the rebuilt instances fed again from the trace */
+int replay_shard_restore(replay_shard *sh, replay *r, const char *only, int64_t upto, const int64_t *kept, kv_err *err)
+{
+    int any = 0;
+    for (int mi = 0; mi < r->M; mi++) any |= only[mi];
+    int64_t cur = sh->cur;
+    const int64_t *pos = kv_trace_query_pos(r->tr);
+    sh->cur = replay_min64((int64_t)r->rank * r->C, r->n);
+    sh->loaded = -1;
+    for (int64_t j = 0; any && j < upto && !err->code; j++) {
+        if (j == 0 || pos[j] != pos[j - 1]) {
+            /* the same ingest blocks as the run: cut at the deciding methods' points too (decide.h) */
+            for (int64_t x = replay_decide_next(r, j ? pos[j - 1] : 0); x < pos[j] && !err->code;
+                 x = replay_decide_next(r, x))
+                replay_shard_rebuild_ingest(sh, r, only, x, err);
+            if (!err->code) replay_shard_rebuild(sh, r, only, pos[j], err);
+        }
+        /* a long scan: a stop ends it here (no collective inside; agreed by the caller) */
+        if (!err->code && kv_signal_pending())
+            kv_seterr(err, KV_ESTOPPED, "stopped by signal %d during start-up, rebuilding the checkpoint's state from "
+                      "the trace; checkpoint %s unchanged (continue with --resume %s)", kv_signal_pending(),
+                      r->o->resume, r->o->resume);
+    }
+    if (!err->code && any && sh->cur != cur)
+        kv_seterr(err, KV_EINPUT, "checkpoint: shard position %lld does not match its queries (corrupt)", (long long)cur);
+    for (int mi = 0; mi < r->M && !err->code; mi++)
+        for (int64_t s = 0; only[mi] && s < r->S && !err->code; s++) {
+            kv_method_extra e = { -1, -1, 0 };
+            r->inst[mi].ops->extra(r->inst[mi].st[s], &e);
+            if (e.kept_tokens != kept[mi * r->S + s])
+                kv_seterr(err, KV_EINPUT, "checkpoint: %s held %lld tokens of stream %lld, the trace gives %lld (corrupt "
+                          "checkpoint or changed trace)", r->inst[mi].spec.label, (long long)kept[mi * r->S + s],
+                          (long long)s, (long long)e.kept_tokens);
+        }
+    for (int mi = 0; mi < r->M; mi++)
+        if (only[mi]) r->inst[mi].epoch = replay_instance_bytes(&r->inst[mi], r->S);
+    sh->cur = cur;
+    return err->code;
+}
+

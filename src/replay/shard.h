@@ -11,6 +11,7 @@
 #define KVSTREAM_REPLAY_SHARD_H
 
 #include <stdint.h>
+#include "core/buf.h"
 #include "core/kverr.h"
 #include "replay/internal.h"
 
@@ -45,5 +46,17 @@ int replay_shard_rebuild_ingest(replay_shard *sh, replay *r, const char *only, i
 
 /* Tokens in this rank's chunks (per stream). */
 int64_t replay_shard_tokens(const replay *r);
+
+/* Checkpoints (replay/ckptstate.h frames them): the shard position and
+ * V^T V.  load checks the position against the trace (KV_EINPUT). */
+void replay_shard_save(const replay_shard *sh, const replay *r, kv_buf *out);
+int replay_shard_load(replay_shard *sh, const replay *r, kv_rd *rd, kv_err *err);
+
+/* --resume: the instances rebuilt from the trace (prefix_state: only[mi]
+ * set) fed again as the run fed them, the walk's positions of queries
+ * [0, upto) with the same horizon calls and ingest blocks; then the shard
+ * position and every such instance's token count must be the checkpoint's
+ * (kept [M][S]).  A stop signal ends the scan (KV_ESTOPPED). */
+int replay_shard_restore(replay_shard *sh, replay *r, const char *only, int64_t upto, const int64_t *kept, kv_err *err);
 
 #endif

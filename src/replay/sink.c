@@ -153,3 +153,29 @@ void replay_sink_free(replay_sink *k)
     free(k->rel); free(k->bound); free(k->mem_peak); free(k->rtok); free(k->csum); free(k->zref); free(k->z); free(k->zout);
     *k = (replay_sink){ 0 };
 }
+
+void replay_sink_save(const replay_sink *k, const replay *r, kv_buf *out)
+{
+    if (r->rank != 0) return;
+    kv_buf_put_arr(out, k->rel, r->z.rel);
+    kv_buf_put_arr(out, k->bound, r->z.bound);
+    kv_buf_put_arr(out, k->rtok, r->z.rtok);
+    kv_buf_put_arr(out, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M);
+    kv_buf_put_arr(out, k->mem_peak, sizeof(int64_t) * (size_t)r->M);
+    kv_buf_put_f64(out, k->model_max);
+    kv_buf_put_f64(out, k->model_sum);
+    kv_buf_put_i64(out, k->model_cnt);
+}
+
+int replay_sink_load(replay_sink *k, const replay *r, kv_rd *rd, kv_err *err)
+{
+    if (r->rank != 0) return KV_OK;
+    rd->what = "the metrics";
+    if (kv_rd_arr_to(rd, k->rel, r->z.rel, err) || kv_rd_arr_to(rd, k->bound, r->z.bound, err) ||
+        kv_rd_arr_to(rd, k->rtok, r->z.rtok, err) ||
+        kv_rd_arr_to(rd, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M, err) ||
+        kv_rd_arr_to(rd, k->mem_peak, sizeof(int64_t) * (size_t)r->M, err) ||
+        kv_rd_f64(rd, &k->model_max, err) || kv_rd_f64(rd, &k->model_sum, err) || kv_rd_i64(rd, &k->model_cnt, err))
+        return err->code;
+    return KV_OK;
+}

@@ -46,4 +46,10 @@ void replay_sink_free(replay_sink *k);
 /* "/methods/<label>" of instance mi. */
 void replay_sink_group(const replay *r, int mi, char *buf, size_t len);
 
+/* Checkpoints (replay/ckptstate.h frames them): on rank 0 the metrics so
+ * far (errors, bound ratios, reads, costs, memory peaks, the model-output
+ * comparison); nothing on the other ranks. */
+void replay_sink_save(const replay_sink *k, const replay *r, kv_buf *out);
+int replay_sink_load(replay_sink *k, const replay *r, kv_rd *rd, kv_err *err);
+
 #endif
