@@ -1,5 +1,6 @@
 /* pareto.c - `kvstream pareto`: error against memory for every (method,
- * budget, seed) instance of a method list, in one replay (docs/PARETO.md).
+ * budget, seed) instance of a method list, in one replay (docs/PARETO.md):
+ * the command line and the instances; the run and /pareto: study/pareto.h.
  *
  * Every instance becomes one spec of a single replay's --methods list,
  *     <method>:<its params>,budget=<b>,seed=<base+i>,name=<method>@<b>#<i>
@@ -8,33 +9,20 @@
  * /methods/<label> to -o and hands back every instance's figures (nearest-rank
  * quantiles over all streams and queries, as its own table); rank 0 adds the
  * table /pareto (study/table.h) to the same file before the replay closes it. */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cmd/cmd.h"
 #include "core/budget.h"
 #include "core/spec.h"
-#include "io/results.h"
 #include "methods/method.h"
 #include "mpi/agree.h"
 #include "replay/replay.h"
-#include "study/study.h"
-#include "study/table.h"
+#include "study/pareto.h"
 
 enum { MAX_BUDGETS = 64, MAX_SEEDS = 1000, MAX_INSTANCES = 120 /* the results writer holds <= 256 datasets */ };
 
-/* one row of /pareto */
-typedef struct {
-    char method[64];  /* the method's name= in --methods, else its name */
-    char budget[64];  /* as given in --budgets; "none" for a method without budget= */
-    int64_t seed;     /* seed= given to it; -1 for a deterministic method */
-    char label[64];   /* its replay label: the group /methods/<label> */
-    char spec[256];   /* the spec it ran as */
-    int64_t memory;
-    double read_bytes, read_tokens; /* per query (replay/cost.h) */
-    double p50, p95, mean, max, bound95;
-} row;
+typedef kv_pareto_row row; /* one row of /pareto (study/pareto.h) */
 
 typedef struct {
     kv_replay_opts ro;
@@ -139,72 +127,6 @@ static int plan(const pareto_cli *w, row *rows, int *nr, kv_err *err)
     return err->code;
 }
 
-static const kv_col pareto_cols[] = {
-    KV_COL(row, method, "method", KV_COL_STR),
-    KV_COL(row, budget, "budget", KV_COL_STR),
-    KV_COL(row, label, "label", KV_COL_STR),
-    KV_COL(row, seed, "seed", KV_COL_I64),
-    KV_COL(row, memory, "memory_bytes", KV_COL_I64),
-    KV_COL(row, p50, "p50_error", KV_COL_F64),
-    KV_COL(row, p95, "p95_error", KV_COL_F64),
-    KV_COL(row, mean, "mean_error", KV_COL_F64),
-    KV_COL(row, max, "max_error", KV_COL_F64),
-    KV_COL(row, bound95, "p95_bound_ratio", KV_COL_F64),
-    KV_COL(row, read_bytes, "read_bytes_per_query", KV_COL_F64),
-    KV_COL(row, read_tokens, "read_tokens_per_query", KV_COL_F64),
-    { 0 } };
-
-typedef struct {
-    const pareto_cli *w;
-    row *rows;
-    int nr;
-} pareto_run;
-
-/* Rank 0, the replay's on_results: the rows' figures from the replay's
- * result (instance i is row i), then /pareto in the still open -o. */
-static int write_pareto(void *ctx, kv_results *r, const kv_replay_result *res, kv_err *err)
-{
-    const pareto_run *p = ctx;
-    const pareto_cli *w = p->w;
-    for (int i = 0; i < p->nr; i++) {
-        const kv_replay_summary *s = &res->methods[i];
-        row *x = &p->rows[i];
-        x->memory = s->memory_bytes;
-        x->read_bytes = s->read_bytes_per_query;
-        x->read_tokens = s->read_tokens_per_query;
-        x->p50 = s->p50_error;
-        x->p95 = s->p95_error;
-        x->mean = s->mean_error;
-        x->max = s->max_error;
-        x->bound95 = w->ro.bound_ratio ? s->p95_bound_ratio : NAN; /* no V^T V with --no-bound-ratio */
-    }
-    const char *G = "/pareto";
-    if (kv_table_write(r, G, pareto_cols, p->rows, sizeof *p->rows, p->nr, err) ||
-        kv_results_attr_str(r, G, "methods", w->methods, err) || kv_results_attr_str(r, G, "budgets", w->budgets, err) ||
-        kv_results_attr_i64(r, G, "seeds", w->seeds, err) ||
-        kv_results_attr_str(r, G, "axis", w->axis ? "reads" : "memory", err) ||
-        kv_results_attr_i64(r, G, "base_seed", (int64_t)w->ro.seed, err))
-        return err->code;
-    return KV_OK;
-}
-
-/* axis 1: reads per query (tokens a query touches, then the bytes its
- * call read, a batch's shared read split over its queries) instead of memory */
-static void print_table(const row *rows, int nr, int axis, FILE *f)
-{
-    fprintf(f, "%-20s %-10s %6s %14s %12s %10s %10s %10s %10s %10s\n", "method", "budget", "seed",
-            axis ? "read tok/q" : "memory_bytes", axis ? "read B/q" : "", "p50 err", "p95 err", "mean err",
-            "max err", "p95 bound");
-    for (int i = 0; i < nr; i++) {
-        const row *x = &rows[i];
-        char tok[32] = "";
-        if (axis) snprintf(tok, sizeof tok, "%.6g", x->read_bytes);
-        fprintf(f, "%-20.20s %-10.10s %6lld %14.6g %12s %10.3g %10.3g %10.3g %10.3g %10.3g\n", x->method, x->budget,
-                (long long)x->seed, axis ? x->read_tokens : (double)x->memory, tok, x->p50, x->p95, x->mean, x->max,
-                x->bound95);
-    }
-}
-
 #define P(member) KV_AT(pareto_cli, member)
 
 static const kv_opt pareto_table[] = {
@@ -269,21 +191,10 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
         free(rows);
         return err->code;
     }
-    kv_study st = { 0 };
-    for (int i = 0; i < nr && !err->code; i++) kv_study_add(&st, rows[i].spec, err);
-    if (!kv_agree(comm, err)) {
-        pareto_run p = { &w, rows, nr };
-        kv_replay_result res = { 0 };
-        w.ro.table = NULL; /* our table instead of the replay's */
-        w.ro.on_results = write_pareto;
-        w.ro.ctx = &p;
-        kv_cmd_check_placement("pareto", comm);
-        if (!kv_study_run(&st, &w.ro, comm, &res, err)) { /* its errors are agreed already */
-            if (rank == 0) print_table(rows, nr, w.axis, stdout);
-            kv_replay_result_free(&res);
-        }
-    }
-    kv_study_free(&st);
+    kv_pareto p = { w.methods, w.budgets, w.seeds, w.axis, rows, nr };
+    w.ro.table = NULL; /* our table instead of the replay's */
+    kv_cmd_check_placement("pareto", comm);
+    kv_pareto_run(&p, &w.ro, comm, rank == 0 ? stdout : NULL, err);
     free(rows);
     return err->code;
 }
