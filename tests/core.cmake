@@ -8,6 +8,7 @@ foreach(np 1 2 3 4)
   set_property(TEST merge_np${np} APPEND PROPERTY LABELS numerics)
 endforeach()
 kv_unit_test(test_spec test_spec.c core)
+kv_unit_test(test_size test_size.c core)
 
 # one trace for the exact tests: 3 streams, dv != d, small file chunks so
 # every rank owns several chunk-cyclic pieces

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cmd/opts.h"
+#include "core/size.h"
 
 enum { MAX_OPTS = 96, HELP_VAL = 'h', FIRST_VAL = 256 };
 
@@ -88,14 +89,8 @@ static int store(const char *cmd, const slot *s, const char *arg, kv_err *err)
         return KV_OK;
     }
     case KV_OPT_SIZE: {
-        errno = 0;
-        double d = strtod(arg, &end), mul = 1;
-        if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
-        else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
-        else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
-        if (errno || end == arg || *end || !(d > 0) || d * mul > 9e18)
-            return kv_seterr(err, KV_EINPUT, "%s: --%s: '%s' is not a size (e.g. 512M, 4G)", cmd, o->name, arg);
-        *(int64_t *)s->field = (int64_t)(d * mul);
+        kv_err e = { 0, "" };
+        if (kv_size_parse(arg, (int64_t *)s->field, &e)) return kv_seterr(err, KV_EINPUT, "%s: --%s: %s", cmd, o->name, e.msg);
         return KV_OK;
     }
     case KV_OPT_STRING:

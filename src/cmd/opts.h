@@ -30,7 +30,7 @@ typedef enum {
     KV_OPT_FLAG,    /* no value; stores .lo (an int) */
     KV_OPT_INT,     /* integer in [.lo, .hi]; field int, int64_t or uint64_t */
     KV_OPT_DOUBLE,  /* finite number; in [.dlo, .dhi] when .dlo < .dhi */
-    KV_OPT_SIZE,    /* bytes: 123, 64K, 512M, 4G (powers of 1024); int64_t */
+    KV_OPT_SIZE,    /* bytes, core/size.h: 123, 64K, 512MiB (powers of 1024), 500KB (of 1000); int64_t */
     KV_OPT_STRING,  /* const char * (points into argv) */
     KV_OPT_CHOICE,  /* one of .choices ("a|b|c"); stores its index (an int) */
     KV_OPT_INTLIST, /* "1,2,3", each in [.lo, .hi]; a kv_opt_list */

@@ -1,39 +1,28 @@
 /* pareto.c - `kvstream pareto`: error against memory for every (method,
- * budget, seed) instance of a method list, in one replay (docs/PARETO.md).
+ * budget, seed) instance of a method list, in one replay (docs/PARETO.md):
+ * the command line and the instances; the run and /pareto: study/pareto.h.
  *
  * Every instance becomes one spec of a single replay's --methods list,
  *     <method>:<its params>,budget=<b>,seed=<base+i>,name=<method>@<b>#<i>
  * ('.' of the budget written 'p' in the label), so the trace is read and
- * exact attention computed once.  The replay writes /methods/<label> to -o;
- * rank 0 then reads every instance's rel_error and bound_ratio back, sums
- * them up like the replay's own table (kv_summarize: nearest-rank
- * quantiles over all streams and queries) and appends the table /pareto. */
-#include <math.h>
+ * exact attention computed once (study/study.h).  The replay writes
+ * /methods/<label> to -o and hands back every instance's figures (nearest-rank
+ * quantiles over all streams and queries, as its own table); rank 0 adds the
+ * table /pareto (study/table.h) to the same file before the replay closes it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cmd/cmd.h"
 #include "core/budget.h"
 #include "core/spec.h"
-#include "io/results.h"
-#include "kernels/metrics.h"
 #include "methods/method.h"
 #include "mpi/agree.h"
 #include "replay/replay.h"
+#include "study/pareto.h"
 
 enum { MAX_BUDGETS = 64, MAX_SEEDS = 1000, MAX_INSTANCES = 120 /* the results writer holds <= 256 datasets */ };
 
-/* one row of /pareto */
-typedef struct {
-    char method[64];  /* the method's name= in --methods, else its name */
-    char budget[64];  /* as given in --budgets; "none" for a method without budget= */
-    int64_t seed;     /* seed= given to it; -1 for a deterministic method */
-    char label[64];   /* its replay label: the group /methods/<label> */
-    char spec[256];   /* the spec it ran as */
-    int64_t memory;
-    double read_bytes, read_tokens; /* per query (replay/cost.h) */
-    double p50, p95, mean, max, bound95;
-} row;
+typedef kv_pareto_row row; /* one row of /pareto (study/pareto.h) */
 
 typedef struct {
     kv_replay_opts ro;
@@ -138,107 +127,6 @@ static int plan(const pareto_cli *w, row *rows, int *nr, kv_err *err)
     return err->code;
 }
 
-/* "exact,spec,spec,...": the one replay's --methods (malloc'ed) */
-static char *methods_list(const row *rows, int nr, kv_err *err)
-{
-    size_t len = 1;
-    for (int i = 0; i < nr; i++) len += strlen(rows[i].spec) + 1;
-    char *s = kv_malloc(len, err), *o = s;
-    for (int i = 0; s && i < nr; i++) o += sprintf(o, "%s%s", i ? "," : "", rows[i].spec);
-    return s;
-}
-
-/* the statistics of one instance from its group of the results file */
-static int read_row(kv_results *r, row *x, int bound, kv_err *err)
-{
-    char g[96];
-    snprintf(g, sizeof g, "/methods/%s", x->label);
-    double *v = NULL;
-    int64_t n = 0;
-    if (kv_results_read_attr_i64(r, g, "memory_bytes", &x->memory, err) ||
-        kv_results_read_attr_f64(r, g, "read_bytes_per_query", &x->read_bytes, err) ||
-        kv_results_read_attr_f64(r, g, "read_tokens_per_query", &x->read_tokens, err) ||
-        kv_results_read(r, g, "rel_error", KV_R_F64, (void **)&v, &n, err))
-        return err->code;
-    kv_summary e = kv_summarize(v, (size_t)n);
-    free(v);
-    x->p50 = e.p50;
-    x->p95 = e.p95;
-    x->mean = e.mean;
-    x->max = e.max;
-    x->bound95 = NAN; /* no V^T V with --no-bound-ratio */
-    if (bound) {
-        if (kv_results_read(r, g, "bound_ratio", KV_R_F64, (void **)&v, &n, err)) return err->code;
-        x->bound95 = kv_summarize(v, (size_t)n).p95;
-        free(v);
-    }
-    return KV_OK;
-}
-
-/* Rank 0: read the instances back and append /pareto to the results file. */
-static int write_pareto(const pareto_cli *w, row *rows, int nr, kv_err *err)
-{
-    kv_results *r = kv_results_reopen(w->ro.out, err);
-    if (!r) return err->code;
-    const char **meth = kv_calloc((size_t)nr, sizeof *meth, err), **bud = kv_calloc((size_t)nr, sizeof *bud, err);
-    const char **lab = kv_calloc((size_t)nr, sizeof *lab, err);
-    int64_t *i64 = kv_calloc((size_t)nr * 2, sizeof *i64, err);
-    double *f = kv_calloc((size_t)nr * 7, sizeof *f, err);
-    for (int i = 0; !err->code && i < nr; i++) {
-        if (read_row(r, &rows[i], w->ro.bound_ratio, err)) break;
-        meth[i] = rows[i].method;
-        bud[i] = rows[i].budget;
-        lab[i] = rows[i].label;
-        i64[i] = rows[i].seed;
-        i64[nr + i] = rows[i].memory;
-        double st[7] = { rows[i].p50, rows[i].p95, rows[i].mean, rows[i].max, rows[i].bound95, rows[i].read_bytes,
-                         rows[i].read_tokens };
-        for (int c = 0; c < 7; c++) f[c * nr + i] = st[c];
-    }
-    static const char *fcols[7] = { "p50_error", "p95_error", "mean_error", "max_error", "p95_bound_ratio",
-                                    "read_bytes_per_query", "read_tokens_per_query" };
-    const char *G = "/pareto";
-    int64_t dims[1] = { nr };
-    int bad = err->code;
-    if (!bad)
-        bad = kv_results_group(r, G, err) || kv_results_write_strings(r, G, "method", meth, nr, err) ||
-            kv_results_write_strings(r, G, "budget", bud, nr, err) ||
-            kv_results_write_strings(r, G, "label", lab, nr, err) ||
-            kv_results_write_all(r, G, "seed", KV_R_I64, 1, dims, i64, err) ||
-            kv_results_write_all(r, G, "memory_bytes", KV_R_I64, 1, dims, i64 + nr, err) ||
-            kv_results_attr_str(r, G, "methods", w->methods, err) ||
-            kv_results_attr_str(r, G, "budgets", w->budgets, err) ||
-            kv_results_attr_i64(r, G, "seeds", w->seeds, err) ||
-            kv_results_attr_str(r, G, "axis", w->axis ? "reads" : "memory", err) ||
-            kv_results_attr_i64(r, G, "base_seed", (int64_t)w->ro.seed, err);
-    for (int c = 0; c < 7 && !bad; c++) bad = kv_results_write_all(r, G, fcols[c], KV_R_F64, 1, dims, f + c * nr, err);
-    free(meth);
-    free(bud);
-    free(lab);
-    free(i64);
-    free(f);
-    int rc = err->code;
-    kv_results_close(r, err);
-    return rc ? rc : err->code;
-}
-
-/* axis 1: reads per query (tokens a query touches, then the bytes its
- * call read, a batch's shared read split over its queries) instead of memory */
-static void print_table(const row *rows, int nr, int axis, FILE *f)
-{
-    fprintf(f, "%-20s %-10s %6s %14s %12s %10s %10s %10s %10s %10s\n", "method", "budget", "seed",
-            axis ? "read tok/q" : "memory_bytes", axis ? "read B/q" : "", "p50 err", "p95 err", "mean err",
-            "max err", "p95 bound");
-    for (int i = 0; i < nr; i++) {
-        const row *x = &rows[i];
-        char tok[32] = "";
-        if (axis) snprintf(tok, sizeof tok, "%.6g", x->read_bytes);
-        fprintf(f, "%-20.20s %-10.10s %6lld %14.6g %12s %10.3g %10.3g %10.3g %10.3g %10.3g\n", x->method, x->budget,
-                (long long)x->seed, axis ? x->read_tokens : (double)x->memory, tok, x->p50, x->p95, x->mean, x->max,
-                x->bound95);
-    }
-}
-
 #define P(member) KV_AT(pareto_cli, member)
 
 static const kv_opt pareto_table[] = {
@@ -268,7 +156,7 @@ static const kv_opt replay_table[] = {
     { "no-bound-ratio", 0, KV_OPT_FLAG, P(ro.bound_ratio), .lo = 0,
       .help = "skip the V^T V accumulation (p95_bound_ratio is then NaN)" },
     { "max-memory", 0, KV_OPT_SIZE, P(ro.max_memory), .meta = "SIZE", .def = "no limit",
-      .help = "refuse a run whose per-rank bound exceeds SIZE (e.g. 512M, 4G)" },
+      .help = "refuse a run whose per-rank bound exceeds SIZE (512M = 512MiB, 4G = 4GiB; 4GB = 4e9 bytes)" },
     { "quiet", 'q', KV_OPT_FLAG, P(ro.quiet), .lo = 1, .help = "no progress line on stderr" },
     { "floors", 0, KV_OPT_STRING, P(ro.floors), .meta = "FILE", .def = "measured once per run",
       .help = "the replay's --floors (its results' time_over_floor)" },
@@ -303,17 +191,10 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
         free(rows);
         return err->code;
     }
-    char *list = methods_list(rows, nr, err);
-    if (!kv_agree(comm, err)) {
-        w.ro.methods = list;
-        w.ro.table = NULL; /* our table instead of the replay's */
-        kv_cmd_check_placement("pareto", comm);
-        if (!kv_replay_run(&w.ro, comm, NULL, err)) { /* its errors are agreed already */
-            if (rank == 0 && !write_pareto(&w, rows, nr, err)) print_table(rows, nr, w.axis, stdout);
-            kv_agree(comm, err);
-        }
-    }
-    free(list);
+    kv_pareto p = { w.methods, w.budgets, w.seeds, w.axis, rows, nr };
+    w.ro.table = NULL; /* our table instead of the replay's */
+    kv_cmd_check_placement("pareto", comm);
+    kv_pareto_run(&p, &w.ro, comm, rank == 0 ? stdout : NULL, err);
     free(rows);
     return err->code;
 }

@@ -36,7 +36,7 @@ static const kv_opt replay_table[] = {
       .help = "skip the V^T V accumulation behind the bound-ratio metric" },
     { "quiet", 'q', KV_OPT_FLAG, R(quiet), .lo = 1, .help = "no progress line on stderr" },
     { "max-memory", 0, KV_OPT_SIZE, R(max_memory), .meta = "SIZE", .def = "no limit",
-      .help = "refuse a run whose per-rank bound exceeds SIZE (e.g. 512M, 4G)" },
+      .help = "refuse a run whose per-rank bound exceeds SIZE (512M = 512MiB, 4G = 4GiB; 4GB = 4e9 bytes)" },
     { "checkpoint", 0, KV_OPT_STRING, R(checkpoint), .meta = "FILE",
       .help = "write checkpoints here (on SIGTERM/SIGUSR1, --checkpoint-every, --stop-after)" },
     { "checkpoint-every", 0, KV_OPT_INT, R(checkpoint_every), .lo = 1, .hi = INT64_C(1) << 40, .meta = "N",

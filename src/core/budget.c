@@ -3,15 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include "core/budget.h"
-
-static const struct { const char *unit; double mult; } units[] = {
-    { "", 1 },           { "B", 1 },           { "KB", 1e3 },         { "MB", 1e6 },
-    { "GB", 1e9 },       { "TB", 1e12 },       { "KiB", 1024.0 },     { "MiB", 1048576.0 },
-    { "GiB", 1073741824.0 }, { "TiB", 1099511627776.0 }, { "K", 1024.0 }, { "M", 1048576.0 },
-    { "G", 1073741824.0 },
-};
+#include "core/size.h"
 
 int kv_budget_parse(const char *s, kv_budget *b, kv_err *err)
 {
@@ -33,15 +26,12 @@ int kv_budget_parse(const char *s, kv_budget *b, kv_err *err)
         *b = (kv_budget){ KV_BUDGET_TOKENS, v };
         return KV_OK;
     }
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (!strcasecmp(end, units[i].unit) && (units[i].unit[0] || 1)) {
-            double bytes = v * units[i].mult;
-            if (bytes < 1 || bytes > 9e18)
-                return kv_seterr(err, KV_EINPUT, "budget '%s': %s bytes is out of range", s, bytes < 1 ? "under 1" : "over 2^63");
-            *b = (kv_budget){ KV_BUDGET_BYTES, floor(bytes) };
-            return KV_OK;
-        }
-    return kv_seterr(err, KV_EINPUT, "budget '%s': unknown unit '%s' (use %%, tok, B, KB, MB, GB, KiB, MiB, GiB)", s, end);
+    int64_t bytes; /* a size (core/size.h): 8MiB, 500KB, 65536 */
+    kv_err e = { 0, "" };
+    if (kv_size_parse(s, &bytes, &e))
+        return kv_seterr(err, KV_EINPUT, "budget %s%s", e.msg, kv_size_unit(end) > 0 ? "" : " (or %, tok)");
+    *b = (kv_budget){ KV_BUDGET_BYTES, (double)bytes };
+    return KV_OK;
 }
 
 int64_t kv_budget_bytes(const kv_budget *b, int64_t n, int d, int dv)

@@ -2,7 +2,7 @@
  *
  * `--budget X` (the whole run) and `budget=X` (one method) take
  *     10%       a fraction of exact's memory for the stream: n * (d + dv) * 4 bytes
- *     8MiB 500KB 65536      bytes (KiB/MiB/GiB = 2^10.., KB/MB/GB = 10^3.., plain: bytes)
+ *     8MiB 500KB 65536      bytes: a size (core/size.h; KiB = K = 2^10, KB = 10^3)
  *     4096tok   the memory of that many exact tokens: 4096 * (d + dv) * 4 bytes
  * A budget is per stream (one head's cache) and global: the method's peak
  * over all ranks together, whatever their number.  Each method turns the

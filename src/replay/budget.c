@@ -64,7 +64,7 @@ replay_sizes replay_sizes_compute(const replay *r)
         .rtok = root ? sizeof(double) * all : 0,
         .bound = root ? sizeof(double) * all : 0,
         .uidx = sizeof(int64_t) * (size_t)B,
-        .zout = root && o->save_outputs ? sizeof(float) * (size_t)(S * B * dv) : 0,
+        .zout = root && (o->save_outputs || o->on_outputs) ? sizeof(float) * (size_t)(S * B * dv) : 0,
         .ev = root ? sizeof(double) * (size_t)(S * dv) : 0,
     };
 }

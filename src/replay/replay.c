@@ -178,6 +178,7 @@ int kv_replay_run(const kv_replay_opts *o, MPI_Comm comm, kv_replay_result *res,
     }
     if (!rc) {
         replay_summary(r, &k, t_start, res, err);
+        if (!err->code && o->on_results && res && k.res) o->on_results(o->ctx, k.res, res, err); /* rank 0 */
         replay_sink_close(&k, err); /* closing flushes: its failure must reach every rank */
         kv_agree(comm, err);
     }

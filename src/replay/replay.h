@@ -10,13 +10,21 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "core/kverr.h"
+#include "io/results.h"
 #include "methods/method.h"
 
-/* Per-method figures handed back to a caller (e.g. the sweep). */
+/* Per-instance figures handed back to a caller (sweep, pareto: src/study/),
+ * the numbers of the summary table and of the results file's /methods/<label>
+ * attributes, so no caller reopens the results file. */
 typedef struct {
     char label[64];
-    int64_t memory_bytes;
-    double mean_error, p95_error, max_error;
+    int64_t memory_bytes;      /* peak over query positions of the state summed over ranks */
+    double bits_per_token;     /* memory_bytes x 8 / (S n) */
+    double mean_error, p50_error, p95_error, p99_error, max_error; /* rel error over all (stream, query); NaN: --reference none */
+    double p95_bound_ratio;    /* NaN without V^T V (--no-bound-ratio) or reference */
+    double ingest_tok_s, us_per_query; /* the slowest rank's times */
+    double read_bytes_per_query, read_tokens_per_query, flops_per_query; /* means (replay/cost.h) */
+    double time_over_floor;    /* NaN: no floors */
 } kv_replay_summary;
 
 /* What a replay hands back, on every rank. */
@@ -51,6 +59,16 @@ typedef struct {
     int64_t stop_after;     /* stop as a signal would (checkpoint, status 3) once this many queries are done (0: never) */
     kv_reference reference; /* --reference memory|stream|none */
     const char *floors;     /* --floors FILE: read the floors there, or measure and write them (NULL: measure) */
+    /* Rank 0, per merged batch and instance mi (--methods order): the outputs
+     * of queries [j0, j0 + cnt) of every stream, z[(s cnt + jj) dv + c].  A
+     * failure stops the run with its error.  A --resume run calls it only
+     * for the queries after the checkpoint.  NULL: none. */
+    int (*on_outputs)(void *ctx, int mi, int64_t j0, int64_t cnt, const float *z, kv_err *err);
+    /* Rank 0, after the summary with res filled, while the results file
+     * (-o) is still open: the caller's own groups in the same file (pareto's
+     * /pareto).  NULL: none; needs a res and an out. */
+    int (*on_results)(void *ctx, kv_results *out, const kv_replay_result *res, kv_err *err);
+    void *ctx;              /* both callbacks' */
 } kv_replay_opts;
 
 void kv_replay_defaults(kv_replay_opts *o);

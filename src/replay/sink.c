@@ -130,8 +130,10 @@ int replay_sink_batch(replay_sink *k, const replay *r, const replay_batch *b, kv
             replay_sink_group(r, mi, g, sizeof g);
             if (r->ref >= 0) rc = kv_results_write_rows(k->res, g, "rel_error", KV_R_F64, b->j0, b->cnt, rel_b, err);
             if (!rc && b->opn && r->ref >= 0) rc = kv_results_write_rows(k->res, g, "bound_ratio", KV_R_F64, b->j0, b->cnt, bnd_b, err);
-            if (!rc && k->zout) rc = kv_results_write_rows(k->res, g, "outputs", KV_R_F32, b->j0, b->cnt, k->zout, err);
+            if (!rc && r->o->save_outputs)
+                rc = kv_results_write_rows(k->res, g, "outputs", KV_R_F32, b->j0, b->cnt, k->zout, err);
         }
+        if (!rc && r->o->on_outputs) rc = r->o->on_outputs(r->o->ctx, mi, b->j0, b->cnt, k->zout, err);
     }
     free(model); free(rel_b); free(bnd_b);
     return rc;

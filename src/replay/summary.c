@@ -52,39 +52,6 @@ static void gather_totals(const replay *r, const replay_sink *k, totals *t, int6
     for (int mi = 0; mi < r->M; mi++) t[mi].peak = peaks[mi];
 }
 
-/* Every rank gets the per-method figures rank 0 computed. */
-static int share_summary(const replay *r, const replay_sink *k, const totals *t, kv_replay_result *res, kv_err *err)
-{
-    int M = r->M;
-    double *buf = kv_calloc((size_t)M * 3, sizeof(double), err);
-    res->methods = kv_calloc((size_t)M, sizeof *res->methods, err);
-    if (kv_agree(r->comm, err)) {
-        free(buf);
-        kv_replay_result_free(res);
-        return err->code;
-    }
-    int64_t Sm = r->S * r->m;
-    for (int mi = 0; r->rank == 0 && mi < M; mi++) {
-        kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
-        buf[mi * 3] = e.mean;
-        buf[mi * 3 + 1] = e.p95;
-        buf[mi * 3 + 2] = e.max;
-    }
-    if (kv_mpi_bcast(buf, sizeof(double) * (size_t)M * 3, 0, r->comm) != MPI_SUCCESS)
-        kv_seterr(err, KV_EINTERNAL, "MPI_Bcast of the summary failed");
-    for (int mi = 0; mi < M; mi++) {
-        kv_replay_summary *x = &res->methods[mi];
-        snprintf(x->label, sizeof x->label, "%s", r->inst[mi].spec.label);
-        x->memory_bytes = t[mi].peak;
-        x->mean_error = buf[mi * 3];
-        x->p95_error = buf[mi * 3 + 1];
-        x->max_error = buf[mi * 3 + 2];
-    }
-    res->n_methods = M;
-    free(buf);
-    return err->code;
-}
-
 void kv_replay_result_free(kv_replay_result *res)
 {
     if (!res) return;
@@ -265,6 +232,49 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
                 "(largest rank)\n",
                 (double)rss[0] / (1 << 20));
     return k->res ? run_attrs(r, k, k->res, wall, rss, err) : KV_OK;
+}
+
+/* Every rank gets the per-instance figures rank 0 computed (replay.h). */
+enum { NF = 13 };
+static void summary_fill(const replay *r, const replay_sink *k, const totals *t, int mi, double *f)
+{
+    int64_t Sm = r->S * r->m;
+    kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
+    kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm);
+    query_cost c = cost_of(r, k, mi);
+    double usq = t[mi].t_query * 1e6 / (double)(Sm > 0 ? Sm : 1);
+    double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
+    double v[NF] = { bits_per_token(r, t[mi].peak), e.mean, e.p50, e.p95, e.p99, e.max, bd.p95, rate, usq,
+                     c.bytes, c.tokens, c.flops, time_over_floor(r, &c, usq) };
+    for (int i = 0; i < NF; i++) f[i] = v[i];
+}
+
+static int share_summary(const replay *r, const replay_sink *k, const totals *t, kv_replay_result *res, kv_err *err)
+{
+    int M = r->M;
+    double *buf = kv_calloc((size_t)M * NF, sizeof(double), err);
+    res->methods = kv_calloc((size_t)M, sizeof *res->methods, err);
+    if (kv_agree(r->comm, err)) {
+        free(buf);
+        kv_replay_result_free(res);
+        return err->code;
+    }
+    for (int mi = 0; r->rank == 0 && mi < M; mi++) summary_fill(r, k, t, mi, buf + (size_t)mi * NF);
+    if (kv_mpi_bcast(buf, sizeof(double) * (size_t)M * NF, 0, r->comm) != MPI_SUCCESS)
+        kv_seterr(err, KV_EINTERNAL, "MPI_Bcast of the summary failed");
+    for (int mi = 0; mi < M; mi++) {
+        kv_replay_summary *x = &res->methods[mi];
+        const double *f = buf + (size_t)mi * NF;
+        *x = (kv_replay_summary){ .memory_bytes = t[mi].peak, .bits_per_token = f[0], .mean_error = f[1],
+                                  .p50_error = f[2], .p95_error = f[3], .p99_error = f[4], .max_error = f[5],
+                                  .p95_bound_ratio = f[6], .ingest_tok_s = f[7], .us_per_query = f[8],
+                                  .read_bytes_per_query = f[9], .read_tokens_per_query = f[10],
+                                  .flops_per_query = f[11], .time_over_floor = f[12] };
+        snprintf(x->label, sizeof x->label, "%s", r->inst[mi].spec.label);
+    }
+    res->n_methods = M;
+    free(buf);
+    return err->code;
 }
 
 int replay_summary(replay *r, const replay_sink *k, double t_start, kv_replay_result *res, kv_err *err)

@@ -1,4 +1,4 @@
-/* sweep.h - `kvstream sweep`: the barrier sweep of the seed paper.
+/* sweep.h - the barrier sweep of the seed paper (`kvstream sweep`: cmd/sweep.c).
  *
  * For every (n, d) of a grid it generates a trace of the given kind and, for
  * each method template (a spec with '@' where the budget parameter goes,
@@ -14,8 +14,8 @@
  * Results go to an HDF5 table /sweep (kind, n, d, method, param,
  * budget_bytes, p95_error, met, exact_bytes, keeps_all, beta, points,
  * refused, read_tokens; docs/RESULTS_FORMAT.md). */
-#ifndef KVSTREAM_SWEEP_H
-#define KVSTREAM_SWEEP_H
+#ifndef KVSTREAM_STUDY_SWEEP_H
+#define KVSTREAM_STUDY_SWEEP_H
 
 #include <mpi.h>
 #include <stdio.h>
