@@ -120,4 +120,27 @@ if r.returncode:
 same(ref, out, "stopped at queries 300 and 1234 inside one batch")
 print("ok: --stop-after 300 then 1234 inside one batch, resumed: bitwise identical")
 checks += 1
+
+# a checkpoint inside a batch holds only what the walk answered: exact and
+# topk answer after the walk (partial_batch, select), so their partial
+# states for the batch's 2,000 queries (2 x 2000 x (dv + 2) doubles, 1.1 MB
+# per rank) are not in it; what remains is rank 0's metrics of the run (rel,
+# bound, reads: 3 x M x m doubles), the walk's indices and small per-stage
+# fields (--no-bound-ratio: no V^T V snapshots staged for the walked queries)
+ck2, out2 = path("small.ckpt"), path("small.h5")
+M2, dv = 2, 32
+r = run(mpi_cmd(P, exe, "replay", trace, "--methods", "exact,topk:k=64", "--batch", str(M_QUERIES), "--quiet", "--no-bound-ratio",
+                "-o", out2, "--checkpoint", ck2, "--stop-after", "300"), timeout=600)
+if r.returncode != 3:
+    fail("exact,topk --stop-after 300: exit %d: %s" % (r.returncode, r.stderr))
+with h5py.File(ck2, "r") as f:
+    size = f["state"].shape[0]
+bound = 4 * M2 * M_QUERIES * 8 + P * 65536
+walk = P * M2 * M_QUERIES * (dv + 2) * 8
+if size > bound:
+    fail("checkpoint inside a batch of exact and topk: %d bytes, more than %d (the batch's partial states, %d "
+         "bytes, must not be in it)" % (size, bound, walk))
+print("ok: checkpoint inside a 2,000-query batch of exact and topk: %d bytes (<= %d; the batch's partial states "
+      "would add %d)" % (size, bound, walk))
+checks += 1
 print("check_stop_fast: %d passed, 0 failed" % checks)
