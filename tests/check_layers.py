@@ -2,7 +2,7 @@
 """The architecture rules of CMakeLists.txt, checked on the sources.
 
 usage: check_layers.py ROOT name=dir=dep1,dep2, ...   (the KV_LAYERS list)
-1. A file in a layer's folder includes project headers by folder path
+1. A file in a layer's folder (or a subfolder of it) includes project headers by folder path
    ("core/kverr.h"), only from its own layer or from one it declares.
 2. No MPI collective (or point-to-point call) outside mpi/.
 3. No abort() or exit() in library code (every layer but cmd, and main.c):
@@ -33,7 +33,7 @@ def strip_comments(text):
 
 for name, (d, deps) in sorted(layers.items()):
     folder = os.path.join(root, d)
-    for f in sorted(os.listdir(folder)):
+    for f in sorted(os.path.relpath(os.path.join(p, x), folder) for p, _, xs in os.walk(folder) for x in xs):
         if not f.endswith((".c", ".h")):
             continue
         files += 1

@@ -1,4 +1,4 @@
-/* test_subgen.c - SubGen (src/methods/subgen.c) and its samplers
+/* test_subgen.c - SubGen (src/methods/subgen/) and its samplers
  * (src/methods/sampler.c) against exact attention and against their probabilities. */
 #include <float.h>
 #include <math.h>

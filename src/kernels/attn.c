@@ -24,6 +24,7 @@
 #include <omp.h>
 #include "core/kverr.h"
 #include "kernels/attn.h"
+#include "kernels/lanes16.h"
 #include "kernels/partial.h"
 
 #define TILE 64  /* tokens per tile: K and V tiles of d=128 are 32 KiB each */
@@ -43,13 +44,13 @@ _Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows
  * so no call crosses an ABI boundary: -Wpsabi's note (clang and GCC, builds
  * without AVX-512) does not apply. */
 #pragma GCC diagnostic ignored "-Wpsabi"
-typedef float v16 __attribute__((vector_size(64)));
+typedef kv_v16 v16;
 
 static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
 
-typedef int v16i __attribute__((vector_size(64)));
+typedef kv_v16i v16i;
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 

@@ -13,9 +13,9 @@ typedef struct {
     int64_t s;        /* l2 samples, over all ranks */
     int64_t seed;     /* -1: the replay's --seed */
     int64_t index;    /* 0 or 1 */
-    int64_t clusters; /* cluster cap over all ranks; -1: derived from n (subgen.c) */
-    kv_budget budget; /* budget=X: s and clusters from X (subgen.c) */
-    int64_t joint;    /* 0: the paper's estimator (l2 numerator); 1: reservoirs carry values (subgen.c) */
+    int64_t clusters; /* cluster cap over all ranks; -1: derived from n (subgen/subgen.c) */
+    kv_budget budget; /* budget=X: s and clusters from X (subgen/subgen.c) */
+    int64_t joint;    /* 0: the paper's estimator (l2 numerator); 1: reservoirs carry values (subgen/subgen.c) */
     int64_t estimator; /* estimator=paper|joint (0|1); kv_subgen_check folds it into joint */
 } kv_subgen_cfg;
 

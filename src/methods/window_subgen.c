@@ -16,7 +16,7 @@
  * semantics only (SubGen refuses the others).
  *
  * budget=X (core/budget.h; not with W, s or clusters): half the bytes to the
- * window, half to SubGen (its own budget rule, subgen.c).  The window is W =
+ * window, half to SubGen (its own budget rule, subgen/subgen.c).  The window is W =
  * kv_tokring_fit(X/2); rank r's ring holds at most kv_tokring_fit of its
  * shard's share of X/2 tokens (so the rings add up to <= X/2 at any rank
  * count), and when it is full its oldest token goes to SubGen early.
