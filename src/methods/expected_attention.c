@@ -23,13 +23,16 @@
  * so the statistics, hence the keys, are the same everywhere without any
  * communication.  Near-ties are measured on the keys, i.e. on log scores.
  *
- * budget=X: B = floor((bytes(X) - W g q) / slot) - E, q a kept query row,
- * g the rows per position: the window of rows is kept on every rank and
+ * budget=X: B = floor((bytes(X) - W g q - G) / slot) - E, q a kept query
+ * row, g the rows per position, G the Gaussian: the window of rows is kept on every rank and
  * counted once, on rank 0, like tova's rows, so B and the memory do not
  * depend on P.  tokens= and budget= exclude each other.  B >= n: exact.
  *
- * Memory: allocated slots x ((d + dv) floats + index) + the window's rows
- * (d floats each, the largest it held) and its per-position counts. */
+ * Memory: allocated slots x ((d + dv) floats + index + cached key) + the
+ * window's rows (d floats each, the largest it held), its per-position
+ * counts and its Gaussian (d + d^2 doubles; d without cov).  Keys are
+ * cached: a decision recomputes them all only after the window changed (a
+ * query was answered), else only the arrivals'. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +50,11 @@ typedef struct {
     int64_t ties;         /* near-tie decisions */
     kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* the held rows (no heap: keys change with every query) */
+    double *key;          /* each slot's key (kcap allocated = sl.cap); NAN: not computed yet */
+    int64_t kcap;
+    int kvalid;           /* 0: every key is stale (the window changed) */
+    double *g;            /* the window's Gaussian: mu (d), then with cov Sigma (d x d) */
+    int gstate;           /* 0: stale; 1: g holds it; 2: no query yet (every key 0) */
     float *qr;            /* the window's rows, oldest first (nrows x d) */
     int64_t nrows, rcap;  /* rows held, allocated */
     int32_t *qn;          /* rows of each window position, oldest first (W allocated) */
@@ -72,14 +80,20 @@ static const kv_param_def ea_params[] = {
     KV_PARAM_TABLE_END
 };
 
-static int64_t slot_bytes(int d, int dv) { return kv_slots_row_bytes(d, dv, 0, 0); }
+/* a held token: its row and its cached key */
+static int64_t slot_bytes(int d, int dv) { return kv_slots_row_bytes(d, dv, 0, 0) + (int64_t)sizeof(double); }
+
+/* the Gaussian's cache: mu, and Sigma with cov */
+static int64_t gauss_len(int d, int cov) { return d + (cov ? (int64_t)d * d : 0); }
 
 static int64_t group_rows(const kv_method_ctx *ctx) { return ctx->q_group > 0 ? ctx->q_group : 1; }
 
-/* the window at its nominal size: W positions of g rows, and the counts */
-static int64_t window_bytes(const kv_method_ctx *ctx, int64_t W)
+/* the window at its nominal size (W positions of g rows, and the counts)
+ * and the Gaussian's cache */
+static int64_t window_bytes(const kv_method_ctx *ctx, int64_t W, int cov)
 {
-    return W * group_rows(ctx) * ctx->d * (int64_t)sizeof(float) + W * (int64_t)sizeof(int32_t);
+    return W * group_rows(ctx) * ctx->d * (int64_t)sizeof(float) + W * (int64_t)sizeof(int32_t) +
+           gauss_len(ctx->d, cov) * (int64_t)sizeof(double);
 }
 
 static int ea_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
@@ -102,14 +116,14 @@ static int ea_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err
     int64_t B = c->tokens;
     if (c->budget.kind != KV_BUDGET_NONE) {
         int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
-        int64_t rest = bytes - window_bytes(ctx, c->queries);
+        int64_t rest = bytes - window_bytes(ctx, c->queries, c->cov == 0);
         B = rest > 0 ? rest / per - c->every : 0;
         if (B <= c->sinks)
             return kv_params_error(ea_params, spec, err,
                                    "budget of %lld bytes holds no more than the %lld sinks (a token takes %lld, the query "
                                    "window %lld, and %lld arriving between decisions are reserved: every=)",
                                    (long long)bytes, (long long)c->sinks, (long long)per,
-                                   (long long)window_bytes(ctx, c->queries), (long long)c->every);
+                                   (long long)window_bytes(ctx, c->queries, c->cov == 0), (long long)c->every);
         if (B > INT32_MAX)
             return kv_params_error(ea_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
@@ -128,9 +142,32 @@ static int ea_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err
     s->S = c->sinks;
     s->cov = c->cov == 0;
     s->vnorm = c->vnorm == 0;
+    s->g = kv_calloc((size_t)gauss_len(ctx->d, s->cov), sizeof(double), err);
+    if (!s->g) {
+        free(s->qn);
+        free(s);
+        return err->code;
+    }
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, 0);
     *out = s;
     return KV_OK;
+}
+
+/* The key array resized to rows (>= the slots in use); 1: out of memory. */
+static int key_fit(ea_state *s, int64_t rows)
+{
+    if (rows == s->kcap) return 0;
+    if (rows == 0) {
+        free(s->key);
+        s->key = NULL;
+        s->kcap = 0;
+        return 0;
+    }
+    double *k = realloc(s->key, sizeof(double) * (size_t)rows);
+    if (!k) return rows > s->kcap; /* a failed shrink keeps the larger block */
+    s->key = k;
+    s->kcap = rows;
+    return 0;
 }
 
 static int ea_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -140,10 +177,14 @@ static int ea_ingest(void *state, const float *K, const float *V, int64_t first,
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "expected-attention", err)) return err->code;
-    for (size_t i = 0; i < n; i++) kv_slots_set(sl, (int32_t)sl->held++, K + i * d, V + i * dv, first + (int64_t)i, 0);
+    if (key_fit(s, sl->held + (int64_t)n)) return kv_seterr(err, KV_EINTERNAL, "expected-attention: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        s->key[sl->held] = NAN;
+        kv_slots_set(sl, (int32_t)sl->held++, K + i * d, V + i * dv, first + (int64_t)i, 0);
+    }
     s->seen += (int64_t)n;
     kv_slots_resize(sl, sl->held);
-    return KV_OK;
+    return key_fit(s, sl->cap) ? kv_seterr(err, KV_EINTERNAL, "expected-attention: out of memory") : KV_OK;
 }
 
 /* The window's Gaussian: mu (d) and, with cov, Sigma (d x d, biased).
@@ -188,20 +229,23 @@ static double slot_key(const ea_state *s, int64_t t, const double *mu, const dou
     }
     if (!s->vnorm) return a;
     for (int64_t i = 0; i < dv; i++) vv += (double)v[i] * v[i];
-    return vv > 0 ? a + 0.5 * log(vv) : -INFINITY;
+    double r = vv > 0 ? a + 0.5 * log(vv) : -INFINITY;
+    return isnan(r) ? a : r; /* an overflowed a (+inf) with a zero value */
 }
 
-/* Every held slot's key (sinks: +inf, never a candidate) into key[held]. */
-static int all_keys(const ea_state *s, double *key)
+/* Bring every held slot's key up to date (sinks: +inf, never a
+ * candidate): all of them after the window changed, else the arrivals
+ * since the last decision.  The window changes only when a query is
+ * answered, so between queries a decision scores only what arrived. */
+static void refresh_keys(ea_state *s)
 {
     int64_t d = s->ctx.d, n = s->sl.held;
-    double *mu = malloc(sizeof(double) * (size_t)(d + (s->cov ? d * d : 0)));
-    if (!mu) return KV_EINTERNAL;
-    int have = gaussian(s, mu, mu + d);
-    for (int64_t t = 0; t < n; t++)
-        key[t] = s->sl.idx[t] < s->S ? INFINITY : have ? slot_key(s, t, mu, mu + d) : 0.0;
-    free(mu);
-    return KV_OK;
+    if (s->gstate == 0) s->gstate = gaussian(s, s->g, s->g + d) ? 1 : 2;
+    for (int64_t t = 0; t < n; t++) {
+        if (s->kvalid && !isnan(s->key[t])) continue;
+        s->key[t] = s->sl.idx[t] < s->S ? INFINITY : s->gstate == 1 ? slot_key(s, t, s->g, s->g + d) : 0.0;
+    }
+    s->kvalid = 1;
 }
 
 static int64_t ea_every(const void *state) { return ((const ea_state *)state)->E; }
@@ -218,18 +262,17 @@ static int64_t ea_need(void *state, int64_t x, int at_query)
 
 static int ea_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
-    const ea_state *s = st[0];
+    ea_state *s = st[0];
     int64_t n = s->sl.held, m = 0;
     (void)ns; (void)x; (void)halo;
-    double *key = malloc(sizeof(double) * (size_t)(n + 1));
     kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
-    int rc = key && all ? all_keys(s, key) : KV_EINTERNAL;
-    for (int64_t t = 0; t < n && rc == KV_OK; t++)
-        if (s->sl.idx[t] >= s->S) all[m++] = (kv_evkey){ key[t], (double)s->sl.idx[t] };
-    if (rc == KV_OK) kv_evict_lowest(all, (size_t)m, L, keys);
-    free(key);
+    if (!all) return KV_EINTERNAL;
+    refresh_keys(s);
+    for (int64_t t = 0; t < n; t++)
+        if (s->sl.idx[t] >= s->S) all[m++] = (kv_evkey){ s->key[t], (double)s->sl.idx[t] };
+    kv_evict_lowest(all, (size_t)m, L, keys);
     free(all);
-    return rc;
+    return KV_OK;
 }
 
 /* Drop the non-sink slots whose key goes (the same keys cands sent). */
@@ -238,20 +281,16 @@ static int ea_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, 
     ea_state *s = st[0];
     kv_evkey cut = merged[need - 1];
     (void)ns; (void)x;
-    double *key = malloc(sizeof(double) * (size_t)(s->sl.held + 1));
-    if (!key || all_keys(s, key)) {
-        free(key);
-        return KV_EINTERNAL;
-    }
+    refresh_keys(s); /* up to date since cands: a no-op */
     for (int64_t t = s->sl.held - 1; t >= 0; t--) {
-        kv_evkey k = { key[t], (double)s->sl.idx[t] };
+        kv_evkey k = { s->key[t], (double)s->sl.idx[t] };
         if (s->sl.idx[t] < s->S || !kv_evkey_goes(k, cut)) continue;
-        key[t] = key[s->sl.held - 1]; /* the last slot moves into t */
+        s->key[t] = s->key[s->sl.held - 1]; /* the last slot moves into t */
         kv_slots_drop(&s->sl, (int32_t)t);
     }
-    free(key);
     s->ties += kv_evict_near_tie(cut, merged[need]);
     kv_slots_resize(&s->sl, s->sl.held);
+    key_fit(s, s->sl.cap); /* a shrink: cannot fail */
     return KV_OK;
 }
 
@@ -277,6 +316,7 @@ static int window_push(ea_state *s, const float *Q, int nq, int64_t p)
     memcpy(s->qr + s->nrows * d, Q, sizeof(float) * (size_t)(nq * d));
     s->nrows += nq;
     s->qn[s->npos++] = nq;
+    s->gstate = s->kvalid = 0;
     return KV_OK;
 }
 
@@ -290,16 +330,19 @@ static int ea_partial(void *state, const float *Q, int nq, int64_t p, double *st
 
 static void ea_cost(const void *state, kv_query_cost *c) { *c = ((const ea_state *)state)->cost; }
 
-/* the window, counted once, on rank 0 (every rank keeps the same copy) */
+/* the window and its Gaussian, counted once, on rank 0 (every rank keeps
+ * the same copy) */
 static int64_t window_held(const ea_state *s)
 {
-    return s->ctx.rank == 0 ? s->rcap * s->ctx.d * (int64_t)sizeof(float) + s->W * (int64_t)sizeof(int32_t) : 0;
+    return s->ctx.rank == 0 ? s->rcap * s->ctx.d * (int64_t)sizeof(float) + s->W * (int64_t)sizeof(int32_t) +
+                                  gauss_len(s->ctx.d, s->cov) * (int64_t)sizeof(double)
+                            : 0;
 }
 
 static size_t ea_bytes(const void *state)
 {
     const ea_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)window_held(s);
+    return kv_slots_bytes(&s->sl) + (size_t)s->kcap * sizeof(double) + (size_t)window_held(s);
 }
 
 static void ea_extra(const void *state, kv_method_extra *x)
@@ -317,10 +360,14 @@ static void ea_free(void *state)
     kv_slots_free(&s->sl);
     free(s->qr);
     free(s->qn);
+    free(s->key);
+    free(s->g);
     free(s);
 }
 
-/* Counters, the window (allocated rows, counts, rows), then the slots. */
+/* Counters, the window (allocated rows, counts, rows), then the slots;
+ * the keys and the Gaussian are computed anew after a load (from the same
+ * numbers, in the same order: the same bits). */
 static void ea_save(const void *state, kv_buf *out)
 {
     const ea_state *s = state;
@@ -372,6 +419,9 @@ static int ea_load(void *state, kv_rd *in, kv_err *err)
     float *grown = NULL;
     int ok = d && nr % d == 0 && t.rcap <= s->W * 4096 && ea_valid(&t, t.nrows);
     if (ok && t.rcap > t.nrows && !(grown = realloc(qr, sizeof(float) * (size_t)t.rcap * d))) ok = 0;
+    if (ok && key_fit(&t, t.sl.cap)) ok = 0; /* t.key is s's array: resized in place */
+    s->key = t.key;
+    s->kcap = t.kcap;
     if (!ok) {
         free(qn);
         free(grown ? (void *)grown : qr);
@@ -385,6 +435,7 @@ static int ea_load(void *state, kv_rd *in, kv_err *err)
     kv_slots_free(&s->sl);
     free(s->qr);
     *s = t;
+    s->gstate = s->kvalid = 0;
     return KV_OK;
 }
 
@@ -394,7 +445,7 @@ static int64_t ea_max_bytes(const void *state)
     int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
     /* the window at g rows per position (more only where a trace puts
      * several queries of one head at one position) */
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + (s->ctx.rank == 0 ? window_bytes(&s->ctx, s->W) : 0);
+    return held * slot_bytes(s->ctx.d, s->ctx.dv) + (s->ctx.rank == 0 ? window_bytes(&s->ctx, s->W, s->cov) : 0);
 }
 
 const kv_method_ops kv_method_expected_attention = {
