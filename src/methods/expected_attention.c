@@ -212,7 +212,8 @@ static int gaussian(const ea_state *s, double *mu, double *sig)
 }
 
 /* Slot t's key: log of its expected weight (up to the common Z) times ||v||. */
-static double slot_key(const ea_state *s, int64_t t, const double *mu, const double *sig)
+/* y: d doubles of scratch. */
+static double slot_key(const ea_state *s, int64_t t, const double *mu, const double *sig, double *y)
 {
     int64_t d = s->ctx.d, dv = s->ctx.dv;
     const float *k = s->sl.K + t * d, *v = s->sl.V + t * dv;
@@ -220,11 +221,15 @@ static double slot_key(const ea_state *s, int64_t t, const double *mu, const dou
     for (int64_t i = 0; i < d; i++) a += mu[i] * k[i];
     a *= sc;
     if (s->cov) {
+        /* y = Sigma k as a sum of Sigma's rows (Sigma is symmetric): the inner
+         * loop has no reduction, so it vectorises */
+        for (int64_t j = 0; j < d; j++) y[j] = 0;
         for (int64_t i = 0; i < d; i++) {
-            double row = 0;
-            for (int64_t j = 0; j < d; j++) row += sig[i * d + j] * k[j];
-            quad += k[i] * row;
+            double ki = k[i];
+            const double *row = sig + i * d;
+            for (int64_t j = 0; j < d; j++) y[j] += row[j] * ki;
         }
+        for (int64_t j = 0; j < d; j++) quad += y[j] * k[j];
         a += 0.5 * sc * sc * quad;
     }
     if (!s->vnorm) return a;
@@ -237,15 +242,19 @@ static double slot_key(const ea_state *s, int64_t t, const double *mu, const dou
  * candidate): all of them after the window changed, else the arrivals
  * since the last decision.  The window changes only when a query is
  * answered, so between queries a decision scores only what arrived. */
-static void refresh_keys(ea_state *s)
+static int refresh_keys(ea_state *s)
 {
     int64_t d = s->ctx.d, n = s->sl.held;
+    double *y = malloc(sizeof(double) * (size_t)d);
+    if (!y) return KV_EINTERNAL;
     if (s->gstate == 0) s->gstate = gaussian(s, s->g, s->g + d) ? 1 : 2;
     for (int64_t t = 0; t < n; t++) {
         if (s->kvalid && !isnan(s->key[t])) continue;
-        s->key[t] = s->sl.idx[t] < s->S ? INFINITY : s->gstate == 1 ? slot_key(s, t, s->g, s->g + d) : 0.0;
+        s->key[t] = s->sl.idx[t] < s->S ? INFINITY : s->gstate == 1 ? slot_key(s, t, s->g, s->g + d, y) : 0.0;
     }
     s->kvalid = 1;
+    free(y);
+    return KV_OK;
 }
 
 static int64_t ea_every(const void *state) { return ((const ea_state *)state)->E; }
@@ -266,8 +275,10 @@ static int ea_cands(void *const *st, int ns, int64_t x, const double *halo, int 
     int64_t n = s->sl.held, m = 0;
     (void)ns; (void)x; (void)halo;
     kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
-    if (!all) return KV_EINTERNAL;
-    refresh_keys(s);
+    if (!all || refresh_keys(s)) {
+        free(all);
+        return KV_EINTERNAL;
+    }
     for (int64_t t = 0; t < n; t++)
         if (s->sl.idx[t] >= s->S) all[m++] = (kv_evkey){ s->key[t], (double)s->sl.idx[t] };
     kv_evict_lowest(all, (size_t)m, L, keys);
@@ -281,7 +292,7 @@ static int ea_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, 
     ea_state *s = st[0];
     kv_evkey cut = merged[need - 1];
     (void)ns; (void)x;
-    refresh_keys(s); /* up to date since cands: a no-op */
+    if (refresh_keys(s)) return KV_EINTERNAL; /* up to date since cands: a no-op */
     for (int64_t t = s->sl.held - 1; t >= 0; t--) {
         kv_evkey k = { s->key[t], (double)s->sl.idx[t] };
         if (s->sl.idx[t] < s->S || !kv_evkey_goes(k, cut)) continue;
