@@ -4,8 +4,8 @@
 usage: check_evictors.py [--exe KVSTREAM | --build DIR] [--work DIR] [--only METHOD[,METHOD]] [--np 1,3] [-v]
 
 The reference is written from the methods' definitions (docs/ALGORITHMS.md for
-window, sinks and topk; the papers and the 1-rank semantics of h2o, tova and
-snapkv: decision points, (score, index) keys, top-B keeps), never from
+window, sinks and topk; the papers and the 1-rank semantics of h2o, tova,
+snapkv and expected-attention: decision points, (score, index) keys, top-B keeps), never from
 kvstream's C code.  It runs on three traces: a sparse-query gaussian trace
 (2 streams x 4000 tokens, d = 16, 100 queries), a query at every position
 (2 x 1000, d = 16) and a recorded stories260K trace (20 streams, 256 positions,
@@ -28,6 +28,11 @@ multiples of every/period; at a query position decide, answer, then score):
   the rest by pooled vote; vote = weight summed over the rows of the last
   `window` answered positions that see the token; pooled over held
   non-protected neighbours |u - t| <= kernel//2 (avg: sum / kernel; max).
+- expected-attention (defaults every 16, queries 128, sinks 4; arXiv
+  2510.00636 and kvpress's ExpectedAttentionPress): above B, keep tokens < S
+  and the top B - S others by softmax(scale mu.k + scale^2 k'Sigma k / 2)
+  times ||v||, mu and Sigma (biased) over the rows of the last `queries`
+  answered positions > S.
 
 What is asserted (one line per failing (trace, spec, P), at most 20; exit 1):
 - every compared query's output equals the reference's within
@@ -122,23 +127,25 @@ def decision_points(st, every):
     return sorted(pts), {g[0]: g for g in st.groups}
 
 
-def top_keys(idx, score, keep):
+def top_keys(idx, score, keep, log=False):
     """The `keep` best (score, index) keys of tokens idx: (kept indices sorted, margin or None).
-    margin: worst kept vs best evicted score, relative to the larger; 0 marks a near-tie."""
+    margin: worst kept vs best evicted score, relative to the larger; 0 marks a near-tie.
+    log: the scores are logs, and the margin their difference (the scores' relative gap)."""
     order = np.lexsort((idx, score))[::-1]          # best first: score, then the newer index
     kept = np.sort(idx[order[:keep]])
     if keep >= len(idx):
         return kept, None
     if keep == 0:
         return kept, None                           # nothing kept: no comparison between keys
+    gap = (lambda hi, lo: hi - lo) if log else rel_gap
     sk, se = score[order[keep - 1]], score[order[keep]]
     if sk > se:
-        return kept, rel_gap(sk, se)
+        return kept, gap(sk, se)
     # an exact tie at the boundary: zeros (nothing scored those tokens) or one
     # shared max-pooled vote, equal in float32 too, so the index decides; the
     # decision still turns on the nearest other scores above and below it
     above, below = score[score > sk], score[score < sk]
-    gaps = ([rel_gap(above.min(), sk)] if len(above) else []) + ([rel_gap(sk, below.max())] if len(below) else [])
+    gaps = ([gap(above.min(), sk)] if len(above) else []) + ([gap(sk, below.max())] if len(below) else [])
     return kept, min(gaps) if gaps else None
 
 
@@ -261,6 +268,49 @@ def ref_tova(sts, B, E=64, scope="head", n_kv_heads=None):
     return res
 
 
+def ref_expected_attention(sts, B, E=16, W=128, S=4, cov=True, vnorm=True):
+    """Expected Attention (arXiv 2510.00636, kvpress's ExpectedAttentionPress): the rows of the last W
+    query positions > S form a Gaussian N(mu, Sigma) (biased covariance); a token's score is
+    softmax_t(scale mu.k_t + scale^2 k_t^T Sigma k_t / 2) * ||v_t||; the first S tokens are kept."""
+    res = Result(len(sts), sts[0].Q.shape[0], sts[0].V.shape[1])
+    for s, st in enumerate(sts):
+        held = np.zeros(0, np.int64)
+        win = []                                     # (r0, r1) of the last W statistics positions
+        pts, at = decision_points(st, E)
+        xp = 0
+        for x in pts:
+            held = np.concatenate([held, np.arange(xp, x)])
+            if len(held) > B:
+                sink, oth = held[held < S], held[held >= S]
+                score = np.zeros(len(oth))
+                if win:
+                    Qw = np.concatenate([st.Q[r0:r1] for r0, r1 in win])
+                    mu = Qw.mean(axis=0)
+                    K = st.K[oth]
+                    a = st.scale * (K @ mu)
+                    if cov:
+                        C = Qw - mu
+                        sig = C.T @ C / len(Qw)
+                        a += 0.5 * st.scale ** 2 * np.einsum("ti,ij,tj->t", K, sig, K)
+                    # the log of kvpress's score, softmax(a) ||v||: its scores underflow far below the
+                    # kept ones, where a relative margin would flag ties that float32 orders right
+                    score = a - a.max() - np.log(np.exp(a - a.max()).sum())
+                    if vnorm:
+                        with np.errstate(divide="ignore"):
+                            score += np.log(np.linalg.norm(st.V[oth], axis=1))
+                kept, margin = top_keys(oth, score, B - len(sink), log=True)
+                if margin is not None and margin < TIE_REL:
+                    res.tie_from([s], at[x][1] if x in at else next_row(st, x))
+                held = np.concatenate([sink, kept])
+            if x in at:
+                _, r0, r1 = at[x]
+                st.answer(r0, r1, held, res.out[s])
+                if x > S:
+                    win = (win + [(r0, r1)])[-W:]
+            xp = x
+    return res
+
+
 def pool_scores(idx, vote, k, how):
     """Pool votes over index neighbours |u - t| <= k//2 among idx (absent positions count 0)."""
     if len(idx) == 0:
@@ -332,6 +382,9 @@ def reference(spec, sts, n_kv_heads):
     if name == "snapkv":
         return ref_snapkv(sts, i("tokens", 1024), i("window", 32), i("kernel", 5), kv.get("pool", "avg"),
                           i("period", 64), int(kv["every"]) if "every" in kv else SNAPKV_EVERY)
+    if name == "expected-attention":
+        return ref_expected_attention(sts, i("tokens", 1024), i("every", 16), i("queries", 128), i("sinks", 4),
+                                      kv.get("cov", "yes") == "yes", kv.get("vnorm", "yes") == "yes")
     raise ValueError(spec)
 
 
@@ -350,7 +403,7 @@ def known_params(exe):
     r = run([exe, "methods"])
     params, cur = {}, None
     for line in r.stdout.splitlines():
-        m = re.match(r"^  (\S+)\s{2,}\S", line)
+        m = re.match(r"^  (\S+)\s+\S", line)
         if m:
             cur = m.group(1)
             params[cur] = {"name"}
@@ -397,6 +450,9 @@ def specs_for(name, n):
          "snapkv:tokens=%d" % n, "snapkv:tokens=8,window=4,kernel=3,period=4",
          "snapkv:tokens=%d,window=16,kernel=7,pool=max,period=32,every=8" % mid,
          "snapkv:tokens=%d" % (mid + 40), "snapkv:tokens=%d,window=8,kernel=5,pool=avg,period=16" % big]
+    s += ["expected-attention:tokens=%d" % n, "expected-attention:tokens=5,sinks=4",
+          "expected-attention:tokens=%d" % mid, "expected-attention:tokens=%d,queries=8,every=4" % mid,
+          "expected-attention:tokens=%d,sinks=0,cov=no,vnorm=no" % mid, "expected-attention:tokens=%d,every=32" % big]
     if name == "rec":
         s += ["tova:tokens=%d,scope=layer" % mid, "tova:tokens=8,scope=layer"]
     return s
@@ -407,7 +463,7 @@ def main():
     ap.add_argument("--exe", help="the kvstream binary")
     ap.add_argument("--build", default="build", help="build directory holding kvstream (when --exe is not given)")
     ap.add_argument("--work", default="evictors-work", help="directory for traces and results")
-    ap.add_argument("--only", help="check only these methods (comma-separated: window,sinks,topk,h2o,tova,snapkv)")
+    ap.add_argument("--only", help="check only these methods (comma-separated: window,sinks,topk,h2o,tova,snapkv,expected-attention)")
     ap.add_argument("--np", default="1,3", help="rank counts (the first is the one P-equality is measured against)")
     ap.add_argument("-v", action="store_true", help="print every compared query")
     a = ap.parse_args()

@@ -1,5 +1,5 @@
-# An independent float64 reference of window, sinks, topk, h2o, tova and
-# snapkv (tests/check_evictors.py, written from the methods' definitions, not
+# An independent float64 reference of window, sinks, topk, h2o, tova,
+# snapkv and expected-attention (tests/check_evictors.py, written from the methods' definitions, not
 # from kvstream's code) against kvstream at P = 1 and 3 on two generated
 # traces and a recorded stories260K trace; outputs compared up to each
 # stream's first near-tie decision, P = 3 against P = 1 too.

@@ -23,6 +23,7 @@ extern const kv_method_ops kv_method_tova;
 extern const kv_method_ops kv_method_snapkv;
 extern const kv_method_ops kv_method_balancekv;
 extern const kv_method_ops kv_method_turboquant;
+extern const kv_method_ops kv_method_expected_attention;
 
 static const kv_method_ops *const registry[] = {
     &kv_method_exact,
@@ -42,6 +43,7 @@ static const kv_method_ops *const registry[] = {
     &kv_method_snapkv,
     &kv_method_balancekv,
     &kv_method_turboquant,
+    &kv_method_expected_attention,
     NULL
 };
 
