@@ -40,3 +40,16 @@ set_tests_properties(budget_scope_unscoped PROPERTIES FIXTURES_REQUIRED global_t
 add_test(NAME budget_scope_bad COMMAND ${KVSTREAM_EXE} replay ${KV_WORK}/global.h5 --budget-scope head -q)
 set_tests_properties(budget_scope_bad PROPERTIES FIXTURES_REQUIRED global_trace ENVIRONMENT "${KV_MPI_ENV}"
                      PASS_REGULAR_EXPRESSION "--budget-scope: 'head' is not one of stream, layer, trace" PROCESSORS 1)
+# the same trace under --budget-scope trace: P-invariant and within S budgets
+set(KV_SCOPE_RESULTS "")
+foreach(np 1 2)
+  kv_mpi_test(global_scope_np${np} ${np} ${KVSTREAM_EXE} replay ${KV_WORK}/global.h5 --budget-scope trace
+              --methods exact,h2o:budget=5%,name=h2o_pct,tova:budget=5%,name=tova_pct,snapkv:budget=5%,window=8,name=snap_pct
+              --save-outputs --quiet --batch 7 --shard-chunk 37 -o ${KV_WORK}/global_scope_np${np}.h5)
+  set_tests_properties(global_scope_np${np} PROPERTIES FIXTURES_REQUIRED global_trace FIXTURES_SETUP global_scope)
+  list(APPEND KV_SCOPE_RESULTS ${KV_WORK}/global_scope_np${np}.h5)
+endforeach()
+add_test(NAME global_scope_vs_ranks COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_global_methods.py scope
+         ${KV_WORK}/global.h5 ${KV_SCOPE_RESULTS})
+set_tests_properties(global_scope_vs_ranks PROPERTIES FIXTURES_REQUIRED "global_trace;global_scope"
+                     ENVIRONMENT "${KV_PYENV}" LABELS "mpi;numerics" PROCESSORS 1)
