@@ -240,7 +240,6 @@ static const scase cases[] = {
 static void test_case(const scase *c, const data *x)
 {
     kv_method_ctx ctx = make_ctx(KV_SCOPE_LAYER, NS);
-    size_t sl = KV_PSTATE_LEN(DV);
     for (int P = 1; P <= MAXP; P++) {
         gemu e;
         kv_err err = { 0 };
@@ -272,7 +271,6 @@ static void test_case(const scase *c, const data *x)
             }
             spread = hi - lo > spread ? hi - lo : spread;
         }
-        (void)sl;
         end_epoch(&e);
         size_t bound = (size_t)((c->B + NS * EVERY) * c->slot + NS * c->rows);
         int64_t lo = N, hi = 0, tot = 0;
@@ -292,6 +290,19 @@ static void test_case(const scase *c, const data *x)
     }
 }
 
+/* create spec's first method on ctx: KV_OK with *st and *o, or the error */
+static int make(const char *spec, const kv_method_ctx *ctx, const kv_method_ops **o, void **st, kv_err *err)
+{
+    kv_spec *sp;
+    int n;
+    *st = NULL;
+    CHECK(kv_spec_parse_list(spec, &sp, &n, err) == KV_OK, "%s", err->msg);
+    *o = kv_method_find(sp[0].method);
+    int rc = (*o)->create(&sp[0], ctx, st, err);
+    free(sp);
+    return rc;
+}
+
 /* budget= under a layer scope: ns times one stream's tokens (bytes: X is
  * the total, split evenly), so never more than the stream scope. */
 static void test_budget(void)
@@ -308,16 +319,12 @@ static void test_budget(void)
             snprintf(spec, sizeof spec, "%s", specs[i]);
             if (bytes && !sc) snprintf(spec, sizeof spec, "%.*s%d", (int)(strchr(specs[i], '=') - specs[i] + 1),
                                        specs[i], 9000 / NS);
-            kv_spec *sp;
-            int n;
             kv_err err = { 0 };
-            void *st = NULL;
-            CHECK(kv_spec_parse_list(spec, &sp, &n, &err) == KV_OK, "%s", err.msg);
-            const kv_method_ops *o = kv_method_find(sp[0].method);
-            CHECK(o->create(&sp[0], &ctx, &st, &err) == KV_OK, "%s: %s", spec, err.msg);
+            const kv_method_ops *o;
+            void *st;
+            CHECK(make(spec, &ctx, &o, &st, &err) == KV_OK, "%s: %s", spec, err.msg);
             held[sc] = st ? o->max_bytes(st) : -1;
             if (st) o->free(st);
-            free(sp);
         }
         /* max_bytes per stream: layer's even share equals the stream scope's */
         CHECK(held[0] == held[1], "%s: layer scope bounds %lld bytes per stream, stream scope %lld", specs[i],
@@ -328,17 +335,13 @@ static void test_budget(void)
 static void refused(const char *spec, int scope, int kv_heads, const char *what)
 {
     kv_method_ctx ctx = make_ctx(scope, kv_heads);
-    kv_spec *sp;
-    int n;
     kv_err err = { 0 };
-    void *st = NULL;
-    CHECK(kv_spec_parse_list(spec, &sp, &n, &err) == KV_OK, "%s", err.msg);
-    const kv_method_ops *o = kv_method_find(sp[0].method);
-    int rc = o->create(&sp[0], &ctx, &st, &err);
+    const kv_method_ops *o;
+    void *st;
+    int rc = make(spec, &ctx, &o, &st, &err);
     CHECK(rc == KV_EINPUT && strstr(err.msg, what) && !strchr(err.msg, '\n'), "%s: not refused with '%s' (%d: %s)",
           spec, what, rc, err.msg);
     if (st) o->free(st);
-    free(sp);
 }
 
 int main(void)

@@ -144,7 +144,7 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
             return kv_params_error(snapkv_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
         B *= ns;
-    } else if (B <= ns * c->window) {
+    } else if (ns > 1 && B <= ns * c->window) {
         return kv_params_error(snapkv_params, spec, err, "tokens=%lld do not exceed the windows of %lld streams (%lld)",
                                (long long)B, (long long)ns, (long long)(ns * c->window));
     }
