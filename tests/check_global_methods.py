@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """topk and h2o replays at P = 1..4 ranks: the rank count is a performance knob.
 
-usage: check_global_methods.py topk|h2o|evict TRACE RESULTS_NP1 [RESULTS_NP2 ...]
+usage: check_global_methods.py topk|h2o|evict|scope TRACE RESULTS_NP1 [RESULTS_NP2 ...]
   - topk (global top-k, ties at the k-th all taken): outputs at every P equal
     P = 1's up to the float32 rounding of a double result (one ulp of the
     larger, plus 1e-12 of the stream's largest output for the double sums);
@@ -18,7 +18,10 @@ usage: check_global_methods.py topk|h2o|evict TRACE RESULTS_NP1 [RESULTS_NP2 ...
     h2o, tova and snapkv, whose decisions are global, give P = 1's outputs
     at every P up to the rounding bound of topk, unless the run counted a
     near-tie (results attribute near_ties: then it is printed and the method
-    is compared no further)."""
+    is compared no further);
+  - scope (h2o, tova, snapkv at 5% under --budget-scope trace: one budget
+    shared by every stream): memory_bytes <= S x the stream's 5% at every P,
+    and P = 1's outputs at every P as for evict."""
 import sys
 
 import h5py
@@ -41,8 +44,39 @@ def same_as(a, b):
     tol += 1e-12 * np.abs(b).max(axis=(1, 2), keepdims=True)
     return (np.abs(a - b) / tol).max()
 
+
+def vs_first(first, path, P, k, out, ties):
+    """P's outputs of method k against the first file's (P = 1), unless a
+    near-tie was counted; returns the checks done"""
+    if k not in first:
+        first[k] = (out, ties)
+        return 0
+    if ties or first[k][1]:
+        print("%s: P=%d %s: %d near-ties counted (P=1: %d), not compared" % (path, P, k, ties, first[k][1]))
+        return 0
+    worst = same_as(out, first[k][0])
+    print("%s: P=%d %s vs P=1: %.2f of the rounding bound" % (path, P, k, worst))
+    if worst > 1:
+        fail("%s: %s at P=%d differs from P=1 (%.3g of the rounding bound)" % (path, k, P, worst))
+    return 1
+
+
 checks = 0
 base = None
+if what == "scope":
+    first = {}
+    for path in results:
+        with h5py.File(path, "r") as r:
+            P, g = int(r.attrs["ranks"]), r["methods"]
+            for k in ("h2o_pct", "tova_pct", "snap_pct"):
+                mem, budget = int(g[k].attrs["memory_bytes"]), S * int(0.05 * n * (d + dv) * 4)
+                out, ties = g[k]["outputs"][...].astype(np.float64), int(g[k].attrs["near_ties"])
+                if mem > budget:
+                    fail("%s: %s at P=%d: memory %d over the scope's budget %d" % (path, k, P, mem, budget))
+                print("%s: P=%d %s memory %d, budget %d" % (path, P, k, mem, budget))
+                checks += 1 + vs_first(first, path, P, k, out, ties)
+    print("check_global_methods: %d passed, 0 failed" % checks)
+    sys.exit(0)
 if what == "evict":
     base_err, base_out = {}, {}
     for path in results:
@@ -67,17 +101,7 @@ if what == "evict":
                 checks += 1
             for k in ("h2o_tok", "h2o_pct", "tova_pct", "snap_pct", "tova_all", "snap_all"):
                 out, ties = g[k]["outputs"][...].astype(np.float64), int(g[k].attrs["near_ties"])
-                if k not in base_out:
-                    base_out[k] = (out, ties)
-                    continue
-                if ties or base_out[k][1]:
-                    print("%s: P=%d %s: %d near-ties counted (P=1: %d), not compared" % (path, P, k, ties, base_out[k][1]))
-                    continue
-                worst = same_as(out, base_out[k][0])
-                print("%s: P=%d %s vs P=1: %.2f of the rounding bound" % (path, P, k, worst))
-                if worst > 1:
-                    fail("%s: %s at P=%d differs from P=1 (%.3g of the rounding bound)" % (path, k, P, worst))
-                checks += 1
+                checks += vs_first(base_out, path, P, k, out, ties)
     print("check_global_methods: %d passed, 0 failed" % checks)
     sys.exit(0)
 for path in results:

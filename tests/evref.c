@@ -44,7 +44,7 @@ static double weight(const evref *h, int64_t j, int64_t t)
     return l > 0 ? exp(logit(h, h->rq + j * h->d, t) - m) / l : 0;
 }
 
-typedef struct { double score; int64_t idx; int64_t at; } cand;
+typedef struct { double score, idx; int k; int64_t at; } cand;
 
 static int cand_cmp(const void *a, const void *b)
 {
@@ -53,38 +53,15 @@ static int cand_cmp(const void *a, const void *b)
     return (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-/* Drop the `go` lowest (score, index) among the held tokens whose list
- * place passes `is_cand`, keeping the list in index order. */
-static void drop_lowest(evref *h, const double *key, const char *is_cand, int64_t go)
+/* Each stream's keys (score) of its candidates (is_cand) at point x:
+ * h2o the accumulated scores of the tokens below x - R, tova every token's
+ * last weight, snapkv the pooled votes of the tokens outside the window. */
+static void snap_keys(const evref *h, int64_t x, double *pooled, char *isc)
 {
-    if (go <= 0) return;
-    cand *c = malloc(sizeof(cand) * (size_t)(h->n + 1));
-    int64_t nc = 0;
-    for (int64_t i = 0; i < h->n; i++)
-        if (is_cand[i]) c[nc++] = (cand){ key[i], h->idx[i], i };
-    qsort(c, (size_t)nc, sizeof *c, cand_cmp);
-    char *gone = calloc((size_t)h->n + 1, 1);
-    for (int64_t i = 0; i < go && i < nc; i++) gone[c[i].at] = 1;
-    int64_t w = 0;
-    for (int64_t i = 0; i < h->n; i++)
-        if (!gone[i]) {
-            h->idx[w] = h->idx[i];
-            h->score[w++] = h->score[i];
-        }
-    h->n = w;
-    free(c);
-    free(gone);
-}
-
-static void snap_compress(evref *h, int64_t x)
-{
-    int64_t n = h->n, half = h->kern / 2, keep = h->B - h->T;
-    double *vote = calloc((size_t)n + 1, sizeof(double)), *pooled = calloc((size_t)n + 1, sizeof(double));
-    char *isc = calloc((size_t)n + 1, 1);
-    int64_t prot = 0;
+    int64_t n = h->n, half = h->kern / 2;
+    double *vote = calloc((size_t)n + 1, sizeof(double));
     for (int64_t i = 0; i < n; i++) {
         isc[i] = h->idx[i] < x - h->W;
-        prot += !isc[i];
         for (int64_t j = 0; j < h->nrows && isc[i]; j++)
             if (h->rp[j] > h->idx[i]) vote[i] += weight(h, j, h->idx[i]);
     }
@@ -97,17 +74,12 @@ static void snap_compress(evref *h, int64_t x)
             }
         pooled[i] = h->maxpool ? best : sum / (double)h->kern;
     }
-    drop_lowest(h, pooled, isc, n - keep);
-    (void)prot;
     free(vote);
-    free(pooled);
-    free(isc);
 }
 
-/* Decision point x: arrivals < x, then the rule. */
-static void decide(evref *h, int64_t x, int at_query)
+/* Arrivals < x of one stream (tova scores them under the last rows). */
+static void arrive(evref *h, int64_t x)
 {
-    if (x <= h->xlast || (!at_query && x % h->E)) return;
     for (; h->fed < x; h->fed++) {
         double sc = 0;
         if (h->kind == EVREF_TOVA)
@@ -116,20 +88,57 @@ static void decide(evref *h, int64_t x, int at_query)
         h->score[h->n++] = sc;
     }
     h->xlast = x;
-    char *isc = calloc((size_t)h->n + 1, 1);
-    int64_t nc = 0;
-    for (int64_t i = 0; i < h->n; i++) nc += isc[i] = h->kind != EVREF_H2O || h->idx[i] < x - h->R;
-    if (h->kind == EVREF_H2O) drop_lowest(h, h->score, isc, nc - (h->B - h->R));
-    if (h->kind == EVREF_TOVA) drop_lowest(h, h->score, isc, h->n - h->B);
-    if (h->kind == EVREF_SNAPKV && h->n > h->B) snap_compress(h, x);
-    free(isc);
 }
 
-void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st)
+/* Decision point x of a group of ns streams sharing B = h[0].B (h2o: the
+ * heavy pool B - ns R; snapkv: compress to B - T once the total exceeds
+ * B): arrivals, then the `go` lowest (score, index ns + stream) among all
+ * the streams' candidates are dropped, each list kept in index order. */
+static void decide(evref *h, int ns, int64_t x, int at_query)
+{
+    if (x <= h[0].xlast || (!at_query && x % h[0].E)) return;
+    int64_t tot = 0, nc = 0, held = 0;
+    for (int k = 0; k < ns; k++) arrive(&h[k], x), tot += h[k].n;
+    cand *c = malloc(sizeof(cand) * (size_t)(tot + 1));
+    double **key = malloc(sizeof(double *) * (size_t)ns);
+    char **isc = malloc(sizeof(char *) * (size_t)ns);
+    for (int k = 0; k < ns; k++) {
+        evref *s = &h[k];
+        key[k] = malloc(sizeof(double) * (size_t)(s->n + 1));
+        isc[k] = calloc((size_t)s->n + 1, 1);
+        if (s->kind == EVREF_SNAPKV) snap_keys(s, x, key[k], isc[k]);
+        for (int64_t i = 0; i < s->n; i++) {
+            if (s->kind != EVREF_SNAPKV) key[k][i] = s->score[i], isc[k][i] = s->kind != EVREF_H2O || s->idx[i] < x - s->R;
+            if (isc[k][i]) c[nc++] = (cand){ key[k][i], (double)s->idx[i] * ns + k, k, i };
+        }
+        held += s->n;
+    }
+    int64_t go = h[0].kind == EVREF_H2O ? nc - (h[0].B - ns * h[0].R)
+                 : h[0].kind == EVREF_TOVA ? held - h[0].B
+                 : held > h[0].B ? held - (h[0].B - h[0].T) : 0;
+    qsort(c, (size_t)nc, sizeof *c, cand_cmp);
+    for (int64_t i = 0; i < go && i < nc; i++) isc[c[i].k][c[i].at] = 2; /* gone */
+    for (int k = 0; k < ns; k++) {
+        evref *s = &h[k];
+        int64_t w = 0;
+        for (int64_t i = 0; i < s->n; i++)
+            if (isc[k][i] != 2) {
+                s->idx[w] = s->idx[i];
+                s->score[w++] = s->score[i];
+            }
+        s->n = w;
+        free(key[k]);
+        free(isc[k]);
+    }
+    free(key);
+    free(isc);
+    free(c);
+}
+
+/* One stream's answers at p from its held list, then its scores and rows. */
+static void answer(evref *h, const float *Q, int nq, int64_t p, double *st)
 {
     size_t sl = KV_PSTATE_LEN(h->dv);
-    for (int64_t x = (h->xlast / h->E + 1) * h->E; x < p; x += h->E) decide(h, x, 0);
-    decide(h, p, 1);
     double *m = malloc(sizeof(double) * (size_t)nq), *l = malloc(sizeof(double) * (size_t)nq);
     for (int q = 0; q < nq; q++) {
         kv_partial_clear(st + q * sl, h->dv);
@@ -171,4 +180,17 @@ void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st)
     }
     free(m);
     free(l);
+}
+
+void evref_group_query(evref *h, int ns, const float *Q, int nq, int64_t p, double *st)
+{
+    for (int64_t x = (h[0].xlast / h[0].E + 1) * h[0].E; x < p; x += h[0].E) decide(h, ns, x, 0);
+    decide(h, ns, p, 1);
+    for (int k = 0; k < ns; k++)
+        answer(&h[k], Q + (size_t)k * nq * h[k].d, nq, p, st + (size_t)k * nq * KV_PSTATE_LEN(h[k].dv));
+}
+
+void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st)
+{
+    evref_group_query(h, 1, Q, nq, p, st);
 }

@@ -39,4 +39,12 @@ void evref_free(evref *h);
  * the scores updated. */
 void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st);
 
+/* A group of ns streams h[0..ns) under a layer or trace budget scope
+ * (ALGORITHMS.md 4f): B = h[0].B is their total (h2o: each keeps its R
+ * newest, the heavy pool B - ns R is shared; snapkv: T = h[0].T is the
+ * group's), and the lowest keys of all their candidates go (stream k's
+ * index encoded idx ns + k).  Q: ns x nq rows (stream-major), st: ns x nq
+ * states.  evref_query is the group of one. */
+void evref_group_query(evref *h, int ns, const float *Q, int nq, int64_t p, double *st);
+
 #endif

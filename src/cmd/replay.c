@@ -10,6 +10,9 @@
 _Static_assert(KV_SEM_FULL == 0 && KV_SEM_WINDOW_UNMASKED == 1 && sizeof(kv_semantics) == sizeof(int),
                "--semantics choices follow kv_semantics");
 
+_Static_assert(KV_SCOPE_STREAM == 0 && KV_SCOPE_LAYER == 1 && KV_SCOPE_TRACE == 2,
+               "--budget-scope choices follow kv_budget_scope");
+
 _Static_assert(KV_REF_MEMORY == 0 && KV_REF_STREAM == 1 && KV_REF_NONE == 2 && sizeof(kv_reference) == sizeof(int),
                "--reference choices follow kv_reference");
 
@@ -18,6 +21,9 @@ static const kv_opt replay_table[] = {
       .help = "comma-separated method specs (`kvstream methods`); exact is always run" },
     { "budget", 0, KV_OPT_STRING, R(budget), .meta = "X", .def = "each method's own parameters",
       .help = "memory budget per stream for every method that takes budget=: 10% of exact, 8MiB, 500KB, 4096tok" },
+    { "budget-scope", 0, KV_OPT_CHOICE, R(budget_scope), .choices = "stream|layer|trace",
+      .help = "what a budget (--budget, budget=, tokens=) is a total over: each stream, the kv heads of a layer, or "
+              "all streams; the method shares it out (ALGORITHMS.md 4f)" },
     { "output", 'o', KV_OPT_STRING, R(out), .meta = "FILE", .help = "results file (docs/RESULTS_FORMAT.md)" },
     { "save-outputs", 0, KV_OPT_FLAG, R(save_outputs), .lo = 1, .help = "store every method's outputs in -o" },
     { "batch", 0, KV_OPT_INT, R(batch), .lo = 1, .hi = 1 << 20, .meta = "B",

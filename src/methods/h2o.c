@@ -16,6 +16,12 @@
  * budget= exclude each other; recent defaults to B/2.  With B >= n nothing
  * is ever evicted: exact attention at any P.
  *
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f): B is the total of
+ * the scope's ns streams (budget=: ns times one stream's share), each
+ * stream keeps its R = recent (default B / 2ns) newest, and the heavy pool
+ * H = B - ns R is shared: the heavy candidates of all ns streams compete by
+ * score, which is comparable across heads (each a sum of softmax weights).
+ *
  * Scores: a token's score is the attention it received from the queries
  * answered while it was held, normalised by the global softmax: partial()
  * only answers, and feedback() (the merged (m, l) of every query) adds
@@ -32,11 +38,13 @@
 #include <stdlib.h>
 #include "kernels/held.h"
 #include "methods/method.h"
+#include "methods/scope.h"
 #include "methods/slots.h"
 
 typedef struct {
     kv_method_ctx ctx;
-    int64_t B, R, H, E;   /* global: tokens, recent, heavy-hitter slots; decision spacing */
+    int64_t B, R, H, E;   /* global over the scope: tokens, heavy-hitter slots; R recent per stream; decision spacing */
+    int ns;               /* streams sharing B and the heavy pool (scope.h; 1: per stream) */
     int64_t xlast;        /* the last decision point */
     int64_t gheavy;       /* heavy hitters held over all ranks since then */
     int64_t seen;         /* tokens ingested */
@@ -89,9 +97,9 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
 {
     const h2o_cfg *c = kv_method_cfg(&kv_method_h2o, spec, err);
     if (!c) return err->code;
-    int64_t B = c->tokens, R = c->recent;
+    int64_t B = c->tokens, R = c->recent, ns = kv_scope_streams(ctx);
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
         B = bytes / per - c->every;
         if (B < 1)
             return kv_params_error(h2o_params, spec, err,
@@ -105,13 +113,20 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
         if (R > B)
             return kv_params_error(h2o_params, spec, err, "recent=%lld exceeds the %lld tokens the budget holds",
                                    (long long)R, (long long)B);
+        B *= ns;
+    } else if (ns > 1) {
+        if (!kv_spec_has(spec, "recent")) R = B / (2 * ns);
+        if (R * ns > B)
+            return kv_params_error(h2o_params, spec, err, "recent=%lld for each of %lld streams exceeds tokens=%lld",
+                                   (long long)R, (long long)ns, (long long)B);
     }
     h2o_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
     s->B = B;
     s->R = R;
-    s->H = B - R;
+    s->H = B - ns * R;
+    s->ns = (int)ns;
     s->E = c->every;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 2, 0);
     *out = s;
@@ -140,14 +155,17 @@ static int64_t h2o_every(const void *state) { return ((const h2o_state *)state)-
 
 static int64_t nonrecent(const h2o_state *s, int64_t x) { return x > s->R ? x - s->R : 0; }
 
+static int h2o_group(const void *state) { return ((const h2o_state *)state)->ns; }
+
 /* Point x: the tokens below x - R become heavy candidates; the candidates
- * over all ranks are the H held and those newly below x - R. */
+ * over all ranks (and the scope's ns streams) are the H held and those
+ * newly below x - R. */
 static int64_t h2o_need(void *state, int64_t x, int at_query)
 {
     h2o_state *s = state;
     kv_slots *sl = &s->sl;
     if (x <= s->xlast || (!at_query && x % s->E)) return 0;
-    int64_t cand = s->gheavy + nonrecent(s, x) - nonrecent(s, s->xlast);
+    int64_t cand = s->gheavy + s->ns * (nonrecent(s, x) - nonrecent(s, s->xlast));
     while (sl->hsize[RECENT] > 0 && sl->idx[kv_slots_top(sl, RECENT)] < x - s->R)
         kv_slots_push(sl, HEAVY, kv_slots_pop(sl, RECENT));
     s->xlast = x;
@@ -157,20 +175,22 @@ static int64_t h2o_need(void *state, int64_t x, int at_query)
 
 static int h2o_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
-    (void)ns; (void)x; (void)halo;
-    return kv_slots_lowest(&((h2o_state *)st[0])->sl, L, keys);
+    kv_slots *sl[ns];
+    (void)x; (void)halo;
+    for (int k = 0; k < ns; k++) sl[k] = &((h2o_state *)st[k])->sl;
+    return kv_scope_slots_lowest(sl, ns, L, keys);
 }
 
 static int h2o_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
-    h2o_state *s = st[0];
-    kv_slots *sl = &s->sl;
-    (void)ns; (void)x;
     kv_evkey cut = merged[need - 1];
-    while (sl->hsize[HEAVY] > 0 && kv_evkey_goes(kv_slots_key(sl, kv_slots_top(sl, HEAVY)), cut))
-        kv_slots_drop(sl, kv_slots_pop(sl, HEAVY));
-    s->ties += kv_evict_near_tie(cut, merged[need]);
-    kv_slots_resize(sl, sl->held); /* shrinking cannot fail for good (it keeps the old blocks) */
+    (void)x;
+    for (int k = 0; k < ns; k++) {
+        h2o_state *s = st[k];
+        kv_scope_slots_drop(&s->sl, ns, k, cut);
+        s->ties += kv_evict_near_tie(cut, merged[need]);
+        kv_slots_resize(&s->sl, s->sl.held); /* shrinking cannot fail for good (it keeps the old blocks) */
+    }
     return KV_OK;
 }
 
@@ -281,7 +301,7 @@ static int h2o_load(void *state, kv_rd *in, kv_err *err)
 static int64_t h2o_max_bytes(const void *state)
 {
     const h2o_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
+    int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
     return held * slot_bytes(s->ctx.d, s->ctx.dv);
 }
 
@@ -298,6 +318,7 @@ const kv_method_ops kv_method_h2o = {
     .partial = h2o_partial,
     .feedback = h2o_feedback,
     .decide_every = h2o_every,
+    .decide_group = h2o_group,
     .decide_need = h2o_need,
     .decide_cands = h2o_cands,
     .decide_apply = h2o_apply,
@@ -308,5 +329,6 @@ const kv_method_ops kv_method_h2o = {
     .load = h2o_load,
     .max_bytes = h2o_max_bytes,
     .cost = h2o_cost,
+    .scoped = 1,
     .conform = { "tokens=120;tokens=100,recent=0,every=5;tokens=64,recent=64", KV_PINV_ROUNDING },
 };

@@ -51,7 +51,14 @@ typedef struct {
     int64_t window;     /* W for KV_SEM_WINDOW_UNMASKED */
     int64_t kv_heads;   /* streams per layer (trace attribute n_kv_heads; stream s is in layer s / kv_heads); <= 0: unknown */
     int64_t q_group;    /* query rows per position of a stream (n_heads / n_kv_heads; 1 when unknown or 0) */
+    int budget_scope;   /* kv_budget_scope: the streams a budget (budget=, tokens=) is a total over */
+    int64_t n_streams;  /* streams in the trace (0: unknown; the trace scope needs it) */
 } kv_method_ctx;
+
+/* replay --budget-scope (ALGORITHMS.md section 4f): a method's budget is per
+ * stream (today's meaning), or a total over the kv heads of a layer, or over
+ * every stream of the trace, allocated by the method's rule. */
+typedef enum { KV_SCOPE_STREAM = 0, KV_SCOPE_LAYER = 1, KV_SCOPE_TRACE = 2 } kv_budget_scope;
 
 /* Extra per-instance figures; a method leaves what it lacks at -1. */
 typedef struct {
@@ -237,6 +244,10 @@ typedef struct kv_method_ops {
      * them per query as every held byte read, bytes(); the kept tokens read,
      * extra()'s kept_tokens; and 2 (d + dv) flops per kept token). */
     void (*cost)(const void *state, kv_query_cost *c);
+    /* 1: the method reads ctx budget_scope (its budget is a total over the
+     * streams in scope, ALGORITHMS.md 4f); 0: a budget-taking method refuses
+     * --budget-scope layer|trace in one line. */
+    int scoped;
 } kv_method_ops;
 
 /* This rank's share of a global budget (tokens, samples): proportional to

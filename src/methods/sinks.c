@@ -15,6 +15,7 @@
  * (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
+#include "methods/scope.h"
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
@@ -53,7 +54,7 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     if (!c) return err->code;
     int64_t S = c->S, W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4f) */
         int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes(ctx->d, ctx->dv, lim) : 0;
         W = kv_tokring_fit(B - sb, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
@@ -192,6 +193,7 @@ const kv_method_ops kv_method_sinks = {
     .bytes = sinks_bytes,
     .extra = sinks_extra,
     .cost = sinks_cost,
+    .scoped = 1,
     .free = sinks_free,
     .save = sinks_save,
     .load = sinks_load,

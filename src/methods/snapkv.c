@@ -34,6 +34,13 @@
  * (d floats, position, m, l), g the query rows per position, slot the
  * per-token bytes below.
  *
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f): B is the total of
+ * the scope's ns streams (budget=: ns times one stream's share); each
+ * stream keeps its own window and tokens, the group compresses when its
+ * total exceeds B, to B - T' (T' = min(ns period, B - ns window)), and the
+ * pooled votes of all ns streams compete (a vote is a sum of softmax
+ * weights, comparable across heads).
+ *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
  * score) + the buffered rows; the slot arrays are resized to the slots in
  * use after every decision and ingest.  Votes are cached per slot and
@@ -43,6 +50,7 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
+#include "methods/scope.h"
 #include "methods/slots.h"
 
 typedef struct {
@@ -59,6 +67,7 @@ typedef struct {
 typedef struct {
     kv_method_ctx ctx;
     int64_t B, W, T, kern, E; /* global tokens, window positions, period (T'), pooling kernel, decision spacing */
+    int ns;                   /* streams sharing B (scope.h; 1: per stream) */
     int maxpool;
     int64_t xlast, gheld;     /* the last decision point; tokens held over all ranks since then */
     int64_t seen, ties;       /* tokens ingested; near-tie decisions */
@@ -118,9 +127,9 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
 {
     const snapkv_cfg *c = kv_method_cfg(&kv_method_snapkv, spec, err);
     if (!c) return err->code;
-    int64_t B = c->tokens;
+    int64_t B = c->tokens, ns = kv_scope_streams(ctx);
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
         int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d);
         int64_t rest = bytes - buf; /* one copy, counted on rank 0: B must not depend on P */
         B = rest > 0 ? rest / per - c->every : 0;
@@ -134,6 +143,10 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
         if (B > INT32_MAX)
             return kv_params_error(snapkv_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
+        B *= ns;
+    } else if (ns > 1 && B <= ns * c->window) {
+        return kv_params_error(snapkv_params, spec, err, "tokens=%lld do not exceed the windows of %lld streams (%lld)",
+                               (long long)B, (long long)ns, (long long)(ns * c->window));
     }
     int64_t h = c->kernel / 2;
     if (ctx->nranks > 1 && h > 0 && ctx->chunk > 0 && 2 * h > ctx->chunk)
@@ -146,7 +159,8 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     s->ctx = *ctx;
     s->B = B;
     s->W = c->window;
-    s->T = c->period < B - c->window ? c->period : B - c->window;
+    s->ns = (int)ns;
+    s->T = ns * c->period < B - ns * c->window ? ns * c->period : B - ns * c->window;
     s->kern = c->kernel;
     s->maxpool = c->pool == 1;
     s->E = c->every;
@@ -199,7 +213,7 @@ static int64_t snapkv_need(void *state, int64_t x, int at_query)
 {
     snapkv_state *s = state;
     if (x <= s->xlast || (!at_query && x % s->E)) return 0;
-    int64_t held = s->gheld + (x - s->xlast);
+    int64_t held = s->gheld + s->ns * (x - s->xlast);
     s->xlast = x;
     if (held <= s->B) {
         s->gheld = held;
@@ -284,34 +298,38 @@ static void pool(snapkv_state *s, int64_t x, const double *halo)
     }
 }
 
+static int snapkv_group(const void *state) { return ((const snapkv_state *)state)->ns; }
+
+/* The candidates of the group's ns streams (each with its own halo, of
+ * snapkv_halo_len doubles), keys encoded by stream (scope.h). */
 static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
-    snapkv_state *s = st[0];
-    (void)ns;
-    if (s->stale) compute_votes(s);
-    pool(s, x, halo);
-    int64_t n = 0;
-    while (n < s->sl.held && !protected_tok(s, s->sl.idx[n], x)) n++;
+    int64_t n = 0, hl = (int64_t)snapkv_halo_len(st[0], x);
+    for (int k = 0; k < ns; k++) n += ((snapkv_state *)st[k])->sl.held;
     kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
     if (!all) return KV_EINTERNAL;
-    for (int64_t i = 0; i < n; i++) all[i] = (kv_evkey){ slot_of(s, i)->pooled, (double)s->sl.idx[i] };
+    n = 0;
+    for (int k = 0; k < ns; k++) {
+        snapkv_state *s = st[k];
+        if (s->stale) compute_votes(s);
+        pool(s, x, halo ? halo + k * hl : NULL);
+        for (int64_t i = 0; i < s->sl.held && !protected_tok(s, s->sl.idx[i], x); i++)
+            all[n++] = kv_scope_key((kv_evkey){ slot_of(s, i)->pooled, (double)s->sl.idx[i] }, ns, k);
+    }
     kv_evict_lowest(all, (size_t)n, L, keys);
     free(all);
     return KV_OK;
 }
 
 /* Drop the candidates whose key goes, keeping the rest in index order. */
-static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
+static void apply_one(snapkv_state *s, int ns, int k, int64_t x, kv_evkey cut, kv_evkey next)
 {
-    snapkv_state *s = st[0];
     kv_slots *sl = &s->sl;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    kv_evkey cut = merged[need - 1];
-    (void)ns;
     int64_t w = 0;
     for (int64_t t = 0; t < sl->held; t++) {
         int keep = protected_tok(s, sl->idx[t], x) ||
-                   !kv_evkey_goes((kv_evkey){ slot_of(s, t)->pooled, (double)sl->idx[t] }, cut);
+                   !kv_evkey_goes(kv_scope_key((kv_evkey){ slot_of(s, t)->pooled, (double)sl->idx[t] }, ns, k), cut);
         if (!keep) continue;
         if (w != t) {
             memmove(sl->K + (size_t)w * d, sl->K + (size_t)t * d, sizeof(float) * d);
@@ -322,8 +340,13 @@ static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merg
         w++;
     }
     sl->held = w;
-    s->ties += kv_evict_near_tie(cut, merged[need]);
+    s->ties += kv_evict_near_tie(cut, next);
     kv_slots_resize(sl, sl->held);
+}
+
+static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
+{
+    for (int k = 0; k < ns; k++) apply_one(st[k], ns, k, x, merged[need - 1], merged[need]);
     return KV_OK;
 }
 
@@ -489,7 +512,7 @@ static int snapkv_load(void *state, kv_rd *in, kv_err *err)
 static int64_t snapkv_max_bytes(const void *state)
 {
     const snapkv_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
+    int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
     return held * slot_bytes(s->ctx.d, s->ctx.dv) +
            (s->ctx.rank == 0 ? s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d) : 0);
 }
@@ -508,6 +531,7 @@ const kv_method_ops kv_method_snapkv = {
     .partial = snapkv_partial,
     .feedback = snapkv_feedback,
     .decide_every = snapkv_every,
+    .decide_group = snapkv_group,
     .decide_need = snapkv_need,
     .decide_halo_len = snapkv_halo_len,
     .decide_halo = snapkv_halo,
@@ -520,5 +544,6 @@ const kv_method_ops kv_method_snapkv = {
     .load = snapkv_load,
     .max_bytes = snapkv_max_bytes,
     .cost = snapkv_cost,
+    .scoped = 1,
     .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3,pool=max,every=7", KV_PINV_ROUNDING },
 };

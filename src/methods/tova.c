@@ -25,6 +25,12 @@
  * scored by the mean over those heads of each head's score; their slots are
  * kept in the same order, so slot i is one token in all of them.
  *
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f; with scope=head):
+ * B is the total of the scope's ns streams (budget=: ns times one stream's
+ * share), each stream keeps its own tokens, and at each point the B best
+ * over the ns streams are kept: a score is a softmax weight, comparable
+ * across heads.
+ *
  * budget=X: B = floor((bytes(X) - g q) / slot) - E, q a kept query row
  * (d floats, m, l), g the rows per position (the trace's query heads per kv
  * head), slot the per-token bytes below.  Every rank keeps a copy of the
@@ -41,12 +47,14 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
+#include "methods/scope.h"
 #include "methods/slots.h"
 
 typedef struct {
     kv_method_ctx ctx;
     int64_t B, E;         /* global token budget; decision spacing */
     int group;            /* streams deciding together: 1, or the layer's kv heads */
+    int pool;             /* 1: the group's streams keep their own tokens, sharing B (budget scope) */
     int64_t xlast;        /* the last decision point */
     int64_t gheld;        /* tokens held over all ranks since then */
     int64_t seen;         /* tokens ingested */
@@ -108,12 +116,15 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
 {
     const tova_cfg *c = kv_method_cfg(&kv_method_tova, spec, err);
     if (!c) return err->code;
-    int64_t B = c->tokens;
+    int64_t B = c->tokens, ns = kv_scope_streams(ctx);
+    if (c->scope == 1 && ns > 1)
+        return kv_params_error(tova_params, spec, err, "scope=layer (one token set per layer) and --budget-scope "
+                               "layer|trace (a budget shared by heads that keep their own) do not combine");
     if (c->scope == 1 && ctx->kv_heads <= 0)
         return kv_params_error(tova_params, spec, err,
                                "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
         /* one copy of the rows, counted on rank 0: B must not depend on P */
         int64_t rest = bytes - group_rows(ctx) * query_bytes(ctx->d);
         B = rest > 0 ? rest / per - c->every : 0;
@@ -126,13 +137,15 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
         if (B > INT32_MAX)
             return kv_params_error(tova_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
+        B *= ns;
     }
     tova_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
     s->B = B;
     s->E = c->every;
-    s->group = c->scope == 1 ? (int)ctx->kv_heads : 1;
+    s->group = c->scope == 1 ? (int)ctx->kv_heads : (int)ns;
+    s->pool = ns > 1;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, 0);
     *out = s;
     return KV_OK;
@@ -174,7 +187,7 @@ static int64_t tova_need(void *state, int64_t x, int at_query)
 {
     tova_state *s = state;
     if (x <= s->xlast || (!at_query && x % s->E)) return 0;
-    int64_t cand = s->gheld + (x - s->xlast);
+    int64_t cand = s->gheld + (s->pool ? s->group : 1) * (x - s->xlast);
     s->xlast = x;
     s->gheld = cand < s->B ? cand : s->B;
     return cand > s->B ? cand - s->B : 0;
@@ -205,6 +218,11 @@ static int tova_cands(void *const *st, int ns, int64_t x, const double *halo, in
     const tova_state *s = st[0];
     (void)x; (void)halo;
     if (ns == 1) return kv_slots_lowest(&s->sl, L, keys);
+    if (s->pool) {
+        kv_slots *sl[ns];
+        for (int k = 0; k < ns; k++) sl[k] = &((tova_state *)st[k])->sl;
+        return kv_scope_slots_lowest(sl, ns, L, keys);
+    }
     if (!same_tokens(st, ns)) return KV_EINTERNAL;
     kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(s->sl.held + 1));
     if (!all) return KV_EINTERNAL;
@@ -222,8 +240,9 @@ static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged
     kv_evkey cut = merged[need - 1];
     tova_state *s0 = st[0];
     (void)x;
-    if (ns > 1 && !same_tokens(st, ns)) return KV_EINTERNAL;
-    for (int64_t i = s0->sl.held - 1; i >= 0; i--) {
+    if (ns > 1 && !s0->pool && !same_tokens(st, ns)) return KV_EINTERNAL;
+    for (int k = 0; k < ns && s0->pool; k++) kv_scope_slots_drop(&((tova_state *)st[k])->sl, ns, k, cut);
+    for (int64_t i = s0->sl.held - 1; i >= 0 && !s0->pool; i--) {
         if (!kv_evkey_goes(group_key(st, ns, i), cut)) continue;
         for (int k = 0; k < ns; k++) kv_slots_drop(&((tova_state *)st[k])->sl, (int32_t)i);
     }
@@ -364,7 +383,7 @@ static int tova_load(void *state, kv_rd *in, kv_err *err)
 static int64_t tova_max_bytes(const void *state)
 {
     const tova_state *s = state;
-    int64_t lim = kv_shard_limit(&s->ctx), held = s->B + s->E < lim ? s->B + s->E : lim;
+    int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
     /* the rows of a position: the trace's query heads per kv head (more only
      * where a trace puts several queries of one head at one position) */
     return held * slot_bytes(s->ctx.d, s->ctx.dv) + (s->ctx.rank == 0 ? group_rows(&s->ctx) * query_bytes(s->ctx.d) : 0);
@@ -394,5 +413,6 @@ const kv_method_ops kv_method_tova = {
     .load = tova_load,
     .max_bytes = tova_max_bytes,
     .cost = tova_cost,
+    .scoped = 1,
     .conform = { "tokens=120;tokens=1000000;tokens=7,every=3", KV_PINV_ROUNDING },
 };

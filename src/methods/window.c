@@ -19,6 +19,7 @@
  * and the page table (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
+#include "methods/scope.h"
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
@@ -55,7 +56,7 @@ static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (!c) return err->code;
     int64_t W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv);
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4f) */
         W = kv_tokring_fit(B, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
@@ -171,6 +172,7 @@ const kv_method_ops kv_method_window = {
     .bytes = window_bytes,
     .extra = window_extra,
     .cost = window_cost,
+    .scoped = 1,
     .free = window_free,
     .save = window_save,
     .load = window_load,

@@ -66,9 +66,31 @@ int replay_instances_new(replay *r, kv_err *err)
     return run_budget(r, err);
 }
 
+/* --budget-scope layer|trace: the trace must say which streams form a
+ * layer, and every method with a budget must share it out (ops scoped). */
+static int check_scope(const replay *r, kv_err *err)
+{
+    static const char *names[] = { "stream", "layer", "trace" };
+    int sc = r->o->budget_scope;
+    if (sc == KV_SCOPE_STREAM) return KV_OK;
+    if (sc < 0 || sc > KV_SCOPE_TRACE) return kv_seterr(err, KV_EINPUT, "--budget-scope: unknown scope %d", sc);
+    if (sc == KV_SCOPE_LAYER && (r->in->n_kv_heads <= 0 || r->S % r->in->n_kv_heads))
+        return kv_seterr(err, KV_EINPUT,
+                         "--budget-scope layer: the trace has no n_kv_heads attribute dividing its %lld streams "
+                         "(traces recorded from a model have it; use stream or trace)", (long long)r->S);
+    for (int mi = 0; mi < r->M; mi++) {
+        const replay_instance *x = &r->inst[mi];
+        if (x->ops->budget && !x->ops->scoped)
+            return kv_seterr(err, KV_EINPUT, "--budget-scope %s: method '%s' shares a budget per stream only "
+                             "(use --budget-scope stream)", names[sc], x->spec.text);
+    }
+    return KV_OK;
+}
+
 int replay_instances_create(replay *r, kv_err *err)
 {
     const kv_replay_opts *o = r->o;
+    if (check_scope(r, err)) return err->code;
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
         x->st = kv_calloc((size_t)r->S, sizeof(void *), err);
@@ -80,7 +102,8 @@ int replay_instances_create(replay *r, kv_err *err)
                                   .semantics = o->semantics, .window = o->window,
                                   .kv_heads = r->in->n_kv_heads,
                                   .q_group = r->in->n_heads > 0 && r->in->n_kv_heads > 0
-                                                 ? r->in->n_heads / r->in->n_kv_heads : 1 };
+                                                 ? r->in->n_heads / r->in->n_kv_heads : 1,
+                                  .budget_scope = o->budget_scope, .n_streams = r->S };
             kv_spec_reset(&x->spec);
             if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
         }
