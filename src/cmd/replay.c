@@ -23,7 +23,7 @@ static const kv_opt replay_table[] = {
       .help = "memory budget per stream for every method that takes budget=: 10% of exact, 8MiB, 500KB, 4096tok" },
     { "budget-scope", 0, KV_OPT_CHOICE, R(budget_scope), .choices = "stream|layer|trace",
       .help = "what a budget (--budget, budget=, tokens=) is a total over: each stream, the kv heads of a layer, or "
-              "all streams; the method shares it out (ALGORITHMS.md 4f)" },
+              "all streams; the method shares it out (ALGORITHMS.md 4g)" },
     { "output", 'o', KV_OPT_STRING, R(out), .meta = "FILE", .help = "results file (docs/RESULTS_FORMAT.md)" },
     { "save-outputs", 0, KV_OPT_FLAG, R(save_outputs), .lo = 1, .help = "store every method's outputs in -o" },
     { "batch", 0, KV_OPT_INT, R(batch), .lo = 1, .hi = 1 << 20, .meta = "B",

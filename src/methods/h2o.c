@@ -16,7 +16,7 @@
  * budget= exclude each other; recent defaults to B/2.  With B >= n nothing
  * is ever evicted: exact attention at any P.
  *
- * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f): B is the total of
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4g): B is the total of
  * the scope's ns streams (budget=: ns times one stream's share), each
  * stream keeps its R = recent (default B / 2ns) newest, and the heavy pool
  * H = B - ns R is shared: the heavy candidates of all ns streams compete by

@@ -55,7 +55,7 @@ typedef struct {
     int64_t n_streams;  /* streams in the trace (0: unknown; the trace scope needs it) */
 } kv_method_ctx;
 
-/* replay --budget-scope (ALGORITHMS.md section 4f): a method's budget is per
+/* replay --budget-scope (ALGORITHMS.md section 4g): a method's budget is per
  * stream (today's meaning), or a total over the kv heads of a layer, or over
  * every stream of the trace, allocated by the method's rule. */
 typedef enum { KV_SCOPE_STREAM = 0, KV_SCOPE_LAYER = 1, KV_SCOPE_TRACE = 2 } kv_budget_scope;
@@ -245,7 +245,7 @@ typedef struct kv_method_ops {
      * extra()'s kept_tokens; and 2 (d + dv) flops per kept token). */
     void (*cost)(const void *state, kv_query_cost *c);
     /* 1: the method reads ctx budget_scope (its budget is a total over the
-     * streams in scope, ALGORITHMS.md 4f); 0: a budget-taking method refuses
+     * streams in scope, ALGORITHMS.md 4g); 0: a budget-taking method refuses
      * --budget-scope layer|trace in one line. */
     int scoped;
 } kv_method_ops;

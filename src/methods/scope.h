@@ -1,5 +1,5 @@
 /* scope.h - budget scopes for the methods (replay --budget-scope,
- * ALGORITHMS.md section 4f).
+ * ALGORITHMS.md section 4g).
  *
  * Under a layer or trace scope a method's budget is a total over the
  * scope's ns consecutive streams.  A scored evictor (h2o, tova, snapkv)

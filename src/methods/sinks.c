@@ -54,7 +54,7 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     if (!c) return err->code;
     int64_t S = c->S, W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4f) */
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4g) */
         int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes(ctx->d, ctx->dv, lim) : 0;
         W = kv_tokring_fit(B - sb, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)

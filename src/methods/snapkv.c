@@ -34,7 +34,7 @@
  * (d floats, position, m, l), g the query rows per position, slot the
  * per-token bytes below.
  *
- * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f): B is the total of
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4g): B is the total of
  * the scope's ns streams (budget=: ns times one stream's share); each
  * stream keeps its own window and tokens, the group compresses when its
  * total exceeds B, to B - T' (T' = min(ns period, B - ns window)), and the

@@ -25,7 +25,7 @@
  * scored by the mean over those heads of each head's score; their slots are
  * kept in the same order, so slot i is one token in all of them.
  *
- * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4f; with scope=head):
+ * --budget-scope layer|trace (scope.h, ALGORITHMS.md 4g; with scope=head):
  * B is the total of the scope's ns streams (budget=: ns times one stream's
  * share), each stream keeps its own tokens, and at each point the B best
  * over the ns streams are kept: a score is a softmax weight, comparable

@@ -56,7 +56,7 @@ static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (!c) return err->code;
     int64_t W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4f) */
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4g) */
         W = kv_tokring_fit(B, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
