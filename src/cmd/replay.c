@@ -18,6 +18,8 @@ static const kv_opt replay_table[] = {
       .help = "comma-separated method specs (`kvstream methods`); exact is always run" },
     { "budget", 0, KV_OPT_STRING, R(budget), .meta = "X", .def = "each method's own parameters",
       .help = "memory budget per stream for every method that takes budget=: 10% of exact, 8MiB, 500KB, 4096tok" },
+    { "strict", 0, KV_OPT_FLAG, R(strict), .lo = 1,
+      .help = "refuse the run when --budget cannot hold a method's minimum state (default: report it and run the rest)" },
     { "output", 'o', KV_OPT_STRING, R(out), .meta = "FILE", .help = "results file (docs/RESULTS_FORMAT.md)" },
     { "save-outputs", 0, KV_OPT_FLAG, R(save_outputs), .lo = 1, .help = "store every method's outputs in -o" },
     { "batch", 0, KV_OPT_INT, R(batch), .lo = 1, .hi = 1 << 20, .meta = "B",

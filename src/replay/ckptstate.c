@@ -14,9 +14,10 @@
 #include "replay/cost.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543034) /* "KVCKPT04": 02 added the memory epochs' maximum, 03 the walk
+#define CK_MAGIC INT64_C(0x4b56434b50543035) /* "KVCKPT05": 02 added the memory epochs' maximum, 03 the walk
                                                 * inside a batch and exact rebuilt from the trace, 04 the
-                                                * quantised caches' checksum taken in pieces */
+                                                * quantised caches' checksum taken in pieces, 05 the output
+                                                * norm ratios and the prefixes' sums of |v|^2 */
 
 /* The piece: the most bytes a rank holds of its state while writing or
  * reading a checkpoint.  KVSTREAM_CKPT_PIECE overrides it (for tests: a
@@ -95,6 +96,7 @@ static void save_walk(const replay *r, const replay_batch *bt, kv_buf *b)
     kv_buf_put_arr(b, bt->cost, sizeof(double) * (size_t)(r->M * r->S * bt->cnt) * REPLAY_COST_LEN);
     if (bt->gsend) kv_buf_put_arr(b, bt->gsend, sizeof(double) * (size_t)(bt->staged * r->S) * gl);
     if (bt->opn && r->rank == 0) kv_buf_put_arr(b, bt->opn, sizeof(double) * (size_t)(bt->u0 * r->S));
+    if (bt->vsq && r->rank == 0) kv_buf_put_arr(b, bt->vsq, sizeof(double) * (size_t)(bt->u0 * r->S));
 }
 
 /* this rank's state: methods, shard position, V^T V, and on rank 0 the
@@ -141,6 +143,7 @@ static int save_state(const replay *r, const replay_shard *sh, const replay_batc
         kv_buf_put_arr(b, k->rel, r->z.rel);
         kv_buf_put_arr(b, k->bound, r->z.bound);
         kv_buf_put_arr(b, k->rtok, r->z.rtok);
+        kv_buf_put_arr(b, k->onr, r->z.onr);
         kv_buf_put_arr(b, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M);
         kv_buf_put_arr(b, bt->ev, r->z.ev);
         kv_buf_put_arr(b, k->mem_peak, sizeof(int64_t) * (size_t)r->M);
@@ -183,6 +186,7 @@ static int load_walk(replay *r, replay_batch *bt, kv_rd *rd, int64_t next, kv_er
         return err->code;
     if (bt->gsend && load_array(rd, bt->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
     if (bt->opn && r->rank == 0 && load_array(rd, bt->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
+    if (bt->vsq && r->rank == 0 && load_array(rd, bt->vsq, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
     for (int64_t q = 0; q < w; q++)
         if (bt->uidx[q] < 0 || bt->uidx[q] >= nu) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
     return KV_OK;
@@ -231,7 +235,7 @@ static int load_state(replay *r, replay_shard *sh, replay_batch *bt, replay_sink
     if (r->rank == 0) {
         rd.what = "the metrics";
         if (load_array(&rd, k->rel, r->z.rel, err) || load_array(&rd, k->bound, r->z.bound, err) ||
-            load_array(&rd, k->rtok, r->z.rtok, err) ||
+            load_array(&rd, k->rtok, r->z.rtok, err) || load_array(&rd, k->onr, r->z.onr, err) ||
             load_array(&rd, k->csum, sizeof(double) * REPLAY_COST_LEN * (size_t)r->M, err) ||
             load_array(&rd, bt->ev, r->z.ev, err) ||
             load_array(&rd, k->mem_peak, sizeof(int64_t) * (size_t)r->M, err) ||
