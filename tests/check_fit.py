@@ -5,12 +5,12 @@ recorded trace (stories260K: 5 layers x 4 kv heads = 20 streams).
 usage: check_fit.py KVSTREAM MODEL WORKDIR
 
 does-not-fit, at 1 and 2 ranks:
-  - `--methods window,kivi,h2o --budget 1%`: exit 0; kivi (which needs 2-bit
-    groups plus a float residual group) gets the table row "does not fit:
-    needs N bytes" and a /does_not_fit/kivi group (needs_bytes N, budget_bytes
-    the budget), no /methods/kivi group; window and h2o run; N is the same at
-    1 and 2 ranks;
-  - N is the least budget kivi takes: kivi:budget=NB replays (exit 0) and
+  - `--methods window,kivi,h2o --budget 50%` (256 tokens): exit 0; kivi
+    (2-bit groups plus a float group per rank) gets the table row "does not
+    fit: needs N bytes" and a /does_not_fit/kivi group (needs_bytes N,
+    budget_bytes the budget), no /methods/kivi group; window and h2o run;
+  - N is the least budget kivi takes at that rank count (its minimum grows
+    with P: a float group per rank): kivi:budget=NB replays (exit 0) and
     kivi:budget=(N-1)B, an explicit parameter, is refused with one line, exit 2;
   - the same with --strict: one line, exit 2, no table.
 per_stream, on the 1- and 2-rank files:
@@ -19,11 +19,18 @@ per_stream, on the 1- and 2-rank files:
     outputs, bound_ratio_p95 likewise (rel. 1e-12: the same doubles);
   - small_outputs counts the queries whose /output_norm_ratio is below the
     root attribute small_output_fraction; output_norm_ratio is
-    |z*| / sqrt(sum_{t<p} |v_t|^2 / p) recomputed in float64 (rel. 1e-6: the
-    trace is float32, the replay accumulates in double);
+    |z*| / sqrt(sum_{t<p} |v_t|^2 / p) recomputed in float64 (rel. 1e-4: the
+    replay's exact attention forms logits from float32 products, whose error
+    of up to |logit| x 2^-23 (logits near 100 here) moves the weights by about
+    1e-5);
   - layer and kv_head are s // n_kv_heads and s % n_kv_heads of the trace;
-  - window's and h2o's per-stream figures agree between 1 and 2 ranks (rel.
-    1e-9: the same rel_error up to the merge's rounding; small_outputs equal).
+  - with explicit sizes (window:W=64, h2o:tokens=64; under --budget their
+    sizes follow the ranks' pages), window's and h2o's per-stream figures agree
+    between 1 and 2 ranks to 2e-5 absolute (the ranks' partial sums round
+    differently: logits near 100 formed in float32 carry up to 100 x 2^-23 =
+    1.2e-5 of rounding, which moves an output, and an error measured against
+    one, by about that; measured 8e-7) and small_outputs, layer, kv_head
+    exactly.
 """
 import os
 import sys
@@ -49,10 +56,10 @@ def path(name):
 
 
 trace = path("rec.h5")
-r = run(mpi_cmd(1, exe, "record", "--model", model, "--tokens", "96", "-o", trace), timeout=300)
+r = run(mpi_cmd(1, exe, "record", "--model", model, "--tokens", "256", "-o", trace), timeout=300)
 if r.returncode:
     fail("record: " + r.stderr)
-BUDGET = "1%"
+BUDGET = "50%"
 
 
 def replay(P, out, methods, *extra):
@@ -93,18 +100,14 @@ for P in (1, 2):
     files[P] = out
     ok("np=%d: kivi does not fit --budget %s (%d bytes): needs %d bytes; window, h2o and exact ran, exit 0"
        % (P, BUDGET, budget, needs[P]))
-if needs[1] != needs[2]:
-    fail("needs_bytes differs between 1 and 2 ranks: %d vs %d" % (needs[1], needs[2]))
-ok("needs_bytes is the same at 1 and 2 ranks")
-
-N = needs[2]
-r = replay(2, path("fit-n.h5"), "kivi:budget=%dB" % N)
-if r.returncode:
-    fail("kivi:budget=%dB (the reported need) is refused: %s" % (N, r.stderr))
-line = one_line_error(replay(2, path("fit-n1.h5"), "kivi:budget=%dB" % (N - 1)), "kivi:budget=%dB" % (N - 1))
-if "budget" not in line:
-    fail("the explicit-budget error does not name the budget: " + line)
-ok("kivi takes budget=%dB and refuses an explicit budget=%dB in one line, exit 2" % (N, N - 1))
+for P, N in needs.items():
+    r = replay(P, path("fit-n.h5"), "kivi:budget=%dB" % N)
+    if r.returncode:
+        fail("np=%d: kivi:budget=%dB (the reported need) is refused: %s" % (P, N, r.stderr))
+    line = one_line_error(replay(P, path("fit-n1.h5"), "kivi:budget=%dB" % (N - 1)), "kivi:budget=%dB" % (N - 1))
+    if "budget" not in line:
+        fail("the explicit-budget error does not name the budget: " + line)
+    ok("np=%d: kivi takes budget=%dB and refuses an explicit budget=%dB in one line, exit 2" % (P, N, N - 1))
 
 for P in (1, 2):
     r = replay(P, path("fit-strict.h5"), "window,kivi,h2o", "--budget", BUDGET, "--strict")
@@ -132,13 +135,19 @@ def close(a, b, rtol):
     return np.all((np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b))))
 
 
+for P in (1, 2):
+    out = path("pinv-np%d.h5" % P)
+    r = replay(P, out, "window:W=64,name=window,h2o:tokens=64,name=h2o")
+    if r.returncode:
+        fail("np=%d: %s" % (P, r.stderr))
+    files["pinv%d" % P] = out
 per = {}
 for P, out in files.items():
     with h5py.File(out, "r") as f:
         frac = float(f.attrs["small_output_fraction"])
         onr = f["output_norm_ratio"][...]
-        if not close(onr, onr_np, 1e-6):
-            fail("np=%d: output_norm_ratio differs from numpy's (max rel %.3g)" %
+        if not close(onr, onr_np, 1e-4):
+            fail("%s: output_norm_ratio differs from numpy's (max rel %.3g)" %
                  (P, np.nanmax(np.abs(onr - onr_np) / onr_np)))
         small = onr < frac
         for g in f["methods"]:
@@ -152,23 +161,23 @@ for P, out in files.items():
                     "bound_ratio_p95": [nearest(bnd[s], 0.95) for s in range(S)]}
             for k, v in want.items():
                 if not close(ps[k][...], v, 1e-12):
-                    fail("np=%d %s: per_stream/%s %s, expected %s" % (P, g, k, ps[k][...], np.asarray(v)))
+                    fail("%s %s: per_stream/%s %s, expected %s" % (P, g, k, ps[k][...], np.asarray(v)))
             if not np.array_equal(ps["small_outputs"][...], small.sum(axis=1)):
-                fail("np=%d %s: per_stream/small_outputs %s, expected %s" % (P, g, ps["small_outputs"][...],
+                fail("%s %s: per_stream/small_outputs %s, expected %s" % (P, g, ps["small_outputs"][...],
                                                                             small.sum(axis=1)))
             if int(m.attrs["small_outputs"]) != int(small.sum()):
-                fail("np=%d %s: small_outputs attribute %d, expected %d" % (P, g, m.attrs["small_outputs"],
+                fail("%s %s: small_outputs attribute %d, expected %d" % (P, g, m.attrs["small_outputs"],
                                                                            small.sum()))
             if not (np.array_equal(ps["layer"][...], np.arange(S) // H) and
                     np.array_equal(ps["kv_head"][...], np.arange(S) % H)):
-                fail("np=%d %s: layer/kv_head are not s // %d, s %% %d" % (P, g, H, H))
+                fail("%s %s: layer/kv_head are not s // %d, s %% %d" % (P, g, H, H))
             per[(P, g)] = {k: ps[k][...] for k in ps}
-    ok("np=%d: per_stream of %d methods matches rel_error, bound_ratio and output_norm_ratio (%d small outputs "
-       "of %d)" % (P, len(per) // P if P == 1 else len(per) // 2, int(small.sum()), small.size))
+    ok("%s: per_stream of every method matches rel_error, bound_ratio and output_norm_ratio (%d small outputs "
+       "of %d)" % (os.path.basename(out), int(small.sum()), small.size))
 for g in ("window", "h2o", "exact"):
-    a, b = per[(1, g)], per[(2, g)]
+    a, b = per[("pinv1", g)], per[("pinv2", g)]
     for k in a:
-        if not close(a[k], b[k], 1e-9):
+        if not np.all(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)) <= (2e-5 if a[k].dtype.kind == "f" else 0)):
             fail("%s: per_stream/%s differs between 1 and 2 ranks: %s vs %s" % (g, k, a[k], b[k]))
 ok("per_stream of window, h2o and exact agree between 1 and 2 ranks")
 print("check_fit: %d passed, 0 failed" % checks)

@@ -100,16 +100,18 @@ static int fits(const replay_instance *x, const kv_method_ctx *ctx, int64_t B)
 /* The smallest budget in bytes per stream at which x's method makes its
  * state for ctx (methods refuse a budget that does not hold their minimum
  * state: one token, one sample, 2-bit groups), by bisection between the
- * refused --budget and exact's size; -1 when even that is refused (a
- * refusal for another reason, which stays an error).  Assumes a larger
- * budget never fits worse. */
+ * refused --budget and a budget it takes (exact's size, doubled up to 64
+ * times that); -1 when none is taken (a refusal for another reason, which
+ * stays an error).  Assumes a larger budget never fits worse. */
 static int64_t min_budget(const replay *r, const replay_instance *x, const kv_method_ctx *ctx)
 {
     kv_budget all = { KV_BUDGET_FRACTION, 1.0 }, given;
     kv_err e = { 0, "" };
-    int64_t hi = kv_budget_bytes(&all, r->n, (int)r->d, (int)r->dv), lo = 0;
+    int64_t ex = kv_budget_bytes(&all, r->n, (int)r->d, (int)r->dv), lo = 0, hi = ex;
     if (!kv_budget_parse(r->o->budget, &given, &e)) lo = kv_budget_bytes(&given, r->n, (int)r->d, (int)r->dv);
-    if (lo >= hi || !fits(x, ctx, hi)) return -1;
+    if (hi <= lo) hi = 2 * lo;
+    while (hi <= 64 * ex && !fits(x, ctx, hi)) { lo = hi; hi *= 2; }
+    if (hi > 64 * ex) return -1;
     while (hi - lo > 1) { /* refused at lo, made at hi */
         int64_t mid = lo + (hi - lo) / 2;
         if (fits(x, ctx, mid)) hi = mid;
