@@ -74,7 +74,7 @@ def plot_heatmap(plt, panels, key, path, many_files):
     rows = (n + cols - 1) // cols
     finite = np.concatenate([v[np.isfinite(v)] for _, _, _, _, v in panels] + [np.zeros(1)])
     vmax = max(float(finite.max()), 1e-12)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False, constrained_layout=True)
     im = None
     for i, (f, m, layer, head, v) in enumerate(panels):
         ax = axes[i // cols][i % cols]
