@@ -20,7 +20,7 @@ replay_errstats replay_errstats_of(const replay *r, const replay_sink *k, int mi
     if (!kept) return o;
     kv_summary e = kv_summarize(rel, (size_t)n), bd = kv_summarize(bnd, (size_t)n);
     for (int64_t i = 0; i < n; i++) {
-        int sm = is_small(k, s0 * m + i);
+        int sm = r->ref >= 0 && is_small(k, s0 * m + i); /* --reference none: no z*, nothing small */
         o.small += sm;
         kept[i] = sm ? NAN : rel[i];
     }
