@@ -109,9 +109,10 @@ static int64_t min_budget(const replay *r, const replay_instance *x, const kv_me
     kv_err e = { 0, "" };
     int64_t ex = kv_budget_bytes(&all, r->n, (int)r->d, (int)r->dv), lo = 0, hi = ex;
     if (!kv_budget_parse(r->o->budget, &given, &e)) lo = kv_budget_bytes(&given, r->n, (int)r->d, (int)r->dv);
-    if (hi <= lo) hi = 2 * lo;
-    while (hi <= 64 * ex && !fits(x, ctx, hi)) { lo = hi; hi *= 2; }
-    if (hi > 64 * ex) return -1;
+    int64_t cap = ex < INT64_MAX / 64 ? 64 * ex : INT64_MAX / 2;
+    if (hi <= lo) hi = lo < cap ? 2 * lo : cap + 1;
+    while (hi <= cap && !fits(x, ctx, hi)) { lo = hi; hi = hi < cap ? 2 * hi : cap + 1; }
+    if (hi > cap) return -1;
     while (hi - lo > 1) { /* refused at lo, made at hi */
         int64_t mid = lo + (hi - lo) / 2;
         if (fits(x, ctx, mid)) hi = mid;
