@@ -60,6 +60,12 @@ class Method:
         self.is_reference = bool(a.get("is_reference", 0))
         self.rel_error = group["rel_error"][...] if arrays and "rel_error" in group else None
         self.bound_ratio = group["bound_ratio"][...] if arrays and "bound_ratio" in group else None
+        # /methods/<label>/per_stream (docs/RESULTS_FORMAT.md): name -> [S] array
+        # (rel_error_p50, rel_error_p95, rel_error_mean, bound_ratio_p95,
+        # rel_error_max, small_outputs; layer and kv_head for recorded traces);
+        # None in files written before it or with --reference none
+        ps = group.get("per_stream")
+        self.per_stream = {k: ps[k][...] for k in ps} if ps is not None else None
 
 
 class Results:
@@ -80,6 +86,9 @@ class Results:
             self.methods = {}
             for label in f["methods"]:
                 self.methods[label] = Method(label, f["methods"][label], arrays)
+            # methods --budget could not hold (replay without --strict): label -> attributes
+            self.does_not_fit = {label: {k: _scalar(v) for k, v in g.attrs.items()}
+                                 for label, g in f["does_not_fit"].items()} if "does_not_fit" in f else {}
         for k in ("ranks", "threads", "streams", "tokens", "queries", "d", "dv", "batch", "seed"):
             setattr(self, k, int(self.attrs.get(k, -1)))
         self.wall_seconds = float(self.attrs.get("wall_seconds", float("nan")))

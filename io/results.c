@@ -63,6 +63,8 @@ int kv_results_flush(kv_results *r, kv_err *err)
 
 int kv_results_group(kv_results *r, const char *group, kv_err *err)
 {
+    /* a resumed run writes its summary into the groups an earlier run of it made */
+    if (H5Lexists(r->file, group, H5P_DEFAULT) > 0) return KV_OK;
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
     hid_t g = H5Gcreate2(r->file, group, lcpl, H5P_DEFAULT, H5P_DEFAULT);
@@ -180,8 +182,28 @@ int kv_results_write_all(kv_results *r, const char *group, const char *name, kv_
                          const int64_t *dims, const void *data, kv_err *err)
 {
     /* a resumed run rewrites what an earlier run of it created */
-    if (find_ds(r, group, name) < 0 && kv_results_dataset(r, group, name, type, rank, dims, err)) return err->code;
-    return kv_results_write_rows(r, group, name, type, 0, dims[rank == 1 ? 0 : 1], data, err);
+    char full[192];
+    join(full, sizeof full, group, name);
+    for (int i = 0; i < r->nds; i++)
+        if (!strcmp(r->ds[i].name, full))
+            return kv_results_write_rows(r, group, name, type, 0, dims[rank == 1 ? 0 : 1], data, err);
+    /* else written and closed at once, not kept open: a summary's many small
+     * datasets (per_stream of every method) stay clear of MAXDS */
+    hsize_t hd[3];
+    for (int i = 0; i < rank && i < 3; i++) hd[i] = (hsize_t)dims[i];
+    if (rank < 1 || rank > 3) return kv_seterr(err, KV_EINTERNAL, "%s: bad rank %d", r->path, rank);
+    hid_t ds = -1;
+    if (H5Lexists(r->file, full, H5P_DEFAULT) > 0) ds = H5Dopen2(r->file, full, H5P_DEFAULT);
+    else {
+        hid_t sp = H5Screate_simple(rank, hd, NULL);
+        ds = H5Dcreate2(r->file, full, filetype(type), sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        H5Sclose(sp);
+    }
+    if (ds < 0) return kv_seterr(err, KV_EINTERNAL, "%s: cannot create dataset %s", r->path, full);
+    int bad = H5Dwrite(ds, memtype(type), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
+    bad |= H5Dclose(ds) < 0;
+    if (bad) return kv_seterr(err, KV_EINTERNAL, "%s: writing %s failed (disk full?)", r->path, full);
+    return KV_OK;
 }
 
 int kv_results_write_strings(kv_results *r, const char *group, const char *name, const char *const *strs,

@@ -4,7 +4,7 @@
 set(KV_ANALYSIS_WORK ${CMAKE_CURRENT_BINARY_DIR}/work/analysis)
 file(MAKE_DIRECTORY ${KV_ANALYSIS_WORK})
 set(KV_ANALYSIS_ENV "PYTHONPATH=${CMAKE_CURRENT_SOURCE_DIR};KV_MPIEXEC=${MPIEXEC_EXECUTABLE};${KV_MPI_ENV}")
-foreach(what error_memory scaling sweep)
+foreach(what error_memory scaling sweep heads)
   add_test(NAME analysis_${what}
            COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/test_analysis.py ${KVSTREAM_EXE} ${KV_ANALYSIS_WORK}/${what} ${what})
   set_tests_properties(analysis_${what} PROPERTIES ENVIRONMENT "${KV_ANALYSIS_ENV}" LABELS "analysis" TIMEOUT 900)

@@ -20,7 +20,9 @@ rank holds tokens) is replayed under 1..NP_MAX ranks.
   clusters cost memory with P: reported, in budget).
 The shard chunk (800 tokens) is a multiple of every kivi group size used.
 - Bad budgets (0, negative, over 100%, unknown unit, too small to hold a
-  token) exit 2 with one line naming the budget."""
+  token with --strict or in the method's own spec) exit 2 with one line
+  naming the budget; --budget 1 (byte) without --strict leaves window out
+  with a "does not fit" row and exits 0."""
 import os
 import sys
 
@@ -98,8 +100,14 @@ for m, v in mem.items():
         fail("%s: memory_bytes across P = 1..%d varies more than 5%%: %s" % (m, npmax, v))
 
 # bad budgets: one line, exit 2
-bad = [["--budget", "0"], ["--budget", "-5%"], ["--budget", "150%"], ["--budget", "10parsecs"], ["--budget", "1"],
-       ["--methods", "window:budget=0"], ["--methods", "uniform:budget=2%,tokens=8"]]
+# (--budget 1 byte holds no window: with --strict an error; without, a "does not fit" row, exit 0)
+bad = [["--budget", "0"], ["--budget", "-5%"], ["--budget", "150%"], ["--budget", "10parsecs"],
+       ["--budget", "1", "--strict"], ["--methods", "window:budget=0"], ["--methods", "uniform:budget=2%,tokens=8"]]
+r = run(mpi_cmd(2, exe, "replay", trace, "-q", "--methods", "window", "--budget", "1"))
+if r.returncode or not any(x.startswith("window") and "does not fit: needs" in x for x in r.stdout.splitlines()):
+    fail("--methods window --budget 1: want exit 0 and a 'does not fit' row, got %d: %s%s" % (r.returncode, r.stdout,
+                                                                                            r.stderr))
+print("%-40s -> exit 0, %s" % ("--methods window --budget 1", [x for x in r.stdout.splitlines() if "does not" in x][0]))
 for args in bad:
     a = ["--methods", "window"] + args if args[0] == "--budget" else args
     r = run(mpi_cmd(2, exe, "replay", trace, "-q", *a))

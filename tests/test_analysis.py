@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Tests of the analysis scripts on results the test makes itself.
 
-usage: test_analysis.py KVSTREAM WORKDIR error_memory|scaling|sweep
+usage: test_analysis.py KVSTREAM WORKDIR error_memory|scaling|sweep|heads
 
 Run with /usr/bin/python3 (numpy, h5py, matplotlib); PYTHONPATH must hold
 tests/ (kvtest). The analysis scripts are found next to this file
@@ -30,6 +30,13 @@ sweep: a /sweep table written with h5py (two kinds, two d, an unmet row; one
   small sweep; analysis/plot_sweep.py on them:
   - CSV rows = the HDF5 rows (every column, eps), sorted by kind, method, d, n;
   - the PNG is a real plot with one panel per kind.
+heads: a 128-token trace recorded from stories260K (5 layers x 4 kv heads),
+  replayed at 2 ranks with window and h2o; analysis/heads.py on it:
+  - both PNGs are real plots;
+  - heads.csv holds one cell per (method, stream), equal to the file's
+    per_stream/rel_error_p50, layer, kv_head (= s // n_kv_heads, s % n_kv_heads
+    of the trace) and the method's bits_per_token;
+  - a trace named as input is refused in one line (exit 2).
 """
 import csv
 import os
@@ -95,9 +102,10 @@ def close(a, b, rtol=1e-12, atol=0.0):
     return abs(a - b) <= atol + rtol * max(abs(a), abs(b))
 
 
-def check_png(p, min_colored=200):
+def check_png(p, min_colored=200, min_white=0.5):
     """A valid PNG of a plausible size, with axes/text (dark pixels), colored
-    lines or markers, and mostly white background: not blank, not noise."""
+    lines or markers, and mostly white background (a heatmap: at least
+    min_white of it): not blank, not noise."""
     with open(p, "rb") as f:
         head = f.read(24)
     if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
@@ -116,7 +124,7 @@ def check_png(p, min_colored=200):
     dark = np.all(rgb < 80, axis=1).sum()
     colored = ((rgb.max(axis=1) - rgb.min(axis=1)) > 80).sum()
     ncol = len(np.unique(rgb, axis=0))
-    if not (0.5 < white < 0.995) or dark < 500 or colored < min_colored or ncol < 16:
+    if not (min_white < white < 0.995) or dark < 500 or colored < min_colored or ncol < 16:
         fail("%s does not look like a plot: white %.3f, dark px %d, colored px %d, colors %d" %
              (p, white, dark, colored, ncol))
     ok("%s: %dx%d PNG, %.1f%% white, %d colored px, %d colors" % (os.path.basename(p), w, h, 100 * white, colored, ncol))
@@ -392,5 +400,44 @@ def test_sweep():
     ok("a file without /sweep is refused")
 
 
-{"error_memory": test_error_memory, "scaling": test_scaling, "sweep": test_sweep}[which]()
+# ---------------------------------------------------------------------------
+def test_heads():
+    model = os.path.join(os.path.dirname(HERE), "tests", "data", "stories260K.bin")
+    trace = path("heads-trace.h5")
+    kv(1, "record", "--model", model, "--tokens", "128", "-o", trace)
+    res = path("heads-res.h5")
+    kv(2, "replay", trace, "--methods", "window:W=32,name=window,h2o:tokens=32,name=h2o", "-q", "-o", res)
+    out = path("heads")
+    r = script("heads.py", res, "-o", out)
+    if "window" not in open(out + ".csv").read():
+        fail("heads.csv lacks window: " + r.stdout)
+    check_png(out + "_heatmap.png", min_white=0.2)  # the cells fill most of it
+    check_png(out + "_memory.png", min_colored=50)
+    hdr, rows = read_csv(out + ".csv")
+    with h5py.File(trace, "r") as t:
+        H = int(t.attrs["n_kv_heads"])
+    with h5py.File(res, "r") as f:
+        S = int(f.attrs["streams"])
+        want = {}
+        for g in ("window", "h2o"):
+            ps = f["methods"][g]["per_stream"]
+            for s in range(S):
+                want[(g, s)] = (float(ps["rel_error_p50"][s]), int(ps["layer"][s]), int(ps["kv_head"][s]),
+                                float(f["methods"][g].attrs["bits_per_token"]))
+    got = {(x["label"], int(x["stream"])): x for x in rows}
+    if set(got) != set(want):
+        fail("heads.csv cells %s, expected (window, h2o) x %d streams" % (sorted(got), S))
+    for key, (p50, layer, head, bpt) in want.items():
+        x = got[key]
+        if not (close(x["value"], p50) and int(x["layer"]) == layer == key[1] // H and
+                int(x["kv_head"]) == head == key[1] % H and close(x["bits_per_token"], bpt)):
+            fail("heads.csv %s: %s, file: p50 %r layer %d head %d bits %r" % (key, x, p50, layer, head, bpt))
+    ok("heads.csv: %d cells = per_stream/rel_error_p50 with (layer, kv_head) = (s // %d, s %% %d)" % (len(rows), H, H))
+    r = script("heads.py", trace, "-o", path("bad"), expect=2)
+    if "heads.py:" not in r.stderr or len(r.stderr.strip().splitlines()) != 1:
+        fail("a trace given as results: " + r.stderr)
+    ok("a trace given as results is refused in one line, exit 2")
+
+
+{"error_memory": test_error_memory, "scaling": test_scaling, "sweep": test_sweep, "heads": test_heads}[which]()
 print("test_analysis %s: %d passed, 0 failed" % (which, checks))

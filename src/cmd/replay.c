@@ -24,6 +24,8 @@ static const kv_opt replay_table[] = {
     { "budget-scope", 0, KV_OPT_CHOICE, R(budget_scope), .choices = "stream|layer|trace",
       .help = "what a budget (--budget, budget=, tokens=) is a total over: each stream, the kv heads of a layer, or "
               "all streams; the method shares it out (ALGORITHMS.md 4g)" },
+    { "strict", 0, KV_OPT_FLAG, R(strict), .lo = 1,
+      .help = "refuse the run when --budget cannot hold a method's minimum state (default: report it and run the rest)" },
     { "output", 'o', KV_OPT_STRING, R(out), .meta = "FILE", .help = "results file (docs/RESULTS_FORMAT.md)" },
     { "save-outputs", 0, KV_OPT_FLAG, R(save_outputs), .lo = 1, .help = "store every method's outputs in -o" },
     { "batch", 0, KV_OPT_INT, R(batch), .lo = 1, .hi = 1 << 20, .meta = "B",

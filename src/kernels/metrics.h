@@ -17,6 +17,12 @@ double kv_l2_dist(const double *a, const double *b, int dv);
 #define KV_OPNORM_WORK(dv) ((size_t)(dv) * (size_t)(dv) + 5 * (size_t)(dv))
 double kv_opnorm_from_gram(const double *G, int dv, double *vec, double *work);
 
+/* An exact output z* with |z*| below this fraction of the RMS value norm of
+ * its prefix (sqrt(|V_p|_F^2 / p)) is a "small output": its relative error
+ * divides by almost nothing, so it is counted apart and left out of mean
+ * relative errors (docs/RESULTS_FORMAT.md). */
+#define KV_SMALL_OUTPUT 1e-3
+
 typedef struct { double mean, p50, p95, p99, max; size_t count; } kv_summary;
 /* Summary of x[0..n) (NaNs excluded).  Sorts a copy; x is unchanged. */
 kv_summary kv_summarize(const double *x, size_t n);

@@ -28,6 +28,7 @@ int replay_batch_new(replay_batch *b, const replay *r, kv_err *err)
     if (r->z.gsum) b->gsum = kv_malloc(r->z.gsum, err);
     if (r->z.opn) {
         b->opn = kv_malloc(r->z.opn, err);
+        b->vsq = kv_malloc(r->z.vsq, err);
         b->opG = kv_malloc(sizeof(double) * dv * dv, err);
         b->work = kv_malloc(sizeof(double) * KV_OPNORM_WORK(dv), err);
     }
@@ -49,7 +50,7 @@ void replay_batch_free(replay_batch *b)
     if (b->have_merge) kv_merge_free(&b->mg);
     replay_decide_free(&b->dz);
     free(b->Q); free(b->send); free(b->recv); free(b->gsend); free(b->gsum); free(b->uidx);
-    free(b->opn); free(b->ev); free(b->opG); free(b->work); free(b->ep); free(b->epsum); free(b->ml); free(b->sel);
+    free(b->opn); free(b->vsq); free(b->ev); free(b->opG); free(b->work); free(b->ep); free(b->epsum); free(b->ml); free(b->sel);
     free(b->cost); free(b->costsum);
     *b = (replay_batch){ 0 };
 }
@@ -221,6 +222,9 @@ static void flush_grams(replay_batch *b, const replay *r, kv_err *err)
         for (int64_t s = 0; s < S; s++)
             for (int64_t u = 0; u < b->staged; u++) {
                 const double *U = b->gsum + ((size_t)u * S + s) * gl; /* upper triangle */
+                double tr = 0;
+                for (int i = 0; i < dv; i++) tr += U[i * dv + i];
+                b->vsq[(b->u0 + u) * S + s] = tr;
                 for (int i = 0; i < dv; i++)
                     for (int j = 0; j < dv; j++) b->opG[i * dv + j] = j >= i ? U[i * dv + j] : U[j * dv + i];
                 b->opn[(b->u0 + u) * S + s] = kv_opnorm_from_gram(b->opG, dv, b->ev + s * dv, b->work);
@@ -392,6 +396,7 @@ void replay_batch_save(const replay_batch *b, const replay *r, kv_buf *out)
         }
     if (b->gsend) kv_buf_put_arr(out, b->gsend, sizeof(double) * (size_t)(b->staged * r->S) * gl);
     if (b->opn && r->rank == 0) kv_buf_put_arr(out, b->opn, sizeof(double) * (size_t)(b->u0 * r->S));
+    if (b->vsq && r->rank == 0) kv_buf_put_arr(out, b->vsq, sizeof(double) * (size_t)(b->u0 * r->S));
 }
 
 int replay_batch_load(replay_batch *b, const replay *r, kv_rd *rd, int64_t next, kv_err *err)
@@ -419,6 +424,7 @@ int replay_batch_load(replay_batch *b, const replay *r, kv_rd *rd, int64_t next,
         }
     if (b->gsend && kv_rd_arr_to(rd, b->gsend, sizeof(double) * (size_t)(staged * r->S) * gl, err)) return err->code;
     if (b->opn && r->rank == 0 && kv_rd_arr_to(rd, b->opn, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
+    if (b->vsq && r->rank == 0 && kv_rd_arr_to(rd, b->vsq, sizeof(double) * (size_t)(u0 * r->S), err)) return err->code;
     for (int64_t q = 0; q < w; q++)
         if (b->uidx[q] < 0 || b->uidx[q] >= nu) return kv_seterr(err, KV_EINPUT, "checkpoint: the batch walk is corrupt");
     return KV_OK;

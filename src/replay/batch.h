@@ -49,6 +49,7 @@ typedef struct {
     double *send, *recv;    /* partial states [M][S][cnt][KV_PSTATE_LEN(dv)]; recv on rank 0 */
     double *gsend, *gsum;   /* staged V^T V [G][S][dv*dv]; gsum on rank 0; NULL without bound ratio */
     double *opn;            /* rank 0: |V_p|_op per distinct prefix [nu][S]; NULL without bound ratio */
+    double *vsq;            /* rank 0: trace(V_p^T V_p) = sum of |v|^2 over the prefix, likewise */
     double *ev, *opG, *work; /* rank 0: Lanczos start vectors [S][dv] carried over the run, scratch */
     int64_t *uidx;          /* [cnt]: query -> its distinct prefix */
     int64_t *ep, *epsum;    /* memory epochs [nu][M]: this rank's max bytes per epoch; summed on rank 0 */

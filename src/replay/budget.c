@@ -54,6 +54,7 @@ replay_sizes replay_sizes_compute(const replay *r)
         .gsend = br ? sizeof(double) * G * (size_t)S * gl : 0,
         .gsum = br && root ? sizeof(double) * G * (size_t)S * gl : 0,
         .opn = br && root ? sizeof(double) * (size_t)(B * S) : 0,
+        .vsq = br && root ? sizeof(double) * (size_t)(B * S) : 0,
         .ep = sizeof(int64_t) * ne,
         .epsum = root ? sizeof(int64_t) * ne : 0,
         .ml = sizeof(double) * 2 * feedback_pairs(r),
@@ -62,6 +63,7 @@ replay_sizes replay_sizes_compute(const replay *r)
         .cost = sizeof(double) * 3 * (size_t)(r->M * S * B),
         .costsum = root ? sizeof(double) * 3 * (size_t)(r->M * S * B) : 0,
         .rtok = root ? sizeof(double) * all : 0,
+        .onr = root ? sizeof(double) * (size_t)(S * r->m) : 0,
         .bound = root ? sizeof(double) * all : 0,
         .uidx = sizeof(int64_t) * (size_t)B,
         .zout = root && (o->save_outputs || o->on_outputs) ? sizeof(float) * (size_t)(S * B * dv) : 0,
@@ -71,8 +73,8 @@ replay_sizes replay_sizes_compute(const replay *r)
 
 size_t replay_sizes_budgeted(const replay_sizes *z)
 {
-    return z->kstage + z->vstage + z->gram + z->queries + z->send + z->recv + z->gsend + z->gsum + z->opn + z->ep +
-           z->epsum + z->ml + z->sel + z->rel + z->bound +
+    return z->kstage + z->vstage + z->gram + z->queries + z->send + z->recv + z->gsend + z->gsum + z->opn + z->vsq + z->ep +
+           z->epsum + z->ml + z->sel + z->rel + z->bound + z->onr +
            z->cost + z->costsum + z->rtok;
 }
 

@@ -14,7 +14,8 @@
 #define CK_MAGIC INT64_C(0x4b56434b50543035) /* "KVCKPT05": 02 added the memory epochs' maximum, 03 the walk
                                                 * inside a batch and exact rebuilt from the trace, 04 the
                                                 * quantised caches' checksum taken in pieces, 05 each stage's
-                                                * own bytes, a batch's only what it answered */
+                                                * own bytes, a batch's only what it answered, the output
+                                                * norm ratios and the prefixes' sums of |v|^2 */
 
 /* The piece: the most bytes a rank holds of its state while writing or
  * reading a checkpoint.  KVSTREAM_CKPT_PIECE overrides it (for tests: a

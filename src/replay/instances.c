@@ -1,7 +1,9 @@
 /* instances.c - method instances of a replay (see instances.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core/budget.h"
+#include "mpi/coll.h"
 #include "replay/instances.h"
 #include "replay/shard.h"
 #include "replay/streamref.h"
@@ -23,6 +25,7 @@ static int run_budget(replay *r, kv_err *err)
         replay_instance *x = &r->inst[i];
         if (!kv_method_takes_budget(x->ops) || kv_spec_has(&x->spec, "budget")) continue;
         if (kv_spec_add_param(&x->spec, kv, err)) return err->code;
+        x->run_budget = 1;
     }
     return KV_OK;
 }
@@ -87,6 +90,59 @@ static int check_scope(const replay *r, kv_err *err)
     return KV_OK;
 }
 
+static kv_method_ctx stream_ctx(const replay *r, int64_t s)
+{
+    const kv_replay_opts *o = r->o;
+    return (kv_method_ctx){ .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
+                            .stream = s, .rank = r->rank, .nranks = r->P, .seed = o->seed,
+                            .shard_tokens = replay_shard_tokens(r), .chunk = r->C,
+                            .semantics = o->semantics, .window = o->window,
+                            .kv_heads = r->in->n_kv_heads,
+                            .q_group = r->in->n_heads > 0 && r->in->n_kv_heads > 0
+                                           ? r->in->n_heads / r->in->n_kv_heads : 1,
+                            .budget_scope = o->budget_scope, .n_streams = r->S };
+}
+
+/* 1 if x's method makes its state for ctx with budget=B bytes instead of
+ * the --budget it was given. */
+static int fits(const replay_instance *x, const kv_method_ctx *ctx, int64_t B)
+{
+    kv_spec sp = x->spec;
+    for (int i = 0; i < sp.np; i++)
+        if (!strcmp(sp.p[i].key, "budget")) snprintf(sp.p[i].val, sizeof sp.p[i].val, "%lldB", (long long)B);
+    sp.cfg_of = NULL; /* parse again */
+    kv_spec_reset(&sp);
+    kv_err e = { 0, "" };
+    void *st = NULL;
+    if (x->ops->create(&sp, ctx, &st, &e)) return 0;
+    x->ops->free(st);
+    return 1;
+}
+
+/* The smallest budget in bytes per stream at which x's method makes its
+ * state for ctx (methods refuse a budget that does not hold their minimum
+ * state: one token, one sample, 2-bit groups), by bisection between the
+ * refused --budget and a budget it takes (exact's size, doubled up to 64
+ * times that); -1 when none is taken (a refusal for another reason, which
+ * stays an error).  Assumes a larger budget never fits worse. */
+static int64_t min_budget(const replay *r, const replay_instance *x, const kv_method_ctx *ctx)
+{
+    kv_budget all = { KV_BUDGET_FRACTION, 1.0 }, given;
+    kv_err e = { 0, "" };
+    int64_t ex = kv_budget_bytes(&all, r->n, (int)r->d, (int)r->dv), lo = 0, hi = ex;
+    if (!kv_budget_parse(r->o->budget, &given, &e)) lo = kv_budget_bytes(&given, r->n, (int)r->d, (int)r->dv);
+    int64_t cap = ex < INT64_MAX / 64 ? 64 * ex : INT64_MAX / 2;
+    if (hi <= lo) hi = lo < cap ? 2 * lo : cap + 1;
+    while (hi <= cap && !fits(x, ctx, hi)) { lo = hi; hi = hi < cap ? 2 * hi : cap + 1; }
+    if (hi > cap) return -1;
+    while (hi - lo > 1) { /* refused at lo, made at hi */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (fits(x, ctx, mid)) hi = mid;
+        else lo = mid;
+    }
+    return hi;
+}
+
 int replay_instances_create(replay *r, kv_err *err)
 {
     const kv_replay_opts *o = r->o;
@@ -96,35 +152,76 @@ int replay_instances_create(replay *r, kv_err *err)
         x->st = kv_calloc((size_t)r->S, sizeof(void *), err);
         if (!x->st) return err->code;
         for (int64_t s = 0; s < r->S; s++) {
-            kv_method_ctx ctx = { .d = (int)r->d, .dv = (int)r->dv, .scale = r->in->scale, .n_total = r->n,
-                                  .stream = s, .rank = r->rank, .nranks = r->P, .seed = o->seed,
-                                  .shard_tokens = replay_shard_tokens(r), .chunk = r->C,
-                                  .semantics = o->semantics, .window = o->window,
-                                  .kv_heads = r->in->n_kv_heads,
-                                  .q_group = r->in->n_heads > 0 && r->in->n_kv_heads > 0
-                                                 ? r->in->n_heads / r->in->n_kv_heads : 1,
-                                  .budget_scope = o->budget_scope, .n_streams = r->S };
+            kv_method_ctx ctx = stream_ctx(r, s);
+            kv_err e = { 0, "" };
             kv_spec_reset(&x->spec);
-            if (x->ops->create(&x->spec, &ctx, &x->st[s], err)) return err->code;
+            if (!x->ops->create(&x->spec, &ctx, &x->st[s], &e)) continue;
+            /* --budget too small for this method: left out (replay_instances_drop_unfit) unless --strict */
+            if (e.code != KV_EINPUT || !x->run_budget || o->strict || (x->needs = min_budget(r, x, &ctx)) < 0)
+                return kv_seterr(err, e.code, "%s", e.msg);
+            break;
         }
     }
     for (int mi = 0; mi < r->M && (o->checkpoint || o->resume); mi++)
-        if (!r->inst[mi].ops->save || !r->inst[mi].ops->load)
+        if (!r->inst[mi].needs && (!r->inst[mi].ops->save || !r->inst[mi].ops->load))
             return kv_seterr(err, KV_EINPUT, "--checkpoint/--resume: method '%s' cannot be checkpointed",
                              r->inst[mi].spec.text);
     return KV_OK;
 }
 
+static void instance_free(replay_instance *x, int64_t S)
+{
+    for (int64_t s = 0; x->st && s < S; s++)
+        if (x->st[s]) x->ops->free(x->st[s]);
+    free(x->st);
+    x->st = NULL;
+}
+
+int replay_instances_drop_unfit(replay *r, kv_err *err)
+{
+    int64_t *need = kv_calloc((size_t)r->M, sizeof *need, err);
+    int bad = !need;
+    if (kv_mpi_max_int(&bad, &bad, 1, r->comm) != MPI_SUCCESS || bad) {
+        free(need);
+        return kv_seterr(err, KV_EINTERNAL, "out of memory (methods that do not fit)");
+    }
+    for (int mi = 0; mi < r->M; mi++) need[mi] = r->inst[mi].needs;
+    /* a method left out on one rank is left out on all: the largest need */
+    if (kv_mpi_max_i64(need, need, r->M, r->comm) != MPI_SUCCESS) {
+        free(need);
+        return kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the methods' needs failed");
+    }
+    int nu = 0, keep = 0;
+    for (int mi = 0; mi < r->M; mi++) nu += need[mi] > 0;
+    if (nu && !(r->unfit = kv_calloc((size_t)nu, sizeof *r->unfit, err))) { free(need); return err->code; }
+    kv_budget given;
+    kv_err e = { 0, "" };
+    int64_t B = r->o->budget && !kv_budget_parse(r->o->budget, &given, &e)
+                    ? kv_budget_bytes(&given, r->n, (int)r->d, (int)r->dv) : 0;
+    for (int mi = 0; mi < r->M; mi++) {
+        replay_instance *x = &r->inst[mi];
+        if (need[mi] > 0) {
+            r->unfit[r->n_unfit++] = (replay_unfit){ x->spec, need[mi], B };
+            instance_free(x, r->S);
+            continue;
+        }
+        if (mi == r->ref) r->ref = keep;
+        r->inst[keep++] = *x;
+    }
+    r->M = keep;
+    free(need);
+    if (r->M < 1) return kv_seterr(err, KV_EINPUT, "--budget %s: no method fits it", r->o->budget);
+    return KV_OK;
+}
+
 void replay_instances_free(replay *r)
 {
-    for (int mi = 0; r->inst && mi < r->M; mi++) {
-        replay_instance *x = &r->inst[mi];
-        for (int64_t s = 0; x->st && s < r->S; s++)
-            if (x->st[s]) x->ops->free(x->st[s]);
-        free(x->st);
-    }
+    for (int mi = 0; r->inst && mi < r->M; mi++) instance_free(&r->inst[mi], r->S);
     free(r->inst);
+    free(r->unfit);
     r->inst = NULL;
+    r->unfit = NULL;
+    r->n_unfit = 0;
 }
 
 int64_t replay_instance_bytes(const replay_instance *x, int64_t S)

@@ -15,6 +15,11 @@ int replay_instances_new(replay *r, kv_err *err);
 /* Every instance's per-stream states (needs the shape, C, rank and P); with
  * --checkpoint/--resume, also that every method can save and load. */
 int replay_instances_create(replay *r, kv_err *err);
+/* Collective, after replay_instances_create agreed: every instance whose
+ * --budget cannot hold its minimum state on some rank (x->needs > 0; only
+ * without --strict) is freed and moved to r->unfit, the same on every rank;
+ * r->M and r->ref follow.  KV_EINPUT when no method is left. */
+int replay_instances_drop_unfit(replay *r, kv_err *err);
 void replay_instances_free(replay *r);
 
 /* Bytes an instance holds now, summed over this rank's streams. */

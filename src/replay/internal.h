@@ -33,7 +33,17 @@ typedef struct {
      * what they held together then. */
     int64_t dsub;           /* bytes, this rank, max since the last decision point */
     int64_t dpeak;          /* bytes, all ranks: the largest such sum in the current memory epoch */
+    int run_budget;         /* its budget= came from --budget (not the spec) */
+    int64_t needs;          /* > 0: --budget does not hold its minimum state on this rank; the
+                             * smallest budget per stream that does, in bytes (instances.c) */
 } replay_instance;
+
+/* A method dropped because --budget cannot hold its minimum state. */
+typedef struct {
+    kv_spec spec;
+    int64_t needs;          /* bytes per stream, max over ranks */
+    int64_t budget;         /* what --budget gave it, bytes per stream */
+} replay_unfit;
 
 /* Bytes of every buffer the stages allocate on this rank (0: none here).
  * Written once (budget.c) and used by the allocations, the --max-memory
@@ -46,12 +56,14 @@ typedef struct {
     size_t send, recv;      /* batch: partial states [M][S][B]; recv on rank 0 */
     size_t gsend, gsum;     /* batch: V^T V of at most replay_gram_stage positions; gsum on rank 0 */
     size_t opn;             /* batch, rank 0: |V_p|_op per distinct position [B][S] */
+    size_t vsq;             /* batch, rank 0: trace(V_p^T V_p) per distinct position [B][S] */
     size_t ep, epsum;       /* batch: memory epochs [B][M] (int64); epsum on rank 0 */
     size_t ml;              /* batch: feedback (m, l) pairs of a position (0: no method has feedback) */
     size_t sel;             /* batch: one select method's lists [S][B][L] (0: none selects) */
     size_t rel, bound;      /* sink, rank 0: per-query metrics [M][S*m] */
     size_t cost, costsum;   /* batch: per-query costs [M][S][B][3] (replay/cost.h); costsum on rank 0 */
     size_t rtok;            /* sink, rank 0: read tokens per query [M][S*m] */
+    size_t onr;             /* sink, rank 0: |z*| over the prefix's RMS value norm per query [S*m] */
     /* not counted, as they never were (O(B + S*dv) or --save-outputs only):
      * counting them would change the need --max-memory reports */
     size_t uidx;            /* batch: distinct-position index per query */
@@ -71,6 +83,8 @@ typedef struct {
     int par_streams;        /* OpenMP over streams (else the methods thread over tokens) */
     replay_instance *inst;
     int M, ref;             /* methods, index of the exact reference */
+    replay_unfit *unfit;    /* [n_unfit]: methods --budget cannot hold, in --methods order */
+    int n_unfit;
     replay_sizes z;
     kv_floors fl;           /* one rank's limits (replay_floors_setup); 0: not measured */
 } replay;

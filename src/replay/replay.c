@@ -64,6 +64,8 @@ static int open_run(replay *r, replay_shard *sh, replay_batch *b, replay_sink *k
     set_shape(r);
     replay_instances_create(r, err);
     if (kv_agree(r->comm, err)) return err->code;
+    replay_instances_drop_unfit(r, err);
+    if (kv_agree(r->comm, err)) return err->code;
     r->z = replay_sizes_compute(r);
     replay_budget_check(r, err); /* before the buffers are allocated */
     /* a bad --floors FILE is refused now, not after the run (summary.c reads it) */

@@ -57,6 +57,7 @@ typedef struct {
     int64_t max_memory;     /* bytes per rank the run may hold (0: no limit) */
     const char *budget;     /* --budget X: budget=X for every method that takes one and gives none (NULL: none) */
     int budget_scope;       /* --budget-scope stream|layer|trace (kv_budget_scope, method.h) */
+    int strict;             /* a method --budget cannot hold is an error (else it is reported and left out) */
     int64_t stop_after;     /* stop as a signal would (checkpoint, status 3) once this many queries are done (0: never) */
     kv_reference reference; /* --reference memory|stream|none */
     const char *floors;     /* --floors FILE: read the floors there, or measure and write them (NULL: measure) */

@@ -22,6 +22,8 @@ typedef struct {
     double *rel;            /* [M][S*m] */
     double *bound;          /* [M][S*m], NaN without V^T V */
     double *rtok;           /* [M][S*m]: tokens each query read, summed over ranks (replay/cost.h) */
+    double *onr;            /* [S*m]: |z*| / sqrt(|V_p|_F^2 / p), the exact output's norm over the RMS value
+                             * norm of its prefix (NaN without V^T V or a reference); KV_SMALL_OUTPUT */
     double *csum;           /* [M][REPLAY_COST_LEN]: read bytes, read tokens, flops summed over queries */
     int64_t *mem_peak;      /* [M]: max over the memory epochs so far of the bytes summed over ranks */
     double *zref, *z;       /* scratch: [dv], [dv] */

@@ -9,6 +9,7 @@
 #include "mpi/coll.h"
 #include "replay/budget.h"
 #include "replay/cost.h"
+#include "replay/errstats.h"
 #include "replay/instances.h"
 #include "replay/summary.h"
 
@@ -93,15 +94,14 @@ static void print_header(const replay *r, FILE *f, double wall)
     fprintf(f, "kvstream replay: %s  streams %lld  tokens %lld  queries %lld  d %lld  dv %lld  ranks %d  threads %d  %.2fs\n",
             kv_trace_path(r->tr), (long long)r->S, (long long)r->n, (long long)r->m, (long long)r->d,
             (long long)r->dv, r->P, r->nthreads, wall);
-    fprintf(f, "%-28s %12s %8s %9s %10s %10s %10s %10s %14s %10s %10s\n", "method", "memory", "% exact", "bits/tok",
-            "mean err", "p99 err", "max err", "p95 bound", "ingest tok/s", "us/query", "time/floor");
+    fprintf(f, "%-28s %12s %8s %9s %10s %10s %10s %14s %10s %10s\n", "method", "memory", "% exact", "bits/tok",
+            "p50 err", "p95 err", "p95 bound", "ingest tok/s", "us/query", "time/floor");
 }
 
 static void print_row(const replay *r, const replay_sink *k, const totals *t, int mi, FILE *f)
 {
     int64_t Sm = r->S * r->m;
-    kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
-    kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm); /* NaN without V^T V */
+    replay_errstats e = replay_errstats_of(r, k, mi, -1);
     double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
     double usq = t[mi].t_query * 1e6 / (double)Sm;
     /* % of exact: of what the reference held; with a reference that holds
@@ -114,19 +114,19 @@ static void print_row(const replay *r, const replay_sink *k, const totals *t, in
     else if (b >= 1 << 20) snprintf(mem, sizeof mem, "%.2f MiB", b / (1 << 20));
     else snprintf(mem, sizeof mem, "%.1f KiB", b / 1024);
     char bnd[16] = "-"; /* no V^T V with --no-bound-ratio */
-    if (!isnan(bd.p95)) snprintf(bnd, sizeof bnd, "%.3g", bd.p95);
+    if (!isnan(e.bound_p95)) snprintf(bnd, sizeof bnd, "%.3g", e.bound_p95);
     double pct = exact_mem > 0 ? 100.0 * b / exact_mem : 0.0, bpt = bits_per_token(r, t[mi].peak);
     query_cost c = cost_of(r, k, mi);
     char tf[16] = "-";
     double ratio = time_over_floor(r, &c, usq);
     if (!isnan(ratio)) snprintf(tf, sizeof tf, "%.2f", ratio);
     if (r->ref < 0) { /* --reference none: no errors to show */
-        fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10s %10s %10s %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label, mem,
-                pct, bpt, "-", "-", "-", "-", rate, usq, tf);
+        fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10s %10s %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label, mem,
+                pct, bpt, "-", "-", "-", rate, usq, tf);
         return;
     }
-    fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10.3g %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label,
-            mem, pct, bpt, e.mean, e.p99, e.max, bnd, rate, usq, tf);
+    fprintf(f, "%-28.28s %12s %7.2f%% %9.1f %10.3g %10.3g %10s %14.4g %10.2f %10s\n", r->inst[mi].spec.label,
+            mem, pct, bpt, e.p50, e.p95, bnd, rate, usq, tf);
 }
 
 static int method_attrs(const replay *r, const replay_sink *k, kv_results *x, const totals *t, int mi, kv_err *err)
@@ -155,7 +155,48 @@ static int method_attrs(const replay *r, const replay_sink *k, kv_results *x, co
         kv_results_attr_i64(x, g, "is_reference", mi == r->ref, err))
         return err->code;
     if (t[mi].ties >= 0 && kv_results_attr_i64(x, g, "near_ties", t[mi].ties, err)) return err->code;
+    if (r->ref < 0) return KV_OK; /* --reference none: no errors */
+    replay_errstats e = replay_errstats_of(r, k, mi, -1);
+    if (kv_results_attr_f64(x, g, "rel_error_p50", e.p50, err) ||
+        kv_results_attr_f64(x, g, "rel_error_p95", e.p95, err) ||
+        kv_results_attr_f64(x, g, "rel_error_p99", e.p99, err) ||
+        kv_results_attr_f64(x, g, "rel_error_max", e.max, err) ||
+        kv_results_attr_f64(x, g, "rel_error_mean", e.mean, err) ||
+        kv_results_attr_f64(x, g, "bound_ratio_p95", e.bound_p95, err) ||
+        kv_results_attr_i64(x, g, "small_outputs", e.small, err))
+        return err->code;
+    return replay_errstats_write(r, k, x, mi, g, err);
+}
+
+/* The methods --budget could not hold: a table row each, and a group
+ * /does_not_fit/<label> in the results file (no /methods group). */
+static int print_unfit(const replay *r, FILE *f, kv_results *x, kv_err *err)
+{
+    for (int i = 0; i < r->n_unfit; i++) {
+        const replay_unfit *u = &r->unfit[i];
+        if (f)
+            fprintf(f, "%-28.28s does not fit: needs %lld bytes per stream (--budget %s is %lld)\n", u->spec.label,
+                    (long long)u->needs, r->o->budget, (long long)u->budget);
+        char g[128];
+        snprintf(g, sizeof g, "/does_not_fit/%s", u->spec.label);
+        if (x && (kv_results_group(x, g, err) || kv_results_attr_str(x, g, "spec", u->spec.text, err) ||
+                  kv_results_attr_str(x, g, "method", u->spec.method, err) ||
+                  kv_results_attr_i64(x, g, "needs_bytes", u->needs, err) ||
+                  kv_results_attr_i64(x, g, "budget_bytes", u->budget, err)))
+            return err->code;
+    }
     return KV_OK;
+}
+
+/* The footer line of the small outputs, when there are any. */
+static void print_small(const replay *r, const replay_sink *k, FILE *f)
+{
+    if (r->ref < 0) return;
+    replay_errstats e = replay_errstats_of(r, k, r->ref, -1);
+    if (e.small > 0)
+        fprintf(f, "small outputs: %lld of %lld queries have |z*| below %.0e x the RMS value norm of their prefix: in "
+                "the percentiles, left out of the means (rel_error_mean in -o)\n", (long long)e.small,
+                (long long)(r->S * r->m), KV_SMALL_OUTPUT);
 }
 
 /* The footer line of the deciding methods' near-ties, when there are any. */
@@ -198,6 +239,7 @@ static int run_attrs(const replay *r, const replay_sink *k, kv_results *x, doubl
         kv_results_attr_i64(x, "/", "dv", r->dv, err) ||
         kv_results_attr_i64(x, "/", "shard_chunk", r->C, err) ||
         kv_results_attr_f64(x, "/", "wall_seconds", wall, err) ||
+        kv_results_attr_f64(x, "/", "small_output_fraction", KV_SMALL_OUTPUT, err) ||
         kv_results_attr_f64(x, "/", "floor_read_bytes_per_second", r->fl.read_bw, err) ||
         kv_results_attr_f64(x, "/", "floor_flops_per_second", r->fl.fma_peak, err) ||
         kv_results_attr_i64(x, "/", "peak_rss_bytes", rss[0], err) ||
@@ -220,7 +262,9 @@ static int write_summary(const replay *r, const replay_sink *k, const totals *t,
         if (f) print_row(r, k, t, mi, f);
         if (k->res && method_attrs(r, k, k->res, t, mi, err)) return err->code;
     }
+    if (print_unfit(r, f, k->res, err)) return err->code;
     if (f) print_ties(r, t, f);
+    if (f) print_small(r, k, f);
     if (f && k->model_cnt)
         fprintf(f, "exact vs the model's own attention outputs (/model_outputs): max rel err %.3g, mean %.3g\n",
                 k->model_max, k->model_sum / (double)k->model_cnt);
@@ -239,12 +283,11 @@ enum { NF = 13 };
 static void summary_fill(const replay *r, const replay_sink *k, const totals *t, int mi, double *f)
 {
     int64_t Sm = r->S * r->m;
-    kv_summary e = kv_summarize(k->rel + (size_t)mi * Sm, (size_t)Sm);
-    kv_summary bd = kv_summarize(k->bound + (size_t)mi * Sm, (size_t)Sm);
+    replay_errstats e = replay_errstats_of(r, k, mi, -1); /* the table's and the file's figures */
     query_cost c = cost_of(r, k, mi);
     double usq = t[mi].t_query * 1e6 / (double)(Sm > 0 ? Sm : 1);
     double rate = t[mi].t_ingest > 0 ? (double)(r->S * r->n) / t[mi].t_ingest : 0;
-    double v[NF] = { bits_per_token(r, t[mi].peak), e.mean, e.p50, e.p95, e.p99, e.max, bd.p95, rate, usq,
+    double v[NF] = { bits_per_token(r, t[mi].peak), e.mean, e.p50, e.p95, e.p99, e.max, e.bound_p95, rate, usq,
                      c.bytes, c.tokens, c.flops, time_over_floor(r, &c, usq) };
     for (int i = 0; i < NF; i++) f[i] = v[i];
 }
