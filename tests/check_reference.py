@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference modes (issue 16, item 1): replay --reference memory|stream|none.
+"""Reference modes: replay --reference memory|stream|none.
 
 usage: check_reference.py KVSTREAM WORKDIR NP [--no-rss]
 
