@@ -144,7 +144,7 @@ checks += 1
 
 # exact-only checkpoints are kilobytes.  At a batch
 # boundary (48 = 3 x 16): one stopped inside a batch also holds the batch's
-# staged V^T V snapshots, up to B S dv^2 8 bytes (README, "Long runs")
+# staged V^T V snapshots, up to B S dv^2 8 bytes (docs/USER_GUIDE.md, "Long runs")
 sizes = {}
 for ref in ("memory", "stream"):
     ck = path("only-%s.ckpt" % ref)
