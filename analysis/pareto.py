@@ -136,6 +136,9 @@ def panel(ax, rows, stat_name, axis):
             break
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if xcol == "memory_pct":  # ticks read 1%, 10%, 100%
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "%g%%" % v))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("%s rel_error: median over seeds (band: min-max)" % stat_name)
     ax.grid(True, which="both", alpha=0.3)
