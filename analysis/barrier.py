@@ -42,7 +42,7 @@ def load(paths):
         cols, eps = kv.load_sweep(p)
         for k in ("met", "exact_bytes", "keeps_all", "points"):
             if k not in cols:
-                raise ValueError("%s: /sweep/%s missing (a sweep from before issue 15?)" % (p, k))
+                raise ValueError("%s: /sweep/%s missing (a sweep from before the lower-bound instances?)" % (p, k))
         for i in range(len(cols["n"])):
             rows.append(dict(kind=cols["kind"][i], method=cols["method"][i], fam=family(cols["method"][i]),
                              n=int(cols["n"][i]), d=int(cols["d"][i]), mem=int(cols["budget_bytes"][i]),

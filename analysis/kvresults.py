@@ -94,7 +94,7 @@ class Results:
         self.wall_seconds = float(self.attrs.get("wall_seconds", float("nan")))
         self.trace = self.attrs.get("trace", "")
         self.reference = self.attrs.get("reference", "exact")  # "none" with replay --reference none
-        # memory | stream | none (files before issue 16: memory); with none the
+        # memory | stream | none (files written before reference modes: memory); with none the
         # methods have no rel_error / bound_ratio (Method.rel_error is None)
         self.reference_mode = self.attrs.get("reference_mode", "memory")
 

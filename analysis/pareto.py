@@ -13,7 +13,8 @@ Writes PREFIX.csv: the /pareto rows, one per (method, budget, seed):
     method, budget, seed, memory_bytes, p50_error, p95_error, mean_error,
     max_error, p95_bound_ratio, label[, read_tokens_per_query, read_bytes_per_query]
 
-(the last two when every file has them) and PREFIX.png: error against memory_bytes, log-log.  One line per method
+(the last two when every file has them) and PREFIX.png: error against memory, log-log, memory
+in % of exact's memory_bytes (exact at 100%; bytes when exact held nothing).  One line per method
 through its budgets (in order of memory): at each budget the median over
 seeds of the chosen statistic (--stat, default p50: the median of rel_error
 over all streams and queries) at the median memory over seeds; the shaded
@@ -25,7 +26,8 @@ errors of exactly 0 are drawn on the bottom edge too.  Run with Debian's
 /usr/bin/python3 (numpy, h5py, matplotlib; Agg backend).  --axis reads puts
 read_tokens_per_query (the tokens a query touches, summed over ranks) on
 the x axis instead of memory_bytes; --axis both draws the two panels side
-by side (memory left, reads right, one y axis, one legend below them).  The
+by side (memory left, reads right, one y axis, one legend below them; one
+panel: the legend right of it, never over the curves).  The
 default title names the trace the first file was run on.
 """
 import argparse
@@ -89,10 +91,27 @@ def curves(rows, stat, xcol="memory_bytes"):
     return out
 
 
+def exact_memory(rows):
+    """Exact's memory_bytes (the first exact row), or 0 when there is none (or it held nothing)."""
+    return next((r["memory_bytes"] for r in rows if r["method"] == "exact"), 0)
+
+
+def with_memory_pct(rows):
+    """The memory axis in % of exact's memory (exact at 100): rows with a memory_pct column and
+    the axis' label; memory_bytes itself when exact held nothing (--reference stream or none)."""
+    ex = exact_memory(rows)
+    if ex <= 0:
+        return rows, AXES["memory"]
+    rows = [dict(r, memory_pct=100.0 * r["memory_bytes"] / ex) for r in rows]
+    return rows, ("memory_pct", "memory held, % of exact's (peak state, all streams and ranks)")
+
+
 def panel(ax, rows, stat_name, axis):
     """One panel: error (stat_name) against the x column of axis, log-log."""
     stat = STATS[stat_name]
     xcol, xlabel = AXES[axis]
+    if axis == "memory":
+        rows, (xcol, xlabel) = with_memory_pct(rows)
     cs = curves(rows, stat, xcol)
     pos = [v for pts in cs.values() for p in pts for v in p[2:] if v > 0 and np.isfinite(v)]
     floor = min(pos) / 4 if pos else 1e-6
@@ -117,6 +136,9 @@ def panel(ax, rows, stat_name, axis):
             break
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if xcol == "memory_pct":  # ticks read 1%, 10%, 100%
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "%g%%" % v))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("%s rel_error: median over seeds (band: min-max)" % stat_name)
     ax.grid(True, which="both", alpha=0.3)
@@ -142,7 +164,8 @@ def figure(rows, stat_name, title, axes=("memory",)):
         fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
         panel(ax, rows, stat_name, axes[0])
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        # right of the panel, outside it: clear of the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
         fig.tight_layout()
         return fig
     fig, axs = plt.subplots(1, len(axes), figsize=(6.5 * len(axes), 6.2), dpi=110, sharey=True)

@@ -15,7 +15,7 @@
  *           fraction of the peak
  * Flops counted per query and token: 2d for the logit and 2dv for the value
  * accumulation; the exp, max and sums are not counted (they are overhead the
- * peak does not include).  Targets (issue 14), 2 threads: single >= 0.92 of
+ * peak does not include).  Targets, 2 threads: single >= 0.92 of
  * the probe, batch >= 0.55 of the peak; each printed as PASS or MISS (from
  * wall times).  "CPU rate" is the same work over the process's CPU time per
  * thread: on a shared machine, where other jobs take the cores, it is what

@@ -1,5 +1,5 @@
 /* bench_replay.c - replay-shaped exact attention against the compute and
- * bandwidth floors measured in the same run (issue 14).
+ * bandwidth floors measured in the same run.
  *
  *   bench_replay [log2_n=16] [d=128] [queries=256] [batch=64] [reps=5]
  *                [streams=4] [group=4]

@@ -1,5 +1,5 @@
 /* bench_subgen.c - SubGen throughput and memory on clustered keys, with the
- * cluster cap at the number of natural clusters (issue 13).
+ * cluster cap at the number of natural clusters.
  *
  *   bench_subgen [max_log2_n (default 20)] [index: 1 | 0 | 2 = both (default 2)]
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The barrier, measured (issue 15; docs/BARRIER.md): `kvstream sweep` on the
+# The barrier, measured (docs/BARRIER.md): `kvstream sweep` on the
 # two lower-bound instances, index (d = 8 and 48) over n = 512..8192 and
 # packing (d = 4 and 8) over n = 1,024..16,384, probes after the stream
 # (--query-at end), eps = 0.1 on the p95 relative error of the probes, window,

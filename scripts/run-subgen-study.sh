@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce docs/SUBGEN_STUDY.md (issue 13): SubGen (both estimators) against
+# Reproduce docs/SUBGEN_STUDY.md: SubGen (both estimators) against
 # uniform and window at equal budgets on traces recorded from the bundled
 # llama2.c model (tests/data/stories260K.bin, head_dim 8, trained context 512),
-# 4,096 (issue 13's trace length), 16,384 and 32,768 positions; how clusterable its post-RoPE keys are; the
+# 4,096 (the length of the first study's trace), 16,384 and 32,768 positions; how clusterable its post-RoPE keys are; the
 # cluster cap on synthetic clustered keys (memory flat in n, tiny delta); and
 # bench_subgen.  Everything is written into out/subgen-study/; the tables of
 # the study are printed at the end and kept in out/subgen-study/summary.txt.
@@ -88,7 +88,7 @@ M=exact
 for x in 0.25 0.5 1 2 4 8; do M="$M,subgen:delta=$x,clusters=1000000000,t=1,s=1,name=unc-${x/./p}"; done
 $RUN "$KV" replay "$OUT/story16384-q.h5" --methods "$M" --no-bound-ratio -q -o "$OUT/clusterability16k.h5"
 
-# 4a. Defaults on issue 13's 4,096-position trace (the default cap,
+# 4a. Defaults on the first study's 4,096-position trace (the default cap,
 #     max(4096, 16 sqrt(n)), does not bind at n <= 4096).
 [ -f "$OUT/story4096.h5" ] || $RUN "$KV" record --model tests/data/stories260K.bin --tokens 4096 -o "$OUT/story4096.h5"
 $RUN "$KV" replay "$OUT/story4096.h5" -q -o "$OUT/defaults4096.h5" --methods \

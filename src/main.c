@@ -11,6 +11,8 @@
  * SIGUSR1 that reaches a rank during start-up is recorded, never fatal, and
  * honoured once every rank is up (exit 3, nothing ran).  Commands that do
  * not poll for stops get the default action back after start-up.
+ * With no command, the usage goes to stderr and the exit status is 2
+ * (`kvstream help` prints it on stdout, status 0).
  * KVSTREAM_READY=1 (tests) makes every process say on stderr when its
  * handlers are in place: "kvstream: ready: pid N handles SIGTERM/SIGUSR1". */
 #include <stdio.h>
@@ -27,7 +29,7 @@ static const struct {
     const char *summary;
     int stops; /* polls kv_signal_pending and stops with exit 3 (the replay does) */
 } commands[] = {
-    { "gen", kv_run_gen, "write a synthetic trace (gaussian, clustered, jl, sphere) with parallel HDF5", 0 },
+    { "gen", kv_run_gen, "write a synthetic trace (clustered, lower-bound instances, ...) with parallel HDF5", 0 },
     { "info", kv_run_info, "shape, storage, attributes and a validation verdict of a trace", 0 },
     { "replay", kv_run_replay, "run exact attention and methods over a trace (--checkpoint/--resume for long runs)", 1 },
     { "sweep", kv_run_sweep, "smallest budget per method for p95 error <= eps over a grid of n and d", 1 },
@@ -43,7 +45,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: kvstream <command> [options]   (run under mpirun -np P for P ranks)\n\ncommands:\n");
     for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "  %-8s %s\n\n`kvstream CMD --help` lists a command's options; methods: `kvstream methods`, README.md.\n",
+    fprintf(f, "  %-8s %s\n\n`kvstream CMD --help` lists a command's options; methods: `kvstream methods`; docs/USER_GUIDE.md.\n",
             "help", "this list (`kvstream help CMD`: CMD --help)");
 }
 
@@ -92,14 +94,17 @@ int main(int argc, char **argv)
         if (j >= 0) commands[j].run(2, help_argv, comm, &err);
         else if (argc > 2) kv_seterr(&err, KV_EINPUT, "help: unknown command '%s'", argv[2]);
         else if (rank == 0) usage(stdout);
+    } else if (!*cmd) {
+        /* no command: the usage on stderr (help prints it on stdout), then the one error line */
+        if (rank == 0) usage(stderr);
+        kv_seterr(&err, KV_EINPUT, "no command given (`kvstream help` prints the list above on stdout)");
     } else {
         char names[256] = "";
         for (int i = 0; i < NCOMMANDS; i++) {
             strcat(names, i ? ", " : "");
             strcat(names, commands[i].name);
         }
-        kv_seterr(&err, KV_EINPUT, "%s%s%s (commands: %s; `kvstream help` describes them)",
-                  *cmd ? "unknown command '" : "no command given", cmd, *cmd ? "'" : "", names);
+        kv_seterr(&err, KV_EINPUT, "unknown command '%s' (commands: %s; `kvstream help` describes them)", cmd, names);
     }
     if (err.code == KV_ESTOPPED && rank == 0) fprintf(stderr, "kvstream: %s\n", err.msg);
     else if (err.code && rank == 0) fprintf(stderr, "kvstream: error: %s\n", err.msg);

@@ -1,4 +1,4 @@
-# The lower-bound instances (issue 15): index and packing carry what their
+# The lower-bound instances: index and packing carry what their
 # proofs need (target mass, decodability, separation), for 1 and 2 ranks.
 foreach(np 1 2)
   add_test(NAME barrier_instances_np${np} COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_barrier.py ${KVSTREAM_EXE}

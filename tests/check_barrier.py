@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The lower-bound instances carry what their proofs rely on (issue 15).
+"""The lower-bound instances carry what their proofs rely on.
 
 usage: check_barrier.py KVSTREAM WORKDIR NP
 - index (d = 48 >= 4 ln n): every query is a probe at position n; exact

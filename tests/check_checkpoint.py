@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Checkpoint / restart (issue 7).
+"""Checkpoint / restart.
 
 usage: check_checkpoint.py KVSTREAM WORKDIR NP
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Memory is reported as the time-aligned peak (issue 12, part 1; docs/RESULTS_FORMAT.md).
+"""Memory is reported as the time-aligned peak (docs/RESULTS_FORMAT.md).
 
 usage: check_memory.py KVSTREAM WORKDIR
 Replays a clustered trace with exact, window, uniform, h2o, topk and subgen

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Replays over two emulated nodes on one machine (issue 16, item 5).
+"""Replays over two emulated nodes on one machine.
 
 usage: check_nodes.py KVSTREAM WORKDIR [--slurm]
 

@@ -212,17 +212,20 @@ def check_both(out):
     axs = fig.axes
     if len(axs) != 2:
         fail("--axis both: %d panels, expected 2" % len(axs))
-    for ax, col in zip(axs, ("memory_bytes", "read_tokens_per_query")):
-        if col not in ax.get_xlabel():
-            fail("panel x label %r does not name %s" % (ax.get_xlabel(), col))
+    # the memory panel in % of exact's memory (exact at 100), the reads panel in tokens
+    ex_mem = [x["memory_bytes"] for x in rows if x["method"] == "exact"][0]
+    for ax, col, name, scale in zip(axs, ("memory_bytes", "read_tokens_per_query"),
+                                    ("% of exact's", "read_tokens_per_query"), (100.0 / ex_mem, 1.0)):
+        if name not in ax.get_xlabel():
+            fail("panel x label %r does not say %s" % (ax.get_xlabel(), name))
         for m in ("window", "uniform"):
-            want = sorted(float(np.median([x[col] for x in rows if x["method"] == m and x["budget"] == b]))
+            want = sorted(scale * float(np.median([x[col] for x in rows if x["method"] == m and x["budget"] == b]))
                           for b in BUDGETS)
             got = [l for l in ax.get_lines() if l.get_label() == m]
             if len(got) != 1 or not np.allclose(sorted(got[0].get_xdata()), want, rtol=1e-12):
                 fail("%s panel: %s at x %s, expected the rows' medians %s" % (
                     col, m, [list(l.get_xdata()) for l in got], want))
-        ex = [x[col] for x in rows if x["method"] == "exact"][0]
+        ex = scale * [x[col] for x in rows if x["method"] == "exact"][0]
         if not any(l.get_linestyle() == "--" and np.allclose(l.get_xdata(), ex) for l in ax.get_lines()):
             fail("%s panel: no dashed line at exact's %g" % (col, ex))
     if [x["read_tokens_per_query"] for x in rows if x["method"] == "window"] == \

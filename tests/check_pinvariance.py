@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""P is a performance knob only (issue 12, parts 2 and 3).
+"""P is a performance knob only: global parameters and budgets give the same answer at every P.
 
 usage: check_pinvariance.py KVSTREAM WORKDIR [NP_MAX]
 A clustered trace (2 streams x 20000 tokens, d = 16, chunks of 400 so every

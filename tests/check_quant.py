@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The quantised caches kivi and qjl through `kvstream replay` (issue 17).
+"""The quantised caches kivi and qjl through `kvstream replay`.
 
 usage: check_quant.py KVSTREAM WORKDIR
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference modes (issue 16, item 1): replay --reference memory|stream|none.
+"""Reference modes: replay --reference memory|stream|none.
 
 usage: check_reference.py KVSTREAM WORKDIR NP [--no-rss]
 
@@ -144,7 +144,7 @@ checks += 1
 
 # exact-only checkpoints are kilobytes.  At a batch
 # boundary (48 = 3 x 16): one stopped inside a batch also holds the batch's
-# staged V^T V snapshots, up to B S dv^2 8 bytes (README, "Long runs")
+# staged V^T V snapshots, up to B S dv^2 8 bytes (docs/USER_GUIDE.md, "Long runs")
 sizes = {}
 for ref in ("memory", "stream"):
     ck = path("only-%s.ckpt" % ref)

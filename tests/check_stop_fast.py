@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Stops inside a batch (issue 16, item 3).
+"""Stops inside a batch.
 
 usage: check_stop_fast.py KVSTREAM WORKDIR NP
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""SubGen through `kvstream replay` under MPI (issue 3).
+"""SubGen through `kvstream replay` under MPI.
 
 usage: check_subgen_replay.py KVSTREAM WORKDIR NP
 - clustered traces with 16 clusters, n = 2^12, 2^14, 2^16: the clusters

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Transport independence (issue 16, item 5).
+"""Transport independence.
 
 usage: check_transport.py KVSTREAM WORKDIR
 

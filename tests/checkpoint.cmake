@@ -1,4 +1,4 @@
-# Checkpoint / restart through replay (issue 7).
+# Checkpoint / restart through replay.
 foreach(np 1 3)
   add_test(NAME checkpoint_np${np} COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_checkpoint.py ${KVSTREAM_EXE}
            ${KV_WORK}/checkpoint_np${np} ${np})

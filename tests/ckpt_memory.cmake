@@ -1,4 +1,4 @@
-# Checkpoints in bounded pieces (issue 16): writing and resuming a large
+# Checkpoints in bounded pieces: writing and resuming a large
 # saved state raises peak RSS by at most the 4 MiB piece + slack, writing it
 # in one piece by about the state (tests/check_ckpt_memory.py).  Not under
 # AddressSanitizer: its shadow memory and quarantine make RSS say nothing.

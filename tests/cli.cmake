@@ -83,4 +83,18 @@ kv_cli_test(cli_bad_stop_after 2 "replay: --stop-after: 'soon' is not an integer
             replay x.h5 --stop-after soon)
 kv_cli_test(cli_bad_list 2 "sweep: --n: 'x' is not an integer" "^kvstream" sweep --n 16,x)
 kv_cli_test(cli_unknown_command 2 "kvstream: error: unknown command 'nosuchcmd'" "^kvstream" nosuchcmd)
-kv_cli_test(cli_no_command 2 "no command given" "^kvstream")
+kv_cli_test(cli_no_command 2 "usage: kvstream <command>|  replay |  pareto |kvstream: error: no command given" "^kvstream")
+# no command: the usage on stderr only (stdout empty), exit status 2; `help`: on stdout, status 0
+add_test(NAME cli_no_command_stderr COMMAND sh -c [=[
+out=$("$0" 2>/dev/null); rc=$?
+err=$("$0" 2>&1 >/dev/null)
+printf 'stdout: [%s]\nstderr:\n%s\n' "$out" "$err"
+[ "$rc" -eq 2 ] || { echo "exit status $rc, expected 2"; exit 1; }
+[ -z "$out" ] || { echo "usage on stdout, expected stderr only"; exit 1; }
+printf '%s\n' "$err" | grep -q '^usage: kvstream <command>' || { echo "no usage line on stderr"; exit 1; }
+printf '%s\n' "$err" | grep -q '^  replay ' || { echo "no command list on stderr"; exit 1; }
+help=$("$0" help 2>/dev/null) || { echo "help: non-zero exit"; exit 1; }
+printf '%s\n' "$help" | grep -q '^usage: kvstream <command>' || { echo "help: no usage on stdout"; exit 1; }
+echo "cli_no_command_stderr: ok"
+]=] ${KVSTREAM_EXE})
+set_tests_properties(cli_no_command_stderr PROPERTIES LABELS "cli" TIMEOUT 120 ENVIRONMENT "${KV_MPI_ENV}")

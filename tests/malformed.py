@@ -99,7 +99,7 @@ case("missing format", good(P("nofmt"), attr_format=None), "root attribute 'form
 case("version 2", good(P("v2"), attr_version=2), "kvtrace version 2 is not supported")
 case("version string", good(P("vstr"), attr_version="1"), "attribute 'version' must be an integer")
 case("int keys", good(P("ikeys"), keys=np.zeros((S, n, d), np.int32)), "/keys has the wrong type")
-# float16 is a valid trace type (issue 16); its inf must still be refused with the index
+# float16 is a valid trace type; its inf must still be refused with the index
 case("float16 inf keys", good(P("hkeys"), keys=np.full((S, n, d), np.inf, np.float16)), "/keys[0, 0, 0] is not finite")
 case("keys is a group", good(P("gkeys"), keys="group"), "/keys is not a dataset")
 case("negative scale", good(P("scale"), attr_scale=-1.0), "attribute 'scale' = -1 must be finite and > 0")

@@ -1,4 +1,4 @@
-# Two emulated nodes on one machine (issue 16): a 4-rank replay split 2+2
+# Two emulated nodes on one machine: a 4-rank replay split 2+2
 # over two "nodes", 127.0.0.2 and 127.0.0.3 (tests/fake_rsh.sh starts their orteds
 # locally) uses vader inside a node and TCP between them, and is bitwise the
 # 4-rank shared-memory run; kill -9 of a rank ends it (tests/check_nodes.py).

@@ -1,4 +1,4 @@
-# Quantised caches (issue 17): kivi and qjl.  test_quant: half precision,
+# Quantised caches: kivi and qjl.  test_quant: half precision,
 # b-bit quantisation, the sealed checkpoint envelope, QJL's unbiased
 # estimator; quant_replay: accuracy, memory, budgets, P-invariance,
 # determinism and bits_per_token through replay.  ctest -L quant

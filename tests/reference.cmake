@@ -1,4 +1,4 @@
-# Reference modes (issue 16): --reference stream under a --max-memory below
+# Reference modes: --reference stream under a --max-memory below
 # the trace gives memory's errors; none; small exact-only checkpoints
 # (tests/check_reference.py).  RSS is meaningless under the sanitizers.
 if(KVSTREAM_SANITIZE OR KVSTREAM_FUZZ)

@@ -28,7 +28,7 @@
 # vader backing directory and session-directory base (DIR/nodes/NAME): the
 # orted that mpirun starts by srun on each node passes them to its ranks,
 # so ranks on different nodes do not open the same /dev/shm segment
-# (README, "Transports"). srun --mpi=pmix direct launch does not work across
+# (docs/TESTING.md, "Transports and nodes"). srun --mpi=pmix direct launch does not work across
 # them: both nodes' step daemons create the same PMIx client directory.
 
 kv_slurm_log() { echo "slurm_cluster: $*" >&2; }

@@ -1,4 +1,4 @@
-# Stops inside a batch (issue 16): SIGUSR1 to mpirun during a single long
+# Stops inside a batch: SIGUSR1 to mpirun during a single long
 # batch stops within 10 s with exit 3, resumed bitwise (tests/check_stop_fast.py).
 add_test(NAME stop_inside_batch COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_stop_fast.py ${KVSTREAM_EXE}
          ${KV_WORK}/stop_inside_batch 2)

@@ -1,4 +1,4 @@
-# The barrier sweep (issue 4): phase transition between jl and sphere.
+# The barrier sweep: phase transition between jl and sphere.
 foreach(np 1 2)
   add_test(NAME sweep_phase_np${np} COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_sweep.py ${KVSTREAM_EXE}
            ${KV_WORK}/sweep_np${np} ${np})

@@ -17,7 +17,7 @@ void kv_cmd_check_placement(const char *cmd, MPI_Comm comm)
         fprintf(stderr,
                 "kvstream %s: warning: rank %lld runs %lld OpenMP threads on %lld CPU(s) of its affinity mask, so its "
                 "threads share cores; under mpirun pass --bind-to none or --map-by slot:PE=%lld, under Slurm "
-                "--cpus-per-task=%lld (README: placement)\n",
+                "--cpus-per-task=%lld (docs/USER_GUIDE.md: placement)\n",
                 cmd, (long long)short_rank, (long long)info[0], (long long)info[1], (long long)info[0],
                 (long long)info[0]);
 }

@@ -33,7 +33,7 @@ typedef struct {
     kv_replay_summary *methods; /* n_methods entries, owned: kv_replay_result_free */
 } kv_replay_result;
 
-/* What rel_error and bound_ratio are measured against (README, "Reference
+/* What rel_error and bound_ratio are measured against (docs/USER_GUIDE.md, "Reference
  * modes"): the exact method holding its shard, exact attention re-read from
  * the trace per batch (replay/streamref.h), or nothing. */
 typedef enum { KV_REF_MEMORY = 0, KV_REF_STREAM = 1, KV_REF_NONE = 2 } kv_reference;

@@ -196,7 +196,7 @@ static void subgen_free(void *state)
 }
 
 /* Defaults: delta = 1 joins keys within distance 1 of a cluster's first key,
- * i.e. clusters whose members are about sigma sqrt(2d) <= 1 apart (README
+ * i.e. clusters whose members are about sigma sqrt(2d) <= 1 apart (docs/USER_GUIDE.md
  * "Choosing SubGen's parameters"), t = 16 is inside the 8-64 that works in
  * practice, s = 256 = O(eps^-2 d) for head dimensions up to 128 at eps ~
  * 0.7; the cluster cap 1024 keeps the clusters' memory flat in n however
@@ -289,7 +289,7 @@ static int budget_rule(const kv_budget *b, int64_t *t_r, int use_index, int join
      * the cap is about 2 t_r: neither the cluster count m nor the sizes are
      * known, and a cap below m is the costly mistake (delta doubles until
      * clusters merge across the natural ones), a cap above m only leaves
-     * rows unused (README: measured on the demo trace) */
+     * rows unused (docs/USER_GUIDE.md: measured on the demo trace) */
     int64_t avail = Br - fixed_bytes(d, use_index), bs = joint ? 0 : avail / 2, bc = avail - bs;
     int64_t row = (int64_t)(joint ? d + dv : d) * (int64_t)sizeof(float);
     if (*t_r < 1) *t_r = bc > 2 * row ? (int64_t)sqrt((double)(bc / row) / 2.0) : 1;
