@@ -53,7 +53,7 @@ echo "results: out/demo-results.h5 (layout: docs/RESULTS_FORMAT.md)"
 if [ "${KVSTREAM_DEMO_PARETO:-1}" != 0 ]; then
   echo "demo: error curves (kvstream pareto: budgets 2.5-25%, quantised caches 10-50%, 2 seeds; tables in $LOG)"
   logged mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 \
-    --methods window,sinks,h2o,tova,snapkv,uniform,balancekv,subgen,quest,lsh \
+    --methods window,sinks,h2o,tova,snapkv,expected-attention,uniform,balancekv,subgen,quest,lsh \
     --budgets 2.5%,5%,10%,25% --seeds 2 -q -o out/demo-pareto.h5
   # the quantised caches cannot go below ~10% (2-bit KIVI is 3 bits per element
   # with its scales): their own run, at budgets they can hold, in the same figure
