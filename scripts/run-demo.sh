@@ -37,7 +37,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 echo "demo: trace out/demo-trace.h5: clustered, 4 streams x $TOKENS_TXT tokens, d = 64, 256 queries"
 logged mpirun --oversubscribe -np 2 build/kvstream gen --kind clustered --clusters 64 --spread 0.1 --streams 4 \
   --tokens "$TOKENS" --dim 64 --queries 256 --seed 1 -o out/demo-trace.h5
-METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,tova,snapkv,uniform,balancekv,subgen,subgen:joint=1,name=subgen-joint,window+subgen,kivi,qjl,topk:k=64"}
+METHODS=${KVSTREAM_DEMO_METHODS:-"exact,window,sinks,h2o,tova,snapkv,uniform,balancekv,subgen,subgen:joint=1,name=subgen-joint,window+subgen,kivi,qjl,turboquant,expected-attention,topk:k=64"}
 BUDGET=${KVSTREAM_DEMO_BUDGET:-10%}
 echo "demo: replay on 2 ranks, every method at --budget $BUDGET (progress lines in $LOG)"
 echo
