@@ -7,7 +7,9 @@ usage: check_layers.py ROOT name=dir=dep1,dep2, ...   (the KV_LAYERS list)
 2. No MPI collective (or point-to-point call) outside mpi/.
 3. No abort() or exit() in library code (every layer but cmd, and main.c):
    errors are returned.
-4. No HDF5 call outside io/: every file is read and written through it."""
+4. No HDF5 call outside io/: every file is read and written through it.
+5. No two source files of the same name in different folders: a name says
+   one job (cmd/ files are cmd_NAME.c beside the layer that does NAME)."""
 import os
 import re
 import sys
@@ -24,6 +26,7 @@ COLL = re.compile(r"\bMPI_(Allreduce|Reduce|Bcast|Barrier|Allgather|Allgatherv|G
 ABORT = re.compile(r"\b(abort|exit)\s*\(")
 HDF5 = re.compile(r"\bH5[A-Z][A-Za-z0-9_]*\s*\(")
 problems, files = [], 0
+seen = {}
 
 
 def strip_comments(text):
@@ -38,6 +41,7 @@ for name, (d, deps) in sorted(layers.items()):
             continue
         files += 1
         path = os.path.join(d, f)
+        seen.setdefault(os.path.basename(f), set()).add(os.path.dirname(path))
         text = strip_comments(open(os.path.join(folder, f)).read())
         for ln, line in enumerate(text.splitlines(), 1):
             m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
@@ -61,6 +65,9 @@ for ln, line in enumerate(main.splitlines(), 1):
         problems.append("src/main.c:%d: MPI call outside mpi/: %s" % (ln, line.strip()))
     if HDF5.search(line):
         problems.append("src/main.c:%d: HDF5 call outside io/: %s" % (ln, line.strip()))
+for base, dirs in sorted(seen.items()):
+    if len(dirs) > 1:
+        problems.append("%s: the same file name in %s (one name, one job: rename one)" % (base, ", ".join(sorted(dirs))))
 for p in problems:
     print(p)
 print("check_layers: %d files in %d layers" % (files, len(layers)))

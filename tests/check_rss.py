@@ -6,7 +6,7 @@ A trace where staging V^T V for a whole batch, as the replay once did, would
 be large: S = 16 streams, dv = 128, 512 queries at distinct positions, one
 batch of 512: 512 x 16 x 128^2 doubles = 1 GiB per rank, and as much again
 on rank 0.  Now at most 64 MiB of snapshots are staged before they are summed
-onto rank 0 (src/replay/budget.c).  Checks, on 2 ranks:
+onto rank 0 (src/replay/sizes.c).  Checks, on 2 ranks:
   - peak_rss_bytes (largest rank) <= 1.25 x accounted + 256 MiB, where
     accounted = replay_buffer_bytes (the largest rank's replay buffers) + the
     methods' peak_rank_bytes (each the largest rank's own peak): 25% for

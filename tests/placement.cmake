@@ -1,4 +1,4 @@
-# Hybrid placement (src/cmd/placement.c): OpenMP threads bound to fewer CPUs
+# Hybrid placement (src/cmd/cmd_placement.c): OpenMP threads bound to fewer CPUs
 # than they are get one warning line from rank 0; a placement that gives
 # every thread a CPU gets none.  The replay itself succeeds either way.
 set(KV_PLACE_SH [=[

@@ -1,4 +1,4 @@
-# Tests of `kvstream record` (src/model/llama.c, src/cmd/record.c) and of the npz
+# Tests of `kvstream record` (src/model/llama.c, src/cmd/cmd_record.c) and of the npz
 # converter (analysis/npz_to_kvtrace.py).  All carry the label "record":
 #   ctest -L record --output-on-failure
 # The model file's checksum, again at test time (a copy edited after configuring).

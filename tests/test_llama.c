@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cmd/record.h"
+#include "cmd/cmd_record.h"
 #include "model/llama.h"
 #include "testutil.h"
 

@@ -9,7 +9,7 @@
 #include "mpi/agree.h"
 #include "mpi/coll.h"
 #include "replay/batch.h"
-#include "replay/budget.h"
+#include "replay/sizes.h"
 #include "replay/cost.h"
 #include "replay/instances.h"
 #include "replay/streamref.h"

@@ -6,7 +6,7 @@
  * [M][S][cnt], packed when cnt < B), merges the (m, l) of the feedback
  * methods' states over the ranks and feeds them back (method.h: feedback),
  * stages a V^T V snapshot and closes a memory epoch.  At most G snapshots
- * are staged (budget.c: replay_gram_stage): when G are, they are summed
+ * are staged (sizes.c: replay_gram_stage): when G are, they are summed
  * onto rank 0, which turns them into |V_p|_op at once.  Methods with
  * partial_batch (method.h) then answer the whole batch in one call each,
  * the shard being at the batch's last prefix, and select methods choose

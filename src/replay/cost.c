@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include "mpi/agree.h"
 #include "mpi/coll.h"
-#include "mpi/floors.h"
+#include "mpi/jobfloors.h"
 #include "replay/cost.h"
 
 kv_query_cost replay_cost_derived(const kv_method_ops *ops, const void *st, int d, int dv)

@@ -46,7 +46,7 @@ typedef struct {
 } replay_unfit;
 
 /* Bytes of every buffer the stages allocate on this rank (0: none here).
- * Written once (budget.c) and used by the allocations, the --max-memory
+ * Written once (sizes.c) and used by the allocations, the --max-memory
  * check and the checkpoint reader's size checks. */
 typedef struct {
     /* counted by --max-memory: they grow with the chunk, the batch or m */

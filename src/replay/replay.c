@@ -1,6 +1,6 @@
 /* replay.c - the replay driver (see replay.h): the stages, in order.
  *
- *   open      trace, method instances (instances.c), --max-memory (budget.c),
+ *   open      trace, method instances (instances.c), --max-memory (sizes.c),
  *             the stages' buffers; --resume (ckptstate.c)
  *   a batch   partial states, advancing the shard prefix by prefix, with the
  *             method hooks' collectives and the V^T V flushes (batch.c,
@@ -19,7 +19,7 @@
 #include "mpi/agree.h"
 #include "mpi/coll.h"
 #include "replay/batch.h"
-#include "replay/budget.h"
+#include "replay/sizes.h"
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 #include "replay/replay.h"

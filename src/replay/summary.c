@@ -7,7 +7,7 @@
 #include "kernels/metrics.h"
 #include "mpi/agree.h"
 #include "mpi/coll.h"
-#include "replay/budget.h"
+#include "replay/sizes.h"
 #include "replay/cost.h"
 #include "replay/errstats.h"
 #include "replay/instances.h"

@@ -1,5 +1,5 @@
 /* pareto.h - error against memory for many (method, budget, seed)
- * instances in one replay (`kvstream pareto`: cmd/pareto.c plans the
+ * instances in one replay (`kvstream pareto`: cmd/cmd_pareto.c plans the
  * instances; docs/PARETO.md).
  *
  * kv_pareto_run replays every row's spec at once (exact computed once), fills

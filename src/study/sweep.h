@@ -1,4 +1,4 @@
-/* sweep.h - the barrier sweep of the seed paper (`kvstream sweep`: cmd/sweep.c).
+/* sweep.h - the barrier sweep of the seed paper (`kvstream sweep`: cmd/cmd_sweep.c).
  *
  * For every (n, d) of a grid it generates a trace of the given kind and, for
  * each method template (a spec with '@' where the budget parameter goes,

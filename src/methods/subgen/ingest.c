@@ -1,5 +1,5 @@
 /* ingest.c - SubGen's per-token update (subgen.c has the overview): the
- * key's cluster (index.c; merge.c at the cap), its reservoir, and with the
+ * key's cluster (index.c; kcentre.c at the cap), its reservoir, and with the
  * paper's estimator the l2 samplers and the exact buffer of values.  Keys
  * are scanned ahead in batches of GK when most tokens need a scan. */
 #include <math.h>

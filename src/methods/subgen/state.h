@@ -1,8 +1,8 @@
 /* state.h - SubGen's state, shared by the files of src/methods/subgen/ and
  * by nothing else (users include methods/subgen.h).  subgen.c has the method
- * and its memory rules, index.c the nearest-centre search, merge.c the
+ * and its memory rules, index.c the nearest-centre search, kcentre.c the
  * cluster cap's k-centre merging, ingest.c the per-token update, estim.c the
- * estimates, ckpt.c the checkpoints. */
+ * estimates, save.c the checkpoints. */
 #ifndef KVSTREAM_SUBGEN_STATE_H
 #define KVSTREAM_SUBGEN_STATE_H
 
@@ -103,10 +103,10 @@ void sg_scan_from(const subgen *g, const float *const *k, const float *kn, int n
 int64_t sg_find_cluster(subgen *g, const float *k, float kn, const float *pk, const float *pre, int64_t pre_nc);
 int sg_open_cluster(subgen *g, const float *k, float kn, const float *pk, kv_err *err);
 
-/* merge.c: the cluster cap */
+/* kcentre.c: the cluster cap */
 int64_t sg_make_room(subgen *g, const float *k, float kn, const float *pk, kv_err *err);
 
-/* ingest.c, estim.c, ckpt.c: the method's hooks */
+/* ingest.c, estim.c, save.c: the method's hooks */
 int sg_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err);
 int sg_partial(void *state, const float *Q, int nq, int64_t p, double *st);
 void sg_save(const void *state, kv_buf *out);

@@ -112,15 +112,15 @@
  * its own cluster (up to the cap) and the exact buffer is full while the
  * samples are held: reached exactly on distinct keys with delta = 0, s >= n.
  *
- * Checkpoints (ckpt.c): the state that decides later results is saved and
+ * Checkpoints (save.c): the state that decides later results is saved and
  * checked on load; the block layout, the projected centres and the derived
  * maxima are rebuilt bit for bit, so a resumed run is bitwise the same as an
  * uninterrupted one.
  *
  * Files (src/methods/subgen/): this one has the method's table, parameters,
- * budget rule, capacities and memory; index.c the nearest centre; merge.c
+ * budget rule, capacities and memory; index.c the nearest centre; kcentre.c
  * the cluster cap; ingest.c the per-token update; estim.c the estimates;
- * ckpt.c the checkpoints; state.h the state they share.  The fixed-order
+ * save.c the checkpoints; state.h the state they share.  The fixed-order
  * kernels are kernels/lanes16.h. */
 #include <math.h>
 #include <stdlib.h>

@@ -1,11 +1,11 @@
-/* floors.c - `kvstream floors`: measure the read bandwidth and FMA peak a
+/* cmd_floors.c - `kvstream floors`: measure the read bandwidth and FMA peak a
  * replay's "time/floor" column is judged against, and write them to a file
  * that `replay --floors FILE` (and pareto, sweep) read back, so that runs on
  * different days compare (docs/PERFORMANCE.md, "Floors"). */
 #include <stdio.h>
 #include "cmd/cmd.h"
 #include "mpi/agree.h"
-#include "mpi/floors.h"
+#include "mpi/jobfloors.h"
 
 typedef struct { const char *out; } floors_opts;
 #define F(field) KV_AT(floors_opts, field)

@@ -1,4 +1,4 @@
-/* methods.c - `kvstream methods`: every method, its parameters and what it
+/* cmd_methods.c - `kvstream methods`: every method, its parameters and what it
  * keeps (the registry's own description, src/methods/registry.c); with
  * --specs, one machine-readable line per method with its small conformance
  * instance (the method lists of the test scripts come from it). */

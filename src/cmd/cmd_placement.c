@@ -1,4 +1,4 @@
-/* placement.c - warn when a rank has fewer CPUs than OpenMP threads (cmd.h). */
+/* cmd_placement.c - warn when a rank has fewer CPUs than OpenMP threads (cmd.h). */
 #include <omp.h>
 #include <stdio.h>
 #include "cmd/cmd.h"

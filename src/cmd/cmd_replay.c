@@ -1,4 +1,4 @@
-/* replay.c - `kvstream replay`: run methods over a trace (src/replay/replay.c). */
+/* cmd_replay.c - `kvstream replay`: run methods over a trace (src/replay/replay.c). */
 #include <stdio.h>
 #include "cmd/cmd.h"
 #include "mpi/agree.h"

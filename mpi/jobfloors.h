@@ -1,6 +1,6 @@
-/* floors.h - the machine's floors (kernels/floors.h) over the ranks of a job. */
-#ifndef KVSTREAM_MPI_FLOORS_H
-#define KVSTREAM_MPI_FLOORS_H
+/* jobfloors.h - the machine's floors (kernels/floors.h) over the ranks of a job. */
+#ifndef KVSTREAM_MPI_JOBFLOORS_H
+#define KVSTREAM_MPI_JOBFLOORS_H
 
 #include <mpi.h>
 #include "core/kverr.h"

@@ -1,4 +1,4 @@
-/* record.h - `kvstream record`: run a llama2.c model and record what its
+/* cmd_record.h - `kvstream record`: run a llama2.c model and record what its
  * attention saw as a kvtrace file (docs/RECORDING.md).
  *
  *   kvstream record --model FILE --tokens N [--prompt-tokens 1,2,3]

@@ -1,6 +1,6 @@
-/* budget.c - buffer sizes and the --max-memory check (see budget.h). */
+/* sizes.c - buffer sizes and the --max-memory check (see sizes.h). */
 #include "kernels/partial.h"
-#include "replay/budget.h"
+#include "replay/sizes.h"
 
 int64_t replay_gram_stage(const replay *r)
 {

@@ -1,4 +1,4 @@
-/* record.c - `kvstream record` (see cmd/record.h and docs/RECORDING.md).
+/* cmd_record.c - `kvstream record` (see cmd/cmd_record.h and docs/RECORDING.md).
  *
  * Layout written (docs/TRACE_FORMAT.md): stream s = layer * n_kv_heads +
  * kv_head holds that kv head's post-RoPE keys and values, one row per
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cmd/cmd.h"
-#include "cmd/record.h"
+#include "cmd/cmd_record.h"
 #include "mpi/agree.h"
 #include "model/llama.h"
 #include "core/rng.h"

@@ -1,4 +1,4 @@
-/* merge.c - SubGen's cluster cap (subgen.c has the overview): when a key
+/* kcentre.c - SubGen's cluster cap (subgen.c has the overview): when a key
  * matches no centre and the rank holds its cap of clusters, delta doubles
  * and clusters merge (the doubling rule of online k-centre, Charikar,
  * Chekuri, Feder, Motwani 1997), with reservoirs merged exactly by weighted

@@ -1,4 +1,4 @@
-/* info.c - `kvstream info FILE`: describe a trace and validate it.
+/* cmd_info.c - `kvstream info FILE`: describe a trace and validate it.
  *
  * Metadata checks (io/trace.c), then every rank scans its share of the
  * token axis for non-finite numbers.  The output is the verdict, on stdout

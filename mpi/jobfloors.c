@@ -1,6 +1,6 @@
-/* floors.c - the floors over the ranks (see floors.h). */
+/* jobfloors.c - the floors over the ranks (see jobfloors.h). */
 #include "mpi/coll.h"
-#include "mpi/floors.h"
+#include "mpi/jobfloors.h"
 
 int kv_floors_measure_all(kv_floors *f, MPI_Comm comm, kv_err *err)
 {

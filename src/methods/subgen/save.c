@@ -1,4 +1,4 @@
-/* ckpt.c - SubGen's checkpoints (subgen.c has the overview): the state that
+/* save.c - SubGen's checkpoints (subgen.c has the overview): the state that
  * decides later results is saved and checked on load; the block layout,
  * the projected centres and the derived maxima are rebuilt bit for bit, so
  * a resumed run is bitwise the same as an uninterrupted one. */

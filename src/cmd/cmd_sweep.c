@@ -1,4 +1,4 @@
-/* sweep.c - `kvstream sweep`: the command line of the barrier sweep
+/* cmd_sweep.c - `kvstream sweep`: the command line of the barrier sweep
  * (the search itself: study/sweep.h). */
 #include <string.h>
 #include "cmd/cmd.h"

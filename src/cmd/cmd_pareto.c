@@ -1,4 +1,4 @@
-/* pareto.c - `kvstream pareto`: error against memory for every (method,
+/* cmd_pareto.c - `kvstream pareto`: error against memory for every (method,
  * budget, seed) instance of a method list, in one replay (docs/PARETO.md):
  * the command line and the instances; the run and /pareto: study/pareto.h.
  *

@@ -1,11 +1,11 @@
-/* budget.h - the driver's buffer sizes, and the --max-memory check.
+/* sizes.h - the driver's buffer sizes, and the --max-memory check.
  *
  * replay_sizes_compute is the one place that says how big each stage's
  * buffers are (replay_sizes, internal.h); the stages allocate exactly that
  * and replay_budget_check adds the counted ones to every method's upper
  * bound, so the check and the allocations cannot drift apart. */
-#ifndef KVSTREAM_REPLAY_BUDGET_H
-#define KVSTREAM_REPLAY_BUDGET_H
+#ifndef KVSTREAM_REPLAY_SIZES_H
+#define KVSTREAM_REPLAY_SIZES_H
 
 #include <stddef.h>
 #include "core/kverr.h"

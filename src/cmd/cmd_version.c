@@ -1,4 +1,4 @@
-/* version.c - `kvstream version` (also `kvstream --version`). */
+/* cmd_version.c - `kvstream version` (also `kvstream --version`). */
 #include <stdio.h>
 #include "cmd/cmd.h"
 #include "mpi/agree.h"

@@ -1,4 +1,4 @@
-/* gen.c - `kvstream gen`: write a synthetic kvtrace (src/synth/gen.c). */
+/* cmd_gen.c - `kvstream gen`: write a synthetic kvtrace (src/synth/gen.c). */
 #include <math.h>
 #include <stdio.h>
 #include "cmd/cmd.h"
