@@ -469,15 +469,19 @@ fail:
     return err->code;
 }
 
+/* bytes of a held key (what a score pass reads) and of a whole row */
+static double key_bytes(const kv_slots *s) { return s->store ? (double)s->store->kbytes : 4.0 * s->d; }
+static double kv_bytes(const kv_slots *s) { return s->store ? (double)s->store->row : 4.0 * (s->d + s->dv); }
+
 void kv_slots_cost(const kv_slots *s, int nq, kv_query_cost *c)
 {
     double n = (double)s->held, w = s->d + s->dv;
-    if (nq > 0) kv_cost_add(c, nq, 4.0 * n * w, n, 2.0 * n * w);
+    if (nq > 0) kv_cost_add(c, nq, n * kv_bytes(s), n, 2.0 * n * w);
 }
 
 void kv_slots_score_cost(const kv_slots *s, int nq, kv_query_cost *c)
 {
     double n = (double)s->held;
     /* tokens are counted by the answer that read them: 0 here */
-    if (nq > 0) kv_cost_add(c, nq, n * (4.0 * s->d + 2.0 * sizeof(double)), 0.0, 2.0 * n * s->d);
+    if (nq > 0) kv_cost_add(c, nq, n * (key_bytes(s) + 2.0 * sizeof(double)), 0.0, 2.0 * n * s->d);
 }
