@@ -74,7 +74,8 @@ const char *kv_store_name(int which);
 int kv_store_refused(const kv_store *s, const char *who, kv_err *err);
 
 /* Encode key k and value v into row (kv_store_row_bytes bytes).  -1 when a
- * number cannot be held (f16/kivi: beyond half's range, |x| > 65504). */
+ * number cannot be held (f16: |x| > 65504; kivi: a group's minimum or
+ * scale beyond half's range, quant.h). */
 int kv_store_encode(kv_store *s, const float *k, const float *v, uint8_t *row);
 
 /* n rows (consecutive, s->row bytes apart) -> n keys (n x d) / values
