@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""store= of the evicting methods (ALGORITHMS.md section 4e).
+"""store= of the evicting methods (ALGORITHMS.md section 4f).
 
 usage: check_store.py PART KVSTREAM WORKDIR
 PART is one of

@@ -1,7 +1,7 @@
 /* store.h - how an evicting method holds its tokens: store=f32 (floats, as
  * before), f16 (IEEE half), kivi2|kivi4|kivi8 (KIVI-style asymmetric
  * integer codes, per token for keys and values alike) or tq2|tq3|tq4
- * (TurboQuant codes, methods/tqcodec.h).  ALGORITHMS.md section 4e.
+ * (TurboQuant codes, methods/tqcodec.h).  ALGORITHMS.md section 4f.
  *
  * A held token is one row of kv_store_row_bytes bytes:
  *   f16:   d + dv halves;
