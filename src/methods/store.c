@@ -184,6 +184,26 @@ const float *kv_store_queries(const kv_store *s, const float *Q, int nq, float *
     return out;
 }
 
+const float *kv_store_prep(const kv_store *s, kv_qprep *sc, const float *Q, int nq)
+{
+    if (!s || s->kind != KV_STORE_TQ) return Q;
+    size_t need = (size_t)(nq > 0 ? nq : 0) * (size_t)s->d;
+    if (need > sc->cap) {
+        float *q = realloc(sc->q, sizeof(float) * need);
+        if (!q) return NULL;
+        sc->q = q;
+        sc->cap = need;
+    }
+    return kv_store_queries(s, Q, nq, sc->q);
+}
+
+void kv_qprep_free(kv_qprep *sc)
+{
+    free(sc->q);
+    sc->q = NULL;
+    sc->cap = 0;
+}
+
 void kv_store_finish(const kv_store *s, double *st, int nq)
 {
     if (s->kind != KV_STORE_TQ) return;

@@ -87,6 +87,18 @@ void kv_store_vals(const kv_store *s, const uint8_t *rows, size_t n, float *V);
  * the domain is the original one, else out. */
 const float *kv_store_queries(const kv_store *s, const float *Q, int nq, float *out);
 
+/* Grow-only scratch for kv_store_prep. */
+typedef struct {
+    float *q;
+    size_t cap;
+} kv_qprep;
+
+/* kv_store_queries into sc (grown when nq queries do not fit; no
+ * allocation once the largest call was seen); NULL without memory.
+ * kv_qprep_free releases it. */
+const float *kv_store_prep(const kv_store *s, kv_qprep *sc, const float *Q, int nq);
+void kv_qprep_free(kv_qprep *sc);
+
 /* The value sums of nq partial states back to the original domain. */
 void kv_store_finish(const kv_store *s, double *st, int nq);
 
