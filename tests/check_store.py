@@ -9,9 +9,11 @@ PART is one of
            from the bits formula), and the memory is exactly B per + fixed
            (fixed: the tq rotations, counted once per stream); the kept
            tokens grow as the bits shrink
-  bitwise  on a float16 trace (every number a half), h2o, tova and snapkv
-           with store=f16 give outputs bitwise equal to store=f32
-  pinv     h2o, tova and snapkv with store=kivi4 and tq3 under 1 and 3 ranks:
+  bitwise  on a float16 trace (every number a half), h2o, tova, snapkv,
+           window and sinks with store=f16 give outputs bitwise equal to
+           store=f32
+  pinv     h2o, tova, snapkv, window and sinks with store=kivi4 and tq3
+           under 1 and 3 ranks:
            outputs within 1e-6 max(1, |z|) of P = 1 (float32 outputs; the
            rank merge regroups sums), memory within 5%, kept tokens equal
 """
@@ -91,7 +93,7 @@ if part == "formula":
             kept_prev = a["kept_tokens"] if s.startswith(("f", "kivi")) else kept_prev
 elif part == "bitwise":
     trace = gen("half.h5", "--dtype", "float16")
-    specs = ["h2o:tokens=300", "tova:tokens=300", "snapkv:tokens=300,window=8"]
+    specs = ["h2o:tokens=300", "tova:tokens=300", "snapkv:tokens=300,window=8", "window:W=300", "sinks:S=4,W=300"]
     methods = ",".join("%s,store=%s,name=%s-%s" % (m, s, m.split(":")[0], s) for m in specs for s in ("f32", "f16"))
     with replay(trace, methods, 1, os.path.join(work, "half.r.h5"), "--save-outputs") as f:
         for m in specs:
@@ -102,7 +104,7 @@ elif part == "bitwise":
                 fail("%s: store=f16 on half data differs from f32 by %.3g" % (k, float(np.abs(a - b).max())))
 elif part == "pinv":
     trace = gen("pinv.h5")
-    specs = ["h2o:tokens=400", "tova:tokens=400", "snapkv:tokens=400,window=8"]
+    specs = ["h2o:tokens=400", "tova:tokens=400", "snapkv:tokens=400,window=8", "window:W=400", "sinks:S=4,W=400"]
     methods = ",".join("%s,store=%s,name=%s-%s" % (m, s, m.split(":")[0], s) for m in specs for s in ("kivi4", "tq3"))
     res = {}
     for P in (1, 3):

@@ -248,7 +248,7 @@ static const kv_opt pareto_table[] = {
     { "budgets", 0, KV_OPT_STRING, P(budgets), .meta = "B,B,...", .def = "required",
       .help = "budgets for every method taking budget= (10%, 2.5%, 8MiB, 500KB, 65536, 4096tok)" },
     { "stores", 0, KV_OPT_STRING, P(stores), .meta = "S,S,...", .def = "none",
-      .help = "draw every method taking store= (h2o, tova, snapkv) once per store: f32,kivi4,tq3 (ALGORITHMS.md 4f)" },
+      .help = "draw every method taking store= (h2o, tova, snapkv, window, sinks) once per store: f32,kivi4,tq3 (ALGORITHMS.md 4f)" },
     { "seeds", 0, KV_OPT_INT, P(seeds), .lo = 1, .hi = MAX_SEEDS, .meta = "K",
       .help = "seeds --seed, --seed+1, ... for every method taking seed=" },
     { "output", 'o', KV_OPT_STRING, P(ro.out), .meta = "FILE", .def = "required",

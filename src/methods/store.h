@@ -20,7 +20,9 @@
  * per call instead of every key back), and kv_store_finish takes the value
  * sums of partial states back (tq: the value rotation's transpose).  For
  * f16 and kivi the domain is the original one and both are no-ops.
- * f32 has no rows here: the methods keep their float arrays (slots.h). */
+ * f32 has no rows here: the methods keep their float arrays (slots.h,
+ * tokring.h).  Used by h2o, tova, snapkv (through slots.h) and window,
+ * sinks (through tokring.h). */
 #ifndef KVSTREAM_STORE_H
 #define KVSTREAM_STORE_H
 
