@@ -98,9 +98,10 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
         B = (bytes - kv_store_fixed_of((int)c->store, ctx->d, ctx->dv)) / per - c->every;
         if (B < 1)
             return kv_params_error(h2o_params, spec, err,
-                                   "budget of %lld bytes holds no token (one takes %lld, and %lld arriving between "
-                                   "decisions are reserved: every=)",
-                                   (long long)bytes, (long long)per, (long long)c->every);
+                                   "budget of %lld bytes holds no token (one takes %lld, %lld arriving between "
+                                   "decisions are reserved: every=, and %lld are the store's rotations)",
+                                   (long long)bytes, (long long)per, (long long)c->every,
+                                   (long long)kv_store_fixed_of((int)c->store, ctx->d, ctx->dv));
         if (B > INT32_MAX)
             return kv_params_error(h2o_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);

@@ -57,13 +57,14 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     int64_t S = c->S, W = c->W;
     if (c->budget.kind) {
         int st = (int)c->store;
-        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv) - kv_store_fixed_of(st, ctx->d, ctx->dv);
+        /* a tq store's rotations come first (store.h) */
+        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv), fx = kv_store_fixed_of(st, ctx->d, ctx->dv);
         int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes_in(st, ctx->d, ctx->dv, lim) : 0;
-        W = kv_tokring_fit_in(B - sb, st, ctx->d, ctx->dv, ctx->nranks);
+        W = kv_tokring_fit_in(B - fx - sb, st, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(sinks_params, spec, err, "budget of %lld bytes does not hold the %lld sinks and one "
                                    "window token (%lld bytes needed)", (long long)B, (long long)S,
-                                   (long long)(sb + kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks)));
+                                   (long long)(fx + sb + kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks)));
     }
     sinks_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;

@@ -59,12 +59,13 @@ static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     int64_t W = c->W;
     if (c->budget.kind) {
         int st = (int)c->store;
-        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv) - kv_store_fixed_of(st, ctx->d, ctx->dv);
-        W = kv_tokring_fit_in(B, st, ctx->d, ctx->dv, ctx->nranks);
+        /* a tq store's rotations come first (store.h) */
+        int64_t B = kv_budget_bytes(&c->budget, ctx->n_total, ctx->d, ctx->dv), fx = kv_store_fixed_of(st, ctx->d, ctx->dv);
+        W = kv_tokring_fit_in(B - fx, st, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
                                    "(%lld bytes needed)", (long long)B,
-                                   (long long)kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks));
+                                   (long long)(fx + kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks)));
     }
     window_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
