@@ -40,7 +40,7 @@ void evref_free(evref *h);
 void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st);
 
 /* A group of ns streams h[0..ns) under a layer or trace budget scope
- * (ALGORITHMS.md 4f): B = h[0].B is their total (h2o: each keeps its R
+ * (ALGORITHMS.md 4g): B = h[0].B is their total (h2o: each keeps its R
  * newest, the heavy pool B - ns R is shared; snapkv: T = h[0].T is the
  * group's), and the lowest keys of all their candidates go (stream k's
  * index encoded idx ns + k).  Q: ns x nq rows (stream-major), st: ns x nq

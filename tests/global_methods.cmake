@@ -25,7 +25,7 @@ foreach(what topk h2o evict)
                        ENVIRONMENT "${KV_PYENV}" LABELS "mpi;numerics" PROCESSORS 1)
 endforeach()
 
-# --budget-scope layer|trace (ALGORITHMS.md 4f): 4 streams sharing one budget
+# --budget-scope layer|trace (ALGORITHMS.md 4g): 4 streams sharing one budget
 # at 1..4 emulated ranks against the brute-force group rule (evref.c), and
 # the refusals.  End to end: the option's refusals in one line.
 kv_unit_test(test_budget_scope "${CMAKE_CURRENT_SOURCE_DIR}/test_budget_scope.c;${CMAKE_CURRENT_SOURCE_DIR}/evref.c" methods numerics)

@@ -1,5 +1,5 @@
 /* test_budget_scope.c - --budget-scope layer|trace for h2o, tova and snapkv
- * (ALGORITHMS.md section 4f): ns streams share one budget, and the lowest
+ * (ALGORITHMS.md section 4g): ns streams share one budget, and the lowest
  * scored candidates of all of them go.
  *
  * ns = 4 streams (one layer of 4 kv heads, ctx budget_scope layer) run on

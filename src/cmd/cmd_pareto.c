@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cmd/cmd.h"
+#include "cmd/cmd_stores.h"
 #include "core/budget.h"
 #include "core/spec.h"
 #include "methods/method.h"
@@ -26,7 +27,7 @@ typedef kv_pareto_row row; /* one row of /pareto (study/pareto.h) */
 
 typedef struct {
     kv_replay_opts ro;
-    const char *methods, *budgets;
+    const char *methods, *budgets, *stores;
     int seeds;
     int axis; /* 0: memory, 1: reads (what the table's x column is) */
 } pareto_cli;
@@ -134,6 +135,8 @@ static const kv_opt pareto_table[] = {
       .help = "method specs without budget= and seed= (`kvstream methods`); exact is always the first row" },
     { "budgets", 0, KV_OPT_STRING, P(budgets), .meta = "B,B,...", .def = "required",
       .help = "budgets for every method taking budget= (10%, 2.5%, 8MiB, 500KB, 65536, 4096tok)" },
+    { "stores", 0, KV_OPT_STRING, P(stores), .meta = "S,S,...", .def = "none",
+      .help = "draw every method taking store= (h2o, tova, snapkv, window, sinks) once per store: f32,kivi4,tq3 (ALGORITHMS.md 4h)" },
     { "seeds", 0, KV_OPT_INT, P(seeds), .lo = 1, .hi = MAX_SEEDS, .meta = "K",
       .help = "seeds --seed, --seed+1, ... for every method taking seed=" },
     { "output", 'o', KV_OPT_STRING, P(ro.out), .meta = "FILE", .def = "required",
@@ -179,7 +182,11 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
         .groups = { { "pareto", pareto_table, &w }, { "replay", replay_table, &w } },
     };
     row *rows = kv_calloc(MAX_INSTANCES, sizeof *rows, err);
-    if (rows && !kv_opts_parse(&c, argc, argv, rank == 0 ? stdout : NULL, &w.ro.trace, &help, err) && !help) {
+    char *expanded = NULL;
+    if (rows && !kv_opts_parse(&c, argc, argv, rank == 0 ? stdout : NULL, &w.ro.trace, &help, err) && !help &&
+        w.stores && w.methods && (expanded = kv_expand_stores(w.methods, w.stores, err)))
+        w.methods = expanded;
+    if (rows && !err->code && !help) {
         if (!w.ro.out) kv_seterr(err, KV_EINPUT, "pareto: missing -o FILE");
         else if (!w.methods) kv_seterr(err, KV_EINPUT, "pareto: missing --methods LIST");
         else if (!w.budgets) kv_seterr(err, KV_EINPUT, "pareto: missing --budgets LIST (e.g. 5%%,10%%,25%%)");
@@ -189,6 +196,7 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
     }
     if (kv_agree(comm, err) || help) {
         free(rows);
+        free(expanded);
         return err->code;
     }
     kv_pareto p = { w.methods, w.budgets, w.seeds, w.axis, rows, nr };
@@ -196,5 +204,6 @@ int kv_run_pareto(int argc, char **argv, MPI_Comm comm, kv_err *err)
     kv_cmd_check_placement("pareto", comm);
     kv_pareto_run(&p, &w.ro, comm, rank == 0 ? stdout : NULL, err);
     free(rows);
+    free(expanded);
     return err->code;
 }

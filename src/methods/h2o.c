@@ -51,10 +51,11 @@ typedef struct {
     int64_t ties;         /* near-tie decisions */
     kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* heap 0: heavy candidates by (score, index); heap 1: recent tokens by index */
+    kv_store store;       /* how the slots hold their rows (store.h) */
 } h2o_state;
 
 typedef struct {
-    int64_t tokens, recent, every;
+    int64_t tokens, recent, every, store;
     kv_budget budget;
 } h2o_cfg;
 KV_CFG_FITS(h2o_cfg);
@@ -66,14 +67,15 @@ static const kv_param_def h2o_params[] = {
     KV_PARAM_INT(h2o_cfg, every, 16, 1, INT32_MAX,
                  "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
     KV_PARAM_BUDGET(h2o_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
+    KV_PARAM_ENUM(h2o_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
 };
 
 enum { HEAVY = 0, RECENT = 1 }; /* the two heaps of the slots */
 
-static int64_t slot_bytes(int d, int dv)
+static int64_t slot_bytes(int store, int d, int dv)
 {
-    return kv_slots_row_bytes(d, dv, 2, 0);
+    return kv_slots_row_bytes_in(store, d, dv, 2, 0);
 }
 
 static int h2o_cfg_check(void *cfg, const kv_spec *spec, kv_err *err)
@@ -99,13 +101,14 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     if (!c) return err->code;
     int64_t B = c->tokens, R = c->recent, ns = kv_scope_streams(ctx);
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
-        B = bytes / per - c->every;
+        int64_t per = slot_bytes((int)c->store, ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
+        B = (bytes - kv_store_fixed_of((int)c->store, ctx->d, ctx->dv)) / per - c->every;
         if (B < 1)
             return kv_params_error(h2o_params, spec, err,
-                                   "budget of %lld bytes holds no token (one takes %lld, and %lld arriving between "
-                                   "decisions are reserved: every=)",
-                                   (long long)bytes, (long long)per, (long long)c->every);
+                                   "budget of %lld bytes holds no token (one takes %lld, %lld arriving between "
+                                   "decisions are reserved: every=, and %lld are the store's rotations)",
+                                   (long long)bytes, (long long)per, (long long)c->every,
+                                   (long long)kv_store_fixed_of((int)c->store, ctx->d, ctx->dv));
         if (B > INT32_MAX)
             return kv_params_error(h2o_params, spec, err, "budget of %lld bytes is %lld tokens, over 2^31 - 1",
                                    (long long)bytes, (long long)B);
@@ -129,6 +132,11 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->ns = (int)ns;
     s->E = c->every;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 2, 0);
+    if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
+        free(s);
+        return err->code;
+    }
+    kv_slots_use_store(&s->sl, &s->store);
     *out = s;
     return KV_OK;
 }
@@ -143,7 +151,10 @@ static int h2o_ingest(void *state, const float *K, const float *V, int64_t first
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "h2o", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
         int32_t slot = (int32_t)sl->held++;
-        kv_slots_set(sl, slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
+        if (kv_slots_set(sl, slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0)) {
+            sl->held--;
+            return kv_store_refused(&s->store, "h2o", err);
+        }
         kv_slots_push(sl, RECENT, slot);
     }
     s->seen += (int64_t)n;
@@ -199,25 +210,28 @@ static int h2o_partial(void *state, const float *Q, int nq, int64_t p, double *s
     h2o_state *s = state;
     (void)p; /* every held token is < p */
     kv_slots_cost(&s->sl, nq, &s->cost);
-    return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
+    return kv_slots_attn(&s->sl, Q, nq, s->ctx.scale, st);
 }
 
 /* Scores += the global attention weights of the call's queries (ml: merged
- * m, l per query), added after all of them. */
+ * m, l per query), added after all of them; logits from the keys as held. */
 static int h2o_feedback(void *state, const float *Q, int nq, int64_t p, const double *ml)
 {
     h2o_state *s = state;
     kv_slots *sl = &s->sl;
-    size_t n = (size_t)sl->held, d = (size_t)s->ctx.d;
+    size_t n = (size_t)sl->held;
     (void)p;
     if (!n || nq <= 0) return KV_OK;
     double *inc = calloc(n, sizeof(double));
-    if (!inc) return KV_EINTERNAL;
+    const double *a = inc ? kv_slots_logits(sl, Q, nq, s->ctx.scale, 0, (int64_t)n) : NULL;
+    if (!a) {
+        free(inc);
+        return KV_EINTERNAL;
+    }
     for (int q = 0; q < nq; q++) {
         double m = ml[2 * q], l = ml[2 * q + 1];
         if (!(l > 0)) continue; /* no token anywhere */
-        for (size_t t = 0; t < n; t++)
-            inc[t] += exp(kv_held_logit(Q + (size_t)q * d, sl->K + t * d, s->ctx.d, s->ctx.scale) - m) / l;
+        for (size_t t = 0; t < n; t++) inc[t] += exp(a[(size_t)q * n + t] - m) / l;
     }
     for (size_t t = 0; t < n; t++) sl->score[t] += inc[t];
     kv_slots_heapify(sl, HEAVY);
@@ -234,7 +248,7 @@ static void h2o_cost(const void *state, kv_query_cost *c)
 static size_t h2o_bytes(const void *state)
 {
     const h2o_state *s = state;
-    return kv_slots_bytes(&s->sl);
+    return kv_slots_bytes(&s->sl) + (size_t)kv_store_fixed_bytes(&s->store);
 }
 
 static void h2o_extra(const void *state, kv_method_extra *x)
@@ -250,6 +264,7 @@ static void h2o_free(void *state)
     h2o_state *s = state;
     if (!s) return;
     kv_slots_free(&s->sl);
+    kv_store_free(&s->store);
     free(s);
 }
 
@@ -302,7 +317,7 @@ static int64_t h2o_max_bytes(const void *state)
 {
     const h2o_state *s = state;
     int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
-    return held * slot_bytes(s->ctx.d, s->ctx.dv);
+    return held * slot_bytes(s->store.which, s->ctx.d, s->ctx.dv) + kv_store_fixed_bytes(&s->store);
 }
 
 const kv_method_ops kv_method_h2o = {
@@ -330,5 +345,5 @@ const kv_method_ops kv_method_h2o = {
     .max_bytes = h2o_max_bytes,
     .cost = h2o_cost,
     .scoped = 1,
-    .conform = { "tokens=120;tokens=100,recent=0,every=5;tokens=64,recent=64", KV_PINV_ROUNDING },
+    .conform = { "tokens=120;tokens=100,recent=0,every=5;tokens=64,recent=64;tokens=100,store=kivi4;tokens=90,store=tq3", KV_PINV_ROUNDING },
 };

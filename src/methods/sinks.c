@@ -19,13 +19,14 @@
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
-typedef struct { int64_t S, W; kv_budget budget; } sinks_cfg;
+typedef struct { int64_t S, W, store; kv_budget budget; } sinks_cfg;
 KV_CFG_FITS(sinks_cfg);
 
 static const kv_param_def sinks_params[] = {
     KV_PARAM_INT(sinks_cfg, S, 4, 0, INT64_MAX, "sink tokens: global indices < S, always kept (StreamingLLM: 4)"),
     KV_PARAM_INT(sinks_cfg, W, 1020, 1, INT64_MAX, "window tokens [p-W, p) (default: S + W = 1024, window's W)"),
     KV_PARAM_BUDGET(sinks_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of W: W = what fits after the sinks"),
+    KV_PARAM_ENUM(sinks_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
 };
 
@@ -44,6 +45,8 @@ typedef struct {
     kv_tokring sinks; /* tokens < S, never popped */
     kv_tokring win;   /* tokens >= S, window */
     kv_query_cost cost; /* method.h: cost */
+    kv_store store;     /* how both rings hold their tokens (store.h) */
+    kv_qprep qp;        /* queries in the store's domain */
 } sinks_state;
 
 extern const kv_method_ops kv_method_sinks;
@@ -54,13 +57,15 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     if (!c) return err->code;
     int64_t S = c->S, W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4g) */
-        int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes(ctx->d, ctx->dv, lim) : 0;
-        W = kv_tokring_fit(B - sb, ctx->d, ctx->dv, ctx->nranks);
+        int st = (int)c->store;
+        /* scope: an even split (ALGORITHMS.md 4g); a tq store's rotations come first (store.h) */
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx), fx = kv_store_fixed_of(st, ctx->d, ctx->dv);
+        int64_t lim = S < ctx->n_total ? S : ctx->n_total, sb = S ? kv_tokring_max_bytes_in(st, ctx->d, ctx->dv, lim) : 0;
+        W = kv_tokring_fit_in(B - fx - sb, st, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(sinks_params, spec, err, "budget of %lld bytes does not hold the %lld sinks and one "
                                    "window token (%lld bytes needed)", (long long)B, (long long)S,
-                                   (long long)(sb + kv_tokring_fit_min(ctx->d, ctx->dv, ctx->nranks)));
+                                   (long long)(fx + sb + kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks)));
     }
     sinks_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
@@ -69,6 +74,12 @@ static int sinks_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_
     s->W = W;
     kv_tokring_init(&s->sinks, ctx->d, ctx->dv, S);
     kv_tokring_init(&s->win, ctx->d, ctx->dv, W);
+    if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
+        free(s);
+        return err->code;
+    }
+    kv_tokring_use_store(&s->sinks, &s->store);
+    kv_tokring_use_store(&s->win, &s->store);
     *out = s;
     return KV_OK;
 }
@@ -108,15 +119,18 @@ static int sinks_partial(void *state, const float *Q, int nq, int64_t p, double 
     int64_t from = kv_tokring_lower(&s->win, p - s->W);
     kv_tokring_cost(&s->sinks, 0, nq, &s->cost);
     kv_tokring_cost(&s->win, from, nq, &s->cost);
-    int rc = kv_tokring_fold(&s->sinks, 0, Q, nq, scale, st);
-    if (!rc) rc = kv_tokring_fold(&s->win, from, Q, nq, scale, st);
+    const float *Qs = kv_store_prep(&s->store, &s->qp, Q, nq);
+    if (!Qs) return KV_EINTERNAL;
+    int rc = kv_tokring_fold(&s->sinks, 0, Qs, nq, scale, st);
+    if (!rc) rc = kv_tokring_fold(&s->win, from, Qs, nq, scale, st);
+    kv_store_finish(&s->store, st, nq); /* after both folds: their sums are rotated alike */
     return rc;
 }
 
 static size_t sinks_bytes(const void *state)
 {
     const sinks_state *s = state;
-    return kv_tokring_bytes(&s->sinks) + kv_tokring_bytes(&s->win);
+    return kv_tokring_bytes(&s->sinks) + kv_tokring_bytes(&s->win) + (size_t)kv_store_fixed_bytes(&s->store);
 }
 
 static void sinks_extra(const void *state, kv_method_extra *x)
@@ -137,6 +151,8 @@ static void sinks_free(void *state)
     if (!s) return;
     kv_tokring_free(&s->sinks);
     kv_tokring_free(&s->win);
+    kv_store_free(&s->store);
+    kv_qprep_free(&s->qp);
     free(s);
 }
 
@@ -175,7 +191,9 @@ static int64_t sinks_max_bytes(const void *state)
     const sinks_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx);
     int64_t a = s->S < lim ? s->S : lim, b = s->W < lim ? s->W : lim;
-    return kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, a) + kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, b);
+    int st = s->store.which;
+    return kv_tokring_max_bytes_in(st, s->ctx.d, s->ctx.dv, a) + kv_tokring_max_bytes_in(st, s->ctx.d, s->ctx.dv, b) +
+           kv_store_fixed_bytes(&s->store);
 }
 
 const kv_method_ops kv_method_sinks = {
@@ -199,5 +217,5 @@ const kv_method_ops kv_method_sinks = {
     .load = sinks_load,
     .prefix_state = 1,
     .max_bytes = sinks_max_bytes,
-    .conform = { "S=8,W=50;S=0,W=30;S=200,W=70", KV_PINV_ROUNDING },
+    .conform = { "S=8,W=50;S=0,W=30;S=200,W=70;S=8,W=50,store=kivi8;S=4,W=40,store=tq4", KV_PINV_ROUNDING },
 };

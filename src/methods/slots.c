@@ -2,6 +2,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "kernels/held.h"
+#include "kernels/partial.h"
+#include "methods/quant.h"
 #include "methods/slots.h"
 
 int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per)
@@ -9,6 +12,22 @@ int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per)
     int64_t b = (int64_t)(d + dv) * (int64_t)sizeof(float) + (int64_t)sizeof(int64_t);
     if (nheaps > 0) b += (int64_t)sizeof(double) + (1 + nheaps) * (int64_t)sizeof(int32_t);
     return b + (int64_t)scratch_per;
+}
+
+int64_t kv_slots_row_bytes_in(int store, int d, int dv, int nheaps, size_t scratch_per)
+{
+    return kv_slots_row_bytes(d, dv, nheaps, scratch_per) + (int64_t)kv_store_row_bytes(store, d, dv) -
+           (int64_t)(d + dv) * (int64_t)sizeof(float);
+}
+
+static int64_t row_bytes(const kv_slots *s)
+{
+    return kv_slots_row_bytes_in(s->store ? s->store->which : 0, s->d, s->dv, s->nheaps, s->scratch_per);
+}
+
+void kv_slots_use_store(kv_slots *s, const kv_store *store)
+{
+    s->store = kv_store_coded(store) ? store : NULL;
 }
 
 void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per)
@@ -23,15 +42,16 @@ void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per)
 void kv_slots_free(kv_slots *s)
 {
     free(s->K); free(s->V); free(s->idx); free(s->score); free(s->pos); free(s->heap[0]); free(s->heap[1]);
-    free(s->scratch);
+    free(s->scratch); free(s->code); free(s->tk); free(s->tv); free(s->tq); free(s->lg);
     s->K = s->V = NULL; s->idx = NULL; s->score = NULL; s->pos = s->heap[0] = s->heap[1] = NULL;
-    s->scratch = NULL;
+    s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL;
+    s->qcap = s->lgcap = 0;
     s->cap = 0;
 }
 
 size_t kv_slots_bytes(const kv_slots *s)
 {
-    return (size_t)s->cap * (size_t)kv_slots_row_bytes(s->d, s->dv, s->nheaps, s->scratch_per);
+    return (size_t)s->cap * (size_t)row_bytes(s);
 }
 
 int kv_slots_resize(kv_slots *s, int64_t rows)
@@ -44,8 +64,12 @@ int kv_slots_resize(kv_slots *s, int64_t rows)
     size_t N = (size_t)rows;
     int bad = 0;
 #define RE(p, per) do { void *q = realloc(p, sizeof *(p) * (per) * N); if (q) p = q; else bad = 1; } while (0)
-    RE(s->K, (size_t)s->d);
-    RE(s->V, (size_t)s->dv);
+    if (s->store) {
+        RE(s->code, s->store->row);
+    } else {
+        RE(s->K, (size_t)s->d);
+        RE(s->V, (size_t)s->dv);
+    }
     RE(s->idx, 1);
     if (s->nheaps > 0) {
         RE(s->score, 1);
@@ -71,13 +95,110 @@ int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err)
     return KV_OK;
 }
 
-void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc)
+int kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc)
 {
     size_t d = (size_t)s->d, dv = (size_t)s->dv;
-    memcpy(s->K + slot * d, k, sizeof(float) * d);
-    memcpy(s->V + slot * dv, v, sizeof(float) * dv);
     s->idx[slot] = t;
     if (s->nheaps > 0) s->score[slot] = sc;
+    if (s->store) return kv_store_encode((kv_store *)s->store, k, v, s->code + (size_t)slot * s->store->row);
+    memcpy(s->K + slot * d, k, sizeof(float) * d);
+    memcpy(s->V + slot * dv, v, sizeof(float) * dv);
+    return 0;
+}
+
+void kv_slots_copy_row(kv_slots *s, int64_t to, int64_t from)
+{
+    size_t d = (size_t)s->d, dv = (size_t)s->dv;
+    s->idx[to] = s->idx[from];
+    if (s->store) {
+        memmove(s->code + (size_t)to * s->store->row, s->code + (size_t)from * s->store->row, s->store->row);
+        return;
+    }
+    memmove(s->K + to * d, s->K + from * d, sizeof(float) * d);
+    memmove(s->V + to * dv, s->V + from * dv, sizeof(float) * dv);
+}
+
+/* scratch: tiles of KV_SLOTS_TILE rows, nq prepared queries, m logits */
+static int scratch(kv_slots *s, int nq, size_t m)
+{
+    if (!s->tk) {
+        s->tk = malloc(sizeof(float) * KV_SLOTS_TILE * (size_t)s->d);
+        s->tv = malloc(sizeof(float) * KV_SLOTS_TILE * (size_t)s->dv);
+        if (!s->tk || !s->tv) return -1;
+    }
+    if ((size_t)nq > s->qcap) {
+        float *q = realloc(s->tq, sizeof(float) * (size_t)nq * (size_t)s->d);
+        if (!q) return -1;
+        s->tq = q;
+        s->qcap = (size_t)nq;
+    }
+    if (m > s->lgcap) {
+        double *l = realloc(s->lg, sizeof(double) * m);
+        if (!l) return -1;
+        s->lg = l;
+        s->lgcap = m;
+    }
+    return 0;
+}
+
+/* lg[q * ld + t] = logit of query q (prepared) and slot t0 + t, t < n */
+static void logits(kv_slots *s, const float *Qs, int nq, double scale, int64_t t0, int64_t n, double *lg, size_t ld)
+{
+    int d = s->d;
+    for (int64_t a = 0; a < n; a += KV_SLOTS_TILE) {
+        int64_t nt = n - a < KV_SLOTS_TILE ? n - a : KV_SLOTS_TILE;
+        const float *K = s->K ? s->K + (size_t)(t0 + a) * d : s->tk;
+        if (s->store) kv_store_keys(s->store, s->code + (size_t)(t0 + a) * s->store->row, (size_t)nt, s->tk);
+        for (int q = 0; q < nq; q++)
+            for (int64_t t = 0; t < nt; t++)
+                lg[(size_t)q * ld + (size_t)(a + t)] = kv_held_logit(Qs + (size_t)q * d, K + (size_t)t * d, d, scale);
+    }
+}
+
+const double *kv_slots_logits(kv_slots *s, const float *Q, int nq, double scale, int64_t t0, int64_t n)
+{
+    if (nq <= 0 || n <= 0) return s->lg;
+    if (scratch(s, nq, (size_t)nq * (size_t)n)) return NULL;
+    const float *Qs = s->store ? kv_store_queries(s->store, Q, nq, s->tq) : Q;
+    logits(s, Qs, nq, scale, t0, n, s->lg, (size_t)n);
+    return s->lg;
+}
+
+int kv_slots_attn(kv_slots *s, const float *Q, int nq, double scale, double *st)
+{
+    if (!s->store) return kv_attn_held(Q, nq, s->K, s->V, (size_t)s->held, s->d, s->dv, scale, st);
+    int dv = s->dv;
+    size_t sl = KV_PSTATE_LEN(dv), n = (size_t)s->held;
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    if (!n || nq <= 0) return KV_OK;
+    if (scratch(s, nq, (size_t)nq * n)) return KV_EINTERNAL;
+    const float *Qs = kv_store_queries(s->store, Q, nq, s->tq);
+    logits(s, Qs, nq, scale, 0, (int64_t)n, s->lg, n);
+    /* kv_attn_held's sums, in its order: per query, tokens ascending */
+    for (int q = 0; q < nq; q++) {
+        double m = -INFINITY, *w = s->lg + (size_t)q * n;
+        for (size_t t = 0; t < n; t++) m = w[t] > m ? w[t] : m;
+        st[q * sl + KV_PS_M] = m;
+    }
+    for (size_t a = 0; a < n; a += KV_SLOTS_TILE) {
+        size_t nt = n - a < KV_SLOTS_TILE ? n - a : KV_SLOTS_TILE;
+        kv_store_vals(s->store, s->code + a * s->store->row, nt, s->tv);
+        for (int q = 0; q < nq; q++) {
+            double *x = st + q * sl, m = x[KV_PS_M], l = x[KV_PS_L], l2 = x[KV_PS_L2];
+            const double *w = s->lg + (size_t)q * n + a;
+            for (size_t t = 0; t < nt; t++) {
+                double e = exp(w[t] - m);
+                const float *v = s->tv + t * (size_t)dv;
+                l += e;
+                l2 += e * e;
+                for (int c = 0; c < dv; c++) x[KV_PS_U + c] += e * v[c];
+            }
+            x[KV_PS_L] = l;
+            x[KV_PS_L2] = l2;
+        }
+    }
+    kv_store_finish(s->store, st, nq);
+    return KV_OK;
 }
 
 /* ---- min-heaps over slots: w = 0 by (score, index), w = 1 by index ---- */
@@ -208,10 +329,7 @@ void kv_slots_drop(kv_slots *s, int32_t x)
 {
     int32_t last = (int32_t)--s->held;
     if (x == last) return;
-    size_t d = (size_t)s->d, dv = (size_t)s->dv;
-    memcpy(s->K + x * d, s->K + last * d, sizeof(float) * d);
-    memcpy(s->V + x * dv, s->V + last * dv, sizeof(float) * dv);
-    s->idx[x] = s->idx[last];
+    kv_slots_copy_row(s, x, last);
     if (s->nheaps == 0) return;
     s->score[x] = s->score[last];
     int32_t p = s->pos[last];
@@ -219,11 +337,22 @@ void kv_slots_drop(kv_slots *s, int32_t x)
     else put(s, 1, -1 - (int64_t)p, x);
 }
 
+/* coded rows: every bit pattern decodes, so a checksum guards them (quant.h) */
+static void save_codes(const void *obj, kv_buf *out)
+{
+    const kv_slots *s = obj;
+    kv_buf_put_arr(out, s->code, (size_t)s->held * s->store->row);
+}
+
 void kv_slots_save(const kv_slots *s, kv_buf *out)
 {
     size_t n = (size_t)s->held;
-    kv_buf_put_arr(out, s->K, n * (size_t)s->d * sizeof(float));
-    kv_buf_put_arr(out, s->V, n * (size_t)s->dv * sizeof(float));
+    if (s->store) {
+        kv_qsave_sealed(out, save_codes, s);
+    } else {
+        kv_buf_put_arr(out, s->K, n * (size_t)s->d * sizeof(float));
+        kv_buf_put_arr(out, s->V, n * (size_t)s->dv * sizeof(float));
+    }
     kv_buf_put_arr(out, s->idx, n * sizeof(int64_t));
     if (s->nheaps == 0) return;
     kv_buf_put_arr(out, s->score, n * sizeof(double));
@@ -246,7 +375,15 @@ static int valid(kv_slots *s, int64_t idx_end, int64_t *sorted)
         if (s->idx[i] < 0 || s->idx[i] >= idx_end) return 0;
         if (s->nheaps > 0 && (!isfinite(s->score[i]) || s->score[i] < 0)) return 0;
     }
-    if (!kv_all_finite(s->K, (size_t)n * (size_t)s->d) || !kv_all_finite(s->V, (size_t)n * (size_t)s->dv)) return 0;
+    if (s->store) {
+        float *tmp = malloc(sizeof(float) * (size_t)(s->d + s->dv));
+        int ok = tmp != NULL;
+        for (int64_t i = 0; ok && i < n; i++) ok = kv_store_row_ok(s->store, s->code + (size_t)i * s->store->row, tmp);
+        free(tmp);
+        if (!ok) return 0;
+    } else if (!kv_all_finite(s->K, (size_t)n * (size_t)s->d) || !kv_all_finite(s->V, (size_t)n * (size_t)s->dv)) {
+        return 0;
+    }
     memcpy(sorted, s->idx, sizeof(int64_t) * (size_t)n);
     qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
     for (int64_t i = 1; i < n; i++)
@@ -273,16 +410,25 @@ int kv_slots_load(kv_slots *out, const kv_slots *like, kv_rd *in, int64_t most, 
     int64_t *sorted = NULL;
     kv_slots t;
     kv_slots_init(&t, like->d, like->dv, like->nheaps, like->scratch_per);
-    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)t.d, cap, &nk, err) ||
-        kv_rd_arr(in, &V, sizeof(float) * (size_t)t.dv, cap, &nv, err) ||
-        kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err))
+    t.store = like->store;
+    if (t.store) {
+        kv_rd payload;
+        if (kv_qload_sealed(in, &payload, err) || kv_rd_arr(&payload, &K, t.store->row, cap, &nk, err)) goto fail;
+        if (payload.pos != payload.len) goto bad;
+        nv = nk;
+    } else if (kv_rd_arr(in, &K, sizeof(float) * (size_t)t.d, cap, &nk, err) ||
+               kv_rd_arr(in, &V, sizeof(float) * (size_t)t.dv, cap, &nv, err)) {
         goto fail;
+    }
+    if (kv_rd_arr(in, &idx, sizeof(int64_t), cap, &ni, err)) goto fail;
     if (t.nheaps > 0 && kv_rd_arr(in, &score, sizeof(double), cap, &ns, err)) goto fail;
     for (int w = 0; w < t.nheaps; w++)
         if (kv_rd_arr(in, &heap[w], sizeof(int32_t), cap, &nh[w], err)) goto fail;
     n = nk;
     if (nv != n || ni != n || (t.nheaps > 0 && (ns != n || nh[0] + nh[1] != n))) goto bad;
-    t.K = K; t.V = V; t.idx = idx; t.score = score;
+    if (t.store) t.code = K;
+    else { t.K = K; t.V = V; }
+    t.idx = idx; t.score = score;
     K = V = idx = score = NULL;
     t.held = t.cap = (int64_t)n;
     if (!n) {
@@ -323,15 +469,19 @@ fail:
     return err->code;
 }
 
+/* bytes of a held key (what a score pass reads) and of a whole row */
+static double key_bytes(const kv_slots *s) { return s->store ? (double)s->store->kbytes : 4.0 * s->d; }
+static double kv_bytes(const kv_slots *s) { return s->store ? (double)s->store->row : 4.0 * (s->d + s->dv); }
+
 void kv_slots_cost(const kv_slots *s, int nq, kv_query_cost *c)
 {
     double n = (double)s->held, w = s->d + s->dv;
-    if (nq > 0) kv_cost_add(c, nq, 4.0 * n * w, n, 2.0 * n * w);
+    if (nq > 0) kv_cost_add(c, nq, n * kv_bytes(s), n, 2.0 * n * w);
 }
 
 void kv_slots_score_cost(const kv_slots *s, int nq, kv_query_cost *c)
 {
     double n = (double)s->held;
     /* tokens are counted by the answer that read them: 0 here */
-    if (nq > 0) kv_cost_add(c, nq, n * (4.0 * s->d + 2.0 * sizeof(double)), 0.0, 2.0 * n * s->d);
+    if (nq > 0) kv_cost_add(c, nq, n * (key_bytes(s) + 2.0 * sizeof(double)), 0.0, 2.0 * n * s->d);
 }

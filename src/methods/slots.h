@@ -12,7 +12,13 @@
  * Slots in use are always 0 .. held - 1.  Heap 0 is a min-heap of slots by
  * (score, index) (the eviction order), heap 1 a min-heap by index (h2o's
  * recent part); pos[slot] >= 0 is the slot's place in heap 0, pos[slot] < 0
- * is -1 - its place in heap 1. */
+ * is -1 - its place in heap 1.
+ *
+ * With a coded store (store.h, set by kv_slots_use_store before any row)
+ * K and V stay NULL and each slot holds one packed row in `code`; attention
+ * and logits then read the rows decoded a tile at a time into scratch that
+ * only grows (kv_slots_attn, kv_slots_logits), so no query allocates once
+ * the largest call was seen. */
 #ifndef KVSTREAM_SLOTS_H
 #define KVSTREAM_SLOTS_H
 
@@ -21,6 +27,7 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 #include "methods/method.h"
+#include "methods/store.h"
 
 typedef struct {
     int d, dv;
@@ -36,12 +43,26 @@ typedef struct {
     /* cap x scratch_per bytes for the method's own per-slot work (snapkv's
      * votes); its contents do not survive kv_slots_resize */
     void *scratch;
+    const kv_store *store; /* NULL or f32: K and V; else rows in code */
+    uint8_t *code;         /* cap x store->row bytes */
+    float *tk, *tv, *tq;   /* decode tiles, prepared queries (grow only) */
+    double *lg;            /* logits scratch (grow only) */
+    size_t qcap, lgcap;
 } kv_slots;
+
+#define KV_SLOTS_TILE 64 /* rows decoded at a time */
 
 /* Bytes one slot costs with this shape (what kv_slots_bytes counts per
  * allocated slot): (d + dv) floats and an index, with heaps a double score,
  * an int32 position and an int32 per heap, then scratch_per. */
 int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per);
+
+/* kv_slots_row_bytes with the row held by store choice `store` (store.h:
+ * an index of KV_STORE_CHOICES; 0 = f32, floats). */
+int64_t kv_slots_row_bytes_in(int store, int d, int dv, int nheaps, size_t scratch_per);
+
+/* Hold rows in store from now on (an empty set; store outlives s). */
+void kv_slots_use_store(kv_slots *s, const kv_store *store);
 
 /* An empty set (no arrays) of this shape; kv_slots_free releases it. */
 void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per);
@@ -69,8 +90,22 @@ int kv_slots_resize(kv_slots *s, int64_t rows);
  * <need> tokens" (KV_EINTERNAL). */
 int kv_slots_grow(kv_slots *s, int64_t need, const char *who, kv_err *err);
 
-/* Slot `slot` holds token t: key k, value v, score sc (with heaps). */
-void kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc);
+/* Slot `slot` holds token t: key k, value v, score sc (with heaps).  With
+ * a coded store, -1 when k or v cannot be held (store.h). */
+int kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int64_t t, double sc);
+
+/* Slot `to` gets slot from's key, value and index (nothing else). */
+void kv_slots_copy_row(kv_slots *s, int64_t to, int64_t from);
+
+/* kv_attn_held over the held rows as held (decoded when coded): the same
+ * arithmetic, so a store that holds the numbers exactly (f16 on
+ * half-exact data) gives the same bits as floats.  KV_OK or KV_EINTERNAL. */
+int kv_slots_attn(kv_slots *s, const float *Q, int nq, double scale, double *st);
+
+/* Logits of nq queries against held slots t0 .. t0+n-1, computed from the
+ * keys as held (kv_held_logit, as kv_slots_attn): nq x n doubles, row q
+ * for query q, valid until the next call; NULL without memory. */
+const double *kv_slots_logits(kv_slots *s, const float *Q, int nq, double scale, int64_t t0, int64_t n);
 
 /* Heap w: add a slot, take the top one out, look at it, and restore the
  * order after the scores changed. */

@@ -54,7 +54,7 @@
 #include "methods/slots.h"
 
 typedef struct {
-    int64_t tokens, window, period, kernel, pool, every;
+    int64_t tokens, window, period, kernel, pool, every, store;
     kv_budget budget;
 } snapkv_cfg;
 KV_CFG_FITS(snapkv_cfg);
@@ -78,6 +78,7 @@ typedef struct {
     float *bq;                /* their rows (rcap x d), oldest position first */
     int64_t *bp;              /* their positions */
     double *bml;              /* their merged (m, l) */
+    kv_store store;           /* how the slots hold their rows (store.h) */
 } snapkv_state;
 
 static const kv_param_def snapkv_params[] = {
@@ -90,12 +91,13 @@ static const kv_param_def snapkv_params[] = {
     KV_PARAM_INT(snapkv_cfg, every, 16, 1, INT32_MAX,
                  "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
     KV_PARAM_BUDGET(snapkv_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
+    KV_PARAM_ENUM(snapkv_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
 };
 
-static int64_t slot_bytes(int d, int dv)
+static int64_t slot_bytes(int store, int d, int dv)
 {
-    return kv_slots_row_bytes(d, dv, 0, sizeof(snapkv_slot));
+    return kv_slots_row_bytes_in(store, d, dv, 0, sizeof(snapkv_slot));
 }
 
 static int64_t row_bytes(int d)
@@ -129,8 +131,8 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (!c) return err->code;
     int64_t B = c->tokens, ns = kv_scope_streams(ctx);
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
-        int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d);
+        int64_t per = slot_bytes((int)c->store, ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
+        int64_t buf = c->window * group_rows(ctx) * row_bytes(ctx->d) + kv_store_fixed_of((int)c->store, ctx->d, ctx->dv);
         int64_t rest = bytes - buf; /* one copy, counted on rank 0: B must not depend on P */
         B = rest > 0 ? rest / per - c->every : 0;
         if (B <= c->window)
@@ -166,27 +168,39 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     s->E = c->every;
     s->stale = 1;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, sizeof(snapkv_slot));
+    if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
+        free(s);
+        return err->code;
+    }
+    kv_slots_use_store(&s->sl, &s->store);
     *out = s;
     return KV_OK;
 }
 
 static snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (snapkv_slot *)s->sl.scratch + i; }
 
-/* Every held token's vote under the buffered rows (rows in buffer order). */
-static void compute_votes(snapkv_state *s)
+#define VOTE_TILE 256 /* slots whose logits are had at a time */
+
+/* Every held token's vote under the buffered rows (rows in buffer order),
+ * from the keys as held.  KV_EINTERNAL without memory (votes stay stale). */
+static int compute_votes(snapkv_state *s)
 {
-    const kv_slots *sl = &s->sl;
-    size_t d = (size_t)s->ctx.d;
-    for (int64_t t = 0; t < sl->held; t++) {
-        double sum = 0;
-        for (int64_t j = 0; j < s->nrows; j++) {
-            double m = s->bml[2 * j], l = s->bml[2 * j + 1];
-            if (s->bp[j] > sl->idx[t] && l > 0)
-                sum += exp(kv_held_logit(s->bq + (size_t)j * d, sl->K + (size_t)t * d, s->ctx.d, s->ctx.scale) - m) / l;
+    kv_slots *sl = &s->sl;
+    for (int64_t t0 = 0; t0 < sl->held; t0 += VOTE_TILE) {
+        int64_t n = sl->held - t0 < VOTE_TILE ? sl->held - t0 : VOTE_TILE;
+        const double *a = kv_slots_logits(sl, s->bq, (int)s->nrows, s->ctx.scale, t0, n);
+        if (s->nrows && !a) return KV_EINTERNAL;
+        for (int64_t t = t0; t < t0 + n; t++) {
+            double sum = 0;
+            for (int64_t j = 0; j < s->nrows; j++) {
+                double m = s->bml[2 * j], l = s->bml[2 * j + 1];
+                if (s->bp[j] > sl->idx[t] && l > 0) sum += exp(a[j * n + (t - t0)] - m) / l;
+            }
+            slot_of(s, t)->vote = sum;
         }
-        slot_of(s, t)->vote = sum;
     }
     s->stale = 0;
+    return KV_OK;
 }
 
 static int snapkv_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -197,8 +211,10 @@ static int snapkv_ingest(void *state, const float *K, const float *V, int64_t fi
     if (!n) return KV_OK;
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "snapkv", err)) return err->code;
     for (size_t i = 0; i < n; i++) {
-        int64_t slot = sl->held++;
-        kv_slots_set(sl, (int32_t)slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0);
+        int64_t slot = sl->held;
+        if (kv_slots_set(sl, (int32_t)slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0))
+            return kv_store_refused(&s->store, "snapkv", err);
+        sl->held++;
         /* no buffered row has seen it: its vote is 0, as a recomputation gives */
         *slot_of(s, slot) = (snapkv_slot){ 0, 0 };
     }
@@ -246,7 +262,7 @@ static void snapkv_halo(void *state, int64_t x, double *halo)
     snapkv_state *s = state;
     int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x);
     if (!nb) return;
-    if (s->stale) compute_votes(s);
+    if (s->stale) compute_votes(s); /* out of memory: stale, and decide_cands says so */
     for (int64_t i = 0; i < s->sl.held; i++) {
         int64_t t = s->sl.idx[i], r = t % C, c;
         if (protected_tok(s, t, x)) continue;
@@ -311,7 +327,10 @@ static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, 
     n = 0;
     for (int k = 0; k < ns; k++) {
         snapkv_state *s = st[k];
-        if (s->stale) compute_votes(s);
+        if (s->stale && compute_votes(s)) {
+            free(all);
+            return KV_EINTERNAL;
+        }
         pool(s, x, halo ? halo + k * hl : NULL);
         for (int64_t i = 0; i < s->sl.held && !protected_tok(s, s->sl.idx[i], x); i++)
             all[n++] = kv_scope_key((kv_evkey){ slot_of(s, i)->pooled, (double)s->sl.idx[i] }, ns, k);
@@ -325,16 +344,13 @@ static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, 
 static void apply_one(snapkv_state *s, int ns, int k, int64_t x, kv_evkey cut, kv_evkey next)
 {
     kv_slots *sl = &s->sl;
-    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     int64_t w = 0;
     for (int64_t t = 0; t < sl->held; t++) {
         int keep = protected_tok(s, sl->idx[t], x) ||
                    !kv_evkey_goes(kv_scope_key((kv_evkey){ slot_of(s, t)->pooled, (double)sl->idx[t] }, ns, k), cut);
         if (!keep) continue;
         if (w != t) {
-            memmove(sl->K + (size_t)w * d, sl->K + (size_t)t * d, sizeof(float) * d);
-            memmove(sl->V + (size_t)w * dv, sl->V + (size_t)t * dv, sizeof(float) * dv);
-            sl->idx[w] = sl->idx[t];
+            kv_slots_copy_row(sl, w, t);
             *slot_of(s, w) = *slot_of(s, t);
         }
         w++;
@@ -355,7 +371,7 @@ static int snapkv_partial(void *state, const float *Q, int nq, int64_t p, double
     snapkv_state *s = state;
     (void)p; /* every held token is < p */
     kv_slots_cost(&s->sl, nq, &s->cost);
-    return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
+    return kv_slots_attn(&s->sl, Q, nq, s->ctx.scale, st);
 }
 
 /* Distinct positions among the buffered rows. */
@@ -413,7 +429,8 @@ static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
     /* the buffered rows once, on rank 0 (see the header) */
-    return kv_slots_bytes(&s->sl) + (s->ctx.rank == 0 ? (size_t)(s->rcap * row_bytes(s->ctx.d)) : 0);
+    return kv_slots_bytes(&s->sl) + (s->ctx.rank == 0 ? (size_t)(s->rcap * row_bytes(s->ctx.d)) : 0) +
+           (size_t)kv_store_fixed_bytes(&s->store);
 }
 
 static void snapkv_extra(const void *state, kv_method_extra *x)
@@ -429,6 +446,7 @@ static void snapkv_free(void *state)
     snapkv_state *s = state;
     if (!s) return;
     kv_slots_free(&s->sl);
+    kv_store_free(&s->store);
     free(s->bq);
     free(s->bp);
     free(s->bml);
@@ -513,8 +531,8 @@ static int64_t snapkv_max_bytes(const void *state)
 {
     const snapkv_state *s = state;
     int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) +
-           (s->ctx.rank == 0 ? s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d) : 0);
+    return held * slot_bytes(s->store.which, s->ctx.d, s->ctx.dv) +
+           (s->ctx.rank == 0 ? s->W * group_rows(&s->ctx) * row_bytes(s->ctx.d) : 0) + kv_store_fixed_bytes(&s->store);
 }
 
 const kv_method_ops kv_method_snapkv = {
@@ -545,5 +563,5 @@ const kv_method_ops kv_method_snapkv = {
     .max_bytes = snapkv_max_bytes,
     .cost = snapkv_cost,
     .scoped = 1,
-    .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3,pool=max,every=7", KV_PINV_ROUNDING },
+    .conform = { "tokens=120;tokens=90,window=3,period=20,kernel=3,pool=max,every=7;tokens=100,store=kivi8;tokens=80,store=tq2", KV_PINV_ROUNDING },
 };

@@ -16,12 +16,14 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 #include "methods/method.h"
+#include "methods/store.h"
 
 #define KV_TOKRING_PAGE 16
 
 typedef struct {
-    float *K, *V;   /* PAGE x d, PAGE x dv */
+    float *K, *V;   /* PAGE x d, PAGE x dv (NULL with a coded store) */
     int64_t *idx;   /* PAGE global indices */
+    uint8_t *code;  /* coded store: PAGE rows of store->row bytes */
 } kv_tokpage;
 
 typedef struct {
@@ -32,9 +34,25 @@ typedef struct {
     int64_t hp, np;    /* first page's slot in pages[], pages in use */
     int64_t pcap;      /* slots of pages[] */
     kv_tokpage *pages; /* ring of pages */
+    const kv_store *store; /* NULL or f32: float pages; else coded rows (window, sinks: store=) */
 } kv_tokring;
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap);
+
+/* Hold rows in store (store.h) from now on: an empty ring; the store
+ * outlives it.  kv_tokring_k/v are then not valid (no floats are held):
+ * kv_tokring_fold decodes a page at a time, in the store's domain (tq:
+ * the caller takes the value sums back with kv_store_finish after its
+ * last fold).  kv_tokring_push returns KV_EINPUT when the store refuses a
+ * number. */
+void kv_tokring_use_store(kv_tokring *r, const kv_store *store);
+
+/* Bytes per token of a full page with rows of store choice `store`
+ * (store.h; 0: floats): what the _in budget rules below divide by. */
+int64_t kv_tokring_token_bytes_in(int store, int d, int dv);
+int64_t kv_tokring_fit_in(int64_t bytes, int store, int d, int dv, int P);
+int64_t kv_tokring_fit_min_in(int store, int d, int dv, int P);
+int64_t kv_tokring_max_bytes_in(int store, int d, int dv, int64_t n);
 void kv_tokring_free(kv_tokring *r);
 
 /* Append a token; the caller pops first if the ring is full (KV_EINTERNAL

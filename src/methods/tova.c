@@ -64,10 +64,11 @@ typedef struct {
     int64_t nq;           /* rows of the last answered position (0: none yet) */
     float *lq;            /* those rows (nq x d floats) */
     double *lml;          /* their merged (m, l) */
+    kv_store store;       /* how the slots hold their rows (store.h) */
 } tova_state;
 
 typedef struct {
-    int64_t tokens, every, scope;
+    int64_t tokens, every, scope, store;
     kv_budget budget;
 } tova_cfg;
 KV_CFG_FITS(tova_cfg);
@@ -79,12 +80,13 @@ static const kv_param_def tova_params[] = {
     KV_PARAM_ENUM(tova_cfg, scope, "head|layer", 0,
                   "head: a token set per kv head; layer: one per layer, scored by the mean over its heads (official)"),
     KV_PARAM_BUDGET(tova_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
+    KV_PARAM_ENUM(tova_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
 };
 
-static int64_t slot_bytes(int d, int dv)
+static int64_t slot_bytes(int store, int d, int dv)
 {
-    return kv_slots_row_bytes(d, dv, 1, 0);
+    return kv_slots_row_bytes_in(store, d, dv, 1, 0);
 }
 
 /* one kept query row: d floats and its merged (m, l) */
@@ -124,9 +126,9 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
         return kv_params_error(tova_params, spec, err,
                                "scope=layer needs the trace's n_kv_heads attribute (traces recorded from a model have it)");
     if (c->budget.kind != KV_BUDGET_NONE) {
-        int64_t per = slot_bytes(ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
-        /* one copy of the rows, counted on rank 0: B must not depend on P */
-        int64_t rest = bytes - group_rows(ctx) * query_bytes(ctx->d);
+        int64_t per = slot_bytes((int)c->store, ctx->d, ctx->dv), bytes = kv_scope_share_bytes(&c->budget, ctx);
+        /* one copy of the rows (and of a tq store's rotations), counted on rank 0: B must not depend on P */
+        int64_t rest = bytes - group_rows(ctx) * query_bytes(ctx->d) - kv_store_fixed_of((int)c->store, ctx->d, ctx->dv);
         B = rest > 0 ? rest / per - c->every : 0;
         if (B < 1)
             return kv_params_error(tova_params, spec, err,
@@ -147,19 +149,32 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     s->group = c->scope == 1 ? (int)ctx->kv_heads : (int)ns;
     s->pool = ns > 1;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, 0);
+    if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
+        free(s);
+        return err->code;
+    }
+    kv_slots_use_store(&s->sl, &s->store);
     *out = s;
     return KV_OK;
 }
 
-/* an arriving token's score: its mean weight under the last position's rows */
-static double arrival_score(const tova_state *s, const float *k)
+/* Slots t0 .. t0+n-1 get their score: the mean weight under the last
+ * position's rows, from the keys as held.  KV_EINTERNAL without memory. */
+static int score_range(tova_state *s, int64_t t0, int64_t n)
 {
-    double sum = 0;
-    for (int64_t q = 0; q < s->nq; q++) {
-        double m = s->lml[2 * q], l = s->lml[2 * q + 1];
-        if (l > 0) sum += exp(kv_held_logit(s->lq + q * s->ctx.d, k, s->ctx.d, s->ctx.scale) - m) / l;
+    kv_slots *sl = &s->sl;
+    if (n <= 0) return KV_OK;
+    const double *a = kv_slots_logits(sl, s->lq, (int)s->nq, s->ctx.scale, t0, n);
+    if (s->nq && !a) return KV_EINTERNAL;
+    for (int64_t t = 0; t < n; t++) {
+        double sum = 0;
+        for (int64_t q = 0; q < s->nq; q++) {
+            double m = s->lml[2 * q], l = s->lml[2 * q + 1];
+            if (l > 0) sum += exp(a[q * n + t] - m) / l;
+        }
+        sl->score[t0 + t] = s->nq ? sum / (double)s->nq : 0.0;
     }
-    return s->nq ? sum / (double)s->nq : 0.0;
+    return KV_OK;
 }
 
 static int tova_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -169,11 +184,16 @@ static int tova_ingest(void *state, const float *K, const float *V, int64_t firs
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "tova", err)) return err->code;
-    for (size_t i = 0; i < n; i++) {
-        int32_t slot = (int32_t)sl->held++;
-        kv_slots_set(sl, slot, K + i * d, V + i * dv, first + (int64_t)i, arrival_score(s, K + i * d));
-        kv_slots_push(sl, 0, slot);
+    int64_t h0 = sl->held;
+    for (size_t i = 0; i < n; i++)
+        if (kv_slots_set(sl, (int32_t)(h0 + (int64_t)i), K + i * d, V + i * dv, first + (int64_t)i, 0.0))
+            return kv_store_refused(&s->store, "tova", err);
+    sl->held = h0 + (int64_t)n;
+    if (score_range(s, h0, (int64_t)n)) {
+        sl->held = h0;
+        return kv_seterr(err, KV_EINTERNAL, "tova: out of memory scoring %zu tokens", n);
     }
+    for (size_t i = 0; i < n; i++) kv_slots_push(sl, 0, (int32_t)(h0 + (int64_t)i));
     s->seen += (int64_t)n;
     kv_slots_resize(sl, sl->held);
     return KV_OK;
@@ -260,7 +280,7 @@ static int tova_partial(void *state, const float *Q, int nq, int64_t p, double *
     tova_state *s = state;
     (void)p; /* every held token is < p */
     kv_slots_cost(&s->sl, nq, &s->cost);
-    return kv_attn_held(Q, nq, s->sl.K, s->sl.V, (size_t)s->sl.held, s->ctx.d, s->ctx.dv, s->ctx.scale, st);
+    return kv_slots_attn(&s->sl, Q, nq, s->ctx.scale, st);
 }
 
 /* Scores = the mean global attention weight under the call's rows, which
@@ -283,7 +303,7 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
     }
     memcpy(s->lq, Q, sizeof(float) * d * (size_t)nq);
     memcpy(s->lml, ml, sizeof(double) * 2 * (size_t)nq);
-    for (size_t t = 0; t < n; t++) sl->score[t] = arrival_score(s, sl->K + t * d);
+    if (score_range(s, 0, (int64_t)n)) return KV_EINTERNAL;
     kv_slots_heapify(sl, 0);
     kv_slots_score_cost(sl, nq, &s->cost);
     return KV_OK;
@@ -297,7 +317,8 @@ static void tova_cost(const void *state, kv_query_cost *c)
 static size_t tova_bytes(const void *state)
 {
     const tova_state *s = state;
-    return kv_slots_bytes(&s->sl) + (size_t)(rows_counted(s) * query_bytes(s->ctx.d));
+    return kv_slots_bytes(&s->sl) + (size_t)(rows_counted(s) * query_bytes(s->ctx.d)) +
+           (size_t)kv_store_fixed_bytes(&s->store);
 }
 
 static void tova_extra(const void *state, kv_method_extra *x)
@@ -313,6 +334,7 @@ static void tova_free(void *state)
     tova_state *s = state;
     if (!s) return;
     kv_slots_free(&s->sl);
+    kv_store_free(&s->store);
     free(s->lq);
     free(s->lml);
     free(s);
@@ -386,7 +408,8 @@ static int64_t tova_max_bytes(const void *state)
     int64_t held = kv_scope_held_max(&s->ctx, s->B, s->E, kv_shard_limit(&s->ctx));
     /* the rows of a position: the trace's query heads per kv head (more only
      * where a trace puts several queries of one head at one position) */
-    return held * slot_bytes(s->ctx.d, s->ctx.dv) + (s->ctx.rank == 0 ? group_rows(&s->ctx) * query_bytes(s->ctx.d) : 0);
+    return held * slot_bytes(s->store.which, s->ctx.d, s->ctx.dv) +
+           (s->ctx.rank == 0 ? group_rows(&s->ctx) * query_bytes(s->ctx.d) : 0) + kv_store_fixed_bytes(&s->store);
 }
 
 const kv_method_ops kv_method_tova = {
@@ -414,5 +437,5 @@ const kv_method_ops kv_method_tova = {
     .max_bytes = tova_max_bytes,
     .cost = tova_cost,
     .scoped = 1,
-    .conform = { "tokens=120;tokens=1000000;tokens=7,every=3", KV_PINV_ROUNDING },
+    .conform = { "tokens=120;tokens=1000000;tokens=7,every=3;tokens=100,store=kivi2;tokens=90,store=tq4", KV_PINV_ROUNDING },
 };

@@ -23,12 +23,13 @@
 #include "kernels/partial.h"
 #include "methods/tokring.h"
 
-typedef struct { int64_t W; kv_budget budget; } window_cfg;
+typedef struct { int64_t W, store; kv_budget budget; } window_cfg;
 KV_CFG_FITS(window_cfg);
 
 static const kv_param_def window_params[] = {
     KV_PARAM_INT(window_cfg, W, 1024, 1, INT64_MAX, "tokens of the window (global): a query at p sees [p-W, p)"),
     KV_PARAM_BUDGET(window_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of W: W = what fits"),
+    KV_PARAM_ENUM(window_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
 };
 
@@ -48,6 +49,8 @@ typedef struct {
     int64_t h; /* the driver's horizon: no later query is below it */
     kv_tokring ring;
     kv_query_cost cost; /* method.h: cost */
+    kv_store store;     /* how the ring holds its tokens (store.h) */
+    kv_qprep qp;        /* queries in the store's domain */
 } window_state;
 
 static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
@@ -56,18 +59,25 @@ static int window_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     if (!c) return err->code;
     int64_t W = c->W;
     if (c->budget.kind) {
-        int64_t B = kv_scope_share_bytes(&c->budget, ctx); /* scope: an even split (ALGORITHMS.md 4g) */
-        W = kv_tokring_fit(B, ctx->d, ctx->dv, ctx->nranks);
+        int st = (int)c->store;
+        /* scope: an even split (ALGORITHMS.md 4g); a tq store's rotations come first (store.h) */
+        int64_t B = kv_scope_share_bytes(&c->budget, ctx), fx = kv_store_fixed_of(st, ctx->d, ctx->dv);
+        W = kv_tokring_fit_in(B - fx, st, ctx->d, ctx->dv, ctx->nranks);
         if (W < 1)
             return kv_params_error(window_params, spec, err, "budget of %lld bytes does not hold one token's pages "
                                    "(%lld bytes needed)", (long long)B,
-                                   (long long)kv_tokring_fit_min(ctx->d, ctx->dv, ctx->nranks));
+                                   (long long)(fx + kv_tokring_fit_min_in(st, ctx->d, ctx->dv, ctx->nranks)));
     }
     window_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
     s->W = W;
     kv_tokring_init(&s->ring, ctx->d, ctx->dv, W);
+    if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
+        free(s);
+        return err->code;
+    }
+    kv_tokring_use_store(&s->ring, &s->store);
     *out = s;
     return KV_OK;
 }
@@ -100,13 +110,17 @@ static int window_partial(void *state, const float *Q, int nq, int64_t p, double
     if (nq <= 0) return KV_OK;
     int64_t from = kv_tokring_lower(&s->ring, p - s->W);
     kv_tokring_cost(&s->ring, from, nq, &s->cost);
-    return kv_tokring_fold(&s->ring, from, Q, nq, (float)s->ctx.scale, st);
+    const float *Qs = kv_store_prep(&s->store, &s->qp, Q, nq);
+    if (!Qs) return KV_EINTERNAL;
+    int rc = kv_tokring_fold(&s->ring, from, Qs, nq, (float)s->ctx.scale, st);
+    kv_store_finish(&s->store, st, nq);
+    return rc;
 }
 
 static size_t window_bytes(const void *state)
 {
     const window_state *s = state;
-    return kv_tokring_bytes(&s->ring);
+    return kv_tokring_bytes(&s->ring) + (size_t)kv_store_fixed_bytes(&s->store);
 }
 
 static void window_extra(const void *state, kv_method_extra *x)
@@ -126,6 +140,8 @@ static void window_free(void *state)
     window_state *s = state;
     if (!s) return;
     kv_tokring_free(&s->ring);
+    kv_store_free(&s->store);
+    kv_qprep_free(&s->qp);
     free(s);
 }
 
@@ -154,7 +170,7 @@ static int64_t window_max_bytes(const void *state)
 {
     const window_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx), held = s->W < lim ? s->W : lim; /* the ring never holds more than W */
-    return kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, held);
+    return kv_tokring_max_bytes_in(s->store.which, s->ctx.d, s->ctx.dv, held) + kv_store_fixed_bytes(&s->store);
 }
 
 const kv_method_ops kv_method_window = {
@@ -178,5 +194,5 @@ const kv_method_ops kv_method_window = {
     .load = window_load,
     .prefix_state = 1,
     .max_bytes = window_max_bytes,
-    .conform = { "W=100;W=1000000000;W=3", KV_PINV_ROUNDING },
+    .conform = { "W=100;W=1000000000;W=3;W=100,store=kivi4;W=90,store=tq3", KV_PINV_ROUNDING },
 };
