@@ -56,24 +56,26 @@ void replay_batch_free(replay_batch *b)
 }
 
 /* How method mi is answered (method.h): by select and partial_select after
- * the walk; by partial_batch after the walk; or by partial inside it.  A
+ * the walk; by partial_batch after the walk; or by partial inside it; the
+ * streamed reference (--reference stream) by the driver from the trace,
+ * after the walk (streamref.h).  A
  * method with feedback is answered in the walk, since feedback must follow
  * each partial call. */
 static int selects(const replay *r, int mi)
 {
     const kv_method_ops *o = r->inst[mi].ops;
-    return o->select && o->select_len && o->partial_select;
+    return !r->inst[mi].streamed && o->select && o->select_len && o->partial_select;
 }
 
 static int batch_capable(const replay *r, int mi)
 {
     const kv_method_ops *o = r->inst[mi].ops;
-    return o->partial_batch && !o->feedback && !selects(r, mi);
+    return !r->inst[mi].streamed && o->partial_batch && !o->feedback && !selects(r, mi);
 }
 
 static int per_prefix(const replay *r, int mi)
 {
-    return !batch_capable(r, mi) && !selects(r, mi) && !replay_streamref_is(r, mi);
+    return !batch_capable(r, mi) && !selects(r, mi) && !r->inst[mi].streamed;
 }
 
 /* The cost slots of query jj of the batch, method mi, stream s (cost.h). */
@@ -349,7 +351,7 @@ int replay_batch_partials(replay_batch *b, replay *r, replay_shard *sh, int64_t 
      * answering after the walk gives what answering inside it would */
     for (int mi = 0; mi < r->M && !err->code; mi++)
         if (batch_capable(r, mi)) answer(b, r, mi, 0, cnt, pos + j0, err);
-        else if (replay_streamref_is(r, mi)) replay_streamref_answer(b, r, sh, mi, pos + j0, err);
+        else if (r->inst[mi].streamed) replay_streamref_answer(b, r, sh, mi, pos + j0, err);
     for (int mi = 0; mi < r->M; mi++)
         if (selects(r, mi) && select_answer(b, r, mi, pos + j0, err)) return b->agreed = 1, err->code;
     if (!err->code) end_epoch(b, r, b->nu - 1);

@@ -6,7 +6,6 @@
 #include "mpi/coll.h"
 #include "replay/instances.h"
 #include "replay/shard.h"
-#include "replay/streamref.h"
 
 /* --budget X: budget=X into every spec whose method takes a budget and
  * that gives none (a spec's own budget= wins; its size parameters then
@@ -60,8 +59,10 @@ int replay_instances_new(replay *r, kv_err *err)
     }
     r->ref = ref; /* -1 with --reference none: an exact listed there is one more method */
     for (int i = 0; i < r->M; i++) {
-        r->inst[i].ops = i == ref && r->o->reference == KV_REF_STREAM ? &replay_streamref_ops
-                                                                     : kv_method_find(r->inst[i].spec.method);
+        r->inst[i].ops = kv_method_find(r->inst[i].spec.method);
+        r->inst[i].streamed = i == ref && r->o->reference == KV_REF_STREAM;
+        if (r->inst[i].streamed && r->o->semantics != KV_SEM_FULL)
+            return kv_seterr(err, KV_EINPUT, "--reference stream: only with --semantics full");
         if (!r->inst[i].ops)
             return kv_seterr(err, KV_EINPUT, "--methods: unknown method '%s' (known: %s)", r->inst[i].spec.method,
                              kv_method_names());
@@ -151,7 +152,7 @@ int replay_instances_create(replay *r, kv_err *err)
         replay_instance *x = &r->inst[mi];
         x->st = kv_calloc((size_t)r->S, sizeof(void *), err);
         if (!x->st) return err->code;
-        for (int64_t s = 0; s < r->S; s++) {
+        for (int64_t s = 0; s < r->S && !x->streamed; s++) {
             kv_method_ctx ctx = stream_ctx(r, s);
             kv_err e = { 0, "" };
             kv_spec_reset(&x->spec);
@@ -227,7 +228,7 @@ void replay_instances_free(replay *r)
 int64_t replay_instance_bytes(const replay_instance *x, int64_t S)
 {
     int64_t b = 0;
-    for (int64_t s = 0; s < S; s++) b += (int64_t)x->ops->bytes(x->st[s]);
+    for (int64_t s = 0; s < S && !x->streamed; s++) b += (int64_t)x->ops->bytes(x->st[s]);
     return b;
 }
 
@@ -251,7 +252,7 @@ int64_t replay_instance_epoch(const replay *r, const replay_instance *x)
     return r->rank == 0 ? x->dpeak : 0;
 }
 
-int replay_instance_rebuilt(const replay_instance *x) { return x->ops->prefix_state; }
+int replay_instance_rebuilt(const replay_instance *x) { return x->ops->prefix_state && !x->streamed; }
 
 int replay_instances_save(const replay *r, kv_buf *out, int64_t *lens, kv_err *err)
 {
@@ -266,7 +267,7 @@ int replay_instances_save(const replay *r, kv_buf *out, int64_t *lens, kv_err *e
             x->ops->extra(x->st[s], &e);
             kv_buf_put_i64(out, e.kept_tokens);
         }
-        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x); s++) {
+        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x) && !x->streamed; s++) {
             /* as kv_buf_put_arr would write it (length, then bytes), saved
              * straight into b: the length is the counting pass's */
             int64_t *len = &lens[mi * r->S + s];
@@ -298,7 +299,7 @@ int replay_instances_load(replay *r, kv_rd *rd, int64_t *kept, kv_err *err)
             kept[mi * r->S + s] = -1;
             if (replay_instance_rebuilt(x) && kv_rd_i64(rd, &kept[mi * r->S + s], err)) return err->code;
         }
-        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x); s++) {
+        for (int64_t s = 0; s < r->S && !replay_instance_rebuilt(x) && !x->streamed; s++) {
             int64_t n;
             kv_rd one;
             if (kv_rd_i64(rd, &n, err)) return err->code;

@@ -17,11 +17,15 @@
 #include "methods/method.h"
 #include "replay/replay.h"
 
-/* One method on this rank: one state per stream. */
+/* One method on this rank: one state per stream.  With --reference stream
+ * the exact reference is an instance of exact the driver answers from the
+ * trace itself (streamed, streamref.h): it has no states (st[] all NULL),
+ * is never fed, holds 0 bytes and saves nothing in a checkpoint. */
 typedef struct {
     kv_spec spec;
     const kv_method_ops *ops;
-    void **st;              /* [S] */
+    void **st;              /* [S]; NULL entries when streamed */
+    int streamed;           /* answered by replay_streamref_answer, not by ops (--reference stream) */
     double t_ingest, t_query; /* seconds on this rank */
     int64_t peak;           /* bytes, this rank, max over time */
     int64_t epoch;          /* bytes, this rank, max since the current memory epoch began

@@ -50,7 +50,7 @@ static int ingest_block(replay_shard *sh, replay *r, int64_t off, int64_t len, c
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
-        if (only && !only[mi]) continue;
+        if ((only && !only[mi]) || x->streamed) continue; /* streamed: its tokens stay in the trace */
         int bad = 0;
         double t0 = omp_get_wtime();
 #pragma omp parallel for schedule(dynamic) if (r->par_streams) reduction(| : bad)
@@ -86,7 +86,7 @@ static void horizon(replay *r, int64_t p, const char *only)
 {
     for (int mi = 0; mi < r->M; mi++) {
         replay_instance *x = &r->inst[mi];
-        if (!x->ops->horizon || (only && !only[mi])) continue;
+        if (!x->ops->horizon || (only && !only[mi]) || x->streamed) continue;
 #pragma omp parallel for schedule(static) if (r->par_streams)
         for (int64_t s = 0; s < r->S; s++) x->ops->horizon(x->st[s], p);
         if (!only) x->epoch = replay_instance_bytes(x, r->S); /* a rebuild sets it at its end */

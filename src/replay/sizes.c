@@ -91,6 +91,7 @@ int replay_budget_check(const replay *r, kv_err *err)
     int worst_mi = -1;
     for (int mi = 0; mi < r->M; mi++) {
         const replay_instance *x = &r->inst[mi];
+        if (x->streamed) continue; /* holds nothing */
         if (!x->ops->max_bytes)
             return kv_seterr(err, KV_EINPUT, "--max-memory: method '%s' cannot bound its memory in advance", x->spec.text);
         int64_t b = 0;

@@ -6,68 +6,6 @@
 #include "replay/instances.h"
 #include "replay/streamref.h"
 
-/* Nothing is held: the state only marks the instance (one per stream). */
-typedef struct {
-    int64_t stream;
-} streamref_state;
-
-static int sr_create(kv_spec *spec, const kv_method_ctx *ctx, void **state, kv_err *err)
-{
-    (void)spec;
-    if (ctx->semantics != KV_SEM_FULL)
-        return kv_seterr(err, KV_EINPUT, "--reference stream: only with --semantics full");
-    streamref_state *s = kv_calloc(1, sizeof *s, err);
-    if (!s) return err->code;
-    s->stream = ctx->stream;
-    *state = s;
-    return KV_OK;
-}
-
-/* the tokens stay in the trace; replay_streamref_answer reads them back */
-static int sr_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
-{
-    (void)state; (void)K; (void)V; (void)first; (void)n; (void)err;
-    return KV_OK;
-}
-
-static size_t sr_bytes(const void *state) { (void)state; return 0; }
-
-static void sr_extra(const void *state, kv_method_extra *x)
-{
-    (void)state;
-    x->clusters = -1;
-    x->kept_tokens = 0;
-}
-
-static void sr_free(void *state) { free(state); }
-
-/* a checkpoint of it is empty: everything it answers from is in the trace */
-static void sr_save(const void *state, kv_buf *out) { (void)state; (void)out; }
-
-static int sr_load(void *state, kv_rd *in, kv_err *err)
-{
-    (void)state; (void)in; (void)err;
-    return KV_OK;
-}
-
-static int64_t sr_max_bytes(const void *state) { (void)state; return 0; }
-
-const kv_method_ops replay_streamref_ops = {
-    .name = "exact",
-    .kind = "exact",
-    .summary = "exact attention re-read from the trace per batch (--reference stream)",
-    .create = sr_create,
-    .ingest = sr_ingest,
-    .bytes = sr_bytes,
-    .extra = sr_extra,
-    .free = sr_free,
-    .save = sr_save,
-    .load = sr_load,
-    .max_bytes = sr_max_bytes,
-};
-
-int replay_streamref_is(const replay *r, int mi) { return r->inst[mi].ops == &replay_streamref_ops; }
-
 int replay_streamref_answer(replay_batch *b, replay *r, replay_shard *sh, int mi, const int64_t *p, kv_err *err)
 {
     replay_instance *x = &r->inst[mi];

@@ -2,8 +2,9 @@
  *
  * `--reference memory` (the default) runs the exact method as the
  * reference: it holds every token of the rank's shard.  With `stream` the
- * reference instance holds nothing (replay_streamref_ops: ingest keeps no
- * token, bytes() is 0, its checkpoint is empty); instead, once per batch,
+ * reference is a driver mode (replay_instance.streamed, internal.h): an
+ * instance of exact with no states, never fed, 0 bytes, nothing in a
+ * checkpoint; instead, once per batch,
  * after the walk, replay_streamref_answer re-reads this rank's chunks below
  * the batch's last prefix from the trace, one chunk (all streams) at a time
  * into the shard's staging buffers (so no buffer beyond those --max-memory
@@ -22,11 +23,6 @@
 #include "replay/batch.h"
 #include "replay/internal.h"
 #include "replay/shard.h"
-
-extern const kv_method_ops replay_streamref_ops;
-
-/* 1 if instance mi is the streamed reference. */
-int replay_streamref_is(const replay *r, int mi);
 
 /* States of the batch's cnt queries (prefixes p[0..cnt), non-decreasing)
  * for instance mi into b->send, every stream, from the trace.  Leaves the

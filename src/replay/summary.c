@@ -31,7 +31,8 @@ static void gather_totals(const replay *r, const replay_sink *k, totals *t, int6
         int64_t ties = 0; /* every rank counts every decision of its streams: the same number */
         for (int64_t s = 0; s < r->S; s++) {
             kv_method_extra e = { -1, -1, 0 };
-            if (x->ops->extra) x->ops->extra(x->st[s], &e);
+            if (x->streamed) e.kept_tokens = 0; /* holds nothing (--reference stream) */
+            else if (x->ops->extra) x->ops->extra(x->st[s], &e);
             ties += e.near_ties;
             if (e.clusters >= 0) { loc[2] += e.clusters; has_clusters = 1; }
             if (e.kept_tokens >= 0) { loc[3] += e.kept_tokens; has_kept = 1; }
