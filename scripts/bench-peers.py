@@ -39,7 +39,9 @@ built by this script.  Its libraries are looked for under --ggml-build
 checkout's headers and libraries into the build directory and run once per
 --log2n; bench_methods runs once per thread count (OMP_NUM_THREADS).  One
 table: shape, threads, ggml type, us/query, kvstream method, us/query, and
-the ratio ggml us / kvstream us (> 1: kvstream faster).
+the ratio ggml us / kvstream us (> 1: kvstream faster); both sides are
+means (ggml over --reps calls; bench_methods over its 16 single queries, and
+its one 64-query call).
 """
 import argparse
 import glob
@@ -124,7 +126,7 @@ def run_ggml(a):
     threads = [int(x) for x in a.threads_list.split(",")]
     if not os.access(a.methods, os.X_OK):
         refuse("no bench_methods at %s (build kvstream first, or give --methods)" % a.methods)
-    harness = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "peer_ggml.c")
+    harness = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "peer_ggml.c"))
     exe = os.path.join(build, "peer_ggml")
     cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
     cmd = [cc, "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", "-o", exe, harness, "-I", inc]
@@ -141,8 +143,8 @@ def run_ggml(a):
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         print(out.rstrip(), flush=True)
         for line in out.splitlines():
-            m = re.match(r"ggml (\S+)\s+(\d+)q (\d+) threads\s+([\d.]+) us/call\s+([\d.]+) us/query", line)
-            if m:
+            m = re.match(r"ggml (\S+)\s+(\d+)q (\d+) threads best\s+([\d.]+) mean\s+([\d.]+) us/query", line)
+            if m:  # the mean, as bench_methods reports
                 peer[(lg, int(m.group(3)), m.group(1), int(m.group(2)))] = float(m.group(5))
         methods = ",".join(["exact"] + sorted({m for _, m in GGML_PAIRS if m != "exact"}))
         for t in threads:
