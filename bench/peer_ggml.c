@@ -124,6 +124,7 @@ static int run(const shapes *s, enum ggml_type type, int nq, const int *threads,
     for (int i = 0; i < nth; i++) {
         struct ggml_threadpool_params tpp = ggml_threadpool_params_default(threads[i]);
         struct ggml_threadpool *tp = ggml_threadpool_new(&tpp);
+        if (!tp) return fprintf(stderr, "peer_ggml: cannot make a pool of %d threads\n", threads[i]), 1;
         struct ggml_cplan cp = ggml_graph_plan(gf, threads[i], tp);
         void *work = cp.work_size ? malloc(cp.work_size) : NULL;
         cp.work_data = work;

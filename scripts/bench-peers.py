@@ -25,8 +25,8 @@ and whether that package is installed.  PyTorch is optional
 (`apt-get install python3-torch`); it is skipped, with a note, when absent.
 
     /usr/bin/python3 scripts/bench-peers.py --ggml SRC_DIR [--ggml-build DIR]
-        [--methods build/bench/bench_methods] [--log2n 16] [--d 128]
-        [--reps 7] [--threads 1,2]
+        [--methods build/bench/bench_methods] [--log2n-list 16,20] [--d 128]
+        [--reps 7] [--threads-list 1,2]
 
 ggml (the tensor library under llama.cpp) instead: its CPU flash attention,
 ggml_flash_attn_ext, with f32, f16, q8_0 and q4_0 K/V, beside kvstream's
@@ -37,7 +37,7 @@ README; Release, CPU backend): nothing of ggml is vendored here, fetched or
 built by this script.  Its libraries are looked for under --ggml-build
 (default SRC_DIR/build).  bench/peer_ggml.c is compiled against that
 checkout's headers and libraries into the build directory and run once per
---log2n; bench_methods runs once per thread count (OMP_NUM_THREADS).  One
+log2 n; bench_methods runs once per thread count (OMP_NUM_THREADS).  One
 table: shape, threads, ggml type, us/query, kvstream method, us/query, and
 the ratio ggml us / kvstream us (> 1: kvstream faster); both sides are
 means (ggml over --reps calls; bench_methods over its 16 single queries, and
@@ -70,6 +70,16 @@ def parse_args():
     a = p.parse_args()
     if not 10 <= a.log2n <= 26 or not 1 <= a.d <= 4096 or a.reps < 1:
         p.error("need 10 <= log2n <= 26, 1 <= d <= 4096, reps >= 1")
+    if a.ggml:
+        try:
+            a.log2ns = [int(x) for x in a.log2n_list.split(",")]
+            a.threads_ggml = [int(x) for x in a.threads_list.split(",")]
+        except ValueError:
+            p.error("--log2n-list and --threads-list take comma-separated integers")
+        if not all(8 <= x <= 24 for x in a.log2ns) or not all(t >= 1 for t in a.threads_ggml):
+            p.error("--log2n-list: 8..24 each (bench_methods' range); --threads-list: >= 1 each")
+        if a.d % 32:
+            p.error("--d: a multiple of 32 with --ggml (the q8_0 / q4_0 block)")
     return a
 
 
@@ -122,8 +132,7 @@ def run_ggml(a):
     inc = ggml_checkout(src)
     build = os.path.abspath(a.ggml_build or os.path.join(src, "build"))
     libdirs = ggml_libs(build)
-    log2ns = [int(x) for x in a.log2n_list.split(",")]
-    threads = [int(x) for x in a.threads_list.split(",")]
+    log2ns, threads = a.log2ns, a.threads_ggml
     if not os.access(a.methods, os.X_OK):
         refuse("no bench_methods at %s (build kvstream first, or give --methods)" % a.methods)
     harness = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "peer_ggml.c"))
