@@ -9,3 +9,10 @@ foreach(what error_memory scaling sweep heads)
            COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/test_analysis.py ${KVSTREAM_EXE} ${KV_ANALYSIS_WORK}/${what} ${what})
   set_tests_properties(analysis_${what} PROPERTIES ENVIRONMENT "${KV_ANALYSIS_ENV}" LABELS "analysis" TIMEOUT 900)
 endforeach()
+# bench-peers.py --ggml refuses, with one line and exit 2, a directory that is
+# not a ggml checkout (the timing itself needs a user's ggml: not tested here)
+add_test(NAME bench_peers_ggml_refuses
+         COMMAND sh -c "\"$0\" \"$1\" --ggml \"$2\" 2>&1; echo rc=$?"
+                 ${KV_PY} ${CMAKE_SOURCE_DIR}/scripts/bench-peers.py ${CMAKE_CURRENT_SOURCE_DIR})
+set_tests_properties(bench_peers_ggml_refuses PROPERTIES LABELS "analysis;tier2" TIMEOUT 60 PROCESSORS 1
+                     PASS_REGULAR_EXPRESSION "^bench-peers: [^\n]* is not a ggml source checkout [^\n]*\nrc=2\n$")
