@@ -202,7 +202,7 @@ static void h2o_halo(void *state, int64_t x, double *halo)
 {
     h2o_state *s = state;
     (void)x;
-    halo[0] = (double)s->sl.hsize[HEAVY];
+    if (s->f > 0) halo[0] = (double)s->sl.hsize[HEAVY]; /* else the halo has no room (the driver still calls) */
 }
 
 static int h2o_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)

@@ -218,8 +218,9 @@ static size_t tova_halo_len(const void *state, int64_t x)
 
 static void tova_halo(void *state, int64_t x, double *halo)
 {
+    const tova_state *s = state;
     (void)x;
-    halo[0] = (double)((tova_state *)state)->sl.held;
+    if (s->f > 0) halo[0] = (double)s->sl.held; /* else the halo has no room (the driver still calls) */
 }
 
 /* Slot i's key in a group: the mean of its score over the group's streams

@@ -106,6 +106,7 @@ static void halos(replay_decide *dz, replay *r, int64_t x, size_t hl, int failed
         for (int64_t s0 = 0; s0 < r->S; s0 += g, gi++) {
             if (dz->need[gi] <= 0 || !in->ops->decide_halo_len || !in->ops->decide_halo) continue;
             size_t h = in->ops->decide_halo_len(in->st[s0], x);
+            if (!h) continue; /* no room: decide_halo must not write */
             for (int k = 0; k < g; k++, off += h)
                 if (!failed) in->ops->decide_halo(in->st[s0 + k], x, dz->halo + off);
         }
