@@ -117,7 +117,17 @@ static void decide(evref *h, int ns, int64_t x, int at_query)
                  : h[0].kind == EVREF_TOVA ? held - h[0].B
                  : held > h[0].B ? held - (h[0].B - h[0].T) : 0;
     qsort(c, (size_t)nc, sizeof *c, cand_cmp);
-    for (int64_t i = 0; i < go && i < nc; i++) isc[c[i].k][c[i].at] = 2; /* gone */
+    /* AdaKV's floor: each stream keeps f of the nc - go candidates kept */
+    int64_t K = nc - go, f = ns > 1 && K > 0 && h[0].alpha > 0 ? (int64_t)(h[0].alpha * (double)K / (double)ns) : 0;
+    int64_t *left = calloc((size_t)ns, sizeof(int64_t));
+    for (int64_t i = 0; i < nc; i++) left[c[i].k]++;
+    for (int64_t i = 0, taken = 0; taken < go && i < nc; i++)
+        if (left[c[i].k] > f) {
+            isc[c[i].k][c[i].at] = 2; /* gone */
+            left[c[i].k]--;
+            taken++;
+        }
+    free(left);
     for (int k = 0; k < ns; k++) {
         evref *s = &h[k];
         int64_t w = 0;

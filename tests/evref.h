@@ -20,6 +20,7 @@ typedef struct {
     int64_t B, R, E;    /* tokens; h2o: recent; decision spacing */
     int64_t W, T, kern; /* snapkv: window positions, period T' (min(period, B - W)), kernel */
     int maxpool;
+    double alpha;       /* a group's floor (AdaKV's safeguard): each stream keeps floor(alpha K / ns) of the K kept */
     int64_t fed, xlast; /* tokens received; last decision point */
     int64_t n, *idx;    /* held, ascending */
     double *score;      /* h2o: accumulated; tova: last weights */
@@ -43,8 +44,10 @@ void evref_query(evref *h, const float *Q, int nq, int64_t p, double *st);
  * (ALGORITHMS.md 4g): B = h[0].B is their total (h2o: each keeps its R
  * newest, the heavy pool B - ns R is shared; snapkv: T = h[0].T is the
  * group's), and the lowest keys of all their candidates go (stream k's
- * index encoded idx ns + k).  Q: ns x nq rows (stream-major), st: ns x nq
- * states.  evref_query is the group of one. */
+ * index encoded idx ns + k), except that a stream keeps at least
+ * floor(h[0].alpha K / ns) of its candidates when the group keeps K
+ * (AdaKV's floor).  Q: ns x nq rows (stream-major), st: ns x nq states.
+ * evref_query is the group of one. */
 void evref_group_query(evref *h, int ns, const float *Q, int nq, int64_t p, double *st);
 
 #endif

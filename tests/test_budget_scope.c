@@ -149,7 +149,7 @@ static void decide(gemu *e, int64_t x, int at_query)
             if (r || k) CHECK(o->decide_need(e->inst[r][k], x, at_query) == need, "need differs (rank %d stream %d)", r, k);
     end_epoch(e);
     if (need <= 0) return;
-    int L = (int)need + 1;
+    int L = (int)(need + 1 + (o->decide_extra ? o->decide_extra(e->inst[0][0]) : 0));
     size_t hl = o->decide_halo_len ? o->decide_halo_len(e->inst[0][0], x) : 0;
     double *halo = calloc(NS * hl + 1, sizeof(double)), *part = calloc(hl + 1, sizeof(double));
     kv_evkey *g = malloc(sizeof(kv_evkey) * (size_t)L), *kk = malloc(sizeof(kv_evkey) * (size_t)L);
@@ -227,14 +227,25 @@ typedef struct {
     evref_kind kind;
     int64_t B, R, W, T, kern;
     int64_t slot, rows; /* bytes per held token; per kept query row (every rank's kept rows counted once) */
+    double alpha;       /* floor= (0.2 unless the spec says) */
+    int64_t least;      /* each stream holds at least this after a decision (the floor; 0: unchecked) */
 } scase;
 
+/* floor=0.9: h2o keeps R + floor(0.9 (200 - 4 R) / 4) = 10 + 36, tova
+ * floor(0.9 160 / 4) = 36, snapkv W + floor(0.9 (160 - 68 - 4 W) / 4) =
+ * 5 + 16 per stream. */
 static const scase cases[] = {
-    { "h2o:tokens=200,recent=10", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0 },
-    { "h2o:tokens=120,recent=2", EVREF_H2O, 120, 2, 0, 0, 0, (D + DV) * 4 + 28, 0 },
-    { "tova:tokens=160", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16) },
+    { "h2o:tokens=200,recent=10", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0, 0.2, 0 },
+    { "h2o:tokens=120,recent=2", EVREF_H2O, 120, 2, 0, 0, 0, (D + DV) * 4 + 28, 0, 0.2, 0 },
+    { "h2o:tokens=200,recent=10,floor=0", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0, 0, 0 },
+    { "h2o:tokens=200,recent=10,floor=0.9", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0, 0.9, 46 },
+    { "tova:tokens=160", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0.2, 0 },
+    { "tova:tokens=160,floor=0", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0, 0 },
+    { "tova:tokens=160,floor=0.9", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0.9, 36 },
     { "snapkv:tokens=160,window=5,period=17,kernel=5", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5, (D + DV) * 4 + 24,
-      5 * 2 * (D * 4 + 24) },
+      5 * 2 * (D * 4 + 24), 0.2, 0 },
+    { "snapkv:tokens=160,window=5,period=17,kernel=5,floor=0.9", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5,
+      (D + DV) * 4 + 24, 5 * 2 * (D * 4 + 24), 0.9, 21 },
 };
 
 static void test_case(const scase *c, const data *x)
@@ -249,14 +260,14 @@ static void test_case(const scase *c, const data *x)
         evref h[NS];
         for (int k = 0; k < NS; k++) {
             evref_init(&h[k], c->kind, D, DV, x->K[k], x->V[k], N);
-            h[k].B = c->B, h[k].R = c->R, h[k].W = c->W, h[k].T = c->T, h[k].kern = c->kern;
+            h[k].B = c->B, h[k].R = c->R, h[k].W = c->W, h[k].T = c->T, h[k].kern = c->kern, h[k].alpha = c->alpha;
         }
         kv_rng r;
         kv_rng_seed(&r, 17, (uint64_t)P, (uint64_t)c->B);
         float Q[NS * 2 * D];
         double st[NS * 2 * KV_PSTATE_LEN(DV)], rs[NS * 2 * KV_PSTATE_LEN(DV)], worst = 0;
         double tol = (4.0 * (double)c->B + 32) * DBL_EPSILON * x->vmax;
-        int64_t badn = 0, spread = 0;
+        int64_t badn = 0, spread = 0, least = N;
         for (int64_t p = 1; p <= N; p += 1 + (int64_t)kv_rng_below(&r, 9)) {
             int nq = 1 + (int)kv_rng_below(&r, 2);
             for (int i = 0; i < NS * nq * D; i++) Q[i] = (float)(2.0 * kv_rng_normal(&r));
@@ -269,6 +280,7 @@ static void test_case(const scase *c, const data *x)
                 badn += kept(&e, k) != h[k].n;
                 lo = kept(&e, k) < lo ? kept(&e, k) : lo, hi = kept(&e, k) > hi ? kept(&e, k) : hi;
             }
+            if (p > N / 2) least = lo < least ? lo : least; /* every decision evicts by then */
             spread = hi - lo > spread ? hi - lo : spread;
         }
         end_epoch(&e);
@@ -281,7 +293,9 @@ static void test_case(const scase *c, const data *x)
         CHECK(worst <= tol, "%s P=%d: differs from the group brute force by %.3g > %.3g", c->spec, P, worst, tol);
         CHECK(badn == 0, "%s P=%d: holds another count than the brute force %lld times", c->spec, P, (long long)badn);
         CHECK(e.worst <= bound, "%s P=%d: %zu bytes over ranks and streams > %zu", c->spec, P, e.worst, bound);
-        CHECK(tot <= c->B && spread > NS, "%s P=%d: streams hold %lld in all (B %lld), at most %lld apart: not one "
+        CHECK(least >= c->least, "%s P=%d: a stream holds %lld < the floor's %lld", c->spec, P, (long long)least,
+              (long long)c->least);
+        CHECK(tot <= c->B && (spread > NS || c->alpha > 0.5), "%s P=%d: streams hold %lld in all (B %lld), at most %lld apart: not one "
               "shared pool", c->spec, P, (long long)tot, (long long)c->B, (long long)spread);
         printf("  %s P=%d: streams hold %lld..%lld of %lld; peak %zu bytes (bound %zu); vs brute force %.3g\n", c->spec,
                P, (long long)lo, (long long)hi, (long long)c->B, e.worst, bound, worst);

@@ -21,6 +21,9 @@
  * stream keeps its R = recent (default B / 2ns) newest, and the heavy pool
  * H = B - ns R is shared: the heavy candidates of all ns streams compete by
  * score, which is comparable across heads (each a sum of softmax weights).
+ * AdaKV's safeguard, floor=alpha (default 0.2): each stream keeps at least
+ * floor(alpha H / ns) of its heavy candidates (scope.h: kv_scope_floor);
+ * the streams' counts come from a one-double halo per stream.
  *
  * Scores: a token's score is the attention it received from the queries
  * answered while it was held, normalised by the global softmax: partial()
@@ -36,6 +39,7 @@
  * to the slots in use after every decision and ingest. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
 #include "methods/scope.h"
@@ -45,6 +49,8 @@ typedef struct {
     kv_method_ctx ctx;
     int64_t B, R, H, E;   /* global over the scope: tokens, heavy-hitter slots; R recent per stream; decision spacing */
     int ns;               /* streams sharing B and the heavy pool (scope.h; 1: per stream) */
+    double alpha;         /* the floor's fraction of an even share of H (scope.h) */
+    int64_t f, gcnt;      /* at this decision: the floor, the stream's heavy candidates over all ranks */
     int64_t xlast;        /* the last decision point */
     int64_t gheavy;       /* heavy hitters held over all ranks since then */
     int64_t seen;         /* tokens ingested */
@@ -56,6 +62,7 @@ typedef struct {
 
 typedef struct {
     int64_t tokens, recent, every, store;
+    double floor;
     kv_budget budget;
 } h2o_cfg;
 KV_CFG_FITS(h2o_cfg);
@@ -66,6 +73,9 @@ static const kv_param_def h2o_params[] = {
                          "of those, the globally newest always kept; <= tokens"),
     KV_PARAM_INT(h2o_cfg, every, 16, 1, INT32_MAX,
                  "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
+    KV_PARAM_DOUBLE(h2o_cfg, floor, 0.2, 0, 1,
+                    "--budget-scope layer|trace: each stream keeps at least this fraction of an even share of the "
+                    "heavy pool (AdaKV's alpha)"),
     KV_PARAM_BUDGET(h2o_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_ENUM(h2o_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
@@ -130,6 +140,7 @@ static int h2o_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->R = R;
     s->H = B - ns * R;
     s->ns = (int)ns;
+    s->alpha = c->floor;
     s->E = c->every;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 2, 0);
     if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
@@ -181,25 +192,55 @@ static int64_t h2o_need(void *state, int64_t x, int at_query)
         kv_slots_push(sl, HEAVY, kv_slots_pop(sl, RECENT));
     s->xlast = x;
     s->gheavy = cand < s->H ? cand : s->H;
+    s->f = kv_scope_floor(s->alpha, s->H, s->ns);
     return cand > s->H ? cand - s->H : 0;
+}
+
+static int64_t h2o_extra_cands(const void *state)
+{
+    const h2o_state *s = state;
+    return s->ns * s->f;
+}
+
+/* Under a floor: each stream's heavy candidates on this rank. */
+static size_t h2o_halo_len(const void *state, int64_t x)
+{
+    (void)x;
+    return ((const h2o_state *)state)->f > 0;
+}
+
+static void h2o_halo(void *state, int64_t x, double *halo)
+{
+    h2o_state *s = state;
+    (void)x;
+    if (s->f > 0) halo[0] = (double)s->sl.hsize[HEAVY]; /* else the halo has no room (the driver still calls) */
 }
 
 static int h2o_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
     kv_slots *sl[ns];
-    (void)x; (void)halo;
-    for (int k = 0; k < ns; k++) sl[k] = &((h2o_state *)st[k])->sl;
+    (void)x;
+    for (int k = 0; k < ns; k++) {
+        h2o_state *s = st[k];
+        sl[k] = &s->sl;
+        s->gcnt = halo && s->f > 0 ? (int64_t)halo[k] : 0;
+    }
     return kv_scope_slots_lowest(sl, ns, L, keys);
 }
 
 static int h2o_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
-    kv_evkey cut = merged[need - 1];
+    const h2o_state *s0 = st[0];
+    kv_evkey cut[ns], next = KV_EVKEY_NONE;
+    int64_t cnt[ns];
     (void)x;
+    memset(cnt, 0, sizeof cnt); /* ns >= 1: quiets a maybe-uninitialized */
+    for (int k = 0; k < ns; k++) cnt[k] = ((h2o_state *)st[k])->gcnt;
+    if (kv_scope_floor_cuts(merged, need + 1 + ns * s0->f, ns, need, cnt, s0->f, cut, &next)) return KV_EINTERNAL;
     for (int k = 0; k < ns; k++) {
         h2o_state *s = st[k];
-        kv_scope_slots_drop(&s->sl, ns, k, cut);
-        s->ties += kv_evict_near_tie(cut, merged[need]);
+        kv_scope_slots_drop(&s->sl, ns, k, cut[k]);
+        s->ties += kv_evict_near_tie(cut[k], next);
         kv_slots_resize(&s->sl, s->sl.held); /* shrinking cannot fail for good (it keeps the old blocks) */
     }
     return KV_OK;
@@ -335,6 +376,9 @@ const kv_method_ops kv_method_h2o = {
     .decide_every = h2o_every,
     .decide_group = h2o_group,
     .decide_need = h2o_need,
+    .decide_extra = h2o_extra_cands,
+    .decide_halo_len = h2o_halo_len,
+    .decide_halo = h2o_halo,
     .decide_cands = h2o_cands,
     .decide_apply = h2o_apply,
     .bytes = h2o_bytes,

@@ -186,10 +186,14 @@ typedef struct kv_method_ops {
      *   decide_apply(states, ns, x, merged, need): drop every candidate
      *          whose key is <= merged[need - 1] (exactly need over all
      *          ranks), and count a near-tie against merged[need].
+     *   decide_extra (optional): L = need + 1 + decide_extra(state) keys
+     *          instead, for an apply that may skip that many of the lowest
+     *          (a per-stream floor, methods/scope.h) and still drops need.
      * cands and apply return KV_OK or KV_EINTERNAL (scratch memory). */
     int64_t (*decide_every)(const void *state);
     int (*decide_group)(const void *state);
     int64_t (*decide_need)(void *state, int64_t x, int at_query);
+    int64_t (*decide_extra)(const void *state);
     size_t (*decide_halo_len)(const void *state, int64_t x);
     void (*decide_halo)(void *state, int64_t x, double *halo);
     int (*decide_cands)(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys);

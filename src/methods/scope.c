@@ -1,4 +1,5 @@
 /* scope.c - budget scopes (see scope.h). */
+#include <math.h>
 #include <stdlib.h>
 #include "methods/scope.h"
 
@@ -42,4 +43,30 @@ int64_t kv_scope_slots_drop(kv_slots *sl, int ns, int k, kv_evkey cut)
         n++;
     }
     return n;
+}
+
+int kv_scope_floor_cuts(const kv_evkey *merged, int64_t L, int ns, int64_t need, const int64_t *cnt, int64_t f,
+                        kv_evkey *cut, kv_evkey *next)
+{
+    const kv_evkey below = { -INFINITY, -INFINITY };
+    if (f <= 0) {
+        for (int k = 0; k < ns; k++) cut[k] = merged[need - 1];
+        *next = merged[need];
+        return KV_OK;
+    }
+    int64_t taken = 0, gone[ns];
+    for (int k = 0; k < ns; k++) cut[k] = below, gone[k] = 0;
+    *next = KV_EVKEY_NONE;
+    for (int64_t i = 0; i < L && merged[i].score != INFINITY; i++) {
+        int k = (int)((int64_t)merged[i].idx % ns);
+        if (cnt[k] - gone[k] <= f) continue; /* the stream is at its floor */
+        if (taken == need) {
+            *next = merged[i];
+            break;
+        }
+        cut[k] = merged[i];
+        gone[k]++;
+        taken++;
+    }
+    return taken == need ? KV_OK : KV_EINTERNAL;
 }

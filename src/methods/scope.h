@@ -47,6 +47,26 @@ static inline kv_evkey kv_scope_key(kv_evkey key, int ns, int k)
  * encoded), ascending, padded.  KV_OK or KV_EINTERNAL (scratch). */
 int kv_scope_slots_lowest(kv_slots *const *sl, int ns, int L, kv_evkey *out);
 
+/* AdaKV's safeguard as a floor (ALGORITHMS.md 4g): when a group keeps K
+ * candidates over its ns streams, each stream keeps at least
+ * f = floor(alpha K / ns) of its own, if it has them.  0: no floor. */
+static inline int64_t kv_scope_floor(double alpha, int64_t K, int64_t ns)
+{
+    return ns > 1 && K > 0 && alpha > 0 ? (int64_t)(alpha * (double)K / (double)ns) : 0;
+}
+
+/* A decision under the floor f: the merged list (L keys, ascending,
+ * kv_scope_key encoded) is walked from the lowest, a key of stream k taken
+ * while stream k keeps more than f of its cnt[k] candidates (global
+ * counts), until need are taken.  cut[k] <- stream k's last key taken
+ * (below every key if none), *next <- the first key not taken that could
+ * have been (the near-tie check).  Each stream skips at most f keys, so
+ * L >= need + 1 + ns f always holds enough.  f = 0: the plain rule, every
+ * cut merged[need - 1].  KV_OK, or KV_EINTERNAL if fewer than need could
+ * be taken (counts that disagree with the list). */
+int kv_scope_floor_cuts(const kv_evkey *merged, int64_t L, int ns, int64_t need, const int64_t *cnt, int64_t f,
+                        kv_evkey *cut, kv_evkey *next);
+
 /* Drop from heap 0 of stream k's slots every slot whose encoded key goes
  * under cut (the heap's lowest first); returns the slots dropped. */
 int64_t kv_scope_slots_drop(kv_slots *sl, int ns, int k, kv_evkey cut);

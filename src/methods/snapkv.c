@@ -39,7 +39,10 @@
  * stream keeps its own window and tokens, the group compresses when its
  * total exceeds B, to B - T' (T' = min(ns period, B - ns window)), and the
  * pooled votes of all ns streams compete (a vote is a sum of softmax
- * weights, comparable across heads).
+ * weights, comparable across heads).  AdaKV's safeguard, floor=alpha
+ * (default 0.2): of the K candidates the group keeps (B - T' less the
+ * windows), each stream keeps at least floor(alpha K / ns) (scope.h:
+ * kv_scope_floor); the streams' counts ride on the halo, one double each.
  *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
  * score) + the buffered rows; the slot arrays are resized to the slots in
@@ -55,6 +58,7 @@
 
 typedef struct {
     int64_t tokens, window, period, kernel, pool, every, store;
+    double floor;
     kv_budget budget;
 } snapkv_cfg;
 KV_CFG_FITS(snapkv_cfg);
@@ -68,6 +72,8 @@ typedef struct {
     kv_method_ctx ctx;
     int64_t B, W, T, kern, E; /* global tokens, window positions, period (T'), pooling kernel, decision spacing */
     int ns;                   /* streams sharing B (scope.h; 1: per stream) */
+    double alpha;             /* the floor's fraction of an even share of the kept candidates (scope.h) */
+    int64_t f, gcnt;          /* at this decision: the floor, the stream's candidates over all ranks */
     int maxpool;
     int64_t xlast, gheld;     /* the last decision point; tokens held over all ranks since then */
     int64_t seen, ties;       /* tokens ingested; near-tie decisions */
@@ -90,6 +96,9 @@ static const kv_param_def snapkv_params[] = {
     KV_PARAM_ENUM(snapkv_cfg, pool, "avg|max", 0, "pooling of the votes: avg (official default) or max"),
     KV_PARAM_INT(snapkv_cfg, every, 16, 1, INT32_MAX,
                  "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
+    KV_PARAM_DOUBLE(snapkv_cfg, floor, 0.2, 0, 1,
+                    "--budget-scope layer|trace: each stream keeps at least this fraction of an even share of the "
+                    "kept candidates (AdaKV's alpha)"),
     KV_PARAM_BUDGET(snapkv_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_ENUM(snapkv_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
@@ -162,6 +171,7 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     s->B = B;
     s->W = c->window;
     s->ns = (int)ns;
+    s->alpha = c->floor;
     s->T = ns * c->period < B - ns * c->window ? ns * c->period : B - ns * c->window;
     s->kern = c->kernel;
     s->maxpool = c->pool == 1;
@@ -236,7 +246,14 @@ static int64_t snapkv_need(void *state, int64_t x, int at_query)
         return 0;
     }
     s->gheld = s->B - s->T;
+    s->f = kv_scope_floor(s->alpha, s->gheld - s->ns * (x < s->W ? x : s->W), s->ns);
     return held - s->gheld;
+}
+
+static int64_t snapkv_extra_cands(const void *state)
+{
+    const snapkv_state *s = state;
+    return s->ns * s->f;
 }
 
 /* Halo: per shard-chunk boundary b = c C (c = 1 .. nb), the votes of the
@@ -249,10 +266,12 @@ static int64_t halo_bounds(const snapkv_state *s, int64_t x)
     return nb > 0 ? nb : 0;
 }
 
+/* Halo of a stream: the votes at the boundaries, then under a floor its
+ * candidates on this rank. */
 static size_t snapkv_halo_len(const void *state, int64_t x)
 {
     const snapkv_state *s = state;
-    return (size_t)(halo_bounds(s, x) * 2 * (s->kern / 2));
+    return (size_t)(halo_bounds(s, x) * 2 * (s->kern / 2)) + (s->f > 0);
 }
 
 static int protected_tok(const snapkv_state *s, int64_t t, int64_t x) { return t >= x - s->W; }
@@ -260,7 +279,9 @@ static int protected_tok(const snapkv_state *s, int64_t t, int64_t x) { return t
 static void snapkv_halo(void *state, int64_t x, double *halo)
 {
     snapkv_state *s = state;
-    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x);
+    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x), nc = 0;
+    while (nc < s->sl.held && !protected_tok(s, s->sl.idx[nc], x)) nc++;
+    if (s->f > 0) halo[nb * 2 * h] = (double)nc;
     if (!nb) return;
     if (s->stale) compute_votes(s); /* out of memory: stale, and decide_cands says so */
     for (int64_t i = 0; i < s->sl.held; i++) {
@@ -327,6 +348,7 @@ static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, 
     n = 0;
     for (int k = 0; k < ns; k++) {
         snapkv_state *s = st[k];
+        s->gcnt = halo && s->f > 0 ? (int64_t)halo[k * hl + hl - 1] : 0;
         if (s->stale && compute_votes(s)) {
             free(all);
             return KV_EINTERNAL;
@@ -362,7 +384,13 @@ static void apply_one(snapkv_state *s, int ns, int k, int64_t x, kv_evkey cut, k
 
 static int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
-    for (int k = 0; k < ns; k++) apply_one(st[k], ns, k, x, merged[need - 1], merged[need]);
+    const snapkv_state *s0 = st[0];
+    kv_evkey cut[ns], next = KV_EVKEY_NONE;
+    int64_t cnt[ns];
+    memset(cnt, 0, sizeof cnt); /* ns >= 1: quiets a maybe-uninitialized */
+    for (int k = 0; k < ns; k++) cnt[k] = ((snapkv_state *)st[k])->gcnt;
+    if (kv_scope_floor_cuts(merged, need + 1 + ns * s0->f, ns, need, cnt, s0->f, cut, &next)) return KV_EINTERNAL;
+    for (int k = 0; k < ns; k++) apply_one(st[k], ns, k, x, cut[k], next);
     return KV_OK;
 }
 
@@ -551,6 +579,7 @@ const kv_method_ops kv_method_snapkv = {
     .decide_every = snapkv_every,
     .decide_group = snapkv_group,
     .decide_need = snapkv_need,
+    .decide_extra = snapkv_extra_cands,
     .decide_halo_len = snapkv_halo_len,
     .decide_halo = snapkv_halo,
     .decide_cands = snapkv_cands,

@@ -29,7 +29,9 @@
  * B is the total of the scope's ns streams (budget=: ns times one stream's
  * share), each stream keeps its own tokens, and at each point the B best
  * over the ns streams are kept: a score is a softmax weight, comparable
- * across heads.
+ * across heads.  AdaKV's safeguard, floor=alpha (default 0.2): each stream
+ * keeps at least floor(alpha B / ns) of its tokens (scope.h:
+ * kv_scope_floor); the streams' counts come from a one-double halo each.
  *
  * budget=X: B = floor((bytes(X) - g q) / slot) - E, q a kept query row
  * (d floats, m, l), g the rows per position (the trace's query heads per kv
@@ -55,6 +57,8 @@ typedef struct {
     int64_t B, E;         /* global token budget; decision spacing */
     int group;            /* streams deciding together: 1, or the layer's kv heads */
     int pool;             /* 1: the group's streams keep their own tokens, sharing B (budget scope) */
+    double alpha;         /* pool: the floor's fraction of an even share of B (scope.h) */
+    int64_t f, gcnt;      /* at this decision: the floor, the stream's tokens over all ranks */
     int64_t xlast;        /* the last decision point */
     int64_t gheld;        /* tokens held over all ranks since then */
     int64_t seen;         /* tokens ingested */
@@ -69,6 +73,7 @@ typedef struct {
 
 typedef struct {
     int64_t tokens, every, scope, store;
+    double floor;
     kv_budget budget;
 } tova_cfg;
 KV_CFG_FITS(tova_cfg);
@@ -79,6 +84,9 @@ static const kv_param_def tova_params[] = {
                  "tokens between eviction decisions besides every query position (the peak holds up to this many more)"),
     KV_PARAM_ENUM(tova_cfg, scope, "head|layer", 0,
                   "head: a token set per kv head; layer: one per layer, scored by the mean over its heads (official)"),
+    KV_PARAM_DOUBLE(tova_cfg, floor, 0.2, 0, 1,
+                    "--budget-scope layer|trace: each stream keeps at least this fraction of an even share of the "
+                    "tokens (AdaKV's alpha)"),
     KV_PARAM_BUDGET(tova_cfg, budget, "memory budget (10%, 8MiB, 4096tok) instead of tokens: tokens = what fits"),
     KV_PARAM_ENUM(tova_cfg, store, KV_STORE_CHOICES, 0, KV_STORE_HELP),
     KV_PARAM_TABLE_END
@@ -148,6 +156,7 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     s->E = c->every;
     s->group = c->scope == 1 ? (int)ctx->kv_heads : (int)ns;
     s->pool = ns > 1;
+    s->alpha = c->floor;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, 0);
     if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
         free(s);
@@ -210,7 +219,28 @@ static int64_t tova_need(void *state, int64_t x, int at_query)
     int64_t cand = s->gheld + (s->pool ? s->group : 1) * (x - s->xlast);
     s->xlast = x;
     s->gheld = cand < s->B ? cand : s->B;
+    s->f = s->pool ? kv_scope_floor(s->alpha, s->B, s->group) : 0;
     return cand > s->B ? cand - s->B : 0;
+}
+
+static int64_t tova_extra_cands(const void *state)
+{
+    const tova_state *s = state;
+    return s->group * s->f;
+}
+
+/* Under a floor: each stream's tokens on this rank. */
+static size_t tova_halo_len(const void *state, int64_t x)
+{
+    (void)x;
+    return ((const tova_state *)state)->f > 0;
+}
+
+static void tova_halo(void *state, int64_t x, double *halo)
+{
+    const tova_state *s = state;
+    (void)x;
+    if (s->f > 0) halo[0] = (double)s->sl.held; /* else the halo has no room (the driver still calls) */
 }
 
 /* Slot i's key in a group: the mean of its score over the group's streams
@@ -236,11 +266,15 @@ static int same_tokens(void *const *st, int ns)
 static int tova_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
     const tova_state *s = st[0];
-    (void)x; (void)halo;
+    (void)x;
     if (ns == 1) return kv_slots_lowest(&s->sl, L, keys);
     if (s->pool) {
         kv_slots *sl[ns];
-        for (int k = 0; k < ns; k++) sl[k] = &((tova_state *)st[k])->sl;
+        for (int k = 0; k < ns; k++) {
+            tova_state *sk = st[k];
+            sl[k] = &sk->sl;
+            sk->gcnt = halo && sk->f > 0 ? (int64_t)halo[k] : 0;
+        }
         return kv_scope_slots_lowest(sl, ns, L, keys);
     }
     if (!same_tokens(st, ns)) return KV_EINTERNAL;
@@ -257,11 +291,16 @@ static int tova_cands(void *const *st, int ns, int64_t x, const double *halo, in
  * anew. */
 static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
-    kv_evkey cut = merged[need - 1];
+    kv_evkey cut = merged[need - 1], cuts[ns], next = merged[need];
+    int64_t cnt[ns];
     tova_state *s0 = st[0];
     (void)x;
     if (ns > 1 && !s0->pool && !same_tokens(st, ns)) return KV_EINTERNAL;
-    for (int k = 0; k < ns && s0->pool; k++) kv_scope_slots_drop(&((tova_state *)st[k])->sl, ns, k, cut);
+    memset(cnt, 0, sizeof cnt); /* ns >= 1: quiets a maybe-uninitialized */
+    for (int k = 0; k < ns; k++) cnt[k] = ((tova_state *)st[k])->gcnt;
+    if (s0->pool && kv_scope_floor_cuts(merged, need + 1 + ns * s0->f, ns, need, cnt, s0->f, cuts, &next))
+        return KV_EINTERNAL;
+    for (int k = 0; k < ns && s0->pool; k++) kv_scope_slots_drop(&((tova_state *)st[k])->sl, ns, k, cuts[k]);
     for (int64_t i = s0->sl.held - 1; i >= 0 && !s0->pool; i--) {
         if (!kv_evkey_goes(group_key(st, ns, i), cut)) continue;
         for (int k = 0; k < ns; k++) kv_slots_drop(&((tova_state *)st[k])->sl, (int32_t)i);
@@ -269,7 +308,7 @@ static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged
     for (int k = 0; k < ns; k++) {
         tova_state *s = st[k];
         kv_slots_reheap(&s->sl);
-        s->ties += kv_evict_near_tie(cut, merged[need]);
+        s->ties += kv_evict_near_tie(s0->pool ? cuts[k] : cut, next);
         kv_slots_resize(&s->sl, s->sl.held);
     }
     return KV_OK;
@@ -427,6 +466,9 @@ const kv_method_ops kv_method_tova = {
     .decide_every = tova_every,
     .decide_group = tova_group,
     .decide_need = tova_need,
+    .decide_extra = tova_extra_cands,
+    .decide_halo_len = tova_halo_len,
+    .decide_halo = tova_halo,
     .decide_cands = tova_cands,
     .decide_apply = tova_apply,
     .bytes = tova_bytes,

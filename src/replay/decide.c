@@ -56,7 +56,7 @@ static int grow(void **p, size_t *cap, size_t n, size_t size)
 }
 
 /* Every instance's need at x (all streams: each moves its counters);
- * returns the groups with need > 0, sets *L (max need + 1) and *hl (halo
+ * returns the groups with need > 0, sets *L (max need + 1 + extra) and *hl (halo
  * doubles in all).  Streams of a group must agree: else an internal error. */
 static size_t needs(replay_decide *dz, replay *r, int64_t x, int at_query, int64_t *L, size_t *hl, kv_err *err)
 {
@@ -85,7 +85,8 @@ static size_t needs(replay_decide *dz, replay *r, int64_t x, int at_query, int64
             dz->need[gi] = need;
             if (need <= 0) continue;
             live++;
-            if (need + 1 > *L) *L = need + 1;
+            int64_t len = need + 1 + (in->ops->decide_extra ? in->ops->decide_extra(in->st[s0]) : 0);
+            if (len > *L) *L = len;
             if (in->ops->decide_halo_len && in->ops->decide_halo)
                 *hl += (size_t)g * in->ops->decide_halo_len(in->st[s0], x);
         }
@@ -105,6 +106,7 @@ static void halos(replay_decide *dz, replay *r, int64_t x, size_t hl, int failed
         for (int64_t s0 = 0; s0 < r->S; s0 += g, gi++) {
             if (dz->need[gi] <= 0 || !in->ops->decide_halo_len || !in->ops->decide_halo) continue;
             size_t h = in->ops->decide_halo_len(in->st[s0], x);
+            if (!h) continue; /* no room: decide_halo must not write */
             for (int k = 0; k < g; k++, off += h)
                 if (!failed) in->ops->decide_halo(in->st[s0 + k], x, dz->halo + off);
         }
