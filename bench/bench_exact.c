@@ -121,9 +121,14 @@ int main(int argc, char **argv)
             for (int q = 0; q < m; q++) kv_partial_clear(st + q * KV_PSTATE_LEN(dv), (int)dv);
             kv_attn_fold_par(Q, m, K, V, n, d, (int)dv, scale, st);
             int same = !memcmp(st, sth, (size_t)m * KV_PSTATE_LEN(dv) * sizeof(double));
-            printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f   (f16 bytes; time of float32's %.3f; bitwise %s)\n", th,
-                   b ? "exact f16, 64 queries" : "exact f16, 1 query", th16, bytes / 2 / th16 / 1e9, tp / 2 / th16,
-                   th16 / (b ? tb : t1), same ? "the same" : "DIFFERENT");
+            if (b)
+                printf("%-8d %-26s %10.4f %7.1f GF/s %10.3f   (of the peak; time of float32's %.3f; bitwise %s)\n", th,
+                       "exact f16, 64 queries", th16, flops / th16 / 1e9, flops / th16 / peak, th16 / tb,
+                       same ? "the same" : "DIFFERENT");
+            else
+                printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f   (f16 K+V bytes at the probe's rate; time of float32's %.3f; "
+                       "bitwise %s)\n", th, "exact f16, 1 query", th16, bytes / 2 / th16 / 1e9, tp / 2 / th16, th16 / t1,
+                       same ? "the same" : "DIFFERENT");
         }
     }
     printf("summary, 2 threads: single query %.3f of the probe (target >= 0.92): %s; "

@@ -427,7 +427,7 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
         int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
         int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
         int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
-        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
+        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n; /* keep the memory system busy */
         logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? src.K + (t0 + KV_PF_TOKENS) * krow : NULL,
                      src.V + (t0 + KV_PF_TOKENS) * vrow, krow, vrow);
@@ -458,6 +458,7 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
             st16(lv + j, l);
             st16(l2v + j, l2);
         }
+        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
         pv_lanes(S, nqp, lb, qe, Vt, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
@@ -498,7 +499,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         int na = nq - qa;
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
-        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
+        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
         if (dvec) {
             for (int i = 0; i < na; i++) {
@@ -530,6 +531,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
             r[KV_PS_L2] += l2;
         }
         memset(U, 0, sizeof(float) * (size_t)na * dv);
+        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
         if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
         else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
         for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
