@@ -78,21 +78,18 @@ static void half_case(const float *Q, int nq, const size_t *len, const float *K,
     double *a = malloc(sizeof(double) * nq * sl), *b = malloc(sizeof(double) * nq * sl);
     for (size_t i = 0; i < nk; i++) Kr[i] = kv_half_to_float(Kh[i] = kv_half_from_float(K[i]));
     for (size_t i = 0; i < nv; i++) Vr[i] = kv_half_to_float(Vh[i] = kv_half_from_float(V[i]));
-    for (int th = 1; th <= 2; th++) {
-        omp_set_num_threads(th);
-        clear_all(a, nq, dv);
-        clear_all(b, nq, dv);
-        kv_attn_fold_multi(Q, nq, len, Kr, Vr, d, dv, scale, a);
-        CHECK(kv_attn_fold_multi_f16(Q, nq, len, Kh, Vh, d, dv, scale, b) == KV_OK, "f16 multi");
-        CHECK(memcmp(a, b, sizeof(double) * nq * sl) == 0, "f16 multi not bitwise float: n %zu d %d dv %d nq %d", n, d,
-              dv, nq);
-        clear_all(a, nq, dv);
-        clear_all(b, nq, dv);
-        kv_attn_fold_par(Q, nq, Kr, Vr, n, d, dv, scale, a);
-        CHECK(kv_attn_fold_par_f16(Q, nq, Kh, Vh, n, d, dv, scale, b) == KV_OK, "f16 par");
-        CHECK(memcmp(a, b, sizeof(double) * nq * sl) == 0, "f16 par not bitwise float: n %zu d %d dv %d nq %d", n, d,
-              dv, nq);
-    }
+    for (int th = 1; th <= 2; th++)
+        for (int multi = 0; multi <= 1; multi++) { /* kv_attn_fold_multi at len[], kv_attn_fold_par over n */
+            omp_set_num_threads(th);
+            clear_all(a, nq, dv);
+            clear_all(b, nq, dv);
+            int rc = multi ? (kv_attn_fold_multi(Q, nq, len, Kr, Vr, d, dv, scale, a),
+                              kv_attn_fold_multi_f16(Q, nq, len, Kh, Vh, d, dv, scale, b))
+                           : (kv_attn_fold_par(Q, nq, Kr, Vr, n, d, dv, scale, a),
+                              kv_attn_fold_par_f16(Q, nq, Kh, Vh, n, d, dv, scale, b));
+            CHECK(rc == KV_OK && memcmp(a, b, sizeof(double) * nq * sl) == 0,
+                  "f16 %s not bitwise float: n %zu d %d dv %d nq %d threads %d", multi ? "multi" : "par", n, d, dv, nq, th);
+        }
     omp_set_num_threads(2);
     free(Kh); free(Vh); free(Kr); free(Vr); free(a); free(b);
 }
