@@ -19,7 +19,8 @@ PART is one of
             store=f32 on the same float16 trace at 1 and 2 ranks, one query at
             a time and in batches of 64 (single-query, few-query and batched
             kernels; vector and scalar widths; several token slices), and under
-            window-unmasked-values; memory_bytes minus the run table halves;
+            window-unmasked-values; memory_bytes minus the run table halves,
+            and so does read_bytes_per_query;
             auto is f16 on a float16 trace and f32 on a float32 one; store=f16
             on a float32 trace is refused with one line; a replay stopped and
             resumed from its checkpoint gives the same bits
@@ -176,6 +177,8 @@ elif part == "store":
                 timeout=300)
         ok(r.returncode == 0, "replay %s np=%d %s failed: %s" % (trace, np_, extra, r.stderr))
         with h5py.File(out, "r") as f:
+            rb = {g: float(f["methods"][g].attrs["read_bytes_per_query"]) for g in f["methods"]}
+            ok(rb["e16"] * 2 == rb["e32"] > 0, "read_bytes_per_query: f16 %g, f32 %g (expected half)" % (rb["e16"], rb["e32"]))
             return {g: (f["methods"][g]["outputs"][...], int(f["methods"][g].attrs["memory_bytes"])) for g in f["methods"]}
 
     # d = 16, dv = 8 (scalar P.V width); d = dv = 32 over 20000 tokens (vector widths, three 8192-token slices)
