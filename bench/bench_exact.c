@@ -13,6 +13,10 @@
  *           fraction of the probe
  *   batch   64 queries at the same position in one pass: GFLOP/s and its
  *           fraction of the peak
+ *   f16     the same two over K and V held as IEEE half (exact's store=f16;
+ *           the values are rounded to half first, so both hold the same
+ *           numbers): the time against float32's and whether the outputs
+ *           are bitwise the same (they must be)
  * Flops counted per query and token: 2d for the logit and 2dv for the value
  * accumulation; the exp, max and sums are not counted (they are overhead the
  * peak does not include).  Targets, 2 threads: single >= 0.92 of
@@ -29,6 +33,7 @@
 #include <time.h>
 #include "bench_floors.h"
 #include "kernels/attn.h"
+#include "methods/quant.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
 
@@ -51,12 +56,15 @@ int main(int argc, char **argv)
     size_t kv = n * (size_t)d;
     float *K = aligned_alloc(64, kv * sizeof(float)), *V = aligned_alloc(64, kv * sizeof(float));
     float *Q = malloc(nq * (size_t)d * sizeof(float));
-    double *st = malloc(nq * KV_PSTATE_LEN(dv) * sizeof(double));
-    if (!K || !V || !Q || !st) { fprintf(stderr, "bench_exact: out of memory\n"); return 1; }
+    uint16_t *Kh = aligned_alloc(64, kv * sizeof(uint16_t)), *Vh = aligned_alloc(64, kv * sizeof(uint16_t));
+    double *st = malloc(nq * KV_PSTATE_LEN(dv) * sizeof(double)), *sth = malloc(nq * KV_PSTATE_LEN(dv) * sizeof(double));
+    if (!K || !V || !Q || !st || !Kh || !Vh || !sth) { fprintf(stderr, "bench_exact: out of memory\n"); return 1; }
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < kv; i++) {
-        K[i] = (float)kv_hash_normal(1, 1, i, 0);
-        V[i] = (float)kv_hash_normal(1, 2, i, 0);
+        Kh[i] = kv_half_from_float((float)kv_hash_normal(1, 1, i, 0));
+        Vh[i] = kv_half_from_float((float)kv_hash_normal(1, 2, i, 0));
+        K[i] = kv_half_to_float(Kh[i]);
+        V[i] = kv_half_to_float(Vh[i]);
     }
     for (size_t i = 0; i < nq * (size_t)d; i++) Q[i] = (float)kv_hash_normal(1, 3, i, 0);
     float scale = 1.0f / sqrtf((float)d);
@@ -100,11 +108,34 @@ int main(int argc, char **argv)
                "exact, 64 queries, 1 pos", tb, flops / tb / 1e9, flops / tb / peak, flops / cb / 1e9, flops / cb / peak,
                tb / (64 * t1));
         if (th == 2) { single2 = tp / t1; batch2 = flops / tb / peak; batch2c = flops / cb / peak; }
+        for (int b = 0; b < 2; b++) { /* f16: 1 query, then 64 */
+            int m = b ? (int)nq : 1;
+            double th16 = 1e30, ch16 = 1e30;
+            for (int r = 0; r < reps; r++) {
+                for (int q = 0; q < m; q++) kv_partial_clear(sth + q * KV_PSTATE_LEN(dv), (int)dv);
+                double t0 = omp_get_wtime(), p0 = proc_cpu();
+                kv_attn_fold_par_f16(Q, m, Kh, Vh, n, d, (int)dv, scale, sth);
+                double t = omp_get_wtime() - t0, c = (proc_cpu() - p0) / th;
+                th16 = t < th16 ? t : th16;
+                ch16 = c < ch16 ? c : ch16;
+            }
+            for (int q = 0; q < m; q++) kv_partial_clear(st + q * KV_PSTATE_LEN(dv), (int)dv);
+            kv_attn_fold_par(Q, m, K, V, n, d, (int)dv, scale, st);
+            int same = !memcmp(st, sth, (size_t)m * KV_PSTATE_LEN(dv) * sizeof(double));
+            if (b)
+                printf("%-8d %-26s %10.4f %7.1f GF/s %10.3f   (of the peak; time of float32's %.3f, by CPU time %.3f; bitwise %s)\n",
+                       th, "exact f16, 64 queries", th16, flops / th16 / 1e9, flops / th16 / peak, th16 / tb, ch16 / cb,
+                       same ? "the same" : "DIFFERENT");
+            else
+                printf("%-8d %-26s %10.4f %7.2f GB/s %10.3f   (f16 K+V bytes at the probe's rate; time of float32's %.3f, by CPU "
+                       "time %.3f; bitwise %s)\n", th, "exact f16, 1 query", th16, bytes / 2 / th16 / 1e9, tp / 2 / th16, th16 / t1, ch16 / c1,
+                       same ? "the same" : "DIFFERENT");
+        }
     }
     printf("summary, 2 threads: single query %.3f of the probe (target >= 0.92): %s; "
            "64-query batch %.3f of the FMA peak (target >= 0.55): %s (by CPU time %.3f)\n",
            single2, single2 >= 0.92 ? "PASS" : "MISS", batch2, batch2 >= 0.55 ? "PASS" : "MISS", batch2c);
     if (sink == 12345.678) printf(" ");
-    free(K); free(V); free(Q); free(st);
+    free(K); free(V); free(Q); free(st); free(Kh); free(Vh); free(sth);
     return 0;
 }

@@ -183,6 +183,15 @@ static int read_str_attr(hid_t obj, const char *file, const char *name, int requ
     return rc;
 }
 
+/* 1 if the dataset is stored as IEEE half (its values are float16 values) */
+static int ds_is_half(hid_t ds)
+{
+    hid_t ty = H5Dget_type(ds);
+    int h = ty >= 0 && H5Tget_class(ty) == H5T_FLOAT && is_ieee_half(ty);
+    if (ty >= 0) H5Tclose(ty);
+    return h;
+}
+
 /* Open dataset `name`, check its class (float or integer) and rank, return
  * dims.  optional: absent is fine (returns 1, *out = -1). */
 static int open_ds(kv_trace *t, const char *name, H5T_class_t want, int rank, hsize_t *dims,
@@ -267,6 +276,7 @@ static int validate(kv_trace *t, kv_err *err)
     if (open_ds(t, "/queries", H5T_FLOAT, 3, qd, 0, &t->queries, err)) return err->code;
     if (open_ds(t, "/query_pos", H5T_INTEGER, 1, pd, 0, &qp, err)) return err->code;
     kv_trace_info *in = &t->info;
+    in->kv_float16 = ds_is_half(t->keys) && ds_is_half(t->values);
     in->S = (int64_t)kd[0]; in->n = (int64_t)kd[1]; in->d = (int64_t)kd[2];
     in->dv = (int64_t)vd[2]; in->m = (int64_t)qd[1];
     int rc = KV_OK;

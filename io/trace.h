@@ -28,6 +28,7 @@ typedef struct {
     char source[256];      /* attribute source, "" if absent */
     int64_t seed;          /* attribute seed, -1 if absent */
     int64_t n_layers, n_heads, n_kv_heads, head_dim; /* -1 if absent */
+    int kv_float16;        /* /keys and /values are IEEE half on disk (every value a float16) */
 } kv_trace_info;
 
 typedef struct kv_trace kv_trace;

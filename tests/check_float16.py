@@ -15,6 +15,15 @@ PART is one of
   nonfinite inf/NaN written by h5py into float16 keys/values/queries/
             model_outputs: exit 2, one line naming dataset[stream, row, col]
             (1 and 2 ranks)
+  store     exact's store=f16 (half keys and values): outputs bitwise those of
+            store=f32 on the same float16 trace at 1 and 2 ranks, one query at
+            a time and in batches of 64 (single-query, few-query and batched
+            kernels; vector and scalar widths; several token slices), and under
+            window-unmasked-values; memory_bytes minus the run table halves,
+            and so does read_bytes_per_query;
+            auto is f16 on a float16 trace and f32 on a float32 one; store=f16
+            on a float32 trace is refused with one line; a replay stopped and
+            resumed from its checkpoint gives the same bits
   layout    2-byte floats that are not IEEE half (bfloat16-like, wrong bias)
             are refused with one line saying to upcast
   npz       analysis/npz_to_kvtrace.py --dtype float16 / --bfloat16-bits
@@ -159,6 +168,71 @@ elif part == "bitwise":
             ok(np.array_equal(oa.view(np.uint32), ob.view(np.uint32)),
                "np=%d: %s and %s outputs differ (max %.3g)" % (np_, a, b, np.abs(oa - ob).max()))
             print("ok   [np=%d] %s == %s bitwise" % (np_, os.path.basename(a), os.path.basename(b)))
+
+elif part == "store":
+    SPECS = "exact:store=f32,name=e32,exact:store=f16,name=e16,exact,name=eauto"
+
+    def store_replay(trace, np_, out, *extra):
+        r = run(mpi_cmd(np_, exe, "replay", trace, "--methods", SPECS, "--save-outputs", "--quiet", "-o", out, *extra),
+                timeout=300)
+        ok(r.returncode == 0, "replay %s np=%d %s failed: %s" % (trace, np_, extra, r.stderr))
+        with h5py.File(out, "r") as f:
+            rb = {g: float(f["methods"][g].attrs["read_bytes_per_query"]) for g in f["methods"]}
+            ok(rb["e16"] * 2 == rb["e32"] > 0, "read_bytes_per_query: f16 %g, f32 %g (expected half)" % (rb["e16"], rb["e32"]))
+            return {g: (f["methods"][g]["outputs"][...], int(f["methods"][g].attrs["memory_bytes"])) for g in f["methods"]}
+
+    # d = 16, dv = 8 (scalar P.V width); d = dv = 32 over 20000 tokens (vector widths, three 8192-token slices)
+    big = [a for a in GEN]
+    for k, v in (("--tokens", "20000"), ("--dim", "32"), ("--dv", "32"), ("--streams", "1"), ("--chunk", "2000")):
+        big[big.index(k) + 1] = v
+    t_small = gen(P("s16.h5"), 1, "--dtype", "float16")
+    r = run(mpi_cmd(1, exe, "gen", *big, "-o", P("s16big.h5"), "--dtype", "float16"), timeout=300)
+    ok(r.returncode == 0, "gen big: %s" % r.stderr)
+    for trace in (t_small, P("s16big.h5")):
+        with h5py.File(trace, "r") as f:
+            S_, n_, d_ = f["keys"].shape
+            dv_ = f["values"].shape[2]
+        for np_ in (1, 2):
+            wu = (("--semantics", "window-unmasked-values", "--window", "700"),) if trace == t_small else ()
+            for extra in (("--batch", "1"), ("--batch", "64")) + wu:
+                res = store_replay(trace, np_, P("st_np%d_%s.h5" % (np_, extra[1])), *extra)
+                o32, m32 = res["e32"]
+                o16, m16 = res["e16"]
+                ok(np.all(np.isfinite(o16)), "store=f16: non-finite outputs")
+                ok(np.array_equal(o32.view(np.uint32), o16.view(np.uint32)),
+                   "np=%d %s: store=f16 outputs differ from store=f32 (max %.3g)" % (np_, extra, np.abs(o32 - o16).max()))
+                ok(np.array_equal(res["eauto"][0].view(np.uint32), o16.view(np.uint32)) and res["eauto"][1] == m16,
+                   "store=auto on a float16 trace is not f16 (memory %d vs %d)" % (res["eauto"][1], m16))
+                # rows: S n (d + dv) elements, 4 or 2 bytes each; the run tables are the same in both
+                rows32 = S_ * n_ * (d_ + dv_) * 4
+                ok(m32 - m16 == rows32 // 2 and m32 > rows32,
+                   "np=%d: memory_bytes f32 %d, f16 %d: expected them to differ by half the rows' %d bytes" % (np_, m32, m16, rows32))
+                print("ok   [np=%d %s] %s: store=f16 == store=f32 bitwise; memory %d -> %d bytes"
+                      % (np_, " ".join(extra), os.path.basename(trace), m32, m16))
+    # auto on a float32 trace holds floats; f16 there is refused
+    t32 = copy_as(t_small, P("s32.h5"), np.float32)
+    r = run(mpi_cmd(1, exe, "replay", t32, "--methods", "exact:store=f32,name=a,exact,name=b", "--quiet", "-o", P("s32r.h5")))
+    ok(r.returncode == 0, "replay float32: %s" % r.stderr)
+    with h5py.File(P("s32r.h5"), "r") as f:
+        ok(f["methods/a"].attrs["memory_bytes"] == f["methods/b"].attrs["memory_bytes"], "store=auto on a float32 trace is not f32")
+    for np_ in (1, 2):
+        refused(["replay", t32, "--methods", "exact:store=f16", "--quiet", "-o", P("s32bad.h5")], np_,
+                "store=f16 needs a trace whose keys and values are float16")
+    # checkpoint: stopped after 15 queries, resumed: the same bits and memory (2 ranks)
+    for np_ in (2,):
+        ref = store_replay(t_small, np_, P("ck_ref%d.h5" % np_), "--batch", "10")
+        ck, out = P("st%d.ckpt" % np_), P("ck_out%d.h5" % np_)
+        base = ["replay", t_small, "--methods", SPECS, "--save-outputs", "--quiet", "-o", out, "--batch", "10",
+                "--checkpoint", ck]
+        r = run(mpi_cmd(np_, exe, *base, "--stop-after", "15"), timeout=300)
+        ok(r.returncode == 3, "np=%d: stop after 15: exit %d: %s" % (np_, r.returncode, r.stderr))
+        r = run(mpi_cmd(np_, exe, *base, "--resume", ck), timeout=300)
+        ok(r.returncode == 0, "np=%d: resume: %s" % (np_, r.stderr))
+        with h5py.File(out, "r") as f:
+            for g in ("e32", "e16", "eauto"):
+                ok(np.array_equal(f["methods"][g]["outputs"][...].view(np.uint32), ref[g][0].view(np.uint32))
+                   and int(f["methods"][g].attrs["memory_bytes"]) == ref[g][1], "np=%d: %s resumed differs" % (np_, g))
+        print("ok   [np=%d] stopped and resumed: bitwise the uninterrupted run" % np_)
 
 elif part == "nonfinite":
     S, n, m, d, dv = 2, 600, 8, 8, 4

@@ -18,7 +18,9 @@
  *     computed in double from the exact weights (1e-12 slack for the double
  *     folds);
  *   - bitwise the same with 1 and 2 OpenMP threads;
- *   - left as given (the identity) for a zero-length prefix. */
+ *   - left as given (the identity) for a zero-length prefix;
+ *   - with K and V rounded to half, bitwise the same from the _f16 kernels
+ *     over the half arrays (exact's store=f16: same floats, same arithmetic). */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -27,6 +29,7 @@
 #include "core/rng.h"
 #include "kernels/attn.h"
 #include "kernels/partial.h"
+#include "methods/quant.h"
 #include "testutil.h"
 
 static void clear_all(double *st, int nq, int dv)
@@ -61,6 +64,34 @@ static void bound(const float *q, const float *K, const float *V, size_t len, in
     }
     for (int c = 0; c < dv; c++) tol[c] = 2 * (expm1(2 * E) + 2 * g64) * tol[c] / l + 1e-12;
     free(a);
+}
+
+/* The _f16 kernels (keys and values held as half) against the float ones
+ * on the same values (K, V rounded to half): bitwise, batched and one
+ * prefix, on 2 threads and 1. */
+static void half_case(const float *Q, int nq, const size_t *len, const float *K, const float *V, size_t n, int d,
+                      int dv, float scale)
+{
+    size_t sl = KV_PSTATE_LEN(dv), nk = n * (size_t)d, nv = n * (size_t)dv;
+    uint16_t *Kh = malloc(sizeof(uint16_t) * nk), *Vh = malloc(sizeof(uint16_t) * nv);
+    float *Kr = malloc(sizeof(float) * nk), *Vr = malloc(sizeof(float) * nv);
+    double *a = malloc(sizeof(double) * nq * sl), *b = malloc(sizeof(double) * nq * sl);
+    for (size_t i = 0; i < nk; i++) Kr[i] = kv_half_to_float(Kh[i] = kv_half_from_float(K[i]));
+    for (size_t i = 0; i < nv; i++) Vr[i] = kv_half_to_float(Vh[i] = kv_half_from_float(V[i]));
+    for (int th = 1; th <= 2; th++)
+        for (int multi = 0; multi <= 1; multi++) { /* kv_attn_fold_multi at len[], kv_attn_fold_par over n */
+            omp_set_num_threads(th);
+            clear_all(a, nq, dv);
+            clear_all(b, nq, dv);
+            int rc = multi ? (kv_attn_fold_multi(Q, nq, len, Kr, Vr, d, dv, scale, a),
+                              kv_attn_fold_multi_f16(Q, nq, len, Kh, Vh, d, dv, scale, b))
+                           : (kv_attn_fold_par(Q, nq, Kr, Vr, n, d, dv, scale, a),
+                              kv_attn_fold_par_f16(Q, nq, Kh, Vh, n, d, dv, scale, b));
+            CHECK(rc == KV_OK && memcmp(a, b, sizeof(double) * nq * sl) == 0,
+                  "f16 %s not bitwise float: n %zu d %d dv %d nq %d threads %d", multi ? "multi" : "par", n, d, dv, nq, th);
+        }
+    omp_set_num_threads(2);
+    free(Kh); free(Vh); free(Kr); free(Vr); free(a); free(b);
 }
 
 static void one_case(uint64_t seed, size_t n, int d, int dv, int nq, int with_zero)
@@ -123,6 +154,7 @@ static void one_case(uint64_t seed, size_t n, int d, int dv, int nq, int with_ze
     CHECK(tol_bad == 0, "%d components over the rounding bound (worst %.3g of it): n %zu d %d dv %d nq %d", tol_bad,
           worst, n, d, dv, nq);
     printf("n %6zu d %3d dv %3d nq %2d: worst error %.3g of the bound\n", n, d, dv, nq, worst);
+    half_case(Q, nq, len, K, V, n, d, dv, scale);
     free(K); free(V); free(Q); free(len); free(st); free(st1); free(ref); free(tol);
 }
 

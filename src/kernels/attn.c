@@ -17,13 +17,19 @@
  * call.  A single query (or 2, 3) uses 4 tokens at a time with horizontal
  * sums (memory bound anyway).  GCC vector extensions give AVX-512 code with
  * -march=native and correct (narrower) code elsewhere; dimensions that are
- * not multiples of 16 take scalar loops. */
+ * not multiples of 16 take scalar loops.
+ *
+ * Keys and values held as IEEE half (the _f16 entry points) are converted to
+ * float32 a tile at a time into a scratch the size of one tile, then go
+ * through the very same float code: bitwise the results of the float32
+ * entry points on the same values, with half the bytes read from memory. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 #include "core/kverr.h"
 #include "kernels/attn.h"
+#include "kernels/half.h"
 #include "kernels/lanes16.h"
 #include "kernels/partial.h"
 
@@ -128,11 +134,11 @@ static void logits_scalar(const float *restrict Q, int nq, const float *restrict
  * instruction sequence whatever its place in the tile (bitwise the same
  * logits however the stream is sharded). */
 static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S,
-                       const char *pfk, const char *pfv, size_t vrow)
+                       const char *pfk, const char *pfv, size_t krow, size_t vrow)
 {
     for (int t = 0; t < nt; t += 4) {
         if (pfk) { /* prefetch rows far ahead, spread evenly over the work */
-            for (size_t b = 0; b < 4 * (size_t)d * sizeof(float); b += 64) __builtin_prefetch(pfk + (size_t)t * d * sizeof(float) + b, 0, KV_PF_LOCALITY);
+            for (size_t b = 0; b < 4 * krow; b += 64) __builtin_prefetch(pfk + (size_t)t * krow + b, 0, KV_PF_LOCALITY);
             for (size_t b = 0; b < 4 * vrow; b += 64) __builtin_prefetch(pfv + (size_t)t * vrow + b, 0, KV_PF_LOCALITY);
         }
         const float *k[4];
@@ -158,20 +164,20 @@ static void logits_one(const float *restrict q, const float *restrict K, int nt,
  * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
  * c in order, then one multiply by scale: the same for every lane. */
 static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *restrict K, int nt, int d,
-                         float scale, float *restrict S, const char *pfk, const char *pfv, int dv)
+                         float scale, float *restrict S, const char *pfk, const char *pfv, size_t krow, size_t vrow)
 {
     const v16 sc = bc(scale);
     /* software prefetch of a later tile's K and V rows (pfk NULL: none),
      * spread over the first lane block's FMAs: one or two lines per
      * dimension c, for the 8 rows from each token block's first (a burst
      * per tile stalls on the fill buffers) */
-    const size_t kb = 8 * (size_t)d * sizeof(float), vb = 8 * (size_t)dv * sizeof(float);
+    const size_t kb = 8 * krow, vb = 8 * vrow;
 #define PF_STEP(t, c)                                                                                         \
     do {                                                                                                      \
         if (pf) {                                                                                             \
             size_t o_ = (size_t)(c) * 64;                                                                     \
-            if (o_ < kb) __builtin_prefetch(pfk + (size_t)(t) * d * sizeof(float) + o_, 0, KV_PF_LOCALITY);   \
-            if (o_ < vb) __builtin_prefetch(pfv + (size_t)(t) * dv * sizeof(float) + o_, 0, KV_PF_LOCALITY);  \
+            if (o_ < kb) __builtin_prefetch(pfk + (size_t)(t) * krow + o_, 0, KV_PF_LOCALITY);                \
+            if (o_ < vb) __builtin_prefetch(pfv + (size_t)(t) * vrow + o_, 0, KV_PF_LOCALITY);                \
         }                                                                                                     \
     } while (0)
     int j = lb;
@@ -347,6 +353,40 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
     }
 }
 
+/* Keys and values as held: float32 (esz 4) or half (esz 2) rows. */
+typedef struct {
+    const char *K, *V;
+    size_t esz;
+} kvsrc;
+
+static kvsrc src_at(kvsrc s, size_t a, int d, int dv)
+{
+    s.K += a * (size_t)d * s.esz;
+    s.V += a * (size_t)dv * s.esz;
+    return s;
+}
+
+/* rows [t0, t0 + nt) of A (w wide) as floats: A itself, or converted into buf */
+static const float *tile_f32(const char *A, size_t esz, size_t t0, int nt, int w, float *buf)
+{
+    if (esz == sizeof(float)) return (const float *)A + t0 * (size_t)w;
+    kv_half_to_f32((const uint16_t *)A + t0 * (size_t)w, (size_t)nt * w, buf);
+    return buf;
+}
+
+/* Scratch for one converted tile of keys and values (half sources only). */
+static int tile_bufs(size_t esz, int rows, int d, int dv, float **kb, float **vb)
+{
+    *kb = *vb = NULL;
+    if (esz == sizeof(float)) return KV_OK;
+    *kb = malloc(sizeof(float) * (size_t)rows * d);
+    *vb = malloc(sizeof(float) * (size_t)rows * dv);
+    if (*kb && *vb) return KV_OK;
+    free(*kb);
+    free(*vb);
+    return KV_EINTERNAL;
+}
+
 /* Prefix length of query q within this call's n tokens at offset off
  * (len NULL: all n). */
 static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
@@ -355,9 +395,11 @@ static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
 }
 
 /* Batched tiles (queries in lanes, see the top): folds into run (nq states). */
-static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
+static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
                       size_t n, int d, int dv, float scale, double *run)
 {
+    float *kb, *vb;
+    if (tile_bufs(src.esz, TILE, d, dv, &kb, &vb)) return KV_EINTERNAL;
     size_t sl = KV_PSTATE_LEN(dv);
     int nqp = (nq + VL - 1) / VL * VL;
     /* sizes rounded to 64 bytes for aligned_alloc */
@@ -370,8 +412,11 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
         free(S);
         free(U);
         free(lane);
+        free(kb);
+        free(vb);
         return KV_EINTERNAL;
     }
+    const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
     float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
     for (int c = 0; c < d; c++)
         for (int j = 0; j < nqp; j++) Qt[(size_t)c * nqp + j] = j < nq ? Q[(size_t)j * d + c] : 0.0f;
@@ -382,10 +427,10 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
         int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
         int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
         int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
-        const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
+        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n; /* keep the memory system busy */
-        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
-                     (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), dv);
+        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? src.K + (t0 + KV_PF_TOKENS) * krow : NULL,
+                     src.V + (t0 + KV_PF_TOKENS) * vrow, krow, vrow);
         /* prefixes ending inside the tile (a run of the first active queries):
          * -inf past the end, so exp gives exact zeros there */
         for (int q = qa; q < nq; q++) {
@@ -413,6 +458,7 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
             st16(lv + j, l);
             st16(l2v + j, l2);
         }
+        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
         pv_lanes(S, nqp, lb, qe, Vt, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
@@ -425,22 +471,26 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, con
     free(S);
     free(U);
     free(lane);
+    free(kb);
+    free(vb);
     return KV_OK;
 }
 
 /* Few-query tiles (nq < 4, one query at a time): folds into run. */
-static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V, size_t n,
+static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc src, size_t n,
                     int d, int dv, float scale, double *run)
 {
     size_t sl = KV_PSTATE_LEN(dv);
     int dvec = d % VL == 0, vvec = dv % VL == 0;
     float *S = malloc(sizeof(float) * (size_t)nq * TILE);
     float *U = malloc(sizeof(float) * (size_t)nq * dv); /* this tile's P.V, float */
-    if (!S || !U) {
+    float *kb = NULL, *vb = NULL;
+    if (!S || !U || tile_bufs(src.esz, KV_TILE_ONE, d, dv, &kb, &vb)) {
         free(S);
         free(U);
         return KV_EINTERNAL;
     }
+    const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
     const size_t tile = KV_TILE_ONE;
     int qa = 0; /* first query still active */
     for (size_t t0 = 0; t0 < n; t0 += tile) {
@@ -449,14 +499,14 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const
         int na = nq - qa;
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
-        const float *Kt0 = K + t0 * (size_t)d, *Vt = V + t0 * (size_t)dv;
+        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
         int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
         if (dvec) {
             for (int i = 0; i < na; i++) {
                 size_t lq = qlen(len, qa + i, off, n) - t0;
                 logits_one(Qa + (size_t)i * d, Kt0, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
-                           ahead && i == 0 ? (const char *)(Kt0 + KV_PF_TOKENS * (size_t)d) : NULL,
-                           (const char *)(Vt + KV_PF_TOKENS * (size_t)dv), (size_t)dv * sizeof(float));
+                           ahead && i == 0 ? src.K + (t0 + KV_PF_TOKENS) * krow : NULL,
+                           src.V + (t0 + KV_PF_TOKENS) * vrow, krow, vrow);
             }
         } else {
             logits_scalar(Qa, na, Kt0, nt, d, scale, S);
@@ -481,12 +531,15 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const
             r[KV_PS_L2] += l2;
         }
         memset(U, 0, sizeof(float) * (size_t)na * dv);
+        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
         if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
         else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
         for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
     }
     free(S);
     free(U);
+    free(kb);
+    free(vb);
     return KV_OK;
 }
 
@@ -498,7 +551,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, const
  * those whose prefix ends before it stop.  A query's arithmetic is that of
  * kv_attn_fold on its own prefix with the same path (batched: the caller
  * decides, from the whole call, so every slice of one call takes the same). */
-static int fold_core(const float *Q, int nq, const size_t *len, size_t off, const float *K, const float *V,
+static int fold_core(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
                      size_t n, int d, int dv, float scale, double *st, int batched)
 {
     if (n == 0 || nq == 0) return KV_OK;
@@ -506,18 +559,21 @@ static int fold_core(const float *Q, int nq, const size_t *len, size_t off, cons
     double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
     if (!run) return KV_EINTERNAL;
     for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
-    int rc = batched ? fold_lanes(Q, nq, len, off, K, V, n, d, dv, scale, run)
-                     : fold_few(Q, nq, len, off, K, V, n, d, dv, scale, run);
+    int rc = batched ? fold_lanes(Q, nq, len, off, src, n, d, dv, scale, run)
+                     : fold_few(Q, nq, len, off, src, n, d, dv, scale, run);
     if (rc == KV_OK)
         for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);
     free(run);
     return rc;
 }
 
+static kvsrc src_f32(const float *K, const float *V) { return (kvsrc){ (const char *)K, (const char *)V, sizeof(float) }; }
+static kvsrc src_f16(const uint16_t *K, const uint16_t *V) { return (kvsrc){ (const char *)K, (const char *)V, 2 }; }
+
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
                  size_t n, int d, int dv, float scale, double *st)
 {
-    return fold_core(Q, nq, NULL, 0, K, V, n, d, dv, scale, st, nq >= 4);
+    return fold_core(Q, nq, NULL, 0, src_f32(K, V), n, d, dv, scale, st, nq >= 4);
 }
 
 /* slice size depends on n only: results independent of thread count */
@@ -528,12 +584,11 @@ static size_t slice_of(size_t n)
     return slice;
 }
 
-int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
-                     size_t n, int d, int dv, float scale, double *st)
+static int fold_par(const float *Q, int nq, kvsrc src, size_t n, int d, int dv, float scale, double *st)
 {
     size_t slice = slice_of(n);
     size_t ns = (n + slice - 1) / slice;
-    if (ns <= 1) return kv_attn_fold(Q, nq, K, V, n, d, dv, scale, st);
+    if (ns <= 1) return fold_core(Q, nq, NULL, 0, src, n, d, dv, scale, st, nq >= 4);
     size_t sl = KV_PSTATE_LEN(dv);
     double *part = malloc(sizeof(double) * ns * (size_t)nq * sl);
     if (!part) return KV_EINTERNAL;
@@ -543,7 +598,7 @@ int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
         double *p = part + i * (size_t)nq * sl;
         for (int q = 0; q < nq; q++) kv_partial_clear(p + (size_t)q * sl, dv);
         size_t a = i * slice, cnt = n - a < slice ? n - a : slice;
-        bad |= kv_attn_fold(Q, nq, K + a * (size_t)d, V + a * (size_t)dv, cnt, d, dv, scale, p) != KV_OK;
+        bad |= fold_core(Q, nq, NULL, 0, src_at(src, a, d, dv), cnt, d, dv, scale, p, nq >= 4) != KV_OK;
     }
     for (size_t i = 0; i < ns; i++)
         for (int q = 0; q < nq; q++)
@@ -552,13 +607,24 @@ int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
-int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
-                       int d, int dv, float scale, double *st)
+int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
+                     size_t n, int d, int dv, float scale, double *st)
+{
+    return fold_par(Q, nq, src_f32(K, V), n, d, dv, scale, st);
+}
+
+int kv_attn_fold_par_f16(const float *Q, int nq, const uint16_t *K, const uint16_t *V,
+                         size_t n, int d, int dv, float scale, double *st)
+{
+    return fold_par(Q, nq, src_f16(K, V), n, d, dv, scale, st);
+}
+
+static int fold_multi(const float *Q, int nq, const size_t *len, kvsrc src, int d, int dv, float scale, double *st)
 {
     if (nq <= 0 || len[nq - 1] == 0) return KV_OK;
     size_t n = len[nq - 1], slice = slice_of(n);
     size_t ns = (n + slice - 1) / slice;
-    if (ns <= 1) return fold_core(Q, nq, len, 0, K, V, n, d, dv, scale, st, nq >= 4);
+    if (ns <= 1) return fold_core(Q, nq, len, 0, src, n, d, dv, scale, st, nq >= 4);
     size_t sl = KV_PSTATE_LEN(dv);
     double *part = malloc(sizeof(double) * ns * (size_t)nq * sl);
     int *first = malloc(sizeof(int) * ns); /* first query that reaches slice i */
@@ -579,7 +645,7 @@ int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K
         double *p = part + (i * (size_t)nq + q0) * sl;
         for (int q = q0; q < nq; q++) kv_partial_clear(p + (size_t)(q - q0) * sl, dv);
         size_t a = i * slice, cnt = n - a < slice ? n - a : slice;
-        bad |= fold_core(Q + (size_t)q0 * d, nq - q0, len + q0, a, K + a * (size_t)d, V + a * (size_t)dv, cnt, d, dv,
+        bad |= fold_core(Q + (size_t)q0 * d, nq - q0, len + q0, a, src_at(src, a, d, dv), cnt, d, dv,
                          scale, p, nq >= 4) != KV_OK;
     }
     for (size_t i = 0; i < ns; i++)
@@ -588,4 +654,16 @@ int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K
     free(part);
     free(first);
     return bad ? KV_EINTERNAL : KV_OK;
+}
+
+int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
+                       int d, int dv, float scale, double *st)
+{
+    return fold_multi(Q, nq, len, src_f32(K, V), d, dv, scale, st);
+}
+
+int kv_attn_fold_multi_f16(const float *Q, int nq, const size_t *len, const uint16_t *K, const uint16_t *V,
+                           int d, int dv, float scale, double *st)
+{
+    return fold_multi(Q, nq, len, src_f16(K, V), d, dv, scale, st);
 }

@@ -8,6 +8,7 @@
 #define KVSTREAM_ATTN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* All return KV_OK, or KV_EINTERNAL when their scratch (a few tiles per
  * query and, for 4 or more queries, Q transposed) cannot be allocated; st
@@ -37,6 +38,14 @@ int kv_attn_fold_par(const float *Q, int nq, const float *K, const float *V,
  * float rounding.  Runs serially inside an active parallel region. */
 int kv_attn_fold_multi(const float *Q, int nq, const size_t *len, const float *K, const float *V,
                        int d, int dv, float scale, double *st);
+
+/* The same two over keys and values held as IEEE half (finite), converted
+ * to float32 a tile at a time (kernels/half.h): bitwise the results of
+ * kv_attn_fold_par / kv_attn_fold_multi on the same values as floats. */
+int kv_attn_fold_par_f16(const float *Q, int nq, const uint16_t *K, const uint16_t *V,
+                         size_t n, int d, int dv, float scale, double *st);
+int kv_attn_fold_multi_f16(const float *Q, int nq, const size_t *len, const uint16_t *K, const uint16_t *V,
+                           int d, int dv, float scale, double *st);
 
 /* Vectorisable exp for x <= 0 (relative error <= 1e-7; x < -87 gives 0).
  * The batched kernels use the same polynomial inline. */

@@ -1,7 +1,12 @@
 /* method_exact.c - exact attention: the rank keeps every key and value of its
  * shard (a plain KV cache) and answers each query with the exact kernel.
  *
- * Memory: (d + dv) * 4 bytes per allocated row plus the run table.  The
+ * store=f16 (the default, auto, on a float16 trace) holds keys and values as
+ * IEEE half: exactly the trace's values, half the bytes held and read, and
+ * the kernels (attn.h _f16) convert them back to the same floats, so the
+ * answers are bitwise those of store=f32.
+ *
+ * Memory: (d + dv) * 4 bytes (2 with f16) per allocated row plus the run table.  The
  * rows are the whole shard, allocated by the first ingest (the shard size is
  * known up front), so memory counts what is allocated, not what is filled.  Under
  * --semantics window-unmasked-values it computes the full-cache reference of
@@ -12,14 +17,29 @@
 #include <string.h>
 #include "core/hugemem.h"
 #include "kernels/attn.h"
+#include "kernels/half.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
 
 typedef struct { int64_t first, local; } run; /* global index of local row */
 
+enum { STORE_AUTO = 0, STORE_F32 = 1, STORE_F16 = 2 };
+
+typedef struct {
+    int64_t store;
+} exact_cfg;
+KV_CFG_FITS(exact_cfg);
+
+static const kv_param_def exact_params[] = {
+    KV_PARAM_ENUM(exact_cfg, store, "auto|f32|f16", STORE_AUTO,
+                  "keys and values held as float32 or IEEE half (f16: float16 traces only; auto: f16 when the trace is float16)"),
+    KV_PARAM_TABLE_END
+};
+
 typedef struct {
     kv_method_ctx ctx;
-    float *K, *V;
+    void *K, *V;  /* rows of d, dv elements of esz bytes: float, or half */
+    size_t esz;
     size_t n, cap;
     run *runs;
     size_t nruns, rcap;
@@ -30,10 +50,15 @@ extern const kv_method_ops kv_method_exact;
 
 static int exact_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
-    if (!kv_method_cfg(&kv_method_exact, spec, err)) return err->code; /* rejects any parameter */
+    const exact_cfg *c = kv_method_cfg(&kv_method_exact, spec, err);
+    if (!c) return err->code;
+    if (c->store == STORE_F16 && !ctx->kv_float16)
+        return kv_seterr(err, KV_EINPUT, "%s: store=f16 needs a trace whose keys and values are float16 "
+                         "(this one's would be rounded): use store=f32 or auto", spec->text);
     exact_state *s = kv_calloc(1, sizeof *s, err);
     if (!s) return err->code;
     s->ctx = *ctx;
+    s->esz = c->store == STORE_F16 || (c->store == STORE_AUTO && ctx->kv_float16) ? sizeof(uint16_t) : sizeof(float);
     *out = s;
     return KV_OK;
 }
@@ -66,16 +91,30 @@ static int grow(const exact_state *s, void **p, size_t *cap, size_t need, size_t
     return need <= *cap ? KV_OK : grow_to(p, cap, cap_for(s, need, rows), elem, err);
 }
 
+/* n rows of w floats into the half array H from row at: every one a
+ * float16 value (the trace is), else an error naming the token */
+static int half_rows(void *H, size_t at, const float *X, size_t n, int w, int64_t first, const char *what, kv_err *err)
+{
+    size_t m = n * (size_t)w, i = kv_f32_to_half_exact(X, m, (uint16_t *)H + at * (size_t)w);
+    if (i == m) return KV_OK;
+    return kv_seterr(err, KV_EINPUT, "exact: store=f16: %s %.9g of token %lld is not a float16 value", what, (double)X[i],
+                     (long long)(first + (int64_t)(i / (size_t)w)));
+}
+
 static int exact_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
 {
     exact_state *s = state;
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t kc = s->cap, vc = s->cap;
-    if (grow(s, (void **)&s->K, &kc, s->n + n, sizeof(float) * (size_t)d, 1, err)) return err->code;
-    if (grow(s, (void **)&s->V, &vc, s->n + n, sizeof(float) * (size_t)dv, 1, err)) return err->code;
+    if (grow(s, &s->K, &kc, s->n + n, s->esz * (size_t)d, 1, err)) return err->code;
+    if (grow(s, &s->V, &vc, s->n + n, s->esz * (size_t)dv, 1, err)) return err->code;
     s->cap = kc < vc ? kc : vc;
-    memcpy(s->K + s->n * d, K, n * d * sizeof(float));
-    memcpy(s->V + s->n * dv, V, n * dv * sizeof(float));
+    if (s->esz == sizeof(float)) {
+        memcpy((float *)s->K + s->n * d, K, n * d * sizeof(float));
+        memcpy((float *)s->V + s->n * dv, V, n * dv * sizeof(float));
+    } else if (half_rows(s->K, s->n, K, n, d, first, "key", err) || half_rows(s->V, s->n, V, n, dv, first, "value", err)) {
+        return err->code;
+    }
     /* a new run unless this block continues the previous one */
     if (!s->nruns || s->runs[s->nruns - 1].first + (int64_t)(s->n - s->runs[s->nruns - 1].local) != first) {
         if (grow(s, (void **)&s->runs, &s->rcap, s->nruns + 1, sizeof(run), 0, err)) return err->code;
@@ -105,7 +144,7 @@ static size_t held_below(const exact_state *s, int64_t g)
 static void exact_count(exact_state *s, int nq, size_t lo, size_t hi)
 {
     double d = s->ctx.d, dv = s->ctx.dv, full = (double)(hi - lo);
-    kv_cost_add(&s->cost, nq, 4.0 * ((double)lo * dv + full * (d + dv)), (double)hi,
+    kv_cost_add(&s->cost, nq, (double)s->esz * ((double)lo * dv + full * (d + dv)), (double)hi,
                 (double)lo * dv + 2.0 * full * (d + dv));
 }
 
@@ -125,14 +164,27 @@ static int exact_answer(exact_state *s, const float *Q, int nq, int64_t p, size_
             old[KV_PS_L] = (double)lo;
             old[KV_PS_L2] = (double)lo;
             for (int c = 0; c < dv; c++) old[KV_PS_U + c] = 0.0;
-            for (size_t i = 0; i < lo; i++)
-                for (int c = 0; c < dv; c++) old[KV_PS_U + c] += s->V[i * dv + c];
+            float *row = malloc(sizeof(float) * (size_t)dv);
+            if (!row) {
+                free(old);
+                return KV_EINTERNAL;
+            }
+            for (size_t i = 0; i < lo; i++) {
+                const float *v = s->esz == sizeof(float) ? (const float *)s->V + i * dv : row;
+                if (v == row) kv_half_to_f32((const uint16_t *)s->V + i * dv, (size_t)dv, row);
+                for (int c = 0; c < dv; c++) old[KV_PS_U + c] += v[c];
+            }
+            free(row);
             for (int q = 0; q < nq; q++) memcpy(st + q * sl, old, sizeof(double) * sl);
             free(old);
         }
     }
     exact_count(s, nq, lo, hi);
-    return kv_attn_fold_par(Q, nq, s->K + lo * d, s->V + lo * dv, hi - lo, d, dv, (float)s->ctx.scale, st);
+    if (s->esz == sizeof(float))
+        return kv_attn_fold_par(Q, nq, (const float *)s->K + lo * d, (const float *)s->V + lo * dv, hi - lo, d, dv,
+                                (float)s->ctx.scale, st);
+    return kv_attn_fold_par_f16(Q, nq, (const uint16_t *)s->K + lo * d, (const uint16_t *)s->V + lo * dv, hi - lo, d,
+                                dv, (float)s->ctx.scale, st);
 }
 
 static int exact_partial(void *state, const float *Q, int nq, int64_t p, double *st)
@@ -169,8 +221,10 @@ static int exact_partial_batch(void *state, const float *Q, const int64_t *p, in
     /* one pass reads the longest prefix once; each query works on its own */
     double tok = 0;
     for (int i = 0; i < nq; i++) tok += (double)len[i];
-    kv_cost_add(&s->cost, 1, 4.0 * (double)len[nq - 1] * (d + dv), tok, 2.0 * tok * (d + dv));
-    int rc = kv_attn_fold_multi(Q, nq, len, s->K, s->V, d, dv, (float)s->ctx.scale, st);
+    kv_cost_add(&s->cost, 1, (double)s->esz * (double)len[nq - 1] * (d + dv), tok, 2.0 * tok * (d + dv));
+    float sc = (float)s->ctx.scale;
+    int rc = s->esz == sizeof(float) ? kv_attn_fold_multi(Q, nq, len, s->K, s->V, d, dv, sc, st)
+                                     : kv_attn_fold_multi_f16(Q, nq, len, s->K, s->V, d, dv, sc, st);
     free(len);
     return rc;
 }
@@ -178,7 +232,7 @@ static int exact_partial_batch(void *state, const float *Q, const int64_t *p, in
 static size_t exact_bytes(const void *state)
 {
     const exact_state *s = state;
-    return s->cap * (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + s->rcap * sizeof(run);
+    return s->cap * (size_t)(s->ctx.d + s->ctx.dv) * s->esz + s->rcap * sizeof(run);
 }
 
 static void exact_extra(const void *state, kv_method_extra *x)
@@ -206,9 +260,18 @@ static void exact_free(void *state)
 static void exact_save(const void *state, kv_buf *out)
 {
     const exact_state *s = state;
-    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * sizeof(float));
-    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * sizeof(float));
+    kv_buf_put_arr(out, s->K, s->n * (size_t)s->ctx.d * s->esz);
+    kv_buf_put_arr(out, s->V, s->n * (size_t)s->ctx.dv * s->esz);
     kv_buf_put_arr(out, s->runs, s->nruns * sizeof(run));
+}
+
+/* 1 if the m floats (esz 4) or halves (esz 2) at A are all finite */
+static int all_finite(const void *A, size_t m, size_t esz)
+{
+    for (size_t i = 0; i < m; i++)
+        if (esz == sizeof(float) ? !isfinite(((const float *)A)[i]) : (((const uint16_t *)A)[i] & 0x7c00u) == 0x7c00u)
+            return 0;
+    return 1;
 }
 
 static int exact_load(void *state, kv_rd *in, kv_err *err)
@@ -217,8 +280,8 @@ static int exact_load(void *state, kv_rd *in, kv_err *err)
     size_t nk, nv, nr;
     void *K = NULL, *V = NULL, *R = NULL;
     size_t lim = (size_t)(s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total);
-    if (kv_rd_arr(in, &K, sizeof(float) * (size_t)s->ctx.d, lim, &nk, err) ||
-        kv_rd_arr(in, &V, sizeof(float) * (size_t)s->ctx.dv, lim, &nv, err) ||
+    if (kv_rd_arr(in, &K, s->esz * (size_t)s->ctx.d, lim, &nk, err) ||
+        kv_rd_arr(in, &V, s->esz * (size_t)s->ctx.dv, lim, &nv, err) ||
         kv_rd_arr(in, &R, sizeof(run), lim, &nr, err) || nk != nv || (nk && !nr)) {
         free(K); free(V); free(R);
         return err->code ? err->code : kv_seterr(err, KV_EINPUT, "checkpoint: exact state is inconsistent");
@@ -233,8 +296,7 @@ static int exact_load(void *state, kv_rd *in, kv_err *err)
               end > (int64_t)nk || rr[r].first < 0 || rr[r].first > s->ctx.n_total - (end - rr[r].local) ||
               (r > 0 && rr[r].first <= rr[r - 1].first + (rr[r].local - rr[r - 1].local));
     }
-    for (size_t i = 0; i < nk * (size_t)s->ctx.d && !bad; i++) bad = !isfinite(((float *)K)[i]);
-    for (size_t i = 0; i < nv * (size_t)s->ctx.dv && !bad; i++) bad = !isfinite(((float *)V)[i]);
+    bad = bad || !all_finite(K, nk * (size_t)s->ctx.d, s->esz) || !all_finite(V, nv * (size_t)s->ctx.dv, s->esz);
     if (bad) {
         free(K); free(V); free(R);
         return kv_seterr(err, KV_EINPUT, "checkpoint: exact state has a bad run table or value");
@@ -249,8 +311,8 @@ static int exact_load(void *state, kv_rd *in, kv_err *err)
     s->rcap = nr;
     if (nk) {
         s->cap = nk;
-        if (grow_to((void **)&s->K, &kc, cap_for(s, nk, 1), sizeof(float) * (size_t)s->ctx.d, err) ||
-            grow_to((void **)&s->V, &vc, cap_for(s, nk, 1), sizeof(float) * (size_t)s->ctx.dv, err) ||
+        if (grow_to(&s->K, &kc, cap_for(s, nk, 1), s->esz * (size_t)s->ctx.d, err) ||
+            grow_to(&s->V, &vc, cap_for(s, nk, 1), s->esz * (size_t)s->ctx.dv, err) ||
             grow_to((void **)&s->runs, &s->rcap, cap_for(s, nr, 0), sizeof(run), err))
             return err->code;
         s->cap = kc < vc ? kc : vc;
@@ -263,7 +325,7 @@ static int64_t exact_max_bytes(const void *state)
     const exact_state *s = state;
     int64_t n = s->ctx.shard_tokens > 0 ? s->ctx.shard_tokens : s->ctx.n_total;
     /* the capacities cap_for gives n rows; one run per shard chunk at most (a chunk is >= 1 token) */
-    return (int64_t)cap_for(s, (size_t)n, 1) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)sizeof(float) +
+    return (int64_t)cap_for(s, (size_t)n, 1) * (int64_t)(s->ctx.d + s->ctx.dv) * (int64_t)s->esz +
            (int64_t)cap_for(s, (size_t)n, 0) * (int64_t)sizeof(run);
 }
 
@@ -272,8 +334,8 @@ const kv_method_ops kv_method_exact = {
     .kind = "exact",
     .summary = "exact softmax attention over every token of the shard (the reference)",
     .budget = NULL,
-    .params = NULL,
-    .cfg_size = 0,
+    .params = exact_params,
+    .cfg_size = sizeof(exact_cfg),
     .create = exact_create,
     .ingest = exact_ingest,
     .partial = exact_partial,

@@ -53,6 +53,7 @@ typedef struct {
     int64_t q_group;    /* query rows per position of a stream (n_heads / n_kv_heads; 1 when unknown or 0) */
     int budget_scope;   /* kv_budget_scope: the streams a budget (budget=, tokens=) is a total over */
     int64_t n_streams;  /* streams in the trace (0: unknown; the trace scope needs it) */
+    int kv_float16;     /* the trace's keys and values are float16 (exactly representable in half) */
 } kv_method_ctx;
 
 /* replay --budget-scope (ALGORITHMS.md section 4g): a method's budget is per

@@ -101,7 +101,8 @@ static kv_method_ctx stream_ctx(const replay *r, int64_t s)
                             .kv_heads = r->in->n_kv_heads,
                             .q_group = r->in->n_heads > 0 && r->in->n_kv_heads > 0
                                            ? r->in->n_heads / r->in->n_kv_heads : 1,
-                            .budget_scope = o->budget_scope, .n_streams = r->S };
+                            .budget_scope = o->budget_scope, .n_streams = r->S,
+                            .kv_float16 = r->in->kv_float16 };
 }
 
 /* 1 if x's method makes its state for ctx with budget=B bytes instead of
