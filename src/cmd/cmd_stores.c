@@ -52,7 +52,7 @@ char *kv_expand_stores(const char *methods, const char *stores, kv_err *err)
     }
     for (int i = 0; i < ns && !err->code; i++) {
         const kv_method_ops *ops = kv_method_find(sp[i].method);
-        int takes = ops && kv_method_param(ops, "store");
+        int takes = ops && kv_method_param(ops, "store") && strcmp(ops->name, "exact"); /* exact's store= is f32|f16 of the trace */
         if (takes && kv_spec_has(&sp[i], "store")) {
             kv_seterr(err, KV_EINPUT, "pareto: --methods: %s: store= comes from --stores", sp[i].text);
             break;
