@@ -33,7 +33,7 @@
 #include <time.h>
 #include "bench_floors.h"
 #include "kernels/attn.h"
-#include "methods/quant.h"
+#include "methods/common/quant.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
 

@@ -1,4 +1,4 @@
-# SubGen method and its samplers (src/methods/subgen/, src/methods/sampler.c).
+# SubGen method and its samplers (src/methods/subgen/, src/methods/common/sampler.c).
 # three parts (every third test function), side by side under ctest -j2
 kv_unit_test_parts(test_subgen ${CMAKE_CURRENT_SOURCE_DIR}/test_subgen.c 3 subgen numerics)
 # part 1 holds the statistical accuracy, checkpoint and joint tests (about a

@@ -29,7 +29,7 @@
 #include "core/rng.h"
 #include "kernels/attn.h"
 #include "kernels/partial.h"
-#include "methods/quant.h"
+#include "methods/common/quant.h"
 #include "testutil.h"
 
 static void clear_all(double *st, int nq, int dv)

@@ -35,7 +35,7 @@
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
 #include "methods/method.h"
-#include "methods/quant.h"
+#include "methods/common/quant.h"
 #include "testutil.h"
 
 #define QJL_SALT 0x716a6cULL /* as in methods/qjl.c */

@@ -21,7 +21,7 @@
 #include "core/rng.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
-#include "methods/quant.h"
+#include "methods/common/quant.h"
 #include "testutil.h"
 
 static void test_half(void)

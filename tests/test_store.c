@@ -17,9 +17,9 @@
 #include "core/rng.h"
 #include "kernels/held.h"
 #include "kernels/partial.h"
-#include "methods/quant.h"
-#include "methods/slots.h"
-#include "methods/store.h"
+#include "methods/common/quant.h"
+#include "methods/common/slots.h"
+#include "methods/common/store.h"
 #include "testutil.h"
 
 enum { D = 40, DV = 24 }; /* not multiples of the kivi group: a short last group */

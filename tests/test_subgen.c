@@ -1,5 +1,5 @@
 /* test_subgen.c - SubGen (src/methods/subgen/) and its samplers
- * (src/methods/sampler.c) against exact attention and against their probabilities. */
+ * (src/methods/common/sampler.c) against exact attention and against their probabilities. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -11,7 +11,7 @@
 #include "methods/method.h"
 #include "kernels/partial.h"
 #include "core/rng.h"
-#include "methods/sampler.h"
+#include "methods/common/sampler.h"
 #include "testutil.h"
 
 static const kv_method_ops *ops;

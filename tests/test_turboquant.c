@@ -21,7 +21,7 @@
 #include "core/rng.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
-#include "methods/tqcodec.h"
+#include "methods/common/tqcodec.h"
 #include "testutil.h"
 
 static void unit(kv_rng *r, float *x, int d)

@@ -5,7 +5,7 @@
 #include "cmd/cmd_stores.h"
 #include "core/spec.h"
 #include "methods/method.h"
-#include "methods/store.h"
+#include "methods/common/store.h"
 
 enum { MAX_STORES = 8 };
 

@@ -38,7 +38,7 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
-#include "methods/slots.h"
+#include "methods/common/slots.h"
 
 typedef struct {
     kv_method_ctx ctx;

@@ -40,8 +40,8 @@
 #include "kernels/qattn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
-#include "methods/quant.h"
-#include "methods/tokring.h"
+#include "methods/common/quant.h"
+#include "methods/common/tokring.h"
 
 typedef struct { int64_t bits, group, residual; kv_budget budget; } kivi_cfg;
 KV_CFG_FITS(kivi_cfg);

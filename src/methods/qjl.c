@@ -39,8 +39,8 @@
 #include "kernels/qattn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
-#include "methods/quant.h"
-#include "methods/tokring.h"
+#include "methods/common/quant.h"
+#include "methods/common/tokring.h"
 
 #define QJL_SALT 0x716a6cULL /* "qjl" */
 

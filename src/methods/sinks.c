@@ -15,9 +15,9 @@
  * (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
-#include "methods/scope.h"
+#include "methods/common/scope.h"
 #include "kernels/partial.h"
-#include "methods/tokring.h"
+#include "methods/common/tokring.h"
 
 typedef struct { int64_t S, W, store; kv_budget budget; } sinks_cfg;
 KV_CFG_FITS(sinks_cfg);

@@ -53,8 +53,8 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
-#include "methods/scope.h"
-#include "methods/slots.h"
+#include "methods/common/scope.h"
+#include "methods/common/slots.h"
 
 typedef struct {
     int64_t tokens, window, period, kernel, pool, every, store;

@@ -49,8 +49,8 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/method.h"
-#include "methods/scope.h"
-#include "methods/slots.h"
+#include "methods/common/scope.h"
+#include "methods/common/slots.h"
 
 typedef struct {
     kv_method_ctx ctx;

@@ -41,9 +41,9 @@
 #include "kernels/partial.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
-#include "methods/quant.h"
-#include "methods/tokring.h"
-#include "methods/tqcodec.h"
+#include "methods/common/quant.h"
+#include "methods/common/tokring.h"
+#include "methods/common/tqcodec.h"
 
 enum { TQ_MSE = 0, TQ_PROD = 1 };
 #define TQ_SLICE 256 /* tokens decoded per slice */

@@ -30,7 +30,7 @@
 #include "core/rng.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
-#include "methods/rowpool.h"
+#include "methods/common/rowpool.h"
 
 #define UNIFORM_SALT 0x756e69666f726dULL /* "uniform" */
 

@@ -28,7 +28,7 @@
 #include <string.h>
 #include "methods/method.h"
 #include "kernels/partial.h"
-#include "methods/tokring.h"
+#include "methods/common/tokring.h"
 
 typedef struct {
     kv_method_ctx ctx;

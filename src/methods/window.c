@@ -19,9 +19,9 @@
  * and the page table (methods/tokring.h). */
 #include <stdlib.h>
 #include "methods/method.h"
-#include "methods/scope.h"
+#include "methods/common/scope.h"
 #include "kernels/partial.h"
-#include "methods/tokring.h"
+#include "methods/common/tokring.h"
 
 typedef struct { int64_t W, store; kv_budget budget; } window_cfg;
 KV_CFG_FITS(window_cfg);

@@ -26,7 +26,7 @@
 #include "methods/method.h"
 #include "kernels/partial.h"
 #include "methods/subgen.h"
-#include "methods/tokring.h"
+#include "methods/common/tokring.h"
 
 typedef struct {
     int64_t W;

@@ -11,7 +11,7 @@
 #include "core/rng.h"
 #include "kernels/lanes16.h"
 #include "methods/method.h"
-#include "methods/sampler.h"
+#include "methods/common/sampler.h"
 #include "methods/subgen.h"
 
 #define NP 16           /* dimensions of the index projection */

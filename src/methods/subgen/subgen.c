@@ -11,7 +11,7 @@
  *     count n_c and a uniform reservoir of at most t of its keys.
  *         sum_i e^{a_i} ~ sum_c (n_c / |sample_c|) sum_{k in sample_c} e^{a(k)}
  *  2. s independent l2 samplers of (k, v) pairs, pair i drawn with
- *     probability |v_i|^2 / F, F = sum |v_i|^2 (src/methods/sampler.h), for the
+ *     probability |v_i|^2 / F, F = sum |v_i|^2 (src/methods/common/sampler.h), for the
  *     numerator:
  *         sum_i e^{a_i} v_i ~ (1/s) sum_j e^{a(k_j)} v_j F / |v_j|^2.
  *     While at most s tokens with v != 0 have arrived we also hold them all

@@ -13,7 +13,7 @@
 #define KVSTREAM_METHODS_SCOPE_H
 
 #include "methods/method.h"
-#include "methods/slots.h"
+#include "methods/common/slots.h"
 
 /* Streams that share a budget under ctx's scope: 1 (stream), kv_heads
  * (layer) or n_streams (trace). */

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/partial.h"
-#include "methods/quant.h"
-#include "methods/store.h"
+#include "methods/common/quant.h"
+#include "methods/common/store.h"
 
 static void kind_bits(int which, int *kind, int *bits)
 {

@@ -16,7 +16,7 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 #include "methods/method.h"
-#include "methods/store.h"
+#include "methods/common/store.h"
 
 #define KV_TOKRING_PAGE 16
 

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "methods/sampler.h"
+#include "methods/common/sampler.h"
 
 void kv_reservoir_init(kv_reservoir *r, int64_t t)
 {

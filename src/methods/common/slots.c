@@ -4,8 +4,8 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "kernels/partial.h"
-#include "methods/quant.h"
-#include "methods/slots.h"
+#include "methods/common/quant.h"
+#include "methods/common/slots.h"
 
 int64_t kv_slots_row_bytes(int d, int dv, int nheaps, size_t scratch_per)
 {

@@ -4,7 +4,7 @@
 #include "kernels/attn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
-#include "methods/rowpool.h"
+#include "methods/common/rowpool.h"
 
 #define PG KV_ROWPOOL_PAGE
 #define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <string.h>
 #include "core/rng.h"
-#include "methods/quant.h"
+#include "methods/common/quant.h"
 
 uint16_t kv_half_from_float(float f)
 {

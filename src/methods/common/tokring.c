@@ -5,8 +5,8 @@
 #include "kernels/attn.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
-#include "methods/quant.h"
-#include "methods/tokring.h"
+#include "methods/common/quant.h"
+#include "methods/common/tokring.h"
 
 #define PG KV_TOKRING_PAGE
 #define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */

@@ -27,7 +27,7 @@
 #include "core/buf.h"
 #include "core/kverr.h"
 #include "methods/method.h"
-#include "methods/store.h"
+#include "methods/common/store.h"
 
 typedef struct {
     int d, dv;

@@ -1,7 +1,7 @@
 /* scope.c - budget scopes (see scope.h). */
 #include <math.h>
 #include <stdlib.h>
-#include "methods/scope.h"
+#include "methods/common/scope.h"
 
 int64_t kv_scope_streams(const kv_method_ctx *ctx)
 {

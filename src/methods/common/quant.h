@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include "core/buf.h"
 #include "core/kverr.h"
-#include "methods/tokring.h"
+#include "methods/common/tokring.h"
 
 /* IEEE binary16, round to nearest even (overflow gives +-inf). */
 uint16_t kv_half_from_float(float f);

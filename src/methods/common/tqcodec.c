@@ -4,7 +4,7 @@
 #include <string.h>
 #include "core/rng.h"
 #include "kernels/dot.h"
-#include "methods/tqcodec.h"
+#include "methods/common/tqcodec.h"
 
 #define TQ_SALT_ROT 0x74717270ULL /* "tqrp" */
 #define TQ_GRID 16384

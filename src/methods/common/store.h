@@ -29,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "core/kverr.h"
-#include "methods/tqcodec.h"
+#include "methods/common/tqcodec.h"
 
 /* the store= choices, as KV_PARAM_ENUM indices: 0 = f32 */
 #define KV_STORE_CHOICES "f32|f16|kivi2|kivi4|kivi8|tq2|tq3|tq4"
