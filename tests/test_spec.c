@@ -113,7 +113,8 @@ static void test_tables(void)
     CHECK(same_cfg("subgen:delta=0.5,t=16,s=128", "subgen:s=128,t=16,delta=0.5,name=x"), "order and name=");
 
     /* rejections: one line, the spec as written, the method's parameters */
-    const char *wl = "(window takes W=<int >= 1, default 1024>, budget=<budget %|bytes|tok, default none>, name=<label>)";
+    const char *wl = "(window takes W=<int >= 1, default 1024>, budget=<budget %|bytes|tok, default none>, "
+                     "store=<name f32|f16|kivi2|kivi4|kivi8|tq2|tq3|tq4, default f32>, name=<label>)";
     CHECK(rejects("window:X=3", "--methods: window:X=3: unknown parameter 'X' ", wl), "unknown");
     CHECK(rejects("window:W=0", "--methods: window:W=0: W=0 is out of range: W >= 1 ", wl), "range");
     CHECK(rejects("window:W=abc", "W='abc' is not an integer", wl), "not an integer");
@@ -128,7 +129,8 @@ static void test_tables(void)
     CHECK(rejects("uniform:seed=-1", "seed=-1 is out of range", "default --seed"), "sentinel is not a value");
     CHECK(rejects("h2o:tokens=10,recent=20", "--methods: h2o:tokens=10,recent=20: recent=20 exceeds tokens=10",
                   "h2o takes tokens="), "cross-parameter check");
-    CHECK(rejects("exact:foo=1", "unknown parameter 'foo' (exact takes only name=<label>)", NULL), "exact");
+    CHECK(rejects("exact:foo=1", "unknown parameter 'foo' (exact takes store=<name auto|f32|f16, default auto>, name=<label>)",
+                  NULL), "exact");
     CHECK(rejects("topk:k=5,W=3", "unknown parameter 'W'", "topk takes k="), "topk");
     /* required parameters (no method has one today: a table of our own) */
     kv_spec *t = NULL;
