@@ -304,7 +304,7 @@ static int load_bad(const world *w, const method *m, const uint8_t *data, size_t
     if (!st) return -1;
     int rc = load(m, st, data, len, NULL, err);
     if (rc == KV_OK) {
-        int to = w->small_end + 6 < w->nops ? w->small_end + 6 : w->nops;
+        int to = w->small_end + 3 < w->nops ? w->small_end + 3 : w->nops; /* an ingest and a partial or two */
         run(w, m, st, w->small_end, to, NULL, NULL, NULL, zeroq);
     }
     m->ops->free(st);
@@ -325,9 +325,10 @@ static void check_malformed(const world *w, const method *m)
     if (!ok) { kv_buf_free(&b); return; }
     size_t len = b.len;
     /* every byte of a small state; else dense near the ends, where headers
-     * and the last fields are, and about 1000 offsets in between */
-    size_t stride = len <= 4096 ? 1 : len / 1000 | 1;
-#define SAMPLED(i) ((i) < 512 || (i) + 512 > len || (i) % stride == 0)
+     * and the last fields are, and about 400 offsets in between (odd
+     * stride: every alignment of an 8-byte field is reached) */
+    size_t stride = len <= 2048 ? 1 : len / 400 | 1;
+#define SAMPLED(i) ((i) < 256 || (i) + 256 > len || (i) % stride == 0)
     kv_err err;
     int trunc_bad = 0, first_bad = -1;
     for (size_t cut = 0; cut < len; cut++) {

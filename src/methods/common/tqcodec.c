@@ -35,7 +35,7 @@ static int upto(const double *t, double x)
     return lo;
 }
 
-int kv_tq_book_make(kv_tq_book *b, int d, int bits)
+static int book_compute(kv_tq_book *b, int d, int bits)
 {
     memset(b, 0, sizeof *b);
     b->d = d;
@@ -84,6 +84,30 @@ int kv_tq_book_make(kv_tq_book *b, int d, int bits)
     for (int k = 0; k + 1 < L; k++) b->edge[k] = (float)(0.5 * (c[k] + c[k + 1]));
     free(t);
     return 0;
+}
+
+/* The books made so far, for every instance of the process: a book is a
+ * pure function of (d, bits), and computing one integrates over a grid of
+ * 16,384 points (a millisecond or so), which every stream of a replay (and
+ * every store=tq instance) would otherwise repeat at create.  The lock is
+ * OpenMP's, so creates from any thread are safe. */
+#define TQ_MEMO 64
+static kv_tq_book memo[TQ_MEMO];
+static int nmemo;
+
+int kv_tq_book_make(kv_tq_book *b, int d, int bits)
+{
+    int found = 0, rc = 0;
+#pragma omp critical(kv_tq_book_memo)
+    {
+        for (int i = 0; i < nmemo && !found; i++)
+            if (memo[i].d == d && memo[i].bits == bits) { *b = memo[i]; found = 1; }
+        if (!found) {
+            rc = book_compute(b, d, bits);
+            if (!rc && nmemo < TQ_MEMO) memo[nmemo++] = *b;
+        }
+    }
+    return rc;
 }
 
 int kv_tq_rotation(float *R, int d, uint64_t seed, uint64_t stream)

@@ -33,7 +33,8 @@ typedef struct {
 } kv_tq_book;
 
 /* The Lloyd-Max codebook of bits (1..4) for dimension d (d = 1: +-1).  Deterministic.
- * 0, or -1 without memory (for the integration grid). */
+ * 0, or -1 without memory (for the integration grid).  Made once per
+ * (d, bits) in a process and copied from then on (a pure function). */
 int kv_tq_book_make(kv_tq_book *b, int d, int bits);
 
 /* A Haar-random d x d rotation (row-major, orthonormal rows), made by
