@@ -60,7 +60,8 @@ def mpi_cmd(np_, *args):
 
 def mpi_env():
     env = dict(os.environ)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
+               OMPI_MCA_odls_base_sigkill_timeout="0")  # no 2 s wait after a refusal
     return env
 
 
