@@ -68,6 +68,11 @@
 
 #define MAXLEV 62
 #define BKV_SALT 0xba1a9ce5ULL
+#define VVB 8 /* value products computed together in the walk: one v8d */
+#define NVB 4 /* v8d chains in flight */
+
+typedef float v8f __attribute__((vector_size(VVB * sizeof(float))));
+typedef double v8d __attribute__((vector_size(VVB * sizeof(double))));
 
 typedef struct {
     int64_t tokens, seed;
@@ -161,7 +166,7 @@ static void balancekv_free(void *state)
 
 /* Halve the buffer's n0 rows in place: walk signs, keep the smaller class
  * (ties: the -1 class) at the front. */
-static void halve(balancekv_state *s)
+static int halve(balancekv_state *s)
 {
     int64_t n = s->n0;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
@@ -178,21 +183,54 @@ static void halve(balancekv_state *s)
             else lmax = l > lmax ? l : lmax;
         }
     double lognorm = lmax, cthr = s->c * msq / (double)n;
+    /* the values transposed in blocks of VVB rows (a block's coordinate c
+     * is VVB consecutive floats, zero past row n) */
+    int64_t nb = (n + VVB * NVB - 1) / (VVB * NVB) * NVB;
+    float *Vt = calloc((size_t)(nb * VVB) * dv, sizeof(float));
+    if (!Vt) return KV_EINTERNAL;
+    for (int64_t j = 0; j < n; j++)
+        for (size_t c = 0; c < dv; c++) Vt[((size_t)(j / VVB) * dv + c) * VVB + (size_t)(j % VVB)] = s->V0[j * dv + c];
     int64_t plus = 0;
     uint64_t tag = kv_hash4(s->seed, (uint64_t)s->ctx.stream, (uint64_t)s->ctx.rank, BKV_SALT);
     for (int64_t i = 0; i < n; i++) {
         const float *ki = s->K0 + i * d, *vi = s->V0 + i * dv;
         double dot = 0;
-        for (int64_t j = 0; j < i; j++) {
-            double kk = (double)kv_dot_fixed(ki, s->K0 + j * d, s->ctx.d) * s->ctx.scale, vv = 0;
-            for (size_t c = 0; c < dv; c++) vv += (double)vi[c] * s->V0[j * dv + c];
-            dot += s->sign[j] * exp(kk - lognorm) * (1.0 + vv);
+        for (int64_t j0 = 0; j0 < i; j0 += VVB * NVB) {
+            /* <v_i, v_j> for VVB NVB rows j at once from the transposed
+             * blocks, each its own chain over c in order (the same sums as
+             * one at a time, without waiting on one chain's latency) */
+            int64_t nj = i - j0 < VVB * NVB ? i - j0 : VVB * NVB;
+            v8d acc[NVB] = { { 0 } };
+            const float *vt = Vt + j0 * dv;
+            for (size_t c = 0; c < dv; c++) {
+                double x = (double)vi[c];
+                for (int u = 0; u < NVB; u++) {
+                    v8f y;
+                    memcpy(&y, vt + (u * dv + c) * VVB, sizeof y);
+                    acc[u] += x * __builtin_convertvector(y, v8d);
+                }
+            }
+            double vvs[VVB * NVB];
+            float kd[VVB * NVB];
+            memcpy(vvs, acc, sizeof vvs);
+            const float *kj = s->K0 + j0 * d;
+            int64_t r = 0;
+            for (; r + 4 <= nj; r += 4)
+                kv_dot_fixed4(ki, kj + r * d, kj + (r + 1) * d, kj + (r + 2) * d, kj + (r + 3) * d, s->ctx.d, kd + r);
+            for (; r < nj; r++) kd[r] = kv_dot_fixed(ki, kj + r * d, s->ctx.d);
+            /* the walk's sum, j ascending */
+            for (int64_t jj = 0; jj < nj; jj++) {
+                int64_t j = j0 + jj;
+                double kk = (double)kd[jj] * s->ctx.scale, vv = vvs[jj];
+                dot += s->sign[j] * exp(kk - lognorm) * (1.0 + vv);
+            }
         }
         double pr = 0.5 * (1.0 - dot / cthr);
         pr = pr < 0 ? 0 : pr > 1 ? 1 : pr;
         s->sign[i] = kv_hash_uniform(tag, (uint64_t)s->halvings, (uint64_t)i, 0) < pr ? 1 : -1;
         plus += s->sign[i] > 0;
     }
+    free(Vt);
     int8_t keep = plus < n - plus ? 1 : -1;
     int64_t w = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -205,13 +243,14 @@ static void halve(balancekv_state *s)
     }
     s->n0 = w;
     s->halvings++;
+    return KV_OK;
 }
 
 /* The full buffer: halve, then carry up the levels (binary counter). */
 static int reduce(balancekv_state *s, kv_err *err)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, half = (size_t)(s->b / 2);
-    halve(s);
+    if (halve(s)) return kv_seterr(err, KV_EINTERNAL, "balancekv: out of memory halving %lld rows", (long long)s->n0);
     for (int64_t l = 1;; l++) {
         if (l > s->nlev)
             return kv_seterr(err, KV_EINTERNAL, "balancekv: more tokens than the shard's %lld",
@@ -236,7 +275,8 @@ static int reduce(balancekv_state *s, kv_err *err)
         memcpy(s->V0 + (size_t)s->n0 * dv, s->Vl[l], sizeof(float) * dv * (size_t)s->cnt[l]);
         s->n0 += s->cnt[l];
         s->cnt[l] = 0;
-        halve(s);
+        if (halve(s))
+            return kv_seterr(err, KV_EINTERNAL, "balancekv: out of memory halving %lld rows", (long long)s->n0);
     }
 }
 
