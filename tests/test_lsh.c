@@ -14,9 +14,7 @@
  *     of the exact sum (a wrong u, e.g. the single-table p, is biased by
  *     far more: checked to be outside that band);
  *   - the cost hook at one rank: the hyperplanes, the L heads and the
- *     bucket entries walked, in tokens' worth of bytes, plus the samples;
- *   - kv_dot_fixed4 (ingest hashes four hyperplanes at a time) gives
- *     kv_dot_fixed's bits, d = 1 .. 40 (every tail length). */
+ *     bucket entries walked, in tokens' worth of bytes, plus the samples. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,19 +119,6 @@ int main(void)
     for (int i = 0; i < N * DV; i++) V[i] = (float)(0.5 + kv_rng_normal(&r));
     float Q[4 * D];
     for (int i = 0; i < 4 * D; i++) Q[i] = (float)(1.5 * kv_rng_normal(&r));
-    for (int d = 1; d <= 40; d++) { /* sign decisions need the same bits, not close ones */
-        float x[40], h[4][40], got[4];
-        for (int c = 0; c < d; c++) {
-            x[c] = (float)kv_rng_normal(&r);
-            for (int j = 0; j < 4; j++) h[j][c] = (float)kv_rng_normal(&r);
-        }
-        kv_dot_fixed4(x, h[0], h[1], h[2], h[3], d, got);
-        for (int j = 0; j < 4; j++) {
-            float want = kv_dot_fixed(h[j], x, d);
-            CHECK(memcmp(&got[j], &want, sizeof want) == 0, "d=%d row %d: kv_dot_fixed4 %.9g, kv_dot_fixed %.9g", d, j,
-                  (double)got[j], (double)want);
-        }
-    }
 
     /* the rule at every P, and threshold 0 exact */
     const int64_t at[] = { 1, 50, 211, N };

@@ -198,10 +198,7 @@ static double walk_sum(const balancekv_state *s, const float *Vt, int64_t i, dou
         float kd[VVB * NVB];
         memcpy(vvs, acc, sizeof vvs);
         const float *kj = s->K0 + j0 * d;
-        int64_t r = 0;
-        for (; r + 4 <= nj; r += 4)
-            kv_dot_fixed4(ki, kj + r * d, kj + (r + 1) * d, kj + (r + 2) * d, kj + (r + 3) * d, s->ctx.d, kd + r);
-        for (; r < nj; r++) kd[r] = kv_dot_fixed(ki, kj + r * d, s->ctx.d);
+        for (int64_t r = 0; r < nj; r++) kd[r] = kv_dot_fixed(ki, kj + r * d, s->ctx.d);
         /* the walk's sum, j ascending */
         for (int64_t jj = 0; jj < nj; jj++) {
             int64_t j = j0 + jj;

@@ -138,58 +138,29 @@ static int reserve(lsh_state *s, size_t rows)
     return KV_OK;
 }
 
-/* every table's code of x (code() for each l, the same bits): the L K
- * products four hyperplanes at a time; dots: scratch of L K floats */
-static void all_codes(const lsh_state *s, const float *x, float *dots, uint32_t *codes)
+/* link the row just stored at s->n into every table */
+static void link_row(lsh_state *s)
 {
-    int d = s->ctx.d, m = s->L * s->K, i = 0;
-    const float *H = s->H;
-    for (; i + 4 <= m; i += 4)
-        kv_dot_fixed4(x, H + (size_t)i * d, H + (size_t)(i + 1) * d, H + (size_t)(i + 2) * d, H + (size_t)(i + 3) * d, d,
-                      dots + i);
-    for (; i < m; i++) dots[i] = kv_dot_fixed(H + (size_t)i * d, x, d);
+    const float *k = s->Kr + s->n * (size_t)s->ctx.d;
     for (int l = 0; l < s->L; l++) {
-        uint32_t c = 0;
-        for (int b = 0; b < s->K; b++) c |= (uint32_t)(dots[l * s->K + b] >= 0.0f) << b;
-        codes[l] = c;
+        uint32_t *h = &s->head[((size_t)l << s->K) + code(s, l, k)];
+        s->next[s->n * (size_t)s->L + (size_t)l] = *h;
+        *h = (uint32_t)s->n;
     }
-}
-
-/* link the m rows stored from s->n on into every table, s->n += m;
- * KV_EINTERNAL (nothing linked) without scratch memory */
-static int link_rows(lsh_state *s, size_t m)
-{
-    float *dots = malloc(sizeof(float) * (size_t)s->L * (size_t)s->K);
-    uint32_t *codes = malloc(sizeof(uint32_t) * (size_t)s->L);
-    if (!dots || !codes) {
-        free(dots);
-        free(codes);
-        return KV_EINTERNAL;
-    }
-    for (size_t e = s->n + m; s->n < e; s->n++) {
-        all_codes(s, s->Kr + s->n * (size_t)s->ctx.d, dots, codes);
-        for (int l = 0; l < s->L; l++) {
-            uint32_t *h = &s->head[((size_t)l << s->K) + codes[l]];
-            s->next[s->n * (size_t)s->L + (size_t)l] = *h;
-            *h = (uint32_t)s->n;
-        }
-    }
-    free(dots);
-    free(codes);
-    return KV_OK;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
 {
     lsh_state *s = state;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    if (!n) return KV_OK;
     if (s->n + n > s->cap && reserve(s, cap_for(s, s->n + n)))
         return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory holding %zu tokens", s->n + n);
-    memcpy(s->Kr + s->n * d, K, sizeof(float) * d * n);
-    memcpy(s->V + s->n * dv, V, sizeof(float) * dv * n);
-    for (size_t t = 0; t < n; t++) s->idx[s->n + t] = first + (int64_t)t;
-    if (link_rows(s, n)) return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory hashing keys");
+    for (size_t t = 0; t < n; t++, s->n++) {
+        memcpy(s->Kr + s->n * d, K + t * d, sizeof(float) * d);
+        memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
+        s->idx[s->n] = first + (int64_t)t;
+        link_row(s);
+    }
     return KV_OK;
 }
 
@@ -386,13 +357,7 @@ static int lsh_load(void *state, kv_rd *in, kv_err *err)
         memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
         memcpy(s->idx, I, sizeof(int64_t) * nk);
         memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
-        s->n = 0;
-        if (link_rows(s, nk)) {
-            ok = 0;
-            s->n = 0;
-            memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
-            kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring lsh (%zu tokens)", nk);
-        }
+        for (s->n = 0; s->n < nk; s->n++) link_row(s);
     }
     free(K);
     free(V);
