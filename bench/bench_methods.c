@@ -7,7 +7,10 @@
  * method made with budget=10% when it takes a budget and that fits (else
  * its defaults); a listed method with parameters (kivi:bits=4) is made as
  * given, its line named by the whole spec:
- *   ingest   the whole stream in blocks of 4096: tokens/s
+ *   ingest   the whole stream in blocks of 4096: tokens/s; a global
+ *            evictor's blocks are cut at its decision points, each decided
+ *            as the driver does on one rank (time included), and it decides
+ *            again at each query position before answering
  *   single   16 queries one at a time at prefix n (partial, then feedback
  *            with the query's own (m, l), as the driver does on one rank)
  *   batch    64 queries at spread positions (j + 1) n / 64: one
@@ -121,12 +124,39 @@ static int ask(const kv_method_ops *o, void *st, const float *Q, int nq, int64_t
     return rc;
 }
 
+/* A global evictor's decision at x as the driver makes it on one rank
+ * (method.h: decide hooks; one stream, so groups of one; the rank's keys
+ * and halo are the merged ones). */
+static int decide(const kv_method_ops *o, void *st, int64_t x, int at_query, kv_err *err)
+{
+    if (!o->decide_need) return KV_OK;
+    int64_t need = o->decide_need(st, x, at_query);
+    if (need <= 0) return KV_OK;
+    int64_t L = need + 1 + (o->decide_extra ? o->decide_extra(st) : 0);
+    size_t hl = o->decide_halo_len && o->decide_halo ? o->decide_halo_len(st, x) : 0;
+    double *halo = hl ? calloc(hl, sizeof(double)) : NULL;
+    kv_evkey *keys = malloc(sizeof(kv_evkey) * (size_t)L);
+    void *sts[1] = { st };
+    int rc = keys && (halo || !hl) && L <= INT32_MAX ? KV_OK : KV_EINTERNAL;
+    if (!rc && hl) o->decide_halo(st, x, halo);
+    if (!rc) rc = o->decide_cands(sts, 1, x, halo, (int)L, keys);
+    if (!rc) rc = o->decide_apply(sts, 1, x, keys, need);
+    free(halo);
+    free(keys);
+    return rc ? kv_seterr(err, KV_EINTERNAL, "out of memory deciding at %lld", (long long)x) : KV_OK;
+}
+
+/* tokens [*at, to) in blocks of BLK, cut at the decision points between
+ * (every decide_every tokens) as the driver does */
 static int ingest_to(const kv_method_ops *o, void *st, const stream *s, int64_t *at, int64_t to, kv_err *err)
 {
-    for (; *at < to; *at += BLK) {
+    int64_t E = o->decide_need && o->decide_every ? o->decide_every(st) : 0;
+    while (*at < to) {
         int64_t m = to - *at < BLK ? to - *at : BLK;
+        if (E > 0 && (*at / E + 1) * E < *at + m) m = (*at / E + 1) * E - *at; /* up to the next point */
         if (o->ingest(st, s->K + *at * s->d, s->V + *at * s->d, *at, (size_t)m, err)) return err->code;
-        if (m < BLK) { *at += m; break; }
+        *at += m;
+        if (E > 0 && *at % E == 0 && decide(o, st, *at, 0, err)) return err->code;
     }
     return KV_OK;
 }
@@ -147,6 +177,7 @@ static int run(const kv_method_ops *o, const char *given, const stream *s, const
     if (ingest_to(o, st, s, &at, s->n, err)) goto done;
     *ingest = (double)s->n / (omp_get_wtime() - t0);
     *held = o->bytes(st);
+    if (decide(o, st, s->n, 1, err)) goto done;
     kv_query_cost c0 = cost_now(o, st, d);
     t0 = omp_get_wtime();
     for (int q = 0; q < NS && !err->code; q++)
@@ -183,7 +214,7 @@ static int run(const kv_method_ops *o, const char *given, const stream *s, const
         c0 = cost_now(o, st, d);
         for (int q = 0; q < NQ && !err->code; q++) {
             if (o->horizon) o->horizon(st, p[q]);
-            if (ingest_to(o, st, s, &at, p[q], err)) break;
+            if (ingest_to(o, st, s, &at, p[q], err) || decide(o, st, p[q], 1, err)) break;
             t0 = omp_get_wtime();
             if (ask(o, st, s->Q + (size_t)q * d, 1, p[q], out, d)) kv_seterr(err, KV_EINTERNAL, "out of memory");
             tq += omp_get_wtime() - t0;

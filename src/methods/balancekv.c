@@ -57,7 +57,14 @@
  *
  * Memory: the buffer (grown as tokens come, up to b rows) and each level's
  * block of b/2 rows (allocated when the level is first used), (d + dv)
- * floats a row, plus b sign bytes. */
+ * floats a row, plus b sign bytes; a halving also takes a transposed copy
+ * of the buffer's values (b dv floats) for its duration.
+ *
+ * Ingest cost: a halving of b rows takes b^2/2 kernel products (O(d + dv)
+ * and an exp each), about two halvings per b tokens, so O(b (d + dv)) per
+ * token: at the bench's budget=10% of 2^16 tokens at d = 64 (b = 1,638)
+ * about 4 10^5 flops a token, more than one core's FMA peak allows at 1 M
+ * tokens/s (ALGORITHMS.md 4d). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +75,11 @@
 
 #define MAXLEV 62
 #define BKV_SALT 0xba1a9ce5ULL
+#define VVB 8 /* value products computed together in the walk: one v8d */
+#define NVB 4 /* v8d chains in flight */
+
+typedef float v8f __attribute__((vector_size(VVB * sizeof(float))));
+typedef double v8d __attribute__((vector_size(VVB * sizeof(double))));
 
 typedef struct {
     int64_t tokens, seed;
@@ -159,9 +171,48 @@ static void balancekv_free(void *state)
     free(s);
 }
 
+/* The walk's <w, x_i> = sum_{j<i} eps_j exp(scale <k_i, k_j> - lognorm)
+ * (1 + <v_i, v_j>), j ascending; Vt: the values transposed in blocks of
+ * VVB rows (halve). */
+static double walk_sum(const balancekv_state *s, const float *Vt, int64_t i, double lognorm)
+{
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
+    const float *ki = s->K0 + i * d, *vi = s->V0 + i * dv;
+    double dot = 0;
+    for (int64_t j0 = 0; j0 < i; j0 += VVB * NVB) {
+        /* <v_i, v_j> for VVB NVB rows j at once from the transposed
+         * blocks, each its own chain over c in order (the same sums as
+         * one at a time, without waiting on one chain's latency) */
+        int64_t nj = i - j0 < VVB * NVB ? i - j0 : VVB * NVB;
+        v8d acc[NVB] = { { 0 } };
+        const float *vt = Vt + j0 * dv;
+        for (size_t c = 0; c < dv; c++) {
+            double x = (double)vi[c];
+            for (int u = 0; u < NVB; u++) {
+                v8f y;
+                memcpy(&y, vt + (u * dv + c) * VVB, sizeof y);
+                acc[u] += x * __builtin_convertvector(y, v8d);
+            }
+        }
+        double vvs[VVB * NVB];
+        float kd[VVB * NVB];
+        memcpy(vvs, acc, sizeof vvs);
+        const float *kj = s->K0 + j0 * d;
+        for (int64_t r = 0; r < nj; r++) kd[r] = kv_dot_fixed(ki, kj + r * d, s->ctx.d);
+        /* the walk's sum, j ascending */
+        for (int64_t jj = 0; jj < nj; jj++) {
+            int64_t j = j0 + jj;
+            double kk = (double)kd[jj] * s->ctx.scale, vv = vvs[jj];
+            dot += s->sign[j] * exp(kk - lognorm) * (1.0 + vv);
+        }
+    }
+    return dot;
+}
+
 /* Halve the buffer's n0 rows in place: walk signs, keep the smaller class
- * (ties: the -1 class) at the front. */
-static void halve(balancekv_state *s)
+ * (ties: the -1 class) at the front.  KV_EINTERNAL (nothing changed)
+ * without scratch memory. */
+static int halve(balancekv_state *s)
 {
     int64_t n = s->n0;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
@@ -178,21 +229,23 @@ static void halve(balancekv_state *s)
             else lmax = l > lmax ? l : lmax;
         }
     double lognorm = lmax, cthr = s->c * msq / (double)n;
+    /* the values transposed in blocks of VVB rows (a block's coordinate c
+     * is VVB consecutive floats, zero past row n) */
+    int64_t nb = (n + VVB * NVB - 1) / (VVB * NVB) * NVB;
+    float *Vt = calloc((size_t)(nb * VVB) * dv, sizeof(float));
+    if (!Vt) return KV_EINTERNAL;
+    for (int64_t j = 0; j < n; j++)
+        for (size_t c = 0; c < dv; c++) Vt[((size_t)(j / VVB) * dv + c) * VVB + (size_t)(j % VVB)] = s->V0[j * dv + c];
     int64_t plus = 0;
     uint64_t tag = kv_hash4(s->seed, (uint64_t)s->ctx.stream, (uint64_t)s->ctx.rank, BKV_SALT);
     for (int64_t i = 0; i < n; i++) {
-        const float *ki = s->K0 + i * d, *vi = s->V0 + i * dv;
-        double dot = 0;
-        for (int64_t j = 0; j < i; j++) {
-            double kk = (double)kv_dot_fixed(ki, s->K0 + j * d, s->ctx.d) * s->ctx.scale, vv = 0;
-            for (size_t c = 0; c < dv; c++) vv += (double)vi[c] * s->V0[j * dv + c];
-            dot += s->sign[j] * exp(kk - lognorm) * (1.0 + vv);
-        }
+        double dot = walk_sum(s, Vt, i, lognorm);
         double pr = 0.5 * (1.0 - dot / cthr);
         pr = pr < 0 ? 0 : pr > 1 ? 1 : pr;
         s->sign[i] = kv_hash_uniform(tag, (uint64_t)s->halvings, (uint64_t)i, 0) < pr ? 1 : -1;
         plus += s->sign[i] > 0;
     }
+    free(Vt);
     int8_t keep = plus < n - plus ? 1 : -1;
     int64_t w = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -205,13 +258,14 @@ static void halve(balancekv_state *s)
     }
     s->n0 = w;
     s->halvings++;
+    return KV_OK;
 }
 
 /* The full buffer: halve, then carry up the levels (binary counter). */
 static int reduce(balancekv_state *s, kv_err *err)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, half = (size_t)(s->b / 2);
-    halve(s);
+    if (halve(s)) return kv_seterr(err, KV_EINTERNAL, "balancekv: out of memory halving %lld rows", (long long)s->n0);
     for (int64_t l = 1;; l++) {
         if (l > s->nlev)
             return kv_seterr(err, KV_EINTERNAL, "balancekv: more tokens than the shard's %lld",
@@ -236,7 +290,8 @@ static int reduce(balancekv_state *s, kv_err *err)
         memcpy(s->V0 + (size_t)s->n0 * dv, s->Vl[l], sizeof(float) * dv * (size_t)s->cnt[l]);
         s->n0 += s->cnt[l];
         s->cnt[l] = 0;
-        halve(s);
+        if (halve(s))
+            return kv_seterr(err, KV_EINTERNAL, "balancekv: out of memory halving %lld rows", (long long)s->n0);
     }
 }
 

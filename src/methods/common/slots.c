@@ -46,7 +46,7 @@ void kv_slots_free(kv_slots *s)
     s->K = s->V = NULL; s->idx = NULL; s->score = NULL; s->pos = s->heap[0] = s->heap[1] = NULL;
     s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL;
     s->qcap = s->lgcap = 0;
-    s->cap = 0;
+    s->cap = s->phys = 0;
 }
 
 size_t kv_slots_bytes(const kv_slots *s)
@@ -59,6 +59,10 @@ int kv_slots_resize(kv_slots *s, int64_t rows)
     if (rows == s->cap) return KV_OK;
     if (rows == 0) {
         kv_slots_free(s);
+        return KV_OK;
+    }
+    if (rows <= s->phys && rows >= s->phys - s->phys / 8) { /* within the arrays as they are */
+        s->cap = rows;
         return KV_OK;
     }
     size_t N = (size_t)rows;
@@ -84,7 +88,7 @@ int kv_slots_resize(kv_slots *s, int64_t rows)
     /* a failed grow leaves every array >= the old cap; after a shrink, even
      * a partly failed one, every array holds >= rows, and some only rows */
     if (bad && rows > s->cap) return KV_EINTERNAL;
-    s->cap = rows;
+    s->cap = s->phys = rows; /* a partly failed shrink: some arrays larger, all >= rows */
     return KV_OK;
 }
 
@@ -430,7 +434,7 @@ int kv_slots_load(kv_slots *out, const kv_slots *like, kv_rd *in, int64_t most, 
     else { t.K = K; t.V = V; }
     t.idx = idx; t.score = score;
     K = V = idx = score = NULL;
-    t.held = t.cap = (int64_t)n;
+    t.held = t.cap = t.phys = (int64_t)n;
     if (!n) {
         free(heap[0]); free(heap[1]);
         *out = t; /* nothing held: no arrays, as in an uninterrupted run */

@@ -33,7 +33,8 @@ typedef struct {
     int d, dv;
     int nheaps;          /* 0, 1 or 2; > 0 brings score and pos */
     size_t scratch_per;  /* scratch bytes per slot */
-    int64_t held, cap;   /* slots in use, allocated */
+    int64_t held, cap;   /* slots in use, allocated (what bytes() counts) */
+    int64_t phys;        /* rows the arrays really have: cap, or up to 1/8 more after a small shrink */
     float *K, *V;        /* held keys (cap x d) and values (cap x dv) */
     int64_t *idx;        /* their token indices */
     double *score;
@@ -81,7 +82,13 @@ void kv_slots_score_cost(const kv_slots *s, int nq, kv_query_cost *c);
 /* cap x row bytes: every allocated slot. */
 size_t kv_slots_bytes(const kv_slots *s);
 
-/* Resize every per-slot array to rows (>= held; 0 frees them).  Returns
+/* Resize every per-slot array to rows (>= held; 0 frees them).  A shrink
+ * by less than 1/8 of the rows the arrays really have, and a grow back
+ * within them, only move cap: an evictor shrinking by a few rows at every
+ * decision and growing by as many at the next ingest would otherwise give
+ * pages back and fault them in again each time (on a virtual machine that
+ * churn was most of h2o's ingest).  The rows really held never exceed the
+ * largest cap so far, so the peak of bytes() is the peak allocated.  Returns
  * KV_EINTERNAL only when a grow fails (every array then still holds the old
  * capacity); a failed shrink keeps the larger blocks, so it cannot fail. */
 int kv_slots_resize(kv_slots *s, int64_t rows);

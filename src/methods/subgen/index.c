@@ -85,7 +85,11 @@ void sg_scan_from(const subgen *g, const float *const *k, const float *kn, int n
     /* a parallel region per token only pays off when the scan is long; each
      * centre is computed by the same code whatever the thread count */
     int par = (nb - b0) * CB * g->ctx.d * nk >= PAR_WORK && !omp_in_parallel() && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) if (par)
+    if (!par) { /* not even an if(0) region: entering one costs libgomp calls per token */
+        scan_blocks(g, k, kn, nk, b0, nb, dist);
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < nch; c++) {
         int64_t a = b0 + c * per, e = a + per < nb ? a + per : nb;
         scan_blocks(g, k, kn, nk, a, e, dist);
