@@ -17,7 +17,7 @@
  * call.  A single query (or 2, 3) reads each key row in order into one
  * vector accumulator per token, 16 tokens at a time, and sums the 16 in one
  * transpose-add tree; P.V runs even and odd tokens in separate accumulators
- * (latency), and the next tile's rows are prefetched a few lines per step
+ * (latency), and the rows half a tile ahead are prefetched a few lines per step
  * (the memory stays busy during the arithmetic).  GCC vector extensions give AVX-512 code with
  * -march=native and correct (narrower) code elsewhere; dimensions that are
  * not multiples of 16 take scalar loops.
@@ -48,10 +48,10 @@ _Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows
 #ifndef KV_PF_TOKENS
 #define KV_PF_TOKENS 128 /* software prefetch distance in tokens (0: off); 128 measured best here */
 #endif
-/* The few-query path's prefetch: the next tile's rows (distance in tokens,
- * 0: off), spread over the whole tile's work (see pfrun) */
+/* The few-query path's prefetch: the rows KV_PF1_TOKENS ahead of the tile
+ * (0: off), spread over the whole tile's work (see pfrun) */
 #ifndef KV_PF1_TOKENS
-#define KV_PF1_TOKENS 64
+#define KV_PF1_TOKENS 32 /* 16-64 measured alike on Zen 5, 32 a little ahead; 0: none (half the rate) */
 #endif
 #ifndef KV_PF1_LOCALITY
 #define KV_PF1_LOCALITY 3
@@ -164,8 +164,9 @@ static inline v16 hsum16x16(const v16 *a)
  * one burst the requests stall on the miss buffers and the memory idles
  * while the tile's arithmetic runs (Zen 5: the hardware prefetchers alone
  * get about half a plain stream's read rate out of a kernel that alternates
- * loads and arithmetic).  Step s of `steps` asks for its share of the
- * bytes: plain locals, no state kept in memory between the steps. */
+ * loads and arithmetic).  Every line: one per 256 or 1024 bytes (left to
+ * the hardware to fill in) measured slower.  Step s of `steps` asks for its
+ * share of the bytes: plain locals, no state kept in memory between steps. */
 typedef struct {
     const char *p; /* NULL: no prefetch */
     size_t bytes;
