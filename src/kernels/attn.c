@@ -594,10 +594,12 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
         const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
-        /* the rows KV_PF1_TOKENS ahead: keys over the logits, values over P.V */
-        int ahead = KV_PF1_TOKENS && t0 + KV_PF1_TOKENS + tile <= n;
-        pfrun pk = { ahead ? src.K + (t0 + KV_PF1_TOKENS) * krow : NULL, tile * krow };
-        pfrun pv = { ahead ? src.V + (t0 + KV_PF1_TOKENS) * vrow : NULL, tile * vrow };
+        /* the rows pfd ahead: keys over the logits, values over P.V (half
+         * rows: the whole next tile, which is converted at once) */
+        size_t pfd = src.esz == sizeof(float) || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
+        int ahead = pfd && t0 + pfd + tile <= n;
+        pfrun pk = { ahead ? src.K + (t0 + pfd) * krow : NULL, tile * krow };
+        pfrun pv = { ahead ? src.V + (t0 + pfd) * vrow : NULL, tile * vrow };
         pfrun none = { NULL, 0 };
         if (dvec) {
             for (int i = 0; i < na; i++) {
