@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 #include "bench_floors.h"
+#include "core/hugemem.h"
 #include "kernels/attn.h"
 #include "methods/common/quant.h"
 #include "kernels/partial.h"
@@ -59,6 +60,12 @@ int main(int argc, char **argv)
     uint16_t *Kh = aligned_alloc(64, kv * sizeof(uint16_t)), *Vh = aligned_alloc(64, kv * sizeof(uint16_t));
     double *st = malloc(nq * KV_PSTATE_LEN(dv) * sizeof(double)), *sth = malloc(nq * KV_PSTATE_LEN(dv) * sizeof(double));
     if (!K || !V || !Q || !st || !Kh || !Vh || !sth) { fprintf(stderr, "bench_exact: out of memory\n"); return 1; }
+    /* huge pages where the kernel gives them, as exact's store and the
+     * floors' probe have (4 KiB pages: a TLB miss every 4 KiB of the stream) */
+    kv_mem_hugepages(K, kv * sizeof(float));
+    kv_mem_hugepages(V, kv * sizeof(float));
+    kv_mem_hugepages(Kh, kv * sizeof(uint16_t));
+    kv_mem_hugepages(Vh, kv * sizeof(uint16_t));
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < kv; i++) {
         Kh[i] = kv_half_from_float((float)kv_hash_normal(1, 1, i, 0));

@@ -160,10 +160,11 @@ static void one_case(uint64_t seed, size_t n, int d, int dv, int nq, int with_ze
 
 int main(void)
 {
-    const int ds[][2] = { { 64, 64 }, { 16, 48 }, { 32, 20 }, { 24, 24 }, { 13, 7 }, { 128, 128 } };
+    /* (80, 144), (256, 80): the one-query path's blocks of 8, 4 and 1 vectors of dimensions */
+    const int ds[][2] = { { 64, 64 }, { 16, 48 }, { 32, 20 }, { 24, 24 }, { 13, 7 }, { 128, 128 }, { 80, 144 }, { 256, 80 } };
     const int nqs[] = { 1, 2, 3, 4, 5, 17, 64, 70 };
     uint64_t seed = 1;
-    for (int di = 0; di < 6; di++)
+    for (int di = 0; di < (int)(sizeof ds / sizeof ds[0]); di++)
         for (int qi = 0; qi < 8; qi++) {
             size_t n = 100 + (size_t)(seed * 397) % 1900;
             one_case(seed++, n, ds[di][0], ds[di][1], nqs[qi], qi % 3 == 1);

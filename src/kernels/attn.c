@@ -14,8 +14,11 @@
  * queries x 64 value dimensions per register block.  Every per-query operation is the
  * same whatever its lane or the batch's size (padding lanes are computed and
  * ignored), so a query's result does not depend on which others share its
- * call.  A single query (or 2, 3) uses 4 tokens at a time with horizontal
- * sums (memory bound anyway).  GCC vector extensions give AVX-512 code with
+ * call.  A single query (or 2, 3) reads each key row in order into one
+ * vector accumulator per token, 16 tokens at a time, and sums the 16 in one
+ * transpose-add tree; P.V runs even and odd tokens in separate accumulators
+ * (latency), and the rows half a tile ahead are prefetched a few lines per step
+ * (the memory stays busy during the arithmetic).  GCC vector extensions give AVX-512 code with
  * -march=native and correct (narrower) code elsewhere; dimensions that are
  * not multiples of 16 take scalar loops.
  *
@@ -44,6 +47,14 @@ _Static_assert(KV_TILE_ONE <= TILE, "the few-query path keeps its logits in rows
 #endif
 #ifndef KV_PF_TOKENS
 #define KV_PF_TOKENS 128 /* software prefetch distance in tokens (0: off); 128 measured best here */
+#endif
+/* The few-query path's prefetch: the rows KV_PF1_TOKENS ahead of the tile
+ * (0: off), spread over the whole tile's work (see pfrun) */
+#ifndef KV_PF1_TOKENS
+#define KV_PF1_TOKENS 32 /* 16-64 measured alike on Zen 5, 32 a little ahead; 0: none (half the rate) */
+#endif
+#ifndef KV_PF1_LOCALITY
+#define KV_PF1_LOCALITY 3
 #endif
 
 /* Every function taking or returning these vectors is static to this file,
@@ -128,32 +139,84 @@ static void logits_scalar(const float *restrict Q, int nq, const float *restrict
         }
 }
 
-/* one query, 4 tokens per pass: independent sums, tree-reduced by the
- * compiler (OpenMP simd reductions may be reassociated).  A short last
- * group repeats its last row, so every token's logit comes from the same
- * instruction sequence whatever its place in the tile (bitwise the same
- * logits however the stream is sharded). */
-static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S,
-                       const char *pfk, const char *pfv, size_t krow, size_t vrow)
+/* The 16 lane sums of each of a[0..15] in one vector (lane j: token j's
+ * logit before scaling): a transpose-add tree, lanes i + i^8, then i^4, i^2,
+ * i^1 added, so every token's sum takes the same tree whatever its slot.
+ * The inputs are taken in the order that leaves the outputs in place. */
+static inline v16 hsum16x16(const v16 *a)
 {
-    for (int t = 0; t < nt; t += 4) {
-        if (pfk) { /* prefetch rows far ahead, spread evenly over the work */
-            for (size_t b = 0; b < 4 * krow; b += 64) __builtin_prefetch(pfk + (size_t)t * krow + b, 0, KV_PF_LOCALITY);
-            for (size_t b = 0; b < 4 * vrow; b += 64) __builtin_prefetch(pfv + (size_t)t * vrow + b, 0, KV_PF_LOCALITY);
-        }
-        const float *k[4];
-        for (int i = 0; i < 4; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
-        const float *k0 = k[0], *k1 = k[1], *k2 = k[2], *k3 = k[3];
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (int c = 0; c < d; c++) {
-            a0 += q[c] * k0[c];
-            a1 += q[c] * k1[c];
-            a2 += q[c] * k2[c];
-            a3 += q[c] * k3[c];
-        }
-        float a[4] = { a0, a1, a2, a3 };
-        for (int i = 0; i < 4 && t + i < nt; i++) S[t + i] = a[i] * scale;
+    static const v16i lo8 = { 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23 };
+    static const v16i hi8 = { 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31 };
+    static const v16i lo4 = { 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27 };
+    static const v16i hi4 = { 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31 };
+    static const v16i lo2 = { 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29 };
+    static const v16i hi2 = { 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31 };
+    static const v16i lo1 = { 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30 };
+    static const v16i hi1 = { 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31 };
+    v16 b[8], c[4], e[2];
+    for (int i = 0; i < 8; i++) b[i] = __builtin_shuffle(a[i], a[i + 8], lo8) + __builtin_shuffle(a[i], a[i + 8], hi8);
+    for (int i = 0; i < 4; i++) c[i] = __builtin_shuffle(b[i], b[i + 4], lo4) + __builtin_shuffle(b[i], b[i + 4], hi4);
+    for (int i = 0; i < 2; i++) e[i] = __builtin_shuffle(c[i], c[i + 2], lo2) + __builtin_shuffle(c[i], c[i + 2], hi2);
+    return __builtin_shuffle(e[0], e[1], lo1) + __builtin_shuffle(e[0], e[1], hi1);
+}
+
+/* Rows to prefetch a few lines at a time, spread over a tile's compute: in
+ * one burst the requests stall on the miss buffers and the memory idles
+ * while the tile's arithmetic runs (Zen 5: the hardware prefetchers alone
+ * get about half a plain stream's read rate out of a kernel that alternates
+ * loads and arithmetic).  Every line: one per 256 or 1024 bytes (left to
+ * the hardware to fill in) measured slower.  Step s of `steps` asks for its
+ * share of the bytes: plain locals, no state kept in memory between steps. */
+typedef struct {
+    const char *p; /* NULL: no prefetch */
+    size_t bytes;
+} pfrun;
+
+static inline size_t pf_per(pfrun r, size_t steps) { return (r.bytes / 64 + steps - 1) / steps * 64; }
+
+static inline void pf_step(pfrun r, size_t per, size_t s)
+{
+    if (!r.p) return;
+    size_t e = (s + 1) * per < r.bytes ? (s + 1) * per : r.bytes;
+    for (size_t o = s * per; o < e; o += 64) __builtin_prefetch(r.p + o, 0, KV_PF1_LOCALITY);
+}
+
+/* a[i] += q[cb ..] k_i[cb ..] by lane over W vectors of dimensions: q's W
+ * vectors held in registers and each key row read in order (a sequential
+ * stream the hardware prefetchers follow).  W a constant at each call. */
+static inline __attribute__((always_inline)) void logits_blk(const float *restrict q, const float *const *k, int cb,
+                                                             int W, v16 *a, pfrun pk, size_t per, size_t step)
+{
+    v16 qv[8];
+    for (int j = 0; j < W; j++) qv[j] = ld(q + cb + j * VL);
+    for (int i = 0; i < 16; i++) {
+        if (cb == 0) pf_step(pk, per, step + (size_t)i);
+        for (int j = 0; j < W; j++) a[i] += qv[j] * ld(k[i] + cb + j * VL);
+    }
+}
+
+/* one query, 16 tokens per pass (d % 16 == 0): 16 vector accumulators of
+ * <q, k_t> by lane (logits_blk), then hsum16x16 and one store of 16
+ * logits.  A short last group repeats its last row, so every token's logit
+ * comes from the same instruction sequence whatever its place in the tile
+ * (bitwise the same logits however the stream is sharded).  pk: rows to
+ * prefetch over this work, a share per key row. */
+static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S,
+                       pfrun pk)
+{
+    size_t per = pf_per(pk, (size_t)(nt + 15) / 16 * 16);
+    for (int t = 0; t < nt; t += 16) {
+        const float *k[16];
+        for (int i = 0; i < 16; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+        v16 a[16];
+        for (int i = 0; i < 16; i++) a[i] = bc(0);
+        int c = 0;
+        for (; c + 8 * VL <= d; c += 8 * VL) logits_blk(q, k, c, 8, a, pk, per, (size_t)t);
+        for (; c + 4 * VL <= d; c += 4 * VL) logits_blk(q, k, c, 4, a, pk, per, (size_t)t);
+        for (; c < d; c += VL) logits_blk(q, k, c, 1, a, pk, per, (size_t)t);
+        v16 s = hsum16x16(a) * bc(scale);
+        if (t + 16 <= nt) st16(S + t, s);
+        else memcpy(S + t, &s, sizeof(float) * (size_t)(nt - t));
     }
 }
 
@@ -258,25 +321,56 @@ static void pv_scalar(const float *restrict P, int nq, const float *restrict V, 
     }
 }
 
-/* dv % 16 == 0, few queries: one query at a time, 8 value vectors per pass */
-static void pv_vec(const float *restrict P, int nq, const float *restrict V, int nt, int dv, float *restrict U,
-                   size_t ustride)
+/* u[c .. c + W*16) = sum_t p[t] V[t][c ..] over the nt rows of V (dv
+ * wide): even and odd tokens in two sets of W vector accumulators (twice
+ * the independent FMA chains: the sums are latency bound otherwise), added
+ * at the end.  W a constant at each call (always inlined). */
+static inline __attribute__((always_inline)) void pv_cols(const float *restrict p, const float *restrict V, int nt,
+                                                          int dv, int c, int W, float *restrict u, pfrun pc,
+                                                          size_t per, size_t step)
 {
+    v16 a[8], b[8];
+    for (int i = 0; i < W; i++) a[i] = b[i] = bc(0);
+    int t = 0;
+    for (; t + 2 <= nt; t += 2) {
+        const float *v0 = V + (size_t)t * dv + c, *v1 = v0 + dv;
+        v16 s0 = bc(p[t]), s1 = bc(p[t + 1]);
+        pf_step(pc, per, step++);
+        for (int i = 0; i < W; i++) {
+            a[i] += s0 * ld(v0 + i * VL);
+            b[i] += s1 * ld(v1 + i * VL);
+        }
+    }
+    if (t < nt) {
+        const float *v0 = V + (size_t)t * dv + c;
+        v16 s0 = bc(p[t]);
+        for (int i = 0; i < W; i++) a[i] += s0 * ld(v0 + i * VL);
+    }
+    for (int i = 0; i < W; i++) st16(u + c + i * VL, a[i] + b[i]);
+}
+
+#if defined(__AVX512F__)
+#define PV_W 8 /* vectors per pass: 16 accumulators of 32 registers */
+#else
+#define PV_W 2 /* narrower ISAs: a v16 is 2 or 4 registers of 16 */
+#endif
+
+/* dv % 16 == 0, few queries: U[q] = P[q] . V over the tile, one query at a
+ * time, PV_W value vectors per pass (dv = 128: one pass with AVX-512);
+ * pc: rows to prefetch over this work */
+static void pv_vec(const float *restrict P, int nq, const float *restrict V, int nt, int dv, float *restrict U,
+                   size_t ustride, pfrun pc)
+{
+    size_t pairs = (size_t)(nt / 2 ? nt / 2 : 1);
+    size_t passes = (size_t)(dv / (PV_W * VL) + dv % (PV_W * VL) / (4 * VL) + dv % (4 * VL) / VL);
+    size_t per = pf_per(pc, (size_t)nq * passes * pairs), step = 0;
     for (int q = 0; q < nq; q++) {
         const float *p = P + q * TILE;
         float *u = U + q * ustride;
-        for (int c = 0; c < dv; c += 8 * VL) { /* dv = 128: one pass */
-            int k = (dv - c) / VL < 8 ? (dv - c) / VL : 8;
-            v16 a[8];
-            for (int i = 0; i < 8; i++) a[i] = bc(0);
-            for (int i = 0; i < k; i++) a[i] = ld(u + c + i * VL);
-            for (int t = 0; t < nt; t++) {
-                const float *vr = V + (size_t)t * dv + c;
-                v16 s = bc(p[t]);
-                for (int i = 0; i < k; i++) a[i] += s * ld(vr + i * VL);
-            }
-            for (int i = 0; i < k; i++) st16(u + c + i * VL, a[i]);
-        }
+        int c = 0;
+        for (; c + PV_W * VL <= dv; c += PV_W * VL, step += pairs) pv_cols(p, V, nt, dv, c, PV_W, u, pc, per, step);
+        for (; c + 4 * VL <= dv; c += 4 * VL, step += pairs) pv_cols(p, V, nt, dv, c, 4, u, pc, per, step);
+        for (; c < dv; c += VL, step += pairs) pv_cols(p, V, nt, dv, c, 1, u, pc, per, step);
     }
 }
 
@@ -500,13 +594,18 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
         const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
-        int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + tile <= n;
+        /* the rows pfd ahead: keys over the logits, values over P.V (half
+         * rows: the whole next tile, which is converted at once) */
+        size_t pfd = src.esz == sizeof(float) || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
+        int ahead = pfd && t0 + pfd + tile <= n;
+        pfrun pk = { ahead ? src.K + (t0 + pfd) * krow : NULL, tile * krow };
+        pfrun pv = { ahead ? src.V + (t0 + pfd) * vrow : NULL, tile * vrow };
+        pfrun none = { NULL, 0 };
         if (dvec) {
             for (int i = 0; i < na; i++) {
                 size_t lq = qlen(len, qa + i, off, n) - t0;
                 logits_one(Qa + (size_t)i * d, Kt0, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
-                           ahead && i == 0 ? src.K + (t0 + KV_PF_TOKENS) * krow : NULL,
-                           src.V + (t0 + KV_PF_TOKENS) * vrow, krow, vrow);
+                           i == 0 ? pk : none);
             }
         } else {
             logits_scalar(Qa, na, Kt0, nt, d, scale, S);
@@ -530,10 +629,13 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
             r[KV_PS_L] += l;
             r[KV_PS_L2] += l2;
         }
-        memset(U, 0, sizeof(float) * (size_t)na * dv);
         Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
-        if (vvec) pv_vec(S, na, Vt, nt, dv, U, (size_t)dv);
-        else pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
+        if (vvec) {
+            pv_vec(S, na, Vt, nt, dv, U, (size_t)dv, pv);
+        } else {
+            memset(U, 0, sizeof(float) * (size_t)na * dv);
+            pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
+        }
         for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
     }
     free(S);

@@ -264,41 +264,61 @@ static int quest_select(void *state, const float *Q, const int64_t *p, int nq, d
 }
 
 /* One query: fold this rank's pages with key >= thr, their rows < p; c
- * gets what it read. */
-static void fold_one(const quest_state *s, const float *q, int64_t p, double thr, double *st, kv_query_cost *c)
+ * gets what it read.  Each page key and each selected row's logit is
+ * computed once: the logits wait in a scratch (a) for the max, then the
+ * sums; 0 or KV_EINTERNAL. */
+static int fold_one(const quest_state *s, const float *q, int64_t p, double thr, double *st, kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
-    size_t n = pages_below(s, p);
+    size_t n = pages_below(s, p), na = 0;
     double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U, tok = 0;
     float scale = (float)s->ctx.scale;
     kv_partial_clear(st, dv);
-    /* two passes over the pages read: the max logit, then the sums */
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t j = 0; j < n; j++) {
-            if (page_key(s, j, q, p) < thr) continue;
-            int64_t r0 = s->pt[j].row, r = rows_below(s, j, p);
-            if (pass == 0) tok += (double)r;
-            for (int64_t t = r0; t < r0 + r; t++) {
-                double a = (double)(kv_dot_fixed(q, s->K + (size_t)t * d, d) * scale);
-                if (pass == 0) { m = a > m ? a : m; continue; }
-                double e = exp(a - m);
-                const float *v = s->V + (size_t)t * dv;
-                l += e;
-                l2 += e * e;
-                for (int x = 0; x < dv; x++) u[x] += e * v[x];
-            }
+    size_t *sel = malloc(sizeof(size_t) * (n ? n : 1)); /* the pages taken, in order */
+    size_t ns = 0;
+    if (!sel) return KV_EINTERNAL;
+    for (size_t j = 0; j < n; j++)
+        if (page_key(s, j, q, p) >= thr) {
+            sel[ns++] = j;
+            tok += (double)rows_below(s, j, p);
         }
+    double *a = malloc(sizeof(double) * (tok > 0 ? (size_t)tok : 1));
+    if (!a) {
+        free(sel);
+        return KV_EINTERNAL;
+    }
+    for (size_t i = 0; i < ns; i++) { /* the logits and their max */
+        int64_t r0 = s->pt[sel[i]].row, r = rows_below(s, sel[i], p);
+        for (int64_t t = r0; t < r0 + r; t++) {
+            a[na] = (double)(kv_dot_fixed(q, s->K + (size_t)t * d, d) * scale);
+            m = a[na] > m ? a[na] : m;
+            na++;
+        }
+    }
+    na = 0;
+    for (size_t i = 0; i < ns; i++) { /* the sums, in the same order */
+        int64_t r0 = s->pt[sel[i]].row, r = rows_below(s, sel[i], p);
+        for (int64_t t = r0; t < r0 + r; t++) {
+            double e = exp(a[na++] - m);
+            const float *v = s->V + (size_t)t * dv;
+            l += e;
+            l2 += e * e;
+            for (int x = 0; x < dv; x++) u[x] += e * v[x];
+        }
+    }
+    free(a);
+    free(sel);
     if (m > -INFINITY) {
         st[KV_PS_M] = m;
         st[KV_PS_L] = l;
         st[KV_PS_L2] = l2;
     }
-    /* every bound below p scanned; the rows read (their logits computed
-     * twice, counted once: a one-pass kernel would) */
+    /* every bound below p scanned; the rows read */
     double nb = (double)n;
     c->read_bytes = nb * 2.0 * d * sizeof(float) + tok * (double)(d + dv) * sizeof(float);
     c->read_tokens = nb * 2.0 * d / (double)(d + dv) + tok;
     c->flops = nb * 3.0 * d + tok * 2.0 * (d + dv);
+    return KV_OK;
 }
 
 static int quest_partial_select(void *state, const float *Q, const int64_t *p, int nq, const double *gsel, double *st)
@@ -307,17 +327,18 @@ static int quest_partial_select(void *state, const float *Q, const int64_t *p, i
     int L = quest_select_len(s);
     size_t sl = KV_PSTATE_LEN(s->ctx.dv);
     kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
+    int bad = 0;
     if (!c) return KV_EINTERNAL;
-#pragma omp parallel for schedule(dynamic, 1) if (nq > 1 && !omp_in_parallel())
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     for (int q = 0; q < nq; q++)
-        fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl, &c[q]);
+        bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl, &c[q]) != KV_OK;
     for (int q = 0; q < nq; q++) { /* in query order: the sums do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
         s->cost.read_tokens += c[q].read_tokens;
         s->cost.flops += c[q].flops;
     }
     free(c);
-    return KV_OK;
+    return bad ? KV_EINTERNAL : KV_OK;
 }
 
 /* One prefix: select then partial_select with this rank's own lists. */
