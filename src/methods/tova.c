@@ -286,9 +286,35 @@ static int tova_cands(void *const *st, int ns, int64_t x, const double *halo, in
     return KV_OK;
 }
 
-/* Drop the slots whose (group) key goes, from the last slot down, so that
- * every stream of a group moves the same slots the same way; then the heap
- * anew. */
+static int desc_slot(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x < y) - (x > y);
+}
+
+/* One stream: the slots whose key goes are the heap's lowest; pop just those
+ * (O(gone log B), the heap stays right) into the heap's freed tail, then
+ * drop them from the highest slot down: the slots end in the order the full
+ * scan from the last slot down gave (each gone slot is still as ingested
+ * when dropped, its gap filled by the last kept slot), so the partial sums
+ * and the answers are unchanged. */
+static void drop_lowest(kv_slots *sl, kv_evkey cut)
+{
+    int64_t n0 = sl->hsize[0];
+    while (sl->hsize[0] > 0 && kv_evkey_goes(kv_slots_key(sl, kv_slots_top(sl, 0)), cut)) {
+        int32_t g = kv_slots_pop(sl, 0);
+        sl->heap[0][sl->hsize[0]] = g;
+    }
+    int32_t *gone = sl->heap[0] + sl->hsize[0];
+    size_t ng = (size_t)(n0 - sl->hsize[0]);
+    qsort(gone, ng, sizeof *gone, desc_slot);
+    for (size_t i = 0; i < ng; i++) kv_slots_drop(sl, gone[i]);
+}
+
+/* Drop the slots whose (group) key goes.  One stream: drop_lowest; a budget
+ * scope pops each stream's heap (which stays right); a layer group scans
+ * from the last slot down, so that every stream of it moves the same slots
+ * the same way, then makes the heaps anew. */
 static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
     kv_evkey cut = merged[need - 1], cuts[ns], next = merged[need];
@@ -301,13 +327,14 @@ static int tova_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged
     if (s0->pool && kv_scope_floor_cuts(merged, need + 1 + ns * s0->f, ns, need, cnt, s0->f, cuts, &next))
         return KV_EINTERNAL;
     for (int k = 0; k < ns && s0->pool; k++) kv_scope_slots_drop(&((tova_state *)st[k])->sl, ns, k, cuts[k]);
-    for (int64_t i = s0->sl.held - 1; i >= 0 && !s0->pool; i--) {
+    if (ns == 1 && !s0->pool) drop_lowest(&s0->sl, cut);
+    for (int64_t i = s0->sl.held - 1; i >= 0 && ns > 1 && !s0->pool; i--) {
         if (!kv_evkey_goes(group_key(st, ns, i), cut)) continue;
         for (int k = 0; k < ns; k++) kv_slots_drop(&((tova_state *)st[k])->sl, (int32_t)i);
     }
     for (int k = 0; k < ns; k++) {
         tova_state *s = st[k];
-        kv_slots_reheap(&s->sl);
+        if (ns > 1 && !s0->pool) kv_slots_reheap(&s->sl);
         s->ties += kv_evict_near_tie(s0->pool ? cuts[k] : cut, next);
         kv_slots_resize(&s->sl, s->sl.held);
     }
