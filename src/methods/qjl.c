@@ -87,9 +87,7 @@ typedef struct {
     uint16_t *qzs;
     kv_tokring tail, edge;
     /* the query kernel (kernels/qattn.h) */
-    int fastv;                 /* value codes unpack in layout order (else decoded to floats) */
-    int *vperm, *vgp;          /* channel of each layout position; value group of each 8 lanes */
-    float *vpl;                /* kv_qplane_scale of each layout position */
+    int fastv;                 /* value codes take the word path (else decoded to floats) */
     kv_qscratch ws;            /* per-thread tiles: working memory, not state */
     float *tab;                /* per query: byte tables of S q and its sum; then S q */
     size_t tcap;
@@ -153,26 +151,15 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
     s->qcodes = kv_malloc(s->vcb + 1, err);
     s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
-    s->vperm = s->qzs ? kv_malloc(sizeof(int) * (size_t)ctx->dv, err) : NULL;
-    s->vgp = s->vperm ? kv_malloc(sizeof(int) * (size_t)(ctx->dv / 8 + 1), err) : NULL;
-    s->vpl = s->vgp ? kv_malloc(sizeof(float) * (size_t)ctx->dv, err) : NULL;
-    if (!s->S || !s->vpl) {
-        free(s->vgp);
+    if (!s->S || !s->qzs) {
         free(s->S);
         free(s->qcodes);
         free(s->qzs);
-        free(s->vperm);
         free(s);
         return err->code;
     }
-    /* the value layout of the query kernel: fast when the codes unpack in
-     * whole units (kv_qfast) and every 8 layout lanes lie in one group */
-    s->fastv = vbits < 32 && kv_qfast(vbits, ctx->dv) && s->gv % (64 / vbits) == 0;
-    for (int x = 0; x < ctx->dv; x++) {
-        s->vperm[x] = s->fastv ? kv_qperm(vbits, x) : x;
-        s->vpl[x] = s->fastv ? kv_qplane_scale(vbits, x) : 1.0f;
-    }
-    for (int k = 0; k < ctx->dv / 8; k++) s->vgp[k] = s->vperm[8 * k] / s->gv;
+    /* the query kernel reads value codes as words (kernels/qattn.h) when it can */
+    s->fastv = vbits < 32 && kv_qwords_ok((int)vbits, ctx->dv, s->gv);
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     for (int64_t j = 0; j < m; j++)
         for (int x = 0; x < ctx->d; x++)
@@ -300,20 +287,23 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     const slice_arg *a = arg;
     qjl_state *s = a->s;
     int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
-    size_t sl = KV_PSTATE_LEN(dv);
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL };
+    size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv);
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
-    float *w = kv_qscratch_get(&s->ws, 2 * sl * (size_t)(nq + 1) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) + dv +
-                                           (KV_QTILE + 1) * (size_t)nvg);
+    float *w = kv_qscratch_get(&s->ws, 2 * (ql * (size_t)nq + sl) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) +
+                                           KV_QU_FLOATS(dv));
     if (!w) return KV_EINTERNAL;
-    double *rl = (double *)w; /* nq states with u in layout order, then one for the merge */
-    for (int q = 0; q < nq; q++) kv_partial_clear(rl + q * sl, dv);
-    float *vc = w + 2 * sl * (size_t)(nq + 1), *vz = vc + KV_QTILE * (size_t)dv, *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg,
-          *U = S + KV_QTILE, *Z = U + dv;
+    double *rl = (double *)w; /* nq states (kv_qstate_len), then one for the merge */
+    for (int q = 0; q < nq; q++) kv_qstate_clear(rl + q * ql, ql);
+    float *vc = w + 2 * (ql * (size_t)nq + sl), *vz = vc + KV_QTILE * (size_t)dv, *vs = vz + KV_QTILE * nvg,
+          *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE;
+    tv.vz = vz;
+    tv.vs = vs;
     const float c = (float)(sqrt(M_PI / 2) / s->m) * scale;
     for (int64_t a0 = t0; a0 < t1; a0 += KV_QTILE) {
         int nt = t1 - a0 < KV_QTILE ? (int)(t1 - a0) : KV_QTILE;
-        kv_qtile_vals tv = { dv, nvg, s->fastv, s->vbits, s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc, vz, vs,
-                             s->vq ? s->vq + (size_t)a0 * s->vcb : NULL, s->vcb, s->vgp, s->vpl };
+        tv.v = s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc;
+        tv.codes = s->vq ? s->vq + (size_t)a0 * s->vcb : NULL;
         if (s->fastv) kv_qhalves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
         for (int t = 0; t < nt && s->vbits != 32 && !s->fastv; t++) {
             size_t row = (size_t)(a0 + t);
@@ -332,10 +322,10 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
                 for (int b = 0; b < mb; b++) acc[b & 3] += T[b * 256 + sg[b]];
                 S[t] = c * s->norm[a0 + t] * (2 * ((acc[0] + acc[1]) + (acc[2] + acc[3])) - T[mb * 256]);
             }
-            kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
+            kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
         }
     }
-    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * sl, s->vperm, dv, rl + nq * sl);
+    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * ql, &tv, rl + nq * ql);
     return KV_OK;
 }
 
@@ -420,9 +410,6 @@ static void qjl_free(void *state)
     free(s->vzs);
     free(s->qcodes);
     free(s->qzs);
-    free(s->vperm);
-    free(s->vgp);
-    free(s->vpl);
     free(s->tab);
     kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);
