@@ -6,6 +6,9 @@
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* Every function taking or returning these vectors is static to this file. */
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -75,6 +78,76 @@ void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, in
         case 4: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 4); break;
         default: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 8); break;
         }
+    }
+}
+
+/* the 32-bit words at p + l stride, l < KV_QVL (a gather instruction
+ * where there is one: lanes built through memory stall on store forwarding) */
+static inline vi gather_words(const uint8_t *p, int stride)
+{
+    vi idx, w;
+    for (int l = 0; l < KV_QVL; l++) idx[l] = l * stride;
+#if defined(__AVX512F__)
+    __m512i i, x;
+    memcpy(&i, &idx, sizeof i);
+    x = _mm512_i32gather_epi32(i, p, 1);
+    memcpy(&w, &x, sizeof w);
+#elif defined(__AVX2__)
+    __m256i i, x;
+    memcpy(&i, &idx, sizeof i);
+    x = _mm256_i32gather_epi32((const int *)p, i, 1);
+    memcpy(&w, &x, sizeof w);
+#else
+    for (int l = 0; l < KV_QVL; l++) memcpy(&w[l], p + (size_t)l * stride, 4);
+#endif
+    return w;
+}
+
+/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a word per token, then
+ * its 8 nibbles looked up by shuffles from their 16-entry tables (one
+ * table in a register under AVX-512, two halves otherwise); the index is
+ * the word shifted, the shuffle reading its low 4 bits; two chains */
+static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, float *S)
+{
+    vf a0 = bcf(0), a1 = bcf(0);
+    for (int j = 0; j < mb; j += 4) {
+        vi w = { 0 };
+        int nb = mb - j < 4 ? mb - j : 4;
+        if (nb == 4 && n == KV_QVL) w = gather_words(sig + j, mb);
+        else
+            for (int l = 0; l < n; l++) { /* little-endian: byte j in bits 0-7 */
+                uint32_t x = 0;
+                memcpy(&x, sig + (size_t)l * mb + j, (size_t)nb);
+                w[l] = (int)x;
+            }
+        for (int x = 0; x < 2 * nb; x++) {
+            const float *t = T + (size_t)(2 * j + x) * 16;
+            vi idx = (vi)((vu)w >> (4 * x)) & 15;
+#if KV_QVL == 16
+            vf v = __builtin_shuffle(ldf(t), idx);
+#else
+            vf v = __builtin_shuffle(ldf(t), ldf(t + 8), idx);
+#endif
+            if (x & 1) a1 += v;
+            else a0 += v;
+        }
+    }
+    vf r = a0 + a1;
+    memcpy(S, &r, 4 * (size_t)n);
+}
+
+void kv_qsigns(const float *T, const uint8_t *sig, int mb, int nt, float *S)
+{
+    for (int t = 0; t < nt; t += KV_QVL)
+        signs_vec(T, sig + (size_t)t * mb, mb, nt - t < KV_QVL ? nt - t : KV_QVL, S + t);
+}
+
+void kv_qsign_tables(const float *y, int mb, float *T)
+{
+    for (int n = 0; n < 2 * mb; n++) { /* T[v] = sum of y over the set bits of v */
+        float *t = T + (size_t)n * 16;
+        t[0] = 0;
+        for (int v = 1; v < 16; v++) t[v] = t[v & (v - 1)] + y[4 * n + __builtin_ctz((unsigned)v)];
     }
 }
 

@@ -97,6 +97,13 @@ static inline int kv_qwords_ok(int bits, int dv, int gv)
            (KV_QVL % W == 0 || (W % KV_QVL == 0 && (KV_QVL % wpg == 0 || wpg % KV_QVL == 0)));
 }
 
+/* QJL's sign sums, a token per vector lane: S[t] = sum of y_i over the set
+ * bits i of token t's mb sign bytes (at sig + t mb), read a nibble at a
+ * time from the 2 mb tables of 16 sums kv_qsign_tables makes from y (8 mb
+ * floats). */
+void kv_qsign_tables(const float *y, int mb, float *T);
+void kv_qsigns(const float *T, const uint8_t *sig, int mb, int nt, float *S);
+
 /* sum a_i b_i over n floats in one fixed order. */
 float kv_qdot(const float *a, const float *b, int n);
 

@@ -9,8 +9,9 @@
  *     <q, k> ~ sqrt(pi/2) / m * |k| * <S q, sign(S k)>
  * is unbiased (E[<s, q> sign(<s, k>)] = sqrt(2/pi) <q, k> / |k| for
  * s ~ N(0, I)), with variance ((pi/2) |q|^2 |k|^2 - <q, k>^2) / m; the
- * logit is scale times it.  <S q, sign(S k)> is read from a table of the
- * sums of S q over each byte's set bits (m/8 lookups per key); the tiles
+ * logit is scale times it.  <S q, sign(S k)> is read from tables of the
+ * sums of S q over each nibble's set bits (m/4 lookups per key, a key per
+ * vector lane: kernels/qattn.h, kv_qsigns); the tiles
  * fold as in kernels/qattn.h (values from their codes).  Values are
  * kept in float32 (vbits=32) or quantised per token in groups of `group`
  * channels with half zero point and scale (methods/quant.h).  The last R
@@ -89,7 +90,7 @@ typedef struct {
     /* the query kernel (kernels/qattn.h) */
     int fastv;                 /* value codes take the word path (else decoded to floats) */
     kv_qscratch ws;            /* per-thread tiles: working memory, not state */
-    float *tab;                /* per query: byte tables of S q and its sum; then S q */
+    float *tab;                /* per query: nibble tables of S q and its sum; then S q */
     size_t tcap;
     kv_query_cost cost;        /* what the answers read and computed (method.h) */
 } qjl_state;
@@ -276,8 +277,8 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
 
 /* Tokens [i per, (i + 1) per) of the quantised rows, tile by tile
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
- * query's table of sums of S q over each byte's set bits (m/8 lookups per
- * key, as before), and the tile folds into the double state; quantised
+ * query's tables of sums of S q over each nibble's set bits (kv_qsigns),
+ * and the tile folds into the double state; quantised
  * values fold from their codes, the per-token scales folded into the
  * softmax weights (or, on a layout the kernel cannot take, decoded to
  * floats). */
@@ -315,13 +316,9 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
             }
         }
         for (int q = 0; q < nq; q++) {
-            const float *T = s->tab + (size_t)q * (mb * 256 + 1);
-            for (int t = 0; t < nt; t++) {
-                const uint8_t *sg = s->sig + (size_t)(a0 + t) * mb;
-                float acc[4] = { 0, 0, 0, 0 }; /* four chains: the lookups overlap */
-                for (int b = 0; b < mb; b++) acc[b & 3] += T[b * 256 + sg[b]];
-                S[t] = c * s->norm[a0 + t] * (2 * ((acc[0] + acc[1]) + (acc[2] + acc[3])) - T[mb * 256]);
-            }
+            const float *T = s->tab + (size_t)q * (mb * 32 + 1);
+            kv_qsigns(T, s->sig + (size_t)a0 * mb, mb, nt, S);
+            for (int t = 0; t < nt; t++) S[t] = c * s->norm[a0 + t] * (2 * S[t] - T[mb * 32]);
             kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
         }
     }
@@ -333,7 +330,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
 {
     qjl_state *s = state;
     int d = s->ctx.d, mb = s->mb;
-    size_t sl = KV_PSTATE_LEN(s->ctx.dv), per = (size_t)mb * 256 + 1;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv), per = (size_t)mb * 32 + 1;
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
     if (p > s->h) s->h = p;
     if (p > s->known) s->known = p;
@@ -345,7 +342,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (s->n) {
         if (kv_qscratch_slots(&s->ws)) return KV_EINTERNAL;
         size_t need = (size_t)nq * per + (size_t)s->m;
-        if (need > s->tcap) { /* per query: mb tables of 256 sums, then the sum of S q; then S q itself */
+        if (need > s->tcap) { /* per query: 2 mb tables of 16 sums, then the sum of S q; then S q itself */
             size_t c = s->tcap ? s->tcap : 4096;
             while (c < need) c *= 2;
             float *t = realloc(s->tab, sizeof(float) * c);
@@ -357,12 +354,8 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
         for (int q = 0; q < nq; q++) {
             float tot = 0, *tq = s->tab + (size_t)q * per;
             for (int j = 0; j < s->m; j++) tot += (y[j] = kv_dot_fixed(s->S + (size_t)j * d, Q + (size_t)q * d, d));
-            tq[(size_t)mb * 256] = tot;
-            for (int b = 0; b < mb; b++) { /* T[v] = sum of y over the set bits of v */
-                float *T = tq + (size_t)b * 256;
-                T[0] = 0;
-                for (int v = 1; v < 256; v++) T[v] = T[v & (v - 1)] + y[8 * b + __builtin_ctz((unsigned)v)];
-            }
+            tq[(size_t)mb * 32] = tot;
+            kv_qsign_tables(y, mb, tq);
         }
         slice_arg a = { s, 1024 };
         while ((s->n + a.per - 1) / a.per > 256) a.per *= 2;
@@ -371,13 +364,13 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
     /* the rows once per call and S per query (it makes S q); per query S q
-     * (2 m d), its byte tables (256 m/8 adds), per quantised token m/8 table
+     * (2 m d), its nibble tables (16 m/4 adds), per quantised token m/4 table
      * adds, 3 multiplies and one FMA per value, per float token 2 (d + dv) */
     int64_t dd = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count, m = s->m;
     s->cost.read_bytes += (double)s->n * (double)row_bytes(s) + (s->n ? (double)nq * 4.0 * (double)(m * dd) : 0) +
                           (double)nf * (double)((dd + dv) * 4 + 8);
     s->cost.read_tokens += (double)(s->n + nf);
-    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 32 * m) : 0) + (double)s->n * (double)(m / 8 + 3 + 2 * dv) +
+    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 4 * m) : 0) + (double)s->n * (double)(m / 4 + 3 + 2 * dv) +
                                    (double)nf * 2 * (dd + dv));
     return rc;
 }
