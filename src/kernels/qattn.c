@@ -24,14 +24,17 @@ static inline vf ldf(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; 
 static inline vi ldw(const uint8_t *p) { vi v; memcpy(&v, p, sizeof v); return v; }
 static inline vf bcf(float x) { return (vf){ 0 } + x; }
 
-/* plane k of P = 32 / b of a vector of words, as code 2^(k b) (masked in
- * place) or, the top plane, code (shifted down: a masked top bit would
- * read as a negative int); exact in float either way */
-static inline vf plane(vi w, int bits, int k)
+/* plane k of P = 32 / b of a vector of words w, its high half h = w >> 16
+ * (qattn.h, kv_qword_scale): masked in place, code 2^(j b) for j = k mod
+ * P/2, exact in float (and never a negative int); P/2 masks, so they stay
+ * in registers beside P accumulators */
+static inline vf plane(vi w, vi h, int bits, int k)
 {
-    if (k == 32 / bits - 1) return __builtin_convertvector((vi)((vu)w >> (32 - bits)), vf);
-    return __builtin_convertvector(w & (((1 << bits) - 1) << (k * bits)), vf);
+    int j = k % (16 / bits);
+    return __builtin_convertvector((k < 16 / bits ? w : h) & (((1 << bits) - 1) << (j * bits)), vf);
 }
+
+static inline vi high(vi w) { return (vi)((vu)w >> 16); }
 
 float kv_qdot(const float *a, const float *b, int n)
 {
@@ -62,7 +65,8 @@ static inline void logits_vec(const float *qs, float qz, const uint8_t *c, size_
         if (n == KV_QVL) w = ldw(c + (size_t)j * bstride);
         else memcpy(&w, c + (size_t)j * bstride, 4 * (size_t)n); /* a group's last few tokens */
         const float *q = qs + (size_t)j * P;
-        for (int k = 0; k < P; k++) a[k & 3] += plane(w, bits, k) * bcf(q[k]);
+        vi h = high(w);
+        for (int k = 0; k < P; k++) a[k & 3] += plane(w, h, bits, k) * bcf(q[k]);
     }
     vf r = bcf(qz) + ((a[0] + a[1]) + (a[2] + a[3]));
     memcpy(S, &r, 4 * (size_t)n);
@@ -179,7 +183,8 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
                 vi keep = tix < nt - t; /* lanes past the tile: 0 (what they read is not a value) */
                 vf sw = __builtin_shuffle(ldf(w + t), tix);
                 vf a = (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vs + (size_t)t * nvg), gix)) & keep);
-                for (int k = 0; k < P; k++) acc[k] += plane(c, bits, k) * a;
+                vi h = high(c);
+                for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
                 acc[P] += (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vz + (size_t)t * nvg), gix)) & keep);
             }
         } else {
@@ -189,7 +194,8 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
                 vf sw = bcf(w[t]);
                 const float *gs = tv->vs + (size_t)t * nvg + g0, *gz = tv->vz + (size_t)t * nvg + g0;
                 vf a = sw * __builtin_shuffle(ldf(gs), gix);
-                for (int k = 0; k < P; k++) acc[k] += plane(c, bits, k) * a;
+                vi h = high(c);
+                for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
                 acc[P] += sw * __builtin_shuffle(ldf(gz), gix);
             }
         }

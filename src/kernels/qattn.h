@@ -57,10 +57,11 @@ static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
 /* The word layout.  b-bit codes (b in {2, 4, 8}) are read 32 bits at a
  * time: a word holds P = 32 / b codes, code k at bits [k b, k b + b)
  * (kv_quantise's little-endian packing of consecutive elements).  Plane k
- * of a word is read without a shift, masked in place (code 2^(k b)), the
- * top plane by a shift (code): kv_qword_scale(b, k) = 2^(-k b), or 1 for
- * the top, is folded into what multiplies it.  Vectors take KV_QVL words
- * (16 with AVX-512, else 8). */
+ * of a word is read without a shift, masked in place: planes k < P/2 from
+ * the word, the others from its high half (the word >> 16), so plane k
+ * reads code 2^(j b), j = k mod P/2, and kv_qword_scale(b, k) = 2^(-j b)
+ * is folded into what multiplies it.  Vectors take KV_QVL words (16 with
+ * AVX-512, else 8). */
 #ifdef __AVX512F__
 #define KV_QVL 16
 #else
@@ -69,8 +70,7 @@ static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
 
 static inline float kv_qword_scale(int bits, int k)
 {
-    if (k == 32 / bits - 1) return 1.0f;
-    uint32_t x = (uint32_t)(127 - k * bits) << 23;
+    uint32_t x = (uint32_t)(127 - k % (16 / bits) * bits) << 23;
     float f;
     memcpy(&f, &x, 4);
     return f;

@@ -317,6 +317,8 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
         const uint8_t *r = s->recs + (size_t)g * s->rec, *kzs = r + s->kcb, *vcode = kzs + 4 * (size_t)d,
                       *vzs = vcode + s->vcb;
         uint16_t h[2];
+        if (g + 1 < g1) /* the next record, while this one is answered: its scales come first, so a miss stalls */
+            for (size_t x = 0; x < s->rec; x += 64) __builtin_prefetch(r + s->rec + x);
         kv_qhalves(kzs, d, kz, ks);
         for (int q = 0; q < nq; q++) { /* channels past d have code 0: their qs is 0 */
             const float *qp = a->qp + (size_t)q * d;
