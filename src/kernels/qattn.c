@@ -89,8 +89,11 @@ void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, in
  * where there is one: lanes built through memory stall on store forwarding) */
 static inline vi gather_words(const uint8_t *p, int stride)
 {
-    vi idx, w;
+    vi w;
+#if defined(__AVX2__) || defined(__AVX512F__)
+    vi idx;
     for (int l = 0; l < KV_QVL; l++) idx[l] = l * stride;
+#endif
 #if defined(__AVX512F__)
     __m512i i, x;
     memcpy(&i, &idx, sizeof i);
