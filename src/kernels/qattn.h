@@ -3,18 +3,19 @@
  *
  * Codes are never decoded to floats with their scales: a b-bit code array
  * is read straight from its bytes, 32-bit words split into their b-bit
- * planes (the word layout below), and whatever multiplies a code - a key's per-channel scale, a value's
- * per-token scale times its softmax weight - is folded into the other
- * operand:
+ * planes (the word layout below), and whatever multiplies a code - a key's
+ * per-channel scale, a value's per-token scale times its softmax weight -
+ * is folded into the other operand:
  *     q . k_t = sum_c q_c z_c + sum_c (q_c s_c) code_tc        (kivi keys)
  *     sum_t w_t v_tc = sum_t (w_t s_tj) code_tc + sum_t w_t z_tj  (values, group j)
- * A tile of KV_QTILE tokens gets its logits
- * from the caller, then kv_qfold_tile does the max-shifted softmax in float
- * and folds the tile's sums into the double state (as kernels/attn.c does),
- * so accuracy does not depend on n.  GCC vector extensions of KV_QVL
- * lanes (16 under AVX-512, else 8: AVX2 or the portable build, the build
- * chooses, -march=native or not): key logits take a token per lane (no
- * horizontal sums), values a word per lane; every loop has a fixed order, so a token's logit and a tile's sums are bitwise the same
+ * A tile of KV_QTILE tokens gets its logits from the caller, then
+ * kv_qfold_tile does the max-shifted softmax in float and folds the tile's
+ * sums into the double state (as kernels/attn.c does), so accuracy does
+ * not depend on n.  GCC vector extensions of KV_QVL lanes (16 under
+ * AVX-512, else 8: AVX2 or the portable build, the build chooses,
+ * -march=native or not): key logits and QJL's sign sums take a token per
+ * lane (no horizontal sums), values a word per lane; every loop has a
+ * fixed order, so a token's logit and a tile's sums are bitwise the same
  * whichever thread computes them.
  *
  * Scratch (kv_qscratch) lives in the caller's state: one buffer per thread,
