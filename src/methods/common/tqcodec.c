@@ -148,6 +148,33 @@ float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float
     return (float)norm;
 }
 
+typedef float tq_v16 __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t tq_v16i __attribute__((vector_size(16 * sizeof(int32_t))));
+typedef uint64_t tq_v16u __attribute__((vector_size(16 * sizeof(uint64_t))));
+
+/* 16 codes of b bits from the 2 b bytes at p (byte-aligned: 16 b bits), as lane indices */
+static inline tq_v16i unpack16(const uint8_t *p, int b)
+{
+    static const tq_v16u lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)(2 * b)); /* little-endian: code l at bit l b */
+    tq_v16u x = (w - (tq_v16u){ 0 }) >> (lane * (uint64_t)b);
+    return __builtin_convertvector(x & (uint64_t)((1u << b) - 1), tq_v16i);
+}
+
+/* out[i] = c[code i], groups of 16 by a vector permute of the (16-entry, padded) table */
+static inline __attribute__((always_inline)) void decode_table(const float *c, const uint8_t *codes, int d, int b, float *out)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    int i = 0;
+    for (; i + 16 <= d; i += 16) {
+        tq_v16 v = __builtin_shuffle(t, unpack16(codes + (size_t)i * b / 8, b));
+        memcpy(out + i, &v, sizeof v);
+    }
+    for (; i < d; i++) out[i] = c[code_at(codes, b, i)];
+}
+
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out)
 {
     int d = book->d, b = book->bits;
@@ -157,10 +184,12 @@ void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, flo
     }
     float c[1 << KV_TQ_MAXBITS];
     for (int k = 0; k < (1 << b); k++) c[k] = scale * book->c[k];
-    if (b == 3)
-        for (int i = 0; i < d; i++) out[i] = c[code_at(codes, 3, i)];
-    else /* codes within one byte: per * b bits per byte */
-        for (int i = 0; i < d; i++) out[i] = c[(codes[(i * b) >> 3] >> ((i * b) & 7)) & ((1u << b) - 1)];
+    switch (b) { /* constant b: the shifts and masks specialise */
+    case 1: decode_table(c, codes, d, 1, out); break;
+    case 2: decode_table(c, codes, d, 2, out); break;
+    case 3: decode_table(c, codes, d, 3, out); break;
+    default: decode_table(c, codes, d, 4, out); break;
+    }
 }
 
 float kv_tq_residual(const kv_tq_book *book, const float *S, const float *y, const uint8_t *codes, float *r,
