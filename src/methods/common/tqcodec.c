@@ -4,6 +4,7 @@
 #include <string.h>
 #include "core/rng.h"
 #include "kernels/dot.h"
+#include "kernels/lanes16.h"
 #include "methods/common/tqcodec.h"
 
 #define TQ_SALT_ROT 0x74717270ULL /* "tqrp" */
@@ -189,6 +190,69 @@ void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, flo
     case 2: decode_table(c, codes, d, 2, out); break;
     case 3: decode_table(c, codes, d, 3, out); break;
     default: decode_table(c, codes, d, 4, out); break;
+    }
+}
+
+/* out[r] = sum_i q[i] c[code i of row r] (16 lanes, then a fixed tree) */
+static inline __attribute__((always_inline)) void dots_b(const float *c, const uint8_t *codes, size_t stride,
+                                                         size_t n, const float *q, int d, int b, float *out)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    for (size_t r = 0; r < n; r++) {
+        const uint8_t *cr = codes + r * stride;
+        tq_v16 acc = { 0 }, x;
+        int i = 0;
+        for (; i + 16 <= d; i += 16) {
+            memcpy(&x, q + i, sizeof x);
+            acc += x * __builtin_shuffle(t, unpack16(cr + (size_t)i * b / 8, b));
+        }
+        float a[16], tail = 0;
+        memcpy(a, &acc, sizeof a);
+        for (; i < d; i++) tail += q[i] * c[code_at(cr, b, i)];
+        out[r] = kv_hsum16(a) + tail;
+    }
+}
+
+/* u[i] += w[r] c[code i of row r], r < n */
+static inline __attribute__((always_inline)) void axpys_b(const float *c, const uint8_t *codes, size_t stride,
+                                                          size_t n, const float *w, int d, int b, float *u)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    int i = 0;
+    for (; i + 16 <= d; i += 16) { /* one 16-lane accumulator per group, over all rows */
+        tq_v16 acc;
+        memcpy(&acc, u + i, sizeof acc);
+        for (size_t r = 0; r < n; r++)
+            acc += w[r] * __builtin_shuffle(t, unpack16(codes + r * stride + (size_t)i * b / 8, b));
+        memcpy(u + i, &acc, sizeof acc);
+    }
+    for (; i < d; i++)
+        for (size_t r = 0; r < n; r++) u[i] += w[r] * c[code_at(codes + r * stride, b, i)];
+}
+
+void kv_tq_dots(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *q, float *out)
+{
+    int d = book->d;
+    switch (book->bits) {
+    case 0: memset(out, 0, sizeof(float) * n); break;
+    case 1: dots_b(book->c, codes, stride, n, q, d, 1, out); break;
+    case 2: dots_b(book->c, codes, stride, n, q, d, 2, out); break;
+    case 3: dots_b(book->c, codes, stride, n, q, d, 3, out); break;
+    default: dots_b(book->c, codes, stride, n, q, d, 4, out); break;
+    }
+}
+
+void kv_tq_axpys(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *w, float *u)
+{
+    int d = book->d;
+    switch (book->bits) {
+    case 0: break;
+    case 1: axpys_b(book->c, codes, stride, n, w, d, 1, u); break;
+    case 2: axpys_b(book->c, codes, stride, n, w, d, 2, u); break;
+    case 3: axpys_b(book->c, codes, stride, n, w, d, 3, u); break;
+    default: axpys_b(book->c, codes, stride, n, w, d, 4, u); break;
     }
 }
 

@@ -56,6 +56,12 @@ float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float
  * times scale (the norm), in the rotated domain. */
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out);
 
+/* The compressed-domain kernels of one query against n code rows (row r
+ * at codes + r stride, d = book->d codes each): out[r] = sum_i q[i] c[code i]
+ * (float, 16 lanes); and u[i] += sum_r w[r] c[code i of row r] (float). */
+void kv_tq_dots(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *q, float *out);
+void kv_tq_axpys(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *w, float *u);
+
 /* The prod stage on y and its codes (bits may be 0: yhat = 0): r (d floats
  * of scratch) = y - yhat, signs (zeroed, d bits) = sign bits of S r
  * (bit set: >= 0); returns gamma = |r|. */
