@@ -60,6 +60,8 @@ static const kv_param_def qjl_params[] = {
 
 extern const kv_method_ops kv_method_qjl;
 
+#define QJL_BLK 8 /* tokens sketched together at ingest */
+
 static int qjl_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
     const qjl_cfg *c = cfg;
@@ -84,7 +86,7 @@ typedef struct {
     float *vf;                 /* cap x dv (vbits 32) */
     uint8_t *vq;               /* cap x vcb (vbits < 32) */
     uint16_t *vzs;             /* cap x nvg x 2 */
-    uint8_t *qcodes;           /* scratch: one token's value codes and (z, s) pairs */
+    uint8_t *qcodes;           /* scratch: one token's value codes, then QJL_BLK tokens' sign bits */
     uint16_t *qzs;
     kv_tokring tail, edge;
     /* the query kernel (kernels/qattn.h) */
@@ -150,7 +152,7 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->vcb = vbits == 32 ? 0 : kv_qcode_bytes(vbits, (size_t)ctx->dv);
     s->R = c->residual;
     s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
-    s->qcodes = kv_malloc(s->vcb + 1, err);
+    s->qcodes = kv_malloc(s->vcb + 1 + QJL_BLK * (size_t)s->mb, err);
     s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
     if (!s->S || !s->qzs) {
         free(s->S);
@@ -207,8 +209,56 @@ static size_t row_bytes(const qjl_state *s)
            (s->vbits == 32 ? sizeof(float) * (size_t)s->ctx.dv : s->vcb + 4 * (size_t)s->nvg);
 }
 
-/* Quantise the tail's first token into row n; -1 when its value is beyond half. */
-static int quantise_front(qjl_state *s, kv_err *err)
+typedef float qjl_v8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float qjl_v4 __attribute__((vector_size(4 * sizeof(float))));
+
+/* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK: each
+ * <S_j, k_t> bitwise kv_dot_fixed's (its 8 lanes as one vector, its tail
+ * lanes, its tree), a row of S loaded once for the block of tokens. */
+static inline __attribute__((always_inline)) void sketch_nt(const float *S, int m, int d, const float *const *k,
+                                                            int nt, uint8_t *sg, int mb)
+{
+    for (int j0 = 0; j0 < m; j0 += 8) { /* m is a multiple of 8: one sign byte per token */
+        unsigned bits[QJL_BLK] = { 0 };
+        for (int j = j0; j < j0 + 8; j++) {
+            const float *sj = S + (size_t)j * d;
+            qjl_v8 acc[QJL_BLK], x, y;
+            for (int t = 0; t < nt; t++) acc[t] = (qjl_v8){ 0 };
+            int c = 0;
+            for (; c + 8 <= d; c += 8) {
+                memcpy(&x, sj + c, sizeof x);
+                for (int t = 0; t < nt; t++) {
+                    memcpy(&y, k[t] + c, sizeof y);
+                    acc[t] += x * y;
+                }
+            }
+            for (int t = 0; t < nt; t++) {
+                float dot;
+                if (c == d) { /* the tree: (a0 + a4, a1 + a5, a2 + a6, a3 + a7), then pairs */
+                    qjl_v4 h = __builtin_shufflevector(acc[t], acc[t], 0, 1, 2, 3) +
+                               __builtin_shufflevector(acc[t], acc[t], 4, 5, 6, 7);
+                    dot = (h[0] + h[1]) + (h[2] + h[3]);
+                } else {
+                    float a[8];
+                    memcpy(a, &acc[t], sizeof a);
+                    for (int e = c; e < d; e++) a[e & 7] += sj[e] * k[t][e];
+                    dot = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+                }
+                bits[t] |= (unsigned)(dot >= 0) << (j - j0);
+            }
+        }
+        for (int t = 0; t < nt; t++) sg[(size_t)t * mb + (j0 >> 3)] = (uint8_t)bits[t];
+    }
+}
+
+static void sketch_block(const float *S, int m, int d, const float *const *k, int nt, uint8_t *sg, int mb)
+{
+    if (nt == QJL_BLK) sketch_nt(S, m, d, k, QJL_BLK, sg, mb); /* constant: the accumulators in registers */
+    else sketch_nt(S, m, d, k, nt, sg, mb);
+}
+
+/* Quantise the tail's first token into row n (its sign bits given); -1 when its value is beyond half. */
+static int quantise_front(qjl_state *s, const uint8_t *signs, kv_err *err)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     const float *k = kv_tokring_k(&s->tail, 0), *v = kv_tokring_v(&s->tail, 0);
@@ -222,10 +272,7 @@ static int quantise_front(qjl_state *s, kv_err *err)
         }
     }
     if (grow_rows(s, s->n + 1, err)) return err->code;
-    uint8_t *sg = s->sig + (size_t)s->n * s->mb;
-    memset(sg, 0, (size_t)s->mb);
-    for (int j = 0; j < s->m; j++)
-        if (kv_dot_fixed(s->S + (size_t)j * d, k, d) >= 0) sg[j >> 3] |= (uint8_t)(1u << (j & 7));
+    memcpy(s->sig + (size_t)s->n * s->mb, signs, (size_t)s->mb);
     double nn = 0;
     for (int x = 0; x < d; x++) nn += (double)k[x] * k[x];
     s->norm[s->n] = (float)sqrt(nn);
@@ -238,16 +285,26 @@ static int quantise_front(qjl_state *s, kv_err *err)
     return KV_OK;
 }
 
-/* Quantise the tail's tokens older than h - R. */
+/* Quantise the tail's tokens older than h - R, their sketches QJL_BLK at a time. */
 static int compact(qjl_state *s, kv_err *err)
 {
+    uint8_t *sg = s->qcodes + s->vcb + 1;
     while (s->tail.count && kv_tokring_idx(&s->tail, 0) < s->h - s->R) {
-        int q = quantise_front(s, err);
-        if (q > 0) return q;
-        if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
-                                     kv_tokring_idx(&s->tail, 0), err))
-            return err->code;
-        kv_tokring_pop(&s->tail);
+        const float *k[QJL_BLK];
+        int nt = 0;
+        while (nt < QJL_BLK && nt < s->tail.count && kv_tokring_idx(&s->tail, nt) < s->h - s->R) {
+            k[nt] = kv_tokring_k(&s->tail, nt);
+            nt++;
+        }
+        sketch_block(s->S, s->m, s->ctx.d, k, nt, sg, s->mb);
+        for (int t = 0; t < nt; t++) {
+            int q = quantise_front(s, sg + (size_t)t * s->mb, err);
+            if (q > 0) return q;
+            if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
+                                         kv_tokring_idx(&s->tail, 0), err))
+                return err->code;
+            kv_tokring_pop(&s->tail);
+        }
     }
     return KV_OK;
 }
@@ -268,7 +325,7 @@ static int qjl_ingest(void *state, const float *K, const float *V, int64_t first
         int64_t g = first + (int64_t)i;
         if (kv_tokring_push(&s->tail, K + i * s->ctx.d, V + i * s->ctx.dv, g, err)) return err->code;
         if (g + 1 > s->known) s->known = g + 1;
-        if (compact(s, err)) return err->code;
+        if (((i + 1) % QJL_BLK == 0 || i + 1 == n) && compact(s, err)) return err->code; /* a block's sketches at once */
     }
     return KV_OK;
 }
