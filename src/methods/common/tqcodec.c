@@ -153,15 +153,22 @@ typedef float tq_v16 __attribute__((vector_size(16 * sizeof(float))));
 typedef int32_t tq_v16i __attribute__((vector_size(16 * sizeof(int32_t))));
 typedef uint64_t tq_v16u __attribute__((vector_size(16 * sizeof(uint64_t))));
 
-/* 16 codes of b bits from the 2 b bytes at p (byte-aligned: 16 b bits), as lane indices */
-static inline tq_v16i unpack16(const uint8_t *p, int b)
+static const tq_v16u tq_lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* the 2 b bytes at p: 16 codes of b bits (byte-aligned), code l at bit l b (little-endian) */
+static inline uint64_t word16(const uint8_t *p, int b)
 {
-    static const tq_v16u lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
     uint64_t w = 0;
-    memcpy(&w, p, (size_t)(2 * b)); /* little-endian: code l at bit l b */
-    tq_v16u x = (w - (tq_v16u){ 0 }) >> (lane * (uint64_t)b);
-    return __builtin_convertvector(x & (uint64_t)((1u << b) - 1), tq_v16i);
+    memcpy(&w, p, (size_t)(2 * b));
+    return w;
 }
+
+/* 16 codes of b bits from the 2 b bytes at p, as lane indices (a macro: a
+ * function returning a vector has another ABI without AVX-512) */
+#define unpack16(p, b)                                                                                           \
+    __builtin_convertvector(((word16((p), (b)) - (tq_v16u){ 0 }) >> (tq_lane * (uint64_t)(b))) &                \
+                                (uint64_t)((1u << (b)) - 1),                                                     \
+                            tq_v16i)
 
 /* out[i] = c[code i], groups of 16 by a vector permute of the (16-entry, padded) table */
 static inline __attribute__((always_inline)) void decode_table(const float *c, const uint8_t *codes, int d, int b, float *out)
