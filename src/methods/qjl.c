@@ -60,7 +60,7 @@ static const kv_param_def qjl_params[] = {
 
 extern const kv_method_ops kv_method_qjl;
 
-#define QJL_BLK 8 /* tokens sketched together at ingest */
+#define QJL_BLK KV_DOT_BLK /* tokens sketched together at ingest */
 
 static int qjl_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
@@ -87,6 +87,7 @@ typedef struct {
     uint8_t *vq;               /* cap x vcb (vbits < 32) */
     uint16_t *vzs;             /* cap x nvg x 2 */
     uint8_t *qcodes;           /* scratch: one token's value codes, then QJL_BLK tokens' sign bits */
+    float *dots;               /* scratch: QJL_BLK tokens' m sketch dots */
     uint16_t *qzs;
     kv_tokring tail, edge;
     /* the query kernel (kernels/qattn.h) */
@@ -154,8 +155,10 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
     s->qcodes = kv_malloc(s->vcb + 1 + QJL_BLK * (size_t)s->mb, err);
     s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
-    if (!s->S || !s->qzs) {
+    s->dots = s->qzs ? kv_malloc(sizeof(float) * QJL_BLK * (size_t)m, err) : NULL;
+    if (!s->S || !s->dots) {
         free(s->S);
+        free(s->dots);
         free(s->qcodes);
         free(s->qzs);
         free(s);
@@ -209,52 +212,18 @@ static size_t row_bytes(const qjl_state *s)
            (s->vbits == 32 ? sizeof(float) * (size_t)s->ctx.dv : s->vcb + 4 * (size_t)s->nvg);
 }
 
-typedef float qjl_v8 __attribute__((vector_size(8 * sizeof(float))));
-typedef float qjl_v4 __attribute__((vector_size(4 * sizeof(float))));
-
-/* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK: each
- * <S_j, k_t> bitwise kv_dot_fixed's (its 8 lanes as one vector, its tail
- * lanes, its tree), a row of S loaded once for the block of tokens. */
-static inline __attribute__((always_inline)) void sketch_nt(const float *S, int m, int d, const float *const *k,
-                                                            int nt, uint8_t *sg, int mb)
+/* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK, each
+ * <S_j, k_t> bitwise kv_dot_fixed's; dots: scratch of m QJL_BLK floats */
+static void sketch_block(const float *S, int m, int d, const float *const *k, int nt, uint8_t *sg, int mb,
+                         float *dots)
 {
-    for (int j0 = 0; j0 < m; j0 += 8) { /* m is a multiple of 8: one sign byte per token */
-        unsigned bits[QJL_BLK] = { 0 };
-        for (int j = j0; j < j0 + 8; j++) {
-            const float *sj = S + (size_t)j * d;
-            qjl_v8 acc[QJL_BLK], x, y;
-            for (int t = 0; t < nt; t++) acc[t] = (qjl_v8){ 0 };
-            int c = 0;
-            for (; c + 8 <= d; c += 8) {
-                memcpy(&x, sj + c, sizeof x);
-                for (int t = 0; t < nt; t++) {
-                    memcpy(&y, k[t] + c, sizeof y);
-                    acc[t] += x * y;
-                }
-            }
-            for (int t = 0; t < nt; t++) {
-                float dot;
-                if (c == d) { /* the tree: (a0 + a4, a1 + a5, a2 + a6, a3 + a7), then pairs */
-                    qjl_v4 h = __builtin_shufflevector(acc[t], acc[t], 0, 1, 2, 3) +
-                               __builtin_shufflevector(acc[t], acc[t], 4, 5, 6, 7);
-                    dot = (h[0] + h[1]) + (h[2] + h[3]);
-                } else {
-                    float a[8];
-                    memcpy(a, &acc[t], sizeof a);
-                    for (int e = c; e < d; e++) a[e & 7] += sj[e] * k[t][e];
-                    dot = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-                }
-                bits[t] |= (unsigned)(dot >= 0) << (j - j0);
-            }
+    kv_dot_fixed_rows(S, m, d, k, nt, dots);
+    for (int t = 0; t < nt; t++)
+        for (int j0 = 0; j0 < m; j0 += 8) { /* m is a multiple of 8: whole sign bytes */
+            unsigned bits = 0;
+            for (int j = 0; j < 8; j++) bits |= (unsigned)(dots[(size_t)t * m + j0 + j] >= 0) << j;
+            sg[(size_t)t * mb + (j0 >> 3)] = (uint8_t)bits;
         }
-        for (int t = 0; t < nt; t++) sg[(size_t)t * mb + (j0 >> 3)] = (uint8_t)bits[t];
-    }
-}
-
-static void sketch_block(const float *S, int m, int d, const float *const *k, int nt, uint8_t *sg, int mb)
-{
-    if (nt == QJL_BLK) sketch_nt(S, m, d, k, QJL_BLK, sg, mb); /* constant: the accumulators in registers */
-    else sketch_nt(S, m, d, k, nt, sg, mb);
 }
 
 /* Quantise the tail's first token into row n (its sign bits given); -1 when its value is beyond half. */
@@ -296,7 +265,7 @@ static int compact(qjl_state *s, kv_err *err)
             k[nt] = kv_tokring_k(&s->tail, nt);
             nt++;
         }
-        sketch_block(s->S, s->m, s->ctx.d, k, nt, sg, s->mb);
+        sketch_block(s->S, s->m, s->ctx.d, k, nt, sg, s->mb, s->dots);
         for (int t = 0; t < nt; t++) {
             int q = quantise_front(s, sg + (size_t)t * s->mb, err);
             if (q > 0) return q;
@@ -460,6 +429,7 @@ static void qjl_free(void *state)
     free(s->vzs);
     free(s->qcodes);
     free(s->qzs);
+    free(s->dots);
     free(s->tab);
     kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);
