@@ -211,19 +211,20 @@ static float row_f(const uint8_t *r, int i)
     return f;
 }
 
-/* Encode token g (k, v) into row n; y and r: scratch of max(d, dv) floats. */
-static void encode(tq_state *s, const float *k, const float *v, float *y, float *r)
+/* Encode token g (k, v), rotated rk = Pi_k k and rv = Pi_v v, into row n;
+ * y and r: scratch of max(d, dv) floats. */
+static void encode(tq_state *s, const float *k, const float *v, const float *rk, const float *rv, float *y, float *r)
 {
     uint8_t *row = s->rows + (size_t)s->n * s->row, *kc = row + (s->prod ? 12 : 8), *sg = kc + s->kcb,
             *vc = sg + s->sb;
     memset(row, 0, s->row);
-    float kn = kv_tq_encode(&s->kb, s->Rk, k, y, kc), vn;
+    float kn = kv_tq_encode_rotated(&s->kb, k, rk, y, kc), vn;
     memcpy(row, &kn, 4);
     if (s->prod) {
         float g = kv_tq_residual(&s->kb, s->S, y, kc, r, sg);
         memcpy(row + 8, &g, 4);
     }
-    vn = kv_tq_encode(&s->vb, s->Rv, v, y, vc);
+    vn = kv_tq_encode_rotated(&s->vb, v, rv, y, vc);
     memcpy(row + 4, &vn, 4);
 }
 
@@ -247,13 +248,22 @@ static int tq_ingest(void *state, const float *K, const float *V, int64_t first,
         s->runs[2 * s->nrun + 1] = (int64_t)n;
         s->nrun++;
     }
-    float *y = malloc(sizeof(float) * 2 * (size_t)m);
+    float *y = malloc(sizeof(float) * (2 * (size_t)m + KV_DOT_BLK * (size_t)(d + dv)));
     if (!y) return kv_seterr(err, KV_EINTERNAL, "turboquant: out of memory");
-    for (size_t i = 0; i < n; i++) {
+    float *rk = y + 2 * m, *rv = rk + KV_DOT_BLK * d;
+    for (size_t i = 0; i < n && !err->code; i++) {
+        size_t b = i % KV_DOT_BLK;
+        if (!b) { /* the rotations of a block of tokens at once (a row of Pi loaded once) */
+            const float *kx[KV_DOT_BLK], *vx[KV_DOT_BLK];
+            int nt = n - i < KV_DOT_BLK ? (int)(n - i) : KV_DOT_BLK;
+            for (int t = 0; t < nt; t++) kx[t] = K + (i + t) * d, vx[t] = V + (i + t) * dv;
+            kv_dot_fixed_rows(s->Rk, d, d, kx, nt, rk);
+            kv_dot_fixed_rows(s->Rv, dv, dv, vx, nt, rv);
+        }
         int64_t g = first + (int64_t)i;
-        encode(s, K + i * d, V + i * dv, y, y + m);
+        encode(s, K + i * d, V + i * dv, rk + b * d, rv + b * dv, y, y + m);
         s->n++;
-        if (g >= s->h - s->R && kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err)) break;
+        if (g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
     }
     free(y);
     if (first + (int64_t)n > s->known) s->known = first + (int64_t)n;

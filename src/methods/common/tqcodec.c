@@ -133,11 +133,17 @@ static inline unsigned code_at(const uint8_t *codes, int bits, int i)
 
 float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float *y, uint8_t *codes)
 {
+    for (int i = 0; i < book->d; i++) y[i] = kv_dot_fixed(R + (size_t)i * book->d, x, book->d);
+    return kv_tq_encode_rotated(book, x, y, y, codes);
+}
+
+float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes)
+{
     int d = book->d, L1 = (1 << book->bits) - 1;
     double nn = 0;
     for (int i = 0; i < d; i++) nn += (double)x[i] * x[i];
     double norm = sqrt(nn), inv = norm > 0 ? 1.0 / norm : 0.0;
-    for (int i = 0; i < d; i++) y[i] = (float)(kv_dot_fixed(R + (size_t)i * d, x, d) * inv);
+    for (int i = 0; i < d; i++) y[i] = (float)(Rx[i] * inv);
     if (!book->bits) return (float)norm;
     for (int i = 0; i < d; i++) {
         unsigned k = 0;

@@ -52,6 +52,9 @@ static inline size_t kv_tq_code_bytes(int bits, size_t n) { return (n * (size_t)
  * caller, kv_tq_code_bytes) its codes under book (bits 0: nothing). */
 float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float *y, uint8_t *codes);
 
+/* kv_tq_encode with Pi x given (Rx, d floats, e.g. from kv_dot_fixed_rows; y may be Rx). */
+float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes);
+
 /* out[i] = scale * c[code i], i < d: the rotated unit vector's estimate,
  * times scale (the norm), in the rotated domain. */
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out);
