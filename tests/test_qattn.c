@@ -10,7 +10,7 @@
  * computes softmax attention in double.  Bound on |z_kernel - z_ref|:
  *   - a logit is a float sum of d terms (kivi: qz + sum (scale q s) code,
  *     each term at most scale |q_c| (|z_c| + L s_c), the same bound as for
- *     scale q . k; qjl: m/8 table sums of |y_j|), so it is off by at most
+ *     scale q . k; qjl: m/4 nibble-table sums of |y_j|), so it is off by at most
  *     dl = gamma(d + 8) scale sum_c |q_c| max_t |k_tc| (qjl: gamma(m + 8) c
  *     |k| sum_j |y_j|), gamma(n) = n u / (1 - n u), u = 2^-24;
  *   - the float exp (kv_expf_neg, relative 1e-7) and the shift: 3e-7;
@@ -52,14 +52,17 @@ static const qcase cases[] = {
     { "kivi:bits=4,group=32,residual=40", 1, 64, 64, 4, 32, 40, 0, 0, 0 },
     { "kivi:bits=8,group=32,residual=0", 1, 64, 64, 8, 32, 0, 0, 0, 0 },
     { "kivi:bits=4,group=64,residual=7", 1, 32, 128, 4, 64, 7, 0, 0, 0 },  /* tiles inside a group, wide values */
-    { "kivi:bits=2,group=16,residual=5", 1, 64, 64, 2, 16, 5, 0, 0, 0 },   /* fast keys, decoded values */
-    { "kivi:bits=4,group=5,residual=3", 1, 24, 20, 4, 5, 3, 0, 0, 0 },     /* decoded keys and values */
-    { "kivi:bits=8,group=32,residual=9", 1, 24, 24, 8, 32, 9, 0, 0, 0 },   /* odd units (8-byte), fewer than 64 value lanes */
-    { "kivi:bits=8,group=16,residual=2", 1, 48, 48, 8, 16, 2, 0, 0, 0 },   /* odd units (16-byte), pieces across groups */
+    { "kivi:bits=2,group=16,residual=5", 1, 64, 64, 2, 16, 5, 0, 0, 0 },   /* word keys, decoded values (gv < 16) */
+    { "kivi:bits=4,group=5,residual=3", 1, 24, 20, 4, 5, 3, 0, 0, 0 },     /* part token vectors, decoded values */
+    { "kivi:bits=8,group=32,residual=9", 1, 24, 24, 8, 32, 9, 0, 0, 0 },   /* 6 words a token: decoded values */
+    { "kivi:bits=8,group=16,residual=2", 1, 48, 48, 8, 16, 2, 0, 0, 0 },   /* 12 words a token: decoded values */
+    { "kivi:bits=2,group=33,residual=3", 1, 20, 32, 2, 33, 3, 0, 0, 0 },   /* channels past d, part vectors of 2-word tokens */
+    { "kivi:bits=8,group=64,residual=1", 1, 64, 128, 8, 64, 1, 0, 0, 0 },  /* 32 words a token: pieces, a group per 16 words */
     { "qjl:m=128,residual=20", 0, 64, 64, 0, 0, 20, 128, 32, 32 },
     { "qjl:m=64,vbits=4,residual=0", 0, 64, 64, 0, 0, 0, 64, 4, 32 },
     { "qjl:m=96,vbits=2,group=8,residual=3", 0, 40, 48, 0, 0, 3, 96, 2, 8 }, /* decoded values */
     { "qjl:m=64,vbits=8,group=16,residual=1", 0, 32, 64, 0, 0, 1, 64, 8, 16 },
+    { "qjl:m=40,vbits=4,group=64,residual=2", 0, 24, 64, 0, 0, 2, 40, 4, 64 }, /* a part sign word (5 bytes) */
 };
 
 /* x decoded in double by the quantiser's own codes: out[i] = z + s c_i */

@@ -12,104 +12,29 @@
 
 /* Every function taking or returning these vectors is static to this file. */
 #pragma GCC diagnostic ignored "-Wpsabi"
+typedef float vf __attribute__((vector_size(4 * KV_QVL)));
+typedef int vi __attribute__((vector_size(4 * KV_QVL)));
+typedef unsigned vu __attribute__((vector_size(4 * KV_QVL)));
 typedef float v8f __attribute__((vector_size(32)));
-typedef int v8i __attribute__((vector_size(32)));
-typedef unsigned char v8u8 __attribute__((vector_size(8)));
 
 static inline v8f ld8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
 static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-static inline v8f bc8(float x) { return (v8f){ x, x, x, x, x, x, x, x }; }
+static inline v8f bc8(float x) { return (v8f){ 0 } + x; }
+static inline vf ldf(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline vi ldw(const uint8_t *p) { vi v; memcpy(&v, p, sizeof v); return v; }
+static inline vf bcf(float x) { return (vf){ 0 } + x; }
 
-/* A unit's 8 bytes widened to 32-bit lanes (x86 has no byte shifts, and
- * GCC scalarises a vector conversion from bytes: vpmovzxbd by hand). */
-static inline v8i unit_at(const uint8_t *c)
+/* plane k of P = 32 / b of a vector of words w, its high half h = w >> 16
+ * (qattn.h, kv_qword_scale): masked in place, code 2^(j b) for j = k mod
+ * P/2, exact in float (and never a negative int); P/2 masks, so they stay
+ * in registers beside P accumulators */
+static inline vf plane(vi w, vi h, int bits, int k)
 {
-#ifdef __AVX2__
-    __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c));
-    v8i v;
-    memcpy(&v, &x, sizeof v);
-    return v;
-#else
-    return (v8i){ c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7] };
-#endif
+    int j = k % (16 / bits);
+    return __builtin_convertvector((k < 16 / bits ? w : h) & (((1 << bits) - 1) << (j * bits)), vf);
 }
 
-/* plane k of a widened unit, as code * 2^(k b): a mask, no shift */
-static inline v8f plane(v8i x, int bits, int k)
-{
-    if (bits == 8) return __builtin_convertvector(x, v8f); /* a widened byte needs no mask */
-    int m = ((1 << bits) - 1) << (k * bits);
-    return __builtin_convertvector(x & (v8i){ m, m, m, m, m, m, m, m }, v8f);
-}
-
-/* The key units: KV_QUB lanes (vq) per unit, one widening per unit. */
-#if KV_QUB == 16
-typedef float vq __attribute__((vector_size(64)));
-typedef int vqi __attribute__((vector_size(64)));
-
-static inline vqi unitq(const uint8_t *c) /* vpmovzxbd of 16 bytes */
-{
-    __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)c));
-    vqi v;
-    memcpy(&v, &x, sizeof v);
-    return v;
-}
-
-static inline float sumq(vq s)
-{
-    return (((s[0] + s[8]) + (s[4] + s[12])) + ((s[1] + s[9]) + (s[5] + s[13]))) +
-           (((s[2] + s[10]) + (s[6] + s[14])) + ((s[3] + s[11]) + (s[7] + s[15])));
-}
-#else
-typedef v8f vq;
-typedef v8i vqi;
-static inline vqi unitq(const uint8_t *c) { return unit_at(c); }
-static inline float sumq(vq s) { return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])); }
-#endif
-
-static inline vq ldq(const float *p) { vq v; memcpy(&v, p, sizeof v); return v; }
-
-static inline vq planeq(vqi x, int bits, int k)
-{
-    if (bits == 8) return __builtin_convertvector(x, vq);
-    vqi m = { 0 };
-    m += ((1 << bits) - 1) << (k * bits);
-    return __builtin_convertvector(x & m, vq);
-}
-
-/* kv_qdot_codes for a constant bits (inlined per case: the plane loop
- * unrolls); two accumulators, by plane parity (by unit parity at 8 bits) */
-static inline float dot_codes(const float *qs, const uint8_t *c, int units, const int bits)
-{
-    const int planes = 8 / bits, U = KV_QUB;
-    vq a0 = { 0 }, a1 = { 0 };
-    if (planes == 1) {
-        int u = 0;
-        for (; u + 2 <= units; u += 2) {
-            a0 += planeq(unitq(c + U * u), 8, 0) * ldq(qs + U * u);
-            a1 += planeq(unitq(c + U * u + U), 8, 0) * ldq(qs + U * u + U);
-        }
-        if (u < units) a0 += planeq(unitq(c + U * u), 8, 0) * ldq(qs + U * u);
-    } else
-        for (int u = 0; u < units; u++) {
-            vqi x = unitq(c + U * u);
-            const float *q = qs + (size_t)u * U * planes;
-            for (int k = 0; k < planes; k += 2) {
-                a0 += planeq(x, bits, k) * ldq(q + U * k);
-                a1 += planeq(x, bits, k + 1) * ldq(q + U * k + U);
-            }
-        }
-    return sumq(a0 + a1);
-}
-
-float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n)
-{
-    switch (bits) {
-    case 2: return dot_codes(qs, codes, n / (4 * KV_QUB), 2);
-    case 4: return dot_codes(qs, codes, n / (2 * KV_QUB), 4);
-    default: return dot_codes(qs, codes, n / KV_QUB, 8);
-    }
-}
+static inline vi high(vi w) { return (vi)((vu)w >> 16); }
 
 float kv_qdot(const float *a, const float *b, int n)
 {
@@ -128,65 +53,166 @@ float kv_qdot(const float *a, const float *b, int n)
     return (((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))) + t;
 }
 
-void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t stride, int bits, int n, int nt,
-                      float *S)
+/* KV_QVL tokens' logits (n <= KV_QVL valid): four chains by plane, blocks
+ * then planes in order; bits constant per inlined case */
+static inline void logits_vec(const float *qs, float qz, const uint8_t *c, size_t bstride, int nb, int n, float *S,
+                              const int bits)
 {
-    switch (bits) { /* the same arithmetic as kv_qdot_codes, its switch hoisted */
-    case 2: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / (4 * KV_QUB), 2); break;
-    case 4: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / (2 * KV_QUB), 4); break;
-    default: for (int t = 0; t < nt; t++) S[t] = qz + dot_codes(qs, codes + t * stride, n / KV_QUB, 8); break;
+    const int P = 32 / bits;
+    vf a[4] = { { 0 }, { 0 }, { 0 }, { 0 } };
+    for (int j = 0; j < nb; j++) {
+        vi w = { 0 };
+        if (n == KV_QVL) w = ldw(c + (size_t)j * bstride);
+        else memcpy(&w, c + (size_t)j * bstride, 4 * (size_t)n); /* a group's last few tokens */
+        const float *q = qs + (size_t)j * P;
+        vi h = high(w);
+        for (int k = 0; k < P; k++) a[k & 3] += plane(w, h, bits, k) * bcf(q[k]);
+    }
+    vf r = bcf(qz) + ((a[0] + a[1]) + (a[2] + a[3]));
+    memcpy(S, &r, 4 * (size_t)n);
+}
+
+void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, int nb, int bits, int nt, float *S)
+{
+    size_t bs = 4 * (size_t)G;
+    for (int t = 0; t < nt; t += KV_QVL) {
+        int n = nt - t < KV_QVL ? nt - t : KV_QVL;
+        switch (bits) {
+        case 2: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 2); break;
+        case 4: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 4); break;
+        default: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 8); break;
+        }
     }
 }
 
-
-/* U (layout order) = sum_t A[t][group] plane codes, 8 pieces of 8 lanes
- * at a time in registers, tokens inner; bits constant per inlined case */
-static inline void vals_codes(float *U, const float *A, int nvg, const uint8_t *codes, size_t cstride, int nt, int np,
-                              const int *gp, const int bits)
+/* the 32-bit words at p + l stride, l < KV_QVL (a gather instruction
+ * where there is one: lanes built through memory stall on store forwarding) */
+static inline vi gather_words(const uint8_t *p, int stride)
 {
-    /* layout piece k (8 lanes): unit k / (planes KV_QUB/8), plane, and which
-     * 8 bytes of the unit (kv_qperm) */
-    const int planes = 8 / bits, halves = KV_QUB / 8;
-#define PIECE(k, off, pl)                                                                     \
-    do {                                                                                      \
-        int r_ = (k) % (planes * halves);                                                     \
-        off = (k) / (planes * halves) * KV_QUB + 8 * (r_ % halves);                           \
-        pl = r_ / halves;                                                                     \
-    } while (0)
-    int k0 = 0;
-    for (; k0 + 8 <= np; k0 += 8) {
-        v8f acc[8];
-        int g[8], off[8], pl[8];
-        for (int p = 0; p < 8; p++) {
-            acc[p] = bc8(0);
-            g[p] = gp[k0 + p];
-            PIECE(k0 + p, off[p], pl[p]);
-        }
-        for (int t = 0; t < nt; t++) {
-            const uint8_t *c = codes + (size_t)t * cstride;
-            const float *a = A + (size_t)t * nvg;
-            for (int p = 0; p < 8; p++) acc[p] += bc8(a[g[p]]) * plane(unit_at(c + off[p]), bits, pl[p]);
-        }
-        for (int p = 0; p < 8; p++) st8(U + 8 * (k0 + p), acc[p]);
-    }
-    for (; k0 < np; k0++) { /* fewer than 64 lanes left */
-        v8f acc = bc8(0);
-        int off, k, g = gp[k0];
-        PIECE(k0, off, k);
-        for (int t = 0; t < nt; t++)
-            acc += bc8(A[(size_t)t * nvg + g]) * plane(unit_at(codes + (size_t)t * cstride + off), bits, k);
-        st8(U + 8 * k0, acc);
-    }
-#undef PIECE
+    vi w;
+#if defined(__AVX2__) || defined(__AVX512F__)
+    vi idx;
+    for (int l = 0; l < KV_QVL; l++) idx[l] = l * stride;
+#endif
+#if defined(__AVX512F__)
+    __m512i i, x;
+    memcpy(&i, &idx, sizeof i);
+    x = _mm512_i32gather_epi32(i, p, 1);
+    memcpy(&w, &x, sizeof w);
+#elif defined(__AVX2__)
+    __m256i i, x;
+    memcpy(&i, &idx, sizeof i);
+    x = _mm256_i32gather_epi32((const int *)p, i, 1);
+    memcpy(&w, &x, sizeof w);
+#else
+    for (int l = 0; l < KV_QVL; l++) memcpy(&w[l], p + (size_t)l * stride, 4);
+#endif
+    return w;
 }
 
-void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U, float *Z)
+/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a word per token, then
+ * its 8 nibbles looked up by shuffles from their 16-entry tables (one
+ * table in a register under AVX-512, two halves otherwise); the index is
+ * the word shifted, the shuffle reading its low 4 bits; two chains */
+static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, float *S)
+{
+    vf a0 = bcf(0), a1 = bcf(0);
+    for (int j = 0; j < mb; j += 4) {
+        vi w = { 0 };
+        int nb = mb - j < 4 ? mb - j : 4;
+        if (nb == 4 && n == KV_QVL) w = gather_words(sig + j, mb);
+        else
+            for (int l = 0; l < n; l++) { /* little-endian: byte j in bits 0-7 */
+                uint32_t x = 0;
+                memcpy(&x, sig + (size_t)l * mb + j, (size_t)nb);
+                w[l] = (int)x;
+            }
+        for (int x = 0; x < 2 * nb; x++) {
+            const float *t = T + (size_t)(2 * j + x) * 16;
+            vi idx = (vi)((vu)w >> (4 * x)) & 15;
+#if KV_QVL == 16
+            vf v = __builtin_shuffle(ldf(t), idx);
+#else
+            vf v = __builtin_shuffle(ldf(t), ldf(t + 8), idx);
+#endif
+            if (x & 1) a1 += v;
+            else a0 += v;
+        }
+    }
+    vf r = a0 + a1;
+    memcpy(S, &r, 4 * (size_t)n);
+}
+
+void kv_qsigns(const float *T, const uint8_t *sig, int mb, int nt, float *S)
+{
+    for (int t = 0; t < nt; t += KV_QVL)
+        signs_vec(T, sig + (size_t)t * mb, mb, nt - t < KV_QVL ? nt - t : KV_QVL, S + t);
+}
+
+void kv_qsign_tables(const float *y, int mb, float *T)
+{
+    for (int n = 0; n < 2 * mb; n++) { /* T[v] = sum of y over the set bits of v */
+        float *t = T + (size_t)n * 16;
+        t[0] = 0;
+        for (int v = 1; v < 16; v++) t[v] = t[v & (v - 1)] + y[4 * n + __builtin_ctz((unsigned)v)];
+    }
+}
+
+/* The lanes of sum_t (w_t s_tg) code_tc for the nt tokens (W words each,
+ * contiguous) into U, one vector accumulator per plane (kv_qlanes, planes
+ * of KV_QVL lanes per piece), then one more per piece of sum_t w_t z_tg
+ * (each word lane carries its group's).  A vector is KV_QVL consecutive
+ * words: KV_QVL / W tokens when W < KV_QVL (the weights and group scales
+ * spread to the lanes by shuffles, lanes past the tile zeroed), else piece
+ * m of one token.  w, vs and vz are read KV_QVL floats past the tile. */
+static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv, int nt, const int bits)
+{
+    const int P = 32 / bits;
+    int W = tv->dv / P, wpg = tv->gv / P, nvg = tv->nvg, pieces = W < KV_QVL ? 1 : W / KV_QVL;
+    vi tix, gix;
+    for (int l = 0; l < KV_QVL; l++) {
+        tix[l] = W < KV_QVL ? l / W : 0;
+        gix[l] = W < KV_QVL ? l / W * nvg + l % W / wpg : KV_QVL % wpg == 0 ? l / wpg : 0;
+    }
+    for (int m = 0; m < pieces; m++) {
+        vf acc[32 / 2 + 1];
+        for (int k = 0; k <= P; k++) acc[k] = bcf(0);
+        if (W < KV_QVL) {
+            int step = KV_QVL / W;
+            for (int t = 0; t < nt; t += step) {
+                vi c = { 0 };
+                if (nt - t >= step) c = ldw(tv->codes + 4 * (size_t)t * W);
+                else memcpy(&c, tv->codes + 4 * (size_t)t * W, 4 * (size_t)(nt - t) * W);
+                vi keep = tix < nt - t; /* lanes past the tile: 0 (what they read is not a value) */
+                vf sw = __builtin_shuffle(ldf(w + t), tix);
+                vf a = (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vs + (size_t)t * nvg), gix)) & keep);
+                vi h = high(c);
+                for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
+                acc[P] += (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vz + (size_t)t * nvg), gix)) & keep);
+            }
+        } else {
+            size_t g0 = (size_t)m * KV_QVL / wpg;
+            for (int t = 0; t < nt; t++) {
+                vi c = ldw(tv->codes + 4 * ((size_t)t * W + (size_t)m * KV_QVL));
+                vf sw = bcf(w[t]);
+                const float *gs = tv->vs + (size_t)t * nvg + g0, *gz = tv->vz + (size_t)t * nvg + g0;
+                vf a = sw * __builtin_shuffle(ldf(gs), gix);
+                vi h = high(c);
+                for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
+                acc[P] += sw * __builtin_shuffle(ldf(gz), gix);
+            }
+        }
+        for (int k = 0; k <= P; k++) memcpy(U + (size_t)(m * (P + 1) + k) * KV_QVL, &acc[k], sizeof acc[k]);
+    }
+}
+
+void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U)
 {
     int dv = tv->dv;
     if (nt <= 0) return;
     float mt = s[0];
     for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    float m = kv_partial_raise_max(r, mt, dv);
+    float m = kv_partial_raise_max(r, mt, (int)kv_qstate_len(tv) - 3);
     for (int t = 0; t < nt; t++) s[t] -= m;
     kv_expf_neg(s, (size_t)nt);
     float l = 0, l2 = 0;
@@ -197,8 +223,8 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     r[KV_PS_L] += l;
     r[KV_PS_L2] += l2;
     double *u = r + KV_PS_U;
-    memset(U, 0, sizeof(float) * (size_t)dv);
     if (!tv->coded) { /* 64 channels at a time in registers, tokens inner */
+        memset(U, 0, sizeof(float) * (size_t)dv);
         int c0 = 0;
         for (; c0 + 64 <= dv; c0 += 64) {
             v8f acc[8];
@@ -217,35 +243,42 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
         for (int c = 0; c < dv; c++) u[c] += U[c];
         return;
     }
-    /* coded: U[p] += sum_t (w_t s_tj) code_tp (times 2^(k b), see
-     * kv_qplane_scale), Z[j] = sum_t w_t z_tj */
-    int nvg = tv->nvg, np = dv / 8;
-    float *A = Z + nvg;
-    for (int j = 0; j < nvg; j++) { /* in registers: a sum through memory is a store-forward chain */
-        float z = 0;
-        for (int t = 0; t < nt; t++) {
-            A[(size_t)t * nvg + j] = s[t] * tv->vs[(size_t)t * nvg + j];
-            z += s[t] * tv->vz[(size_t)t * nvg + j];
-        }
-        Z[j] = z;
-    }
+    /* coded: the lanes (vals_words), added to the state's */
+    size_t nl = kv_qlanes(dv, tv->bits);
     switch (tv->bits) {
-    case 2: vals_codes(U, A, nvg, tv->codes, tv->cstride, nt, np, tv->gp, 2); break;
-    case 4: vals_codes(U, A, nvg, tv->codes, tv->cstride, nt, np, tv->gp, 4); break;
-    default: vals_codes(U, A, nvg, tv->codes, tv->cstride, nt, np, tv->gp, 8); break;
+    case 2: vals_words(U, s, tv, nt, 2); break;
+    case 4: vals_words(U, s, tv, nt, 4); break;
+    default: vals_words(U, s, tv, nt, 8); break;
     }
-    for (int k = 0; k < np; k++) { /* the state stays in layout order (kv_qstate_merge) */
-        double z = Z[tv->gp[k]];
-        for (int i = 0; i < 8; i++) u[8 * k + i] += (double)U[8 * k + i] * tv->pl[8 * k + i] + z;
-    }
+    for (size_t e = 0; e < nl; e++) u[e] += U[e];
 }
 
-void kv_qstate_merge(double *st, const double *rl, const int *perm, int dv, double *tmp)
+void kv_qstate_clear(double *r, size_t len)
 {
-    tmp[KV_PS_M] = rl[KV_PS_M];
-    tmp[KV_PS_L] = rl[KV_PS_L];
-    tmp[KV_PS_L2] = rl[KV_PS_L2];
-    for (int p = 0; p < dv; p++) tmp[KV_PS_U + (perm ? perm[p] : p)] = rl[KV_PS_U + p];
+    r[KV_PS_M] = -INFINITY;
+    for (size_t i = 1; i < len; i++) r[i] = 0;
+}
+
+void kv_qstate_merge(double *st, const double *r, const kv_qtile_vals *tv, double *tmp)
+{
+    int dv = tv->dv;
+    if (!tv->coded) {
+        kv_partial_merge(st, r, dv);
+        return;
+    }
+    int P = 32 / tv->bits, W = dv / P;
+    size_t nl = kv_qlanes(dv, tv->bits);
+    const double *u = r + KV_PS_U;
+    tmp[KV_PS_M] = r[KV_PS_M];
+    tmp[KV_PS_L] = r[KV_PS_L];
+    tmp[KV_PS_L2] = r[KV_PS_L2];
+    for (int c = 0; c < dv; c++) tmp[KV_PS_U + c] = 0;
+    for (size_t e = 0; e < nl; e++) { /* lane l of piece m, plane k (P: the zero points): word (m KV_QVL + l) mod W */
+        int l = (int)(e % KV_QVL), k = (int)(e / KV_QVL % (P + 1)), m = (int)(e / KV_QVL / (P + 1)), i = (m * KV_QVL + l) % W;
+        if (k < P) tmp[KV_PS_U + i * P + k] += u[e] * kv_qword_scale(tv->bits, k);
+        else
+            for (int x = 0; x < P; x++) tmp[KV_PS_U + i * P + x] += u[e];
+    }
     kv_partial_merge(st, tmp, dv);
 }
 

@@ -2,21 +2,19 @@
  * (the kernels behind kivi and qjl).
  *
  * Codes are never decoded to floats with their scales: a b-bit code array
- * is read straight from its bytes in a "layout order" that vectorises
- * (units of KV_QUB bytes widened to 32-bit lanes, each split into its b-bit
- * planes), and
- * whatever multiplies a code - a key's per-channel scale, a value's
- * per-token scale times its softmax weight - is folded into the other
- * operand:
+ * is read straight from its bytes, 32-bit words split into their b-bit
+ * planes (the word layout below), and whatever multiplies a code - a key's
+ * per-channel scale, a value's per-token scale times its softmax weight -
+ * is folded into the other operand:
  *     q . k_t = sum_c q_c z_c + sum_c (q_c s_c) code_tc        (kivi keys)
  *     sum_t w_t v_tc = sum_t (w_t s_tj) code_tc + sum_t w_t z_tj  (values, group j)
- * A tile of KV_QTILE tokens gets its logits
- * from the caller, then kv_qfold_tile does the max-shifted softmax in float
- * and folds the tile's sums into the double state (as kernels/attn.c does),
- * so accuracy does not depend on n.  GCC vector extensions: key logits take
- * 16 lanes under AVX-512, 8 otherwise, values 8 lanes; the byte widening is
- * its intrinsic under AVX2 / AVX-512, plain portable C otherwise (the build
- * chooses, -march=native or not); every loop has a
+ * A tile of KV_QTILE tokens gets its logits from the caller, then
+ * kv_qfold_tile does the max-shifted softmax in float and folds the tile's
+ * sums into the double state (as kernels/attn.c does), so accuracy does
+ * not depend on n.  GCC vector extensions of KV_QVL lanes (16 under
+ * AVX-512, else 8: AVX2 or the portable build, the build chooses,
+ * -march=native or not): key logits and QJL's sign sums take a token per
+ * lane (no horizontal sums), values a word per lane; every loop has a
  * fixed order, so a token's logit and a tile's sums are bitwise the same
  * whichever thread computes them.
  *
@@ -57,81 +55,99 @@ static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
     }
 }
 
-/* Bytes per unit: 16 (16 lanes) with AVX-512, else 8.  The layout order,
- * and so which layouts are fast, depends on it (the stored bytes do not). */
-#ifndef KV_QUB /* (-DKV_QUB=8 forces 8-byte units: a comparison build) */
+/* The word layout.  b-bit codes (b in {2, 4, 8}) are read 32 bits at a
+ * time: a word holds P = 32 / b codes, code k at bits [k b, k b + b)
+ * (kv_quantise's little-endian packing of consecutive elements).  Plane k
+ * of a word is read without a shift, masked in place: planes k < P/2 from
+ * the word, the others from its high half (the word >> 16), so plane k
+ * reads code 2^(j b), j = k mod P/2, and kv_qword_scale(b, k) = 2^(-j b)
+ * is folded into what multiplies it.  Vectors take KV_QVL words (16 with
+ * AVX-512, else 8). */
 #ifdef __AVX512F__
-#define KV_QUB 16
+#define KV_QVL 16
 #else
-#define KV_QUB 8
+#define KV_QVL 8
 #endif
-#endif
 
-/* 1 if n codes of b bits (b in {2, 4, 8}) unpack in layout order: whole
- * units (n a multiple of 8 KV_QUB / b). */
-static inline int kv_qfast(int bits, int n)
+static inline float kv_qword_scale(int bits, int k)
 {
-    return (bits == 2 || bits == 4 || bits == 8) && n % (8 * KV_QUB / bits) == 0;
-}
-
-/* The element (channel) at layout position p of a run of b-bit codes:
- * unit u = p / (8 KV_QUB / b), plane k, lane i < KV_QUB hold element
- * (KV_QUB u + i)(8/b) + k. */
-static inline int kv_qperm(int bits, int p)
-{
-    int per = 8 * KV_QUB / bits, u = p / per, r = p % per;
-    return (KV_QUB * u + r % KV_QUB) * (8 / bits) + r / KV_QUB;
-}
-
-/* A code at layout position p is read as code * kv_qplane_scale(b, p)^-1
- * (plane k masked in place, not shifted: code 2^(k b)); the caller folds
- * kv_qplane_scale (2^(-k b), exact) into what multiplies it. */
-static inline float kv_qplane_scale(int bits, int p)
-{
-    int k = bits == 8 ? 0 : (p % (8 * KV_QUB / bits)) / KV_QUB;
-    uint32_t x = (uint32_t)(127 - k * bits) << 23;
+    uint32_t x = (uint32_t)(127 - k % (16 / bits) * bits) << 23;
     float f;
     memcpy(&f, &x, 4);
     return f;
 }
 
-/* sum_p qs[p] (code at layout position p, as above) over the n codes
- * (kv_qfast) of one byte-aligned run, in one fixed order, straight from
- * the packed bytes. */
-float kv_qdot_codes(const float *qs, const uint8_t *codes, int bits, int n);
+/* Keys, vectorised over tokens: a group of G tokens and d channels is
+ * held as ceil(d / P) blocks of G words, block j holding channels
+ * [j P, j P + P) of token t in its word t (so code (t, c) is element
+ * (c / P) G P + t P + c % P; channels past d are code 0).
+ * S[t] = qz + sum_c qs[c] code_tc for the nt tokens from codes (the
+ * group's first block, offset by the first token), nb blocks G words
+ * apart; qs holds nb P floats, times kv_qword_scale of each plane. */
+void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, int nb, int bits, int nt, float *S);
 
-/* S[t] = qz + kv_qdot_codes(qs, codes + t stride, bits, n) for t < nt. */
-void kv_qlogits_codes(const float *qs, float qz, const uint8_t *codes, size_t stride, int bits, int n, int nt,
-                      float *S);
+/* Values, vectorised over words: 1 if token-major codes of dv channels in
+ * groups of gv (token t's W = dv / P words contiguous) take the word path
+ * of kv_qfold_tile: whole words, each in one group, and W dividing or a
+ * multiple of KV_QVL. */
+static inline int kv_qwords_ok(int bits, int dv, int gv)
+{
+    if (bits != 2 && bits != 4 && bits != 8) return 0;
+    int P = 32 / bits, W = dv / P, wpg = gv / P;
+    return dv % P == 0 && gv % P == 0 &&
+           (KV_QVL % W == 0 || (W % KV_QVL == 0 && (KV_QVL % wpg == 0 || wpg % KV_QVL == 0)));
+}
+
+/* QJL's sign sums, a token per vector lane: S[t] = sum of y_i over the set
+ * bits i of token t's mb sign bytes (at sig + t mb), read a nibble at a
+ * time from the 2 mb tables of 16 sums kv_qsign_tables makes from y (8 mb
+ * floats). */
+void kv_qsign_tables(const float *y, int mb, float *T);
+void kv_qsigns(const float *T, const uint8_t *sig, int mb, int nt, float *S);
 
 /* sum a_i b_i over n floats in one fixed order. */
 float kv_qdot(const float *a, const float *b, int n);
 
-/* A tile's values, row t of nt: floats (coded = 0: v is nt x dv, channel
- * order), or b-bit codes (coded = 1: token t's dv codes, kv_qfast, at
- * codes + t cstride) with the token's nvg group zero points vz and scales
- * vs (nt x nvg); gp[k] is the value group of layout lanes [8k, 8k + 8)
- * (constant over them: the caller checks) and pl[p] kv_qplane_scale of
- * layout position p. */
+/* A tile's values, row t of nt: floats (coded = 0: v is nt x dv), or b-bit
+ * codes (coded = 1: token-major in the word layout, kv_qwords_ok, from
+ * codes) with the token's nvg group zero points vz and scales vs (nt x nvg,
+ * groups of gv channels). */
 typedef struct {
-    int dv, nvg, coded, bits;
+    int dv, nvg, gv, coded, bits;
     const float *v, *vz, *vs;
     const uint8_t *codes;
-    size_t cstride;
-    const int *gp;
-    const float *pl;
 } kv_qtile_vals;
 
-/* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s into the
- * double state r, whose u is in layout order when the values are coded
- * (channel order otherwise): s is overwritten with the weights; U holds dv
- * floats and Z (KV_QTILE + 1) nvg floats of scratch. */
-void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U, float *Z);
+/* The double state a tile folds into: [m, l, l2] then u.  u is dv
+ * doubles in channel order, except on the coded word path: there it is
+ * held per vector lane (no lane sums per tile), kv_qlanes doubles: per
+ * piece of KV_QVL words, per plane and then for the zero points, the
+ * lanes; kv_qstate_merge gives the channel-order state (partial.h). */
+static inline size_t kv_qlanes(int dv, int bits)
+{
+    int P = 32 / bits, W = dv / P;
+    return (size_t)(W < KV_QVL ? KV_QVL : W) * (size_t)(P + 1);
+}
 
-/* Merge the state rl, whose u is in layout order (perm[p]: the channel of
- * position p; NULL: channel order already), into st; tmp holds
- * KV_PSTATE_LEN(dv) doubles. */
-void kv_qstate_merge(double *st, const double *rl, const int *perm, int dv, double *tmp);
+static inline size_t kv_qstate_len(const kv_qtile_vals *tv)
+{
+    return tv->coded ? 3 + kv_qlanes(tv->dv, tv->bits) : 3 + (size_t)tv->dv;
+}
+
+/* The empty state of len doubles. */
+void kv_qstate_clear(double *r, size_t len);
+
+/* st (channel order) <- merge(st, r); tmp holds KV_PSTATE_LEN(dv) doubles. */
+void kv_qstate_merge(double *st, const double *r, const kv_qtile_vals *tv, double *tmp);
+
+/* Scratch floats kv_qfold_tile needs in U. */
+#define KV_QU_FLOATS(dv) (2 * (size_t)(dv) + 17 * KV_QVL)
+
+/* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s into the
+ * double state r (kv_qstate_len): s is overwritten with the weights; U is
+ * scratch.  On the coded path s, vz and vs are read (not used) up to
+ * KV_QVL floats past the tile: the callers' scratch has them. */
+void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U);
 
 /* Per-thread scratch buffers of floats, grown geometrically. */
 typedef struct {

@@ -78,21 +78,20 @@ typedef struct {
     int64_t *gidx;        /* gcap group indices */
     kv_tokring tail;      /* float tokens not yet decided, in stream order */
     kv_tokring edge;      /* float tokens of groups no rank holds whole */
-    /* the query kernel (kernels/qattn.h): fast paths, layout orders, scratch */
-    int fastk, fastv;     /* keys, values unpack in layout order (else decoded to floats) */
-    int *kperm, *vperm;   /* channel of each layout position (d, dv) */
-    int *vgp;             /* value group of each 8 layout lanes (dv / 8) */
-    float *kpl, *vpl;     /* kv_qplane_scale of each key, value layout position (1 off the fast path) */
+    /* the query kernel (kernels/qattn.h) */
+    int nb;               /* key blocks of 32 / bits channels (the word layout) */
+    int fastv;            /* values take the word path (else decoded to floats) */
+    float *kpl;           /* kv_qword_scale of each key position (nb 32 / bits) */
     kv_qscratch ws;       /* per-thread tiles: working memory, not state */
-    float *qp;            /* the queries in layout order, times the scale */
+    float *qp;            /* the queries times the scale */
     size_t qcap;
     kv_query_cost cost;   /* what the answers read and computed (method.h) */
 } kivi_state;
 
 static size_t rec_bytes(int bits, int G, int d, int dv, size_t *kcb, size_t *vcb)
 {
-    int gv = G < dv ? G : dv, nvg = (dv + gv - 1) / gv;
-    size_t k = kv_qcode_bytes(bits, (size_t)G * (size_t)d), v = kv_qcode_bytes(bits, (size_t)G * (size_t)dv);
+    int gv = G < dv ? G : dv, nvg = (dv + gv - 1) / gv, P = 32 / bits;
+    size_t k = 4 * (size_t)G * (size_t)((d + P - 1) / P), v = kv_qcode_bytes(bits, (size_t)G * (size_t)dv);
     if (kcb) *kcb = k;
     if (vcb) *vcb = v;
     return k + v + 4 * (size_t)d + 4 * (size_t)G * (size_t)nvg;
@@ -106,33 +105,16 @@ static int64_t fit_residual(int64_t B, int bits, int64_t G, const kv_method_ctx 
     return kv_tokring_fit(B - groups, ctx->d, ctx->dv, ctx->nranks > 0 ? ctx->nranks : 1) - G;
 }
 
-/* The query kernel's layout orders: keys and values take the fast path
- * when their codes unpack in whole units (kv_qfast), values also when every
- * 8 layout lanes lie in one value group (gv a multiple of a unit). */
+/* The query kernel: keys in the word layout (always), values on the word
+ * path when kv_qwords_ok; the plane scale of each key position. */
 static int plan_kernel(kivi_state *s, kv_err *err)
 {
-    int d = s->ctx.d, dv = s->ctx.dv, b = s->bits;
-    s->fastk = kv_qfast(b, d);
-    s->fastv = kv_qfast(b, dv) && s->gv % (64 / b) == 0;
-    s->kperm = kv_malloc(sizeof(int) * (size_t)d, err);
-    s->vperm = s->kperm ? kv_malloc(sizeof(int) * (size_t)dv, err) : NULL;
-    s->vgp = s->vperm ? kv_malloc(sizeof(int) * (size_t)(dv / 8 + 1), err) : NULL;
-    s->kpl = s->vgp ? kv_malloc(sizeof(float) * (size_t)d, err) : NULL;
-    s->vpl = s->kpl ? kv_malloc(sizeof(float) * (size_t)dv, err) : NULL;
-    if (!s->vpl) {
-        free(s->kperm);
-        free(s->vperm);
-        free(s->vgp);
-        free(s->kpl);
-        return err->code;
-    }
-    for (int p = 0; p < dv; p++) s->vpl[p] = s->fastv ? kv_qplane_scale(b, p) : 1.0f;
-    for (int p = 0; p < d; p++) {
-        s->kperm[p] = s->fastk ? kv_qperm(b, p) : p;
-        s->kpl[p] = s->fastk ? kv_qplane_scale(b, p) : 1.0f;
-    }
-    for (int p = 0; p < dv; p++) s->vperm[p] = s->fastv ? kv_qperm(b, p) : p;
-    for (int k = 0; k < dv / 8; k++) s->vgp[k] = s->vperm[8 * k] / s->gv;
+    int P = 32 / s->bits;
+    s->nb = (s->ctx.d + P - 1) / P;
+    s->fastv = kv_qwords_ok(s->bits, s->ctx.dv, s->gv);
+    s->kpl = kv_malloc(sizeof(float) * (size_t)s->nb * P, err);
+    if (!s->kpl) return err->code;
+    for (int p = 0; p < s->nb * P; p++) s->kpl[p] = kv_qword_scale(s->bits, p % P);
     return KV_OK;
 }
 
@@ -215,9 +197,10 @@ static int quantise_group(kivi_state *s, uint8_t *r)
     float *col = malloc(sizeof(float) * (size_t)G);
     if (!col) return -2;
     int bad = 0;
-    for (int c = 0; c < d && !bad; c++) { /* keys: per channel; codes token-major, decoded a row at a time */
+    int P = 32 / b;
+    for (int c = 0; c < d && !bad; c++) { /* keys: per channel, into the word layout (kernels/qattn.h) */
         for (int t = 0; t < G; t++) col[t] = kv_tokring_k(&s->tail, t)[c];
-        bad = kv_quantise(col, (size_t)G, 1, b, kc, (size_t)c, (size_t)d, kzs) != 0;
+        bad = kv_quantise(col, (size_t)G, 1, b, kc, (size_t)(c / P) * G * P + c % P, (size_t)P, kzs) != 0;
         memcpy(r + s->kcb + 4 * (size_t)c, kzs, 4);
     }
     free(col);
@@ -298,69 +281,69 @@ typedef struct { kivi_state *s; int64_t per; const float *qp; } slice_arg;
 /* Floats of one thread's scratch for nq queries (fold_groups' layout). */
 static size_t scratch_floats(const kivi_state *s, int nq)
 {
-    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, nvg = (size_t)s->nvg;
-    return 2 * KV_PSTATE_LEN(dv) * (size_t)(nq + 1) + 2 * d + KV_QTILE * (d + dv + 2 * nvg + 1) + dv +
-           (KV_QTILE + 1) * nvg + (size_t)nq * (d + 1);
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, nvg = (size_t)s->nvg, kq = (size_t)s->nb * (32 / s->bits);
+    kv_qtile_vals tv = { s->ctx.dv, s->nvg, s->gv, s->fastv, s->bits, NULL, NULL, NULL, NULL };
+    return 2 * (kv_qstate_len(&tv) * (size_t)nq + KV_PSTATE_LEN(dv)) + 2 * d + KV_QTILE * (dv + 2 * nvg + 1) +
+           KV_QU_FLOATS(dv) + (size_t)nq * (kq + 1);
 }
 
 /* Slice i of the groups, in the compressed domain (kernels/qattn.h): per
  * group the key scales fold into the queries (qs = scale q s, qz = scale
- * q . z), logits are qz + qs . code straight from the packed codes, and
- * the values fold from their codes with the per-token scales folded into
- * the softmax weights.  A layout the kernel cannot take (kv_qfast)
- * decodes z + s c to floats instead. */
+ * q . z), logits are qz + qs . code straight from the packed codes (a
+ * token per vector lane), and the values fold from their codes with the
+ * per-token scales folded into the softmax weights.  Values the word path
+ * cannot take (kv_qwords_ok) are decoded to floats instead. */
 static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
+    (void)Q;
+    (void)scale;
     const slice_arg *a = arg;
     kivi_state *s = a->s;
-    int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg;
-    size_t sl = KV_PSTATE_LEN(dv), kb = (size_t)d * b / 8, vb = (size_t)dv * b / 8;
+    int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg, kq = s->nb * (32 / b);
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, b, NULL, NULL, NULL, NULL };
+    size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv), vb = (size_t)dv * b / 8;
     int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
     float *w = kv_qscratch_get(&s->ws, scratch_floats(s, nq));
     if (!w) return KV_EINTERNAL;
-    double *rl = (double *)w; /* nq states with u in layout order, then one for the merge */
-    for (int q = 0; q < nq; q++) kv_partial_clear(rl + q * sl, dv);
-    float *kz = w + 2 * sl * (size_t)(nq + 1), *ks = kz + d, *kc = ks + d, *vc = kc + KV_QTILE * d, *vz = vc + KV_QTILE * dv,
-          *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE, *Z = U + dv,
-          *qs = Z + (KV_QTILE + 1) * nvg, *qz = qs + (size_t)nq * d;
+    double *rl = (double *)w; /* nq states (kv_qstate_len), then one for the merge */
+    for (int q = 0; q < nq; q++) kv_qstate_clear(rl + q * ql, ql);
+    float *kz = w + 2 * (ql * (size_t)nq + sl), *ks = kz + d, *vc = ks + d, *vz = vc + KV_QTILE * dv,
+          *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE,
+          *qs = U + KV_QU_FLOATS(dv), *qz = qs + (size_t)nq * kq;
+    tv.v = vc;
+    tv.vz = vz;
+    tv.vs = vs;
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *r = s->recs + (size_t)g * s->rec, *kzs = r + s->kcb, *vcode = kzs + 4 * (size_t)d,
                       *vzs = vcode + s->vcb;
         uint16_t h[2];
-        kv_qhalves(kzs, d, kc, kc + d); /* channel order (vectorised), then layout order */
-        for (int p = 0; p < d; p++) {
-            kz[p] = kc[s->kperm[p]];
-            ks[p] = kc[d + s->kperm[p]] * s->kpl[p];
+        if (g + 1 < g1) /* the next record, while this one is answered: its scales come first, so a miss stalls */
+            for (size_t x = 0; x < s->rec; x += 64) __builtin_prefetch(r + s->rec + x);
+        kv_qhalves(kzs, d, kz, ks);
+        for (int q = 0; q < nq; q++) { /* channels past d have code 0: their qs is 0 */
+            const float *qp = a->qp + (size_t)q * d;
+            float *o = qs + (size_t)q * kq;
+            for (int p = 0; p < d; p++) o[p] = qp[p] * ks[p] * s->kpl[p];
+            for (int p = d; p < kq; p++) o[p] = 0;
+            qz[q] = kv_qdot(qp, kz, d);
         }
-        if (s->fastk)
-            for (int q = 0; q < nq; q++) {
-                const float *qp = a->qp + (size_t)q * d;
-                float *o = qs + (size_t)q * d;
-                for (int p = 0; p < d; p++) o[p] = qp[p] * ks[p];
-                qz[q] = kv_qdot(qp, kz, d);
-            }
         for (int t0 = 0; t0 < G; t0 += KV_QTILE) {
             int nt = G - t0 < KV_QTILE ? G - t0 : KV_QTILE;
-            kv_qtile_vals tv = { dv, nvg, s->fastv, b, vc, vz, vs, vcode + (size_t)t0 * vb, vb, s->vgp, s->vpl };
+            tv.codes = vcode + (size_t)t0 * vb;
             if (s->fastv) kv_qhalves(vzs + 4 * (size_t)t0 * nvg, nt * nvg, vz, vs);
-            for (int t = 0; t < nt; t++) {
-                size_t vt = (size_t)(t0 + t) * dv;
-                if (!s->fastk) kv_dequantise_row(r, (size_t)(t0 + t) * d, (size_t)d, b, kz, ks, kc + (size_t)t * d);
-                for (int j = 0; j < nvg && !s->fastv; j++) {
+            for (int t = 0; t < nt && !s->fastv; t++)
+                for (int j = 0; j < nvg; j++) {
                     int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
                     memcpy(h, vzs + 4 * ((size_t)(t0 + t) * nvg + j), 4);
-                    kv_dequantise(vcode, vt + c0, 1, (size_t)nc, b, h, vc + (size_t)t * dv + c0, 1);
+                    kv_dequantise(vcode, (size_t)(t0 + t) * dv + c0, 1, (size_t)nc, b, h, vc + (size_t)t * dv + c0, 1);
                 }
-            }
             for (int q = 0; q < nq; q++) {
-                if (s->fastk) kv_qlogits_codes(qs + (size_t)q * d, qz[q], r + (size_t)t0 * kb, kb, b, d, nt, S);
-                else
-                    for (int t = 0; t < nt; t++) S[t] = kv_qdot(Q + (size_t)q * d, kc + (size_t)t * d, d) * scale;
-                kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
+                kv_qlogits_words(qs + (size_t)q * kq, qz[q], r + 4 * (size_t)t0, G, s->nb, b, nt, S);
+                kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
             }
         }
     }
-    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * sl, s->vperm, dv, rl + nq * sl);
+    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * ql, &tv, rl + nq * ql);
     return KV_OK;
 }
 
@@ -372,7 +355,7 @@ static int fold_quantised(kivi_state *s, const float *Q, int nq, double *st)
     float scale = (float)s->ctx.scale;
     if (!s->ng) return KV_OK;
     if (kv_qscratch_slots(&s->ws)) return KV_EINTERNAL;
-    if ((size_t)nq * d > s->qcap) { /* the queries in layout order, times the scale */
+    if ((size_t)nq * d > s->qcap) { /* the queries times the scale */
         size_t c = s->qcap ? s->qcap : 256;
         while (c < (size_t)nq * d) c *= 2;
         float *qp = realloc(s->qp, sizeof(float) * c);
@@ -380,8 +363,7 @@ static int fold_quantised(kivi_state *s, const float *Q, int nq, double *st)
         s->qp = qp;
         s->qcap = c;
     }
-    for (int q = 0; q < nq; q++)
-        for (int p = 0; p < d; p++) s->qp[(size_t)q * d + p] = scale * Q[(size_t)q * d + (s->fastk ? s->kperm[p] : p)];
+    for (size_t x = 0; x < (size_t)nq * d; x++) s->qp[x] = scale * Q[x];
     slice_arg a = { s, 2048 / s->G > 0 ? 2048 / s->G : 1, s->qp };
     while ((s->ng + a.per - 1) / a.per > 256) a.per *= 2;
     return kv_fold_slices((s->ng + a.per - 1) / a.per, fold_groups, &a, Q, nq, s->ctx.dv, scale, st);
@@ -433,11 +415,7 @@ static void kivi_free(void *state)
     if (!s) return;
     free(s->recs);
     free(s->gidx);
-    free(s->kperm);
-    free(s->vperm);
-    free(s->vgp);
     free(s->kpl);
-    free(s->vpl);
     free(s->qp);
     kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);

@@ -9,8 +9,9 @@
  *     <q, k> ~ sqrt(pi/2) / m * |k| * <S q, sign(S k)>
  * is unbiased (E[<s, q> sign(<s, k>)] = sqrt(2/pi) <q, k> / |k| for
  * s ~ N(0, I)), with variance ((pi/2) |q|^2 |k|^2 - <q, k>^2) / m; the
- * logit is scale times it.  <S q, sign(S k)> is read from a table of the
- * sums of S q over each byte's set bits (m/8 lookups per key); the tiles
+ * logit is scale times it.  <S q, sign(S k)> is read from tables of the
+ * sums of S q over each nibble's set bits (m/4 lookups per key, a key per
+ * vector lane: kernels/qattn.h, kv_qsigns); the tiles
  * fold as in kernels/qattn.h (values from their codes).  Values are
  * kept in float32 (vbits=32) or quantised per token in groups of `group`
  * channels with half zero point and scale (methods/quant.h).  The last R
@@ -59,6 +60,8 @@ static const kv_param_def qjl_params[] = {
 
 extern const kv_method_ops kv_method_qjl;
 
+#define QJL_BLK KV_DOT_BLK /* tokens sketched together at ingest */
+
 static int qjl_check(void *cfg, const kv_spec *spec, kv_err *err)
 {
     const qjl_cfg *c = cfg;
@@ -83,15 +86,14 @@ typedef struct {
     float *vf;                 /* cap x dv (vbits 32) */
     uint8_t *vq;               /* cap x vcb (vbits < 32) */
     uint16_t *vzs;             /* cap x nvg x 2 */
-    uint8_t *qcodes;           /* scratch: one token's value codes and (z, s) pairs */
+    uint8_t *qcodes;           /* scratch: one token's value codes, then QJL_BLK tokens' sign bits */
+    float *dots;               /* scratch: QJL_BLK tokens' m sketch dots */
     uint16_t *qzs;
     kv_tokring tail, edge;
     /* the query kernel (kernels/qattn.h) */
-    int fastv;                 /* value codes unpack in layout order (else decoded to floats) */
-    int *vperm, *vgp;          /* channel of each layout position; value group of each 8 lanes */
-    float *vpl;                /* kv_qplane_scale of each layout position */
+    int fastv;                 /* value codes take the word path (else decoded to floats) */
     kv_qscratch ws;            /* per-thread tiles: working memory, not state */
-    float *tab;                /* per query: byte tables of S q and its sum; then S q */
+    float *tab;                /* per query: nibble tables of S q and its sum; then S q */
     size_t tcap;
     kv_query_cost cost;        /* what the answers read and computed (method.h) */
 } qjl_state;
@@ -151,28 +153,19 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->vcb = vbits == 32 ? 0 : kv_qcode_bytes(vbits, (size_t)ctx->dv);
     s->R = c->residual;
     s->S = kv_malloc(sizeof(float) * (size_t)m * (size_t)ctx->d, err);
-    s->qcodes = kv_malloc(s->vcb + 1, err);
+    s->qcodes = kv_malloc(s->vcb + 1 + QJL_BLK * (size_t)s->mb, err);
     s->qzs = s->qcodes ? kv_malloc(sizeof(uint16_t) * 2 * (size_t)s->nvg, err) : NULL;
-    s->vperm = s->qzs ? kv_malloc(sizeof(int) * (size_t)ctx->dv, err) : NULL;
-    s->vgp = s->vperm ? kv_malloc(sizeof(int) * (size_t)(ctx->dv / 8 + 1), err) : NULL;
-    s->vpl = s->vgp ? kv_malloc(sizeof(float) * (size_t)ctx->dv, err) : NULL;
-    if (!s->S || !s->vpl) {
-        free(s->vgp);
+    s->dots = s->qzs ? kv_malloc(sizeof(float) * QJL_BLK * (size_t)m, err) : NULL;
+    if (!s->S || !s->dots) {
         free(s->S);
+        free(s->dots);
         free(s->qcodes);
         free(s->qzs);
-        free(s->vperm);
         free(s);
         return err->code;
     }
-    /* the value layout of the query kernel: fast when the codes unpack in
-     * whole units (kv_qfast) and every 8 layout lanes lie in one group */
-    s->fastv = vbits < 32 && kv_qfast(vbits, ctx->dv) && s->gv % (64 / vbits) == 0;
-    for (int x = 0; x < ctx->dv; x++) {
-        s->vperm[x] = s->fastv ? kv_qperm(vbits, x) : x;
-        s->vpl[x] = s->fastv ? kv_qplane_scale(vbits, x) : 1.0f;
-    }
-    for (int k = 0; k < ctx->dv / 8; k++) s->vgp[k] = s->vperm[8 * k] / s->gv;
+    /* the query kernel reads value codes as words (kernels/qattn.h) when it can */
+    s->fastv = vbits < 32 && kv_qwords_ok((int)vbits, ctx->dv, s->gv);
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     for (int64_t j = 0; j < m; j++)
         for (int x = 0; x < ctx->d; x++)
@@ -219,8 +212,22 @@ static size_t row_bytes(const qjl_state *s)
            (s->vbits == 32 ? sizeof(float) * (size_t)s->ctx.dv : s->vcb + 4 * (size_t)s->nvg);
 }
 
-/* Quantise the tail's first token into row n; -1 when its value is beyond half. */
-static int quantise_front(qjl_state *s, kv_err *err)
+/* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK, each
+ * <S_j, k_t> bitwise kv_dot_fixed's; dots: scratch of m QJL_BLK floats */
+static void sketch_block(const float *S, int m, int d, const float *const *k, int nt, uint8_t *sg, int mb,
+                         float *dots)
+{
+    kv_dot_fixed_rows(S, m, d, k, nt, dots);
+    for (int t = 0; t < nt; t++)
+        for (int j0 = 0; j0 < m; j0 += 8) { /* m is a multiple of 8: whole sign bytes */
+            unsigned bits = 0;
+            for (int j = 0; j < 8; j++) bits |= (unsigned)(dots[(size_t)t * m + j0 + j] >= 0) << j;
+            sg[(size_t)t * mb + (j0 >> 3)] = (uint8_t)bits;
+        }
+}
+
+/* Quantise the tail's first token into row n (its sign bits given); -1 when its value is beyond half. */
+static int quantise_front(qjl_state *s, const uint8_t *signs, kv_err *err)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     const float *k = kv_tokring_k(&s->tail, 0), *v = kv_tokring_v(&s->tail, 0);
@@ -234,10 +241,7 @@ static int quantise_front(qjl_state *s, kv_err *err)
         }
     }
     if (grow_rows(s, s->n + 1, err)) return err->code;
-    uint8_t *sg = s->sig + (size_t)s->n * s->mb;
-    memset(sg, 0, (size_t)s->mb);
-    for (int j = 0; j < s->m; j++)
-        if (kv_dot_fixed(s->S + (size_t)j * d, k, d) >= 0) sg[j >> 3] |= (uint8_t)(1u << (j & 7));
+    memcpy(s->sig + (size_t)s->n * s->mb, signs, (size_t)s->mb);
     double nn = 0;
     for (int x = 0; x < d; x++) nn += (double)k[x] * k[x];
     s->norm[s->n] = (float)sqrt(nn);
@@ -250,16 +254,26 @@ static int quantise_front(qjl_state *s, kv_err *err)
     return KV_OK;
 }
 
-/* Quantise the tail's tokens older than h - R. */
+/* Quantise the tail's tokens older than h - R, their sketches QJL_BLK at a time. */
 static int compact(qjl_state *s, kv_err *err)
 {
+    uint8_t *sg = s->qcodes + s->vcb + 1;
     while (s->tail.count && kv_tokring_idx(&s->tail, 0) < s->h - s->R) {
-        int q = quantise_front(s, err);
-        if (q > 0) return q;
-        if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
-                                     kv_tokring_idx(&s->tail, 0), err))
-            return err->code;
-        kv_tokring_pop(&s->tail);
+        const float *k[QJL_BLK];
+        int nt = 0;
+        while (nt < QJL_BLK && nt < s->tail.count && kv_tokring_idx(&s->tail, nt) < s->h - s->R) {
+            k[nt] = kv_tokring_k(&s->tail, nt);
+            nt++;
+        }
+        sketch_block(s->S, s->m, s->ctx.d, k, nt, sg, s->mb, s->dots);
+        for (int t = 0; t < nt; t++) {
+            int q = quantise_front(s, sg + (size_t)t * s->mb, err);
+            if (q > 0) return q;
+            if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
+                                         kv_tokring_idx(&s->tail, 0), err))
+                return err->code;
+            kv_tokring_pop(&s->tail);
+        }
     }
     return KV_OK;
 }
@@ -280,7 +294,7 @@ static int qjl_ingest(void *state, const float *K, const float *V, int64_t first
         int64_t g = first + (int64_t)i;
         if (kv_tokring_push(&s->tail, K + i * s->ctx.d, V + i * s->ctx.dv, g, err)) return err->code;
         if (g + 1 > s->known) s->known = g + 1;
-        if (compact(s, err)) return err->code;
+        if (((i + 1) % QJL_BLK == 0 || i + 1 == n) && compact(s, err)) return err->code; /* a block's sketches at once */
     }
     return KV_OK;
 }
@@ -289,8 +303,8 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
 
 /* Tokens [i per, (i + 1) per) of the quantised rows, tile by tile
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
- * query's table of sums of S q over each byte's set bits (m/8 lookups per
- * key, as before), and the tile folds into the double state; quantised
+ * query's tables of sums of S q over each nibble's set bits (kv_qsigns),
+ * and the tile folds into the double state; quantised
  * values fold from their codes, the per-token scales folded into the
  * softmax weights (or, on a layout the kernel cannot take, decoded to
  * floats). */
@@ -300,20 +314,23 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     const slice_arg *a = arg;
     qjl_state *s = a->s;
     int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
-    size_t sl = KV_PSTATE_LEN(dv);
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL };
+    size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv);
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
-    float *w = kv_qscratch_get(&s->ws, 2 * sl * (size_t)(nq + 1) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) + dv +
-                                           (KV_QTILE + 1) * (size_t)nvg);
+    float *w = kv_qscratch_get(&s->ws, 2 * (ql * (size_t)nq + sl) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) +
+                                           KV_QU_FLOATS(dv));
     if (!w) return KV_EINTERNAL;
-    double *rl = (double *)w; /* nq states with u in layout order, then one for the merge */
-    for (int q = 0; q < nq; q++) kv_partial_clear(rl + q * sl, dv);
-    float *vc = w + 2 * sl * (size_t)(nq + 1), *vz = vc + KV_QTILE * (size_t)dv, *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg,
-          *U = S + KV_QTILE, *Z = U + dv;
+    double *rl = (double *)w; /* nq states (kv_qstate_len), then one for the merge */
+    for (int q = 0; q < nq; q++) kv_qstate_clear(rl + q * ql, ql);
+    float *vc = w + 2 * (ql * (size_t)nq + sl), *vz = vc + KV_QTILE * (size_t)dv, *vs = vz + KV_QTILE * nvg,
+          *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE;
+    tv.vz = vz;
+    tv.vs = vs;
     const float c = (float)(sqrt(M_PI / 2) / s->m) * scale;
     for (int64_t a0 = t0; a0 < t1; a0 += KV_QTILE) {
         int nt = t1 - a0 < KV_QTILE ? (int)(t1 - a0) : KV_QTILE;
-        kv_qtile_vals tv = { dv, nvg, s->fastv, s->vbits, s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc, vz, vs,
-                             s->vq ? s->vq + (size_t)a0 * s->vcb : NULL, s->vcb, s->vgp, s->vpl };
+        tv.v = s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc;
+        tv.codes = s->vq ? s->vq + (size_t)a0 * s->vcb : NULL;
         if (s->fastv) kv_qhalves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
         for (int t = 0; t < nt && s->vbits != 32 && !s->fastv; t++) {
             size_t row = (size_t)(a0 + t);
@@ -325,17 +342,13 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
             }
         }
         for (int q = 0; q < nq; q++) {
-            const float *T = s->tab + (size_t)q * (mb * 256 + 1);
-            for (int t = 0; t < nt; t++) {
-                const uint8_t *sg = s->sig + (size_t)(a0 + t) * mb;
-                float acc[4] = { 0, 0, 0, 0 }; /* four chains: the lookups overlap */
-                for (int b = 0; b < mb; b++) acc[b & 3] += T[b * 256 + sg[b]];
-                S[t] = c * s->norm[a0 + t] * (2 * ((acc[0] + acc[1]) + (acc[2] + acc[3])) - T[mb * 256]);
-            }
-            kv_qfold_tile(rl + q * sl, S, nt, &tv, U, Z);
+            const float *T = s->tab + (size_t)q * (mb * 32 + 1);
+            kv_qsigns(T, s->sig + (size_t)a0 * mb, mb, nt, S);
+            for (int t = 0; t < nt; t++) S[t] = c * s->norm[a0 + t] * (2 * S[t] - T[mb * 32]);
+            kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
         }
     }
-    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * sl, s->vperm, dv, rl + nq * sl);
+    for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * ql, &tv, rl + nq * ql);
     return KV_OK;
 }
 
@@ -343,7 +356,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
 {
     qjl_state *s = state;
     int d = s->ctx.d, mb = s->mb;
-    size_t sl = KV_PSTATE_LEN(s->ctx.dv), per = (size_t)mb * 256 + 1;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv), per = (size_t)mb * 32 + 1;
     for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->ctx.dv);
     if (p > s->h) s->h = p;
     if (p > s->known) s->known = p;
@@ -355,7 +368,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (s->n) {
         if (kv_qscratch_slots(&s->ws)) return KV_EINTERNAL;
         size_t need = (size_t)nq * per + (size_t)s->m;
-        if (need > s->tcap) { /* per query: mb tables of 256 sums, then the sum of S q; then S q itself */
+        if (need > s->tcap) { /* per query: 2 mb tables of 16 sums, then the sum of S q; then S q itself */
             size_t c = s->tcap ? s->tcap : 4096;
             while (c < need) c *= 2;
             float *t = realloc(s->tab, sizeof(float) * c);
@@ -367,12 +380,8 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
         for (int q = 0; q < nq; q++) {
             float tot = 0, *tq = s->tab + (size_t)q * per;
             for (int j = 0; j < s->m; j++) tot += (y[j] = kv_dot_fixed(s->S + (size_t)j * d, Q + (size_t)q * d, d));
-            tq[(size_t)mb * 256] = tot;
-            for (int b = 0; b < mb; b++) { /* T[v] = sum of y over the set bits of v */
-                float *T = tq + (size_t)b * 256;
-                T[0] = 0;
-                for (int v = 1; v < 256; v++) T[v] = T[v & (v - 1)] + y[8 * b + __builtin_ctz((unsigned)v)];
-            }
+            tq[(size_t)mb * 32] = tot;
+            kv_qsign_tables(y, mb, tq);
         }
         slice_arg a = { s, 1024 };
         while ((s->n + a.per - 1) / a.per > 256) a.per *= 2;
@@ -381,13 +390,13 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
     /* the rows once per call and S per query (it makes S q); per query S q
-     * (2 m d), its byte tables (256 m/8 adds), per quantised token m/8 table
+     * (2 m d), its nibble tables (16 m/4 adds), per quantised token m/4 table
      * adds, 3 multiplies and one FMA per value, per float token 2 (d + dv) */
     int64_t dd = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count, m = s->m;
     s->cost.read_bytes += (double)s->n * (double)row_bytes(s) + (s->n ? (double)nq * 4.0 * (double)(m * dd) : 0) +
                           (double)nf * (double)((dd + dv) * 4 + 8);
     s->cost.read_tokens += (double)(s->n + nf);
-    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 32 * m) : 0) + (double)s->n * (double)(m / 8 + 3 + 2 * dv) +
+    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 4 * m) : 0) + (double)s->n * (double)(m / 4 + 3 + 2 * dv) +
                                    (double)nf * 2 * (dd + dv));
     return rc;
 }
@@ -420,9 +429,7 @@ static void qjl_free(void *state)
     free(s->vzs);
     free(s->qcodes);
     free(s->qzs);
-    free(s->vperm);
-    free(s->vgp);
-    free(s->vpl);
+    free(s->dots);
     free(s->tab);
     kv_qscratch_free(&s->ws);
     kv_tokring_free(&s->tail);

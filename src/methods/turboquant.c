@@ -75,6 +75,7 @@ typedef struct {
     int bits, prod, dq;        /* dq: the folded key width, d (mse) or 2d (prod) */
     int64_t R;
     kv_tq_book kb, vb;         /* key book (bits - prod bits), value book (bits) */
+    kv_tq_book sgn;            /* prod: the sign bits as a 1-bit book {-1, +1} */
     float *Rk, *Rv, *S;        /* d x d, dv x dv, d x d (prod) */
     size_t kcb, sb, vcb, row;  /* key code, sign and value code bytes; row bytes */
     int64_t h, known;          /* latest horizon or answered prefix; all tokens < known ingested */
@@ -167,6 +168,7 @@ static int tq_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err
         return kv_seterr(err, KV_EINTERNAL, "turboquant: out of memory making the codebooks and rotations");
     }
     if (prod) kv_tq_gaussian(s->S, ctx->d, seed, st);
+    s->sgn = (kv_tq_book){ .d = ctx->d, .bits = 1, .c = { -1.0f, 1.0f } };
     *out = s;
     return KV_OK;
 }
@@ -209,19 +211,20 @@ static float row_f(const uint8_t *r, int i)
     return f;
 }
 
-/* Encode token g (k, v) into row n; y and r: scratch of max(d, dv) floats. */
-static void encode(tq_state *s, const float *k, const float *v, float *y, float *r)
+/* Encode token g (k, v), rotated rk = Pi_k k and rv = Pi_v v, into row n;
+ * y and r: scratch of max(d, dv) floats. */
+static void encode(tq_state *s, const float *k, const float *v, const float *rk, const float *rv, float *y, float *r)
 {
     uint8_t *row = s->rows + (size_t)s->n * s->row, *kc = row + (s->prod ? 12 : 8), *sg = kc + s->kcb,
             *vc = sg + s->sb;
     memset(row, 0, s->row);
-    float kn = kv_tq_encode(&s->kb, s->Rk, k, y, kc), vn;
+    float kn = kv_tq_encode_rotated(&s->kb, k, rk, y, kc), vn;
     memcpy(row, &kn, 4);
     if (s->prod) {
         float g = kv_tq_residual(&s->kb, s->S, y, kc, r, sg);
         memcpy(row + 8, &g, 4);
     }
-    vn = kv_tq_encode(&s->vb, s->Rv, v, y, vc);
+    vn = kv_tq_encode_rotated(&s->vb, v, rv, y, vc);
     memcpy(row + 4, &vn, 4);
 }
 
@@ -245,13 +248,22 @@ static int tq_ingest(void *state, const float *K, const float *V, int64_t first,
         s->runs[2 * s->nrun + 1] = (int64_t)n;
         s->nrun++;
     }
-    float *y = malloc(sizeof(float) * 2 * (size_t)m);
+    float *y = malloc(sizeof(float) * (2 * (size_t)m + KV_DOT_BLK * (size_t)(d + dv)));
     if (!y) return kv_seterr(err, KV_EINTERNAL, "turboquant: out of memory");
-    for (size_t i = 0; i < n; i++) {
+    float *rk = y + 2 * m, *rv = rk + KV_DOT_BLK * d;
+    for (size_t i = 0; i < n && !err->code; i++) {
+        size_t b = i % KV_DOT_BLK;
+        if (!b) { /* the rotations of a block of tokens at once (a row of Pi loaded once) */
+            const float *kx[KV_DOT_BLK], *vx[KV_DOT_BLK];
+            int nt = n - i < KV_DOT_BLK ? (int)(n - i) : KV_DOT_BLK;
+            for (int t = 0; t < nt; t++) kx[t] = K + (i + t) * d, vx[t] = V + (i + t) * dv;
+            kv_dot_fixed_rows(s->Rk, d, d, kx, nt, rk);
+            kv_dot_fixed_rows(s->Rv, dv, dv, vx, nt, rv);
+        }
         int64_t g = first + (int64_t)i;
-        encode(s, K + i * d, V + i * dv, y, y + m);
+        encode(s, K + i * d, V + i * dv, rk + b * d, rv + b * dv, y, y + m);
         s->n++;
-        if (g >= s->h - s->R && kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err)) break;
+        if (g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
     }
     free(y);
     if (first + (int64_t)n > s->known) s->known = first + (int64_t)n;
@@ -297,6 +309,57 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     int rc = kv_attn_fold_multi(Q, nq, len, K, V, dq, dv, scale, st);
     if (tid >= s->nscr) free(K);
     return rc;
+}
+
+#define TQ_TILE 64 /* one query: tokens per float tile (as the exact kernel's few-query path) */
+
+/* One query in the compressed domain (no decoded rows): per tile of rows
+ * the logits scale |k| (<q', c[codes]> [+ coef |r| <S q', signs>]) from the
+ * codes, the shifted exponentials in float, and their value sum
+ * sum_t p_t |v_t| c[value codes] (float per tile, double across tiles). */
+static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
+{
+    const slice_arg *a = arg;
+    tq_state *s = a->s;
+    (void)nq;
+    int d = s->ctx.d, dv = s->ctx.dv, tid = omp_get_thread_num();
+    int64_t t0 = i * a->per, t1 = t0 + a->per < (int64_t)s->len[0] ? t0 + a->per : (int64_t)s->len[0];
+    size_t per = (size_t)2 * TQ_TILE + (size_t)dv;
+    float *lg = tid < s->nscr ? s->scr + (size_t)tid * TQ_SLICE * (size_t)(s->dq + dv) : malloc(sizeof(float) * per);
+    if (!lg) return KV_EINTERNAL;
+    float *sg = lg + TQ_TILE, *U = sg + TQ_TILE;
+    const float coef = (float)(sqrt(M_PI / 2) / d);
+    const size_t off = s->prod ? 12 : 8;
+    for (int64_t b0 = t0; b0 < t1; b0 += TQ_TILE) {
+        int nt = (int)(t1 - b0 < TQ_TILE ? t1 - b0 : TQ_TILE);
+        const uint8_t *r0 = s->rows + (size_t)b0 * s->row;
+        kv_tq_dots(&s->kb, r0 + off, s->row, (size_t)nt, Q, lg);
+        if (s->prod) kv_tq_dots(&s->sgn, r0 + off + s->kcb, s->row, (size_t)nt, Q + d, sg);
+        float mt = -INFINITY;
+        for (int t = 0; t < nt; t++) {
+            const uint8_t *row = r0 + (size_t)t * s->row;
+            float kn = row_f(row, 0), x = kn * lg[t];
+            if (s->prod) x += coef * kn * row_f(row, 2) * sg[t];
+            lg[t] = scale * x;
+            mt = lg[t] > mt ? lg[t] : mt;
+        }
+        float m = kv_partial_raise_max(st, mt, dv);
+        for (int t = 0; t < nt; t++) lg[t] -= m;
+        kv_expf_neg(lg, (size_t)nt);
+        float l = 0, l2 = 0;
+        for (int t = 0; t < nt; t++) {
+            l += lg[t];
+            l2 += lg[t] * lg[t];
+            lg[t] *= row_f(r0 + (size_t)t * s->row, 1); /* p_t |v_t| */
+        }
+        st[KV_PS_L] += l;
+        st[KV_PS_L2] += l2;
+        memset(U, 0, sizeof(float) * (size_t)dv);
+        kv_tq_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->row, (size_t)nt, lg, U);
+        for (int c = 0; c < dv; c++) st[KV_PS_U + c] += U[c];
+    }
+    if (tid >= s->nscr) free(lg);
+    return KV_OK;
 }
 
 /* Query scratch for nq queries (grown only). */
@@ -365,7 +428,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
     }
     int64_t nr = (int64_t)s->len[nq - 1];
     slice_arg a = { s, TQ_SLICE, nq };
-    int rc = kv_fold_slices((nr + a.per - 1) / a.per, fold_slice, &a, s->qb, nq, dv, scale, st);
+    int rc = kv_fold_slices((nr + a.per - 1) / a.per, nq == 1 ? fold_one : fold_slice, &a, s->qb, nq, dv, scale, st);
     for (int q = 0; q < nq && !rc; q++) { /* the value sum back from the rotated domain, once per query */
         double *u = st + q * sl + KV_PS_U;
         for (int i = 0; i < dv; i++) {

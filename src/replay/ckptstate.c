@@ -11,11 +11,12 @@
 #include "replay/ckptstate.h"
 #include "replay/instances.h"
 
-#define CK_MAGIC INT64_C(0x4b56434b50543035) /* "KVCKPT05": 02 added the memory epochs' maximum, 03 the walk
+#define CK_MAGIC INT64_C(0x4b56434b50543036) /* "KVCKPT06": 02 added the memory epochs' maximum, 03 the walk
                                                 * inside a batch and exact rebuilt from the trace, 04 the
                                                 * quantised caches' checksum taken in pieces, 05 each stage's
                                                 * own bytes, a batch's only what it answered, the output
-                                                * norm ratios and the prefixes' sums of |v|^2 */
+                                                * norm ratios and the prefixes' sums of |v|^2, 06 kivi's
+                                                * key codes in the word layout (kernels/qattn.h) */
 
 /* The piece: the most bytes a rank holds of its state while writing or
  * reading a checkpoint.  KVSTREAM_CKPT_PIECE overrides it (for tests: a

@@ -58,11 +58,26 @@ int kv_quantise(const float *x, size_t n, size_t stride, int bits, uint8_t *code
     if (!isfinite(s)) return -1;
     zs[0] = zh;
     zs[1] = sh;
-    for (size_t i = 0; i < n; i++) {
-        float c = s > 0 ? rintf((x[i * stride] - z) / s) : 0.0f;
-        unsigned u = c <= 0 ? 0u : c >= (float)L ? L : (unsigned)c;
-        size_t bit = (pos + i * pstep) * (size_t)bits;
-        codes[bit >> 3] |= (uint8_t)(u << (bit & 7));
+    if (!(s > 0)) return 0; /* every code 0: nothing to set */
+    const float Lf = (float)L;
+    uint8_t u[64];
+    for (size_t i0 = 0; i0 < n; i0 += 64) { /* the codes a chunk at a time (a loop that vectorises), then packed */
+        size_t m = n - i0 < 64 ? n - i0 : 64;
+        const float *xi = x + i0 * stride;
+        if (stride == 1)
+            for (size_t i = 0; i < m; i++) {
+                float c = rintf((xi[i] - z) / s);
+                u[i] = (uint8_t)(int)(c <= 0 ? 0.0f : c >= Lf ? Lf : c);
+            }
+        else
+            for (size_t i = 0; i < m; i++) {
+                float c = rintf((xi[i * stride] - z) / s);
+                u[i] = (uint8_t)(int)(c <= 0 ? 0.0f : c >= Lf ? Lf : c);
+            }
+        for (size_t i = 0; i < m; i++) {
+            size_t bit = (pos + (i0 + i) * pstep) * (size_t)bits;
+            codes[bit >> 3] |= (uint8_t)(u[i] << (bit & 7));
+        }
     }
     return 0;
 }

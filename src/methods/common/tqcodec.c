@@ -4,6 +4,7 @@
 #include <string.h>
 #include "core/rng.h"
 #include "kernels/dot.h"
+#include "kernels/lanes16.h"
 #include "methods/common/tqcodec.h"
 
 #define TQ_SALT_ROT 0x74717270ULL /* "tqrp" */
@@ -156,11 +157,17 @@ static inline unsigned code_at(const uint8_t *codes, int bits, int i)
 
 float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float *y, uint8_t *codes)
 {
+    for (int i = 0; i < book->d; i++) y[i] = kv_dot_fixed(R + (size_t)i * book->d, x, book->d);
+    return kv_tq_encode_rotated(book, x, y, y, codes);
+}
+
+float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes)
+{
     int d = book->d, L1 = (1 << book->bits) - 1;
     double nn = 0;
     for (int i = 0; i < d; i++) nn += (double)x[i] * x[i];
     double norm = sqrt(nn), inv = norm > 0 ? 1.0 / norm : 0.0;
-    for (int i = 0; i < d; i++) y[i] = (float)(kv_dot_fixed(R + (size_t)i * d, x, d) * inv);
+    for (int i = 0; i < d; i++) y[i] = (float)(Rx[i] * inv);
     if (!book->bits) return (float)norm;
     for (int i = 0; i < d; i++) {
         unsigned k = 0;
@@ -172,6 +179,40 @@ float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float
     return (float)norm;
 }
 
+typedef float tq_v16 __attribute__((vector_size(16 * sizeof(float))));
+typedef int32_t tq_v16i __attribute__((vector_size(16 * sizeof(int32_t))));
+typedef uint64_t tq_v16u __attribute__((vector_size(16 * sizeof(uint64_t))));
+
+static const tq_v16u tq_lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+
+/* the 2 b bytes at p: 16 codes of b bits (byte-aligned), code l at bit l b (little-endian) */
+static inline uint64_t word16(const uint8_t *p, int b)
+{
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)(2 * b));
+    return w;
+}
+
+/* 16 codes of b bits from the 2 b bytes at p, as lane indices (a macro: a
+ * function returning a vector has another ABI without AVX-512) */
+#define unpack16(p, b)                                                                                           \
+    __builtin_convertvector(((word16((p), (b)) - (tq_v16u){ 0 }) >> (tq_lane * (uint64_t)(b))) &                \
+                                (uint64_t)((1u << (b)) - 1),                                                     \
+                            tq_v16i)
+
+/* out[i] = c[code i], groups of 16 by a vector permute of the (16-entry, padded) table */
+static inline __attribute__((always_inline)) void decode_table(const float *c, const uint8_t *codes, int d, int b, float *out)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    int i = 0;
+    for (; i + 16 <= d; i += 16) {
+        tq_v16 v = __builtin_shuffle(t, unpack16(codes + (size_t)i * b / 8, b));
+        memcpy(out + i, &v, sizeof v);
+    }
+    for (; i < d; i++) out[i] = c[code_at(codes, b, i)];
+}
+
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out)
 {
     int d = book->d, b = book->bits;
@@ -181,10 +222,75 @@ void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, flo
     }
     float c[1 << KV_TQ_MAXBITS];
     for (int k = 0; k < (1 << b); k++) c[k] = scale * book->c[k];
-    if (b == 3)
-        for (int i = 0; i < d; i++) out[i] = c[code_at(codes, 3, i)];
-    else /* codes within one byte: per * b bits per byte */
-        for (int i = 0; i < d; i++) out[i] = c[(codes[(i * b) >> 3] >> ((i * b) & 7)) & ((1u << b) - 1)];
+    switch (b) { /* constant b: the shifts and masks specialise */
+    case 1: decode_table(c, codes, d, 1, out); break;
+    case 2: decode_table(c, codes, d, 2, out); break;
+    case 3: decode_table(c, codes, d, 3, out); break;
+    default: decode_table(c, codes, d, 4, out); break;
+    }
+}
+
+/* out[r] = sum_i q[i] c[code i of row r] (16 lanes, then a fixed tree) */
+static inline __attribute__((always_inline)) void dots_b(const float *c, const uint8_t *codes, size_t stride,
+                                                         size_t n, const float *q, int d, int b, float *out)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    for (size_t r = 0; r < n; r++) {
+        const uint8_t *cr = codes + r * stride;
+        tq_v16 acc = { 0 }, x;
+        int i = 0;
+        for (; i + 16 <= d; i += 16) {
+            memcpy(&x, q + i, sizeof x);
+            acc += x * __builtin_shuffle(t, unpack16(cr + (size_t)i * b / 8, b));
+        }
+        float a[16], tail = 0;
+        memcpy(a, &acc, sizeof a);
+        for (; i < d; i++) tail += q[i] * c[code_at(cr, b, i)];
+        out[r] = kv_hsum16(a) + tail;
+    }
+}
+
+/* u[i] += w[r] c[code i of row r], r < n */
+static inline __attribute__((always_inline)) void axpys_b(const float *c, const uint8_t *codes, size_t stride,
+                                                          size_t n, const float *w, int d, int b, float *u)
+{
+    tq_v16 t = { 0 };
+    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    int i = 0;
+    for (; i + 16 <= d; i += 16) { /* one 16-lane accumulator per group, over all rows */
+        tq_v16 acc;
+        memcpy(&acc, u + i, sizeof acc);
+        for (size_t r = 0; r < n; r++)
+            acc += w[r] * __builtin_shuffle(t, unpack16(codes + r * stride + (size_t)i * b / 8, b));
+        memcpy(u + i, &acc, sizeof acc);
+    }
+    for (; i < d; i++)
+        for (size_t r = 0; r < n; r++) u[i] += w[r] * c[code_at(codes + r * stride, b, i)];
+}
+
+void kv_tq_dots(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *q, float *out)
+{
+    int d = book->d;
+    switch (book->bits) {
+    case 0: memset(out, 0, sizeof(float) * n); break;
+    case 1: dots_b(book->c, codes, stride, n, q, d, 1, out); break;
+    case 2: dots_b(book->c, codes, stride, n, q, d, 2, out); break;
+    case 3: dots_b(book->c, codes, stride, n, q, d, 3, out); break;
+    default: dots_b(book->c, codes, stride, n, q, d, 4, out); break;
+    }
+}
+
+void kv_tq_axpys(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *w, float *u)
+{
+    int d = book->d;
+    switch (book->bits) {
+    case 0: break;
+    case 1: axpys_b(book->c, codes, stride, n, w, d, 1, u); break;
+    case 2: axpys_b(book->c, codes, stride, n, w, d, 2, u); break;
+    case 3: axpys_b(book->c, codes, stride, n, w, d, 3, u); break;
+    default: axpys_b(book->c, codes, stride, n, w, d, 4, u); break;
+    }
 }
 
 float kv_tq_residual(const kv_tq_book *book, const float *S, const float *y, const uint8_t *codes, float *r,

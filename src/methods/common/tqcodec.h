@@ -53,9 +53,18 @@ static inline size_t kv_tq_code_bytes(int bits, size_t n) { return (n * (size_t)
  * caller, kv_tq_code_bytes) its codes under book (bits 0: nothing). */
 float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float *y, uint8_t *codes);
 
+/* kv_tq_encode with Pi x given (Rx, d floats, e.g. from kv_dot_fixed_rows; y may be Rx). */
+float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes);
+
 /* out[i] = scale * c[code i], i < d: the rotated unit vector's estimate,
  * times scale (the norm), in the rotated domain. */
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out);
+
+/* The compressed-domain kernels of one query against n code rows (row r
+ * at codes + r stride, d = book->d codes each): out[r] = sum_i q[i] c[code i]
+ * (float, 16 lanes); and u[i] += sum_r w[r] c[code i of row r] (float). */
+void kv_tq_dots(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *q, float *out);
+void kv_tq_axpys(const kv_tq_book *book, const uint8_t *codes, size_t stride, size_t n, const float *w, float *u);
 
 /* The prod stage on y and its codes (bits may be 0: yhat = 0): r (d floats
  * of scratch) = y - yhat, signs (zeroed, d bits) = sign bits of S r
