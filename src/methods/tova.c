@@ -307,7 +307,7 @@ static void drop_lowest(kv_slots *sl, kv_evkey cut)
     }
     int32_t *gone = sl->heap[0] + sl->hsize[0];
     size_t ng = (size_t)(n0 - sl->hsize[0]);
-    qsort(gone, ng, sizeof *gone, desc_slot);
+    if (ng > 1) qsort(gone, ng, sizeof *gone, desc_slot); /* a rank holding nothing has no heap array */
     for (size_t i = 0; i < ng; i++) kv_slots_drop(sl, gone[i]);
 }
 
