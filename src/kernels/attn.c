@@ -35,6 +35,7 @@
 #include "kernels/half.h"
 #include "kernels/lanes16.h"
 #include "kernels/partial.h"
+#include "kernels/vshuf.h"
 
 #define TILE 64  /* tokens per tile: K and V tiles of d=128 are 32 KiB each */
 #define VL 16    /* floats per vector */
@@ -154,10 +155,10 @@ static inline v16 hsum16x16(const v16 *a)
     static const v16i lo1 = { 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30 };
     static const v16i hi1 = { 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31 };
     v16 b[8], c[4], e[2];
-    for (int i = 0; i < 8; i++) b[i] = __builtin_shuffle(a[i], a[i + 8], lo8) + __builtin_shuffle(a[i], a[i + 8], hi8);
-    for (int i = 0; i < 4; i++) c[i] = __builtin_shuffle(b[i], b[i + 4], lo4) + __builtin_shuffle(b[i], b[i + 4], hi4);
-    for (int i = 0; i < 2; i++) e[i] = __builtin_shuffle(c[i], c[i + 2], lo2) + __builtin_shuffle(c[i], c[i + 2], hi2);
-    return __builtin_shuffle(e[0], e[1], lo1) + __builtin_shuffle(e[0], e[1], hi1);
+    for (int i = 0; i < 8; i++) b[i] = KV_SHUF2(a[i], a[i + 8], lo8) + KV_SHUF2(a[i], a[i + 8], hi8);
+    for (int i = 0; i < 4; i++) c[i] = KV_SHUF2(b[i], b[i + 4], lo4) + KV_SHUF2(b[i], b[i + 4], hi4);
+    for (int i = 0; i < 2; i++) e[i] = KV_SHUF2(c[i], c[i + 2], lo2) + KV_SHUF2(c[i], c[i + 2], hi2);
+    return KV_SHUF2(e[0], e[1], lo1) + KV_SHUF2(e[0], e[1], hi1);
 }
 
 /* Rows to prefetch a few lines at a time, spread over a tile's compute: in

@@ -6,6 +6,7 @@
 #include "kernels/attn.h"
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
+#include "kernels/vshuf.h"
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -105,7 +106,11 @@ static inline vi gather_words(const uint8_t *p, int stride)
     x = _mm256_i32gather_epi32((const int *)p, i, 1);
     memcpy(&w, &x, sizeof w);
 #else
-    for (int l = 0; l < KV_QVL; l++) memcpy(&w[l], p + (size_t)l * stride, 4);
+    for (int l = 0; l < KV_QVL; l++) {
+        int32_t x;
+        memcpy(&x, p + (size_t)l * stride, 4);
+        w[l] = x;
+    }
 #endif
     return w;
 }
@@ -131,9 +136,9 @@ static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, 
             const float *t = T + (size_t)(2 * j + x) * 16;
             vi idx = (vi)((vu)w >> (4 * x)) & 15;
 #if KV_QVL == 16
-            vf v = __builtin_shuffle(ldf(t), idx);
+            vf v = KV_SHUF1(ldf(t), idx);
 #else
-            vf v = __builtin_shuffle(ldf(t), ldf(t + 8), idx);
+            vf v = KV_SHUF2(ldf(t), ldf(t + 8), idx);
 #endif
             if (x & 1) a1 += v;
             else a0 += v;
@@ -184,11 +189,11 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
                 if (nt - t >= step) c = ldw(tv->codes + 4 * (size_t)t * W);
                 else memcpy(&c, tv->codes + 4 * (size_t)t * W, 4 * (size_t)(nt - t) * W);
                 vi keep = tix < nt - t; /* lanes past the tile: 0 (what they read is not a value) */
-                vf sw = __builtin_shuffle(ldf(w + t), tix);
-                vf a = (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vs + (size_t)t * nvg), gix)) & keep);
+                vf sw = KV_SHUF1(ldf(w + t), tix);
+                vf a = (vf)((vi)(sw * KV_SHUF1(ldf(tv->vs + (size_t)t * nvg), gix)) & keep);
                 vi h = high(c);
                 for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
-                acc[P] += (vf)((vi)(sw * __builtin_shuffle(ldf(tv->vz + (size_t)t * nvg), gix)) & keep);
+                acc[P] += (vf)((vi)(sw * KV_SHUF1(ldf(tv->vz + (size_t)t * nvg), gix)) & keep);
             }
         } else {
             size_t g0 = (size_t)m * KV_QVL / wpg;
@@ -196,10 +201,10 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
                 vi c = ldw(tv->codes + 4 * ((size_t)t * W + (size_t)m * KV_QVL));
                 vf sw = bcf(w[t]);
                 const float *gs = tv->vs + (size_t)t * nvg + g0, *gz = tv->vz + (size_t)t * nvg + g0;
-                vf a = sw * __builtin_shuffle(ldf(gs), gix);
+                vf a = sw * KV_SHUF1(ldf(gs), gix);
                 vi h = high(c);
                 for (int k = 0; k < P; k++) acc[k] += plane(c, h, bits, k) * a;
-                acc[P] += sw * __builtin_shuffle(ldf(gz), gix);
+                acc[P] += sw * KV_SHUF1(ldf(gz), gix);
             }
         }
         for (int k = 0; k <= P; k++) memcpy(U + (size_t)(m * (P + 1) + k) * KV_QVL, &acc[k], sizeof acc[k]);

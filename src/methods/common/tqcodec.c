@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/rng.h"
+#include "kernels/vshuf.h"
 #include "kernels/dot.h"
 #include "kernels/lanes16.h"
 #include "methods/common/tqcodec.h"
@@ -207,7 +208,7 @@ static inline __attribute__((always_inline)) void decode_table(const float *c, c
     memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
     int i = 0;
     for (; i + 16 <= d; i += 16) {
-        tq_v16 v = __builtin_shuffle(t, unpack16(codes + (size_t)i * b / 8, b));
+        tq_v16 v = KV_SHUF1(t, unpack16(codes + (size_t)i * b / 8, b));
         memcpy(out + i, &v, sizeof v);
     }
     for (; i < d; i++) out[i] = c[code_at(codes, b, i)];
@@ -242,7 +243,7 @@ static inline __attribute__((always_inline)) void dots_b(const float *c, const u
         int i = 0;
         for (; i + 16 <= d; i += 16) {
             memcpy(&x, q + i, sizeof x);
-            acc += x * __builtin_shuffle(t, unpack16(cr + (size_t)i * b / 8, b));
+            acc += x * KV_SHUF1(t, unpack16(cr + (size_t)i * b / 8, b));
         }
         float a[16], tail = 0;
         memcpy(a, &acc, sizeof a);
@@ -262,7 +263,7 @@ static inline __attribute__((always_inline)) void axpys_b(const float *c, const 
         tq_v16 acc;
         memcpy(&acc, u + i, sizeof acc);
         for (size_t r = 0; r < n; r++)
-            acc += w[r] * __builtin_shuffle(t, unpack16(codes + r * stride + (size_t)i * b / 8, b));
+            acc += w[r] * KV_SHUF1(t, unpack16(codes + r * stride + (size_t)i * b / 8, b));
         memcpy(u + i, &acc, sizeof acc);
     }
     for (; i < d; i++)
