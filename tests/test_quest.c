@@ -75,7 +75,7 @@ static int64_t brute(const float *q, int64_t p, int64_t page, int64_t pages, dou
         }
         key[g] = (double)(float)(b * (1.0 / sqrt((double)D)));
     }
-    take[np - 1] = 1;
+    if (np > 0) take[np - 1] = 1; /* p >= 1 here; says so to GCC, which warns under ASan */
     for (int64_t k = 1; k < pages && k < np; k++) { /* the next largest, lower g on ties */
         int64_t best = -1;
         for (int64_t g = 0; g < np; g++)
