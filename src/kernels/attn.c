@@ -111,6 +111,20 @@ void kv_expf_neg(float *x, size_t n)
     }
 }
 
+void kv_attn_exp_tile(double *r, float *s, int nt, float mt, int dv)
+{
+    float m = kv_partial_raise_max(r, mt, dv);
+    for (int t = 0; t < nt; t++) s[t] -= m;
+    kv_expf_neg(s, (size_t)nt);
+    float l = 0, l2 = 0;
+    for (int t = 0; t < nt; t++) {
+        l += s[t];
+        l2 += s[t] * s[t];
+    }
+    r[KV_PS_L] += l;
+    r[KV_PS_L2] += l2;
+}
+
 /* u[c] += x[c] (double += float), c < n: the per-tile fold into the state */
 static inline void add_f2d(double *restrict u, const float *restrict x, int n)
 {

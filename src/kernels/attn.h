@@ -51,4 +51,12 @@ int kv_attn_fold_multi_f16(const float *Q, int nq, const size_t *len, const uint
  * The batched kernels use the same polynomial inline. */
 void kv_expf_neg(float *x, size_t n);
 
+/* One tile of a single query's softmax fold, in place: s[0..nt) (logits,
+ * max mt) become the weights exp(s - m) under the running max m of r
+ * (raised, r rescaled, as kv_partial_raise_max), and their sum and sum of
+ * squares, added in token order, go into r's l and l2.  r has dv value
+ * sums.  The quantised kernels' fold (the float kernel's own fold sums by
+ * SIMD lanes). */
+void kv_attn_exp_tile(double *r, float *s, int nt, float mt, int dv);
+
 #endif

@@ -217,16 +217,7 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     if (nt <= 0) return;
     float mt = s[0];
     for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    float m = kv_partial_raise_max(r, mt, (int)kv_qstate_len(tv) - 3);
-    for (int t = 0; t < nt; t++) s[t] -= m;
-    kv_expf_neg(s, (size_t)nt);
-    float l = 0, l2 = 0;
-    for (int t = 0; t < nt; t++) {
-        l += s[t];
-        l2 += s[t] * s[t];
-    }
-    r[KV_PS_L] += l;
-    r[KV_PS_L2] += l2;
+    kv_attn_exp_tile(r, s, nt, mt, (int)kv_qstate_len(tv) - 3);
     double *u = r + KV_PS_U;
     if (!tv->coded) { /* 64 channels at a time in registers, tokens inner */
         memset(U, 0, sizeof(float) * (size_t)dv);

@@ -343,17 +343,8 @@ static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float sc
             lg[t] = scale * x;
             mt = lg[t] > mt ? lg[t] : mt;
         }
-        float m = kv_partial_raise_max(st, mt, dv);
-        for (int t = 0; t < nt; t++) lg[t] -= m;
-        kv_expf_neg(lg, (size_t)nt);
-        float l = 0, l2 = 0;
-        for (int t = 0; t < nt; t++) {
-            l += lg[t];
-            l2 += lg[t] * lg[t];
-            lg[t] *= row_f(r0 + (size_t)t * s->row, 1); /* p_t |v_t| */
-        }
-        st[KV_PS_L] += l;
-        st[KV_PS_L2] += l2;
+        kv_attn_exp_tile(st, lg, nt, mt, dv);
+        for (int t = 0; t < nt; t++) lg[t] *= row_f(r0 + (size_t)t * s->row, 1); /* p_t |v_t| */
         memset(U, 0, sizeof(float) * (size_t)dv);
         kv_tq_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->row, (size_t)nt, lg, U);
         for (int c = 0; c < dv; c++) st[KV_PS_U + c] += U[c];
