@@ -25,6 +25,9 @@
  *   frac    single: a method holding <= 25% of exact's bytes answers in at
  *           most 2 x (its memory fraction) x exact's single-query time
  *   ingest  >= 1 M tokens/s per core (the target is stated at d = 64)
+ * A listed spec with store=f16 (exact:store=f16) is made as on a float16
+ * trace, and the stream's keys and values are then rounded to half for
+ * every method of the run, so all hold the same numbers.
  * Timings on a shared machine are noisy: run it quiet. */
 #include <math.h>
 #include <omp.h>
@@ -33,7 +36,9 @@
 #include <string.h>
 #include "core/rng.h"
 #include "kernels/floors.h"
+#include "kernels/half.h"
 #include "kernels/partial.h"
+#include "methods/common/quant.h"
 #include "methods/method.h"
 #include "replay/cost.h"
 
@@ -93,7 +98,8 @@ static int make_as(const kv_method_ops *o, const stream *s, const char *text, kv
 {
     int cnt;
     kv_method_ctx ctx = { .d = s->d, .dv = s->d, .scale = 1.0 / sqrt((double)s->d), .n_total = s->n, .rank = 0,
-                          .nranks = 1, .seed = 1, .shard_tokens = s->n, .chunk = s->n, .semantics = KV_SEM_FULL };
+                          .nranks = 1, .seed = 1, .shard_tokens = s->n, .chunk = s->n, .semantics = KV_SEM_FULL,
+                          .kv_float16 = strstr(text, "store=f16") != NULL };
     if (kv_spec_parse_list(text, spec, &cnt, err)) return err->code;
     return o->create(&(*spec)[0], &ctx, st, err);
 }
@@ -251,12 +257,23 @@ int main(int argc, char **argv)
         s.V[i] = (float)kv_hash_normal(1, 2, i, 0);
     }
     for (size_t i = 0; i < NQ * (size_t)d; i++) s.Q[i] = (float)kv_hash_normal(1, 3, i, 0);
+    int f16 = only && strstr(only, "store=f16");
+    if (f16) { /* exactly half values, as on a float16 trace */
+        uint16_t h[1];
+        for (size_t i = 0; i < kv; i++) {
+            h[0] = kv_half_from_float(s.K[i]);
+            kv_half_to_f32(h, 1, &s.K[i]);
+            h[0] = kv_half_from_float(s.V[i]);
+            kv_half_to_f32(h, 1, &s.V[i]);
+        }
+    }
     kv_floors fl;
     kv_err err = { 0, "" };
     if (kv_floors_measure(&fl, &err)) { fprintf(stderr, "bench_methods: %s\n", err.msg); return 1; }
     int th = omp_get_max_threads();
-    printf("bench_methods: n = 2^%d, d = dv = %d, %d threads; floors: read %.2f GB/s, FMA peak %.1f GFLOP/s (%s)\n",
-           lg, d, th, fl.read_bw / 1e9, fl.fma_peak / 1e9, kv_floor_isa());
+    printf("bench_methods: n = 2^%d, d = dv = %d, %d threads; floors: read %.2f GB/s, FMA peak %.1f GFLOP/s (%s)%s\n",
+           lg, d, th, fl.read_bw / 1e9, fl.fma_peak / 1e9, kv_floor_isa(),
+           f16 ? "; keys and values rounded to half (store=f16 listed)" : "");
     printf("%-16s %10s %8s %12s | %10s %10s %6s | %10s %10s %6s | %s\n", "method", "held", "% exact", "ingest tok/s",
            "1q us/q", "1q MB/q", "/floor", "64q us/q", "64q MB/q", "/floor", "targets");
     /* the listed methods in their order (exact first for the frac target), else every registered one */
