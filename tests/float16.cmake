@@ -11,3 +11,5 @@ add_test(NAME float16_record COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/check_
 set_tests_properties(float16_record PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "float16;record" TIMEOUT 600)
 # replays compared with a float64 reference / bitwise across paths: rounding
 set_property(TEST float16_exact float16_bitwise float16_store APPEND PROPERTY LABELS numerics)
+# half <-> float arrays (kernels/half.h) against a table of every finite half
+kv_unit_test(test_half ${CMAKE_CURRENT_SOURCE_DIR}/test_half.c float16 numerics)

@@ -50,9 +50,36 @@ void kv_half_to_f32(const uint16_t *h, size_t n, float *out)
     for (; i < n; i++) out[i] = h2f(h[i]);
 }
 
+/* Vector blocks: the hardware rounding to nearest, kept when the way back
+ * gives x again and |x| <= 65504 (an infinity or NaN fails one of the two);
+ * for such x the nearest half is x itself, the bits f2h_exact gives.  A
+ * block with a value that is not a half is left to the scalar loop, which
+ * finds its index. */
 size_t kv_f32_to_half_exact(const float *x, size_t n, uint16_t *h)
 {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 big = _mm512_set1_ps(65504.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        __m256i c = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __mmask16 ok = _mm512_cmp_ps_mask(_mm512_cvtph_ps(c), v, _CMP_EQ_OQ) &
+                       _mm512_cmp_ps_mask(_mm512_abs_ps(v), big, _CMP_LE_OQ);
+        if (ok != 0xffff) break;
+        _mm256_storeu_si256((__m256i *)(h + i), c);
+    }
+#elif defined(__F16C__) && defined(__AVX__)
+    const __m256 big = _mm256_set1_ps(65504.0f), sgn = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m128i c = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_cvtph_ps(c), v, _CMP_EQ_OQ),
+                                  _mm256_cmp_ps(_mm256_andnot_ps(sgn, v), big, _CMP_LE_OQ));
+        if (_mm256_movemask_ps(ok) != 0xff) break;
+        _mm_storeu_si128((__m128i *)(h + i), c);
+    }
+#endif
+    for (; i < n; i++)
         if ((h[i] = f2h_exact(x[i])) == 0x7c00u) return i;
     return n;
 }
