@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "core/hugemem.h"
 #include "kernels/dot.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
@@ -36,6 +37,13 @@ typedef struct {
     run *runs;    /* rows local.. hold tokens first.. (up to the next run) */
     size_t nruns, rcap;
     kv_query_cost cost; /* method.h: cost */
+    /* select's lists kept for the partial_select of the same batch (queries
+     * and prefixes compared): per query its candidates' rows, ascending, and
+     * how many; transient per-batch scratch, freed by partial_select */
+    float *cq;
+    int64_t *cp, *crow, *cn;
+    float *cout; /* per query: the largest logit among the rows not listed (-inf: none) */
+    int cnq;
 } topk_state;
 
 typedef struct { int64_t k; } topk_cfg;
@@ -73,6 +81,9 @@ static int reserve(topk_state *s, size_t rows)
     float *Vn = realloc(s->V, sizeof(float) * dv * rows);
     if (Vn) s->V = Vn;
     if (!Kn || !Vn) return KV_EINTERNAL;
+    /* the rows not touched yet on huge pages (core/hugemem.h: exact's ingest) */
+    kv_mem_hugepages(s->K + s->cap * d, sizeof(float) * d * (rows - s->cap));
+    kv_mem_hugepages(s->V + s->cap * dv, sizeof(float) * dv * (rows - s->cap));
     s->cap = rows;
     return KV_OK;
 }
@@ -124,45 +135,28 @@ static size_t rows_below(const topk_state *s, int64_t p)
     return (size_t)r->local + (take < end - (size_t)r->local ? take : end - (size_t)r->local);
 }
 
-static void logits(const topk_state *s, const float *q, size_t n, float *a)
+/* The logits of the nt rows at ptr[] under q: kv_dot_fixed's order, a
+ * block of KV_DOT_BLK rows at a time (independent accumulators), times
+ * scale.  One compiled copy (noinline) serves every caller, so a token's
+ * logit has the same bits in select and in partial_select on every rank,
+ * which the threshold compares rely on. */
+static __attribute__((noinline)) void logits_rows(const float *q, int d, const float *const *ptr, size_t nt,
+                                                  float scale, float *a)
 {
-    float scale = (float)s->ctx.scale;
-    for (size_t t = 0; t < n; t++) a[t] = kv_dot_fixed(q, s->K + t * (size_t)s->ctx.d, s->ctx.d) * scale;
+    size_t t = 0;
+    for (; t + KV_DOT_BLK <= nt; t += KV_DOT_BLK) kv_dot_fixed_rows(q, 1, d, ptr + t, KV_DOT_BLK, a + t);
+    if (t < nt) kv_dot_fixed_rows(q, 1, d, ptr + t, (int)(nt - t), a + t);
+    for (size_t i = 0; i < nt; i++) a[i] *= scale;
 }
 
-static void swapf(float *a, float *b) { float t = *a; *a = *b; *b = t; }
+#define LBLK 256 /* rows per block of logits */
 
-static float median3(float a, float b, float c)
+/* logits of rows [r0, r0 + nt) (nt <= LBLK) */
+static void logits_at(const topk_state *s, const float *q, size_t r0, size_t nt, float *a)
 {
-    if (a > b) { float t = a; a = b; b = t; }
-    return c < a ? a : c > b ? b : c;
-}
-
-/* Reorder x[0..n) so that x[0..k) are its k largest (1 <= k <= n).
- * Quickselect with a three-way partition, so runs of equal logits cannot
- * stall it. */
-static void select_largest(float *x, size_t n, size_t k)
-{
-    size_t lo = 0, hi = n, want = k - 1; /* rank sought in descending order */
-    while (hi - lo > 1) {
-        float piv = median3(x[lo], x[lo + (hi - lo) / 2], x[hi - 1]);
-        /* [lo, gt) > piv, [gt, i) == piv, [lt, hi) < piv */
-        size_t gt = lo, i = lo, lt = hi;
-        while (i < lt) {
-            if (x[i] > piv) swapf(&x[i++], &x[gt++]);
-            else if (x[i] < piv) swapf(&x[i], &x[--lt]);
-            else i++;
-        }
-        if (want < gt) hi = gt;
-        else if (want >= lt) lo = lt;
-        else return;
-    }
-}
-
-static int cmp_desc(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
+    const float *ptr[LBLK];
+    for (size_t t = 0; t < nt; t++) ptr[t] = s->K + (r0 + t) * (size_t)s->ctx.d;
+    logits_rows(q, s->ctx.d, ptr, nt, (float)s->ctx.scale, a);
 }
 
 static int topk_select_len(const void *state)
@@ -173,20 +167,107 @@ static int topk_select_len(const void *state)
     return L > INT32_MAX ? INT32_MAX : (int)L;
 }
 
-/* One query: this rank's L largest logits among tokens < p, descending. */
-static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel)
+/* a min-heap of (logit, row) on the logit: the k largest seen */
+typedef struct { float v; int64_t r; } cand;
+
+static void sift_down(cand *h, size_t n, size_t i)
 {
-    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n;
-    float *a = malloc(sizeof(float) * (n ? n : 1));
-    if (!a) return KV_EINTERNAL;
-    logits(s, q, n, a);
-    if (k) {
-        select_largest(a, n, k);
-        qsort(a, k, sizeof(float), cmp_desc);
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l < n && h[l].v < h[m].v) m = l;
+        if (l + 1 < n && h[l + 1].v < h[m].v) m = l + 1;
+        if (m == i) return;
+        cand t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
     }
-    for (size_t i = 0; i < (size_t)L; i++) sel[i] = i < k ? (double)a[i] : -INFINITY;
-    free(a);
+}
+
+static void sift_up(cand *h, size_t i)
+{
+    while (i && h[(i - 1) / 2].v > h[i].v) {
+        cand t = h[i]; h[i] = h[(i - 1) / 2]; h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* One query: this rank's L largest logits among tokens < p, descending,
+ * into sel, the rows holding them (k = min(L, n) of them, ascending) into
+ * rows, and the largest logit of the rows left out into *out.  One pass
+ * over the keys, a block of logits at a time; a logit enters the heap of
+ * the k largest only when above its least (equal ones change no value of
+ * the list), so the list is the same multiset of values a full sort gives. */
+static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel, int64_t *rows,
+                      int64_t *nrows, float *out)
+{
+    float om = -INFINITY;
+    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n, hn = 0;
+    cand *h = malloc(sizeof(cand) * (k ? k : 1));
+    if (!h) return KV_EINTERNAL;
+    float a[LBLK];
+    for (size_t r0 = 0; r0 < n; r0 += LBLK) {
+        size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
+        logits_at(s, q, r0, nt, a);
+        size_t t = 0;
+        for (; t < nt && hn < k; t++) { /* filling */
+            h[hn] = (cand){ a[t], (int64_t)(r0 + t) };
+            sift_up(h, hn++);
+        }
+        float least = k ? h[0].v : INFINITY;
+        for (; t < nt; t++) {
+            if (a[t] > least) {
+                om = least > om ? least : om; /* the row it replaces leaves the list */
+                h[0] = (cand){ a[t], (int64_t)(r0 + t) };
+                sift_down(h, k, 0);
+                least = h[0].v;
+            } else {
+                om = a[t] > om ? a[t] : om;
+            }
+        }
+    }
+    *out = om;
+    for (size_t i = k; i-- > 0;) { /* pop ascending, written from the end: descending */
+        sel[i] = (double)h[0].v;
+        rows[i] = h[0].r;
+        h[0] = h[i];
+        sift_down(h, i, 0);
+    }
+    for (size_t i = k; i < (size_t)L; i++) sel[i] = -INFINITY;
+    qsort(rows, k, sizeof(int64_t), cmp_row);
+    *nrows = (int64_t)k;
+    free(h);
     return KV_OK;
+}
+
+/* keep select's lists for the partial_select of the same batch */
+static int keep_lists(topk_state *s, const float *Q, const int64_t *p, int nq, int L)
+{
+    free(s->cq); free(s->cp); free(s->crow); free(s->cn); free(s->cout);
+    size_t d = (size_t)s->ctx.d;
+    s->cq = malloc(sizeof(float) * d * (size_t)nq);
+    s->cp = malloc(sizeof(int64_t) * (size_t)nq);
+    s->crow = malloc(sizeof(int64_t) * (size_t)nq * (size_t)(L ? L : 1));
+    s->cn = malloc(sizeof(int64_t) * (size_t)nq);
+    s->cout = malloc(sizeof(float) * (size_t)nq);
+    s->cnq = 0;
+    if (!s->cq || !s->cp || !s->crow || !s->cn || !s->cout) return KV_EINTERNAL;
+    memcpy(s->cq, Q, sizeof(float) * d * (size_t)nq);
+    memcpy(s->cp, p, sizeof(int64_t) * (size_t)nq);
+    s->cnq = nq;
+    return KV_OK;
+}
+
+static void drop_lists(topk_state *s)
+{
+    free(s->cq); free(s->cp); free(s->crow); free(s->cn); free(s->cout);
+    s->cq = NULL; s->cp = s->crow = s->cn = NULL;
+    s->cout = NULL;
+    s->cnq = 0;
 }
 
 static int topk_select(void *state, const float *Q, const int64_t *p, int nq, double *sel)
@@ -198,37 +279,55 @@ static int topk_select(void *state, const float *Q, const int64_t *p, int nq, do
     double tok = 0, d = s->ctx.d;
     for (int q = 0; q < nq; q++) tok += (double)rows_below(s, p[q]);
     if (nq > 0) kv_cost_add(&s->cost, 1, 4.0 * d * (double)rows_below(s, p[nq - 1]), tok, 2.0 * d * tok);
+    if (keep_lists(s, Q, p, nq, L)) {
+        drop_lists(s);
+        return KV_EINTERNAL;
+    }
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     for (int q = 0; q < nq; q++)
-        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L) != KV_OK;
+        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L,
+                          s->cn + q, s->cout + q) != KV_OK;
+    if (bad) drop_lists(s);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
-/* One query: fold this rank's tokens < p with logit >= thr into st. */
-static int fold_one(const topk_state *s, const float *q, int64_t p, double thr, double *st)
+/* One query: fold this rank's tokens < p with logit >= thr into st, in row
+ * order: select's candidate rows when they hold every such token (every
+ * row left out has a logit below thr), else every row below p (a tie at
+ * thr beyond the list; or no list).  Either way the same tokens in the
+ * same order, so the same sums. */
+static int fold_one(const topk_state *s, const float *q, int64_t p, double thr, const int64_t *crow, int64_t cn,
+                    float out, double *st)
 {
     int dv = s->ctx.dv;
     size_t n = rows_below(s, p);
     kv_partial_clear(st, dv);
     if (!n) return KV_OK;
-    float *a = malloc(sizeof(float) * n);
-    if (!a) return KV_EINTERNAL;
-    logits(s, q, n, a);
+    float a[LBLK];
+    const float *ptr[LBLK];
     double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U;
-    for (size_t t = 0; t < n; t++)
-        if ((double)a[t] >= thr && a[t] > m) m = a[t];
-    for (size_t t = 0; m > -INFINITY && t < n; t++) {
-        if ((double)a[t] < thr) continue;
-        double e = exp((double)a[t] - m);
-        const float *v = s->V + t * dv;
-        l += e;
-        l2 += e * e;
-        for (int c = 0; c < dv; c++) u[c] += e * v[c];
-    }
+    /* the candidates when complete: all rows, or every other logit < thr */
+    int use = crow && cn >= 0 && (size_t)cn <= n && ((size_t)cn == n || (double)out < thr);
+    size_t nr = use ? (size_t)cn : n;
+    for (int pass = 0; pass < 2; pass++) /* the max, then the sums */
+        for (size_t b = 0; b < nr; b += LBLK) {
+            size_t nt = nr - b < LBLK ? nr - b : LBLK;
+            for (size_t t = 0; t < nt; t++) ptr[t] = s->K + (size_t)(use ? (size_t)crow[b + t] : b + t) * (size_t)s->ctx.d;
+            logits_rows(q, s->ctx.d, ptr, nt, (float)s->ctx.scale, a);
+            for (size_t t = 0; t < nt; t++) {
+                if ((double)a[t] < thr) continue;
+                if (pass == 0) { m = a[t] > m ? a[t] : m; continue; }
+                double e = exp((double)a[t] - m);
+                const float *v = s->V + (size_t)(use ? (size_t)crow[b + t] : b + t) * dv;
+                l += e;
+                l2 += e * e;
+                for (int c = 0; c < dv; c++) u[c] += e * v[c];
+            }
+            if (pass == 1 && m == -INFINITY) break;
+        }
     st[KV_PS_M] = m;
     st[KV_PS_L] = l;
     st[KV_PS_L2] = l2;
-    free(a);
     return KV_OK;
 }
 
@@ -239,7 +338,7 @@ static int topk_partial_select(void *state, const float *Q, const int64_t *p, in
     size_t sl = KV_PSTATE_LEN(s->ctx.dv);
     /* the floor of answering from the selection: the values of at most L
      * tokens per query (2 dv flops each); its logits were select's (this
-     * implementation recomputes them: time/floor shows it) */
+     * implementation recomputes those of the candidates: time/floor shows it) */
     double vals = 0;
     for (int q = 0; q < nq; q++) {
         double n = (double)rows_below(s, p[q]);
@@ -247,9 +346,15 @@ static int topk_partial_select(void *state, const float *Q, const int64_t *p, in
     }
     kv_cost_add(&s->cost, 1, 4.0 * s->ctx.dv * vals, 0.0, 0.0);
     s->cost.flops += 2.0 * s->ctx.dv * vals;
+    /* select's lists, if they were made for these queries */
+    int same = s->cnq == nq && nq > 0 && !memcmp(s->cp, p, sizeof(int64_t) * (size_t)nq) &&
+               !memcmp(s->cq, Q, sizeof(float) * (size_t)s->ctx.d * (size_t)nq);
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     for (int q = 0; q < nq; q++)
-        bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl) != KV_OK;
+        bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1],
+                        same ? s->crow + (size_t)q * L : NULL, same ? s->cn[q] : -1, same ? s->cout[q] : INFINITY,
+                        st + q * sl) != KV_OK;
+    drop_lists(s);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
@@ -284,6 +389,7 @@ static void topk_free(void *state)
     free(s->K);
     free(s->V);
     free(s->runs);
+    drop_lists(s);
     free(s);
 }
 

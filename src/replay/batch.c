@@ -175,6 +175,9 @@ static int select_answer(replay_batch *b, replay *r, int mi, const int64_t *p, k
     else if (lim[0] != -lim[1] || L < 1)
         kv_seterr(err, KV_EINTERNAL, "method %s: select lists of different lengths (%d..%d)", x->spec.label, -lim[1],
                   lim[0]);
+    /* the time of select and partial_select, not of the collectives
+     * between (waits for the other ranks): like every method's answer time,
+     * which never includes the merge */
     double t0 = omp_get_wtime();
     if (!err->code) {
 #pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
@@ -188,11 +191,13 @@ static int select_answer(replay_batch *b, replay *r, int mi, const int64_t *p, k
         if (bad) kv_seterr(err, KV_EINTERNAL, "method %s: out of memory selecting for prefixes %lld..%lld",
                            x->spec.label, (long long)p[0], (long long)p[cnt - 1]);
     }
+    x->t_query += omp_get_wtime() - t0;
     if (kv_agree(r->comm, err)) return err->code;
     if (kv_topk_allreduce(b->sel, (size_t)(S * cnt), L, r->comm) != MPI_SUCCESS) {
         kv_seterr(err, KV_EINTERNAL, "MPI_Allreduce of the select lists failed");
         return KV_OK;
     }
+    t0 = omp_get_wtime();
 #pragma omp parallel for schedule(dynamic) reduction(| : bad) if (r->par_streams)
     for (int64_t s = 0; s < S; s++) {
         kv_query_cost c0;
