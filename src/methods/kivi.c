@@ -364,8 +364,7 @@ static int fold_quantised(kivi_state *s, const float *Q, int nq, double *st)
         s->qcap = c;
     }
     for (size_t x = 0; x < (size_t)nq * d; x++) s->qp[x] = scale * Q[x];
-    slice_arg a = { s, 2048 / s->G > 0 ? 2048 / s->G : 1, s->qp };
-    while ((s->ng + a.per - 1) / a.per > 256) a.per *= 2;
+    slice_arg a = { s, kv_slice_len(s->ng, 2048 / s->G > 0 ? 2048 / s->G : 1, nq), s->qp };
     return kv_fold_slices((s->ng + a.per - 1) / a.per, fold_groups, &a, Q, nq, s->ctx.dv, scale, st);
 }
 

@@ -383,8 +383,7 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
             tq[(size_t)mb * 32] = tot;
             kv_qsign_tables(y, mb, tq);
         }
-        slice_arg a = { s, 1024 };
-        while ((s->n + a.per - 1) / a.per > 256) a.per *= 2;
+        slice_arg a = { s, kv_slice_len(s->n, 1024, nq) };
         rc = kv_fold_slices((s->n + a.per - 1) / a.per, fold_slice, &a, Q, nq, s->ctx.dv, (float)s->ctx.scale, st);
     }
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);

@@ -295,18 +295,24 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     float *V = K + (size_t)TQ_SLICE * dq;
     size_t *len = tid < s->nscr ? s->len + (size_t)(tid + 1) * a->nq : (size_t *)(K + per);
     const float coef = (float)(sqrt(M_PI / 2) / d);
-    for (int64_t t = t0; t < t1; t++) {
-        const uint8_t *row = s->rows + (size_t)t * s->row, *kc = row + (s->prod ? 12 : 8);
-        float *k = K + (size_t)(t - t0) * dq, kn = row_f(row, 0);
-        kv_tq_decode(&s->kb, kc, kn, k);
-        if (s->prod) kv_tq_signs(kc + s->kcb, d, coef * kn * row_f(row, 2), k + d);
-        kv_tq_decode(&s->vb, kc + s->kcb + s->sb, row_f(row, 1), V + (size_t)(t - t0) * dv);
+    int rc = KV_OK;
+    /* the slice a block of TQ_SLICE rows at a time (the decode scratch) */
+    for (int64_t b0 = t0; b0 < t1 && rc == KV_OK; b0 += TQ_SLICE) {
+        int64_t b1 = b0 + TQ_SLICE < t1 ? b0 + TQ_SLICE : t1;
+        if ((int64_t)s->len[nq - 1] <= b0) break; /* no query reaches it */
+        for (int64_t t = b0; t < b1; t++) {
+            const uint8_t *row = s->rows + (size_t)t * s->row, *kc = row + (s->prod ? 12 : 8);
+            float *k = K + (size_t)(t - b0) * dq, kn = row_f(row, 0);
+            kv_tq_decode(&s->kb, kc, kn, k);
+            if (s->prod) kv_tq_signs(kc + s->kcb, d, coef * kn * row_f(row, 2), k + d);
+            kv_tq_decode(&s->vb, kc + s->kcb + s->sb, row_f(row, 1), V + (size_t)(t - b0) * dv);
+        }
+        for (int q = 0; q < nq; q++) { /* each query's rows within the block (non-decreasing) */
+            int64_t r = (int64_t)s->len[q] - b0;
+            len[q] = r <= 0 ? 0 : (size_t)(r < b1 - b0 ? r : b1 - b0);
+        }
+        rc = kv_attn_fold_multi(Q, nq, len, K, V, dq, dv, scale, st);
     }
-    for (int q = 0; q < nq; q++) { /* each query's rows within the slice (non-decreasing) */
-        int64_t r = (int64_t)s->len[q] - t0;
-        len[q] = r <= 0 ? 0 : (size_t)(r < t1 - t0 ? r : t1 - t0);
-    }
-    int rc = kv_attn_fold_multi(Q, nq, len, K, V, dq, dv, scale, st);
     if (tid >= s->nscr) free(K);
     return rc;
 }
@@ -418,7 +424,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
         s->len[q] = (size_t)rows_below(s, (p ? p[q] : p0) - s->R);
     }
     int64_t nr = (int64_t)s->len[nq - 1];
-    slice_arg a = { s, TQ_SLICE, nq };
+    slice_arg a = { s, kv_slice_len(nr, TQ_SLICE, nq), nq };
     int rc = kv_fold_slices((nr + a.per - 1) / a.per, nq == 1 ? fold_one : fold_slice, &a, s->qb, nq, dv, scale, st);
     for (int q = 0; q < nq && !rc; q++) { /* the value sum back from the rotated domain, once per query */
         double *u = st + q * sl + KV_PS_U;
