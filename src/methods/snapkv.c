@@ -46,8 +46,15 @@
  *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
  * score) + the buffered rows; the slot arrays are resized to the slots in
- * use after every decision and ingest.  Votes are cached per slot and
- * recomputed only when the buffer has changed since. */
+ * use after every decision and ingest.
+ *
+ * Speed (ALGORITHMS.md 4a, Ingest speed): votes are cached per slot and,
+ * once the buffer changed, summed afresh only for the tokens older than a
+ * row that left it (the newer ones add the new rows' terms: the same sum);
+ * pooled scores are cached too and pooled again only where a vote in their
+ * window may have changed; a decision takes the lowest keys in one pass
+ * and moves each run of kept rows once.  Keys, kept tokens and answers are
+ * bitwise those of recomputing everything at every decision. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
