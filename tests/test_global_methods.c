@@ -489,6 +489,150 @@ static void test_evict_vs_ref(const evcase *c)
     data_free(&x);
 }
 
+/* The tokens snapkv holds over all ranks, ascending (n of them, into
+ * out), read from each rank's checkpoint form (snapkv.c: snapkv_save, four
+ * counters, the buffered rows, then slots.h: kv_slots_save's K, V, idx). */
+static int64_t snap_kept(const emu *e, int64_t *out)
+{
+    int64_t n = 0;
+    for (int k = 0; k < e->P; k++) {
+        kv_buf buf;
+        kv_buf_init(&buf);
+        e->ops->save(e->inst[k], &buf);
+        kv_rd rd = { .data = buf.data, .len = buf.len, .pos = 0, .what = "snapkv" };
+        kv_err err = { 0 };
+        int64_t c;
+        void *arr = NULL;
+        size_t cnt = 0;
+        for (int i = 0; i < 4; i++) kv_rd_i64(&rd, &c, &err);
+        for (int i = 0; i < 5 && !err.code; i++, arr = NULL) {
+            kv_rd_arr(&rd, &arr, 1, SIZE_MAX, &cnt, &err);
+            free(arr);
+        }
+        CHECK(!err.code && !kv_rd_arr(&rd, &arr, sizeof(int64_t), SIZE_MAX, &cnt, &err), "snapkv save: %s", err.msg);
+        if (cnt) memcpy(out + n, arr, sizeof(int64_t) * cnt);
+        n += (int64_t)cnt;
+        free(arr);
+        kv_buf_free(&buf);
+    }
+    for (int64_t i = 1; i < n; i++) /* the ranks' chunks interleave: insertion sort */
+        for (int64_t j = i; j > 0 && out[j] < out[j - 1]; j--) {
+            int64_t t = out[j];
+            out[j] = out[j - 1];
+            out[j - 1] = t;
+        }
+    return n;
+}
+
+/* The summed halo of the P states st at x (hl doubles) and each state's
+ * candidate keys (L lowest) into keys + r L. */
+static void snap_cands(const emu *e, void **st, int64_t x, int L, double *halo, size_t hl, kv_evkey *keys)
+{
+    const kv_method_ops *o = e->ops;
+    double *part = calloc(hl + 1, sizeof(double));
+    for (size_t i = 0; i < hl; i++) halo[i] = 0;
+    for (int r = 0; r < e->P && hl; r++) {
+        for (size_t i = 0; i < hl; i++) part[i] = 0;
+        o->decide_halo(st[r], x, part);
+        for (size_t i = 0; i < hl; i++) halo[i] += part[i];
+    }
+    for (int r = 0; r < e->P; r++)
+        CHECK(o->decide_cands(&st[r], 1, x, hl ? halo : NULL, L, keys + (size_t)r * L) == KV_OK, "decide_cands");
+    free(part);
+}
+
+/* 1 if every rank's candidate keys at x (every candidate's pooled score)
+ * and the halo are bitwise those of the same state restored from its
+ * checkpoint, which keeps no votes or pooled scores and so computes them
+ * all afresh. */
+static int snap_same_as_fresh(emu *e, const kv_method_ctx *ctx, int64_t x)
+{
+    const kv_method_ops *o = e->ops;
+    int L = 4096, same = 1;
+    size_t hl = o->decide_halo_len(e->inst[0], x);
+    void *fresh[EMU_MAXP] = { NULL };
+    kv_evkey *ka = malloc(sizeof(kv_evkey) * (size_t)(L * e->P)), *kb = malloc(sizeof(kv_evkey) * (size_t)(L * e->P));
+    double *ha = calloc(hl + 1, sizeof(double)), *hb = calloc(hl + 1, sizeof(double));
+    for (int r = 0; r < e->P; r++) {
+        kv_buf buf;
+        kv_err err = { 0 };
+        kv_buf_init(&buf);
+        o->save(e->inst[r], &buf);
+        kv_method_ctx c = emu_rank_ctx(ctx, e->P, e->C, r);
+        kv_spec_reset(&e->spec[0]);
+        CHECK(o->create(&e->spec[0], &c, &fresh[r], &err) == KV_OK, "%s", err.msg);
+        kv_rd rd = { .data = buf.data, .len = buf.len, .pos = 0, .what = "snapkv" };
+        CHECK(o->load(fresh[r], &rd, &err) == KV_OK, "load: %s", err.msg);
+        kv_buf_free(&buf);
+    }
+    snap_cands(e, e->inst, x, L, ha, hl, ka);
+    snap_cands(e, fresh, x, L, hb, hl, kb);
+    same = !memcmp(ka, kb, sizeof(kv_evkey) * (size_t)(L * e->P)) && !memcmp(ha, hb, sizeof(double) * hl);
+    for (int r = 0; r < e->P; r++) o->free(fresh[r]);
+    free(ka);
+    free(kb);
+    free(ha);
+    free(hb);
+    return same;
+}
+
+/* snapkv keeps its pooled scores and votes between decisions and redoes
+ * only what changed (snapkv.c: offer, compute_votes): the tokens it holds,
+ * over all ranks, are after every query exactly the brute force's, which
+ * recomputes every vote and pooled score and sorts every candidate
+ * (evref.c), through dense stretches of queries (every buffered row sees
+ * every candidate: votes summed afresh) and sparse ones (tokens newer than
+ * the rows that left: votes added to), at P = 1 and 3 (chunks of 6: many
+ * pooling windows reach another rank's tokens); and at a third of the
+ * query points every candidate's key and the halo are bitwise those of the
+ * state restored from its checkpoint (which recomputes them all). */
+static void test_snapkv_kept(const char *spec, int64_t B, int64_t W, int64_t T, int64_t kern, int maxpool, int64_t E,
+                             int64_t gap)
+{
+    data x;
+    data_gen(&x, 2500, 12, 4, 91, 0);
+    kv_method_ctx ctx = make_ctx(&x);
+    int64_t *kept = malloc(sizeof(int64_t) * (size_t)x.n);
+    for (int P = 1; P <= 3; P += 2) {
+        emu e;
+        kv_err err = { 0 };
+        CHECK(emu_open(&e, spec, &ctx, P, 6, &err) == KV_OK, "%s", err.msg);
+        if (!e.ops) break;
+        evref h;
+        evref_init(&h, EVREF_SNAPKV, x.d, x.dv, x.K, x.V, x.n);
+        h.B = B, h.W = W, h.T = T, h.kern = kern, h.maxpool = maxpool, h.E = E;
+        kv_rng r;
+        kv_rng_seed(&r, 17, (uint64_t)P, (uint64_t)B);
+        float Q[4 * 12];
+        double st[4 * 7], rs[4 * 7];
+        int64_t bad = 0, queries = 0, first = -1, fresh_bad = 0;
+        for (int64_t p = 1; p <= x.n; queries++) {
+            int nq = 1 + (int)kv_rng_below(&r, 4);
+            gen_queries(Q, nq, x.d, &r, 2.0);
+            emu_advance(&e, x.K, x.V, p);
+            if (kv_rng_below(&r, 3) == 0) fresh_bad += !snap_same_as_fresh(&e, &ctx, p);
+            emu_partial(&e, Q, nq, p, st);
+            evref_query(&h, Q, nq, p, rs);
+            int64_t n = snap_kept(&e, kept);
+            int same = n == h.n && !memcmp(kept, h.idx, sizeof(int64_t) * (size_t)n);
+            if (!same && first < 0) first = p;
+            bad += !same;
+            /* stretches of 200 positions: dense (every position), then sparse (gaps up to `gap`) */
+            p += (p / 200) % 2 ? 1 + (int64_t)kv_rng_below(&r, (uint64_t)gap) : 1;
+        }
+        CHECK(bad == 0, "%s P=%d: holds other tokens than the brute force after %lld of %lld queries (first at %lld)",
+              spec, P, (long long)bad, (long long)queries, (long long)first);
+        CHECK(fresh_bad == 0, "%s P=%d: candidate keys differ from a recomputation from scratch at %lld points", spec,
+              P, (long long)fresh_bad);
+        printf("  %s P=%d: the same tokens as the brute force after each of %lld queries\n", spec, P,
+               (long long)queries);
+        evref_free(&h);
+        emu_close(&e);
+    }
+    free(kept);
+    data_free(&x);
+}
+
 /* budget= in bytes gives B = (bytes - query rows) / slot - every: the same
  * instance as tokens=B; both knobs, or no token, refused in one line */
 static void test_eviction_budget(int snap)
@@ -596,6 +740,9 @@ int main(void)
     test_resume("h2o:tokens=50,recent=12", 3);
     test_resume("h2o:tokens=40,recent=0", 2);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_evict_vs_ref(&cases[i]);
+    test_snapkv_kept("snapkv:tokens=300,window=6,period=17,kernel=5", 300, 6, 17, 5, 0, EVERY, 60);
+    test_snapkv_kept("snapkv:tokens=120,window=4,period=9,kernel=3,pool=max,every=5", 120, 4, 9, 3, 1, 5, 60);
+    test_snapkv_kept("snapkv:tokens=200,window=3,period=5,kernel=5", 200, 3, 5, 5, 0, EVERY, 300);
     test_eviction_budget(0);
     test_eviction_budget(1);
     test_resume("tova:tokens=50", 3);

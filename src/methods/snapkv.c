@@ -46,8 +46,15 @@
  *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
  * score) + the buffered rows; the slot arrays are resized to the slots in
- * use after every decision and ingest.  Votes are cached per slot and
- * recomputed only when the buffer has changed since. */
+ * use after every decision and ingest.
+ *
+ * Speed (ALGORITHMS.md 4a, Ingest speed): votes are cached per slot and,
+ * once the buffer changed, summed afresh only for the tokens older than a
+ * row that left it (the newer ones add the new rows' terms: the same sum);
+ * pooled scores are cached too and pooled again only where a vote in their
+ * window may have changed; a decision takes the lowest keys in one pass
+ * and moves each run of kept rows once.  Keys, kept tokens and answers are
+ * bitwise those of recomputing everything at every decision. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +87,9 @@ typedef struct {
     kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;              /* held in ascending index; scratch: snapkv_slot */
     int stale;                /* the buffer changed since the votes were computed */
+    int vfull;                /* every vote to be computed afresh (create, load, a failed computation) */
+    int64_t vadd, vrm;        /* since the votes were computed: rows buffered, the newest position that left (-1: none) */
+    int64_t px;               /* the decision point the pooled scores were last made at (-1: none) */
     int64_t nrows, rcap;      /* buffered rows, allocated */
     float *bq;                /* their rows (rcap x d), oldest position first */
     int64_t *bp;              /* their positions */
@@ -176,7 +186,8 @@ static int snapkv_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv
     s->kern = c->kernel;
     s->maxpool = c->pool == 1;
     s->E = c->every;
-    s->stale = 1;
+    s->stale = s->vfull = 1;
+    s->vrm = s->px = -1;
     kv_slots_init(&s->sl, ctx->d, ctx->dv, 0, sizeof(snapkv_slot));
     if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
         free(s);
@@ -191,25 +202,56 @@ static snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (snapkv_s
 
 #define VOTE_TILE 256 /* slots whose logits are had at a time */
 
-/* Every held token's vote under the buffered rows (rows in buffer order),
- * from the keys as held.  KV_EINTERNAL without memory (votes stay stale). */
-static int compute_votes(snapkv_state *s)
+/* The first slot holding a token >= t (slots ascend by index). */
+static int64_t slot_at(const kv_slots *sl, int64_t t)
+{
+    int64_t lo = 0, hi = sl->held;
+    while (lo < hi) {
+        int64_t m = lo + (hi - lo) / 2;
+        if (sl->idx[m] < t) lo = m + 1;
+        else hi = m;
+    }
+    return lo;
+}
+
+/* The votes of slots [i0, i1): the terms of buffered rows j0.. (in buffer
+ * order) added to 0 (fresh) or to the vote held.  KV_EINTERNAL without
+ * memory. */
+static int add_votes(snapkv_state *s, int64_t i0, int64_t i1, int64_t j0, int fresh)
 {
     kv_slots *sl = &s->sl;
-    for (int64_t t0 = 0; t0 < sl->held; t0 += VOTE_TILE) {
-        int64_t n = sl->held - t0 < VOTE_TILE ? sl->held - t0 : VOTE_TILE;
-        const double *a = kv_slots_logits(sl, s->bq, (int)s->nrows, s->ctx.scale, t0, n);
-        if (s->nrows && !a) return KV_EINTERNAL;
+    int64_t nr = s->nrows - j0;
+    const double *ml = s->bml + 2 * j0;
+    const int64_t *bp = s->bp + j0;
+    for (int64_t t0 = i0; t0 < i1; t0 += VOTE_TILE) {
+        int64_t n = i1 - t0 < VOTE_TILE ? i1 - t0 : VOTE_TILE;
+        const double *a = kv_slots_logits(sl, s->bq + j0 * s->ctx.d, (int)nr, s->ctx.scale, t0, n);
+        if (nr && !a) return KV_EINTERNAL;
         for (int64_t t = t0; t < t0 + n; t++) {
-            double sum = 0;
-            for (int64_t j = 0; j < s->nrows; j++) {
-                double m = s->bml[2 * j], l = s->bml[2 * j + 1];
-                if (s->bp[j] > sl->idx[t] && l > 0) sum += exp(a[j * n + (t - t0)] - m) / l;
-            }
+            double sum = fresh ? 0 : slot_of(s, t)->vote;
+            for (int64_t j = 0; j < nr; j++)
+                if (bp[j] > sl->idx[t] && ml[2 * j + 1] > 0) sum += exp(a[j * n + (t - t0)] - ml[2 * j]) / ml[2 * j + 1];
             slot_of(s, t)->vote = sum;
         }
     }
-    s->stale = 0;
+    return KV_OK;
+}
+
+/* Every held token's vote under the buffered rows (rows in buffer order),
+ * from the keys as held.  A vote is a sum over the rows at positions after
+ * its token, oldest first: a token at or after every position that left
+ * the buffer since the last computation had none of those rows in its sum,
+ * so the rows buffered since are added to the vote held (the same sum, the
+ * same bits); older tokens are summed afresh.  KV_EINTERNAL without memory
+ * (votes stay stale). */
+static int compute_votes(snapkv_state *s)
+{
+    int64_t i0 = s->vfull ? s->sl.held : slot_at(&s->sl, s->vrm), add = s->vadd < s->nrows ? s->vadd : s->nrows;
+    s->vfull = 1; /* until done: a failure leaves some votes half summed */
+    if (add_votes(s, 0, i0, 0, 1) || (add && add_votes(s, i0, s->sl.held, s->nrows - add, 0))) return KV_EINTERNAL;
+    s->vfull = s->stale = 0;
+    s->vadd = 0;
+    s->vrm = s->px = -1; /* every pooled score to be made again */
     return KV_OK;
 }
 
@@ -279,8 +321,7 @@ static int protected_tok(const snapkv_state *s, int64_t t, int64_t x) { return t
 static void snapkv_halo(void *state, int64_t x, double *halo)
 {
     snapkv_state *s = state;
-    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x), nc = 0;
-    while (nc < s->sl.held && !protected_tok(s, s->sl.idx[nc], x)) nc++;
+    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x), nc = slot_at(&s->sl, x - s->W);
     if (s->f > 0) halo[nb * 2 * h] = (double)nc;
     if (!nb) return;
     if (s->stale) compute_votes(s); /* out of memory: stale, and decide_cands says so */
@@ -309,30 +350,98 @@ static int mine(const snapkv_state *s, int64_t u)
     return s->ctx.nranks <= 1 || s->ctx.chunk <= 0 || (u / s->ctx.chunk) % s->ctx.nranks == s->ctx.rank;
 }
 
-/* Pooled scores of the held non-window tokens (slots in index order).  The
+/* The pooled score of candidate slot i (a held non-window token).  The
  * neighbours' votes are added in index order, u = t - h .. t + h, wherever
  * they are held (here, or on another rank: the halo), so the sum has the
  * same bits at every P, and tokens whose windows hold the same votes tie
  * exactly (broken by index). */
-static void pool(snapkv_state *s, int64_t x, const double *halo)
+static double pool_one(const snapkv_state *s, int64_t i, int64_t x, const double *halo)
 {
     const int64_t *idx = s->sl.idx;
-    int64_t n = s->sl.held, h = s->kern / 2, j0 = 0;
-    for (int64_t i = 0; i < n && !protected_tok(s, idx[i], x); i++) {
-        while (idx[j0] < idx[i] - h) j0++; /* the first local slot in the window */
-        double sum = 0, best = 0;
-        for (int64_t u = idx[i] - h > 0 ? idx[i] - h : 0, j = j0; u <= idx[i] + h && !protected_tok(s, u, x); u++) {
-            double v = 0;
-            if (mine(s, u)) {
-                if (j < n && idx[j] == u) v = slot_of(s, j++)->vote;
-            } else {
-                v = halo_vote(s, u, halo, x);
-            }
-            sum += v;
-            if (v > best) best = v;
+    int64_t n = s->sl.held, h = s->kern / 2, t = idx[i], j = i;
+    while (j > 0 && idx[j - 1] >= t - h) j--; /* the first local slot in the window */
+    double sum = 0, best = 0;
+    for (int64_t u = t - h > 0 ? t - h : 0; u <= t + h && !protected_tok(s, u, x); u++) {
+        double v = 0;
+        if (mine(s, u)) {
+            if (j < n && idx[j] == u) v = slot_of(s, j++)->vote;
+        } else {
+            v = halo_vote(s, u, halo, x);
         }
-        slot_of(s, i)->pooled = s->maxpool ? best : sum / (double)s->kern;
+        sum += v;
+        if (v > best) best = v;
     }
+    return s->maxpool ? best : sum / (double)s->kern;
+}
+
+/* 1 if token t's pooling window reaches into another shard chunk (whose
+ * votes come through the halo and may have changed since). */
+static int near_edge(const snapkv_state *s, int64_t t)
+{
+    int64_t h = s->kern / 2, C = s->ctx.chunk, r;
+    if (s->ctx.nranks <= 1 || C <= 0 || h == 0) return 0;
+    r = t % C;
+    return r < h || r >= C - h;
+}
+
+/* The L lowest keys offered so far: a max-heap of at most L. */
+typedef struct {
+    kv_evkey *h;
+    int n, L;
+} lowest_keys;
+
+static void low_sift(lowest_keys *b, int i)
+{
+    for (;;) {
+        int m = i, l = 2 * i + 1, r = l + 1;
+        if (l < b->n && kv_evkey_less(b->h[m], b->h[l])) m = l;
+        if (r < b->n && kv_evkey_less(b->h[m], b->h[r])) m = r;
+        if (m == i) return;
+        kv_evkey t = b->h[i];
+        b->h[i] = b->h[m];
+        b->h[m] = t;
+        i = m;
+    }
+}
+
+static void low_offer(lowest_keys *b, kv_evkey k)
+{
+    if (b->n == b->L) {
+        if (!kv_evkey_less(k, b->h[0])) return;
+        b->h[0] = k;
+        low_sift(b, 0);
+        return;
+    }
+    int i = b->n++;
+    while (i > 0 && kv_evkey_less(b->h[(i - 1) / 2], k)) {
+        b->h[i] = b->h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    b->h[i] = k;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    kv_evkey x = *(const kv_evkey *)a, y = *(const kv_evkey *)b;
+    return kv_evkey_less(x, y) ? -1 : kv_evkey_less(y, x);
+}
+
+/* Offer stream k's candidates (the held tokens before the window) with
+ * their pooled scores.  A pooled score changes only where a vote in its
+ * window did: all after the votes were computed (px < 0); else those a
+ * dropped neighbour marked (NaN, apply_one), those whose window reached
+ * the observation window at the last decision px (it has moved since), and
+ * those next to another rank's chunk (the halo). */
+static void offer(snapkv_state *s, int ns, int k, int64_t x, const double *halo, lowest_keys *b)
+{
+    int64_t nc = slot_at(&s->sl, x - s->W), lo = s->px < 0 ? INT64_MIN : s->px - s->W - s->kern / 2;
+    for (int64_t i = 0; i < nc; i++) {
+        snapkv_slot *sc = slot_of(s, i);
+        int64_t t = s->sl.idx[i];
+        if (t >= lo || isnan(sc->pooled) || near_edge(s, t)) sc->pooled = pool_one(s, i, x, halo);
+        low_offer(b, kv_scope_key((kv_evkey){ sc->pooled, (double)t }, ns, k));
+    }
+    s->px = x;
 }
 
 static int snapkv_group(const void *state) { return ((const snapkv_state *)state)->ns; }
@@ -341,43 +450,56 @@ static int snapkv_group(const void *state) { return ((const snapkv_state *)state
  * snapkv_halo_len doubles), keys encoded by stream (scope.h). */
 static int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
-    int64_t n = 0, hl = (int64_t)snapkv_halo_len(st[0], x);
-    for (int k = 0; k < ns; k++) n += ((snapkv_state *)st[k])->sl.held;
-    kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
-    if (!all) return KV_EINTERNAL;
-    n = 0;
+    int64_t hl = (int64_t)snapkv_halo_len(st[0], x);
+    lowest_keys b = { malloc(sizeof(kv_evkey) * (size_t)(L > 0 ? L : 1)), 0, L };
+    if (!b.h) return KV_EINTERNAL;
     for (int k = 0; k < ns; k++) {
         snapkv_state *s = st[k];
         s->gcnt = halo && s->f > 0 ? (int64_t)halo[k * hl + hl - 1] : 0;
         if (s->stale && compute_votes(s)) {
-            free(all);
+            free(b.h);
             return KV_EINTERNAL;
         }
-        pool(s, x, halo ? halo + k * hl : NULL);
-        for (int64_t i = 0; i < s->sl.held && !protected_tok(s, s->sl.idx[i], x); i++)
-            all[n++] = kv_scope_key((kv_evkey){ slot_of(s, i)->pooled, (double)s->sl.idx[i] }, ns, k);
+        offer(s, ns, k, x, halo ? halo + k * hl : NULL, &b);
     }
-    kv_evict_lowest(all, (size_t)n, L, keys);
-    free(all);
+    qsort(b.h, (size_t)b.n, sizeof *b.h, key_cmp);
+    memcpy(keys, b.h, sizeof *keys * (size_t)b.n);
+    for (int i = b.n; i < L; i++) keys[i] = KV_EVKEY_NONE;
+    free(b.h);
     return KV_OK;
 }
 
-/* Drop the candidates whose key goes, keeping the rest in index order. */
+/* Slots [from, from + n) to [to, to + n), scratch too. */
+static void move_run(snapkv_state *s, int64_t to, int64_t from, int64_t n)
+{
+    if (n <= 0 || to == from) return;
+    kv_slots_copy_rows(&s->sl, to, from, n);
+    memmove(slot_of(s, to), slot_of(s, from), sizeof(snapkv_slot) * (size_t)n);
+}
+
+/* Drop the candidates whose key goes, keeping the rest in index order: the
+ * kept runs between the gaps move once each.  The kept neighbours within
+ * kernel/2 of a dropped token get their pooled score marked for pooling
+ * again (NaN: offer). */
 static void apply_one(snapkv_state *s, int ns, int k, int64_t x, kv_evkey cut, kv_evkey next)
 {
     kv_slots *sl = &s->sl;
-    int64_t w = 0;
-    for (int64_t t = 0; t < sl->held; t++) {
-        int keep = protected_tok(s, sl->idx[t], x) ||
-                   !kv_evkey_goes(kv_scope_key((kv_evkey){ slot_of(s, t)->pooled, (double)sl->idx[t] }, ns, k), cut);
-        if (!keep) continue;
-        if (w != t) {
-            kv_slots_copy_row(sl, w, t);
-            *slot_of(s, w) = *slot_of(s, t);
+    int64_t nc = slot_at(sl, x - s->W), h = s->kern / 2, w = 0, rs = 0, until = -1;
+    for (int64_t t = 0; t < nc; t++) {
+        snapkv_slot *sc = slot_of(s, t);
+        int64_t u = sl->idx[t];
+        if (!kv_evkey_goes(kv_scope_key((kv_evkey){ sc->pooled, (double)u }, ns, k), cut)) {
+            if (u <= until) sc->pooled = NAN;
+            continue;
         }
-        w++;
+        move_run(s, w, rs, t - rs);
+        w += t - rs;
+        rs = t + 1;
+        for (int64_t j = w - 1; j >= 0 && sl->idx[j] >= u - h; j--) slot_of(s, j)->pooled = NAN;
+        until = u + h;
     }
-    sl->held = w;
+    move_run(s, w, rs, sl->held - rs);
+    sl->held = w + sl->held - rs;
     s->ties += kv_evict_near_tie(cut, next);
     kv_slots_resize(sl, sl->held);
 }
@@ -422,6 +544,7 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
     if (np > 0 && np + (s->bp[s->nrows - 1] != p) > s->W) { /* the oldest position leaves */
         int64_t k = 1;
         while (k < s->nrows && s->bp[k] == s->bp[0]) k++;
+        s->vrm = s->bp[0]; /* positions ascend: the newest that left */
         memmove(s->bq, s->bq + (size_t)k * d, sizeof(float) * d * (size_t)(s->nrows - k));
         memmove(s->bp, s->bp + k, sizeof(int64_t) * (size_t)(s->nrows - k));
         memmove(s->bml, s->bml + 2 * k, sizeof(double) * 2 * (size_t)(s->nrows - k));
@@ -444,6 +567,7 @@ static int snapkv_feedback(void *state, const float *Q, int nq, int64_t p, const
     memcpy(s->bml + 2 * s->nrows, ml, sizeof(double) * 2 * (size_t)nq);
     for (int q = 0; q < nq; q++) s->bp[s->nrows + q] = p;
     s->nrows += nq;
+    s->vadd += nq;
     s->stale = 1;
     return KV_OK;
 }
@@ -539,7 +663,9 @@ static int snapkv_load(void *state, kv_rd *in, kv_err *err)
     t.bp = bp;
     t.bml = bml;
     t.nrows = t.rcap = (int64_t)nbp;
-    t.stale = 1;
+    t.stale = t.vfull = 1;
+    t.vadd = 0;
+    t.vrm = t.px = -1;
     if (!snapkv_valid(s, &t, nbq, nbp, nbml)) {
         kv_slots_free(&t.sl);
         free(bq);

@@ -122,6 +122,19 @@ void kv_slots_copy_row(kv_slots *s, int64_t to, int64_t from)
     memmove(s->V + to * dv, s->V + from * dv, sizeof(float) * dv);
 }
 
+void kv_slots_copy_rows(kv_slots *s, int64_t to, int64_t from, int64_t n)
+{
+    size_t d = (size_t)s->d, dv = (size_t)s->dv, m = (size_t)n;
+    if (n <= 0 || to == from) return;
+    memmove(s->idx + to, s->idx + from, sizeof(int64_t) * m);
+    if (s->store) {
+        memmove(s->code + (size_t)to * s->store->row, s->code + (size_t)from * s->store->row, s->store->row * m);
+        return;
+    }
+    memmove(s->K + to * d, s->K + from * d, sizeof(float) * d * m);
+    memmove(s->V + to * dv, s->V + from * dv, sizeof(float) * dv * m);
+}
+
 /* scratch: tiles of KV_SLOTS_TILE rows, nq prepared queries, m logits */
 static int scratch(kv_slots *s, int nq, size_t m)
 {

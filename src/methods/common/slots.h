@@ -104,6 +104,10 @@ int kv_slots_set(kv_slots *s, int32_t slot, const float *k, const float *v, int6
 /* Slot `to` gets slot from's key, value and index (nothing else). */
 void kv_slots_copy_row(kv_slots *s, int64_t to, int64_t from);
 
+/* Slots to .. to+n-1 get slots from .. from+n-1's keys, values and indices
+ * (the ranges may overlap): kv_slots_copy_row of n rows, one move per array. */
+void kv_slots_copy_rows(kv_slots *s, int64_t to, int64_t from, int64_t n);
+
 /* kv_attn_held over the held rows as held (decoded when coded): the same
  * arithmetic, so a store that holds the numbers exactly (f16 on
  * half-exact data) gives the same bits as floats.  KV_OK or KV_EINTERNAL. */
