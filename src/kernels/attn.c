@@ -186,16 +186,15 @@ typedef struct {
     const char *p;            /* contiguous bytes from p, or (p NULL) */
     const float *const *rows; /* rows of rowb bytes each (paged sources); both NULL: no prefetch */
     size_t bytes, rowb;
+    size_t rps;               /* rows: whole rows per step (pf_per), 0 if a step ends inside a row */
 } pfrun;
 
-static inline size_t pf_per(pfrun r, size_t steps) { return (r.bytes / 64 + steps - 1) / steps * 64; }
-
-/* byte o of the run: its row and the offset in it (one division: rows only) */
-static inline const char *pf_addr(pfrun r, size_t o)
+/* bytes per step (whole lines) for `steps` steps over the run */
+static inline size_t pf_per(pfrun *r, size_t steps)
 {
-    if (r.p) return r.p + o;
-    size_t i = o / r.rowb;
-    return (const char *)r.rows[i] + (o - i * r.rowb);
+    size_t per = (r->bytes / 64 + steps - 1) / steps * 64;
+    r->rps = r->rows && per % r->rowb == 0 ? per / r->rowb : 0;
+    return per;
 }
 
 static inline void pf_step(pfrun r, size_t per, size_t s)
@@ -203,8 +202,8 @@ static inline void pf_step(pfrun r, size_t per, size_t s)
     size_t o = s * per, e = (s + 1) * per < r.bytes ? (s + 1) * per : r.bytes;
     if (r.p) {
         for (; o < e; o += 64) __builtin_prefetch(r.p + o, 0, KV_PF1_LOCALITY);
-    } else if (r.rows && o < e) { /* row by row from o's row on */
-        size_t i = o / r.rowb, b = o - i * r.rowb;
+    } else if (r.rows && o < e) { /* row by row from o's row on (a division only when rows straddle steps) */
+        size_t i = r.rps ? s * r.rps : o / r.rowb, b = o - i * r.rowb;
         for (; o < e; o += 64, b += 64) {
             if (b >= r.rowb) { i++; b = 0; }
             __builtin_prefetch((const char *)r.rows[i] + b, 0, KV_PF1_LOCALITY);
@@ -235,7 +234,7 @@ static inline __attribute__((always_inline)) void logits_blk(const float *restri
 static void logits_one(const float *restrict q, const float *const *kr, int nt, int d, float scale, float *restrict S,
                        pfrun pk)
 {
-    size_t per = pf_per(pk, (size_t)(nt + 15) / 16 * 16);
+    size_t per = pf_per(&pk, (size_t)(nt + 15) / 16 * 16);
     for (int t = 0; t < nt; t += 16) {
         const float *k[16];
         for (int i = 0; i < 16; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
@@ -266,13 +265,20 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
      * dimension c, for the 8 rows from each token block's first (a burst
      * per tile stalls on the fill buffers) */
     const size_t kb = 8 * krow, vb = 8 * vrow;
+    /* paged runs: line c of those 8 rows as (row, byte offset), once per call */
+    size_t nlk = pk.rows ? (kb + 63) / 64 : 1, nlv = pv.rows ? (vb + 63) / 64 : 1;
+    uint32_t kri[nlk], kro[nlk], vri[nlv], vro[nlv];
+    for (size_t c = 0; pk.rows && c < nlk; c++) kri[c] = (uint32_t)(c * 64 / krow), kro[c] = (uint32_t)(c * 64 % krow);
+    for (size_t c = 0; pv.rows && c < nlv; c++) vri[c] = (uint32_t)(c * 64 / vrow), vro[c] = (uint32_t)(c * 64 % vrow);
+#define PF_LINE(r, ri, ro, row, t, c, o) \
+    ((r).p ? (r).p + (size_t)(t) * (row) + (o) : (const char *)(r).rows[(t) + ri[c]] + ro[c])
 #define PF_STEP(t, c)                                                                                         \
     do {                                                                                                      \
         if (pf) {                                                                                             \
             size_t o_ = (size_t)(c) * 64;                                                                     \
             size_t ko_ = (size_t)(t) * krow + o_, vo_ = (size_t)(t) * vrow + o_;                             \
-            if (o_ < kb && ko_ < pk.bytes) __builtin_prefetch(pf_addr(pk, ko_), 0, KV_PF_LOCALITY);         \
-            if (o_ < vb && vo_ < pv.bytes) __builtin_prefetch(pf_addr(pv, vo_), 0, KV_PF_LOCALITY);         \
+            if (o_ < kb && ko_ < pk.bytes) __builtin_prefetch(PF_LINE(pk, kri, kro, krow, t, c, o_), 0, KV_PF_LOCALITY); \
+            if (o_ < vb && vo_ < pv.bytes) __builtin_prefetch(PF_LINE(pv, vri, vro, vrow, t, c, o_), 0, KV_PF_LOCALITY); \
         }                                                                                                     \
     } while (0)
     int j = lb;
@@ -335,6 +341,7 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
             for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
         }
 #undef PF_STEP
+#undef PF_LINE
 }
 
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
@@ -394,7 +401,7 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, int 
 {
     size_t pairs = (size_t)(nt / 2 ? nt / 2 : 1);
     size_t passes = (size_t)(dv / (PV_W * VL) + dv % (PV_W * VL) / (4 * VL) + dv % (4 * VL) / VL);
-    size_t per = pf_per(pc, (size_t)nq * passes * pairs), step = 0;
+    size_t per = pf_per(&pc, (size_t)nq * passes * pairs), step = 0;
     for (int q = 0; q < nq; q++) {
         const float *p = P + q * TILE;
         float *u = U + q * ustride;
@@ -588,7 +595,7 @@ static void rows_vals(rowwin *w, size_t t0, int nt, float *vb)
  * (paged: within the window rows_keys filled) */
 static pfrun rows_pf(const rowwin *w, size_t a, size_t cnt, int vals)
 {
-    pfrun r = { NULL, NULL, 0, 0 };
+    pfrun r = { NULL, NULL, 0, 0, 0 };
     if (a >= w->n || !cnt) return r;
     if (cnt > w->n - a) cnt = w->n - a;
     r.rowb = (size_t)(vals ? w->dv : w->d) * w->s.esz;
@@ -719,7 +726,7 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         size_t pfd = src.esz == sizeof(float) || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
         rows_keys(&w, t0, nt, pfd + tile, kb); /* values converted when used (L1) */
         pfrun pk = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 0), pv = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 1);
-        pfrun none = { NULL, NULL, 0, 0 };
+        pfrun none = { NULL, NULL, 0, 0, 0 };
         if (dvec) {
             for (int i = 0; i < na; i++) {
                 size_t lq = qlen(len, qa + i, off, n) - t0;

@@ -7,9 +7,9 @@
 #include "methods/common/rowpool.h"
 
 #define PG KV_ROWPOOL_PAGE
-#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define SLICE_PAGES 64 /* pages per slice of the parallel fold, at least */
 #define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
-#define CHUNK 32       /* pages per kernel call: the page list on the stack */
+#define CHUNK 64       /* pages per kernel call: the page list on the stack */
 
 void kv_rowpool_init(kv_rowpool *r, int d, int dv)
 {

@@ -9,9 +9,9 @@
 #include "methods/common/tokring.h"
 
 #define PG KV_TOKRING_PAGE
-#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define SLICE_PAGES 64 /* pages per slice of the parallel fold, at least */
 #define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
-#define CHUNK (32 * PG) /* tokens per kernel call (whole tiles): page list on the stack, coded scratch in L2 */
+#define CHUNK (64 * PG) /* tokens per kernel call (whole tiles): page list on the stack, coded scratch ~L2 */
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
 {
