@@ -36,19 +36,10 @@
 static void reference(const float *q, const float *K, const float *V, size_t n, int d, int dv, float scale,
                       double *z, double *tol)
 {
-    const double u = 0x1p-24, gam = d * u / (1 - d * u), g64 = 64 * u / (1 - 64 * u);
-    double *a = malloc(sizeof(double) * n), emax = 0, m = -INFINITY, dm = 0, l = 0;
-    for (size_t t = 0; t < n; t++) {
-        double dot = 0, s1 = 0;
-        for (int c = 0; c < d; c++) {
-            dot += (double)q[c] * K[t * d + c];
-            s1 += fabs((double)q[c] * K[t * d + c]);
-        }
-        a[t] = dot * scale;
-        double e = gam * scale * s1 + u * fabs(a[t]) / (1 - u);
-        emax = e > emax ? e : emax;
-        m = a[t] > m ? a[t] : m;
-    }
+    const double u = 0x1p-24, g64 = 64 * u / (1 - 64 * u);
+    double *a = malloc(sizeof(double) * n), m = -INFINITY, dm = 0, l = 0;
+    double emax = kv_test_logits(q, K, n, d, scale, a); /* the kernel's logit error, testutil.h */
+    for (size_t t = 0; t < n; t++) m = a[t] > m ? a[t] : m;
     for (size_t t = 0; t < n; t++) dm = fabs(a[t] - m) > dm ? fabs(a[t] - m) : dm;
     double E = emax + u * dm + 1e-7;
     for (int c = 0; c < dv; c++) z[c] = tol[c] = 0;
