@@ -22,6 +22,11 @@
  * -march=native and correct (narrower) code elsewhere; dimensions that are
  * not multiples of 16 take scalar loops.
  *
+ * Every path reads rows through a table of row pointers per tile (rowwin),
+ * so rows held in pages (kv_attn_fold_pages: tokring, rowpool) take the
+ * same tiles as a contiguous block, spanning page boundaries, with the
+ * prefetch walking the table; the arithmetic sees values, never addresses.
+ *
  * Keys and values held as IEEE half (the _f16 entry points) are converted to
  * float32 a tile at a time into a scratch the size of one tile, then go
  * through the very same float code: bitwise the results of the float32
