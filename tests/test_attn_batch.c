@@ -40,19 +40,10 @@ static void clear_all(double *st, int nq, int dv)
 /* the rounding bound above for query q over K, V[0 .. len) */
 static void bound(const float *q, const float *K, const float *V, size_t len, int d, int dv, float scale, double *tol)
 {
-    const double u = 0x1p-24, gam = d * u / (1 - d * u), g64 = 64 * u / (1 - 64 * u);
-    double *a = malloc(sizeof(double) * len), emax = 0, m = -INFINITY;
-    for (size_t t = 0; t < len; t++) {
-        double dot = 0, s1 = 0;
-        for (int c = 0; c < d; c++) {
-            dot += (double)q[c] * K[t * d + c];
-            s1 += fabs((double)q[c] * K[t * d + c]);
-        }
-        a[t] = dot * scale;
-        double e = gam * scale * s1 + u * fabs(a[t]) / (1 - u);
-        emax = e > emax ? e : emax;
-        m = a[t] > m ? a[t] : m;
-    }
+    const double u = 0x1p-24, g64 = 64 * u / (1 - 64 * u);
+    double *a = malloc(sizeof(double) * len), m = -INFINITY;
+    double emax = kv_test_logits(q, K, len, d, scale, a);
+    for (size_t t = 0; t < len; t++) m = a[t] > m ? a[t] : m;
     double dm = 0;
     for (size_t t = 0; t < len; t++) dm = fabs(a[t] - m) > dm ? fabs(a[t] - m) : dm;
     double E = 2 * emax + u * dm + 2e-7, l = 0;

@@ -50,6 +50,23 @@ double kv_test_relerr(const double *a, const double *b, int n)
     return num / (den > 1e-300 ? den : 1e-300);
 }
 
+double kv_test_logits(const float *q, const float *K, size_t n, int d, float scale, double *a)
+{
+    const double u = 0x1p-24, gam = d * u / (1 - d * u);
+    double emax = 0;
+    for (size_t t = 0; t < n; t++) {
+        double dot = 0, s1 = 0;
+        for (int c = 0; c < d; c++) {
+            dot += (double)q[c] * K[t * d + c];
+            s1 += fabs((double)q[c] * K[t * d + c]);
+        }
+        a[t] = dot * scale;
+        double e = gam * scale * s1 + u * fabs(a[t]) / (1 - u);
+        emax = e > emax ? e : emax;
+    }
+    return emax;
+}
+
 int kv_test_decide(const kv_method_ops *ops, void *st, int64_t x, int at_query)
 {
     if (!ops->decide_need) return KV_OK;

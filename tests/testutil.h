@@ -32,6 +32,11 @@ int kv_test_result(const char *name);
 int kv_test_part(int k);
 /* max_i |a_i - b_i| / max(max_i |b_i|, tiny) */
 double kv_test_relerr(const double *a, const double *b, int n);
+/* Logits a[t] = scale <q, K[t]> (t < n, rows d wide) in double; returns the
+ * largest rounding error of a float kernel's logit, max_t gamma_d scale
+ * sum_c |q_c k_tc| + u |a_t| (a dot product in any order, then one product;
+ * the attention kernels' bound, tests/test_attn_*.c). */
+double kv_test_logits(const float *q, const float *K, size_t n, int d, float scale, double *a);
 /* One instance of a deciding method (method.h: decide hooks) at point x,
  * as if it held every candidate: its own lowest keys stand for the merged
  * ones (no halo from other ranks).  Returns the hooks' code (KV_OK for a

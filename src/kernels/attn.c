@@ -22,6 +22,11 @@
  * -march=native and correct (narrower) code elsewhere; dimensions that are
  * not multiples of 16 take scalar loops.
  *
+ * Every path reads rows through a table of row pointers per tile (rowwin),
+ * so rows held in pages (kv_attn_fold_pages: tokring, rowpool) take the
+ * same tiles as a contiguous block, spanning page boundaries, with the
+ * prefetch walking the table; the arithmetic sees values, never addresses.
+ *
  * Keys and values held as IEEE half (the _f16 entry points) are converted to
  * float32 a tile at a time into a scratch the size of one tile, then go
  * through the very same float code: bitwise the results of the float32
@@ -142,14 +147,14 @@ static inline void add_f2d(double *restrict u, const float *restrict x, int n)
 
 /* ---- logits: S[q*TILE + t] = scale * <Q[q], K[t]> ---- */
 
-static void logits_scalar(const float *restrict Q, int nq, const float *restrict K, int nt, int d, float scale,
+static void logits_scalar(const float *restrict Q, int nq, const float *const *kr, int nt, int d, float scale,
                           float *restrict S)
 {
     for (int q = 0; q < nq; q++)
         for (int t = 0; t < nt; t++) {
             float a = 0;
 #pragma omp simd reduction(+ : a)
-            for (int c = 0; c < d; c++) a += Q[(size_t)q * d + c] * K[(size_t)t * d + c];
+            for (int c = 0; c < d; c++) a += Q[(size_t)q * d + c] * kr[t][c];
             S[q * TILE + t] = a * scale;
         }
 }
@@ -183,17 +188,32 @@ static inline v16 hsum16x16(const v16 *a)
  * the hardware to fill in) measured slower.  Step s of `steps` asks for its
  * share of the bytes: plain locals, no state kept in memory between steps. */
 typedef struct {
-    const char *p; /* NULL: no prefetch */
-    size_t bytes;
+    const char *p;            /* contiguous bytes from p, or (p NULL) */
+    const float *const *rows; /* rows of rowb bytes each (paged sources); both NULL: no prefetch */
+    size_t bytes, rowb;
+    size_t rps;               /* rows: whole rows per step (pf_per), 0 if a step ends inside a row */
 } pfrun;
 
-static inline size_t pf_per(pfrun r, size_t steps) { return (r.bytes / 64 + steps - 1) / steps * 64; }
+/* bytes per step (whole lines) for `steps` steps over the run */
+static inline size_t pf_per(pfrun *r, size_t steps)
+{
+    size_t per = (r->bytes / 64 + steps - 1) / steps * 64;
+    r->rps = r->rows && per % r->rowb == 0 ? per / r->rowb : 0;
+    return per;
+}
 
 static inline void pf_step(pfrun r, size_t per, size_t s)
 {
-    if (!r.p) return;
-    size_t e = (s + 1) * per < r.bytes ? (s + 1) * per : r.bytes;
-    for (size_t o = s * per; o < e; o += 64) __builtin_prefetch(r.p + o, 0, KV_PF1_LOCALITY);
+    size_t o = s * per, e = (s + 1) * per < r.bytes ? (s + 1) * per : r.bytes;
+    if (r.p) {
+        for (; o < e; o += 64) __builtin_prefetch(r.p + o, 0, KV_PF1_LOCALITY);
+    } else if (r.rows && o < e) { /* row by row from o's row on (a division only when rows straddle steps) */
+        size_t i = r.rps ? s * r.rps : o / r.rowb, b = o - i * r.rowb;
+        for (; o < e; o += 64, b += 64) {
+            if (b >= r.rowb) { i++; b = 0; }
+            __builtin_prefetch((const char *)r.rows[i] + b, 0, KV_PF1_LOCALITY);
+        }
+    }
 }
 
 /* a[i] += q[cb ..] k_i[cb ..] by lane over W vectors of dimensions: q's W
@@ -216,13 +236,13 @@ static inline __attribute__((always_inline)) void logits_blk(const float *restri
  * comes from the same instruction sequence whatever its place in the tile
  * (bitwise the same logits however the stream is sharded).  pk: rows to
  * prefetch over this work, a share per key row. */
-static void logits_one(const float *restrict q, const float *restrict K, int nt, int d, float scale, float *restrict S,
+static void logits_one(const float *restrict q, const float *const *kr, int nt, int d, float scale, float *restrict S,
                        pfrun pk)
 {
-    size_t per = pf_per(pk, (size_t)(nt + 15) / 16 * 16);
+    size_t per = pf_per(&pk, (size_t)(nt + 15) / 16 * 16);
     for (int t = 0; t < nt; t += 16) {
         const float *k[16];
-        for (int i = 0; i < 16; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+        for (int i = 0; i < 16; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
         v16 a[16];
         for (int i = 0; i < 16; i++) a[i] = bc(0);
         int c = 0;
@@ -241,8 +261,8 @@ static void logits_one(const float *restrict q, const float *restrict K, int nt,
  * FMAs per 4 query loads and 6 broadcasts), then 8 x 2 and 8 x 1 for the
  * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
  * c in order, then one multiply by scale: the same for every lane. */
-static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *restrict K, int nt, int d,
-                         float scale, float *restrict S, const char *pfk, const char *pfv, size_t krow, size_t vrow)
+static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *const *kr, int nt, int d,
+                         float scale, float *restrict S, pfrun pk, pfrun pv, size_t krow, size_t vrow)
 {
     const v16 sc = bc(scale);
     /* software prefetch of a later tile's K and V rows (pfk NULL: none),
@@ -250,20 +270,28 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
      * dimension c, for the 8 rows from each token block's first (a burst
      * per tile stalls on the fill buffers) */
     const size_t kb = 8 * krow, vb = 8 * vrow;
+    /* paged runs: line c of those 8 rows as (row, byte offset), once per call */
+    size_t nlk = pk.rows ? (kb + 63) / 64 : 1, nlv = pv.rows ? (vb + 63) / 64 : 1;
+    uint32_t kri[nlk], kro[nlk], vri[nlv], vro[nlv];
+    for (size_t c = 0; pk.rows && c < nlk; c++) kri[c] = (uint32_t)(c * 64 / krow), kro[c] = (uint32_t)(c * 64 % krow);
+    for (size_t c = 0; pv.rows && c < nlv; c++) vri[c] = (uint32_t)(c * 64 / vrow), vro[c] = (uint32_t)(c * 64 % vrow);
+#define PF_LINE(r, ri, ro, row, t, c, o) \
+    ((r).p ? (r).p + (size_t)(t) * (row) + (o) : (const char *)(r).rows[(t) + ri[c]] + ro[c])
 #define PF_STEP(t, c)                                                                                         \
     do {                                                                                                      \
         if (pf) {                                                                                             \
             size_t o_ = (size_t)(c) * 64;                                                                     \
-            if (o_ < kb) __builtin_prefetch(pfk + (size_t)(t) * krow + o_, 0, KV_PF_LOCALITY);                \
-            if (o_ < vb) __builtin_prefetch(pfv + (size_t)(t) * vrow + o_, 0, KV_PF_LOCALITY);                \
+            size_t ko_ = (size_t)(t) * krow + o_, vo_ = (size_t)(t) * vrow + o_;                             \
+            if (o_ < kb && ko_ < pk.bytes) __builtin_prefetch(PF_LINE(pk, kri, kro, krow, t, c, o_), 0, KV_PF_LOCALITY); \
+            if (o_ < vb && vo_ < pv.bytes) __builtin_prefetch(PF_LINE(pv, vri, vro, vrow, t, c, o_), 0, KV_PF_LOCALITY); \
         }                                                                                                     \
     } while (0)
     int j = lb;
     for (; j + 4 * VL <= nqp; j += 4 * VL)
         for (int t = 0; t < nt; t += 6) {
             const float *k[6];
-            int pf = pfk && j == lb;
-            for (int i = 0; i < 6; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            int pf = (pk.p || pk.rows) && j == lb;
+            for (int i = 0; i < 6; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
             v16 a[6][4];
             for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
             for (int c = 0; c < d; c++) {
@@ -284,8 +312,8 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
     for (; j + 2 * VL <= nqp; j += 2 * VL)
         for (int t = 0; t < nt; t += 8) {
             const float *k[8];
-            int pf = pfk && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            int pf = (pk.p || pk.rows) && j == lb;
+            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
             v16 a[8][2];
             for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = bc(0);
             for (int c = 0; c < d; c++) {
@@ -306,8 +334,8 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
     for (; j < nqp; j += VL)
         for (int t = 0; t < nt; t += 8) {
             const float *k[8];
-            int pf = pfk && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
+            int pf = (pk.p || pk.rows) && j == lb;
+            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
             v16 a[8];
             for (int i = 0; i < 8; i++) a[i] = bc(0);
             for (int c = 0; c < d; c++) {
@@ -318,37 +346,37 @@ static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float 
             for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
         }
 #undef PF_STEP
+#undef PF_LINE
 }
 
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
 
-static void pv_scalar(const float *restrict P, int nq, const float *restrict V, int nt, int dv, float *restrict U,
+static void pv_scalar(const float *restrict P, int nq, const float *const *vr, int nt, int dv, float *restrict U,
                       size_t ustride)
 {
     for (int q = 0; q < nq; q++) {
         float *u = U + q * ustride;
         for (int t = 0; t < nt; t++) {
             float p = P[q * TILE + t];
-            const float *v = V + (size_t)t * dv;
+            const float *v = vr[t];
 #pragma omp simd
             for (int c = 0; c < dv; c++) u[c] += p * v[c];
         }
     }
 }
 
-/* u[c .. c + W*16) = sum_t p[t] V[t][c ..] over the nt rows of V (dv
- * wide): even and odd tokens in two sets of W vector accumulators (twice
+/* u[c .. c + W*16) = sum_t p[t] V[t][c ..] over the nt value rows vr: even and odd tokens in two sets of W vector accumulators (twice
  * the independent FMA chains: the sums are latency bound otherwise), added
  * at the end.  W a constant at each call (always inlined). */
-static inline __attribute__((always_inline)) void pv_cols(const float *restrict p, const float *restrict V, int nt,
-                                                          int dv, int c, int W, float *restrict u, pfrun pc,
+static inline __attribute__((always_inline)) void pv_cols(const float *restrict p, const float *const *vr, int nt,
+                                                          int c, int W, float *restrict u, pfrun pc,
                                                           size_t per, size_t step)
 {
     v16 a[8], b[8];
     for (int i = 0; i < W; i++) a[i] = b[i] = bc(0);
     int t = 0;
     for (; t + 2 <= nt; t += 2) {
-        const float *v0 = V + (size_t)t * dv + c, *v1 = v0 + dv;
+        const float *v0 = vr[t] + c, *v1 = vr[t + 1] + c;
         v16 s0 = bc(p[t]), s1 = bc(p[t + 1]);
         pf_step(pc, per, step++);
         for (int i = 0; i < W; i++) {
@@ -357,7 +385,7 @@ static inline __attribute__((always_inline)) void pv_cols(const float *restrict 
         }
     }
     if (t < nt) {
-        const float *v0 = V + (size_t)t * dv + c;
+        const float *v0 = vr[t] + c;
         v16 s0 = bc(p[t]);
         for (int i = 0; i < W; i++) a[i] += s0 * ld(v0 + i * VL);
     }
@@ -373,19 +401,19 @@ static inline __attribute__((always_inline)) void pv_cols(const float *restrict 
 /* dv % 16 == 0, few queries: U[q] = P[q] . V over the tile, one query at a
  * time, PV_W value vectors per pass (dv = 128: one pass with AVX-512);
  * pc: rows to prefetch over this work */
-static void pv_vec(const float *restrict P, int nq, const float *restrict V, int nt, int dv, float *restrict U,
+static void pv_vec(const float *restrict P, int nq, const float *const *vr, int nt, int dv, float *restrict U,
                    size_t ustride, pfrun pc)
 {
     size_t pairs = (size_t)(nt / 2 ? nt / 2 : 1);
     size_t passes = (size_t)(dv / (PV_W * VL) + dv % (PV_W * VL) / (4 * VL) + dv % (4 * VL) / VL);
-    size_t per = pf_per(pc, (size_t)nq * passes * pairs), step = 0;
+    size_t per = pf_per(&pc, (size_t)nq * passes * pairs), step = 0;
     for (int q = 0; q < nq; q++) {
         const float *p = P + q * TILE;
         float *u = U + q * ustride;
         int c = 0;
-        for (; c + PV_W * VL <= dv; c += PV_W * VL, step += pairs) pv_cols(p, V, nt, dv, c, PV_W, u, pc, per, step);
-        for (; c + 4 * VL <= dv; c += 4 * VL, step += pairs) pv_cols(p, V, nt, dv, c, 4, u, pc, per, step);
-        for (; c < dv; c += VL, step += pairs) pv_cols(p, V, nt, dv, c, 1, u, pc, per, step);
+        for (; c + PV_W * VL <= dv; c += PV_W * VL, step += pairs) pv_cols(p, vr, nt, c, PV_W, u, pc, per, step);
+        for (; c + 4 * VL <= dv; c += 4 * VL, step += pairs) pv_cols(p, vr, nt, c, 4, u, pc, per, step);
+        for (; c < dv; c += VL, step += pairs) pv_cols(p, vr, nt, c, 1, u, pc, per, step);
     }
 }
 
@@ -395,7 +423,7 @@ static void pv_vec(const float *restrict P, int nq, const float *restrict V, int
  * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
  * value columns outside, so their 16 KiB of the tile stay in L1 across the
  * query blocks. */
-static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *restrict V, int nt, int dv,
+static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
                      float *restrict U)
 {
     int c = 0;
@@ -407,8 +435,8 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
                 v16 a[6][4];
                 for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
                 for (int t = 0; t < nt; t++) {
-                    const float *vr = V + (size_t)t * dv + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vr), v1 = ld(vr + VL), v2 = ld(vr + 2 * VL), v3 = ld(vr + 3 * VL);
+                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
+                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
                     for (int i = 0; i < 6; i++) {
                         v16 s = bc(p[i]);
                         a[i][0] += s * v0;
@@ -424,8 +452,8 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
                 v16 a[4][4];
                 for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
                 for (int t = 0; t < nt; t++) {
-                    const float *vr = V + (size_t)t * dv + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vr), v1 = ld(vr + VL), v2 = ld(vr + 2 * VL), v3 = ld(vr + 3 * VL);
+                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
+                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
                     for (int i = 0; i < 4; i++) {
                         v16 s = bc(p[i]);
                         a[i][0] += s * v0;
@@ -442,7 +470,7 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
             for (int j = lb; j < qe; j += 4) {
                 v16 a[4] = { bc(0), bc(0), bc(0), bc(0) };
                 for (int t = 0; t < nt; t++) {
-                    v16 v = ld(V + (size_t)t * dv + c);
+                    v16 v = ld(vr[t] + c);
                     const float *p = P + (size_t)t * nqp + j;
                     for (int i = 0; i < 4; i++) a[i] += bc(p[i]) * v;
                 }
@@ -455,17 +483,22 @@ static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const flo
         for (int k = 0; k < dv; k++) u[k] = 0.0f;
         for (int t = 0; t < nt; t++) {
             float p = P[(size_t)t * nqp + j];
-            const float *v = V + (size_t)t * dv;
+            const float *v = vr[t];
 #pragma omp simd
             for (int k = 0; k < dv; k++) u[k] += p * v[k];
         }
     }
 }
 
-/* Keys and values as held: float32 (esz 4) or half (esz 2) rows. */
+/* Keys and values as held: float32 (esz 4) or half (esz 2) rows at K, V;
+ * or (np > 0) float32 rows in np pages laid end to end, page i holding
+ * pn[i] rows at pk[i], pv[i]. */
 typedef struct {
     const char *K, *V;
     size_t esz;
+    const float *const *pk, *const *pv;
+    const size_t *pn;
+    size_t np;
 } kvsrc;
 
 static kvsrc src_at(kvsrc s, size_t a, int d, int dv)
@@ -494,6 +527,87 @@ static int tile_bufs(size_t esz, int rows, int d, int dv, float **kb, float **vb
     free(*kb);
     free(*vb);
     return KV_EINTERNAL;
+}
+
+/* Row pointers of the tokens a tile works on, k[0..nt) and v[0..nt).
+ * Contiguous sources: the tile's rows, set per tile.  Paged: a window of
+ * rows [t0, t0 + have) entered from the page cursor (page p, row r),
+ * reaching past the tile to the rows the prefetch asks for, and moved on
+ * a tile at a time: a tile spans page boundaries like any other rows. */
+#define PF_MAX (KV_PF_TOKENS > KV_PF1_TOKENS ? KV_PF_TOKENS : KV_PF1_TOKENS)
+#define WIN (TILE + (PF_MAX > TILE ? PF_MAX : TILE))
+typedef struct {
+    kvsrc s;
+    int d, dv;
+    size_t n, t0, have, p, r;
+    const float *k[WIN], *v[WIN];
+} rowwin;
+
+static void rows_init(rowwin *w, kvsrc s, size_t n, int d, int dv)
+{
+    w->s = s;
+    w->d = d;
+    w->dv = dv;
+    w->n = n;
+    w->t0 = w->have = w->p = w->r = 0;
+}
+
+/* The tile [t0, t0 + nt)'s key rows (half: converted into kb); paged, the
+ * window moved on to t0 and filled to t0 + reach (capped at n, reach in
+ * [nt, WIN]), values too. */
+static void rows_keys(rowwin *w, size_t t0, int nt, size_t reach, float *kb)
+{
+    if (!w->s.np) {
+        const float *K = tile_f32(w->s.K, w->s.esz, t0, nt, w->d, kb);
+        for (int i = 0; i < nt; i++) w->k[i] = K + (size_t)i * w->d;
+        return;
+    }
+    size_t drop = t0 - w->t0; /* the last tile's rows: fewer than held */
+    if (drop) {
+        w->have -= drop;
+        memmove(w->k, w->k + drop, sizeof w->k[0] * w->have);
+        memmove(w->v, w->v + drop, sizeof w->v[0] * w->have);
+        w->t0 = t0;
+    }
+    size_t end = w->n - t0 < reach ? w->n : t0 + reach;
+    while (w->t0 + w->have < end) {
+        if (w->r == w->s.pn[w->p]) { /* page done (or empty) */
+            w->p++;
+            w->r = 0;
+            continue;
+        }
+        const float *K = w->s.pk[w->p] + w->r * (size_t)w->d, *V = w->s.pv[w->p] + w->r * (size_t)w->dv;
+        size_t c = w->s.pn[w->p] - w->r, want = end - w->t0 - w->have;
+        if (c > want) c = want;
+        for (size_t i = 0; i < c; i++) {
+            w->k[w->have + i] = K + i * (size_t)w->d;
+            w->v[w->have + i] = V + i * (size_t)w->dv;
+        }
+        w->have += c;
+        w->r += c;
+    }
+}
+
+/* The tile's value rows (half: converted into vb; paged: already there). */
+static void rows_vals(rowwin *w, size_t t0, int nt, float *vb)
+{
+    if (w->s.np) return;
+    const float *V = tile_f32(w->s.V, w->s.esz, t0, nt, w->dv, vb);
+    for (int i = 0; i < nt; i++) w->v[i] = V + (size_t)i * w->dv;
+}
+
+/* Prefetch run of cnt key (or value) rows from row a, as held, capped at n
+ * (paged: within the window rows_keys filled) */
+static pfrun rows_pf(const rowwin *w, size_t a, size_t cnt, int vals)
+{
+    pfrun r = { NULL, NULL, 0, 0, 0 };
+    if (a >= w->n || !cnt) return r;
+    if (cnt > w->n - a) cnt = w->n - a;
+    r.rowb = (size_t)(vals ? w->dv : w->d) * w->s.esz;
+    r.bytes = cnt * r.rowb;
+    if (w->s.np) r.rows = (vals ? w->v : w->k) + (a - w->t0);
+    else r.p = (vals ? w->s.V : w->s.K) + a * r.rowb;
+    return r;
 }
 
 /* Prefix length of query q within this call's n tokens at offset off
@@ -529,6 +643,8 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
     float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
     for (int c = 0; c < d; c++)
         for (int j = 0; j < nqp; j++) Qt[(size_t)c * nqp + j] = j < nq ? Q[(size_t)j * d + c] : 0.0f;
+    rowwin w;
+    rows_init(&w, src, n, d, dv);
     int qa = 0; /* first query still active */
     for (size_t t0 = 0; t0 < n; t0 += TILE) {
         while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
@@ -536,10 +652,11 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
         int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
         int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
         int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
-        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
-        int ahead = KV_PF_TOKENS && t0 + KV_PF_TOKENS + TILE <= n; /* keep the memory system busy */
-        logits_lanes(Qt, nqp, lb, Kt0, nt, d, scale, S, ahead ? src.K + (t0 + KV_PF_TOKENS) * krow : NULL,
-                     src.V + (t0 + KV_PF_TOKENS) * vrow, krow, vrow);
+        rows_keys(&w, t0, nt, KV_PF_TOKENS + TILE, kb); /* values converted when used (L1) */
+        /* keep the memory system busy: the rows KV_PF_TOKENS on */
+        pfrun pk = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 0);
+        pfrun pv = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 1);
+        logits_lanes(Qt, nqp, lb, w.k, nt, d, scale, S, pk, pv, krow, vrow);
         /* prefixes ending inside the tile (a run of the first active queries):
          * -inf past the end, so exp gives exact zeros there */
         for (int q = qa; q < nq; q++) {
@@ -567,8 +684,8 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
             st16(lv + j, l);
             st16(l2v + j, l2);
         }
-        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
-        pv_lanes(S, nqp, lb, qe, Vt, nt, dv, U);
+        rows_vals(&w, t0, nt, vb);
+        pv_lanes(S, nqp, lb, qe, w.v, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
             r[KV_PS_L] += lv[q];
@@ -599,8 +716,9 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         free(U);
         return KV_EINTERNAL;
     }
-    const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
     const size_t tile = KV_TILE_ONE;
+    rowwin w;
+    rows_init(&w, src, n, d, dv);
     int qa = 0; /* first query still active */
     for (size_t t0 = 0; t0 < n; t0 += tile) {
         while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
@@ -608,22 +726,20 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         int na = nq - qa;
         const float *Qa = Q + (size_t)qa * d;
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
-        const float *Kt0 = tile_f32(src.K, src.esz, t0, nt, d, kb), *Vt; /* values converted when used (L1) */
         /* the rows pfd ahead: keys over the logits, values over P.V (half
          * rows: the whole next tile, which is converted at once) */
         size_t pfd = src.esz == sizeof(float) || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
-        int ahead = pfd && t0 + pfd + tile <= n;
-        pfrun pk = { ahead ? src.K + (t0 + pfd) * krow : NULL, tile * krow };
-        pfrun pv = { ahead ? src.V + (t0 + pfd) * vrow : NULL, tile * vrow };
-        pfrun none = { NULL, 0 };
+        rows_keys(&w, t0, nt, pfd + tile, kb); /* values converted when used (L1) */
+        pfrun pk = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 0), pv = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 1);
+        pfrun none = { NULL, NULL, 0, 0, 0 };
         if (dvec) {
             for (int i = 0; i < na; i++) {
                 size_t lq = qlen(len, qa + i, off, n) - t0;
-                logits_one(Qa + (size_t)i * d, Kt0, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
+                logits_one(Qa + (size_t)i * d, w.k, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
                            i == 0 ? pk : none);
             }
         } else {
-            logits_scalar(Qa, na, Kt0, nt, d, scale, S);
+            logits_scalar(Qa, na, w.k, nt, d, scale, S);
         }
         for (int i = 0; i < na; i++) {
             float *s = S + i * TILE;
@@ -644,12 +760,12 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
             r[KV_PS_L] += l;
             r[KV_PS_L2] += l2;
         }
-        Vt = tile_f32(src.V, src.esz, t0, nt, dv, vb);
+        rows_vals(&w, t0, nt, vb);
         if (vvec) {
-            pv_vec(S, na, Vt, nt, dv, U, (size_t)dv, pv);
+            pv_vec(S, na, w.v, nt, dv, U, (size_t)dv, pv);
         } else {
             memset(U, 0, sizeof(float) * (size_t)na * dv);
-            pv_scalar(S, na, Vt, nt, dv, U, (size_t)dv);
+            pv_scalar(S, na, w.v, nt, dv, U, (size_t)dv);
         }
         for (int i = 0; i < na; i++) add_f2d(run + (size_t)(qa + i) * sl + KV_PS_U, U + (size_t)i * dv, dv);
     }
@@ -684,13 +800,22 @@ static int fold_core(const float *Q, int nq, const size_t *len, size_t off, kvsr
     return rc;
 }
 
-static kvsrc src_f32(const float *K, const float *V) { return (kvsrc){ (const char *)K, (const char *)V, sizeof(float) }; }
-static kvsrc src_f16(const uint16_t *K, const uint16_t *V) { return (kvsrc){ (const char *)K, (const char *)V, 2 }; }
+static kvsrc src_f32(const float *K, const float *V) { return (kvsrc){ .K = (const char *)K, .V = (const char *)V, .esz = sizeof(float) }; }
+static kvsrc src_f16(const uint16_t *K, const uint16_t *V) { return (kvsrc){ .K = (const char *)K, .V = (const char *)V, .esz = 2 }; }
 
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
                  size_t n, int d, int dv, float scale, double *st)
 {
     return fold_core(Q, nq, NULL, 0, src_f32(K, V), n, d, dv, scale, st, nq >= 4);
+}
+
+int kv_attn_fold_pages(const float *Q, int nq, const float *const *K, const float *const *V, const size_t *n,
+                       size_t npages, int d, int dv, float scale, double *st)
+{
+    size_t rows = 0;
+    for (size_t i = 0; i < npages; i++) rows += n[i];
+    kvsrc s = { .esz = sizeof(float), .pk = K, .pv = V, .pn = n, .np = npages };
+    return fold_core(Q, nq, NULL, 0, s, rows, d, dv, scale, st, nq >= 4);
 }
 
 /* slice size depends on n only: results independent of thread count */

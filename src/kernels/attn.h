@@ -18,6 +18,16 @@
 int kv_attn_fold(const float *Q, int nq, const float *K, const float *V,
                   size_t n, int d, int dv, float scale, double *st);
 
+/* Serial kernel over rows held in pages (page i: n[i] rows, 0 allowed, at
+ * K[i], n[i] x d, and V[i], n[i] x dv), taken as laid end to end: one
+ * running state and one set of scratch for the whole list, tiles spanning
+ * page boundaries, the next page's rows prefetched through a table of row
+ * pointers.  Bitwise the result of kv_attn_fold on the same rows in one
+ * contiguous block (the tile arithmetic sees values, not addresses), so
+ * how the rows are split into pages never changes the answer. */
+int kv_attn_fold_pages(const float *Q, int nq, const float *const *K, const float *const *V, const size_t *n,
+                       size_t npages, int d, int dv, float scale, double *st);
+
 /* OpenMP kernel: splits the tokens into fixed slices (their size depends on
  * n only), so the result is bitwise the same for any thread count.  Runs
  * serially when called inside an active parallel region. */

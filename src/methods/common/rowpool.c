@@ -7,8 +7,9 @@
 #include "methods/common/rowpool.h"
 
 #define PG KV_ROWPOOL_PAGE
-#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define SLICE_PAGES 64 /* pages per slice of the parallel fold, at least */
 #define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
+#define CHUNK 64       /* pages per kernel call: the page list on the stack */
 
 void kv_rowpool_init(kv_rowpool *r, int d, int dv)
 {
@@ -73,14 +74,22 @@ void kv_rowpool_remove(kv_rowpool *r, int64_t i)
     if (r->count <= (r->np - 1) * PG) free(r->pages[--r->np].K); /* the last page is empty */
 }
 
+/* pages [p0, p1), CHUNK pages at a time as one page list (one running
+ * state, tiles across pages; the list on the stack) */
 static int fold_pages(const kv_rowpool *r, int64_t p0, int64_t p1, const float *Q, int nq, float scale, double *st)
 {
-    for (int64_t p = p0; p < p1; p++) {
-        int64_t n = r->count - p * PG < PG ? r->count - p * PG : PG;
-        int rc = kv_attn_fold(Q, nq, r->pages[p].K, r->pages[p].V, (size_t)n, r->d, r->dv, scale, st);
-        if (rc) return rc;
+    int rc = KV_OK;
+    for (; !rc && p0 < p1; p0 += CHUNK) {
+        const float *K[CHUNK], *V[CHUNK];
+        size_t n[CHUNK], np = 0;
+        for (int64_t p = p0; p < p1 && p < p0 + CHUNK; p++, np++) {
+            n[np] = (size_t)(r->count - p * PG < PG ? r->count - p * PG : PG);
+            K[np] = r->pages[p].K;
+            V[np] = r->pages[p].V;
+        }
+        rc = kv_attn_fold_pages(Q, nq, K, V, n, np, r->d, r->dv, scale, st);
     }
-    return KV_OK;
+    return rc;
 }
 
 static int64_t slice_pages(const kv_rowpool *r)

@@ -9,8 +9,9 @@
 #include "methods/common/tokring.h"
 
 #define PG KV_TOKRING_PAGE
-#define SLICE_PAGES 16 /* pages per slice of the parallel fold, at least */
+#define SLICE_PAGES 64 /* pages per slice of the parallel fold, at least */
 #define MAX_SLICES 64  /* more pages make longer slices: the scratch stays small */
+#define CHUNK (64 * PG) /* tokens per kernel call (whole tiles): page list on the stack, coded scratch ~L2 */
 
 void kv_tokring_init(kv_tokring *r, int d, int dv, int64_t cap)
 {
@@ -147,27 +148,57 @@ void kv_tokring_drop_below(kv_tokring *r, int64_t g)
     while (r->count && kv_tokring_idx(r, 0) < g) kv_tokring_pop(r);
 }
 
-/* tokens [a, b) of the ring (a, b token positions) folded serially, page by page */
-static int fold_range(const kv_tokring *r, int64_t a, int64_t b, const float *Q, int nq, float scale, double *st)
+/* tokens [a, e) of a float ring (e - a <= CHUNK) as one page list */
+static int fold_pages(const kv_tokring *r, int64_t a, int64_t e, const float *Q, int nq, float scale, double *st)
 {
-    while (a < b) {
+    const float *K[CHUNK / PG + 1], *V[CHUNK / PG + 1];
+    size_t n[CHUNK / PG + 1], np = 0;
+    while (a < e) {
         int64_t sl;
         const kv_tokpage *p = kv_tokring_page_(r, a, &sl);
-        int64_t n = PG - sl < b - a ? PG - sl : b - a;
-        int rc;
-        if (r->store) { /* a page's rows decoded on the stack: no allocation per query */
-            float K[PG * r->d], V[PG * r->dv];
-            const uint8_t *rows = p->code + sl * r->store->row;
-            kv_store_keys(r->store, rows, (size_t)n, K);
-            kv_store_vals(r->store, rows, (size_t)n, V);
-            rc = kv_attn_fold(Q, nq, K, V, (size_t)n, r->d, r->dv, scale, st);
-        } else {
-            rc = kv_attn_fold(Q, nq, p->K + sl * r->d, p->V + sl * r->dv, (size_t)n, r->d, r->dv, scale, st);
-        }
-        if (rc) return rc;
-        a += n;
+        n[np] = (size_t)(PG - sl < e - a ? PG - sl : e - a);
+        K[np] = p->K + sl * r->d;
+        V[np] = p->V + sl * r->dv;
+        a += (int64_t)n[np++];
     }
-    return KV_OK;
+    return kv_attn_fold_pages(Q, nq, K, V, n, np, r->d, r->dv, scale, st);
+}
+
+/* tokens [a, e) of a coded ring (e - a <= CHUNK) decoded into buf
+ * (CHUNK rows of keys then values) and folded as one block: the same
+ * tiles as fold_pages, so a store that decodes to the same floats gives
+ * the same bits */
+static int fold_coded(const kv_tokring *r, int64_t a, int64_t e, float *buf, const float *Q, int nq, float scale,
+                      double *st)
+{
+    float *K = buf, *V = buf + (size_t)CHUNK * r->d;
+    size_t m = 0;
+    while (a < e) {
+        int64_t sl;
+        const kv_tokpage *p = kv_tokring_page_(r, a, &sl);
+        size_t n = (size_t)(PG - sl < e - a ? PG - sl : e - a);
+        const uint8_t *rows = p->code + sl * r->store->row;
+        kv_store_keys(r->store, rows, n, K + m * r->d);
+        kv_store_vals(r->store, rows, n, V + m * r->dv);
+        m += n;
+        a += (int64_t)n;
+    }
+    return kv_attn_fold(Q, nq, K, V, m, r->d, r->dv, scale, st);
+}
+
+/* tokens [a, b) of the ring (a, b token positions) folded serially, in
+ * chunks of CHUNK tokens from a */
+static int fold_range(const kv_tokring *r, int64_t a, int64_t b, const float *Q, int nq, float scale, double *st)
+{
+    float *buf = NULL; /* coded: one chunk's decoded rows */
+    if (r->store && a < b && !(buf = malloc(sizeof(float) * CHUNK * (size_t)(r->d + r->dv)))) return KV_EINTERNAL;
+    int rc = KV_OK;
+    for (; !rc && a < b; a += CHUNK) {
+        int64_t e = b - a < CHUNK ? b : a + CHUNK;
+        rc = r->store ? fold_coded(r, a, e, buf, Q, nq, scale, st) : fold_pages(r, a, e, Q, nq, scale, st);
+    }
+    free(buf);
+    return rc;
 }
 
 typedef struct { const kv_tokring *r; int64_t from, s0, SP; } fold_arg;

@@ -92,9 +92,13 @@ int64_t kv_tokring_lower(const kv_tokring *r, int64_t g);
 void kv_tokring_drop_below(kv_tokring *r, int64_t g);
 
 /* Fold tokens from..count-1 into nq states with the exact kernel: pages
- * are grouped into fixed slices (16 pages) folded in parallel and merged
- * in order, so the result does not depend on the thread count.  Returns
- * KV_OK or the kernel's error (kernels/attn.h). */
+ * are grouped into fixed slices (64 pages, more for rings of over 4096
+ * pages) folded in parallel and merged in order, so the result does not
+ * depend on the thread count.  A slice's float pages go to the kernel as
+ * one page list (kv_attn_fold_pages, 64 pages a call); coded rows are
+ * decoded 64 pages at a time and folded as one block, the same tiles, so a
+ * store decoding to the same floats gives the same bits.  Returns KV_OK or
+ * the kernel's error (kernels/attn.h). */
 int kv_tokring_fold(const kv_tokring *r, int64_t from, const float *Q, int nq, float scale, double *st);
 
 /* What kv_tokring_fold(r, from, .., nq, ..) reads and computes (method.h:
