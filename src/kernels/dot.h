@@ -44,15 +44,38 @@ static inline float kv_madd(float a, float b, float c) { return c + a * b; }
 static inline void kv_madd8(kv_dot_v8 *c, const kv_dot_v8 *a, const kv_dot_v8 *b) { *c += *a * *b; }
 #endif
 
-/* kv_dot_fixed's end from its 8 lane sums over [0, c) (c a multiple of 8,
- * d - c < 8): the tail element c + i into lane i, then the tree
- * ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) */
-static inline float kv_dot_finish(const kv_dot_v8 *acc, const float *q, const float *k, int c, int d)
+/* kv_dot_fixed's tail: from its 8 lane sums over [0, c) (c a multiple of
+ * 8, d - c < 8), element c + i into lane i */
+static inline void kv_dot_tail(kv_dot_v8 *acc, const float *q, const float *k, int c, int d)
 {
+    if (c == d) return;
     float l[8];
     memcpy(l, acc, sizeof l);
     for (int i = 0; i < 8 && c + i < d; i++) l[i] = kv_madd(q[c + i], k[c + i], l[i]);
-    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    memcpy(acc, l, sizeof l);
+}
+
+/* its tree: h = (a0 + a4, a1 + a5, a2 + a6, a3 + a7), (h0 + h1) + (h2 + h3) */
+static inline float kv_dot_tree(const kv_dot_v8 *a)
+{
+    kv_dot_v4 h = __builtin_shufflevector(*a, *a, 0, 1, 2, 3) + __builtin_shufflevector(*a, *a, 4, 5, 6, 7);
+    return (h[0] + h[1]) + (h[2] + h[3]);
+}
+
+/* lane t of *out = kv_dot_tree(&a[t]), t < 8, bitwise (the same adds), in
+ * three vector steps: each adds the pairs of the tree's level across vectors */
+static inline void kv_dot_tree8(const kv_dot_v8 *a, kv_dot_v8 *out)
+{
+    kv_dot_v8 b[4], c[2], e;
+    for (int i = 0; i < 4; i++) /* h of vector i in lanes 0-3, of vector i + 4 in lanes 4-7 */
+        b[i] = __builtin_shufflevector(a[i], a[i + 4], 0, 1, 2, 3, 8, 9, 10, 11) +
+               __builtin_shufflevector(a[i], a[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; i++) /* h0 + h1, h2 + h3 of vectors i, i + 4, i + 2, i + 6 */
+        c[i] = __builtin_shufflevector(b[i], b[i + 2], 0, 2, 4, 6, 8, 10, 12, 14) +
+               __builtin_shufflevector(b[i], b[i + 2], 1, 3, 5, 7, 9, 11, 13, 15);
+    e = __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14) + /* vectors 0 4 2 6 1 5 3 7 */
+        __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15);
+    *out = __builtin_shufflevector(e, e, 0, 4, 2, 6, 1, 5, 3, 7);
 }
 
 static inline float kv_dot_fixed(const float *q, const float *k, int d)
@@ -64,35 +87,43 @@ static inline float kv_dot_fixed(const float *q, const float *k, int d)
         memcpy(&b, k + c, sizeof b);
         kv_madd8(&acc, &a, &b);
     }
-    return kv_dot_finish(&acc, q, k, c, d);
+    kv_dot_tail(&acc, q, k, c, d);
+    return kv_dot_tree(&acc);
 }
 
 #define KV_DOT_BLK 8 /* kv_dot_fixed_rows: vectors per block */
+
+/* lane t of *out = kv_dot_fixed(q, x[t], d), t < 8: q loaded once for the
+ * eight, its lanes and tail as kv_dot_fixed's, the trees at once */
+static inline __attribute__((always_inline)) void kv_dot_fixed8(const float *q, const float *const *x, int d,
+                                                                kv_dot_v8 *out)
+{
+    kv_dot_v8 acc[8], a, b;
+    for (int t = 0; t < 8; t++) acc[t] = (kv_dot_v8){ 0 };
+    int c = 0;
+    for (; c + 8 <= d; c += 8) {
+        memcpy(&a, q + c, sizeof a);
+        for (int t = 0; t < 8; t++) {
+            memcpy(&b, x[t] + c, sizeof b);
+            kv_madd8(&acc[t], &a, &b);
+        }
+    }
+    for (int t = 0; t < 8; t++) kv_dot_tail(&acc[t], q, x[t], c, d);
+    kv_dot_tree8(acc, out);
+}
 
 static inline __attribute__((always_inline)) void kv_dot_fixed_rows_(const float *M, int rows, int d,
                                                                      const float *const *x, int nt, float *out)
 {
     for (int j = 0; j < rows; j++) {
         const float *mj = M + (size_t)j * d;
-        kv_dot_v8 acc[KV_DOT_BLK], a, b;
-        for (int t = 0; t < nt; t++) acc[t] = (kv_dot_v8){ 0 };
-        int c = 0;
-        for (; c + 8 <= d; c += 8) { /* kv_dot_fixed's 8 lanes, as one vector */
-            memcpy(&a, mj + c, sizeof a);
-            for (int t = 0; t < nt; t++) {
-                memcpy(&b, x[t] + c, sizeof b);
-                kv_madd8(&acc[t], &a, &b);
-            }
+        if (nt == KV_DOT_BLK) {
+            kv_dot_v8 o;
+            kv_dot_fixed8(mj, x, d, &o);
+            for (int t = 0; t < nt; t++) out[(size_t)t * rows + j] = o[t];
+            continue;
         }
-        for (int t = 0; t < nt; t++) {
-            if (c == d) { /* its tree: (a0 + a4, a1 + a5, a2 + a6, a3 + a7), then pairs */
-                kv_dot_v4 h = __builtin_shufflevector(acc[t], acc[t], 0, 1, 2, 3) +
-                              __builtin_shufflevector(acc[t], acc[t], 4, 5, 6, 7);
-                out[(size_t)t * rows + j] = (h[0] + h[1]) + (h[2] + h[3]);
-            } else {
-                out[(size_t)t * rows + j] = kv_dot_finish(&acc[t], mj, x[t], c, d);
-            }
-        }
+        for (int t = 0; t < nt; t++) out[(size_t)t * rows + j] = kv_dot_fixed(mj, x[t], d);
     }
 }
 

@@ -1,7 +1,7 @@
 /* held.c - attention over held rows with fixed-order logits (held.h).
  *
- * Per tile and query: the logits 8 keys at a time (kv_dot_fixed_rows:
- * kv_dot_fixed's lanes as one vector per key), the tile max into the
+ * Per tile and query: the logits 8 keys at a time (kv_dot_fixed8:
+ * kv_dot_fixed's lanes as one vector per key, the 8 trees at once), the tile max into the
  * running max, e = exp(a - m) 8 at a time in double, then l, l2 and
  * u = sum e v over the tile in double vectors (the values' columns in
  * register blocks, the tile's rows in order), added to the state.  Keys
@@ -82,8 +82,10 @@ static void tile_logits(const float *q, const float *K, int nt, int d, float sca
     for (int t = 0; t < nt; t += KV_DOT_BLK) {
         const float *x[KV_DOT_BLK];
         for (int i = 0; i < KV_DOT_BLK; i++) x[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
-        kv_dot_fixed_rows(q, 1, d, x, KV_DOT_BLK, s + t);
-        for (int i = 0; i < KV_DOT_BLK; i++) s[t + i] *= scale;
+        kv_dot_v8 o;
+        kv_dot_fixed8(q, x, d, &o);
+        o *= scale;
+        memcpy(s + t, &o, sizeof o);
     }
 }
 
@@ -157,6 +159,23 @@ static void pv(const double *e, const float *V, int nt, int dv, double *u, pfnex
     }
 }
 
+/* max of s[0..n), 8 lanes (a max is exact: any order gives it) */
+static inline float tile_max(const float *s, int n)
+{
+    typedef int32_t v8i __attribute__((vector_size(8 * sizeof(int32_t))));
+    v8f m = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY }, y;
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        memcpy(&y, s + t, sizeof y);
+        v8i gt = y > m;
+        m = (v8f)(((v8i)y & gt) | ((v8i)m & ~gt));
+    }
+    float r = m[0];
+    for (int i = 1; i < 8; i++) r = m[i] > r ? m[i] : r;
+    for (; t < n; t++) r = s[t] > r ? s[t] : r;
+    return r;
+}
+
 static inline double hsum8(v8d s) { return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])); }
 
 static void fold(const float *Q, int nq, const float *K, const float *V, int nt, int d, int dv, double scale,
@@ -169,8 +188,7 @@ static void fold(const float *Q, int nq, const float *K, const float *V, int nt,
     for (int q = 0; q < nq; q++) {
         double *x = st + (size_t)q * sl;
         tile_logits(Q + (size_t)q * d, K, nt, d, (float)scale, s);
-        float mt = s[0];
-        for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
+        float mt = tile_max(s, nt);
         double m = kv_partial_raise_max(x, mt, dv);
         int n8 = (nt + 7) / 8 * 8;
         for (int t = 0; t < n8; t++) e[t] = t < nt ? (double)s[t] - m : -INFINITY; /* pads: weight 0 */
