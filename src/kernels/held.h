@@ -8,7 +8,7 @@
  *     build: so a score exp(a - M) / L sees the very logits whose max is M;
  *   - the state is double: per tile of KV_HELD_TILE rows, the tile's float
  *     max raises the running max (kv_partial_raise_max), then
- *     e = exp(a - m) in double (a vectorised exp within about 2 ulp of
+ *     e = exp(a - m) in double (a vectorised exp within about 1 ulp of
  *     libm's, 0 below a - m < -708) and l, l2 and the value sums u are
  *     summed in double over the tile, then added to the state.  l stays
  *     within a few eps of the exact sum at any rank count (the evictors'
