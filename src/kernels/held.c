@@ -1,12 +1,12 @@
 /* held.c - attention over held rows with fixed-order logits (held.h).
  *
  * Per tile and query: the logits 8 keys at a time (kv_dot_fixed8:
- * kv_dot_fixed's lanes as one vector per key, the 8 trees at once), the tile max into the
- * running max, e = exp(a - m) 8 at a time in double, then l, l2 and
- * u = sum e v over the tile in double vectors (the values' columns in
- * register blocks, the tile's rows in order), added to the state.  Keys
- * and values are read once per call (a tile's rows stay in L1 across the
- * queries of the call). */
+ * kv_dot_fixed's lanes as one vector per key, the 8 trees at once), the
+ * tile max into the running max, e = exp(a - m) 8 at a time in double,
+ * then l, l2 and u = sum e v over the tile in double vectors (the values'
+ * columns in register blocks, the tile's rows in order), added to the
+ * state.  Keys and values are read once per call (a tile's rows stay in L1
+ * across the queries of the call), the next tile's prefetched meanwhile. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
