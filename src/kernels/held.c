@@ -75,11 +75,30 @@ static inline v8d expd(v8d x)
     return (v8d)((v8l)e & ~under);
 }
 
+/* The next tile's rows, prefetched a row of each per row of this tile's
+ * P.V (kv_attn_held), or its keys 8 rows per block of logits
+ * (kv_held_logits): spread over the work, as in one burst the requests
+ * stall on the miss buffers, and the hardware prefetchers alone keep a loop
+ * that alternates loads and arithmetic well below the read rate.  k NULL:
+ * none. */
+typedef struct {
+    const char *k, *v;
+    size_t kb, vb; /* row bytes */
+    int n;         /* rows */
+} pfnext;
+
+static inline void pf_row(const char *p, size_t bytes)
+{
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
 /* s[t] = kv_held_logit(q, K + t d) as a float, t < nt; s has room for nt
- * rounded up to KV_DOT_BLK (a short last block repeats its last key). */
-static void tile_logits(const float *q, const float *K, int nt, int d, float scale, float *s)
+ * rounded up to KV_DOT_BLK (a short last block repeats its last key).
+ * pf.k: the next tile's keys, as many rows prefetched per block. */
+static void tile_logits(const float *q, const float *K, int nt, int d, float scale, float *s, pfnext pf)
 {
     for (int t = 0; t < nt; t += KV_DOT_BLK) {
+        for (int i = t; pf.k && i < t + KV_DOT_BLK && i < pf.n; i++) pf_row(pf.k + (size_t)i * pf.kb, pf.kb);
         const float *x[KV_DOT_BLK];
         for (int i = 0; i < KV_DOT_BLK; i++) x[i] = K + (size_t)(t + i < nt ? t + i : nt - 1) * d;
         kv_dot_v8 o;
@@ -94,26 +113,14 @@ void kv_held_logits(const float *Q, int nq, const float *K, size_t n, int d, dou
     float s[T];
     for (size_t a = 0; a < n; a += T) {
         int nt = n - a < T ? (int)(n - a) : T;
-        for (int q = 0; q < nq; q++) {
-            tile_logits(Q + (size_t)q * d, K + a * d, nt, d, (float)scale, s);
+        size_t b = a + T < n ? a + T : n; /* the next tile: its keys prefetched by the first query */
+        pfnext pf = { (const char *)(K + b * (size_t)d), NULL, sizeof(float) * (size_t)d, 0,
+                      n - b < T ? (int)(n - b) : T };
+        for (int q = 0; q < nq; q++, pf.k = NULL) {
+            tile_logits(Q + (size_t)q * d, K + a * d, nt, d, (float)scale, s, pf);
             for (int t = 0; t < nt; t++) lg[(size_t)q * ld + a + (size_t)t] = (double)s[t];
         }
     }
-}
-
-/* The next tile's rows, prefetched a row of each per row of this tile's
- * P.V (spread over the work: in one burst the requests stall on the miss
- * buffers, and the hardware prefetchers alone keep a loop that alternates
- * loads and arithmetic well below the read rate).  k NULL: none. */
-typedef struct {
-    const char *k, *v;
-    size_t kb, vb; /* row bytes */
-    int n;         /* rows */
-} pfnext;
-
-static inline void pf_row(const char *p, size_t bytes)
-{
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
 }
 
 /* u[c] += sum_t e[t] V[t][c] for the columns [c, c + 8 W), the tile's rows
@@ -187,7 +194,7 @@ static void fold(const float *Q, int nq, const float *K, const float *V, int nt,
     if (nt <= 0) return;
     for (int q = 0; q < nq; q++) {
         double *x = st + (size_t)q * sl;
-        tile_logits(Q + (size_t)q * d, K, nt, d, (float)scale, s);
+        tile_logits(Q + (size_t)q * d, K, nt, d, (float)scale, s, (pfnext){ NULL, NULL, 0, 0, 0 });
         float mt = tile_max(s, nt);
         double m = kv_partial_raise_max(x, mt, dv);
         int n8 = (nt + 7) / 8 * 8;
