@@ -6,3 +6,6 @@ kv_unit_test(test_expf ${CMAKE_CURRENT_SOURCE_DIR}/test_expf.c attn numerics)
 # The paged fold (tokring, rowpool) against a double softmax computed from
 # the rows, and bitwise against the contiguous kernel on the same rows.
 kv_unit_test(test_attn_pages ${CMAKE_CURRENT_SOURCE_DIR}/test_attn_pages.c attn numerics)
+# The evictors' held-rows attention: logits bitwise kv_held_logit's, weights
+# against libm's exp, sums against a double softmax, tile by tile = whole.
+kv_unit_test(test_held ${CMAKE_CURRENT_SOURCE_DIR}/test_held.c attn numerics)

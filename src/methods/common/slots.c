@@ -161,14 +161,14 @@ static int scratch(kv_slots *s, int nq, size_t m)
 /* lg[q * ld + t] = logit of query q (prepared) and slot t0 + t, t < n */
 static void logits(kv_slots *s, const float *Qs, int nq, double scale, int64_t t0, int64_t n, double *lg, size_t ld)
 {
-    int d = s->d;
+    if (!s->store) {
+        kv_held_logits(Qs, nq, s->K + (size_t)t0 * s->d, (size_t)n, s->d, scale, lg, ld);
+        return;
+    }
     for (int64_t a = 0; a < n; a += KV_SLOTS_TILE) {
         int64_t nt = n - a < KV_SLOTS_TILE ? n - a : KV_SLOTS_TILE;
-        const float *K = s->K ? s->K + (size_t)(t0 + a) * d : s->tk;
-        if (s->store) kv_store_keys(s->store, s->code + (size_t)(t0 + a) * s->store->row, (size_t)nt, s->tk);
-        for (int q = 0; q < nq; q++)
-            for (int64_t t = 0; t < nt; t++)
-                lg[(size_t)q * ld + (size_t)(a + t)] = kv_held_logit(Qs + (size_t)q * d, K + (size_t)t * d, d, scale);
+        kv_store_keys(s->store, s->code + (size_t)(t0 + a) * s->store->row, (size_t)nt, s->tk);
+        kv_held_logits(Qs, nq, s->tk, (size_t)nt, s->d, scale, lg + a, ld);
     }
 }
 
@@ -181,38 +181,24 @@ const double *kv_slots_logits(kv_slots *s, const float *Q, int nq, double scale,
     return s->lg;
 }
 
+/* Coded rows: decoded a tile at a time and folded by kv_attn_held's own
+ * tile step at its tile cuts, so a store holding the numbers exactly gives
+ * kv_attn_held's bits. */
+_Static_assert(KV_SLOTS_TILE == KV_HELD_TILE, "decode tiles are kv_attn_held's tiles");
+
 int kv_slots_attn(kv_slots *s, const float *Q, int nq, double scale, double *st)
 {
     if (!s->store) return kv_attn_held(Q, nq, s->K, s->V, (size_t)s->held, s->d, s->dv, scale, st);
-    int dv = s->dv;
-    size_t sl = KV_PSTATE_LEN(dv), n = (size_t)s->held;
-    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, dv);
+    size_t sl = KV_PSTATE_LEN(s->dv), n = (size_t)s->held, row = s->store->row;
+    for (int q = 0; q < nq; q++) kv_partial_clear(st + q * sl, s->dv);
     if (!n || nq <= 0) return KV_OK;
-    if (scratch(s, nq, (size_t)nq * n)) return KV_EINTERNAL;
+    if (scratch(s, nq, 0)) return KV_EINTERNAL;
     const float *Qs = kv_store_queries(s->store, Q, nq, s->tq);
-    logits(s, Qs, nq, scale, 0, (int64_t)n, s->lg, n);
-    /* kv_attn_held's sums, in its order: per query, tokens ascending */
-    for (int q = 0; q < nq; q++) {
-        double m = -INFINITY, *w = s->lg + (size_t)q * n;
-        for (size_t t = 0; t < n; t++) m = w[t] > m ? w[t] : m;
-        st[q * sl + KV_PS_M] = m;
-    }
     for (size_t a = 0; a < n; a += KV_SLOTS_TILE) {
-        size_t nt = n - a < KV_SLOTS_TILE ? n - a : KV_SLOTS_TILE;
-        kv_store_vals(s->store, s->code + a * s->store->row, nt, s->tv);
-        for (int q = 0; q < nq; q++) {
-            double *x = st + q * sl, m = x[KV_PS_M], l = x[KV_PS_L], l2 = x[KV_PS_L2];
-            const double *w = s->lg + (size_t)q * n + a;
-            for (size_t t = 0; t < nt; t++) {
-                double e = exp(w[t] - m);
-                const float *v = s->tv + t * (size_t)dv;
-                l += e;
-                l2 += e * e;
-                for (int c = 0; c < dv; c++) x[KV_PS_U + c] += e * v[c];
-            }
-            x[KV_PS_L] = l;
-            x[KV_PS_L2] = l2;
-        }
+        int nt = n - a < KV_SLOTS_TILE ? (int)(n - a) : KV_SLOTS_TILE;
+        kv_store_keys(s->store, s->code + a * row, (size_t)nt, s->tk);
+        kv_store_vals(s->store, s->code + a * row, (size_t)nt, s->tv);
+        kv_held_fold(Qs, nq, s->tk, s->tv, nt, s->d, s->dv, scale, st);
     }
     kv_store_finish(s->store, st, nq);
     return KV_OK;
