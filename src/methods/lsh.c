@@ -19,12 +19,19 @@
  * its own tokens by the same rule, so the sample (the union over ranks) and
  * the answer, up to rounding, do not depend on P.
  *
+ * Tables: each row's L codes (table-major) and each bucket's row count.  A
+ * query counts its collisions by scanning the codes of the rows < p, in
+ * row order, with no pointer chasing: on clustered keys a bucket can hold
+ * most of the stream, and a linked bucket walk (one dependent load per
+ * entry) was the method's whole query time.
+ *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
- * them in CPU memory), its global index and its L table links; per table
- * 2^K bucket heads; the L K d hyperplanes.  Reads (the cost hook): the
- * hyperplanes (hashing the query), the L bucket heads and every bucket
- * entry walked, as tokens' worth of bytes ((d + dv) 4 bytes a token), plus
- * the sampled tokens' keys and values. */
+ * them in CPU memory), its global index and its L table entries (4 bytes
+ * each); per table 2^K bucket counts (4 bytes, a hash table's heads); the
+ * L K d hyperplanes.  Reads (the cost hook) are a hash table's: the
+ * hyperplanes (hashing the query), the L bucket heads and every entry of
+ * the L buckets probed, as tokens' worth of bytes ((d + dv) 4 bytes a
+ * token), plus the sampled tokens' keys and values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +51,8 @@ typedef struct {
     float *H;          /* L K hyperplanes of d */
     float *Kr, *V;     /* rows */
     int64_t *idx;      /* global index of each row (increasing) */
-    uint32_t *next;    /* next[row L + l]: the previous row in its table-l bucket */
-    uint32_t *head;    /* head[l 2^K + code]: the newest row in the bucket */
+    uint32_t *code;    /* code[l cap + row]: the row's bucket in table l (table-major) */
+    uint32_t *count;   /* count[l 2^K + code]: rows in the bucket */
     size_t n, cap;
     kv_query_cost cost;
 } lsh_state;
@@ -90,27 +97,34 @@ static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     size_t nh = (size_t)s->L * (size_t)s->K * (size_t)ctx->d;
     s->H = kv_malloc(sizeof(float) * nh, err);
-    s->head = s->H ? kv_malloc(sizeof(uint32_t) * heads(s), err) : NULL;
-    if (!s->head) {
+    s->count = s->H ? kv_calloc(heads(s), sizeof(uint32_t), err) : NULL;
+    if (!s->count) {
         free(s->H);
         free(s);
         return err->code;
     }
     for (size_t i = 0; i < nh; i++)
         s->H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
-    memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
     *out = s;
     return KV_OK;
 }
 
-/* table l's code of x */
-static uint32_t code(const lsh_state *s, int l, const float *x)
+/* codes[t L + l] = table l's code of key t, for nt <= KV_DOT_BLK keys: the
+ * hyperplanes read once per block of keys (kv_dot_fixed's order, so the
+ * same signs as code()) */
+static void codes_block(const lsh_state *s, const float *K, int nt, float *dots, uint32_t *codes)
 {
-    int d = s->ctx.d;
-    uint32_t c = 0;
-    for (int b = 0; b < s->K; b++)
-        c |= (uint32_t)(kv_dot_fixed(s->H + ((size_t)l * s->K + b) * d, x, d) >= 0.0f) << b;
-    return c;
+    int d = s->ctx.d, LK = s->L * s->K;
+    const float *x[KV_DOT_BLK];
+    for (int t = 0; t < nt; t++) x[t] = K + (size_t)t * d;
+    kv_dot_fixed_rows(s->H, LK, d, x, nt, dots);
+    for (int t = 0; t < nt; t++)
+        for (int l = 0; l < s->L; l++) {
+            const float *dl = dots + (size_t)t * LK + (size_t)l * s->K;
+            uint32_t c = 0;
+            for (int b = 0; b < s->K; b++) c |= (uint32_t)(dl[b] >= 0.0f) << b;
+            codes[(size_t)t * s->L + l] = c;
+        }
 }
 
 static size_t cap_for(const lsh_state *s, size_t need)
@@ -131,22 +145,40 @@ static int reserve(lsh_state *s, size_t rows)
     if (V) s->V = V;
     int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
     if (idx) s->idx = idx;
-    uint32_t *next = idx ? realloc(s->next, sizeof(uint32_t) * L * rows) : NULL;
-    if (next) s->next = next;
-    if (!next) return KV_EINTERNAL;
+    uint32_t *code = idx ? malloc(sizeof(uint32_t) * L * rows) : NULL;
+    if (!code) return KV_EINTERNAL;
+    for (size_t l = 0; l < L && s->n; l++) memcpy(code + l * rows, s->code + l * s->cap, sizeof(uint32_t) * s->n);
+    free(s->code);
+    s->code = code;
     s->cap = rows;
     return KV_OK;
 }
 
-/* link the row just stored at s->n into every table */
-static void link_row(lsh_state *s)
+/* hash the stored rows s->n .. s->n + n - 1 (blocks of KV_DOT_BLK keys)
+ * and link each into every table */
+static int link_rows(lsh_state *s, size_t n)
 {
-    const float *k = s->Kr + s->n * (size_t)s->ctx.d;
-    for (int l = 0; l < s->L; l++) {
-        uint32_t *h = &s->head[((size_t)l << s->K) + code(s, l, k)];
-        s->next[s->n * (size_t)s->L + (size_t)l] = *h;
-        *h = (uint32_t)s->n;
+    size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
+    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
+    uint32_t *codes = malloc(sizeof(uint32_t) * KV_DOT_BLK * L);
+    if (!dots || !codes) {
+        free(dots);
+        free(codes);
+        return KV_EINTERNAL;
     }
+    for (size_t t0 = 0; t0 < n; t0 += KV_DOT_BLK) {
+        int nt = n - t0 < KV_DOT_BLK ? (int)(n - t0) : KV_DOT_BLK;
+        codes_block(s, s->Kr + s->n * d, nt, dots, codes);
+        for (int t = 0; t < nt; t++, s->n++)
+            for (size_t l = 0; l < L; l++) {
+                uint32_t c = codes[(size_t)t * L + l];
+                s->code[l * s->cap + s->n] = c;
+                s->count[(l << s->K) + c]++;
+            }
+    }
+    free(dots);
+    free(codes);
+    return KV_OK;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -155,12 +187,10 @@ static int lsh_ingest(void *state, const float *K, const float *V, int64_t first
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (s->n + n > s->cap && reserve(s, cap_for(s, s->n + n)))
         return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory holding %zu tokens", s->n + n);
-    for (size_t t = 0; t < n; t++, s->n++) {
-        memcpy(s->Kr + s->n * d, K + t * d, sizeof(float) * d);
-        memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
-        s->idx[s->n] = first + (int64_t)t;
-        link_row(s);
-    }
+    memcpy(s->Kr + s->n * d, K, sizeof(float) * d * n);
+    memcpy(s->V + s->n * dv, V, sizeof(float) * dv * n);
+    for (size_t t = 0; t < n; t++) s->idx[s->n + t] = first + (int64_t)t;
+    if (link_rows(s, n)) return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory hashing %zu tokens", n);
     return KV_OK;
 }
 
@@ -194,7 +224,15 @@ static double log_tail(int L, int t, double p)
 
 /* One query: fold this rank's sampled rows < p into st (empty when none);
  * c gets what it read. */
-static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st, uint16_t *cnt, kv_query_cost *c)
+/* A thread's scratch for answer_one: collision counts (zero between
+ * queries), the query's dots and codes. */
+typedef struct {
+    uint16_t *cnt;
+    float *dots;
+    uint32_t *qc;
+} lsh_scratch;
+
+static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st, const lsh_scratch *w, kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t n = rows_below(s, p);
@@ -211,21 +249,23 @@ static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st,
     if (s->thr == 0) {
         for (size_t r = 0; r < n; r++) rows[ns++] = (uint32_t)r;
     } else {
-        for (int l = 0; l < s->L; l++)
-            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l]) {
-                walked++;
-                if (r < n && ++cnt[r] == s->thr) rows[ns++] = r;
+        codes_block(s, q, 1, w->dots, w->qc);
+        for (size_t l = 0; l < (size_t)s->L; l++) walked += s->count[(l << s->K) + w->qc[l]];
+        /* the collisions of the rows < p, counted from their codes in
+         * blocks of rows (the counters stay in L1) */
+        for (size_t r0 = 0; r0 < n; r0 += 4096) {
+            size_t r1 = n - r0 < 4096 ? n : r0 + 4096;
+            for (size_t l = 0; l < (size_t)s->L; l++) {
+                const uint32_t *cl = s->code + l * s->cap, c = w->qc[l];
+                for (size_t r = r0; r < r1; r++) w->cnt[r] += cl[r] == c;
             }
-        for (int l = 0; l < s->L; l++) /* clear the counters for the next query */
-            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l])
-                if (r < n) cnt[r] = 0;
-    }
-    /* rows in increasing order: the sums do not depend on the tables' order */
-    for (size_t i = 1; i < ns; i++) {
-        uint32_t x = rows[i];
-        size_t j = i;
-        for (; j > 0 && rows[j - 1] > x; j--) rows[j] = rows[j - 1];
-        rows[j] = x;
+        }
+        /* the sample in increasing row order (the sums do not depend on the
+         * tables' order); the counters cleared for the next query */
+        for (size_t r = 0; r < n; r++) {
+            if (w->cnt[r] >= s->thr) rows[ns++] = (uint32_t)r;
+            w->cnt[r] = 0;
+        }
     }
     for (size_t i = 0; i < ns; i++) {
         const float *k = s->Kr + (size_t)rows[i] * d;
@@ -261,12 +301,16 @@ static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int 
     int bad = 0;
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     {
-        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts, zero between queries */
-        if (!cnt) bad = 1;
+        lsh_scratch w = { calloc(s->n ? s->n : 1, sizeof(uint16_t)),
+                          malloc(sizeof(float) * (size_t)s->L * (size_t)s->K), malloc(sizeof(uint32_t) * (size_t)s->L) };
+        int ok = w.cnt && w.dots && w.qc;
+        if (!ok) bad = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
-        free(cnt);
+            if (ok) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, p[q], st + q * sl, &w, &c[q]) != KV_OK;
+        free(w.cnt);
+        free(w.dots);
+        free(w.qc);
     }
     for (int q = 0; q < nq; q++) { /* in query order: the totals do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
@@ -321,8 +365,8 @@ static void lsh_free(void *state)
     free(s->Kr);
     free(s->V);
     free(s->idx);
-    free(s->next);
-    free(s->head);
+    free(s->code);
+    free(s->count);
     free(s);
 }
 
@@ -356,8 +400,12 @@ static int lsh_load(void *state, kv_rd *in, kv_err *err)
         memcpy(s->Kr, K, sizeof(float) * (size_t)s->ctx.d * nk);
         memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
         memcpy(s->idx, I, sizeof(int64_t) * nk);
-        memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
-        for (s->n = 0; s->n < nk; s->n++) link_row(s);
+        memset(s->count, 0, sizeof(uint32_t) * heads(s));
+        s->n = 0;
+        if (link_rows(s, nk)) {
+            ok = 0;
+            kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring lsh (%zu tokens)", nk);
+        }
     }
     free(K);
     free(V);
