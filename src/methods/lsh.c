@@ -109,15 +109,19 @@ static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     return KV_OK;
 }
 
-/* codes[t L + l] = table l's code of key t, for nt <= KV_DOT_BLK keys: the
- * hyperplanes read once per block of keys (kv_dot_fixed's order, so the
- * same signs as code()) */
-static void codes_block(const lsh_state *s, const float *K, int nt, float *dots, uint32_t *codes)
+/* codes[t L + l] = table l's code of vector t, for nt <= KV_DOT_BLK
+ * vectors (keys, or queries): the hyperplanes read once per block.  Every
+ * vector is hashed by the same compiled kernel (a block of exactly
+ * KV_DOT_BLK, padded with the last vector, in one non-inlined copy), so a
+ * key's code does not depend on where the shard's ingest calls cut its
+ * block, hence not on P, and a query's not on its batch. */
+static __attribute__((noinline)) void codes_block(const lsh_state *s, const float *X, int nt, float *dots,
+                                                  uint32_t *codes)
 {
     int d = s->ctx.d, LK = s->L * s->K;
     const float *x[KV_DOT_BLK];
-    for (int t = 0; t < nt; t++) x[t] = K + (size_t)t * d;
-    kv_dot_fixed_rows(s->H, LK, d, x, nt, dots);
+    for (int t = 0; t < KV_DOT_BLK; t++) x[t] = X + (size_t)(t < nt ? t : nt - 1) * d;
+    kv_dot_fixed_rows_(s->H, LK, d, x, KV_DOT_BLK, dots);
     for (int t = 0; t < nt; t++)
         for (int l = 0; l < s->L; l++) {
             const float *dl = dots + (size_t)t * LK + (size_t)l * s->K;
@@ -223,16 +227,10 @@ static double log_tail(int L, int t, double p)
 }
 
 /* One query: fold this rank's sampled rows < p into st (empty when none);
- * c gets what it read. */
-/* A thread's scratch for answer_one: collision counts (zero between
- * queries), the query's dots and codes. */
-typedef struct {
-    uint16_t *cnt;
-    float *dots;
-    uint32_t *qc;
-} lsh_scratch;
-
-static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st, const lsh_scratch *w, kv_query_cost *c)
+ * qc: its L codes; cnt: n collision counters, zero (and left zero); c gets
+ * what it read. */
+static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, int64_t p, double *st, uint16_t *cnt,
+                      kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t n = rows_below(s, p);
@@ -249,22 +247,21 @@ static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st,
     if (s->thr == 0) {
         for (size_t r = 0; r < n; r++) rows[ns++] = (uint32_t)r;
     } else {
-        codes_block(s, q, 1, w->dots, w->qc);
-        for (size_t l = 0; l < (size_t)s->L; l++) walked += s->count[(l << s->K) + w->qc[l]];
+        for (size_t l = 0; l < (size_t)s->L; l++) walked += s->count[(l << s->K) + qc[l]];
         /* the collisions of the rows < p, counted from their codes in
          * blocks of rows (the counters stay in L1) */
         for (size_t r0 = 0; r0 < n; r0 += 4096) {
             size_t r1 = n - r0 < 4096 ? n : r0 + 4096;
             for (size_t l = 0; l < (size_t)s->L; l++) {
-                const uint32_t *cl = s->code + l * s->cap, c = w->qc[l];
-                for (size_t r = r0; r < r1; r++) w->cnt[r] += cl[r] == c;
+                const uint32_t *cl = s->code + l * s->cap, c = qc[l];
+                for (size_t r = r0; r < r1; r++) cnt[r] += cl[r] == c;
             }
         }
         /* the sample in increasing row order (the sums do not depend on the
          * tables' order); the counters cleared for the next query */
         for (size_t r = 0; r < n; r++) {
-            if (w->cnt[r] >= s->thr) rows[ns++] = (uint32_t)r;
-            w->cnt[r] = 0;
+            if (cnt[r] >= s->thr) rows[ns++] = (uint32_t)r;
+            cnt[r] = 0;
         }
     }
     for (size_t i = 0; i < ns; i++) {
@@ -295,29 +292,31 @@ static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st,
 static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int nq, double *st)
 {
     lsh_state *s = state;
-    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
-    kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
-    if (!c) return KV_EINTERNAL;
-    int bad = 0;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv), L = (size_t)s->L, nb = (size_t)(nq > 0 ? nq : 1);
+    kv_query_cost *c = calloc(nb, sizeof *c);
+    uint32_t *qc = malloc(sizeof(uint32_t) * nb * L); /* every query's codes, hashed in blocks before the walk */
+    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
+    int bad = !c || !qc || !dots;
+    for (int q0 = 0; !bad && s->thr > 0 && q0 < nq; q0 += KV_DOT_BLK)
+        codes_block(s, Q + (size_t)q0 * s->ctx.d, nq - q0 < KV_DOT_BLK ? nq - q0 : KV_DOT_BLK, dots, qc + (size_t)q0 * L);
+    free(dots);
+    if (!bad)
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     {
-        lsh_scratch w = { calloc(s->n ? s->n : 1, sizeof(uint16_t)),
-                          malloc(sizeof(float) * (size_t)s->L * (size_t)s->K), malloc(sizeof(uint32_t) * (size_t)s->L) };
-        int ok = w.cnt && w.dots && w.qc;
-        if (!ok) bad = 1;
+        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts */
+        if (!cnt) bad = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            if (ok) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, p[q], st + q * sl, &w, &c[q]) != KV_OK;
-        free(w.cnt);
-        free(w.dots);
-        free(w.qc);
+            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
+        free(cnt);
     }
-    for (int q = 0; q < nq; q++) { /* in query order: the totals do not depend on the threads */
+    for (int q = 0; !bad && q < nq; q++) { /* in query order: the totals do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
         s->cost.read_tokens += c[q].read_tokens;
         s->cost.flops += c[q].flops;
     }
     free(c);
+    free(qc);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
