@@ -58,7 +58,8 @@
  * Memory: the buffer (grown as tokens come, up to b rows) and each level's
  * block of b/2 rows (allocated when the level is first used), (d + dv)
  * floats a row, plus b sign bytes; a halving also takes a transposed copy
- * of the buffer's values (b dv floats) for its duration.
+ * of the buffer's values (b dv floats) and 4 rows' kernel products (8 b
+ * doubles) for its duration.
  *
  * Ingest cost: a halving of b rows takes b^2/2 kernel products (O(d + dv)
  * and an exp each), about two halvings per b tokens, so O(b (d + dv)) per
@@ -256,7 +257,7 @@ static int halve(balancekv_state *s)
     if (!Vt) return KV_EINTERNAL;
     for (int64_t j = 0; j < n; j++)
         for (size_t c = 0; c < dv; c++) Vt[((size_t)(j / VVB) * dv + c) * VVB + (size_t)(j % VVB)] = s->V0[j * dv + c];
-    double *E = malloc(sizeof(double) * (size_t)(2 * WB * n)), *VV = E + WB * n;
+    double *E = malloc(sizeof(double) * (size_t)(2 * WB * (n > 0 ? n : 1))), *VV = E + WB * n;
     if (!E) {
         free(Vt);
         return KV_EINTERNAL;
