@@ -13,7 +13,8 @@
 # out/demo.log, whose last lines are shown if a step fails.
 # KVSTREAM_DEMO_METHODS / KVSTREAM_DEMO_BUDGET override the replay's method
 # list and budget, KVSTREAM_DEMO_TOKENS the trace length (default 65536);
-# KVSTREAM_DEMO_PARETO=0 skips the curves.
+# KVSTREAM_DEMO_PARETO=0 skips the curves; KVSTREAM_DEMO_SEEDS (default 2)
+# sets the curves' seeds per randomised method (1 about 25% faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p out
@@ -29,6 +30,7 @@ logged() {
   fi
 }
 TOKENS=${KVSTREAM_DEMO_TOKENS:-65536}
+SEEDS=${KVSTREAM_DEMO_SEEDS:-2}
 TOKENS_TXT=$(echo "$TOKENS" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta')
 echo "demo: Debian packages and the build (scripts/deps.sh, scripts/build.sh; output in $LOG)"
 logged bash scripts/deps.sh
@@ -51,14 +53,14 @@ fi
 echo
 echo "results: out/demo-results.h5 (layout: docs/RESULTS_FORMAT.md)"
 if [ "${KVSTREAM_DEMO_PARETO:-1}" != 0 ]; then
-  echo "demo: error curves (kvstream pareto: budgets 2.5-25%, quantised caches 10-50%, 2 seeds; tables in $LOG)"
+  echo "demo: error curves (kvstream pareto: budgets 2.5-25%, quantised caches 10-50%, $SEEDS seeds; tables in $LOG)"
   logged mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 \
     --methods window,sinks,h2o,tova,snapkv,expected-attention,uniform,balancekv,subgen,quest,lsh \
-    --budgets 2.5%,5%,10%,25% --seeds 2 -q -o out/demo-pareto.h5
+    --budgets 2.5%,5%,10%,25% --seeds "$SEEDS" -q -o out/demo-pareto.h5
   # the quantised caches cannot go below ~10% (2-bit KIVI is 3 bits per element
   # with its scales): their own run, at budgets they can hold, in the same figure
   logged mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods kivi,qjl,turboquant \
-    --budgets 10%,25%,50% --seeds 2 -q -o out/demo-pareto-quant.h5
+    --budgets 10%,25%,50% --seeds "$SEEDS" -q -o out/demo-pareto-quant.h5
   logged /usr/bin/python3 analysis/pareto.py out/demo-pareto.h5 out/demo-pareto-quant.h5 -o out/demo-pareto \
     --axis both --title "demo trace (out/demo-trace.h5): clustered, 4 streams x $TOKENS_TXT tokens, d = 64, 2 ranks"
   echo "figure: out/demo-pareto.png (error against memory in % of exact's, and against tokens read per query;"

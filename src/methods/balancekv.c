@@ -58,7 +58,8 @@
  * Memory: the buffer (grown as tokens come, up to b rows) and each level's
  * block of b/2 rows (allocated when the level is first used), (d + dv)
  * floats a row, plus b sign bytes; a halving also takes a transposed copy
- * of the buffer's values (b dv floats) for its duration.
+ * of the buffer's values (b dv floats) and 4 rows' kernel products (8 b
+ * doubles) for its duration.
  *
  * Ingest cost: a halving of b rows takes b^2/2 kernel products (O(d + dv)
  * and an exp each), about two halvings per b tokens, so O(b (d + dv)) per
@@ -171,41 +172,61 @@ static void balancekv_free(void *state)
     free(s);
 }
 
-/* The walk's <w, x_i> = sum_{j<i} eps_j exp(scale <k_i, k_j> - lognorm)
- * (1 + <v_i, v_j>), j ascending; Vt: the values transposed in blocks of
- * VVB rows (halve). */
-static double walk_sum(const balancekv_state *s, const float *Vt, int64_t i, double lognorm)
+/* The walk's kernel products of rows i0 .. i0 + nu - 1 (nu <= WB) with
+ * every row j < i0 + nu - 1: E[u n + j] = exp(scale <k_i, k_j> - lognorm)
+ * and VV[u n + j] = <v_i, v_j>, each the one-pair sum in its order (the
+ * key dot in kv_dot_fixed's, the value dot over c ascending, both from
+ * the transposed value blocks Vt); the rows of the block share every load
+ * of K and Vt.  The products do not depend on the walk's signs: only
+ * their signed sum (walk_dot) does. */
+#define WB 4 /* walk rows whose products are computed together */
+static void walk_products(const balancekv_state *s, const float *Vt, int64_t i0, int nu, int64_t n, double lognorm,
+                          double *E, double *VV)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    const float *ki = s->K0 + i * d, *vi = s->V0 + i * dv;
-    double dot = 0;
-    for (int64_t j0 = 0; j0 < i; j0 += VVB * NVB) {
-        /* <v_i, v_j> for VVB NVB rows j at once from the transposed
-         * blocks, each its own chain over c in order (the same sums as
-         * one at a time, without waiting on one chain's latency) */
-        int64_t nj = i - j0 < VVB * NVB ? i - j0 : VVB * NVB;
-        v8d acc[NVB] = { { 0 } };
+    int64_t jn = i0 + nu - 1; /* the last row of the block needs j < jn */
+    const float *vi[WB], *ki[WB];
+    for (int u = 0; u < WB; u++) { /* padded with the last row */
+        int64_t i = i0 + (u < nu ? u : nu - 1);
+        vi[u] = s->V0 + i * dv;
+        ki[u] = s->K0 + i * d;
+    }
+    for (int64_t j0 = 0; j0 < jn; j0 += VVB * NVB) {
+        int64_t nj = jn - j0 < VVB * NVB ? jn - j0 : VVB * NVB;
+        v8d acc[WB][NVB] = { { { 0 } } };
         const float *vt = Vt + j0 * dv;
         for (size_t c = 0; c < dv; c++) {
-            double x = (double)vi[c];
-            for (int u = 0; u < NVB; u++) {
-                v8f y;
-                memcpy(&y, vt + (u * dv + c) * VVB, sizeof y);
-                acc[u] += x * __builtin_convertvector(y, v8d);
+            v8d y[NVB];
+            for (int w = 0; w < NVB; w++) {
+                v8f yf;
+                memcpy(&yf, vt + (w * dv + c) * VVB, sizeof yf);
+                y[w] = __builtin_convertvector(yf, v8d);
+            }
+            for (int u = 0; u < WB; u++) {
+                double x = (double)vi[u][c];
+                for (int w = 0; w < NVB; w++) acc[u][w] += x * y[w];
             }
         }
-        double vvs[VVB * NVB];
-        float kd[VVB * NVB];
-        memcpy(vvs, acc, sizeof vvs);
-        const float *kj = s->K0 + j0 * d;
-        for (int64_t r = 0; r < nj; r++) kd[r] = kv_dot_fixed(ki, kj + r * d, s->ctx.d);
-        /* the walk's sum, j ascending */
-        for (int64_t jj = 0; jj < nj; jj++) {
-            int64_t j = j0 + jj;
-            double kk = (double)kd[jj] * s->ctx.scale, vv = vvs[jj];
-            dot += s->sign[j] * exp(kk - lognorm) * (1.0 + vv);
+        float kd[WB * VVB * NVB];
+        kv_dot_fixed_rows(s->K0 + j0 * d, (int)nj, s->ctx.d, ki, WB, kd);
+        for (int u = 0; u < nu; u++) {
+            double vvs[VVB * NVB];
+            memcpy(vvs, acc[u], sizeof vvs);
+            for (int64_t jj = 0; jj < nj; jj++) {
+                double kk = (double)kd[u * nj + jj] * s->ctx.scale;
+                E[u * n + j0 + jj] = exp(kk - lognorm);
+                VV[u * n + j0 + jj] = vvs[jj];
+            }
         }
     }
+}
+
+/* The walk's <w, x_i> = sum_{j<i} eps_j exp(scale <k_i, k_j> - lognorm)
+ * (1 + <v_i, v_j>), j ascending, from row i's products E, VV. */
+static double walk_dot(const balancekv_state *s, const double *E, const double *VV, int64_t i)
+{
+    double dot = 0;
+    for (int64_t j = 0; j < i; j++) dot += s->sign[j] * E[j] * (1.0 + VV[j]);
     return dot;
 }
 
@@ -236,15 +257,26 @@ static int halve(balancekv_state *s)
     if (!Vt) return KV_EINTERNAL;
     for (int64_t j = 0; j < n; j++)
         for (size_t c = 0; c < dv; c++) Vt[((size_t)(j / VVB) * dv + c) * VVB + (size_t)(j % VVB)] = s->V0[j * dv + c];
+    double *E = malloc(sizeof(double) * (size_t)(2 * WB * (n > 0 ? n : 1))), *VV = E + WB * n;
+    if (!E) {
+        free(Vt);
+        return KV_EINTERNAL;
+    }
     int64_t plus = 0;
     uint64_t tag = kv_hash4(s->seed, (uint64_t)s->ctx.stream, (uint64_t)s->ctx.rank, BKV_SALT);
-    for (int64_t i = 0; i < n; i++) {
-        double dot = walk_sum(s, Vt, i, lognorm);
-        double pr = 0.5 * (1.0 - dot / cthr);
-        pr = pr < 0 ? 0 : pr > 1 ? 1 : pr;
-        s->sign[i] = kv_hash_uniform(tag, (uint64_t)s->halvings, (uint64_t)i, 0) < pr ? 1 : -1;
-        plus += s->sign[i] > 0;
+    for (int64_t i0 = 0; i0 < n; i0 += WB) {
+        int nu = n - i0 < WB ? (int)(n - i0) : WB;
+        walk_products(s, Vt, i0, nu, n, lognorm, E, VV);
+        for (int u = 0; u < nu; u++) { /* the walk, row by row: row i's sign needs those of rows < i */
+            int64_t i = i0 + u;
+            double dot = walk_dot(s, E + u * n, VV + u * n, i);
+            double pr = 0.5 * (1.0 - dot / cthr);
+            pr = pr < 0 ? 0 : pr > 1 ? 1 : pr;
+            s->sign[i] = kv_hash_uniform(tag, (uint64_t)s->halvings, (uint64_t)i, 0) < pr ? 1 : -1;
+            plus += s->sign[i] > 0;
+        }
     }
+    free(E);
     free(Vt);
     int8_t keep = plus < n - plus ? 1 : -1;
     int64_t w = 0;

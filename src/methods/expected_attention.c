@@ -211,46 +211,98 @@ static int gaussian(const ea_state *s, double *mu, double *sig)
     return 1;
 }
 
-/* Slot t's key: log of its expected weight (up to the common Z) times ||v||. */
-/* y: d doubles of scratch. */
-static double slot_key(const ea_state *s, int64_t t, const double *mu, const double *sig, double *y)
+/* The keys of EA_NK slots at once: log of each one's expected weight (up
+ * to the common Z) times ||v||.  Each slot's sums are the one-slot sums in
+ * the same order (mu.k over i; y = Sigma k as a sum of Sigma's rows, each
+ * y[j] over i; k.y over j; |v|^2 over i); the slots only interleave, so
+ * their dependent chains overlap and each row of Sigma is loaded once for
+ * all of them.  y: EA_NK d doubles of scratch. */
+#define EA_NK 4
+typedef double ea_v8d __attribute__((vector_size(8 * sizeof(double))));
+
+static void slot_keys(const ea_state *s, const int64_t *t, const double *mu, const double *sig, double *y, double *out)
 {
     int64_t d = s->ctx.d, dv = s->ctx.dv;
-    const float *k = s->sl.K + t * d, *v = s->sl.V + t * dv;
-    double sc = s->ctx.scale, a = 0, quad = 0, vv = 0;
-    for (int64_t i = 0; i < d; i++) a += mu[i] * k[i];
-    a *= sc;
-    if (s->cov) {
-        /* y = Sigma k as a sum of Sigma's rows (Sigma is symmetric): the inner
-         * loop has no reduction, so it vectorises */
-        for (int64_t j = 0; j < d; j++) y[j] = 0;
-        for (int64_t i = 0; i < d; i++) {
-            double ki = k[i];
-            const double *row = sig + i * d;
-            for (int64_t j = 0; j < d; j++) y[j] += row[j] * ki;
-        }
-        for (int64_t j = 0; j < d; j++) quad += y[j] * k[j];
-        a += 0.5 * sc * sc * quad;
+    const float *k[EA_NK], *v[EA_NK];
+    double sc = s->ctx.scale, a[EA_NK], quad[EA_NK], vv[EA_NK];
+    for (int u = 0; u < EA_NK; u++) {
+        k[u] = s->sl.K + t[u] * d;
+        v[u] = s->sl.V + t[u] * dv;
+        a[u] = quad[u] = vv[u] = 0;
     }
-    if (!s->vnorm) return a;
-    for (int64_t i = 0; i < dv; i++) vv += (double)v[i] * v[i];
-    double r = vv > 0 ? a + 0.5 * log(vv) : -INFINITY;
-    return isnan(r) ? a : r; /* an overflowed a (+inf) with a zero value */
+    for (int64_t i = 0; i < d; i++)
+        for (int u = 0; u < EA_NK; u++) a[u] += mu[i] * k[u][i];
+    for (int u = 0; u < EA_NK; u++) a[u] *= sc;
+    if (s->cov) {
+        int64_t j0 = 0;
+        for (; j0 + 16 <= d; j0 += 16) { /* y[j0, j0 + 16) of every slot in registers */
+            ea_v8d acc[EA_NK][2] = { { { 0 } } };
+            for (int64_t i = 0; i < d; i++) {
+                ea_v8d r0, r1;
+                memcpy(&r0, sig + i * d + j0, sizeof r0);
+                memcpy(&r1, sig + i * d + j0 + 8, sizeof r1);
+                for (int u = 0; u < EA_NK; u++) {
+                    double ki = k[u][i];
+                    acc[u][0] += r0 * ki;
+                    acc[u][1] += r1 * ki;
+                }
+            }
+            for (int u = 0; u < EA_NK; u++) memcpy(y + u * d + j0, acc[u], sizeof acc[u]);
+        }
+        for (int u = 0; u < EA_NK; u++) { /* the rest, as the one-slot loop */
+            double *yu = y + u * d;
+            for (int64_t j = j0; j < d; j++) yu[j] = 0;
+            for (int64_t i = 0; i < d && j0 < d; i++) {
+                double ki = k[u][i];
+                const double *row = sig + i * d;
+                for (int64_t j = j0; j < d; j++) yu[j] += row[j] * ki;
+            }
+        }
+        for (int64_t j = 0; j < d; j++)
+            for (int u = 0; u < EA_NK; u++) quad[u] += y[u * d + j] * k[u][j];
+        for (int u = 0; u < EA_NK; u++) a[u] += 0.5 * sc * sc * quad[u];
+    }
+    if (s->vnorm)
+        for (int64_t i = 0; i < dv; i++)
+            for (int u = 0; u < EA_NK; u++) vv[u] += (double)v[u][i] * v[u][i];
+    for (int u = 0; u < EA_NK; u++) {
+        if (!s->vnorm) {
+            out[u] = a[u];
+            continue;
+        }
+        double r = vv[u] > 0 ? a[u] + 0.5 * log(vv[u]) : -INFINITY;
+        out[u] = isnan(r) ? a[u] : r; /* an overflowed a (+inf) with a zero value */
+    }
 }
 
 /* Bring every held slot's key up to date (sinks: +inf, never a
  * candidate): all of them after the window changed, else the arrivals
  * since the last decision.  The window changes only when a query is
- * answered, so between queries a decision scores only what arrived. */
+ * answered, so between queries a decision scores only what arrived.  The
+ * Gaussian's keys go EA_NK slots at a time (the last group padded with
+ * its last slot). */
 static int refresh_keys(ea_state *s)
 {
-    int64_t d = s->ctx.d, n = s->sl.held;
-    double *y = malloc(sizeof(double) * (size_t)d);
+    int64_t d = s->ctx.d, n = s->sl.held, t[EA_NK];
+    int nt = 0;
+    double *y = malloc(sizeof(double) * (size_t)(EA_NK * d)), out[EA_NK];
     if (!y) return KV_EINTERNAL;
     if (s->gstate == 0) s->gstate = gaussian(s, s->g, s->g + d) ? 1 : 2;
-    for (int64_t t = 0; t < n; t++) {
-        if (s->kvalid && !isnan(s->key[t])) continue;
-        s->key[t] = s->sl.idx[t] < s->S ? INFINITY : s->gstate == 1 ? slot_key(s, t, s->g, s->g + d, y) : 0.0;
+    for (int64_t i = 0; i <= n; i++) {
+        if (i < n) {
+            if (s->kvalid && !isnan(s->key[i])) continue;
+            if (s->sl.idx[i] < s->S || s->gstate != 1) {
+                s->key[i] = s->sl.idx[i] < s->S ? INFINITY : 0.0;
+                continue;
+            }
+            t[nt++] = i;
+        }
+        if (nt == EA_NK || (i == n && nt)) {
+            for (int u = nt; u < EA_NK; u++) t[u] = t[nt - 1];
+            slot_keys(s, t, s->g, s->g + d, y, out);
+            for (int u = 0; u < nt; u++) s->key[t[u]] = out[u];
+            nt = 0;
+        }
     }
     s->kvalid = 1;
     free(y);

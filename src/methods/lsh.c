@@ -19,12 +19,19 @@
  * its own tokens by the same rule, so the sample (the union over ranks) and
  * the answer, up to rounding, do not depend on P.
  *
+ * Tables: each row's L codes (table-major) and each bucket's row count.  A
+ * query counts its collisions by scanning the codes of the rows < p, in
+ * row order, with no pointer chasing: on clustered keys a bucket can hold
+ * most of the stream, and a linked bucket walk (one dependent load per
+ * entry) was the method's whole query time.
+ *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
- * them in CPU memory), its global index and its L table links; per table
- * 2^K bucket heads; the L K d hyperplanes.  Reads (the cost hook): the
- * hyperplanes (hashing the query), the L bucket heads and every bucket
- * entry walked, as tokens' worth of bytes ((d + dv) 4 bytes a token), plus
- * the sampled tokens' keys and values. */
+ * them in CPU memory), its global index and its L table entries (4 bytes
+ * each); per table 2^K bucket counts (4 bytes, a hash table's heads); the
+ * L K d hyperplanes.  Reads (the cost hook) are a hash table's: the
+ * hyperplanes (hashing the query), the L bucket heads and every entry of
+ * the L buckets probed, as tokens' worth of bytes ((d + dv) 4 bytes a
+ * token), plus the sampled tokens' keys and values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +51,8 @@ typedef struct {
     float *H;          /* L K hyperplanes of d */
     float *Kr, *V;     /* rows */
     int64_t *idx;      /* global index of each row (increasing) */
-    uint32_t *next;    /* next[row L + l]: the previous row in its table-l bucket */
-    uint32_t *head;    /* head[l 2^K + code]: the newest row in the bucket */
+    uint32_t *code;    /* code[l cap + row]: the row's bucket in table l (table-major) */
+    uint32_t *count;   /* count[l 2^K + code]: rows in the bucket */
     size_t n, cap;
     kv_query_cost cost;
 } lsh_state;
@@ -90,27 +97,38 @@ static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     size_t nh = (size_t)s->L * (size_t)s->K * (size_t)ctx->d;
     s->H = kv_malloc(sizeof(float) * nh, err);
-    s->head = s->H ? kv_malloc(sizeof(uint32_t) * heads(s), err) : NULL;
-    if (!s->head) {
+    s->count = s->H ? kv_calloc(heads(s), sizeof(uint32_t), err) : NULL;
+    if (!s->count) {
         free(s->H);
         free(s);
         return err->code;
     }
     for (size_t i = 0; i < nh; i++)
         s->H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
-    memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
     *out = s;
     return KV_OK;
 }
 
-/* table l's code of x */
-static uint32_t code(const lsh_state *s, int l, const float *x)
+/* codes[t L + l] = table l's code of vector t, for nt <= KV_DOT_BLK
+ * vectors (keys, or queries): the hyperplanes read once per block.  Every
+ * vector is hashed by the same compiled kernel (a block of exactly
+ * KV_DOT_BLK, padded with the last vector, in one non-inlined copy), so a
+ * key's code does not depend on where the shard's ingest calls cut its
+ * block, hence not on P, and a query's not on its batch. */
+static __attribute__((noinline)) void codes_block(const lsh_state *s, const float *X, int nt, float *dots,
+                                                  uint32_t *codes)
 {
-    int d = s->ctx.d;
-    uint32_t c = 0;
-    for (int b = 0; b < s->K; b++)
-        c |= (uint32_t)(kv_dot_fixed(s->H + ((size_t)l * s->K + b) * d, x, d) >= 0.0f) << b;
-    return c;
+    int d = s->ctx.d, LK = s->L * s->K;
+    const float *x[KV_DOT_BLK];
+    for (int t = 0; t < KV_DOT_BLK; t++) x[t] = X + (size_t)(t < nt ? t : nt - 1) * d;
+    kv_dot_fixed_rows_(s->H, LK, d, x, KV_DOT_BLK, dots);
+    for (int t = 0; t < nt; t++)
+        for (int l = 0; l < s->L; l++) {
+            const float *dl = dots + (size_t)t * LK + (size_t)l * s->K;
+            uint32_t c = 0;
+            for (int b = 0; b < s->K; b++) c |= (uint32_t)(dl[b] >= 0.0f) << b;
+            codes[(size_t)t * s->L + l] = c;
+        }
 }
 
 static size_t cap_for(const lsh_state *s, size_t need)
@@ -131,22 +149,40 @@ static int reserve(lsh_state *s, size_t rows)
     if (V) s->V = V;
     int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
     if (idx) s->idx = idx;
-    uint32_t *next = idx ? realloc(s->next, sizeof(uint32_t) * L * rows) : NULL;
-    if (next) s->next = next;
-    if (!next) return KV_EINTERNAL;
+    uint32_t *code = idx ? malloc(sizeof(uint32_t) * L * rows) : NULL;
+    if (!code) return KV_EINTERNAL;
+    for (size_t l = 0; l < L && s->n; l++) memcpy(code + l * rows, s->code + l * s->cap, sizeof(uint32_t) * s->n);
+    free(s->code);
+    s->code = code;
     s->cap = rows;
     return KV_OK;
 }
 
-/* link the row just stored at s->n into every table */
-static void link_row(lsh_state *s)
+/* hash the stored rows s->n .. s->n + n - 1 (blocks of KV_DOT_BLK keys)
+ * and link each into every table */
+static int link_rows(lsh_state *s, size_t n)
 {
-    const float *k = s->Kr + s->n * (size_t)s->ctx.d;
-    for (int l = 0; l < s->L; l++) {
-        uint32_t *h = &s->head[((size_t)l << s->K) + code(s, l, k)];
-        s->next[s->n * (size_t)s->L + (size_t)l] = *h;
-        *h = (uint32_t)s->n;
+    size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
+    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
+    uint32_t *codes = malloc(sizeof(uint32_t) * KV_DOT_BLK * L);
+    if (!dots || !codes) {
+        free(dots);
+        free(codes);
+        return KV_EINTERNAL;
     }
+    for (size_t t0 = 0; t0 < n; t0 += KV_DOT_BLK) {
+        int nt = n - t0 < KV_DOT_BLK ? (int)(n - t0) : KV_DOT_BLK;
+        codes_block(s, s->Kr + s->n * d, nt, dots, codes);
+        for (int t = 0; t < nt; t++, s->n++)
+            for (size_t l = 0; l < L; l++) {
+                uint32_t c = codes[(size_t)t * L + l];
+                s->code[l * s->cap + s->n] = c;
+                s->count[(l << s->K) + c]++;
+            }
+    }
+    free(dots);
+    free(codes);
+    return KV_OK;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -155,12 +191,10 @@ static int lsh_ingest(void *state, const float *K, const float *V, int64_t first
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (s->n + n > s->cap && reserve(s, cap_for(s, s->n + n)))
         return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory holding %zu tokens", s->n + n);
-    for (size_t t = 0; t < n; t++, s->n++) {
-        memcpy(s->Kr + s->n * d, K + t * d, sizeof(float) * d);
-        memcpy(s->V + s->n * dv, V + t * dv, sizeof(float) * dv);
-        s->idx[s->n] = first + (int64_t)t;
-        link_row(s);
-    }
+    memcpy(s->Kr + s->n * d, K, sizeof(float) * d * n);
+    memcpy(s->V + s->n * dv, V, sizeof(float) * dv * n);
+    for (size_t t = 0; t < n; t++) s->idx[s->n + t] = first + (int64_t)t;
+    if (link_rows(s, n)) return kv_seterr(err, KV_EINTERNAL, "lsh: out of memory hashing %zu tokens", n);
     return KV_OK;
 }
 
@@ -193,8 +227,10 @@ static double log_tail(int L, int t, double p)
 }
 
 /* One query: fold this rank's sampled rows < p into st (empty when none);
- * c gets what it read. */
-static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st, uint16_t *cnt, kv_query_cost *c)
+ * qc: its L codes; cnt: n collision counters, zero (and left zero); c gets
+ * what it read. */
+static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, int64_t p, double *st, uint16_t *cnt,
+                      kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t n = rows_below(s, p);
@@ -211,21 +247,22 @@ static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st,
     if (s->thr == 0) {
         for (size_t r = 0; r < n; r++) rows[ns++] = (uint32_t)r;
     } else {
-        for (int l = 0; l < s->L; l++)
-            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l]) {
-                walked++;
-                if (r < n && ++cnt[r] == s->thr) rows[ns++] = r;
+        for (size_t l = 0; l < (size_t)s->L; l++) walked += s->count[(l << s->K) + qc[l]];
+        /* the collisions of the rows < p, counted from their codes in
+         * blocks of rows (the counters stay in L1) */
+        for (size_t r0 = 0; r0 < n; r0 += 4096) {
+            size_t r1 = n - r0 < 4096 ? n : r0 + 4096;
+            for (size_t l = 0; l < (size_t)s->L; l++) {
+                const uint32_t *cl = s->code + l * s->cap, c = qc[l];
+                for (size_t r = r0; r < r1; r++) cnt[r] += cl[r] == c;
             }
-        for (int l = 0; l < s->L; l++) /* clear the counters for the next query */
-            for (uint32_t r = s->head[((size_t)l << s->K) + code(s, l, q)]; r != NIL; r = s->next[(size_t)r * s->L + l])
-                if (r < n) cnt[r] = 0;
-    }
-    /* rows in increasing order: the sums do not depend on the tables' order */
-    for (size_t i = 1; i < ns; i++) {
-        uint32_t x = rows[i];
-        size_t j = i;
-        for (; j > 0 && rows[j - 1] > x; j--) rows[j] = rows[j - 1];
-        rows[j] = x;
+        }
+        /* the sample in increasing row order (the sums do not depend on the
+         * tables' order); the counters cleared for the next query */
+        for (size_t r = 0; r < n; r++) {
+            if (cnt[r] >= s->thr) rows[ns++] = (uint32_t)r;
+            cnt[r] = 0;
+        }
     }
     for (size_t i = 0; i < ns; i++) {
         const float *k = s->Kr + (size_t)rows[i] * d;
@@ -255,25 +292,31 @@ static int answer_one(const lsh_state *s, const float *q, int64_t p, double *st,
 static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int nq, double *st)
 {
     lsh_state *s = state;
-    size_t sl = KV_PSTATE_LEN(s->ctx.dv);
-    kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
-    if (!c) return KV_EINTERNAL;
-    int bad = 0;
+    size_t sl = KV_PSTATE_LEN(s->ctx.dv), L = (size_t)s->L, nb = (size_t)(nq > 0 ? nq : 1);
+    kv_query_cost *c = calloc(nb, sizeof *c);
+    uint32_t *qc = malloc(sizeof(uint32_t) * nb * L); /* every query's codes, hashed in blocks before the walk */
+    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
+    int bad = !c || !qc || !dots;
+    for (int q0 = 0; !bad && s->thr > 0 && q0 < nq; q0 += KV_DOT_BLK)
+        codes_block(s, Q + (size_t)q0 * s->ctx.d, nq - q0 < KV_DOT_BLK ? nq - q0 : KV_DOT_BLK, dots, qc + (size_t)q0 * L);
+    free(dots);
+    if (!bad)
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     {
-        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts, zero between queries */
+        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts */
         if (!cnt) bad = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
+            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
         free(cnt);
     }
-    for (int q = 0; q < nq; q++) { /* in query order: the totals do not depend on the threads */
+    for (int q = 0; !bad && q < nq; q++) { /* in query order: the totals do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
         s->cost.read_tokens += c[q].read_tokens;
         s->cost.flops += c[q].flops;
     }
     free(c);
+    free(qc);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
@@ -321,8 +364,8 @@ static void lsh_free(void *state)
     free(s->Kr);
     free(s->V);
     free(s->idx);
-    free(s->next);
-    free(s->head);
+    free(s->code);
+    free(s->count);
     free(s);
 }
 
@@ -356,8 +399,12 @@ static int lsh_load(void *state, kv_rd *in, kv_err *err)
         memcpy(s->Kr, K, sizeof(float) * (size_t)s->ctx.d * nk);
         memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
         memcpy(s->idx, I, sizeof(int64_t) * nk);
-        memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
-        for (s->n = 0; s->n < nk; s->n++) link_row(s);
+        memset(s->count, 0, sizeof(uint32_t) * heads(s));
+        s->n = 0;
+        if (link_rows(s, nk)) {
+            ok = 0;
+            kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring lsh (%zu tokens)", nk);
+        }
     }
     free(K);
     free(V);
