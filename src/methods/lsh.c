@@ -35,6 +35,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include <omp.h>
 #include "core/rng.h"
 #include "kernels/dot.h"
@@ -199,16 +200,7 @@ static int lsh_ingest(void *state, const float *K, const float *V, int64_t first
 }
 
 /* rows with global index < p: a prefix (indices increase) */
-static size_t rows_below(const lsh_state *s, int64_t p)
-{
-    size_t lo = 0, hi = s->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->idx[mid] < p) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
+static size_t rows_below(const lsh_state *s, int64_t p) { return (size_t)kv_lower_i64(s->idx, (int64_t)s->n, p); }
 
 /* log P(Binomial(L, p) >= t), t >= 1, p in (0, 1]: the tail summed from
  * its first term, in logs so that a small p does not cancel or underflow */

@@ -58,6 +58,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include "kernels/held.h"
 #include "methods/method.h"
 #include "methods/common/scope.h"
@@ -203,16 +204,7 @@ static snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (snapkv_s
 #define VOTE_TILE 256 /* slots whose logits are had at a time */
 
 /* The first slot holding a token >= t (slots ascend by index). */
-static int64_t slot_at(const kv_slots *sl, int64_t t)
-{
-    int64_t lo = 0, hi = sl->held;
-    while (lo < hi) {
-        int64_t m = lo + (hi - lo) / 2;
-        if (sl->idx[m] < t) lo = m + 1;
-        else hi = m;
-    }
-    return lo;
-}
+static int64_t slot_at(const kv_slots *sl, int64_t t) { return kv_lower_i64(sl->idx, sl->held, t); }
 
 /* The votes of slots [i0, i1): the terms of buffered rows j0.. (in buffer
  * order) added to 0 (fresh) or to the vote held.  KV_EINTERNAL without

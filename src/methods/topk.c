@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "core/search.h"
 #include "core/hugemem.h"
 #include "kernels/dot.h"
 #include "methods/method.h"
@@ -190,12 +191,6 @@ static void sift_up(cand *h, size_t i)
     }
 }
 
-static int cmp_row(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* One query: this rank's L largest logits among tokens < p, descending,
  * into sel, the rows holding them (k = min(L, n) of them, ascending) into
  * rows, and the largest logit of the rows left out into *out.  One pass
@@ -238,27 +233,9 @@ static int select_one(const topk_state *s, const float *q, int64_t p, int L, dou
         sift_down(h, i, 0);
     }
     for (size_t i = k; i < (size_t)L; i++) sel[i] = -INFINITY;
-    qsort(rows, k, sizeof(int64_t), cmp_row);
+    qsort(rows, k, sizeof(int64_t), kv_cmp_i64);
     *nrows = (int64_t)k;
     free(h);
-    return KV_OK;
-}
-
-/* keep select's lists for the partial_select of the same batch */
-static int keep_lists(topk_state *s, const float *Q, const int64_t *p, int nq, int L)
-{
-    free(s->cq); free(s->cp); free(s->crow); free(s->cn); free(s->cout);
-    size_t d = (size_t)s->ctx.d;
-    s->cq = malloc(sizeof(float) * d * (size_t)nq);
-    s->cp = malloc(sizeof(int64_t) * (size_t)nq);
-    s->crow = malloc(sizeof(int64_t) * (size_t)nq * (size_t)(L ? L : 1));
-    s->cn = malloc(sizeof(int64_t) * (size_t)nq);
-    s->cout = malloc(sizeof(float) * (size_t)nq);
-    s->cnq = 0;
-    if (!s->cq || !s->cp || !s->crow || !s->cn || !s->cout) return KV_EINTERNAL;
-    memcpy(s->cq, Q, sizeof(float) * d * (size_t)nq);
-    memcpy(s->cp, p, sizeof(int64_t) * (size_t)nq);
-    s->cnq = nq;
     return KV_OK;
 }
 
@@ -268,6 +245,23 @@ static void drop_lists(topk_state *s)
     s->cq = NULL; s->cp = s->crow = s->cn = NULL;
     s->cout = NULL;
     s->cnq = 0;
+}
+
+/* keep select's lists for the partial_select of the same batch */
+static int keep_lists(topk_state *s, const float *Q, const int64_t *p, int nq, int L)
+{
+    drop_lists(s);
+    size_t d = (size_t)s->ctx.d;
+    s->cq = malloc(sizeof(float) * d * (size_t)nq);
+    s->cp = malloc(sizeof(int64_t) * (size_t)nq);
+    s->crow = malloc(sizeof(int64_t) * (size_t)nq * (size_t)(L ? L : 1));
+    s->cn = malloc(sizeof(int64_t) * (size_t)nq);
+    s->cout = malloc(sizeof(float) * (size_t)nq);
+    if (!s->cq || !s->cp || !s->crow || !s->cn || !s->cout) return KV_EINTERNAL;
+    memcpy(s->cq, Q, sizeof(float) * d * (size_t)nq);
+    memcpy(s->cp, p, sizeof(int64_t) * (size_t)nq);
+    s->cnq = nq;
+    return KV_OK;
 }
 
 static int topk_select(void *state, const float *Q, const int64_t *p, int nq, double *sel)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include "synth/gen.h"
 #include "core/rng.h"
 #include "io/h5attr.h"
@@ -152,12 +153,7 @@ static void packing_query(const kv_gen_opts *o, X_, int64_t s, int64_t j, int64_
 static int is_needle(const kv_gen_opts *o, const gen_extra *x, int64_t s, int64_t i)
 {
     const int64_t *t = x->needles + s * o->m;
-    int64_t lo = 0, hi = o->m;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (t[mid] < i) lo = mid + 1;
-        else hi = mid;
-    }
+    int64_t lo = kv_lower_i64(t, o->m, i);
     return lo < o->m && t[lo] == i;
 }
 static void needle_key(const kv_gen_opts *o, X_, int64_t s, int64_t i, float *k)
@@ -268,12 +264,6 @@ int64_t kv_gen_query_pos(const kv_gen_opts *o, int64_t j)
 
 /* Exact attention's mass on the target for logit b * (k_t . k_i) on token i,
  * given gap_i = 1 - k_t . k_i (gap of the target itself 0). */
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 static double target_mass(const double *gap, int64_t n, int64_t t, double b)
 {
     double rest = 0;
@@ -500,7 +490,7 @@ int kv_gen_run_picked(const kv_gen_opts *in, MPI_Comm comm, kv_gen_picked *picke
             int64_t *t = x.needles + s * o.m;
             for (int64_t j = 0; j < o.m; j++)
                 t[j] = (int64_t)(kv_hash4(o.seed, dom(H_TARGET, s), (uint64_t)j, 0) % (uint64_t)kv_gen_query_pos(&o, j));
-            qsort(t, (size_t)o.m, sizeof *t, cmp_i64);
+            qsort(t, (size_t)o.m, sizeof *t, kv_cmp_i64);
         }
     }
     /* index: 0.9 of a probe's mass on its target, as the Index argument;

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include "kernels/held.h"
 #include "kernels/partial.h"
 #include "methods/common/quant.h"
@@ -362,12 +363,6 @@ void kv_slots_save(const kv_slots *s, kv_buf *out)
     for (int w = 0; w < s->nheaps; w++) kv_buf_put_arr(out, s->heap[w], (size_t)s->hsize[w] * sizeof(int32_t));
 }
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* The rules of kv_slots_load on a set with its arrays in place; sorted is
  * scratch for the held indices. */
 static int valid(kv_slots *s, int64_t idx_end, int64_t *sorted)
@@ -388,7 +383,7 @@ static int valid(kv_slots *s, int64_t idx_end, int64_t *sorted)
         return 0;
     }
     memcpy(sorted, s->idx, sizeof(int64_t) * (size_t)n);
-    qsort(sorted, (size_t)n, sizeof(int64_t), cmp_i64);
+    qsort(sorted, (size_t)n, sizeof(int64_t), kv_cmp_i64);
     for (int64_t i = 1; i < n; i++)
         if (sorted[i] == sorted[i - 1]) return 0;
     if (s->nheaps == 0) return 1;

@@ -125,6 +125,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include "methods/subgen/state.h"
 
 /* ---- growth ------------------------------------------------------------ */
@@ -400,12 +401,6 @@ static size_t subgen_bytes(const void *state)
     return b;
 }
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 static void subgen_cost(const void *state, kv_query_cost *c)
 {
     *c = ((const subgen *)state)->cost;
@@ -422,7 +417,7 @@ static void subgen_extra(const void *state, kv_method_extra *x)
         int64_t *ids = malloc(sizeof(int64_t) * (size_t)g->s);
         if (ids) {
             memcpy(ids, g->l2.item, sizeof(int64_t) * (size_t)g->s);
-            qsort(ids, (size_t)g->s, sizeof(int64_t), cmp_i64);
+            qsort(ids, (size_t)g->s, sizeof(int64_t), kv_cmp_i64);
             for (int j = 0; j < g->s; j++) kept += j == 0 || ids[j] != ids[j - 1];
             free(ids);
         } else {
