@@ -1,6 +1,7 @@
 /* evict.c - eviction keys: merge, selection, near-ties (see evict.h). */
 #include <stdlib.h>
 #include <string.h>
+#include "core/kverr.h"
 #include "kernels/evict.h"
 
 void kv_evict_merge(kv_evkey *inout, const kv_evkey *in, int L)
@@ -69,6 +70,54 @@ void kv_evict_lowest(kv_evkey *keys, size_t n, int L, kv_evkey *out)
     qsort(keys, k, sizeof *keys, cmp_key);
     memcpy(out, keys, sizeof *keys * k);
     for (size_t i = k; i < (size_t)L; i++) out[i] = KV_EVKEY_NONE;
+}
+
+/* a key and its row, in kv_evict_lowest_cols's max-heap */
+typedef struct {
+    kv_evkey k;
+    int64_t at;
+} lowent;
+
+static void low_sift(lowent *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && kv_evkey_less(h[m].k, h[l].k)) m = l;
+        if (r < n && kv_evkey_less(h[m].k, h[r].k)) m = r;
+        if (m == i) return;
+        lowent t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static int cmp_low(const void *a, const void *b) { return cmp_key(&((const lowent *)a)->k, &((const lowent *)b)->k); }
+
+int kv_evict_lowest_cols(const double *score, const int64_t *idx, size_t n, int64_t from, int L, kv_evkey *out,
+                         int64_t *at)
+{
+    if (L <= 0) return KV_OK;
+    lowent *h = malloc(sizeof *h * (size_t)L);
+    if (!h) return KV_EINTERNAL;
+    int k = 0;
+    size_t i = 0;
+    for (; i < n && k < L; i++) /* the first L candidates fill the heap */
+        if (idx[i] >= from) h[k++] = (lowent){ { score[i], (double)idx[i] }, (int64_t)i };
+    for (int j = k / 2 - 1; j >= 0 && k == L; j--) low_sift(h, L, j);
+    for (; i < n; i++) { /* then a row replaces the heap's highest only when lower */
+        kv_evkey e = { score[i], (double)idx[i] };
+        if (idx[i] < from || !kv_evkey_less(e, h[0].k)) continue;
+        h[0] = (lowent){ e, (int64_t)i };
+        low_sift(h, L, 0);
+    }
+    qsort(h, (size_t)k, sizeof *h, cmp_low);
+    for (int j = 0; j < L; j++) {
+        out[j] = j < k ? h[j].k : KV_EVKEY_NONE;
+        if (at) at[j] = j < k ? h[j].at : -1;
+    }
+    free(h);
+    return KV_OK;
 }
 
 int kv_evict_near_tie(kv_evkey cut, kv_evkey next)

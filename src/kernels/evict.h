@@ -45,6 +45,16 @@ void kv_evict_merge(kv_evkey *inout, const kv_evkey *in, int L);
  * keys is reordered (a selection, then a sort of the L lowest). */
 void kv_evict_lowest(kv_evkey *keys, size_t n, int L, kv_evkey *out);
 
+/* out <- the L lowest keys (score[i], idx[i]) of the rows i < n with
+ * idx[i] >= from (the rows below it are never candidates), ascending,
+ * padded with KV_EVKEY_NONE; at[j] (if at is not NULL) <- the row of
+ * out[j], -1 for padding.  One pass keeping the L lowest in a max-heap:
+ * about one comparison per row, no copy of the rows (the evictors whose
+ * keys sit in their own arrays call it at every decision).  The same keys
+ * as kv_evict_lowest over those rows.  KV_EINTERNAL without scratch. */
+int kv_evict_lowest_cols(const double *score, const int64_t *idx, size_t n, int64_t from, int L, kv_evkey *out,
+                         int64_t *at);
+
 /* 1 if the decision that evicted cut and kept next (the lowest kept
  * candidate; KV_EVKEY_NONE if none) is a near-tie (KV_EVICT_TIE_REL).
  * Exactly equal scores are not: they come from equal inputs (0 for tokens

@@ -53,6 +53,8 @@ typedef struct {
     double *key;          /* each slot's key (kcap allocated = sl.cap); NAN: not computed yet */
     int64_t kcap;
     int kvalid;           /* 0: every key is stale (the window changed) */
+    int64_t kdone;        /* with kvalid, slots below this have their key (the rest arrived since) */
+    int64_t *lo_at;       /* the slots of the last decide_cands' keys, for its decide_apply (freed there) */
     double *g;            /* the window's Gaussian: mu (d), then with cov Sigma (d x d) */
     int gstate;           /* 0: stale; 1: g holds it; 2: no query yet (every key 0) */
     float *qr;            /* the window's rows, oldest first (nrows x d) */
@@ -288,9 +290,8 @@ static int refresh_keys(ea_state *s)
     double *y = malloc(sizeof(double) * (size_t)(EA_NK * d)), out[EA_NK];
     if (!y) return KV_EINTERNAL;
     if (s->gstate == 0) s->gstate = gaussian(s, s->g, s->g + d) ? 1 : 2;
-    for (int64_t i = 0; i <= n; i++) {
+    for (int64_t i = s->kvalid ? s->kdone : 0; i <= n; i++) {
         if (i < n) {
-            if (s->kvalid && !isnan(s->key[i])) continue;
             if (s->sl.idx[i] < s->S || s->gstate != 1) {
                 s->key[i] = s->sl.idx[i] < s->S ? INFINITY : 0.0;
                 continue;
@@ -305,6 +306,7 @@ static int refresh_keys(ea_state *s)
         }
     }
     s->kvalid = 1;
+    s->kdone = n;
     free(y);
     return KV_OK;
 }
@@ -324,33 +326,44 @@ static int64_t ea_need(void *state, int64_t x, int at_query)
 static int ea_cands(void *const *st, int ns, int64_t x, const double *halo, int L, kv_evkey *keys)
 {
     ea_state *s = st[0];
-    int64_t n = s->sl.held, m = 0;
     (void)ns; (void)x; (void)halo;
-    kv_evkey *all = malloc(sizeof(kv_evkey) * (size_t)(n + 1));
-    if (!all || refresh_keys(s)) {
-        free(all);
-        return KV_EINTERNAL;
-    }
-    for (int64_t t = 0; t < n; t++)
-        if (s->sl.idx[t] >= s->S) all[m++] = (kv_evkey){ s->key[t], (double)s->sl.idx[t] };
-    kv_evict_lowest(all, (size_t)m, L, keys);
-    free(all);
-    return KV_OK;
+    free(s->lo_at);
+    s->lo_at = malloc(sizeof(int64_t) * (size_t)L);
+    if (!s->lo_at || refresh_keys(s)) return KV_EINTERNAL;
+    return kv_evict_lowest_cols(s->key, s->sl.idx, (size_t)s->sl.held, s->S, L, keys, s->lo_at);
 }
 
-/* Drop the non-sink slots whose key goes (the same keys cands sent). */
+static int desc_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+/* Drop the non-sink slots whose key goes.  They are among the L lowest
+ * that cands sent (need < L of all ranks' keys are at or below the cut),
+ * whose slots it kept: those are dropped from the highest slot down, each
+ * gap filled by the last slot, the order a scan of every slot from the
+ * last down gives, so the held rows end in the same order. */
 static int ea_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)
 {
     ea_state *s = st[0];
     kv_evkey cut = merged[need - 1];
+    int64_t ng = 0, *at = s->lo_at;
     (void)ns; (void)x;
-    if (refresh_keys(s)) return KV_EINTERNAL; /* up to date since cands: a no-op */
-    for (int64_t t = s->sl.held - 1; t >= 0; t--) {
-        kv_evkey k = { s->key[t], (double)s->sl.idx[t] };
-        if (s->sl.idx[t] < s->S || !kv_evkey_goes(k, cut)) continue;
-        s->key[t] = s->key[s->sl.held - 1]; /* the last slot moves into t */
-        kv_slots_drop(&s->sl, (int32_t)t);
+    if (!at || need >= (int64_t)INT32_MAX) return KV_EINTERNAL; /* apply without its cands: a driver bug */
+    for (int64_t j = 0; j < need && at[j] >= 0; j++) { /* ascending: the ones that go come first */
+        kv_evkey k = { s->key[at[j]], (double)s->sl.idx[at[j]] };
+        if (!kv_evkey_goes(k, cut)) break;
+        at[ng++] = at[j];
     }
+    qsort(at, (size_t)ng, sizeof *at, desc_i64);
+    for (int64_t j = 0; j < ng; j++) {
+        s->key[at[j]] = s->key[s->sl.held - 1]; /* the last slot moves into the gap */
+        kv_slots_drop(&s->sl, (int32_t)at[j]);
+    }
+    s->lo_at = NULL;
+    free(at);
+    s->kdone = s->sl.held;
     s->ties += kv_evict_near_tie(cut, merged[need]);
     kv_slots_resize(&s->sl, s->sl.held);
     key_fit(s, s->sl.cap); /* a shrink: cannot fail */
@@ -424,6 +437,7 @@ static void ea_free(void *state)
     free(s->qr);
     free(s->qn);
     free(s->key);
+    free(s->lo_at);
     free(s->g);
     free(s);
 }
