@@ -218,8 +218,15 @@ static int gaussian(const ea_state *s, double *mu, double *sig)
  * the same order (mu.k over i; y = Sigma k as a sum of Sigma's rows, each
  * y[j] over i; k.y over j; |v|^2 over i); the slots only interleave, so
  * their dependent chains overlap and each row of Sigma is loaded once for
- * all of them.  y: EA_NK d doubles of scratch. */
+ * all of them, the keys' elements broadcast from a copy in doubles (kd,
+ * element-major: no conversion in the inner loop).  EA_NK = 8 with 32
+ * vector registers (16 accumulators), else 4.  y: 2 EA_NK d doubles of
+ * scratch (y, then kd). */
+#ifdef __AVX512F__
+#define EA_NK 8
+#else
 #define EA_NK 4
+#endif
 typedef double ea_v8d __attribute__((vector_size(8 * sizeof(double))));
 
 static void slot_keys(const ea_state *s, const int64_t *t, const double *mu, const double *sig, double *y, double *out)
@@ -236,6 +243,9 @@ static void slot_keys(const ea_state *s, const int64_t *t, const double *mu, con
         for (int u = 0; u < EA_NK; u++) a[u] += mu[i] * k[u][i];
     for (int u = 0; u < EA_NK; u++) a[u] *= sc;
     if (s->cov) {
+        double *kd = y + EA_NK * d;
+        for (int64_t i = 0; i < d; i++)
+            for (int u = 0; u < EA_NK; u++) kd[i * EA_NK + u] = k[u][i];
         int64_t j0 = 0;
         for (; j0 + 16 <= d; j0 += 16) { /* y[j0, j0 + 16) of every slot in registers */
             ea_v8d acc[EA_NK][2] = { { { 0 } } };
@@ -244,7 +254,7 @@ static void slot_keys(const ea_state *s, const int64_t *t, const double *mu, con
                 memcpy(&r0, sig + i * d + j0, sizeof r0);
                 memcpy(&r1, sig + i * d + j0 + 8, sizeof r1);
                 for (int u = 0; u < EA_NK; u++) {
-                    double ki = k[u][i];
+                    double ki = kd[i * EA_NK + u];
                     acc[u][0] += r0 * ki;
                     acc[u][1] += r1 * ki;
                 }
@@ -287,7 +297,7 @@ static int refresh_keys(ea_state *s)
 {
     int64_t d = s->ctx.d, n = s->sl.held, t[EA_NK];
     int nt = 0;
-    double *y = malloc(sizeof(double) * (size_t)(EA_NK * d)), out[EA_NK];
+    double *y = malloc(sizeof(double) * (size_t)(2 * EA_NK * d)), out[EA_NK];
     if (!y) return KV_EINTERNAL;
     if (s->gstate == 0) s->gstate = gaussian(s, s->g, s->g + d) ? 1 : 2;
     for (int64_t i = s->kvalid ? s->kdone : 0; i <= n; i++) {
