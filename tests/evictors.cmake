@@ -10,3 +10,7 @@ add_test(NAME evictors_reference COMMAND ${KV_PY} ${CMAKE_CURRENT_SOURCE_DIR}/ch
 # run under ASan in global_replay_np1/np2, global_scope_np1/np2 and
 # test_budget_scope
 set_tests_properties(evictors_reference PROPERTIES ENVIRONMENT "${KV_PYENV}" LABELS "mpi;numerics;nosanitize" TIMEOUT 600)
+
+# The decision selections (kernels/evict.c: kv_evict_lowest_cols, kv_evict_lowest) against a full sort,
+# with ties, skipped rows, padding and +inf keys.
+kv_unit_test(test_evict ${CMAKE_CURRENT_SOURCE_DIR}/test_evict.c numerics)
