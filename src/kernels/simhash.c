@@ -16,7 +16,8 @@
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vectors stay inside this file */
 
 #define PB 16 /* hyperplanes per block (lanes) */
-#define TT 3  /* vectors per tile: 24 accumulators */
+#define TT 4  /* vectors per tile */
+#define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
 
 typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
 
@@ -38,59 +39,76 @@ static inline void madd16(v16 *c, v16 a, v16 b)
 #endif
 }
 
-size_t kv_simhash_len(int np, int d) { return (size_t)(np + PB - 1) / PB * PB * (size_t)d; }
+/* bit i set when o[i] >= 0 (not for NaN) */
+static inline uint64_t signs(v16 o)
+{
+#if defined(__AVX512F__)
+    return _mm512_cmp_ps_mask((__m512)o, _mm512_setzero_ps(), _CMP_GE_OQ);
+#else
+    uint64_t m = 0;
+    for (int i = 0; i < PB; i++) m |= (uint64_t)(o[i] >= 0.0f) << i;
+    return m;
+#endif
+}
+
+size_t kv_simhash_len(int np, int d) { return (size_t)(np + NB * PB - 1) / (NB * PB) * NB * PB * (size_t)d; }
 
 void kv_simhash_pack(const float *H, int np, int d, float *P)
 {
-    size_t nb = (size_t)(np + PB - 1) / PB;
-    memset(P, 0, sizeof(float) * nb * PB * (size_t)d);
+    memset(P, 0, sizeof(float) * kv_simhash_len(np, d));
     for (int j = 0; j < np; j++)
         for (int c = 0; c < d; c++) P[((size_t)(j / PB) * d + c) * PB + j % PB] = H[(size_t)j * d + c];
 }
 
 /* the sign bits of TT vectors x[t] against every block: 16 bits per block
- * into w[t nw ..], nw 64-bit words a vector */
-static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw)
+ * into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB vectors */
+static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
 {
     memset(w, 0, sizeof(uint64_t) * nw * TT);
-    for (size_t b = 0; b < nb; b++) {
-        const float *pb = P + b * (size_t)d * PB;
-        v16 acc[TT][8];
-        for (int t = 0; t < TT; t++)
-            for (int j = 0; j < 8; j++) acc[t][j] = (v16){ 0 };
-        int c0 = 0;
-        for (; c0 + 8 <= d; c0 += 8)
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) {
-                v16 h;
-                memcpy(&h, pb + (size_t)(c0 + j) * PB, sizeof h);
-                for (int t = 0; t < TT; t++) madd16(&acc[t][j], h, bc(x[t][c0 + j]));
+    for (size_t b0 = 0; b0 < nb; b0 += NB) {
+        const float *pb = P + b0 * (size_t)d * PB;
+        for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
+            v16 acc[TT][NB];
+            for (int t = 0; t < TT; t++)
+                for (int b = 0; b < NB; b++) acc[t][b] = (v16){ 0 };
+            for (int c = j; c < d; c += 8) {
+                v16 h[NB];
+                for (int b = 0; b < NB; b++) memcpy(&h[b], pb + ((size_t)b * d + c) * PB, sizeof h[b]);
+                for (int t = 0; t < TT; t++) {
+                    v16 xb = bc(x[t][c]);
+                    for (int b = 0; b < NB; b++) madd16(&acc[t][b], h[b], xb);
+                }
             }
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) /* the tail: element c0 + j into accumulator j */
-            if (c0 + j < d) {
-                v16 h;
-                memcpy(&h, pb + (size_t)(c0 + j) * PB, sizeof h);
-                for (int t = 0; t < TT; t++) madd16(&acc[t][j], h, bc(x[t][c0 + j]));
-            }
-        for (int t = 0; t < TT; t++) {
-            v16 o = ((acc[t][0] + acc[t][4]) + (acc[t][1] + acc[t][5])) + ((acc[t][2] + acc[t][6]) + (acc[t][3] + acc[t][7]));
-            uint64_t m = 0;
-            for (int i = 0; i < PB; i++) m |= (uint64_t)(o[i] >= 0.0f) << i;
-            w[(size_t)t * nw + b / 4] |= m << (16 * (b % 4));
+            for (int t = 0; t < TT; t++)
+                for (int b = 0; b < NB; b++) S[(j * TT + t) * NB + b] = acc[t][b];
         }
+        for (int j = d; j < 8; j++) /* d < 8: the empty chains are 0 */
+            for (int i = 0; i < TT * NB; i++) S[j * TT * NB + i] = (v16){ 0 };
+        for (int t = 0; t < TT; t++)
+            for (int b = 0; b < NB; b++) {
+                const v16 *a = S + t * NB + b; /* a[j TT NB]: chain j */
+                size_t st = TT * NB;
+                v16 o = ((a[0] + a[4 * st]) + (a[st] + a[5 * st])) + ((a[2 * st] + a[6 * st]) + (a[3 * st] + a[7 * st]));
+                uint64_t m = signs(o);
+                w[(size_t)t * nw + (b0 + b) / 4] |= m << (16 * ((b0 + b) % 4));
+            }
     }
 }
 
 int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes)
 {
-    size_t np = (size_t)L * K, nb = (np + PB - 1) / PB, nw = nb / 4 + 1;
+    size_t np = (size_t)L * K, nb = (np + NB * PB - 1) / (NB * PB) * NB, nw = nb / 4 + 1;
     uint64_t *w = malloc(sizeof(uint64_t) * nw * TT), mask = (UINT64_C(1) << K) - 1;
-    if (!w) return 1;
+    v16 *S = aligned_alloc(sizeof(v16), sizeof(v16) * 8 * TT * NB); /* vectors: their alignment */
+    if (!w || !S) {
+        free(w);
+        free(S);
+        return 1;
+    }
     for (size_t t0 = 0; t0 < nt; t0 += TT) {
         const float *x[TT];
         for (size_t t = 0; t < TT; t++) x[t] = X + (t0 + t < nt ? t0 + t : nt - 1) * (size_t)d; /* short tile: repeat the last */
-        tile_bits(P, nb, d, x, w, nw);
+        tile_bits(P, nb, d, x, w, nw, S);
         for (size_t t = 0; t < TT && t0 + t < nt; t++)
             for (size_t l = 0; l < (size_t)L; l++) {
                 size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
@@ -101,5 +119,6 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
             }
     }
     free(w);
+    free(S);
     return 0;
 }

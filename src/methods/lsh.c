@@ -37,6 +37,7 @@
 #include <string.h>
 #include "core/search.h"
 #include <omp.h>
+#include "core/hugemem.h"
 #include "core/rng.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
@@ -142,6 +143,8 @@ static int reserve(lsh_state *s, size_t rows)
     if (!idx) return KV_EINTERNAL;
     s->idx = idx;
     s->cap = rows;
+    kv_mem_hugepages(s->Kr, sizeof(float) * d * rows); /* one fault per 2 MiB as ingest first touches them */
+    kv_mem_hugepages(s->V, sizeof(float) * dv * rows);
     return KV_OK;
 }
 
@@ -165,6 +168,7 @@ static uint32_t new_chunk(lsh_state *s)
         if (!p) return NIL;
         s->pool = p;
         s->capchunk = c;
+        kv_mem_hugepages(p, sizeof(uint32_t) * CHUNK * c);
     }
     s->pool[s->nchunk * CHUNK] = NIL;
     return (uint32_t)s->nchunk++;
