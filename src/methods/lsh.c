@@ -131,6 +131,17 @@ static size_t cap_for(const lsh_state *s, size_t need)
     return c;
 }
 
+/* chunks enough for rows rows in every table: each bucket's full chunks
+ * plus at most one part-filled one per nonempty bucket */
+static size_t chunk_bound(const lsh_state *s, size_t rows)
+{
+    size_t e = rows * (size_t)s->L, b = heads(s) < e ? heads(s) : e;
+    return e / (CHUNK - 1) + b;
+}
+
+/* room for rows rows: their keys, values and indices, and the chunks of
+ * their table entries (the bound, allocated at once: growing the pool as
+ * it fills copied it and faulted its pages in again at every step) */
 static int reserve(lsh_state *s, size_t rows)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
@@ -140,36 +151,24 @@ static int reserve(lsh_state *s, size_t rows)
     float *V = Kr ? realloc(s->V, sizeof(float) * dv * rows) : NULL;
     if (V) s->V = V;
     int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
-    if (!idx) return KV_EINTERNAL;
-    s->idx = idx;
+    if (idx) s->idx = idx;
+    size_t cb = chunk_bound(s, rows);
+    uint32_t *pool = idx && cb < NIL ? realloc(s->pool, sizeof(uint32_t) * CHUNK * cb) : NULL;
+    if (!pool) return KV_EINTERNAL;
+    s->pool = pool;
+    s->capchunk = cb;
     s->cap = rows;
+    kv_mem_hugepages(s->pool, sizeof(uint32_t) * CHUNK * cb);
     kv_mem_hugepages(s->Kr, sizeof(float) * d * rows); /* one fault per 2 MiB as ingest first touches them */
     kv_mem_hugepages(s->V, sizeof(float) * dv * rows);
     return KV_OK;
 }
 
-/* chunks enough for rows rows in every table: each bucket's full chunks
- * plus at most one part-filled one per nonempty bucket */
-static size_t chunk_bound(const lsh_state *s, size_t rows)
-{
-    size_t e = rows * (size_t)s->L, b = heads(s) < e ? heads(s) : e;
-    return e / (CHUNK - 1) + b;
-}
-
-/* one more chunk (next = NIL), the pool grown by doubling up to the bound
- * for the row capacity; its id, or NIL when out of memory */
+/* one more chunk (next = NIL): its id, NIL past the bound (not reached:
+ * reserve sized the pool for s->cap rows) */
 static uint32_t new_chunk(lsh_state *s)
 {
-    if (s->nchunk == s->capchunk) {
-        size_t lim = chunk_bound(s, s->cap), c = s->capchunk ? 2 * s->capchunk : 4096;
-        c = c < lim ? c : lim;
-        if (c <= s->nchunk || c >= NIL) return NIL;
-        uint32_t *p = realloc(s->pool, sizeof(uint32_t) * CHUNK * c);
-        if (!p) return NIL;
-        s->pool = p;
-        s->capchunk = c;
-        kv_mem_hugepages(p, sizeof(uint32_t) * CHUNK * c);
-    }
+    if (s->nchunk == s->capchunk) return NIL;
     s->pool[s->nchunk * CHUNK] = NIL;
     return (uint32_t)s->nchunk++;
 }
@@ -177,7 +176,7 @@ static uint32_t new_chunk(lsh_state *s)
 /* hash the stored rows s->n .. s->n + n - 1 and append each to its bucket
  * in every table: LINK_BLK rows hashed, then linked table by table (one
  * table's tails and counts stay in cache while its rows go in) */
-#define LINK_BLK 256
+#define LINK_BLK 1024
 static int link_rows(lsh_state *s, size_t n)
 {
     size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
