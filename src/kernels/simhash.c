@@ -1,13 +1,17 @@
 /* simhash.c - SimHash codes, register blocked (simhash.h).
  *
- * The hyperplanes are held in blocks of 16 (lanes), transposed: block j's
- * element c of its 16 planes is one vector.  A tile of TT vectors keeps 8
- * accumulators per vector (kv_dot_fixed's lanes: element c goes to
- * accumulator c mod 8, in increasing c, one fused multiply-add each as
- * kv_madd), so a block's load serves TT vectors and every accumulator is a
- * register; the 8 are then summed by kv_dot_fixed's tree, lane-wise, and
- * the 16 signs become 16 bits at once.  The tile is the outer loop: its
- * vectors stay in L1 while the planes stream from L2. */
+ * The hyperplanes are held in blocks of 16 (the lanes), transposed: block
+ * b's element c of its 16 planes is one vector.  kv_dot_fixed sums element
+ * c into its lane c mod 8 (one fused multiply-add each, as kv_madd), then
+ * adds the 8 lanes by a fixed tree; here each of those 8 chains is run on
+ * its own, for a tile of TT vectors x NB blocks at once: TT NB accumulators
+ * in registers, each step TT broadcasts and NB block loads for TT NB
+ * multiply-adds.  A chain's sums go to a small scratch, and the tree then
+ * adds the 8 chains lane-wise: 16 dots, each kv_dot_fixed's bits, whose
+ * signs become 16 bits at once.  Each lane's arithmetic is its own, so a
+ * vector's bits do not depend on its tile mates (a short tile repeats its
+ * last vector).  The tile of vectors is the outer loop: its rows stay in L1
+ * while the planes stream from L2. */
 #include "kernels/simhash.h"
 #include <stdlib.h>
 #include <string.h>
@@ -23,16 +27,16 @@ typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
 
 static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
 
-/* *c += a * b lane-wise, fused exactly when kv_madd8 fuses */
-static inline void madd16(v16 *c, v16 a, v16 b)
+/* *c += *a * *b lane-wise, fused exactly when kv_madd8 fuses */
+static inline void madd16(v16 *c, const v16 *a, const v16 *b)
 {
 #if defined(__AVX512F__)
-    *c = (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)*c);
+    *c = (v16)_mm512_fmadd_ps((__m512)*a, (__m512)*b, (__m512)*c);
 #else
     kv_dot_v8 c0, c1, a0, a1, b0, b1;
     memcpy(&c0, c, 32), memcpy(&c1, (char *)c + 32, 32);
-    memcpy(&a0, &a, 32), memcpy(&a1, (char *)&a + 32, 32);
-    memcpy(&b0, &b, 32), memcpy(&b1, (char *)&b + 32, 32);
+    memcpy(&a0, a, 32), memcpy(&a1, (const char *)a + 32, 32);
+    memcpy(&b0, b, 32), memcpy(&b1, (const char *)b + 32, 32);
     kv_madd8(&c0, &a0, &b0);
     kv_madd8(&c1, &a1, &b1);
     memcpy(c, &c0, 32), memcpy((char *)c + 32, &c1, 32);
@@ -40,13 +44,13 @@ static inline void madd16(v16 *c, v16 a, v16 b)
 }
 
 /* bit i set when o[i] >= 0 (not for NaN) */
-static inline uint64_t signs(v16 o)
+static inline uint64_t signs(const v16 *o)
 {
 #if defined(__AVX512F__)
-    return _mm512_cmp_ps_mask((__m512)o, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_cmp_ps_mask((__m512)*o, _mm512_setzero_ps(), _CMP_GE_OQ);
 #else
     uint64_t m = 0;
-    for (int i = 0; i < PB; i++) m |= (uint64_t)(o[i] >= 0.0f) << i;
+    for (int i = 0; i < PB; i++) m |= (uint64_t)((*o)[i] >= 0.0f) << i;
     return m;
 #endif
 }
@@ -76,7 +80,7 @@ static void tile_bits(const float *P, size_t nb, int d, const float *const *x, u
                 for (int b = 0; b < NB; b++) memcpy(&h[b], pb + ((size_t)b * d + c) * PB, sizeof h[b]);
                 for (int t = 0; t < TT; t++) {
                     v16 xb = bc(x[t][c]);
-                    for (int b = 0; b < NB; b++) madd16(&acc[t][b], h[b], xb);
+                    for (int b = 0; b < NB; b++) madd16(&acc[t][b], &h[b], &xb);
                 }
             }
             for (int t = 0; t < TT; t++)
@@ -89,7 +93,7 @@ static void tile_bits(const float *P, size_t nb, int d, const float *const *x, u
                 const v16 *a = S + t * NB + b; /* a[j TT NB]: chain j */
                 size_t st = TT * NB;
                 v16 o = ((a[0] + a[4 * st]) + (a[st] + a[5 * st])) + ((a[2 * st] + a[6 * st]) + (a[3 * st] + a[7 * st]));
-                uint64_t m = signs(o);
+                uint64_t m = signs(&o);
                 w[(size_t)t * nw + (b0 + b) / 4] |= m << (16 * ((b0 + b) % 4));
             }
     }

@@ -6,10 +6,9 @@
  *   kv_simhash_codes  codes[t L + l] = table l's K-bit code of vector t
  *
  * A code's bit b of table l is set when kv_dot_fixed(h_{l K + b}, x, d) >= 0
- * (the same float, so the same bit, as that dot: lanes of 16 hyperplanes
- * carry kv_dot_fixed's 8 partial sums as 8 vector accumulators, summed by
- * its tree), and a vector's codes do not depend on the others hashed with
- * it. */
+ * (the same float, so the same bit, as that dot: kv_dot_fixed's 8 chains
+ * and tree, run on 16 hyperplanes at once), and a vector's codes do not
+ * depend on the others hashed with it. */
 #ifndef KVSTREAM_SIMHASH_H
 #define KVSTREAM_SIMHASH_H
 

@@ -19,22 +19,31 @@
  * its own tokens by the same rule, so the sample (the union over ranks) and
  * the answer, up to rounding, do not depend on P.
  *
- * Tables: each row's L codes (table-major) and each bucket's row count.  A
- * query counts its collisions by scanning the codes of the rows < p, in
- * row order, with no pointer chasing: on clustered keys a bucket can hold
- * most of the stream, and a linked bucket walk (one dependent load per
- * entry) was the method's whole query time.
+ * Tables: each bucket's rows, in increasing order, in a list of chunks of
+ * 15 (one 64-byte line with the next chunk's id), and its count, first and
+ * last chunk.  A query walks its L buckets up to row p (32 tables in turn,
+ * a chunk each, the next chunks prefetched: their misses overlap), counts
+ * collisions per row and marks the rows reaching threshold in a bitmap;
+ * the sample is read from the bitmap in increasing row order (the sums'
+ * order: the tables' order does not matter), its rows prefetched a few
+ * ahead.  So a query touches what it reads, not every row below p (the
+ * codes of all rows were scanned before: 39 MB a query at 2^16 tokens).
+ * Keys are hashed by kernels/simhash.c (bitwise kv_dot_fixed's dots) 1024
+ * at a time, then linked table by table.
  *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
- * them in CPU memory), its global index and its L table entries (4 bytes
- * each); per table 2^K bucket counts (4 bytes, a hash table's heads); the
- * L K d hyperplanes.  Reads (the cost hook) are a hash table's: the
+ * them in CPU memory) and its global index; the chunks, in slabs of 2 MiB
+ * added as they fill (a row's L entries, 4 bytes each, 16/15 of that with
+ * the chunks' links, plus at most one part-filled chunk per nonempty
+ * bucket); per bucket its count and first and last chunk (3 x 4 bytes, a
+ * hash table's heads); the L K d hyperplanes (padded to 64 planes).  Reads (the cost hook) are a hash table's: the
  * hyperplanes (hashing the query), the L bucket heads and every entry of
  * the L buckets probed, as tokens' worth of bytes ((d + dv) 4 bytes a
  * token), plus the sampled tokens' keys and values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include "core/search.h"
 #include <omp.h>
 #include "core/hugemem.h"
@@ -47,6 +56,8 @@
 #define LSH_SALT 0x6c7368ULL /* "lsh" */
 #define NIL UINT32_MAX
 #define CHUNK 16 /* uint32 per bucket chunk: one 64-byte line */
+#define SLAB_BITS 15 /* 2^15 chunks a slab: 2 MiB, one huge page */
+#define SLAB_BYTES ((size_t)CHUNK * sizeof(uint32_t) << SLAB_BITS)
 
 typedef struct {
     kv_method_ctx ctx;
@@ -57,8 +68,8 @@ typedef struct {
     int64_t *idx;      /* global index of each row (increasing) */
     uint32_t *count;   /* count[l 2^K + code]: rows in the bucket */
     uint32_t *head, *tail; /* per bucket: its first and last chunk, NIL when empty */
-    uint32_t *pool;    /* chunks of CHUNK: the next chunk's id, then CHUNK - 1 rows */
-    size_t n, cap, nchunk, capchunk;
+    uint32_t **slab;   /* chunks of CHUNK (the next chunk's id, then CHUNK - 1 rows), SLAB to a slab */
+    size_t n, cap, nchunk, nslab;
     kv_query_cost cost;
 } lsh_state;
 
@@ -139,9 +150,17 @@ static size_t chunk_bound(const lsh_state *s, size_t rows)
     return e / (CHUNK - 1) + b;
 }
 
-/* room for rows rows: their keys, values and indices, and the chunks of
- * their table entries (the bound, allocated at once: growing the pool as
- * it fills copied it and faulted its pages in again at every step) */
+/* chunk c's words */
+static inline uint32_t *chunk(const lsh_state *s, uint32_t c)
+{
+    return s->slab[c >> SLAB_BITS] + (size_t)(c & ((1u << SLAB_BITS) - 1)) * CHUNK;
+}
+
+/* slabs enough for the chunk bound of rows rows */
+static size_t slab_bound(const lsh_state *s, size_t rows) { return (chunk_bound(s, rows) >> SLAB_BITS) + 1; }
+
+/* room for rows rows: their keys, values and indices, and the slab table
+ * for their chunks (slabs are added as chunks are needed: never copied) */
 static int reserve(lsh_state *s, size_t rows)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
@@ -152,24 +171,30 @@ static int reserve(lsh_state *s, size_t rows)
     if (V) s->V = V;
     int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
     if (idx) s->idx = idx;
-    size_t cb = chunk_bound(s, rows);
-    uint32_t *pool = idx && cb < NIL ? realloc(s->pool, sizeof(uint32_t) * CHUNK * cb) : NULL;
-    if (!pool) return KV_EINTERNAL;
-    s->pool = pool;
-    s->capchunk = cb;
+    size_t ns = slab_bound(s, rows);
+    uint32_t **slab = idx && ns < (NIL >> SLAB_BITS) ? realloc(s->slab, sizeof(uint32_t *) * ns) : NULL;
+    if (!slab) return KV_EINTERNAL;
+    s->slab = slab;
     s->cap = rows;
-    kv_mem_hugepages(s->pool, sizeof(uint32_t) * CHUNK * cb);
     kv_mem_hugepages(s->Kr, sizeof(float) * d * rows); /* one fault per 2 MiB as ingest first touches them */
     kv_mem_hugepages(s->V, sizeof(float) * dv * rows);
     return KV_OK;
 }
 
-/* one more chunk (next = NIL): its id, NIL past the bound (not reached:
- * reserve sized the pool for s->cap rows) */
+/* one more chunk (next = NIL), a slab added when the last is full: its id,
+ * or NIL when out of memory */
 static uint32_t new_chunk(lsh_state *s)
 {
-    if (s->nchunk == s->capchunk) return NIL;
-    s->pool[s->nchunk * CHUNK] = NIL;
+    if (s->nchunk == s->nslab << SLAB_BITS) {
+        if (s->nslab == slab_bound(s, s->cap)) return NIL; /* not reached: the bound holds */
+        uint32_t *p = aligned_alloc(SLAB_BYTES, SLAB_BYTES);
+        if (!p) return NIL;
+#ifdef MADV_HUGEPAGE
+        (void)madvise(p, SLAB_BYTES, MADV_HUGEPAGE); /* a hint: one fault for the slab as links first touch it */
+#endif
+        s->slab[s->nslab++] = p;
+    }
+    chunk(s, (uint32_t)s->nchunk)[0] = NIL;
     return (uint32_t)s->nchunk++;
 }
 
@@ -192,11 +217,11 @@ static int link_rows(lsh_state *s, size_t n)
                 if (k == 0) { /* the bucket's first chunk, or its last is full */
                     uint32_t c = new_chunk(s);
                     if (c == NIL) goto oom;
-                    if (s->count[b]) s->pool[(size_t)s->tail[b] * CHUNK] = c;
+                    if (s->count[b]) chunk(s, s->tail[b])[0] = c;
                     else s->head[b] = c;
                     s->tail[b] = c;
                 }
-                s->pool[(size_t)s->tail[b] * CHUNK + 1 + k] = (uint32_t)(s->n + t);
+                chunk(s, s->tail[b])[1 + k] = (uint32_t)(s->n + t);
                 s->count[b]++;
             }
         s->n += nt;
@@ -258,16 +283,16 @@ static size_t walk(const lsh_state *s, const uint32_t *qc, size_t n, uint16_t *c
             left[w] = s->count[b];
             at[w] = s->head[b];
             busy += left[w] > 0;
-            if (left[w]) __builtin_prefetch(s->pool + (size_t)at[w] * CHUNK);
+            if (left[w]) __builtin_prefetch(chunk(s, at[w]));
         }
         while (busy)
             for (size_t w = 0; w < nw; w++) {
                 if (!left[w]) continue;
-                const uint32_t *e = s->pool + (size_t)at[w] * CHUNK;
+                const uint32_t *e = chunk(s, at[w]);
                 size_t m = left[w] < CHUNK - 1 ? left[w] : CHUNK - 1;
                 left[w] -= m;
                 at[w] = e[0];
-                if (left[w]) __builtin_prefetch(s->pool + (size_t)at[w] * CHUNK);
+                if (left[w]) __builtin_prefetch(chunk(s, at[w]));
                 for (size_t i = 1; i <= m; i++) {
                     uint32_t r = e[i];
                     if (r >= n) { left[w] = 0; break; }
@@ -403,7 +428,7 @@ static size_t fixed_bytes(const lsh_state *s)
 static size_t lsh_bytes(const void *state)
 {
     const lsh_state *s = state;
-    return s->cap * row_bytes(s) + s->capchunk * CHUNK * sizeof(uint32_t) + fixed_bytes(s);
+    return s->cap * row_bytes(s) + slab_bound(s, s->cap) * sizeof(uint32_t *) + s->nslab * SLAB_BYTES + fixed_bytes(s);
 }
 
 static void lsh_extra(const void *state, kv_method_extra *x)
@@ -423,7 +448,8 @@ static void lsh_free(void *state)
     free(s->Kr);
     free(s->V);
     free(s->idx);
-    free(s->pool);
+    for (size_t i = 0; i < s->nslab; i++) free(s->slab[i]);
+    free(s->slab);
     free(s->head);
     free(s->tail);
     free(s->count);
@@ -480,7 +506,7 @@ static int64_t lsh_max_bytes(const void *state)
 {
     const lsh_state *s = state;
     int64_t n = kv_shard_limit(&s->ctx), rows = s->ctx.shard_tokens > 0 ? n : 2 * n + 1024;
-    return rows * (int64_t)row_bytes(s) + (int64_t)(chunk_bound(s, (size_t)rows) * CHUNK * sizeof(uint32_t)) +
+    return rows * (int64_t)row_bytes(s) + (int64_t)(slab_bound(s, (size_t)rows) * (SLAB_BYTES + sizeof(uint32_t *))) +
            (int64_t)fixed_bytes(s);
 }
 
