@@ -36,10 +36,11 @@
  * added as they fill (a row's L entries, 4 bytes each, 16/15 of that with
  * the chunks' links, plus at most one part-filled chunk per nonempty
  * bucket); per bucket its count and first and last chunk (3 x 4 bytes, a
- * hash table's heads); the L K d hyperplanes (padded to 64 planes).  Reads (the cost hook) are a hash table's: the
- * hyperplanes (hashing the query), the L bucket heads and every entry of
- * the L buckets probed, as tokens' worth of bytes ((d + dv) 4 bytes a
- * token), plus the sampled tokens' keys and values. */
+ * hash table's heads); the L K d hyperplanes (padded to 64 planes).
+ * Reads (the cost hook) are a hash table's: the hyperplanes (hashing the
+ * query), the L bucket heads and every entry of the L buckets probed, as
+ * tokens' worth of bytes ((d + dv) 4 bytes a token), plus the sampled
+ * tokens' keys and values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
