@@ -19,42 +19,58 @@
  * its own tokens by the same rule, so the sample (the union over ranks) and
  * the answer, up to rounding, do not depend on P.
  *
- * Tables: each row's L codes (table-major) and each bucket's row count.  A
- * query counts its collisions by scanning the codes of the rows < p, in
- * row order, with no pointer chasing: on clustered keys a bucket can hold
- * most of the stream, and a linked bucket walk (one dependent load per
- * entry) was the method's whole query time.
+ * Tables: each bucket's rows, in increasing order, in a list of chunks of
+ * 15 (one 64-byte line with the next chunk's id), and its count, first and
+ * last chunk.  A query walks its L buckets up to row p (32 tables in turn,
+ * a chunk each, the next chunks prefetched: their misses overlap), counts
+ * collisions per row and marks the rows reaching threshold in a bitmap;
+ * the sample is read from the bitmap in increasing row order (the sums'
+ * order: the tables' order does not matter), its rows prefetched a few
+ * ahead.  So a query touches what it reads, not every row below p (the
+ * codes of all rows were scanned before: 39 MB a query at 2^16 tokens).
+ * Keys are hashed by kernels/simhash.c (bitwise kv_dot_fixed's dots) 1024
+ * at a time, then linked table by table.
  *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
- * them in CPU memory), its global index and its L table entries (4 bytes
- * each); per table 2^K bucket counts (4 bytes, a hash table's heads); the
- * L K d hyperplanes.  Reads (the cost hook) are a hash table's: the
- * hyperplanes (hashing the query), the L bucket heads and every entry of
- * the L buckets probed, as tokens' worth of bytes ((d + dv) 4 bytes a
- * token), plus the sampled tokens' keys and values. */
+ * them in CPU memory) and its global index; the chunks, in slabs of 2 MiB
+ * added as they fill (a row's L entries, 4 bytes each, 16/15 of that with
+ * the chunks' links, plus at most one part-filled chunk per nonempty
+ * bucket); per bucket its count and first and last chunk (3 x 4 bytes, a
+ * hash table's heads); the L K d hyperplanes (padded to 64 planes).
+ * Reads (the cost hook) are a hash table's: the hyperplanes (hashing the
+ * query), the L bucket heads and every entry of the L buckets probed, as
+ * tokens' worth of bytes ((d + dv) 4 bytes a token), plus the sampled
+ * tokens' keys and values. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include "core/search.h"
 #include <omp.h>
+#include "core/hugemem.h"
 #include "core/rng.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
+#include "kernels/simhash.h"
 #include "methods/method.h"
 
 #define LSH_SALT 0x6c7368ULL /* "lsh" */
 #define NIL UINT32_MAX
+#define CHUNK 16 /* uint32 per bucket chunk: one 64-byte line */
+#define SLAB_BITS 15 /* 2^15 chunks a slab: 2 MiB, one huge page */
+#define SLAB_BYTES ((size_t)CHUNK * sizeof(uint32_t) << SLAB_BITS)
 
 typedef struct {
     kv_method_ctx ctx;
     int K, L, thr;
     uint64_t seed;
-    float *H;          /* L K hyperplanes of d */
+    float *H;          /* L K hyperplanes of d, packed for kv_simhash_codes */
     float *Kr, *V;     /* rows */
     int64_t *idx;      /* global index of each row (increasing) */
-    uint32_t *code;    /* code[l cap + row]: the row's bucket in table l (table-major) */
     uint32_t *count;   /* count[l 2^K + code]: rows in the bucket */
-    size_t n, cap;
+    uint32_t *head, *tail; /* per bucket: its first and last chunk, NIL when empty */
+    uint32_t **slab;   /* chunks of CHUNK (the next chunk's id, then CHUNK - 1 rows), SLAB to a slab */
+    size_t n, cap, nchunk, nslab;
     kv_query_cost cost;
 } lsh_state;
 
@@ -97,39 +113,26 @@ static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     s->thr = (int)c->threshold;
     s->seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     size_t nh = (size_t)s->L * (size_t)s->K * (size_t)ctx->d;
-    s->H = kv_malloc(sizeof(float) * nh, err);
+    float *H = kv_malloc(sizeof(float) * nh, err);
+    s->H = H ? kv_malloc(sizeof(float) * kv_simhash_len(s->L * s->K, ctx->d), err) : NULL;
     s->count = s->H ? kv_calloc(heads(s), sizeof(uint32_t), err) : NULL;
-    if (!s->count) {
+    s->head = s->count ? kv_malloc(sizeof(uint32_t) * heads(s), err) : NULL;
+    s->tail = s->head ? kv_malloc(sizeof(uint32_t) * heads(s), err) : NULL;
+    if (!s->tail) {
+        free(H);
         free(s->H);
+        free(s->count);
+        free(s->head);
         free(s);
         return err->code;
     }
+    memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
     for (size_t i = 0; i < nh; i++)
-        s->H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
+        H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
+    kv_simhash_pack(H, s->L * s->K, ctx->d, s->H);
+    free(H);
     *out = s;
     return KV_OK;
-}
-
-/* codes[t L + l] = table l's code of vector t, for nt <= KV_DOT_BLK
- * vectors (keys, or queries): the hyperplanes read once per block.  Every
- * vector is hashed by the same compiled kernel (a block of exactly
- * KV_DOT_BLK, padded with the last vector, in one non-inlined copy), so a
- * key's code does not depend on where the shard's ingest calls cut its
- * block, hence not on P, and a query's not on its batch. */
-static __attribute__((noinline)) void codes_block(const lsh_state *s, const float *X, int nt, float *dots,
-                                                  uint32_t *codes)
-{
-    int d = s->ctx.d, LK = s->L * s->K;
-    const float *x[KV_DOT_BLK];
-    for (int t = 0; t < KV_DOT_BLK; t++) x[t] = X + (size_t)(t < nt ? t : nt - 1) * d;
-    kv_dot_fixed_rows_(s->H, LK, d, x, KV_DOT_BLK, dots);
-    for (int t = 0; t < nt; t++)
-        for (int l = 0; l < s->L; l++) {
-            const float *dl = dots + (size_t)t * LK + (size_t)l * s->K;
-            uint32_t c = 0;
-            for (int b = 0; b < s->K; b++) c |= (uint32_t)(dl[b] >= 0.0f) << b;
-            codes[(size_t)t * s->L + l] = c;
-        }
 }
 
 static size_t cap_for(const lsh_state *s, size_t need)
@@ -140,9 +143,28 @@ static size_t cap_for(const lsh_state *s, size_t need)
     return c;
 }
 
+/* chunks enough for rows rows in every table: each bucket's full chunks
+ * plus at most one part-filled one per nonempty bucket */
+static size_t chunk_bound(const lsh_state *s, size_t rows)
+{
+    size_t e = rows * (size_t)s->L, b = heads(s) < e ? heads(s) : e;
+    return e / (CHUNK - 1) + b;
+}
+
+/* chunk c's words */
+static inline uint32_t *chunk(const lsh_state *s, uint32_t c)
+{
+    return s->slab[c >> SLAB_BITS] + (size_t)(c & ((1u << SLAB_BITS) - 1)) * CHUNK;
+}
+
+/* slabs enough for the chunk bound of rows rows */
+static size_t slab_bound(const lsh_state *s, size_t rows) { return (chunk_bound(s, rows) >> SLAB_BITS) + 1; }
+
+/* room for rows rows: their keys, values and indices, and the slab table
+ * for their chunks (slabs are added as chunks are needed: never copied) */
 static int reserve(lsh_state *s, size_t rows)
 {
-    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, L = (size_t)s->L;
+    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (rows <= s->cap) return KV_OK;
     float *Kr = realloc(s->Kr, sizeof(float) * d * rows);
     if (Kr) s->Kr = Kr;
@@ -150,40 +172,66 @@ static int reserve(lsh_state *s, size_t rows)
     if (V) s->V = V;
     int64_t *idx = V ? realloc(s->idx, sizeof(int64_t) * rows) : NULL;
     if (idx) s->idx = idx;
-    uint32_t *code = idx ? malloc(sizeof(uint32_t) * L * rows) : NULL;
-    if (!code) return KV_EINTERNAL;
-    for (size_t l = 0; l < L && s->n; l++) memcpy(code + l * rows, s->code + l * s->cap, sizeof(uint32_t) * s->n);
-    free(s->code);
-    s->code = code;
+    size_t ns = slab_bound(s, rows);
+    uint32_t **slab = idx && ns < (NIL >> SLAB_BITS) ? realloc(s->slab, sizeof(uint32_t *) * ns) : NULL;
+    if (!slab) return KV_EINTERNAL;
+    s->slab = slab;
     s->cap = rows;
+    kv_mem_hugepages(s->Kr, sizeof(float) * d * rows); /* one fault per 2 MiB as ingest first touches them */
+    kv_mem_hugepages(s->V, sizeof(float) * dv * rows);
     return KV_OK;
 }
 
-/* hash the stored rows s->n .. s->n + n - 1 (blocks of KV_DOT_BLK keys)
- * and link each into every table */
+/* one more chunk (next = NIL), a slab added when the last is full: its id,
+ * or NIL when out of memory */
+static uint32_t new_chunk(lsh_state *s)
+{
+    if (s->nchunk == s->nslab << SLAB_BITS) {
+        if (s->nslab == slab_bound(s, s->cap)) return NIL; /* not reached: the bound holds */
+        uint32_t *p = aligned_alloc(SLAB_BYTES, SLAB_BYTES);
+        if (!p) return NIL;
+#ifdef MADV_HUGEPAGE
+        (void)madvise(p, SLAB_BYTES, MADV_HUGEPAGE); /* a hint: one fault for the slab as links first touch it */
+#endif
+        s->slab[s->nslab++] = p;
+    }
+    chunk(s, (uint32_t)s->nchunk)[0] = NIL;
+    return (uint32_t)s->nchunk++;
+}
+
+/* hash the stored rows s->n .. s->n + n - 1 and append each to its bucket
+ * in every table: LINK_BLK rows hashed, then linked table by table (one
+ * table's tails and counts stay in cache while its rows go in) */
+#define LINK_BLK 1024
 static int link_rows(lsh_state *s, size_t n)
 {
     size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
-    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
-    uint32_t *codes = malloc(sizeof(uint32_t) * KV_DOT_BLK * L);
-    if (!dots || !codes) {
-        free(dots);
-        free(codes);
-        return KV_EINTERNAL;
-    }
-    for (size_t t0 = 0; t0 < n; t0 += KV_DOT_BLK) {
-        int nt = n - t0 < KV_DOT_BLK ? (int)(n - t0) : KV_DOT_BLK;
-        codes_block(s, s->Kr + s->n * d, nt, dots, codes);
-        for (int t = 0; t < nt; t++, s->n++)
-            for (size_t l = 0; l < L; l++) {
-                uint32_t c = codes[(size_t)t * L + l];
-                s->code[l * s->cap + s->n] = c;
-                s->count[(l << s->K) + c]++;
+    uint32_t *codes = malloc(sizeof(uint32_t) * LINK_BLK * L);
+    if (!codes) return KV_EINTERNAL;
+    for (size_t t0 = 0; t0 < n; t0 += LINK_BLK) {
+        size_t nt = n - t0 < LINK_BLK ? n - t0 : LINK_BLK;
+        if (kv_simhash_codes(s->H, s->L, s->K, (int)d, s->Kr + s->n * d, nt, codes)) goto oom;
+        for (size_t l = 0; l < L; l++)
+            for (size_t t = 0; t < nt; t++) {
+                size_t b = (l << s->K) + codes[t * L + l];
+                uint32_t k = s->count[b] % (CHUNK - 1);
+                if (k == 0) { /* the bucket's first chunk, or its last is full */
+                    uint32_t c = new_chunk(s);
+                    if (c == NIL) goto oom;
+                    if (s->count[b]) chunk(s, s->tail[b])[0] = c;
+                    else s->head[b] = c;
+                    s->tail[b] = c;
+                }
+                chunk(s, s->tail[b])[1 + k] = (uint32_t)(s->n + t);
+                s->count[b]++;
             }
+        s->n += nt;
     }
-    free(dots);
     free(codes);
     return KV_OK;
+oom:
+    free(codes);
+    return KV_EINTERNAL;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -218,11 +266,52 @@ static double log_tail(int L, int t, double p)
     return lu < 0.0 ? lu : 0.0;
 }
 
+/* the rows < n of table l's buckets qc[l], all l: counted into cnt (rows
+ * reaching s->thr marked in the bitmap sel, their number returned), or,
+ * clear, their counters zeroed.  WALK tables at once, a chunk of each in
+ * turn: their chunks' cache misses overlap instead of queueing. */
+#define WALK 32
+static size_t walk(const lsh_state *s, const uint32_t *qc, size_t n, uint16_t *cnt, uint64_t *sel, int clear)
+{
+    size_t ns = 0;
+    uint16_t thr = (uint16_t)s->thr;
+    for (size_t l0 = 0; l0 < (size_t)s->L; l0 += WALK) {
+        size_t nw = (size_t)s->L - l0 < WALK ? (size_t)s->L - l0 : WALK, left[WALK];
+        uint32_t at[WALK];
+        int busy = 0;
+        for (size_t w = 0; w < nw; w++) {
+            size_t b = ((l0 + w) << s->K) + qc[l0 + w];
+            left[w] = s->count[b];
+            at[w] = s->head[b];
+            busy += left[w] > 0;
+            if (left[w]) __builtin_prefetch(chunk(s, at[w]));
+        }
+        while (busy)
+            for (size_t w = 0; w < nw; w++) {
+                if (!left[w]) continue;
+                const uint32_t *e = chunk(s, at[w]);
+                size_t m = left[w] < CHUNK - 1 ? left[w] : CHUNK - 1;
+                left[w] -= m;
+                at[w] = e[0];
+                if (left[w]) __builtin_prefetch(chunk(s, at[w]));
+                for (size_t i = 1; i <= m; i++) {
+                    uint32_t r = e[i];
+                    if (r >= n) { left[w] = 0; break; }
+                    if (clear) cnt[r] = 0;
+                    else if (++cnt[r] == thr) sel[r >> 6] |= UINT64_C(1) << (r & 63), ns++;
+                }
+                busy -= !left[w];
+            }
+    }
+    return ns;
+}
+
 /* One query: fold this rank's sampled rows < p into st (empty when none);
- * qc: its L codes; cnt: n collision counters, zero (and left zero); c gets
+ * qc: its L codes; cnt: n collision counters, zero (and left zero); sel:
+ * a bitmap of n bits; c gets
  * what it read. */
 static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, int64_t p, double *st, uint16_t *cnt,
-                      kv_query_cost *c)
+                      uint64_t *sel, kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
     size_t n = rows_below(s, p);
@@ -233,30 +322,34 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
     float scale = (float)s->ctx.scale;
     double qn = sqrt((double)kv_dot_fixed(q, q, d));
     /* the sample: rows < p colliding in >= thr tables (every row for thr = 0) */
-    size_t ns = 0;
-    uint32_t *rows = malloc(sizeof(uint32_t) * n);
-    if (!rows) return KV_EINTERNAL;
-    if (s->thr == 0) {
-        for (size_t r = 0; r < n; r++) rows[ns++] = (uint32_t)r;
-    } else {
-        for (size_t l = 0; l < (size_t)s->L; l++) walked += s->count[(l << s->K) + qc[l]];
-        /* the collisions of the rows < p, counted from their codes in
-         * blocks of rows (the counters stay in L1) */
-        for (size_t r0 = 0; r0 < n; r0 += 4096) {
-            size_t r1 = n - r0 < 4096 ? n : r0 + 4096;
-            for (size_t l = 0; l < (size_t)s->L; l++) {
-                const uint32_t *cl = s->code + l * s->cap, c = qc[l];
-                for (size_t r = r0; r < r1; r++) cnt[r] += cl[r] == c;
-            }
+    size_t ns = n;
+    if (s->thr > 0) {
+        for (size_t l = 0; l < (size_t)s->L; l++) {
+            size_t b = (l << s->K) + qc[l];
+            walked += s->count[b];
+            __builtin_prefetch(s->head + b);
         }
-        /* the sample in increasing row order (the sums do not depend on the
-         * tables' order); the counters cleared for the next query */
-        for (size_t r = 0; r < n; r++) {
-            if (cnt[r] >= s->thr) rows[ns++] = (uint32_t)r;
-            cnt[r] = 0;
-        }
+        /* the collisions of the rows < p: the L probed buckets walked up to
+         * row n (rows increase along a bucket), a row taken when its count
+         * reaches thr; then the counters cleared by the same walk */
+        memset(sel, 0, sizeof(uint64_t) * ((n + 63) / 64));
+        ns = walk(s, qc, n, cnt, sel, 0);
+        walk(s, qc, n, cnt, NULL, 1);
     }
+    uint32_t *rows = malloc(sizeof(uint32_t) * (ns ? ns : 1));
+    if (!rows) return KV_EINTERNAL;
+    if (s->thr == 0)
+        for (size_t r = 0; r < n; r++) rows[r] = (uint32_t)r;
+    else /* the sample in increasing row order, from the bitmap: the sums
+          * do not depend on the tables' order */
+        for (size_t w = 0, i = 0; w < (n + 63) / 64; w++)
+            for (uint64_t m = sel[w]; m; m &= m - 1) rows[i++] = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
     for (size_t i = 0; i < ns; i++) {
+        if (i + 8 < ns) { /* the rows ahead, every line: their misses overlap this row's arithmetic */
+            const char *kp = (const char *)(s->Kr + (size_t)rows[i + 8] * d), *vp = (const char *)(s->V + (size_t)rows[i + 8] * dv);
+            for (size_t o = 0; o < (size_t)d * sizeof(float); o += 64) __builtin_prefetch(kp + o);
+            for (size_t o = 0; o < (size_t)dv * sizeof(float); o += 64) __builtin_prefetch(vp + o);
+        }
         const float *k = s->Kr + (size_t)rows[i] * d;
         float dot = kv_dot_fixed(q, k, d);
         double a = (double)(dot * scale), lu = 0.0;
@@ -287,20 +380,20 @@ static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int 
     size_t sl = KV_PSTATE_LEN(s->ctx.dv), L = (size_t)s->L, nb = (size_t)(nq > 0 ? nq : 1);
     kv_query_cost *c = calloc(nb, sizeof *c);
     uint32_t *qc = malloc(sizeof(uint32_t) * nb * L); /* every query's codes, hashed in blocks before the walk */
-    float *dots = malloc(sizeof(float) * KV_DOT_BLK * L * (size_t)s->K);
-    int bad = !c || !qc || !dots;
-    for (int q0 = 0; !bad && s->thr > 0 && q0 < nq; q0 += KV_DOT_BLK)
-        codes_block(s, Q + (size_t)q0 * s->ctx.d, nq - q0 < KV_DOT_BLK ? nq - q0 : KV_DOT_BLK, dots, qc + (size_t)q0 * L);
-    free(dots);
+    int bad = !c || !qc;
+    if (!bad && s->thr > 0 && nq > 0) bad = kv_simhash_codes(s->H, s->L, s->K, s->ctx.d, Q, (size_t)nq, qc);
     if (!bad)
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     {
         uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts */
-        if (!cnt) bad = 1;
+        uint64_t *sel = malloc(sizeof(uint64_t) * (s->n / 64 + 1)); /* the sample's bitmap */
+        if (!cnt || !sel) bad = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            if (cnt) bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, cnt, &c[q]) != KV_OK;
+            if (cnt && sel)
+                bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, cnt, sel, &c[q]) != KV_OK;
         free(cnt);
+        free(sel);
     }
     for (int q = 0; !bad && q < nq; q++) { /* in query order: the totals do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
@@ -325,18 +418,18 @@ static int lsh_partial(void *state, const float *Q, int nq, int64_t p, double *s
 
 static size_t row_bytes(const lsh_state *s)
 {
-    return (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + sizeof(int64_t) + (size_t)s->L * sizeof(uint32_t);
+    return (size_t)(s->ctx.d + s->ctx.dv) * sizeof(float) + sizeof(int64_t);
 }
 
 static size_t fixed_bytes(const lsh_state *s)
 {
-    return (size_t)s->L * s->K * s->ctx.d * sizeof(float) + heads(s) * sizeof(uint32_t);
+    return kv_simhash_len(s->L * s->K, s->ctx.d) * sizeof(float) + 3 * heads(s) * sizeof(uint32_t);
 }
 
 static size_t lsh_bytes(const void *state)
 {
     const lsh_state *s = state;
-    return s->cap * row_bytes(s) + fixed_bytes(s);
+    return s->cap * row_bytes(s) + slab_bound(s, s->cap) * sizeof(uint32_t *) + s->nslab * SLAB_BYTES + fixed_bytes(s);
 }
 
 static void lsh_extra(const void *state, kv_method_extra *x)
@@ -356,7 +449,10 @@ static void lsh_free(void *state)
     free(s->Kr);
     free(s->V);
     free(s->idx);
-    free(s->code);
+    for (size_t i = 0; i < s->nslab; i++) free(s->slab[i]);
+    free(s->slab);
+    free(s->head);
+    free(s->tail);
     free(s->count);
     free(s);
 }
@@ -392,7 +488,9 @@ static int lsh_load(void *state, kv_rd *in, kv_err *err)
         memcpy(s->V, V, sizeof(float) * (size_t)s->ctx.dv * nk);
         memcpy(s->idx, I, sizeof(int64_t) * nk);
         memset(s->count, 0, sizeof(uint32_t) * heads(s));
+        memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
         s->n = 0;
+        s->nchunk = 0;
         if (link_rows(s, nk)) {
             ok = 0;
             kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring lsh (%zu tokens)", nk);
@@ -409,7 +507,8 @@ static int64_t lsh_max_bytes(const void *state)
 {
     const lsh_state *s = state;
     int64_t n = kv_shard_limit(&s->ctx), rows = s->ctx.shard_tokens > 0 ? n : 2 * n + 1024;
-    return rows * (int64_t)row_bytes(s) + (int64_t)fixed_bytes(s);
+    return rows * (int64_t)row_bytes(s) + (int64_t)(slab_bound(s, (size_t)rows) * (SLAB_BYTES + sizeof(uint32_t *))) +
+           (int64_t)fixed_bytes(s);
 }
 
 const kv_method_ops kv_method_lsh = {

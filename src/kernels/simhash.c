@@ -1,0 +1,128 @@
+/* simhash.c - SimHash codes, register blocked (simhash.h).
+ *
+ * The hyperplanes are held in blocks of 16 (the lanes), transposed: block
+ * b's element c of its 16 planes is one vector.  kv_dot_fixed sums element
+ * c into its lane c mod 8 (one fused multiply-add each, as kv_madd), then
+ * adds the 8 lanes by a fixed tree; here each of those 8 chains is run on
+ * its own, for a tile of TT vectors x NB blocks at once: TT NB accumulators
+ * in registers, each step TT broadcasts and NB block loads for TT NB
+ * multiply-adds.  A chain's sums go to a small scratch, and the tree then
+ * adds the 8 chains lane-wise: 16 dots, each kv_dot_fixed's bits, whose
+ * signs become 16 bits at once.  Each lane's arithmetic is its own, so a
+ * vector's bits do not depend on its tile mates (a short tile repeats its
+ * last vector).  The tile of vectors is the outer loop: its rows stay in L1
+ * while the planes stream from L2. */
+#include "kernels/simhash.h"
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/dot.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi" /* the vectors stay inside this file */
+
+#define PB 16 /* hyperplanes per block (lanes) */
+#define TT 4  /* vectors per tile */
+#define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
+
+typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
+
+static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
+
+/* *c += *a * *b lane-wise, fused exactly when kv_madd8 fuses */
+static inline void madd16(v16 *c, const v16 *a, const v16 *b)
+{
+#if defined(__AVX512F__)
+    *c = (v16)_mm512_fmadd_ps((__m512)*a, (__m512)*b, (__m512)*c);
+#else
+    kv_dot_v8 c0, c1, a0, a1, b0, b1;
+    memcpy(&c0, c, 32), memcpy(&c1, (char *)c + 32, 32);
+    memcpy(&a0, a, 32), memcpy(&a1, (const char *)a + 32, 32);
+    memcpy(&b0, b, 32), memcpy(&b1, (const char *)b + 32, 32);
+    kv_madd8(&c0, &a0, &b0);
+    kv_madd8(&c1, &a1, &b1);
+    memcpy(c, &c0, 32), memcpy((char *)c + 32, &c1, 32);
+#endif
+}
+
+/* bit i set when o[i] >= 0 (not for NaN) */
+static inline uint64_t signs(const v16 *o)
+{
+#if defined(__AVX512F__)
+    return _mm512_cmp_ps_mask((__m512)*o, _mm512_setzero_ps(), _CMP_GE_OQ);
+#else
+    uint64_t m = 0;
+    for (int i = 0; i < PB; i++) m |= (uint64_t)((*o)[i] >= 0.0f) << i;
+    return m;
+#endif
+}
+
+size_t kv_simhash_len(int np, int d) { return (size_t)(np + NB * PB - 1) / (NB * PB) * NB * PB * (size_t)d; }
+
+void kv_simhash_pack(const float *H, int np, int d, float *P)
+{
+    memset(P, 0, sizeof(float) * kv_simhash_len(np, d));
+    for (int j = 0; j < np; j++)
+        for (int c = 0; c < d; c++) P[((size_t)(j / PB) * d + c) * PB + j % PB] = H[(size_t)j * d + c];
+}
+
+/* the sign bits of TT vectors x[t] against every block: 16 bits per block
+ * into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB vectors */
+static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+{
+    memset(w, 0, sizeof(uint64_t) * nw * TT);
+    for (size_t b0 = 0; b0 < nb; b0 += NB) {
+        const float *pb = P + b0 * (size_t)d * PB;
+        for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
+            v16 acc[TT][NB];
+            for (int t = 0; t < TT; t++)
+                for (int b = 0; b < NB; b++) acc[t][b] = (v16){ 0 };
+            for (int c = j; c < d; c += 8) {
+                v16 h[NB];
+                for (int b = 0; b < NB; b++) memcpy(&h[b], pb + ((size_t)b * d + c) * PB, sizeof h[b]);
+                for (int t = 0; t < TT; t++) {
+                    v16 xb = bc(x[t][c]);
+                    for (int b = 0; b < NB; b++) madd16(&acc[t][b], &h[b], &xb);
+                }
+            }
+            for (int t = 0; t < TT; t++)
+                for (int b = 0; b < NB; b++) S[(j * TT + t) * NB + b] = acc[t][b];
+        }
+        for (int j = d; j < 8; j++) /* d < 8: the empty chains are 0 */
+            for (int i = 0; i < TT * NB; i++) S[j * TT * NB + i] = (v16){ 0 };
+        for (int t = 0; t < TT; t++)
+            for (int b = 0; b < NB; b++) {
+                const v16 *a = S + t * NB + b; /* a[j TT NB]: chain j */
+                size_t st = TT * NB;
+                v16 o = ((a[0] + a[4 * st]) + (a[st] + a[5 * st])) + ((a[2 * st] + a[6 * st]) + (a[3 * st] + a[7 * st]));
+                uint64_t m = signs(&o);
+                w[(size_t)t * nw + (b0 + b) / 4] |= m << (16 * ((b0 + b) % 4));
+            }
+    }
+}
+
+int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes)
+{
+    size_t np = (size_t)L * K, nb = (np + NB * PB - 1) / (NB * PB) * NB, nw = nb / 4 + 1;
+    uint64_t *w = malloc(sizeof(uint64_t) * nw * TT), mask = (UINT64_C(1) << K) - 1;
+    v16 *S = aligned_alloc(sizeof(v16), sizeof(v16) * 8 * TT * NB); /* vectors: their alignment */
+    if (!w || !S) {
+        free(w);
+        free(S);
+        return 1;
+    }
+    for (size_t t0 = 0; t0 < nt; t0 += TT) {
+        const float *x[TT];
+        for (size_t t = 0; t < TT; t++) x[t] = X + (t0 + t < nt ? t0 + t : nt - 1) * (size_t)d; /* short tile: repeat the last */
+        tile_bits(P, nb, d, x, w, nw, S);
+        for (size_t t = 0; t < TT && t0 + t < nt; t++)
+            for (size_t l = 0; l < (size_t)L; l++) {
+                size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
+                const uint64_t *wt = w + t * nw;
+                uint64_t v = wt[i] >> sh;
+                if (sh && sh + (size_t)K > 64) v |= wt[i + 1] << (64 - sh);
+                codes[(t0 + t) * L + l] = (uint32_t)(v & mask);
+            }
+    }
+    free(w);
+    free(S);
+    return 0;
+}
