@@ -25,6 +25,7 @@
 #include "core/search.h"
 #include "core/hugemem.h"
 #include "kernels/dot.h"
+#include "kernels/logits.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
 
@@ -151,6 +152,7 @@ static __attribute__((noinline)) void logits_rows(const float *q, int d, const f
 }
 
 #define LBLK 256 /* rows per block of logits */
+#define BATCH_MIN 4 /* queries from which select packs key tiles for the batch */
 
 /* logits of rows [r0, r0 + nt) (nt <= LBLK) */
 static void logits_at(const topk_state *s, const float *q, size_t r0, size_t nt, float *a)
@@ -191,41 +193,67 @@ static void sift_up(cand *h, size_t i)
     }
 }
 
-/* One query: this rank's L largest logits among tokens < p, descending,
- * into sel, the rows holding them (k = min(L, n) of them, ascending) into
- * rows, and the largest logit of the rows left out into *out.  One pass
- * over the keys, a block of logits at a time; a logit enters the heap of
- * the k largest only when above its least (equal ones change no value of
- * the list), so the list is the same multiset of values a full sort gives. */
-static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel, int64_t *rows,
-                      int64_t *nrows, float *out)
+/* One query's selection in progress: a min-heap of the k largest logits
+ * seen (and their rows), and the largest logit of the rows left out. */
+typedef struct {
+    cand *h;
+    size_t hn, k;
+    float om;
+} picker;
+
+/* the largest of a[0..n) (finite): 8 running maxima, so it vectorises */
+static float max_of(const float *a, size_t n)
 {
-    float om = -INFINITY;
-    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n, hn = 0;
-    cand *h = malloc(sizeof(cand) * (k ? k : 1));
-    if (!h) return KV_EINTERNAL;
-    float a[LBLK];
-    for (size_t r0 = 0; r0 < n; r0 += LBLK) {
-        size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
-        logits_at(s, q, r0, nt, a);
-        size_t t = 0;
-        for (; t < nt && hn < k; t++) { /* filling */
-            h[hn] = (cand){ a[t], (int64_t)(r0 + t) };
-            sift_up(h, hn++);
-        }
-        float least = k ? h[0].v : INFINITY;
-        for (; t < nt; t++) {
-            if (a[t] > least) {
-                om = least > om ? least : om; /* the row it replaces leaves the list */
-                h[0] = (cand){ a[t], (int64_t)(r0 + t) };
-                sift_down(h, k, 0);
-                least = h[0].v;
-            } else {
-                om = a[t] > om ? a[t] : om;
-            }
+    float m[8];
+    for (int j = 0; j < 8; j++) m[j] = -INFINITY;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) m[j] = a[i + j] > m[j] ? a[i + j] : m[j];
+    for (; i < n; i++) m[0] = a[i] > m[0] ? a[i] : m[0];
+    for (int w = 4; w; w /= 2)
+        for (int j = 0; j < w; j++) m[j] = m[j] > m[j + w] ? m[j] : m[j + w];
+    return m[0];
+}
+
+/* Feed the logits a[0..nt) of rows r0.. (in row order), top their largest,
+ * to the picker.  A
+ * logit enters the heap of the k largest only when above its least (equal
+ * ones change no value of the list), so the list is the same multiset of
+ * values a full sort gives. */
+static void pick(picker *pk, const float *a, size_t r0, size_t nt, float top)
+{
+    cand *h = pk->h;
+    size_t t = 0, k = pk->k;
+    for (; t < nt && pk->hn < k; t++) { /* filling */
+        h[pk->hn] = (cand){ a[t], (int64_t)(r0 + t) };
+        sift_up(h, pk->hn++);
+    }
+    float least = k ? h[0].v : INFINITY, om = pk->om;
+    if (t == 0 && top <= least) { /* nothing enters (the usual case once full): the same om as the loop below */
+        pk->om = top > om ? top : om;
+        return;
+    }
+    for (; t < nt; t++) {
+        if (a[t] > least) {
+            om = least > om ? least : om; /* the row it replaces leaves the list */
+            h[0] = (cand){ a[t], (int64_t)(r0 + t) };
+            sift_down(h, k, 0);
+            least = h[0].v;
+        } else {
+            om = a[t] > om ? a[t] : om;
         }
     }
-    *out = om;
+    pk->om = om;
+}
+
+/* The picker's list, descending, into sel (padded to L with -inf), its rows
+ * ascending into rows, their count into *nrows, and the largest logit left
+ * out into *out. */
+static void pick_done(picker *pk, int L, double *sel, int64_t *rows, int64_t *nrows, float *out)
+{
+    cand *h = pk->h;
+    size_t k = pk->k;
+    *out = pk->om;
     for (size_t i = k; i-- > 0;) { /* pop ascending, written from the end: descending */
         sel[i] = (double)h[0].v;
         rows[i] = h[0].r;
@@ -235,8 +263,83 @@ static int select_one(const topk_state *s, const float *q, int64_t p, int L, dou
     for (size_t i = k; i < (size_t)L; i++) sel[i] = -INFINITY;
     qsort(rows, k, sizeof(int64_t), kv_cmp_i64);
     *nrows = (int64_t)k;
-    free(h);
+}
+
+/* One query: this rank's L largest logits among tokens < p, descending,
+ * into sel, the rows holding them (k = min(L, n) of them, ascending) into
+ * rows, and the largest logit of the rows left out into *out.  One pass
+ * over the keys, a block of logits at a time. */
+static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel, int64_t *rows,
+                      int64_t *nrows, float *out)
+{
+    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n;
+    picker pk = { malloc(sizeof(cand) * (k ? k : 1)), 0, k, -INFINITY };
+    if (!pk.h) return KV_EINTERNAL;
+    float a[LBLK];
+    for (size_t r0 = 0; r0 < n; r0 += LBLK) {
+        size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
+        logits_at(s, q, r0, nt, a);
+        pick(&pk, a, r0, nt, max_of(a, nt));
+    }
+    pick_done(&pk, L, sel, rows, nrows, out);
+    free(pk.h);
     return KV_OK;
+}
+
+#define CHUNK (32 * KV_LT) /* rows packed at a time for a batch */
+
+/* A batch: the same lists as select_one per query, the keys read a chunk
+ * at a time for all queries.  Each chunk's key tiles are packed once
+ * (kernels/logits.h), then every query whose prefix reaches the chunk
+ * takes the logits of its rows there, tile by tile in row order: the same
+ * logits, bitwise, fed in the same order as select_one feeds them. */
+static int select_batch(topk_state *s, const float *Q, const int64_t *p, int nq, int L, double *sel)
+{
+    size_t d = (size_t)s->ctx.d, maxn = 0;
+    size_t *n = malloc(sizeof(size_t) * (size_t)nq);
+    picker *pk = malloc(sizeof(picker) * (size_t)nq);
+    cand *heap = malloc(sizeof(cand) * (size_t)nq * (size_t)(L ? L : 1));
+    float *KT = malloc(sizeof(float) * d * CHUNK);
+    int rc = n && pk && heap && KT ? KV_OK : KV_EINTERNAL;
+    for (int q = 0; !rc && q < nq; q++) {
+        n[q] = rows_below(s, p[q]);
+        maxn = n[q] > maxn ? n[q] : maxn;
+        size_t k = (size_t)L < n[q] ? (size_t)L : n[q];
+        pk[q] = (picker){ heap + (size_t)q * L, 0, k, -INFINITY };
+    }
+    float scale = (float)s->ctx.scale;
+#pragma omp parallel if (!rc && nq > 1 && !omp_in_parallel())
+    for (size_t c0 = 0; !rc && c0 < maxn; c0 += CHUNK) {
+        size_t cn = maxn - c0 < CHUNK ? maxn - c0 : CHUNK, ntile = (cn + KV_LT - 1) / KV_LT;
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < ntile; b++) {
+            size_t nt = cn - b * KV_LT < KV_LT ? cn - b * KV_LT : KV_LT;
+            kv_lt_pack(s->K + (c0 + b * KV_LT) * d, nt, (int)d, KT + b * KV_LT * d);
+        }
+        /* each thread its queries (interleaved: prefixes spread evenly), a
+         * tile at a time for all of them, so the tile is read from L1 */
+        int ng = omp_get_num_threads();
+#pragma omp for schedule(static, 1)
+        for (int g = 0; g < ng; g++) {
+            float a[KV_LT];
+            for (size_t b = 0; b < ntile; b++) {
+                size_t r0 = c0 + b * KV_LT;
+                for (int q = g; q < nq; q += ng) {
+                    if (r0 >= n[q]) continue;
+                    size_t nt = n[q] - r0 < KV_LT ? n[q] - r0 : KV_LT;
+                    float top = kv_lt_logits(Q + (size_t)q * d, KT + b * KV_LT * d, (int)d, scale, a);
+                    pick(&pk[q], a, r0, nt, nt == KV_LT ? top : max_of(a, nt));
+                }
+            }
+        }
+    }
+    for (int q = 0; !rc && q < nq; q++)
+        pick_done(&pk[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L, s->cn + q, s->cout + q);
+    free(n);
+    free(pk);
+    free(heap);
+    free(KT);
+    return rc;
 }
 
 static void drop_lists(topk_state *s)
@@ -277,10 +380,14 @@ static int topk_select(void *state, const float *Q, const int64_t *p, int nq, do
         drop_lists(s);
         return KV_EINTERNAL;
     }
+    if (nq >= BATCH_MIN) {
+        bad = select_batch(s, Q, p, nq, L, sel) != KV_OK;
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
-    for (int q = 0; q < nq; q++)
-        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L,
-                          s->cn + q, s->cout + q) != KV_OK;
+        for (int q = 0; q < nq; q++)
+            bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L,
+                              s->cn + q, s->cout + q) != KV_OK;
+    }
     if (bad) drop_lists(s);
     return bad ? KV_EINTERNAL : KV_OK;
 }
