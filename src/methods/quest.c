@@ -28,6 +28,7 @@
 #include <string.h>
 #include <omp.h>
 #include "core/budget.h"
+#include "core/hugemem.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
@@ -136,6 +137,10 @@ static int reserve(quest_state *s, size_t rows, size_t pages)
         float *V = K ? realloc(s->V, sizeof(float) * dv * rows) : NULL;
         if (V) s->V = V;
         if (!K || !V) return KV_EINTERNAL;
+        /* the rows not touched yet on huge pages (core/hugemem.h): fewer
+         * faults at ingest, and the fold's scattered pages miss no TLB */
+        kv_mem_hugepages(s->K + s->cap * d, sizeof(float) * d * (rows - s->cap));
+        kv_mem_hugepages(s->V + s->cap * dv, sizeof(float) * dv * (rows - s->cap));
         s->cap = rows;
     }
     if (pages > s->pcap) {
@@ -449,6 +454,28 @@ static int pages_taken(const quest_state *s, const float *q, int64_t p, double t
     return KV_OK;
 }
 
+#define AHEAD 64 /* rows prefetched ahead of the fold: the pages read are scattered */
+
+/* A cursor over the rows of the pages taken (w->pg[0..ns), rows < p) that
+ * asks for one row of X (w floats) at a time into L2: spread over the fold,
+ * as exact's kernel does (a burst per page stalls on the fill buffers). */
+typedef struct { size_t i; int64_t t; } rowcur;
+
+static void prefetch_next(const quest_state *s, const pcand *pg, size_t ns, int64_t p, rowcur *c, const float *X, int w)
+{
+    while (c->i < ns) {
+        size_t j = (size_t)pg[c->i].j;
+        if (c->t < rows_below(s, j, p)) {
+            const char *b = (const char *)(X + (size_t)(s->pt[j].row + c->t) * w);
+            for (size_t o = 0; o < sizeof(float) * (size_t)w; o += 64) __builtin_prefetch(b + o, 0, 2);
+            c->t++;
+            return;
+        }
+        c->i++;
+        c->t = 0;
+    }
+}
+
 /* One query: fold this rank's pages with key >= thr, their rows < p; c
  * gets what it read.  Each selected row's logit is computed once (8 rows
  * at a time, each bitwise kv_dot_fixed): the logits wait in a scratch for
@@ -465,13 +492,18 @@ static int fold_one(const quest_state *s, const float *q, int64_t p, double thr,
     for (size_t i = 0; i < ns; i++) tok += (double)rows_below(s, (size_t)w->pg[i].j, p);
     if (grow((void **)&w->a, &w->na, (size_t)tok + KV_DOT_BLK, sizeof(double))) return KV_EINTERNAL;
     double *a = w->a;
+    rowcur pc = { 0, 0 };
+    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
     for (size_t i = 0; i < ns; i++) { /* the logits and their max */
         int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
         for (int64_t t = 0; t < r; t += KV_DOT_BLK) {
             int nt = r - t < KV_DOT_BLK ? (int)(r - t) : KV_DOT_BLK;
             const float *ptr[KV_DOT_BLK];
             float lg[KV_DOT_BLK];
-            for (int x = 0; x < nt; x++) ptr[x] = s->K + (size_t)(r0 + t + x) * d;
+            for (int x = 0; x < nt; x++) {
+                ptr[x] = s->K + (size_t)(r0 + t + x) * d;
+                prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
+            }
             kv_dot_fixed_rows(q, 1, d, ptr, nt, lg);
             for (int x = 0; x < nt; x++) {
                 a[na] = (double)(lg[x] * scale);
@@ -481,9 +513,12 @@ static int fold_one(const quest_state *s, const float *q, int64_t p, double thr,
         }
     }
     na = 0;
+    pc = (rowcur){ 0, 0 };
+    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
     for (size_t i = 0; i < ns; i++) { /* the sums, in the same order */
         int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
         for (int64_t t = r0; t < r0 + r; t++) {
+            prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
             double e = exp(a[na++] - m);
             const float *v = s->V + (size_t)t * dv;
             l += e;
