@@ -279,18 +279,6 @@ static int quest_select_len(const void *state)
     return L > INT32_MAX ? INT32_MAX : L < 1 ? 1 : (int)L;
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x < y) - (x > y);
-}
-
-static int cmp_page(const void *a, const void *b)
-{
-    int64_t x = ((const pcand *)a)->j, y = ((const pcand *)b)->j;
-    return (x > y) - (x < y);
-}
-
 /* a min-heap of pages on the key: the L largest seen */
 static void heap_down(pcand *h, size_t n, size_t i)
 {
@@ -368,11 +356,14 @@ static int select_all(quest_state *s, const float *Q, const int64_t *p, int nq, 
                     }
                 }
     }
-    for (int q = 0; q < nq; q++) {
+    for (int q = 0; q < nq; q++) { /* heapsort in place: the list descending */
         pcand *h = s->cl + (size_t)q * L;
         double *sq = sel + (size_t)q * L;
+        for (size_t i = hn[q]; i-- > 1;) {
+            pcand t = h[0]; h[0] = h[i]; h[i] = t;
+            heap_down(h, i, 0);
+        }
         for (size_t i = 0; i < hn[q]; i++) sq[i] = h[i].key;
-        qsort(sq, hn[q], sizeof(double), cmp_desc);
         for (int i = (int)hn[q]; i < L; i++) sq[i] = -INFINITY;
         s->cn[q] = (int64_t)hn[q];
     }
@@ -413,7 +404,8 @@ static int quest_select(void *state, const float *Q, const int64_t *p, int nq, d
 typedef struct {
     pcand *pg;
     double *a;
-    size_t npg, na;
+    uint64_t *bit; /* a bit per page below p */
+    size_t npg, na, nbit;
 } scratch;
 
 static int grow(void **p, size_t *cap, size_t need, size_t size)
@@ -434,10 +426,19 @@ static int pages_taken(const quest_state *s, const float *q, int64_t p, double t
 {
     size_t n = pages_below(s, p), k = 0;
     if (cl && cn >= 0 && (size_t)cn <= n && ((size_t)cn == n || out < thr)) {
-        if (grow((void **)&w->pg, &w->npg, (size_t)cn + 1, sizeof(pcand))) return KV_EINTERNAL;
+        /* the list's pages >= thr in page order: marked, then read in order */
+        size_t nw = (n + 63) / 64;
+        if (grow((void **)&w->pg, &w->npg, (size_t)cn + 1, sizeof(pcand)) ||
+            grow((void **)&w->bit, &w->nbit, nw + 1, sizeof(uint64_t)))
+            return KV_EINTERNAL;
+        memset(w->bit, 0, sizeof(uint64_t) * nw);
         for (int64_t i = 0; i < cn; i++)
-            if (cl[i].key >= thr) w->pg[k++] = cl[i];
-        qsort(w->pg, k, sizeof(pcand), cmp_page);
+            if (cl[i].key >= thr) w->bit[cl[i].j / 64] |= UINT64_C(1) << (cl[i].j % 64);
+        for (size_t x = 0; x < nw; x++)
+            for (uint64_t b = w->bit[x]; b; b &= b - 1) {
+                size_t j = x * 64 + (size_t)__builtin_ctzll(b);
+                w->pg[k++] = (pcand){ 0, (int64_t)j };
+            }
         *ns = k;
         return KV_OK;
     }
@@ -563,6 +564,7 @@ static int quest_partial_select(void *state, const float *Q, const int64_t *p, i
                             st + q * sl, &c[q], &w) != KV_OK;
         free(w.pg);
         free(w.a);
+        free(w.bit);
     }
     for (int q = 0; q < nq; q++) { /* in query order: the sums do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
