@@ -11,16 +11,16 @@
 typedef float lt_v16 __attribute__((vector_size(16 * sizeof(float))));
 
 /* *c += a * *b lane by lane, fused exactly as kv_madd8 (the same bits) */
-static inline void madd16(lt_v16 *c, lt_v16 a, const float *b)
+static inline void madd16(lt_v16 *c, const lt_v16 *a, const float *b)
 {
     lt_v16 y;
     memcpy(&y, b, sizeof y);
 #if defined(__AVX512F__) && defined(__FMA__)
-    *c = (lt_v16)_mm512_fmadd_ps((__m512)a, (__m512)y, (__m512)*c);
+    *c = (lt_v16)_mm512_fmadd_ps((__m512)*a, (__m512)y, (__m512)*c);
 #else
     kv_dot_v8 h[2], x[2], z[2];
     memcpy(h, c, sizeof h);
-    memcpy(x, &a, sizeof x);
+    memcpy(x, a, sizeof x);
     memcpy(z, &y, sizeof z);
     kv_madd8(&h[0], &x[0], &z[0]);
     kv_madd8(&h[1], &x[1], &z[1]);
@@ -73,19 +73,18 @@ void kv_lt_pack(const float *K, size_t nt, int d, float *KT)
         for (size_t t = 0; t < KV_LT; t++) KT[(size_t)c * KV_LT + t] = K[t * (size_t)d + c];
 }
 
-static inline lt_v16 bcast(float x)
+static inline void bcast(lt_v16 *b, float x)
 {
-    lt_v16 b;
-    for (int i = 0; i < 16; i++) b[i] = x;
-    return b;
+    for (int i = 0; i < 16; i++) (*b)[i] = x;
 }
 
 /* lane j (mod 8) of the keys' chains takes channel c of KT */
 #define LANE(j, c)                                                        \
     do {                                                                  \
-        lt_v16 b_ = bcast(q[c]);                                          \
-        madd16(&acc[j][0], b_, KT + (size_t)(c) * KV_LT);                 \
-        madd16(&acc[j][1], b_, KT + (size_t)(c) * KV_LT + 16);            \
+        lt_v16 b_;                                                        \
+        bcast(&b_, q[c]);                                                 \
+        madd16(&acc[j][0], &b_, KT + (size_t)(c) * KV_LT);                \
+        madd16(&acc[j][1], &b_, KT + (size_t)(c) * KV_LT + 16);           \
     } while (0)
 
 static float logits_any(const float *q, const float *KT, int d, float scale, float *out)
