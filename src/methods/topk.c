@@ -286,60 +286,53 @@ static int select_one(const topk_state *s, const float *q, int64_t p, int L, dou
     return KV_OK;
 }
 
-#define CHUNK (32 * KV_LT) /* rows packed at a time for a batch */
-
-/* A batch: the same lists as select_one per query, the keys read a chunk
- * at a time for all queries.  Each chunk's key tiles are packed once
- * (kernels/logits.h), then every query whose prefix reaches the chunk
- * takes the logits of its rows there, tile by tile in row order: the same
- * logits, bitwise, fed in the same order as select_one feeds them. */
+/* A batch: the same lists as select_one per query, each tile of KV_LT
+ * keys read once per thread for all of its queries.  Each thread takes its
+ * queries (interleaved: prefixes spread evenly) and walks the keys a tile
+ * at a time: packs the tile (kernels/logits.h) into its own scratch, then
+ * every one of its queries whose prefix reaches the tile takes its logits
+ * there, from L1.  The same logits, bitwise, fed in the same row order as
+ * select_one feeds them; no barrier between tiles (a thread descheduled on
+ * a busy machine holds up no other). */
 static int select_batch(topk_state *s, const float *Q, const int64_t *p, int nq, int L, double *sel)
 {
-    size_t d = (size_t)s->ctx.d, maxn = 0;
+    size_t d = (size_t)s->ctx.d;
     size_t *n = malloc(sizeof(size_t) * (size_t)nq);
     picker *pk = malloc(sizeof(picker) * (size_t)nq);
     cand *heap = malloc(sizeof(cand) * (size_t)nq * (size_t)(L ? L : 1));
-    float *KT = malloc(sizeof(float) * d * CHUNK);
-    int rc = n && pk && heap && KT ? KV_OK : KV_EINTERNAL;
-    for (int q = 0; !rc && q < nq; q++) {
+    int bad = !n || !pk || !heap;
+    for (int q = 0; !bad && q < nq; q++) {
         n[q] = rows_below(s, p[q]);
-        maxn = n[q] > maxn ? n[q] : maxn;
         size_t k = (size_t)L < n[q] ? (size_t)L : n[q];
         pk[q] = (picker){ heap + (size_t)q * L, 0, k, -INFINITY };
     }
     float scale = (float)s->ctx.scale;
-#pragma omp parallel if (!rc && nq > 1 && !omp_in_parallel())
-    for (size_t c0 = 0; !rc && c0 < maxn; c0 += CHUNK) {
-        size_t cn = maxn - c0 < CHUNK ? maxn - c0 : CHUNK, ntile = (cn + KV_LT - 1) / KV_LT;
-#pragma omp for schedule(static)
-        for (size_t b = 0; b < ntile; b++) {
-            size_t nt = cn - b * KV_LT < KV_LT ? cn - b * KV_LT : KV_LT;
-            kv_lt_pack(s->K + (c0 + b * KV_LT) * d, nt, (int)d, KT + b * KV_LT * d);
-        }
-        /* each thread its queries (interleaved: prefixes spread evenly), a
-         * tile at a time for all of them, so the tile is read from L1 */
-        int ng = omp_get_num_threads();
-#pragma omp for schedule(static, 1)
-        for (int g = 0; g < ng; g++) {
-            float a[KV_LT];
-            for (size_t b = 0; b < ntile; b++) {
-                size_t r0 = c0 + b * KV_LT;
+    if (!bad) {
+#pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+        {
+            int ng = omp_get_num_threads(), g = omp_get_thread_num();
+            float *KT = malloc(sizeof(float) * d * KV_LT), a[KV_LT];
+            size_t mine = 0; /* the longest prefix among this thread's queries */
+            for (int q = g; q < nq; q += ng) mine = n[q] > mine ? n[q] : mine;
+            bad |= !KT;
+            for (size_t r0 = 0; KT && r0 < mine; r0 += KV_LT) {
+                kv_lt_pack(s->K + r0 * d, mine - r0 < KV_LT ? mine - r0 : KV_LT, (int)d, KT);
                 for (int q = g; q < nq; q += ng) {
                     if (r0 >= n[q]) continue;
                     size_t nt = n[q] - r0 < KV_LT ? n[q] - r0 : KV_LT;
-                    float top = kv_lt_logits(Q + (size_t)q * d, KT + b * KV_LT * d, (int)d, scale, a);
+                    float top = kv_lt_logits(Q + (size_t)q * d, KT, (int)d, scale, a);
                     pick(&pk[q], a, r0, nt, nt == KV_LT ? top : max_of(a, nt));
                 }
             }
+            free(KT);
         }
     }
-    for (int q = 0; !rc && q < nq; q++)
+    for (int q = 0; !bad && q < nq; q++)
         pick_done(&pk[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L, s->cn + q, s->cout + q);
     free(n);
     free(pk);
     free(heap);
-    free(KT);
-    return rc;
+    return bad ? KV_EINTERNAL : KV_OK;
 }
 
 static void drop_lists(topk_state *s)
