@@ -28,6 +28,7 @@
 #include <string.h>
 #include <omp.h>
 #include "core/budget.h"
+#include "core/hugemem.h"
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
@@ -36,6 +37,15 @@
 #define NEWEST ((double)(INT64_C(1) << 54)) /* key of the newest page: above every bound's */
 
 typedef struct { int64_t g, first, row, cnt; } qpage; /* page g: global tokens first.., local rows row.. */
+typedef struct { double key; int64_t j; } pcand;       /* a page (table index j) and its key */
+
+/* Bounds are held a tile of PT pages at a time, channel-major (page j's
+ * channel c minimum at BD_LO(j, c), maximum at BD_HI(j, c)), so one query's
+ * bounds of a tile's pages are one vector expression per channel. */
+#define PT 16
+#define BD_TILE(s, j) ((s)->bd + ((j) / PT) * 2 * (size_t)(s)->ctx.d * PT)
+#define BD_LO(s, j, c) (BD_TILE(s, j)[(size_t)(c) * PT + (j) % PT])
+#define BD_HI(s, j, c) (BD_TILE(s, j)[((size_t)(s)->ctx.d + (c)) * PT + (j) % PT])
 
 typedef struct {
     kv_method_ctx ctx;
@@ -43,9 +53,17 @@ typedef struct {
     float *K, *V;
     size_t n, cap;       /* rows held, allocated */
     qpage *pt;           /* pages in stream order */
-    float *lo, *hi;      /* per page: d channel minima, maxima */
+    float *bd;           /* bounds: per tile of PT pages, d minima then d maxima per page, channel-major */
     size_t np, pcap;
     kv_query_cost cost;
+    /* select's lists kept for the partial_select of the same batch (as
+     * topk's): per query its candidate pages and keys, their count, the
+     * largest key left out; transient per-batch scratch */
+    float *cq;
+    int64_t *cp, *cn;
+    pcand *cl;
+    double *cout;
+    int cnq;
 } quest_state;
 
 typedef struct { int64_t page, pages; kv_budget budget; } quest_cfg;
@@ -119,16 +137,20 @@ static int reserve(quest_state *s, size_t rows, size_t pages)
         float *V = K ? realloc(s->V, sizeof(float) * dv * rows) : NULL;
         if (V) s->V = V;
         if (!K || !V) return KV_EINTERNAL;
+        /* the rows not touched yet on huge pages (core/hugemem.h): fewer
+         * faults at ingest, and the fold's scattered pages miss no TLB */
+        kv_mem_hugepages(s->K + s->cap * d, sizeof(float) * d * (rows - s->cap));
+        kv_mem_hugepages(s->V + s->cap * dv, sizeof(float) * dv * (rows - s->cap));
         s->cap = rows;
     }
     if (pages > s->pcap) {
         qpage *pt = realloc(s->pt, sizeof(qpage) * pages);
         if (pt) s->pt = pt;
-        float *lo = pt ? realloc(s->lo, sizeof(float) * d * pages) : NULL;
-        if (lo) s->lo = lo;
-        float *hi = lo ? realloc(s->hi, sizeof(float) * d * pages) : NULL;
-        if (hi) s->hi = hi;
-        if (!pt || !lo || !hi) return KV_EINTERNAL;
+        /* pages is a power of two >= 16 (page_cap): whole tiles */
+        float *bd = pt ? realloc(s->bd, sizeof(float) * 2 * d * pages) : NULL;
+        if (bd) s->bd = bd;
+        if (!pt || !bd) return KV_EINTERNAL;
+        memset(bd + 2 * d * s->pcap, 0, sizeof(float) * 2 * d * (pages - s->pcap)); /* pages not held yet */
         s->pcap = pages;
     }
     return KV_OK;
@@ -149,18 +171,17 @@ static void place(quest_state *s, int64_t i)
     int d = s->ctx.d;
     const float *k = s->K + s->n * (size_t)d;
     if (!starts_entry(s, i)) {
-        qpage *last = &s->pt[s->np - 1];
-        float *lo = s->lo + (s->np - 1) * (size_t)d, *hi = s->hi + (s->np - 1) * (size_t)d;
+        size_t j = s->np - 1;
         for (int c = 0; c < d; c++) {
-            lo[c] = k[c] < lo[c] ? k[c] : lo[c];
-            hi[c] = k[c] > hi[c] ? k[c] : hi[c];
+            BD_LO(s, j, c) = k[c] < BD_LO(s, j, c) ? k[c] : BD_LO(s, j, c);
+            BD_HI(s, j, c) = k[c] > BD_HI(s, j, c) ? k[c] : BD_HI(s, j, c);
         }
-        last->cnt++;
+        s->pt[j].cnt++;
         return;
     }
-    s->pt[s->np] = (qpage){ i / s->page, i, (int64_t)s->n, 1 };
-    memcpy(s->lo + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
-    memcpy(s->hi + s->np * (size_t)d, k, sizeof(float) * (size_t)d);
+    size_t j = s->np;
+    s->pt[j] = (qpage){ i / s->page, i, (int64_t)s->n, 1 };
+    for (int c = 0; c < d; c++) BD_LO(s, j, c) = BD_HI(s, j, c) = k[c];
     s->np++;
 }
 
@@ -209,22 +230,45 @@ static uint64_t ord32(float f)
     return (u >> 31) ? (uint64_t)~u : (uint64_t)(u | 0x80000000u);
 }
 
-/* Page j's key for query q at prefix p (see the header).  A page cut by p is
- * bounded over its rows < p, so the key is what partial would see at p. */
-static double page_key(const quest_state *s, size_t j, const float *q, int64_t p)
+/* Per query, where each channel's bound term is read within a tile:
+ * max(q_c min_c, q_c max_c) is q_c max_c when q_c >= 0 (-0 too) and q_c
+ * min_c otherwise, bitwise, the products being exact in double (a signed
+ * zero can differ, which the sum, never -0 itself, does not see). */
+static void bound_offsets(int d, const float *q, size_t *off)
+{
+    for (int c = 0; c < d; c++) off[c] = ((q[c] >= 0 ? (size_t)d : 0) + (size_t)c) * PT;
+}
+
+/* The keys of the pages of tile t below table index n (see the header) for
+ * query q at prefix p into key[0..PT).  Each page's bound is its double
+ * sum over the channels in order, as the scalar formula; the pages of the
+ * tile are the vector lanes.  A page cut by p is bounded over its rows < p
+ * (only the newest is, and it gets NEWEST), so the key is what partial
+ * would see at p. */
+static void tile_keys(const quest_state *s, size_t t, size_t n, const float *q, const size_t *off, int64_t p,
+                      double *key)
 {
     int d = s->ctx.d;
-    if (s->pt[j].g == (p - 1) / s->page) return NEWEST;
-    const float *lo = s->lo + j * (size_t)d, *hi = s->hi + j * (size_t)d;
-    double b = 0;
+    const float *T = s->bd + t * 2 * (size_t)d * PT;
+    double b[PT];
+    for (int i = 0; i < PT; i++) b[i] = 0;
     for (int c = 0; c < d; c++) {
-        double a = (double)q[c] * lo[c], z = (double)q[c] * hi[c];
-        b += a > z ? a : z;
+        const float *x = T + off[c];
+        double qc = q[c];
+        for (int i = 0; i < PT; i++) b[i] += qc * (double)x[i];
     }
-    float bf = (float)(b * s->ctx.scale);
-    if (isnan(bf)) bf = INFINITY;
-    uint64_t tie = ((UINT64_C(1) << TIE_BITS) - 1) - ((uint64_t)s->pt[j].g & ((UINT64_C(1) << TIE_BITS) - 1));
-    return (double)((ord32(bf) << TIE_BITS) | tie);
+    int64_t newest = (p - 1) / s->page;
+    for (size_t i = 0; i < PT && t * PT + i < n; i++) {
+        const qpage *pg = &s->pt[t * PT + i];
+        if (pg->g == newest) {
+            key[i] = NEWEST;
+            continue;
+        }
+        float bf = (float)(b[i] * s->ctx.scale);
+        if (isnan(bf)) bf = INFINITY;
+        uint64_t tie = ((UINT64_C(1) << TIE_BITS) - 1) - ((uint64_t)pg->g & ((UINT64_C(1) << TIE_BITS) - 1));
+        key[i] = (double)((ord32(bf) << TIE_BITS) | tie);
+    }
 }
 
 static int quest_select_len(const void *state)
@@ -235,70 +279,247 @@ static int quest_select_len(const void *state)
     return L > INT32_MAX ? INT32_MAX : L < 1 ? 1 : (int)L;
 }
 
-static int cmp_desc(const void *a, const void *b)
+/* a min-heap of pages on the key: the L largest seen */
+static void heap_down(pcand *h, size_t n, size_t i)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x < y) - (x > y);
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        if (l < n && h[l].key < h[m].key) m = l;
+        if (l + 1 < n && h[l + 1].key < h[m].key) m = l + 1;
+        if (m == i) return;
+        pcand t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
+    }
 }
 
-static int select_one(const quest_state *s, const float *q, int64_t p, int L, double *sel)
+static void heap_up(pcand *h, size_t i)
 {
-    size_t n = pages_below(s, p);
-    double *k = malloc(sizeof(double) * (n ? n : 1));
-    if (!k) return KV_EINTERNAL;
-    for (size_t j = 0; j < n; j++) k[j] = page_key(s, j, q, p);
-    qsort(k, n, sizeof(double), cmp_desc);
-    for (int i = 0; i < L; i++) sel[i] = (size_t)i < n ? k[i] : -INFINITY;
-    free(k);
+    while (i && h[(i - 1) / 2].key > h[i].key) {
+        pcand t = h[i]; h[i] = h[(i - 1) / 2]; h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static void drop_lists(quest_state *s)
+{
+    free(s->cq); free(s->cp); free(s->cn); free(s->cl); free(s->cout);
+    s->cq = NULL; s->cp = s->cn = NULL; s->cl = NULL; s->cout = NULL;
+    s->cnq = 0;
+}
+
+/* Per query: its L largest page keys, descending, into sel (padded with
+ * -inf: the same list a sort of every key gives), the pages holding them
+ * into the kept lists, and the largest key left out.  A tile of bounds at
+ * a time for all the queries (each thread its queries, interleaved), so a
+ * tile is read once per batch and from L1 by each query; a key enters a
+ * query's heap only when above its least (equal ones change no value of
+ * the list). */
+static int select_all(quest_state *s, const float *Q, const int64_t *p, int nq, int L, double *sel)
+{
+    int d = s->ctx.d;
+    size_t maxn = 0, *n = malloc(sizeof(size_t) * (size_t)nq), *off = malloc(sizeof(size_t) * (size_t)nq * d);
+    size_t *hn = calloc((size_t)nq, sizeof(size_t));
+    if (!n || !off || !hn) {
+        free(n); free(off); free(hn);
+        return KV_EINTERNAL;
+    }
+    for (int q = 0; q < nq; q++) {
+        n[q] = pages_below(s, p[q]);
+        maxn = n[q] > maxn ? n[q] : maxn;
+        bound_offsets(d, Q + (size_t)q * d, off + (size_t)q * d);
+        s->cout[q] = -INFINITY;
+    }
+#pragma omp parallel if (nq > 1 && !omp_in_parallel())
+    {
+        int ng = omp_get_num_threads();
+#pragma omp for schedule(static, 1)
+        for (int g = 0; g < ng; g++)
+            for (size_t t = 0; t * PT < maxn; t++)
+                for (int q = g; q < nq; q += ng) {
+                    if (t * PT >= n[q]) continue;
+                    double key[PT];
+                    tile_keys(s, t, n[q], Q + (size_t)q * d, off + (size_t)q * d, p[q], key);
+                    pcand *h = s->cl + (size_t)q * L;
+                    double *om = &s->cout[q];
+                    for (size_t i = 0; i < PT && t * PT + i < n[q]; i++) {
+                        pcand c = { key[i], (int64_t)(t * PT + i) };
+                        if (hn[q] < (size_t)L) {
+                            h[hn[q]] = c;
+                            heap_up(h, hn[q]++);
+                        } else if (c.key > h[0].key) {
+                            *om = h[0].key > *om ? h[0].key : *om; /* the page it replaces leaves the list */
+                            h[0] = c;
+                            heap_down(h, (size_t)L, 0);
+                        } else {
+                            *om = c.key > *om ? c.key : *om;
+                        }
+                    }
+                }
+    }
+    for (int q = 0; q < nq; q++) { /* heapsort in place: the list descending */
+        pcand *h = s->cl + (size_t)q * L;
+        double *sq = sel + (size_t)q * L;
+        for (size_t i = hn[q]; i-- > 1;) {
+            pcand t = h[0]; h[0] = h[i]; h[i] = t;
+            heap_down(h, i, 0);
+        }
+        for (size_t i = 0; i < hn[q]; i++) sq[i] = h[i].key;
+        for (int i = (int)hn[q]; i < L; i++) sq[i] = -INFINITY;
+        s->cn[q] = (int64_t)hn[q];
+    }
+    free(n);
+    free(off);
+    free(hn);
+    return KV_OK;
+}
+
+/* keep select's lists for the partial_select of the same batch */
+static int keep_lists(quest_state *s, const float *Q, const int64_t *p, int nq, int L)
+{
+    drop_lists(s);
+    size_t d = (size_t)s->ctx.d;
+    s->cq = malloc(sizeof(float) * d * (size_t)nq);
+    s->cp = malloc(sizeof(int64_t) * (size_t)nq);
+    s->cn = malloc(sizeof(int64_t) * (size_t)nq);
+    s->cl = malloc(sizeof(pcand) * (size_t)nq * (size_t)L);
+    s->cout = malloc(sizeof(double) * (size_t)nq);
+    if (!s->cq || !s->cp || !s->cn || !s->cl || !s->cout) return KV_EINTERNAL;
+    memcpy(s->cq, Q, sizeof(float) * d * (size_t)nq);
+    memcpy(s->cp, p, sizeof(int64_t) * (size_t)nq);
+    s->cnq = nq;
     return KV_OK;
 }
 
 static int quest_select(void *state, const float *Q, const int64_t *p, int nq, double *sel)
 {
     quest_state *s = state;
-    int L = quest_select_len(s), bad = 0;
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
-    for (int q = 0; q < nq; q++)
-        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L) != KV_OK;
-    return bad ? KV_EINTERNAL : KV_OK;
+    int L = quest_select_len(s);
+    int rc = nq > 0 && keep_lists(s, Q, p, nq, L) ? KV_EINTERNAL : KV_OK;
+    if (!rc && nq > 0) rc = select_all(s, Q, p, nq, L, sel);
+    if (rc) drop_lists(s);
+    return rc;
+}
+
+/* a thread's scratch for fold_one, grown as needed (not per query) */
+typedef struct {
+    pcand *pg;
+    double *a;
+    uint64_t *bit; /* a bit per page below p */
+    size_t npg, na, nbit;
+} scratch;
+
+static int grow(void **p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap) return KV_OK;
+    void *x = realloc(*p, size * need);
+    if (!x) return KV_EINTERNAL;
+    *p = x;
+    *cap = need;
+    return KV_OK;
+}
+
+/* The pages of query q (prefix p) with key >= thr, ascending, into w->pg;
+ * their count.  From select's list when it holds every such page (the
+ * largest key left out is below thr), else every key again. */
+static int pages_taken(const quest_state *s, const float *q, int64_t p, double thr, const pcand *cl, int64_t cn,
+                       double out, scratch *w, size_t *ns)
+{
+    size_t n = pages_below(s, p), k = 0;
+    if (cl && cn >= 0 && (size_t)cn <= n && ((size_t)cn == n || out < thr)) {
+        /* the list's pages >= thr in page order: marked, then read in order */
+        size_t nw = (n + 63) / 64;
+        if (grow((void **)&w->pg, &w->npg, (size_t)cn + 1, sizeof(pcand)) ||
+            grow((void **)&w->bit, &w->nbit, nw + 1, sizeof(uint64_t)))
+            return KV_EINTERNAL;
+        memset(w->bit, 0, sizeof(uint64_t) * nw);
+        for (int64_t i = 0; i < cn; i++)
+            if (cl[i].key >= thr) w->bit[cl[i].j / 64] |= UINT64_C(1) << (cl[i].j % 64);
+        for (size_t x = 0; x < nw; x++)
+            for (uint64_t b = w->bit[x]; b; b &= b - 1) {
+                size_t j = x * 64 + (size_t)__builtin_ctzll(b);
+                w->pg[k++] = (pcand){ 0, (int64_t)j };
+            }
+        *ns = k;
+        return KV_OK;
+    }
+    if (grow((void **)&w->pg, &w->npg, n + 1, sizeof(pcand))) return KV_EINTERNAL;
+    size_t off[s->ctx.d > 0 ? s->ctx.d : 1];
+    bound_offsets(s->ctx.d, q, off);
+    for (size_t t = 0; t * PT < n; t++) {
+        double key[PT];
+        tile_keys(s, t, n, q, off, p, key);
+        for (size_t i = 0; i < PT && t * PT + i < n; i++)
+            if (key[i] >= thr) w->pg[k++] = (pcand){ key[i], (int64_t)(t * PT + i) };
+    }
+    *ns = k;
+    return KV_OK;
+}
+
+#define AHEAD 64 /* rows prefetched ahead of the fold: the pages read are scattered */
+
+/* A cursor over the rows of the pages taken (w->pg[0..ns), rows < p) that
+ * asks for one row of X (w floats) at a time into L2: spread over the fold,
+ * as exact's kernel does (a burst per page stalls on the fill buffers). */
+typedef struct { size_t i; int64_t t; } rowcur;
+
+static void prefetch_next(const quest_state *s, const pcand *pg, size_t ns, int64_t p, rowcur *c, const float *X, int w)
+{
+    while (c->i < ns) {
+        size_t j = (size_t)pg[c->i].j;
+        if (c->t < rows_below(s, j, p)) {
+            const char *b = (const char *)(X + (size_t)(s->pt[j].row + c->t) * w);
+            for (size_t o = 0; o < sizeof(float) * (size_t)w; o += 64) __builtin_prefetch(b + o, 0, 2);
+            c->t++;
+            return;
+        }
+        c->i++;
+        c->t = 0;
+    }
 }
 
 /* One query: fold this rank's pages with key >= thr, their rows < p; c
- * gets what it read.  Each page key and each selected row's logit is
- * computed once: the logits wait in a scratch (a) for the max, then the
- * sums; 0 or KV_EINTERNAL. */
-static int fold_one(const quest_state *s, const float *q, int64_t p, double thr, double *st, kv_query_cost *c)
+ * gets what it read.  Each selected row's logit is computed once (8 rows
+ * at a time, each bitwise kv_dot_fixed): the logits wait in a scratch for
+ * the max, then the sums; 0 or KV_EINTERNAL. */
+static int fold_one(const quest_state *s, const float *q, int64_t p, double thr, const pcand *cl, int64_t cn,
+                    double out, double *st, kv_query_cost *c, scratch *w)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
-    size_t n = pages_below(s, p), na = 0;
+    size_t n = pages_below(s, p), na = 0, ns = 0;
     double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U, tok = 0;
     float scale = (float)s->ctx.scale;
     kv_partial_clear(st, dv);
-    size_t *sel = malloc(sizeof(size_t) * (n ? n : 1)); /* the pages taken, in order */
-    size_t ns = 0;
-    if (!sel) return KV_EINTERNAL;
-    for (size_t j = 0; j < n; j++)
-        if (page_key(s, j, q, p) >= thr) {
-            sel[ns++] = j;
-            tok += (double)rows_below(s, j, p);
-        }
-    double *a = malloc(sizeof(double) * (tok > 0 ? (size_t)tok : 1));
-    if (!a) {
-        free(sel);
-        return KV_EINTERNAL;
-    }
+    if (pages_taken(s, q, p, thr, cl, cn, out, w, &ns)) return KV_EINTERNAL;
+    for (size_t i = 0; i < ns; i++) tok += (double)rows_below(s, (size_t)w->pg[i].j, p);
+    if (grow((void **)&w->a, &w->na, (size_t)tok + KV_DOT_BLK, sizeof(double))) return KV_EINTERNAL;
+    double *a = w->a;
+    rowcur pc = { 0, 0 };
+    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
     for (size_t i = 0; i < ns; i++) { /* the logits and their max */
-        int64_t r0 = s->pt[sel[i]].row, r = rows_below(s, sel[i], p);
-        for (int64_t t = r0; t < r0 + r; t++) {
-            a[na] = (double)(kv_dot_fixed(q, s->K + (size_t)t * d, d) * scale);
-            m = a[na] > m ? a[na] : m;
-            na++;
+        int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
+        for (int64_t t = 0; t < r; t += KV_DOT_BLK) {
+            int nt = r - t < KV_DOT_BLK ? (int)(r - t) : KV_DOT_BLK;
+            const float *ptr[KV_DOT_BLK];
+            float lg[KV_DOT_BLK];
+            for (int x = 0; x < nt; x++) {
+                ptr[x] = s->K + (size_t)(r0 + t + x) * d;
+                prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
+            }
+            kv_dot_fixed_rows(q, 1, d, ptr, nt, lg);
+            for (int x = 0; x < nt; x++) {
+                a[na] = (double)(lg[x] * scale);
+                m = a[na] > m ? a[na] : m;
+                na++;
+            }
         }
     }
     na = 0;
+    pc = (rowcur){ 0, 0 };
+    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
     for (size_t i = 0; i < ns; i++) { /* the sums, in the same order */
-        int64_t r0 = s->pt[sel[i]].row, r = rows_below(s, sel[i], p);
+        int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
         for (int64_t t = r0; t < r0 + r; t++) {
+            prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
             double e = exp(a[na++] - m);
             const float *v = s->V + (size_t)t * dv;
             l += e;
@@ -306,8 +527,6 @@ static int fold_one(const quest_state *s, const float *q, int64_t p, double thr,
             for (int x = 0; x < dv; x++) u[x] += e * v[x];
         }
     }
-    free(a);
-    free(sel);
     if (m > -INFINITY) {
         st[KV_PS_M] = m;
         st[KV_PS_L] = l;
@@ -328,16 +547,32 @@ static int quest_partial_select(void *state, const float *Q, const int64_t *p, i
     size_t sl = KV_PSTATE_LEN(s->ctx.dv);
     kv_query_cost *c = calloc((size_t)(nq > 0 ? nq : 1), sizeof *c);
     int bad = 0;
-    if (!c) return KV_EINTERNAL;
-#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
-    for (int q = 0; q < nq; q++)
-        bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1], st + q * sl, &c[q]) != KV_OK;
+    if (!c) {
+        drop_lists(s);
+        return KV_EINTERNAL;
+    }
+    /* select's lists, if they were made for these queries */
+    int same = s->cnq == nq && nq > 0 && !memcmp(s->cp, p, sizeof(int64_t) * (size_t)nq) &&
+               !memcmp(s->cq, Q, sizeof(float) * (size_t)s->ctx.d * (size_t)nq);
+#pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+    {
+        scratch w = { 0 };
+#pragma omp for schedule(dynamic, 1)
+        for (int q = 0; q < nq; q++)
+            bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1],
+                            same ? s->cl + (size_t)q * L : NULL, same ? s->cn[q] : -1, same ? s->cout[q] : INFINITY,
+                            st + q * sl, &c[q], &w) != KV_OK;
+        free(w.pg);
+        free(w.a);
+        free(w.bit);
+    }
     for (int q = 0; q < nq; q++) { /* in query order: the sums do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
         s->cost.read_tokens += c[q].read_tokens;
         s->cost.flops += c[q].flops;
     }
     free(c);
+    drop_lists(s);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
@@ -374,8 +609,8 @@ static void quest_free(void *state)
     free(s->K);
     free(s->V);
     free(s->pt);
-    free(s->lo);
-    free(s->hi);
+    free(s->bd);
+    drop_lists(s);
     free(s);
 }
 

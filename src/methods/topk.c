@@ -25,6 +25,7 @@
 #include "core/search.h"
 #include "core/hugemem.h"
 #include "kernels/dot.h"
+#include "kernels/logits.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
 
@@ -151,6 +152,7 @@ static __attribute__((noinline)) void logits_rows(const float *q, int d, const f
 }
 
 #define LBLK 256 /* rows per block of logits */
+#define BATCH_MIN 4 /* queries from which select packs key tiles for the batch */
 
 /* logits of rows [r0, r0 + nt) (nt <= LBLK) */
 static void logits_at(const topk_state *s, const float *q, size_t r0, size_t nt, float *a)
@@ -191,41 +193,67 @@ static void sift_up(cand *h, size_t i)
     }
 }
 
-/* One query: this rank's L largest logits among tokens < p, descending,
- * into sel, the rows holding them (k = min(L, n) of them, ascending) into
- * rows, and the largest logit of the rows left out into *out.  One pass
- * over the keys, a block of logits at a time; a logit enters the heap of
- * the k largest only when above its least (equal ones change no value of
- * the list), so the list is the same multiset of values a full sort gives. */
-static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel, int64_t *rows,
-                      int64_t *nrows, float *out)
+/* One query's selection in progress: a min-heap of the k largest logits
+ * seen (and their rows), and the largest logit of the rows left out. */
+typedef struct {
+    cand *h;
+    size_t hn, k;
+    float om;
+} picker;
+
+/* the largest of a[0..n) (finite): 8 running maxima, so it vectorises */
+static float max_of(const float *a, size_t n)
 {
-    float om = -INFINITY;
-    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n, hn = 0;
-    cand *h = malloc(sizeof(cand) * (k ? k : 1));
-    if (!h) return KV_EINTERNAL;
-    float a[LBLK];
-    for (size_t r0 = 0; r0 < n; r0 += LBLK) {
-        size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
-        logits_at(s, q, r0, nt, a);
-        size_t t = 0;
-        for (; t < nt && hn < k; t++) { /* filling */
-            h[hn] = (cand){ a[t], (int64_t)(r0 + t) };
-            sift_up(h, hn++);
-        }
-        float least = k ? h[0].v : INFINITY;
-        for (; t < nt; t++) {
-            if (a[t] > least) {
-                om = least > om ? least : om; /* the row it replaces leaves the list */
-                h[0] = (cand){ a[t], (int64_t)(r0 + t) };
-                sift_down(h, k, 0);
-                least = h[0].v;
-            } else {
-                om = a[t] > om ? a[t] : om;
-            }
+    float m[8];
+    for (int j = 0; j < 8; j++) m[j] = -INFINITY;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) m[j] = a[i + j] > m[j] ? a[i + j] : m[j];
+    for (; i < n; i++) m[0] = a[i] > m[0] ? a[i] : m[0];
+    for (int w = 4; w; w /= 2)
+        for (int j = 0; j < w; j++) m[j] = m[j] > m[j + w] ? m[j] : m[j + w];
+    return m[0];
+}
+
+/* Feed the logits a[0..nt) of rows r0.. (in row order), top their largest,
+ * to the picker.  A
+ * logit enters the heap of the k largest only when above its least (equal
+ * ones change no value of the list), so the list is the same multiset of
+ * values a full sort gives. */
+static void pick(picker *pk, const float *a, size_t r0, size_t nt, float top)
+{
+    cand *h = pk->h;
+    size_t t = 0, k = pk->k;
+    for (; t < nt && pk->hn < k; t++) { /* filling */
+        h[pk->hn] = (cand){ a[t], (int64_t)(r0 + t) };
+        sift_up(h, pk->hn++);
+    }
+    float least = k ? h[0].v : INFINITY, om = pk->om;
+    if (t == 0 && top <= least) { /* nothing enters (the usual case once full): the same om as the loop below */
+        pk->om = top > om ? top : om;
+        return;
+    }
+    for (; t < nt; t++) {
+        if (a[t] > least) {
+            om = least > om ? least : om; /* the row it replaces leaves the list */
+            h[0] = (cand){ a[t], (int64_t)(r0 + t) };
+            sift_down(h, k, 0);
+            least = h[0].v;
+        } else {
+            om = a[t] > om ? a[t] : om;
         }
     }
-    *out = om;
+    pk->om = om;
+}
+
+/* The picker's list, descending, into sel (padded to L with -inf), its rows
+ * ascending into rows, their count into *nrows, and the largest logit left
+ * out into *out. */
+static void pick_done(picker *pk, int L, double *sel, int64_t *rows, int64_t *nrows, float *out)
+{
+    cand *h = pk->h;
+    size_t k = pk->k;
+    *out = pk->om;
     for (size_t i = k; i-- > 0;) { /* pop ascending, written from the end: descending */
         sel[i] = (double)h[0].v;
         rows[i] = h[0].r;
@@ -235,8 +263,76 @@ static int select_one(const topk_state *s, const float *q, int64_t p, int L, dou
     for (size_t i = k; i < (size_t)L; i++) sel[i] = -INFINITY;
     qsort(rows, k, sizeof(int64_t), kv_cmp_i64);
     *nrows = (int64_t)k;
-    free(h);
+}
+
+/* One query: this rank's L largest logits among tokens < p, descending,
+ * into sel, the rows holding them (k = min(L, n) of them, ascending) into
+ * rows, and the largest logit of the rows left out into *out.  One pass
+ * over the keys, a block of logits at a time. */
+static int select_one(const topk_state *s, const float *q, int64_t p, int L, double *sel, int64_t *rows,
+                      int64_t *nrows, float *out)
+{
+    size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n;
+    picker pk = { malloc(sizeof(cand) * (k ? k : 1)), 0, k, -INFINITY };
+    if (!pk.h) return KV_EINTERNAL;
+    float a[LBLK];
+    for (size_t r0 = 0; r0 < n; r0 += LBLK) {
+        size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
+        logits_at(s, q, r0, nt, a);
+        pick(&pk, a, r0, nt, max_of(a, nt));
+    }
+    pick_done(&pk, L, sel, rows, nrows, out);
+    free(pk.h);
     return KV_OK;
+}
+
+/* A batch: the same lists as select_one per query, each tile of KV_LT
+ * keys read once per thread for all of its queries.  Each thread takes its
+ * queries (interleaved: prefixes spread evenly) and walks the keys a tile
+ * at a time: packs the tile (kernels/logits.h) into its own scratch, then
+ * every one of its queries whose prefix reaches the tile takes its logits
+ * there, from L1.  The same logits, bitwise, fed in the same row order as
+ * select_one feeds them; no barrier between tiles (a thread descheduled on
+ * a busy machine holds up no other). */
+static int select_batch(topk_state *s, const float *Q, const int64_t *p, int nq, int L, double *sel)
+{
+    size_t d = (size_t)s->ctx.d;
+    size_t *n = malloc(sizeof(size_t) * (size_t)nq);
+    picker *pk = malloc(sizeof(picker) * (size_t)nq);
+    cand *heap = malloc(sizeof(cand) * (size_t)nq * (size_t)(L ? L : 1));
+    int bad = !n || !pk || !heap;
+    for (int q = 0; !bad && q < nq; q++) {
+        n[q] = rows_below(s, p[q]);
+        size_t k = (size_t)L < n[q] ? (size_t)L : n[q];
+        pk[q] = (picker){ heap + (size_t)q * L, 0, k, -INFINITY };
+    }
+    float scale = (float)s->ctx.scale;
+    if (!bad) {
+#pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+        {
+            int ng = omp_get_num_threads(), g = omp_get_thread_num();
+            float *KT = malloc(sizeof(float) * d * KV_LT), a[KV_LT];
+            size_t mine = 0; /* the longest prefix among this thread's queries */
+            for (int q = g; q < nq; q += ng) mine = n[q] > mine ? n[q] : mine;
+            bad |= !KT;
+            for (size_t r0 = 0; KT && r0 < mine; r0 += KV_LT) {
+                kv_lt_pack(s->K + r0 * d, mine - r0 < KV_LT ? mine - r0 : KV_LT, (int)d, KT);
+                for (int q = g; q < nq; q += ng) {
+                    if (r0 >= n[q]) continue;
+                    size_t nt = n[q] - r0 < KV_LT ? n[q] - r0 : KV_LT;
+                    float top = kv_lt_logits(Q + (size_t)q * d, KT, (int)d, scale, a);
+                    pick(&pk[q], a, r0, nt, nt == KV_LT ? top : max_of(a, nt));
+                }
+            }
+            free(KT);
+        }
+    }
+    for (int q = 0; !bad && q < nq; q++)
+        pick_done(&pk[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L, s->cn + q, s->cout + q);
+    free(n);
+    free(pk);
+    free(heap);
+    return bad ? KV_EINTERNAL : KV_OK;
 }
 
 static void drop_lists(topk_state *s)
@@ -277,10 +373,14 @@ static int topk_select(void *state, const float *Q, const int64_t *p, int nq, do
         drop_lists(s);
         return KV_EINTERNAL;
     }
+    if (nq >= BATCH_MIN) {
+        bad = select_batch(s, Q, p, nq, L, sel) != KV_OK;
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad) if (nq > 1 && !omp_in_parallel())
-    for (int q = 0; q < nq; q++)
-        bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L,
-                          s->cn + q, s->cout + q) != KV_OK;
+        for (int q = 0; q < nq; q++)
+            bad |= select_one(s, Q + (size_t)q * s->ctx.d, p[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L,
+                              s->cn + q, s->cout + q) != KV_OK;
+    }
     if (bad) drop_lists(s);
     return bad ? KV_EINTERNAL : KV_OK;
 }

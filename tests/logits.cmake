@@ -1,0 +1,2 @@
+# kernels/logits.h: packed-tile logits bitwise equal to kv_dot_fixed (topk's batch select).
+kv_unit_test(test_logits ${CMAKE_CURRENT_SOURCE_DIR}/test_logits.c attn numerics)

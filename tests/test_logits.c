@@ -1,0 +1,56 @@
+/* test_logits.c - kernels/logits.h: a packed tile's logits are bitwise
+ * kv_dot_fixed(q, k, d) * scale (what topk's single-query path and its
+ * threshold compares use), for widths with and without a tail of channels
+ * (d mod 8), full and partial tiles; padding keys give 0 and the returned
+ * value is the largest of the tile's logits. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/rng.h"
+#include "kernels/dot.h"
+#include "kernels/logits.h"
+#include "testutil.h"
+
+static uint32_t bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+int main(void)
+{
+    static const int ds[] = { 1, 3, 7, 8, 13, 64, 67, 128 };
+    static const size_t nts[] = { 1, 5, KV_LT - 1, KV_LT };
+    kv_rng seed;
+    kv_rng_seed(&seed, 7, 0, 0);
+    for (size_t a = 0; a < sizeof ds / sizeof ds[0]; a++) {
+        int d = ds[a];
+        float *K = malloc(sizeof(float) * KV_LT * d), *KT = malloc(sizeof(float) * KV_LT * d), *q = malloc(sizeof(float) * d);
+        for (size_t b = 0; b < sizeof nts / sizeof nts[0]; b++) {
+            size_t nt = nts[b];
+            for (int rep = 0; rep < 4; rep++) {
+                /* magnitudes spread over 2^-8..2^8: the order of the sums shows in the last bits */
+                for (size_t i = 0; i < KV_LT * (size_t)d; i++)
+                    K[i] = (float)(kv_rng_normal(&seed) * ldexp(1.0, (int)(kv_rng_below(&seed, 17)) - 8));
+                for (int c = 0; c < d; c++) q[c] = (float)kv_rng_normal(&seed);
+                kv_lt_pack(K, nt, d, KT);
+                float out[KV_LT], scale = 0.125f + 0.01f * rep;
+                float top = kv_lt_logits(q, KT, d, scale, out), want_top = -INFINITY;
+                int same = 1;
+                for (size_t t = 0; t < KV_LT; t++) {
+                    float want = t < nt ? kv_dot_fixed(q, K + t * d, d) * scale : 0.0f;
+                    same &= bits(out[t]) == bits(want);
+                    want_top = out[t] > want_top ? out[t] : want_top;
+                }
+                CHECK(same, "d=%d nt=%zu rep %d: a logit differs from kv_dot_fixed's bits", d, nt, rep);
+                CHECK(top == want_top, "d=%d nt=%zu: returned max %g, want %g", d, nt, top, want_top);
+            }
+        }
+        free(K);
+        free(KT);
+        free(q);
+    }
+    return kv_test_result("test_logits");
+}
