@@ -43,10 +43,10 @@ void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per)
 void kv_slots_free(kv_slots *s)
 {
     free(s->K); free(s->V); free(s->idx); free(s->score); free(s->pos); free(s->heap[0]); free(s->heap[1]);
-    free(s->scratch); free(s->code); free(s->tk); free(s->tv); free(s->tq); free(s->lg);
+    free(s->scratch); free(s->code); free(s->tk); free(s->tv); free(s->tq); free(s->lg); free(s->hk);
     s->K = s->V = NULL; s->idx = NULL; s->score = NULL; s->pos = s->heap[0] = s->heap[1] = NULL;
-    s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL;
-    s->qcap = s->lgcap = 0;
+    s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL; s->hk = NULL;
+    s->qcap = s->lgcap = s->hkcap = 0;
     s->cap = s->phys = 0;
 }
 
@@ -206,10 +206,13 @@ int kv_slots_attn(kv_slots *s, const float *Q, int nq, double scale, double *st)
 }
 
 /* ---- min-heaps over slots: w = 0 by (score, index), w = 1 by index ---- */
-static int before(const kv_slots *s, int w, int32_t a, int32_t b)
+/* 1 if slot a goes before slot b: computed without branches (a heap's
+ * child choice is a coin toss the branch predictor loses half the time) */
+static inline int before(const kv_slots *s, int w, int32_t a, int32_t b)
 {
     if (w) return s->idx[a] < s->idx[b];
-    return s->score[a] < s->score[b] || (s->score[a] == s->score[b] && s->idx[a] < s->idx[b]);
+    double sa = s->score[a], sb = s->score[b];
+    return (sa < sb) | ((sa == sb) & (s->idx[a] < s->idx[b]));
 }
 
 static void put(kv_slots *s, int w, int64_t i, int32_t slot)
@@ -218,19 +221,32 @@ static void put(kv_slots *s, int w, int64_t i, int32_t slot)
     s->pos[slot] = w ? (int32_t)(-1 - i) : (int32_t)i;
 }
 
-static void sift_down(kv_slots *s, int w, int64_t i)
+/* The standard sift-down of heap w's place i (the smaller child, the left
+ * one on a tie, moves up while it goes before the sifted slot), moving the
+ * heap array only: the caller sets pos. */
+static inline int64_t sift_raw(kv_slots *s, int w, int64_t i)
 {
     int32_t *a = s->heap[w], x = a[i];
     int64_t n = s->hsize[w];
     for (;;) {
         int64_t c = 2 * i + 1;
         if (c >= n) break;
-        if (c + 1 < n && before(s, w, a[c + 1], a[c])) c++;
+        if (c + 1 < n) c += before(s, w, a[c + 1], a[c]);
         if (!before(s, w, a[c], x)) break;
-        put(s, w, i, a[c]);
+        a[i] = a[c];
         i = c;
     }
-    put(s, w, i, x);
+    a[i] = x;
+    return i;
+}
+
+static void sift_down(kv_slots *s, int w, int64_t i)
+{
+    int32_t *a = s->heap[w];
+    int64_t i0 = i, end = sift_raw(s, w, i);
+    /* the places that changed: the path from i0 down to end */
+    for (i = end; i > i0; i = (i - 1) / 2) put(s, w, i, a[i]);
+    put(s, w, i0, a[i0]);
 }
 
 void kv_slots_push(kv_slots *s, int w, int32_t slot)
@@ -267,9 +283,59 @@ void kv_slots_reheap(kv_slots *s)
     kv_slots_heapify(s, 0);
 }
 
+/* A heap place's key by value, for heapify: the two children's keys sit
+ * side by side, so each level of a sift waits for one load, not two. */
+typedef struct {
+    double sc;
+    int64_t ix;
+} hkey;
+
+static inline int hkey_before(hkey a, hkey b) { return (a.sc < b.sc) | ((a.sc == b.sc) & (a.ix < b.ix)); }
+
+/* Floyd's heapify: each place from the last parent up sifted down in turn
+ * (sift_raw's moves, on a copy of the keys in heap order when the scratch
+ * can be had), then every place's pos once. */
 void kv_slots_heapify(kv_slots *s, int w)
 {
-    for (int64_t i = s->hsize[w] / 2 - 1; i >= 0; i--) sift_down(s, w, i);
+    int64_t n = s->hsize[w];
+    int32_t *a = s->heap[w];
+    if ((size_t)n > s->hkcap) {
+        void *k = realloc(s->hk, sizeof(hkey) * (size_t)n);
+        if (k) {
+            s->hk = k;
+            s->hkcap = (size_t)n;
+        }
+    }
+    if ((size_t)n > s->hkcap) { /* no scratch: in place */
+        for (int64_t i = n / 2 - 1; i >= 0; i--) sift_raw(s, w, i);
+    } else {
+        hkey *k = s->hk;
+        for (int64_t i = 0; i < n; i++) k[i] = (hkey){ w ? 0.0 : s->score[a[i]], s->idx[a[i]] };
+        for (int64_t i = n / 2 - 1; i >= 0; i--) {
+            /* sift_raw without its data-dependent exit: down the path of
+             * smaller children to a leaf (the path sift_raw takes), the
+             * hole following while the keys met go before x; below where
+             * sift_raw stops they no longer do (they only grow down a
+             * heap path), so the moves are the same */
+            hkey x = k[i];
+            int32_t xs = a[i];
+            int64_t h = i, p = i, c;
+            int go = 1;
+            while ((c = 2 * p + 1) < n) {
+                int64_t r = c + 1 < n ? c + 1 : c;
+                c += hkey_before(k[r], k[c]);
+                go &= hkey_before(k[c], x);
+                int64_t src = h + ((c - h) & -(int64_t)go); /* c while going, else h: no branch */
+                k[h] = k[src];
+                a[h] = a[src];
+                h = src;
+                p = c;
+            }
+            k[h] = x;
+            a[h] = xs;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) put(s, w, i, a[i]);
 }
 
 /* The frontier of kv_slots_lowest: a min-heap of places of heap 0, by key. */

@@ -48,7 +48,8 @@ typedef struct {
     uint8_t *code;         /* cap x store->row bytes */
     float *tk, *tv, *tq;   /* decode tiles, prepared queries (grow only) */
     double *lg;            /* logits scratch (grow only) */
-    size_t qcap, lgcap;
+    void *hk;              /* heapify's keys in heap order (grow only) */
+    size_t qcap, lgcap, hkcap;
 } kv_slots;
 
 #define KV_SLOTS_TILE 64 /* rows decoded at a time */
