@@ -427,6 +427,32 @@ static void test_seeds(void)
     CHECK(!memcmp(a, b, sz), "batched and single queries differ");
     ops->free(g);
 
+    /* one query at a time (estim.c's dense path) against the 16-lane block,
+     * bitwise, where the dot products and the value folds have tails (d, dv
+     * not multiples of 4 and 8): the paper's estimator with the exact
+     * buffer, with the l2 samples, and joint */
+    {
+        int d2 = 13, dv2 = 11, nq2 = 18; /* one full lane block, then 2 queries */
+        kv_method_ctx c2 = mkctx(d2, dv2, 900);
+        float *K2 = malloc(sizeof(float) * 900 * d2), *V2 = malloc(sizeof(float) * 900 * dv2),
+              *Q2 = malloc(sizeof(float) * nq2 * d2);
+        clustered(&r, K2, 900, d2, 12, 1.0, 0.1);
+        gauss(&r, V2, (size_t)900 * dv2, 1.0);
+        gauss(&r, Q2, (size_t)nq2 * d2, 1.0);
+        size_t sl2 = KV_PSTATE_LEN(dv2), sz2 = sizeof(double) * nq2 * sl2;
+        double *a2 = malloc(sz2), *b2 = malloc(sz2);
+        const char *sps[] = { "subgen:delta=1.5,t=8,s=2000", "subgen:delta=1.5,t=8,s=32", "subgen:delta=1.5,t=8,estimator=joint" };
+        for (int k = 0; k < 3; k++) {
+            void *g2 = make(sps[k], &c2);
+            ingest(g2, K2, V2, d2, dv2, 0, 900);
+            ops->partial(g2, Q2, nq2, 900, a2);
+            for (int q = 0; q < nq2; q++) ops->partial(g2, Q2 + q * d2, 1, 900, b2 + q * sl2);
+            CHECK(!memcmp(a2, b2, sz2), "%s: single and 16-lane batched queries differ (d = 13, dv = 11)", sps[k]);
+            ops->free(g2);
+        }
+        free(K2); free(V2); free(Q2); free(a2); free(b2);
+    }
+
     /* many clusters (delta = 0, random keys): the parallel centre scan gives
      * the same states on 1 and 2 threads, and the index changes nothing */
     gauss(&r, K, (size_t)n * d, 1.0);

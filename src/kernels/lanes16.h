@@ -15,6 +15,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define KV_L16 16      /* lanes */
 #define KV_BLK_KEYS 4  /* kv_dot_blocks: keys per pass over a block */
@@ -158,6 +161,45 @@ static inline __attribute__((always_inline)) void kv_dot_blocks(const float *res
     for (int q = 0; q < nk; q++) {
         r = (a[q][0] + a[q][1]) + (a[q][2] + a[q][3]);
         memcpy(out[q], &r, sizeof r);
+    }
+}
+
+/* out[j] = <q, k_j> for nk <= 16 vectors k_j, each bitwise the lane of
+ * kv_dot_blocks that pairs k_j with q (four chains over i mod 4, then
+ * (a0 + a1) + (a2 + a3)): for one query, where kv_dot_blocks would fill
+ * one lane of 16.  Here a vector's lanes are the 4 chains of 4 keys, so
+ * each multiply-add still advances every chain by one step, in order. */
+static inline void kv_dot_keys4(const float *restrict q, const float *const *k, int nk, int d, float *out)
+{
+    kv_v16 a[4], r;
+    const float *kk[16];
+    for (int j = 0; j < 16; j++) kk[j] = k[j < nk ? j : nk - 1]; /* pads repeat the last key */
+    for (int g = 0; g < 4; g++) a[g] = (kv_v16){ 0 };
+    int i = 0;
+    for (; i + 4 <= d; i += 4) {
+        float qb[KV_L16];
+        for (int l = 0; l < KV_L16; l++) qb[l] = q[i + l % 4];
+        memcpy(&r, qb, sizeof r);
+        for (int g = 0; g < 4; g++) {
+            kv_v16 x;
+#if defined(__AVX512F__)
+            __m512 y = _mm512_castps128_ps512(_mm_loadu_ps(kk[4 * g] + i));
+            y = _mm512_insertf32x4(y, _mm_loadu_ps(kk[4 * g + 1] + i), 1);
+            y = _mm512_insertf32x4(y, _mm_loadu_ps(kk[4 * g + 2] + i), 2);
+            y = _mm512_insertf32x4(y, _mm_loadu_ps(kk[4 * g + 3] + i), 3);
+            x = (kv_v16)y;
+#else
+            for (int j = 0; j < 4; j++) memcpy((float *)&x + 4 * j, kk[4 * g + j] + i, 4 * sizeof(float));
+#endif
+            a[g] += x * r;
+        }
+    }
+    float f[4][KV_L16];
+    for (int g = 0; g < 4; g++) memcpy(f[g], &a[g], sizeof f[g]);
+    for (int j = 0; j < nk; j++) {
+        float *c = f[j / 4] + 4 * (j % 4);
+        for (int i2 = i; i2 < d; i2++) c[0] += kk[j][i2] * q[i2];
+        out[j] = (c[0] + c[1]) + (c[2] + c[3]);
     }
 }
 

@@ -44,41 +44,84 @@ static void block_logits(const subgen *g, const float *Q, int nq, float *QT, flo
     for (int q = 0; q < nk; q++) kv_dot_blocks(QT, kp + q, 1, d, op + q);
 }
 
-/* u of lane q (S: shifted exponentials, rows from `row` on are the
- * numerator's).  joint: the denominator's samples with their values,
+/* Row weights of the numerator fold */
+typedef struct {
+    double *e;        /* the row's factor e^{a - m} (times its weight) */
+    const float **v;  /* its value row */
+} numrows;
+
+typedef double v8d __attribute__((vector_size(8 * sizeof(double))));
+typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
+#if defined(__AVX512F__)
+#define FW 8 /* v8d accumulators per column block: 8 of 32 registers */
+#else
+#define FW 4
+#endif
+
+/* u[c .. c + 8W) = sum_r e[r] v_r[c ..], rows in order, the sums in
+ * registers: per column the same multiply-adds in the same order as one
+ * column at a time.  W a constant at each call. */
+static inline __attribute__((always_inline)) void fold_cols(const numrows *nr, int64_t n, int c, int W, double *u)
+{
+    v8d a[FW];
+    for (int i = 0; i < W; i++) a[i] = (v8d){ 0 };
+    for (int64_t r = 0; r < n; r++) {
+        double e = nr->e[r];
+        v8d w = { e, e, e, e, e, e, e, e };
+        for (int i = 0; i < W; i++) {
+            v8f x;
+            memcpy(&x, nr->v[r] + c + 8 * i, sizeof x);
+            a[i] += w * __builtin_convertvector(x, v8d);
+        }
+    }
+    memcpy(u + c, a, sizeof(v8d) * (size_t)W);
+}
+
+/* u of lane q (S: shifted exponentials, ls floats a row (CB lanes, or 1
+ * for one query), rows from `row` on are the numerator's).  joint: the
+ * denominator's samples with their values,
  * sum_c (n_c / |sample_c|) sum_{(k,v) in sample_c} e^{a - m} v; else the
- * exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2 */
-static void numerator(const subgen *g, const float *S, int q, int64_t row, int64_t nall, double *u)
+ * exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2.  Each u[c] is
+ * the sum over the rows in order, from 0.  nr: scratch for nall rows. */
+static void numerator(const subgen *g, const float *S, size_t ls, int q, int64_t row, int64_t nall, numrows *nr,
+                      double *u)
 {
     int dv = g->ctx.dv;
-    memset(u, 0, sizeof(double) * (size_t)dv);
+    int64_t n = 0;
     if (g->joint) {
         int64_t rr = 0;
         for (int64_t c = 0; c < g->nc; c++) {
             int64_t ns = kv_reservoir_size(&g->cl[c].r);
             double w = (double)g->cl[c].r.n / (double)ns;
-            for (int64_t j = 0; j < ns; j++, rr++) {
-                double e = w * S[rr * CB + q];
-                const float *v = g->cl[c].vals + j * dv;
-                for (int x = 0; x < dv; x++) u[x] += e * v[x];
+            for (int64_t j = 0; j < ns; j++, rr++, n++) {
+                nr->e[n] = w * S[(size_t)rr * ls + (size_t)q];
+                nr->v[n] = g->cl[c].vals + j * dv;
             }
         }
     }
-    for (int64_t j = 0; row + j < nall; j++) {
-        double e = S[(row + j) * CB + q];
-        const float *v;
+    for (int64_t j = 0; row + j < nall; j++, n++) {
+        double e = S[(size_t)(row + j) * ls + (size_t)q];
         if (g->buf_on) {
-            v = g->bv + j * dv;
+            nr->v[n] = g->bv + j * dv;
         } else {
             e *= g->l2.F / ((double)g->s * g->l2.w[j]);
-            v = g->sv + j * dv;
+            nr->v[n] = g->sv + j * dv;
         }
-        for (int c = 0; c < dv; c++) u[c] += e * v[c];
+        nr->e[n] = e;
+    }
+    int c = 0;
+    for (; c + 8 * FW <= dv; c += 8 * FW) fold_cols(nr, n, c, FW, u);
+    for (; c + 8 <= dv; c += 8) fold_cols(nr, n, c, 1, u);
+    for (; c < dv; c++) {
+        double x = 0;
+        for (int64_t r = 0; r < n; r++) x += nr->e[r] * nr->v[r][c];
+        u[c] = x;
     }
 }
 
 /* The states of up to CB queries (block_logits; lanes never mix). */
-static void block_states(const subgen *g, const float *Q, int nq, float *QT, float *S, int64_t nall, double *st)
+static void block_states(const subgen *g, const float *Q, int nq, float *QT, float *S, int64_t nall, numrows *nr,
+                         double *st)
 {
     size_t sl = KV_PSTATE_LEN(g->ctx.dv);
     block_logits(g, Q, nq, QT, S, nall);
@@ -111,12 +154,73 @@ static void block_states(const subgen *g, const float *Q, int nq, float *QT, flo
     }
     for (int q = 0; q < nq; q++) {
         double *o = st + (size_t)q * sl;
-        numerator(g, S, q, row, nall, o + KV_PS_U);
+        numerator(g, S, CB, q, row, nall, nr, o + KV_PS_U);
         o[KV_PS_M] = m[q];
         o[KV_PS_L] = l[q];
         o[KV_PS_L2] = 0.0;
     }
 }
+
+/* One query's state, bitwise block_states' lane for it, without the 15
+ * idle lanes: its logits 16 keys at a time (kv_dot_keys4: each the lane's
+ * chains in order), then per row the lane's scale, max, shift, exp and
+ * sums.  S: nall floats. */
+static void dense_state(const subgen *g, const float *q, float *S, int64_t nall, numrows *nr, double *o)
+{
+    int d = g->ctx.d;
+    const float *kp[KV_L16];
+    int nk = 0;
+    int64_t row = 0, at = 0;
+    for (int64_t c = 0; c <= g->nc; c++) { /* as block_logits: reservoirs, then the numerator keys */
+        const float *keys = c < g->nc ? g->cl[c].keys : g->buf_on ? g->bk : g->sk;
+        int64_t ns = c < g->nc ? kv_reservoir_size(&g->cl[c].r) : nall - g->nres;
+        for (int64_t j = 0; j < ns; j++, row++) {
+            kp[nk++] = keys + j * d;
+            if (nk == KV_L16) {
+                kv_dot_keys4(q, kp, nk, d, S + at);
+                at += nk;
+                nk = 0;
+            }
+        }
+    }
+    if (nk) kv_dot_keys4(q, kp, nk, d, S + at);
+    /* the lane's scale and max; the max's value is the same in any order,
+     * but of two zeros a lane keeps the first: then the row order decides */
+    float sc = (float)g->ctx.scale, m = -INFINITY;
+    kv_v16 r, mv = (kv_v16){ 0 } - INFINITY;
+    int64_t i0 = 0;
+    for (; i0 + KV_L16 <= nall; i0 += KV_L16) {
+        memcpy(&r, S + i0, sizeof r);
+        r *= sc;
+        memcpy(S + i0, &r, sizeof r);
+        mv = (kv_v16)(((kv_v16i)r & (r > mv)) | ((kv_v16i)mv & ~(r > mv)));
+    }
+    for (int l = 0; l < KV_L16; l++) m = mv[l] > m ? mv[l] : m;
+    for (; i0 < nall; i0++) {
+        S[i0] *= sc;
+        m = S[i0] > m ? S[i0] : m;
+    }
+    if (m == 0) {
+        m = -INFINITY;
+        for (int64_t i = 0; i < nall; i++) m = S[i] > m ? S[i] : m;
+    }
+    for (int64_t i = 0; i < nall; i++) S[i] -= m;
+    kv_expf_neg(S, (size_t)nall);
+    double l = 0;
+    row = 0;
+    for (int64_t c = 0; c < g->nc; c++) {
+        int64_t ns = kv_reservoir_size(&g->cl[c].r);
+        double e = 0, w = (double)g->cl[c].r.n / (double)ns;
+        for (int64_t j = 0; j < ns; j++, row++) e += S[row];
+        l += w * e;
+    }
+    numerator(g, S, 1, 0, row, nall, nr, o + KV_PS_U);
+    o[KV_PS_M] = m;
+    o[KV_PS_L] = l;
+    o[KV_PS_L2] = 0.0;
+}
+
+#define DENSE_MAX 3 /* a lane block of at most this many queries goes one query at a time */
 
 /* What one answer reads (method.h: cost): every reservoir key (joint: and
  * its value), the nnum numerator rows' keys and values (and the l2
@@ -149,15 +253,21 @@ int sg_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 #pragma omp parallel if (nb > 1 && !omp_in_parallel()) reduction(| : bad)
     {
         float *S = malloc(sizeof(float) * CB * (size_t)nall), *QT = malloc(sizeof(float) * CB * (size_t)d);
-        bad = !S || !QT;
+        numrows nr = { malloc(sizeof(double) * (size_t)nall), malloc(sizeof(float *) * (size_t)nall) };
+        bad = !S || !QT || !nr.e || !nr.v;
 #pragma omp for schedule(dynamic, 1)
         for (int b = 0; b < nb; b++) {
             if (bad) continue; /* this thread has no scratch; the call fails */
             int q0 = b * CB, n = nq - q0 < CB ? nq - q0 : CB;
-            block_states(g, Q + (size_t)q0 * d, n, QT, S, nall, st + (size_t)q0 * sl);
+            if (n <= DENSE_MAX)
+                for (int q = q0; q < q0 + n; q++) dense_state(g, Q + (size_t)q * d, S, nall, &nr, st + (size_t)q * sl);
+            else
+                block_states(g, Q + (size_t)q0 * d, n, QT, S, nall, &nr, st + (size_t)q0 * sl);
         }
         free(S);
         free(QT);
+        free(nr.e);
+        free(nr.v);
     }
     return bad ? KV_EINTERNAL : KV_OK;
 }
