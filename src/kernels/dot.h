@@ -44,6 +44,24 @@ static inline float kv_madd(float a, float b, float c) { return c + a * b; }
 static inline void kv_madd8(kv_dot_v8 *c, const kv_dot_v8 *a, const kv_dot_v8 *b) { *c += *a * *b; }
 #endif
 
+/* kv_madd in double, for sums kept in registers that must give the bits
+ * of `u += a * b` with u in memory (which GCC always fuses where the target
+ * can): *c += a * *b over 8 lanes (kv_madd_d8), one lane (kv_madd_d). */
+typedef double kv_dot_v8d __attribute__((vector_size(8 * sizeof(double))));
+#if defined(__FMA__) || defined(__FP_FAST_FMA) || defined(__FMA4__)
+static inline double kv_madd_d(double a, double b, double c) { return __builtin_fma(a, b, c); }
+#else
+static inline double kv_madd_d(double a, double b, double c) { return c + a * b; }
+#endif
+static inline void kv_madd_d8(kv_dot_v8d *c, double a, const kv_dot_v8d *b)
+{
+#if defined(__AVX512F__)
+    *c = (kv_dot_v8d)_mm512_fmadd_pd(_mm512_set1_pd(a), (__m512d)*b, (__m512d)*c);
+#else
+    for (int j = 0; j < 8; j++) (*c)[j] = kv_madd_d(a, (*b)[j], (*c)[j]);
+#endif
+}
+
 /* kv_dot_fixed's tail: from its 8 lane sums over [0, c) (c a multiple of
  * 8, d - c < 8), element c + i into lane i */
 static inline void kv_dot_tail(kv_dot_v8 *acc, const float *q, const float *k, int c, int d)

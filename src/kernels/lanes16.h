@@ -194,11 +194,24 @@ static inline void kv_dot_keys4(const float *restrict q, const float *const *k, 
             a[g] += x * r;
         }
     }
+    /* the tail into chain 0, as a 16-lane multiply-add like kv_dot_blocks'
+     * (fused or not alike); the other chains get + 0 * -0 = -0: unchanged */
+    for (; i < d; i++) {
+        float qb[KV_L16];
+        for (int l = 0; l < KV_L16; l++) qb[l] = l % 4 ? -0.0f : q[i];
+        memcpy(&r, qb, sizeof r);
+        for (int g = 0; g < 4; g++) {
+            float xb[KV_L16] = { 0 };
+            for (int j = 0; j < 4; j++) xb[4 * j] = kk[4 * g + j][i];
+            kv_v16 x;
+            memcpy(&x, xb, sizeof x);
+            a[g] += x * r;
+        }
+    }
     float f[4][KV_L16];
     for (int g = 0; g < 4; g++) memcpy(f[g], &a[g], sizeof f[g]);
     for (int j = 0; j < nk; j++) {
-        float *c = f[j / 4] + 4 * (j % 4);
-        for (int i2 = i; i2 < d; i2++) c[0] += kk[j][i2] * q[i2];
+        const float *c = f[j / 4] + 4 * (j % 4);
         out[j] = (c[0] + c[1]) + (c[2] + c[3]);
     }
 }

@@ -71,6 +71,7 @@
 #include <string.h>
 #include "core/rng.h"
 #include "kernels/dot.h"
+#include "kernels/held.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
 
@@ -359,28 +360,122 @@ static int balancekv_ingest(void *state, const float *K, const float *V, int64_t
     return KV_OK;
 }
 
+#if defined(__AVX512F__)
+#define FW 8 /* v8d sums per column block: 8 of 32 registers */
+#else
+#define FW 4
+#endif
+
+/* u[c .. c + 8W) over the rows in order: u *= f[i] where the max rose at
+ * row i (f[i] != 1; multiplying by 1 changes nothing), then u += we[i] v_i:
+ * per column the multiplies and multiply-adds of kv_partial_add_one, in its
+ * order, with the sums in registers.  W a constant at each call. */
+static inline __attribute__((always_inline)) void fold_cols(const balancekv_state *s, const double *we,
+                                                            const double *f, int c, int W, double *u)
+{
+    size_t dv = (size_t)s->ctx.dv;
+    v8d a[FW];
+    for (int i = 0; i < W; i++) a[i] = (v8d){ 0 };
+    int64_t r = 0;
+    for (int64_t l = 0; l <= s->nlev; l++) {
+        int64_t m = l ? s->cnt[l] : s->n0;
+        const float *Vb = l ? s->Vl[l] : s->V0;
+        for (int64_t i = 0; i < m; i++, r++) {
+            if (f[r] != 1.0) {
+                v8d g = { f[r], f[r], f[r], f[r], f[r], f[r], f[r], f[r] };
+                for (int k = 0; k < W; k++) a[k] *= g;
+            }
+            for (int k = 0; k < W; k++) {
+                v8f x;
+                memcpy(&x, Vb + (size_t)i * dv + (size_t)c + 8 * (size_t)k, sizeof x);
+                v8d y = __builtin_convertvector(x, v8d);
+                kv_madd_d8(&a[k], we[r], &y);
+            }
+        }
+    }
+    memcpy(u + c, a, sizeof(v8d) * (size_t)W);
+}
+
+/* One query over every held row, bitwise kv_partial_add_one row by row
+ * (levels 0 .. nlev, rows in order): the logits 8 keys at a time
+ * (kv_held_logits: the same bits as kv_dot_fixed * scale), then the running
+ * max, exps, l and l2 in one scalar pass that notes each row's weight w e
+ * and rescale factor, then the value sums by column blocks.  sc: 3 rows
+ * doubles of scratch. */
+static void answer(const balancekv_state *s, const float *q, int64_t rows, double *sc, double *x)
+{
+    int d = s->ctx.d, dv = s->ctx.dv;
+    double *lg = sc, *we = sc + rows, *f = sc + 2 * rows;
+    int64_t r = 0;
+    for (int64_t l = 0; l <= s->nlev; l++) {
+        int64_t m = l ? s->cnt[l] : s->n0;
+        if (m) kv_held_logits(q, 1, l ? s->Kl[l] : s->K0, (size_t)m, d, s->ctx.scale, lg + r, (size_t)m);
+        r += m;
+    }
+    double M = -INFINITY, L = 0, L2 = 0;
+    r = 0;
+    for (int64_t l = 0; l <= s->nlev; l++) {
+        int64_t m = l ? s->cnt[l] : s->n0;
+        double w = ldexp(1.0, (int)l);
+        for (int64_t i = 0; i < m; i++, r++) {
+            double a = lg[r];
+            f[r] = 1.0;
+            if (a > M) {
+                if (M == -INFINITY) {
+                    M = a;
+                } else { /* partial.c's rescale */
+                    double g = exp(M - a);
+                    L *= g;
+                    L2 *= g * g;
+                    f[r] = g;
+                    M = a;
+                }
+            }
+            double e = exp(a - M); /* kv_partial_add_one's sums, fused as it fuses them in memory */
+            L = kv_madd_d(w, e, L);
+            L2 = kv_madd_d(w * e, e, L2);
+            we[r] = w * e;
+        }
+    }
+    x[KV_PS_M] = M;
+    x[KV_PS_L] = L;
+    x[KV_PS_L2] = L2;
+    double *u = x + KV_PS_U;
+    int c = 0;
+    for (; c + 8 * FW <= dv; c += 8 * FW) fold_cols(s, we, f, c, FW, u);
+    for (; c + 8 <= dv; c += 8) fold_cols(s, we, f, c, 1, u);
+    for (; c < dv; c++) { /* the last columns one at a time, the same operations */
+        double y = 0;
+        r = 0;
+        for (int64_t l = 0; l <= s->nlev; l++) {
+            int64_t m = l ? s->cnt[l] : s->n0;
+            const float *Vb = l ? s->Vl[l] : s->V0;
+            for (int64_t i = 0; i < m; i++, r++) {
+                if (f[r] != 1.0) y *= f[r];
+                y = kv_madd_d(we[r], Vb[(size_t)i * (size_t)dv + (size_t)c], y);
+            }
+        }
+        u[c] = y;
+    }
+}
+
 static int balancekv_partial(void *state, const float *Q, int nq, int64_t p, double *st)
 {
     balancekv_state *s = state;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, sl = KV_PSTATE_LEN(s->ctx.dv);
     (void)p; /* every held row is < p */
-    double rows = (double)s->n0;
-    for (int64_t l = 1; l <= s->nlev; l++) rows += (double)s->cnt[l];
-    if (nq > 0) kv_cost_add(&s->cost, nq, 4.0 * rows * (double)(d + dv), rows, 2.0 * rows * (double)(d + dv));
+    int64_t rows = s->n0;
+    for (int64_t l = 1; l <= s->nlev; l++) rows += s->cnt[l];
+    if (nq > 0) kv_cost_add(&s->cost, nq, 4.0 * (double)rows * (double)(d + dv), (double)rows, 2.0 * (double)rows * (double)(d + dv));
+    double *sc = rows ? malloc(sizeof(double) * 3 * (size_t)rows) : NULL;
+    if (rows && !sc) return KV_EINTERNAL;
     for (int q = 0; q < nq; q++) {
         double *x = st + q * sl;
-        const float *qq = Q + (size_t)q * d;
         kv_partial_clear(x, s->ctx.dv);
-        for (int64_t l = 0; l <= s->nlev; l++) {
-            int64_t m = l ? s->cnt[l] : s->n0;
-            const float *Kb = l ? s->Kl[l] : s->K0, *Vb = l ? s->Vl[l] : s->V0;
-            double w = ldexp(1.0, (int)l);
-            for (int64_t i = 0; i < m; i++)
-                kv_partial_add_one(x, s->ctx.dv, (double)(kv_dot_fixed(qq, Kb + (size_t)i * d, s->ctx.d) * (float)s->ctx.scale),
-                                   w, Vb + (size_t)i * dv);
-        }
+        if (rows) answer(s, Q + (size_t)q * d, rows, sc, x);
         if (s->halvings) x[KV_PS_L2] = 0; /* an estimate: no |softmax|_2 */
     }
+    free(sc);
     return KV_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/attn.h"
+#include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "methods/subgen/state.h"
 
@@ -50,7 +51,7 @@ typedef struct {
     const float **v;  /* its value row */
 } numrows;
 
-typedef double v8d __attribute__((vector_size(8 * sizeof(double))));
+typedef kv_dot_v8d v8d;
 typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
 #if defined(__AVX512F__)
 #define FW 8 /* v8d accumulators per column block: 8 of 32 registers */
@@ -66,12 +67,11 @@ static inline __attribute__((always_inline)) void fold_cols(const numrows *nr, i
     v8d a[FW];
     for (int i = 0; i < W; i++) a[i] = (v8d){ 0 };
     for (int64_t r = 0; r < n; r++) {
-        double e = nr->e[r];
-        v8d w = { e, e, e, e, e, e, e, e };
         for (int i = 0; i < W; i++) {
             v8f x;
             memcpy(&x, nr->v[r] + c + 8 * i, sizeof x);
-            a[i] += w * __builtin_convertvector(x, v8d);
+            v8d y = __builtin_convertvector(x, v8d);
+            kv_madd_d8(&a[i], nr->e[r], &y);
         }
     }
     memcpy(u + c, a, sizeof(v8d) * (size_t)W);
@@ -82,7 +82,8 @@ static inline __attribute__((always_inline)) void fold_cols(const numrows *nr, i
  * denominator's samples with their values,
  * sum_c (n_c / |sample_c|) sum_{(k,v) in sample_c} e^{a - m} v; else the
  * exact buffer, or (1/s) sum_j e^{a_j - m} v_j F / |v_j|^2.  Each u[c] is
- * the sum over the rows in order, from 0.  nr: scratch for nall rows. */
+ * the sum over the rows in order, from 0 (fused as `u[c] += e * v[c]` was:
+ * kv_madd_d).  nr: scratch for nall rows. */
 static void numerator(const subgen *g, const float *S, size_t ls, int q, int64_t row, int64_t nall, numrows *nr,
                       double *u)
 {
@@ -114,7 +115,7 @@ static void numerator(const subgen *g, const float *S, size_t ls, int q, int64_t
     for (; c + 8 <= dv; c += 8) fold_cols(nr, n, c, 1, u);
     for (; c < dv; c++) {
         double x = 0;
-        for (int64_t r = 0; r < n; r++) x += nr->e[r] * nr->v[r][c];
+        for (int64_t r = 0; r < n; r++) x = kv_madd_d(nr->e[r], nr->v[r][c], x);
         u[c] = x;
     }
 }
