@@ -181,7 +181,8 @@ static int score_range(tova_state *s, int64_t t0, int64_t n)
             double m = s->lml[2 * q], l = s->lml[2 * q + 1];
             if (l > 0) sum += exp(a[q * n + t] - m) / l;
         }
-        sl->score[t0 + t] = s->nq ? sum / (double)s->nq : 0.0;
+        /* the mean over the rows: one row's is its weight (x / 1 is x: no division) */
+        sl->score[t0 + t] = s->nq > 1 ? sum / (double)s->nq : s->nq ? sum : 0.0;
     }
     return KV_OK;
 }
@@ -370,7 +371,7 @@ static int tova_feedback(void *state, const float *Q, int nq, int64_t p, const d
     memcpy(s->lq, Q, sizeof(float) * d * (size_t)nq);
     memcpy(s->lml, ml, sizeof(double) * 2 * (size_t)nq);
     if (score_range(s, 0, (int64_t)n)) return KV_EINTERNAL;
-    kv_slots_heapify(sl, 0);
+    kv_slots_heapify_shuffled(sl, 0);
     kv_slots_score_cost(sl, nq, &s->cost);
     return KV_OK;
 }

@@ -292,10 +292,55 @@ typedef struct {
 
 static inline int hkey_before(hkey a, hkey b) { return (a.sc < b.sc) | ((a.sc == b.sc) & (a.ix < b.ix)); }
 
+/* sift_raw on the key copy, without its data-dependent exit: down the
+ * path of smaller children to a leaf (the path sift_raw takes), the hole h
+ * following while the keys met go before x; below where sift_raw stops
+ * they no longer do (keys only grow down a heap path), so the moves are
+ * the same.  p: the path's place. */
+typedef struct {
+    hkey x;
+    int32_t xs;
+    int go;
+    int64_t h, p;
+} hsift;
+
+static inline hsift hsift_at(const hkey *k, const int32_t *a, int64_t i) { return (hsift){ k[i], a[i], 1, i, i }; }
+
+static inline void hsift_step(hkey *k, int32_t *a, int64_t n, hsift *u)
+{
+    int64_t c = 2 * u->p + 1, r = c + 1 < n ? c + 1 : c;
+    c += hkey_before(k[r], k[c]);
+    u->go &= hkey_before(k[c], u->x);
+    int64_t src = u->h + ((c - u->h) & -(int64_t)u->go); /* c while going, else h: no branch */
+    k[u->h] = k[src];
+    a[u->h] = a[src];
+    u->h = src;
+    u->p = c;
+}
+
+/* the rest of the path, then x into the hole */
+static inline void hsift_end(hkey *k, int32_t *a, int64_t n, hsift *u)
+{
+    while (2 * u->p + 1 < n) hsift_step(k, a, n, u);
+    k[u->h] = u->x;
+    a[u->h] = u->xs;
+}
+
 /* Floyd's heapify: each place from the last parent up sifted down in turn
- * (sift_raw's moves, on a copy of the keys in heap order when the scratch
- * can be had), then every place's pos once. */
+ * (sift_raw's moves: an early stop, cheap where the order changed little,
+ * as h2o's added scores leave it), then every place's pos once. */
 void kv_slots_heapify(kv_slots *s, int w)
+{
+    int64_t n = s->hsize[w];
+    for (int64_t i = n / 2 - 1; i >= 0; i--) sift_raw(s, w, i);
+    for (int64_t i = 0; i < n; i++) put(s, w, i, s->heap[w][i]);
+}
+
+/* The same heap for keys in no particular order (tova's replaced scores),
+ * where most sifts go deep and the early stop is a coin toss the branch
+ * predictor loses: on a copy of the keys in heap order (when the scratch
+ * can be had) and without branches on them. */
+void kv_slots_heapify_shuffled(kv_slots *s, int w)
 {
     int64_t n = s->hsize[w];
     int32_t *a = s->heap[w];
@@ -311,28 +356,22 @@ void kv_slots_heapify(kv_slots *s, int w)
     } else {
         hkey *k = s->hk;
         for (int64_t i = 0; i < n; i++) k[i] = (hkey){ w ? 0.0 : s->score[a[i]], s->idx[a[i]] };
-        for (int64_t i = n / 2 - 1; i >= 0; i--) {
-            /* sift_raw without its data-dependent exit: down the path of
-             * smaller children to a leaf (the path sift_raw takes), the
-             * hole following while the keys met go before x; below where
-             * sift_raw stops they no longer do (they only grow down a
-             * heap path), so the moves are the same */
-            hkey x = k[i];
-            int32_t xs = a[i];
-            int64_t h = i, p = i, c;
-            int go = 1;
-            while ((c = 2 * p + 1) < n) {
-                int64_t r = c + 1 < n ? c + 1 : c;
-                c += hkey_before(k[r], k[c]);
-                go &= hkey_before(k[c], x);
-                int64_t src = h + ((c - h) & -(int64_t)go); /* c while going, else h: no branch */
-                k[h] = k[src];
-                a[h] = a[src];
-                h = src;
-                p = c;
+        /* two places at a time (i and i - 1: disjoint subtrees for i >= 2,
+         * each already heaps below), so one sift's loads overlap the
+         * other's: the same moves as one at a time */
+        int64_t i = n / 2 - 1;
+        for (; i >= 2; i -= 2) {
+            hsift u = hsift_at(k, a, i), v = hsift_at(k, a, i - 1);
+            while (2 * u.p + 1 < n && 2 * v.p + 1 < n) {
+                hsift_step(k, a, n, &u);
+                hsift_step(k, a, n, &v);
             }
-            k[h] = x;
-            a[h] = xs;
+            hsift_end(k, a, n, &u);
+            hsift_end(k, a, n, &v);
+        }
+        for (; i >= 0; i--) {
+            hsift u = hsift_at(k, a, i);
+            hsift_end(k, a, n, &u);
         }
     }
     for (int64_t i = 0; i < n; i++) put(s, w, i, a[i]);

@@ -125,6 +125,9 @@ void kv_slots_push(kv_slots *s, int w, int32_t slot);
 int32_t kv_slots_pop(kv_slots *s, int w);
 int32_t kv_slots_top(const kv_slots *s, int w);
 void kv_slots_heapify(kv_slots *s, int w);
+/* kv_slots_heapify's heap (the same layout), faster when the scores were
+ * all replaced (few places already in order). */
+void kv_slots_heapify_shuffled(kv_slots *s, int w);
 
 /* Heap 0 made anew over every slot in use (one heap only: after slots were
  * dropped straight out of it). */
