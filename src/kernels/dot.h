@@ -21,8 +21,11 @@
 typedef float kv_dot_v8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float kv_dot_v4 __attribute__((vector_size(4 * sizeof(float))));
 
-#if defined(__FMA__)
+#if defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+
+#if defined(__FMA__)
 /* the target fuses: always fuse.  *c += *a * *b lane by lane (pointers: no
  * vector crosses a call's ABI; the intrinsic, one instruction, keeps the
  * accumulators of an unrolled block in registers) */
@@ -59,6 +62,19 @@ static inline void kv_madd_d8(kv_dot_v8d *c, double a, const kv_dot_v8d *b)
     *c = (kv_dot_v8d)_mm512_fmadd_pd(_mm512_set1_pd(a), (__m512d)*b, (__m512d)*c);
 #else
     for (int j = 0; j < 8; j++) (*c)[j] = kv_madd_d(a, (*b)[j], (*c)[j]);
+#endif
+}
+
+/* 8 floats from p as doubles (GCC 12 splits the generic conversion into
+ * halves and re-inserts them: one instruction with AVX-512) */
+static inline kv_dot_v8d kv_ld8d(const float *p)
+{
+#if defined(__AVX512F__)
+    return (kv_dot_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#else
+    kv_dot_v8 x;
+    memcpy(&x, p, sizeof x);
+    return __builtin_convertvector(x, kv_dot_v8d);
 #endif
 }
 

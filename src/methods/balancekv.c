@@ -386,9 +386,7 @@ static inline __attribute__((always_inline)) void fold_cols(const balancekv_stat
                 for (int k = 0; k < W; k++) a[k] *= g;
             }
             for (int k = 0; k < W; k++) {
-                v8f x;
-                memcpy(&x, Vb + (size_t)i * dv + (size_t)c + 8 * (size_t)k, sizeof x);
-                v8d y = __builtin_convertvector(x, v8d);
+                v8d y = kv_ld8d(Vb + (size_t)i * dv + (size_t)c + 8 * (size_t)k);
                 kv_madd_d8(&a[k], we[r], &y);
             }
         }

@@ -52,7 +52,6 @@ typedef struct {
 } numrows;
 
 typedef kv_dot_v8d v8d;
-typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
 #if defined(__AVX512F__)
 #define FW 8 /* v8d accumulators per column block: 8 of 32 registers */
 #else
@@ -68,9 +67,7 @@ static inline __attribute__((always_inline)) void fold_cols(const numrows *nr, i
     for (int i = 0; i < W; i++) a[i] = (v8d){ 0 };
     for (int64_t r = 0; r < n; r++) {
         for (int i = 0; i < W; i++) {
-            v8f x;
-            memcpy(&x, nr->v[r] + c + 8 * i, sizeof x);
-            v8d y = __builtin_convertvector(x, v8d);
+            v8d y = kv_ld8d(nr->v[r] + c + 8 * i);
             kv_madd_d8(&a[i], nr->e[r], &y);
         }
     }
@@ -253,7 +250,9 @@ int sg_partial(void *state, const float *Q, int nq, int64_t p, double *st)
     /* query blocks are independent: the same result for any thread count */
 #pragma omp parallel if (nb > 1 && !omp_in_parallel()) reduction(| : bad)
     {
-        float *S = malloc(sizeof(float) * CB * (size_t)nall), *QT = malloc(sizeof(float) * CB * (size_t)d);
+        /* one query at a time needs a row of logits, not CB lanes of them */
+        size_t lanes = nq <= DENSE_MAX ? 1 : CB;
+        float *S = malloc(sizeof(float) * lanes * (size_t)nall), *QT = malloc(sizeof(float) * CB * (size_t)d);
         numrows nr = { malloc(sizeof(double) * (size_t)nall), malloc(sizeof(float *) * (size_t)nall) };
         bad = !S || !QT || !nr.e || !nr.v;
 #pragma omp for schedule(dynamic, 1)
