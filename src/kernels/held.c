@@ -37,19 +37,6 @@ _Static_assert(T % KV_DOT_BLK == 0 && T % 8 == 0, "tiles of whole key blocks and
 
 static inline v8d bcd(double x) { return (v8d){ x, x, x, x, x, x, x, x }; }
 
-/* 8 floats from p as doubles (GCC 12 splits the generic conversion into
- * halves and re-inserts them: one instruction with AVX-512) */
-static inline v8d ld8d(const float *p)
-{
-#if defined(__AVX512F__)
-    return (v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#else
-    v8f x;
-    memcpy(&x, p, sizeof x);
-    return __builtin_convertvector(x, v8d);
-#endif
-}
-
 /* exp(x) for x <= 0, 8 at a time: 2^k exp(r), k = round(x / ln2),
  * r = x - k ln2 in [-ln2/2, ln2/2] (ln2 in two parts, k ln2_hi exact),
  * exp(r) by its Taylor series to r^13 (truncation below 1e-17 relative),
@@ -137,7 +124,7 @@ static inline __attribute__((always_inline)) void pv_cols(const double *e, const
         }
         const float *v = V + (size_t)t * dv + c;
         v8d w = bcd(e[t]);
-        for (int i = 0; i < W; i++) a[i] += w * ld8d(v + 8 * i);
+        for (int i = 0; i < W; i++) a[i] += w * kv_ld8d(v + 8 * i); /* dot.h */
     }
     for (int i = 0; i < W; i++) {
         v8d y;
