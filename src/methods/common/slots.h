@@ -18,7 +18,9 @@
  * K and V stay NULL and each slot holds one packed row in `code`; attention
  * and logits then read the rows decoded a tile at a time into scratch that
  * only grows (kv_slots_attn, kv_slots_logits), so no query allocates once
- * the largest call was seen. */
+ * the largest call was seen.  Not in the memory figure: that scratch, the
+ * logits' (nq doubles a slot) and kv_slots_heapify_shuffled's keys (16
+ * bytes a slot), kept between calls. */
 #ifndef KVSTREAM_SLOTS_H
 #define KVSTREAM_SLOTS_H
 
