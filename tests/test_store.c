@@ -10,7 +10,8 @@
  *   - attention through coded slots with f16 on half-exact data is bitwise
  *     kv_attn_held over the floats;
  *   - a number whose half (f16) or zero point (kivi) is beyond half's
- *     range is refused, not stored as inf. */
+ *     range is refused, not stored as inf;
+ *   - both heapify forms give the plain sift's heap layout. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,11 +176,66 @@ static void test_f16_bitwise(void)
     free(V);
 }
 
+/* Floyd's heapify by (score, index), written plainly: the layout both
+ * kv_slots_heapify and kv_slots_heapify_shuffled must give (a checkpoint
+ * saves it) */
+static void ref_heapify(const double *sc, const int64_t *ix, int32_t *a, int64_t n)
+{
+    for (int64_t i = n / 2 - 1; i >= 0; i--) {
+        int64_t j = i;
+        int32_t x = a[j];
+        for (;;) {
+            int64_t c = 2 * j + 1;
+            if (c >= n) break;
+            if (c + 1 < n && (sc[a[c + 1]] < sc[a[c]] || (sc[a[c + 1]] == sc[a[c]] && ix[a[c + 1]] < ix[a[c]]))) c++;
+            if (!(sc[a[c]] < sc[x] || (sc[a[c]] == sc[x] && ix[a[c]] < ix[x]))) break;
+            a[j] = a[c];
+            j = c;
+        }
+        a[j] = x;
+    }
+}
+
+/* - both heapify forms lay the heap out as the plain sift does, scores
+ *   with and without ties, sizes 1 .. 2^11, and set every pos */
+static void test_heapify(void)
+{
+    kv_rng r;
+    kv_rng_seed(&r, 11, 0, 0);
+    float k[2] = { 0, 0 }, v[2] = { 0, 0 };
+    kv_err err;
+    for (int it = 0; it < 60; it++) {
+        int64_t n = 1 + (int64_t)(kv_rng_uniform(&r) * (it < 30 ? 40 : 2048));
+        int ties = it % 2, shuffled = it % 3 != 0;
+        kv_slots s;
+        kv_slots_init(&s, 2, 2, 1, 0);
+        CHECK(kv_slots_grow(&s, n, "test", &err) == KV_OK, "grow");
+        int32_t *ref = malloc(sizeof(int32_t) * (size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            double sc = ties ? (double)(int)(kv_rng_uniform(&r) * 5) : kv_rng_uniform(&r);
+            kv_slots_set(&s, (int32_t)i, k, v, (int64_t)(kv_rng_uniform(&r) * 1e6) * 64 + i, sc);
+            s.heap[0][i] = ref[i] = (int32_t)i;
+        }
+        s.held = s.hsize[0] = n;
+        ref_heapify(s.score, s.idx, ref, n);
+        if (shuffled) kv_slots_heapify_shuffled(&s, 0);
+        else kv_slots_heapify(&s, 0);
+        CHECK(!memcmp(ref, s.heap[0], sizeof(int32_t) * (size_t)n), "heapify%s of %lld slots (ties %d): another layout",
+              shuffled ? "_shuffled" : "", (long long)n, ties);
+        int pos_ok = 1;
+        for (int64_t i = 0; i < n; i++) pos_ok &= s.pos[s.heap[0][i]] == (int32_t)i;
+        CHECK(pos_ok, "heapify: pos does not match the heap");
+        free(ref);
+        kv_slots_free(&s);
+    }
+}
+
 int main(void)
 {
     test_formulas();
     test_roundtrip();
     test_tq_domain();
     test_f16_bitwise();
+    test_heapify();
     return kv_test_result("test_store");
 }
