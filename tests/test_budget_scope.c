@@ -226,7 +226,7 @@ typedef struct {
     const char *spec;
     evref_kind kind;
     int64_t B, R, W, T, kern;
-    int64_t slot, rows; /* bytes per held token; per kept query row (every rank's kept rows counted once) */
+    int64_t slot, rows; /* bytes per held token (tova: + 16 of heap-key scratch); per kept query row (every rank's kept rows counted once) */
     double alpha;       /* floor= (0.2 unless the spec says) */
     int64_t least;      /* each stream holds at least this after a decision (the floor; 0: unchecked) */
 } scase;
@@ -239,9 +239,9 @@ static const scase cases[] = {
     { "h2o:tokens=120,recent=2", EVREF_H2O, 120, 2, 0, 0, 0, (D + DV) * 4 + 28, 0, 0.2, 0 },
     { "h2o:tokens=200,recent=10,floor=0", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0, 0, 0 },
     { "h2o:tokens=200,recent=10,floor=0.9", EVREF_H2O, 200, 10, 0, 0, 0, (D + DV) * 4 + 28, 0, 0.9, 46 },
-    { "tova:tokens=160", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0.2, 0 },
-    { "tova:tokens=160,floor=0", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0, 0 },
-    { "tova:tokens=160,floor=0.9", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 24, 2 * (D * 4 + 16), 0.9, 36 },
+    { "tova:tokens=160", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0.2, 0 },
+    { "tova:tokens=160,floor=0", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0, 0 },
+    { "tova:tokens=160,floor=0.9", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0.9, 36 },
     { "snapkv:tokens=160,window=5,period=17,kernel=5", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5, (D + DV) * 4 + 24,
       5 * 2 * (D * 4 + 24), 0.2, 0 },
     { "snapkv:tokens=160,window=5,period=17,kernel=5,floor=0.9", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5,

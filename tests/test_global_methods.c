@@ -406,7 +406,8 @@ static void test_h2o_budget(void)
 
 /* ---- tova and snapkv ---- */
 
-static int64_t tova_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 8; }
+/* tova: row, index, score, heap place and entry, 16 bytes of heap-key scratch */
+static int64_t tova_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 8 + 16; }
 static int64_t tova_qbytes(const data *x) { return (int64_t)x->d * 4 + 16; }
 static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16; }
 static int64_t snap_qbytes(const data *x) { return (int64_t)x->d * 4 + 8 + 16; }

@@ -94,7 +94,7 @@ static const kv_param_def tova_params[] = {
 
 static int64_t slot_bytes(int store, int d, int dv)
 {
-    return kv_slots_row_bytes_in(store, d, dv, 1, 0);
+    return kv_slots_row_bytes_in(store, d, dv, 1, KV_SLOTS_SHUFFLE_SCRATCH); /* the heap keys' scratch */
 }
 
 /* one kept query row: d floats and its merged (m, l) */
@@ -157,7 +157,7 @@ static int tova_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_e
     s->group = c->scope == 1 ? (int)ctx->kv_heads : (int)ns;
     s->pool = ns > 1;
     s->alpha = c->floor;
-    kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, 0);
+    kv_slots_init(&s->sl, ctx->d, ctx->dv, 1, KV_SLOTS_SHUFFLE_SCRATCH);
     if (kv_store_init(&s->store, (int)c->store, ctx->d, ctx->dv, ctx->seed, ctx->stream, ctx->rank == 0, err)) {
         free(s);
         return err->code;

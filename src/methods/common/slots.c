@@ -43,10 +43,10 @@ void kv_slots_init(kv_slots *s, int d, int dv, int nheaps, size_t scratch_per)
 void kv_slots_free(kv_slots *s)
 {
     free(s->K); free(s->V); free(s->idx); free(s->score); free(s->pos); free(s->heap[0]); free(s->heap[1]);
-    free(s->scratch); free(s->code); free(s->tk); free(s->tv); free(s->tq); free(s->lg); free(s->hk);
+    free(s->scratch); free(s->code); free(s->tk); free(s->tv); free(s->tq); free(s->lg);
     s->K = s->V = NULL; s->idx = NULL; s->score = NULL; s->pos = s->heap[0] = s->heap[1] = NULL;
-    s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL; s->hk = NULL;
-    s->qcap = s->lgcap = s->hkcap = 0;
+    s->scratch = NULL; s->code = NULL; s->tk = s->tv = s->tq = NULL; s->lg = NULL;
+    s->qcap = s->lgcap = 0;
     s->cap = s->phys = 0;
 }
 
@@ -289,6 +289,7 @@ typedef struct {
     double sc;
     int64_t ix;
 } hkey;
+_Static_assert(sizeof(hkey) == KV_SLOTS_SHUFFLE_SCRATCH, "the per-slot scratch kv_slots_heapify_shuffled asks for");
 
 static inline int hkey_before(hkey a, hkey b) { return (a.sc < b.sc) | ((a.sc == b.sc) & (a.ix < b.ix)); }
 
@@ -338,23 +339,17 @@ void kv_slots_heapify(kv_slots *s, int w)
 
 /* The same heap for keys in no particular order (tova's replaced scores),
  * where most sifts go deep and the early stop is a coin toss the branch
- * predictor loses: on a copy of the keys in heap order (when the scratch
- * can be had) and without branches on them. */
+ * predictor loses: on a copy of the keys in heap order, in the slots'
+ * per-slot scratch (counted in the memory figure), and without branches
+ * on them. */
 void kv_slots_heapify_shuffled(kv_slots *s, int w)
 {
     int64_t n = s->hsize[w];
     int32_t *a = s->heap[w];
-    if ((size_t)n > s->hkcap) {
-        void *k = realloc(s->hk, sizeof(hkey) * (size_t)n);
-        if (k) {
-            s->hk = k;
-            s->hkcap = (size_t)n;
-        }
-    }
-    if ((size_t)n > s->hkcap) { /* no scratch: in place */
+    if (s->scratch_per < sizeof(hkey) || !s->scratch || n > s->cap) { /* no scratch: in place */
         for (int64_t i = n / 2 - 1; i >= 0; i--) sift_raw(s, w, i);
     } else {
-        hkey *k = s->hk;
+        hkey *k = s->scratch; /* n <= cap slots of scratch_per >= 16 bytes: room for n keys */
         for (int64_t i = 0; i < n; i++) k[i] = (hkey){ w ? 0.0 : s->score[a[i]], s->idx[a[i]] };
         /* two places at a time (i and i - 1: disjoint subtrees for i >= 2,
          * each already heaps below), so one sift's loads overlap the

@@ -18,9 +18,8 @@
  * K and V stay NULL and each slot holds one packed row in `code`; attention
  * and logits then read the rows decoded a tile at a time into scratch that
  * only grows (kv_slots_attn, kv_slots_logits), so no query allocates once
- * the largest call was seen.  Not in the memory figure: that scratch, the
- * logits' (nq doubles a slot) and kv_slots_heapify_shuffled's keys (16
- * bytes a slot), kept between calls. */
+ * the largest call was seen.  Not in the memory figure: that scratch and
+ * the logits' (nq doubles a slot), kept between calls. */
 #ifndef KVSTREAM_SLOTS_H
 #define KVSTREAM_SLOTS_H
 
@@ -44,17 +43,20 @@ typedef struct {
     int32_t *heap[2];
     int64_t hsize[2];
     /* cap x scratch_per bytes for the method's own per-slot work (snapkv's
-     * votes); its contents do not survive kv_slots_resize */
+     * votes, tova's heap keys: KV_SLOTS_SHUFFLE_SCRATCH); its contents do
+     * not survive kv_slots_resize */
     void *scratch;
     const kv_store *store; /* NULL or f32: K and V; else rows in code */
     uint8_t *code;         /* cap x store->row bytes */
     float *tk, *tv, *tq;   /* decode tiles, prepared queries (grow only) */
     double *lg;            /* logits scratch (grow only) */
-    void *hk;              /* heapify's keys in heap order (grow only) */
-    size_t qcap, lgcap, hkcap;
+    size_t qcap, lgcap;
 } kv_slots;
 
 #define KV_SLOTS_TILE 64 /* rows decoded at a time */
+/* per-slot scratch bytes kv_slots_heapify_shuffled works in (a key and an
+ * index a slot): a set made with less heapifies in place, slower */
+#define KV_SLOTS_SHUFFLE_SCRATCH 16
 
 /* Bytes one slot costs with this shape (what kv_slots_bytes counts per
  * allocated slot): (d + dv) floats and an index, with heaps a double score,
@@ -128,7 +130,8 @@ int32_t kv_slots_pop(kv_slots *s, int w);
 int32_t kv_slots_top(const kv_slots *s, int w);
 void kv_slots_heapify(kv_slots *s, int w);
 /* kv_slots_heapify's heap (the same layout), faster when the scores were
- * all replaced (few places already in order). */
+ * all replaced (few places already in order), in the per-slot scratch when
+ * scratch_per >= KV_SLOTS_SHUFFLE_SCRATCH. */
 void kv_slots_heapify_shuffled(kv_slots *s, int w);
 
 /* Heap 0 made anew over every slot in use (one heap only: after slots were
