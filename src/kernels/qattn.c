@@ -73,10 +73,38 @@ static inline void logits_vec(const float *qs, float qz, const uint8_t *c, size_
     memcpy(S, &r, 4 * (size_t)n);
 }
 
+/* 2 KV_QVL tokens' logits, all valid: logits_vec's arithmetic for each
+ * half, interleaved (eight independent chains) */
+static inline void logits_vec2(const float *qs, float qz, const uint8_t *c, size_t bstride, int nb, float *S,
+                               const int bits)
+{
+    const int P = 32 / bits;
+    vf a[4] = { { 0 }, { 0 }, { 0 }, { 0 } }, b[4] = { { 0 }, { 0 }, { 0 }, { 0 } };
+    for (int j = 0; j < nb; j++) {
+        vi w = ldw(c + (size_t)j * bstride), x = ldw(c + (size_t)j * bstride + 4 * KV_QVL);
+        const float *q = qs + (size_t)j * P;
+        vi h = high(w), hx = high(x);
+        for (int k = 0; k < P; k++) {
+            vf qk = bcf(q[k]);
+            a[k & 3] += plane(w, h, bits, k) * qk;
+            b[k & 3] += plane(x, hx, bits, k) * qk;
+        }
+    }
+    vf r = bcf(qz) + ((a[0] + a[1]) + (a[2] + a[3])), r2 = bcf(qz) + ((b[0] + b[1]) + (b[2] + b[3]));
+    memcpy(S, &r, sizeof r);
+    memcpy(S + KV_QVL, &r2, sizeof r2);
+}
+
 void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, int nb, int bits, int nt, float *S)
 {
     size_t bs = 4 * (size_t)G;
-    for (int t = 0; t < nt; t += KV_QVL) {
+    int t = 0;
+    for (; t + 2 * KV_QVL <= nt; t += 2 * KV_QVL) switch (bits) {
+        case 2: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 2); break;
+        case 4: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 4); break;
+        default: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 8); break;
+        }
+    for (; t < nt; t += KV_QVL) {
         int n = nt - t < KV_QVL ? nt - t : KV_QVL;
         switch (bits) {
         case 2: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 2); break;
@@ -164,7 +192,7 @@ void kv_qsign_tables(const float *y, int mb, float *T)
 }
 
 /* The lanes of sum_t (w_t s_tg) code_tc for the nt tokens (W words each,
- * contiguous) into U, one vector accumulator per plane (kv_qlanes, planes
+ * contiguous) added to the pending floats U, one vector accumulator per plane (kv_qlanes, planes
  * of KV_QVL lanes per piece), then one more per piece of sum_t w_t z_tg
  * (each word lane carries its group's).  A vector is KV_QVL consecutive
  * words: KV_QVL / W tokens when W < KV_QVL (the weights and group scales
@@ -181,7 +209,7 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
     }
     for (int m = 0; m < pieces; m++) {
         vf acc[32 / 2 + 1];
-        for (int k = 0; k <= P; k++) acc[k] = bcf(0);
+        for (int k = 0; k <= P; k++) acc[k] = ldf(U + (size_t)(m * (P + 1) + k) * KV_QVL);
         if (W < KV_QVL) {
             int step = KV_QVL / W;
             for (int t = 0; t < nt; t += step) {
@@ -211,15 +239,74 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
     }
 }
 
+/* the pending floats of a coded state (qattn.h) added to its lanes */
+static void flush_pending(double *r, size_t nl)
+{
+    double *u = r + KV_PS_U, *cnt = u + nl;
+    float *p = (float *)(cnt + 1);
+    if (*cnt == 0) return;
+    for (size_t e = 0; e < nl; e++) {
+        u[e] += p[e];
+        p[e] = 0;
+    }
+    *cnt = 0;
+}
+
+/* the largest of s[0..nt): by vector lanes (max is exact, so any order
+ * gives the same value) */
+static float tile_max(const float *s, int nt)
+{
+    float mt = s[0];
+    int t = 0;
+    if (nt >= KV_QVL) {
+        vf m = ldf(s);
+        for (t = KV_QVL; t + KV_QVL <= nt; t += KV_QVL) {
+            vf x = ldf(s + t);
+            m = (vf)(((vi)(x > m) & (vi)x) | (~(vi)(x > m) & (vi)m));
+        }
+        for (int l = 0; l < KV_QVL; l++) mt = m[l] > mt ? m[l] : mt;
+    }
+    for (; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
+    return mt;
+}
+
+/* kv_attn_exp_tile with the sums by vector lanes (a fixed order, no
+ * chain of nt dependent adds): s becomes exp(s - m) under the raised max
+ * of r (nl value doubles rescaled), l and l2 go into r */
+static void exp_tile(double *r, float *s, int nt, float mt, int nl)
+{
+    float m = kv_partial_raise_max(r, mt, nl);
+    for (int t = 0; t < nt; t++) s[t] -= m;
+    kv_expf_neg(s, (size_t)nt);
+    vf l = bcf(0), l2 = bcf(0);
+    int t = 0;
+    for (; t + KV_QVL <= nt; t += KV_QVL) {
+        vf x = ldf(s + t);
+        l += x;
+        l2 += x * x;
+    }
+    float a = 0, a2 = 0;
+    for (; t < nt; t++) {
+        a += s[t];
+        a2 += s[t] * s[t];
+    }
+    for (int k = 0; k < KV_QVL; k++) {
+        a += l[k];
+        a2 += l2[k];
+    }
+    r[KV_PS_L] += a;
+    r[KV_PS_L2] += a2;
+}
+
 void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U)
 {
     int dv = tv->dv;
     if (nt <= 0) return;
-    float mt = s[0];
-    for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    kv_attn_exp_tile(r, s, nt, mt, (int)kv_qstate_len(tv) - 3);
+    float mt = tile_max(s, nt);
     double *u = r + KV_PS_U;
-    if (!tv->coded) { /* 64 channels at a time in registers, tokens inner */
+    if (!tv->coded) {
+        exp_tile(r, s, nt, mt, dv);
+        /* 64 channels at a time in registers, tokens inner */
         memset(U, 0, sizeof(float) * (size_t)dv);
         int c0 = 0;
         for (; c0 + 64 <= dv; c0 += 64) {
@@ -239,14 +326,20 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
         for (int c = 0; c < dv; c++) u[c] += U[c];
         return;
     }
-    /* coded: the lanes (vals_words), added to the state's */
+    /* coded: the lanes (vals_words) add up in the pending floats, which
+     * fold into the doubles every KV_QFLUSH tiles and before the max rises
+     * (they are relative to the max they were made under) */
     size_t nl = kv_qlanes(dv, tv->bits);
+    double *cnt = u + nl;
+    float *p = (float *)(cnt + 1);
+    if (mt > r[KV_PS_M]) flush_pending(r, nl);
+    exp_tile(r, s, nt, mt, (int)nl);
     switch (tv->bits) {
-    case 2: vals_words(U, s, tv, nt, 2); break;
-    case 4: vals_words(U, s, tv, nt, 4); break;
-    default: vals_words(U, s, tv, nt, 8); break;
+    case 2: vals_words(p, s, tv, nt, 2); break;
+    case 4: vals_words(p, s, tv, nt, 4); break;
+    default: vals_words(p, s, tv, nt, 8); break;
     }
-    for (size_t e = 0; e < nl; e++) u[e] += U[e];
+    if (++*cnt >= KV_QFLUSH) flush_pending(r, nl);
 }
 
 void kv_qstate_clear(double *r, size_t len)
@@ -262,19 +355,26 @@ void kv_qstate_merge(double *st, const double *r, const kv_qtile_vals *tv, doubl
         kv_partial_merge(st, r, dv);
         return;
     }
-    int P = 32 / tv->bits, W = dv / P;
+    int P = 32 / tv->bits, W = dv / P, pieces = W < KV_QVL ? 1 : W / KV_QVL;
     size_t nl = kv_qlanes(dv, tv->bits);
     const double *u = r + KV_PS_U;
+    const float *pend = (const float *)(u + nl + 1); /* the pending floats, added as a flush would */
     tmp[KV_PS_M] = r[KV_PS_M];
     tmp[KV_PS_L] = r[KV_PS_L];
     tmp[KV_PS_L2] = r[KV_PS_L2];
     for (int c = 0; c < dv; c++) tmp[KV_PS_U + c] = 0;
-    for (size_t e = 0; e < nl; e++) { /* lane l of piece m, plane k (P: the zero points): word (m KV_QVL + l) mod W */
-        int l = (int)(e % KV_QVL), k = (int)(e / KV_QVL % (P + 1)), m = (int)(e / KV_QVL / (P + 1)), i = (m * KV_QVL + l) % W;
-        if (k < P) tmp[KV_PS_U + i * P + k] += u[e] * kv_qword_scale(tv->bits, k);
-        else
-            for (int x = 0; x < P; x++) tmp[KV_PS_U + i * P + x] += u[e];
-    }
+    /* lane l of piece m, plane k (P: the zero points): word (m KV_QVL + l) mod W */
+    for (int m = 0, e = 0; m < pieces; m++)
+        for (int k = 0; k <= P; k++) {
+            double f = k < P ? kv_qword_scale(tv->bits, k) : 1;
+            for (int l = 0; l < KV_QVL; l++, e++) {
+                int i = (m * KV_QVL + l) % W;
+                double x = u[e] + (double)pend[e];
+                if (k < P) tmp[KV_PS_U + i * P + k] += x * f;
+                else
+                    for (int y = 0; y < P; y++) tmp[KV_PS_U + i * P + y] += x;
+            }
+        }
     kv_partial_merge(st, tmp, dv);
 }
 

@@ -122,7 +122,13 @@ typedef struct {
  * doubles in channel order, except on the coded word path: there it is
  * held per vector lane (no lane sums per tile), kv_qlanes doubles: per
  * piece of KV_QVL words, per plane and then for the zero points, the
- * lanes; kv_qstate_merge gives the channel-order state (partial.h). */
+ * lanes; then a count and kv_qlanes pending floats (the lanes of the last
+ * tiles, under the current max), folded into the doubles every KV_QFLUSH
+ * tiles and before the max rises, so a float sum spans at most
+ * KV_QFLUSH KV_QTILE tokens whatever n; kv_qstate_merge gives the
+ * channel-order state (partial.h). */
+#define KV_QFLUSH 4
+
 static inline size_t kv_qlanes(int dv, int bits)
 {
     int P = 32 / bits, W = dv / P;
@@ -131,7 +137,8 @@ static inline size_t kv_qlanes(int dv, int bits)
 
 static inline size_t kv_qstate_len(const kv_qtile_vals *tv)
 {
-    return tv->coded ? 3 + kv_qlanes(tv->dv, tv->bits) : 3 + (size_t)tv->dv;
+    size_t nl = tv->coded ? kv_qlanes(tv->dv, tv->bits) : 0;
+    return tv->coded ? 4 + nl + (nl + 1) / 2 : 3 + (size_t)tv->dv;
 }
 
 /* The empty state of len doubles. */
