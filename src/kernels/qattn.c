@@ -327,19 +327,28 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
         return;
     }
     /* coded: the lanes (vals_words) add up in the pending floats, which
-     * fold into the doubles every KV_QFLUSH tiles and before the max rises
-     * (they are relative to the max they were made under) */
+     * fold into the doubles before they would span more than KV_QTILE
+     * tokens and before the max rises (they are relative to the max they
+     * were made under) */
     size_t nl = kv_qlanes(dv, tv->bits);
     double *cnt = u + nl;
     float *p = (float *)(cnt + 1);
-    if (mt > r[KV_PS_M]) flush_pending(r, nl);
+    if (mt > r[KV_PS_M] || *cnt + nt > KV_QTILE) flush_pending(r, nl);
     exp_tile(r, s, nt, mt, (int)nl);
-    switch (tv->bits) {
-    case 2: vals_words(p, s, tv, nt, 2); break;
-    case 4: vals_words(p, s, tv, nt, 4); break;
-    default: vals_words(p, s, tv, nt, 8); break;
+    int seg = tv->seg > 0 ? tv->seg : nt;
+    kv_qtile_vals sv = *tv;
+    for (int t0 = 0; t0 < nt; t0 += seg) { /* segment by segment, in token order */
+        int n = nt - t0 < seg ? nt - t0 : seg;
+        sv.codes = tv->codes + (size_t)(t0 / seg) * tv->segstride;
+        sv.vz = tv->vz + (size_t)t0 * tv->nvg;
+        sv.vs = tv->vs + (size_t)t0 * tv->nvg;
+        switch (tv->bits) {
+        case 2: vals_words(p, s + t0, &sv, n, 2); break;
+        case 4: vals_words(p, s + t0, &sv, n, 4); break;
+        default: vals_words(p, s + t0, &sv, n, 8); break;
+        }
     }
-    if (++*cnt >= KV_QFLUSH) flush_pending(r, nl);
+    *cnt += nt;
 }
 
 void kv_qstate_clear(double *r, size_t len)

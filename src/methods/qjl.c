@@ -314,7 +314,7 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     const slice_arg *a = arg;
     qjl_state *s = a->s;
     int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
-    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL };
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL, 0, 0 };
     size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv);
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
     float *w = kv_qscratch_get(&s->ws, 2 * (ql * (size_t)nq + sl) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) +
