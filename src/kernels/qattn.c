@@ -144,7 +144,8 @@ static inline vi gather_words(const uint8_t *p, int stride)
 }
 
 /* KV_QVL tokens' sign sums (n <= KV_QVL valid): a word per token, then
- * its 8 nibbles looked up by shuffles from their 16-entry tables (one
+ * its 8 nibbles looked up by shuffles from their 16-entry tables (a
+ * row's last bytes from the word ending at its end, never past it; one
  * table in a register under AVX-512, two halves otherwise); the index is
  * the word shifted, the shuffle reading its low 4 bits; two chains */
 static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, float *S)
@@ -153,8 +154,10 @@ static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, 
     for (int j = 0; j < mb; j += 4) {
         vi w = { 0 };
         int nb = mb - j < 4 ? mb - j : 4;
-        if (nb == 4 && n == KV_QVL) w = gather_words(sig + j, mb);
-        else
+        if (n == KV_QVL && mb >= 4) { /* a row's last nb < 4 bytes: the word ending there, shifted down */
+            w = gather_words(sig + j + nb - 4, mb);
+            if (nb < 4) w = (vi)((vu)w >> (8 * (4 - nb)));
+        } else
             for (int l = 0; l < n; l++) { /* little-endian: byte j in bits 0-7 */
                 uint32_t x = 0;
                 memcpy(&x, sig + (size_t)l * mb + j, (size_t)nb);
