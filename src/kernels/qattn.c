@@ -201,15 +201,10 @@ void kv_qsign_tables(const float *y, int mb, float *T)
  * words: KV_QVL / W tokens when W < KV_QVL (the weights and group scales
  * spread to the lanes by shuffles, lanes past the tile zeroed), else piece
  * m of one token.  w, vs and vz are read KV_QVL floats past the tile. */
-static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv, int nt, const int bits)
+static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv, int nt, vi tix, vi gix, const int bits)
 {
     const int P = 32 / bits;
     int W = tv->dv / P, wpg = tv->gv / P, nvg = tv->nvg, pieces = W < KV_QVL ? 1 : W / KV_QVL;
-    vi tix, gix;
-    for (int l = 0; l < KV_QVL; l++) {
-        tix[l] = W < KV_QVL ? l / W : 0;
-        gix[l] = W < KV_QVL ? l / W * nvg + l % W / wpg : KV_QVL % wpg == 0 ? l / wpg : 0;
-    }
     for (int m = 0; m < pieces; m++) {
         vf acc[32 / 2 + 1];
         for (int k = 0; k <= P; k++) acc[k] = ldf(U + (size_t)(m * (P + 1) + k) * KV_QVL);
@@ -239,6 +234,26 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
             }
         }
         for (int k = 0; k <= P; k++) memcpy(U + (size_t)(m * (P + 1) + k) * KV_QVL, &acc[k], sizeof acc[k]);
+    }
+}
+
+/* vals_words' lane maps: lane l's token (l / W when W < KV_QVL, else 0)
+ * and group index (token nvg + word / wpg, or l / wpg within a piece),
+ * by counters: no division per lane */
+static void lane_maps(const kv_qtile_vals *tv, vi *tix, vi *gix)
+{
+    int P = 32 / tv->bits, W = tv->dv / P, wpg = tv->gv / P;
+    for (int l = 0, t = 0, x = 0, g = 0, y = 0; l < KV_QVL; l++) {
+        (*tix)[l] = t;
+        (*gix)[l] = t * tv->nvg + g;
+        if (++y == wpg) {
+            y = 0;
+            g++;
+        }
+        if (++x == W) {
+            x = y = g = 0;
+            t++;
+        }
     }
 }
 
@@ -340,15 +355,17 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     exp_tile(r, s, nt, mt, (int)nl);
     int seg = tv->seg > 0 ? tv->seg : nt;
     kv_qtile_vals sv = *tv;
+    vi tix, gix;
+    lane_maps(tv, &tix, &gix);
     for (int t0 = 0; t0 < nt; t0 += seg) { /* segment by segment, in token order */
         int n = nt - t0 < seg ? nt - t0 : seg;
         sv.codes = tv->codes + (size_t)(t0 / seg) * tv->segstride;
         sv.vz = tv->vz + (size_t)t0 * tv->nvg;
         sv.vs = tv->vs + (size_t)t0 * tv->nvg;
         switch (tv->bits) {
-        case 2: vals_words(p, s + t0, &sv, n, 2); break;
-        case 4: vals_words(p, s + t0, &sv, n, 4); break;
-        default: vals_words(p, s + t0, &sv, n, 8); break;
+        case 2: vals_words(p, s + t0, &sv, n, tix, gix, 2); break;
+        case 4: vals_words(p, s + t0, &sv, n, tix, gix, 4); break;
+        default: vals_words(p, s + t0, &sv, n, tix, gix, 8); break;
         }
     }
     *cnt += nt;
