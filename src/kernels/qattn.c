@@ -143,14 +143,63 @@ static inline vi gather_words(const uint8_t *p, int stride)
     return w;
 }
 
-/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a word per token, then
- * its 8 nibbles looked up by shuffles from their 16-entry tables (a
- * row's last bytes from the word ending at its end, never past it; one
- * table in a register under AVX-512, two halves otherwise); the index is
- * the word shifted, the shuffle reading its low 4 bits; two chains */
+/* the 2 nb nibbles of a vector of sign words w (bytes j.. of each lane's
+ * row), looked up by shuffles from their 16-entry tables (one in a register
+ * under AVX-512, two halves otherwise; the shuffle reads the index's low 4
+ * bits) into two chains, alternately */
+static inline void sign_nibbles(const float *T, vi w, int j, int nb, vf *a0, vf *a1)
+{
+    for (int x = 0; x < 2 * nb; x++) {
+        const float *t = T + (size_t)(2 * j + x) * 16;
+        vi idx = (vi)((vu)w >> (4 * x)) & 15;
+#if KV_QVL == 16
+        vf v = KV_SHUF1(ldf(t), idx);
+#else
+        vf v = KV_SHUF2(ldf(t), ldf(t + 8), idx);
+#endif
+        if (x & 1) *a1 += v;
+        else *a0 += v;
+    }
+}
+
+/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a 4-byte word per token
+ * at a time, its nibbles by sign_nibbles.  Under AVX-512 (mb >= 8) the
+ * words come from two 8-lane gathers of 8 bytes split into two word
+ * vectors (half the gathered elements of word gathers); else a word
+ * gather, or byte copies for a part vector.  A row's last bytes come from
+ * the word (or 8 bytes) ending at its end, shifted down, never past it;
+ * the sums are the same in every case. */
 static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, float *S)
 {
     vf a0 = bcf(0), a1 = bcf(0);
+#if defined(__AVX512F__)
+    if (n == KV_QVL && mb >= 8) {
+        const __m256i i8 = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(mb));
+        const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                      od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for (int j = 0; j < mb; j += 8) {
+            int nb = mb - j < 8 ? mb - j : 8;
+            const uint8_t *p = sig + j + nb - 8;
+            __m512i g0 = _mm512_i32gather_epi64(i8, p, 1), g1 = _mm512_i32gather_epi64(i8, p + 8 * (size_t)mb, 1);
+            if (nb < 8) {
+                __m128i c = _mm_cvtsi32_si128(8 * (8 - nb));
+                g0 = _mm512_srl_epi64(g0, c);
+                g1 = _mm512_srl_epi64(g1, c);
+            }
+            __m512i lo = _mm512_permutex2var_epi32(g0, ev, g1), hi = _mm512_permutex2var_epi32(g0, od, g1);
+            vi w;
+            memcpy(&w, &lo, sizeof w);
+            sign_nibbles(T, w, j, nb < 4 ? nb : 4, &a0, &a1);
+            if (nb > 4) {
+                memcpy(&w, &hi, sizeof w);
+                sign_nibbles(T, w, j + 4, nb - 4, &a0, &a1);
+            }
+        }
+        vf r = a0 + a1;
+        memcpy(S, &r, sizeof r);
+        return;
+    }
+#endif
     for (int j = 0; j < mb; j += 4) {
         vi w = { 0 };
         int nb = mb - j < 4 ? mb - j : 4;
@@ -163,17 +212,7 @@ static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, 
                 memcpy(&x, sig + (size_t)l * mb + j, (size_t)nb);
                 w[l] = (int)x;
             }
-        for (int x = 0; x < 2 * nb; x++) {
-            const float *t = T + (size_t)(2 * j + x) * 16;
-            vi idx = (vi)((vu)w >> (4 * x)) & 15;
-#if KV_QVL == 16
-            vf v = KV_SHUF1(ldf(t), idx);
-#else
-            vf v = KV_SHUF2(ldf(t), ldf(t + 8), idx);
-#endif
-            if (x & 1) a1 += v;
-            else a0 += v;
-        }
+        sign_nibbles(T, w, j, nb, &a0, &a1);
     }
     vf r = a0 + a1;
     memcpy(S, &r, 4 * (size_t)n);
