@@ -73,10 +73,38 @@ static inline void logits_vec(const float *qs, float qz, const uint8_t *c, size_
     memcpy(S, &r, 4 * (size_t)n);
 }
 
+/* 2 KV_QVL tokens' logits, all valid: logits_vec's arithmetic for each
+ * half, interleaved (eight independent chains) */
+static inline void logits_vec2(const float *qs, float qz, const uint8_t *c, size_t bstride, int nb, float *S,
+                               const int bits)
+{
+    const int P = 32 / bits;
+    vf a[4] = { { 0 }, { 0 }, { 0 }, { 0 } }, b[4] = { { 0 }, { 0 }, { 0 }, { 0 } };
+    for (int j = 0; j < nb; j++) {
+        vi w = ldw(c + (size_t)j * bstride), x = ldw(c + (size_t)j * bstride + 4 * KV_QVL);
+        const float *q = qs + (size_t)j * P;
+        vi h = high(w), hx = high(x);
+        for (int k = 0; k < P; k++) {
+            vf qk = bcf(q[k]);
+            a[k & 3] += plane(w, h, bits, k) * qk;
+            b[k & 3] += plane(x, hx, bits, k) * qk;
+        }
+    }
+    vf r = bcf(qz) + ((a[0] + a[1]) + (a[2] + a[3])), r2 = bcf(qz) + ((b[0] + b[1]) + (b[2] + b[3]));
+    memcpy(S, &r, sizeof r);
+    memcpy(S + KV_QVL, &r2, sizeof r2);
+}
+
 void kv_qlogits_words(const float *qs, float qz, const uint8_t *codes, int G, int nb, int bits, int nt, float *S)
 {
     size_t bs = 4 * (size_t)G;
-    for (int t = 0; t < nt; t += KV_QVL) {
+    int t = 0;
+    for (; t + 2 * KV_QVL <= nt; t += 2 * KV_QVL) switch (bits) {
+        case 2: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 2); break;
+        case 4: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 4); break;
+        default: logits_vec2(qs, qz, codes + 4 * (size_t)t, bs, nb, S + t, 8); break;
+        }
+    for (; t < nt; t += KV_QVL) {
         int n = nt - t < KV_QVL ? nt - t : KV_QVL;
         switch (bits) {
         case 2: logits_vec(qs, qz, codes + 4 * (size_t)t, bs, nb, n, S + t, 2); break;
@@ -115,34 +143,76 @@ static inline vi gather_words(const uint8_t *p, int stride)
     return w;
 }
 
-/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a word per token, then
- * its 8 nibbles looked up by shuffles from their 16-entry tables (one
- * table in a register under AVX-512, two halves otherwise); the index is
- * the word shifted, the shuffle reading its low 4 bits; two chains */
+/* the 2 nb nibbles of a vector of sign words w (bytes j.. of each lane's
+ * row), looked up by shuffles from their 16-entry tables (one in a register
+ * under AVX-512, two halves otherwise; the shuffle reads the index's low 4
+ * bits) into two chains, alternately */
+static inline void sign_nibbles(const float *T, vi w, int j, int nb, vf *a0, vf *a1)
+{
+    for (int x = 0; x < 2 * nb; x++) {
+        const float *t = T + (size_t)(2 * j + x) * 16;
+        vi idx = (vi)((vu)w >> (4 * x)) & 15;
+#if KV_QVL == 16
+        vf v = KV_SHUF1(ldf(t), idx);
+#else
+        vf v = KV_SHUF2(ldf(t), ldf(t + 8), idx);
+#endif
+        if (x & 1) *a1 += v;
+        else *a0 += v;
+    }
+}
+
+/* KV_QVL tokens' sign sums (n <= KV_QVL valid): a 4-byte word per token
+ * at a time, its nibbles by sign_nibbles.  Under AVX-512 (mb >= 8) the
+ * words come from two 8-lane gathers of 8 bytes split into two word
+ * vectors (half the gathered elements of word gathers); else a word
+ * gather, or byte copies for a part vector.  A row's last bytes come from
+ * the word (or 8 bytes) ending at its end, shifted down, never past it;
+ * the sums are the same in every case. */
 static inline void signs_vec(const float *T, const uint8_t *sig, int mb, int n, float *S)
 {
     vf a0 = bcf(0), a1 = bcf(0);
+#if defined(__AVX512F__)
+    if (n == KV_QVL && mb >= 8) {
+        const __m256i i8 = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(mb));
+        const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                      od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for (int j = 0; j < mb; j += 8) {
+            int nb = mb - j < 8 ? mb - j : 8;
+            const uint8_t *p = sig + j + nb - 8;
+            __m512i g0 = _mm512_i32gather_epi64(i8, p, 1), g1 = _mm512_i32gather_epi64(i8, p + 8 * (size_t)mb, 1);
+            if (nb < 8) {
+                __m128i c = _mm_cvtsi32_si128(8 * (8 - nb));
+                g0 = _mm512_srl_epi64(g0, c);
+                g1 = _mm512_srl_epi64(g1, c);
+            }
+            __m512i lo = _mm512_permutex2var_epi32(g0, ev, g1), hi = _mm512_permutex2var_epi32(g0, od, g1);
+            vi w;
+            memcpy(&w, &lo, sizeof w);
+            sign_nibbles(T, w, j, nb < 4 ? nb : 4, &a0, &a1);
+            if (nb > 4) {
+                memcpy(&w, &hi, sizeof w);
+                sign_nibbles(T, w, j + 4, nb - 4, &a0, &a1);
+            }
+        }
+        vf r = a0 + a1;
+        memcpy(S, &r, sizeof r);
+        return;
+    }
+#endif
     for (int j = 0; j < mb; j += 4) {
         vi w = { 0 };
         int nb = mb - j < 4 ? mb - j : 4;
-        if (nb == 4 && n == KV_QVL) w = gather_words(sig + j, mb);
-        else
+        if (n == KV_QVL && mb >= 4) { /* a row's last nb < 4 bytes: the word ending there, shifted down */
+            w = gather_words(sig + j + nb - 4, mb);
+            if (nb < 4) w = (vi)((vu)w >> (8 * (4 - nb)));
+        } else
             for (int l = 0; l < n; l++) { /* little-endian: byte j in bits 0-7 */
                 uint32_t x = 0;
                 memcpy(&x, sig + (size_t)l * mb + j, (size_t)nb);
                 w[l] = (int)x;
             }
-        for (int x = 0; x < 2 * nb; x++) {
-            const float *t = T + (size_t)(2 * j + x) * 16;
-            vi idx = (vi)((vu)w >> (4 * x)) & 15;
-#if KV_QVL == 16
-            vf v = KV_SHUF1(ldf(t), idx);
-#else
-            vf v = KV_SHUF2(ldf(t), ldf(t + 8), idx);
-#endif
-            if (x & 1) a1 += v;
-            else a0 += v;
-        }
+        sign_nibbles(T, w, j, nb, &a0, &a1);
     }
     vf r = a0 + a1;
     memcpy(S, &r, 4 * (size_t)n);
@@ -164,24 +234,19 @@ void kv_qsign_tables(const float *y, int mb, float *T)
 }
 
 /* The lanes of sum_t (w_t s_tg) code_tc for the nt tokens (W words each,
- * contiguous) into U, one vector accumulator per plane (kv_qlanes, planes
+ * contiguous) added to the pending floats U, one vector accumulator per plane (kv_qlanes, planes
  * of KV_QVL lanes per piece), then one more per piece of sum_t w_t z_tg
  * (each word lane carries its group's).  A vector is KV_QVL consecutive
  * words: KV_QVL / W tokens when W < KV_QVL (the weights and group scales
  * spread to the lanes by shuffles, lanes past the tile zeroed), else piece
  * m of one token.  w, vs and vz are read KV_QVL floats past the tile. */
-static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv, int nt, const int bits)
+static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv, int nt, vi tix, vi gix, const int bits)
 {
     const int P = 32 / bits;
     int W = tv->dv / P, wpg = tv->gv / P, nvg = tv->nvg, pieces = W < KV_QVL ? 1 : W / KV_QVL;
-    vi tix, gix;
-    for (int l = 0; l < KV_QVL; l++) {
-        tix[l] = W < KV_QVL ? l / W : 0;
-        gix[l] = W < KV_QVL ? l / W * nvg + l % W / wpg : KV_QVL % wpg == 0 ? l / wpg : 0;
-    }
     for (int m = 0; m < pieces; m++) {
         vf acc[32 / 2 + 1];
-        for (int k = 0; k <= P; k++) acc[k] = bcf(0);
+        for (int k = 0; k <= P; k++) acc[k] = ldf(U + (size_t)(m * (P + 1) + k) * KV_QVL);
         if (W < KV_QVL) {
             int step = KV_QVL / W;
             for (int t = 0; t < nt; t += step) {
@@ -211,15 +276,94 @@ static inline void vals_words(float *U, const float *w, const kv_qtile_vals *tv,
     }
 }
 
+/* vals_words' lane maps: lane l's token (l / W when W < KV_QVL, else 0)
+ * and group index (token nvg + word / wpg, or l / wpg within a piece),
+ * by counters: no division per lane */
+static void lane_maps(const kv_qtile_vals *tv, vi *tix, vi *gix)
+{
+    int P = 32 / tv->bits, W = tv->dv / P, wpg = tv->gv / P;
+    for (int l = 0, t = 0, x = 0, g = 0, y = 0; l < KV_QVL; l++) {
+        (*tix)[l] = t;
+        (*gix)[l] = t * tv->nvg + g;
+        if (++y == wpg) {
+            y = 0;
+            g++;
+        }
+        if (++x == W) {
+            x = y = g = 0;
+            t++;
+        }
+    }
+}
+
+/* the pending floats of a coded state (qattn.h) added to its lanes */
+static void flush_pending(double *r, size_t nl)
+{
+    double *u = r + KV_PS_U, *cnt = u + nl;
+    float *p = (float *)(cnt + 1);
+    if (*cnt == 0) return;
+    for (size_t e = 0; e < nl; e++) {
+        u[e] += p[e];
+        p[e] = 0;
+    }
+    *cnt = 0;
+}
+
+/* the largest of s[0..nt): by vector lanes (max is exact, so any order
+ * gives the same value) */
+static float tile_max(const float *s, int nt)
+{
+    float mt = s[0];
+    int t = 0;
+    if (nt >= KV_QVL) {
+        vf m = ldf(s);
+        for (t = KV_QVL; t + KV_QVL <= nt; t += KV_QVL) {
+            vf x = ldf(s + t);
+            m = (vf)(((vi)(x > m) & (vi)x) | (~(vi)(x > m) & (vi)m));
+        }
+        for (int l = 0; l < KV_QVL; l++) mt = m[l] > mt ? m[l] : mt;
+    }
+    for (; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
+    return mt;
+}
+
+/* kv_attn_exp_tile with the sums by vector lanes (a fixed order, no
+ * chain of nt dependent adds): s becomes exp(s - m) under the raised max
+ * of r (nl value doubles rescaled), l and l2 go into r */
+static void exp_tile(double *r, float *s, int nt, float mt, int nl)
+{
+    float m = kv_partial_raise_max(r, mt, nl);
+    for (int t = 0; t < nt; t++) s[t] -= m;
+    kv_expf_neg(s, (size_t)nt);
+    vf l = bcf(0), l2 = bcf(0);
+    int t = 0;
+    for (; t + KV_QVL <= nt; t += KV_QVL) {
+        vf x = ldf(s + t);
+        l += x;
+        l2 += x * x;
+    }
+    float a = 0, a2 = 0;
+    for (; t < nt; t++) {
+        a += s[t];
+        a2 += s[t] * s[t];
+    }
+    for (int k = 0; k < KV_QVL; k++) {
+        a += l[k];
+        a2 += l2[k];
+    }
+    r[KV_PS_L] += a;
+    r[KV_PS_L2] += a2;
+}
+
 void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *U)
 {
     int dv = tv->dv;
     if (nt <= 0) return;
-    float mt = s[0];
-    for (int t = 1; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    kv_attn_exp_tile(r, s, nt, mt, (int)kv_qstate_len(tv) - 3);
+    float mt = tile_max(s, nt);
     double *u = r + KV_PS_U;
-    if (!tv->coded) { /* 64 channels at a time in registers, tokens inner */
+    if (!tv->coded) {
+        exp_tile(r, s, nt, mt, dv);
+        /* 64 channels at a time in registers, tokens inner */
         memset(U, 0, sizeof(float) * (size_t)dv);
         int c0 = 0;
         for (; c0 + 64 <= dv; c0 += 64) {
@@ -239,14 +383,31 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
         for (int c = 0; c < dv; c++) u[c] += U[c];
         return;
     }
-    /* coded: the lanes (vals_words), added to the state's */
+    /* coded: the lanes (vals_words) add up in the pending floats, which
+     * fold into the doubles before they would span more than KV_QTILE
+     * tokens and before the max rises (they are relative to the max they
+     * were made under) */
     size_t nl = kv_qlanes(dv, tv->bits);
-    switch (tv->bits) {
-    case 2: vals_words(U, s, tv, nt, 2); break;
-    case 4: vals_words(U, s, tv, nt, 4); break;
-    default: vals_words(U, s, tv, nt, 8); break;
+    double *cnt = u + nl;
+    float *p = (float *)(cnt + 1);
+    if (mt > r[KV_PS_M] || *cnt + nt > KV_QTILE) flush_pending(r, nl);
+    exp_tile(r, s, nt, mt, (int)nl);
+    int seg = tv->seg > 0 ? tv->seg : nt;
+    kv_qtile_vals sv = *tv;
+    vi tix, gix;
+    lane_maps(tv, &tix, &gix);
+    for (int t0 = 0; t0 < nt; t0 += seg) { /* segment by segment, in token order */
+        int n = nt - t0 < seg ? nt - t0 : seg;
+        sv.codes = tv->codes + (size_t)(t0 / seg) * tv->segstride;
+        sv.vz = tv->vz + (size_t)t0 * tv->nvg;
+        sv.vs = tv->vs + (size_t)t0 * tv->nvg;
+        switch (tv->bits) {
+        case 2: vals_words(p, s + t0, &sv, n, tix, gix, 2); break;
+        case 4: vals_words(p, s + t0, &sv, n, tix, gix, 4); break;
+        default: vals_words(p, s + t0, &sv, n, tix, gix, 8); break;
+        }
     }
-    for (size_t e = 0; e < nl; e++) u[e] += U[e];
+    *cnt += nt;
 }
 
 void kv_qstate_clear(double *r, size_t len)
@@ -262,19 +423,26 @@ void kv_qstate_merge(double *st, const double *r, const kv_qtile_vals *tv, doubl
         kv_partial_merge(st, r, dv);
         return;
     }
-    int P = 32 / tv->bits, W = dv / P;
+    int P = 32 / tv->bits, W = dv / P, pieces = W < KV_QVL ? 1 : W / KV_QVL;
     size_t nl = kv_qlanes(dv, tv->bits);
     const double *u = r + KV_PS_U;
+    const float *pend = (const float *)(u + nl + 1); /* the pending floats, added as a flush would */
     tmp[KV_PS_M] = r[KV_PS_M];
     tmp[KV_PS_L] = r[KV_PS_L];
     tmp[KV_PS_L2] = r[KV_PS_L2];
     for (int c = 0; c < dv; c++) tmp[KV_PS_U + c] = 0;
-    for (size_t e = 0; e < nl; e++) { /* lane l of piece m, plane k (P: the zero points): word (m KV_QVL + l) mod W */
-        int l = (int)(e % KV_QVL), k = (int)(e / KV_QVL % (P + 1)), m = (int)(e / KV_QVL / (P + 1)), i = (m * KV_QVL + l) % W;
-        if (k < P) tmp[KV_PS_U + i * P + k] += u[e] * kv_qword_scale(tv->bits, k);
-        else
-            for (int x = 0; x < P; x++) tmp[KV_PS_U + i * P + x] += u[e];
-    }
+    /* lane l of piece m, plane k (P: the zero points): word (m KV_QVL + l) mod W */
+    for (int m = 0, e = 0; m < pieces; m++)
+        for (int k = 0; k <= P; k++) {
+            double f = k < P ? kv_qword_scale(tv->bits, k) : 1;
+            for (int l = 0; l < KV_QVL; l++, e++) {
+                int i = (m * KV_QVL + l) % W;
+                double x = u[e] + (double)pend[e];
+                if (k < P) tmp[KV_PS_U + i * P + k] += x * f;
+                else
+                    for (int y = 0; y < P; y++) tmp[KV_PS_U + i * P + y] += x;
+            }
+        }
     kv_partial_merge(st, tmp, dv);
 }
 

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define KV_QTILE 32 /* tokens per tile */
+#define KV_QTILE 128 /* tokens per tile at most */
 
 /* half -> float for finite halves (scales and zero points are checked
  * finite): the bits shifted into a float, times 2^112, exact for normal and
@@ -111,18 +111,27 @@ float kv_qdot(const float *a, const float *b, int n);
 /* A tile's values, row t of nt: floats (coded = 0: v is nt x dv), or b-bit
  * codes (coded = 1: token-major in the word layout, kv_qwords_ok, from
  * codes) with the token's nvg group zero points vz and scales vs (nt x nvg,
- * groups of gv channels). */
+ * groups of gv channels).  The codes may come in segments of seg tokens
+ * (seg > 0, a multiple of KV_QVL / (dv / (32 / bits)) when that is > 1:
+ * kivi's groups), segment i at codes + i segstride; seg = 0: one. */
 typedef struct {
     int dv, nvg, gv, coded, bits;
     const float *v, *vz, *vs;
     const uint8_t *codes;
+    int seg;
+    size_t segstride;
 } kv_qtile_vals;
 
 /* The double state a tile folds into: [m, l, l2] then u.  u is dv
  * doubles in channel order, except on the coded word path: there it is
  * held per vector lane (no lane sums per tile), kv_qlanes doubles: per
  * piece of KV_QVL words, per plane and then for the zero points, the
- * lanes; kv_qstate_merge gives the channel-order state (partial.h). */
+ * lanes; then a token count and kv_qlanes pending floats (the lanes of
+ * the last tiles, under the current max), folded into the doubles before
+ * they would span more than KV_QTILE tokens and before the max rises, so
+ * a float sum spans at most KV_QTILE tokens whatever n; kv_qstate_merge
+ * gives the channel-order state (partial.h). */
+
 static inline size_t kv_qlanes(int dv, int bits)
 {
     int P = 32 / bits, W = dv / P;
@@ -131,7 +140,8 @@ static inline size_t kv_qlanes(int dv, int bits)
 
 static inline size_t kv_qstate_len(const kv_qtile_vals *tv)
 {
-    return tv->coded ? 3 + kv_qlanes(tv->dv, tv->bits) : 3 + (size_t)tv->dv;
+    size_t nl = tv->coded ? kv_qlanes(tv->dv, tv->bits) : 0;
+    return tv->coded ? 4 + nl + (nl + 1) / 2 : 3 + (size_t)tv->dv;
 }
 
 /* The empty state of len doubles. */

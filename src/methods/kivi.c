@@ -278,29 +278,54 @@ static int kivi_ingest(void *state, const float *K, const float *V, int64_t firs
 
 typedef struct { kivi_state *s; int64_t per; const float *qp; } slice_arg;
 
+/* Groups per tile: whole groups share a tile (KV_QTILE tokens) when the
+ * values take the word path and G divides it, else one group's tokens. */
+static int tile_groups(const kivi_state *s)
+{
+    return s->fastv && s->G <= KV_QTILE && KV_QTILE % s->G == 0 ? KV_QTILE / s->G : 1;
+}
+
 /* Floats of one thread's scratch for nq queries (fold_groups' layout). */
 static size_t scratch_floats(const kivi_state *s, int nq)
 {
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv, nvg = (size_t)s->nvg, kq = (size_t)s->nb * (32 / s->bits);
-    kv_qtile_vals tv = { s->ctx.dv, s->nvg, s->gv, s->fastv, s->bits, NULL, NULL, NULL, NULL };
+    size_t tg = (size_t)tile_groups(s);
+    kv_qtile_vals tv = { s->ctx.dv, s->nvg, s->gv, s->fastv, s->bits, NULL, NULL, NULL, NULL, 0, 0 };
     return 2 * (kv_qstate_len(&tv) * (size_t)nq + KV_PSTATE_LEN(dv)) + 2 * d + KV_QTILE * (dv + 2 * nvg + 1) +
-           KV_QU_FLOATS(dv) + (size_t)nq * (kq + 1);
+           KV_QU_FLOATS(dv) + (size_t)nq * tg * (kq + 1);
+}
+
+/* Each query's qs and qz for group record r, into qs + q tg kq and qz + q tg
+ * (kz, ks: scratch of d floats). */
+static void fold_keys(const kivi_state *s, const uint8_t *r, const float *qp, int nq, int tg, float *kz, float *ks,
+                      float *qs, float *qz)
+{
+    int d = s->ctx.d, kq = s->nb * (32 / s->bits);
+    kv_qhalves(r + s->kcb, d, kz, ks);
+    for (int q = 0; q < nq; q++) { /* channels past d have code 0: their qs is 0 */
+        const float *x = qp + (size_t)q * d;
+        float *o = qs + (size_t)q * tg * kq;
+        for (int p = 0; p < d; p++) o[p] = x[p] * ks[p] * s->kpl[p];
+        for (int p = d; p < kq; p++) o[p] = 0;
+        qz[(size_t)q * tg] = kv_qdot(x, kz, d);
+    }
 }
 
 /* Slice i of the groups, in the compressed domain (kernels/qattn.h): per
  * group the key scales fold into the queries (qs = scale q s, qz = scale
  * q . z), logits are qz + qs . code straight from the packed codes (a
  * token per vector lane), and the values fold from their codes with the
- * per-token scales folded into the softmax weights.  Values the word path
- * cannot take (kv_qwords_ok) are decoded to floats instead. */
+ * per-token scales folded into the softmax weights, tile_groups groups
+ * per tile.  Values the word path cannot take (kv_qwords_ok) are decoded
+ * to floats instead. */
 static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     (void)Q;
     (void)scale;
     const slice_arg *a = arg;
     kivi_state *s = a->s;
-    int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg, kq = s->nb * (32 / b);
-    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, b, NULL, NULL, NULL, NULL };
+    int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg, kq = s->nb * (32 / b), tg = tile_groups(s);
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, b, NULL, NULL, NULL, NULL, 0, 0 };
     size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv), vb = (size_t)dv * b / 8;
     int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
     float *w = kv_qscratch_get(&s->ws, scratch_floats(s, nq));
@@ -309,24 +334,35 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     for (int q = 0; q < nq; q++) kv_qstate_clear(rl + q * ql, ql);
     float *kz = w + 2 * (ql * (size_t)nq + sl), *ks = kz + d, *vc = ks + d, *vz = vc + KV_QTILE * dv,
           *vs = vz + KV_QTILE * nvg, *S = vs + KV_QTILE * nvg, *U = S + KV_QTILE,
-          *qs = U + KV_QU_FLOATS(dv), *qz = qs + (size_t)nq * kq;
+          *qs = U + KV_QU_FLOATS(dv), *qz = qs + (size_t)nq * tg * kq;
     tv.v = vc;
     tv.vz = vz;
     tv.vs = vs;
-    for (int64_t g = g0; g < g1; g++) {
-        const uint8_t *r = s->recs + (size_t)g * s->rec, *kzs = r + s->kcb, *vcode = kzs + 4 * (size_t)d,
-                      *vzs = vcode + s->vcb;
-        uint16_t h[2];
-        if (g + 1 < g1) /* the next record, while this one is answered: its scales come first, so a miss stalls */
-            for (size_t x = 0; x < s->rec; x += 64) __builtin_prefetch(r + s->rec + x);
-        kv_qhalves(kzs, d, kz, ks);
-        for (int q = 0; q < nq; q++) { /* channels past d have code 0: their qs is 0 */
-            const float *qp = a->qp + (size_t)q * d;
-            float *o = qs + (size_t)q * kq;
-            for (int p = 0; p < d; p++) o[p] = qp[p] * ks[p] * s->kpl[p];
-            for (int p = d; p < kq; p++) o[p] = 0;
-            qz[q] = kv_qdot(qp, kz, d);
+    if (tg > 1) { /* tiles of up to tg whole groups: codes a record apart */
+        tv.seg = G;
+        tv.segstride = s->rec;
+    }
+    for (int64_t g = g0; g < g1; g += tg) {
+        int ngt = g1 - g < tg ? (int)(g1 - g) : tg;
+        int64_t gn = g1 - (g + ngt) < tg ? g1 - (g + ngt) : tg;
+        /* the next tile's records, while this one is answered: their scales come first, so a miss stalls */
+        for (size_t x = 0; x < (size_t)gn * s->rec; x += 64) __builtin_prefetch(s->recs + (size_t)(g + ngt) * s->rec + x);
+        for (int x = 0; x < ngt; x++) {
+            const uint8_t *r = s->recs + (size_t)(g + x) * s->rec;
+            fold_keys(s, r, a->qp, nq, tg, kz, ks, qs + (size_t)x * kq, qz + x);
+            if (tg > 1) kv_qhalves(r + s->kcb + 4 * (size_t)d + s->vcb, G * nvg, vz + (size_t)x * G * nvg, vs + (size_t)x * G * nvg);
         }
+        if (tg > 1) {
+            tv.codes = s->recs + (size_t)g * s->rec + s->kcb + 4 * (size_t)d;
+            for (int q = 0; q < nq; q++) {
+                for (int x = 0; x < ngt; x++)
+                    kv_qlogits_words(qs + ((size_t)q * tg + x) * kq, qz[q * tg + x], s->recs + (size_t)(g + x) * s->rec,
+                                     G, s->nb, b, G, S + x * G);
+                kv_qfold_tile(rl + q * ql, S, ngt * G, &tv, U);
+            }
+            continue;
+        }
+        const uint8_t *r = s->recs + (size_t)g * s->rec, *vcode = r + s->kcb + 4 * (size_t)d, *vzs = vcode + s->vcb;
         for (int t0 = 0; t0 < G; t0 += KV_QTILE) {
             int nt = G - t0 < KV_QTILE ? G - t0 : KV_QTILE;
             tv.codes = vcode + (size_t)t0 * vb;
@@ -334,6 +370,7 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
             for (int t = 0; t < nt && !s->fastv; t++)
                 for (int j = 0; j < nvg; j++) {
                     int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
+                    uint16_t h[2];
                     memcpy(h, vzs + 4 * ((size_t)(t0 + t) * nvg + j), 4);
                     kv_dequantise(vcode, (size_t)(t0 + t) * dv + c0, 1, (size_t)nc, b, h, vc + (size_t)t * dv + c0, 1);
                 }

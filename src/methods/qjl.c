@@ -314,7 +314,7 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     const slice_arg *a = arg;
     qjl_state *s = a->s;
     int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
-    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL };
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL, 0, 0 };
     size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv);
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
     float *w = kv_qscratch_get(&s->ws, 2 * (ql * (size_t)nq + sl) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) +
@@ -389,13 +389,15 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
     if (!rc) rc = kv_tokring_fold(&s->edge, 0, Q, nq, (float)s->ctx.scale, st);
     if (!rc) rc = kv_tokring_fold(&s->tail, 0, Q, nq, (float)s->ctx.scale, st);
     /* the rows once per call and S per query (it makes S q); per query S q
-     * (2 m d), its nibble tables (16 m/4 adds), per quantised token m/4 table
-     * adds, 3 multiplies and one FMA per value, per float token 2 (d + dv) */
+     * (2 m d); per quantised token the estimator's inner product <S q, sign>,
+     * m signed adds (what the method must do: the nibble tables are this
+     * kernel's way of doing them, in m/4 lookups), 3 multiplies and one FMA
+     * per value; per float token 2 (d + dv) */
     int64_t dd = s->ctx.d, dv = s->ctx.dv, nf = s->tail.count + s->edge.count, m = s->m;
     s->cost.read_bytes += (double)s->n * (double)row_bytes(s) + (s->n ? (double)nq * 4.0 * (double)(m * dd) : 0) +
                           (double)nf * (double)((dd + dv) * 4 + 8);
     s->cost.read_tokens += (double)(s->n + nf);
-    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd + 4 * m) : 0) + (double)s->n * (double)(m / 4 + 3 + 2 * dv) +
+    s->cost.flops += (double)nq * ((s->n ? (double)(2 * m * dd) : 0) + (double)s->n * (double)(m + 3 + 2 * dv) +
                                    (double)nf * 2 * (dd + dv));
     return rc;
 }
