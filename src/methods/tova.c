@@ -42,8 +42,9 @@
  * tokens= and budget= exclude each other.  B >= n: exact attention.
  *
  * Memory: allocated slots x ((d + dv) floats + index + score + two int32
- * (heap position, heap)) + the kept query rows; the arrays are resized to
- * the slots in use after every decision and ingest. */
+ * (heap position, heap) + 16 bytes of scratch the heap's rebuild sorts
+ * its keys in) + the kept query rows; the arrays are resized to the slots
+ * in use after every decision and ingest. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
