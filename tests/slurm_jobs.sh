@@ -104,11 +104,13 @@ TRACE=$WORK/small.h5
 mpirun -n 1 "$KVSTREAM" gen --kind clustered --clusters 8 --spread 0.3 --streams 2 --tokens 4000 --dim 16 \
   --queries 48 --chunk 512 --seed 5 -o "$TRACE" >/dev/null || fail "gen small"
 LONG=$WORK/long.h5
-# The long replay must still be running when the test signals it: exact alone
-# answers a whole batch in one pass over the keys (partial_batch), so the
-# long jobs add the top-k oracle, which still makes one pass per prefix.
+# The long replay must still be running when the test signals it (the first
+# progress line comes after about a second): 12,000 query positions answered
+# 4 at a time, each batch one pass over the prefix for exact and one for the
+# top-k oracle, about 7 s on 2 cores (3,000 in batches of 16 took 2 s, then
+# 1.1 s once topk's batch got faster, and the job ended before the signal).
 LONGM="exact,topk:k=8"
-mpirun -n 1 "$KVSTREAM" gen --kind gaussian --streams 2 --tokens 80000 --dim 32 --queries 3000 --seed 6 \
+mpirun -n 1 "$KVSTREAM" gen --kind gaussian --streams 2 --tokens 80000 --dim 32 --queries 12000 --seed 6 \
   -o "$LONG" >/dev/null || fail "gen long"
 
 # --- 1-5: submit all; they share the node's 2 CPUs -------------------------
@@ -182,7 +184,7 @@ wait_progress() {
 }
 
 if "$KVSTREAM" help 2>&1 | grep -q -- --checkpoint; then
-  J6=$(submit -n 2 -c 1 -t 10 "$REPO/jobs/replay.sbatch" "$LONG" "$LONGM" "$WORK/long-res.h5" --save-outputs --batch 16) ||
+  J6=$(submit -n 2 -c 1 -t 10 "$REPO/jobs/replay.sbatch" "$LONG" "$LONGM" "$WORK/long-res.h5" --save-outputs --batch 4) ||
     fail "sbatch long replay"
   LOG6=$WORK/kv-replay-$J6.out
   wait_progress "$LOG6" || fail "long replay (job $J6) shows no progress: $(cat "$LOG6" 2>/dev/null)"
@@ -205,7 +207,7 @@ if "$KVSTREAM" help 2>&1 | grep -q -- --checkpoint; then
   expect_completed "$J6" "requeued replay" 240
   grep -q "resuming from $WORK/long-res.ckpt (restart 1)" "$LOG6" || fail "requeued run did not resume: $(cat "$LOG6")"
   [ -f "$WORK/long-res.ckpt" ] && fail "checkpoint left after the finished replay"
-  OMP_NUM_THREADS=1 mpirun --oversubscribe -n 2 "$KVSTREAM" replay "$LONG" --methods "$LONGM" --save-outputs --batch 16 \
+  OMP_NUM_THREADS=1 mpirun --oversubscribe -n 2 "$KVSTREAM" replay "$LONG" --methods "$LONGM" --save-outputs --batch 4 \
     --quiet -o "$WORK/long-direct.h5" >/dev/null || fail "uninterrupted reference replay"
   $CHECK same "$WORK/long-res.h5" "$WORK/long-direct.h5" || fail "resumed results differ"
   ok "interrupted, requeued and resumed replay equals the uninterrupted one"
@@ -220,7 +222,7 @@ if [ "\${1:-}" = help ]; then "$KVSTREAM" help 2>&1 | grep -v -- --checkpoint; e
 exec "$KVSTREAM" "\$@"
 EOF
 chmod +x "$WORK/kvstream-nockpt"
-J7=$(KVSTREAM=$WORK/kvstream-nockpt KV_LAUNCHER=mpirun submit -n 2 -c 1 -t 10 "$REPO/jobs/replay.sbatch" "$LONG" "$LONGM" "$WORK/nockpt.h5" --batch 16) ||
+J7=$(KVSTREAM=$WORK/kvstream-nockpt KV_LAUNCHER=mpirun submit -n 2 -c 1 -t 10 "$REPO/jobs/replay.sbatch" "$LONG" "$LONGM" "$WORK/nockpt.h5" --batch 4) ||
   fail "sbatch nockpt replay"
 LOG7=$WORK/kv-replay-$J7.out
 wait_progress "$LOG7" || fail "replay (job $J7) shows no progress: $(cat "$LOG7" 2>/dev/null)"
