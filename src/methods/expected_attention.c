@@ -36,6 +36,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/search.h"
 #include "kernels/held.h"
 #include "methods/method.h"
 #include "methods/common/slots.h"
@@ -50,7 +51,7 @@ typedef struct {
     int64_t ties;         /* near-tie decisions */
     kv_query_cost cost;   /* method.h: cost */
     kv_slots sl;          /* the held rows (no heap: keys change with every query) */
-    double *key;          /* each slot's key (kcap allocated = sl.cap); NAN: not computed yet */
+    double *key;          /* each slot's key (kcap allocated = sl.cap); valid below kdone */
     int64_t kcap;
     int kvalid;           /* 0: every key is stale (the window changed) */
     int64_t kdone;        /* with kvalid, slots below this have their key (the rest arrived since) */
@@ -181,7 +182,6 @@ static int ea_ingest(void *state, const float *K, const float *V, int64_t first,
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "expected-attention", err)) return err->code;
     if (key_fit(s, sl->held + (int64_t)n)) return kv_seterr(err, KV_EINTERNAL, "expected-attention: out of memory");
     for (size_t i = 0; i < n; i++) {
-        s->key[sl->held] = NAN;
         kv_slots_set(sl, (int32_t)sl->held++, K + i * d, V + i * dv, first + (int64_t)i, 0);
     }
     s->seen += (int64_t)n;
@@ -343,12 +343,6 @@ static int ea_cands(void *const *st, int ns, int64_t x, const double *halo, int 
     return kv_evict_lowest_cols(s->key, s->sl.idx, (size_t)s->sl.held, s->S, L, keys, s->lo_at);
 }
 
-static int desc_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x < y) - (x > y);
-}
-
 /* Drop the non-sink slots whose key goes.  They are among the L lowest
  * that cands sent (need < L of all ranks' keys are at or below the cut),
  * whose slots it kept: those are dropped from the highest slot down, each
@@ -366,8 +360,8 @@ static int ea_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, 
         if (!kv_evkey_goes(k, cut)) break;
         at[ng++] = at[j];
     }
-    qsort(at, (size_t)ng, sizeof *at, desc_i64);
-    for (int64_t j = 0; j < ng; j++) {
+    qsort(at, (size_t)ng, sizeof *at, kv_cmp_i64);
+    for (int64_t j = ng - 1; j >= 0; j--) { /* the highest slot first */
         s->key[at[j]] = s->key[s->sl.held - 1]; /* the last slot moves into the gap */
         kv_slots_drop(&s->sl, (int32_t)at[j]);
     }
