@@ -11,7 +11,7 @@ usage: check_global_methods.py topk|h2o|evict|scope TRACE RESULTS_NP1 [RESULTS_N
     reserves the every tokens arriving between two decisions);
   - evict (tova, snapkv, and balancekv's merge-and-reduce): memory_bytes <=
     the budget at every P (5%: the token slots plus the kept query rows,
-    counted once, fit in it, by the rule of tova.c / snapkv.c /
+    counted once, fit in it, by the rule of tova.c / snapkv/snapkv.c /
     balancekv.c), finite
     errors, and with tokens >= n (nothing evicted) the outputs equal exact's
     to 1e-6 (float32 outputs, the same tokens summed in another order); and

@@ -491,7 +491,7 @@ static void test_evict_vs_ref(const evcase *c)
 }
 
 /* The tokens snapkv holds over all ranks, ascending (n of them, into
- * out), read from each rank's checkpoint form (snapkv.c: snapkv_save, four
+ * out), read from each rank's checkpoint form (snapkv/snapkv.c: snapkv_save, four
  * counters, the buffered rows, then slots.h: kv_slots_save's K, V, idx). */
 static int64_t snap_kept(const emu *e, int64_t *out)
 {
@@ -578,7 +578,7 @@ static int snap_same_as_fresh(emu *e, const kv_method_ctx *ctx, int64_t x)
 }
 
 /* snapkv keeps its pooled scores and votes between decisions and redoes
- * only what changed (snapkv.c: offer, compute_votes): the tokens it holds,
+ * only what changed (snapkv/decide.c: offer, compute_votes): the tokens it holds,
  * over all ranks, are after every query exactly the brute force's, which
  * recomputes every vote and pooled score and sorts every candidate
  * (evref.c), through dense stretches of queries (every buffered row sees
