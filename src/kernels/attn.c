@@ -364,7 +364,7 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, int 
 }
 
 /* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
- * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4), each a
+ * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4, lb too), each a
  * sequential FMA chain over t from zero.  Register blocks of 6 (then 4)
  * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
  * value columns outside, so their 16 KiB of the tile stay in L1 across the
@@ -511,7 +511,9 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
             st16(l2v + j, l2);
         }
         rows_vals(&w, t0, nt, vb);
-        pv_lanes(S, nqp, lb, qe, w.v, nt, dv, U);
+        /* P.V from the block of 4 holding qa: a query's sums are its own FMA
+         * chain whatever its block, and ended lanes below it need none */
+        pv_lanes(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
             r[KV_PS_L] += lv[q];
