@@ -9,9 +9,10 @@
  * multiply-adds.  A chain's sums go to a small scratch, and the tree then
  * adds the 8 chains lane-wise: 16 dots, each kv_dot_fixed's bits, whose
  * signs become 16 bits at once.  Each lane's arithmetic is its own, so a
- * vector's bits do not depend on its tile mates (a short tile repeats its
- * last vector).  The tile of vectors is the outer loop: its rows stay in L1
- * while the planes stream from L2. */
+ * vector's bits do not depend on its tile mates (the vectors past the last
+ * whole tile go one at a time: a lone query spends no lanes on repeats).
+ * The tile of vectors is the outer loop: its rows stay in L1 while the
+ * planes stream from L2. */
 #include "kernels/simhash.h"
 #include <stdlib.h>
 #include <string.h>
@@ -64,31 +65,33 @@ void kv_simhash_pack(const float *H, int np, int d, float *P)
         for (int c = 0; c < d; c++) P[((size_t)(j / PB) * d + c) * PB + j % PB] = H[(size_t)j * d + c];
 }
 
-/* the sign bits of TT vectors x[t] against every block: 16 bits per block
- * into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB vectors */
-static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+/* the sign bits of tt <= TT vectors x[t] against every block: 16 bits per
+ * block into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB
+ * vectors.  Instantiated with a constant tt (accumulators in registers). */
+static inline __attribute__((always_inline)) void tile_bits_(const float *P, size_t nb, int d, const float *const *x,
+                                                             uint64_t *w, size_t nw, v16 *S, int tt)
 {
-    memset(w, 0, sizeof(uint64_t) * nw * TT);
+    memset(w, 0, sizeof(uint64_t) * nw * (size_t)tt);
     for (size_t b0 = 0; b0 < nb; b0 += NB) {
         const float *pb = P + b0 * (size_t)d * PB;
         for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
             v16 acc[TT][NB];
-            for (int t = 0; t < TT; t++)
+            for (int t = 0; t < tt; t++)
                 for (int b = 0; b < NB; b++) acc[t][b] = (v16){ 0 };
             for (int c = j; c < d; c += 8) {
                 v16 h[NB];
                 for (int b = 0; b < NB; b++) memcpy(&h[b], pb + ((size_t)b * d + c) * PB, sizeof h[b]);
-                for (int t = 0; t < TT; t++) {
+                for (int t = 0; t < tt; t++) {
                     v16 xb = bc(x[t][c]);
                     for (int b = 0; b < NB; b++) madd16(&acc[t][b], &h[b], &xb);
                 }
             }
-            for (int t = 0; t < TT; t++)
+            for (int t = 0; t < tt; t++)
                 for (int b = 0; b < NB; b++) S[(j * TT + t) * NB + b] = acc[t][b];
         }
         for (int j = d; j < 8; j++) /* d < 8: the empty chains are 0 */
             for (int i = 0; i < TT * NB; i++) S[j * TT * NB + i] = (v16){ 0 };
-        for (int t = 0; t < TT; t++)
+        for (int t = 0; t < tt; t++)
             for (int b = 0; b < NB; b++) {
                 const v16 *a = S + t * NB + b; /* a[j TT NB]: chain j */
                 size_t st = TT * NB;
@@ -97,6 +100,18 @@ static void tile_bits(const float *P, size_t nb, int d, const float *const *x, u
                 w[(size_t)t * nw + (b0 + b) / 4] |= m << (16 * ((b0 + b) % 4));
             }
     }
+}
+
+/* TT vectors, or one (a lone query, a short tile's rest: no lanes spent
+ * on repeats) */
+static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+{
+    tile_bits_(P, nb, d, x, w, nw, S, TT);
+}
+
+static void tile_bits1(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+{
+    tile_bits_(P, nb, d, x, w, nw, S, 1);
 }
 
 int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes)
@@ -109,11 +124,13 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
         free(S);
         return 1;
     }
-    for (size_t t0 = 0; t0 < nt; t0 += TT) {
+    for (size_t t0 = 0; t0 < nt;) {
         const float *x[TT];
-        for (size_t t = 0; t < TT; t++) x[t] = X + (t0 + t < nt ? t0 + t : nt - 1) * (size_t)d; /* short tile: repeat the last */
-        tile_bits(P, nb, d, x, w, nw, S);
-        for (size_t t = 0; t < TT && t0 + t < nt; t++)
+        size_t tt = nt - t0 >= TT ? TT : 1;
+        for (size_t t = 0; t < tt; t++) x[t] = X + (t0 + t) * (size_t)d;
+        if (tt == TT) tile_bits(P, nb, d, x, w, nw, S);
+        else tile_bits1(P, nb, d, x, w, nw, S);
+        for (size_t t = 0; t < tt; t++)
             for (size_t l = 0; l < (size_t)L; l++) {
                 size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
                 const uint64_t *wt = w + t * nw;
@@ -121,6 +138,7 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
                 if (sh && sh + (size_t)K > 64) v |= wt[i + 1] << (64 - sh);
                 codes[(t0 + t) * L + l] = (uint32_t)(v & mask);
             }
+        t0 += tt;
     }
     free(w);
     free(S);
