@@ -17,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/dot.h"
+#include "kernels/simhash_amx.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vectors stay inside this file */
 
 #define PB 16 /* hyperplanes per block (lanes) */
 #define TT 4  /* vectors per tile */
+#define AMX_MIN 256 /* vectors from which kv_simhash_amx_codes is tried */
 #define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
 
 typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
@@ -116,6 +118,12 @@ static void tile_bits1(const float *P, size_t nb, int d, const float *const *x, 
 
 int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes)
 {
+    return kv_simhash_codes_at(P, L, K, d, X, nt, codes, (size_t)L, 1);
+}
+
+int kv_simhash_codes_at(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes, size_t ts,
+                        size_t ls)
+{
     size_t np = (size_t)L * K, nb = (np + NB * PB - 1) / (NB * PB) * NB, nw = nb / 4 + 1;
     uint64_t *w = malloc(sizeof(uint64_t) * nw * TT), mask = (UINT64_C(1) << K) - 1;
     v16 *S = aligned_alloc(sizeof(v16), sizeof(v16) * 8 * TT * NB); /* vectors: their alignment */
@@ -124,7 +132,11 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
         free(S);
         return 1;
     }
-    for (size_t t0 = 0; t0 < nt;) {
+    /* many vectors: on the tiles where the build and the kernel allow them
+     * (the planes' layout per call pays off from a few hundred) */
+    size_t t0 = nt >= AMX_MIN ? kv_simhash_amx_codes(P, L, K, d, X, nt, codes, ts, ls) : 0;
+    if (t0 == (size_t)-1) t0 = 0; /* out of memory there: here, in less */
+    while (t0 < nt) {
         const float *x[TT];
         size_t tt = nt - t0 >= TT ? TT : 1;
         for (size_t t = 0; t < tt; t++) x[t] = X + (t0 + t) * (size_t)d;
@@ -136,7 +148,7 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
                 const uint64_t *wt = w + t * nw;
                 uint64_t v = wt[i] >> sh;
                 if (sh && sh + (size_t)K > 64) v |= wt[i + 1] << (64 - sh);
-                codes[(t0 + t) * L + l] = (uint32_t)(v & mask);
+                codes[(t0 + t) * ts + l * ls] = (uint32_t)(v & mask);
             }
         t0 += tt;
     }

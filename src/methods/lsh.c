@@ -34,8 +34,10 @@
  * all rows were scanned before: 39 MB a query at 2^16 tokens).  The
  * counters, bitmaps and sample lists are a thread's scratch in the state,
  * grown geometrically, never allocated per query.
- * Keys are hashed by kernels/simhash.c (bitwise kv_dot_fixed's dots) 1024
- * at a time, then linked table by table.
+ * Keys are hashed by kernels/simhash.c 4096 at a time (every code bit
+ * kv_dot_fixed's sign; on AMX tiles where built, simhash_amx.c), their
+ * codes written table by table, then linked table by table with the next
+ * buckets' last chunks prefetched.
  *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
  * them in CPU memory) and its global index; the chunks, in slabs of 2 MiB
@@ -58,6 +60,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "kernels/simhash.h"
+#include "methods/lsh/fold.h"
 #include "methods/method.h"
 
 #define LSH_SALT 0x6c7368ULL /* "lsh" */
@@ -77,7 +80,7 @@ typedef struct {
     uint32_t *head, *tail; /* per bucket: its first and last chunk, NIL when empty */
     uint32_t **slab;   /* chunks of CHUNK (the next chunk's id, then CHUNK - 1 rows), SLAB to a slab */
     size_t n, cap, nchunk, nslab;
-    double lt0;        /* log C(L, thr): log_tail's constant */
+    double lt0;        /* log C(L, thr): the binomial tails' constant */
     struct lsh_scr *scr; /* a thread's query scratch, nscr of them */
     int nscr;
     kv_query_cost cost;
@@ -223,39 +226,52 @@ static uint32_t new_chunk(lsh_state *s)
     return (uint32_t)s->nchunk++;
 }
 
+/* append rows r0 .. r0 + nt - 1 to table l's buckets, row t to bucket
+ * code[t]: the bucket of the row LINK_PF ahead has its last chunk
+ * prefetched (the tails of a table's buckets do not stay in cache between
+ * its turns: their misses overlap) */
+#define LINK_PF 16
+static int link_table(lsh_state *s, size_t l, const uint32_t *code, size_t r0, size_t nt)
+{
+    uint32_t *count = s->count + (l << s->K), *head = s->head + (l << s->K), *tail = s->tail + (l << s->K);
+    for (size_t t = 0; t < nt; t++) {
+        if (t + LINK_PF < nt) {
+            uint32_t bp = code[t + LINK_PF];
+            if (count[bp]) __builtin_prefetch(chunk(s, tail[bp]), 1);
+        }
+        uint32_t b = code[t], k = count[b] % (CHUNK - 1);
+        if (k == 0) { /* the bucket's first chunk, or its last is full */
+            uint32_t c = new_chunk(s);
+            if (c == NIL) return KV_EINTERNAL;
+            if (count[b]) chunk(s, tail[b])[0] = c;
+            else head[b] = c;
+            tail[b] = c;
+        }
+        chunk(s, tail[b])[1 + k] = (uint32_t)(r0 + t);
+        count[b]++;
+    }
+    return KV_OK;
+}
+
 /* hash the stored rows s->n .. s->n + n - 1 and append each to its bucket
- * in every table: LINK_BLK rows hashed, then linked table by table (one
- * table's tails and counts stay in cache while its rows go in) */
-#define LINK_BLK 1024
+ * in every table: LINK_BLK rows hashed, their codes written table by
+ * table, then linked table by table (one table's tails and counts stay in
+ * cache while its rows go in; more rows a turn, more entries per tail
+ * line fetched) */
+#define LINK_BLK 4096
 static int link_rows(lsh_state *s, size_t n)
 {
-    size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
-    uint32_t *codes = malloc(sizeof(uint32_t) * LINK_BLK * L);
-    if (!codes) return KV_EINTERNAL;
-    for (size_t t0 = 0; t0 < n; t0 += LINK_BLK) {
+    size_t d = (size_t)s->ctx.d, L = (size_t)s->L, blk = n < LINK_BLK ? n : LINK_BLK;
+    uint32_t *ct = malloc(sizeof(uint32_t) * blk * L);
+    int rc = ct ? KV_OK : KV_EINTERNAL;
+    for (size_t t0 = 0; !rc && t0 < n; t0 += LINK_BLK) {
         size_t nt = n - t0 < LINK_BLK ? n - t0 : LINK_BLK;
-        if (kv_simhash_codes(s->H, s->L, s->K, (int)d, s->Kr + s->n * d, nt, codes)) goto oom;
-        for (size_t l = 0; l < L; l++)
-            for (size_t t = 0; t < nt; t++) {
-                size_t b = (l << s->K) + codes[t * L + l];
-                uint32_t k = s->count[b] % (CHUNK - 1);
-                if (k == 0) { /* the bucket's first chunk, or its last is full */
-                    uint32_t c = new_chunk(s);
-                    if (c == NIL) goto oom;
-                    if (s->count[b]) chunk(s, s->tail[b])[0] = c;
-                    else s->head[b] = c;
-                    s->tail[b] = c;
-                }
-                chunk(s, s->tail[b])[1 + k] = (uint32_t)(s->n + t);
-                s->count[b]++;
-            }
-        s->n += nt;
+        if (kv_simhash_codes_at(s->H, s->L, s->K, (int)d, s->Kr + s->n * d, nt, ct, 1, nt)) rc = KV_EINTERNAL;
+        for (size_t l = 0; !rc && l < L; l++) rc = link_table(s, l, ct + l * nt, s->n, nt);
+        if (!rc) s->n += nt;
     }
-    free(codes);
-    return KV_OK;
-oom:
-    free(codes);
-    return KV_EINTERNAL;
+    free(ct);
+    return rc;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -273,50 +289,6 @@ static int lsh_ingest(void *state, const float *K, const float *V, int64_t first
 
 /* rows with global index < p: a prefix (indices increase) */
 static size_t rows_below(const lsh_state *s, int64_t p) { return (size_t)kv_lower_i64(s->idx, (int64_t)s->n, p); }
-
-/* log P(Binomial(L, p) >= t), t >= 1, for FB values p[j] in (0, 1] (0
- * where p[j] is 0: never sampled), into lu[j]: the tail summed from its
- * first term, in logs so that a small p does not cancel or underflow
- * (lt0 = log C(L, t)).  The sums run in vector lanes, one p a lane, each
- * lane's operations those of the scalar loop and stopped at its own
- * iteration (the same j for every lane: all start at t), so each sum is
- * that loop's. */
-#define FB 16
-typedef double lsh_v8d __attribute__((vector_size(64)));
-typedef long long lsh_v8l __attribute__((vector_size(64)));
-
-static void log_tails(int L, int t, double lt0, const double *p, double *lu)
-{
-    lsh_v8d r[2], term[2], sum[2];
-    lsh_v8l act[2];
-    for (int j = 0; j < FB; j++) {
-        int h = j / 8, k = j % 8, on = p[j] > 0 && p[j] < 1.0;
-        r[h][k] = on ? p[j] / (1.0 - p[j]) : 0.0;
-        act[h][k] = on ? -1 : 0;
-        term[h][k] = sum[h][k] = 1.0;
-    }
-    for (int j = t; j < L; j++) {
-        lsh_v8l any = act[0] | act[1];
-        long long a = 0;
-        for (int k = 0; k < 8; k++) a |= any[k];
-        if (!a) break;
-        double c1 = (double)(L - j), c2 = (double)(j + 1);
-        for (int h = 0; h < 2; h++) {
-            lsh_v8d nt = term[h] * (r[h] * c1 / c2), ns = sum[h] + nt; /* term *= r (L - j) / (j + 1); sum += term */
-            term[h] = (lsh_v8d)(((lsh_v8l)nt & act[h]) | ((lsh_v8l)term[h] & ~act[h]));
-            sum[h] = (lsh_v8d)(((lsh_v8l)ns & act[h]) | ((lsh_v8l)sum[h] & ~act[h]));
-            /* terms only shrink from here */
-            act[h] &= ~((nt < 1e-17 * ns) & (c1 * r[h] < c2));
-        }
-    }
-    for (int j = 0; j < FB; j++) {
-        lu[j] = 0.0;
-        if (!(p[j] > 0 && p[j] < 1.0)) continue;
-        double lt = lt0 + t * log(p[j]) + (L - t) * log1p(-p[j]);
-        double v = lt + log(sum[j / 8][j % 8]);
-        lu[j] = v < 0.0 ? v : 0.0;
-    }
-}
 
 /* the rows < n of table l's buckets qc[l], all l: counted into w->cnt
  * (rows reaching s->thr marked in w->sel and its summary w->top, their
@@ -378,60 +350,6 @@ static void sample_rows(lsh_scr *w, size_t n)
     }
 }
 
-/* every 64-byte line of [p, p + n) toward L1.  The empty asm keeps the
- * loop: GCC 12 deletes a loop whose body is only prefetches (tree DCE, at
- * -O2 and -O3), which had left the rows' prefetch out of the build. */
-static inline void prefetch_lines(const void *p, size_t n)
-{
-    for (size_t o = 0; o < n; o += 64) {
-        const char *a = (const char *)p + o;
-        __builtin_prefetch(a);
-        __asm__ volatile("" ::"r"(a));
-    }
-}
-
-/* fold the sample's rows w->rows[0 .. ns) into st, each e^{a} / u, in
- * row order, in three passes: the dots (short per row, so the out-of-order
- * window holds several rows' key loads at once, and each key is
- * prefetched PF rows ahead), log u, FB rows at a time stage by stage (a
- * stage's library calls do not wait on each other, so they overlap, where
- * one row's chain of calls would run serially), then the fold with the
- * values prefetched PF rows ahead.  Each row's arithmetic is the same as
- * one row at a time. */
-#define PF 16
-static void fold_rows(const lsh_state *s, const float *q, lsh_scr *w, size_t ns, double *st)
-{
-    int d = s->ctx.d, dv = s->ctx.dv;
-    const uint32_t *rows = w->rows;
-    float scale = (float)s->ctx.scale, *dot = w->dot;
-    double qn = sqrt((double)kv_dot_fixed(q, q, d)), y[FB];
-    size_t kb = (size_t)d * sizeof(float), vb = (size_t)dv * sizeof(float);
-    for (size_t i = 0; i < ns; i++) {
-        if (i + PF < ns) prefetch_lines(s->Kr + (size_t)rows[i + PF] * d, kb);
-        const float *k = s->Kr + (size_t)rows[i] * d;
-        dot[2 * i] = kv_dot_fixed(q, k, d);
-        dot[2 * i + 1] = s->thr > 0 ? kv_dot_fixed(k, k, d) : 0.0f;
-    }
-    for (size_t i0 = 0; s->thr > 0 && i0 < ns; i0 += FB) {
-        size_t m = ns - i0 < FB ? ns - i0 : FB;
-        for (size_t j = 0; j < m; j++) {
-            double kn = sqrt((double)dot[2 * (i0 + j) + 1]);
-            double cs = qn > 0 && kn > 0 ? (double)dot[2 * (i0 + j)] / (qn * kn) : 0.0;
-            cs = cs > 1 ? 1 : cs < -1 ? -1 : cs;
-            y[j] = 1.0 - acos(cs) / M_PI;
-        }
-        for (size_t j = 0; j < m; j++) y[j] = pow(y[j], s->K); /* p1: the chance to collide in one table */
-        for (size_t j = m; j < FB; j++) y[j] = 0.0;
-        log_tails(s->L, s->thr, s->lt0, y, w->lu + i0); /* p1 = 0 cannot collide: never sampled */
-    }
-    for (size_t i = 0; i < ns && i < PF; i++) prefetch_lines(s->V + (size_t)rows[i] * dv, vb);
-    for (size_t i = 0; i < ns; i++) {
-        if (i + PF < ns) prefetch_lines(s->V + (size_t)rows[i + PF] * dv, vb);
-        double a = (double)(dot[2 * i] * scale), lu = s->thr > 0 ? w->lu[i] : 0.0;
-        kv_partial_add_one(st, dv, a - lu, 1.0, s->V + (size_t)rows[i] * dv); /* e^{a} / u */
-    }
-}
-
 /* One query: fold this rank's sampled rows < p into st (empty when none);
  * qc: its L codes; w: this thread's scratch (for s->n rows); c gets what
  * it read. */
@@ -463,7 +381,7 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
         if (r) w->rows = r;
         float *dt = r ? realloc(w->dot, sizeof(float) * 2 * m) : NULL;
         if (dt) w->dot = dt;
-        double *lu = dt ? realloc(w->lu, sizeof(double) * (m + FB)) : NULL; /* log_tails writes whole blocks */
+        double *lu = dt ? realloc(w->lu, sizeof(double) * (m + KV_LSH_FB)) : NULL; /* log u in whole blocks */
         if (!lu) return KV_EINTERNAL;
         w->lu = lu;
         w->nrows = m;
@@ -472,7 +390,8 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
         for (size_t r = 0; r < n; r++) w->rows[r] = (uint32_t)r;
     else
         sample_rows(w, n);
-    fold_rows(s, q, w, ns, st);
+    kv_lsh_rows rr = { s->Kr, s->V, d, dv, s->K, s->L, s->thr, (float)s->ctx.scale, s->lt0 };
+    kv_lsh_fold(&rr, q, w->rows, ns, w->dot, w->lu, st);
     /* reads: hashing q (the hyperplanes), the L heads and the entries
      * walked (4 bytes each), the sampled rows */
     double tb = (double)(d + dv) * sizeof(float), hb = 0, tok = (double)ns;
