@@ -133,14 +133,16 @@ static void lay_vectors(const float *X, int d, int dp, double c, uint16_t *A, fl
 }
 
 /* the sign bits of 16 planes of block b for vector x: v their approximate
- * dots, cx the vector's bound factor, hn the planes' norms */
-static uint64_t block_bits(const float *v, float cx, const float *hn, const float *Hr, int d, size_t b, const float *x)
+ * dots, cx the vector's bound factor, hn the planes' norms; planes outside
+ * `live` (the padding past L K) are left 0, never recomputed */
+static uint64_t block_bits(const float *v, float cx, const float *hn, const float *Hr, int d, size_t b, const float *x,
+                           uint32_t live)
 {
     __m512 a = _mm512_loadu_ps(v), bd = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(cx), _mm512_loadu_ps(hn)),
                                                        _mm512_set1_ps(0x1p-64f));
     __mmask16 pos = _mm512_cmp_ps_mask(a, bd, _CMP_GT_OQ);
     __mmask16 neg = _mm512_cmp_ps_mask(a, _mm512_sub_ps(_mm512_setzero_ps(), bd), _CMP_LT_OQ);
-    uint32_t bits = cx < 0 ? 0u : pos, unsure = cx < 0 ? 0xffffu : (uint32_t)(~(pos | neg) & 0xffffu);
+    uint32_t bits = cx < 0 ? 0u : pos & live, unsure = (cx < 0 ? 0xffffu : (uint32_t)(~(pos | neg) & 0xffffu)) & live;
     for (; unsure; unsure &= unsure - 1) {
         int n = __builtin_ctz(unsure);
         if (kv_dot_fixed(Hr + (b * 16 + (size_t)n) * (size_t)d, x, d) >= 0.0f) bits |= 1u << n;
@@ -149,8 +151,8 @@ static uint64_t block_bits(const float *v, float cx, const float *hn, const floa
 }
 
 /* one group: its sign bits into w (nw words a vector) */
-static void group_bits(const uint16_t *B, const float *hn, const float *Hr, size_t nblk, int d, int dp, int nks,
-                       const uint16_t *A, const float *cx, const float *X, uint64_t *w, size_t nw, float *C)
+static void group_bits(const uint16_t *B, const float *hn, const float *Hr, size_t np, size_t nblk, int d, int dp,
+                       int nks, const uint16_t *A, const float *cx, const float *X, uint64_t *w, size_t nw, float *C)
 {
     size_t as = sizeof(uint16_t) * 3 * (size_t)dp;
     memset(w, 0, sizeof(uint64_t) * nw * GV);
@@ -178,7 +180,9 @@ static void group_bits(const uint16_t *B, const float *hn, const float *Hr, size
             for (size_t e = 0; e < 2; e++) {
                 const float *v = C + ((size_t)(t / 16) * 2 + e) * 256 + (size_t)(t % 16) * 16;
                 size_t bb = b + e;
-                uint64_t m = block_bits(v, cx[t], hn + bb * 16, Hr, d, bb, X + (size_t)t * d);
+                size_t nl = np > bb * 16 ? np - bb * 16 : 0;
+                uint32_t live = nl >= 16 ? 0xffffu : (1u << nl) - 1;
+                uint64_t m = block_bits(v, cx[t], hn + bb * 16, Hr, d, bb, X + (size_t)t * d, live);
                 w[(size_t)t * nw + bb / 4] |= m << (16 * (bb % 4));
             }
     }
@@ -208,7 +212,7 @@ size_t kv_simhash_amx_codes(const float *P, int L, int K, int d, const float *X,
     _tile_loadconfig(&cfg);
     for (size_t t0 = 0; t0 < m; t0 += GV) {
         lay_vectors(X + t0 * (size_t)d, d, dp, c, A, cx);
-        group_bits(B, hn, Hr, nblk, d, dp, nks, A, cx, X + t0 * (size_t)d, w, nw, C);
+        group_bits(B, hn, Hr, np, nblk, d, dp, nks, A, cx, X + t0 * (size_t)d, w, nw, C);
         for (size_t l = 0; l < (size_t)L; l++) /* table by table: a run of GV codes when written table-major */
             for (size_t t = 0; t < GV; t++) {
                 size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
