@@ -4,7 +4,9 @@
  * larger (kv_dot_fixed's tails), K in 1..24 (codes across 64-bit words),
  * L K not a multiple of the 16-plane blocks, any number of vectors (short
  * tiles), and vectors with exact zeros and a zero vector (every dot 0:
- * the >= 0 edge, every bit set). */
+ * the >= 0 edge, every bit set); and many vectors (the AMX kernel's
+ * groups of 32, where built) with dots near 0, norms out of its range,
+ * subnormal elements. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,6 +43,49 @@ static void one(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *c
     free(codes);
 }
 
+/* many vectors (the AMX kernel's groups of 32, where built), some made
+ * hard: nearly orthogonal to a plane (its dot near 0: the approximate
+ * dot inside its bound, so recomputed), norms outside the kernel's range
+ * (2^-45, 2^45: every bit recomputed), zero, or with subnormal elements */
+static void hard(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *checked)
+{
+    int np = L * K;
+    float *H = malloc(sizeof(float) * (size_t)np * d), *P = malloc(sizeof(float) * kv_simhash_len(np, d));
+    float *X = malloc(sizeof(float) * (size_t)nt * d);
+    uint32_t *codes = malloc(sizeof(uint32_t) * (size_t)nt * L);
+    for (int i = 0; i < np * d; i++) H[i] = (float)kv_rng_normal(r);
+    for (int t = 0; t < nt; t++) {
+        float *x = X + (size_t)t * d;
+        const float *h = H + (size_t)(t % np) * d;
+        double hx = 0, hh = 0;
+        for (int c = 0; c < d; c++) x[c] = (float)kv_rng_normal(r);
+        for (int c = 0; c < d; c++) hx += (double)h[c] * x[c], hh += (double)h[c] * h[c];
+        for (int c = 0; c < d; c++) {
+            switch (t % 6) {
+            case 1: x[c] = (float)(x[c] - hx / hh * h[c]); break; /* dot ~ 0 */
+            case 2: x[c] *= 0x1p-45f; break;
+            case 3: x[c] *= 0x1p45f; break;
+            case 4: x[c] = 0.0f; break;
+            case 5: if (c % 2) x[c] *= 0x1p-130f; break;
+            default: break;
+            }
+        }
+    }
+    kv_simhash_pack(H, np, d, P);
+    CHECK(kv_simhash_codes(P, L, K, d, X, (size_t)nt, codes) == 0, "kv_simhash_codes");
+    for (int t = 0; t < nt; t++)
+        for (int l = 0; l < L; l++)
+            for (int b = 0; b < K; b++) {
+                float dot = kv_dot_fixed(H + (size_t)(l * K + b) * d, X + (size_t)t * d, d);
+                *bad += ((codes[t * L + l] >> b) & 1) != (uint32_t)(dot >= 0.0f);
+                ++*checked;
+            }
+    free(H);
+    free(P);
+    free(X);
+    free(codes);
+}
+
 int main(void)
 {
     kv_rng r;
@@ -50,6 +95,10 @@ int main(void)
     for (int di = 0; di < 73; di++) one(di < 70 ? di + 1 : ds[di - 70], 3 + di % 5, 1 + di % 24, 1 + di % 11, &r, &bad, &checked);
     for (int K = 1; K <= 24; K++) one(64, 7, K, 5, &r, &bad, &checked);
     one(64, 150, 10, 8, &r, &bad, &checked); /* lsh's defaults */
+    hard(64, 150, 10, 300, &r, &bad, &checked); /* groups of 32 and a rest */
+    hard(128, 150, 10, 256, &r, &bad, &checked);
+    hard(37, 7, 9, 290, &r, &bad, &checked); /* d not a multiple of 32, L K of 63 planes */
+    hard(1, 3, 5, 260, &r, &bad, &checked);
     CHECK(bad == 0, "%lld of %lld code bits differ from kv_dot_fixed's signs", (long long)bad, (long long)checked);
     return kv_test_result("test_simhash");
 }

@@ -9,18 +9,21 @@
  * multiply-adds.  A chain's sums go to a small scratch, and the tree then
  * adds the 8 chains lane-wise: 16 dots, each kv_dot_fixed's bits, whose
  * signs become 16 bits at once.  Each lane's arithmetic is its own, so a
- * vector's bits do not depend on its tile mates (a short tile repeats its
- * last vector).  The tile of vectors is the outer loop: its rows stay in L1
- * while the planes stream from L2. */
+ * vector's bits do not depend on its tile mates (the vectors past the last
+ * whole tile go one at a time: a lone query spends no lanes on repeats).
+ * The tile of vectors is the outer loop: its rows stay in L1 while the
+ * planes stream from L2. */
 #include "kernels/simhash.h"
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/dot.h"
+#include "kernels/simhash_amx.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vectors stay inside this file */
 
 #define PB 16 /* hyperplanes per block (lanes) */
 #define TT 4  /* vectors per tile */
+#define AMX_MIN 256 /* vectors from which kv_simhash_amx_codes is tried */
 #define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
 
 typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
@@ -64,31 +67,33 @@ void kv_simhash_pack(const float *H, int np, int d, float *P)
         for (int c = 0; c < d; c++) P[((size_t)(j / PB) * d + c) * PB + j % PB] = H[(size_t)j * d + c];
 }
 
-/* the sign bits of TT vectors x[t] against every block: 16 bits per block
- * into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB vectors */
-static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+/* the sign bits of tt <= TT vectors x[t] against every block: 16 bits per
+ * block into w[t nw ..], nw 64-bit words a vector; S: scratch of 8 TT NB
+ * vectors.  Instantiated with a constant tt (accumulators in registers). */
+static inline __attribute__((always_inline)) void tile_bits_(const float *P, size_t nb, int d, const float *const *x,
+                                                             uint64_t *w, size_t nw, v16 *S, int tt)
 {
-    memset(w, 0, sizeof(uint64_t) * nw * TT);
+    memset(w, 0, sizeof(uint64_t) * nw * (size_t)tt);
     for (size_t b0 = 0; b0 < nb; b0 += NB) {
         const float *pb = P + b0 * (size_t)d * PB;
         for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
             v16 acc[TT][NB];
-            for (int t = 0; t < TT; t++)
+            for (int t = 0; t < tt; t++)
                 for (int b = 0; b < NB; b++) acc[t][b] = (v16){ 0 };
             for (int c = j; c < d; c += 8) {
                 v16 h[NB];
                 for (int b = 0; b < NB; b++) memcpy(&h[b], pb + ((size_t)b * d + c) * PB, sizeof h[b]);
-                for (int t = 0; t < TT; t++) {
+                for (int t = 0; t < tt; t++) {
                     v16 xb = bc(x[t][c]);
                     for (int b = 0; b < NB; b++) madd16(&acc[t][b], &h[b], &xb);
                 }
             }
-            for (int t = 0; t < TT; t++)
+            for (int t = 0; t < tt; t++)
                 for (int b = 0; b < NB; b++) S[(j * TT + t) * NB + b] = acc[t][b];
         }
         for (int j = d; j < 8; j++) /* d < 8: the empty chains are 0 */
             for (int i = 0; i < TT * NB; i++) S[j * TT * NB + i] = (v16){ 0 };
-        for (int t = 0; t < TT; t++)
+        for (int t = 0; t < tt; t++)
             for (int b = 0; b < NB; b++) {
                 const v16 *a = S + t * NB + b; /* a[j TT NB]: chain j */
                 size_t st = TT * NB;
@@ -99,7 +104,25 @@ static void tile_bits(const float *P, size_t nb, int d, const float *const *x, u
     }
 }
 
+/* TT vectors, or one (a lone query, a short tile's rest: no lanes spent
+ * on repeats) */
+static void tile_bits(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+{
+    tile_bits_(P, nb, d, x, w, nw, S, TT);
+}
+
+static void tile_bits1(const float *P, size_t nb, int d, const float *const *x, uint64_t *w, size_t nw, v16 *S)
+{
+    tile_bits_(P, nb, d, x, w, nw, S, 1);
+}
+
 int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes)
+{
+    return kv_simhash_codes_at(P, L, K, d, X, nt, codes, (size_t)L, 1);
+}
+
+int kv_simhash_codes_at(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes, size_t ts,
+                        size_t ls)
 {
     size_t np = (size_t)L * K, nb = (np + NB * PB - 1) / (NB * PB) * NB, nw = nb / 4 + 1;
     uint64_t *w = malloc(sizeof(uint64_t) * nw * TT), mask = (UINT64_C(1) << K) - 1;
@@ -109,18 +132,25 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
         free(S);
         return 1;
     }
-    for (size_t t0 = 0; t0 < nt; t0 += TT) {
+    /* many vectors: on the tiles where the build and the kernel allow them
+     * (the planes' layout per call pays off from a few hundred) */
+    size_t t0 = nt >= AMX_MIN ? kv_simhash_amx_codes(P, L, K, d, X, nt, codes, ts, ls) : 0;
+    if (t0 == (size_t)-1) t0 = 0; /* out of memory there: here, in less */
+    while (t0 < nt) {
         const float *x[TT];
-        for (size_t t = 0; t < TT; t++) x[t] = X + (t0 + t < nt ? t0 + t : nt - 1) * (size_t)d; /* short tile: repeat the last */
-        tile_bits(P, nb, d, x, w, nw, S);
-        for (size_t t = 0; t < TT && t0 + t < nt; t++)
+        size_t tt = nt - t0 >= TT ? TT : 1;
+        for (size_t t = 0; t < tt; t++) x[t] = X + (t0 + t) * (size_t)d;
+        if (tt == TT) tile_bits(P, nb, d, x, w, nw, S);
+        else tile_bits1(P, nb, d, x, w, nw, S);
+        for (size_t t = 0; t < tt; t++)
             for (size_t l = 0; l < (size_t)L; l++) {
                 size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
                 const uint64_t *wt = w + t * nw;
                 uint64_t v = wt[i] >> sh;
                 if (sh && sh + (size_t)K > 64) v |= wt[i + 1] << (64 - sh);
-                codes[(t0 + t) * L + l] = (uint32_t)(v & mask);
+                codes[(t0 + t) * ts + l * ls] = (uint32_t)(v & mask);
             }
+        t0 += tt;
     }
     free(w);
     free(S);

@@ -23,13 +23,21 @@
  * 15 (one 64-byte line with the next chunk's id), and its count, first and
  * last chunk.  A query walks its L buckets up to row p (32 tables in turn,
  * a chunk each, the next chunks prefetched: their misses overlap), counts
- * collisions per row and marks the rows reaching threshold in a bitmap;
- * the sample is read from the bitmap in increasing row order (the sums'
- * order: the tables' order does not matter), its rows prefetched a few
- * ahead.  So a query touches what it reads, not every row below p (the
- * codes of all rows were scanned before: 39 MB a query at 2^16 tokens).
- * Keys are hashed by kernels/simhash.c (bitwise kv_dot_fixed's dots) 1024
- * at a time, then linked table by table.
+ * collisions per row and marks the rows reaching threshold in a bitmap
+ * (with a summary bit per bitmap word, so reading it back skips the empty
+ * words); the sample is read from the bitmap in increasing row order (the
+ * sums' order: the tables' order does not matter) and folded in passes:
+ * the keys' dots (prefetched ahead), log u for 16 rows at a time (their
+ * library calls independent, so they overlap; the binomial tails' sums in
+ * vector lanes, each lane the scalar loop's operations), then the values.
+ * So a query touches what it reads, not every row below p (the codes of
+ * all rows were scanned before: 39 MB a query at 2^16 tokens).  The
+ * counters, bitmaps and sample lists are a thread's scratch in the state,
+ * grown geometrically, never allocated per query.
+ * Keys are hashed by kernels/simhash.c 4096 at a time (every code bit
+ * kv_dot_fixed's sign; on AMX tiles where built, simhash_amx.c), their
+ * codes written table by table, then linked table by table with the next
+ * buckets' last chunks prefetched.
  *
  * Memory: per allocated row the key and value (float32, as MagicPIG keeps
  * them in CPU memory) and its global index; the chunks, in slabs of 2 MiB
@@ -52,6 +60,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "kernels/simhash.h"
+#include "methods/lsh/fold.h"
 #include "methods/method.h"
 
 #define LSH_SALT 0x6c7368ULL /* "lsh" */
@@ -71,8 +80,24 @@ typedef struct {
     uint32_t *head, *tail; /* per bucket: its first and last chunk, NIL when empty */
     uint32_t **slab;   /* chunks of CHUNK (the next chunk's id, then CHUNK - 1 rows), SLAB to a slab */
     size_t n, cap, nchunk, nslab;
+    double lt0;        /* log C(L, thr): the binomial tails' constant */
+    struct lsh_scr *scr; /* a thread's query scratch, nscr of them */
+    int nscr;
     kv_query_cost cost;
 } lsh_state;
+
+/* A thread's query scratch, grown geometrically, never per query: the
+ * collision counters (zero between queries), the sample's bitmap and its
+ * summary (a bit per nonzero bitmap word; both zero between queries) and
+ * the sample's rows with their dots and log u. */
+typedef struct lsh_scr {
+    uint16_t *cnt;
+    uint64_t *sel, *top;
+    uint32_t *rows;
+    float *dot;  /* per sampled row: q . k, then k . k (kv_dot_fixed) */
+    double *lu;  /* per sampled row: log u */
+    size_t n, nrows;
+} lsh_scr;
 
 typedef struct { int64_t K, L, threshold, seed; } lsh_cfg;
 KV_CFG_FITS(lsh_cfg);
@@ -127,6 +152,8 @@ static int lsh_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
         return err->code;
     }
     memset(s->head, 0xff, sizeof(uint32_t) * heads(s));
+    if (s->thr > 0)
+        s->lt0 = lgamma(s->L + 1.0) - lgamma(s->thr + 1.0) - lgamma(s->L - s->thr + 1.0);
     for (size_t i = 0; i < nh; i++)
         H[i] = (float)kv_hash_normal(s->seed ^ LSH_SALT, (uint64_t)ctx->stream, i / (size_t)ctx->d, i % (size_t)ctx->d);
     kv_simhash_pack(H, s->L * s->K, ctx->d, s->H);
@@ -199,39 +226,52 @@ static uint32_t new_chunk(lsh_state *s)
     return (uint32_t)s->nchunk++;
 }
 
+/* append rows r0 .. r0 + nt - 1 to table l's buckets, row t to bucket
+ * code[t]: the bucket of the row LINK_PF ahead has its last chunk
+ * prefetched (the tails of a table's buckets do not stay in cache between
+ * its turns: their misses overlap) */
+#define LINK_PF 16
+static int link_table(lsh_state *s, size_t l, const uint32_t *code, size_t r0, size_t nt)
+{
+    uint32_t *count = s->count + (l << s->K), *head = s->head + (l << s->K), *tail = s->tail + (l << s->K);
+    for (size_t t = 0; t < nt; t++) {
+        if (t + LINK_PF < nt) {
+            uint32_t bp = code[t + LINK_PF];
+            if (count[bp]) __builtin_prefetch(chunk(s, tail[bp]), 1);
+        }
+        uint32_t b = code[t], k = count[b] % (CHUNK - 1);
+        if (k == 0) { /* the bucket's first chunk, or its last is full */
+            uint32_t c = new_chunk(s);
+            if (c == NIL) return KV_EINTERNAL;
+            if (count[b]) chunk(s, tail[b])[0] = c;
+            else head[b] = c;
+            tail[b] = c;
+        }
+        chunk(s, tail[b])[1 + k] = (uint32_t)(r0 + t);
+        count[b]++;
+    }
+    return KV_OK;
+}
+
 /* hash the stored rows s->n .. s->n + n - 1 and append each to its bucket
- * in every table: LINK_BLK rows hashed, then linked table by table (one
- * table's tails and counts stay in cache while its rows go in) */
-#define LINK_BLK 1024
+ * in every table: LINK_BLK rows hashed, their codes written table by
+ * table, then linked table by table (one table's tails and counts stay in
+ * cache while its rows go in; more rows a turn, more entries per tail
+ * line fetched) */
+#define LINK_BLK 4096
 static int link_rows(lsh_state *s, size_t n)
 {
-    size_t d = (size_t)s->ctx.d, L = (size_t)s->L;
-    uint32_t *codes = malloc(sizeof(uint32_t) * LINK_BLK * L);
-    if (!codes) return KV_EINTERNAL;
-    for (size_t t0 = 0; t0 < n; t0 += LINK_BLK) {
+    size_t d = (size_t)s->ctx.d, L = (size_t)s->L, blk = n < LINK_BLK ? n : LINK_BLK;
+    uint32_t *ct = malloc(sizeof(uint32_t) * blk * L);
+    int rc = ct ? KV_OK : KV_EINTERNAL;
+    for (size_t t0 = 0; !rc && t0 < n; t0 += LINK_BLK) {
         size_t nt = n - t0 < LINK_BLK ? n - t0 : LINK_BLK;
-        if (kv_simhash_codes(s->H, s->L, s->K, (int)d, s->Kr + s->n * d, nt, codes)) goto oom;
-        for (size_t l = 0; l < L; l++)
-            for (size_t t = 0; t < nt; t++) {
-                size_t b = (l << s->K) + codes[t * L + l];
-                uint32_t k = s->count[b] % (CHUNK - 1);
-                if (k == 0) { /* the bucket's first chunk, or its last is full */
-                    uint32_t c = new_chunk(s);
-                    if (c == NIL) goto oom;
-                    if (s->count[b]) chunk(s, s->tail[b])[0] = c;
-                    else s->head[b] = c;
-                    s->tail[b] = c;
-                }
-                chunk(s, s->tail[b])[1 + k] = (uint32_t)(s->n + t);
-                s->count[b]++;
-            }
-        s->n += nt;
+        if (kv_simhash_codes_at(s->H, s->L, s->K, (int)d, s->Kr + s->n * d, nt, ct, 1, nt)) rc = KV_EINTERNAL;
+        for (size_t l = 0; !rc && l < L; l++) rc = link_table(s, l, ct + l * nt, s->n, nt);
+        if (!rc) s->n += nt;
     }
-    free(codes);
-    return KV_OK;
-oom:
-    free(codes);
-    return KV_EINTERNAL;
+    free(ct);
+    return rc;
 }
 
 static int lsh_ingest(void *state, const float *K, const float *V, int64_t first, size_t n, kv_err *err)
@@ -250,79 +290,78 @@ static int lsh_ingest(void *state, const float *K, const float *V, int64_t first
 /* rows with global index < p: a prefix (indices increase) */
 static size_t rows_below(const lsh_state *s, int64_t p) { return (size_t)kv_lower_i64(s->idx, (int64_t)s->n, p); }
 
-/* log P(Binomial(L, p) >= t), t >= 1, p in (0, 1]: the tail summed from
- * its first term, in logs so that a small p does not cancel or underflow */
-static double log_tail(int L, int t, double p)
-{
-    if (p >= 1.0) return 0.0;
-    double lt = lgamma(L + 1.0) - lgamma(t + 1.0) - lgamma(L - t + 1.0) + t * log(p) + (L - t) * log1p(-p);
-    double sum = 1.0, term = 1.0, r = p / (1.0 - p);
-    for (int j = t; j < L; j++) {
-        term *= r * (double)(L - j) / (double)(j + 1);
-        sum += term;
-        if (term < 1e-17 * sum && (double)(L - j) * r < (double)(j + 1)) break; /* terms only shrink from here */
-    }
-    double lu = lt + log(sum);
-    return lu < 0.0 ? lu : 0.0;
-}
-
-/* the rows < n of table l's buckets qc[l], all l: counted into cnt (rows
- * reaching s->thr marked in the bitmap sel, their number returned), or,
- * clear, their counters zeroed.  WALK tables at once, a chunk of each in
- * turn: their chunks' cache misses overlap instead of queueing. */
+/* the rows < n of table l's buckets qc[l], all l: counted into w->cnt
+ * (rows reaching s->thr marked in w->sel and its summary w->top, their
+ * number returned), or, clear, their counters zeroed.  WALK tables at
+ * once, a chunk of each in turn: their chunks' cache misses overlap
+ * instead of queueing. */
 #define WALK 32
-static size_t walk(const lsh_state *s, const uint32_t *qc, size_t n, uint16_t *cnt, uint64_t *sel, int clear)
+static size_t walk(const lsh_state *s, const uint32_t *qc, size_t n, lsh_scr *w, int clear)
 {
     size_t ns = 0;
-    uint16_t thr = (uint16_t)s->thr;
+    uint16_t thr = (uint16_t)s->thr, *cnt = w->cnt;
     for (size_t l0 = 0; l0 < (size_t)s->L; l0 += WALK) {
         size_t nw = (size_t)s->L - l0 < WALK ? (size_t)s->L - l0 : WALK, left[WALK];
         uint32_t at[WALK];
         int busy = 0;
-        for (size_t w = 0; w < nw; w++) {
-            size_t b = ((l0 + w) << s->K) + qc[l0 + w];
-            left[w] = s->count[b];
-            at[w] = s->head[b];
-            busy += left[w] > 0;
-            if (left[w]) __builtin_prefetch(chunk(s, at[w]));
+        for (size_t j = 0; j < nw; j++) {
+            size_t b = ((l0 + j) << s->K) + qc[l0 + j];
+            left[j] = s->count[b];
+            at[j] = s->head[b];
+            busy += left[j] > 0;
+            if (left[j]) __builtin_prefetch(chunk(s, at[j]));
         }
         while (busy)
-            for (size_t w = 0; w < nw; w++) {
-                if (!left[w]) continue;
-                const uint32_t *e = chunk(s, at[w]);
-                size_t m = left[w] < CHUNK - 1 ? left[w] : CHUNK - 1;
-                left[w] -= m;
-                at[w] = e[0];
-                if (left[w]) __builtin_prefetch(chunk(s, at[w]));
+            for (size_t j = 0; j < nw; j++) {
+                if (!left[j]) continue;
+                const uint32_t *e = chunk(s, at[j]);
+                size_t m = left[j] < CHUNK - 1 ? left[j] : CHUNK - 1;
+                left[j] -= m;
+                at[j] = e[0];
+                if (left[j]) __builtin_prefetch(chunk(s, at[j]));
                 for (size_t i = 1; i <= m; i++) {
                     uint32_t r = e[i];
-                    if (r >= n) { left[w] = 0; break; }
+                    if (r >= n) { left[j] = 0; break; }
                     if (clear) cnt[r] = 0;
-                    else if (++cnt[r] == thr) sel[r >> 6] |= UINT64_C(1) << (r & 63), ns++;
+                    else if (++cnt[r] == thr) {
+                        w->sel[r >> 6] |= UINT64_C(1) << (r & 63);
+                        w->top[r >> 12] |= UINT64_C(1) << ((r >> 6) & 63);
+                        ns++;
+                    }
                 }
-                busy -= !left[w];
+                busy -= !left[j];
             }
     }
     return ns;
 }
 
+/* the sample's rows in increasing order from the bitmap (the sums' order:
+ * the tables' order does not matter), the bitmap and summary left zero */
+static void sample_rows(lsh_scr *w, size_t n)
+{
+    size_t i = 0;
+    for (size_t g = 0; g < (n + 4095) / 4096; g++) {
+        for (uint64_t t = w->top[g]; t; t &= t - 1) {
+            size_t wd = g * 64 + (size_t)__builtin_ctzll(t);
+            for (uint64_t m = w->sel[wd]; m; m &= m - 1) w->rows[i++] = (uint32_t)(wd * 64 + (size_t)__builtin_ctzll(m));
+            w->sel[wd] = 0;
+        }
+        w->top[g] = 0;
+    }
+}
+
 /* One query: fold this rank's sampled rows < p into st (empty when none);
- * qc: its L codes; cnt: n collision counters, zero (and left zero); sel:
- * a bitmap of n bits; c gets
- * what it read. */
-static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, int64_t p, double *st, uint16_t *cnt,
-                      uint64_t *sel, kv_query_cost *c)
+ * qc: its L codes; w: this thread's scratch (for s->n rows); c gets what
+ * it read. */
+static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, int64_t p, double *st, lsh_scr *w,
+                      kv_query_cost *c)
 {
     int d = s->ctx.d, dv = s->ctx.dv;
-    size_t n = rows_below(s, p);
-    double tok = 0, walked = 0;
+    size_t n = rows_below(s, p), ns = n;
+    double walked = 0;
     kv_partial_clear(st, dv);
     memset(c, 0, sizeof *c);
     if (!n) return KV_OK;
-    float scale = (float)s->ctx.scale;
-    double qn = sqrt((double)kv_dot_fixed(q, q, d));
-    /* the sample: rows < p colliding in >= thr tables (every row for thr = 0) */
-    size_t ns = n;
     if (s->thr > 0) {
         for (size_t l = 0; l < (size_t)s->L; l++) {
             size_t b = (l << s->K) + qc[l];
@@ -332,40 +371,30 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
         /* the collisions of the rows < p: the L probed buckets walked up to
          * row n (rows increase along a bucket), a row taken when its count
          * reaches thr; then the counters cleared by the same walk */
-        memset(sel, 0, sizeof(uint64_t) * ((n + 63) / 64));
-        ns = walk(s, qc, n, cnt, sel, 0);
-        walk(s, qc, n, cnt, NULL, 1);
+        ns = walk(s, qc, n, w, 0);
+        walk(s, qc, n, w, 1);
     }
-    uint32_t *rows = malloc(sizeof(uint32_t) * (ns ? ns : 1));
-    if (!rows) return KV_EINTERNAL;
+    if (ns > w->nrows) {
+        size_t m = w->nrows ? w->nrows : 1024;
+        while (m < ns) m *= 2;
+        uint32_t *r = realloc(w->rows, sizeof(uint32_t) * m); /* geometric: rare */
+        if (r) w->rows = r;
+        float *dt = r ? realloc(w->dot, sizeof(float) * 2 * m) : NULL;
+        if (dt) w->dot = dt;
+        double *lu = dt ? realloc(w->lu, sizeof(double) * (m + KV_LSH_FB)) : NULL; /* log u in whole blocks */
+        if (!lu) return KV_EINTERNAL;
+        w->lu = lu;
+        w->nrows = m;
+    }
     if (s->thr == 0)
-        for (size_t r = 0; r < n; r++) rows[r] = (uint32_t)r;
-    else /* the sample in increasing row order, from the bitmap: the sums
-          * do not depend on the tables' order */
-        for (size_t w = 0, i = 0; w < (n + 63) / 64; w++)
-            for (uint64_t m = sel[w]; m; m &= m - 1) rows[i++] = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(m));
-    for (size_t i = 0; i < ns; i++) {
-        if (i + 8 < ns) { /* the rows ahead, every line: their misses overlap this row's arithmetic */
-            const char *kp = (const char *)(s->Kr + (size_t)rows[i + 8] * d), *vp = (const char *)(s->V + (size_t)rows[i + 8] * dv);
-            for (size_t o = 0; o < (size_t)d * sizeof(float); o += 64) __builtin_prefetch(kp + o);
-            for (size_t o = 0; o < (size_t)dv * sizeof(float); o += 64) __builtin_prefetch(vp + o);
-        }
-        const float *k = s->Kr + (size_t)rows[i] * d;
-        float dot = kv_dot_fixed(q, k, d);
-        double a = (double)(dot * scale), lu = 0.0;
-        if (s->thr > 0) {
-            double kn = sqrt((double)kv_dot_fixed(k, k, d)), cs = qn > 0 && kn > 0 ? (double)dot / (qn * kn) : 0.0;
-            cs = cs > 1 ? 1 : cs < -1 ? -1 : cs;
-            double p1 = pow(1.0 - acos(cs) / M_PI, s->K);
-            lu = p1 > 0 ? log_tail(s->L, s->thr, p1) : 0.0; /* p1 = 0 cannot collide: never sampled */
-        }
-        kv_partial_add_one(st, dv, a - lu, 1.0, s->V + (size_t)rows[i] * dv); /* e^{a} / u */
-        tok++;
-    }
-    free(rows);
+        for (size_t r = 0; r < n; r++) w->rows[r] = (uint32_t)r;
+    else
+        sample_rows(w, n);
+    kv_lsh_rows rr = { s->Kr, s->V, d, dv, s->K, s->L, s->thr, (float)s->ctx.scale, s->lt0 };
+    kv_lsh_fold(&rr, q, w->rows, ns, w->dot, w->lu, st);
     /* reads: hashing q (the hyperplanes), the L heads and the entries
      * walked (4 bytes each), the sampled rows */
-    double tb = (double)(d + dv) * sizeof(float), hb = 0;
+    double tb = (double)(d + dv) * sizeof(float), hb = 0, tok = (double)ns;
     if (s->thr > 0)
         hb = (double)s->L * s->K * d * sizeof(float) + (double)s->L * sizeof(uint32_t) + walked * sizeof(uint32_t);
     c->read_bytes = hb + tok * tb;
@@ -374,26 +403,67 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
     return KV_OK;
 }
 
+/* nt threads' scratch for s->n rows: counters zero, bitmaps zero (grown
+ * geometrically, the new parts zeroed) */
+static int scratch_for(lsh_state *s, int nt)
+{
+    if (nt > s->nscr) {
+        lsh_scr *x = realloc(s->scr, sizeof *x * (size_t)nt);
+        if (!x) return KV_EINTERNAL;
+        memset(x + s->nscr, 0, sizeof *x * (size_t)(nt - s->nscr));
+        s->scr = x;
+        s->nscr = nt;
+    }
+    for (int t = 0; t < nt; t++) {
+        lsh_scr *w = &s->scr[t];
+        if (s->n <= w->n) continue;
+        size_t m = w->n ? w->n : 1024, ow = (w->n + 63) / 64, ot = (ow + 63) / 64;
+        while (m < s->n) m *= 2;
+        size_t nw = (m + 63) / 64, ntp = (nw + 63) / 64;
+        uint16_t *cnt = realloc(w->cnt, sizeof(uint16_t) * m);
+        if (cnt) w->cnt = cnt;
+        uint64_t *sel = cnt ? realloc(w->sel, sizeof(uint64_t) * nw) : NULL;
+        if (sel) w->sel = sel;
+        uint64_t *top = sel ? realloc(w->top, sizeof(uint64_t) * ntp) : NULL;
+        if (!top) return KV_EINTERNAL;
+        w->top = top;
+        memset(w->cnt + w->n, 0, sizeof(uint16_t) * (m - w->n));
+        memset(w->sel + ow, 0, sizeof(uint64_t) * (nw - ow));
+        memset(w->top + ot, 0, sizeof(uint64_t) * (ntp - ot));
+        w->n = m;
+    }
+    return KV_OK;
+}
+
+static void scratch_free(lsh_state *s)
+{
+    for (int t = 0; t < s->nscr; t++) {
+        free(s->scr[t].cnt);
+        free(s->scr[t].sel);
+        free(s->scr[t].top);
+        free(s->scr[t].rows);
+        free(s->scr[t].dot);
+        free(s->scr[t].lu);
+    }
+    free(s->scr);
+}
+
 static int lsh_partial_batch(void *state, const float *Q, const int64_t *p, int nq, double *st)
 {
     lsh_state *s = state;
     size_t sl = KV_PSTATE_LEN(s->ctx.dv), L = (size_t)s->L, nb = (size_t)(nq > 0 ? nq : 1);
+    int nt = nq > 1 && !omp_in_parallel() ? omp_get_max_threads() : 1;
     kv_query_cost *c = calloc(nb, sizeof *c);
     uint32_t *qc = malloc(sizeof(uint32_t) * nb * L); /* every query's codes, hashed in blocks before the walk */
-    int bad = !c || !qc;
+    int bad = !c || !qc || scratch_for(s, nt);
     if (!bad && s->thr > 0 && nq > 0) bad = kv_simhash_codes(s->H, s->L, s->K, s->ctx.d, Q, (size_t)nq, qc);
     if (!bad)
-#pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
+#pragma omp parallel num_threads(nt) reduction(| : bad) if (nt > 1)
     {
-        uint16_t *cnt = calloc(s->n ? s->n : 1, sizeof(uint16_t)); /* collision counts */
-        uint64_t *sel = malloc(sizeof(uint64_t) * (s->n / 64 + 1)); /* the sample's bitmap */
-        if (!cnt || !sel) bad = 1;
+        lsh_scr *w = &s->scr[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            if (cnt && sel)
-                bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, cnt, sel, &c[q]) != KV_OK;
-        free(cnt);
-        free(sel);
+            bad |= answer_one(s, Q + (size_t)q * s->ctx.d, qc + (size_t)q * L, p[q], st + q * sl, w, &c[q]) != KV_OK;
     }
     for (int q = 0; !bad && q < nq; q++) { /* in query order: the totals do not depend on the threads */
         s->cost.read_bytes += c[q].read_bytes;
@@ -454,6 +524,7 @@ static void lsh_free(void *state)
     free(s->head);
     free(s->tail);
     free(s->count);
+    scratch_free(s);
     free(s);
 }
 
