@@ -44,6 +44,7 @@
 #include "methods/common/quant.h"
 #include "methods/common/tokring.h"
 #include "methods/common/tqcodec.h"
+#include "methods/common/tqscan.h"
 
 enum { TQ_MSE = 0, TQ_PROD = 1 };
 #define TQ_SLICE 256 /* tokens decoded per slice */
@@ -86,6 +87,8 @@ typedef struct {
     kv_tokring tail;           /* float copies of the tokens >= h - R */
     /* query scratch (not state: grown, never shrunk, not counted) */
     float *qb;                 /* nq x dq rotated queries */
+    float *tab;                /* one query's lookup tables: nlk key, then the signs' (tqscan.h) */
+    int nlk;                   /* key tables */
     size_t *len;               /* nq rows per query, then nscr x nq per slice */
     double *ub;                /* dv */
     int qcap, nscr;
@@ -263,7 +266,7 @@ static int tq_ingest(void *state, const float *K, const float *V, int64_t first,
         int64_t g = first + (int64_t)i;
         encode(s, K + i * d, V + i * dv, rk + b * d, rv + b * dv, y, y + m);
         s->n++;
-        if (g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
+        if (s->R > 0 && g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
     }
     free(y);
     if (first + (int64_t)n > s->known) s->known = first + (int64_t)n;
@@ -283,6 +286,15 @@ static int64_t rows_below(const tq_state *s, int64_t x)
 
 typedef struct { tq_state *s; int64_t per; int nq; } slice_arg;
 
+#define TQ_TILE KV_TQ_SCAN_MAX /* one query: rows per tile (logits, exponentials, value sums) */
+
+/* scratch floats per thread: a decoded slice (fold_slice) or a tile's logits, signs' dots and value sum (fold_one) */
+static size_t scr_per(const tq_state *s)
+{
+    size_t a = (size_t)TQ_SLICE * (size_t)(s->dq + s->ctx.dv), b = 2 * (size_t)TQ_TILE + (size_t)s->ctx.dv;
+    return a > b ? a : b;
+}
+
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const slice_arg *a = arg;
@@ -290,7 +302,7 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     int d = s->ctx.d, dv = s->ctx.dv, dq = s->dq, tid = omp_get_thread_num();
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
     size_t per = (size_t)TQ_SLICE * (size_t)(dq + dv);
-    float *K = tid < s->nscr ? s->scr + (size_t)tid * per : malloc(sizeof(float) * per + sizeof(size_t) * nq);
+    float *K = tid < s->nscr ? s->scr + (size_t)tid * scr_per(s) : malloc(sizeof(float) * per + sizeof(size_t) * nq);
     if (!K) return KV_EINTERNAL;
     float *V = K + (size_t)TQ_SLICE * dq;
     size_t *len = tid < s->nscr ? s->len + (size_t)(tid + 1) * a->nq : (size_t *)(K + per);
@@ -317,21 +329,20 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     return rc;
 }
 
-#define TQ_TILE 64 /* one query: tokens per float tile (as the exact kernel's few-query path) */
-
-/* One query in the compressed domain (no decoded rows): per tile of rows
- * the logits scale |k| (<q', c[codes]> [+ coef |r| <S q', signs>]) from the
- * codes, the shifted exponentials in float, and their value sum
- * sum_t p_t |v_t| c[value codes] (float per tile, double across tiles). */
+/* One query in the compressed domain (no decoded rows, methods/tqscan.h):
+ * per tile of rows the logits scale |k| (<q', c[codes]> [+ coef |r| <S q',
+ * signs>]) from the codes by the query's lookup tables, the shifted
+ * exponentials in float, and their value sum sum_t p_t |v_t| c[value
+ * codes] (float per tile, double across tiles). */
 static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const slice_arg *a = arg;
     tq_state *s = a->s;
-    (void)nq;
+    (void)nq, (void)Q;
     int d = s->ctx.d, dv = s->ctx.dv, tid = omp_get_thread_num();
     int64_t t0 = i * a->per, t1 = t0 + a->per < (int64_t)s->len[0] ? t0 + a->per : (int64_t)s->len[0];
     size_t per = (size_t)2 * TQ_TILE + (size_t)dv;
-    float *lg = tid < s->nscr ? s->scr + (size_t)tid * TQ_SLICE * (size_t)(s->dq + dv) : malloc(sizeof(float) * per);
+    float *lg = tid < s->nscr ? s->scr + (size_t)tid * scr_per(s) : malloc(sizeof(float) * per);
     if (!lg) return KV_EINTERNAL;
     float *sg = lg + TQ_TILE, *U = sg + TQ_TILE;
     const float coef = (float)(sqrt(M_PI / 2) / d);
@@ -339,20 +350,11 @@ static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float sc
     for (int64_t b0 = t0; b0 < t1; b0 += TQ_TILE) {
         int nt = (int)(t1 - b0 < TQ_TILE ? t1 - b0 : TQ_TILE);
         const uint8_t *r0 = s->rows + (size_t)b0 * s->row;
-        kv_tq_dots(&s->kb, r0 + off, s->row, (size_t)nt, Q, lg);
-        if (s->prod) kv_tq_dots(&s->sgn, r0 + off + s->kcb, s->row, (size_t)nt, Q + d, sg);
-        float mt = -INFINITY;
-        for (int t = 0; t < nt; t++) {
-            const uint8_t *row = r0 + (size_t)t * s->row;
-            float kn = row_f(row, 0), x = kn * lg[t];
-            if (s->prod) x += coef * kn * row_f(row, 2) * sg[t];
-            lg[t] = scale * x;
-            mt = lg[t] > mt ? lg[t] : mt;
-        }
-        kv_attn_exp_tile(st, lg, nt, mt, dv);
-        for (int t = 0; t < nt; t++) lg[t] *= row_f(r0 + (size_t)t * s->row, 1); /* p_t |v_t| */
+        kv_tq_scan_dots(&s->kb, s->tab, r0 + off, s->kcb, s->row, nt, lg);
+        if (s->prod) kv_tq_scan_dots(&s->sgn, s->tab + 16 * (size_t)s->nlk, r0 + off + s->kcb, s->sb, s->row, nt, sg);
+        kv_tq_scan_weights(r0, s->row, nt, s->prod, coef, scale, lg, sg, st, dv);
         memset(U, 0, sizeof(float) * (size_t)dv);
-        kv_tq_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->row, (size_t)nt, lg, U);
+        kv_tq_scan_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->vcb, s->row, nt, lg, U);
         for (int c = 0; c < dv; c++) st[KV_PS_U + c] += U[c];
     }
     if (tid >= s->nscr) free(lg);
@@ -364,9 +366,10 @@ static int scratch(tq_state *s, int nq)
 {
     if (!s->scr) {
         s->nscr = omp_get_max_threads();
-        s->scr = malloc(sizeof(float) * (size_t)s->nscr * TQ_SLICE * (size_t)(s->dq + s->ctx.dv));
+        s->scr = malloc(sizeof(float) * (size_t)s->nscr * scr_per(s));
         s->ub = malloc(sizeof(double) * (size_t)s->ctx.dv);
-        if (!s->scr || !s->ub) return KV_EINTERNAL;
+        s->tab = malloc(sizeof(float) * 16 * 2 * (size_t)s->ctx.d);
+        if (!s->scr || !s->ub || !s->tab) return KV_EINTERNAL;
     }
     if (nq <= s->qcap) return KV_OK;
     float *qb = realloc(s->qb, sizeof(float) * (size_t)nq * (size_t)s->dq);
@@ -422,6 +425,10 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
         for (int i = 0; i < d; i++) y[i] = kv_dot_fixed(s->Rk + (size_t)i * d, x, d);
         for (int i = 0; s->prod && i < d; i++) y[d + i] = kv_dot_fixed(s->S + (size_t)i * d, y, d);
         s->len[q] = (size_t)rows_below(s, (p ? p[q] : p0) - s->R);
+    }
+    if (nq == 1) { /* the lookup tables of [Pi q, S Pi q] (tqscan.h), once per query */
+        s->nlk = s->kb.bits ? kv_tq_tables(&s->kb, s->qb, s->tab) : 0;
+        if (s->prod) kv_tq_tables(&s->sgn, s->qb + d, s->tab + 16 * (size_t)s->nlk);
     }
     int64_t nr = (int64_t)s->len[nq - 1];
     slice_arg a = { s, kv_slice_len(nr, TQ_SLICE, nq), nq };
@@ -484,6 +491,7 @@ static void tq_free(void *state)
     free(s->qb);
     free(s->len);
     free(s->ub);
+    free(s->tab);
     free(s->scr);
     kv_tokring_free(&s->tail);
     free(s);
