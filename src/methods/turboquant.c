@@ -77,7 +77,7 @@ typedef struct {
     int64_t R;
     kv_tq_book kb, vb;         /* key book (bits - prod bits), value book (bits) */
     kv_tq_book sgn;            /* prod: the sign bits as a 1-bit book {-1, +1} */
-    float *Rk, *Rv, *S;        /* d x d, dv x dv, d x d (prod) */
+    float *Rk, *Rv, *S;        /* Pi_k^T (d x d), Pi_v^T (dv x dv), S (d x d, prod), row-major */
     size_t kcb, sb, vcb, row;  /* key code, sign and value code bytes; row bytes */
     int64_t h, known;          /* latest horizon or answered prefix; all tokens < known ingested */
     int64_t n, cap;            /* rows held, allocated */
@@ -127,6 +127,18 @@ static int64_t fit_residual(int64_t B, int bits, int prod, const kv_method_ctx *
 
 static void tq_free(void *state);
 
+/* A = A^T (n x n): the rotations are kept transposed, their columns rows
+ * (kv_tq_rotate's outer products at ingest and per query) */
+static void transpose(float *A, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            float t = A[(size_t)i * n + j];
+            A[(size_t)i * n + j] = A[(size_t)j * n + i];
+            A[(size_t)j * n + i] = t;
+        }
+}
+
 static int tq_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
     const tq_cfg *c = kv_method_cfg(&kv_method_turboquant, spec, err);
@@ -170,6 +182,8 @@ static int tq_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err
         tq_free(s);
         return kv_seterr(err, KV_EINTERNAL, "turboquant: out of memory making the codebooks and rotations");
     }
+    transpose(s->Rk, ctx->d);
+    transpose(s->Rv, ctx->dv);
     if (prod) kv_tq_gaussian(s->S, ctx->d, seed, st);
     s->sgn = (kv_tq_book){ .d = ctx->d, .bits = 1, .c = { -1.0f, 1.0f } };
     *out = s;
@@ -256,12 +270,10 @@ static int tq_ingest(void *state, const float *K, const float *V, int64_t first,
     float *rk = y + 2 * m, *rv = rk + KV_DOT_BLK * d;
     for (size_t i = 0; i < n && !err->code; i++) {
         size_t b = i % KV_DOT_BLK;
-        if (!b) { /* the rotations of a block of tokens at once (a row of Pi loaded once) */
-            const float *kx[KV_DOT_BLK], *vx[KV_DOT_BLK];
+        if (!b) { /* the rotations of a block of tokens at once (a column of Pi loaded once) */
             int nt = n - i < KV_DOT_BLK ? (int)(n - i) : KV_DOT_BLK;
-            for (int t = 0; t < nt; t++) kx[t] = K + (i + t) * d, vx[t] = V + (i + t) * dv;
-            kv_dot_fixed_rows(s->Rk, d, d, kx, nt, rk);
-            kv_dot_fixed_rows(s->Rv, dv, dv, vx, nt, rv);
+            kv_tq_rotate(s->Rk, d, K + i * d, nt, rk);
+            kv_tq_rotate(s->Rv, dv, V + i * dv, nt, rv);
         }
         int64_t g = first + (int64_t)i;
         encode(s, K + i * d, V + i * dv, rk + b * d, rv + b * dv, y, y + m);
@@ -422,7 +434,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
     for (int q = 0; q < nq; q++) { /* rotate once per query: [Pi q, S Pi q] */
         const float *x = Q + (size_t)q * d;
         float *y = s->qb + (size_t)q * dq;
-        for (int i = 0; i < d; i++) y[i] = kv_dot_fixed(s->Rk + (size_t)i * d, x, d);
+        kv_tq_rotate(s->Rk, d, x, 1, y);
         for (int i = 0; s->prod && i < d; i++) y[d + i] = kv_dot_fixed(s->S + (size_t)i * d, y, d);
         s->len[q] = (size_t)rows_below(s, (p ? p[q] : p0) - s->R);
     }
@@ -437,7 +449,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
         double *u = st + q * sl + KV_PS_U;
         for (int i = 0; i < dv; i++) {
             double t = 0;
-            for (int j = 0; j < dv; j++) t += (double)s->Rv[(size_t)j * dv + i] * u[j];
+            for (int j = 0; j < dv; j++) t += (double)s->Rv[(size_t)i * dv + j] * u[j]; /* (Pi_v^T)_ij */
             s->ub[i] = t;
         }
         memcpy(u, s->ub, sizeof(double) * (size_t)dv);

@@ -162,20 +162,52 @@ float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float
     return kv_tq_encode_rotated(book, x, y, y, codes);
 }
 
+/* |x|^2 in double: 8 lanes (element i in lane i mod 8), then a fixed tree */
+static double norm2(const float *x, int d)
+{
+    double a[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += (double)x[i + l] * x[i + l];
+    for (int l = 0; i + l < d; l++) a[l] += (double)x[i + l] * x[i + l];
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* the codes of y[0..16) (the cell: edges below y) packed at their 2 b bytes */
+static inline __attribute__((always_inline)) void codes16(const kv_tq_book *book, const float *y, int b,
+                                                          uint8_t *out)
+{
+    float e[(1 << KV_TQ_MAXBITS) - 1];
+    memcpy(e, book->edge, sizeof e);
+    uint32_t k[16] = { 0 };
+    for (int j = 0; j < (1 << b) - 1; j++)
+        for (int l = 0; l < 16; l++) k[l] += y[l] > e[j];
+    uint64_t w = 0;
+    for (int l = 0; l < 16; l++) w |= (uint64_t)k[l] << (l * b);
+    memcpy(out, &w, (size_t)(2 * b));
+}
+
 float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes)
 {
-    int d = book->d, L1 = (1 << book->bits) - 1;
-    double nn = 0;
-    for (int i = 0; i < d; i++) nn += (double)x[i] * x[i];
-    double norm = sqrt(nn), inv = norm > 0 ? 1.0 / norm : 0.0;
-    for (int i = 0; i < d; i++) y[i] = (float)(Rx[i] * inv);
-    if (!book->bits) return (float)norm;
-    for (int i = 0; i < d; i++) {
+    int d = book->d, b = book->bits, L1 = (1 << b) - 1, i = 0;
+    double norm = sqrt(norm2(x, d)), inv = norm > 0 ? 1.0 / norm : 0.0;
+    for (int c = 0; c < d; c++) y[c] = (float)(Rx[c] * inv);
+    if (!b) return (float)norm;
+    for (; i + 16 <= d; i += 16) { /* 16 codes fill 2 b whole bytes (zero before) */
+        uint8_t *o = codes + (size_t)i * (size_t)b / 8;
+        switch (b) { /* constant b: the compares and shifts vectorise */
+        case 1: codes16(book, y + i, 1, o); break;
+        case 2: codes16(book, y + i, 2, o); break;
+        case 3: codes16(book, y + i, 3, o); break;
+        default: codes16(book, y + i, 4, o); break;
+        }
+    }
+    for (; i < d; i++) {
         unsigned k = 0;
         for (int e = 0; e < L1; e++) k += y[i] > book->edge[e];
-        size_t bit = (size_t)i * (size_t)book->bits;
+        size_t bit = (size_t)i * (size_t)b;
         codes[bit >> 3] |= (uint8_t)(k << (bit & 7));
-        if ((bit & 7) + (size_t)book->bits > 8) codes[(bit >> 3) + 1] |= (uint8_t)(k >> (8 - (bit & 7)));
+        if ((bit & 7) + (size_t)b > 8) codes[(bit >> 3) + 1] |= (uint8_t)(k >> (8 - (bit & 7)));
     }
     return (float)norm;
 }

@@ -283,3 +283,35 @@ void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, s
     default: axpys_b(book->c, d, 4, codes, nb, stride, n, w, u); break;
     }
 }
+
+/* 16 outputs j.. of m <= 8 vectors: acc[t] += x[t][c] RT[c][j..j+16), c in order */
+static inline __attribute__((always_inline)) void rot16(const float *RT, int d, const float *x, int m, int j,
+                                                        float *o)
+{
+    tq_f16 acc[8], r;
+    for (int t = 0; t < m; t++) acc[t] = (tq_f16){ 0 };
+    for (int c = 0; c < d; c++) {
+        memcpy(&r, RT + (size_t)c * (size_t)d + j, sizeof r);
+        for (int t = 0; t < m; t++) acc[t] += x[(size_t)t * (size_t)d + c] * r;
+    }
+    for (int t = 0; t < m; t++) memcpy(o + (size_t)t * (size_t)d + j, &acc[t], sizeof acc[t]);
+}
+
+void kv_tq_rotate(const float *RT, int d, const float *x, int nt, float *out)
+{
+    for (int t0 = 0; t0 < nt; t0 += 8) {
+        int m = nt - t0 < 8 ? nt - t0 : 8, j = 0;
+        const float *xb = x + (size_t)t0 * (size_t)d;
+        float *ob = out + (size_t)t0 * (size_t)d;
+        for (; j + 16 <= d; j += 16) {
+            if (m == 8) rot16(RT, d, xb, 8, j, ob); /* constant: the accumulators in registers */
+            else rot16(RT, d, xb, m, j, ob);
+        }
+        for (; j < d; j++)
+            for (int t = 0; t < m; t++) {
+                float a = 0;
+                for (int c = 0; c < d; c++) a += xb[(size_t)t * (size_t)d + c] * RT[(size_t)c * (size_t)d + j];
+                ob[(size_t)t * (size_t)d + j] = a;
+            }
+    }
+}
