@@ -12,7 +12,11 @@
  * once (and S applied once, prod), each slice of tokens is decoded by
  * codebook lookup (no per-token rotation) and folded with the exact kernel
  * against [Pi q, S Pi q]; the value sum is accumulated rotated and rotated
- * back once per query.
+ * back once per query.  A single query decodes nothing: its logits are
+ * sums of entries of per-query lookup tables indexed by the codes, its
+ * value sum per channel from the codes (methods/tqscan.h).  The rotations
+ * are kept transposed (their columns contiguous: ingest rotates by outer
+ * products, kv_tq_rotate).
  *
  * residual=R (default 0, as in the paper): at prefix p the tokens in
  * [p - R, p) are answered in float32 too, like kivi's window.  Every token
@@ -47,7 +51,7 @@
 #include "methods/common/tqscan.h"
 
 enum { TQ_MSE = 0, TQ_PROD = 1 };
-#define TQ_SLICE 256 /* tokens decoded per slice */
+#define TQ_SLICE 1024 /* tokens decoded per slice */
 
 typedef struct { int64_t bits, mode, residual, seed; kv_budget budget; } tq_cfg;
 KV_CFG_FITS(tq_cfg);

@@ -233,17 +233,45 @@ static inline uint64_t word16(const uint8_t *p, int b)
                                 (uint64_t)((1u << (b)) - 1),                                                     \
                             tq_v16i)
 
-/* out[i] = c[code i], groups of 16 by a vector permute of the (16-entry, padded) table */
-static inline __attribute__((always_inline)) void decode_table(const float *c, const uint8_t *codes, int d, int b, float *out)
+typedef uint32_t tq_v16w __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+/* *ix lane l = the bits from l b on of the 2 b bytes at p (b = 1, 2, 4: 32-bit
+ * lanes; the permute reads the low 4 bits, the table repeats every 2^b) */
+static inline __attribute__((always_inline)) void unpack16_32(const uint8_t *p, int b, tq_v16w *ix)
+{
+    static const tq_v16w lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+    if (b < 4) {
+        uint32_t w = 0;
+        memcpy(&w, p, (size_t)(2 * b));
+        *ix = ((tq_v16w){ 0 } + w) >> (lane * (uint32_t)b);
+        return;
+    }
+    uint64_t w;
+    memcpy(&w, p, 8);
+    tq_v16w lo = (tq_v16w){ 0 } + (uint32_t)w, hi = (tq_v16w){ 0 } + (uint32_t)(w >> 32), k = (tq_v16w)(lane < 8); /* all ones below 8 */
+    *ix = ((lo & k) | (hi & ~k)) >> ((lane & 7) * 4);
+}
+
+/* out[i] = scale c[code i], groups of 16 by a vector permute of the
+ * (16-entry, padded) table, times scale (the same product as a scaled table) */
+static inline __attribute__((always_inline)) void decode_table(const float *c, float scale, const uint8_t *codes,
+                                                               int d, int b, float *out)
 {
     tq_v16 t = { 0 };
-    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    for (int k = 0; k < 16; k++) t[k] = c[k & ((1 << b) - 1)];
     int i = 0;
     for (; i + 16 <= d; i += 16) {
-        tq_v16 v = KV_SHUF1(t, unpack16(codes + (size_t)i * b / 8, b));
+        tq_v16 v;
+        if (b == 3) v = KV_SHUF1(t, unpack16(codes + (size_t)i * b / 8, b));
+        else {
+            tq_v16w ix;
+            unpack16_32(codes + (size_t)i * b / 8, b, &ix);
+            v = KV_SHUF1(t, ix);
+        }
+        v *= scale;
         memcpy(out + i, &v, sizeof v);
     }
-    for (; i < d; i++) out[i] = c[code_at(codes, b, i)];
+    for (; i < d; i++) out[i] = scale * c[code_at(codes, b, i)];
 }
 
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out)
@@ -253,13 +281,11 @@ void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, flo
         memset(out, 0, sizeof(float) * (size_t)d);
         return;
     }
-    float c[1 << KV_TQ_MAXBITS];
-    for (int k = 0; k < (1 << b); k++) c[k] = scale * book->c[k];
     switch (b) { /* constant b: the shifts and masks specialise */
-    case 1: decode_table(c, codes, d, 1, out); break;
-    case 2: decode_table(c, codes, d, 2, out); break;
-    case 3: decode_table(c, codes, d, 3, out); break;
-    default: decode_table(c, codes, d, 4, out); break;
+    case 1: decode_table(book->c, scale, codes, d, 1, out); break;
+    case 2: decode_table(book->c, scale, codes, d, 2, out); break;
+    case 3: decode_table(book->c, scale, codes, d, 3, out); break;
+    default: decode_table(book->c, scale, codes, d, 4, out); break;
     }
 }
 
