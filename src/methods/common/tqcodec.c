@@ -173,17 +173,24 @@ static double norm2(const float *x, int d)
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
-/* the codes of y[0..16) (the cell: edges below y) packed at their 2 b bytes */
+typedef float tq_v16f __attribute__((vector_size(16 * sizeof(float))));
+typedef uint32_t tq_v16c __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+/* the codes of y[0..16) (the cell: edges below y) packed at their 2 b bytes:
+ * 16-lane compares, each half's codes shifted into one 32-bit word */
 static inline __attribute__((always_inline)) void codes16(const kv_tq_book *book, const float *y, int b,
                                                           uint8_t *out)
 {
-    float e[(1 << KV_TQ_MAXBITS) - 1];
-    memcpy(e, book->edge, sizeof e);
-    uint32_t k[16] = { 0 };
-    for (int j = 0; j < (1 << b) - 1; j++)
-        for (int l = 0; l < 16; l++) k[l] += y[l] > e[j];
-    uint64_t w = 0;
-    for (int l = 0; l < 16; l++) w |= (uint64_t)k[l] << (l * b);
+    static const tq_v16c lane = { 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7 };
+    tq_v16f v;
+    tq_v16c k = { 0 };
+    memcpy(&v, y, sizeof v);
+    for (int j = 0; j < (1 << b) - 1; j++) k -= (tq_v16c)(v > book->edge[j]); /* true: all ones, -1 */
+    k <<= lane * (uint32_t)b;
+    uint32_t a[16], lo = 0, hi = 0;
+    memcpy(a, &k, sizeof a);
+    for (int l = 0; l < 8; l++) lo |= a[l], hi |= a[l + 8];
+    uint64_t w = lo | (uint64_t)hi << (8 * b);
     memcpy(out, &w, (size_t)(2 * b));
 }
 
