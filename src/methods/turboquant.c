@@ -12,7 +12,11 @@
  * once (and S applied once, prod), each slice of tokens is decoded by
  * codebook lookup (no per-token rotation) and folded with the exact kernel
  * against [Pi q, S Pi q]; the value sum is accumulated rotated and rotated
- * back once per query.
+ * back once per query.  A single query decodes nothing: its logits are
+ * sums of entries of per-query lookup tables indexed by the codes, its
+ * value sum per channel from the codes (methods/tqscan.h).  The rotations
+ * are kept transposed (their columns contiguous: ingest rotates by outer
+ * products, kv_tq_rotate).
  *
  * residual=R (default 0, as in the paper): at prefix p the tokens in
  * [p - R, p) are answered in float32 too, like kivi's window.  Every token
@@ -44,9 +48,10 @@
 #include "methods/common/quant.h"
 #include "methods/common/tokring.h"
 #include "methods/common/tqcodec.h"
+#include "methods/common/tqscan.h"
 
 enum { TQ_MSE = 0, TQ_PROD = 1 };
-#define TQ_SLICE 256 /* tokens decoded per slice */
+#define TQ_SLICE 1024 /* tokens decoded per slice */
 
 typedef struct { int64_t bits, mode, residual, seed; kv_budget budget; } tq_cfg;
 KV_CFG_FITS(tq_cfg);
@@ -76,7 +81,7 @@ typedef struct {
     int64_t R;
     kv_tq_book kb, vb;         /* key book (bits - prod bits), value book (bits) */
     kv_tq_book sgn;            /* prod: the sign bits as a 1-bit book {-1, +1} */
-    float *Rk, *Rv, *S;        /* d x d, dv x dv, d x d (prod) */
+    float *Rk, *Rv, *S;        /* Pi_k^T (d x d), Pi_v^T (dv x dv), S (d x d, prod), row-major */
     size_t kcb, sb, vcb, row;  /* key code, sign and value code bytes; row bytes */
     int64_t h, known;          /* latest horizon or answered prefix; all tokens < known ingested */
     int64_t n, cap;            /* rows held, allocated */
@@ -86,6 +91,8 @@ typedef struct {
     kv_tokring tail;           /* float copies of the tokens >= h - R */
     /* query scratch (not state: grown, never shrunk, not counted) */
     float *qb;                 /* nq x dq rotated queries */
+    float *tab;                /* one query's lookup tables: nlk key, then the signs' (tqscan.h) */
+    int nlk;                   /* key tables */
     size_t *len;               /* nq rows per query, then nscr x nq per slice */
     double *ub;                /* dv */
     int qcap, nscr;
@@ -123,6 +130,18 @@ static int64_t fit_residual(int64_t B, int bits, int prod, const kv_method_ctx *
 }
 
 static void tq_free(void *state);
+
+/* A = A^T (n x n): the rotations are kept transposed, their columns rows
+ * (kv_tq_rotate's outer products at ingest and per query) */
+static void transpose(float *A, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            float t = A[(size_t)i * n + j];
+            A[(size_t)i * n + j] = A[(size_t)j * n + i];
+            A[(size_t)j * n + i] = t;
+        }
+}
 
 static int tq_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
@@ -167,6 +186,8 @@ static int tq_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err
         tq_free(s);
         return kv_seterr(err, KV_EINTERNAL, "turboquant: out of memory making the codebooks and rotations");
     }
+    transpose(s->Rk, ctx->d);
+    transpose(s->Rv, ctx->dv);
     if (prod) kv_tq_gaussian(s->S, ctx->d, seed, st);
     s->sgn = (kv_tq_book){ .d = ctx->d, .bits = 1, .c = { -1.0f, 1.0f } };
     *out = s;
@@ -253,17 +274,15 @@ static int tq_ingest(void *state, const float *K, const float *V, int64_t first,
     float *rk = y + 2 * m, *rv = rk + KV_DOT_BLK * d;
     for (size_t i = 0; i < n && !err->code; i++) {
         size_t b = i % KV_DOT_BLK;
-        if (!b) { /* the rotations of a block of tokens at once (a row of Pi loaded once) */
-            const float *kx[KV_DOT_BLK], *vx[KV_DOT_BLK];
+        if (!b) { /* the rotations of a block of tokens at once (a column of Pi loaded once) */
             int nt = n - i < KV_DOT_BLK ? (int)(n - i) : KV_DOT_BLK;
-            for (int t = 0; t < nt; t++) kx[t] = K + (i + t) * d, vx[t] = V + (i + t) * dv;
-            kv_dot_fixed_rows(s->Rk, d, d, kx, nt, rk);
-            kv_dot_fixed_rows(s->Rv, dv, dv, vx, nt, rv);
+            kv_tq_rotate(s->Rk, d, K + i * d, nt, rk);
+            kv_tq_rotate(s->Rv, dv, V + i * dv, nt, rv);
         }
         int64_t g = first + (int64_t)i;
         encode(s, K + i * d, V + i * dv, rk + b * d, rv + b * dv, y, y + m);
         s->n++;
-        if (g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
+        if (s->R > 0 && g >= s->h - s->R) kv_tokring_push(&s->tail, K + i * d, V + i * dv, g, err);
     }
     free(y);
     if (first + (int64_t)n > s->known) s->known = first + (int64_t)n;
@@ -283,6 +302,15 @@ static int64_t rows_below(const tq_state *s, int64_t x)
 
 typedef struct { tq_state *s; int64_t per; int nq; } slice_arg;
 
+#define TQ_TILE KV_TQ_SCAN_MAX /* one query: rows per tile (logits, exponentials, value sums) */
+
+/* scratch floats per thread: a decoded slice (fold_slice) or a tile's logits, signs' dots and value sum (fold_one) */
+static size_t scr_per(const tq_state *s)
+{
+    size_t a = (size_t)TQ_SLICE * (size_t)(s->dq + s->ctx.dv), b = 2 * (size_t)TQ_TILE + (size_t)s->ctx.dv;
+    return a > b ? a : b;
+}
+
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const slice_arg *a = arg;
@@ -290,7 +318,7 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     int d = s->ctx.d, dv = s->ctx.dv, dq = s->dq, tid = omp_get_thread_num();
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
     size_t per = (size_t)TQ_SLICE * (size_t)(dq + dv);
-    float *K = tid < s->nscr ? s->scr + (size_t)tid * per : malloc(sizeof(float) * per + sizeof(size_t) * nq);
+    float *K = tid < s->nscr ? s->scr + (size_t)tid * scr_per(s) : malloc(sizeof(float) * per + sizeof(size_t) * nq);
     if (!K) return KV_EINTERNAL;
     float *V = K + (size_t)TQ_SLICE * dq;
     size_t *len = tid < s->nscr ? s->len + (size_t)(tid + 1) * a->nq : (size_t *)(K + per);
@@ -317,21 +345,20 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     return rc;
 }
 
-#define TQ_TILE 64 /* one query: tokens per float tile (as the exact kernel's few-query path) */
-
-/* One query in the compressed domain (no decoded rows): per tile of rows
- * the logits scale |k| (<q', c[codes]> [+ coef |r| <S q', signs>]) from the
- * codes, the shifted exponentials in float, and their value sum
- * sum_t p_t |v_t| c[value codes] (float per tile, double across tiles). */
+/* One query in the compressed domain (no decoded rows, methods/tqscan.h):
+ * per tile of rows the logits scale |k| (<q', c[codes]> [+ coef |r| <S q',
+ * signs>]) from the codes by the query's lookup tables, the shifted
+ * exponentials in float, and their value sum sum_t p_t |v_t| c[value
+ * codes] (float per tile, double across tiles). */
 static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     const slice_arg *a = arg;
     tq_state *s = a->s;
-    (void)nq;
+    (void)nq, (void)Q;
     int d = s->ctx.d, dv = s->ctx.dv, tid = omp_get_thread_num();
     int64_t t0 = i * a->per, t1 = t0 + a->per < (int64_t)s->len[0] ? t0 + a->per : (int64_t)s->len[0];
     size_t per = (size_t)2 * TQ_TILE + (size_t)dv;
-    float *lg = tid < s->nscr ? s->scr + (size_t)tid * TQ_SLICE * (size_t)(s->dq + dv) : malloc(sizeof(float) * per);
+    float *lg = tid < s->nscr ? s->scr + (size_t)tid * scr_per(s) : malloc(sizeof(float) * per);
     if (!lg) return KV_EINTERNAL;
     float *sg = lg + TQ_TILE, *U = sg + TQ_TILE;
     const float coef = (float)(sqrt(M_PI / 2) / d);
@@ -339,20 +366,11 @@ static int fold_one(const void *arg, int64_t i, const float *Q, int nq, float sc
     for (int64_t b0 = t0; b0 < t1; b0 += TQ_TILE) {
         int nt = (int)(t1 - b0 < TQ_TILE ? t1 - b0 : TQ_TILE);
         const uint8_t *r0 = s->rows + (size_t)b0 * s->row;
-        kv_tq_dots(&s->kb, r0 + off, s->row, (size_t)nt, Q, lg);
-        if (s->prod) kv_tq_dots(&s->sgn, r0 + off + s->kcb, s->row, (size_t)nt, Q + d, sg);
-        float mt = -INFINITY;
-        for (int t = 0; t < nt; t++) {
-            const uint8_t *row = r0 + (size_t)t * s->row;
-            float kn = row_f(row, 0), x = kn * lg[t];
-            if (s->prod) x += coef * kn * row_f(row, 2) * sg[t];
-            lg[t] = scale * x;
-            mt = lg[t] > mt ? lg[t] : mt;
-        }
-        kv_attn_exp_tile(st, lg, nt, mt, dv);
-        for (int t = 0; t < nt; t++) lg[t] *= row_f(r0 + (size_t)t * s->row, 1); /* p_t |v_t| */
+        kv_tq_scan_dots(&s->kb, s->tab, r0 + off, s->kcb, s->row, nt, lg);
+        if (s->prod) kv_tq_scan_dots(&s->sgn, s->tab + 16 * (size_t)s->nlk, r0 + off + s->kcb, s->sb, s->row, nt, sg);
+        kv_tq_scan_weights(r0, s->row, nt, s->prod, coef, scale, lg, sg, st, dv);
         memset(U, 0, sizeof(float) * (size_t)dv);
-        kv_tq_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->row, (size_t)nt, lg, U);
+        kv_tq_scan_axpys(&s->vb, r0 + off + s->kcb + s->sb, s->vcb, s->row, nt, lg, U);
         for (int c = 0; c < dv; c++) st[KV_PS_U + c] += U[c];
     }
     if (tid >= s->nscr) free(lg);
@@ -364,9 +382,10 @@ static int scratch(tq_state *s, int nq)
 {
     if (!s->scr) {
         s->nscr = omp_get_max_threads();
-        s->scr = malloc(sizeof(float) * (size_t)s->nscr * TQ_SLICE * (size_t)(s->dq + s->ctx.dv));
+        s->scr = malloc(sizeof(float) * (size_t)s->nscr * scr_per(s));
         s->ub = malloc(sizeof(double) * (size_t)s->ctx.dv);
-        if (!s->scr || !s->ub) return KV_EINTERNAL;
+        s->tab = malloc(sizeof(float) * 16 * 2 * (size_t)s->ctx.d);
+        if (!s->scr || !s->ub || !s->tab) return KV_EINTERNAL;
     }
     if (nq <= s->qcap) return KV_OK;
     float *qb = realloc(s->qb, sizeof(float) * (size_t)nq * (size_t)s->dq);
@@ -419,9 +438,13 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
     for (int q = 0; q < nq; q++) { /* rotate once per query: [Pi q, S Pi q] */
         const float *x = Q + (size_t)q * d;
         float *y = s->qb + (size_t)q * dq;
-        for (int i = 0; i < d; i++) y[i] = kv_dot_fixed(s->Rk + (size_t)i * d, x, d);
+        kv_tq_rotate(s->Rk, d, x, 1, y);
         for (int i = 0; s->prod && i < d; i++) y[d + i] = kv_dot_fixed(s->S + (size_t)i * d, y, d);
         s->len[q] = (size_t)rows_below(s, (p ? p[q] : p0) - s->R);
+    }
+    if (nq == 1) { /* the lookup tables of [Pi q, S Pi q] (tqscan.h), once per query */
+        s->nlk = s->kb.bits ? kv_tq_tables(&s->kb, s->qb, s->tab) : 0;
+        if (s->prod) kv_tq_tables(&s->sgn, s->qb + d, s->tab + 16 * (size_t)s->nlk);
     }
     int64_t nr = (int64_t)s->len[nq - 1];
     slice_arg a = { s, kv_slice_len(nr, TQ_SLICE, nq), nq };
@@ -430,7 +453,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
         double *u = st + q * sl + KV_PS_U;
         for (int i = 0; i < dv; i++) {
             double t = 0;
-            for (int j = 0; j < dv; j++) t += (double)s->Rv[(size_t)j * dv + i] * u[j];
+            for (int j = 0; j < dv; j++) t += (double)s->Rv[(size_t)i * dv + j] * u[j]; /* (Pi_v^T)_ij */
             s->ub[i] = t;
         }
         memcpy(u, s->ub, sizeof(double) * (size_t)dv);
@@ -484,6 +507,7 @@ static void tq_free(void *state)
     free(s->qb);
     free(s->len);
     free(s->ub);
+    free(s->tab);
     free(s->scr);
     kv_tokring_free(&s->tail);
     free(s);

@@ -162,20 +162,59 @@ float kv_tq_encode(const kv_tq_book *book, const float *R, const float *x, float
     return kv_tq_encode_rotated(book, x, y, y, codes);
 }
 
+/* |x|^2 in double: 8 lanes (element i in lane i mod 8), then a fixed tree */
+static double norm2(const float *x, int d)
+{
+    double a[8] = { 0 };
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += (double)x[i + l] * x[i + l];
+    for (int l = 0; i + l < d; l++) a[l] += (double)x[i + l] * x[i + l];
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+typedef float tq_v16f __attribute__((vector_size(16 * sizeof(float))));
+typedef uint32_t tq_v16c __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+/* the codes of y[0..16) (the cell: edges below y) packed at their 2 b bytes:
+ * 16-lane compares, each half's codes shifted into one 32-bit word */
+static inline __attribute__((always_inline)) void codes16(const kv_tq_book *book, const float *y, int b,
+                                                          uint8_t *out)
+{
+    static const tq_v16c lane = { 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7 };
+    tq_v16f v;
+    tq_v16c k = { 0 };
+    memcpy(&v, y, sizeof v);
+    for (int j = 0; j < (1 << b) - 1; j++) k -= (tq_v16c)(v > book->edge[j]); /* true: all ones, -1 */
+    k <<= lane * (uint32_t)b;
+    uint32_t a[16], lo = 0, hi = 0;
+    memcpy(a, &k, sizeof a);
+    for (int l = 0; l < 8; l++) lo |= a[l], hi |= a[l + 8];
+    uint64_t w = lo | (uint64_t)hi << (8 * b);
+    memcpy(out, &w, (size_t)(2 * b));
+}
+
 float kv_tq_encode_rotated(const kv_tq_book *book, const float *x, const float *Rx, float *y, uint8_t *codes)
 {
-    int d = book->d, L1 = (1 << book->bits) - 1;
-    double nn = 0;
-    for (int i = 0; i < d; i++) nn += (double)x[i] * x[i];
-    double norm = sqrt(nn), inv = norm > 0 ? 1.0 / norm : 0.0;
-    for (int i = 0; i < d; i++) y[i] = (float)(Rx[i] * inv);
-    if (!book->bits) return (float)norm;
-    for (int i = 0; i < d; i++) {
+    int d = book->d, b = book->bits, L1 = (1 << b) - 1, i = 0;
+    double norm = sqrt(norm2(x, d)), inv = norm > 0 ? 1.0 / norm : 0.0;
+    for (int c = 0; c < d; c++) y[c] = (float)(Rx[c] * inv);
+    if (!b) return (float)norm;
+    for (; i + 16 <= d; i += 16) { /* 16 codes fill 2 b whole bytes (zero before) */
+        uint8_t *o = codes + (size_t)i * (size_t)b / 8;
+        switch (b) { /* constant b: the compares and shifts vectorise */
+        case 1: codes16(book, y + i, 1, o); break;
+        case 2: codes16(book, y + i, 2, o); break;
+        case 3: codes16(book, y + i, 3, o); break;
+        default: codes16(book, y + i, 4, o); break;
+        }
+    }
+    for (; i < d; i++) {
         unsigned k = 0;
         for (int e = 0; e < L1; e++) k += y[i] > book->edge[e];
-        size_t bit = (size_t)i * (size_t)book->bits;
+        size_t bit = (size_t)i * (size_t)b;
         codes[bit >> 3] |= (uint8_t)(k << (bit & 7));
-        if ((bit & 7) + (size_t)book->bits > 8) codes[(bit >> 3) + 1] |= (uint8_t)(k >> (8 - (bit & 7)));
+        if ((bit & 7) + (size_t)b > 8) codes[(bit >> 3) + 1] |= (uint8_t)(k >> (8 - (bit & 7)));
     }
     return (float)norm;
 }
@@ -201,17 +240,45 @@ static inline uint64_t word16(const uint8_t *p, int b)
                                 (uint64_t)((1u << (b)) - 1),                                                     \
                             tq_v16i)
 
-/* out[i] = c[code i], groups of 16 by a vector permute of the (16-entry, padded) table */
-static inline __attribute__((always_inline)) void decode_table(const float *c, const uint8_t *codes, int d, int b, float *out)
+typedef uint32_t tq_v16w __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+/* *ix lane l = the bits from l b on of the 2 b bytes at p (b = 1, 2, 4: 32-bit
+ * lanes; the permute reads the low 4 bits, the table repeats every 2^b) */
+static inline __attribute__((always_inline)) void unpack16_32(const uint8_t *p, int b, tq_v16w *ix)
+{
+    static const tq_v16w lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+    if (b < 4) {
+        uint32_t w = 0;
+        memcpy(&w, p, (size_t)(2 * b));
+        *ix = ((tq_v16w){ 0 } + w) >> (lane * (uint32_t)b);
+        return;
+    }
+    uint64_t w;
+    memcpy(&w, p, 8);
+    tq_v16w lo = (tq_v16w){ 0 } + (uint32_t)w, hi = (tq_v16w){ 0 } + (uint32_t)(w >> 32), k = (tq_v16w)(lane < 8); /* all ones below 8 */
+    *ix = ((lo & k) | (hi & ~k)) >> ((lane & 7) * 4);
+}
+
+/* out[i] = scale c[code i], groups of 16 by a vector permute of the
+ * (16-entry, padded) table, times scale (the same product as a scaled table) */
+static inline __attribute__((always_inline)) void decode_table(const float *c, float scale, const uint8_t *codes,
+                                                               int d, int b, float *out)
 {
     tq_v16 t = { 0 };
-    memcpy(&t, c, sizeof(float) * (size_t)(1 << b));
+    for (int k = 0; k < 16; k++) t[k] = c[k & ((1 << b) - 1)];
     int i = 0;
     for (; i + 16 <= d; i += 16) {
-        tq_v16 v = KV_SHUF1(t, unpack16(codes + (size_t)i * b / 8, b));
+        tq_v16 v;
+        if (b == 3) v = KV_SHUF1(t, unpack16(codes + (size_t)i * b / 8, b));
+        else {
+            tq_v16w ix;
+            unpack16_32(codes + (size_t)i * b / 8, b, &ix);
+            v = KV_SHUF1(t, ix);
+        }
+        v *= scale;
         memcpy(out + i, &v, sizeof v);
     }
-    for (; i < d; i++) out[i] = c[code_at(codes, b, i)];
+    for (; i < d; i++) out[i] = scale * c[code_at(codes, b, i)];
 }
 
 void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, float *out)
@@ -221,13 +288,11 @@ void kv_tq_decode(const kv_tq_book *book, const uint8_t *codes, float scale, flo
         memset(out, 0, sizeof(float) * (size_t)d);
         return;
     }
-    float c[1 << KV_TQ_MAXBITS];
-    for (int k = 0; k < (1 << b); k++) c[k] = scale * book->c[k];
     switch (b) { /* constant b: the shifts and masks specialise */
-    case 1: decode_table(c, codes, d, 1, out); break;
-    case 2: decode_table(c, codes, d, 2, out); break;
-    case 3: decode_table(c, codes, d, 3, out); break;
-    default: decode_table(c, codes, d, 4, out); break;
+    case 1: decode_table(book->c, scale, codes, d, 1, out); break;
+    case 2: decode_table(book->c, scale, codes, d, 2, out); break;
+    case 3: decode_table(book->c, scale, codes, d, 3, out); break;
+    default: decode_table(book->c, scale, codes, d, 4, out); break;
     }
 }
 

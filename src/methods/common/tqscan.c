@@ -1,0 +1,317 @@
+/* tqscan.c - see tqscan.h */
+#include <string.h>
+#include <math.h>
+#include "kernels/attn.h"
+#include "kernels/lanes16.h"
+#include "kernels/partial.h"
+#include "kernels/vshuf.h"
+#include "methods/common/tqscan.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef float tq_f16 __attribute__((vector_size(16 * sizeof(float))));
+typedef uint32_t tq_u16 __attribute__((vector_size(16 * sizeof(uint32_t))));
+
+/* channels per 4-bit lookup */
+static inline int per_look(int b) { return b == 1 ? 4 : b == 2 ? 2 : 1; }
+
+int kv_tq_tables(const kv_tq_book *book, const float *q, float *T)
+{
+    int b = book->bits, d = book->d, g = per_look(b), nl = (d + g - 1) / g, m = (1 << b) - 1;
+    for (int j = 0; j < nl; j++)
+        for (int x = 0; x < 16; x++) { /* b = 3: the fourth index bit (the next code's) is ignored */
+            float t = 0;
+            for (int i = 0; i < g && j * g + i < d; i++) t += q[j * g + i] * book->c[(x >> (i * b)) & m];
+            T[16 * j + x] = t;
+        }
+    return nl;
+}
+
+/* *out lane l = the 32 bits at byte 4 w of the field (nb bytes) of row l
+ * (p + l stride), l < m (0 beyond); a word past the field's end is read
+ * ending at it and shifted down (zeros above the field; a field shorter
+ * than 4 bytes reads the bytes before it, inside the row) */
+static inline __attribute__((always_inline)) void gather_word(const uint8_t *p, size_t nb, size_t stride, int m,
+                                                              int w, tq_u16 *out)
+{
+    ptrdiff_t off = 4 * (ptrdiff_t)w, adj = off + 4 > (ptrdiff_t)nb ? off + 4 - (ptrdiff_t)nb : 0;
+    const uint8_t *a = p + off - adj;
+    tq_u16 v;
+#if defined(__AVX512F__)
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i ix = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)stride));
+    __mmask16 k = m >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << m) - 1);
+    __m512i r = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, ix, a, 1);
+    memcpy(&v, &r, sizeof v);
+#else
+    v = (tq_u16){ 0 };
+    for (int l = 0; l < m; l++) {
+        uint32_t x;
+        memcpy(&x, a + (size_t)l * stride, 4);
+        v[l] = x;
+    }
+#endif
+    *out = adj ? v >> (uint32_t)(8 * adj) : v;
+}
+
+/* the cached words of a 16-row group: cur = word wc, nxt = word wn */
+typedef struct { tq_u16 cur, nxt; int wc, wn; } words;
+
+/* *ix lane l = the bits from P on of row l's field (the low 4 are the
+ * lookup's index; above them the next codes, which the periodic tables ignore) */
+static inline __attribute__((always_inline)) void index_at(const uint8_t *p, size_t nb, size_t stride, int m, int P,
+                                                           int wd, words *W, tq_u16 *ix)
+{
+    int w = P >> 5, s = P & 31;
+    if (w != W->wc) {
+        if (w == W->wn) W->cur = W->nxt;
+        else gather_word(p, nb, stride, m, w, &W->cur);
+        W->wc = w;
+    }
+    *ix = W->cur >> (uint32_t)s;
+    if (s + wd > 32) { /* 3-bit codes: the index straddles two words */
+        if (W->wn != w + 1) {
+            gather_word(p, nb, stride, m, w + 1, &W->nxt);
+            W->wn = w + 1;
+        }
+        *ix |= W->nxt << (uint32_t)(32 - s);
+    }
+}
+
+/* ix = the bits from q on of the pair of words (w0, w1) (q constant after unrolling) */
+#define TQ_BITS(w0, w1, q, wd)                                                                                  \
+    ((q) >= 32 ? (w1) >> (uint32_t)((q) - 32)                                                                   \
+               : (q) + (wd) > 32 ? ((w0) >> (uint32_t)(q)) | ((w1) << (uint32_t)(32 - (q))) : (w0) >> (uint32_t)(q))
+
+/* each row's sum over the lookups in order, even and odd lookups in two
+ * accumulators (two add chains), added at the end; whole chunks of lookups
+ * (8 per word, b = 3: 32 per 3 words) with constant positions, the rest one
+ * by one */
+static inline __attribute__((always_inline)) void dots_b(const float *T, int nl, int b, const uint8_t *codes,
+                                                         size_t nb, size_t stride, int n, float *out)
+{
+    const int wd = per_look(b) * b, cl = b == 3 ? 32 : 8, cw = cl * wd / 32; /* lookups and words per chunk */
+    for (int r0 = 0; r0 < n; r0 += 16) {
+        int m = n - r0 < 16 ? n - r0 : 16, j = 0;
+        const uint8_t *p = codes + (size_t)r0 * stride;
+        tq_f16 a0 = { 0 }, a1 = { 0 }, t;
+        for (; j + cl <= nl; j += cl) {
+            tq_u16 w[3];
+            for (int k = 0; k < cw; k++) gather_word(p, nb, stride, m, j * wd / 32 + k, &w[k]);
+            for (int i = 0; i < cl; i++) {
+                int q = i * wd, k = q >> 5;
+                tq_u16 ix = TQ_BITS(w[k], w[k + 1 < cw ? k + 1 : k], q & 31, wd);
+                memcpy(&t, T + 16 * (size_t)(j + i), sizeof t);
+                if (i & 1) a1 += KV_SHUF1(t, ix);
+                else a0 += KV_SHUF1(t, ix);
+            }
+        }
+        words W = { .wc = -1, .wn = -1 };
+        for (; j < nl; j++) {
+            tq_u16 ix;
+            index_at(p, nb, stride, m, j * wd, wd, &W, &ix);
+            memcpy(&t, T + 16 * (size_t)j, sizeof t);
+            if (j & 1) a1 += KV_SHUF1(t, ix);
+            else a0 += KV_SHUF1(t, ix);
+        }
+        a0 += a1;
+        memcpy(out + r0, &a0, sizeof(float) * (size_t)m);
+    }
+}
+
+void kv_tq_scan_dots(const kv_tq_book *book, const float *T, const uint8_t *codes, size_t nb, size_t stride, int n,
+                     float *out)
+{
+    int g = per_look(book->bits), nl = (book->d + g - 1) / g;
+    switch (book->bits) { /* constant b: the index positions specialise */
+    case 0: memset(out, 0, sizeof(float) * (size_t)n); break;
+    case 1: dots_b(T, nl, 1, codes, nb, stride, n, out); break;
+    case 2: dots_b(T, nl, 2, codes, nb, stride, n, out); break;
+    case 3: dots_b(T, nl, 3, codes, nb, stride, n, out); break;
+    default: dots_b(T, nl, 4, codes, nb, stride, n, out); break;
+    }
+}
+
+/* channels c0 .. c0 + nc - 1 (nc <= 16): one 16-lane accumulator each over
+ * the rows (lane = row within its group), the lanes summed once */
+static inline __attribute__((always_inline)) void axpys_chunk(const float *tc, int b, int c0, int nc, const uint8_t *codes,
+                                                              size_t nb, size_t stride, int n, const float *w,
+                                                              float *u)
+{
+    tq_f16 acc[16], wv, t;
+    memcpy(&t, tc, sizeof t);
+    for (int i = 0; i < nc; i++) acc[i] = (tq_f16){ 0 };
+    for (int r0 = 0; r0 < n; r0 += 16) {
+        int m = n - r0 < 16 ? n - r0 : 16;
+        const uint8_t *p = codes + (size_t)r0 * stride;
+        words W = { .wc = -1, .wn = -1 };
+        memcpy(&wv, w + r0, sizeof wv);
+        for (int i = 0; i < nc; i++) {
+            tq_u16 ix;
+            index_at(p, nb, stride, m, (c0 + i) * b, b, &W, &ix);
+            acc[i] += wv * KV_SHUF1(t, ix);
+        }
+    }
+    for (int i = 0; i < nc; i++) {
+        float a[16];
+        memcpy(a, &acc[i], sizeof a);
+        u[c0 + i] += kv_hsum16(a);
+    }
+}
+
+/* a whole chunk of 16 channels from bit s0 (0 or 16, constant) of word w0:
+ * every position constant, the accumulators in registers; b = 1, 2: the
+ * g channels of a 4-bit field share its shift (table i: c[code i of x]) */
+static inline __attribute__((always_inline)) void axpys_16(const float *c, int b, int s0, int w0,
+                                                           const uint8_t *codes, size_t nb, size_t stride, int n,
+                                                           const float *w, float *u)
+{
+    const int g = b == 3 ? 1 : per_look(b), nw = (s0 + 16 * b + 31) / 32, mk = (1 << b) - 1;
+    tq_f16 acc[16], wv, t[4];
+    for (int i = 0; i < g; i++) {
+        float f[16];
+        for (int k = 0; k < 16; k++) f[k] = c[(k >> (i * b)) & mk]; /* periodic: index bits above ignored */
+        memcpy(&t[i], f, sizeof f);
+    }
+    for (int i = 0; i < 16; i++) acc[i] = (tq_f16){ 0 };
+    for (int r0 = 0; r0 < n; r0 += 16) {
+        int m = n - r0 < 16 ? n - r0 : 16;
+        const uint8_t *p = codes + (size_t)r0 * stride;
+        tq_u16 x[2];
+        for (int k = 0; k < nw; k++) gather_word(p, nb, stride, m, w0 + k, &x[k]);
+        if (nw == 1) x[1] = x[0];
+        memcpy(&wv, w + r0, sizeof wv);
+        for (int i = 0; i < 16; i++) {
+            int q = s0 + (i - i % g) * b; /* the field's first bit */
+            acc[i] += wv * KV_SHUF1(t[i % g], TQ_BITS(x[0], x[1], q, g * b));
+        }
+    }
+    for (int i = 0; i < 16; i++) {
+        float a[16];
+        memcpy(a, &acc[i], sizeof a);
+        u[i] += kv_hsum16(a);
+    }
+}
+
+static inline __attribute__((always_inline)) void axpys_b(const float *c, int d, int b, const uint8_t *codes,
+                                                          size_t nb, size_t stride, int n, const float *w, float *u)
+{
+    int c0 = 0;
+    for (; c0 + 16 <= d; c0 += 16) { /* chunk c0 / 16 starts at bit 16 b (c0 / 16): s0 = 0 or 16 */
+        int P = c0 * b;
+        if (P & 31) axpys_16(c, b, 16, P >> 5, codes, nb, stride, n, w, u + c0);
+        else axpys_16(c, b, 0, P >> 5, codes, nb, stride, n, w, u + c0);
+    }
+    if (c0 < d) {
+        float t[16];
+        for (int k = 0; k < 16; k++) t[k] = c[k & ((1 << b) - 1)]; /* periodic: the index bits above b ignored */
+        axpys_chunk(t, b, c0, d - c0, codes, nb, stride, n, w, u);
+    }
+}
+
+/* lane l: a where the mask lane is all ones, else b */
+#define TQ_SEL(k, a, b) ((tq_f16)(((tq_u16)(a) & (k)) | ((tq_u16)(b) & ~(k))))
+
+/* the mask of lanes l < m */
+static inline __attribute__((always_inline)) tq_u16 lanes_below(int m)
+{
+    const tq_u16 lane = { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 };
+    return (tq_u16)(lane < (uint32_t)m);
+}
+
+/* lanes l < m of the float at p + l stride (0 beyond) */
+static inline __attribute__((always_inline)) void gather_f(const uint8_t *p, size_t stride, int m, tq_f16 *out)
+{
+    tq_u16 v;
+    gather_word(p, 4, stride, m, 0, &v);
+    memcpy(out, &v, sizeof v);
+}
+
+void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, float coef, float scale, float *lg,
+                        const float *sg, double *st, int dv)
+{
+    tq_f16 mx = { 0 }, kn, g, x, y, l = { 0 }, l2 = { 0 };
+    mx -= INFINITY;
+    for (int r0 = 0; r0 < n; r0 += 16) { /* the logits and their max (the pad lanes -inf) */
+        int m = n - r0 < 16 ? n - r0 : 16;
+        const uint8_t *p = rows + (size_t)r0 * stride;
+        gather_f(p, stride, m, &kn);
+        memcpy(&x, lg + r0, sizeof x);
+        x = kn * x;
+        if (prod) {
+            gather_f(p + 8, stride, m, &g);
+            memcpy(&y, sg + r0, sizeof y);
+            x += coef * kn * g * y;
+        }
+        x = scale * x;
+        if (m < 16) x = TQ_SEL(lanes_below(m), x, mx); /* the pad lanes leave the max as it is */
+        mx = TQ_SEL((tq_u16)(x > mx), x, mx);
+        memcpy(lg + r0, &x, sizeof x);
+    }
+    float mt = mx[0];
+    for (int k = 1; k < 16; k++) mt = mx[k] > mt ? mx[k] : mt;
+    float M = kv_partial_raise_max(st, mt, dv);
+    for (int r = 0; r < n; r++) lg[r] -= M;
+    kv_expf_neg(lg, (size_t)n);
+    for (int r0 = 0; r0 < n; r0 += 16) { /* their sums, then p |v| (the pad 0) */
+        int m = n - r0 < 16 ? n - r0 : 16;
+        memcpy(&x, lg + r0, sizeof x);
+        if (m < 16) x = TQ_SEL(lanes_below(m), x, (tq_f16){ 0 });
+        l += x;
+        l2 += x * x;
+        gather_f(rows + (size_t)r0 * stride + 4, stride, m, &kn);
+        x *= kn;
+        memcpy(lg + r0, &x, sizeof x);
+    }
+    float a[16];
+    memcpy(a, &l, sizeof a);
+    st[KV_PS_L] += kv_hsum16(a);
+    memcpy(a, &l2, sizeof a);
+    st[KV_PS_L2] += kv_hsum16(a);
+}
+
+void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, size_t stride, int n, const float *w,
+                      float *u)
+{
+    int d = book->d;
+    switch (book->bits) {
+    case 0: break;
+    case 1: axpys_b(book->c, d, 1, codes, nb, stride, n, w, u); break;
+    case 2: axpys_b(book->c, d, 2, codes, nb, stride, n, w, u); break;
+    case 3: axpys_b(book->c, d, 3, codes, nb, stride, n, w, u); break;
+    default: axpys_b(book->c, d, 4, codes, nb, stride, n, w, u); break;
+    }
+}
+
+/* 16 outputs j.. of m <= 8 vectors: acc[t] += x[t][c] RT[c][j..j+16), c in order */
+static inline __attribute__((always_inline)) void rot16(const float *RT, int d, const float *x, int m, int j,
+                                                        float *o)
+{
+    tq_f16 acc[8], r;
+    for (int t = 0; t < m; t++) acc[t] = (tq_f16){ 0 };
+    for (int c = 0; c < d; c++) {
+        memcpy(&r, RT + (size_t)c * (size_t)d + j, sizeof r);
+        for (int t = 0; t < m; t++) acc[t] += x[(size_t)t * (size_t)d + c] * r;
+    }
+    for (int t = 0; t < m; t++) memcpy(o + (size_t)t * (size_t)d + j, &acc[t], sizeof acc[t]);
+}
+
+void kv_tq_rotate(const float *RT, int d, const float *x, int nt, float *out)
+{
+    for (int t0 = 0; t0 < nt; t0 += 8) {
+        int m = nt - t0 < 8 ? nt - t0 : 8, j = 0;
+        const float *xb = x + (size_t)t0 * (size_t)d;
+        float *ob = out + (size_t)t0 * (size_t)d;
+        for (; j + 16 <= d; j += 16) {
+            if (m == 8) rot16(RT, d, xb, 8, j, ob); /* constant: the accumulators in registers */
+            else rot16(RT, d, xb, m, j, ob);
+        }
+        for (; j < d; j++)
+            for (int t = 0; t < m; t++) {
+                float a = 0;
+                for (int c = 0; c < d; c++) a += xb[(size_t)t * (size_t)d + c] * RT[(size_t)c * (size_t)d + j];
+                ob[(size_t)t * (size_t)d + j] = a;
+            }
+    }
+}

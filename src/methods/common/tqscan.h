@@ -1,0 +1,53 @@
+/* tqscan.h - TurboQuant's one-query kernels on the packed rows
+ * (methods/turboquant.c, ALGORITHMS.md section 7b), in the rotated domain.
+ *
+ * Key logits by lookup tables: the codes of a row are read 4 bits at a
+ * time (g = 4 / b channels per lookup for b = 1, 2; one channel for b = 3,
+ * 4), and table j holds, for each 4-bit index x, sum over the g channels c
+ * of lookup j of q[c] c[code of c in x] (made once per query), so a key's
+ * logit is a sum of d / g table entries, 16 rows per vector (their code
+ * words gathered from the strided rows, the table looked up by a vector
+ * permute).  Value sums: per channel, 16 rows' centroids times the rows'
+ * weights in 16 lanes, added across the rows, the lanes summed once per
+ * call.  Reads stay inside each row's field (the last partial word is
+ * read ending at the field's end and shifted), so no slack is needed. */
+#ifndef KVSTREAM_TQSCAN_H
+#define KVSTREAM_TQSCAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "methods/common/tqcodec.h"
+
+#define KV_TQ_SCAN_MAX 256 /* rows per call at most */
+
+/* Tables for book (bits >= 1) of one query: returns their count nl (<= d);
+ * T gets nl x 16 floats (d x 16 floats suffice). */
+int kv_tq_tables(const kv_tq_book *book, const float *q, float *T);
+
+/* out[r] = sum_j T_j[index j of row r] = sum_i q[i] c[code i of row r] (to
+ * rounding), r < n <= KV_TQ_SCAN_MAX; row r's codes (nb = kv_tq_code_bytes
+ * bytes, not the row's first bytes) at codes + r stride. */
+void kv_tq_scan_dots(const kv_tq_book *book, const float *T, const uint8_t *codes, size_t nb, size_t stride, int n,
+                     float *out);
+
+/* u[i] += sum_r w[r] c[code i of row r], r < n <= KV_TQ_SCAN_MAX, w[r] for
+ * r < n rounded up to 16 (the pad zero). */
+void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, size_t stride, int n, const float *w,
+                      float *u);
+
+/* One tile of n <= KV_TQ_SCAN_MAX rows (norms at rows + r stride: |k| at
+ * byte 0, |v| at 4, prod's |r| at 8): lg[r] (the key dots) becomes scale
+ * |k| (lg[r] + coef |r| sg[r]) (prod) or scale |k| lg[r], the state's max
+ * is raised to the tile's (kv_partial_raise_max), lg[r] = exp(lg[r] - max)
+ * and its sum and sum of squares (16 lanes, then a fixed tree) are added
+ * to st, then lg[r] *= |v| (the value sum's weights), zero up to a
+ * multiple of 16 (lg holds that many floats). */
+void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, float coef, float scale, float *lg,
+                        const float *sg, double *st, int dv);
+
+/* out[t d + j] = sum_c x[t d + c] RT[c d + j] (c in order, one chain per
+ * output), t < nt: the nt vectors x (contiguous) times the matrix whose
+ * transpose RT is (Pi x with RT = Pi^T), 16 outputs of 8 vectors at a time. */
+void kv_tq_rotate(const float *RT, int d, const float *x, int nt, float *out);
+
+#endif

@@ -1,0 +1,118 @@
+/* test_tqscan.c - TurboQuant's one-query kernels (methods/tqscan.h) and the
+ * codec's decode (methods/tqcodec.h) against scalar references, at 1..4 bits,
+ * head dimensions with partial words and 3-bit codes straddling words
+ * (8, 19, 64, 72, 128), 1..256 rows at an odd stride, the rows' other bytes
+ * and the unused bits of the last code byte random (the kernels must ignore
+ * them).
+ *
+ * Tolerances, derived: a dot is sum over d terms of q_i c_i, computed as
+ * table entries (sums of g <= 4 products) added in two chains; a value sum
+ * is u + sum over n rows of w_r c_r in 16 lanes then a tree.  Each is a
+ * float sum of at most m = d + 1 (or n + 1) terms, whose error is at most
+ * gamma(m) = m u / (1 - m u) times the sum of the terms' magnitudes
+ * (u = 2^-24; Higham, Accuracy and Stability, 3.1), checked with that bound
+ * against the sum in double.  decode: scale c[code] exactly (one product). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/rng.h"
+#include "methods/common/tqcodec.h"
+#include "methods/common/tqscan.h"
+#include "testutil.h"
+
+static unsigned code_ref(const uint8_t *p, int b, int i)
+{
+    unsigned v = 0;
+    for (int k = 0; k < b; k++) {
+        size_t bit = (size_t)i * b + k;
+        v |= (unsigned)((p[bit >> 3] >> (bit & 7)) & 1) << k;
+    }
+    return v;
+}
+
+static double gam(int m) { return m * 0x1p-24 / (1 - m * 0x1p-24); }
+
+static void one(kv_rng *r, int d, int b, int n)
+{
+    kv_tq_book bk;
+    CHECK(!kv_tq_book_make(&bk, d, b), "book d=%d b=%d", d, b);
+    size_t nb = kv_tq_code_bytes(b, (size_t)d), stride = 8 + nb + 5; /* codes at 8 of each row, odd stride */
+    uint8_t *rows = malloc(stride * (size_t)n);
+    float *q = malloc(sizeof(float) * (size_t)d), *T = malloc(sizeof(float) * 16 * (size_t)d),
+          *out = malloc(sizeof(float) * KV_TQ_SCAN_MAX), *w = calloc(KV_TQ_SCAN_MAX + 16, sizeof(float)),
+          *u = malloc(sizeof(float) * (size_t)d), *x = malloc(sizeof(float) * (size_t)d);
+    for (size_t i = 0; i < stride * (size_t)n; i++) rows[i] = (uint8_t)(kv_rng_next(r) >> 56);
+    for (int i = 0; i < d; i++) q[i] = (float)kv_rng_normal(r), u[i] = (float)kv_rng_normal(r);
+    for (int t = 0; t < n; t++) w[t] = (float)fabs(kv_rng_normal(r));
+    kv_tq_tables(&bk, q, T);
+    kv_tq_scan_dots(&bk, T, rows + 8, nb, stride, n, out);
+    double worst = 0;
+    for (int t = 0; t < n; t++) {
+        double s = 0, a = 0;
+        for (int i = 0; i < d; i++) {
+            double y = (double)q[i] * bk.c[code_ref(rows + (size_t)t * stride + 8, b, i)];
+            s += y, a += fabs(y);
+        }
+        worst = fmax(worst, fabs(out[t] - s) / (gam(d + 1) * a + 1e-30));
+    }
+    CHECK(worst <= 1, "dots d=%d b=%d n=%d: error %.3g of its bound", d, b, n, worst);
+    float u0[256];
+    memcpy(u0, u, sizeof(float) * (size_t)d);
+    kv_tq_scan_axpys(&bk, rows + 8, nb, stride, n, w, u);
+    worst = 0;
+    for (int i = 0; i < d; i++) {
+        double s = u0[i], a = fabs(u0[i]);
+        for (int t = 0; t < n; t++) {
+            double y = (double)w[t] * bk.c[code_ref(rows + (size_t)t * stride + 8, b, i)];
+            s += y, a += fabs(y);
+        }
+        worst = fmax(worst, fabs(u[i] - s) / (gam(n + 1) * a + 1e-30));
+    }
+    CHECK(worst <= 1, "axpys d=%d b=%d n=%d: error %.3g of its bound", d, b, n, worst);
+    int bad = 0;
+    for (int t = 0; t < n && !bad; t++) {
+        const uint8_t *c = rows + (size_t)t * stride + 8;
+        kv_tq_decode(&bk, c, 1.5f, x);
+        for (int i = 0; i < d; i++) bad += x[i] != 1.5f * bk.c[code_ref(c, b, i)];
+    }
+    CHECK(!bad, "decode d=%d b=%d: %d coordinates off", d, b, bad);
+    free(rows), free(q), free(T), free(out), free(w), free(u), free(x);
+}
+
+/* kv_tq_rotate against the products in double: one chain of d terms per output */
+static void rotate(kv_rng *r, int d, int nt)
+{
+    float *RT = malloc(sizeof(float) * (size_t)d * d), *x = malloc(sizeof(float) * (size_t)nt * d),
+          *y = malloc(sizeof(float) * (size_t)nt * d);
+    for (int i = 0; i < d * d; i++) RT[i] = (float)kv_rng_normal(r);
+    for (int i = 0; i < nt * d; i++) x[i] = (float)kv_rng_normal(r);
+    kv_tq_rotate(RT, d, x, nt, y);
+    double worst = 0;
+    for (int t = 0; t < nt; t++)
+        for (int j = 0; j < d; j++) {
+            double s = 0, a = 0;
+            for (int c = 0; c < d; c++) {
+                double p = (double)x[t * d + c] * RT[c * d + j];
+                s += p, a += fabs(p);
+            }
+            worst = fmax(worst, fabs(y[t * d + j] - s) / (gam(d) * a + 1e-30));
+        }
+    CHECK(worst <= 1, "rotate d=%d nt=%d: error %.3g of its bound", d, nt, worst);
+    free(RT), free(x), free(y);
+}
+
+int main(void)
+{
+    kv_rng r;
+    kv_rng_seed(&r, 11, 0, 0);
+    const int ds[] = { 8, 19, 64, 72, 128 }, ns[] = { 1, 15, 16, 17, 100, 256 };
+    for (int b = 1; b <= 4; b++)
+        for (int i = 0; i < 5; i++)
+            for (int j = 0; j < 6; j++) one(&r, ds[i], b, ns[j]);
+    for (int i = 0; i < 5; i++) {
+        rotate(&r, ds[i], 1);
+        rotate(&r, ds[i], 8);
+        rotate(&r, ds[i], 13);
+    }
+    return kv_test_result("test_tqscan");
+}
