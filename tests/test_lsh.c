@@ -1,4 +1,4 @@
-/* test_lsh.c - lsh (methods/lsh.c, MagicPIG's LSH sampling) at P = 1..3
+/* test_lsh.c - lsh (methods/lsh/, MagicPIG's LSH sampling) at P = 1..3
  * emulated ranks (emu.h).
  *
  * Checked:
