@@ -40,6 +40,19 @@ void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed)
     }
 }
 
+void kv_qjl_halves(const uint8_t *zs, int n, float *z, float *s)
+{
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) { /* the hardware conversion: exact, as kv_qhalf */
+        __m512i w = _mm512_loadu_si512(zs + 4 * (size_t)i);
+        _mm512_storeu_ps(z + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w)));
+        _mm512_storeu_ps(s + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16))));
+    }
+#endif
+    if (i < n) kv_qhalves(zs + 4 * (size_t)i, n - i, z + i, s + i);
+}
+
 /* the tile's max (exact in any order), then s = exp(s - m) under the
  * raised max of r, l and l2 by vector lanes (qattn.c's exp_tile) */
 static void exp_tile(double *r, float *s, int nt, int dv)
@@ -129,26 +142,34 @@ static inline __attribute__((always_inline)) void chunks(double *u, const uint8_
                                                          int c0, const int nc)
 {
 #if defined(__AVX512F__)
-    __m512 p0[4], p1[4];
+    /* named accumulators, not arrays: GCC kept arrays in registers but
+     * also stored them every token */
+    __m512 x0 = _mm512_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, y0 = x0, y1 = x0, y2 = x0, y3 = x0;
     int gk[4];
-    for (int k = 0; k < nc; k++) {
-        p0[k] = p1[k] = _mm512_setzero_ps();
-        gk[k] = 16 * (c0 + k) / gv;
-    }
-    for (int t = 0; t < nt; t++) {
-        const uint8_t *cp = codes + (size_t)t * vcb + 2 * c0, *cq = cp + dv / 8;
+    for (int k = 0; k < nc; k++) gk[k] = 16 * (c0 + k) / gv;
+    const uint8_t *cp = codes + 2 * (size_t)c0, *cq = cp + dv / 8;
+    for (int t = 0; t < nt; t++, cp += vcb, cq += vcb) {
         const float *at = a + (size_t)t * nvg;
-        for (int k = 0; k < nc; k++) {
-            __mmask16 b0 = ldmask(cp + 2 * k), b1 = ldmask(cq + 2 * k);
-            __m512 x = _mm512_set1_ps(at[gk[k]]);
-            p0[k] = _mm512_mask_add_ps(p0[k], b0, p0[k], x);
-            p1[k] = _mm512_mask_add_ps(p1[k], b1, p1[k], x);
+        __m512 w0 = _mm512_set1_ps(at[gk[0]]);
+        x0 = _mm512_mask_add_ps(x0, ldmask(cp), x0, w0);
+        y0 = _mm512_mask_add_ps(y0, ldmask(cq), y0, w0);
+        if (nc == 4) {
+            __m512 w1 = gk[1] == gk[0] ? w0 : _mm512_set1_ps(at[gk[1]]);
+            x1 = _mm512_mask_add_ps(x1, ldmask(cp + 2), x1, w1);
+            y1 = _mm512_mask_add_ps(y1, ldmask(cq + 2), y1, w1);
+            __m512 w2 = _mm512_set1_ps(at[gk[2]]);
+            x2 = _mm512_mask_add_ps(x2, ldmask(cp + 4), x2, w2);
+            y2 = _mm512_mask_add_ps(y2, ldmask(cq + 4), y2, w2);
+            __m512 w3 = gk[3] == gk[2] ? w2 : _mm512_set1_ps(at[gk[3]]);
+            x3 = _mm512_mask_add_ps(x3, ldmask(cp + 6), x3, w3);
+            y3 = _mm512_mask_add_ps(y3, ldmask(cq + 6), y3, w3);
         }
     }
+    __m512 xs[4] = { x0, x1, x2, x3 }, ys[4] = { y0, y1, y2, y3 };
     for (int k = 0; k < nc; k++) {
         float o[16];
         int c = c0 + k;
-        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_add_ps(p0[k], _mm512_add_ps(p1[k], p1[k])), _mm512_set1_ps(Z[gk[k]])));
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_add_ps(xs[k], _mm512_add_ps(ys[k], ys[k])), _mm512_set1_ps(Z[gk[k]])));
         for (int i = 0; i < 16; i++) u[16 * c + i] += o[i];
     }
 #else
@@ -170,8 +191,8 @@ static inline __attribute__((always_inline)) void chunks(double *u, const uint8_
             memcpy(&b0, cp + 2 * c, 2);
             memcpy(&b1, cp + dv / 8 + 2 * c, 2);
             v16i at = (v16i)((v16){ 0 } + a[t * nvg + gk[k]]);
-            p0[k] += (v16)(at & (((v16i){ 0 } + b0 & bit) != 0));
-            p1[k] += (v16)(at & (((v16i){ 0 } + b1 & bit) != 0));
+            p0[k] += (v16)(at & ((((v16i){ 0 } + b0) & bit) != 0));
+            p1[k] += (v16)(at & ((((v16i){ 0 } + b1) & bit) != 0));
         }
     }
     for (int k = 0; k < nc; k++) {
