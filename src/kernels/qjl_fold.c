@@ -166,11 +166,13 @@ static inline __attribute__((always_inline)) void chunks(double *u, const uint8_
         }
     }
     __m512 xs[4] = { x0, x1, x2, x3 }, ys[4] = { y0, y1, y2, y3 };
-    for (int k = 0; k < nc; k++) {
-        float o[16];
-        int c = c0 + k;
-        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_add_ps(xs[k], _mm512_add_ps(ys[k], ys[k])), _mm512_set1_ps(Z[gk[k]])));
-        for (int i = 0; i < 16; i++) u[16 * c + i] += o[i];
+    for (int k = 0; k < nc; k++) { /* u += the 16 sums, in double (the conversions exact) */
+        double *uc = u + 16 * (c0 + k);
+        __m512 o = _mm512_add_ps(_mm512_add_ps(xs[k], _mm512_add_ps(ys[k], ys[k])), _mm512_set1_ps(Z[gk[k]]));
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(o)),
+                hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(o), 1)));
+        _mm512_storeu_pd(uc, _mm512_add_pd(_mm512_loadu_pd(uc), lo));
+        _mm512_storeu_pd(uc + 8, _mm512_add_pd(_mm512_loadu_pd(uc + 8), hi));
     }
 #else
     typedef float v16 __attribute__((vector_size(64)));
