@@ -21,11 +21,14 @@
  * cache at every prefix is the same for any rank count.  A token whose
  * value is beyond half's range (|v| > 65504, vbits < 32) stays in float.
  *
- * Memory (bytes()): per quantised token ceil(m/8) sign bytes, a float32
- * norm and its value (dv floats, or packed codes plus half zero point and
- * scale per group), the rows allocated for the whole shard at the first
- * quantised token (as exact does); the float tokens in 16-token pages; and
- * S itself (m d floats on every rank: P copies, counted).
+ * Memory (bytes()): per quantised token m/8 sign bytes (in 16-key blocks,
+ * the last block whole), a float32 norm and its value (dv floats, or codes
+ * plus half zero point and scale per group; 2-bit codes as two bit planes
+ * when dv and the group are multiples of 16, the same bytes), the rows
+ * allocated for the whole shard at the first quantised token (as exact
+ * does); the float tokens in 16-token pages; and S itself (m d floats on
+ * every rank: P copies, counted).  Checkpoints keep the row layout and
+ * packed codes of before.
  *
  * budget=X: the first vbits of 32, 8, 4, 2 (or the one given) at which the
  * largest m (a multiple of 8, at most 8 d) that fits n tokens, P copies of S
@@ -321,11 +324,11 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
 
 /* Tokens [i per, (i + 1) per) of the quantised rows, tile by tile
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
- * query's tables of sums of S q over each nibble's set bits (kv_qsigns),
- * and the tile folds into the double state; quantised
- * values fold from their codes, the per-token scales folded into the
- * softmax weights (or, on a layout the kernel cannot take, decoded to
- * floats). */
+ * query's tables of sums of S q over each nibble's set bits (kv_qjl_signs),
+ * and the tile folds into the double state; quantised values fold from
+ * their codes (bit planes: kv_qjl_fold_planes), the per-token scales folded
+ * into the softmax weights (or, on a layout the kernel cannot take,
+ * decoded to floats). */
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     (void)Q;
