@@ -63,6 +63,8 @@ static const qcase cases[] = {
     { "qjl:m=96,vbits=2,group=8,residual=3", 0, 40, 48, 0, 0, 3, 96, 2, 8 }, /* decoded values */
     { "qjl:m=64,vbits=8,group=16,residual=1", 0, 32, 64, 0, 0, 1, 64, 8, 16 },
     { "qjl:m=40,vbits=4,group=64,residual=2", 0, 24, 64, 0, 0, 2, 40, 4, 64 }, /* a part sign word (5 bytes) */
+    { "qjl:m=176,vbits=2,residual=4", 0, 64, 64, 0, 0, 4, 176, 2, 32 },     /* bit-plane values, 5.5 sign words */
+    { "qjl:m=24,vbits=2,group=16,residual=0", 0, 40, 48, 0, 0, 0, 24, 2, 16 }, /* bit planes, 3 chunks; 2 + 1 sign bytes */
 };
 
 /* x decoded in double by the quantiser's own codes: out[i] = z + s c_i */

@@ -11,7 +11,8 @@
  * s ~ N(0, I)), with variance ((pi/2) |q|^2 |k|^2 - <q, k>^2) / m; the
  * logit is scale times it.  <S q, sign(S k)> is read from tables of the
  * sums of S q over each nibble's set bits (m/4 lookups per key, a key per
- * vector lane: kernels/qattn.h, kv_qsigns); the tiles
+ * vector lane: kernels/qjl_kern.h, kv_qjl_signs, the sign bits in 16-key
+ * blocks so a vector of them is one load); the tiles
  * fold as in kernels/qattn.h (values from their codes).  Values are
  * kept in float32 (vbits=32) or quantised per token in groups of `group`
  * channels with half zero point and scale (methods/quant.h).  The last R
@@ -20,11 +21,14 @@
  * cache at every prefix is the same for any rank count.  A token whose
  * value is beyond half's range (|v| > 65504, vbits < 32) stays in float.
  *
- * Memory (bytes()): per quantised token ceil(m/8) sign bytes, a float32
- * norm and its value (dv floats, or packed codes plus half zero point and
- * scale per group), the rows allocated for the whole shard at the first
- * quantised token (as exact does); the float tokens in 16-token pages; and
- * S itself (m d floats on every rank: P copies, counted).
+ * Memory (bytes()): per quantised token m/8 sign bytes (in 16-key blocks,
+ * the last block whole), a float32 norm and its value (dv floats, or codes
+ * plus half zero point and scale per group; 2-bit codes as two bit planes
+ * when dv and the group are multiples of 16, the same bytes), the rows
+ * allocated for the whole shard at the first quantised token (as exact
+ * does); the float tokens in 16-token pages; and S itself (m d floats on
+ * every rank: P copies, counted).  Checkpoints keep the row layout and
+ * packed codes of before.
  *
  * budget=X: the first vbits of 32, 8, 4, 2 (or the one given) at which the
  * largest m (a multiple of 8, at most 8 d) that fits n tokens, P copies of S
@@ -38,6 +42,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
+#include "kernels/qjl_kern.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
 #include "methods/common/quant.h"
@@ -78,10 +83,10 @@ typedef struct {
     int m, mb, vbits, gv, nvg; /* mb sign bytes per key; gv channels per value group, nvg groups */
     size_t vcb;                /* value code bytes per token (vbits < 32) */
     int64_t R;
-    float *S;                  /* m x d */
+    float *S;                  /* m x d, in kernels/qjl_kern.h's row blocks */
     int64_t h, known;          /* as in kivi.c: horizon, all tokens < known ingested */
     int64_t n, cap;            /* quantised tokens held, rows allocated */
-    uint8_t *sig;              /* cap x mb */
+    uint8_t *sig;              /* cap x mb, in 16-key blocks (kernels/qjl_kern.h) */
     float *norm;               /* cap */
     float *vf;                 /* cap x dv (vbits 32) */
     uint8_t *vq;               /* cap x vcb (vbits < 32) */
@@ -92,6 +97,7 @@ typedef struct {
     kv_tokring tail, edge;
     /* the query kernel (kernels/qattn.h) */
     int fastv;                 /* value codes take the word path (else decoded to floats) */
+    int planes;                /* 2-bit values stored and folded as bit planes (kernels/qjl_kern.h) */
     kv_qscratch ws;            /* per-thread tiles: working memory, not state */
     float *tab;                /* per query: nibble tables of S q and its sum; then S q */
     size_t tcap;
@@ -110,11 +116,14 @@ static int64_t fit_m(int64_t B, int vbits, int64_t group, int64_t R, const kv_me
 {
     int64_t P = ctx->nranks > 0 ? ctx->nranks : 1, best = 0;
     for (int64_t m = 8; m <= 8 * (int64_t)ctx->d; m += 8) {
-        int64_t need = ctx->n_total * (m / 8 + 4 + value_bytes(vbits, ctx->dv, group)) + P * m * ctx->d * 4;
+        int64_t need = ctx->n_total * (m / 8 + 4 + value_bytes(vbits, ctx->dv, group)) + P * m * ctx->d * 4 +
+                       P * (KV_QJL_KB - 1) * (m / 8); /* sign rows in whole 16-key blocks */
         if (B - need > 0 && kv_tokring_fit(B - need, ctx->d, ctx->dv, (int)P) >= R + 1) best = m;
     }
     return best;
 }
+
+static void qjl_free(void *state);
 
 static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_err *err)
 {
@@ -166,10 +175,19 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     }
     /* the query kernel reads value codes as words (kernels/qattn.h) when it can */
     s->fastv = vbits < 32 && kv_qwords_ok((int)vbits, ctx->dv, s->gv);
+    s->planes = vbits == 2 && ctx->dv % 16 == 0 && s->gv % 16 == 0 && ctx->dv <= 1024; /* masked adds; rows <= 256 B */
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
-    for (int64_t j = 0; j < m; j++)
+    float *S = kv_malloc(sizeof(float) * (size_t)ctx->d, err); /* a row of S, then into its block */
+    if (!S) {
+        qjl_free(s);
+        return err->code;
+    }
+    for (int64_t j = 0; j < m; j++) {
         for (int x = 0; x < ctx->d; x++)
-            s->S[j * ctx->d + x] = (float)kv_hash_normal(seed ^ QJL_SALT, (uint64_t)ctx->stream, (uint64_t)j, (uint64_t)x);
+            S[x] = (float)kv_hash_normal(seed ^ QJL_SALT, (uint64_t)ctx->stream, (uint64_t)j, (uint64_t)x);
+        kv_qjl_row_put(s->S, (int)m, ctx->d, (int)j, S);
+    }
+    free(S);
     int64_t lim = kv_shard_limit(ctx);
     kv_tokring_init(&s->tail, ctx->d, ctx->dv, lim);
     kv_tokring_init(&s->edge, ctx->d, ctx->dv, lim);
@@ -186,6 +204,12 @@ static int64_t cap_for(const qjl_state *s, int64_t need)
     return c;
 }
 
+/* the sign rows of cap tokens: whole 16-key blocks (kernels/qjl_kern.h) */
+static size_t sig_bytes(const qjl_state *s, int64_t cap)
+{
+    return (size_t)((cap + KV_QJL_KB - 1) / KV_QJL_KB) * KV_QJL_KB * (size_t)s->mb;
+}
+
 static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
 {
     if (need <= s->cap) return KV_OK;
@@ -193,7 +217,7 @@ static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
     void *p;
     int ok = 1;
 #define GROW(f, sz) do { size_t z_ = (sz); if (ok && (p = realloc(s->f, z_ > 0 ? z_ : 1))) { kv_mem_hugepages(p, z_); s->f = p; } else ok = 0; } while (0)
-    GROW(sig, c * (size_t)s->mb);
+    GROW(sig, sig_bytes(s, (int64_t)c));
     GROW(norm, c * sizeof(float));
     if (s->vbits == 32) GROW(vf, c * dv * sizeof(float));
     else {
@@ -213,24 +237,20 @@ static size_t row_bytes(const qjl_state *s)
 }
 
 /* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK, each
- * <S_j, k_t> bitwise kv_dot_fixed's; dots: scratch of m QJL_BLK floats */
+ * <S_j, k_t> bitwise kv_dot_fixed's (S in kv_qjl_dots' row blocks); dots:
+ * scratch of m QJL_BLK floats */
 static void sketch_block(const float *S, int m, int d, const float *const *k, int nt, uint8_t *sg, int mb,
                          float *dots)
 {
-    kv_dot_fixed_rows(S, m, d, k, nt, dots);
-    for (int t = 0; t < nt; t++)
-        for (int j0 = 0; j0 < m; j0 += 8) { /* m is a multiple of 8: whole sign bytes */
-            unsigned bits = 0;
-            for (int j = 0; j < 8; j++) bits |= (unsigned)(dots[(size_t)t * m + j0 + j] >= 0) << j;
-            sg[(size_t)t * mb + (j0 >> 3)] = (uint8_t)bits;
-        }
+    kv_qjl_dots(S, m, d, k, nt, dots);
+    for (int t = 0; t < nt; t++) kv_qjl_pack_signs(dots + (size_t)t * m, m, sg + (size_t)t * mb); /* m: whole bytes */
 }
 
-/* Quantise the tail's first token into row n (its sign bits given); -1 when its value is beyond half. */
-static int quantise_front(qjl_state *s, const uint8_t *signs, kv_err *err)
+/* Quantise the tail's first token into row n (its sign bits and norm given); -1 when its value is beyond half. */
+static int quantise_front(qjl_state *s, const uint8_t *signs, float norm, kv_err *err)
 {
-    int d = s->ctx.d, dv = s->ctx.dv;
-    const float *k = kv_tokring_k(&s->tail, 0), *v = kv_tokring_v(&s->tail, 0);
+    int dv = s->ctx.dv;
+    const float *v = kv_tokring_v(&s->tail, 0);
     uint8_t *codes = s->qcodes;
     uint16_t *zs = s->qzs;
     if (s->vbits != 32) {
@@ -241,13 +261,12 @@ static int quantise_front(qjl_state *s, const uint8_t *signs, kv_err *err)
         }
     }
     if (grow_rows(s, s->n + 1, err)) return err->code;
-    memcpy(s->sig + (size_t)s->n * s->mb, signs, (size_t)s->mb);
-    double nn = 0;
-    for (int x = 0; x < d; x++) nn += (double)k[x] * k[x];
-    s->norm[s->n] = (float)sqrt(nn);
+    kv_qjl_sig_put(s->sig, s->mb, s->n, signs);
+    s->norm[s->n] = norm;
     if (s->vbits == 32) memcpy(s->vf + (size_t)s->n * dv, v, sizeof(float) * (size_t)dv);
     else {
-        memcpy(s->vq + (size_t)s->n * s->vcb, codes, s->vcb);
+        if (s->planes) kv_qjl_planes_put(codes, dv, s->vq + (size_t)s->n * s->vcb);
+        else memcpy(s->vq + (size_t)s->n * s->vcb, codes, s->vcb);
         memcpy(s->vzs + (size_t)s->n * s->nvg * 2, zs, sizeof(uint16_t) * 2 * (size_t)s->nvg);
     }
     s->n++;
@@ -265,9 +284,11 @@ static int compact(qjl_state *s, kv_err *err)
             k[nt] = kv_tokring_k(&s->tail, nt);
             nt++;
         }
+        float nk[QJL_BLK];
         sketch_block(s->S, s->m, s->ctx.d, k, nt, sg, s->mb, s->dots);
+        kv_qjl_norms(k, nt, s->ctx.d, nk);
         for (int t = 0; t < nt; t++) {
-            int q = quantise_front(s, sg + (size_t)t * s->mb, err);
+            int q = quantise_front(s, sg + (size_t)t * s->mb, nk[t], err);
             if (q > 0) return q;
             if (q < 0 && kv_tokring_push(&s->edge, kv_tokring_k(&s->tail, 0), kv_tokring_v(&s->tail, 0),
                                          kv_tokring_idx(&s->tail, 0), err))
@@ -303,18 +324,18 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
 
 /* Tokens [i per, (i + 1) per) of the quantised rows, tile by tile
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
- * query's tables of sums of S q over each nibble's set bits (kv_qsigns),
- * and the tile folds into the double state; quantised
- * values fold from their codes, the per-token scales folded into the
- * softmax weights (or, on a layout the kernel cannot take, decoded to
- * floats). */
+ * query's tables of sums of S q over each nibble's set bits (kv_qjl_signs),
+ * and the tile folds into the double state; quantised values fold from
+ * their codes (bit planes: kv_qjl_fold_planes), the per-token scales folded
+ * into the softmax weights (or, on a layout the kernel cannot take,
+ * decoded to floats). */
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
 {
     (void)Q;
     const slice_arg *a = arg;
     qjl_state *s = a->s;
     int dv = s->ctx.dv, mb = s->mb, nvg = s->nvg;
-    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, s->vbits, NULL, NULL, NULL, NULL, 0, 0 };
+    kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv && !s->planes, s->vbits, NULL, NULL, NULL, NULL, 0, 0 };
     size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv);
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
     float *w = kv_qscratch_get(&s->ws, 2 * (ql * (size_t)nq + sl) + KV_QTILE * ((size_t)dv + 2 * (size_t)nvg + 1) +
@@ -331,8 +352,8 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
         int nt = t1 - a0 < KV_QTILE ? (int)(t1 - a0) : KV_QTILE;
         tv.v = s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc;
         tv.codes = s->vq ? s->vq + (size_t)a0 * s->vcb : NULL;
-        if (s->fastv) kv_qhalves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
-        for (int t = 0; t < nt && s->vbits != 32 && !s->fastv; t++) {
+        if (s->fastv || s->planes) kv_qjl_halves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
+        for (int t = 0; t < nt && s->vbits != 32 && !s->fastv && !s->planes; t++) {
             size_t row = (size_t)(a0 + t);
             const uint16_t *zs = s->vzs + row * nvg * 2;
             for (int j = 0; j < nvg; j++) {
@@ -343,9 +364,10 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
         }
         for (int q = 0; q < nq; q++) {
             const float *T = s->tab + (size_t)q * (mb * 32 + 1);
-            kv_qsigns(T, s->sig + (size_t)a0 * mb, mb, nt, S);
+            kv_qjl_signs(T, s->sig + (size_t)a0 * mb, mb, nt, S); /* a0: a whole block's first key */
             for (int t = 0; t < nt; t++) S[t] = c * s->norm[a0 + t] * (2 * S[t] - T[mb * 32]);
-            kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
+            if (s->planes) kv_qjl_fold_planes(rl + q * ql, S, nt, dv, s->gv, tv.codes, vz, vs, vc);
+            else kv_qfold_tile(rl + q * ql, S, nt, &tv, U);
         }
     }
     for (int q = 0; q < nq; q++) kv_qstate_merge(st + q * sl, rl + q * ql, &tv, rl + nq * ql);
@@ -379,7 +401,9 @@ static int qjl_partial(void *state, const float *Q, int nq, int64_t p, double *s
         float *y = s->tab + (size_t)nq * per;
         for (int q = 0; q < nq; q++) {
             float tot = 0, *tq = s->tab + (size_t)q * per;
-            for (int j = 0; j < s->m; j++) tot += (y[j] = kv_dot_fixed(s->S + (size_t)j * d, Q + (size_t)q * d, d));
+            const float *qq = Q + (size_t)q * d;
+            kv_qjl_dots(s->S, s->m, d, &qq, 1, y); /* y_j = kv_dot_fixed(S_j, q) */
+            for (int j = 0; j < s->m; j++) tot += y[j];
             tq[(size_t)mb * 32] = tot;
             kv_qsign_tables(y, mb, tq);
         }
@@ -407,7 +431,8 @@ static void qjl_cost(const void *state, kv_query_cost *c) { *c = ((const qjl_sta
 static size_t qjl_bytes(const void *state)
 {
     const qjl_state *s = state;
-    return (size_t)s->cap * row_bytes(s) + sizeof(float) * (size_t)s->m * (size_t)s->ctx.d +
+    return (size_t)s->cap * (row_bytes(s) - (size_t)s->mb) + sig_bytes(s, s->cap) +
+           sizeof(float) * (size_t)s->m * (size_t)s->ctx.d +
            kv_tokring_bytes(&s->tail) + kv_tokring_bytes(&s->edge);
 }
 
@@ -438,6 +463,45 @@ static void qjl_free(void *state)
     free(s);
 }
 
+/* the sign bytes as kv_buf_put_arr of the rows, key by key, would write
+ * them (the checkpoint keeps the row layout, not the blocks) */
+static void put_sig_rows(const qjl_state *s, kv_buf *b)
+{
+    uint8_t row[256];
+    kv_buf_put_i64(b, (int64_t)((size_t)s->n * (size_t)s->mb));
+    for (int64_t t = 0; t < s->n; t++)
+        for (int j0 = 0; j0 < s->mb; j0 += (int)sizeof row) {
+            int nb = s->mb - j0 < (int)sizeof row ? s->mb - j0 : (int)sizeof row;
+            for (int j = 0; j < nb; j++) row[j] = s->sig[kv_qjl_sig_off(s->mb, t, j0 + j)];
+            kv_buf_put(b, row, (size_t)nb);
+        }
+}
+
+/* the rows' sign bytes from the reader into the blocks */
+static int get_sig_rows(qjl_state *s, kv_rd *rd, size_t n, kv_err *err)
+{
+    uint8_t row[256];
+    for (size_t t = 0; t < n; t++)
+        for (int j0 = 0; j0 < s->mb; j0 += (int)sizeof row) {
+            int nb = s->mb - j0 < (int)sizeof row ? s->mb - j0 : (int)sizeof row;
+            if (kv_rd_get(rd, row, (size_t)nb, err)) return err->code;
+            if (t % KV_QJL_KB == 0 && j0 == 0) memset(s->sig + t * (size_t)s->mb, 0, KV_QJL_KB * (size_t)s->mb);
+            for (int j = 0; j < nb; j++) s->sig[kv_qjl_sig_off(s->mb, (int64_t)t, j0 + j)] = row[j];
+        }
+    return KV_OK;
+}
+
+/* planes: the value codes as kv_buf_put_arr of the packed rows would write them */
+static void put_packed_rows(const qjl_state *s, kv_buf *b)
+{
+    uint8_t row[256]; /* dv / 4 <= 256 */
+    kv_buf_put_i64(b, (int64_t)((size_t)s->n * s->vcb));
+    for (int64_t t = 0; t < s->n; t++) {
+        kv_qjl_planes_get(s->vq + (size_t)t * s->vcb, s->ctx.dv, row);
+        kv_buf_put(b, row, s->vcb);
+    }
+}
+
 /* the sealed payload (methods/quant.h): h, known, the quantised rows, the
  * two rings (S is made again from the seed) */
 static void qjl_payload(const void *state, kv_buf *b)
@@ -446,11 +510,12 @@ static void qjl_payload(const void *state, kv_buf *b)
     size_t n = (size_t)s->n, dv = (size_t)s->ctx.dv;
     kv_buf_put_i64(b, s->h);
     kv_buf_put_i64(b, s->known);
-    kv_buf_put_arr(b, s->sig, n * (size_t)s->mb);
+    put_sig_rows(s, b);
     kv_buf_put_arr(b, s->norm, n * sizeof(float));
     if (s->vbits == 32) kv_buf_put_arr(b, s->vf, n * dv * sizeof(float));
     else {
-        kv_buf_put_arr(b, s->vq, n * s->vcb);
+        if (s->planes) put_packed_rows(s, b);
+        else kv_buf_put_arr(b, s->vq, n * s->vcb);
         kv_buf_put_arr(b, s->vzs, n * (size_t)s->nvg * 2 * sizeof(uint16_t));
     }
     kv_tokring_save(&s->tail, b);
@@ -481,11 +546,16 @@ static int qjl_load(void *state, kv_rd *in, kv_err *err)
     /* the rows are read into the state's own arrays, grown to the capacity
      * they had: no staging copy (s->n stays 0 until all is checked) */
     if (n && grow_rows(s, (int64_t)n, err)) return err->code;
-    if (kv_rd_get(&rd, s->sig, n * (size_t)s->mb, err) || rows_into(&rd, s->norm, sizeof(float), n, err) ||
+    if (get_sig_rows(s, &rd, n, err) || rows_into(&rd, s->norm, sizeof(float), n, err) ||
         (nv == 1 ? rows_into(&rd, s->vf, sizeof(float) * dv, n, err)
                  : rows_into(&rd, s->vq, s->vcb, n, err) ||
                        rows_into(&rd, s->vzs, (size_t)s->nvg * 2 * sizeof(uint16_t), n, err)))
         return err->code;
+    for (size_t t = 0; s->planes && t < n; t++) { /* packed rows into planes */
+        uint8_t row[256];
+        memcpy(row, s->vq + t * s->vcb, s->vcb);
+        kv_qjl_planes_put(row, s->ctx.dv, s->vq + t * s->vcb);
+    }
     int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || (int64_t)n > known;
     for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(s->norm[i]) || s->norm[i] < 0;
     if (!bad && nv == 1) bad = !kv_all_finite(s->vf, n * dv);
@@ -504,7 +574,8 @@ static int64_t qjl_max_bytes(const void *state)
     const qjl_state *s = state;
     int64_t lim = kv_shard_limit(&s->ctx);
     /* the rows, S, and (without a horizon) float tokens up to the whole shard in either ring */
-    return cap_for(s, lim) * (int64_t)row_bytes(s) + 4 * (int64_t)s->m * s->ctx.d +
+    int64_t cap = cap_for(s, lim);
+    return cap * (int64_t)(row_bytes(s) - (size_t)s->mb) + (int64_t)sig_bytes(s, cap) + 4 * (int64_t)s->m * s->ctx.d +
            2 * kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, lim);
 }
 
