@@ -64,7 +64,7 @@ void kv_lt_pack(const float *K, size_t nt, int d, float *KT)
 typedef float lt_v __attribute__((vector_size(16 * sizeof(float))));
 typedef int lt_vi __attribute__((vector_size(16 * sizeof(int))));
 #define LT_VW 16 /* floats per vector */
-#define LT_QB 6  /* queries per register block: 6 x 4 accumulators of 32 registers */
+#define LT_QB 6  /* queries per register block: 6 x 2 accumulators of 32 registers */
 static inline void lt_fma(lt_v *c, const lt_v *a, const lt_v *b)
 {
     *c = (lt_v)_mm512_fmadd_ps((__m512)*a, (__m512)*b, (__m512)*c);
@@ -73,7 +73,7 @@ static inline void lt_fma(lt_v *c, const lt_v *a, const lt_v *b)
 typedef kv_dot_v8 lt_v;
 typedef int lt_vi __attribute__((vector_size(8 * sizeof(int))));
 #define LT_VW 8
-#define LT_QB 2 /* 2 x 4 accumulators of 16 registers */
+#define LT_QB 2 /* 2 x 2 accumulators of 16 registers */
 static inline void lt_fma(lt_v *c, const lt_v *a, const lt_v *b)
 {
     kv_madd8(c, a, b); /* fused exactly where kv_dot_fixed's are */
@@ -93,7 +93,7 @@ static inline lt_v lt_bcast(float x)
 #endif
 }
 
-#define LT_KB 4 /* key vectors per register block */
+#define LT_KB 2 /* key vectors per register block */
 #define LT_NV (KV_LT / LT_VW)
 #define LT_SS (KV_LT + 16) /* scratch floats per lane: rows 64 bytes off the tile's 256-byte grid */
 

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define KV_LT 64 /* keys per tile */
+#define KV_LT 32 /* keys per tile */
 #define KV_LQ 6  /* queries per call of kv_lt_logits_q that fill its register blocks */
 
 /* KT (d x KV_LT floats, channel c's keys at KT + c KV_LT) <- the nt <=
