@@ -1,32 +1,13 @@
 /* logits.c - see logits.h.  Key-major rows are transposed 8 x 8 at a time
- * (AVX shuffles where the build has them); the logits keep 8 accumulator
- * vectors per 16 keys, one per lane of kv_dot_fixed. */
+ * (AVX shuffles where the build has them); the logits run kv_dot_fixed's
+ * lanes one at a time for a block of queries and keys (below). */
+#include <math.h>
 #include <string.h>
 #include "kernels/dot.h"
 #include "kernels/logits.h"
 #if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-
-typedef float lt_v16 __attribute__((vector_size(16 * sizeof(float))));
-
-/* *c += a * *b lane by lane, fused exactly as kv_madd8 (the same bits) */
-static inline void madd16(lt_v16 *c, const lt_v16 *a, const float *b)
-{
-    lt_v16 y;
-    memcpy(&y, b, sizeof y);
-#if defined(__AVX512F__) && defined(__FMA__)
-    *c = (lt_v16)_mm512_fmadd_ps((__m512)*a, (__m512)y, (__m512)*c);
-#else
-    kv_dot_v8 h[2], x[2], z[2];
-    memcpy(h, c, sizeof h);
-    memcpy(x, a, sizeof x);
-    memcpy(z, &y, sizeof z);
-    kv_madd8(&h[0], &x[0], &z[0]);
-    kv_madd8(&h[1], &x[1], &z[1]);
-    memcpy(c, h, sizeof h);
-#endif
-}
 
 #if defined(__AVX__)
 /* out[j ldo + i] = in[i ldi + j], i, j < 8 */
@@ -64,8 +45,6 @@ void kv_lt_pack(const float *K, size_t nt, int d, float *KT)
             for (size_t t = 0; t < KV_LT; t++) KT[(size_t)c * KV_LT + t] = t < nt ? K[t * (size_t)d + c] : 0.0f;
         return;
     }
-    /* the next tile's rows on their way (a batch packs tiles in order) */
-    for (size_t o = 0; o < KV_LT * (size_t)d; o += 16) __builtin_prefetch(K + KV_LT * (size_t)d + o);
     int c = 0;
     for (; c + 8 <= d; c += 8)
         for (size_t t = 0; t < KV_LT; t += 8) tr8(K + t * (size_t)d + c, (size_t)d, KT + (size_t)c * KV_LT + t, KV_LT);
@@ -73,86 +52,148 @@ void kv_lt_pack(const float *K, size_t nt, int d, float *KT)
         for (size_t t = 0; t < KV_LT; t++) KT[(size_t)c * KV_LT + t] = K[t * (size_t)d + c];
 }
 
-static inline void bcast(lt_v16 *b, float x)
+/* The logits of up to KV_LQ queries against one packed tile.  Each lane j
+ * of kv_dot_fixed is the chain of channels c = j, j + 8, ... (c < d: the
+ * tail's element c + i goes to lane i = c mod 8 too) in order from 0, so
+ * the kernel runs one lane at a time over a register block of queries x
+ * key vectors: a key vector loaded once feeds every query of the block and
+ * a broadcast q[c] every key vector, which keeps the loads below the FMAs
+ * (the one-query kernel loaded 1.5 per FMA).  The lanes' sums wait in
+ * scratch for the fixed tree, vector-wise over the keys. */
+#if defined(__AVX512F__) && defined(__FMA__)
+typedef float lt_v __attribute__((vector_size(16 * sizeof(float))));
+typedef int lt_vi __attribute__((vector_size(16 * sizeof(int))));
+#define LT_VW 16 /* floats per vector */
+#define LT_QB 6  /* queries per register block: 6 x 2 accumulators of 32 registers */
+static inline void lt_fma(lt_v *c, const lt_v *a, const lt_v *b)
 {
-    for (int i = 0; i < 16; i++) (*b)[i] = x;
+    *c = (lt_v)_mm512_fmadd_ps((__m512)*a, (__m512)*b, (__m512)*c);
 }
-
-/* lane j (mod 8) of the keys' chains takes channel c of KT */
-#define LANE(j, c)                                                        \
-    do {                                                                  \
-        lt_v16 b_;                                                        \
-        bcast(&b_, q[c]);                                                 \
-        madd16(&acc[j][0], &b_, KT + (size_t)(c) * KV_LT);                \
-        madd16(&acc[j][1], &b_, KT + (size_t)(c) * KV_LT + 16);           \
-    } while (0)
-
-static float logits_any(const float *q, const float *KT, int d, float scale, float *out)
+#else
+typedef kv_dot_v8 lt_v;
+typedef int lt_vi __attribute__((vector_size(8 * sizeof(int))));
+#define LT_VW 8
+#define LT_QB 2 /* 2 x 2 accumulators of 16 registers */
+static inline void lt_fma(lt_v *c, const lt_v *a, const lt_v *b)
 {
-    lt_v16 acc[8][2];
-    for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = (lt_v16){ 0 };
-    int c = 0;
-    for (; c + 8 <= d; c += 8) { /* lane j: elements c = j (mod 8), in order */
-        LANE(0, c); LANE(1, c + 1); LANE(2, c + 2); LANE(3, c + 3);
-        LANE(4, c + 4); LANE(5, c + 5); LANE(6, c + 6); LANE(7, c + 7);
-    }
-    int r = d - c; /* the tail: element c + j into lane j (constant lanes: registers) */
-    if (r > 0) LANE(0, c);
-    if (r > 1) LANE(1, c + 1);
-    if (r > 2) LANE(2, c + 2);
-    if (r > 3) LANE(3, c + 3);
-    if (r > 4) LANE(4, c + 4);
-    if (r > 5) LANE(5, c + 5);
-    if (r > 6) LANE(6, c + 6);
-    lt_v16 r2[2];
-    for (int v = 0; v < 2; v++) { /* kv_dot_tree: h_i = a_i + a_(i+4), (h0 + h1) + (h2 + h3) */
-        lt_v16 h0 = acc[0][v] + acc[4][v], h1 = acc[1][v] + acc[5][v], h2 = acc[2][v] + acc[6][v],
-               h3 = acc[3][v] + acc[7][v];
-        r2[v] = ((h0 + h1) + (h2 + h3)) * scale;
-        memcpy(out + 16 * v, &r2[v], sizeof r2[v]);
-    }
-    float m[16]; /* their max: lanes, then across */
-    for (int i = 0; i < 16; i++) m[i] = r2[0][i] > r2[1][i] ? r2[0][i] : r2[1][i];
-    for (int w = 8; w; w /= 2)
-        for (int i = 0; i < w; i++) m[i] = m[i] > m[i + w] ? m[i] : m[i + w];
-    return m[0];
-}
-
-#if defined(__AVX512F__)
-/* d a multiple of 8 on AVX-512: the same lanes and tree, every accumulator
- * in a register (a0..a7: keys 0-15, b0..b7: keys 16-31) */
-#define LANE512(j, c)                                                                   \
-    do {                                                                                \
-        __m512 q_ = _mm512_set1_ps(q[c]);                                               \
-        a##j = _mm512_fmadd_ps(q_, _mm512_loadu_ps(KT + (size_t)(c) * KV_LT), a##j);     \
-        b##j = _mm512_fmadd_ps(q_, _mm512_loadu_ps(KT + (size_t)(c) * KV_LT + 16), b##j); \
-    } while (0)
-
-static float logits512(const float *q, const float *KT, int d, float scale, float *out)
-{
-    __m512 a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7;
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = _mm512_setzero_ps();
-    for (int c = 0; c < d; c += 8) {
-        LANE512(0, c); LANE512(1, c + 1); LANE512(2, c + 2); LANE512(3, c + 3);
-        LANE512(4, c + 4); LANE512(5, c + 5); LANE512(6, c + 6); LANE512(7, c + 7);
-    }
-    __m512 s = _mm512_set1_ps(scale);
-    __m512 ra = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a4), _mm512_add_ps(a1, a5)),
-                              _mm512_add_ps(_mm512_add_ps(a2, a6), _mm512_add_ps(a3, a7)));
-    __m512 rb = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(b0, b4), _mm512_add_ps(b1, b5)),
-                              _mm512_add_ps(_mm512_add_ps(b2, b6), _mm512_add_ps(b3, b7)));
-    ra = _mm512_mul_ps(ra, s);
-    rb = _mm512_mul_ps(rb, s);
-    _mm512_storeu_ps(out, ra);
-    _mm512_storeu_ps(out + 16, rb);
-    return _mm512_reduce_max_ps(_mm512_max_ps(ra, rb));
+    kv_madd8(c, a, b); /* fused exactly where kv_dot_fixed's are */
 }
 #endif
+/* x in every lane (not 0 + x: that would turn -0 into +0) */
+static inline lt_v lt_bcast(float x)
+{
+#if defined(__AVX512F__) && defined(__FMA__)
+    return (lt_v)_mm512_set1_ps(x);
+#elif defined(__AVX__)
+    return (lt_v)_mm256_set1_ps(x);
+#else
+    lt_v b;
+    for (int i = 0; i < LT_VW; i++) b[i] = x;
+    return b;
+#endif
+}
+
+#define LT_KB 2 /* key vectors per register block */
+#define LT_NV (KV_LT / LT_VW)
+#define LT_SS (KV_LT + 16) /* scratch floats per lane: rows 64 bytes off the tile's 256-byte grid */
+
+_Static_assert(LT_NV % LT_KB == 0, "a tile is whole register blocks");
+_Static_assert(KV_LQ % LT_QB == 0 || KV_LQ < LT_QB, "a call of KV_LQ queries is whole blocks");
+
+/* S[(i 8 + j) LT_SS + t] = lane j's sum of query i with key t, i < nq
+ * (a constant at each inlined copy: the block stays in registers) */
+static inline __attribute__((always_inline)) void lanes(const float *const *q, int nq, const float *KT, int d,
+                                                        float *S)
+{
+    for (int v0 = 0; v0 < LT_NV; v0 += LT_KB)
+        for (int j = 0; j < 8; j++) {
+            lt_v acc[LT_QB][LT_KB];
+#pragma GCC unroll 8
+            for (int i = 0; i < nq; i++)
+#pragma GCC unroll 8
+                for (int v = 0; v < LT_KB; v++) acc[i][v] = (lt_v){ 0 };
+            for (int c = j; c < d; c += 8) {
+                lt_v k[LT_KB];
+#pragma GCC unroll 8
+                for (int v = 0; v < LT_KB; v++) memcpy(&k[v], KT + (size_t)c * KV_LT + (v0 + v) * LT_VW, sizeof k[v]);
+#pragma GCC unroll 8
+                for (int i = 0; i < nq; i++) {
+                    lt_v b = lt_bcast(q[i][c]);
+#pragma GCC unroll 8
+                    for (int v = 0; v < LT_KB; v++) lt_fma(&acc[i][v], &b, &k[v]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < nq; i++)
+#pragma GCC unroll 8
+                for (int v = 0; v < LT_KB; v++)
+                    memcpy(S + (size_t)(i * 8 + j) * LT_SS + (v0 + v) * LT_VW, &acc[i][v], sizeof acc[i][v]);
+        }
+}
+
+static __attribute__((noinline)) void lanes_n(const float *const *q, int nq, const float *KT, int d, float *S)
+{
+    switch (nq) { /* one copy per block size, each with its accumulators in registers */
+#if LT_QB >= 6
+    case 6: lanes(q, 6, KT, d, S); break;
+    case 5: lanes(q, 5, KT, d, S); break;
+    case 4: lanes(q, 4, KT, d, S); break;
+    case 3: lanes(q, 3, KT, d, S); break;
+#endif
+    case 2: lanes(q, 2, KT, d, S); break;
+    default: lanes(q, 1, KT, d, S); break;
+    }
+}
+
+static inline lt_v lt_ld(const float *p)
+{
+    lt_v x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+/* the largest lane (finite values) */
+static inline float lt_hmax(lt_v m)
+{
+#if defined(__AVX512F__) && defined(__FMA__)
+    return _mm512_reduce_max_ps((__m512)m);
+#else
+    float x = m[0];
+    for (int i = 1; i < LT_VW; i++) x = m[i] > x ? m[i] : x;
+    return x;
+#endif
+}
+
+/* kv_dot_tree over the lanes, key-wise: ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)), times scale */
+static float tree(const float *S, float scale, float *out)
+{
+    lt_v m = lt_bcast(-INFINITY);
+    for (int v = 0; v < LT_NV; v++) {
+        const float *a = S + v * LT_VW;
+        lt_v r = ((lt_ld(a) + lt_ld(a + 4 * LT_SS)) + (lt_ld(a + LT_SS) + lt_ld(a + 5 * LT_SS))) +
+                 ((lt_ld(a + 2 * LT_SS) + lt_ld(a + 6 * LT_SS)) + (lt_ld(a + 3 * LT_SS) + lt_ld(a + 7 * LT_SS)));
+        r *= scale;
+        memcpy(out + v * LT_VW, &r, sizeof r);
+        lt_vi gt = r > m; /* lane-wise r > m ? r : m */
+        m = (lt_v)(((lt_vi)r & gt) | ((lt_vi)m & ~gt));
+    }
+    return lt_hmax(m);
+}
+
+void kv_lt_logits_q(const float *const *q, int nq, const float *KT, int d, float scale, float *out, float *top)
+{
+    float S[LT_QB * 8 * LT_SS] __attribute__((aligned(64)));
+    for (int q0 = 0; q0 < nq; q0 += LT_QB) {
+        int nb = nq - q0 < LT_QB ? nq - q0 : LT_QB;
+        lanes_n(q + q0, nb, KT, d, S);
+        for (int i = 0; i < nb; i++)
+            top[q0 + i] = tree(S + (size_t)i * 8 * LT_SS, scale, out + (size_t)(q0 + i) * KV_LT);
+    }
+}
 
 float kv_lt_logits(const float *q, const float *KT, int d, float scale, float *out)
 {
-#if defined(__AVX512F__)
-    if (d % 8 == 0) return logits512(q, KT, d, scale, out);
-#endif
-    return logits_any(q, KT, d, scale, out);
+    float top;
+    kv_lt_logits_q(&q, 1, KT, d, scale, out, &top);
+    return top;
 }

@@ -32,39 +32,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
-
-#define TIE_BITS 21
-#define NEWEST ((double)(INT64_C(1) << 54)) /* key of the newest page: above every bound's */
-
-typedef struct { int64_t g, first, row, cnt; } qpage; /* page g: global tokens first.., local rows row.. */
-typedef struct { double key; int64_t j; } pcand;       /* a page (table index j) and its key */
-
-/* Bounds are held a tile of PT pages at a time, channel-major (page j's
- * channel c minimum at BD_LO(j, c), maximum at BD_HI(j, c)), so one query's
- * bounds of a tile's pages are one vector expression per channel. */
-#define PT 16
-#define BD_TILE(s, j) ((s)->bd + ((j) / PT) * 2 * (size_t)(s)->ctx.d * PT)
-#define BD_LO(s, j, c) (BD_TILE(s, j)[(size_t)(c) * PT + (j) % PT])
-#define BD_HI(s, j, c) (BD_TILE(s, j)[((size_t)(s)->ctx.d + (c)) * PT + (j) % PT])
-
-typedef struct {
-    kv_method_ctx ctx;
-    int64_t page, pages;
-    float *K, *V;
-    size_t n, cap;       /* rows held, allocated */
-    qpage *pt;           /* pages in stream order */
-    float *bd;           /* bounds: per tile of PT pages, d minima then d maxima per page, channel-major */
-    size_t np, pcap;
-    kv_query_cost cost;
-    /* select's lists kept for the partial_select of the same batch (as
-     * topk's): per query its candidate pages and keys, their count, the
-     * largest key left out; transient per-batch scratch */
-    float *cq;
-    int64_t *cp, *cn;
-    pcand *cl;
-    double *cout;
-    int cnq;
-} quest_state;
+#include "methods/quest_fold.h"
 
 typedef struct { int64_t page, pages; kv_budget budget; } quest_cfg;
 KV_CFG_FITS(quest_cfg);
@@ -203,25 +171,6 @@ static int quest_ingest(void *state, const float *K, const float *V, int64_t fir
     return KV_OK;
 }
 
-/* pages with a token < p: a prefix of the table */
-static size_t pages_below(const quest_state *s, int64_t p)
-{
-    size_t lo = 0, hi = s->np;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->pt[mid].first < p) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
-/* rows of page j with global index < p */
-static int64_t rows_below(const quest_state *s, size_t j, int64_t p)
-{
-    int64_t r = p - s->pt[j].first;
-    return r < s->pt[j].cnt ? r : s->pt[j].cnt;
-}
-
 /* order bits of a float: increasing with its value */
 static uint64_t ord32(float f)
 {
@@ -234,7 +183,7 @@ static uint64_t ord32(float f)
  * max(q_c min_c, q_c max_c) is q_c max_c when q_c >= 0 (-0 too) and q_c
  * min_c otherwise, bitwise, the products being exact in double (a signed
  * zero can differ, which the sum, never -0 itself, does not see). */
-static void bound_offsets(int d, const float *q, size_t *off)
+void kv_quest_bound_offsets(int d, const float *q, size_t *off)
 {
     for (int c = 0; c < d; c++) off[c] = ((q[c] >= 0 ? (size_t)d : 0) + (size_t)c) * PT;
 }
@@ -245,8 +194,8 @@ static void bound_offsets(int d, const float *q, size_t *off)
  * tile are the vector lanes.  A page cut by p is bounded over its rows < p
  * (only the newest is, and it gets NEWEST), so the key is what partial
  * would see at p. */
-static void tile_keys(const quest_state *s, size_t t, size_t n, const float *q, const size_t *off, int64_t p,
-                      double *key)
+void kv_quest_tile_keys(const quest_state *s, size_t t, size_t n, const float *q, const size_t *off, int64_t p,
+                        double *key)
 {
     int d = s->ctx.d;
     const float *T = s->bd + t * 2 * (size_t)d * PT;
@@ -324,9 +273,9 @@ static int select_all(quest_state *s, const float *Q, const int64_t *p, int nq, 
         return KV_EINTERNAL;
     }
     for (int q = 0; q < nq; q++) {
-        n[q] = pages_below(s, p[q]);
+        n[q] = quest_pages_below(s, p[q]);
         maxn = n[q] > maxn ? n[q] : maxn;
-        bound_offsets(d, Q + (size_t)q * d, off + (size_t)q * d);
+        kv_quest_bound_offsets(d, Q + (size_t)q * d, off + (size_t)q * d);
         s->cout[q] = -INFINITY;
     }
 #pragma omp parallel if (nq > 1 && !omp_in_parallel())
@@ -338,7 +287,7 @@ static int select_all(quest_state *s, const float *Q, const int64_t *p, int nq, 
                 for (int q = g; q < nq; q += ng) {
                     if (t * PT >= n[q]) continue;
                     double key[PT];
-                    tile_keys(s, t, n[q], Q + (size_t)q * d, off + (size_t)q * d, p[q], key);
+                    kv_quest_tile_keys(s, t, n[q], Q + (size_t)q * d, off + (size_t)q * d, p[q], key);
                     pcand *h = s->cl + (size_t)q * L;
                     double *om = &s->cout[q];
                     for (size_t i = 0; i < PT && t * PT + i < n[q]; i++) {
@@ -400,146 +349,6 @@ static int quest_select(void *state, const float *Q, const int64_t *p, int nq, d
     return rc;
 }
 
-/* a thread's scratch for fold_one, grown as needed (not per query) */
-typedef struct {
-    pcand *pg;
-    double *a;
-    uint64_t *bit; /* a bit per page below p */
-    size_t npg, na, nbit;
-} scratch;
-
-static int grow(void **p, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap) return KV_OK;
-    void *x = realloc(*p, size * need);
-    if (!x) return KV_EINTERNAL;
-    *p = x;
-    *cap = need;
-    return KV_OK;
-}
-
-/* The pages of query q (prefix p) with key >= thr, ascending, into w->pg;
- * their count.  From select's list when it holds every such page (the
- * largest key left out is below thr), else every key again. */
-static int pages_taken(const quest_state *s, const float *q, int64_t p, double thr, const pcand *cl, int64_t cn,
-                       double out, scratch *w, size_t *ns)
-{
-    size_t n = pages_below(s, p), k = 0;
-    if (cl && cn >= 0 && (size_t)cn <= n && ((size_t)cn == n || out < thr)) {
-        /* the list's pages >= thr in page order: marked, then read in order */
-        size_t nw = (n + 63) / 64;
-        if (grow((void **)&w->pg, &w->npg, (size_t)cn + 1, sizeof(pcand)) ||
-            grow((void **)&w->bit, &w->nbit, nw + 1, sizeof(uint64_t)))
-            return KV_EINTERNAL;
-        memset(w->bit, 0, sizeof(uint64_t) * nw);
-        for (int64_t i = 0; i < cn; i++)
-            if (cl[i].key >= thr) w->bit[cl[i].j / 64] |= UINT64_C(1) << (cl[i].j % 64);
-        for (size_t x = 0; x < nw; x++)
-            for (uint64_t b = w->bit[x]; b; b &= b - 1) {
-                size_t j = x * 64 + (size_t)__builtin_ctzll(b);
-                w->pg[k++] = (pcand){ 0, (int64_t)j };
-            }
-        *ns = k;
-        return KV_OK;
-    }
-    if (grow((void **)&w->pg, &w->npg, n + 1, sizeof(pcand))) return KV_EINTERNAL;
-    size_t off[s->ctx.d > 0 ? s->ctx.d : 1];
-    bound_offsets(s->ctx.d, q, off);
-    for (size_t t = 0; t * PT < n; t++) {
-        double key[PT];
-        tile_keys(s, t, n, q, off, p, key);
-        for (size_t i = 0; i < PT && t * PT + i < n; i++)
-            if (key[i] >= thr) w->pg[k++] = (pcand){ key[i], (int64_t)(t * PT + i) };
-    }
-    *ns = k;
-    return KV_OK;
-}
-
-#define AHEAD 64 /* rows prefetched ahead of the fold: the pages read are scattered */
-
-/* A cursor over the rows of the pages taken (w->pg[0..ns), rows < p) that
- * asks for one row of X (w floats) at a time into L2: spread over the fold,
- * as exact's kernel does (a burst per page stalls on the fill buffers). */
-typedef struct { size_t i; int64_t t; } rowcur;
-
-static void prefetch_next(const quest_state *s, const pcand *pg, size_t ns, int64_t p, rowcur *c, const float *X, int w)
-{
-    while (c->i < ns) {
-        size_t j = (size_t)pg[c->i].j;
-        if (c->t < rows_below(s, j, p)) {
-            const char *b = (const char *)(X + (size_t)(s->pt[j].row + c->t) * w);
-            for (size_t o = 0; o < sizeof(float) * (size_t)w; o += 64) __builtin_prefetch(b + o, 0, 2);
-            c->t++;
-            return;
-        }
-        c->i++;
-        c->t = 0;
-    }
-}
-
-/* One query: fold this rank's pages with key >= thr, their rows < p; c
- * gets what it read.  Each selected row's logit is computed once (8 rows
- * at a time, each bitwise kv_dot_fixed): the logits wait in a scratch for
- * the max, then the sums; 0 or KV_EINTERNAL. */
-static int fold_one(const quest_state *s, const float *q, int64_t p, double thr, const pcand *cl, int64_t cn,
-                    double out, double *st, kv_query_cost *c, scratch *w)
-{
-    int d = s->ctx.d, dv = s->ctx.dv;
-    size_t n = pages_below(s, p), na = 0, ns = 0;
-    double m = -INFINITY, l = 0, l2 = 0, *u = st + KV_PS_U, tok = 0;
-    float scale = (float)s->ctx.scale;
-    kv_partial_clear(st, dv);
-    if (pages_taken(s, q, p, thr, cl, cn, out, w, &ns)) return KV_EINTERNAL;
-    for (size_t i = 0; i < ns; i++) tok += (double)rows_below(s, (size_t)w->pg[i].j, p);
-    if (grow((void **)&w->a, &w->na, (size_t)tok + KV_DOT_BLK, sizeof(double))) return KV_EINTERNAL;
-    double *a = w->a;
-    rowcur pc = { 0, 0 };
-    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
-    for (size_t i = 0; i < ns; i++) { /* the logits and their max */
-        int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
-        for (int64_t t = 0; t < r; t += KV_DOT_BLK) {
-            int nt = r - t < KV_DOT_BLK ? (int)(r - t) : KV_DOT_BLK;
-            const float *ptr[KV_DOT_BLK];
-            float lg[KV_DOT_BLK];
-            for (int x = 0; x < nt; x++) {
-                ptr[x] = s->K + (size_t)(r0 + t + x) * d;
-                prefetch_next(s, w->pg, ns, p, &pc, s->K, d);
-            }
-            kv_dot_fixed_rows(q, 1, d, ptr, nt, lg);
-            for (int x = 0; x < nt; x++) {
-                a[na] = (double)(lg[x] * scale);
-                m = a[na] > m ? a[na] : m;
-                na++;
-            }
-        }
-    }
-    na = 0;
-    pc = (rowcur){ 0, 0 };
-    for (int i = 0; i < AHEAD; i++) prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
-    for (size_t i = 0; i < ns; i++) { /* the sums, in the same order */
-        int64_t r0 = s->pt[w->pg[i].j].row, r = rows_below(s, (size_t)w->pg[i].j, p);
-        for (int64_t t = r0; t < r0 + r; t++) {
-            prefetch_next(s, w->pg, ns, p, &pc, s->V, dv);
-            double e = exp(a[na++] - m);
-            const float *v = s->V + (size_t)t * dv;
-            l += e;
-            l2 += e * e;
-            for (int x = 0; x < dv; x++) u[x] += e * v[x];
-        }
-    }
-    if (m > -INFINITY) {
-        st[KV_PS_M] = m;
-        st[KV_PS_L] = l;
-        st[KV_PS_L2] = l2;
-    }
-    /* every bound below p scanned; the rows read */
-    double nb = (double)n;
-    c->read_bytes = nb * 2.0 * d * sizeof(float) + tok * (double)(d + dv) * sizeof(float);
-    c->read_tokens = nb * 2.0 * d / (double)(d + dv) + tok;
-    c->flops = nb * 3.0 * d + tok * 2.0 * (d + dv);
-    return KV_OK;
-}
-
 static int quest_partial_select(void *state, const float *Q, const int64_t *p, int nq, const double *gsel, double *st)
 {
     quest_state *s = state;
@@ -556,10 +365,10 @@ static int quest_partial_select(void *state, const float *Q, const int64_t *p, i
                !memcmp(s->cq, Q, sizeof(float) * (size_t)s->ctx.d * (size_t)nq);
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
     {
-        scratch w = { 0 };
+        kv_quest_scratch w = { 0 };
 #pragma omp for schedule(dynamic, 1)
         for (int q = 0; q < nq; q++)
-            bad |= fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1],
+            bad |= kv_quest_fold_one(s, Q + (size_t)q * s->ctx.d, p[q], gsel[(size_t)q * L + L - 1],
                             same ? s->cl + (size_t)q * L : NULL, same ? s->cn[q] : -1, same ? s->cout[q] : INFINITY,
                             st + q * sl, &c[q], &w) != KV_OK;
         free(w.pg);

@@ -28,6 +28,7 @@
 #include "kernels/logits.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
+#include "methods/topk_pick.h"
 
 typedef struct { int64_t first, local; } run; /* global index of local row */
 
@@ -170,101 +171,6 @@ static int topk_select_len(const void *state)
     return L > INT32_MAX ? INT32_MAX : (int)L;
 }
 
-/* a min-heap of (logit, row) on the logit: the k largest seen */
-typedef struct { float v; int64_t r; } cand;
-
-static void sift_down(cand *h, size_t n, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        if (l < n && h[l].v < h[m].v) m = l;
-        if (l + 1 < n && h[l + 1].v < h[m].v) m = l + 1;
-        if (m == i) return;
-        cand t = h[i]; h[i] = h[m]; h[m] = t;
-        i = m;
-    }
-}
-
-static void sift_up(cand *h, size_t i)
-{
-    while (i && h[(i - 1) / 2].v > h[i].v) {
-        cand t = h[i]; h[i] = h[(i - 1) / 2]; h[(i - 1) / 2] = t;
-        i = (i - 1) / 2;
-    }
-}
-
-/* One query's selection in progress: a min-heap of the k largest logits
- * seen (and their rows), and the largest logit of the rows left out. */
-typedef struct {
-    cand *h;
-    size_t hn, k;
-    float om;
-} picker;
-
-/* the largest of a[0..n) (finite): 8 running maxima, so it vectorises */
-static float max_of(const float *a, size_t n)
-{
-    float m[8];
-    for (int j = 0; j < 8; j++) m[j] = -INFINITY;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) m[j] = a[i + j] > m[j] ? a[i + j] : m[j];
-    for (; i < n; i++) m[0] = a[i] > m[0] ? a[i] : m[0];
-    for (int w = 4; w; w /= 2)
-        for (int j = 0; j < w; j++) m[j] = m[j] > m[j + w] ? m[j] : m[j + w];
-    return m[0];
-}
-
-/* Feed the logits a[0..nt) of rows r0.. (in row order), top their largest,
- * to the picker.  A
- * logit enters the heap of the k largest only when above its least (equal
- * ones change no value of the list), so the list is the same multiset of
- * values a full sort gives. */
-static void pick(picker *pk, const float *a, size_t r0, size_t nt, float top)
-{
-    cand *h = pk->h;
-    size_t t = 0, k = pk->k;
-    for (; t < nt && pk->hn < k; t++) { /* filling */
-        h[pk->hn] = (cand){ a[t], (int64_t)(r0 + t) };
-        sift_up(h, pk->hn++);
-    }
-    float least = k ? h[0].v : INFINITY, om = pk->om;
-    if (t == 0 && top <= least) { /* nothing enters (the usual case once full): the same om as the loop below */
-        pk->om = top > om ? top : om;
-        return;
-    }
-    for (; t < nt; t++) {
-        if (a[t] > least) {
-            om = least > om ? least : om; /* the row it replaces leaves the list */
-            h[0] = (cand){ a[t], (int64_t)(r0 + t) };
-            sift_down(h, k, 0);
-            least = h[0].v;
-        } else {
-            om = a[t] > om ? a[t] : om;
-        }
-    }
-    pk->om = om;
-}
-
-/* The picker's list, descending, into sel (padded to L with -inf), its rows
- * ascending into rows, their count into *nrows, and the largest logit left
- * out into *out. */
-static void pick_done(picker *pk, int L, double *sel, int64_t *rows, int64_t *nrows, float *out)
-{
-    cand *h = pk->h;
-    size_t k = pk->k;
-    *out = pk->om;
-    for (size_t i = k; i-- > 0;) { /* pop ascending, written from the end: descending */
-        sel[i] = (double)h[0].v;
-        rows[i] = h[0].r;
-        h[0] = h[i];
-        sift_down(h, i, 0);
-    }
-    for (size_t i = k; i < (size_t)L; i++) sel[i] = -INFINITY;
-    qsort(rows, k, sizeof(int64_t), kv_cmp_i64);
-    *nrows = (int64_t)k;
-}
-
 /* One query: this rank's L largest logits among tokens < p, descending,
  * into sel, the rows holding them (k = min(L, n) of them, ascending) into
  * rows, and the largest logit of the rows left out into *out.  One pass
@@ -273,65 +179,92 @@ static int select_one(const topk_state *s, const float *q, int64_t p, int L, dou
                       int64_t *nrows, float *out)
 {
     size_t n = rows_below(s, p), k = (size_t)L < n ? (size_t)L : n;
-    picker pk = { malloc(sizeof(cand) * (k ? k : 1)), 0, k, -INFINITY };
-    if (!pk.h) return KV_EINTERNAL;
+    void *buf = malloc(kv_tk_bytes(k));
+    if (!buf) return KV_EINTERNAL;
+    kv_tk_picker pk;
+    kv_tk_init(&pk, buf, k);
     float a[LBLK];
     for (size_t r0 = 0; r0 < n; r0 += LBLK) {
         size_t nt = n - r0 < LBLK ? n - r0 : LBLK;
         logits_at(s, q, r0, nt, a);
-        pick(&pk, a, r0, nt, max_of(a, nt));
+        kv_tk_feed(&pk, a, r0, nt, kv_tk_max(a, nt));
     }
-    pick_done(&pk, L, sel, rows, nrows, out);
-    free(pk.h);
+    kv_tk_done(&pk, L, sel, rows, nrows, out);
+    free(buf);
     return KV_OK;
+}
+
+/* The logits of tile r0 (packed in KT) for the m <= KV_LQ queries qs[]
+ * reaching it, fed to their pickers */
+static void pick_tile(const topk_state *s, kv_tk_picker *pk, const size_t *n, const int *qs, int m, size_t r0,
+                      const float *KT, const float *Q, float *a, float *top)
+{
+    size_t d = (size_t)s->ctx.d;
+    const float *qp[KV_LQ];
+    for (int i = 0; i < m; i++) qp[i] = Q + (size_t)qs[i] * d;
+    kv_lt_logits_q(qp, m, KT, (int)d, (float)s->ctx.scale, a, top);
+    for (int i = 0; i < m; i++) {
+        size_t nt = n[qs[i]] - r0 < KV_LT ? n[qs[i]] - r0 : KV_LT;
+        const float *ai = a + (size_t)i * KV_LT;
+        kv_tk_feed(&pk[qs[i]], ai, r0, nt, nt == KV_LT ? top[i] : kv_tk_max(ai, nt));
+    }
 }
 
 /* A batch: the same lists as select_one per query, each tile of KV_LT
  * keys read once per thread for all of its queries.  Each thread takes its
  * queries (interleaved: prefixes spread evenly) and walks the keys a tile
  * at a time: packs the tile (kernels/logits.h) into its own scratch, then
- * every one of its queries whose prefix reaches the tile takes its logits
- * there, from L1.  The same logits, bitwise, fed in the same row order as
- * select_one feeds them; no barrier between tiles (a thread descheduled on
- * a busy machine holds up no other). */
+ * its queries whose prefix reaches the tile take their logits there, from
+ * L1, KV_LQ at a time (each key vector loaded once feeds all of them).
+ * The same logits, bitwise, fed in the same row order as select_one feeds
+ * them; no barrier between tiles (a thread descheduled on a busy machine
+ * holds up no other). */
 static int select_batch(topk_state *s, const float *Q, const int64_t *p, int nq, int L, double *sel)
 {
     size_t d = (size_t)s->ctx.d;
     size_t *n = malloc(sizeof(size_t) * (size_t)nq);
-    picker *pk = malloc(sizeof(picker) * (size_t)nq);
-    cand *heap = malloc(sizeof(cand) * (size_t)nq * (size_t)(L ? L : 1));
-    int bad = !n || !pk || !heap;
+    kv_tk_picker *pk = malloc(sizeof(kv_tk_picker) * (size_t)nq);
+    size_t each = kv_tk_bytes((size_t)L);
+    char *buf = malloc((size_t)nq * each);
+    int bad = !n || !pk || !buf;
     for (int q = 0; !bad && q < nq; q++) {
         n[q] = rows_below(s, p[q]);
         size_t k = (size_t)L < n[q] ? (size_t)L : n[q];
-        pk[q] = (picker){ heap + (size_t)q * L, 0, k, -INFINITY };
+        kv_tk_init(&pk[q], buf + (size_t)q * each, k);
     }
-    float scale = (float)s->ctx.scale;
     if (!bad) {
 #pragma omp parallel reduction(| : bad) if (nq > 1 && !omp_in_parallel())
         {
             int ng = omp_get_num_threads(), g = omp_get_thread_num();
-            float *KT = malloc(sizeof(float) * d * KV_LT), a[KV_LT];
+            float *KT = malloc(sizeof(float) * d * KV_LT), a[KV_LQ * KV_LT], top[KV_LQ];
             size_t mine = 0; /* the longest prefix among this thread's queries */
             for (int q = g; q < nq; q += ng) mine = n[q] > mine ? n[q] : mine;
             bad |= !KT;
             for (size_t r0 = 0; KT && r0 < mine; r0 += KV_LT) {
                 kv_lt_pack(s->K + r0 * d, mine - r0 < KV_LT ? mine - r0 : KV_LT, (int)d, KT);
+                int qs[KV_LQ], m = 0, act = 0; /* the queries reaching the tile, KV_LQ at a time */
+                for (int q = g; q < nq; q += ng) act += r0 < n[q];
+                /* the next tile on its way, a share after each group: a burst of
+                 * prefetches would wait on the line fill buffers */
+                size_t pf = (r0 + KV_LT) * d, pe = (r0 + 2 * KV_LT < mine ? r0 + 2 * KV_LT : mine) * d; /* floats */
+                size_t share = ((pe > pf ? pe - pf : 0) / 16 + 1) / (size_t)((act + KV_LQ - 1) / KV_LQ) + 1;
                 for (int q = g; q < nq; q += ng) {
-                    if (r0 >= n[q]) continue;
-                    size_t nt = n[q] - r0 < KV_LT ? n[q] - r0 : KV_LT;
-                    float top = kv_lt_logits(Q + (size_t)q * d, KT, (int)d, scale, a);
-                    pick(&pk[q], a, r0, nt, nt == KV_LT ? top : max_of(a, nt));
+                    if (r0 < n[q]) qs[m++] = q;
+                    if (m == KV_LQ || (m && q + ng >= nq)) {
+                        pick_tile(s, pk, n, qs, m, r0, KT, Q, a, top);
+                        m = 0;
+                        for (size_t i = 0; i < share && pf < pe; i++, pf += 16) __builtin_prefetch(s->K + pf, 0, 2);
+                    }
                 }
             }
             free(KT);
         }
     }
     for (int q = 0; !bad && q < nq; q++)
-        pick_done(&pk[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L, s->cn + q, s->cout + q);
+        kv_tk_done(&pk[q], L, sel + (size_t)q * L, s->crow + (size_t)q * L, s->cn + q, s->cout + q);
     free(n);
     free(pk);
-    free(heap);
+    free(buf);
     return bad ? KV_EINTERNAL : KV_OK;
 }
 
