@@ -641,7 +641,7 @@ static void test_uniform(void)
 /* Reference for topk at prefix p: the top-k state of float logits a_t
  * (ties to the older token) and the log of its mass log sum_{R} e^{a_t}.
  *
- * The method computes its own float logits a'_t (src/methods/topk.c: an omp
+ * The method computes its own float logits a'_t (src/methods/topk/topk.c: an omp
  * simd reduction, reassociated and FMA-contracted as -march allows), so a'
  * and a differ by rounding.  Float arithmetic bounds it: a dot product of d
  * float terms in ANY order, with or without FMA, is within

@@ -1,4 +1,4 @@
-/* test_quest.c - quest (methods/quest.c) against a brute-force Quest, at
+/* test_quest.c - quest (methods/quest/) against a brute-force Quest, at
  * P = 1..3 emulated ranks (emu.h: chunk-cyclic shards, select lists merged
  * over ranks, partial_select).
  *
