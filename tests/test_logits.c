@@ -2,7 +2,9 @@
  * kv_dot_fixed(q, k, d) * scale (what topk's single-query path and its
  * threshold compares use), for widths with and without a tail of channels
  * (d mod 8), full and partial tiles; padding keys give 0 and the returned
- * value is the largest of the tile's logits. */
+ * value is the largest of the tile's logits.  kv_lt_logits_q (topk's batch:
+ * several queries per key load) the same, query by query, for 1..13
+ * queries (whole register blocks of KV_LQ and the rest). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,6 +19,32 @@ static uint32_t bits(float f)
     uint32_t u;
     memcpy(&u, &f, sizeof u);
     return u;
+}
+
+/* nq queries at once against kv_dot_fixed, each logit's bits and each max */
+static void check_multi(const float *K, const float *KT, size_t nt, int d, kv_rng *seed)
+{
+    enum { NQ = 13 };
+    float *Q = malloc(sizeof(float) * NQ * (size_t)d), out[NQ * KV_LT], top[NQ];
+    const float *qs[NQ];
+    for (int i = 0; i < NQ * d; i++) Q[i] = (float)kv_rng_normal(seed);
+    for (int i = 0; i < NQ; i++) qs[i] = Q + (size_t)i * d;
+    for (int nq = 1; nq <= NQ; nq++) {
+        kv_lt_logits_q(qs, nq, KT, d, 0.25f, out, top);
+        int same = 1, tops = 1;
+        for (int i = 0; i < nq; i++) {
+            float want_top = -INFINITY;
+            for (size_t t = 0; t < KV_LT; t++) {
+                float want = t < nt ? kv_dot_fixed(qs[i], K + t * d, d) * 0.25f : 0.0f;
+                same &= bits(out[i * KV_LT + t]) == bits(want);
+                want_top = want > want_top ? want : want_top;
+            }
+            tops &= top[i] == want_top;
+        }
+        CHECK(same, "d=%d nt=%zu nq=%d: a logit of kv_lt_logits_q differs from kv_dot_fixed's bits", d, nt, nq);
+        CHECK(tops, "d=%d nt=%zu nq=%d: kv_lt_logits_q's max differs", d, nt, nq);
+    }
+    free(Q);
 }
 
 int main(void)
@@ -47,6 +75,7 @@ int main(void)
                 CHECK(same, "d=%d nt=%zu rep %d: a logit differs from kv_dot_fixed's bits", d, nt, rep);
                 CHECK(top == want_top, "d=%d nt=%zu: returned max %g, want %g", d, nt, top, want_top);
             }
+            check_multi(K, KT, nt, d, &seed);
         }
         free(K);
         free(KT);
