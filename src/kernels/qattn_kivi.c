@@ -47,7 +47,15 @@ static int tile_groups(const kv_qk_plan *p) { return p->G <= KV_QTILE ? KV_QTILE
 /* the scratch, carved in this order */
 typedef struct {
     float *xq, *ksc, *wk, *S, *a, *acc, *zl, *zsum;
+    const uint8_t *pf; /* the next tile's records, pfn bytes: prefetched while this one is answered */
+    size_t pfn;
 } work;
+
+/* bytes [from, to) of the next tile's records into the cache */
+static void prefetch(const work *k, size_t from, size_t to)
+{
+    for (size_t x = from; x < to && x < k->pfn; x += 64) __builtin_prefetch(k->pf + x);
+}
 
 static size_t carve(const kv_qk_plan *p, int nq, float *w, work *k)
 {
@@ -134,10 +142,12 @@ static void fold_tile(const kv_qk_plan *p, const kv_qk_tile *tl, int nq, double 
     int kq = kv_qk_pad(p->kq), nvg = p->nvg, dv = p->dv, gv = p->gv;
     for (int q = 0; q < nq; q++) {
         double *r = st + (size_t)q * KV_PSTATE_LEN(dv), *u = r + KV_PS_U;
+        if (q == 0) prefetch(k, 0, k->pfn / 2); /* in two halves: a burst of them would wait for fill buffers */
         kv_qk_keys(p, tl, k->xq + (size_t)q * kq, k->ksc, k->wk, k->S);
         softmax_tile(r, k->S, tl->nt, dv);
         kv_qk_weights(p, tl, k->S, k->a, k->zl, k->zsum);
         memset(k->acc, 0, sizeof(float) * (size_t)dv);
+        if (q == 0) prefetch(k, k->pfn / 2, k->pfn);
         kv_qk_values(p, tl, k->a, k->acc);
         for (int j = 0; j < nvg; j++) {
             double zj = k->zsum[j];
@@ -158,9 +168,12 @@ void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1
     }
     for (int c = 0; c < kq; c++) k.ksc[c] = kv_qk_kscale(p->bits, c);
     kv_qk_tile tl;
-    for (int64_t g = g0; g < g1; g += tg) { /* records in order: the hardware prefetcher streams them */
+    for (int64_t g = g0; g < g1; g += tg) {
         int ngt = g1 - g < tg ? (int)(g1 - g) : tg;
         const uint8_t *r = recs + (size_t)g * p->rec;
+        int64_t gn = g1 - (g + ngt) < tg ? g1 - (g + ngt) : tg; /* the next tile's groups */
+        k.pf = r + (size_t)ngt * p->rec;
+        k.pfn = G <= KV_QTILE ? (size_t)gn * p->rec : 0;
         if (G <= KV_QTILE) {
             tl.ns = ngt;
             tl.nt = ngt * G;
