@@ -26,7 +26,11 @@
  * (kernels/qattn.h), the key scales folded into the query and the value
  * scales into the softmax weights, in fixed slices of about 2048 tokens;
  * its per-thread tiles are working memory, not counted (as the exact
- * kernels' are not).
+ * kernels' are not).  When kv_qk_ok (b in {2, 4, 8}, G and dv multiples
+ * of 16, dv / min(G, dv) a power of two: the defaults) the value codes of
+ * a record are held as channel words and kernels/qattn_kivi.h answers
+ * (2-bit codes two at a time by table lookups); checkpoints hold the
+ * value codes token-major whichever layout is in use. 
  *
  * budget=X: the largest bits in {8, 4, 2} whose groups (floor(n / G) of
  * them) plus R + G float tokens (kv_tokring_fit) fit in X; if none does,
@@ -38,6 +42,7 @@
 #include "core/hugemem.h"
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
+#include "kernels/qattn_kivi.h"
 #include "kernels/slices.h"
 #include "methods/method.h"
 #include "methods/common/quant.h"
@@ -81,6 +86,8 @@ typedef struct {
     /* the query kernel (kernels/qattn.h) */
     int nb;               /* key blocks of 32 / bits channels (the word layout) */
     int fastv;            /* values take the word path (else decoded to floats) */
+    int fast;             /* records in kernels/qattn_kivi.h's layout (value channel words), its kernel */
+    kv_qk_plan plan;      /* that layout's offsets */
     float *kpl;           /* kv_qword_scale of each key position (nb 32 / bits) */
     kv_qscratch ws;       /* per-thread tiles: working memory, not state */
     float *qp;            /* the queries times the scale */
@@ -112,6 +119,8 @@ static int plan_kernel(kivi_state *s, kv_err *err)
     int P = 32 / s->bits;
     s->nb = (s->ctx.d + P - 1) / P;
     s->fastv = kv_qwords_ok(s->bits, s->ctx.dv, s->gv);
+    s->fast = kv_qk_ok(s->bits, s->G, s->ctx.dv);
+    kv_qk_plan_init(&s->plan, s->bits, s->G, s->ctx.d, s->ctx.dv);
     s->kpl = kv_malloc(sizeof(float) * (size_t)s->nb * P, err);
     if (!s->kpl) return err->code;
     for (int p = 0; p < s->nb * P; p++) s->kpl[p] = kv_qword_scale(s->bits, p % P);
@@ -207,7 +216,8 @@ static int quantise_group(kivi_state *s, uint8_t *r)
     for (int t = 0; t < G && !bad; t++) /* values: per token, groups of gv channels */
         for (int j = 0; j < s->nvg && !bad; j++) {
             int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
-            bad = kv_quantise(kv_tokring_v(&s->tail, t) + c0, (size_t)nc, 1, b, vc, (size_t)t * dv + c0, 1, vzs) != 0;
+            size_t pos = s->fast ? kv_qk_vpos(&s->plan, t, c0) : (size_t)t * dv + c0, step = s->fast ? (size_t)P : 1;
+            bad = kv_quantise(kv_tokring_v(&s->tail, t) + c0, (size_t)nc, 1, b, vc, pos, step, vzs) != 0;
             memcpy(vc + s->vcb + 4 * ((size_t)t * s->nvg + j), vzs, 4);
         }
     return bad ? -1 : 0;
@@ -324,10 +334,16 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     (void)scale;
     const slice_arg *a = arg;
     kivi_state *s = a->s;
+    int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
+    if (s->fast) {
+        float *w = kv_qscratch_get(&s->ws, kv_qk_scratch_floats(&s->plan, nq));
+        if (!w) return KV_EINTERNAL;
+        kv_qk_fold(&s->plan, s->recs, g0, g1, a->qp, nq, st, w);
+        return KV_OK;
+    }
     int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg, kq = s->nb * (32 / b), tg = tile_groups(s);
     kv_qtile_vals tv = { dv, nvg, s->gv, s->fastv, b, NULL, NULL, NULL, NULL, 0, 0 };
     size_t sl = KV_PSTATE_LEN(dv), ql = kv_qstate_len(&tv), vb = (size_t)dv * b / 8;
-    int64_t g0 = i * a->per, g1 = (i + 1) * a->per < s->ng ? (i + 1) * a->per : s->ng;
     float *w = kv_qscratch_get(&s->ws, scratch_floats(s, nq));
     if (!w) return KV_EINTERNAL;
     double *rl = (double *)w; /* nq states (kv_qstate_len), then one for the merge */
@@ -466,7 +482,8 @@ static void kivi_payload(const void *state, kv_buf *b)
     kv_buf_put_i64(b, s->h);
     kv_buf_put_i64(b, s->known);
     kv_buf_put_arr(b, s->gidx, sizeof(int64_t) * (size_t)s->ng);
-    kv_buf_put_arr(b, s->recs, s->rec * (size_t)s->ng);
+    if (s->fast) kv_qk_put_records(&s->plan, s->recs, (size_t)s->ng, b); /* value codes token-major */
+    else kv_buf_put_arr(b, s->recs, s->rec * (size_t)s->ng);
     kv_tokring_save(&s->tail, b);
     kv_tokring_save(&s->edge, b);
 }
@@ -503,6 +520,10 @@ static int kivi_load(void *state, kv_rd *in, kv_err *err)
     }
     if (bad) {
         kv_seterr(err, KV_EINPUT, "checkpoint: kivi state has a bad group table or scale");
+        goto fail;
+    }
+    if (s->fast && kv_qk_records_in(&s->plan, rc, ng)) {
+        kv_seterr(err, KV_EINTERNAL, "checkpoint: out of memory restoring kivi groups");
         goto fail;
     }
     if (kv_qrings_load(&s->tail, &s->edge, &rd, ng ? (g[ng - 1] + 1) * G : 0, known, (int64_t)ng * G, lim,
