@@ -578,7 +578,7 @@ static int snap_same_as_fresh(emu *e, const kv_method_ctx *ctx, int64_t x)
 }
 
 /* snapkv keeps its pooled scores and votes between decisions and redoes
- * only what changed (snapkv/decide.c: offer, compute_votes): the tokens it holds,
+ * only what changed (snapkv/snapkv_decide.c: offer, compute_votes): the tokens it holds,
  * over all ranks, are after every query exactly the brute force's, which
  * recomputes every vote and pooled score and sorts every candidate
  * (evref.c), through dense stretches of queries (every buffered row sees

@@ -60,7 +60,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "kernels/simhash.h"
-#include "methods/lsh/fold.h"
+#include "methods/lsh/lsh_fold.h"
 #include "methods/method.h"
 
 #define LSH_SALT 0x6c7368ULL /* "lsh" */

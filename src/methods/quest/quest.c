@@ -32,7 +32,7 @@
 #include "kernels/dot.h"
 #include "kernels/partial.h"
 #include "methods/method.h"
-#include "methods/quest/fold.h"
+#include "methods/quest/quest_fold.h"
 
 typedef struct { int64_t page, pages; kv_budget budget; } quest_cfg;
 KV_CFG_FITS(quest_cfg);

@@ -57,12 +57,12 @@
  * bitwise those of recomputing everything at every decision.
  *
  * Files: this one (parameters, ingest, answers, the buffered rows, memory,
- * checkpoints), decide.c (the decision), state.h (what they share). */
+ * checkpoints), snapkv_decide.c (the decision), snapkv_state.h (what they share). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "methods/common/scope.h"
-#include "methods/snapkv/state.h"
+#include "methods/snapkv/snapkv_state.h"
 
 typedef struct {
     int64_t tokens, window, period, kernel, pool, every, store;

@@ -28,7 +28,7 @@
 #include "kernels/logits.h"
 #include "methods/method.h"
 #include "kernels/partial.h"
-#include "methods/topk/pick.h"
+#include "methods/topk/topk_pick.h"
 
 typedef struct { int64_t first, local; } run; /* global index of local row */
 

@@ -1,4 +1,4 @@
-/* decide.c - SnapKV's global decision (ALGORITHMS.md 4c; snapkv.c's header
+/* snapkv_decide.c - SnapKV's global decision (ALGORITHMS.md 4c; snapkv.c's header
  * gives the rule): the votes of the held tokens under the buffered query
  * rows, their pooling over neighbouring positions (across shard chunks
  * through the halo), the lowest pooled keys offered as candidates, and the
@@ -8,7 +8,7 @@
 #include <string.h>
 #include "kernels/held.h"
 #include "methods/common/scope.h"
-#include "methods/snapkv/state.h"
+#include "methods/snapkv/snapkv_state.h"
 
 #define VOTE_TILE 256 /* slots whose logits are had at a time */
 

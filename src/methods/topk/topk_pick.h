@@ -1,4 +1,4 @@
-/* pick.h - one query's k largest logits, fed a block at a time in row
+/* topk_pick.h - one query's k largest logits, fed a block at a time in row
  * order (topk.c's select, single and batch).
  *
  * Threshold filtering rather than a heap: a logit above the running

@@ -1,5 +1,5 @@
-/* fold.h - Quest's state, shared by quest.c (ingest, bounds, page
- * selection, save/load) and fold.c (the fold over the selected
+/* quest_fold.h - Quest's state, shared by quest.c (ingest, bounds, page
+ * selection, save/load) and quest_fold.c (the fold over the selected
  * pages' rows).  See quest.c's header for the method. */
 #ifndef KVSTREAM_QUEST_FOLD_H
 #define KVSTREAM_QUEST_FOLD_H

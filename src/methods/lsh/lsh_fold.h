@@ -1,4 +1,4 @@
-/* fold.h - lsh's fold of a query's sample (methods/lsh.c): e^{a_i} / u_i
+/* lsh_fold.h - lsh's fold of a query's sample (methods/lsh/lsh.c): e^{a_i} / u_i
  * over the sampled rows, u_i the chance that row i is sampled.
  *
  *   kv_lsh_fold  the sample's rows into a partial state, in row order

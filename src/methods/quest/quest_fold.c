@@ -1,4 +1,4 @@
-/* fold.c - Quest's fold over the selected pages (fold.h):
+/* quest_fold.c - Quest's fold over the selected pages (quest_fold.h):
  * the pages taken by a query, their rows' logits (each bitwise
  * kv_dot_fixed), then the softmax sums in the same order, with the rows
  * prefetched ahead since the pages read are scattered. */
@@ -7,7 +7,7 @@
 #include <string.h>
 #include "kernels/dot.h"
 #include "kernels/partial.h"
-#include "methods/quest/fold.h"
+#include "methods/quest/quest_fold.h"
 
 static int grow(void **p, size_t *cap, size_t need, size_t size)
 {

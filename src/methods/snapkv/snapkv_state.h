@@ -1,7 +1,7 @@
-/* state.h - SnapKV's state, shared by the files of src/methods/snapkv/ and
+/* snapkv_state.h - SnapKV's state, shared by the files of src/methods/snapkv/ and
  * by nothing else (the registry sees kv_method_snapkv only).  snapkv.c has
  * the method: parameters, ingest, answers, the buffered query rows, memory
- * and checkpoints; decide.c the global decision: the votes, their pooling
+ * and checkpoints; snapkv_decide.c the global decision: the votes, their pooling
  * (halo across shard chunks), the candidates and the drops. */
 #ifndef KVSTREAM_SNAPKV_STATE_H
 #define KVSTREAM_SNAPKV_STATE_H
@@ -43,7 +43,7 @@ static inline snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (s
 /* The first slot holding a token >= t (slots ascend by index). */
 static inline int64_t slot_at(const kv_slots *sl, int64_t t) { return kv_lower_i64(sl->idx, sl->held, t); }
 
-/* decide.c: the decide hooks of method.h */
+/* snapkv_decide.c: the decide hooks of method.h */
 int64_t snapkv_every(const void *state);
 int snapkv_group(const void *state);
 int64_t snapkv_need(void *state, int64_t x, int at_query);

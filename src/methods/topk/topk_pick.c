@@ -1,4 +1,4 @@
-/* pick.c - see pick.h.  The filter tests 16 logits at once
+/* topk_pick.c - see topk_pick.h.  The filter tests 16 logits at once
  * (AVX-512: a compare mask, then only its set lanes appended); a full
  * buffer finds its k-th largest value by bisecting its order-preserving
  * bit keys (vector counts, no data-dependent branches), then keeps a
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/search.h"
-#include "methods/topk/pick.h"
+#include "methods/topk/topk_pick.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif

@@ -1,8 +1,8 @@
-/* fold.c - lsh's fold of a query's sample (fold.h): the rows' dots, their
+/* lsh_fold.c - lsh's fold of a query's sample (lsh_fold.h): the rows' dots, their
  * log u (MagicPIG's collision probability, lsh.c's header) and the
  * importance-weighted partial state, bitwise the arithmetic of one row at
  * a time. */
-#include "methods/lsh/fold.h"
+#include "methods/lsh/lsh_fold.h"
 #include <math.h>
 #include "kernels/dot.h"
 #include "kernels/partial.h"
