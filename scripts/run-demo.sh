@@ -54,9 +54,12 @@ echo
 echo "results: out/demo-results.h5 (layout: docs/RESULTS_FORMAT.md)"
 if [ "${KVSTREAM_DEMO_PARETO:-1}" != 0 ]; then
   echo "demo: error curves (kvstream pareto: budgets 2.5-25%, quantised caches 10-50%, $SEEDS seeds; tables in $LOG)"
+  # shard chunks of 256 tokens, not the file's 4,096: the evictors decide
+  # every 16 tokens with all ranks, so with 4,096-token chunks one rank
+  # ingests while the other waits (docs/PERFORMANCE.md, Whole runs: 86 -> 75 s)
   logged mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 \
     --methods window,sinks,h2o,tova,snapkv,expected-attention,uniform,balancekv,subgen,quest,lsh \
-    --budgets 2.5%,5%,10%,25% --seeds "$SEEDS" -q -o out/demo-pareto.h5
+    --budgets 2.5%,5%,10%,25% --seeds "$SEEDS" --shard-chunk 256 -q -o out/demo-pareto.h5
   # the quantised caches cannot go below ~10% (2-bit KIVI is 3 bits per element
   # with its scales): their own run, at budgets they can hold, in the same figure
   logged mpirun --oversubscribe -np 2 build/kvstream pareto out/demo-trace.h5 --methods kivi,qjl,turboquant \
