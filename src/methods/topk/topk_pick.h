@@ -37,10 +37,11 @@ static inline size_t kv_tk_cap(size_t k)
     return k + (x < 16 ? 16 : x);
 }
 
-/* bytes of the buffer kv_tk_init takes (8-byte aligned) */
+/* bytes of the buffer kv_tk_init takes (its start 8-byte aligned), a
+ * multiple of 8 so that buffers laid end to end all start aligned */
 static inline size_t kv_tk_bytes(size_t k)
 {
-    return kv_tk_cap(k) * (sizeof(int64_t) + sizeof(float));
+    return (kv_tk_cap(k) * (sizeof(int64_t) + sizeof(float)) + 7) / 8 * 8;
 }
 
 void kv_tk_init(kv_tk_picker *p, void *buf, size_t k);
