@@ -30,14 +30,17 @@
  * prefetch walking the table; the arithmetic sees values, never addresses.
  *
  * Keys and values held as IEEE half (the _f16 entry points) are converted to
- * float32 a tile at a time into a scratch the size of one tile, then go
- * through the very same float code: bitwise the results of the float32
- * entry points on the same values, with half the bytes read from memory. */
+ * float32 exactly, then go through the same float arithmetic: bitwise the
+ * results of the float32 entry points on the same values, with half the bytes
+ * read.  The few-query path converts them in registers as it reads them
+ * (attn_ldh.h; a tile scratch cost an L2 write and read per element, 2x the
+ * time); the batched path a tile at a time into a scratch. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core/kverr.h"
 #include "kernels/attn.h"
+#include "kernels/attn_ldh.h"
 #include "kernels/attn_rows.h"
 #include "kernels/lanes16.h"
 #include "kernels/partial.h"
@@ -165,14 +168,15 @@ static inline v16 hsum16x16(const v16 *a)
 /* a[i] += q[cb ..] k_i[cb ..] by lane over W vectors of dimensions: q's W
  * vectors held in registers and each key row read in order (a sequential
  * stream the hardware prefetchers follow).  W a constant at each call. */
-static inline __attribute__((always_inline)) void logits_blk(const float *restrict q, const float *const *k, int cb,
-                                                             int W, v16 *a, pfrun pk, size_t per, size_t step)
+static inline __attribute__((always_inline)) void logits_blk(const float *restrict q, const float *const *k,
+                                                             const uint16_t *const *kh, int h, int cb, int W,
+                                                             v16 *a, pfrun pk, size_t per, size_t step)
 {
     v16 qv[8];
     for (int j = 0; j < W; j++) qv[j] = ld(q + cb + j * VL);
     for (int i = 0; i < 16; i++) {
         if (cb == 0) pf_step(pk, per, step + (size_t)i);
-        for (int j = 0; j < W; j++) a[i] += qv[j] * ld(k[i] + cb + j * VL);
+        for (int j = 0; j < W; j++) a[i] += qv[j] * (h ? kv_ldh16(kh[i] + cb + j * VL) : ld(k[i] + cb + j * VL));
     }
 }
 
@@ -182,23 +186,37 @@ static inline __attribute__((always_inline)) void logits_blk(const float *restri
  * comes from the same instruction sequence whatever its place in the tile
  * (bitwise the same logits however the stream is sharded).  pk: rows to
  * prefetch over this work, a share per key row. */
-static void logits_one(const float *restrict q, const float *const *kr, int nt, int d, float scale, float *restrict S,
-                       pfrun pk)
+static inline __attribute__((always_inline)) void logits_one_g(const float *restrict q, const float *const *kr,
+                                                               const uint16_t *kh, int h, int nt, int d, float scale,
+                                                               float *restrict S, pfrun pk)
 {
     size_t per = pf_per(&pk, (size_t)(nt + 15) / 16 * 16);
     for (int t = 0; t < nt; t += 16) {
         const float *k[16];
-        for (int i = 0; i < 16; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
+        const uint16_t *hk[16];
+        for (int i = 0; i < 16; i++) {
+            int r = t + i < nt ? t + i : nt - 1;
+            if (h) hk[i] = kh + (size_t)r * d;
+            else k[i] = kr[r];
+        }
         v16 a[16];
         for (int i = 0; i < 16; i++) a[i] = bc(0);
         int c = 0;
-        for (; c + 8 * VL <= d; c += 8 * VL) logits_blk(q, k, c, 8, a, pk, per, (size_t)t);
-        for (; c + 4 * VL <= d; c += 4 * VL) logits_blk(q, k, c, 4, a, pk, per, (size_t)t);
-        for (; c < d; c += VL) logits_blk(q, k, c, 1, a, pk, per, (size_t)t);
+        for (; c + 8 * VL <= d; c += 8 * VL) logits_blk(q, k, hk, h, c, 8, a, pk, per, (size_t)t);
+        for (; c + 4 * VL <= d; c += 4 * VL) logits_blk(q, k, hk, h, c, 4, a, pk, per, (size_t)t);
+        for (; c < d; c += VL) logits_blk(q, k, hk, h, c, 1, a, pk, per, (size_t)t);
         v16 s = hsum16x16(a) * bc(scale);
         if (t + 16 <= nt) st16(S + t, s);
         else memcpy(S + t, &s, sizeof(float) * (size_t)(nt - t));
     }
+}
+
+/* kh NULL: float rows kr; else half rows from kh (d apart), converted as read */
+static void logits_one(const float *restrict q, const float *const *kr, const uint16_t *kh, int nt, int d,
+                       float scale, float *restrict S, pfrun pk)
+{
+    if (kh) logits_one_g(q, kr, kh, 1, nt, d, scale, S, pk);
+    else logits_one_g(q, kr, NULL, 0, nt, d, scale, S, pk);
 }
 
 /* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
@@ -314,7 +332,9 @@ static void pv_scalar(const float *restrict P, int nq, const float *const *vr, i
 /* u[c .. c + W*16) = sum_t p[t] V[t][c ..] over the nt value rows vr: even and odd tokens in two sets of W vector accumulators (twice
  * the independent FMA chains: the sums are latency bound otherwise), added
  * at the end.  W a constant at each call (always inlined). */
-static inline __attribute__((always_inline)) void pv_cols(const float *restrict p, const float *const *vr, int nt,
+#define LDV(t, o) (h ? kv_ldh16(vh + (size_t)(t) * dv + c + (o)) : ld(vr[t] + c + (o)))
+static inline __attribute__((always_inline)) void pv_cols(const float *restrict p, const float *const *vr,
+                                                          const uint16_t *vh, int h, int dv, int nt,
                                                           int c, int W, float *restrict u, pfrun pc,
                                                           size_t per, size_t step)
 {
@@ -322,18 +342,16 @@ static inline __attribute__((always_inline)) void pv_cols(const float *restrict 
     for (int i = 0; i < W; i++) a[i] = b[i] = bc(0);
     int t = 0;
     for (; t + 2 <= nt; t += 2) {
-        const float *v0 = vr[t] + c, *v1 = vr[t + 1] + c;
         v16 s0 = bc(p[t]), s1 = bc(p[t + 1]);
         pf_step(pc, per, step++);
         for (int i = 0; i < W; i++) {
-            a[i] += s0 * ld(v0 + i * VL);
-            b[i] += s1 * ld(v1 + i * VL);
+            a[i] += s0 * LDV(t, i * VL);
+            b[i] += s1 * LDV(t + 1, i * VL);
         }
     }
     if (t < nt) {
-        const float *v0 = vr[t] + c;
         v16 s0 = bc(p[t]);
-        for (int i = 0; i < W; i++) a[i] += s0 * ld(v0 + i * VL);
+        for (int i = 0; i < W; i++) a[i] += s0 * LDV(t, i * VL);
     }
     for (int i = 0; i < W; i++) st16(u + c + i * VL, a[i] + b[i]);
 }
@@ -347,8 +365,9 @@ static inline __attribute__((always_inline)) void pv_cols(const float *restrict 
 /* dv % 16 == 0, few queries: U[q] = P[q] . V over the tile, one query at a
  * time, PV_W value vectors per pass (dv = 128: one pass with AVX-512);
  * pc: rows to prefetch over this work */
-static void pv_vec(const float *restrict P, int nq, const float *const *vr, int nt, int dv, float *restrict U,
-                   size_t ustride, pfrun pc)
+static inline __attribute__((always_inline)) void pv_vec_g(const float *restrict P, int nq, const float *const *vr,
+                                                           const uint16_t *vh, int h, int nt, int dv,
+                                                           float *restrict U, size_t ustride, pfrun pc)
 {
     size_t pairs = (size_t)(nt / 2 ? nt / 2 : 1);
     size_t passes = (size_t)(dv / (PV_W * VL) + dv % (PV_W * VL) / (4 * VL) + dv % (4 * VL) / VL);
@@ -357,10 +376,20 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, int 
         const float *p = P + q * TILE;
         float *u = U + q * ustride;
         int c = 0;
-        for (; c + PV_W * VL <= dv; c += PV_W * VL, step += pairs) pv_cols(p, vr, nt, c, PV_W, u, pc, per, step);
-        for (; c + 4 * VL <= dv; c += 4 * VL, step += pairs) pv_cols(p, vr, nt, c, 4, u, pc, per, step);
-        for (; c < dv; c += VL, step += pairs) pv_cols(p, vr, nt, c, 1, u, pc, per, step);
+        for (; c + PV_W * VL <= dv; c += PV_W * VL, step += pairs)
+            pv_cols(p, vr, vh, h, dv, nt, c, PV_W, u, pc, per, step);
+        for (; c + 4 * VL <= dv; c += 4 * VL, step += pairs) pv_cols(p, vr, vh, h, dv, nt, c, 4, u, pc, per, step);
+        for (; c < dv; c += VL, step += pairs) pv_cols(p, vr, vh, h, dv, nt, c, 1, u, pc, per, step);
     }
+}
+#undef LDV
+
+/* vh NULL: float rows vr; else half rows from vh (dv apart), converted as read */
+static void pv_vec(const float *restrict P, int nq, const float *const *vr, const uint16_t *vh, int nt, int dv,
+                   float *restrict U, size_t ustride, pfrun pc)
+{
+    if (vh) pv_vec_g(P, nq, vr, vh, 1, nt, dv, U, ustride, pc);
+    else pv_vec_g(P, nq, vr, NULL, 0, nt, dv, U, ustride, pc);
 }
 
 /* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
@@ -539,7 +568,8 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
     float *S = malloc(sizeof(float) * (size_t)nq * TILE);
     float *U = malloc(sizeof(float) * (size_t)nq * dv); /* this tile's P.V, float */
     float *kb = NULL, *vb = NULL;
-    if (!S || !U || tile_bufs(src.esz, KV_TILE_ONE, d, dv, &kb, &vb)) {
+    int fz = src.esz == 2 && !src.np && dvec && vvec; /* half rows converted in registers (attn_ldh.h) */
+    if (!S || !U || tile_bufs(fz ? sizeof(float) : src.esz, KV_TILE_ONE, d, dv, &kb, &vb)) {
         free(S);
         free(U);
         return KV_EINTERNAL;
@@ -556,14 +586,16 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
         int nt = (int)(n - t0 < tile ? n - t0 : tile);
         /* the rows pfd ahead: keys over the logits, values over P.V (half
          * rows: the whole next tile, which is converted at once) */
-        size_t pfd = src.esz == sizeof(float) || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
-        rows_keys(&w, t0, nt, pfd + tile, kb); /* values converted when used (L1) */
+        size_t pfd = src.esz == sizeof(float) || fz || !KV_PF1_TOKENS ? KV_PF1_TOKENS : tile;
+        const uint16_t *kh = fz ? (const uint16_t *)src.K + t0 * d : NULL;
+        const uint16_t *vh = fz ? (const uint16_t *)src.V + t0 * dv : NULL;
+        if (!fz) rows_keys(&w, t0, nt, pfd + tile, kb); /* values converted when used (L1) */
         pfrun pk = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 0), pv = rows_pf(&w, t0 + pfd, pfd ? tile : 0, 1);
         pfrun none = { NULL, NULL, 0, 0, 0 };
         if (dvec) {
             for (int i = 0; i < na; i++) {
                 size_t lq = qlen(len, qa + i, off, n) - t0;
-                logits_one(Qa + (size_t)i * d, w.k, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
+                logits_one(Qa + (size_t)i * d, w.k, kh, lq < (size_t)nt ? (int)lq : nt, d, scale, S + i * TILE,
                            i == 0 ? pk : none);
             }
         } else {
@@ -588,9 +620,9 @@ static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc
             r[KV_PS_L] += l;
             r[KV_PS_L2] += l2;
         }
-        rows_vals(&w, t0, nt, vb);
+        if (!fz) rows_vals(&w, t0, nt, vb);
         if (vvec) {
-            pv_vec(S, na, w.v, nt, dv, U, (size_t)dv, pv);
+            pv_vec(S, na, w.v, vh, nt, dv, U, (size_t)dv, pv);
         } else {
             memset(U, 0, sizeof(float) * (size_t)na * dv);
             pv_scalar(S, na, w.v, nt, dv, U, (size_t)dv);
