@@ -29,31 +29,6 @@
 #define KV_QJL_RB 16
 #else
 #define KV_QJL_RB 8
-/* 2-bit values in bit planes (qjl.c, when dv and the value group gv are
- * multiples of 16): a token's dv / 4 code bytes are plane 0 (dv bits,
- * channel c at bit c mod 8 of byte c / 8) then plane 1, code = b0 + 2 b1.
- * The packed codes of kv_quantise (methods/common/quant.h) to planes and
- * back (dv / 4 bytes each). */
-void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *planes);
-void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed);
-
-/* kv_qhalves (kernels/qattn.h): the n (zero point, scale) half pairs at zs
- * to floats, bitwise the same (by the hardware conversion under AVX-512) */
-void kv_qjl_halves(const uint8_t *zs, int n, float *z, float *s);
-
-/* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s (read up to
- * KV_QVL floats past nt; overwritten with the weights) into the double
- * state r (partial.h, channel order): the max-shifted float exp, l, l2,
- * and u_c += sum_t w_t (s_tg c_tc + z_tg) as, per 16 channels, the float
- * sums over the tile of a_t = w_t s_tg at the lanes whose plane bit is set
- * (a masked add per plane: no code is converted), p0 + 2 p1 + sum_t w_t
- * z_tg: each channel a float sum of at most nt + 3 rounded terms (the
- * products a_t once each), then the double.  vz, vs: the tile's zero
- * points and scales (nt x dv / gv, read up to KV_QVL floats past);
- * scratch: nt dv / gv + KV_QVL + dv / gv floats. */
-void kv_qjl_fold_planes(double *r, float *s, int nt, int dv, int gv, const uint8_t *codes, const float *vz,
-                        const float *vs, float *scratch);
-
 #endif
 #define KV_QJL_KB 16 /* keys per sign block */
 
