@@ -309,9 +309,7 @@ static void flush_pending(double *r, size_t nl)
     *cnt = 0;
 }
 
-/* the largest of s[0..nt): by vector lanes (max is exact, so any order
- * gives the same value) */
-static float tile_max(const float *s, int nt)
+float kv_qtile_max(const float *s, int nt)
 {
     float mt = s[0];
     int t = 0;
@@ -328,9 +326,8 @@ static float tile_max(const float *s, int nt)
 }
 
 /* kv_attn_exp_tile with the sums by vector lanes (a fixed order, no
- * chain of nt dependent adds): s becomes exp(s - m) under the raised max
- * of r (nl value doubles rescaled), l and l2 go into r */
-static void exp_tile(double *r, float *s, int nt, float mt, int nl)
+ * chain of nt dependent adds) */
+void kv_qexp_tile(double *r, float *s, int nt, float mt, int nl)
 {
     float m = kv_partial_raise_max(r, mt, nl);
     for (int t = 0; t < nt; t++) s[t] -= m;
@@ -359,10 +356,10 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
 {
     int dv = tv->dv;
     if (nt <= 0) return;
-    float mt = tile_max(s, nt);
+    float mt = kv_qtile_max(s, nt);
     double *u = r + KV_PS_U;
     if (!tv->coded) {
-        exp_tile(r, s, nt, mt, dv);
+        kv_qexp_tile(r, s, nt, mt, dv);
         /* 64 channels at a time in registers, tokens inner */
         memset(U, 0, sizeof(float) * (size_t)dv);
         int c0 = 0;
@@ -391,7 +388,7 @@ void kv_qfold_tile(double *r, float *s, int nt, const kv_qtile_vals *tv, float *
     double *cnt = u + nl;
     float *p = (float *)(cnt + 1);
     if (mt > r[KV_PS_M] || *cnt + nt > KV_QTILE) flush_pending(r, nl);
-    exp_tile(r, s, nt, mt, (int)nl);
+    kv_qexp_tile(r, s, nt, mt, (int)nl);
     int seg = tv->seg > 0 ? tv->seg : nt;
     kv_qtile_vals sv = *tv;
     vi tix, gix;

@@ -26,6 +26,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define KV_QTILE 128 /* tokens per tile at most */
 
@@ -44,10 +47,20 @@ static inline float kv_qhalf(uint32_t h)
     return f;
 }
 
-/* n (zero point, scale) half pairs (4 bytes each, any alignment) to z[], s[]. */
+/* n (zero point, scale) half pairs (4 bytes each, any alignment) to z[], s[];
+ * under AVX-512 16 pairs at a time by the hardware conversion, which is
+ * exact too (the same floats). */
 static inline void kv_qhalves(const uint8_t *zs, int n, float *z, float *s)
 {
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        __m512i w = _mm512_loadu_si512(zs + 4 * (size_t)i);
+        _mm512_storeu_ps(z + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w)));
+        _mm512_storeu_ps(s + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16))));
+    }
+#endif
+    for (; i < n; i++) {
         uint32_t w;
         memcpy(&w, zs + 4 * (size_t)i, 4); /* little-endian: z low, s high */
         z[i] = kv_qhalf(w & 0xffffu);
@@ -152,6 +165,15 @@ void kv_qstate_merge(double *st, const double *r, const kv_qtile_vals *tv, doubl
 
 /* Scratch floats kv_qfold_tile needs in U. */
 #define KV_QU_FLOATS(dv) (2 * (size_t)(dv) + 17 * KV_QVL)
+
+/* The largest of s[0..nt) (by vector lanes; max is exact, so any order
+ * gives the same value). */
+float kv_qtile_max(const float *s, int nt);
+
+/* The tile's softmax step: s becomes exp(s - m) under the max of r raised
+ * to mt (its nl value doubles rescaled), and the sums of s and s^2, by
+ * vector lanes in a fixed order, go into r's l and l2. */
+void kv_qexp_tile(double *r, float *s, int nt, float mt, int nl);
 
 /* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s into the
  * double state r (kv_qstate_len): s is overwritten with the weights; U is

@@ -40,57 +40,6 @@ void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed)
     }
 }
 
-void kv_qjl_halves(const uint8_t *zs, int n, float *z, float *s)
-{
-    int i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16) { /* the hardware conversion: exact, as kv_qhalf */
-        __m512i w = _mm512_loadu_si512(zs + 4 * (size_t)i);
-        _mm512_storeu_ps(z + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w)));
-        _mm512_storeu_ps(s + i, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16))));
-    }
-#endif
-    if (i < n) kv_qhalves(zs + 4 * (size_t)i, n - i, z + i, s + i);
-}
-
-/* the tile's max (exact in any order), then s = exp(s - m) under the
- * raised max of r, l and l2 by vector lanes (qattn.c's exp_tile) */
-static void exp_tile(double *r, float *s, int nt, int dv)
-{
-    float mt = s[0];
-    int t = 0;
-    if (nt >= KV_QVL) { /* by lanes (max is exact: any order gives the same) */
-        vf mx = ldf(s);
-        for (t = KV_QVL; t + KV_QVL <= nt; t += KV_QVL) {
-            vf x = ldf(s + t);
-            mx = (vf)(((vi)(x > mx) & (vi)x) | (~(vi)(x > mx) & (vi)mx));
-        }
-        for (int l = 0; l < KV_QVL; l++) mt = mx[l] > mt ? mx[l] : mt;
-    }
-    for (; t < nt; t++) mt = s[t] > mt ? s[t] : mt;
-    float m = kv_partial_raise_max(r, mt, dv);
-    for (int t = 0; t < nt; t++) s[t] -= m;
-    kv_expf_neg(s, (size_t)nt);
-    vf l = bcf(0), l2 = bcf(0);
-    t = 0;
-    for (; t + KV_QVL <= nt; t += KV_QVL) {
-        vf x = ldf(s + t);
-        l += x;
-        l2 += x * x;
-    }
-    float a = 0, a2 = 0;
-    for (; t < nt; t++) {
-        a += s[t];
-        a2 += s[t] * s[t];
-    }
-    for (int k = 0; k < KV_QVL; k++) {
-        a += l[k];
-        a2 += l2[k];
-    }
-    r[KV_PS_L] += a;
-    r[KV_PS_L2] += a2;
-}
-
 /* a[e] = w_t s_tg and Z[g] = sum_t w_t z_tg (e = t nvg + g): by vectors of
  * KV_QVL elements when nvg divides KV_QVL (w spread by a shuffle, lane l
  * always group l mod nvg), else element by element */
@@ -211,7 +160,7 @@ void kv_qjl_fold_planes(double *r, float *s, int nt, int dv, int gv, const uint8
     if (nt <= 0) return;
     int nvg = dv / gv, nch = dv / 16;
     size_t vcb = (size_t)dv / 4;
-    exp_tile(r, s, nt, dv);
+    kv_qexp_tile(r, s, nt, kv_qtile_max(s, nt), dv);
     float *a = scratch, *Z = a + (size_t)nt * nvg + KV_QVL;
     scales(s, nt, nvg, vz, vs, a, Z);
     double *u = r + KV_PS_U;

@@ -78,10 +78,6 @@ void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S);
 void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *planes);
 void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed);
 
-/* kv_qhalves (kernels/qattn.h): the n (zero point, scale) half pairs at zs
- * to floats, bitwise the same (by the hardware conversion under AVX-512) */
-void kv_qjl_halves(const uint8_t *zs, int n, float *z, float *s);
-
 /* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s (read up to
  * KV_QVL floats past nt; overwritten with the weights) into the double
  * state r (partial.h, channel order): the max-shifted float exp, l, l2,

@@ -352,7 +352,7 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
         int nt = t1 - a0 < KV_QTILE ? (int)(t1 - a0) : KV_QTILE;
         tv.v = s->vbits == 32 ? s->vf + (size_t)a0 * dv : vc;
         tv.codes = s->vq ? s->vq + (size_t)a0 * s->vcb : NULL;
-        if (s->fastv || s->planes) kv_qjl_halves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
+        if (s->fastv || s->planes) kv_qhalves((const uint8_t *)(s->vzs + (size_t)a0 * nvg * 2), nt * nvg, vz, vs);
         for (int t = 0; t < nt && s->vbits != 32 && !s->fastv && !s->planes; t++) {
             size_t row = (size_t)(a0 + t);
             const uint16_t *zs = s->vzs + row * nvg * 2;
