@@ -16,16 +16,13 @@
 #include "kernels/simhash.h"
 #include "testutil.h"
 
-static void one(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *checked)
+/* The codes of the nt vectors X under the L K planes H: every bit the sign
+ * of kv_dot_fixed (set when >= 0), and no bit above K. */
+static void check_codes(const float *H, const float *X, int d, int L, int K, int nt, int64_t *bad, int64_t *checked)
 {
     int np = L * K;
-    float *H = malloc(sizeof(float) * (size_t)np * d), *P = malloc(sizeof(float) * kv_simhash_len(np, d));
-    float *X = malloc(sizeof(float) * (size_t)nt * d);
+    float *P = malloc(sizeof(float) * kv_simhash_len(np, d));
     uint32_t *codes = malloc(sizeof(uint32_t) * (size_t)nt * L);
-    for (int i = 0; i < np * d; i++) H[i] = (float)kv_rng_normal(r);
-    for (int i = 0; i < nt * d; i++) X[i] = i % 5 == 0 ? 0.0f : (float)kv_rng_normal(r);
-    if (nt > 2)
-        for (int c = 0; c < d; c++) X[2 * d + c] = 0.0f; /* vector 2 is zero: every dot 0, every bit set */
     kv_simhash_pack(H, np, d, P);
     CHECK(kv_simhash_codes(P, L, K, d, X, (size_t)nt, codes) == 0, "kv_simhash_codes");
     for (int t = 0; t < nt; t++)
@@ -37,10 +34,21 @@ static void one(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *c
             }
     for (int t = 0; t < nt; t++) /* no bit above K */
         for (int l = 0; l < L; l++) *bad += K < 32 && (codes[t * L + l] >> K) != 0;
-    free(H);
     free(P);
-    free(X);
     free(codes);
+}
+
+static void one(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *checked)
+{
+    int np = L * K;
+    float *H = malloc(sizeof(float) * (size_t)np * d), *X = malloc(sizeof(float) * (size_t)nt * d);
+    for (int i = 0; i < np * d; i++) H[i] = (float)kv_rng_normal(r);
+    for (int i = 0; i < nt * d; i++) X[i] = i % 5 == 0 ? 0.0f : (float)kv_rng_normal(r);
+    if (nt > 2)
+        for (int c = 0; c < d; c++) X[2 * d + c] = 0.0f; /* vector 2 is zero: every dot 0, every bit set */
+    check_codes(H, X, d, L, K, nt, bad, checked);
+    free(H);
+    free(X);
 }
 
 /* many vectors (the AMX kernel's groups of 32, where built), some made
@@ -50,9 +58,7 @@ static void one(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *c
 static void hard(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *checked)
 {
     int np = L * K;
-    float *H = malloc(sizeof(float) * (size_t)np * d), *P = malloc(sizeof(float) * kv_simhash_len(np, d));
-    float *X = malloc(sizeof(float) * (size_t)nt * d);
-    uint32_t *codes = malloc(sizeof(uint32_t) * (size_t)nt * L);
+    float *H = malloc(sizeof(float) * (size_t)np * d), *X = malloc(sizeof(float) * (size_t)nt * d);
     for (int i = 0; i < np * d; i++) H[i] = (float)kv_rng_normal(r);
     for (int t = 0; t < nt; t++) {
         float *x = X + (size_t)t * d;
@@ -71,19 +77,9 @@ static void hard(int d, int L, int K, int nt, kv_rng *r, int64_t *bad, int64_t *
             }
         }
     }
-    kv_simhash_pack(H, np, d, P);
-    CHECK(kv_simhash_codes(P, L, K, d, X, (size_t)nt, codes) == 0, "kv_simhash_codes");
-    for (int t = 0; t < nt; t++)
-        for (int l = 0; l < L; l++)
-            for (int b = 0; b < K; b++) {
-                float dot = kv_dot_fixed(H + (size_t)(l * K + b) * d, X + (size_t)t * d, d);
-                *bad += ((codes[t * L + l] >> b) & 1) != (uint32_t)(dot >= 0.0f);
-                ++*checked;
-            }
+    check_codes(H, X, d, L, K, nt, bad, checked);
     free(H);
-    free(P);
     free(X);
-    free(codes);
 }
 
 int main(void)
