@@ -47,15 +47,7 @@ static int tile_groups(const kv_qk_plan *p) { return p->G <= KV_QTILE ? KV_QTILE
 /* the scratch, carved in this order */
 typedef struct {
     float *xq, *ksc, *wk, *S, *a, *acc, *zl, *zsum;
-    const uint8_t *pf; /* the next tile's records, pfn bytes: prefetched while this one is answered */
-    size_t pfn;
 } work;
-
-/* bytes [from, to) of the next tile's records into the cache */
-static void prefetch(const work *k, size_t from, size_t to)
-{
-    for (size_t x = from; x < to && x < k->pfn; x += 64) __builtin_prefetch(k->pf + x);
-}
 
 static size_t carve(const kv_qk_plan *p, int nq, float *w, work *k)
 {
@@ -137,27 +129,30 @@ static void softmax_tile(double *r, float *s, int nt, int dv)
 /* One tile for every query: the logits (the key scales folded in per
  * group), the softmax, the value sums, and their fold into the double
  * state. */
-static void fold_tile(const kv_qk_plan *p, const kv_qk_tile *tl, int nq, double *st, const work *k)
+static void fold_tile(const kv_qk_plan *p, kv_qk_tile *tl, int nq, double *st, const work *k)
 {
     int kq = kv_qk_pad(p->kq), nvg = p->nvg, dv = p->dv, gv = p->gv;
+    kv_qk_pf *pf = tl->pf;
     for (int q = 0; q < nq; q++) {
         double *r = st + (size_t)q * KV_PSTATE_LEN(dv), *u = r + KV_PS_U;
-        if (q == 0) prefetch(k, 0, k->pfn / 2); /* in two halves: a burst of them would wait for fill buffers */
+        tl->pf = q == 0 ? pf : NULL; /* the first query's loops prefetch the next tile */
         kv_qk_keys(p, tl, k->xq + (size_t)q * kq, k->ksc, k->wk, k->S);
         softmax_tile(r, k->S, tl->nt, dv);
+        kv_qk_prefetch(tl->pf);
         kv_qk_weights(p, tl, k->S, k->a, k->zl, k->zsum);
         memset(k->acc, 0, sizeof(float) * (size_t)dv);
-        if (q == 0) prefetch(k, k->pfn / 2, k->pfn);
         kv_qk_values(p, tl, k->a, k->acc);
+        kv_qk_prefetch_rest(tl->pf);
         for (int j = 0; j < nvg; j++) {
             double zj = k->zsum[j];
             for (int c = j * gv; c < (j + 1) * gv; c++) u[c] += (double)k->acc[c] + zj;
         }
     }
+    tl->pf = pf;
 }
 
-void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1, const float *qp, int nq, double *st,
-                float *w)
+void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1, int64_t gend, const float *qp, int nq,
+                double *st, float *w)
 {
     int d = p->d, kq = kv_qk_pad(p->kq), tg = tile_groups(p), G = p->G;
     work k;
@@ -168,12 +163,16 @@ void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1
     }
     for (int c = 0; c < kq; c++) k.ksc[c] = kv_qk_kscale(p->bits, c);
     kv_qk_tile tl;
+    kv_qk_pf pf;
     for (int64_t g = g0; g < g1; g += tg) {
         int ngt = g1 - g < tg ? (int)(g1 - g) : tg;
         const uint8_t *r = recs + (size_t)g * p->rec;
-        int64_t gn = g1 - (g + ngt) < tg ? g1 - (g + ngt) : tg; /* the next tile's groups */
-        k.pf = r + (size_t)ngt * p->rec;
-        k.pfn = G <= KV_QTILE ? (size_t)gn * p->rec : 0;
+        int64_t gn = gend - (g + ngt) < tg ? gend - (g + ngt) : tg; /* the next tile's groups (past g1 too) */
+        pf.p = r + (size_t)ngt * p->rec;
+        pf.n = G <= KV_QTILE ? (size_t)gn * p->rec : 0;
+        pf.at = 0;
+        pf.step = (pf.n / 64 / (kv_qk_pf_calls(p) + 1) + 1) * 64;
+        tl.pf = &pf;
         if (G <= KV_QTILE) {
             tl.ns = ngt;
             tl.nt = ngt * G;
@@ -263,6 +262,8 @@ typedef unsigned v8u __attribute__((vector_size(32)));
 
 float kv_qk_kscale(int bits, int c) { return kv_qword_scale(bits, c % (32 / bits)); }
 
+size_t kv_qk_pf_calls(const kv_qk_plan *p) { return KV_QTILE / 32 + (size_t)(p->dv + 31) / 32; }
+
 void kv_qk_keys(const kv_qk_plan *p, const kv_qk_tile *tl, const float *x, const float *ksc, float *wk, float *S)
 {
     int d = p->d, kq = kv_qk_pad(p->kq);
@@ -273,6 +274,7 @@ void kv_qk_keys(const kv_qk_plan *p, const kv_qk_tile *tl, const float *x, const
         for (int c = d; c < p->kq; c++) qs[c] = 0;
         kv_qlogits_words(qs, kv_qdot(x, kz, d), tl->r[i] + 4 * (size_t)tl->t0[i], p->G, p->nb, p->bits, tl->n[i],
                          S + off);
+        for (int t = 0; t < tl->n[i]; t += 32) kv_qk_prefetch(tl->pf);
     }
 }
 
@@ -296,6 +298,7 @@ void kv_qk_values(const kv_qk_plan *p, const kv_qk_tile *tl, const float *a, flo
     int dv = p->dv, nvg = p->nvg, b = p->bits, B = 32 / b, mask = (1 << b) - 1;
     for (int c0 = 0; c0 < dv; c0 += 8) {
         const float *ab = a + c0 / p->gv;
+        if (c0 % 32 == 0) kv_qk_prefetch(tl->pf);
         v8f s;
         memcpy(&s, acc + c0, sizeof s);
         for (int i = 0; i < tl->ns; i++) {

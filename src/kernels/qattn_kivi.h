@@ -63,9 +63,12 @@ size_t kv_qk_scratch_floats(const kv_qk_plan *p, int nq);
 
 /* Fold the groups [g0, g1) of recs (plan p) into the nq channel-order
  * states st (KV_PSTATE_LEN(dv) doubles each); qp: the nq queries times
- * the attention scale (d floats each); w: kv_qk_scratch_floats. */
-void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1, const float *qp, int nq, double *st,
-                float *w);
+ * the attention scale (d floats each); w: kv_qk_scratch_floats.  Each
+ * tile's loops prefetch the next tile's records, of groups below gend
+ * (>= g1: those held, so a slice's last tile fetches the next slice's
+ * first). */
+void kv_qk_fold(const kv_qk_plan *p, const uint8_t *recs, int64_t g0, int64_t g1, int64_t gend, const float *qp, int nq,
+                double *st, float *w);
 
 /* Checkpoints hold value codes token-major (kv_quantise's packing of each
  * token's dv codes, qattn.h's layout), whichever layout is in use, so that

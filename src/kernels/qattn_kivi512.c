@@ -21,6 +21,13 @@
 
 #define ALWAYS static inline __attribute__((always_inline))
 
+/* per block of keys (nb per 32 tokens), per block of values (32 / b
+ * tokens) of each 32 channels */
+size_t kv_qk_pf_calls(const kv_qk_plan *p)
+{
+    return (size_t)(KV_QTILE / 32) * (size_t)p->nb + (size_t)((p->dv + 31) / 32) * (size_t)(KV_QTILE / (32 / p->bits));
+}
+
 float kv_qk_kscale(int bits, int c)
 {
     if (bits == 2) return 1; /* the tables take the codes as they are */
@@ -62,12 +69,13 @@ static inline void halves16(const uint8_t *x, int m, __m512 *z, __m512 *s)
         if (two) B = _mm512_add_ps(B, LOOK(x, n, T_));                                                      \
     } while (0)
 
-ALWAYS void keys2(const float *qs, float qz, const uint8_t *c, size_t bs, int nb, float *S, const int two)
+ALWAYS void keys2(const float *qs, float qz, const uint8_t *c, size_t bs, int nb, float *S, kv_qk_pf *pf, const int two)
 {
     const __m512 U = TAB_U, V = TAB_V;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
     for (int j = 0; j < nb; j++) {
         const uint8_t *p = c + (size_t)j * bs;
+        kv_qk_prefetch(pf);
         __m512i w = _mm512_loadu_si512(p), x = two ? _mm512_loadu_si512(p + 64) : w;
         const float *q = qs + 16 * j;
         K2(0, a0, b0);
@@ -88,14 +96,15 @@ ALWAYS void keys2(const float *qs, float qz, const uint8_t *c, size_t bs, int nb
 #define PLANE(w, k, b) _mm512_cvtepu32_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)(((1u << (b)) - 1) << ((k) * (b))))))
 
 /* 4- and 8-bit keys: P planes of 32 (or 16) tokens, four chains each */
-ALWAYS void keysp(const float *qs, float qz, const uint8_t *c, size_t bs, int nb, float *S, const int two,
-                  const int b)
+ALWAYS void keysp(const float *qs, float qz, const uint8_t *c, size_t bs, int nb, float *S, kv_qk_pf *pf,
+                  const int two, const int b)
 {
     const int P = 32 / b;
     __m512 a[4], x4[4];
     for (int i = 0; i < 4; i++) a[i] = x4[i] = _mm512_setzero_ps();
     for (int j = 0; j < nb; j++) {
         const uint8_t *p = c + (size_t)j * bs;
+        kv_qk_prefetch(pf);
         __m512i w = _mm512_loadu_si512(p), x = two ? _mm512_loadu_si512(p + 64) : w;
         const float *q = qs + P * j;
 #pragma GCC unroll 8
@@ -130,15 +139,17 @@ void kv_qk_keys(const kv_qk_plan *p, const kv_qk_tile *tl, const float *x, const
         float z = _mm512_reduce_add_ps(qz);
         float *o = S + off;
         int t = 0, nt = tl->n[i];
-        for (; t + 32 <= nt; t += 32) switch (p->bits) {
-            case 2: keys2(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 1); break;
-            case 4: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 1, 4); break;
-            default: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 1, 8); break;
+        for (; t + 32 <= nt; t += 32) {
+            switch (p->bits) {
+            case 2: keys2(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 1); break;
+            case 4: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 1, 4); break;
+            default: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 1, 8); break;
             }
+        }
         if (t < nt) switch (p->bits) {
-            case 2: keys2(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 0); break;
-            case 4: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 0, 4); break;
-            default: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, 0, 8); break;
+            case 2: keys2(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 0); break;
+            case 4: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 0, 4); break;
+            default: keysp(qs, z, codes + 4 * (size_t)t, bs, nb, o + t, tl->pf, 0, 8); break;
             }
     }
 }
@@ -196,8 +207,8 @@ void kv_qk_weights(const kv_qk_plan *p, const kv_qk_tile *tl, const float *w, fl
         if (two) O = _mm512_add_ps(O, LOOK(w1, n, T##n));                                                   \
     } while (0)
 
-ALWAYS void vals2(const float *a, const uint8_t *const *vc, const int *nn, int ns, int dv, float *acc, const int nvg,
-                  const int two)
+ALWAYS void vals2(const float *a, const uint8_t *const *vc, const int *nn, int ns, int dv, float *acc, kv_qk_pf *pf,
+                  const int nvg, const int two)
 {
     const __m512 U = TAB_U, V = TAB_V;
     __m512 e0 = _mm512_loadu_ps(acc), o0 = _mm512_setzero_ps(), e1 = two ? _mm512_loadu_ps(acc + 16) : o0,
@@ -206,6 +217,7 @@ ALWAYS void vals2(const float *a, const uint8_t *const *vc, const int *nn, int n
     for (int i = 0; i < ns; i++)
         for (int blk = 0; blk < nn[i] / 16; blk++, ab += 16 * nvg) {
             const uint8_t *wp = vc[i] + 4 * (size_t)blk * dv;
+            kv_qk_prefetch(pf);
             __m512i w0 = _mm512_loadu_si512(wp), w1 = two ? _mm512_loadu_si512(wp + 64) : w0;
             __m512 T0 = TAB(ab[0], ab[nvg]), T1 = TAB(ab[2 * nvg], ab[3 * nvg]), T2 = TAB(ab[4 * nvg], ab[5 * nvg]),
                    T3 = TAB(ab[6 * nvg], ab[7 * nvg]), T4 = TAB(ab[8 * nvg], ab[9 * nvg]),
@@ -225,8 +237,8 @@ ALWAYS void vals2(const float *a, const uint8_t *const *vc, const int *nn, int n
 }
 
 /* 4- and 8-bit values: per block of B = 32 / b tokens, plane k is token k */
-ALWAYS void valsp(const float *a, const uint8_t *const *vc, const int *nn, int ns, int dv, float *acc, const int nvg,
-                  const int two, const int b)
+ALWAYS void valsp(const float *a, const uint8_t *const *vc, const int *nn, int ns, int dv, float *acc, kv_qk_pf *pf,
+                  const int nvg, const int two, const int b)
 {
     const int B = 32 / b;
     __m512 e0 = _mm512_loadu_ps(acc), o0 = _mm512_setzero_ps(), e1 = two ? _mm512_loadu_ps(acc + 16) : o0,
@@ -235,6 +247,7 @@ ALWAYS void valsp(const float *a, const uint8_t *const *vc, const int *nn, int n
     for (int i = 0; i < ns; i++)
         for (int blk = 0; blk < nn[i] / B; blk++, ab += B * nvg) {
             const uint8_t *wp = vc[i] + 4 * (size_t)blk * dv;
+            kv_qk_prefetch(pf);
             __m512i w0 = _mm512_loadu_si512(wp), w1 = two ? _mm512_loadu_si512(wp + 64) : w0;
 #pragma GCC unroll 8
             for (int k = 0; k < B; k++) {
@@ -255,12 +268,12 @@ ALWAYS void valsp(const float *a, const uint8_t *const *vc, const int *nn, int n
 /* one (or two) 16-channel vectors c of group j, bits, two and nvg constant per case */
 #define VCASE(NVG)                                                                                           \
     switch (p->bits * 2 + two) {                                                                           \
-    case 4: vals2(a + j, vcc, nn, ns, dv, acc + c, NVG, 0); break;                                          \
-    case 5: vals2(a + j, vcc, nn, ns, dv, acc + c, NVG, 1); break;                                          \
-    case 8: valsp(a + j, vcc, nn, ns, dv, acc + c, NVG, 0, 4); break;                                       \
-    case 9: valsp(a + j, vcc, nn, ns, dv, acc + c, NVG, 1, 4); break;                                       \
-    case 16: valsp(a + j, vcc, nn, ns, dv, acc + c, NVG, 0, 8); break;                                      \
-    default: valsp(a + j, vcc, nn, ns, dv, acc + c, NVG, 1, 8); break;                                      \
+    case 4: vals2(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 0); break;                                          \
+    case 5: vals2(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 1); break;                                          \
+    case 8: valsp(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 0, 4); break;                                       \
+    case 9: valsp(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 1, 4); break;                                       \
+    case 16: valsp(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 0, 8); break;                                      \
+    default: valsp(a + j, vcc, nn, ns, dv, acc + c, tl->pf, NVG, 1, 8); break;                                      \
     }
 
 void kv_qk_values(const kv_qk_plan *p, const kv_qk_tile *tl, const float *a, float *acc)

@@ -338,7 +338,7 @@ static int fold_groups(const void *arg, int64_t i, const float *Q, int nq, float
     if (s->fast) {
         float *w = kv_qscratch_get(&s->ws, kv_qk_scratch_floats(&s->plan, nq));
         if (!w) return KV_EINTERNAL;
-        kv_qk_fold(&s->plan, s->recs, g0, g1, a->qp, nq, st, w);
+        kv_qk_fold(&s->plan, s->recs, g0, g1, s->ng, a->qp, nq, st, w);
         return KV_OK;
     }
     int d = s->ctx.d, dv = s->ctx.dv, G = s->G, b = s->bits, nvg = s->nvg, kq = s->nb * (32 / b), tg = tile_groups(s);
