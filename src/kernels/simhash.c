@@ -24,10 +24,10 @@
 #pragma GCC diagnostic ignored "-Wpsabi" /* the vectors stay inside this file */
 
 #define PB 16 /* hyperplanes per block (lanes) */
-#define TT 4  /* vectors per tile */
+#define TT 6  /* vectors per tile: 24 accumulators, 4 plane loads and 6 broadcasts per 24 multiply-adds */
 #define AMX_MIN 256 /* vectors from which kv_simhash_amx_codes is tried */
 #define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
-#define VB 256 /* vectors per block: their rows in L2, their words (one a group) in L1 */
+#define VB 252 /* vectors per block (whole tiles): their rows in L2, their words (one a group) in L1 */
 
 typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
 
