@@ -27,7 +27,7 @@
 #define TT 6  /* vectors per tile: 24 accumulators, 4 plane loads and 6 broadcasts per 24 multiply-adds */
 #define AMX_MIN 256 /* vectors from which kv_simhash_amx_codes is tried */
 #define NB 4  /* blocks per tile: TT NB accumulators, TT + NB loads per TT NB multiply-adds */
-#define VB 252 /* vectors per block (whole tiles): their rows in L2, their words (one a group) in L1 */
+#define VB 252 /* vectors per block (whole tiles): their rows in L2 */
 
 typedef float v16 __attribute__((vector_size(PB * sizeof(float))));
 
@@ -85,11 +85,11 @@ void kv_simhash_pack(const float *H, int np, int d, float *P)
 }
 
 /* the sign bits of tt <= TT vectors x[t] against one group of NB blocks
- * (NB PB planes at pb): 64 bits a vector into w[t ws]; S: scratch of 8 TT
+ * (NB PB planes at pb): 64 bits a vector into w[t]; S: scratch of 8 TT
  * NB vectors.  Instantiated with a constant tt (accumulators in
  * registers). */
 static inline __attribute__((always_inline)) void group_bits_(const float *pb, int d, const float *const *x, uint64_t *w,
-                                                              size_t ws, v16 *S, int tt)
+                                                              v16 *S, int tt)
 {
     for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
         v16 acc[TT][NB];
@@ -116,27 +116,28 @@ static inline __attribute__((always_inline)) void group_bits_(const float *pb, i
             v16 o = ((a[0] + a[4 * st]) + (a[st] + a[5 * st])) + ((a[2 * st] + a[6 * st]) + (a[3 * st] + a[7 * st]));
             m |= signs(&o) << (16 * b);
         }
-        w[(size_t)t * ws] = m;
+        w[t] = m;
     }
 }
 
 /* TT vectors, or one (a lone query, a short tile's rest: no lanes spent
  * on repeats) */
-static void group_bits(const float *pb, int d, const float *const *x, uint64_t *w, size_t ws, v16 *S)
+static void group_bits(const float *pb, int d, const float *const *x, uint64_t *w, v16 *S)
 {
-    group_bits_(pb, d, x, w, ws, S, TT);
+    group_bits_(pb, d, x, w, S, TT);
 }
 
-static void group_bits1(const float *pb, int d, const float *const *x, uint64_t *w, size_t ws, v16 *S)
+static void group_bits1(const float *pb, int d, const float *const *x, uint64_t *w, v16 *S)
 {
-    group_bits_(pb, d, x, w, ws, S, 1);
+    group_bits_(pb, d, x, w, S, 1);
 }
 
-/* the bits of vectors X[v0 .. v0 + vn), vn <= VB, against the ng groups:
- * group g's word of vector v0 + t at w[g VB + t].  The group is the outer
+/* the bits of vectors X[v0 .. v0 + vn), vn <= ws <= VB, against the ng
+ * groups: group g's word of vector v0 + t at w[g ws + t].  The group is the outer
  * loop: its planes (NB PB d floats) stay in L1 while the vectors' tiles
  * pass, the vectors (VB d floats) in L2 while the groups pass. */
-static void block_bits(const float *P, size_t ng, int d, const float *X, size_t v0, size_t vn, uint64_t *w, v16 *S)
+static void block_bits(const float *P, size_t ng, int d, const float *X, size_t v0, size_t vn, uint64_t *w, size_t ws,
+                       v16 *S)
 {
     for (size_t g = 0; g < ng; g++) {
         const float *pb = P + g * NB * (size_t)d * PB;
@@ -144,8 +145,8 @@ static void block_bits(const float *P, size_t ng, int d, const float *X, size_t 
             const float *x[TT];
             size_t tt = vn - t0 >= TT ? TT : 1;
             for (size_t t = 0; t < tt; t++) x[t] = X + (v0 + t0 + t) * (size_t)d;
-            if (tt == TT) group_bits(pb, d, x, w + g * VB + t0, 1, S);
-            else group_bits1(pb, d, x, w + g * VB + t0, 1, S);
+            if (tt == TT) group_bits(pb, d, x, w + g * ws + t0, S);
+            else group_bits1(pb, d, x, w + g * ws + t0, S);
             t0 += tt;
         }
     }
@@ -159,8 +160,8 @@ int kv_simhash_codes(const float *P, int L, int K, int d, const float *X, size_t
 int kv_simhash_codes_at(const float *P, int L, int K, int d, const float *X, size_t nt, uint32_t *codes, size_t ts,
                         size_t ls)
 {
-    size_t np = (size_t)L * K, ng = (np + NB * PB - 1) / (NB * PB);
-    uint64_t *w = malloc(sizeof(uint64_t) * (ng + 1) * VB), mask = (UINT64_C(1) << K) - 1;
+    size_t np = (size_t)L * K, ng = (np + NB * PB - 1) / (NB * PB), ws = nt < VB ? (nt ? nt : 1) : VB;
+    uint64_t *w = malloc(sizeof(uint64_t) * (ng + 1) * ws), mask = (UINT64_C(1) << K) - 1; /* a lone query: ng + 1 words */
     v16 *S = aligned_alloc(sizeof(v16), sizeof(v16) * 8 * TT * NB); /* vectors: their alignment */
     if (!w || !S) {
         free(w);
@@ -173,10 +174,10 @@ int kv_simhash_codes_at(const float *P, int L, int K, int d, const float *X, siz
     if (v0 == (size_t)-1) v0 = 0; /* out of memory there: here, in less */
     for (; v0 < nt; v0 += VB) {
         size_t vn = nt - v0 < VB ? nt - v0 : VB;
-        block_bits(P, ng, d, X, v0, vn, w, S);
+        block_bits(P, ng, d, X, v0, vn, w, ws, S);
         for (size_t l = 0; l < (size_t)L; l++) { /* table l's bits: word i from bit sh, into word i + 1 */
             size_t pos = l * (size_t)K, i = pos / 64, sh = pos % 64;
-            const uint64_t *wi = w + i * VB, *wn = w + (i + 1) * VB;
+            const uint64_t *wi = w + i * ws, *wn = w + (i + 1) * ws;
             uint32_t *cl = codes + v0 * ts + l * ls;
             if (sh + (size_t)K > 64)
                 for (size_t t = 0; t < vn; t++) cl[t * ts] = (uint32_t)(((wi[t] >> sh) | (wn[t] << (64 - sh))) & mask);
