@@ -88,8 +88,8 @@ void kv_simhash_pack(const float *H, int np, int d, float *P)
  * (NB PB planes at pb): 64 bits a vector into w[t]; S: scratch of 8 TT
  * NB vectors.  Instantiated with a constant tt (accumulators in
  * registers). */
-static inline __attribute__((always_inline)) void group_bits_(const float *pb, int d, const float *const *x, uint64_t *w,
-                                                              v16 *S, int tt)
+static inline __attribute__((always_inline)) void group_bits_(const float *pb, int d, const float *const *x,
+                                                              uint64_t *w, v16 *S, int tt)
 {
     for (int j = 0; j < 8 && j < d; j++) { /* chain j: elements j, j + 8, ... */
         v16 acc[TT][NB];
@@ -161,7 +161,8 @@ int kv_simhash_codes_at(const float *P, int L, int K, int d, const float *X, siz
                         size_t ls)
 {
     size_t np = (size_t)L * K, ng = (np + NB * PB - 1) / (NB * PB), ws = nt < VB ? (nt ? nt : 1) : VB;
-    uint64_t *w = malloc(sizeof(uint64_t) * (ng + 1) * ws), mask = (UINT64_C(1) << K) - 1; /* a lone query: ng + 1 words */
+    /* a block's words, group by group (a lone query: ng + 1 words) */
+    uint64_t *w = malloc(sizeof(uint64_t) * (ng + 1) * ws), mask = (UINT64_C(1) << K) - 1;
     v16 *S = aligned_alloc(sizeof(v16), sizeof(v16) * 8 * TT * NB); /* vectors: their alignment */
     if (!w || !S) {
         free(w);
