@@ -370,9 +370,12 @@ static int answer_one(const lsh_state *s, const float *q, const uint32_t *qc, in
         }
         /* the collisions of the rows < p: the L probed buckets walked up to
          * row n (rows increase along a bucket), a row taken when its count
-         * reaches thr; then the counters cleared by the same walk */
+         * reaches thr; then the counters cleared: all n at once (2 n bytes,
+         * written at ~32 a cycle) unless the walk's entries are far fewer
+         * (each a few cycles: large K, sparse buckets), then by the same walk */
         ns = walk(s, qc, n, w, 0);
-        walk(s, qc, n, w, 1);
+        if (n <= 8 * (size_t)walked) memset(w->cnt, 0, sizeof(uint16_t) * n);
+        else walk(s, qc, n, w, 1);
     }
     if (ns > w->nrows) {
         size_t m = w->nrows ? w->nrows : 1024;
