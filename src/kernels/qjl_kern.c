@@ -50,38 +50,51 @@ static inline void nibbles(const float *T, vu w, int n0, int cnt, vf *a0, vf *a1
     }
 }
 
-/* lanes h KV_QVL .. of a 16-key block's sign sums */
-static inline void block_part(const float *T, const uint8_t *blk, int mb, int h, float *S)
+/* lanes h KV_QVL .. of NB 16-key blocks' sign sums (blocks blk + i bs),
+ * each block's two chains apart: NB blocks give 2 NB chains in flight */
+static inline __attribute__((always_inline)) void block_part(const float *T, const uint8_t *blk, size_t bs, int mb,
+                                                             int h, float *S, const int NB)
 {
-    vf a0 = { 0 }, a1 = { 0 };
+    vf a0[2] = { { 0 }, { 0 } }, a1[2] = { { 0 }, { 0 } };
     int w4 = mb / 4 * 4;
     const uint8_t *p = blk;
-    for (int j = 0; j < w4; j += 4, p += 4 * KV_QJL_KB) {
-        vu w;
-        memcpy(&w, p + (size_t)h * 4 * KV_QVL, sizeof w);
-        nibbles(T, w, 2 * j, 8, &a0, &a1);
-    }
+    for (int j = 0; j < w4; j += 4, p += 4 * KV_QJL_KB)
+        for (int i = 0; i < NB; i++) {
+            vu w;
+            memcpy(&w, p + i * bs + (size_t)h * 4 * KV_QVL, sizeof w);
+            nibbles(T, w, 2 * j, 8, &a0[i], &a1[i]);
+        }
     if (mb - w4 >= 2) {
-        vh x;
-        memcpy(&x, p + (size_t)h * 2 * KV_QVL, sizeof x);
-        nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 4, &a0, &a1);
+        for (int i = 0; i < NB; i++) {
+            vh x;
+            memcpy(&x, p + i * bs + (size_t)h * 2 * KV_QVL, sizeof x);
+            nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 4, &a0[i], &a1[i]);
+        }
         p += 2 * KV_QJL_KB;
         w4 += 2;
     }
-    if (mb > w4) {
-        vb x;
-        memcpy(&x, p + (size_t)h * KV_QVL, sizeof x);
-        nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 2, &a0, &a1);
+    if (mb > w4)
+        for (int i = 0; i < NB; i++) {
+            vb x;
+            memcpy(&x, p + i * bs + (size_t)h * KV_QVL, sizeof x);
+            nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 2, &a0[i], &a1[i]);
+        }
+    for (int i = 0; i < NB; i++) {
+        vf r = a0[i] + a1[i];
+        memcpy(S + i * KV_QJL_KB, &r, sizeof r);
     }
-    vf r = a0 + a1;
-    memcpy(S, &r, sizeof r);
 }
 
 void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S)
 {
-    for (int b = 0; b * KV_QJL_KB < nt; b++)
+    size_t bs = (size_t)KV_QJL_KB * (size_t)mb;
+    int nb = (nt + KV_QJL_KB - 1) / KV_QJL_KB, b = 0;
+    for (; b + 2 <= nb; b += 2)
         for (int h = 0; h < KV_QJL_KB / KV_QVL; h++)
-            block_part(T, sig + (size_t)b * KV_QJL_KB * (size_t)mb, mb, h, S + b * KV_QJL_KB + h * KV_QVL);
+            block_part(T, sig + (size_t)b * bs, bs, mb, h, S + b * KV_QJL_KB + h * KV_QVL, 2);
+    for (; b < nb; b++)
+        for (int h = 0; h < KV_QJL_KB / KV_QVL; h++)
+            block_part(T, sig + (size_t)b * bs, bs, mb, h, S + b * KV_QJL_KB + h * KV_QVL, 1);
 }
 
 #if defined(__AVX512F__) && defined(__FMA__)

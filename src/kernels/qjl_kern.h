@@ -71,23 +71,31 @@ void kv_qjl_norms(const float *const *k, int nt, int d, float *out);
 void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S);
 
 /* 2-bit values in bit planes (qjl.c, when dv and the value group gv are
- * multiples of 16): a token's dv / 4 code bytes are plane 0 (dv bits,
- * channel c at bit c mod 8 of byte c / 8) then plane 1, code = b0 + 2 b1.
- * The packed codes of kv_quantise (methods/common/quant.h) to planes and
- * back (dv / 4 bytes each). */
-void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *planes);
-void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed);
+ * multiples of 16), in blocks of 16 tokens like the sign bits: a block is
+ * 4 dv bytes, 16-channel chunk k at byte 64 k, one 32-bit word per channel
+ * (lane c of the chunk at 4 c): bit l = plane 0 (code & 1) of the block's
+ * token l, bit 16 + l = plane 1 (code >> 1).  A vector load of a chunk is
+ * then 16 channels' bits of 16 tokens, the tokens' quads as nibbles.
+ * kv_qjl_planes_put: token t's packed codes of kv_quantise (methods/common/
+ * quant.h; dv / 4 bytes) into the layout vq (a new block is zeroed first);
+ * kv_qjl_planes_get: out again. */
+void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *vq, int64_t t);
+void kv_qjl_planes_get(const uint8_t *vq, int dv, int64_t t, uint8_t *packed);
 
 /* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s (read up to
  * KV_QVL floats past nt; overwritten with the weights) into the double
  * state r (partial.h, channel order): the max-shifted float exp, l, l2,
- * and u_c += sum_t w_t (s_tg c_tc + z_tg) as, per 16 channels, the float
- * sums over the tile of a_t = w_t s_tg at the lanes whose plane bit is set
- * (a masked add per plane: no code is converted), p0 + 2 p1 + sum_t w_t
- * z_tg: each channel a float sum of at most nt + 3 rounded terms (the
- * products a_t once each), then the double.  vz, vs: the tile's zero
- * points and scales (nt x dv / gv, read up to KV_QVL floats past);
- * scratch: nt dv / gv + KV_QVL + dv / gv floats. */
+ * and u_c += sum_t w_t (s_tg c_tc + z_tg) as, per 16 channels, float sums
+ * over the tile of a_t = w_t s_tg at the tokens whose plane bit is set:
+ * per quad of tokens and value group a table of the 16 subset sums of its
+ * a_t (each in token order), looked up by the quad's nibble of each plane
+ * (a permute: no code is converted, no mask), added quad by quad; then
+ * p0 + 2 p1 + sum_t w_t z_tg.  Each channel is a float sum in which a term
+ * a_t meets at most nt + 3 roundings (3 in its table, one per later quad,
+ * 2 at the end), then the double.  codes: the tile's first block (the
+ * tile starts on a block); vz, vs: the tile's zero points and scales (nt x
+ * dv / gv, read up to KV_QVL floats past); scratch: (nt rounded up to 16)
+ * dv / gv + KV_QVL + dv / gv floats. */
 void kv_qjl_fold_planes(double *r, float *s, int nt, int dv, int gv, const uint8_t *codes, const float *vz,
                         const float *vs, float *scratch);
 
