@@ -24,8 +24,8 @@
  * Memory (bytes()): per quantised token m/8 sign bytes (in 16-key blocks,
  * the last block whole), a float32 norm and its value (dv floats, or codes
  * plus half zero point and scale per group; 2-bit codes as two bit planes
- * in 16-token blocks when dv and the group are multiples of 16, the same
- * bytes but the last block whole), the rows
+ * in 16-token blocks when dv, the group and the shard are multiples of 16,
+ * the same bytes), the rows
  * allocated for the whole shard at the first quantised token (as exact
  * does); the float tokens in 16-token pages; and S itself (m d floats on
  * every rank: P copies, counted).  Checkpoints keep the row layout and
@@ -112,22 +112,13 @@ static int64_t value_bytes(int vbits, int dv, int64_t group)
     return (int64_t)kv_qcode_bytes(vbits, (size_t)dv) + 4 * ((dv + gv - 1) / gv);
 }
 
-/* 2-bit values as bit planes (kernels/qjl_kern.h: tables of subset sums;
- * rows <= 256 B) */
-static int planes_ok(int vbits, int dv, int64_t group)
-{
-    int64_t gv = group < dv ? group : dv;
-    return vbits == 2 && dv % 16 == 0 && gv % 16 == 0 && dv <= 1024;
-}
-
 /* the largest m (multiple of 8, <= 8d) whose cache fits B over all ranks; 0 if none */
 static int64_t fit_m(int64_t B, int vbits, int64_t group, int64_t R, const kv_method_ctx *ctx)
 {
     int64_t P = ctx->nranks > 0 ? ctx->nranks : 1, best = 0;
     for (int64_t m = 8; m <= 8 * (int64_t)ctx->d; m += 8) {
         int64_t need = ctx->n_total * (m / 8 + 4 + value_bytes(vbits, ctx->dv, group)) + P * m * ctx->d * 4 +
-                       P * (KV_QJL_KB - 1) * (m / 8 + (planes_ok(vbits, ctx->dv, group) ? ctx->dv / 4 : 0));
-        /* sign rows (and planes) in whole 16-key blocks */
+                       P * (KV_QJL_KB - 1) * (m / 8); /* sign rows in whole 16-key blocks */
         if (B - need > 0 && kv_tokring_fit(B - need, ctx->d, ctx->dv, (int)P) >= R + 1) best = m;
     }
     return best;
@@ -185,7 +176,12 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     }
     /* the query kernel reads value codes as words (kernels/qattn.h) when it can */
     s->fastv = vbits < 32 && kv_qwords_ok((int)vbits, ctx->dv, s->gv);
-    s->planes = planes_ok(vbits, ctx->dv, s->gv);
+    /* 2-bit values as bit planes in 16-token blocks (kernels/qjl_kern.h;
+     * rows <= 256 B) when the rows are whole blocks: a shard of a multiple
+     * of 16 tokens, or of unknown size (rows in powers of 2 from 1024), so
+     * they take the bytes of the packed rows, no more */
+    s->planes = vbits == 2 && ctx->dv % 16 == 0 && s->gv % 16 == 0 && ctx->dv <= 1024 &&
+                (ctx->shard_tokens <= 0 || ctx->shard_tokens % KV_QJL_KB == 0);
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     float *S = kv_malloc(sizeof(float) * (size_t)ctx->d, err); /* a row of S, then into its block */
     if (!S) {
@@ -214,12 +210,10 @@ static int64_t cap_for(const qjl_state *s, int64_t need)
     return c;
 }
 
-/* the sign rows of cap tokens, and the planes: whole 16-key blocks
- * (kernels/qjl_kern.h) */
+/* the sign rows of cap tokens: whole 16-key blocks (kernels/qjl_kern.h) */
 static size_t sig_bytes(const qjl_state *s, int64_t cap)
 {
-    size_t blk = (size_t)((cap + KV_QJL_KB - 1) / KV_QJL_KB) * KV_QJL_KB;
-    return blk * ((size_t)s->mb + (s->planes ? s->vcb : 0));
+    return (size_t)((cap + KV_QJL_KB - 1) / KV_QJL_KB) * KV_QJL_KB * (size_t)s->mb;
 }
 
 static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
@@ -234,7 +228,7 @@ static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
     GROW(norm, c * sizeof(float));
     if (s->vbits == 32) GROW(vf, c * dv * sizeof(float));
     else {
-        GROW(vq, (s->planes ? cb : c) * s->vcb);
+        GROW(vq, (s->planes ? cb : c) * s->vcb); /* planes: c is whole blocks (create) */
         GROW(vzs, c * (size_t)s->nvg * 2 * sizeof(uint16_t));
     }
 #undef GROW
@@ -248,9 +242,6 @@ static size_t row_bytes(const qjl_state *s)
     return (size_t)s->mb + sizeof(float) +
            (s->vbits == 32 ? sizeof(float) * (size_t)s->ctx.dv : s->vcb + 4 * (size_t)s->nvg);
 }
-
-/* a row's bytes outside the 16-key blocks (sig_bytes has the rest) */
-static size_t loose_bytes(const qjl_state *s) { return row_bytes(s) - (size_t)s->mb - (s->planes ? s->vcb : 0); }
 
 /* sg[t] = the m sign bits of S k_t (bit set: >= 0), t < nt <= QJL_BLK, each
  * <S_j, k_t> bitwise kv_dot_fixed's (S in kv_qjl_dots' row blocks); dots:
@@ -447,7 +438,7 @@ static void qjl_cost(const void *state, kv_query_cost *c) { *c = ((const qjl_sta
 static size_t qjl_bytes(const void *state)
 {
     const qjl_state *s = state;
-    return (size_t)s->cap * loose_bytes(s) + sig_bytes(s, s->cap) +
+    return (size_t)s->cap * (row_bytes(s) - (size_t)s->mb) + sig_bytes(s, s->cap) +
            sizeof(float) * (size_t)s->m * (size_t)s->ctx.d +
            kv_tokring_bytes(&s->tail) + kv_tokring_bytes(&s->edge);
 }
@@ -598,7 +589,7 @@ static int64_t qjl_max_bytes(const void *state)
     int64_t lim = kv_shard_limit(&s->ctx);
     /* the rows, S, and (without a horizon) float tokens up to the whole shard in either ring */
     int64_t cap = cap_for(s, lim);
-    return cap * (int64_t)loose_bytes(s) + (int64_t)sig_bytes(s, cap) + 4 * (int64_t)s->m * s->ctx.d +
+    return cap * (int64_t)(row_bytes(s) - (size_t)s->mb) + (int64_t)sig_bytes(s, cap) + 4 * (int64_t)s->m * s->ctx.d +
            2 * kv_tokring_max_bytes(s->ctx.d, s->ctx.dv, lim);
 }
 
