@@ -19,7 +19,12 @@
  *                        sum_t w_t |z_tg|),
  *     gamma(n) = n u / (1 - n u), u = 2^-24; for nt = 1 .. 128 (a part last
  *     block), dv 16 .. 128, value groups of 16 .. dv.  The largest error
- *     seen over the bound is printed. */
+ *     seen over the bound is printed;
+ *   - the direct quantiser (kv_qjl_quant_planes): the zero points, scales
+ *     and codes of kv_quantise bit for bit on Gaussian, shifted, constant,
+ *     tiny (subnormal half) and wide groups, a short last group; a group
+ *     beyond half refused (-1) as kv_quantise does; one holding a zero or
+ *     a NaN handed back (1). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +33,8 @@
 #include "kernels/partial.h"
 #include "kernels/qattn.h"
 #include "kernels/qjl_kern.h"
+#include "methods/common/quant.h"
+#include "methods/qjl_quant.h"
 #include "testutil.h"
 
 static float rnd(uint64_t a, uint64_t b, uint64_t c) { return (float)kv_hash_normal(a, b, c, 0); }
@@ -87,7 +94,7 @@ static double gam(int n) { double u = ldexp(1, -24); return n * u / (1 - n * u);
 /* one tile of nt tokens, dv channels, groups of gv: the worst error / bound */
 static double fold_case(int nt, int dv, int gv, uint8_t *packed, uint8_t *vq)
 {
-    int nvg = dv / gv;
+    int nvg = (dv + gv - 1) / gv;
     float s[KV_QTILE + KV_QVL], vz[KV_QTILE * 64 + KV_QVL], vs[KV_QTILE * 64 + KV_QVL];
     float *scratch = malloc(sizeof(float) * (KV_QTILE * (size_t)dv + 64));
     double r[KV_PSTATE_LEN(128)];
@@ -123,8 +130,7 @@ static void test_fold(void)
     double worst = 0;
     for (int k = 0; k < 4; k++) test_planes(dvs[k], 37, packed, vq);
     for (int k = 0; k < 4; k++)
-        for (int gv = 16; gv <= dvs[k]; gv *= 2) {
-            if (dvs[k] % gv) continue;
+        for (int gv = 16; gv <= dvs[k]; gv *= 2) { /* 48: a short last group of 16 at gv 32 */
             for (int i = 0; i < 7; i++) {
                 double e = fold_case(nts[i], dvs[k], gv, packed, vq);
                 CHECK(e <= 1, "fold dv %d gv %d nt %d: error %.3g x the bound", dvs[k], gv, nts[i], e);
@@ -136,9 +142,56 @@ static void test_fold(void)
     free(vq);
 }
 
+/* one token of dv values in groups of gv against kv_quantise; returns what the direct one did */
+static int quant_case(const float *v, int dv, int gv)
+{
+    uint16_t bits[128], zs[2 * 64], rz[2 * 64];
+    uint8_t packed[256] = { 0 };
+    int r = kv_qjl_quant_planes(v, dv, gv, bits, zs), ref = 0;
+    for (int g = 0; g * gv < dv; g++) {
+        int nc = dv - g * gv < gv ? dv - g * gv : gv;
+        ref |= kv_quantise(v + g * gv, (size_t)nc, 1, 2, packed, (size_t)(g * gv), 1, rz + 2 * g);
+    }
+    if (r == 1) return r;
+    CHECK(r == ref, "dv %d gv %d: direct %d, kv_quantise %d", dv, gv, r, ref);
+    if (r || ref) return r;
+    int bad = 0;
+    for (int g = 0; g * gv < dv; g++) bad += zs[2 * g] != rz[2 * g] || zs[2 * g + 1] != rz[2 * g + 1];
+    for (int c = 0; c < dv; c++) {
+        int code = packed[c / 4] >> (2 * (c % 4)) & 3, mine = (bits[2 * (c / 16)] >> (c % 16) & 1) |
+                                                              (bits[2 * (c / 16) + 1] >> (c % 16) & 1) << 1;
+        bad += code != mine;
+    }
+    CHECK(bad == 0, "dv %d gv %d: %d codes or parameters differ from kv_quantise", dv, gv, bad);
+    return r;
+}
+
+static void test_quant(void)
+{
+    float v[128];
+    int taken = 0, cases = 0;
+    for (int k = 0; k < 400; k++) {
+        int dv = k % 3 == 0 ? 64 : k % 3 == 1 ? 48 : 128, gv = k % 4 == 0 ? 16 : 32, kind = k % 8;
+        for (int c = 0; c < dv; c++) {
+            float x = rnd(21, (uint64_t)k, (uint64_t)c);
+            v[c] = kind == 1 ? x + 100 : kind == 2 ? 0.75f : kind == 3 ? x * 1e-7f : kind == 4 ? x * 3e4f : x;
+        }
+        if (kind == 5) v[7] = -0.0f;
+        if (kind == 6) v[dv - 1] = NAN;
+        if (kind == 7) v[3] = 1e6f;
+        int r = quant_case(v, dv, gv);
+        taken += r == 0;
+        cases++;
+        if (kind == 5 || kind == 6) CHECK(r == 1, "a zero or NaN taken (%d)", r);
+        if (kind == 7) CHECK(r != 0, "beyond half taken (%d)", r); /* -1, or 1 without AVX-512 */
+    }
+    printf("quantiser: %d of %d tokens taken directly\n", taken, cases);
+}
+
 int main(void)
 {
     test_dots();
+    test_quant();
     test_fold();
     return kv_test_result("test_qjl_kern");
 }

@@ -28,13 +28,30 @@ void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *vq, int64_t t)
 {
     int l = (int)(t % KV_QJL_KB);
     if (l == 0) memset(lane_word(vq, dv, t, 0), 0, 4 * (size_t)dv);
-    for (int c = 0; c < dv; c++) {
-        unsigned code = packed[c >> 2] >> (2 * (c & 3)) & 3u;
-        uint32_t w;
-        uint8_t *p = lane_word(vq, dv, t, c);
-        memcpy(&w, p, 4);
-        w |= (uint32_t)(code & 1u) << l | (uint32_t)(code >> 1) << (16 + l);
-        memcpy(p, &w, 4);
+    for (int c0 = 0; c0 < dv; c0 += 16) { /* a chunk: 16 codes (4 bytes) into its 16 words, lane by lane */
+        uint32_t w[16], p;
+        uint8_t *q = lane_word(vq, dv, t, c0);
+        memcpy(w, q, sizeof w);
+        p = (uint32_t)packed[c0 / 4] | (uint32_t)packed[c0 / 4 + 1] << 8 | (uint32_t)packed[c0 / 4 + 2] << 16 |
+            (uint32_t)packed[c0 / 4 + 3] << 24;
+        for (int i = 0; i < 16; i++) {
+            uint32_t code = p >> (2 * i) & 3u;
+            w[i] |= (code & 1u) << l | (code >> 1) << (16 + l);
+        }
+        memcpy(q, w, sizeof w);
+    }
+}
+
+void kv_qjl_planes_or(const uint16_t *bits, int dv, uint8_t *vq, int64_t t)
+{
+    int l = (int)(t % KV_QJL_KB);
+    if (l == 0) memset(lane_word(vq, dv, t, 0), 0, 4 * (size_t)dv);
+    for (int c0 = 0; c0 < dv; c0 += 16) {
+        uint32_t w[16], b0 = bits[c0 / 8], b1 = bits[c0 / 8 + 1];
+        uint8_t *q = lane_word(vq, dv, t, c0);
+        memcpy(w, q, sizeof w);
+        for (int i = 0; i < 16; i++) w[i] |= (b0 >> i & 1u) << l | (b1 >> i & 1u) << (16 + l);
+        memcpy(q, w, sizeof w);
     }
 }
 
@@ -167,7 +184,7 @@ void kv_qjl_fold_planes(double *r, float *s, int nt, int dv, int gv, const uint8
                         const float *vs, float *scratch)
 {
     if (nt <= 0) return;
-    int nvg = dv / gv, nch = dv / 16, ntb = (nt + KV_QJL_KB - 1) / KV_QJL_KB * KV_QJL_KB;
+    int nvg = (dv + gv - 1) / gv, nch = dv / 16, ntb = (nt + KV_QJL_KB - 1) / KV_QJL_KB * KV_QJL_KB;
     kv_qexp_tile(r, s, nt, kv_qtile_max(s, nt), dv);
     float *a = scratch, *Z = a + (size_t)ntb * nvg + KV_QVL;
     scales(s, nt, nvg, vz, vs, a, Z);

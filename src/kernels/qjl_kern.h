@@ -78,8 +78,11 @@ void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S);
  * then 16 channels' bits of 16 tokens, the tokens' quads as nibbles.
  * kv_qjl_planes_put: token t's packed codes of kv_quantise (methods/common/
  * quant.h; dv / 4 bytes) into the layout vq (a new block is zeroed first);
- * kv_qjl_planes_get: out again. */
+ * kv_qjl_planes_or: the same from the planes of 16 channels, bits[2 k]
+ * plane 0 and bits[2 k + 1] plane 1 of chunk k (methods/qjl_quant.h);
+ * kv_qjl_planes_get: out again as packed codes. */
 void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *vq, int64_t t);
+void kv_qjl_planes_or(const uint16_t *bits, int dv, uint8_t *vq, int64_t t);
 void kv_qjl_planes_get(const uint8_t *vq, int dv, int64_t t, uint8_t *packed);
 
 /* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s (read up to

@@ -48,6 +48,7 @@
 #include "methods/method.h"
 #include "methods/common/quant.h"
 #include "methods/common/tokring.h"
+#include "methods/qjl_quant.h"
 
 #define QJL_SALT 0x716a6cULL /* "qjl" */
 
@@ -259,8 +260,10 @@ static int quantise_front(qjl_state *s, const uint8_t *signs, float norm, kv_err
     int dv = s->ctx.dv;
     const float *v = kv_tokring_v(&s->tail, 0);
     uint8_t *codes = s->qcodes;
-    uint16_t *zs = s->qzs;
-    if (s->vbits != 32) {
+    uint16_t *zs = s->qzs, bits[128]; /* planes: dv / 8 <= 128 words */
+    int direct = s->planes ? kv_qjl_quant_planes(v, dv, s->gv, bits, zs) : 1; /* 1: not taken */
+    if (direct < 0) return -1;
+    if (s->vbits != 32 && direct) {
         memset(codes, 0, s->vcb);
         for (int j = 0; j < s->nvg; j++) {
             int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
@@ -272,7 +275,8 @@ static int quantise_front(qjl_state *s, const uint8_t *signs, float norm, kv_err
     s->norm[s->n] = norm;
     if (s->vbits == 32) memcpy(s->vf + (size_t)s->n * dv, v, sizeof(float) * (size_t)dv);
     else {
-        if (s->planes) kv_qjl_planes_put(codes, dv, s->vq, s->n);
+        if (s->planes && !direct) kv_qjl_planes_or(bits, dv, s->vq, s->n);
+        else if (s->planes) kv_qjl_planes_put(codes, dv, s->vq, s->n);
         else memcpy(s->vq + (size_t)s->n * s->vcb, codes, s->vcb);
         memcpy(s->vzs + (size_t)s->n * s->nvg * 2, zs, sizeof(uint16_t) * 2 * (size_t)s->nvg);
     }
