@@ -67,6 +67,17 @@ void kv_qjl_planes_get(const uint8_t *vq, int dv, int64_t t, uint8_t *packed)
     }
 }
 
+void kv_qjl_planes_from_rows(uint8_t *vq, int dv, int64_t n)
+{
+    uint8_t rows[KV_QJL_KB * 256]; /* dv / 4 <= 256 */
+    size_t vcb = (size_t)dv / 4;
+    for (int64_t b = 0; b < n; b += KV_QJL_KB) {
+        int64_t nb = n - b < KV_QJL_KB ? n - b : KV_QJL_KB;
+        memcpy(rows, vq + (size_t)b * vcb, (size_t)nb * vcb);
+        for (int64_t t = 0; t < nb; t++) kv_qjl_planes_put(rows + (size_t)t * vcb, dv, vq, b + t);
+    }
+}
+
 /* a[e] = w_t s_tg and Z[g] = sum_t w_t z_tg (e = t nvg + g): by vectors of
  * KV_QVL elements when nvg divides KV_QVL (w spread by a shuffle, lane l
  * always group l mod nvg), else element by element */

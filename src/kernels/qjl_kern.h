@@ -10,6 +10,12 @@
  * accumulators per key, element c into accumulator c mod 8, in order, then
  * kv_dot_fixed's tree (kernels/dot.h) across them: each dot is bitwise
  * kv_dot_fixed(S_j, k), so a sign bit is what the fixed-order dot gives.
+ * With AVX-512 and d a multiple of 8 the layout is instead row pairs
+ * (qjl_kern.c, pair_put): a vector holds two rows' 8 columns of a chunk,
+ * a key's 8 columns broadcast to both halves, so lane i sums column
+ * c = i (mod 8) of its row in order (kv_dot_fixed's lane sums; 16 rows x 2
+ * keys per pass, 16 FMAs to 10 loads), then the tree by pairwise merges of
+ * the vectors: bitwise the same dots.
  *
  * Sign bits.  The keys' m / 8 = mb sign bytes are stored in blocks of 16
  * keys (16 mb bytes): chunks of 4 bytes (then one of 2 and one of 1 for the
@@ -18,7 +24,7 @@
  * bytes, widened), a key per lane: no gathers.  kv_qjl_signs adds the
  * nibble tables of kv_qsign_tables (kernels/qattn.h) in kv_qsigns' order
  * (nibble i into chain i mod 2, in order), so the sums are bitwise
- * kv_qsigns'. */
+ * kv_qsigns'; two blocks at a time (four chains in flight). */
 #ifndef KVSTREAM_QJL_KERN_H
 #define KVSTREAM_QJL_KERN_H
 
@@ -83,6 +89,9 @@ void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S);
  * kv_qjl_planes_get: out again as packed codes. */
 void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *vq, int64_t t);
 void kv_qjl_planes_or(const uint16_t *bits, int dv, uint8_t *vq, int64_t t);
+/* n tokens' packed rows (dv / 4 bytes each, as a checkpoint has them) at
+ * vq into the layout in place, a block at a time (dv <= 1024) */
+void kv_qjl_planes_from_rows(uint8_t *vq, int dv, int64_t n);
 void kv_qjl_planes_get(const uint8_t *vq, int dv, int64_t t, uint8_t *packed);
 
 /* Fold a tile of nt <= KV_QTILE tokens with (scaled) logits s (read up to

@@ -337,7 +337,9 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
  * query's tables of sums of S q over each nibble's set bits (kv_qjl_signs),
  * and the tile folds into the double state; quantised values fold from
- * their codes (bit planes: kv_qjl_fold_planes), the per-token scales folded
+ * their codes (bit planes: kv_qjl_fold_planes, tables of the subset sums
+ * of each token quad's weights looked up by the planes' nibbles), the
+ * per-token scales folded
  * into the softmax weights (or, on a layout the kernel cannot take,
  * decoded to floats). */
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
@@ -544,17 +546,6 @@ static int rows_into(kv_rd *rd, void *dst, size_t elem, size_t n, kv_err *err)
     return kv_rd_get(rd, dst, n * elem, err);
 }
 
-/* the n packed rows read into vq into the planes' blocks, a block at a time */
-static void planes_from_rows(qjl_state *s, size_t n)
-{
-    uint8_t rows[KV_QJL_KB * 256]; /* dv / 4 <= 256 */
-    for (size_t b = 0; b < n; b += KV_QJL_KB) {
-        size_t nb = n - b < KV_QJL_KB ? n - b : KV_QJL_KB;
-        memcpy(rows, s->vq + b * s->vcb, nb * s->vcb);
-        for (size_t t = 0; t < nb; t++) kv_qjl_planes_put(rows + t * s->vcb, s->ctx.dv, s->vq, (int64_t)(b + t));
-    }
-}
-
 static int qjl_load(void *state, kv_rd *in, kv_err *err)
 {
     qjl_state *s = state;
@@ -573,7 +564,7 @@ static int qjl_load(void *state, kv_rd *in, kv_err *err)
                  : rows_into(&rd, s->vq, s->vcb, n, err) ||
                        rows_into(&rd, s->vzs, (size_t)s->nvg * 2 * sizeof(uint16_t), n, err)))
         return err->code;
-    if (s->planes) planes_from_rows(s, n);
+    if (s->planes) kv_qjl_planes_from_rows(s->vq, s->ctx.dv, (int64_t)n);
     int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || (int64_t)n > known;
     for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(s->norm[i]) || s->norm[i] < 0;
     if (!bad && nv == 1) bad = !kv_all_finite(s->vf, n * dv);
