@@ -300,10 +300,12 @@ static void norms8(const float *const *k, int d, double *nn)
             u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
             u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
         }
-        for (int i = 0; i < 8; i++) { /* column x + i: the exact products, then the sum (one rounding) */
-            __m512d c = _mm512_cvtps_pd(_mm256_permute2f128_ps(u[i % 4], u[4 + i % 4], i < 4 ? 0x20 : 0x31));
-            acc = _mm512_fmadd_pd(c, c, acc);
+        __m512d c[8]; /* column x + i: the exact products, then the sum (one rounding) */
+        for (int i = 0; i < 4; i++) {
+            c[i] = _mm512_cvtps_pd(_mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+            c[4 + i] = _mm512_cvtps_pd(_mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
         }
+        for (int i = 0; i < 8; i++) acc = _mm512_fmadd_pd(c[i], c[i], acc);
     }
     _mm512_storeu_pd(nn, acc);
     for (; x < d; x++)
