@@ -18,25 +18,63 @@ typedef int vi __attribute__((vector_size(4 * KV_QVL)));
 static inline vf ldf(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline vf bcf(float x) { return (vf){ 0 } + x; }
 
-void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *planes)
+/* token t's code bits: channel c's dword in its block (qjl_kern.h) */
+static inline uint8_t *lane_word(uint8_t *vq, int dv, int64_t t, int c)
 {
-    for (int c8 = 0; c8 < dv / 8; c8++) { /* 8 codes (16 bits) to a byte of each plane */
-        unsigned w = packed[2 * c8] | (unsigned)packed[2 * c8 + 1] << 8, b0 = 0, b1 = 0;
-        for (int i = 0; i < 8; i++) {
-            b0 |= (w >> (2 * i) & 1) << i;
-            b1 |= (w >> (2 * i + 1) & 1) << i;
+    return vq + (size_t)(t / KV_QJL_KB) * 4 * (size_t)dv + 64 * (size_t)(c / 16) + 4 * (size_t)(c % 16);
+}
+
+void kv_qjl_planes_put(const uint8_t *packed, int dv, uint8_t *vq, int64_t t)
+{
+    int l = (int)(t % KV_QJL_KB);
+    if (l == 0) memset(lane_word(vq, dv, t, 0), 0, 4 * (size_t)dv);
+    for (int c0 = 0; c0 < dv; c0 += 16) { /* a chunk: 16 codes (4 bytes) into its 16 words, lane by lane */
+        uint32_t w[16], p;
+        uint8_t *q = lane_word(vq, dv, t, c0);
+        memcpy(w, q, sizeof w);
+        p = (uint32_t)packed[c0 / 4] | (uint32_t)packed[c0 / 4 + 1] << 8 | (uint32_t)packed[c0 / 4 + 2] << 16 |
+            (uint32_t)packed[c0 / 4 + 3] << 24;
+        for (int i = 0; i < 16; i++) {
+            uint32_t code = p >> (2 * i) & 3u;
+            w[i] |= (code & 1u) << l | (code >> 1) << (16 + l);
         }
-        planes[c8] = (uint8_t)b0;
-        planes[dv / 8 + c8] = (uint8_t)b1;
+        memcpy(q, w, sizeof w);
     }
 }
 
-void kv_qjl_planes_get(const uint8_t *planes, int dv, uint8_t *packed)
+void kv_qjl_planes_or(const uint16_t *bits, int dv, uint8_t *vq, int64_t t)
 {
+    int l = (int)(t % KV_QJL_KB);
+    if (l == 0) memset(lane_word(vq, dv, t, 0), 0, 4 * (size_t)dv);
+    for (int c0 = 0; c0 < dv; c0 += 16) {
+        uint32_t w[16], b0 = bits[c0 / 8], b1 = bits[c0 / 8 + 1];
+        uint8_t *q = lane_word(vq, dv, t, c0);
+        memcpy(w, q, sizeof w);
+        for (int i = 0; i < 16; i++) w[i] |= (b0 >> i & 1u) << l | (b1 >> i & 1u) << (16 + l);
+        memcpy(q, w, sizeof w);
+    }
+}
+
+void kv_qjl_planes_get(const uint8_t *vq, int dv, int64_t t, uint8_t *packed)
+{
+    int l = (int)(t % KV_QJL_KB);
     memset(packed, 0, (size_t)dv / 4);
     for (int c = 0; c < dv; c++) {
-        int code = (planes[c >> 3] >> (c & 7) & 1) | (planes[dv / 8 + (c >> 3)] >> (c & 7) & 1) << 1;
+        uint32_t w;
+        memcpy(&w, lane_word((uint8_t *)vq, dv, t, c), 4);
+        unsigned code = (w >> l & 1u) | (w >> (16 + l) & 1u) << 1;
         packed[c >> 2] |= (uint8_t)(code << (2 * (c & 3)));
+    }
+}
+
+void kv_qjl_planes_from_rows(uint8_t *vq, int dv, int64_t n)
+{
+    uint8_t rows[KV_QJL_KB * 256]; /* dv / 4 <= 256 */
+    size_t vcb = (size_t)dv / 4;
+    for (int64_t b = 0; b < n; b += KV_QJL_KB) {
+        int64_t nb = n - b < KV_QJL_KB ? n - b : KV_QJL_KB;
+        memcpy(rows, vq + (size_t)b * vcb, (size_t)nb * vcb);
+        for (int64_t t = 0; t < nb; t++) kv_qjl_planes_put(rows + (size_t)t * vcb, dv, vq, b + t);
     }
 }
 
@@ -72,85 +110,84 @@ static void scales(const float *w, int nt, int nvg, const float *vz, const float
 }
 
 #if defined(__AVX512F__)
-/* 16 bits from memory straight into a mask register (a load, not a move
- * from a general register through the shuffle port, which GCC emits for
- * a memcpy'd mask) */
-static inline __mmask16 ldmask(const uint8_t *p)
+/* the subset sums of a quad's weights q[i nvg] (i < 4): lane j = the sum,
+ * in token order, of those whose bit is set in j (products by 0 or 1:
+ * exact, so each fused step rounds only the sum) */
+static inline __m512 quad_table(const float *q, int nvg)
 {
-    __mmask16 k;
-    __asm__("kmovw %1, %0" : "=k"(k) : "m"(*(const uint8_t(*)[2])p));
-    return k;
+    const __m512 m0 = _mm512_castsi512_ps(_mm512_setr_epi32(0, 0x3f800000, 0, 0x3f800000, 0, 0x3f800000, 0,
+                                                            0x3f800000, 0, 0x3f800000, 0, 0x3f800000, 0,
+                                                            0x3f800000, 0, 0x3f800000));
+    const __m512 m1 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1), m0),
+                 m2 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1), m0),
+                 m3 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), m0);
+    __m512 T = _mm512_mul_ps(_mm512_set1_ps(q[0]), m0);
+    T = _mm512_fmadd_ps(_mm512_set1_ps(q[nvg]), m1, T);
+    T = _mm512_fmadd_ps(_mm512_set1_ps(q[2 * nvg]), m2, T);
+    return _mm512_fmadd_ps(_mm512_set1_ps(q[3 * nvg]), m3, T);
 }
 #endif
 
-/* 16-channel chunks c0 .. c0 + nc (nc <= 4) over the tile: per chunk, plane
- * 0 and plane 1 sums of a_t (a masked add per set bit's lane), then
- * U = p0 + 2 p1 + Z into u (doubles) */
-static inline __attribute__((always_inline)) void chunks(double *u, const uint8_t *codes, size_t vcb, int dv,
-                                                         int gv, int nvg, const float *a, const float *Z, int nt,
-                                                         int c0, const int nc)
+/* 16-channel chunks c0 .. c0 + nc (nc <= 4) over the tile's blocks: per
+ * quad of tokens, per plane, the chunk's lanes look their quad's nibble up
+ * in the quad's table and add it (plane sums p0, p1 in token-quad order),
+ * then U = p0 + 2 p1 + Z into u (doubles) */
+static inline __attribute__((always_inline)) void chunks(double *u, const uint8_t *codes, int dv, int gv, int nvg,
+                                                         const float *a, const float *Z, int nt, int c0, const int nc)
 {
-#if defined(__AVX512F__)
-    /* named accumulators, not arrays: GCC kept arrays in registers but
-     * also stored them every token */
-    __m512 x0 = _mm512_setzero_ps(), x1 = x0, x2 = x0, x3 = x0, y0 = x0, y1 = x0, y2 = x0, y3 = x0;
     int gk[4];
     for (int k = 0; k < nc; k++) gk[k] = 16 * (c0 + k) / gv;
-    const uint8_t *cp = codes + 2 * (size_t)c0, *cq = cp + dv / 8;
-    for (int t = 0; t < nt; t++, cp += vcb, cq += vcb) {
-        const float *at = a + (size_t)t * nvg;
-        __m512 w0 = _mm512_set1_ps(at[gk[0]]);
-        x0 = _mm512_mask_add_ps(x0, ldmask(cp), x0, w0);
-        y0 = _mm512_mask_add_ps(y0, ldmask(cq), y0, w0);
-        if (nc == 4) {
-            __m512 w1 = gk[1] == gk[0] ? w0 : _mm512_set1_ps(at[gk[1]]);
-            x1 = _mm512_mask_add_ps(x1, ldmask(cp + 2), x1, w1);
-            y1 = _mm512_mask_add_ps(y1, ldmask(cq + 2), y1, w1);
-            __m512 w2 = _mm512_set1_ps(at[gk[2]]);
-            x2 = _mm512_mask_add_ps(x2, ldmask(cp + 4), x2, w2);
-            y2 = _mm512_mask_add_ps(y2, ldmask(cq + 4), y2, w2);
-            __m512 w3 = gk[3] == gk[2] ? w2 : _mm512_set1_ps(at[gk[3]]);
-            x3 = _mm512_mask_add_ps(x3, ldmask(cp + 6), x3, w3);
-            y3 = _mm512_mask_add_ps(y3, ldmask(cq + 6), y3, w3);
+    int nb = (nt + KV_QJL_KB - 1) / KV_QJL_KB;
+#if defined(__AVX512F__)
+    __m512 x[4], y[4];
+    for (int k = 0; k < nc; k++) x[k] = y[k] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = codes + (size_t)b * 4 * (size_t)dv + 64 * (size_t)c0;
+        const float *ab = a + (size_t)b * KV_QJL_KB * nvg;
+        __m512i w[4];
+        for (int k = 0; k < nc; k++) w[k] = _mm512_loadu_si512(blk + 64 * k);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            __m512 T[4];
+            for (int k = 0; k < nc; k++)
+                T[k] = k && gk[k] == gk[k - 1] ? T[k - 1] : quad_table(ab + (size_t)4 * q * nvg + gk[k], nvg);
+            for (int k = 0; k < nc; k++) {
+                x[k] = _mm512_add_ps(x[k], _mm512_permutexvar_ps(_mm512_srli_epi32(w[k], 4 * q), T[k]));
+                y[k] = _mm512_add_ps(y[k], _mm512_permutexvar_ps(_mm512_srli_epi32(w[k], 16 + 4 * q), T[k]));
+            }
         }
     }
-    __m512 xs[4] = { x0, x1, x2, x3 }, ys[4] = { y0, y1, y2, y3 };
     for (int k = 0; k < nc; k++) { /* u += the 16 sums, in double (the conversions exact) */
         double *uc = u + 16 * (c0 + k);
-        __m512 o = _mm512_add_ps(_mm512_add_ps(xs[k], _mm512_add_ps(ys[k], ys[k])), _mm512_set1_ps(Z[gk[k]]));
+        __m512 o = _mm512_add_ps(_mm512_add_ps(x[k], _mm512_add_ps(y[k], y[k])), _mm512_set1_ps(Z[gk[k]]));
         __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(o)),
                 hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(o), 1)));
         _mm512_storeu_pd(uc, _mm512_add_pd(_mm512_loadu_pd(uc), lo));
         _mm512_storeu_pd(uc + 8, _mm512_add_pd(_mm512_loadu_pd(uc + 8), hi));
     }
 #else
-    typedef float v16 __attribute__((vector_size(64)));
-    typedef int v16i __attribute__((vector_size(64)));
-    v16i bit;
-    for (int i = 0; i < 16; i++) bit[i] = 1 << i;
-    v16 p0[4], p1[4];
-    int gk[4];
-    for (int k = 0; k < nc; k++) {
-        p0[k] = p1[k] = (v16){ 0 };
-        gk[k] = 16 * (c0 + k) / gv;
-    }
-    for (int t = 0; t < nt; t++) {
-        const uint8_t *cp = codes + (size_t)t * vcb;
-        for (int k = 0; k < nc; k++) {
-            int c = c0 + k;
-            uint16_t b0, b1;
-            memcpy(&b0, cp + 2 * c, 2);
-            memcpy(&b1, cp + dv / 8 + 2 * c, 2);
-            v16i at = (v16i)((v16){ 0 } + a[t * nvg + gk[k]]);
-            p0[k] += (v16)(at & ((((v16i){ 0 } + b0) & bit) != 0));
-            p1[k] += (v16)(at & ((((v16i){ 0 } + b1) & bit) != 0));
-        }
-    }
-    for (int k = 0; k < nc; k++) {
-        int c = c0 + k;
-        v16 o = p0[k] + (p1[k] + p1[k]) + Z[16 * c / gv];
-        for (int i = 0; i < 16; i++) u[16 * c + i] += o[i];
-    }
+    float x[4][16], y[4][16], T[16];
+    for (int k = 0; k < nc; k++)
+        for (int i = 0; i < 16; i++) x[k][i] = y[k][i] = 0;
+    for (int b = 0; b < nb; b++)
+        for (int q = 0; q < 4; q++)
+            for (int k = 0; k < nc; k++) {
+                const float *aq = a + ((size_t)b * KV_QJL_KB + 4 * (size_t)q) * nvg + gk[k];
+                for (int j = 0; j < 16; j++) { /* quad_table's steps: exact products, one rounding each */
+                    float v = aq[0] * (float)(j & 1);
+                    for (int i = 1; i < 4; i++) v = v + aq[(size_t)i * nvg] * (float)(j >> i & 1);
+                    T[j] = v;
+                }
+                const uint8_t *lw = codes + (size_t)b * 4 * (size_t)dv + 64 * (size_t)(c0 + k);
+                for (int i = 0; i < 16; i++) {
+                    uint32_t w;
+                    memcpy(&w, lw + 4 * i, 4);
+                    x[k][i] += T[w >> (4 * q) & 15];
+                    y[k][i] += T[w >> (16 + 4 * q) & 15];
+                }
+            }
+    for (int k = 0; k < nc; k++)
+        for (int i = 0; i < 16; i++) u[16 * (c0 + k) + i] += x[k][i] + (y[k][i] + y[k][i]) + Z[gk[k]];
 #endif
 }
 
@@ -158,13 +195,13 @@ void kv_qjl_fold_planes(double *r, float *s, int nt, int dv, int gv, const uint8
                         const float *vs, float *scratch)
 {
     if (nt <= 0) return;
-    int nvg = dv / gv, nch = dv / 16;
-    size_t vcb = (size_t)dv / 4;
+    int nvg = (dv + gv - 1) / gv, nch = dv / 16, ntb = (nt + KV_QJL_KB - 1) / KV_QJL_KB * KV_QJL_KB;
     kv_qexp_tile(r, s, nt, kv_qtile_max(s, nt), dv);
-    float *a = scratch, *Z = a + (size_t)nt * nvg + KV_QVL;
+    float *a = scratch, *Z = a + (size_t)ntb * nvg + KV_QVL;
     scales(s, nt, nvg, vz, vs, a, Z);
+    memset(a + (size_t)nt * nvg, 0, sizeof(float) * (size_t)(ntb - nt) * nvg); /* a last block's missing tokens */
     double *u = r + KV_PS_U;
     int c0 = 0;
-    for (; c0 + 4 <= nch; c0 += 4) chunks(u, codes, vcb, dv, gv, nvg, a, Z, nt, c0, 4);
-    for (; c0 < nch; c0++) chunks(u, codes, vcb, dv, gv, nvg, a, Z, nt, c0, 1);
+    for (; c0 + 4 <= nch; c0 += 4) chunks(u, codes, dv, gv, nvg, a, Z, nt, c0, 4);
+    for (; c0 < nch; c0++) chunks(u, codes, dv, gv, nvg, a, Z, nt, c0, 1);
 }

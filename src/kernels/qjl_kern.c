@@ -50,42 +50,144 @@ static inline void nibbles(const float *T, vu w, int n0, int cnt, vf *a0, vf *a1
     }
 }
 
-/* lanes h KV_QVL .. of a 16-key block's sign sums */
-static inline void block_part(const float *T, const uint8_t *blk, int mb, int h, float *S)
+/* lanes h KV_QVL .. of NB 16-key blocks' sign sums (blocks blk + i bs),
+ * each block's two chains apart: NB blocks give 2 NB chains in flight */
+static inline __attribute__((always_inline)) void block_part(const float *T, const uint8_t *blk, size_t bs, int mb,
+                                                             int h, float *S, const int NB)
 {
-    vf a0 = { 0 }, a1 = { 0 };
+    vf a0[2] = { { 0 }, { 0 } }, a1[2] = { { 0 }, { 0 } };
     int w4 = mb / 4 * 4;
     const uint8_t *p = blk;
-    for (int j = 0; j < w4; j += 4, p += 4 * KV_QJL_KB) {
-        vu w;
-        memcpy(&w, p + (size_t)h * 4 * KV_QVL, sizeof w);
-        nibbles(T, w, 2 * j, 8, &a0, &a1);
-    }
+    for (int j = 0; j < w4; j += 4, p += 4 * KV_QJL_KB)
+        for (int i = 0; i < NB; i++) {
+            vu w;
+            memcpy(&w, p + i * bs + (size_t)h * 4 * KV_QVL, sizeof w);
+            nibbles(T, w, 2 * j, 8, &a0[i], &a1[i]);
+        }
     if (mb - w4 >= 2) {
-        vh x;
-        memcpy(&x, p + (size_t)h * 2 * KV_QVL, sizeof x);
-        nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 4, &a0, &a1);
+        for (int i = 0; i < NB; i++) {
+            vh x;
+            memcpy(&x, p + i * bs + (size_t)h * 2 * KV_QVL, sizeof x);
+            nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 4, &a0[i], &a1[i]);
+        }
         p += 2 * KV_QJL_KB;
         w4 += 2;
     }
-    if (mb > w4) {
-        vb x;
-        memcpy(&x, p + (size_t)h * KV_QVL, sizeof x);
-        nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 2, &a0, &a1);
+    if (mb > w4)
+        for (int i = 0; i < NB; i++) {
+            vb x;
+            memcpy(&x, p + i * bs + (size_t)h * KV_QVL, sizeof x);
+            nibbles(T, __builtin_convertvector(x, vu), 2 * w4, 2, &a0[i], &a1[i]);
+        }
+    for (int i = 0; i < NB; i++) {
+        vf r = a0[i] + a1[i];
+        memcpy(S + i * KV_QJL_KB, &r, sizeof r);
     }
-    vf r = a0 + a1;
-    memcpy(S, &r, sizeof r);
 }
 
 void kv_qjl_signs(const float *T, const uint8_t *sig, int mb, int nt, float *S)
 {
-    for (int b = 0; b * KV_QJL_KB < nt; b++)
+    size_t bs = (size_t)KV_QJL_KB * (size_t)mb;
+    int nb = (nt + KV_QJL_KB - 1) / KV_QJL_KB, b = 0;
+    for (; b + 2 <= nb; b += 2)
         for (int h = 0; h < KV_QJL_KB / KV_QVL; h++)
-            block_part(T, sig + (size_t)b * KV_QJL_KB * (size_t)mb, mb, h, S + b * KV_QJL_KB + h * KV_QVL);
+            block_part(T, sig + (size_t)b * bs, bs, mb, h, S + b * KV_QJL_KB + h * KV_QVL, 2);
+    for (; b < nb; b++)
+        for (int h = 0; h < KV_QJL_KB / KV_QVL; h++)
+            block_part(T, sig + (size_t)b * bs, bs, mb, h, S + b * KV_QJL_KB + h * KV_QVL, 1);
 }
+
+#if defined(__AVX512F__) && defined(__FMA__)
+/* The pair layout (d a multiple of 8): S in blocks of 16 rows (8 for a
+ * last block), each block 8-column chunk by chunk, a chunk w / 2 vectors of
+ * 16 floats, vector p holding rows lo(p) = 4 (p / 2) + p % 2 (lanes 0-7)
+ * and lo(p) + 2 (lanes 8-15) at the chunk's 8 columns.  A key's 8 columns
+ * broadcast to both halves, so lane i of a vector's product accumulates
+ * column c = i (mod 8) of its row, in order: kv_dot_fixed's 8 lane sums,
+ * then its tree by pairwise merges of the vectors (pair_tree). */
+static inline int pair_row(int p, int half) { return 4 * (p / 2) + p % 2 + 2 * half; }
+
+static void pair_put(float *ST, int m, int d, int j, const float *row)
+{
+    int j0 = j / 16 * 16, w = m - j0 < 16 ? m - j0 : 16, r = j - j0;
+    int p = (r / 4) * 2 + r % 2, half = (r / 2) % 2; /* pair_row's inverse */
+    float *B = ST + (size_t)j0 * d;
+    for (int c = 0; c < d; c++) B[((size_t)(c / 8) * (w / 2) + p) * 16 + half * 8 + c % 8] = row[c];
+}
+
+/* a + b of lanes ia, ib of the pair (x, y) (indices 0-15 x, 16-31 y) */
+static inline __m512 merge(__m512 x, __m512 y, __m512i ia, __m512i ib)
+{
+    return _mm512_add_ps(_mm512_permutex2var_ps(x, ia, y), _mm512_permutex2var_ps(x, ib, y));
+}
+
+/* kv_dot_tree of the 16 rows of 8 pair vectors a[0..7]: lane r = row r.
+ * Level 1: h_i = a_i + a_{i+4} of each half (groups A.lo B.lo A.hi B.hi);
+ * level 2: h0 + h1, h2 + h3; level 3: their sum. */
+static inline __m512 pair_tree(const __m512 *a)
+{
+    const __m512i l1a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                  l1b = _mm512_add_epi32(l1a, _mm512_set1_epi32(4)),
+                  ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                  od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    __m512 z1[4], z2[2];
+    for (int i = 0; i < 4; i++) z1[i] = merge(a[2 * i], a[2 * i + 1], l1a, l1b);
+    for (int i = 0; i < 2; i++) z2[i] = merge(z1[2 * i], z1[2 * i + 1], ev, od);
+    return merge(z2[0], z2[1], ev, od);
+}
+
+/* NT keys' dots with the W rows (16 or 8) of block B */
+static inline __attribute__((always_inline)) void pair_dots(const float *B, int d, const float *const *x, int m,
+                                                            float *out, const int NT, const int W)
+{
+    const int P = W / 2;
+    __m512 acc[2][8];
+    for (int t = 0; t < NT; t++)
+        for (int p = 0; p < 8; p++) acc[t][p] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c += 8, B += 16 * P) {
+        __m512 k[2];
+        for (int t = 0; t < NT; t++) k[t] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x[t] + c));
+        for (int p = 0; p < P; p++) {
+            __m512 s = _mm512_loadu_ps(B + 16 * p);
+            for (int t = 0; t < NT; t++) acc[t][p] = _mm512_fmadd_ps(s, k[t], acc[t][p]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        if (W == 8)
+            for (int p = 0; p < 4; p++) acc[t][4 + p] = acc[t][p];
+        __m512 r = pair_tree(acc[t]);
+        _mm512_mask_storeu_ps(out + (size_t)t * m, (__mmask16)((1u << W) - 1), r);
+    }
+}
+
+static void pair_dots_all(const float *ST, int m, int d, const float *const *x, int nt, float *out)
+{
+    for (int j0 = 0; j0 < m; j0 += 16) {
+        const float *B = ST + (size_t)j0 * d;
+        float *o = out + j0;
+        int t = 0;
+        if (m - j0 >= 16) {
+            for (; t + 2 <= nt; t += 2) pair_dots(B, d, x + t, m, o + (size_t)t * m, 2, 16);
+            for (; t < nt; t++) pair_dots(B, d, x + t, m, o + (size_t)t * m, 1, 16);
+        } else {
+            for (; t + 2 <= nt; t += 2) pair_dots(B, d, x + t, m, o + (size_t)t * m, 2, 8);
+            for (; t < nt; t++) pair_dots(B, d, x + t, m, o + (size_t)t * m, 1, 8);
+        }
+    }
+}
+#define KV_QJL_PAIRS(d) ((d) % 8 == 0)
+#else
+#define KV_QJL_PAIRS(d) 0
+#define pair_put(ST, m, d, j, row) ((void)0)
+#define pair_dots_all(ST, m, d, x, nt, out) ((void)0)
+#endif
 
 void kv_qjl_row_put(float *ST, int m, int d, int j, const float *row)
 {
+    if (KV_QJL_PAIRS(d)) {
+        pair_put(ST, m, d, j, row);
+        return;
+    }
     int j0 = j / KV_QJL_RB * KV_QJL_RB, w = m - j0 < KV_QJL_RB ? m - j0 : KV_QJL_RB;
     float *B = ST + (size_t)j0 * d;
     for (int c = 0; c < d; c++) B[(size_t)c * w + (j - j0)] = row[c];
@@ -143,6 +245,10 @@ static inline __attribute__((always_inline)) void dots16(const float *B, int d, 
 
 void kv_qjl_dots(const float *ST, int m, int d, const float *const *x, int nt, float *out)
 {
+    if (KV_QJL_PAIRS(d)) {
+        pair_dots_all(ST, m, d, x, nt, out);
+        return;
+    }
     for (int j0 = 0; j0 < m; j0 += KV_QJL_RB) {
         const float *B = ST + (size_t)j0 * d;
         int t = 0;
@@ -174,14 +280,53 @@ void kv_qjl_pack_signs(const float *dots, int m, uint8_t *sg)
     }
 }
 
+#if defined(__AVX512F__)
+/* 8 keys' chains at once: columns x .. x + 7 of the 8 keys transposed (a
+ * vector per column, a key per lane), each squared and added in double */
+static void norms8(const float *const *k, int d, double *nn)
+{
+    __m512d acc = _mm512_setzero_pd();
+    int x = 0;
+    for (; x + 8 <= d; x += 8) {
+        __m256 r[8], t[8], u[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(k[i] + x);
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+        }
+        __m512d c[8]; /* column x + i: the exact products, then the sum (one rounding) */
+        for (int i = 0; i < 4; i++) {
+            c[i] = _mm512_cvtps_pd(_mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+            c[4 + i] = _mm512_cvtps_pd(_mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+        }
+        for (int i = 0; i < 8; i++) acc = _mm512_fmadd_pd(c[i], c[i], acc);
+    }
+    _mm512_storeu_pd(nn, acc);
+    for (; x < d; x++)
+        for (int t = 0; t < 8; t++) nn[t] += (double)k[t][x] * k[t][x];
+}
+#endif
+
 void kv_qjl_norms(const float *const *k, int nt, int d, float *out)
 {
     double nn[8] = { 0 };
     for (int t0 = 0; t0 < nt; t0 += 8) {
         int n = nt - t0 < 8 ? nt - t0 : 8;
+#if defined(__AVX512F__)
+        const float *kk[8];
+        for (int t = 0; t < 8; t++) kk[t] = k[t0 + (t < n ? t : 0)];
+        norms8(kk, d, nn);
+#else
         for (int t = 0; t < 8; t++) nn[t] = 0;
         for (int x = 0; x < d; x++) /* n independent chains, each in x order */
             for (int t = 0; t < n; t++) nn[t] += (double)k[t0 + t][x] * k[t0 + t][x];
+#endif
         for (int t = 0; t < n; t++) out[t0 + t] = (float)sqrt(nn[t]);
     }
 }

@@ -24,7 +24,8 @@
  * Memory (bytes()): per quantised token m/8 sign bytes (in 16-key blocks,
  * the last block whole), a float32 norm and its value (dv floats, or codes
  * plus half zero point and scale per group; 2-bit codes as two bit planes
- * when dv and the group are multiples of 16, the same bytes), the rows
+ * in 16-token blocks when dv, the group and the shard are multiples of 16,
+ * the same bytes), the rows
  * allocated for the whole shard at the first quantised token (as exact
  * does); the float tokens in 16-token pages; and S itself (m d floats on
  * every rank: P copies, counted).  Checkpoints keep the row layout and
@@ -47,6 +48,7 @@
 #include "methods/method.h"
 #include "methods/common/quant.h"
 #include "methods/common/tokring.h"
+#include "methods/qjl_quant.h"
 
 #define QJL_SALT 0x716a6cULL /* "qjl" */
 
@@ -175,7 +177,12 @@ static int qjl_create(kv_spec *spec, const kv_method_ctx *ctx, void **out, kv_er
     }
     /* the query kernel reads value codes as words (kernels/qattn.h) when it can */
     s->fastv = vbits < 32 && kv_qwords_ok((int)vbits, ctx->dv, s->gv);
-    s->planes = vbits == 2 && ctx->dv % 16 == 0 && s->gv % 16 == 0 && ctx->dv <= 1024; /* masked adds; rows <= 256 B */
+    /* 2-bit values as bit planes in 16-token blocks (kernels/qjl_kern.h;
+     * rows <= 256 B) when the rows are whole blocks: a shard of a multiple
+     * of 16 tokens, or of unknown size (rows in powers of 2 from 1024), so
+     * they take the bytes of the packed rows, no more */
+    s->planes = vbits == 2 && ctx->dv % 16 == 0 && s->gv % 16 == 0 && ctx->dv <= 1024 &&
+                (ctx->shard_tokens <= 0 || ctx->shard_tokens % KV_QJL_KB == 0);
     uint64_t seed = c->seed < 0 ? ctx->seed : (uint64_t)c->seed;
     float *S = kv_malloc(sizeof(float) * (size_t)ctx->d, err); /* a row of S, then into its block */
     if (!S) {
@@ -217,11 +224,12 @@ static int grow_rows(qjl_state *s, int64_t need, kv_err *err)
     void *p;
     int ok = 1;
 #define GROW(f, sz) do { size_t z_ = (sz); if (ok && (p = realloc(s->f, z_ > 0 ? z_ : 1))) { kv_mem_hugepages(p, z_); s->f = p; } else ok = 0; } while (0)
-    GROW(sig, sig_bytes(s, (int64_t)c));
+    size_t cb = (size_t)((c + KV_QJL_KB - 1) / KV_QJL_KB) * KV_QJL_KB; /* whole blocks */
+    GROW(sig, cb * (size_t)s->mb);
     GROW(norm, c * sizeof(float));
     if (s->vbits == 32) GROW(vf, c * dv * sizeof(float));
     else {
-        GROW(vq, c * s->vcb);
+        GROW(vq, (s->planes ? cb : c) * s->vcb); /* planes: c is whole blocks (create) */
         GROW(vzs, c * (size_t)s->nvg * 2 * sizeof(uint16_t));
     }
 #undef GROW
@@ -252,8 +260,10 @@ static int quantise_front(qjl_state *s, const uint8_t *signs, float norm, kv_err
     int dv = s->ctx.dv;
     const float *v = kv_tokring_v(&s->tail, 0);
     uint8_t *codes = s->qcodes;
-    uint16_t *zs = s->qzs;
-    if (s->vbits != 32) {
+    uint16_t *zs = s->qzs, bits[128]; /* planes: dv / 8 <= 128 words */
+    int direct = s->planes ? kv_qjl_quant_planes(v, dv, s->gv, bits, zs) : 1; /* 1: not taken */
+    if (direct < 0) return -1;
+    if (s->vbits != 32 && direct) {
         memset(codes, 0, s->vcb);
         for (int j = 0; j < s->nvg; j++) {
             int c0 = j * s->gv, nc = dv - c0 < s->gv ? dv - c0 : s->gv;
@@ -265,7 +275,8 @@ static int quantise_front(qjl_state *s, const uint8_t *signs, float norm, kv_err
     s->norm[s->n] = norm;
     if (s->vbits == 32) memcpy(s->vf + (size_t)s->n * dv, v, sizeof(float) * (size_t)dv);
     else {
-        if (s->planes) kv_qjl_planes_put(codes, dv, s->vq + (size_t)s->n * s->vcb);
+        if (s->planes && !direct) kv_qjl_planes_or(bits, dv, s->vq, s->n);
+        else if (s->planes) kv_qjl_planes_put(codes, dv, s->vq, s->n);
         else memcpy(s->vq + (size_t)s->n * s->vcb, codes, s->vcb);
         memcpy(s->vzs + (size_t)s->n * s->nvg * 2, zs, sizeof(uint16_t) * 2 * (size_t)s->nvg);
     }
@@ -326,7 +337,9 @@ typedef struct { qjl_state *s; int64_t per; } slice_arg;
  * (kernels/qattn.h): a logit is c |k| <S q, sign(S k)>, read from the
  * query's tables of sums of S q over each nibble's set bits (kv_qjl_signs),
  * and the tile folds into the double state; quantised values fold from
- * their codes (bit planes: kv_qjl_fold_planes), the per-token scales folded
+ * their codes (bit planes: kv_qjl_fold_planes, tables of the subset sums
+ * of each token quad's weights looked up by the planes' nibbles), the
+ * per-token scales folded
  * into the softmax weights (or, on a layout the kernel cannot take,
  * decoded to floats). */
 static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float scale, double *st)
@@ -497,7 +510,7 @@ static void put_packed_rows(const qjl_state *s, kv_buf *b)
     uint8_t row[256]; /* dv / 4 <= 256 */
     kv_buf_put_i64(b, (int64_t)((size_t)s->n * s->vcb));
     for (int64_t t = 0; t < s->n; t++) {
-        kv_qjl_planes_get(s->vq + (size_t)t * s->vcb, s->ctx.dv, row);
+        kv_qjl_planes_get(s->vq, s->ctx.dv, t, row);
         kv_buf_put(b, row, s->vcb);
     }
 }
@@ -551,11 +564,7 @@ static int qjl_load(void *state, kv_rd *in, kv_err *err)
                  : rows_into(&rd, s->vq, s->vcb, n, err) ||
                        rows_into(&rd, s->vzs, (size_t)s->nvg * 2 * sizeof(uint16_t), n, err)))
         return err->code;
-    for (size_t t = 0; s->planes && t < n; t++) { /* packed rows into planes */
-        uint8_t row[256];
-        memcpy(row, s->vq + t * s->vcb, s->vcb);
-        kv_qjl_planes_put(row, s->ctx.dv, s->vq + t * s->vcb);
-    }
+    if (s->planes) kv_qjl_planes_from_rows(s->vq, s->ctx.dv, (int64_t)n);
     int bad = h < 0 || h > s->ctx.n_total || known < 0 || known > s->ctx.n_total || (int64_t)n > known;
     for (size_t i = 0; i < n && !bad; i++) bad = !isfinite(s->norm[i]) || s->norm[i] < 0;
     if (!bad && nv == 1) bad = !kv_all_finite(s->vf, n * dv);
