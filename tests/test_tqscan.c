@@ -1,9 +1,11 @@
 /* test_tqscan.c - TurboQuant's one-query kernels (methods/tqscan.h) and the
  * codec's decode (methods/tqcodec.h) against scalar references, at 1..4 bits,
  * head dimensions with partial words and 3-bit codes straddling words
- * (8, 19, 64, 72, 128), 1..256 rows at an odd stride, the rows' other bytes
- * and the unused bits of the last code byte random (the kernels must ignore
- * them).
+ * (8, 19, 64, 72, 128), 1..256 rows of an odd length interleaved in blocks
+ * of 16 (tqscan.h: kv_tq_byte_at), the rows' other bytes, the rows past n
+ * in the last block and the unused bits of the last code byte random (the
+ * kernels must ignore them); the norms of kv_tq_scan_weights read from the
+ * blocks against the rows'.
  *
  * Tolerances, derived: a dot is sum over d terms of q_i c_i, computed as
  * table entries (sums of g <= 4 products) added in two chains; a value sum
@@ -30,6 +32,18 @@ static unsigned code_ref(const uint8_t *p, int b, int i)
     return v;
 }
 
+/* rows (n row-major rows of stride bytes, the first 8 two floats) into blocks (whole blocks) */
+static uint8_t *blocks_of(const uint8_t *rows, size_t stride, int n, kv_rng *r)
+{
+    int nbk = (n + 15) / 16;
+    uint8_t *B = malloc(stride * 16 * (size_t)nbk);
+    for (size_t i = 0; i < stride * 16 * (size_t)nbk; i++) B[i] = (uint8_t)(kv_rng_next(r) >> 56);
+    for (int t = 0; t < n; t++)
+        for (size_t j = 0; j < stride; j++)
+            B[(size_t)(t / 16) * 16 * stride + kv_tq_byte_at(j, 8, t % 16)] = rows[(size_t)t * stride + j];
+    return B;
+}
+
 static double gam(int m) { return m * 0x1p-24 / (1 - m * 0x1p-24); }
 
 static void one(kv_rng *r, int d, int b, int n)
@@ -42,10 +56,11 @@ static void one(kv_rng *r, int d, int b, int n)
           *out = malloc(sizeof(float) * KV_TQ_SCAN_MAX), *w = calloc(KV_TQ_SCAN_MAX + 16, sizeof(float)),
           *u = malloc(sizeof(float) * (size_t)d), *x = malloc(sizeof(float) * (size_t)d);
     for (size_t i = 0; i < stride * (size_t)n; i++) rows[i] = (uint8_t)(kv_rng_next(r) >> 56);
+    uint8_t *B = blocks_of(rows, stride, n, r);
     for (int i = 0; i < d; i++) q[i] = (float)kv_rng_normal(r), u[i] = (float)kv_rng_normal(r);
     for (int t = 0; t < n; t++) w[t] = (float)fabs(kv_rng_normal(r));
     kv_tq_tables(&bk, q, T);
-    kv_tq_scan_dots(&bk, T, rows + 8, nb, stride, n, out);
+    kv_tq_scan_dots(&bk, T, B + 16 * 8, nb, 16 * stride, n, out);
     double worst = 0;
     for (int t = 0; t < n; t++) {
         double s = 0, a = 0;
@@ -58,7 +73,7 @@ static void one(kv_rng *r, int d, int b, int n)
     CHECK(worst <= 1, "dots d=%d b=%d n=%d: error %.3g of its bound", d, b, n, worst);
     float u0[256];
     memcpy(u0, u, sizeof(float) * (size_t)d);
-    kv_tq_scan_axpys(&bk, rows + 8, nb, stride, n, w, u);
+    kv_tq_scan_axpys(&bk, B + 16 * 8, nb, 16 * stride, n, w, u);
     worst = 0;
     for (int i = 0; i < d; i++) {
         double s = u0[i], a = fabs(u0[i]);
@@ -76,7 +91,7 @@ static void one(kv_rng *r, int d, int b, int n)
         for (int i = 0; i < d; i++) bad += x[i] != 1.5f * bk.c[code_ref(c, b, i)];
     }
     CHECK(!bad, "decode d=%d b=%d: %d coordinates off", d, b, bad);
-    free(rows), free(q), free(T), free(out), free(w), free(u), free(x);
+    free(rows), free(B), free(q), free(T), free(out), free(w), free(u), free(x);
 }
 
 /* kv_tq_rotate against the products in double: one chain of d terms per output */

@@ -28,31 +28,40 @@ int kv_tq_tables(const kv_tq_book *book, const float *q, float *T)
     return nl;
 }
 
-/* *out lane l = the 32 bits at byte 4 w of the field (nb bytes) of row l
- * (p + l stride), l < m (0 beyond); a word past the field's end is read
- * ending at it and shifted down (zeros above the field; a field shorter
- * than 4 bytes reads the bytes before it, inside the row) */
-static inline __attribute__((always_inline)) void gather_word(const uint8_t *p, size_t nb, size_t stride, int m,
-                                                              int w, tq_u16 *out)
+#if defined(__AVX512VBMI__)
+/* byte 4 l + j of a word vector = byte 16 j + l of a block's 64 bytes */
+#define TQ_TR4(l) (l), 16 + (l), 32 + (l), 48 + (l)
+static const uint8_t tq_tr[64] = { TQ_TR4(0),  TQ_TR4(1),  TQ_TR4(2),  TQ_TR4(3),  TQ_TR4(4),  TQ_TR4(5),
+                                   TQ_TR4(6),  TQ_TR4(7),  TQ_TR4(8),  TQ_TR4(9),  TQ_TR4(10), TQ_TR4(11),
+                                   TQ_TR4(12), TQ_TR4(13), TQ_TR4(14), TQ_TR4(15) };
+#endif
+
+/* *out lane l = the 32 bits at byte 4 w of the field (nb bytes) of lane l
+ * of the block whose field starts at p (byte j of lane l at p + 16 j + l,
+ * tqscan.h); bytes past the field's end read as zeros (and are not read) */
+static inline __attribute__((always_inline)) void load_word(const uint8_t *p, size_t nb, int w, tq_u16 *out)
 {
-    ptrdiff_t off = 4 * (ptrdiff_t)w, adj = off + 4 > (ptrdiff_t)nb ? off + 4 - (ptrdiff_t)nb : 0;
-    const uint8_t *a = p + off - adj;
-    tq_u16 v;
-#if defined(__AVX512F__)
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    __m512i ix = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)stride));
-    __mmask16 k = m >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << m) - 1);
-    __m512i r = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, ix, a, 1);
-    memcpy(&v, &r, sizeof v);
-#else
-    v = (tq_u16){ 0 };
-    for (int l = 0; l < m; l++) {
-        uint32_t x;
-        memcpy(&x, a + (size_t)l * stride, 4);
-        v[l] = x;
+    ptrdiff_t k = (ptrdiff_t)nb - 4 * (ptrdiff_t)w; /* the word's bytes inside the field */
+    const uint8_t *a = p + 64 * (size_t)w;
+#if defined(__AVX512VBMI__)
+    if (k >= 4) { /* one load, one byte permute */
+        __m512i x = _mm512_permutexvar_epi8(_mm512_loadu_si512(tq_tr), _mm512_loadu_si512(a));
+        memcpy(out, &x, sizeof *out);
+        return;
     }
 #endif
-    *out = adj ? v >> (uint32_t)(8 * adj) : v;
+#if defined(__AVX512F__)
+    __m512i r = _mm512_setzero_si512();
+    for (int j = 0; j < 4 && j < k; j++)
+        r = _mm512_or_si512(r, _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const void *)(a + 16 * j))),
+                                                 (unsigned)(8 * j)));
+    memcpy(out, &r, sizeof *out);
+#else
+    tq_u16 v = { 0 };
+    for (int j = 0; j < 4 && j < k; j++)
+        for (int l = 0; l < 16; l++) v[l] |= (uint32_t)a[16 * j + l] << (8 * j);
+    *out = v;
+#endif
 }
 
 /* the cached words of a 16-row group: cur = word wc, nxt = word wn */
@@ -60,19 +69,19 @@ typedef struct { tq_u16 cur, nxt; int wc, wn; } words;
 
 /* *ix lane l = the bits from P on of row l's field (the low 4 are the
  * lookup's index; above them the next codes, which the periodic tables ignore) */
-static inline __attribute__((always_inline)) void index_at(const uint8_t *p, size_t nb, size_t stride, int m, int P,
-                                                           int wd, words *W, tq_u16 *ix)
+static inline __attribute__((always_inline)) void index_at(const uint8_t *p, size_t nb, int P, int wd, words *W,
+                                                           tq_u16 *ix)
 {
     int w = P >> 5, s = P & 31;
     if (w != W->wc) {
         if (w == W->wn) W->cur = W->nxt;
-        else gather_word(p, nb, stride, m, w, &W->cur);
+        else load_word(p, nb, w, &W->cur);
         W->wc = w;
     }
     *ix = W->cur >> (uint32_t)s;
     if (s + wd > 32) { /* 3-bit codes: the index straddles two words */
         if (W->wn != w + 1) {
-            gather_word(p, nb, stride, m, w + 1, &W->nxt);
+            load_word(p, nb, w + 1, &W->nxt);
             W->wn = w + 1;
         }
         *ix |= W->nxt << (uint32_t)(32 - s);
@@ -94,11 +103,11 @@ static inline __attribute__((always_inline)) void dots_b(const float *T, int nl,
     const int wd = per_look(b) * b, cl = b == 3 ? 32 : 8, cw = cl * wd / 32; /* lookups and words per chunk */
     for (int r0 = 0; r0 < n; r0 += 16) {
         int m = n - r0 < 16 ? n - r0 : 16, j = 0;
-        const uint8_t *p = codes + (size_t)r0 * stride;
+        const uint8_t *p = codes + (size_t)(r0 / 16) * stride;
         tq_f16 a0 = { 0 }, a1 = { 0 }, t;
         for (; j + cl <= nl; j += cl) {
             tq_u16 w[3];
-            for (int k = 0; k < cw; k++) gather_word(p, nb, stride, m, j * wd / 32 + k, &w[k]);
+            for (int k = 0; k < cw; k++) load_word(p, nb, j * wd / 32 + k, &w[k]);
             for (int i = 0; i < cl; i++) {
                 int q = i * wd, k = q >> 5;
                 tq_u16 ix = TQ_BITS(w[k], w[k + 1 < cw ? k + 1 : k], q & 31, wd);
@@ -110,7 +119,7 @@ static inline __attribute__((always_inline)) void dots_b(const float *T, int nl,
         words W = { .wc = -1, .wn = -1 };
         for (; j < nl; j++) {
             tq_u16 ix;
-            index_at(p, nb, stride, m, j * wd, wd, &W, &ix);
+            index_at(p, nb, j * wd, wd, &W, &ix);
             memcpy(&t, T + 16 * (size_t)j, sizeof t);
             if (j & 1) a1 += KV_SHUF1(t, ix);
             else a0 += KV_SHUF1(t, ix);
@@ -143,13 +152,12 @@ static inline __attribute__((always_inline)) void axpys_chunk(const float *tc, i
     memcpy(&t, tc, sizeof t);
     for (int i = 0; i < nc; i++) acc[i] = (tq_f16){ 0 };
     for (int r0 = 0; r0 < n; r0 += 16) {
-        int m = n - r0 < 16 ? n - r0 : 16;
-        const uint8_t *p = codes + (size_t)r0 * stride;
+        const uint8_t *p = codes + (size_t)(r0 / 16) * stride;
         words W = { .wc = -1, .wn = -1 };
         memcpy(&wv, w + r0, sizeof wv);
         for (int i = 0; i < nc; i++) {
             tq_u16 ix;
-            index_at(p, nb, stride, m, (c0 + i) * b, b, &W, &ix);
+            index_at(p, nb, (c0 + i) * b, b, &W, &ix);
             acc[i] += wv * KV_SHUF1(t, ix);
         }
     }
@@ -176,10 +184,9 @@ static inline __attribute__((always_inline)) void axpys_16(const float *c, int b
     }
     for (int i = 0; i < 16; i++) acc[i] = (tq_f16){ 0 };
     for (int r0 = 0; r0 < n; r0 += 16) {
-        int m = n - r0 < 16 ? n - r0 : 16;
-        const uint8_t *p = codes + (size_t)r0 * stride;
+        const uint8_t *p = codes + (size_t)(r0 / 16) * stride;
         tq_u16 x[2];
-        for (int k = 0; k < nw; k++) gather_word(p, nb, stride, m, w0 + k, &x[k]);
+        for (int k = 0; k < nw; k++) load_word(p, nb, w0 + k, &x[k]);
         if (nw == 1) x[1] = x[0];
         memcpy(&wv, w + r0, sizeof wv);
         for (int i = 0; i < 16; i++) {
@@ -220,12 +227,11 @@ static inline __attribute__((always_inline)) tq_u16 lanes_below(int m)
     return (tq_u16)(lane < (uint32_t)m);
 }
 
-/* lanes l < m of the float at p + l stride (0 beyond) */
-static inline __attribute__((always_inline)) void gather_f(const uint8_t *p, size_t stride, int m, tq_f16 *out)
+/* lanes l < m of the 16 floats at p (0 beyond) */
+static inline __attribute__((always_inline)) void load_f(const uint8_t *p, int m, tq_f16 *out)
 {
-    tq_u16 v;
-    gather_word(p, 4, stride, m, 0, &v);
-    memcpy(out, &v, sizeof v);
+    memcpy(out, p, sizeof *out);
+    if (m < 16) *out = TQ_SEL(lanes_below(m), *out, (tq_f16){ 0 });
 }
 
 void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, float coef, float scale, float *lg,
@@ -235,12 +241,12 @@ void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, flo
     mx -= INFINITY;
     for (int r0 = 0; r0 < n; r0 += 16) { /* the logits and their max (the pad lanes -inf) */
         int m = n - r0 < 16 ? n - r0 : 16;
-        const uint8_t *p = rows + (size_t)r0 * stride;
-        gather_f(p, stride, m, &kn);
+        const uint8_t *p = rows + (size_t)(r0 / 16) * stride;
+        load_f(p, m, &kn);
         memcpy(&x, lg + r0, sizeof x);
         x = kn * x;
         if (prod) {
-            gather_f(p + 8, stride, m, &g);
+            load_f(p + 128, m, &g);
             memcpy(&y, sg + r0, sizeof y);
             x += coef * kn * g * y;
         }
@@ -260,7 +266,7 @@ void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, flo
         if (m < 16) x = TQ_SEL(lanes_below(m), x, (tq_f16){ 0 });
         l += x;
         l2 += x * x;
-        gather_f(rows + (size_t)r0 * stride + 4, stride, m, &kn);
+        load_f(rows + (size_t)(r0 / 16) * stride + 64, m, &kn);
         x *= kn;
         memcpy(lg + r0, &x, sizeof x);
     }
