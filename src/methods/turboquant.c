@@ -225,16 +225,22 @@ static uint8_t *block_of(const tq_state *s, int64_t t, int *l)
     return s->rows + (size_t)(t / KV_TQ_BLK) * KV_TQ_BLK * s->row;
 }
 
-/* bytes [j0, j0 + n) of row t (row-major) to or from x */
+/* bytes [j0, j0 + n) of row t (row-major) to or from x (nrm a multiple of 4) */
 static void row_copy(const tq_state *s, int64_t t, size_t j0, size_t n, uint8_t *x, int put)
 {
     int l;
     uint8_t *b = block_of(s, t, &l);
-    for (size_t j = j0; j < j0 + n; j++) {
+    size_t j = j0;
+    for (; j < j0 + n && j < s->nrm; j++) { /* the norms */
         uint8_t *at = b + kv_tq_byte_at(j, s->nrm, l);
         if (put) *at = x[j - j0];
         else x[j - j0] = *at;
     }
+    uint8_t *at = b + 16 * j + l; /* the codes: a byte every 16 */
+    if (put)
+        for (; j < j0 + n; j++, at += 16) *at = x[j - j0];
+    else
+        for (; j < j0 + n; j++, at += 16) x[j - j0] = *at;
 }
 
 /* norm f (0: |k|, 1: |v|, 2: |r|) of row t */
@@ -351,10 +357,10 @@ typedef struct { tq_state *s; int64_t per; int nq; } slice_arg;
 
 #define TQ_TILE KV_TQ_SCAN_MAX /* one query: rows per tile (logits, exponentials, value sums) */
 
-/* scratch floats per thread: a decoded slice and a row's bytes (fold_slice) or a tile's logits, signs' dots and value sum (fold_one) */
+/* scratch floats per thread: a decoded slice and a block's rows (fold_slice) or a tile's logits, signs' dots and value sum (fold_one) */
 static size_t scr_per(const tq_state *s)
 {
-    size_t a = (size_t)TQ_SLICE * (size_t)(s->dq + s->ctx.dv) + (s->row + 3) / 4, b = 2 * (size_t)TQ_TILE + (size_t)s->ctx.dv;
+    size_t a = (size_t)TQ_SLICE * (size_t)(s->dq + s->ctx.dv) + KV_TQ_BLK * (s->row + 3) / 4, b = 2 * (size_t)TQ_TILE + (size_t)s->ctx.dv;
     return a > b ? a : b;
 }
 
@@ -364,11 +370,11 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
     tq_state *s = a->s;
     int d = s->ctx.d, dv = s->ctx.dv, dq = s->dq, tid = omp_get_thread_num();
     int64_t t0 = i * a->per, t1 = t0 + a->per < s->n ? t0 + a->per : s->n;
-    size_t per = (size_t)TQ_SLICE * (size_t)(dq + dv) + (s->row + 3) / 4;
+    size_t per = (size_t)TQ_SLICE * (size_t)(dq + dv) + KV_TQ_BLK * (s->row + 3) / 4;
     float *K = tid < s->nscr ? s->scr + (size_t)tid * scr_per(s) : malloc(sizeof(float) * per + sizeof(size_t) * nq);
     if (!K) return KV_EINTERNAL;
     float *V = K + (size_t)TQ_SLICE * dq;
-    uint8_t *row = (uint8_t *)(V + (size_t)TQ_SLICE * dv);
+    uint8_t *blk = (uint8_t *)(V + (size_t)TQ_SLICE * dv); /* a block's rows, row-major */
     size_t *len = tid < s->nscr ? s->len + (size_t)(tid + 1) * a->nq : (size_t *)(K + per);
     const float coef = (float)(sqrt(M_PI / 2) / d);
     int rc = KV_OK;
@@ -377,8 +383,9 @@ static int fold_slice(const void *arg, int64_t i, const float *Q, int nq, float 
         int64_t b1 = b0 + TQ_SLICE < t1 ? b0 + TQ_SLICE : t1;
         if ((int64_t)s->len[nq - 1] <= b0) break; /* no query reaches it */
         for (int64_t t = b0; t < b1; t++) {
-            row_copy(s, t, 0, s->row, row, 0);
-            const uint8_t *kc = row + s->nrm;
+            int l;
+            const uint8_t *b = block_of(s, t, &l), *row = blk + (size_t)l * s->row, *kc = row + s->nrm;
+            if (l == 0 || t == b0) kv_tq_block_rows(b, s->row, s->nrm, KV_TQ_BLK, blk);
             float *k = K + (size_t)(t - b0) * dq, kn = row_f(row, 0);
             kv_tq_decode(&s->kb, kc, kn, k);
             if (s->prod) kv_tq_signs(kc + s->kcb, d, coef * kn * row_f(row, 2), k + d);

@@ -96,37 +96,54 @@ static inline __attribute__((always_inline)) void index_at(const uint8_t *p, siz
 /* each row's sum over the lookups in order, even and odd lookups in two
  * accumulators (two add chains), added at the end; whole chunks of lookups
  * (8 per word, b = 3: 32 per 3 words) with constant positions, the rest one
- * by one */
+ * by one.  G groups of 16 rows (from row r0; the last m rows of them, m <= 16
+ * when G = 1) side by side: their chains interleave (an add's latency
+ * hidden), each table row loaded once for them; each row's arithmetic is
+ * the same for any G. */
+static inline __attribute__((always_inline)) void dots_g(const float *T, int nl, int b, const uint8_t *codes,
+                                                         size_t nb, size_t stride, int r0, int G, int m, float *out)
+{
+    const int wd = per_look(b) * b, cl = b == 3 ? 32 : 8, cw = cl * wd / 32; /* lookups and words per chunk */
+    const uint8_t *p = codes + (size_t)(r0 / 16) * stride;
+    tq_f16 a0[4], a1[4], t;
+    int j = 0;
+    for (int g = 0; g < G; g++) a0[g] = a1[g] = (tq_f16){ 0 };
+    for (; j + cl <= nl; j += cl) {
+        tq_u16 w[4][3];
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < cw; k++) load_word(p + (size_t)g * stride, nb, j * wd / 32 + k, &w[g][k]);
+        for (int i = 0; i < cl; i++) {
+            int q = i * wd, k = q >> 5;
+            memcpy(&t, T + 16 * (size_t)(j + i), sizeof t);
+            for (int g = 0; g < G; g++) {
+                tq_u16 ix = TQ_BITS(w[g][k], w[g][k + 1 < cw ? k + 1 : k], q & 31, wd);
+                if (i & 1) a1[g] += KV_SHUF1(t, ix);
+                else a0[g] += KV_SHUF1(t, ix);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        words W = { .wc = -1, .wn = -1 };
+        for (int jj = j; jj < nl; jj++) {
+            tq_u16 ix;
+            index_at(p + (size_t)g * stride, nb, jj * wd, wd, &W, &ix);
+            memcpy(&t, T + 16 * (size_t)jj, sizeof t);
+            if (jj & 1) a1[g] += KV_SHUF1(t, ix);
+            else a0[g] += KV_SHUF1(t, ix);
+        }
+        a0[g] += a1[g];
+        if (m == 16) memcpy(out + r0 + 16 * g, &a0[g], sizeof a0[g]);
+        else memcpy(out + r0 + 16 * g, &a0[g], sizeof(float) * (size_t)m);
+    }
+}
+
 static inline __attribute__((always_inline)) void dots_b(const float *T, int nl, int b, const uint8_t *codes,
                                                          size_t nb, size_t stride, int n, float *out)
 {
-    const int wd = per_look(b) * b, cl = b == 3 ? 32 : 8, cw = cl * wd / 32; /* lookups and words per chunk */
-    for (int r0 = 0; r0 < n; r0 += 16) {
-        int m = n - r0 < 16 ? n - r0 : 16, j = 0;
-        const uint8_t *p = codes + (size_t)(r0 / 16) * stride;
-        tq_f16 a0 = { 0 }, a1 = { 0 }, t;
-        for (; j + cl <= nl; j += cl) {
-            tq_u16 w[3];
-            for (int k = 0; k < cw; k++) load_word(p, nb, j * wd / 32 + k, &w[k]);
-            for (int i = 0; i < cl; i++) {
-                int q = i * wd, k = q >> 5;
-                tq_u16 ix = TQ_BITS(w[k], w[k + 1 < cw ? k + 1 : k], q & 31, wd);
-                memcpy(&t, T + 16 * (size_t)(j + i), sizeof t);
-                if (i & 1) a1 += KV_SHUF1(t, ix);
-                else a0 += KV_SHUF1(t, ix);
-            }
-        }
-        words W = { .wc = -1, .wn = -1 };
-        for (; j < nl; j++) {
-            tq_u16 ix;
-            index_at(p, nb, j * wd, wd, &W, &ix);
-            memcpy(&t, T + 16 * (size_t)j, sizeof t);
-            if (j & 1) a1 += KV_SHUF1(t, ix);
-            else a0 += KV_SHUF1(t, ix);
-        }
-        a0 += a1;
-        memcpy(out + r0, &a0, sizeof(float) * (size_t)m);
-    }
+    int r0 = 0;
+    for (; r0 + 64 <= n; r0 += 64) dots_g(T, nl, b, codes, nb, stride, r0, 4, 16, out);
+    for (; r0 + 16 <= n; r0 += 16) dots_g(T, nl, b, codes, nb, stride, r0, 1, 16, out);
+    if (r0 < n) dots_g(T, nl, b, codes, nb, stride, r0, 1, n - r0, out);
 }
 
 void kv_tq_scan_dots(const kv_tq_book *book, const float *T, const uint8_t *codes, size_t nb, size_t stride, int n,
@@ -287,6 +304,18 @@ void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, s
     case 2: axpys_b(book->c, d, 2, codes, nb, stride, n, w, u); break;
     case 3: axpys_b(book->c, d, 3, codes, nb, stride, n, w, u); break;
     default: axpys_b(book->c, d, 4, codes, nb, stride, n, w, u); break;
+    }
+}
+
+void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t *out)
+{
+    for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row, blk + 4 * (size_t)l, 4); /* |k| */
+    for (size_t f = 1; 4 * f < nrm; f++)
+        for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + 4 * f, blk + 64 * f + 4 * (size_t)l, 4);
+    for (size_t j = nrm; j < row; j++) {
+        uint8_t x[16];
+        memcpy(x, blk + 16 * j, sizeof x);
+        for (int l = 0; l < m; l++) out[(size_t)l * row + j] = x[l];
     }
 }
 

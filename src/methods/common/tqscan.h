@@ -62,6 +62,10 @@ void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, s
 void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, float coef, float scale, float *lg,
                         const float *sg, double *st, int dv);
 
+/* The m <= KV_TQ_BLK first rows of the block at blk (rows of row bytes,
+ * the first nrm floats) row-major: out[l row + j] = row l's byte j. */
+void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t *out);
+
 /* out[t d + j] = sum_c x[t d + c] RT[c d + j] (c in order, one chain per
  * output), t < nt: the nt vectors x (contiguous) times the matrix whose
  * transpose RT is (Pi x with RT = Pi^T), 16 outputs of 8 vectors at a time. */
