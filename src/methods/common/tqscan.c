@@ -99,7 +99,11 @@ static inline __attribute__((always_inline)) void index_at(const uint8_t *p, siz
  * by one.  G groups of 16 rows (from row r0; the last m rows of them, m <= 16
  * when G = 1) side by side: their chains interleave (an add's latency
  * hidden), each table row loaded once for them; each row's arithmetic is
- * the same for any G. */
+ * the same for any G.  The kernels after this one read the same blocks:
+ * the stride bytes from the field of the block TQ_AHEAD on are prefetched
+ * (the whole block as the row advances; a hint, never a fault). */
+#define TQ_AHEAD 8 /* blocks */
+
 static inline __attribute__((always_inline)) void dots_g(const float *T, int nl, int b, const uint8_t *codes,
                                                          size_t nb, size_t stride, int r0, int G, int m, float *out)
 {
@@ -108,6 +112,10 @@ static inline __attribute__((always_inline)) void dots_g(const float *T, int nl,
     tq_f16 a0[4], a1[4], t;
     int j = 0;
     for (int g = 0; g < G; g++) a0[g] = a1[g] = (tq_f16){ 0 };
+    for (int g = 0; g < G; g++) { /* the first pass over these rows: fetch the blocks TQ_AHEAD on (a hint) */
+        const char *f = (const char *)(p + (size_t)(TQ_AHEAD + g) * stride);
+        for (size_t o = 0; o < stride; o += 64) __builtin_prefetch(f + o);
+    }
     for (; j + cl <= nl; j += cl) {
         tq_u16 w[4][3];
         for (int g = 0; g < G; g++)
@@ -185,6 +193,39 @@ static inline __attribute__((always_inline)) void axpys_chunk(const float *tc, i
     }
 }
 
+/* u[i] += kv_hsum16(acc[i]), i < 16: under AVX-512 the 16 trees side by
+ * side (the same pairs added in the same order: lanes l + 8, then + 4,
+ * + 2, + 1), the sums landing in lane 4 (i & 3) + (i >> 2), put in order
+ * by one permute */
+static inline __attribute__((always_inline)) void hsum16x16(const tq_f16 *acc, float *u)
+{
+#if defined(__AVX512F__)
+    __m512 x[8], z[4], v[2], r, uo;
+    for (int p = 0; p < 8; p++) { /* lanes 0-7: acc[2p]'s l + (l + 8); 8-15: acc[2p + 1]'s */
+        __m512 a, b;
+        memcpy(&a, &acc[2 * p], sizeof a);
+        memcpy(&b, &acc[2 * p + 1], sizeof b);
+        x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    for (int p = 0; p < 4; p++) /* quarter k: acc[4p + k]'s l + (l + 4), l < 4 */
+        z[p] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * p], x[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(x[2 * p], x[2 * p + 1], 0xDD));
+    for (int p = 0; p < 2; p++) /* quarter k: [acc[8p + k], acc[8p + 4 + k]]'s l + (l + 2), l < 2 */
+        v[p] = _mm512_add_ps(_mm512_shuffle_ps(z[2 * p], z[2 * p + 1], 0x44),
+                             _mm512_shuffle_ps(z[2 * p], z[2 * p + 1], 0xEE));
+    r = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD)); /* lane 4k + j: acc[k + 4j] */
+    r = _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), r);
+    uo = _mm512_add_ps(_mm512_loadu_ps(u), r);
+    _mm512_storeu_ps(u, uo);
+#else
+    for (int i = 0; i < 16; i++) {
+        float a[16];
+        memcpy(a, &acc[i], sizeof a);
+        u[i] += kv_hsum16(a);
+    }
+#endif
+}
+
 /* a whole chunk of 16 channels from bit s0 (0 or 16, constant) of word w0:
  * every position constant, the accumulators in registers; b = 1, 2: the
  * g channels of a 4-bit field share its shift (table i: c[code i of x]) */
@@ -211,11 +252,7 @@ static inline __attribute__((always_inline)) void axpys_16(const float *c, int b
             acc[i] += wv * KV_SHUF1(t[i % g], TQ_BITS(x[0], x[1], q, g * b));
         }
     }
-    for (int i = 0; i < 16; i++) {
-        float a[16];
-        memcpy(a, &acc[i], sizeof a);
-        u[i] += kv_hsum16(a);
-    }
+    hsum16x16(acc, u);
 }
 
 static inline __attribute__((always_inline)) void axpys_b(const float *c, int d, int b, const uint8_t *codes,
@@ -244,6 +281,20 @@ static inline __attribute__((always_inline)) tq_u16 lanes_below(int m)
     return (tq_u16)(lane < (uint32_t)m);
 }
 
+/* a b + c, fused under AVX-512 (else as the compiler contracts it) */
+static inline __attribute__((always_inline)) tq_f16 tq_fma(tq_f16 a, tq_f16 b, tq_f16 c)
+{
+#if defined(__AVX512F__)
+    __m512 x, y, z;
+    memcpy(&x, &a, sizeof x), memcpy(&y, &b, sizeof y), memcpy(&z, &c, sizeof z);
+    x = _mm512_fmadd_ps(x, y, z);
+    memcpy(&a, &x, sizeof a);
+    return a;
+#else
+    return a * b + c;
+#endif
+}
+
 /* lanes l < m of the 16 floats at p (0 beyond) */
 static inline __attribute__((always_inline)) void load_f(const uint8_t *p, int m, tq_f16 *out)
 {
@@ -261,12 +312,12 @@ void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, flo
         const uint8_t *p = rows + (size_t)(r0 / 16) * stride;
         load_f(p, m, &kn);
         memcpy(&x, lg + r0, sizeof x);
-        x = kn * x;
-        if (prod) {
+        if (prod) { /* kn x + (coef kn g y rounded): one fused multiply-add, pinned (not left to contraction) */
             load_f(p + 128, m, &g);
             memcpy(&y, sg + r0, sizeof y);
-            x += coef * kn * g * y;
-        }
+            x = tq_fma(kn, x, coef * kn * g * y);
+        } else
+            x = kn * x;
         x = scale * x;
         if (m < 16) x = TQ_SEL(lanes_below(m), x, mx); /* the pad lanes leave the max as it is */
         mx = TQ_SEL((tq_u16)(x > mx), x, mx);
