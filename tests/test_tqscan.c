@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/rng.h"
+#include "kernels/partial.h"
 #include "methods/common/tqcodec.h"
 #include "methods/common/tqscan.h"
 #include "testutil.h"
@@ -32,15 +33,15 @@ static unsigned code_ref(const uint8_t *p, int b, int i)
     return v;
 }
 
-/* rows (n row-major rows of stride bytes, the first 8 two floats) into blocks (whole blocks) */
-static uint8_t *blocks_of(const uint8_t *rows, size_t stride, int n, kv_rng *r)
+/* rows (n row-major rows of stride bytes, the first nrm floats) into blocks (whole blocks) */
+static uint8_t *blocks_of(const uint8_t *rows, size_t stride, int n, size_t nrm, kv_rng *r)
 {
     int nbk = (n + 15) / 16;
     uint8_t *B = malloc(stride * 16 * (size_t)nbk);
     for (size_t i = 0; i < stride * 16 * (size_t)nbk; i++) B[i] = (uint8_t)(kv_rng_next(r) >> 56);
     for (int t = 0; t < n; t++)
         for (size_t j = 0; j < stride; j++)
-            B[(size_t)(t / 16) * 16 * stride + kv_tq_byte_at(j, 8, t % 16)] = rows[(size_t)t * stride + j];
+            B[(size_t)(t / 16) * 16 * stride + kv_tq_byte_at(j, nrm, t % 16)] = rows[(size_t)t * stride + j];
     return B;
 }
 
@@ -56,7 +57,7 @@ static void one(kv_rng *r, int d, int b, int n)
           *out = malloc(sizeof(float) * KV_TQ_SCAN_MAX), *w = calloc(KV_TQ_SCAN_MAX + 16, sizeof(float)),
           *u = malloc(sizeof(float) * (size_t)d), *x = malloc(sizeof(float) * (size_t)d);
     for (size_t i = 0; i < stride * (size_t)n; i++) rows[i] = (uint8_t)(kv_rng_next(r) >> 56);
-    uint8_t *B = blocks_of(rows, stride, n, r);
+    uint8_t *B = blocks_of(rows, stride, n, 8, r);
     for (int i = 0; i < d; i++) q[i] = (float)kv_rng_normal(r), u[i] = (float)kv_rng_normal(r);
     for (int t = 0; t < n; t++) w[t] = (float)fabs(kv_rng_normal(r));
     kv_tq_tables(&bk, q, T);
@@ -94,6 +95,51 @@ static void one(kv_rng *r, int d, int b, int n)
     free(rows), free(B), free(q), free(T), free(out), free(w), free(u), free(x);
 }
 
+/* kv_tq_scan_weights on n rows in blocks (norms |k|, |v|, |r| at row
+ * bytes 0, 4, 8; the rows past n random): each weight against
+ * exp(scale |k| (lg + coef |r| sg) - max) |v| from the row-major norms in
+ * double.  This checks the layout (which norms each lane reads): a wrong
+ * row's norm moves a weight by O(1); the float arithmetic (a few products,
+ * one exponential) stays within 1e-5 relative (no more is claimed here). */
+static void weights(kv_rng *r, int n, int prod)
+{
+    size_t stride = 12 + 9; /* three norms, some code bytes */
+    uint8_t *rows = calloc(stride, (size_t)n), *B;
+    float lg[KV_TQ_SCAN_MAX + 16], sg[KV_TQ_SCAN_MAX + 16], l0[KV_TQ_SCAN_MAX];
+    double st[KV_PSTATE_LEN(4)], want[KV_TQ_SCAN_MAX], mx = -INFINITY, L = 0;
+    const float coef = 0.3f, scale = 0.7f;
+    if (!rows) {
+        CHECK(0, "weights: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < stride * (size_t)n; i++) rows[i] = (uint8_t)(kv_rng_next(r) >> 56);
+    for (int t = 0; t < n; t++)
+        for (int f = 0; f < 3; f++) {
+            float x = (float)(0.5 + fabs(kv_rng_normal(r)));
+            memcpy(rows + (size_t)t * stride + 4 * f, &x, 4);
+        }
+    B = blocks_of(rows, stride, n, 12, r);
+    for (int t = 0; t < n; t++) lg[t] = l0[t] = (float)kv_rng_normal(r), sg[t] = (float)kv_rng_normal(r);
+    for (int t = 0; t < n; t++) {
+        float nm[3];
+        memcpy(nm, rows + (size_t)t * stride, sizeof nm);
+        want[t] = (double)scale * nm[0] * (l0[t] + (prod ? (double)coef * nm[2] * sg[t] : 0));
+        mx = fmax(mx, want[t]);
+    }
+    for (int t = 0; t < n; t++) {
+        float nm[3];
+        memcpy(nm, rows + (size_t)t * stride, sizeof nm);
+        L += exp(want[t] - mx);
+        want[t] = exp(want[t] - mx) * nm[1];
+    }
+    kv_partial_clear(st, 4);
+    kv_tq_scan_weights(B, 16 * stride, n, prod, coef, scale, lg, sg, st, 4);
+    double worst = fabs(st[KV_PS_L] - L) / L;
+    for (int t = 0; t < n; t++) worst = fmax(worst, fabs(lg[t] - want[t]) / fmax(want[t], 1e-30));
+    CHECK(worst <= 1e-5, "weights n=%d prod=%d: relative error %.3g", n, prod, worst);
+    free(rows), free(B);
+}
+
 /* kv_tq_rotate against the products in double: one chain of d terms per output */
 static void rotate(kv_rng *r, int d, int nt)
 {
@@ -124,6 +170,10 @@ int main(void)
     for (int b = 1; b <= 4; b++)
         for (int i = 0; i < 5; i++)
             for (int j = 0; j < 6; j++) one(&r, ds[i], b, ns[j]);
+    for (int j = 0; j < 6; j++) {
+        weights(&r, ns[j], 0);
+        weights(&r, ns[j], 1);
+    }
     for (int i = 0; i < 5; i++) {
         rotate(&r, ds[i], 1);
         rotate(&r, ds[i], 8);
