@@ -5,7 +5,7 @@
  * of 16 (tqscan.h: kv_tq_byte_at), the rows' other bytes, the rows past n
  * in the last block and the unused bits of the last code byte random (the
  * kernels must ignore them); the norms of kv_tq_scan_weights read from the
- * blocks against the rows'.
+ * blocks against the rows'; kv_tq_block_rows gives the rows back exactly.
  *
  * Tolerances, derived: a dot is sum over d terms of q_i c_i, computed as
  * table entries (sums of g <= 4 products) added in two chains; a value sum
@@ -92,6 +92,14 @@ static void one(kv_rng *r, int d, int b, int n)
         for (int i = 0; i < d; i++) bad += x[i] != 1.5f * bk.c[code_ref(c, b, i)];
     }
     CHECK(!bad, "decode d=%d b=%d: %d coordinates off", d, b, bad);
+    uint8_t *back = malloc(16 * stride + 3); /* kv_tq_block_rows: the rows again, exactly */
+    for (int t0 = 0; t0 < n && !bad; t0 += 16) {
+        int m = n - t0 < 16 ? n - t0 : 16;
+        kv_tq_block_rows(B + (size_t)(t0 / 16) * 16 * stride, stride, 8, m, back);
+        bad = memcmp(back, rows + (size_t)t0 * stride, stride * (size_t)m) != 0;
+    }
+    CHECK(!bad, "block_rows d=%d b=%d n=%d: rows differ", d, b, n);
+    free(back);
     free(rows), free(B), free(q), free(T), free(out), free(w), free(u), free(x);
 }
 

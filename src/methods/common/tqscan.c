@@ -360,14 +360,14 @@ void kv_tq_scan_axpys(const kv_tq_book *book, const uint8_t *codes, size_t nb, s
 
 void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t *out)
 {
-    for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row, blk + 4 * (size_t)l, 4); /* |k| */
-    for (size_t f = 1; 4 * f < nrm; f++)
-        for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + 4 * f, blk + 64 * f + 4 * (size_t)l, 4);
-    for (size_t j = nrm; j < row; j++) {
-        uint8_t x[16];
-        memcpy(x, blk + 16 * j, sizeof x);
-        for (int l = 0; l < m; l++) out[(size_t)l * row + j] = x[l];
+    size_t nb = row - nrm; /* the code bytes: one interleaved field from 16 nrm */
+    for (int w = 0; 4 * (size_t)w < nb; w++) { /* a word of every row at once; the last may spill 3 bytes */
+        tq_u16 v;
+        load_word(blk + 16 * nrm, nb, w, &v);
+        for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + nrm + 4 * (size_t)w, &v[l], 4);
     }
+    for (size_t f = 0; 4 * f < nrm; f++) /* the norms after: over any spill of the row before */
+        for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + 4 * f, blk + 64 * f + 4 * (size_t)l, 4);
 }
 
 /* 16 outputs j.. of m <= 8 vectors: acc[t] += x[t][c] RT[c][j..j+16), c in order */

@@ -63,7 +63,9 @@ void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, flo
                         const float *sg, double *st, int dv);
 
 /* The m <= KV_TQ_BLK first rows of the block at blk (rows of row bytes,
- * the first nrm floats) row-major: out[l row + j] = row l's byte j. */
+ * the first nrm floats) row-major: out[l row + j] = row l's byte j; out
+ * holds m row + 3 bytes (the last row's codes are copied by 4-byte words:
+ * up to 3 bytes past it are overwritten). */
 void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t *out);
 
 /* out[t d + j] = sum_c x[t d + c] RT[c d + j] (c in order, one chain per
