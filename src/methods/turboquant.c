@@ -225,22 +225,12 @@ static uint8_t *block_of(const tq_state *s, int64_t t, int *l)
     return s->rows + (size_t)(t / KV_TQ_BLK) * KV_TQ_BLK * s->row;
 }
 
-/* bytes [j0, j0 + n) of row t (row-major) to or from x (nrm a multiple of 4) */
+/* bytes [j0, j0 + n) of row t (row-major) to or from x */
 static void row_copy(const tq_state *s, int64_t t, size_t j0, size_t n, uint8_t *x, int put)
 {
     int l;
     uint8_t *b = block_of(s, t, &l);
-    size_t j = j0;
-    for (; j < j0 + n && j < s->nrm; j++) { /* the norms */
-        uint8_t *at = b + kv_tq_byte_at(j, s->nrm, l);
-        if (put) *at = x[j - j0];
-        else x[j - j0] = *at;
-    }
-    uint8_t *at = b + 16 * j + l; /* the codes: a byte every 16 */
-    if (put)
-        for (; j < j0 + n; j++, at += 16) *at = x[j - j0];
-    else
-        for (; j < j0 + n; j++, at += 16) x[j - j0] = *at;
+    kv_tq_row_copy(b, s->nrm, l, j0, n, x, put);
 }
 
 /* norm f (0: |k|, 1: |v|, 2: |r|) of row t */
@@ -476,25 +466,6 @@ static void count(tq_state *s, int nq, const int64_t *p, int64_t p0, int64_t nr)
 
 static void tq_cost(const void *state, kv_query_cost *c) { *c = ((const tq_state *)state)->cost; }
 
-/* y[i] = sum_j RT[i dv + j] u[j] in double, j in order (one chain per
- * output), 8 outputs side by side (independent chains) */
-static void back_rotate(const float *RT, int dv, const double *u, double *y)
-{
-    int i = 0;
-    for (; i + 8 <= dv; i += 8) {
-        double t[8] = { 0 };
-        const float *r = RT + (size_t)i * dv;
-        for (int j = 0; j < dv; j++)
-            for (int k = 0; k < 8; k++) t[k] += (double)r[(size_t)k * dv + j] * u[j];
-        memcpy(y + i, t, sizeof t);
-    }
-    for (; i < dv; i++) {
-        double t = 0;
-        for (int j = 0; j < dv; j++) t += (double)RT[(size_t)i * dv + j] * u[j]; /* (Pi_v^T)_ij */
-        y[i] = t;
-    }
-}
-
 /* nq queries at prefixes p[q] (or all at p0 when p is NULL). */
 static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t p0, double *st)
 {
@@ -526,7 +497,7 @@ static int answer(tq_state *s, const float *Q, int nq, const int64_t *p, int64_t
     int rc = kv_fold_slices((nr + a.per - 1) / a.per, nq == 1 ? fold_one : fold_slice, &a, s->qb, nq, dv, scale, st);
     for (int q = 0; q < nq && !rc; q++) { /* the value sum back from the rotated domain, once per query */
         double *u = st + q * sl + KV_PS_U;
-        back_rotate(s->Rv, dv, u, s->ub);
+        kv_tq_rotate_back(s->Rv, dv, u, s->ub);
         memcpy(u, s->ub, sizeof(double) * (size_t)dv);
     }
     for (int q = 0; q < nq && !rc; q++) { /* the float window [p - R, p) */

@@ -401,3 +401,35 @@ void kv_tq_rotate(const float *RT, int d, const float *x, int nt, float *out)
             }
     }
 }
+
+void kv_tq_row_copy(uint8_t *blk, size_t nrm, int l, size_t j0, size_t n, uint8_t *x, int put)
+{
+    size_t j = j0;
+    for (; j < j0 + n && j < nrm; j++) { /* the norms */
+        uint8_t *at = blk + kv_tq_byte_at(j, nrm, l);
+        if (put) *at = x[j - j0];
+        else x[j - j0] = *at;
+    }
+    uint8_t *at = blk + 16 * j + (size_t)l; /* the codes: a byte every 16 */
+    if (put)
+        for (; j < j0 + n; j++, at += 16) *at = x[j - j0];
+    else
+        for (; j < j0 + n; j++, at += 16) x[j - j0] = *at;
+}
+
+void kv_tq_rotate_back(const float *RT, int dv, const double *u, double *y)
+{
+    int i = 0;
+    for (; i + 8 <= dv; i += 8) { /* 8 outputs side by side: independent chains */
+        double t[8] = { 0 };
+        const float *r = RT + (size_t)i * dv;
+        for (int j = 0; j < dv; j++)
+            for (int k = 0; k < 8; k++) t[k] += (double)r[(size_t)k * dv + j] * u[j];
+        memcpy(y + i, t, sizeof t);
+    }
+    for (; i < dv; i++) {
+        double t = 0;
+        for (int j = 0; j < dv; j++) t += (double)RT[(size_t)i * dv + j] * u[j];
+        y[i] = t;
+    }
+}

@@ -68,6 +68,15 @@ void kv_tq_scan_weights(const uint8_t *rows, size_t stride, int n, int prod, flo
  * up to 3 bytes past it are overwritten). */
 void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t *out);
 
+/* Bytes [j0, j0 + n) of the row at lane l of the block at blk (its first
+ * nrm bytes floats, kv_tq_byte_at) to (put) or from x, x holding them
+ * row-major. */
+void kv_tq_row_copy(uint8_t *blk, size_t nrm, int l, size_t j0, size_t n, uint8_t *x, int put);
+
+/* y[i] = sum_j RT[i dv + j] u[j] in double, j in order (one chain per
+ * output; y and u distinct): a rotated-domain sum back, RT = Pi^T. */
+void kv_tq_rotate_back(const float *RT, int dv, const double *u, double *y);
+
 /* out[t d + j] = sum_c x[t d + c] RT[c d + j] (c in order, one chain per
  * output), t < nt: the nt vectors x (contiguous) times the matrix whose
  * transpose RT is (Pi x with RT = Pi^T), 16 outputs of 8 vectors at a time. */
