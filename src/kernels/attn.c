@@ -62,6 +62,17 @@ typedef kv_v16i v16i;
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 
+/* x > m ? x : m by lane (NaN x: m; the lane max of a pass in order) */
+static inline v16 vmax_first(v16 x, v16 m)
+{
+#if defined(__AVX512F__)
+    return (v16)_mm512_max_ps((__m512)x, (__m512)m);
+#else
+    v16i gt = x > m;
+    return (v16)((gt & (v16i)x) | (~gt & (v16i)m));
+#endif
+}
+
 /* exp(x) for x <= 0, 16 at a time: 2^k * exp(r), r = x - k ln2 in
  * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in a few bits),
  * exp(r) = 1 + r + r^2 p(r) with Cephes' degree-5 minimax p.  Worst
@@ -73,9 +84,9 @@ static inline v16 expv(v16 x)
 {
     const v16 lo = bc(-87.0f);
     v16i under = x < lo; /* all ones where x < -87 */
-    v16 v = (v16)(((v16i)x & ~under) | ((v16i)lo & under));
+    v16 v = vmax_first(lo, x); /* x < -87 ? -87 : x */
     /* round to nearest with the 1.5*2^23 trick: plain arithmetic */
-    v16 k = (v * bc(1.44269504f) + bc(12582912.0f)) - bc(12582912.0f);
+    v16 kb = v * bc(1.44269504f) + bc(12582912.0f), k = kb - bc(12582912.0f);
     v16 r = v - k * bc(0.693359375f) + k * bc(2.12194440e-4f);
     v16 p = bc(1.9875691500e-4f);
     p = p * r + bc(1.3981999507e-3f);
@@ -84,8 +95,11 @@ static inline v16 expv(v16 x)
     p = p * r + bc(1.6666665459e-1f);
     p = p * r + bc(5.0000001201e-1f);
     p = p * (r * r) + r + bc(1.0f);
-    v16i ki = __builtin_convertvector(k, v16i) + 127; /* in [1, 127]: a normal 2^k */
-    v16 e = p * (v16)(ki << 23);
+    /* 2^k, k in [-126, 0] an integer: kb = 1.5 2^23 + k exactly, whose
+     * bits are 0x4B400000 + k, so (k + 127) << 23 (a normal) without a
+     * conversion */
+    v16i ki = ((v16i)kb - (0x4B400000 - 127)) << 23;
+    v16 e = p * (v16)ki;
     return (v16)((v16i)e & ~under);
 }
 
@@ -221,96 +235,113 @@ static void logits_one(const float *restrict q, const float *const *kr, const ui
 
 /* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
  * lanes j in [lb, nqp) (lb, nqp multiples of VL) and t < nt, from Qt (d x
- * nqp, zero padded).  6 tokens x 4 lane vectors per register block (24
- * FMAs per 4 query loads and 6 broadcasts), then 8 x 2 and 8 x 1 for the
- * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
- * c in order, then one multiply by scale: the same for every lane. */
+ * nqp, zero padded).  One pass over the tile per group of W <= 4 lane
+ * vectors: register blocks of T tokens x W vectors (6 x 4, 8 x 3, 8 x 2,
+ * 8 x 1), each dimension c one load per lane vector and one broadcast per
+ * token; a short last block repeats its last row.  Each logit is the FMA
+ * chain over c in order, then one multiply by scale: the same for every
+ * lane and block shape. */
+
+/* line addresses of rows [a, a + T) of run r (capped at its bytes) */
+static inline int pf_lines(pfrun r, size_t a, int T, const char **out)
+{
+    int n = 0;
+    for (int i = 0; (r.p || r.rows) && i < T; i++) {
+        size_t o = (a + (size_t)i) * r.rowb;
+        if (o >= r.bytes) break;
+        const char *row = r.p ? r.p + o : (const char *)r.rows[a + (size_t)i];
+        for (size_t b = 0; b < r.rowb; b += 64) out[n++] = row + b;
+    }
+    return n;
+}
+
+/* tokens [t, t + T) (clamped to nt) x lane vectors [j, j + W VL); the npf
+ * lines pfl prefetched over the c loop (a few per c: spread over the FMAs,
+ * a burst stalls on the fill buffers).  D > 0: the rows are D floats apart
+ * from kr[0] (one pointer, constant offsets: no spilled row pointers). */
+static inline __attribute__((always_inline)) void lg_blk(const float *restrict Qt, size_t nqp, int j,
+                                                         const float *const *kr, int D, int t, int nt, int d,
+                                                         int T, int W, v16 sc, float *restrict S,
+                                                         float *restrict mt, const char *const *pfl, int npf)
+{
+    const float *k[8];
+    int ri[8];
+    for (int i = 0; i < T; i++) ri[i] = t + i < nt ? t + i : nt - 1;
+    for (int i = 0; i < T; i++) k[i] = kr[ri[i]];
+    const float *k0 = kr[0] + (size_t)t * D;
+    v16 a[8][4];
+    for (int i = 0; i < T; i++)
+        for (int v = 0; v < W; v++) a[i][v] = bc(0);
+    const float *qr = Qt + j;
+    for (int c = 0; c < d; c++, qr += nqp) {
+        for (int e = c; e < npf; e += d) __builtin_prefetch(pfl[e], 0, KV_PF_LOCALITY);
+        v16 q[4];
+        for (int v = 0; v < W; v++) q[v] = ld(qr + v * VL);
+        for (int i = 0; i < T; i++) {
+            v16 b = bc(D ? k0[(ri[i] - t) * D + c] : k[i][c]);
+            for (int v = 0; v < W; v++) a[i][v] += b * q[v];
+        }
+    }
+    /* the stores, and each lane's running max over the tokens in order
+     * (the first token's logit, then x > m ? x : m: the result of a pass
+     * over S after the fact) into mt */
+    v16 m[4];
+    for (int v = 0; v < W; v++) m[v] = t ? ld(mt + j + v * VL) : a[0][v] * sc;
+    for (int i = 0; i < T && t + i < nt; i++)
+        for (int v = 0; v < W; v++) {
+            v16 x = a[i][v] * sc;
+            m[v] = vmax_first(x, m[v]);
+            st16(S + (size_t)(t + i) * nqp + j + v * VL, x);
+        }
+    for (int v = 0; v < W; v++) st16(mt + j + v * VL, m[v]);
+}
+
+/* one pass of T x W blocks over the tile's tokens; pf: this pass
+ * prefetches (the runs' rows t .. t + T per block, K then V) */
+static inline __attribute__((always_inline)) void lg_pass(const float *restrict Qt, size_t nqp, int j,
+                                                          const float *const *kr, int D, int nt, int d, int T, int W,
+                                                          v16 sc, float *restrict S, float *restrict mt, int pf,
+                                                          pfrun pk, pfrun pv, const char **pfl)
+{
+    for (int t = 0; t < nt; t += T) {
+        int npf = 0;
+        if (pf) {
+            npf = pf_lines(pk, (size_t)t, T, pfl);
+            npf += pf_lines(pv, (size_t)t, T, pfl + npf);
+        }
+        lg_blk(Qt, nqp, j, kr, D, t, nt, D ? D : d, T, W, sc, S, mt, pfl, npf);
+    }
+}
+
+/* all lanes from j on, in passes of up to 4 lane vectors (pf: the first
+ * prefetches); D as lg_blk */
+static inline __attribute__((always_inline)) void lg_lanes(const float *restrict Qt, size_t nqp, int j,
+                                                           const float *const *kr, int D, int nt, int d, v16 sc,
+                                                           float *restrict S, float *restrict mt, int pf, pfrun pk,
+                                                           pfrun pv, const char **pfl)
+{
+    for (; j < (int)nqp; pf = 0) {
+        int w = ((int)nqp - j) / VL;
+        if (w >= 4) lg_pass(Qt, nqp, j, kr, D, nt, d, 6, 4, sc, S, mt, pf, pk, pv, pfl);
+        else if (w == 3) lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 3, sc, S, mt, pf, pk, pv, pfl);
+        else if (w == 2) lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 2, sc, S, mt, pf, pk, pv, pfl);
+        else lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 1, sc, S, mt, pf, pk, pv, pfl);
+        j += (w > 4 ? 4 : w) * VL;
+    }
+}
+
 static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *const *kr, int nt, int d,
-                         float scale, float *restrict S, pfrun pk, pfrun pv, size_t krow, size_t vrow)
+                         float scale, float *restrict S, float *restrict mt, pfrun pk, pfrun pv, size_t krow,
+                         size_t vrow)
 {
     const v16 sc = bc(scale);
-    /* software prefetch of a later tile's K and V rows (pfk NULL: none),
-     * spread over the first lane block's FMAs: one or two lines per
-     * dimension c, for the 8 rows from each token block's first (a burst
-     * per tile stalls on the fill buffers) */
-    const size_t kb = 8 * krow, vb = 8 * vrow;
-    /* paged runs: line c of those 8 rows as (row, byte offset), once per call */
-    size_t nlk = pk.rows ? (kb + 63) / 64 : 1, nlv = pv.rows ? (vb + 63) / 64 : 1;
-    uint32_t kri[nlk], kro[nlk], vri[nlv], vro[nlv];
-    for (size_t c = 0; pk.rows && c < nlk; c++) kri[c] = (uint32_t)(c * 64 / krow), kro[c] = (uint32_t)(c * 64 % krow);
-    for (size_t c = 0; pv.rows && c < nlv; c++) vri[c] = (uint32_t)(c * 64 / vrow), vro[c] = (uint32_t)(c * 64 % vrow);
-#define PF_LINE(r, ri, ro, row, t, c, o) \
-    ((r).p ? (r).p + (size_t)(t) * (row) + (o) : (const char *)(r).rows[(t) + ri[c]] + ro[c])
-#define PF_STEP(t, c)                                                                                         \
-    do {                                                                                                      \
-        if (pf) {                                                                                             \
-            size_t o_ = (size_t)(c) * 64;                                                                     \
-            size_t ko_ = (size_t)(t) * krow + o_, vo_ = (size_t)(t) * vrow + o_;                             \
-            if (o_ < kb && ko_ < pk.bytes) __builtin_prefetch(PF_LINE(pk, kri, kro, krow, t, c, o_), 0, KV_PF_LOCALITY); \
-            if (o_ < vb && vo_ < pv.bytes) __builtin_prefetch(PF_LINE(pv, vri, vro, vrow, t, c, o_), 0, KV_PF_LOCALITY); \
-        }                                                                                                     \
-    } while (0)
-    int j = lb;
-    for (; j + 4 * VL <= nqp; j += 4 * VL)
-        for (int t = 0; t < nt; t += 6) {
-            const float *k[6];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 6; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[6][4];
-            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                const float *qr = Qt + (size_t)c * nqp + j;
-                v16 q0 = ld(qr), q1 = ld(qr + VL), q2 = ld(qr + 2 * VL), q3 = ld(qr + 3 * VL);
-                for (int i = 0; i < 6; i++) {
-                    v16 b = bc(k[i][c]);
-                    a[i][0] += b * q0;
-                    a[i][1] += b * q1;
-                    a[i][2] += b * q2;
-                    a[i][3] += b * q3;
-                }
-            }
-            for (int i = 0; i < 6 && t + i < nt; i++)
-                for (int v = 0; v < 4; v++) st16(S + (size_t)(t + i) * nqp + j + v * VL, a[i][v] * sc);
-        }
-    for (; j + 2 * VL <= nqp; j += 2 * VL)
-        for (int t = 0; t < nt; t += 8) {
-            const float *k[8];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[8][2];
-            for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                const float *qr = Qt + (size_t)c * nqp + j;
-                v16 q0 = ld(qr), q1 = ld(qr + VL);
-                for (int i = 0; i < 8; i++) {
-                    v16 b = bc(k[i][c]);
-                    a[i][0] += b * q0;
-                    a[i][1] += b * q1;
-                }
-            }
-            for (int i = 0; i < 8 && t + i < nt; i++) {
-                st16(S + (size_t)(t + i) * nqp + j, a[i][0] * sc);
-                st16(S + (size_t)(t + i) * nqp + j + VL, a[i][1] * sc);
-            }
-        }
-    for (; j < nqp; j += VL)
-        for (int t = 0; t < nt; t += 8) {
-            const float *k[8];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[8];
-            for (int i = 0; i < 8; i++) a[i] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                v16 q0 = ld(Qt + (size_t)c * nqp + j);
-                for (int i = 0; i < 8; i++) a[i] += bc(k[i][c]) * q0;
-            }
-            for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
-        }
-#undef PF_STEP
-#undef PF_LINE
+    const char *pfl[16 * ((krow > vrow ? krow : vrow) + 63) / 64 + 1];
+    int pf = pk.p || pk.rows || pv.p || pv.rows, contig = 1;
+    for (int t = 1; t < nt && contig; t++) contig = kr[t] == kr[0] + (size_t)t * d;
+    size_t np = (size_t)nqp;
+    if (contig && d == 64) lg_lanes(Qt, np, lb, kr, 64, nt, d, sc, S, mt, pf, pk, pv, pfl);
+    else if (contig && d == 128) lg_lanes(Qt, np, lb, kr, 128, nt, d, sc, S, mt, pf, pk, pv, pfl);
+    else lg_lanes(Qt, np, lb, kr, 0, nt, d, sc, S, mt, pf, pk, pv, pfl);
 }
 
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
@@ -392,67 +423,71 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, cons
     else pv_vec_g(P, nq, vr, NULL, 0, nt, dv, U, ustride, pc);
 }
 
-/* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
- * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4, lb too), each a
- * sequential FMA chain over t from zero.  Register blocks of 6 (then 4)
- * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
- * value columns outside, so their 16 KiB of the tile stay in L1 across the
- * query blocks. */
-static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
-                     float *restrict U)
+/* u[0 .. 16) += x: each float converted (exactly) and added in double, as
+ * add_f2d does */
+static inline void add_v16d(double *restrict u, v16 x)
 {
-    int c = 0;
-    if (dv % VL == 0) {
-        for (; c + 4 * VL <= dv; c += 4 * VL) {
-            /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
-            int j = lb, j6 = lb + (qe - lb) / 12 * 12;
-            for (; j < j6; j += 6) {
-                v16 a[6][4];
-                for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-                for (int t = 0; t < nt; t++) {
-                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
-                    for (int i = 0; i < 6; i++) {
-                        v16 s = bc(p[i]);
-                        a[i][0] += s * v0;
-                        a[i][1] += s * v1;
-                        a[i][2] += s * v2;
-                        a[i][3] += s * v3;
-                    }
-                }
-                for (int i = 0; i < 6; i++)
-                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
-            }
-            for (; j < qe; j += 4) {
-                v16 a[4][4];
-                for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-                for (int t = 0; t < nt; t++) {
-                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
-                    for (int i = 0; i < 4; i++) {
-                        v16 s = bc(p[i]);
-                        a[i][0] += s * v0;
-                        a[i][1] += s * v1;
-                        a[i][2] += s * v2;
-                        a[i][3] += s * v3;
-                    }
-                }
-                for (int i = 0; i < 4; i++)
-                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
-            }
+    v8f lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+    v8f hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    v8d a, b;
+    memcpy(&a, u, sizeof a);
+    memcpy(&b, u + 8, sizeof b);
+    a += __builtin_convertvector(lo, v8d);
+    b += __builtin_convertvector(hi, v8d);
+    memcpy(u, &a, sizeof a);
+    memcpy(u + 8, &b, sizeof b);
+}
+
+/* queries [j, j + R) x value vectors [c, c + W VL): each sum a sequential
+ * FMA chain over t from zero, then added to the query's state u in run
+ * (rows sl apart) for the queries in [qa, nq) only (ended or padding lanes
+ * are computed and dropped) */
+static inline __attribute__((always_inline)) void pv_blk(const float *restrict P, size_t nqp, int j, int R, int W,
+                                                         const float *const *vr, int nt, int c, double *run,
+                                                         size_t sl, int qa, int nq)
+{
+    v16 a[6][4];
+    for (int i = 0; i < R; i++)
+        for (int k = 0; k < W; k++) a[i][k] = bc(0);
+    for (int t = 0; t < nt; t++) {
+        const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
+        v16 v[4];
+        for (int k = 0; k < W; k++) v[k] = ld(vt + k * VL);
+        for (int i = 0; i < R; i++) {
+            v16 s = bc(p[i]);
+            for (int k = 0; k < W; k++) a[i][k] += s * v[k];
         }
-        for (; c < dv; c += VL)
-            for (int j = lb; j < qe; j += 4) {
-                v16 a[4] = { bc(0), bc(0), bc(0), bc(0) };
-                for (int t = 0; t < nt; t++) {
-                    v16 v = ld(vr[t] + c);
-                    const float *p = P + (size_t)t * nqp + j;
-                    for (int i = 0; i < 4; i++) a[i] += bc(p[i]) * v;
-                }
-                for (int i = 0; i < 4; i++) st16(U + (size_t)(j + i) * dv + c, a[i]);
-            }
-        return;
     }
+    for (int i = 0; i < R; i++)
+        if (j + i >= qa && j + i < nq)
+            for (int k = 0; k < W; k++) add_v16d(run + (size_t)(j + i) * sl + KV_PS_U + c + k * VL, a[i][k]);
+}
+
+/* many queries, P in lanes (P[t * nqp + j]), dv % 16 == 0: u[j][c] +=
+ * sum_{t < nt} P[t][j] V[t][c] for the queries j in [qa, nq), computed for
+ * the lanes [lb, qe) (qe - lb and lb multiples of 4).  Register blocks of 6
+ * (then 4) queries x 4 value vectors: 24 FMAs per 4 value loads and 6
+ * broadcasts; the value columns outside, so their 16 KiB of the tile stay
+ * in L1 across the query blocks. */
+static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
+                     double *run, size_t sl, int qa, int nq)
+{
+    size_t np = (size_t)nqp;
+    int c = 0;
+    for (; c + 4 * VL <= dv; c += 4 * VL) {
+        /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
+        int j = lb, j6 = lb + (qe - lb) / 12 * 12;
+        for (; j < j6; j += 6) pv_blk(P, np, j, 6, 4, vr, nt, c, run, sl, qa, nq);
+        for (; j < qe; j += 4) pv_blk(P, np, j, 4, 4, vr, nt, c, run, sl, qa, nq);
+    }
+    for (; c < dv; c += VL)
+        for (int j = lb; j < qe; j += 4) pv_blk(P, np, j, 4, 1, vr, nt, c, run, sl, qa, nq);
+}
+
+/* the same for dv % 16 != 0, into U (U[j * dv + c], then added by the caller) */
+static void pv_lanes_any(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
+                         float *restrict U)
+{
     for (int j = lb; j < qe; j++) {
         float *u = U + (size_t)j * dv;
         for (int k = 0; k < dv; k++) u[k] = 0.0f;
@@ -511,19 +546,15 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
         /* keep the memory system busy: the rows KV_PF_TOKENS on */
         pfrun pk = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 0);
         pfrun pv = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 1);
-        logits_lanes(Qt, nqp, lb, w.k, nt, d, scale, S, pk, pv, krow, vrow);
+        logits_lanes(Qt, nqp, lb, w.k, nt, d, scale, S, mt, pk, pv, krow, vrow);
         /* prefixes ending inside the tile (a run of the first active queries):
          * -inf past the end, so exp gives exact zeros there */
         for (int q = qa; q < nq; q++) {
             size_t lq = qlen(len, q, off, n) - t0;
             if (lq >= (size_t)nt) break;
             for (int t = (int)lq; t < nt; t++) S[(size_t)t * nqp + q] = -INFINITY;
-        }
-        for (int j = lb; j < nqp; j++) mt[j] = S[j];
-        for (int t = 1; t < nt; t++) {
-            const float *row = S + (size_t)t * nqp;
-#pragma omp simd
-            for (int j = lb; j < nqp; j++) mt[j] = row[j] > mt[j] ? row[j] : mt[j];
+            mt[q] = S[q]; /* the max over the tokens it sees (lq >= 1) */
+            for (int t = 1; t < (int)lq; t++) mt[q] = S[(size_t)t * nqp + q] > mt[q] ? S[(size_t)t * nqp + q] : mt[q];
         }
         for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
             mf[j] = j >= qa && j < nq ? kv_partial_raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
@@ -542,12 +573,13 @@ static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvs
         rows_vals(&w, t0, nt, vb);
         /* P.V from the block of 4 holding qa: a query's sums are its own FMA
          * chain whatever its block, and ended lanes below it need none */
-        pv_lanes(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, U);
+        if (dv % VL == 0) pv_lanes(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, run, sl, qa, nq);
+        else pv_lanes_any(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, U);
         for (int q = qa; q < nq; q++) {
             double *r = run + (size_t)q * sl;
             r[KV_PS_L] += lv[q];
             r[KV_PS_L2] += l2v[q];
-            add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
+            if (dv % VL) add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
         }
     }
     free(Qt);
