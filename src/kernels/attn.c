@@ -7,15 +7,9 @@
  * a double running state (m, l, l2, u) per query, rescaled in double on the
  * rare tiles that raise the max.
  *
- * Batched (nq >= 4): queries sit in vector lanes.  Q is transposed once per
- * call (d x nqp, nqp = nq rounded up to 16), so a logit block is 6 tokens x
- * 64 queries of register accumulators fed by one broadcast key element and
- * four query vectors per dimension (then 8 x 32, 8 x 16 for the last
- * lanes); the max, the shifted exp and the tile sums
- * then run across lanes with no horizontal work, and P.V takes 6 (or 4)
- * queries x 64 value dimensions per register block.  Every per-query operation is the
- * same whatever its lane or the batch's size (padding lanes are computed and
- * ignored), so a query's result does not depend on which others share its
+ * Batched (nq >= 4): queries sit in vector lanes (kernels/attn_lanes.c).
+ * Every per-query operation is the same whatever its lane or the batch's
+ * size, so a query's result does not depend on which others share its
  * call.  A single query (or 2, 3) reads each key row in order into one
  * vector accumulator per token, 16 tokens at a time, and sums the 16 in one
  * transpose-add tree; P.V runs even and odd tokens in separate accumulators
@@ -42,66 +36,10 @@
 #include "kernels/attn.h"
 #include "kernels/attn_ldh.h"
 #include "kernels/attn_rows.h"
+#include "kernels/attn_vec.h"
 #include "kernels/lanes16.h"
 #include "kernels/partial.h"
 #include "kernels/vshuf.h"
-
-#define VL 16    /* floats per vector */
-
-/* Every function taking or returning these vectors is static to this file,
- * so no call crosses an ABI boundary: -Wpsabi's note (clang and GCC, builds
- * without AVX-512) does not apply. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef kv_v16 v16;
-
-static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
-
-typedef kv_v16i v16i;
-typedef float v8f __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));
-
-/* x > m ? x : m by lane (NaN x: m; the lane max of a pass in order) */
-static inline v16 vmax_first(v16 x, v16 m)
-{
-#if defined(__AVX512F__)
-    return (v16)_mm512_max_ps((__m512)x, (__m512)m);
-#else
-    v16i gt = x > m;
-    return (v16)((gt & (v16i)x) | (~gt & (v16i)m));
-#endif
-}
-
-/* exp(x) for x <= 0, 16 at a time: 2^k * exp(r), r = x - k ln2 in
- * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in a few bits),
- * exp(r) = 1 + r + r^2 p(r) with Cephes' degree-5 minimax p.  Worst
- * relative error over every float in [-87, 0]: 8.4e-8 with FMA, 8.2e-8
- * without (tests/test_expf.c checks 1e-7); x < -87, -inf included, gives 0.
- * Explicit vectors (GCC extensions) so every kernel gets the build's full
- * width and the same arithmetic (kv_expf_neg too). */
-static inline v16 expv(v16 x)
-{
-    const v16 lo = bc(-87.0f);
-    v16i under = x < lo; /* all ones where x < -87 */
-    v16 v = vmax_first(lo, x); /* x < -87 ? -87 : x */
-    /* round to nearest with the 1.5*2^23 trick: plain arithmetic */
-    v16 kb = v * bc(1.44269504f) + bc(12582912.0f), k = kb - bc(12582912.0f);
-    v16 r = v - k * bc(0.693359375f) + k * bc(2.12194440e-4f);
-    v16 p = bc(1.9875691500e-4f);
-    p = p * r + bc(1.3981999507e-3f);
-    p = p * r + bc(8.3334519073e-3f);
-    p = p * r + bc(4.1665795894e-2f);
-    p = p * r + bc(1.6666665459e-1f);
-    p = p * r + bc(5.0000001201e-1f);
-    p = p * (r * r) + r + bc(1.0f);
-    /* 2^k, k in [-126, 0] an integer: kb = 1.5 2^23 + k exactly, whose
-     * bits are 0x4B400000 + k, so (k + 127) << 23 (a normal) without a
-     * conversion */
-    v16i ki = ((v16i)kb - (0x4B400000 - 127)) << 23;
-    v16 e = p * (v16)ki;
-    return (v16)((v16i)e & ~under);
-}
 
 void kv_expf_neg(float *x, size_t n)
 {
@@ -129,20 +67,6 @@ void kv_attn_exp_tile(double *r, float *s, int nt, float mt, int dv)
     r[KV_PS_L2] += l2;
 }
 
-/* u[c] += x[c] (double += float), c < n: the per-tile fold into the state */
-static inline void add_f2d(double *restrict u, const float *restrict x, int n)
-{
-    int c = 0;
-    for (; c + 8 <= n; c += 8) {
-        v8f xf;
-        v8d ud;
-        memcpy(&xf, x + c, sizeof xf);
-        memcpy(&ud, u + c, sizeof ud);
-        ud += __builtin_convertvector(xf, v8d);
-        memcpy(u + c, &ud, sizeof ud);
-    }
-    for (; c < n; c++) u[c] += x[c];
-}
 
 /* ---- logits: S[q*TILE + t] = scale * <Q[q], K[t]> ---- */
 
@@ -233,117 +157,6 @@ static void logits_one(const float *restrict q, const float *const *kr, const ui
     else logits_one_g(q, kr, NULL, 0, nt, d, scale, S, pk);
 }
 
-/* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
- * lanes j in [lb, nqp) (lb, nqp multiples of VL) and t < nt, from Qt (d x
- * nqp, zero padded).  One pass over the tile per group of W <= 4 lane
- * vectors: register blocks of T tokens x W vectors (6 x 4, 8 x 3, 8 x 2,
- * 8 x 1), each dimension c one load per lane vector and one broadcast per
- * token; a short last block repeats its last row.  Each logit is the FMA
- * chain over c in order, then one multiply by scale: the same for every
- * lane and block shape. */
-
-/* line addresses of rows [a, a + T) of run r (capped at its bytes) */
-static inline int pf_lines(pfrun r, size_t a, int T, const char **out)
-{
-    int n = 0;
-    for (int i = 0; (r.p || r.rows) && i < T; i++) {
-        size_t o = (a + (size_t)i) * r.rowb;
-        if (o >= r.bytes) break;
-        const char *row = r.p ? r.p + o : (const char *)r.rows[a + (size_t)i];
-        for (size_t b = 0; b < r.rowb; b += 64) out[n++] = row + b;
-    }
-    return n;
-}
-
-/* tokens [t, t + T) (clamped to nt) x lane vectors [j, j + W VL); the npf
- * lines pfl prefetched over the c loop (a few per c: spread over the FMAs,
- * a burst stalls on the fill buffers).  D > 0: the rows are D floats apart
- * from kr[0] (one pointer, constant offsets: no spilled row pointers). */
-static inline __attribute__((always_inline)) void lg_blk(const float *restrict Qt, size_t nqp, int j,
-                                                         const float *const *kr, int D, int t, int nt, int d,
-                                                         int T, int W, v16 sc, float *restrict S,
-                                                         float *restrict mt, const char *const *pfl, int npf)
-{
-    const float *k[8];
-    int ri[8];
-    for (int i = 0; i < T; i++) ri[i] = t + i < nt ? t + i : nt - 1;
-    for (int i = 0; i < T; i++) k[i] = kr[ri[i]];
-    const float *k0 = kr[0] + (size_t)t * D;
-    v16 a[8][4];
-    for (int i = 0; i < T; i++)
-        for (int v = 0; v < W; v++) a[i][v] = bc(0);
-    const float *qr = Qt + j;
-    for (int c = 0; c < d; c++, qr += nqp) {
-        for (int e = c; e < npf; e += d) __builtin_prefetch(pfl[e], 0, KV_PF_LOCALITY);
-        v16 q[4];
-        for (int v = 0; v < W; v++) q[v] = ld(qr + v * VL);
-        for (int i = 0; i < T; i++) {
-            v16 b = bc(D ? k0[(ri[i] - t) * D + c] : k[i][c]);
-            for (int v = 0; v < W; v++) a[i][v] += b * q[v];
-        }
-    }
-    /* the stores, and each lane's running max over the tokens in order
-     * (the first token's logit, then x > m ? x : m: the result of a pass
-     * over S after the fact) into mt */
-    v16 m[4];
-    for (int v = 0; v < W; v++) m[v] = t ? ld(mt + j + v * VL) : a[0][v] * sc;
-    for (int i = 0; i < T && t + i < nt; i++)
-        for (int v = 0; v < W; v++) {
-            v16 x = a[i][v] * sc;
-            m[v] = vmax_first(x, m[v]);
-            st16(S + (size_t)(t + i) * nqp + j + v * VL, x);
-        }
-    for (int v = 0; v < W; v++) st16(mt + j + v * VL, m[v]);
-}
-
-/* one pass of T x W blocks over the tile's tokens; pf: this pass
- * prefetches (the runs' rows t .. t + T per block, K then V) */
-static inline __attribute__((always_inline)) void lg_pass(const float *restrict Qt, size_t nqp, int j,
-                                                          const float *const *kr, int D, int nt, int d, int T, int W,
-                                                          v16 sc, float *restrict S, float *restrict mt, int pf,
-                                                          pfrun pk, pfrun pv, const char **pfl)
-{
-    for (int t = 0; t < nt; t += T) {
-        int npf = 0;
-        if (pf) {
-            npf = pf_lines(pk, (size_t)t, T, pfl);
-            npf += pf_lines(pv, (size_t)t, T, pfl + npf);
-        }
-        lg_blk(Qt, nqp, j, kr, D, t, nt, D ? D : d, T, W, sc, S, mt, pfl, npf);
-    }
-}
-
-/* all lanes from j on, in passes of up to 4 lane vectors (pf: the first
- * prefetches); D as lg_blk */
-static inline __attribute__((always_inline)) void lg_lanes(const float *restrict Qt, size_t nqp, int j,
-                                                           const float *const *kr, int D, int nt, int d, v16 sc,
-                                                           float *restrict S, float *restrict mt, int pf, pfrun pk,
-                                                           pfrun pv, const char **pfl)
-{
-    for (; j < (int)nqp; pf = 0) {
-        int w = ((int)nqp - j) / VL;
-        if (w >= 4) lg_pass(Qt, nqp, j, kr, D, nt, d, 6, 4, sc, S, mt, pf, pk, pv, pfl);
-        else if (w == 3) lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 3, sc, S, mt, pf, pk, pv, pfl);
-        else if (w == 2) lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 2, sc, S, mt, pf, pk, pv, pfl);
-        else lg_pass(Qt, nqp, j, kr, D, nt, d, 8, 1, sc, S, mt, pf, pk, pv, pfl);
-        j += (w > 4 ? 4 : w) * VL;
-    }
-}
-
-static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *const *kr, int nt, int d,
-                         float scale, float *restrict S, float *restrict mt, pfrun pk, pfrun pv, size_t krow,
-                         size_t vrow)
-{
-    const v16 sc = bc(scale);
-    const char *pfl[16 * ((krow > vrow ? krow : vrow) + 63) / 64 + 1];
-    int pf = pk.p || pk.rows || pv.p || pv.rows, contig = 1;
-    for (int t = 1; t < nt && contig; t++) contig = kr[t] == kr[0] + (size_t)t * d;
-    size_t np = (size_t)nqp;
-    if (contig && d == 64) lg_lanes(Qt, np, lb, kr, 64, nt, d, sc, S, mt, pf, pk, pv, pfl);
-    else if (contig && d == 128) lg_lanes(Qt, np, lb, kr, 128, nt, d, sc, S, mt, pf, pk, pv, pfl);
-    else lg_lanes(Qt, np, lb, kr, 0, nt, d, sc, S, mt, pf, pk, pv, pfl);
-}
-
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
 
 static void pv_scalar(const float *restrict P, int nq, const float *const *vr, int nt, int dv, float *restrict U,
@@ -423,173 +236,6 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, cons
     else pv_vec_g(P, nq, vr, NULL, 0, nt, dv, U, ustride, pc);
 }
 
-/* u[0 .. 16) += x: each float converted (exactly) and added in double, as
- * add_f2d does */
-static inline void add_v16d(double *restrict u, v16 x)
-{
-    v8f lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
-    v8f hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-    v8d a, b;
-    memcpy(&a, u, sizeof a);
-    memcpy(&b, u + 8, sizeof b);
-    a += __builtin_convertvector(lo, v8d);
-    b += __builtin_convertvector(hi, v8d);
-    memcpy(u, &a, sizeof a);
-    memcpy(u + 8, &b, sizeof b);
-}
-
-/* queries [j, j + R) x value vectors [c, c + W VL): each sum a sequential
- * FMA chain over t from zero, then added to the query's state u in run
- * (rows sl apart) for the queries in [qa, nq) only (ended or padding lanes
- * are computed and dropped) */
-static inline __attribute__((always_inline)) void pv_blk(const float *restrict P, size_t nqp, int j, int R, int W,
-                                                         const float *const *vr, int nt, int c, double *run,
-                                                         size_t sl, int qa, int nq)
-{
-    v16 a[6][4];
-    for (int i = 0; i < R; i++)
-        for (int k = 0; k < W; k++) a[i][k] = bc(0);
-    for (int t = 0; t < nt; t++) {
-        const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
-        v16 v[4];
-        for (int k = 0; k < W; k++) v[k] = ld(vt + k * VL);
-        for (int i = 0; i < R; i++) {
-            v16 s = bc(p[i]);
-            for (int k = 0; k < W; k++) a[i][k] += s * v[k];
-        }
-    }
-    for (int i = 0; i < R; i++)
-        if (j + i >= qa && j + i < nq)
-            for (int k = 0; k < W; k++) add_v16d(run + (size_t)(j + i) * sl + KV_PS_U + c + k * VL, a[i][k]);
-}
-
-/* many queries, P in lanes (P[t * nqp + j]), dv % 16 == 0: u[j][c] +=
- * sum_{t < nt} P[t][j] V[t][c] for the queries j in [qa, nq), computed for
- * the lanes [lb, qe) (qe - lb and lb multiples of 4).  Register blocks of 6
- * (then 4) queries x 4 value vectors: 24 FMAs per 4 value loads and 6
- * broadcasts; the value columns outside, so their 16 KiB of the tile stay
- * in L1 across the query blocks. */
-static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
-                     double *run, size_t sl, int qa, int nq)
-{
-    size_t np = (size_t)nqp;
-    int c = 0;
-    for (; c + 4 * VL <= dv; c += 4 * VL) {
-        /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
-        int j = lb, j6 = lb + (qe - lb) / 12 * 12;
-        for (; j < j6; j += 6) pv_blk(P, np, j, 6, 4, vr, nt, c, run, sl, qa, nq);
-        for (; j < qe; j += 4) pv_blk(P, np, j, 4, 4, vr, nt, c, run, sl, qa, nq);
-    }
-    for (; c < dv; c += VL)
-        for (int j = lb; j < qe; j += 4) pv_blk(P, np, j, 4, 1, vr, nt, c, run, sl, qa, nq);
-}
-
-/* the same for dv % 16 != 0, into U (U[j * dv + c], then added by the caller) */
-static void pv_lanes_any(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
-                         float *restrict U)
-{
-    for (int j = lb; j < qe; j++) {
-        float *u = U + (size_t)j * dv;
-        for (int k = 0; k < dv; k++) u[k] = 0.0f;
-        for (int t = 0; t < nt; t++) {
-            float p = P[(size_t)t * nqp + j];
-            const float *v = vr[t];
-#pragma omp simd
-            for (int k = 0; k < dv; k++) u[k] += p * v[k];
-        }
-    }
-}
-
-/* Prefix length of query q within this call's n tokens at offset off
- * (len NULL: all n). */
-static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
-{
-    return len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n;
-}
-
-/* Batched tiles (queries in lanes, see the top): folds into run (nq states). */
-static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
-                      size_t n, int d, int dv, float scale, double *run)
-{
-    float *kb, *vb;
-    if (tile_bufs(src.esz, TILE, d, dv, &kb, &vb)) return KV_EINTERNAL;
-    size_t sl = KV_PSTATE_LEN(dv);
-    int nqp = (nq + VL - 1) / VL * VL;
-    /* sizes rounded to 64 bytes for aligned_alloc */
-#define ALLOC64(cnt) aligned_alloc(64, ((size_t)(cnt) * sizeof(float) + 63) / 64 * 64)
-    float *Qt = ALLOC64((size_t)d * nqp), *S = ALLOC64((size_t)TILE * nqp), *U = ALLOC64((size_t)nqp * dv);
-    float *lane = ALLOC64(4 * (size_t)nqp); /* per lane: tile max, shift, l, l2 */
-#undef ALLOC64
-    if (!Qt || !S || !U || !lane) {
-        free(Qt);
-        free(S);
-        free(U);
-        free(lane);
-        free(kb);
-        free(vb);
-        return KV_EINTERNAL;
-    }
-    const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
-    float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
-    for (int c = 0; c < d; c++)
-        for (int j = 0; j < nqp; j++) Qt[(size_t)c * nqp + j] = j < nq ? Q[(size_t)j * d + c] : 0.0f;
-    rowwin w;
-    rows_init(&w, src, n, d, dv);
-    int qa = 0; /* first query still active */
-    for (size_t t0 = 0; t0 < n; t0 += TILE) {
-        while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
-        if (qa == nq) break;
-        int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
-        int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
-        int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
-        rows_keys(&w, t0, nt, KV_PF_TOKENS + TILE, kb); /* values converted when used (L1) */
-        /* keep the memory system busy: the rows KV_PF_TOKENS on */
-        pfrun pk = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 0);
-        pfrun pv = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 1);
-        logits_lanes(Qt, nqp, lb, w.k, nt, d, scale, S, mt, pk, pv, krow, vrow);
-        /* prefixes ending inside the tile (a run of the first active queries):
-         * -inf past the end, so exp gives exact zeros there */
-        for (int q = qa; q < nq; q++) {
-            size_t lq = qlen(len, q, off, n) - t0;
-            if (lq >= (size_t)nt) break;
-            for (int t = (int)lq; t < nt; t++) S[(size_t)t * nqp + q] = -INFINITY;
-            mt[q] = S[q]; /* the max over the tokens it sees (lq >= 1) */
-            for (int t = 1; t < (int)lq; t++) mt[q] = S[(size_t)t * nqp + q] > mt[q] ? S[(size_t)t * nqp + q] : mt[q];
-        }
-        for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
-            mf[j] = j >= qa && j < nq ? kv_partial_raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
-        for (int j = lb; j < nqp; j += VL) { /* shift, exp and the tile sums in one pass */
-            v16 m = ld(mf + j), l = bc(0), l2 = bc(0);
-            for (int t = 0; t < nt; t++) {
-                float *p = S + (size_t)t * nqp + j;
-                v16 e = expv(ld(p) - m);
-                st16(p, e);
-                l += e;
-                l2 += e * e;
-            }
-            st16(lv + j, l);
-            st16(l2v + j, l2);
-        }
-        rows_vals(&w, t0, nt, vb);
-        /* P.V from the block of 4 holding qa: a query's sums are its own FMA
-         * chain whatever its block, and ended lanes below it need none */
-        if (dv % VL == 0) pv_lanes(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, run, sl, qa, nq);
-        else pv_lanes_any(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, U);
-        for (int q = qa; q < nq; q++) {
-            double *r = run + (size_t)q * sl;
-            r[KV_PS_L] += lv[q];
-            r[KV_PS_L2] += l2v[q];
-            if (dv % VL) add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
-        }
-    }
-    free(Qt);
-    free(S);
-    free(U);
-    free(lane);
-    free(kb);
-    free(vb);
-    return KV_OK;
-}
 
 /* Few-query tiles (nq < 4, one query at a time): folds into run. */
 static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc src, size_t n,
@@ -677,7 +323,7 @@ int kv_attn_fold_core(const float *Q, int nq, const size_t *len, size_t off, kvs
     double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
     if (!run) return KV_EINTERNAL;
     for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
-    int rc = batched ? fold_lanes(Q, nq, len, off, src, n, d, dv, scale, run)
+    int rc = batched ? kv_attn_fold_lanes(Q, nq, len, off, src, n, d, dv, scale, run)
                      : fold_few(Q, nq, len, off, src, n, d, dv, scale, run);
     if (rc == KV_OK)
         for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);
