@@ -94,7 +94,10 @@ static inline __attribute__((always_inline)) void lg_pass(const float *restrict 
             npf = pf_lines(pk, (size_t)t, T, pfl);
             npf += pf_lines(pv, (size_t)t, T, pfl + npf);
         }
-        lg_blk(Qt, nqp, j, kr, D, t, nt, D ? D : d, T, W, sc, S, mt, pfl, npf);
+        if (T == 6 && nt - t == 4) /* 64 = 10 x 6 + 4: no repeated rows */
+            lg_blk(Qt, nqp, j, kr, D, t, nt, D ? D : d, 4, W, sc, S, mt, pfl, npf);
+        else
+            lg_blk(Qt, nqp, j, kr, D, t, nt, D ? D : d, T, W, sc, S, mt, pfl, npf);
     }
 }
 
