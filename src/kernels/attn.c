@@ -7,15 +7,9 @@
  * a double running state (m, l, l2, u) per query, rescaled in double on the
  * rare tiles that raise the max.
  *
- * Batched (nq >= 4): queries sit in vector lanes.  Q is transposed once per
- * call (d x nqp, nqp = nq rounded up to 16), so a logit block is 6 tokens x
- * 64 queries of register accumulators fed by one broadcast key element and
- * four query vectors per dimension (then 8 x 32, 8 x 16 for the last
- * lanes); the max, the shifted exp and the tile sums
- * then run across lanes with no horizontal work, and P.V takes 6 (or 4)
- * queries x 64 value dimensions per register block.  Every per-query operation is the
- * same whatever its lane or the batch's size (padding lanes are computed and
- * ignored), so a query's result does not depend on which others share its
+ * Batched (nq >= 4): queries sit in vector lanes (kernels/attn_lanes.c).
+ * Every per-query operation is the same whatever its lane or the batch's
+ * size, so a query's result does not depend on which others share its
  * call.  A single query (or 2, 3) reads each key row in order into one
  * vector accumulator per token, 16 tokens at a time, and sums the 16 in one
  * transpose-add tree; P.V runs even and odd tokens in separate accumulators
@@ -42,52 +36,10 @@
 #include "kernels/attn.h"
 #include "kernels/attn_ldh.h"
 #include "kernels/attn_rows.h"
+#include "kernels/attn_vec.h"
 #include "kernels/lanes16.h"
 #include "kernels/partial.h"
 #include "kernels/vshuf.h"
-
-#define VL 16    /* floats per vector */
-
-/* Every function taking or returning these vectors is static to this file,
- * so no call crosses an ABI boundary: -Wpsabi's note (clang and GCC, builds
- * without AVX-512) does not apply. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef kv_v16 v16;
-
-static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline v16 bc(float x) { return (v16){ x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x }; }
-
-typedef kv_v16i v16i;
-typedef float v8f __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));
-
-/* exp(x) for x <= 0, 16 at a time: 2^k * exp(r), r = x - k ln2 in
- * [-ln2/2, ln2/2] (ln2 in two parts, the first exact in a few bits),
- * exp(r) = 1 + r + r^2 p(r) with Cephes' degree-5 minimax p.  Worst
- * relative error over every float in [-87, 0]: 8.4e-8 with FMA, 8.2e-8
- * without (tests/test_expf.c checks 1e-7); x < -87, -inf included, gives 0.
- * Explicit vectors (GCC extensions) so every kernel gets the build's full
- * width and the same arithmetic (kv_expf_neg too). */
-static inline v16 expv(v16 x)
-{
-    const v16 lo = bc(-87.0f);
-    v16i under = x < lo; /* all ones where x < -87 */
-    v16 v = (v16)(((v16i)x & ~under) | ((v16i)lo & under));
-    /* round to nearest with the 1.5*2^23 trick: plain arithmetic */
-    v16 k = (v * bc(1.44269504f) + bc(12582912.0f)) - bc(12582912.0f);
-    v16 r = v - k * bc(0.693359375f) + k * bc(2.12194440e-4f);
-    v16 p = bc(1.9875691500e-4f);
-    p = p * r + bc(1.3981999507e-3f);
-    p = p * r + bc(8.3334519073e-3f);
-    p = p * r + bc(4.1665795894e-2f);
-    p = p * r + bc(1.6666665459e-1f);
-    p = p * r + bc(5.0000001201e-1f);
-    p = p * (r * r) + r + bc(1.0f);
-    v16i ki = __builtin_convertvector(k, v16i) + 127; /* in [1, 127]: a normal 2^k */
-    v16 e = p * (v16)(ki << 23);
-    return (v16)((v16i)e & ~under);
-}
 
 void kv_expf_neg(float *x, size_t n)
 {
@@ -115,20 +67,6 @@ void kv_attn_exp_tile(double *r, float *s, int nt, float mt, int dv)
     r[KV_PS_L2] += l2;
 }
 
-/* u[c] += x[c] (double += float), c < n: the per-tile fold into the state */
-static inline void add_f2d(double *restrict u, const float *restrict x, int n)
-{
-    int c = 0;
-    for (; c + 8 <= n; c += 8) {
-        v8f xf;
-        v8d ud;
-        memcpy(&xf, x + c, sizeof xf);
-        memcpy(&ud, u + c, sizeof ud);
-        ud += __builtin_convertvector(xf, v8d);
-        memcpy(u + c, &ud, sizeof ud);
-    }
-    for (; c < n; c++) u[c] += x[c];
-}
 
 /* ---- logits: S[q*TILE + t] = scale * <Q[q], K[t]> ---- */
 
@@ -219,100 +157,6 @@ static void logits_one(const float *restrict q, const float *const *kr, const ui
     else logits_one_g(q, kr, NULL, 0, nt, d, scale, S, pk);
 }
 
-/* many queries, in lanes: S[t * nqp + j] = scale * <Q[j], K[t]> for the
- * lanes j in [lb, nqp) (lb, nqp multiples of VL) and t < nt, from Qt (d x
- * nqp, zero padded).  6 tokens x 4 lane vectors per register block (24
- * FMAs per 4 query loads and 6 broadcasts), then 8 x 2 and 8 x 1 for the
- * remaining lanes; a short last block repeats its last row.  Each logit is the FMA chain over
- * c in order, then one multiply by scale: the same for every lane. */
-static void logits_lanes(const float *restrict Qt, int nqp, int lb, const float *const *kr, int nt, int d,
-                         float scale, float *restrict S, pfrun pk, pfrun pv, size_t krow, size_t vrow)
-{
-    const v16 sc = bc(scale);
-    /* software prefetch of a later tile's K and V rows (pfk NULL: none),
-     * spread over the first lane block's FMAs: one or two lines per
-     * dimension c, for the 8 rows from each token block's first (a burst
-     * per tile stalls on the fill buffers) */
-    const size_t kb = 8 * krow, vb = 8 * vrow;
-    /* paged runs: line c of those 8 rows as (row, byte offset), once per call */
-    size_t nlk = pk.rows ? (kb + 63) / 64 : 1, nlv = pv.rows ? (vb + 63) / 64 : 1;
-    uint32_t kri[nlk], kro[nlk], vri[nlv], vro[nlv];
-    for (size_t c = 0; pk.rows && c < nlk; c++) kri[c] = (uint32_t)(c * 64 / krow), kro[c] = (uint32_t)(c * 64 % krow);
-    for (size_t c = 0; pv.rows && c < nlv; c++) vri[c] = (uint32_t)(c * 64 / vrow), vro[c] = (uint32_t)(c * 64 % vrow);
-#define PF_LINE(r, ri, ro, row, t, c, o) \
-    ((r).p ? (r).p + (size_t)(t) * (row) + (o) : (const char *)(r).rows[(t) + ri[c]] + ro[c])
-#define PF_STEP(t, c)                                                                                         \
-    do {                                                                                                      \
-        if (pf) {                                                                                             \
-            size_t o_ = (size_t)(c) * 64;                                                                     \
-            size_t ko_ = (size_t)(t) * krow + o_, vo_ = (size_t)(t) * vrow + o_;                             \
-            if (o_ < kb && ko_ < pk.bytes) __builtin_prefetch(PF_LINE(pk, kri, kro, krow, t, c, o_), 0, KV_PF_LOCALITY); \
-            if (o_ < vb && vo_ < pv.bytes) __builtin_prefetch(PF_LINE(pv, vri, vro, vrow, t, c, o_), 0, KV_PF_LOCALITY); \
-        }                                                                                                     \
-    } while (0)
-    int j = lb;
-    for (; j + 4 * VL <= nqp; j += 4 * VL)
-        for (int t = 0; t < nt; t += 6) {
-            const float *k[6];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 6; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[6][4];
-            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                const float *qr = Qt + (size_t)c * nqp + j;
-                v16 q0 = ld(qr), q1 = ld(qr + VL), q2 = ld(qr + 2 * VL), q3 = ld(qr + 3 * VL);
-                for (int i = 0; i < 6; i++) {
-                    v16 b = bc(k[i][c]);
-                    a[i][0] += b * q0;
-                    a[i][1] += b * q1;
-                    a[i][2] += b * q2;
-                    a[i][3] += b * q3;
-                }
-            }
-            for (int i = 0; i < 6 && t + i < nt; i++)
-                for (int v = 0; v < 4; v++) st16(S + (size_t)(t + i) * nqp + j + v * VL, a[i][v] * sc);
-        }
-    for (; j + 2 * VL <= nqp; j += 2 * VL)
-        for (int t = 0; t < nt; t += 8) {
-            const float *k[8];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[8][2];
-            for (int i = 0; i < 8; i++) a[i][0] = a[i][1] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                const float *qr = Qt + (size_t)c * nqp + j;
-                v16 q0 = ld(qr), q1 = ld(qr + VL);
-                for (int i = 0; i < 8; i++) {
-                    v16 b = bc(k[i][c]);
-                    a[i][0] += b * q0;
-                    a[i][1] += b * q1;
-                }
-            }
-            for (int i = 0; i < 8 && t + i < nt; i++) {
-                st16(S + (size_t)(t + i) * nqp + j, a[i][0] * sc);
-                st16(S + (size_t)(t + i) * nqp + j + VL, a[i][1] * sc);
-            }
-        }
-    for (; j < nqp; j += VL)
-        for (int t = 0; t < nt; t += 8) {
-            const float *k[8];
-            int pf = (pk.p || pk.rows) && j == lb;
-            for (int i = 0; i < 8; i++) k[i] = kr[t + i < nt ? t + i : nt - 1];
-            v16 a[8];
-            for (int i = 0; i < 8; i++) a[i] = bc(0);
-            for (int c = 0; c < d; c++) {
-                PF_STEP(t, c);
-                v16 q0 = ld(Qt + (size_t)c * nqp + j);
-                for (int i = 0; i < 8; i++) a[i] += bc(k[i][c]) * q0;
-            }
-            for (int i = 0; i < 8 && t + i < nt; i++) st16(S + (size_t)(t + i) * nqp + j, a[i] * sc);
-        }
-#undef PF_STEP
-#undef PF_LINE
-}
-
 /* ---- P.V: U[q] += sum_t P[q][t] V[t] ---- */
 
 static void pv_scalar(const float *restrict P, int nq, const float *const *vr, int nt, int dv, float *restrict U,
@@ -392,172 +236,6 @@ static void pv_vec(const float *restrict P, int nq, const float *const *vr, cons
     else pv_vec_g(P, nq, vr, NULL, 0, nt, dv, U, ustride, pc);
 }
 
-/* many queries, P in lanes (P[t * nqp + j]): U[j * dv + c] = sum_{t < nt}
- * P[t][j] V[t][c] for j in [lb, qe) (qe - lb a multiple of 4, lb too), each a
- * sequential FMA chain over t from zero.  Register blocks of 6 (then 4)
- * queries x 4 value vectors: 24 FMAs per 4 value loads and 6 broadcasts; the
- * value columns outside, so their 16 KiB of the tile stay in L1 across the
- * query blocks. */
-static void pv_lanes(const float *restrict P, int nqp, int lb, int qe, const float *const *vr, int nt, int dv,
-                     float *restrict U)
-{
-    int c = 0;
-    if (dv % VL == 0) {
-        for (; c + 4 * VL <= dv; c += 4 * VL) {
-            /* 6-query blocks in pairs, so that a multiple of 4 queries is left */
-            int j = lb, j6 = lb + (qe - lb) / 12 * 12;
-            for (; j < j6; j += 6) {
-                v16 a[6][4];
-                for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-                for (int t = 0; t < nt; t++) {
-                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
-                    for (int i = 0; i < 6; i++) {
-                        v16 s = bc(p[i]);
-                        a[i][0] += s * v0;
-                        a[i][1] += s * v1;
-                        a[i][2] += s * v2;
-                        a[i][3] += s * v3;
-                    }
-                }
-                for (int i = 0; i < 6; i++)
-                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
-            }
-            for (; j < qe; j += 4) {
-                v16 a[4][4];
-                for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = bc(0);
-                for (int t = 0; t < nt; t++) {
-                    const float *vt = vr[t] + c, *p = P + (size_t)t * nqp + j;
-                    v16 v0 = ld(vt), v1 = ld(vt + VL), v2 = ld(vt + 2 * VL), v3 = ld(vt + 3 * VL);
-                    for (int i = 0; i < 4; i++) {
-                        v16 s = bc(p[i]);
-                        a[i][0] += s * v0;
-                        a[i][1] += s * v1;
-                        a[i][2] += s * v2;
-                        a[i][3] += s * v3;
-                    }
-                }
-                for (int i = 0; i < 4; i++)
-                    for (int k = 0; k < 4; k++) st16(U + (size_t)(j + i) * dv + c + k * VL, a[i][k]);
-            }
-        }
-        for (; c < dv; c += VL)
-            for (int j = lb; j < qe; j += 4) {
-                v16 a[4] = { bc(0), bc(0), bc(0), bc(0) };
-                for (int t = 0; t < nt; t++) {
-                    v16 v = ld(vr[t] + c);
-                    const float *p = P + (size_t)t * nqp + j;
-                    for (int i = 0; i < 4; i++) a[i] += bc(p[i]) * v;
-                }
-                for (int i = 0; i < 4; i++) st16(U + (size_t)(j + i) * dv + c, a[i]);
-            }
-        return;
-    }
-    for (int j = lb; j < qe; j++) {
-        float *u = U + (size_t)j * dv;
-        for (int k = 0; k < dv; k++) u[k] = 0.0f;
-        for (int t = 0; t < nt; t++) {
-            float p = P[(size_t)t * nqp + j];
-            const float *v = vr[t];
-#pragma omp simd
-            for (int k = 0; k < dv; k++) u[k] += p * v[k];
-        }
-    }
-}
-
-/* Prefix length of query q within this call's n tokens at offset off
- * (len NULL: all n). */
-static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
-{
-    return len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n;
-}
-
-/* Batched tiles (queries in lanes, see the top): folds into run (nq states). */
-static int fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
-                      size_t n, int d, int dv, float scale, double *run)
-{
-    float *kb, *vb;
-    if (tile_bufs(src.esz, TILE, d, dv, &kb, &vb)) return KV_EINTERNAL;
-    size_t sl = KV_PSTATE_LEN(dv);
-    int nqp = (nq + VL - 1) / VL * VL;
-    /* sizes rounded to 64 bytes for aligned_alloc */
-#define ALLOC64(cnt) aligned_alloc(64, ((size_t)(cnt) * sizeof(float) + 63) / 64 * 64)
-    float *Qt = ALLOC64((size_t)d * nqp), *S = ALLOC64((size_t)TILE * nqp), *U = ALLOC64((size_t)nqp * dv);
-    float *lane = ALLOC64(4 * (size_t)nqp); /* per lane: tile max, shift, l, l2 */
-#undef ALLOC64
-    if (!Qt || !S || !U || !lane) {
-        free(Qt);
-        free(S);
-        free(U);
-        free(lane);
-        free(kb);
-        free(vb);
-        return KV_EINTERNAL;
-    }
-    const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
-    float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
-    for (int c = 0; c < d; c++)
-        for (int j = 0; j < nqp; j++) Qt[(size_t)c * nqp + j] = j < nq ? Q[(size_t)j * d + c] : 0.0f;
-    rowwin w;
-    rows_init(&w, src, n, d, dv);
-    int qa = 0; /* first query still active */
-    for (size_t t0 = 0; t0 < n; t0 += TILE) {
-        while (qa < nq && qlen(len, qa, off, n) <= t0) qa++;
-        if (qa == nq) break;
-        int lb = qa / VL * VL;                       /* lanes below lb: all ended, skipped */
-        int qe = nq % 4 ? nq + 4 - nq % 4 : nq;      /* P.V blocks of 4 queries (qe <= nqp) */
-        int nt = (int)(n - t0 < TILE ? n - t0 : TILE);
-        rows_keys(&w, t0, nt, KV_PF_TOKENS + TILE, kb); /* values converted when used (L1) */
-        /* keep the memory system busy: the rows KV_PF_TOKENS on */
-        pfrun pk = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 0);
-        pfrun pv = rows_pf(&w, t0 + KV_PF_TOKENS, KV_PF_TOKENS ? TILE : 0, 1);
-        logits_lanes(Qt, nqp, lb, w.k, nt, d, scale, S, pk, pv, krow, vrow);
-        /* prefixes ending inside the tile (a run of the first active queries):
-         * -inf past the end, so exp gives exact zeros there */
-        for (int q = qa; q < nq; q++) {
-            size_t lq = qlen(len, q, off, n) - t0;
-            if (lq >= (size_t)nt) break;
-            for (int t = (int)lq; t < nt; t++) S[(size_t)t * nqp + q] = -INFINITY;
-        }
-        for (int j = lb; j < nqp; j++) mt[j] = S[j];
-        for (int t = 1; t < nt; t++) {
-            const float *row = S + (size_t)t * nqp;
-#pragma omp simd
-            for (int j = lb; j < nqp; j++) mt[j] = row[j] > mt[j] ? row[j] : mt[j];
-        }
-        for (int j = lb; j < nqp; j++)  /* ended or padding lanes: any finite shift */
-            mf[j] = j >= qa && j < nq ? kv_partial_raise_max(run + (size_t)j * sl, mt[j], dv) : mt[j];
-        for (int j = lb; j < nqp; j += VL) { /* shift, exp and the tile sums in one pass */
-            v16 m = ld(mf + j), l = bc(0), l2 = bc(0);
-            for (int t = 0; t < nt; t++) {
-                float *p = S + (size_t)t * nqp + j;
-                v16 e = expv(ld(p) - m);
-                st16(p, e);
-                l += e;
-                l2 += e * e;
-            }
-            st16(lv + j, l);
-            st16(l2v + j, l2);
-        }
-        rows_vals(&w, t0, nt, vb);
-        /* P.V from the block of 4 holding qa: a query's sums are its own FMA
-         * chain whatever its block, and ended lanes below it need none */
-        pv_lanes(S, nqp, qa / 4 * 4, qe, w.v, nt, dv, U);
-        for (int q = qa; q < nq; q++) {
-            double *r = run + (size_t)q * sl;
-            r[KV_PS_L] += lv[q];
-            r[KV_PS_L2] += l2v[q];
-            add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
-        }
-    }
-    free(Qt);
-    free(S);
-    free(U);
-    free(lane);
-    free(kb);
-    free(vb);
-    return KV_OK;
-}
 
 /* Few-query tiles (nq < 4, one query at a time): folds into run. */
 static int fold_few(const float *Q, int nq, const size_t *len, size_t off, kvsrc src, size_t n,
@@ -645,7 +323,7 @@ int kv_attn_fold_core(const float *Q, int nq, const size_t *len, size_t off, kvs
     double *run = malloc(sizeof(double) * (size_t)nq * sl); /* running state, double */
     if (!run) return KV_EINTERNAL;
     for (int q = 0; q < nq; q++) kv_partial_clear(run + (size_t)q * sl, dv);
-    int rc = batched ? fold_lanes(Q, nq, len, off, src, n, d, dv, scale, run)
+    int rc = batched ? kv_attn_fold_lanes(Q, nq, len, off, src, n, d, dv, scale, run)
                      : fold_few(Q, nq, len, off, src, n, d, dv, scale, run);
     if (rc == KV_OK)
         for (int q = 0; q < nq; q++) kv_partial_merge(st + (size_t)q * sl, run + (size_t)q * sl, dv);

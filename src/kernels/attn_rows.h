@@ -211,4 +211,16 @@ static inline kvsrc src_f16(const uint16_t *K, const uint16_t *V) { return (kvsr
 int kv_attn_fold_core(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
                       size_t n, int d, int dv, float scale, double *st, int batched);
 
+/* Its batched tiles (kernels/attn_lanes.c): the same arguments, folding
+ * into run (nq running states, already cleared) instead of merging. */
+int kv_attn_fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kvsrc src,
+                       size_t n, int d, int dv, float scale, double *run);
+
+/* Prefix length of query q within this call's n tokens at offset off
+ * (len NULL: all n). */
+static inline size_t qlen(const size_t *len, int q, size_t off, size_t n)
+{
+    return len ? (len[q] <= off ? 0 : len[q] - off < n ? len[q] - off : n) : n;
+}
+
 #endif
