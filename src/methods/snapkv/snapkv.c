@@ -45,16 +45,21 @@
  * kv_scope_floor); the streams' counts ride on the halo, one double each.
  *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
- * score) + the buffered rows; the slot arrays are resized to the slots in
- * use after every decision and ingest.
+ * score + an int32 entry of ord, the slots by token index) + the buffered
+ * rows; the slot arrays are resized to the slots in use after every
+ * decision and ingest.
  *
  * Speed (ALGORITHMS.md 4a, Ingest speed): votes are cached per slot and,
  * once the buffer changed, summed afresh only for the tokens older than a
  * row that left it (the newer ones add the new rows' terms: the same sum);
  * pooled scores are cached too and pooled again only where a vote in their
- * window may have changed; a decision takes the lowest keys in one pass
- * and moves each run of kept rows once.  Keys, kept tokens and answers are
- * bitwise those of recomputing everything at every decision.
+ * window may have changed; a decision takes the lowest keys in one pass,
+ * compacts ord and moves only the kept rows above the new count into the
+ * gone slots below it (about T' rows, not every row after the first gone
+ * one).  Keys and kept tokens are bitwise those of recomputing everything
+ * at every decision; the answers fold the rows in slot order, so they
+ * differ from an index-ordered fold by rounding only (and a checkpoint
+ * keeps the slot order: a resumed run has the same bits).
  *
  * Files: this one (parameters, ingest, answers, the buffered rows, memory,
  * checkpoints), snapkv_decide.c (the decision), snapkv_state.h (what they share). */
