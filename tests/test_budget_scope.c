@@ -226,7 +226,7 @@ typedef struct {
     const char *spec;
     evref_kind kind;
     int64_t B, R, W, T, kern;
-    int64_t slot, rows; /* bytes per held token (tova: + 16 of heap-key scratch); per kept query row (every rank's kept rows counted once) */
+    int64_t slot, rows; /* bytes per held token (tova: + 16 of heap-key scratch; snapkv: + 4 of its order by index); per kept query row (every rank's kept rows counted once) */
     double alpha;       /* floor= (0.2 unless the spec says) */
     int64_t least;      /* each stream holds at least this after a decision (the floor; 0: unchecked) */
 } scase;
@@ -242,10 +242,10 @@ static const scase cases[] = {
     { "tova:tokens=160", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0.2, 0 },
     { "tova:tokens=160,floor=0", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0, 0 },
     { "tova:tokens=160,floor=0.9", EVREF_TOVA, 160, 0, 0, 0, 0, (D + DV) * 4 + 40, 2 * (D * 4 + 16), 0.9, 36 },
-    { "snapkv:tokens=160,window=5,period=17,kernel=5", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5, (D + DV) * 4 + 24,
+    { "snapkv:tokens=160,window=5,period=17,kernel=5", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5, (D + DV) * 4 + 28,
       5 * 2 * (D * 4 + 24), 0.2, 0 },
     { "snapkv:tokens=160,window=5,period=17,kernel=5,floor=0.9", EVREF_SNAPKV, 160, 0, 5, 4 * 17, 5,
-      (D + DV) * 4 + 24, 5 * 2 * (D * 4 + 24), 0.9, 21 },
+      (D + DV) * 4 + 28, 5 * 2 * (D * 4 + 24), 0.9, 21 },
 };
 
 static void test_case(const scase *c, const data *x)

@@ -409,7 +409,8 @@ static void test_h2o_budget(void)
 /* tova: row, index, score, heap place and entry, 16 bytes of heap-key scratch */
 static int64_t tova_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 8 + 8 + 16; }
 static int64_t tova_qbytes(const data *x) { return (int64_t)x->d * 4 + 16; }
-static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16; }
+/* (d + dv) floats, the index, the vote and pooled score, the entry in its order by index */
+static int64_t snap_slot(const data *x) { return (int64_t)(x->d + x->dv) * 4 + 8 + 16 + 4; }
 static int64_t snap_qbytes(const data *x) { return (int64_t)x->d * 4 + 8 + 16; }
 
 typedef struct {

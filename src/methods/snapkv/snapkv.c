@@ -45,16 +45,21 @@
  * kv_scope_floor); the streams' counts ride on the halo, one double each.
  *
  * Memory: allocated slots x ((d + dv) floats + index + vote + pooled
- * score) + the buffered rows; the slot arrays are resized to the slots in
- * use after every decision and ingest.
+ * score + an int32 entry of ord, the slots by token index) + the buffered
+ * rows; the slot arrays are resized to the slots in use after every
+ * decision and ingest.
  *
  * Speed (ALGORITHMS.md 4a, Ingest speed): votes are cached per slot and,
  * once the buffer changed, summed afresh only for the tokens older than a
  * row that left it (the newer ones add the new rows' terms: the same sum);
  * pooled scores are cached too and pooled again only where a vote in their
- * window may have changed; a decision takes the lowest keys in one pass
- * and moves each run of kept rows once.  Keys, kept tokens and answers are
- * bitwise those of recomputing everything at every decision.
+ * window may have changed; a decision takes the lowest keys in one pass,
+ * compacts ord and moves only the kept rows above the new count into the
+ * gone slots below it (about T' rows, not every row after the first gone
+ * one).  Keys and kept tokens are bitwise those of recomputing everything
+ * at every decision; the answers fold the rows in slot order, so they
+ * differ from an index-ordered fold by rounding only (and a checkpoint
+ * keeps the slot order: a resumed run has the same bits).
  *
  * Files: this one (parameters, ingest, answers, the buffered rows, memory,
  * checkpoints), snapkv_decide.c (the decision), snapkv_state.h (what they share). */
@@ -88,9 +93,27 @@ static const kv_param_def snapkv_params[] = {
     KV_PARAM_TABLE_END
 };
 
+/* a held token: its row, index and scratch (slots.h), and its entry in ord */
 static int64_t slot_bytes(int store, int d, int dv)
 {
-    return kv_slots_row_bytes_in(store, d, dv, 0, sizeof(snapkv_slot));
+    return kv_slots_row_bytes_in(store, d, dv, 0, sizeof(snapkv_slot)) + (int64_t)sizeof(int32_t);
+}
+
+int snapkv_fit_ord(snapkv_state *s)
+{
+    int64_t want = s->sl.phys;
+    if (want == s->ocap) return KV_OK;
+    if (want == 0) {
+        free(s->ord);
+        s->ord = NULL;
+        s->ocap = 0;
+        return KV_OK;
+    }
+    int32_t *o = realloc(s->ord, sizeof(int32_t) * (size_t)want);
+    if (!o) return want > s->ocap ? KV_EINTERNAL : KV_OK; /* a failed shrink keeps the larger block */
+    s->ord = o;
+    s->ocap = want;
+    return KV_OK;
 }
 
 static int64_t row_bytes(int d)
@@ -179,16 +202,19 @@ static int snapkv_ingest(void *state, const float *K, const float *V, int64_t fi
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
     if (!n) return KV_OK;
     if (kv_slots_grow(sl, sl->held + (int64_t)n, "snapkv", err)) return err->code;
+    if (snapkv_fit_ord(s))
+        return kv_seterr(err, KV_EINTERNAL, "snapkv: out of memory holding %lld tokens", (long long)sl->phys);
     for (size_t i = 0; i < n; i++) {
         int64_t slot = sl->held;
         if (kv_slots_set(sl, (int32_t)slot, K + i * d, V + i * dv, first + (int64_t)i, 0.0))
             return kv_store_refused(&s->store, "snapkv", err);
-        sl->held++;
+        s->ord[sl->held++] = (int32_t)slot; /* the newest token: last in index order */
         /* no buffered row has seen it: its vote is 0, as a recomputation gives */
         *slot_of(s, slot) = (snapkv_slot){ 0, 0 };
     }
     s->seen += (int64_t)n;
     kv_slots_resize(sl, sl->held);
+    snapkv_fit_ord(s); /* a grow back within the arrays: nothing to do */
     return KV_OK;
 }
 
@@ -257,7 +283,7 @@ static size_t snapkv_bytes(const void *state)
 {
     const snapkv_state *s = state;
     /* the buffered rows once, on rank 0 (see the header) */
-    return kv_slots_bytes(&s->sl) + (s->ctx.rank == 0 ? (size_t)(s->rcap * row_bytes(s->ctx.d)) : 0) +
+    return kv_slots_bytes(&s->sl) + (size_t)s->sl.cap * sizeof(int32_t) + (s->ctx.rank == 0 ? (size_t)(s->rcap * row_bytes(s->ctx.d)) : 0) +
            (size_t)kv_store_fixed_bytes(&s->store);
 }
 
@@ -275,14 +301,17 @@ static void snapkv_free(void *state)
     if (!s) return;
     kv_slots_free(&s->sl);
     kv_store_free(&s->store);
+    free(s->ord);
     free(s->bq);
     free(s->bp);
     free(s->bml);
     free(s);
 }
 
-/* Counters, the buffered rows, the held tokens (index order).  Votes and
- * pooled scores are not saved: a recomputation gives the same numbers. */
+/* Counters, the buffered rows, the held tokens (in slot order, which the
+ * answers fold them in: a resumed run gives the same bits; the order by
+ * index is made again at load).  Votes and pooled scores are not saved: a
+ * recomputation gives the same numbers. */
 static void snapkv_save(const void *state, kv_buf *out)
 {
     const snapkv_state *s = state;
@@ -298,7 +327,7 @@ static void snapkv_save(const void *state, kv_buf *out)
 
 /* Counters in range, rows finite at non-decreasing positions in 1..n_total
  * over at most W positions, merged (m, l) with l >= 0 finite and m finite
- * iff l > 0 (else -inf), the held indices ascending. */
+ * iff l > 0 (else -inf), the held indices distinct (ord: ascending). */
 static int snapkv_valid(const snapkv_state *s, const snapkv_state *t, size_t nbq, size_t nbp, size_t nbml)
 {
     int64_t n = t->sl.held, lim = kv_shard_limit(&s->ctx);
@@ -315,8 +344,33 @@ static int snapkv_valid(const snapkv_state *s, const snapkv_state *t, size_t nbq
     }
     if (buffered_positions(t) > s->W) return 0;
     for (int64_t i = 1; i < n; i++)
-        if (t->sl.idx[i] <= t->sl.idx[i - 1]) return 0;
+        if (tok_at(t, i) <= tok_at(t, i - 1)) return 0;
     return 1;
+}
+
+/* ord of a loaded set: its slots by index.  KV_EINTERNAL without memory. */
+typedef struct {
+    int64_t t, slot;
+} tok_slot;
+
+static int by_token(const void *a, const void *b)
+{
+    const tok_slot *x = a, *y = b;
+    return x->t < y->t ? -1 : x->t > y->t ? 1 : (x->slot > y->slot) - (x->slot < y->slot);
+}
+
+static int order_slots(snapkv_state *t)
+{
+    int64_t n = t->sl.held;
+    if (snapkv_fit_ord(t)) return KV_EINTERNAL;
+    if (!n) return KV_OK;
+    tok_slot *ts = malloc(sizeof *ts * (size_t)n);
+    if (!ts) return KV_EINTERNAL;
+    for (int64_t i = 0; i < n; i++) ts[i] = (tok_slot){ t->sl.idx[i], i };
+    qsort(ts, (size_t)n, sizeof *ts, by_token);
+    for (int64_t i = 0; i < n; i++) t->ord[i] = (int32_t)ts[i].slot;
+    free(ts);
+    return KV_OK;
 }
 
 static int snapkv_load(void *state, kv_rd *in, kv_err *err)
@@ -338,18 +392,24 @@ static int snapkv_load(void *state, kv_rd *in, kv_err *err)
     t.bq = bq;
     t.bp = bp;
     t.bml = bml;
+    t.ord = NULL;
+    t.ocap = 0;
     t.nrows = t.rcap = (int64_t)nbp;
     t.stale = t.vfull = 1;
     t.vadd = 0;
     t.vrm = t.px = -1;
-    if (!snapkv_valid(s, &t, nbq, nbp, nbml)) {
+    int oom = order_slots(&t), bad = !oom && !snapkv_valid(s, &t, nbq, nbp, nbml);
+    if (bad || oom) {
         kv_slots_free(&t.sl);
+        free(t.ord);
         free(bq);
         free(bp);
         free(bml);
-        return kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
+        return oom ? kv_seterr(err, KV_EINTERNAL, "checkpoint: snapkv: out of memory")
+                   : kv_seterr(err, KV_EINPUT, "checkpoint: snapkv state is inconsistent");
     }
     kv_slots_free(&s->sl);
+    free(s->ord);
     free(s->bq);
     free(s->bp);
     free(s->bml);

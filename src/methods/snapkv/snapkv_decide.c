@@ -12,41 +12,47 @@
 
 #define VOTE_TILE 256 /* slots whose logits are had at a time */
 
-/* The votes of slots [i0, i1): the terms of buffered rows j0.. (in buffer
- * order) added to 0 (fresh) or to the vote held.  KV_EINTERNAL without
- * memory. */
-static int add_votes(snapkv_state *s, int64_t i0, int64_t i1, int64_t j0, int fresh)
+/* The vote of slot t from the logits a (rows j0.. of the buffer, n slots a
+ * row, t at column c): the terms of buffered rows jf.. (in buffer order)
+ * added to 0 (fresh) or to the vote held. */
+static void add_vote(snapkv_state *s, int64_t t, const double *a, int64_t n, int64_t c, int64_t j0, int64_t jf,
+                     int fresh)
 {
-    kv_slots *sl = &s->sl;
-    int64_t nr = s->nrows - j0;
-    const double *ml = s->bml + 2 * j0;
-    const int64_t *bp = s->bp + j0;
-    for (int64_t t0 = i0; t0 < i1; t0 += VOTE_TILE) {
-        int64_t n = i1 - t0 < VOTE_TILE ? i1 - t0 : VOTE_TILE;
-        const double *a = kv_slots_logits(sl, s->bq + j0 * s->ctx.d, (int)nr, s->ctx.scale, t0, n);
-        if (nr && !a) return KV_EINTERNAL;
-        for (int64_t t = t0; t < t0 + n; t++) {
-            double sum = fresh ? 0 : slot_of(s, t)->vote;
-            for (int64_t j = 0; j < nr; j++)
-                if (bp[j] > sl->idx[t] && ml[2 * j + 1] > 0) sum += exp(a[j * n + (t - t0)] - ml[2 * j]) / ml[2 * j + 1];
-            slot_of(s, t)->vote = sum;
-        }
-    }
-    return KV_OK;
+    const double *ml = s->bml;
+    const int64_t *bp = s->bp;
+    int64_t tok = s->sl.idx[t];
+    double sum = fresh ? 0 : slot_of(s, t)->vote;
+    for (int64_t j = jf; j < s->nrows; j++)
+        if (bp[j] > tok && ml[2 * j + 1] > 0) sum += exp(a[(j - j0) * n + c] - ml[2 * j]) / ml[2 * j + 1];
+    slot_of(s, t)->vote = sum;
 }
 
 /* Every held token's vote under the buffered rows (rows in buffer order),
- * from the keys as held.  A vote is a sum over the rows at positions after
- * its token, oldest first: a token at or after every position that left
- * the buffer since the last computation had none of those rows in its sum,
- * so the rows buffered since are added to the vote held (the same sum, the
- * same bits); older tokens are summed afresh.  KV_EINTERNAL without memory
- * (votes stay stale). */
+ * from the keys as held, a tile of slots at a time (slots are in any
+ * order; a vote depends on its token alone).  A vote is a sum over the
+ * rows at positions after its token, oldest first: a token at or after
+ * every position that left the buffer since the last computation had none
+ * of those rows in its sum, so the rows buffered since are added to the
+ * vote held (the same sum, the same bits); older tokens are summed afresh.
+ * KV_EINTERNAL without memory (votes stay stale). */
 static int compute_votes(snapkv_state *s)
 {
-    int64_t i0 = s->vfull ? s->sl.held : slot_at(&s->sl, s->vrm), add = s->vadd < s->nrows ? s->vadd : s->nrows;
+    kv_slots *sl = &s->sl;
+    int64_t add = s->vadd < s->nrows ? s->vadd : s->nrows, ja = s->nrows - add;
+    int full = s->vfull;
     s->vfull = 1; /* until done: a failure leaves some votes half summed */
-    if (add_votes(s, 0, i0, 0, 1) || (add && add_votes(s, i0, s->sl.held, s->nrows - add, 0))) return KV_EINTERNAL;
+    for (int64_t t0 = 0; t0 < sl->held; t0 += VOTE_TILE) {
+        int64_t n = sl->held - t0 < VOTE_TILE ? sl->held - t0 : VOTE_TILE, fresh = 0;
+        for (int64_t t = t0; t < t0 + n && !fresh; t++) fresh = full || sl->idx[t] < s->vrm;
+        int64_t j0 = fresh ? 0 : ja; /* the rows this tile needs the logits of */
+        if (j0 == s->nrows && !fresh) continue; /* no row to add */
+        const double *a = kv_slots_logits(sl, s->bq + j0 * s->ctx.d, (int)(s->nrows - j0), s->ctx.scale, t0, n);
+        if (s->nrows > j0 && !a) return KV_EINTERNAL;
+        for (int64_t t = t0; t < t0 + n; t++) {
+            int f = full || sl->idx[t] < s->vrm;
+            add_vote(s, t, a, n, t - t0, j0, f ? 0 : ja, f);
+        }
+    }
     s->vfull = s->stale = 0;
     s->vadd = 0;
     s->vrm = s->px = -1; /* every pooled score to be made again */
@@ -99,7 +105,7 @@ static int protected_tok(const snapkv_state *s, int64_t t, int64_t x) { return t
 void snapkv_halo(void *state, int64_t x, double *halo)
 {
     snapkv_state *s = state;
-    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x), nc = slot_at(&s->sl, x - s->W);
+    int64_t h = s->kern / 2, C = s->ctx.chunk, nb = halo_bounds(s, x), nc = pos_at(s, x - s->W);
     if (s->f > 0) halo[nb * 2 * h] = (double)nc;
     if (!nb) return;
     if (s->stale) compute_votes(s); /* out of memory: stale, and decide_cands says so */
@@ -128,21 +134,20 @@ static int mine(const snapkv_state *s, int64_t u)
     return s->ctx.nranks <= 1 || s->ctx.chunk <= 0 || (u / s->ctx.chunk) % s->ctx.nranks == s->ctx.rank;
 }
 
-/* The pooled score of candidate slot i (a held non-window token).  The
+/* The pooled score of the candidate at order position i (a held non-window token).  The
  * neighbours' votes are added in index order, u = t - h .. t + h, wherever
  * they are held (here, or on another rank: the halo), so the sum has the
  * same bits at every P, and tokens whose windows hold the same votes tie
  * exactly (broken by index). */
 static double pool_one(const snapkv_state *s, int64_t i, int64_t x, const double *halo)
 {
-    const int64_t *idx = s->sl.idx;
-    int64_t n = s->sl.held, h = s->kern / 2, t = idx[i], j = i;
-    while (j > 0 && idx[j - 1] >= t - h) j--; /* the first local slot in the window */
+    int64_t n = s->sl.held, h = s->kern / 2, t = tok_at(s, i), j = i;
+    while (j > 0 && tok_at(s, j - 1) >= t - h) j--; /* the first local token in the window */
     double sum = 0, best = 0;
     for (int64_t u = t - h > 0 ? t - h : 0; u <= t + h && !protected_tok(s, u, x); u++) {
         double v = 0;
         if (mine(s, u)) {
-            if (j < n && idx[j] == u) v = slot_of(s, j++)->vote;
+            if (j < n && tok_at(s, j) == u) v = ord_slot(s, j++)->vote;
         } else {
             v = halo_vote(s, u, halo, x);
         }
@@ -212,10 +217,10 @@ static int key_cmp(const void *a, const void *b)
  * those next to another rank's chunk (the halo). */
 static void offer(snapkv_state *s, int ns, int k, int64_t x, const double *halo, lowest_keys *b)
 {
-    int64_t nc = slot_at(&s->sl, x - s->W), lo = s->px < 0 ? INT64_MIN : s->px - s->W - s->kern / 2;
+    int64_t nc = pos_at(s, x - s->W), lo = s->px < 0 ? INT64_MIN : s->px - s->W - s->kern / 2;
     for (int64_t i = 0; i < nc; i++) {
-        snapkv_slot *sc = slot_of(s, i);
-        int64_t t = s->sl.idx[i];
+        snapkv_slot *sc = ord_slot(s, i);
+        int64_t t = tok_at(s, i);
         if (t >= lo || isnan(sc->pooled) || near_edge(s, t)) sc->pooled = pool_one(s, i, x, halo);
         low_offer(b, kv_scope_key((kv_evkey){ sc->pooled, (double)t }, ns, k));
     }
@@ -247,39 +252,71 @@ int snapkv_cands(void *const *st, int ns, int64_t x, const double *halo, int L, 
     return KV_OK;
 }
 
-/* Slots [from, from + n) to [to, to + n), scratch too. */
-static void move_run(snapkv_state *s, int64_t to, int64_t from, int64_t n)
+static void reverse(int32_t *a, int64_t n)
 {
-    if (n <= 0 || to == from) return;
-    kv_slots_copy_rows(&s->sl, to, from, n);
-    memmove(slot_of(s, to), slot_of(s, from), sizeof(snapkv_slot) * (size_t)n);
+    for (int64_t i = 0, j = n - 1; i < j; i++, j--) {
+        int32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
 }
 
-/* Drop the candidates whose key goes, keeping the rest in index order: the
- * kept runs between the gaps move once each.  The kept neighbours within
- * kernel/2 of a dropped token get their pooled score marked for pooling
- * again (NaN: offer). */
+/* The slots of ord[held..old) went: the kept slots at or above held move
+ * into the gone ones below it (a row each, scratch too), and their order
+ * entries follow them (found by index).  The slot order changes, the order
+ * by index does not. */
+static void fill_gaps(snapkv_state *s, int64_t held, int64_t old)
+{
+    kv_slots *sl = &s->sl;
+    int64_t top = old; /* slots >= top are known gone or moved */
+    for (int64_t g = held; g < old; g++) {
+        int32_t hole = s->ord[g];
+        if (hole >= held) continue;
+        while (top > held) { /* the highest slot still kept */
+            int64_t t = sl->idx[top - 1], p = pos_at(s, t);
+            if (p < held && s->ord[p] == top - 1) break;
+            top--;
+        }
+        int32_t from = (int32_t)(top - 1);
+        int64_t p = pos_at(s, sl->idx[from]);
+        kv_slots_copy_row(sl, hole, from);
+        *slot_of(s, hole) = *slot_of(s, from);
+        s->ord[p] = hole;
+        top--;
+    }
+}
+
+/* Drop the candidates whose key goes, keeping the rest in index order
+ * (ord); the kept rows above the new count fill the gone slots below it.
+ * The kept neighbours within kernel/2 of a dropped token get their pooled
+ * score marked for pooling again (NaN: offer). */
 static void apply_one(snapkv_state *s, int ns, int k, int64_t x, kv_evkey cut, kv_evkey next)
 {
     kv_slots *sl = &s->sl;
-    int64_t nc = slot_at(sl, x - s->W), h = s->kern / 2, w = 0, rs = 0, until = -1;
-    for (int64_t t = 0; t < nc; t++) {
-        snapkv_slot *sc = slot_of(s, t);
-        int64_t u = sl->idx[t];
+    int32_t *ord = s->ord;
+    int64_t nc = pos_at(s, x - s->W), h = s->kern / 2, w = 0, until = -1, old = sl->held;
+    for (int64_t i = 0; i < nc; i++) { /* kept to ord[0..w), the gone in ord[w..i] */
+        int32_t slot = ord[i];
+        snapkv_slot *sc = slot_of(s, slot);
+        int64_t u = sl->idx[slot];
         if (!kv_evkey_goes(kv_scope_key((kv_evkey){ sc->pooled, (double)u }, ns, k), cut)) {
             if (u <= until) sc->pooled = NAN;
+            ord[i] = ord[w]; /* a gone one (or itself) */
+            ord[w++] = slot;
             continue;
         }
-        move_run(s, w, rs, t - rs);
-        w += t - rs;
-        rs = t + 1;
-        for (int64_t j = w - 1; j >= 0 && sl->idx[j] >= u - h; j--) slot_of(s, j)->pooled = NAN;
+        for (int64_t j = w - 1; j >= 0 && sl->idx[ord[j]] >= u - h; j--) slot_of(s, ord[j])->pooled = NAN;
         until = u + h;
     }
-    move_run(s, w, rs, sl->held - rs);
-    sl->held = w + sl->held - rs;
+    /* ord[w..nc) gone, ord[nc..old) the window: rotate the gone to the end */
+    reverse(ord + w, nc - w);
+    reverse(ord + nc, old - nc);
+    reverse(ord + w, old - w);
+    sl->held = w + old - nc;
+    fill_gaps(s, sl->held, old);
     s->ties += kv_evict_near_tie(cut, next);
     kv_slots_resize(sl, sl->held);
+    snapkv_fit_ord(s); /* a shrink: cannot fail */
 }
 
 int snapkv_apply(void *const *st, int ns, int64_t x, const kv_evkey *merged, int64_t need)

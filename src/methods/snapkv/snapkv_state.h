@@ -7,7 +7,6 @@
 #define KVSTREAM_SNAPKV_STATE_H
 
 #include <stdint.h>
-#include "core/search.h"
 #include "methods/method.h"
 #include "methods/common/slots.h"
 
@@ -26,7 +25,9 @@ typedef struct {
     int64_t xlast, gheld;     /* the last decision point; tokens held over all ranks since then */
     int64_t seen, ties;       /* tokens ingested; near-tie decisions */
     kv_query_cost cost;   /* method.h: cost */
-    kv_slots sl;              /* held in ascending index; scratch: snapkv_slot */
+    kv_slots sl;              /* held in any slot order; scratch: snapkv_slot */
+    int32_t *ord;             /* the held slots by ascending token index (ocap allocated, >= sl.phys) */
+    int64_t ocap;
     int stale;                /* the buffer changed since the votes were computed */
     int vfull;                /* every vote to be computed afresh (create, load, a failed computation) */
     int64_t vadd, vrm;        /* since the votes were computed: rows buffered, the newest position that left (-1: none) */
@@ -40,8 +41,24 @@ typedef struct {
 
 static inline snapkv_slot *slot_of(const snapkv_state *s, int64_t i) { return (snapkv_slot *)s->sl.scratch + i; }
 
-/* The first slot holding a token >= t (slots ascend by index). */
-static inline int64_t slot_at(const kv_slots *sl, int64_t t) { return kv_lower_i64(sl->idx, sl->held, t); }
+/* The token at order position i (i-th held token by ascending index), and its scratch. */
+static inline int64_t tok_at(const snapkv_state *s, int64_t i) { return s->sl.idx[s->ord[i]]; }
+static inline snapkv_slot *ord_slot(const snapkv_state *s, int64_t i) { return slot_of(s, s->ord[i]); }
+
+/* The first order position holding a token >= t (the held tokens before t). */
+static inline int64_t pos_at(const snapkv_state *s, int64_t t)
+{
+    int64_t lo = 0, hi = s->sl.held;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (tok_at(s, mid) < t) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* snapkv.c: ord holds at least the slots the arrays have (KV_OK or KV_EINTERNAL). */
+int snapkv_fit_ord(snapkv_state *s);
 
 /* snapkv_decide.c: the decide hooks of method.h */
 int64_t snapkv_every(const void *state);
