@@ -39,7 +39,8 @@
  * rank 0: every rank holds a copy, but it is a function of the 8-byte seed
  * (a deployment makes it once per head).
  *
- * budget=X: the largest bits in 4..1 whose rows for n tokens, the
+ * budget=X: the largest bits in 4..1 whose rows for n tokens (each rank's
+ * in whole blocks of 16), the
  * rotations and R float tokens (kv_tokring_fit) fit in X; if none does,
  * bits = 1 with the largest residual that fits; else refused. */
 #include <math.h>
@@ -130,7 +131,8 @@ static int64_t max_runs(const kv_method_ctx *ctx, int64_t lim)
 static int64_t fit_residual(int64_t B, int bits, int prod, const kv_method_ctx *ctx)
 {
     int64_t P = ctx->nranks > 0 ? ctx->nranks : 1;
-    int64_t need = ctx->n_total * (int64_t)row_bytes(bits, prod, ctx->d, ctx->dv, NULL, NULL, NULL) +
+    /* each rank's rows are whole blocks of KV_TQ_BLK: at most KV_TQ_BLK - 1 pad rows a rank */
+    int64_t need = (ctx->n_total + (KV_TQ_BLK - 1) * P) * (int64_t)row_bytes(bits, prod, ctx->d, ctx->dv, NULL, NULL, NULL) +
                    rot_bytes(prod, ctx->d, ctx->dv) + 32 * (ctx->chunk > 0 ? ctx->n_total / ctx->chunk + 2 * P : 64 * P);
     if (B - need < 0) return -1;
     return kv_tokring_fit(B - need, ctx->d, ctx->dv, (int)P);
