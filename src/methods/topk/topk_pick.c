@@ -42,6 +42,28 @@ static inline uint32_t okey(float f)
     return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
+#if defined(__AVX512F__)
+/* okey of 16 floats' bits at once */
+static inline __m512i okey16(__m512i u)
+{
+    __m512i neg = _mm512_srai_epi32(u, 31); /* all ones where the sign is set */
+    return _mm512_xor_si512(u, _mm512_or_si512(neg, _mm512_set1_epi32((int)0x80000000u)));
+}
+
+/* how many of v[0..n) have keys >= x: 16 at a time, the tail masked */
+static size_t count_ge(const float *v, size_t n, uint32_t x)
+{
+    __m512i X = _mm512_set1_epi32((int)x);
+    size_t c = 0, i = 0;
+    for (; i + 16 <= n; i += 16)
+        c += (size_t)__builtin_popcount(_mm512_cmpge_epu32_mask(okey16(_mm512_loadu_si512(v + i)), X));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        c += (size_t)__builtin_popcount(_mm512_mask_cmpge_epu32_mask(m, okey16(_mm512_maskz_loadu_epi32(m, v + i)), X));
+    }
+    return c;
+}
+#else
 /* how many of v[0..n) have keys >= x */
 static size_t count_ge(const float *v, size_t n, uint32_t x)
 {
@@ -49,15 +71,34 @@ static size_t count_ge(const float *v, size_t n, uint32_t x)
     for (size_t i = 0; i < n; i++) c += okey(v[i]) >= x;
     return c;
 }
+#endif
+
+/* the k-th largest key of v[0..n) (1 <= k <= n): the largest x with >= k
+ * keys >= x, bit by bit from the top; the bits above the highest one where
+ * the smallest and largest keys differ are theirs (every key shares them) */
+static uint32_t kth_key(const float *v, size_t n, size_t k)
+{
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t key = okey(v[i]);
+        lo = key < lo ? key : lo;
+        hi = key > hi ? key : hi;
+    }
+    uint32_t diff = lo ^ hi;
+    if (!diff) return lo;
+    int top = 31 - __builtin_clz(diff);
+    uint32_t t = lo & ~((2u << top) - 1); /* 2u << 31 wraps to 0: no prefix */
+    for (int bit = top; bit >= 0; bit--)
+        if (count_ge(v, n, t | 1u << bit) >= k) t |= 1u << bit;
+    return t;
+}
 
 /* the buffer cut back to its k largest (among ties at the k-th, the first
  * in the buffer); the rest left out */
 static void compact(kv_tk_picker *p)
 {
     size_t n = p->n, k = p->k;
-    uint32_t t = 0; /* the largest x with >= k keys >= x: the k-th largest key */
-    for (int bit = 31; bit >= 0; bit--)
-        if (count_ge(p->v, n, t | 1u << bit) >= k) t |= 1u << bit;
+    uint32_t t = kth_key(p->v, n, k); /* the k-th largest key */
     size_t above = 0;
     for (size_t i = 0; i < n; i++) above += okey(p->v[i]) > t;
     size_t ties = k - above, m = 0; /* keep every key above t and the first ties at t */
