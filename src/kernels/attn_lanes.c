@@ -222,15 +222,8 @@ int kv_attn_fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kv
     float *Qt = ALLOC64((size_t)d * nqp), *S = ALLOC64((size_t)TILE * nqp), *U = ALLOC64((size_t)nqp * dv);
     float *lane = ALLOC64(4 * (size_t)nqp); /* per lane: tile max, shift, l, l2 */
 #undef ALLOC64
-    if (!Qt || !S || !U || !lane) {
-        free(Qt);
-        free(S);
-        free(U);
-        free(lane);
-        free(kb);
-        free(vb);
-        return KV_EINTERNAL;
-    }
+    int rc = KV_EINTERNAL;
+    if (!Qt || !S || !U || !lane) goto out;
     const size_t krow = (size_t)d * src.esz, vrow = (size_t)dv * src.esz;
     float *mt = lane, *mf = lane + nqp, *lv = lane + 2 * nqp, *l2v = lane + 3 * nqp;
     for (int c = 0; c < d; c++)
@@ -284,11 +277,13 @@ int kv_attn_fold_lanes(const float *Q, int nq, const size_t *len, size_t off, kv
             if (dv % VL) add_f2d(r + KV_PS_U, U + (size_t)q * dv, dv);
         }
     }
+    rc = KV_OK;
+out:
     free(Qt);
     free(S);
     free(U);
     free(lane);
     free(kb);
     free(vb);
-    return KV_OK;
+    return rc;
 }
