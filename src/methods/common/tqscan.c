@@ -364,7 +364,10 @@ void kv_tq_block_rows(const uint8_t *blk, size_t row, size_t nrm, int m, uint8_t
     for (int w = 0; 4 * (size_t)w < nb; w++) { /* a word of every row at once; the last may spill 3 bytes */
         tq_u16 v;
         load_word(blk + 16 * nrm, nb, w, &v);
-        for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + nrm + 4 * (size_t)w, &v[l], 4);
+        for (int l = 0; l < m; l++) {
+            uint32_t x = v[l]; /* no address of a vector element (clang refuses it) */
+            memcpy(out + (size_t)l * row + nrm + 4 * (size_t)w, &x, 4);
+        }
     }
     for (size_t f = 0; 4 * f < nrm; f++) /* the norms after: over any spill of the row before */
         for (int l = 0; l < m; l++) memcpy(out + (size_t)l * row + 4 * f, blk + 64 * f + 4 * (size_t)l, 4);
