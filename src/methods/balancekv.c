@@ -57,9 +57,9 @@
  *
  * Memory: the buffer (grown as tokens come, up to b rows) and each level's
  * block of b/2 rows (allocated when the level is first used), (d + dv)
- * floats a row, plus b sign bytes; a halving also takes a transposed copy
- * of the buffer's values (b dv floats) and 4 rows' kernel products (8 b
- * doubles) for its duration.
+ * floats a row, plus b sign bytes; a halving also takes a copy of the
+ * buffer's keys and values in 16-row blocks and the signs as floats
+ * (b (d + dv + 1) floats, balancekv_walk.c) for its duration.
  *
  * Ingest cost: a halving of b rows takes b^2/2 kernel products (O(d + dv)
  * and an exp each), about two halvings per b tokens, so O(b (d + dv)) per
@@ -73,15 +73,13 @@
 #include "kernels/dot.h"
 #include "kernels/held.h"
 #include "kernels/partial.h"
+#include "methods/balancekv_walk.h"
 #include "methods/method.h"
 
 #define MAXLEV 62
 #define BKV_SALT 0xba1a9ce5ULL
-#define VVB 8 /* value products computed together in the walk: one v8d */
-#define NVB 4 /* v8d chains in flight */
 
-typedef float v8f __attribute__((vector_size(VVB * sizeof(float))));
-typedef double v8d __attribute__((vector_size(VVB * sizeof(double))));
+typedef double v8d __attribute__((vector_size(8 * sizeof(double))));
 
 typedef struct {
     int64_t tokens, seed;
@@ -173,112 +171,18 @@ static void balancekv_free(void *state)
     free(s);
 }
 
-/* The walk's kernel products of rows i0 .. i0 + nu - 1 (nu <= WB) with
- * every row j < i0 + nu - 1: E[u n + j] = exp(scale <k_i, k_j> - lognorm)
- * and VV[u n + j] = <v_i, v_j>, each the one-pair sum in its order (the
- * key dot in kv_dot_fixed's, the value dot over c ascending, both from
- * the transposed value blocks Vt); the rows of the block share every load
- * of K and Vt.  The products do not depend on the walk's signs: only
- * their signed sum (walk_dot) does. */
-#define WB 4 /* walk rows whose products are computed together */
-static void walk_products(const balancekv_state *s, const float *Vt, int64_t i0, int nu, int64_t n, double lognorm,
-                          double *E, double *VV)
-{
-    size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    int64_t jn = i0 + nu - 1; /* the last row of the block needs j < jn */
-    const float *vi[WB], *ki[WB];
-    for (int u = 0; u < WB; u++) { /* padded with the last row */
-        int64_t i = i0 + (u < nu ? u : nu - 1);
-        vi[u] = s->V0 + i * dv;
-        ki[u] = s->K0 + i * d;
-    }
-    for (int64_t j0 = 0; j0 < jn; j0 += VVB * NVB) {
-        int64_t nj = jn - j0 < VVB * NVB ? jn - j0 : VVB * NVB;
-        v8d acc[WB][NVB] = { { { 0 } } };
-        const float *vt = Vt + j0 * dv;
-        for (size_t c = 0; c < dv; c++) {
-            v8d y[NVB];
-            for (int w = 0; w < NVB; w++) {
-                v8f yf;
-                memcpy(&yf, vt + (w * dv + c) * VVB, sizeof yf);
-                y[w] = __builtin_convertvector(yf, v8d);
-            }
-            for (int u = 0; u < WB; u++) {
-                double x = (double)vi[u][c];
-                for (int w = 0; w < NVB; w++) acc[u][w] += x * y[w];
-            }
-        }
-        float kd[WB * VVB * NVB];
-        kv_dot_fixed_rows(s->K0 + j0 * d, (int)nj, s->ctx.d, ki, WB, kd);
-        for (int u = 0; u < nu; u++) {
-            double vvs[VVB * NVB];
-            memcpy(vvs, acc[u], sizeof vvs);
-            for (int64_t jj = 0; jj < nj; jj++) {
-                double kk = (double)kd[u * nj + jj] * s->ctx.scale;
-                E[u * n + j0 + jj] = exp(kk - lognorm);
-                VV[u * n + j0 + jj] = vvs[jj];
-            }
-        }
-    }
-}
-
-/* The walk's <w, x_i> = sum_{j<i} eps_j exp(scale <k_i, k_j> - lognorm)
- * (1 + <v_i, v_j>), j ascending, from row i's products E, VV. */
-static double walk_dot(const balancekv_state *s, const double *E, const double *VV, int64_t i)
-{
-    double dot = 0;
-    for (int64_t j = 0; j < i; j++) dot += s->sign[j] * E[j] * (1.0 + VV[j]);
-    return dot;
-}
-
-/* Halve the buffer's n0 rows in place: walk signs, keep the smaller class
- * (ties: the -1 class) at the front.  KV_EINTERNAL (nothing changed)
- * without scratch memory. */
+/* Halve the buffer's n0 rows in place: walk signs (balancekv_walk.c), keep
+ * the smaller class (ties: the -1 class) at the front.  KV_EINTERNAL
+ * (nothing changed) without scratch memory. */
 static int halve(balancekv_state *s)
 {
     int64_t n = s->n0;
     size_t d = (size_t)s->ctx.d, dv = (size_t)s->ctx.dv;
-    /* |x_i|^2 = exp(scale |k_i|^2)(1 + |v_i|^2), in logs; the walk works on
-     * x / max|x| and its threshold is c times the mean of the |x_i|^2 */
-    double lmax = -INFINITY, msq = 0;
-    for (int pass = 0; pass < 2; pass++) /* the maximum, then the mean (no scratch row) */
-        for (int64_t i = 0; i < n; i++) {
-            double a = 0, b = 0;
-            for (size_t c = 0; c < d; c++) a += (double)s->K0[i * d + c] * s->K0[i * d + c];
-            for (size_t c = 0; c < dv; c++) b += (double)s->V0[i * dv + c] * s->V0[i * dv + c];
-            double l = s->ctx.scale * a + log1p(b);
-            if (pass) msq += exp(l - lmax);
-            else lmax = l > lmax ? l : lmax;
-        }
-    double lognorm = lmax, cthr = s->c * msq / (double)n;
-    /* the values transposed in blocks of VVB rows (a block's coordinate c
-     * is VVB consecutive floats, zero past row n) */
-    int64_t nb = (n + VVB * NVB - 1) / (VVB * NVB) * NVB;
-    float *Vt = calloc((size_t)(nb * VVB) * dv, sizeof(float));
-    if (!Vt) return KV_EINTERNAL;
-    for (int64_t j = 0; j < n; j++)
-        for (size_t c = 0; c < dv; c++) Vt[((size_t)(j / VVB) * dv + c) * VVB + (size_t)(j % VVB)] = s->V0[j * dv + c];
-    double *E = malloc(sizeof(double) * (size_t)(2 * WB * (n > 0 ? n : 1))), *VV = E + WB * n;
-    if (!E) {
-        free(Vt);
-        return KV_EINTERNAL;
-    }
-    int64_t plus = 0;
-    uint64_t tag = kv_hash4(s->seed, (uint64_t)s->ctx.stream, (uint64_t)s->ctx.rank, BKV_SALT);
-    for (int64_t i0 = 0; i0 < n; i0 += WB) {
-        int nu = n - i0 < WB ? (int)(n - i0) : WB;
-        walk_products(s, Vt, i0, nu, n, lognorm, E, VV);
-        for (int u = 0; u < nu; u++) { /* the walk, row by row: row i's sign needs those of rows < i */
-            int64_t i = i0 + u;
-            double dot = walk_dot(s, E + u * n, VV + u * n, i);
-            double pr = 0.5 * (1.0 - dot / cthr);
-            pr = pr < 0 ? 0 : pr > 1 ? 1 : pr;
-            s->sign[i] = kv_hash_uniform(tag, (uint64_t)s->halvings, (uint64_t)i, 0) < pr ? 1 : -1;
-            plus += s->sign[i] > 0;
-        }
-    }
-    free(E);
-    free(Vt);
+    kv_bkv_block blk = { s->K0, s->V0, n, s->ctx.d, s->ctx.dv, s->ctx.scale, s->c,
+                         kv_hash4(s->seed, (uint64_t)s->ctx.stream, (uint64_t)s->ctx.rank, BKV_SALT),
+                         (uint64_t)s->halvings };
+    int64_t plus = kv_bkv_walk(&blk, s->sign);
+    if (plus < 0) return KV_EINTERNAL;
     int8_t keep = plus < n - plus ? 1 : -1;
     int64_t w = 0;
     for (int64_t i = 0; i < n; i++) {
